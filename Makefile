@@ -1,0 +1,58 @@
+# The verbs a person types. Each target is a thin call; see deploy/local/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+BUF   ?= $(CURDIR)/.tools/npm/node_modules/.bin/buf
+
+.PHONY: help deps tools build test lint breaking fmt up bench migrate
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 12
+
+deps: ## start/create local Postgres (+ replica on 5433), Redis, RabbitMQ, SMTP sink
+	deploy/local/deps.sh
+
+tools: ## install dev tools (buf, Python venv) into .tools/
+	deploy/local/tools.sh
+
+build: ## build everything
+	$(CARGO) build --workspace --all-targets
+
+test: deps ## run all tests (nextest when installed)
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  echo "$(CARGO) test --workspace"; \
+	  $(CARGO) test --workspace; \
+	fi
+
+lint: tools ## rustfmt check, clippy -D warnings, buf lint
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd proto && $(BUF) lint
+
+breaking: tools ## buf breaking-change check of proto/ against branch main
+	@cd proto && \
+	if git rev-parse -q --verify 'refs/heads/main^{commit}' >/dev/null && git cat-file -e main:proto/buf.yaml 2>/dev/null; then \
+	  against='../.git#branch=main,subdir=proto'; \
+	elif git rev-parse -q --verify 'refs/remotes/origin/main^{commit}' >/dev/null && git cat-file -e origin/main:proto/buf.yaml 2>/dev/null; then \
+	  against='../.git#ref=origin/main,subdir=proto'; \
+	else \
+	  echo "breaking: no main branch with proto/buf.yaml yet; nothing to compare against"; exit 0; \
+	fi; \
+	echo "buf breaking --against '$$against'"; \
+	$(BUF) breaking --against "$$against"
+
+fmt: ## format all Rust code
+	$(CARGO) fmt --all
+
+up: deps ## run the whole system locally (tenx-dev)
+	$(CARGO) run -p tenx-dev --release
+
+bench: deps ## benchmarks of tenx-common
+	$(CARGO) bench -p tenx-common
+
+migrate: ## apply database migrations
+	$(CARGO) run -p tenx-dev -- migrate

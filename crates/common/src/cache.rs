@@ -1,0 +1,310 @@
+//! Multi-layer read-through cache: L1 in-process (bounded, TTL) → L2 Redis
+//! (TTL) → the caller's loader (L3, usually Postgres).
+//!
+//! - Single-flight: concurrent misses for one key in one process run the
+//!   loader once; the others wait for its result.
+//! - Invalidation on write deletes the L2 entry and publishes the key on a
+//!   Redis channel; every instance (every [`CacheLayer`]) drops its L1
+//!   entry. An instance that lost its subscription clears its whole L1
+//!   when it is back, because it may have missed invalidations.
+//! - Redis down means slower, never failing: L2 errors are counted and the
+//!   read goes to the loader.
+//!
+//! Metrics: `tenx_cache_hits_total{cache,layer}`,
+//! `tenx_cache_loads_total{cache}`, `tenx_cache_errors_total{cache,op}`.
+
+mod invalidation;
+mod redis_conn;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use redis_conn::{Redis, RedisSettings};
+
+use crate::metrics::Metrics;
+use invalidation::Invalidation;
+
+/// Sizes and lifetimes of one cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Most entries kept in process memory.
+    pub l1_capacity: u64,
+    /// How long an L1 entry lives; bounds staleness if an invalidation is
+    /// missed.
+    pub l1_ttl: Duration,
+    /// How long an L2 (Redis) entry lives.
+    pub l2_ttl: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            l1_capacity: 10_000,
+            l1_ttl: Duration::from_secs(30),
+            l2_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+enum Layer {
+    L1,
+    L2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+enum Op {
+    Get,
+    Set,
+    Invalidate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HitLabels {
+    cache: String,
+    layer: Layer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabel {
+    cache: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    cache: String,
+    op: Op,
+}
+
+#[derive(Clone, Default)]
+struct CacheMetrics {
+    hits: Family<HitLabels, Counter>,
+    loads: Family<CacheLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+/// The process's caching: one Redis handle, one invalidation subscriber
+/// and one set of metric families, shared by every [`Cache`] it makes.
+#[derive(Clone)]
+pub struct CacheLayer {
+    redis: Option<Redis>,
+    invalidation: Invalidation,
+    metrics: CacheMetrics,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// `redis: None` gives an L1-only cache (single instance, tests).
+    pub fn new(redis: Option<Redis>, metrics: &Metrics) -> Self {
+        let cache_metrics = CacheMetrics::default();
+        metrics.register(
+            "cache_hits",
+            "Cache hits by layer",
+            cache_metrics.hits.clone(),
+        );
+        metrics.register(
+            "cache_loads",
+            "Cache misses that ran the loader",
+            cache_metrics.loads.clone(),
+        );
+        metrics.register(
+            "cache_errors",
+            "Failed L2 (Redis) cache operations",
+            cache_metrics.errors.clone(),
+        );
+        let invalidation = Invalidation::start(redis.clone());
+        Self {
+            redis,
+            invalidation,
+            metrics: cache_metrics,
+        }
+    }
+
+    /// A typed cache named `name` (part of its Redis keys and metrics).
+    pub fn cache<V>(&self, name: &str, options: CacheOptions) -> Cache<V>
+    where
+        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(options.l1_capacity)
+            .time_to_live(options.l1_ttl)
+            .build();
+        self.invalidation.register(name, Arc::new(l1.clone()));
+        Cache {
+            name: name.to_owned(),
+            l1,
+            l2_ttl: options.l2_ttl,
+            layer: self.clone(),
+        }
+    }
+
+    /// Completes once this instance receives invalidations from the others
+    /// (immediately when there is no Redis). Readiness waits on it.
+    pub async fn subscribed(&self) {
+        self.invalidation.subscribed().await;
+    }
+}
+
+/// One named, typed cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache<V> {
+    name: String,
+    l1: moka::future::Cache<String, V>,
+    l2_ttl: Duration,
+    layer: CacheLayer,
+}
+
+impl<V> std::fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> Cache<V>
+where
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The value for `key`: from L1, else L2, else `load` (whose result is
+    /// then stored in both). A loader error is returned, not cached.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, load: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(value) = self.l1.get(key).await {
+            self.hit(Layer::L1);
+            return Ok(value);
+        }
+        // Concurrent misses for this key join this one future.
+        self.l1
+            .try_get_with_by_ref(key, async {
+                if let Some(value) = self.l2_get(key).await {
+                    self.hit(Layer::L2);
+                    return Ok(value);
+                }
+                self.layer
+                    .metrics
+                    .loads
+                    .get_or_create(&CacheLabel {
+                        cache: self.name.clone(),
+                    })
+                    .inc();
+                let value = load().await?;
+                self.l2_set(key, &value).await;
+                Ok(value)
+            })
+            .await
+    }
+
+    /// Call after changing the source of `key`: deletes it from L2 and from
+    /// the L1 of every instance. Never fails; if Redis is down the delete
+    /// is retried in the background until the L2 entry would expire.
+    pub async fn invalidate(&self, key: &str) {
+        self.l1.invalidate(key).await;
+        let Some(redis) = &self.layer.redis else {
+            return;
+        };
+        let redis_key = self.redis_key(key);
+        let message = invalidation::message(&self.name, key);
+        if redis.invalidate(&redis_key, &message).await.is_ok() {
+            return;
+        }
+        self.error(Op::Invalidate);
+        let (redis, errors, labels) = (
+            redis.clone(),
+            self.layer.metrics.errors.clone(),
+            ErrorLabels {
+                cache: self.name.clone(),
+                op: Op::Invalidate,
+            },
+        );
+        let give_up = tokio::time::Instant::now() + self.l2_ttl;
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            while tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(delay).await;
+                if redis.invalidate(&redis_key, &message).await.is_ok() {
+                    return;
+                }
+                errors.get_or_create(&labels).inc();
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    fn redis_key(&self, key: &str) -> String {
+        format!("cache:{}:{key}", self.name)
+    }
+
+    async fn l2_get(&self, key: &str) -> Option<V> {
+        let redis = self.layer.redis.as_ref()?;
+        match redis.get(&self.redis_key(key)).await {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(value) => Some(value),
+                Err(error) => {
+                    // A value written by an older version of the type.
+                    tracing::warn!(cache = %self.name, %error, "undecodable L2 entry; reloading");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(cache = %self.name, %error, "L2 get failed");
+                self.error(Op::Get);
+                None
+            }
+        }
+    }
+
+    async fn l2_set(&self, key: &str, value: &V) {
+        let Some(redis) = &self.layer.redis else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(value) else {
+            return;
+        };
+        if let Err(error) = redis.set(&self.redis_key(key), bytes, self.l2_ttl).await {
+            tracing::debug!(cache = %self.name, %error, "L2 set failed");
+            self.error(Op::Set);
+        }
+    }
+
+    fn hit(&self, layer: Layer) {
+        self.layer
+            .metrics
+            .hits
+            .get_or_create(&HitLabels {
+                cache: self.name.clone(),
+                layer,
+            })
+            .inc();
+    }
+
+    fn error(&self, op: Op) {
+        self.layer
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                cache: self.name.clone(),
+                op,
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,129 @@
+//! Cross-instance L1 invalidation over Redis pub/sub.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::Redis;
+
+/// Separates cache name and key in a message; cannot occur in a name.
+const SEP: char = '\u{1f}';
+
+pub(super) fn message(cache: &str, key: &str) -> String {
+    format!("{cache}{SEP}{key}")
+}
+
+/// The L1 side of a cache, type-erased so one subscriber serves them all.
+pub(super) trait LocalEntries: Send + Sync {
+    fn drop_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
+    fn drop_all(&self);
+}
+
+impl<V: Clone + Send + Sync + 'static> LocalEntries for moka::future::Cache<String, V> {
+    fn drop_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.invalidate(key))
+    }
+    fn drop_all(&self) {
+        self.invalidate_all();
+    }
+}
+
+type Registry = Arc<RwLock<HashMap<String, Vec<Arc<dyn LocalEntries>>>>>;
+
+/// The subscriber task of one [`super::CacheLayer`]; stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub(super) struct Invalidation {
+    caches: Registry,
+    subscribed: watch::Receiver<bool>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Invalidation {
+    pub(super) fn start(redis: Option<Redis>) -> Self {
+        let caches: Registry = Arc::default();
+        let (tx, subscribed) = watch::channel(redis.is_none());
+        let task = redis.map(|redis| tokio::spawn(listen(redis, caches.clone(), tx)));
+        Self {
+            caches,
+            subscribed,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    pub(super) fn register(&self, name: &str, entries: Arc<dyn LocalEntries>) {
+        let mut caches = self.caches.write().unwrap_or_else(|p| p.into_inner());
+        caches.entry(name.to_owned()).or_default().push(entries);
+    }
+
+    pub(super) async fn subscribed(&self) {
+        let mut rx = self.subscribed.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn listen(redis: Redis, caches: Registry, subscribed: watch::Sender<bool>) {
+    let channel = redis.invalidation_channel();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let connected = async {
+            let mut pubsub = redis.pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        }
+        .await;
+        match connected {
+            Ok(pubsub) => {
+                // Invalidations sent while we were not subscribed are lost,
+                // so nothing in L1 can be trusted any more.
+                for entries in caches
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .flatten()
+                {
+                    entries.drop_all();
+                }
+                delay = Duration::from_millis(50);
+                subscribed.send_replace(true);
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let Some((cache, key)) = payload.split_once(SEP) else {
+                        continue;
+                    };
+                    let targets: Vec<_> = caches
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(cache)
+                        .cloned()
+                        .unwrap_or_default();
+                    for entries in targets {
+                        entries.drop_key(key).await;
+                    }
+                }
+                subscribed.send_replace(false);
+                tracing::warn!("cache invalidation subscription lost; reconnecting");
+            }
+            Err(error) => tracing::debug!(%error, "cache invalidation subscribe failed"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,405 @@
+//! Postgres access with two pools: writes go to the primary, reads to the
+//! replica — and every call states which it is ([`Intent`]).
+//!
+//! Reads fall back to the primary when the replica is unreachable (counted
+//! in `tenx_db_replica_fallbacks_total`) or when it has not yet replayed
+//! the caller's own last write: a write hands back the commit's
+//! [`WalPosition`], and a read that carries it is served by the replica
+//! only once `pg_last_wal_replay_lsn()` has reached it (read-your-writes).
+
+mod migrate;
+mod wal;
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::Deserialize;
+use tokio_postgres::NoTls;
+
+pub use migrate::{common_fingerprint, migrate, schema_ident};
+pub use wal::WalPosition;
+
+use crate::config::{Invalid, Secret, Validate};
+use crate::metrics::Metrics;
+
+/// Settings of a service's database (keys under `database.`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DbSettings {
+    /// Primary (read-write) server, `postgres://user:password@host:port/db`.
+    pub primary_url: Secret<String>,
+    /// Streaming replica; without it every read goes to the primary.
+    #[serde(default)]
+    pub replica_url: Option<Secret<String>>,
+    /// The service's own schema: its tables, outbox and inbox live here.
+    pub schema: String,
+    /// Connections per pool (each of primary and replica).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long to wait for a new server connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long a caller waits for a free pooled connection.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    /// After the replica fails, reads skip it for this long before trying
+    /// again, so a dead replica costs one failed connect, not one per read.
+    #[serde(default = "default_replica_retry_ms")]
+    pub replica_retry_ms: u64,
+}
+
+fn default_max_connections() -> usize {
+    16
+}
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_acquire_timeout_ms() -> u64 {
+    5_000
+}
+fn default_replica_retry_ms() -> u64 {
+    1_000
+}
+
+impl DbSettings {
+    /// Settings for `primary`/`replica` URLs with every other key at its default.
+    pub fn new(primary_url: &str, replica_url: Option<&str>, schema: &str) -> Self {
+        Self {
+            primary_url: Secret::new(primary_url.to_owned()),
+            replica_url: replica_url.map(|u| Secret::new(u.to_owned())),
+            schema: schema.to_owned(),
+            max_connections: default_max_connections(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+            replica_retry_ms: default_replica_retry_ms(),
+        }
+    }
+}
+
+impl Validate for DbSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        parse_url(self.primary_url.expose())
+            .map_err(|r| Invalid::new("database.primary_url", r))?;
+        if let Some(url) = &self.replica_url {
+            parse_url(url.expose()).map_err(|r| Invalid::new("database.replica_url", r))?;
+        }
+        schema_ident(&self.schema).map_err(|r| Invalid::new("database.schema", r))?;
+        if self.max_connections == 0 {
+            return Err(Invalid::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    // The parser's message never echoes the URL, so no password leaks.
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("not a Postgres URL: {e}"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database settings: {0}")]
+    Settings(String),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+/// What a call is about to do, which decides the server that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Changes data, or must see the latest committed state: the primary.
+    Write,
+    /// Reads; the replica serves it unless it is down or has not replayed
+    /// `after` (the caller's last write), in which case the primary does.
+    Read { after: Option<WalPosition> },
+}
+
+impl Intent {
+    /// A read with no freshness requirement.
+    pub const READ: Intent = Intent::Read { after: None };
+}
+
+/// Which server a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServedLabels {
+    role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+enum FallbackReason {
+    Unavailable,
+    Lagging,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FallbackLabels {
+    reason: FallbackReason,
+}
+
+/// Both pools of one service, and the routing between them.
+pub struct Db {
+    primary: Pool,
+    replica: Option<Pool>,
+    /// Set when the replica failed; reads skip it until then.
+    replica_skip_until: Mutex<Option<Instant>>,
+    replica_retry: Duration,
+    reads: Family<ServedLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("primary", &self.primary.status())
+            .field("replica", &self.replica.as_ref().map(Pool::status))
+            .finish()
+    }
+}
+
+impl Db {
+    /// Builds both pools. No connection is opened until first use, so a
+    /// service starts even while the replica is down.
+    pub fn connect(
+        settings: &DbSettings,
+        app_name: &str,
+        metrics: &Metrics,
+    ) -> Result<Self, DbError> {
+        let primary = build_pool(
+            settings,
+            settings.primary_url.expose(),
+            app_name,
+            RecyclingMethod::Fast,
+        )?;
+        // A replica connection is checked with a round trip before each
+        // use: a replica that went away (or a network that silently drops
+        // it) must turn into a primary read, not a failed one. Writes need
+        // no such check: with the primary gone they fail either way.
+        let replica = settings
+            .replica_url
+            .as_ref()
+            .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Verified))
+            .transpose()?;
+        let reads = Family::<ServedLabels, Counter>::default();
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        metrics.register(
+            "db_reads",
+            "Reads by the server that served them",
+            reads.clone(),
+        );
+        metrics.register(
+            "db_replica_fallbacks",
+            "Reads sent to the primary because the replica was unavailable or lagging",
+            fallbacks.clone(),
+        );
+        Ok(Self {
+            primary,
+            replica,
+            replica_skip_until: Mutex::new(None),
+            replica_retry: Duration::from_millis(settings.replica_retry_ms),
+            reads,
+            fallbacks,
+        })
+    }
+
+    /// A connection for `intent`; see [`Intent`] for the routing.
+    pub async fn get(&self, intent: Intent) -> Result<Conn, DbError> {
+        match intent {
+            Intent::Write => self.primary_conn().await,
+            Intent::Read { after } => {
+                if let Some(conn) = self.replica_conn(after).await {
+                    self.reads
+                        .get_or_create(&ServedLabels {
+                            role: Role::Replica,
+                        })
+                        .inc();
+                    return Ok(conn);
+                }
+                self.reads
+                    .get_or_create(&ServedLabels {
+                        role: Role::Primary,
+                    })
+                    .inc();
+                self.primary_conn().await
+            }
+        }
+    }
+
+    /// A connection to the primary, for writes.
+    pub async fn write(&self) -> Result<Conn, DbError> {
+        self.get(Intent::Write).await
+    }
+
+    /// A connection for a read that must see `after` (or anything, if `None`).
+    pub async fn read(&self, after: Option<WalPosition>) -> Result<Conn, DbError> {
+        self.get(Intent::Read { after }).await
+    }
+
+    /// The primary pool, for components (outbox relay, migrations) that
+    /// hold a connection for a long time.
+    pub fn primary_pool(&self) -> &Pool {
+        &self.primary
+    }
+
+    async fn primary_conn(&self) -> Result<Conn, DbError> {
+        Ok(Conn {
+            client: self.primary.get().await?,
+            role: Role::Primary,
+        })
+    }
+
+    /// The replica connection if it may serve this read, else `None`.
+    async fn replica_conn(&self, after: Option<WalPosition>) -> Option<Conn> {
+        let pool = self.replica.as_ref()?;
+        if self.replica_skipped() {
+            self.fallback(FallbackReason::Unavailable);
+            return None;
+        }
+        let client = match pool.get().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "replica unavailable; reading from the primary");
+                self.mark_replica_down();
+                self.fallback(FallbackReason::Unavailable);
+                return None;
+            }
+        };
+        if let Some(needed) = after {
+            // Checked on the very connection that will serve the read.
+            match replayed_position(&client).await {
+                Ok(Some(replayed)) if replayed >= needed => {}
+                Ok(_) => {
+                    self.fallback(FallbackReason::Lagging);
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "replica check failed; reading from the primary");
+                    self.mark_replica_down();
+                    self.fallback(FallbackReason::Unavailable);
+                    return None;
+                }
+            }
+        }
+        Some(Conn {
+            client,
+            role: Role::Replica,
+        })
+    }
+
+    fn fallback(&self, reason: FallbackReason) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels { reason })
+            .inc();
+    }
+
+    fn replica_skipped(&self) -> bool {
+        let guard = self
+            .replica_skip_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        guard.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn mark_replica_down(&self) {
+        let mut guard = self
+            .replica_skip_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *guard = Some(Instant::now() + self.replica_retry);
+    }
+}
+
+async fn replayed_position(
+    client: &deadpool_postgres::Client,
+) -> Result<Option<WalPosition>, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+        .await?;
+    let text: Option<String> = row.get(0);
+    // NULL means this server is not in recovery: it is a primary, and has
+    // everything that was committed.
+    Ok(match text {
+        None => Some(WalPosition::MAX),
+        Some(t) => t.parse().ok(),
+    })
+}
+
+fn build_pool(
+    settings: &DbSettings,
+    url: &str,
+    app_name: &str,
+    recycling_method: RecyclingMethod,
+) -> Result<Pool, DbError> {
+    let mut pg = parse_url(url).map_err(DbError::Settings)?;
+    schema_ident(&settings.schema).map_err(DbError::Settings)?;
+    // Every connection starts in the service's schema, so queries name
+    // tables without a schema and a service cannot stray into another's.
+    pg.options(format!("-c search_path={},public", settings.schema));
+    pg.application_name(app_name);
+    pg.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method });
+    Pool::builder(manager)
+        .max_size(settings.max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_millis(settings.acquire_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .recycle_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .build()
+        .map_err(|e| DbError::Settings(e.to_string()))
+}
+
+/// A pooled connection that knows which server it talks to.
+#[derive(Debug)]
+pub struct Conn {
+    client: deadpool_postgres::Object,
+    role: Role,
+}
+
+impl Conn {
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The primary's WAL position right after the caller's commit: pass it
+    /// to a later [`Db::read`] to read that write back. Call it after
+    /// `commit()` on this same connection.
+    pub async fn commit_position(&self) -> Result<WalPosition, DbError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let text: String = row.get(0);
+        text.parse()
+            .map_err(|e: wal::ParseWalError| DbError::Settings(e.to_string()))
+    }
+}
+
+impl Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}

@@ -1,0 +1,42 @@
+//! Prometheus metrics: one registry per process (or per test instance),
+//! handed to each component that registers its own families.
+//!
+//! Why `prometheus-client`: it is the Prometheus project's own Rust client,
+//! has no heavy dependencies and encodes the OpenMetrics text format.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::{Metric, Registry};
+
+/// A cloneable handle on the process's metric registry.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers a metric family under `tenx_<name>`.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sub_registry_with_prefix("tenx")
+            .register(name, help, metric);
+    }
+
+    /// Renders every registered family in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}

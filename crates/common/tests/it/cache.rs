@@ -1,0 +1,160 @@
+//! The three layers, single-flight, cross-instance invalidation, Redis down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tenx_common::cache::{Cache, CacheLayer, CacheOptions, Redis, RedisSettings};
+use tenx_common::metrics::Metrics;
+use tenx_test_support::{ChaosProxy, TestRedis, addr_of};
+
+use crate::support::metric;
+
+fn instance(
+    redis_url: &str,
+    prefix: &str,
+    metrics: &Metrics,
+) -> anyhow::Result<(CacheLayer, Cache<String>)> {
+    let redis = Redis::connect(&RedisSettings::new(redis_url, prefix))?;
+    let layer = CacheLayer::new(Some(redis), metrics);
+    let cache = layer.cache("users", CacheOptions::default());
+    Ok((layer, cache))
+}
+
+async fn load(value: &str, calls: &AtomicUsize) -> Result<String, std::convert::Infallible> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    Ok(value.to_owned())
+}
+
+#[tokio::test]
+async fn each_layer_is_observed_in_the_metrics() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (metrics_a, metrics_b) = (Metrics::default(), Metrics::default());
+    let (_la, a) = instance(test_redis.url(), test_redis.prefix(), &metrics_a)?;
+    let (_lb, b) = instance(test_redis.url(), test_redis.prefix(), &metrics_b)?;
+    let calls = AtomicUsize::new(0);
+
+    assert_eq!(a.get_or_load("u1", || load("ada", &calls)).await?, "ada");
+    assert_eq!(
+        metric(&metrics_a, "tenx_cache_loads_total{cache=\"users\"}"),
+        1.0
+    );
+
+    assert_eq!(a.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
+    assert_eq!(
+        metric(
+            &metrics_a,
+            "tenx_cache_hits_total{cache=\"users\",layer=\"L1\"}"
+        ),
+        1.0
+    );
+
+    // Instance B has an empty L1, but A's load filled Redis.
+    assert_eq!(b.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
+    assert_eq!(
+        metric(
+            &metrics_b,
+            "tenx_cache_hits_total{cache=\"users\",layer=\"L2\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics_b, "tenx_cache_loads_total{cache=\"users\"}"),
+        0.0
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the first read ran the loader"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_run_the_loader_once() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (_layer, cache) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load("hot", || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::convert::Infallible>("value".to_owned())
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await?.map_err(|e| anyhow::anyhow!("{e:?}"))?, "value");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalidation_on_one_instance_reaches_another_within_100ms() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (la, a) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let (lb, b) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    la.subscribed().await;
+    lb.subscribed().await;
+    let calls = AtomicUsize::new(0);
+
+    assert_eq!(b.get_or_load("u1", || load("v1", &calls)).await?, "v1");
+    assert_eq!(
+        b.get_or_load("u1", || load("v2", &calls)).await?,
+        "v1",
+        "served from B's L1"
+    );
+
+    // The source changes on A's side; A invalidates.
+    let started = Instant::now();
+    a.invalidate("u1").await;
+    loop {
+        let seen = b.get_or_load("u1", || load("v2", &calls)).await?;
+        if seen == "v2" {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_millis(100),
+            "B still serves the old value after 100 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(started.elapsed() < Duration::from_millis(100));
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_reads_still_succeed_from_the_loader() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let proxy = ChaosProxy::start(addr_of(test_redis.url())?).await?;
+    proxy.cut();
+    let metrics = Metrics::default();
+    let url = format!("redis://127.0.0.1:{}", proxy.port());
+    let (_layer, cache) = instance(&url, test_redis.prefix(), &metrics)?;
+    let calls = AtomicUsize::new(0);
+
+    assert_eq!(
+        cache.get_or_load("u1", || load("ada", &calls)).await?,
+        "ada"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        metric(
+            &metrics,
+            "tenx_cache_errors_total{cache=\"users\",op=\"Get\"}"
+        ) >= 1.0
+    );
+    // Writes must not fail either.
+    cache.invalidate("u1").await;
+    assert_eq!(
+        cache.get_or_load("u1", || load("grace", &calls)).await?,
+        "grace"
+    );
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Integration tests of `tenx-common` against the real Postgres (primary
+//! and replica), Redis and RabbitMQ that `make deps` starts.
+
+mod cache;
+mod config;
+mod db;
+mod support;

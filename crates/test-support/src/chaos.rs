@@ -1,0 +1,99 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A TCP proxy on loopback in front of one server, that a test can cut.
+///
+/// Point the code under test at [`ChaosProxy::addr`]; then
+/// [`ChaosProxy::cut`] makes the server look down (live connections
+/// closed, new ones refused), [`ChaosProxy::kill_connections`] drops live
+/// connections only (a network blip), [`ChaosProxy::restore`] heals it.
+/// The real server, shared with other tests, never notices.
+#[derive(Debug)]
+pub struct ChaosProxy {
+    addr: SocketAddr,
+    refusing: Arc<AtomicBool>,
+    epoch: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    pub async fn start(target: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (epoch, _) = watch::channel(0u64);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            refusing.clone(),
+            epoch.clone(),
+        ));
+        Ok(Self {
+            addr,
+            refusing,
+            epoch,
+            accept,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Closes live connections and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.kill_connections();
+    }
+
+    /// Closes every live connection; new ones are still let through.
+    pub fn kill_connections(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.kill_connections();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    refusing: Arc<AtomicBool>,
+    epoch: watch::Sender<u64>,
+) {
+    while let Ok((client, _)) = listener.accept().await {
+        if refusing.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
+        let mut killed = epoch.subscribe();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut client, mut server) = (client, server);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = killed.changed() => {}
+            }
+        });
+    }
+}
