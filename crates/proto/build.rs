@@ -11,14 +11,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
 
     let mut config = tonic_prost_build::Config::new();
+    // `prost::Name` on every message: the outbox records payload types by it.
+    config.enable_type_names();
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
 
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("tenx_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor)
-        .compile_with_config(config, &files, std::slice::from_ref(&root))?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor).compile_with_config(
+        config,
+        &files,
+        std::slice::from_ref(&root),
+    )?;
 
     println!("cargo:rerun-if-changed={}", root.display());
     for file in &files {

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 
 pub use redis_conn::{Redis, RedisSettings};
 
-use crate::metrics::Metrics;
+use crate::metrics::{MetricSet, Metrics};
 use invalidation::Invalidation;
 
 /// Sizes and lifetimes of one cache.
@@ -45,11 +45,7 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self {
-            l1_capacity: 10_000,
-            l1_ttl: Duration::from_secs(30),
-            l2_ttl: Duration::from_secs(300),
-        }
+        Self { l1_capacity: 10_000, l1_ttl: Duration::from_secs(30), l2_ttl: Duration::from_secs(300) }
     }
 }
 
@@ -90,6 +86,16 @@ struct CacheMetrics {
     errors: Family<ErrorLabels, Counter>,
 }
 
+impl MetricSet for CacheMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let set = Self::default();
+        metrics.register("cache_hits", "Cache hits by layer", set.hits.clone());
+        metrics.register("cache_loads", "Cache misses that ran the loader", set.loads.clone());
+        metrics.register("cache_errors", "Failed L2 (Redis) cache operations", set.errors.clone());
+        set
+    }
+}
+
 /// The process's caching: one Redis handle, one invalidation subscriber
 /// and one set of metric families, shared by every [`Cache`] it makes.
 #[derive(Clone)]
@@ -101,9 +107,7 @@ pub struct CacheLayer {
 
 impl std::fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheLayer")
-            .field("redis", &self.redis)
-            .finish_non_exhaustive()
+        f.debug_struct("CacheLayer").field("redis", &self.redis).finish_non_exhaustive()
     }
 }
 
@@ -111,27 +115,11 @@ impl CacheLayer {
     /// `redis: None` gives an L1-only cache (single instance, tests).
     pub fn new(redis: Option<Redis>, metrics: &Metrics) -> Self {
         let cache_metrics = CacheMetrics::default();
-        metrics.register(
-            "cache_hits",
-            "Cache hits by layer",
-            cache_metrics.hits.clone(),
-        );
-        metrics.register(
-            "cache_loads",
-            "Cache misses that ran the loader",
-            cache_metrics.loads.clone(),
-        );
-        metrics.register(
-            "cache_errors",
-            "Failed L2 (Redis) cache operations",
-            cache_metrics.errors.clone(),
-        );
+        metrics.register("cache_hits", "Cache hits by layer", cache_metrics.hits.clone());
+        metrics.register("cache_loads", "Cache misses that ran the loader", cache_metrics.loads.clone());
+        metrics.register("cache_errors", "Failed L2 (Redis) cache operations", cache_metrics.errors.clone());
         let invalidation = Invalidation::start(redis.clone());
-        Self {
-            redis,
-            invalidation,
-            metrics: cache_metrics,
-        }
+        Self { redis, invalidation, metrics: cache_metrics }
     }
 
     /// A typed cache named `name` (part of its Redis keys and metrics).
@@ -144,12 +132,7 @@ impl CacheLayer {
             .time_to_live(options.l1_ttl)
             .build();
         self.invalidation.register(name, Arc::new(l1.clone()));
-        Cache {
-            name: name.to_owned(),
-            l1,
-            l2_ttl: options.l2_ttl,
-            layer: self.clone(),
-        }
+        Cache { name: name.to_owned(), l1, l2_ttl: options.l2_ttl, layer: self.clone() }
     }
 
     /// Completes once this instance receives invalidations from the others
@@ -170,9 +153,7 @@ pub struct Cache<V> {
 
 impl<V> std::fmt::Debug for Cache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Cache").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -199,13 +180,7 @@ where
                     self.hit(Layer::L2);
                     return Ok(value);
                 }
-                self.layer
-                    .metrics
-                    .loads
-                    .get_or_create(&CacheLabel {
-                        cache: self.name.clone(),
-                    })
-                    .inc();
+                self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
                 let value = load().await?;
                 self.l2_set(key, &value).await;
                 Ok(value)
@@ -230,10 +205,7 @@ where
         let (redis, errors, labels) = (
             redis.clone(),
             self.layer.metrics.errors.clone(),
-            ErrorLabels {
-                cache: self.name.clone(),
-                op: Op::Invalidate,
-            },
+            ErrorLabels { cache: self.name.clone(), op: Op::Invalidate },
         );
         let give_up = tokio::time::Instant::now() + self.l2_ttl;
         tokio::spawn(async move {
@@ -287,24 +259,10 @@ where
     }
 
     fn hit(&self, layer: Layer) {
-        self.layer
-            .metrics
-            .hits
-            .get_or_create(&HitLabels {
-                cache: self.name.clone(),
-                layer,
-            })
-            .inc();
+        self.layer.metrics.hits.get_or_create(&HitLabels { cache: self.name.clone(), layer }).inc();
     }
 
     fn error(&self, op: Op) {
-        self.layer
-            .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                cache: self.name.clone(),
-                op,
-            })
-            .inc();
+        self.layer.metrics.errors.get_or_create(&ErrorLabels { cache: self.name.clone(), op }).inc();
     }
 }

@@ -19,11 +19,7 @@ pub enum ConfigError {
     #[error("config: missing required key `{key}` (set {env})")]
     Missing { key: String, env: String },
     #[error("config: bad value for `{key}` (set {env}): {reason}")]
-    Invalid {
-        key: String,
-        env: String,
-        reason: String,
-    },
+    Invalid { key: String, env: String, reason: String },
     #[error("config: cannot read {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -78,10 +74,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
+        Self { key: key.into(), reason: reason.into() }
     }
 }
 
@@ -107,12 +100,7 @@ impl Loader {
     /// `service` names the env prefix (`auth` → `TENX_AUTH__…`); `defaults`
     /// is the service's embedded, commented TOML defaults.
     pub fn new(service: &str, defaults: &str) -> Self {
-        Self {
-            service: service.to_owned(),
-            defaults: defaults.to_owned(),
-            file: None,
-            env: None,
-        }
+        Self { service: service.to_owned(), defaults: defaults.to_owned(), file: None, env: None }
     }
 
     /// An optional TOML file layered over the defaults (it must exist).
@@ -133,27 +121,17 @@ impl Loader {
     }
 
     fn env_name(&self, key: &str) -> String {
-        format!(
-            "{}__{}",
-            self.env_prefix(),
-            key.replace('.', "__").to_uppercase()
-        )
+        format!("{}__{}", self.env_prefix(), key.replace('.', "__").to_uppercase())
     }
 
     pub fn load<T: DeserializeOwned + Validate>(&self) -> Result<T, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            &self.defaults,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(&self.defaults, config::FileFormat::Toml));
         if let Some(path) = &self.file {
             if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.clone(),
-                    reason: "no such file".into(),
-                });
+                return Err(ConfigError::File { path: path.clone(), reason: "no such file".into() });
             }
-            builder = builder
-                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         let env = config::Environment::with_prefix(&self.env_prefix())
             .prefix_separator("__")
@@ -162,9 +140,7 @@ impl Loader {
             .source(self.env.clone());
         let merged = builder.add_source(env).build().map_err(|e| match e {
             config::ConfigError::FileParse { uri, cause } => ConfigError::File {
-                path: uri
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| "<defaults>".into()),
+                path: uri.map(PathBuf::from).unwrap_or_else(|| "<defaults>".into()),
                 reason: cause.to_string(),
             },
             other => self.invalid("", other.to_string()),
@@ -174,25 +150,16 @@ impl Loader {
             let path = e.path().to_string();
             let message = e.inner().to_string();
             match missing_key(&path, &message) {
-                Some(key) => ConfigError::Missing {
-                    env: self.env_name(&key),
-                    key,
-                },
+                Some(key) => ConfigError::Missing { env: self.env_name(&key), key },
                 None => self.invalid(&path, strip_key_suffix(&message)),
             }
         })?;
-        settings
-            .validate()
-            .map_err(|bad| self.invalid(&bad.key, bad.reason))?;
+        settings.validate().map_err(|bad| self.invalid(&bad.key, bad.reason))?;
         Ok(settings)
     }
 
     fn invalid(&self, key: &str, reason: String) -> ConfigError {
-        ConfigError::Invalid {
-            key: key.to_owned(),
-            env: self.env_name(key),
-            reason,
-        }
+        ConfigError::Invalid { key: key.to_owned(), env: self.env_name(key), reason }
     }
 }
 
@@ -208,17 +175,9 @@ fn missing_key(path: &str, message: &str) -> Option<String> {
 }
 
 fn strip_key_suffix(message: &str) -> String {
-    message
-        .split(" for key ")
-        .next()
-        .unwrap_or(message)
-        .to_owned()
+    message.split(" for key ").next().unwrap_or(message).to_owned()
 }
 
 fn join_key(path: &str, field: &str) -> String {
-    if path.is_empty() || path == "." {
-        field.to_owned()
-    } else {
-        format!("{path}.{field}")
-    }
+    if path.is_empty() || path == "." { field.to_owned() } else { format!("{path}.{field}") }
 }

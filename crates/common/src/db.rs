@@ -25,7 +25,7 @@ pub use migrate::{common_fingerprint, migrate, schema_ident};
 pub use wal::WalPosition;
 
 use crate::config::{Invalid, Secret, Validate};
-use crate::metrics::Metrics;
+use crate::metrics::{MetricSet, Metrics};
 
 /// Settings of a service's database (keys under `database.`).
 #[derive(Debug, Clone, Deserialize)]
@@ -82,17 +82,13 @@ impl DbSettings {
 
 impl Validate for DbSettings {
     fn validate(&self) -> Result<(), Invalid> {
-        parse_url(self.primary_url.expose())
-            .map_err(|r| Invalid::new("database.primary_url", r))?;
+        parse_url(self.primary_url.expose()).map_err(|r| Invalid::new("database.primary_url", r))?;
         if let Some(url) = &self.replica_url {
             parse_url(url.expose()).map_err(|r| Invalid::new("database.replica_url", r))?;
         }
         schema_ident(&self.schema).map_err(|r| Invalid::new("database.schema", r))?;
         if self.max_connections == 0 {
-            return Err(Invalid::new(
-                "database.max_connections",
-                "must be at least 1",
-            ));
+            return Err(Invalid::new("database.max_connections", "must be at least 1"));
         }
         Ok(())
     }
@@ -100,8 +96,7 @@ impl Validate for DbSettings {
 
 fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
     // The parser's message never echoes the URL, so no password leaks.
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| format!("not a Postgres URL: {e}"))
+    url.parse::<tokio_postgres::Config>().map_err(|e| format!("not a Postgres URL: {e}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +135,7 @@ pub enum Role {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ServedLabels {
+    pool: String,
     role: Role,
 }
 
@@ -151,7 +147,27 @@ enum FallbackReason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FallbackLabels {
+    pool: String,
     reason: FallbackReason,
+}
+
+#[derive(Clone, Default)]
+struct DbMetrics {
+    reads: Family<ServedLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+}
+
+impl MetricSet for DbMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let set = Self::default();
+        metrics.register("db_reads", "Reads by the server that served them", set.reads.clone());
+        metrics.register(
+            "db_replica_fallbacks",
+            "Reads sent to the primary because the replica was unavailable or lagging",
+            set.fallbacks.clone(),
+        );
+        set
+    }
 }
 
 /// Both pools of one service, and the routing between them.
@@ -161,8 +177,9 @@ pub struct Db {
     /// Set when the replica failed; reads skip it until then.
     replica_skip_until: Mutex<Option<Instant>>,
     replica_retry: Duration,
-    reads: Family<ServedLabels, Counter>,
-    fallbacks: Family<FallbackLabels, Counter>,
+    /// Metric label: the application name the pools were built for.
+    name: String,
+    metrics: DbMetrics,
 }
 
 impl std::fmt::Debug for Db {
@@ -177,17 +194,8 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds both pools. No connection is opened until first use, so a
     /// service starts even while the replica is down.
-    pub fn connect(
-        settings: &DbSettings,
-        app_name: &str,
-        metrics: &Metrics,
-    ) -> Result<Self, DbError> {
-        let primary = build_pool(
-            settings,
-            settings.primary_url.expose(),
-            app_name,
-            RecyclingMethod::Fast,
-        )?;
+    pub fn connect(settings: &DbSettings, app_name: &str, metrics: &Metrics) -> Result<Self, DbError> {
+        let primary = build_pool(settings, settings.primary_url.expose(), app_name, RecyclingMethod::Fast)?;
         // A replica connection is checked with a round trip before each
         // use: a replica that went away (or a network that silently drops
         // it) must turn into a primary read, not a failed one. Writes need
@@ -199,11 +207,7 @@ impl Db {
             .transpose()?;
         let reads = Family::<ServedLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
-        metrics.register(
-            "db_reads",
-            "Reads by the server that served them",
-            reads.clone(),
-        );
+        metrics.register("db_reads", "Reads by the server that served them", reads.clone());
         metrics.register(
             "db_replica_fallbacks",
             "Reads sent to the primary because the replica was unavailable or lagging",
@@ -214,8 +218,8 @@ impl Db {
             replica,
             replica_skip_until: Mutex::new(None),
             replica_retry: Duration::from_millis(settings.replica_retry_ms),
-            reads,
-            fallbacks,
+            name: app_name.to_owned(),
+            metrics: metrics.set(),
         })
     }
 
@@ -225,18 +229,10 @@ impl Db {
             Intent::Write => self.primary_conn().await,
             Intent::Read { after } => {
                 if let Some(conn) = self.replica_conn(after).await {
-                    self.reads
-                        .get_or_create(&ServedLabels {
-                            role: Role::Replica,
-                        })
-                        .inc();
+                    self.count_read(Role::Replica);
                     return Ok(conn);
                 }
-                self.reads
-                    .get_or_create(&ServedLabels {
-                        role: Role::Primary,
-                    })
-                    .inc();
+                self.count_read(Role::Primary);
                 self.primary_conn().await
             }
         }
@@ -259,10 +255,7 @@ impl Db {
     }
 
     async fn primary_conn(&self) -> Result<Conn, DbError> {
-        Ok(Conn {
-            client: self.primary.get().await?,
-            role: Role::Primary,
-        })
+        Ok(Conn { client: self.primary.get().await?, role: Role::Primary })
     }
 
     /// The replica connection if it may serve this read, else `None`.
@@ -297,31 +290,26 @@ impl Db {
                 }
             }
         }
-        Some(Conn {
-            client,
-            role: Role::Replica,
-        })
+        Some(Conn { client, role: Role::Replica })
+    }
+
+    fn count_read(&self, role: Role) {
+        let labels = ServedLabels { pool: self.name.clone(), role };
+        self.metrics.reads.get_or_create(&labels).inc();
     }
 
     fn fallback(&self, reason: FallbackReason) {
-        self.fallbacks
-            .get_or_create(&FallbackLabels { reason })
-            .inc();
+        let labels = FallbackLabels { pool: self.name.clone(), reason };
+        self.metrics.fallbacks.get_or_create(&labels).inc();
     }
 
     fn replica_skipped(&self) -> bool {
-        let guard = self
-            .replica_skip_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let guard = self.replica_skip_until.lock().unwrap_or_else(|p| p.into_inner());
         guard.is_some_and(|until| Instant::now() < until)
     }
 
     fn mark_replica_down(&self) {
-        let mut guard = self
-            .replica_skip_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.replica_skip_until.lock().unwrap_or_else(|p| p.into_inner());
         *guard = Some(Instant::now() + self.replica_retry);
     }
 }
@@ -329,9 +317,7 @@ impl Db {
 async fn replayed_position(
     client: &deadpool_postgres::Client,
 ) -> Result<Option<WalPosition>, tokio_postgres::Error> {
-    let row = client
-        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-        .await?;
+    let row = client.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await?;
     let text: Option<String> = row.get(0);
     // NULL means this server is not in recovery: it is a primary, and has
     // everything that was committed.
@@ -381,13 +367,9 @@ impl Conn {
     /// to a later [`Db::read`] to read that write back. Call it after
     /// `commit()` on this same connection.
     pub async fn commit_position(&self) -> Result<WalPosition, DbError> {
-        let row = self
-            .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await?;
+        let row = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
         let text: String = row.get(0);
-        text.parse()
-            .map_err(|e: wal::ParseWalError| DbError::Settings(e.to_string()))
+        text.parse().map_err(|e: wal::ParseWalError| DbError::Settings(e.to_string()))
     }
 }
 

@@ -13,4 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod metrics;
+pub mod outbox;
+pub mod queue;
 pub mod shutdown;
+pub mod telemetry;

@@ -4,6 +4,8 @@
 //! Why `prometheus-client`: it is the Prometheus project's own Rust client,
 //! has no heavy dependencies and encodes the OpenMetrics text format.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::text::encode;
@@ -13,6 +15,16 @@ use prometheus_client::registry::{Metric, Registry};
 #[derive(Clone, Default)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
+    /// One instance of each [`MetricSet`], so that several components of a
+    /// kind (four services' pools in `tenx-dev`) share one family each
+    /// instead of registering duplicates.
+    sets: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+/// A group of metric families a component kind registers once per
+/// registry; instances tell themselves apart by labels.
+pub trait MetricSet: Clone + Send + Sync + 'static {
+    fn register(metrics: &Metrics) -> Self;
 }
 
 impl std::fmt::Debug for Metrics {
@@ -29,6 +41,17 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
             .sub_registry_with_prefix("tenx")
             .register(name, help, metric);
+    }
+
+    /// The registry's one instance of `T`, registered on first use.
+    pub fn set<T: MetricSet>(&self) -> T {
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = sets.get(&TypeId::of::<T>()).and_then(|b| b.downcast_ref::<T>()) {
+            return existing.clone();
+        }
+        let created = T::register(self);
+        sets.insert(TypeId::of::<T>(), Box::new(created.clone()));
+        created
     }
 
     /// Renders every registered family in the OpenMetrics text format.

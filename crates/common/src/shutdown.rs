@@ -34,9 +34,7 @@ impl Shutdown {
     /// A child signal: fires with this one, and can also be fired alone
     /// (to stop one component without stopping the process).
     pub fn child(&self) -> Self {
-        Self {
-            token: self.token.child_token(),
-        }
+        Self { token: self.token.child_token() }
     }
 
     /// Fires this signal on the first SIGTERM or SIGINT, from a background

@@ -7,8 +7,7 @@
 #![allow(missing_debug_implementations)] // generated gRPC clients/servers
 
 /// Serialized `FileDescriptorSet` of every tenx proto, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tenx_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tenx_descriptor.bin"));
 
 /// Domain event envelope shared by every service (`tenx.events.v1`).
 pub mod events {

@@ -18,10 +18,7 @@ pub struct TestAmqp {
 impl TestAmqp {
     pub fn new() -> Self {
         Self {
-            url: env_or(
-                "TENX_TEST_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            url: env_or("TENX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: format!("{}.", unique_suffix()),
             queues: Mutex::new(Vec::new()),
             exchanges: Mutex::new(Vec::new()),
@@ -43,14 +40,8 @@ impl TestAmqp {
         queues: impl IntoIterator<Item = String>,
         exchanges: impl IntoIterator<Item = String>,
     ) {
-        self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(queues);
-        self.exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(exchanges);
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).extend(queues);
+        self.exchanges.lock().unwrap_or_else(|p| p.into_inner()).extend(exchanges);
     }
 }
 
@@ -63,8 +54,7 @@ impl Default for TestAmqp {
 impl Drop for TestAmqp {
     fn drop(&mut self) {
         let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|p| p.into_inner()));
-        let exchanges =
-            std::mem::take(&mut *self.exchanges.lock().unwrap_or_else(|p| p.into_inner()));
+        let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap_or_else(|p| p.into_inner()));
         if queues.is_empty() && exchanges.is_empty() {
             return;
         }
@@ -73,14 +63,10 @@ impl Drop for TestAmqp {
             let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
             let channel = conn.create_channel().await?;
             for q in queues {
-                channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await?;
+                channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
             }
             for e in exchanges {
-                channel
-                    .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                    .await?;
+                channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await?;
             }
             let _ = conn.close(200, "test done".into()).await;
             Ok(())

@@ -27,18 +27,8 @@ impl ChaosProxy {
         let addr = listener.local_addr()?;
         let refusing = Arc::new(AtomicBool::new(false));
         let (epoch, _) = watch::channel(0u64);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            target,
-            refusing.clone(),
-            epoch.clone(),
-        ));
-        Ok(Self {
-            addr,
-            refusing,
-            epoch,
-            accept,
-        })
+        let accept = tokio::spawn(accept_loop(listener, target, refusing.clone(), epoch.clone()));
+        Ok(Self { addr, refusing, epoch, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -17,14 +17,9 @@ pub fn pg_url(replica: bool, db: &str) -> String {
 }
 
 fn pg_port(replica: bool) -> u16 {
-    let (var, default) = if replica {
-        ("TENX_TEST_PG_REPLICA_PORT", "5433")
-    } else {
-        ("TENX_TEST_PG_PORT", "5432")
-    };
-    env_or(var, default)
-        .parse()
-        .unwrap_or(if replica { 5433 } else { 5432 })
+    let (var, default) =
+        if replica { ("TENX_TEST_PG_REPLICA_PORT", "5433") } else { ("TENX_TEST_PG_PORT", "5432") };
+    env_or(var, default).parse().unwrap_or(if replica { 5433 } else { 5432 })
 }
 
 /// A database of this test's own, on the primary and (by replication) the
@@ -38,11 +33,7 @@ impl TestDb {
     /// Copies a fresh database from the template `kind`-`fingerprint`,
     /// building the template first with `build(url)` if no test has yet.
     /// Change `fingerprint` whenever what `build` does changes.
-    pub async fn from_template<F, Fut>(
-        kind: &str,
-        fingerprint: &str,
-        build: F,
-    ) -> anyhow::Result<Self>
+    pub async fn from_template<F, Fut>(kind: &str, fingerprint: &str, build: F) -> anyhow::Result<Self>
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = anyhow::Result<()>>,
@@ -99,9 +90,7 @@ impl Drop for TestDb {
         let name = self.name.clone();
         cleanup_blocking(&name.clone(), move || async move {
             let admin = admin_client().await?;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await?;
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
             Ok(())
         });
     }
@@ -111,9 +100,7 @@ async fn admin_client() -> anyhow::Result<tokio_postgres::Client> {
     let url = pg_url(false, "postgres");
     let (client, connection) = tokio_postgres::connect(&url, NoTls)
         .await
-        .with_context(|| {
-            format!("connecting to the test Postgres primary at {url} (run `make deps`)")
-        })?;
+        .with_context(|| format!("connecting to the test Postgres primary at {url} (run `make deps`)"))?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -133,58 +120,32 @@ where
     if database_exists(admin, template).await? {
         return Ok(());
     }
-    admin
-        .execute(
-            "SELECT pg_advisory_lock(hashtext('tenx.test.template'))",
-            &[],
-        )
-        .await?;
+    admin.execute("SELECT pg_advisory_lock(hashtext('tenx.test.template'))", &[]).await?;
     let result = async {
         if database_exists(admin, template).await? {
             return Ok(());
         }
         let building = format!("{template}_building");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {building}"))
-            .await?;
-        build(pg_url(false, &building))
-            .await
-            .with_context(|| format!("building template {template}"))?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {building}")).await?;
+        build(pg_url(false, &building)).await.with_context(|| format!("building template {template}"))?;
         // The builder's connections may linger a moment after it returns.
-        admin
-            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-            .await?;
+        admin.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}")).await?;
         Ok(())
     }
     .await;
-    admin
-        .execute(
-            "SELECT pg_advisory_unlock(hashtext('tenx.test.template'))",
-            &[],
-        )
-        .await?;
+    admin.execute("SELECT pg_advisory_unlock(hashtext('tenx.test.template'))", &[]).await?;
     result
 }
 
 async fn database_exists(admin: &tokio_postgres::Client, name: &str) -> anyhow::Result<bool> {
-    Ok(admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some())
+    Ok(admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some())
 }
 
 /// Drops test databases left behind by killed test runs (best effort).
 async fn drop_stale(admin: &tokio_postgres::Client) {
     let cutoff = now_secs().saturating_sub(STALE_AFTER.as_secs());
-    let Ok(rows) = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'tenx_test_%'",
-            &[],
-        )
-        .await
+    let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'tenx_test_%'", &[]).await
     else {
         return;
     };
@@ -192,16 +153,11 @@ async fn drop_stale(admin: &tokio_postgres::Client) {
         let name: String = row.get(0);
         let created = name.split('_').nth(2).and_then(|s| s.parse::<u64>().ok());
         if created.is_some_and(|c| c < cutoff) {
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

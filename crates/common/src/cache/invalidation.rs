@@ -58,11 +58,7 @@ impl Invalidation {
         let caches: Registry = Arc::default();
         let (tx, subscribed) = watch::channel(redis.is_none());
         let task = redis.map(|redis| tokio::spawn(listen(redis, caches.clone(), tx)));
-        Self {
-            caches,
-            subscribed,
-            _task: Arc::new(AbortOnDrop(task)),
-        }
+        Self { caches, subscribed, _task: Arc::new(AbortOnDrop(task)) }
     }
 
     pub(super) fn register(&self, name: &str, entries: Arc<dyn LocalEntries>) {
@@ -90,12 +86,7 @@ async fn listen(redis: Redis, caches: Registry, subscribed: watch::Sender<bool>)
             Ok(pubsub) => {
                 // Invalidations sent while we were not subscribed are lost,
                 // so nothing in L1 can be trusted any more.
-                for entries in caches
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .flatten()
-                {
+                for entries in caches.read().unwrap_or_else(|p| p.into_inner()).values().flatten() {
                     entries.drop_all();
                 }
                 delay = Duration::from_millis(50);

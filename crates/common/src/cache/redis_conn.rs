@@ -75,9 +75,7 @@ pub struct Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("Redis").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -91,12 +89,7 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(Self {
-            client,
-            manager,
-            prefix: settings.key_prefix.clone(),
-            connect_timeout,
-        })
+        Ok(Self { client, manager, prefix: settings.key_prefix.clone(), connect_timeout })
     }
 
     /// `key` with this handle's prefix.
@@ -117,12 +110,7 @@ impl Redis {
         self.manager.clone().get(self.key(key)).await
     }
 
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> redis::RedisResult<()> {
+    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> redis::RedisResult<()> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.key(key))
@@ -148,10 +136,7 @@ impl Redis {
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<PubSub> {
         match tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub()).await {
             Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "connect timed out",
-            ))),
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))),
         }
     }
 }

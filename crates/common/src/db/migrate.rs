@@ -30,31 +30,22 @@ pub async fn migrate(
     let driver = tokio::spawn(connection);
 
     let lock_key = format!("tenx.migrate.{schema}");
-    client
-        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key])
-        .await?;
+    client.execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key]).await?;
     let result = async {
         client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-            ))
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))
             .await?;
         common_migrations::migrations::runner()
             .set_migration_table_name(COMMON_HISTORY)
             .run_async(&mut client)
             .await?;
         if let Some(mut runner) = runner {
-            runner
-                .set_migration_table_name(SERVICE_HISTORY)
-                .run_async(&mut client)
-                .await?;
+            runner.set_migration_table_name(SERVICE_HISTORY).run_async(&mut client).await?;
         }
         Ok::<_, DbError>(())
     }
     .await;
-    let unlocked = client
-        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key])
-        .await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key]).await;
     drop(client);
     let _ = driver.await;
     result?;
@@ -78,15 +69,7 @@ pub fn common_fingerprint() -> String {
 pub fn schema_ident(name: &str) -> Result<&str, String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !name.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(name)
-    } else {
-        Err(format!(
-            "`{name}` is not a valid schema name (use [a-z_][a-z0-9_]*)"
-        ))
-    }
+    if ok { Ok(name) } else { Err(format!("`{name}` is not a valid schema name (use [a-z_][a-z0-9_]*)")) }
 }

@@ -10,11 +10,7 @@ use tenx_test_support::{ChaosProxy, TestRedis, addr_of};
 
 use crate::support::metric;
 
-fn instance(
-    redis_url: &str,
-    prefix: &str,
-    metrics: &Metrics,
-) -> anyhow::Result<(CacheLayer, Cache<String>)> {
+fn instance(redis_url: &str, prefix: &str, metrics: &Metrics) -> anyhow::Result<(CacheLayer, Cache<String>)> {
     let redis = Redis::connect(&RedisSettings::new(redis_url, prefix))?;
     let layer = CacheLayer::new(Some(redis), metrics);
     let cache = layer.cache("users", CacheOptions::default());
@@ -35,38 +31,16 @@ async fn each_layer_is_observed_in_the_metrics() -> anyhow::Result<()> {
     let calls = AtomicUsize::new(0);
 
     assert_eq!(a.get_or_load("u1", || load("ada", &calls)).await?, "ada");
-    assert_eq!(
-        metric(&metrics_a, "tenx_cache_loads_total{cache=\"users\"}"),
-        1.0
-    );
+    assert_eq!(metric(&metrics_a, "tenx_cache_loads_total{cache=\"users\"}"), 1.0);
 
     assert_eq!(a.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
-    assert_eq!(
-        metric(
-            &metrics_a,
-            "tenx_cache_hits_total{cache=\"users\",layer=\"L1\"}"
-        ),
-        1.0
-    );
+    assert_eq!(metric(&metrics_a, "tenx_cache_hits_total{cache=\"users\",layer=\"L1\"}"), 1.0);
 
     // Instance B has an empty L1, but A's load filled Redis.
     assert_eq!(b.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
-    assert_eq!(
-        metric(
-            &metrics_b,
-            "tenx_cache_hits_total{cache=\"users\",layer=\"L2\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(&metrics_b, "tenx_cache_loads_total{cache=\"users\"}"),
-        0.0
-    );
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "only the first read ran the loader"
-    );
+    assert_eq!(metric(&metrics_b, "tenx_cache_hits_total{cache=\"users\",layer=\"L2\"}"), 1.0);
+    assert_eq!(metric(&metrics_b, "tenx_cache_loads_total{cache=\"users\"}"), 0.0);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the first read ran the loader");
     Ok(())
 }
 
@@ -105,11 +79,7 @@ async fn an_invalidation_on_one_instance_reaches_another_within_100ms() -> anyho
     let calls = AtomicUsize::new(0);
 
     assert_eq!(b.get_or_load("u1", || load("v1", &calls)).await?, "v1");
-    assert_eq!(
-        b.get_or_load("u1", || load("v2", &calls)).await?,
-        "v1",
-        "served from B's L1"
-    );
+    assert_eq!(b.get_or_load("u1", || load("v2", &calls)).await?, "v1", "served from B's L1");
 
     // The source changes on A's side; A invalidates.
     let started = Instant::now();
@@ -139,22 +109,11 @@ async fn with_redis_unreachable_reads_still_succeed_from_the_loader() -> anyhow:
     let (_layer, cache) = instance(&url, test_redis.prefix(), &metrics)?;
     let calls = AtomicUsize::new(0);
 
-    assert_eq!(
-        cache.get_or_load("u1", || load("ada", &calls)).await?,
-        "ada"
-    );
+    assert_eq!(cache.get_or_load("u1", || load("ada", &calls)).await?, "ada");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert!(
-        metric(
-            &metrics,
-            "tenx_cache_errors_total{cache=\"users\",op=\"Get\"}"
-        ) >= 1.0
-    );
+    assert!(metric(&metrics, "tenx_cache_errors_total{cache=\"users\",op=\"Get\"}") >= 1.0);
     // Writes must not fail either.
     cache.invalidate("u1").await;
-    assert_eq!(
-        cache.get_or_load("u1", || load("grace", &calls)).await?,
-        "grace"
-    );
+    assert_eq!(cache.get_or_load("u1", || load("grace", &calls)).await?, "grace");
     Ok(())
 }

@@ -30,22 +30,13 @@ schema = "demo"
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
 fn a_missing_required_key_is_named_with_its_env_variable() {
-    let err = Loader::new("demo", DEFAULTS)
-        .env_from(env(&[]))
-        .load::<Settings>()
-        .expect_err("must fail");
-    assert!(
-        matches!(&err, ConfigError::Missing { key, .. } if key == "database.primary_url"),
-        "{err:?}"
-    );
+    let err = Loader::new("demo", DEFAULTS).env_from(env(&[])).load::<Settings>().expect_err("must fail");
+    assert!(matches!(&err, ConfigError::Missing { key, .. } if key == "database.primary_url"), "{err:?}");
     assert_eq!(
         err.to_string(),
         "config: missing required key `database.primary_url` (set TENX_DEMO__DATABASE__PRIMARY_URL)"
@@ -62,20 +53,14 @@ fn env_overrides_file_which_overrides_defaults() -> anyhow::Result<()> {
         .file(&file)
         .env_from(env(&[
             ("TENX_DEMO__PORT", "7000"),
-            (
-                "TENX_DEMO__DATABASE__PRIMARY_URL",
-                "postgres://app:hunter2@db:5432/app",
-            ),
+            ("TENX_DEMO__DATABASE__PRIMARY_URL", "postgres://app:hunter2@db:5432/app"),
         ]))
         .load()?;
     std::fs::remove_dir_all(&dir)?;
     assert_eq!(settings.name, "from-file");
     assert_eq!(settings.port, 7000);
     assert_eq!(settings.database.schema, "demo");
-    assert_eq!(
-        settings.database.max_connections, 16,
-        "unset keys keep their defaults"
-    );
+    assert_eq!(settings.database.max_connections, 16, "unset keys keep their defaults");
     Ok(())
 }
 
@@ -89,10 +74,7 @@ fn a_bad_value_names_the_key() {
         .load::<Settings>()
         .expect_err("must fail");
     let line = err.to_string();
-    assert!(
-        line.contains("`port`") && line.contains("TENX_DEMO__PORT"),
-        "{line}"
-    );
+    assert!(line.contains("`port`") && line.contains("TENX_DEMO__PORT"), "{line}");
 }
 
 #[test]
@@ -110,10 +92,7 @@ fn validate_rules_stop_loading_with_the_key_named() {
 #[test]
 fn secrets_never_reach_debug_output() -> anyhow::Result<()> {
     let settings: Settings = Loader::new("demo", DEFAULTS)
-        .env_from(env(&[(
-            "TENX_DEMO__DATABASE__PRIMARY_URL",
-            "postgres://app:hunter2@db:5432/app",
-        )]))
+        .env_from(env(&[("TENX_DEMO__DATABASE__PRIMARY_URL", "postgres://app:hunter2@db:5432/app")]))
         .load()?;
     let printed = format!("{settings:?}");
     assert!(!printed.contains("hunter2"), "{printed}");
@@ -126,9 +105,6 @@ fn uuid_like() -> String {
     format!(
         "{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     )
 }

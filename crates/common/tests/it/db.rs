@@ -7,10 +7,7 @@ use tenx_test_support::{ChaosProxy, addr_of, pg_url};
 use crate::support::{connect, metric, test_db};
 
 async fn served_by_recovery(conn: &tenx_common::db::Conn) -> anyhow::Result<bool> {
-    Ok(conn
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await?
-        .get(0))
+    Ok(conn.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0))
 }
 
 #[tokio::test]
@@ -21,10 +18,7 @@ async fn read_intent_is_served_by_the_replica_and_write_by_the_primary() -> anyh
 
     let read = db.get(Intent::READ).await?;
     assert_eq!(read.role(), Role::Replica);
-    assert!(
-        served_by_recovery(&read).await?,
-        "read intent must run on a server in recovery"
-    );
+    assert!(served_by_recovery(&read).await?, "read intent must run on a server in recovery");
 
     let write = db.get(Intent::Write).await?;
     assert_eq!(write.role(), Role::Primary);
@@ -48,44 +42,33 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_down() -> anyhow::Re
     // The pooled replica connection is dead too: recycling notices it.
     let during = db.get(Intent::READ).await?;
     assert_eq!(during.role(), Role::Primary);
-    assert!(
-        !served_by_recovery(&during).await?,
-        "with the replica down the read runs on the primary"
-    );
-    let row = during
-        .query_one("SELECT count(*) FROM tenx_outbox", &[])
-        .await?;
+    assert!(!served_by_recovery(&during).await?, "with the replica down the read runs on the primary");
+    let row = during.query_one("SELECT count(*) FROM tenx_outbox", &[]).await?;
     assert_eq!(row.get::<_, i64>(0), 0);
     assert!(
         metric(
             &metrics,
-            "tenx_db_replica_fallbacks_total{reason=\"Unavailable\"}"
+            "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"Unavailable\"}"
         ) >= 1.0
     );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused()
--> anyhow::Result<()> {
+async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused() -> anyhow::Result<()> {
     let tdb = test_db().await?;
     tdb.wait_for_replica().await?;
     let metrics = Metrics::default();
     let db = connect(&tdb, None, &metrics)?;
     let setup = db.write().await?;
-    setup
-        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
-        .await?;
+    setup.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)").await?;
     let created = setup.commit_position().await?;
     drop(setup);
     // Wait until the replica has the table, so only the row is missing later.
     let mut waited = 0;
     while db.read(Some(created)).await?.role() != Role::Replica {
         waited += 1;
-        anyhow::ensure!(
-            waited < 500,
-            "replica never caught up with the table creation"
-        );
+        anyhow::ensure!(waited < 500, "replica never caught up with the table creation");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
@@ -93,8 +76,7 @@ async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused(
 
     let mut writer = db.write().await?;
     let tx = writer.transaction().await?;
-    tx.execute("INSERT INTO notes VALUES (1, 'hello')", &[])
-        .await?;
+    tx.execute("INSERT INTO notes VALUES (1, 'hello')", &[]).await?;
     tx.commit().await?;
     let position = writer.commit_position().await?;
     drop(writer);
@@ -105,24 +87,17 @@ async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused(
         Role::Primary,
         "the replica has not replayed the write, so the primary serves it"
     );
-    let body: String = fresh
-        .query_one("SELECT body FROM notes WHERE id = 1", &[])
-        .await?
-        .get(0);
+    let body: String = fresh.query_one("SELECT body FROM notes WHERE id = 1", &[]).await?.get(0);
     assert_eq!(body, "hello");
     assert!(
-        metric(
-            &metrics,
-            "tenx_db_replica_fallbacks_total{reason=\"Lagging\"}"
-        ) >= 1.0
+        metric(&metrics, "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"Lagging\"}")
+            >= 1.0
     );
 
     let stale = db.read(None).await?;
     assert_eq!(stale.role(), Role::Replica);
     assert!(served_by_recovery(&stale).await?);
-    let rows = stale
-        .query("SELECT body FROM notes WHERE id = 1", &[])
-        .await?;
+    let rows = stale.query("SELECT body FROM notes WHERE id = 1", &[]).await?;
     assert!(rows.is_empty(), "paused replica must not have the row yet");
     Ok(())
 }
@@ -144,13 +119,10 @@ impl PausedReplay {
 impl Drop for PausedReplay {
     fn drop(&mut self) {
         let resumed = std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let (client, conn) =
-                    tokio_postgres::connect(&pg_url(true, "postgres"), tokio_postgres::NoTls)
-                        .await?;
+                    tokio_postgres::connect(&pg_url(true, "postgres"), tokio_postgres::NoTls).await?;
                 tokio::spawn(conn);
                 client.execute("SELECT pg_wal_replay_resume()", &[]).await?;
                 anyhow::Ok(())

@@ -4,4 +4,6 @@
 mod cache;
 mod config;
 mod db;
+mod outbox;
+mod queue;
 mod support;

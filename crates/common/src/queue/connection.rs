@@ -1,0 +1,131 @@
+//! A supervised AMQP connection: lapin does not reconnect by itself in a
+//! way that suits manual acks, so every caller asks this for a channel and
+//! gets one on a live connection, reconnecting (and re-declaring the
+//! registered topology) when the old one died.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use super::{AmqpSettings, QueueError, Topology};
+
+#[derive(Clone)]
+pub struct Amqp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: AmqpSettings,
+    name: String,
+    connection: Mutex<Option<Connection>>,
+    topologies: std::sync::Mutex<Vec<Topology>>,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+impl Amqp {
+    /// No connection is made until the first [`Amqp::channel`]; a service
+    /// starts (and its outbox fills) while the broker is down.
+    pub fn new(settings: &AmqpSettings, connection_name: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings: settings.clone(),
+                name: connection_name.to_owned(),
+                connection: Mutex::new(None),
+                topologies: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.inner.settings
+    }
+
+    /// Declares `topology` now if connected, and again on every reconnect.
+    pub fn register(&self, topology: Topology) {
+        self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).push(topology);
+    }
+
+    /// A new channel on a live connection.
+    pub async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut guard = self.inner.connection.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(conn.create_channel().await?);
+        }
+        *guard = None;
+        let conn = self.connect().await?;
+        let channel = conn.create_channel().await?;
+        let topologies = self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for topology in &topologies {
+            topology.declare(&channel).await?;
+        }
+        *guard = Some(conn);
+        Ok(channel)
+    }
+
+    /// Closes the connection (at shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.inner.connection.lock().await.take() {
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, QueueError> {
+        let props = ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
+        let timeout = Duration::from_millis(self.inner.settings.connect_timeout_ms);
+        match tokio::time::timeout(timeout, Connection::connect(self.inner.settings.url.expose(), props))
+            .await
+        {
+            Ok(Ok(conn)) => {
+                tracing::info!(connection = %self.inner.name, "connected to RabbitMQ");
+                Ok(conn)
+            }
+            // lapin's error text never includes the URL's password.
+            Ok(Err(error)) => Err(QueueError::Unavailable(error.to_string())),
+            Err(_) => Err(QueueError::Unavailable(format!("connect timed out after {timeout:?}"))),
+        }
+    }
+}
+
+/// Exponential backoff with jitter, for reconnect and retry loops.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self { next: Duration::from_millis(100), max: Duration::from_secs(10) }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    /// The current delay (±25 %); doubles it for next time.
+    pub fn next_delay(&mut self) -> Duration {
+        let jitter = 0.75 + fastrand::f64() * 0.5;
+        let delay = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}

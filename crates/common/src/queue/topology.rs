@@ -1,0 +1,143 @@
+//! The exchanges and queues of one consumer group, declared idempotently.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use super::{AmqpSettings, QueueError};
+
+/// Names and arguments of a consumer group's queues.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The topic exchange events are published to.
+    pub exchange: String,
+    /// The work queue the group consumes.
+    pub queue: String,
+    /// Routing-key patterns bound to the work queue (`auth.user.*`, `#`).
+    pub bindings: Vec<String>,
+    /// One delay queue per retry tier, with its delay in milliseconds.
+    pub retry_tiers: Vec<(String, u64)>,
+    /// Where messages go after the last attempt.
+    pub dead_letter: String,
+    /// Broker-side redeliveries after which a message that keeps killing
+    /// its consumer (so it is never acked or nacked) is dead-lettered.
+    pub delivery_limit: i64,
+}
+
+impl Topology {
+    /// The topology of consumer group `group` (a service or worker name).
+    pub fn for_group(settings: &AmqpSettings, group: &str, bindings: &[&str]) -> Self {
+        let queue = format!("{}{group}", settings.prefix);
+        Self {
+            exchange: settings.exchange_name(),
+            retry_tiers: settings
+                .retry_delays_ms
+                .iter()
+                .enumerate()
+                .map(|(i, ms)| (format!("{queue}.retry.{}", i + 1), *ms))
+                .collect(),
+            dead_letter: format!("{queue}.dlq"),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+            delivery_limit: 20,
+            queue,
+        }
+    }
+
+    /// Only the events exchange: what a publisher needs.
+    pub fn exchange_only(settings: &AmqpSettings) -> Self {
+        Self {
+            exchange: settings.exchange_name(),
+            queue: String::new(),
+            bindings: Vec::new(),
+            retry_tiers: Vec::new(),
+            dead_letter: String::new(),
+            delivery_limit: 0,
+        }
+    }
+
+    /// Every queue name, e.g. to delete them in a test.
+    pub fn queue_names(&self) -> Vec<String> {
+        if self.queue.is_empty() {
+            return Vec::new();
+        }
+        let mut names = vec![self.queue.clone(), self.dead_letter.clone()];
+        names.extend(self.retry_tiers.iter().map(|(n, _)| n.clone()));
+        names
+    }
+
+    /// The delay queue for the retry after `attempt` (1-based) failed.
+    pub fn retry_queue(&self, attempt: u32) -> &str {
+        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        let (name, _) = &self.retry_tiers[index.min(self.retry_tiers.len() - 1)];
+        name
+    }
+
+    /// Declares everything; safe to repeat.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+
+        declare_queue(channel, &self.dead_letter, quorum()).await?;
+
+        let mut work = quorum();
+        dead_letter_to(&mut work, &self.dead_letter);
+        work.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(self.delivery_limit));
+        declare_queue(channel, &self.queue, work).await?;
+        for pattern in &self.bindings {
+            channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        // A delay queue has no consumer: its messages expire after the
+        // tier's TTL and are dead-lettered back to the work queue.
+        for (name, delay_ms) in &self.retry_tiers {
+            let mut args = quorum();
+            dead_letter_to(&mut args, &self.queue);
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(*delay_ms).unwrap_or(i64::MAX)),
+            );
+            declare_queue(channel, name, args).await?;
+        }
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args
+}
+
+/// Dead-letters to `queue` through the default exchange. At-least-once
+/// dead-lettering (quorum queues only) needs `reject-publish` overflow;
+/// without it the broker may drop a message on the way.
+fn dead_letter_to(args: &mut FieldTable, queue: &str) {
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(queue)));
+    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString(LongString::from("at-least-once")));
+    args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), QueueError> {
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(ShortString::from(name), options, args).await?;
+    Ok(())
+}

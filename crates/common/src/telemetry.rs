@@ -1,0 +1,5 @@
+//! Logs, traces and trace-context propagation.
+
+pub mod propagation;
+
+pub use propagation::TraceHeaders;
