@@ -248,6 +248,12 @@ impl Db {
         self.get(Intent::Read { after }).await
     }
 
+    /// Readiness: the primary answers. (A down replica only slows reads.)
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.primary.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// The primary pool, for components (outbox relay, migrations) that
     /// hold a connection for a long time.
     pub fn primary_pool(&self) -> &Pool {

@@ -5,13 +5,23 @@
 //!   `TENX_<SERVICE>__…` environment, validated, secrets never printed.
 //! - [`metrics`]: one Prometheus registry per process, served over HTTP.
 //! - [`shutdown`]: one shutdown signal, passed down explicitly.
+//! - [`telemetry`]: JSON logs, OTLP traces, W3C context propagation.
+//! - [`db`]: primary + replica pools, read-your-writes, migrations.
+//! - [`cache`]: L1 (moka) → L2 (Redis) → loader, cross-instance invalidation.
+//! - [`queue`]: RabbitMQ topology, confirmed publishing, consumers with
+//!   retries, dead letters and an inbox.
+//! - [`outbox`]: events written in the business transaction, relayed.
+//! - [`grpc`]: server (health, reflection, tracing, graceful shutdown),
+//!   error mapping, client channels; [`admin`]: `/metrics`, `/readyz`.
 //!
 //! Each module's doc says why it is shaped the way it is; `docs/ARCHITECTURE.md`
 //! shows how they fit together.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 pub mod queue;

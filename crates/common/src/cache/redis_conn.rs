@@ -92,6 +92,11 @@ impl Redis {
         Ok(Self { client, manager, prefix: settings.key_prefix.clone(), connect_timeout })
     }
 
+    /// Readiness: Redis answers.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<String>(&mut self.manager.clone()).await.map(|_| ())
+    }
+
     /// `key` with this handle's prefix.
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

@@ -71,6 +71,13 @@ impl Amqp {
         Ok(channel)
     }
 
+    /// Readiness: the broker accepts a channel.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let _ = channel.close(200, "ping".into()).await;
+        Ok(())
+    }
+
     /// Closes the connection (at shutdown).
     pub async fn close(&self) {
         if let Some(conn) = self.inner.connection.lock().await.take() {

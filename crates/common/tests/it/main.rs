@@ -4,6 +4,8 @@
 mod cache;
 mod config;
 mod db;
+mod grpc;
 mod outbox;
 mod queue;
 mod support;
+mod telemetry;

@@ -1,0 +1,102 @@
+//! The HTTP side port every service exposes: `/metrics` (Prometheus),
+//! `/healthz` (the process is alive) and `/readyz` (its dependencies
+//! answer — each check really touches Postgres, Redis or RabbitMQ).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// Named readiness checks, each bounded by a timeout.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(String, Check)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.checks.iter().map(|(n, _)| n)).finish()
+    }
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check; `Err` carries a short reason shown by `/readyz`.
+    pub fn check<F, Fut>(mut self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.to_owned(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Runs every check; `(all ok, one line per check)`.
+    pub async fn run(&self) -> (bool, String) {
+        let mut ok = true;
+        let mut report = String::new();
+        for (name, check) in &self.checks {
+            let outcome = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                Ok(result) => result,
+                Err(_) => Err("timed out".into()),
+            };
+            match outcome {
+                Ok(()) => report.push_str(&format!("{name}: ok\n")),
+                Err(reason) => {
+                    ok = false;
+                    report.push_str(&format!("{name}: {reason}\n"));
+                }
+            }
+        }
+        (ok, report)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// Serves the admin port until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AdminState { metrics, readiness });
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
+}
+
+async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    let (ok, report) = state.readiness.run().await;
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, report)
+}

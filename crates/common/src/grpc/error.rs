@@ -1,0 +1,95 @@
+//! The one error type a service's handlers return, and its mapping to a
+//! gRPC status. Each service converts its own `thiserror` enum into
+//! [`ApiError`]; this is the only place codes are chosen.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::db::DbError;
+use crate::queue::QueueError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; `field` is the request field's name as in the proto.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Rate limited or locked out; the caller may retry after `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted { message: String, retry_after: Duration },
+    /// A dependency is down; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure: logged with its cause, returned
+    /// to the caller as an opaque "internal error".
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+    }
+
+    pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument { field, reason } => Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid {field}: {reason}"),
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::AlreadyExists(m) => Status::already_exists(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::ResourceExhausted { message, retry_after } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?cause.source(), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            // No connection within the acquire timeout: overloaded or down.
+            DbError::Pool(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("database unavailable".into())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        tracing::warn!(%error, "message broker unavailable");
+        ApiError::Unavailable("message broker unavailable".into())
+    }
+}

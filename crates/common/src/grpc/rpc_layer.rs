@@ -1,0 +1,187 @@
+//! A tower layer around every gRPC server call: a span that joins the
+//! caller's trace (W3C `traceparent` in the metadata), with the method,
+//! status code, duration and a `slow_request` flag; and RED metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::metrics::{MetricSet, Metrics};
+use crate::telemetry::propagation::{extract, set_remote_parent};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone)]
+struct RpcMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<MethodLabels, Histogram>,
+    slow: Family<MethodLabels, Counter>,
+}
+
+impl MetricSet for RpcMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let set = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+            slow: Family::default(),
+        };
+        metrics.register(
+            "grpc_server_requests",
+            "gRPC requests by method and status code",
+            set.requests.clone(),
+        );
+        metrics.register(
+            "grpc_server_request_duration_seconds",
+            "gRPC request latency until response headers",
+            set.duration.clone(),
+        );
+        metrics.register(
+            "grpc_server_slow_requests",
+            "Requests over the slow-request threshold",
+            set.slow.clone(),
+        );
+        set
+    }
+}
+
+/// Wraps a gRPC server's routes; see the module docs.
+#[derive(Clone)]
+pub struct RpcLayer {
+    slow_request: Duration,
+    metrics: RpcMetrics,
+}
+
+impl std::fmt::Debug for RpcLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcLayer").field("slow_request", &self.slow_request).finish_non_exhaustive()
+    }
+}
+
+impl RpcLayer {
+    pub fn new(slow_request: Duration, metrics: &Metrics) -> Self {
+        Self { slow_request, metrics: metrics.set() }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    layer: RpcLayer,
+}
+
+impl<S> std::fmt::Debug for RpcService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcService").finish_non_exhaustive()
+    }
+}
+
+struct HeaderReader<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+impl<S, B, R> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            slow_request = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        set_remote_parent(&span, extract(&HeaderReader(request.headers())));
+        let trace_id = span.context().span().span_context().trace_id();
+        if trace_id != opentelemetry::trace::TraceId::INVALID {
+            span.record("trace_id", tracing::field::display(trace_id));
+        }
+        let started = Instant::now();
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let result = future.instrument(span.clone()).await;
+            let elapsed = started.elapsed();
+            // Errors arrive "trailers-only", with grpc-status in the
+            // headers; a response without it is OK so far (streaming
+            // errors in trailers are not seen here).
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0),
+                Err(_) => 2, // UNKNOWN: the transport failed
+            };
+            span.record("rpc.grpc.status_code", code);
+            span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
+            if code != 0 {
+                span.record("otel.status_code", "ERROR");
+            }
+            let labels = MethodLabels { method: method.clone() };
+            layer.metrics.requests.get_or_create(&RequestLabels { method, code: code.to_string() }).inc();
+            layer.metrics.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+            if elapsed > layer.slow_request {
+                span.record("slow_request", true);
+                layer.metrics.slow.get_or_create(&labels).inc();
+                tracing::warn!(parent: &span, elapsed_ms = elapsed.as_millis() as u64, "slow request");
+            }
+            result
+        })
+    }
+}

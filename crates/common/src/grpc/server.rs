@@ -1,0 +1,131 @@
+//! A gRPC server with what every tenx service serves besides its own API:
+//! grpc.health.v1, reflection (v1 and v1alpha: grpcurl 1.8 speaks only
+//! the latter), the [`RpcLayer`], and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
+
+use super::RpcLayer;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// Settings under `server.`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// gRPC listen address, e.g. `0.0.0.0:50051`.
+    pub listen: SocketAddr,
+    /// Metrics and health over HTTP, e.g. `0.0.0.0:9091`.
+    pub admin_listen: SocketAddr,
+    /// After SIGTERM, keep serving (health NOT_SERVING) this long so load
+    /// balancers stop sending new calls before the listener closes.
+    #[serde(default)]
+    pub shutdown_delay_ms: u64,
+    /// Then wait at most this long for in-flight calls to finish.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+
+/// The router every service adds its own API to.
+pub type ServiceRouter = Router<Stack<RpcLayer, Identity>>;
+
+/// Builds and runs one service's gRPC server.
+#[derive(Clone)]
+pub struct GrpcServer {
+    health: HealthReporter,
+    health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    layer: RpcLayer,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServer").finish_non_exhaustive()
+    }
+}
+
+impl GrpcServer {
+    pub fn new(slow_request: Duration, metrics: &Metrics) -> Self {
+        let health = HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        Self { health, health_service, layer: RpcLayer::new(slow_request, metrics) }
+    }
+
+    /// The health reporter, to flip a service's status (e.g. while a
+    /// dependency is down).
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// A router with health and reflection (for every tenx proto) already
+    /// in it; add the service's own API, then [`GrpcServer::serve`].
+    pub fn router(&self) -> ServiceRouter {
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tenx_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Building from valid embedded descriptors cannot fail.
+        let v1 = reflection().build_v1().ok();
+        let v1alpha = reflection().build_v1alpha().ok();
+        tonic::transport::Server::builder()
+            .layer(self.layer.clone())
+            .add_service(self.health_service.clone())
+            .add_optional_service(v1)
+            .add_optional_service(v1alpha)
+    }
+
+    /// Serves `router` on `listener` until `shutdown`; `services` are the
+    /// fully-qualified names whose health it reports (plus the overall
+    /// `""`). On shutdown: health goes NOT_SERVING, the listener stays
+    /// open for `shutdown_delay`, then closes, and in-flight calls get up
+    /// to `shutdown_grace` to finish.
+    pub async fn serve(
+        &self,
+        router: ServiceRouter,
+        listener: TcpListener,
+        services: &[&str],
+        settings: &ServerSettings,
+        shutdown: Shutdown,
+    ) -> Result<(), tonic::transport::Error> {
+        let names: Vec<String> =
+            std::iter::once(String::new()).chain(services.iter().map(|s| (*s).to_owned())).collect();
+        for name in &names {
+            self.health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let health = self.health.clone();
+        let delay = Duration::from_millis(settings.shutdown_delay_ms);
+        let grace = Duration::from_millis(settings.shutdown_grace_ms);
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.wait().await;
+                for name in &names {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                tokio::time::sleep(delay).await;
+                tracing::info!("gRPC server draining in-flight calls");
+            }
+        };
+        let server = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result,
+            _ = async { shutdown.wait().await; tokio::time::sleep(delay + grace).await } => {
+                tracing::warn!(grace_ms = settings.shutdown_grace_ms, "drain deadline passed; dropping calls still in flight");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The shared gRPC server: health, reflection, graceful shutdown, the
+//! admin port, and the one error mapping.
+
+use std::time::Duration;
+
+use tenx_common::admin::{self, Readiness};
+use tenx_common::grpc::{ApiError, ClientSettings, GrpcServer, ServerSettings, connect};
+use tenx_common::metrics::Metrics;
+use tenx_common::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_types::StatusExt;
+
+fn settings(addr: std::net::SocketAddr) -> ServerSettings {
+    ServerSettings { listen: addr, admin_listen: addr, shutdown_delay_ms: 300, shutdown_grace_ms: 2_000 }
+}
+
+#[tokio::test]
+async fn serves_health_and_reflection_and_reports_not_serving_while_it_shuts_down() -> anyhow::Result<()> {
+    let metrics = Metrics::default();
+    let server = GrpcServer::new(Duration::from_secs(1), &metrics);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let task = {
+        let (server, shutdown) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            server
+                .serve(server.router(), listener, &["tenx.test.v1.Widgets"], &settings(addr), shutdown)
+                .await
+        })
+    };
+
+    let channel = connect(&ClientSettings::new(&format!("http://{addr}")))?;
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest { service: service.to_owned() };
+    let status = health.check(check("tenx.test.v1.Widgets")).await?.into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let unknown = health.check(check("tenx.nope.v1.Nope")).await.expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream_once(request)).await?.into_inner();
+    let listed = match responses.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => anyhow::bail!("unexpected reflection answer {other:?}"),
+    };
+    assert!(listed.contains(&"grpc.health.v1.Health".to_owned()), "{listed:?}");
+
+    shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = health.check(check("")).await?.into_inner().status;
+    assert_eq!(status, ServingStatus::NotServing as i32, "during the shutdown delay health says NOT_SERVING");
+
+    tokio::time::timeout(Duration::from_secs(5), task).await???;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed after shutdown");
+    assert!(
+        metrics
+            .render()
+            .contains("tenx_grpc_server_requests_total{method=\"/grpc.health.v1.Health/Check\",code=\"0\"}")
+    );
+    Ok(())
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::iter([item])
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_metrics_and_a_readiness_that_fails_with_a_dependency() -> anyhow::Result<()> {
+    let metrics = Metrics::default();
+    let widgets = prometheus_client::metrics::counter::Counter::<u64>::default();
+    metrics.register("test_widgets", "Widgets made", widgets.clone());
+    widgets.inc_by(3);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let readiness = Readiness::new()
+        .check("postgres", || async { Ok(()) })
+        .check("rabbitmq", || async { Err("connection refused".to_owned()) });
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(admin::serve(listener, metrics.clone(), readiness, shutdown.clone()));
+
+    let (status, body) = http_get(addr, "/readyz").await?;
+    assert_eq!(status, 503);
+    assert!(body.contains("postgres: ok") && body.contains("rabbitmq: connection refused"), "{body}");
+    let (status, _) = http_get(addr, "/healthz").await?;
+    assert_eq!(status, 200);
+    let (status, body) = http_get(addr, "/metrics").await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("tenx_test_widgets_total 3"), "{body}");
+    shutdown.trigger();
+    task.await??;
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 GET, to avoid an HTTP client dependency.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn api_errors_map_to_the_right_code_with_details_and_hide_internals() {
+    let status: tonic::Status = ApiError::invalid("email", "must contain @").into();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "invalid email: must contain @");
+    let violations = status.get_details_bad_request().map(|b| b.field_violations).unwrap_or_default();
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].field, "email");
+
+    let status: tonic::Status =
+        ApiError::ResourceExhausted { message: "slow down".into(), retry_after: Duration::from_secs(7) }
+            .into();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    assert_eq!(retry, Some(Duration::from_secs(7)));
+
+    let secret_cause = std::io::Error::other("password=hunter2 at db:5432");
+    let status: tonic::Status = ApiError::internal(secret_cause).into();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.message(), "internal error");
+    assert!(!format!("{status:?}").contains("hunter2"));
+
+    for (error, code) in [
+        (ApiError::NotFound("no such user".into()), Code::NotFound),
+        (ApiError::AlreadyExists("taken".into()), Code::AlreadyExists),
+        (ApiError::Unauthenticated("bad token".into()), Code::Unauthenticated),
+        (ApiError::PermissionDenied("not yours".into()), Code::PermissionDenied),
+        (ApiError::FailedPrecondition("key reused".into()), Code::FailedPrecondition),
+        (ApiError::Unavailable("db down".into()), Code::Unavailable),
+    ] {
+        assert_eq!(tonic::Status::from(error).code(), code);
+    }
+}
