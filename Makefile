@@ -28,10 +28,11 @@ test: deps ## run all tests (nextest when installed)
 	  $(CARGO) test --workspace; \
 	fi
 
-lint: tools ## rustfmt check, clippy -D warnings, buf lint
+lint: tools ## rustfmt check, clippy -D warnings, buf lint, buf breaking against main
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd proto && $(BUF) lint
+	@$(MAKE) --no-print-directory breaking
 
 breaking: tools ## buf breaking-change check of proto/ against branch main
 	@cd proto && \
@@ -51,7 +52,7 @@ fmt: ## format all Rust code
 up: deps ## run the whole system locally (tenx-dev)
 	$(CARGO) run -p tenx-dev --release
 
-bench: deps ## benchmarks of tenx-common
+bench: deps ## benchmarks of tenx-common, compared with the committed baseline
 	$(CARGO) bench -p tenx-common
 
 migrate: ## apply database migrations

@@ -86,6 +86,27 @@ impl GrpcServer {
             .add_optional_service(v1alpha)
     }
 
+    /// Binds `addr` (port 0 picks a free port), then serves in the
+    /// background: the address is known, and connectable, before this
+    /// returns. How tests and `tenx-dev` start a service.
+    pub async fn spawn(
+        &self,
+        router: ServiceRouter,
+        addr: SocketAddr,
+        services: Vec<String>,
+        settings: ServerSettings,
+        shutdown: Shutdown,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            let names: Vec<&str> = services.iter().map(String::as_str).collect();
+            server.serve(router, listener, &names, &settings, shutdown).await
+        });
+        Ok((bound, task))
+    }
+
     /// Serves `router` on `listener` until `shutdown`; `services` are the
     /// fully-qualified names whose health it reports (plus the overall
     /// `""`). On shutdown: health goes NOT_SERVING, the listener stays
