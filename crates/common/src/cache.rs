@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Serialize;
@@ -49,13 +49,13 @@ impl Default for CacheOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Layer {
     L1,
     L2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
     Get,
     Set,
@@ -266,3 +266,6 @@ where
         self.layer.metrics.errors.get_or_create(&ErrorLabels { cache: self.name.clone(), op }).inc();
     }
 }
+
+crate::metrics::label_values!(Layer { L1 => "l1", L2 => "l2" });
+crate::metrics::label_values!(Op { Get => "get", Set => "set", Invalidate => "invalidate" });

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
@@ -127,7 +127,7 @@ impl Intent {
 }
 
 /// Which server a connection talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Primary,
     Replica,
@@ -139,7 +139,7 @@ struct ServedLabels {
     role: Role,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum FallbackReason {
     Unavailable,
     Lagging,
@@ -391,3 +391,6 @@ impl DerefMut for Conn {
         &mut self.client
     }
 }
+
+crate::metrics::label_values!(Role { Primary => "primary", Replica => "replica" });
+crate::metrics::label_values!(FallbackReason { Unavailable => "unavailable", Lagging => "lagging" });

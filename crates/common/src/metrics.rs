@@ -63,3 +63,20 @@ impl Metrics {
         out
     }
 }
+
+/// Implements `EncodeLabelValue` for a field-less enum with the given
+/// snake_case texts (Prometheus label values are lowercase by convention;
+/// the derive would print the variant names as written).
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl prometheus_client::encoding::EncodeLabelValue for $ty {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, match self { $(Self::$variant => $text),* })
+            }
+        }
+    };
+}
+pub(crate) use label_values;

@@ -8,7 +8,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tracing::Instrument;
@@ -38,7 +38,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: &Message) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Outcome {
     Acked,
     Retried,
@@ -202,3 +202,5 @@ impl<H: Handler> Consumer<H> {
             .inc();
     }
 }
+
+crate::metrics::label_values!(Outcome { Acked => "acked", Retried => "retried", DeadLettered => "dead_lettered" });

@@ -34,11 +34,11 @@ async fn each_layer_is_observed_in_the_metrics() -> anyhow::Result<()> {
     assert_eq!(metric(&metrics_a, "tenx_cache_loads_total{cache=\"users\"}"), 1.0);
 
     assert_eq!(a.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
-    assert_eq!(metric(&metrics_a, "tenx_cache_hits_total{cache=\"users\",layer=\"L1\"}"), 1.0);
+    assert_eq!(metric(&metrics_a, "tenx_cache_hits_total{cache=\"users\",layer=\"l1\"}"), 1.0);
 
     // Instance B has an empty L1, but A's load filled Redis.
     assert_eq!(b.get_or_load("u1", || load("wrong", &calls)).await?, "ada");
-    assert_eq!(metric(&metrics_b, "tenx_cache_hits_total{cache=\"users\",layer=\"L2\"}"), 1.0);
+    assert_eq!(metric(&metrics_b, "tenx_cache_hits_total{cache=\"users\",layer=\"l2\"}"), 1.0);
     assert_eq!(metric(&metrics_b, "tenx_cache_loads_total{cache=\"users\"}"), 0.0);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "only the first read ran the loader");
     Ok(())
@@ -111,7 +111,7 @@ async fn with_redis_unreachable_reads_still_succeed_from_the_loader() -> anyhow:
 
     assert_eq!(cache.get_or_load("u1", || load("ada", &calls)).await?, "ada");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert!(metric(&metrics, "tenx_cache_errors_total{cache=\"users\",op=\"Get\"}") >= 1.0);
+    assert!(metric(&metrics, "tenx_cache_errors_total{cache=\"users\",op=\"get\"}") >= 1.0);
     // Writes must not fail either.
     cache.invalidate("u1").await;
     assert_eq!(cache.get_or_load("u1", || load("grace", &calls)).await?, "grace");

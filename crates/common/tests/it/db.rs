@@ -48,7 +48,7 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_down() -> anyhow::Re
     assert!(
         metric(
             &metrics,
-            "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"Unavailable\"}"
+            "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"unavailable\"}"
         ) >= 1.0
     );
     Ok(())
@@ -90,7 +90,7 @@ async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused(
     let body: String = fresh.query_one("SELECT body FROM notes WHERE id = 1", &[]).await?.get(0);
     assert_eq!(body, "hello");
     assert!(
-        metric(&metrics, "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"Lagging\"}")
+        metric(&metrics, "tenx_db_replica_fallbacks_total{pool=\"tenx-common-tests\",reason=\"lagging\"}")
             >= 1.0
     );
 

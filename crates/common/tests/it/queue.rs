@@ -64,7 +64,7 @@ async fn a_handler_that_fails_twice_is_retried_with_growing_delays_and_acked_onc
         .publish(&[Outgoing::event(&topology.exchange, &event("m1", "test.flaky"))])
         .await?;
 
-    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"Acked\"}}", topology.queue);
+    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"acked\"}}", topology.queue);
     eventually(Duration::from_secs(10), "the third attempt to succeed", || async {
         Ok(metric(&metrics, &acked) == 1.0)
     })
@@ -192,7 +192,7 @@ async fn a_message_whose_channel_dies_before_the_ack_is_redelivered_and_applied_
         Ok(handler.calls.lock().unwrap_or_else(|p| p.into_inner()).len() >= 2)
     })
     .await?;
-    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"Acked\"}}", topology.queue);
+    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"acked\"}}", topology.queue);
     eventually(Duration::from_secs(5), "the ack", || async { Ok(metric(&metrics, &acked) >= 1.0) }).await?;
     shutdown.trigger();
     task.await?;
