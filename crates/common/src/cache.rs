@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 
 pub use redis_conn::{Redis, RedisSettings};
 
+use crate::db::WalPosition;
 use crate::metrics::{MetricSet, Metrics};
 use invalidation::Invalidation;
 
@@ -135,6 +136,14 @@ impl CacheLayer {
         Cache { name: name.to_owned(), l1, l2_ttl: options.l2_ttl, layer: self.clone() }
     }
 
+    /// Readiness: Redis answers (always true without Redis).
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        match &self.redis {
+            Some(redis) => redis.ping().await,
+            None => Ok(()),
+        }
+    }
+
     /// Completes once this instance receives invalidations from the others
     /// (immediately when there is no Redis). Readiness waits on it.
     pub async fn subscribed(&self) {
@@ -188,16 +197,53 @@ where
             .await
     }
 
+    /// Like [`Cache::get_or_load`], for data read from a replica, with
+    /// read-your-writes. `after` is the caller's own last write (a WAL
+    /// position from request metadata): then L1 and L2 are skipped, since
+    /// this instance may not yet have heard of that write, and the loader
+    /// gets the position. Otherwise the loader gets the position of the
+    /// key's last invalidation, if recent, so a replica that has not
+    /// replayed that write is not read.
+    pub async fn get_or_load_fresh<F, Fut, E>(
+        &self,
+        key: &str,
+        after: Option<WalPosition>,
+        load: F,
+    ) -> Result<V, Arc<E>>
+    where
+        F: FnOnce(Option<WalPosition>) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        let written = self.layer.invalidation.written_at(&self.name, key).await;
+        let Some(after) = after else { return self.get_or_load(key, || load(written)).await };
+        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
+        self.l1.insert(key.to_owned(), value.clone()).await;
+        self.l2_set(key, &value).await;
+        Ok(value)
+    }
+
     /// Call after changing the source of `key`: deletes it from L2 and from
     /// the L1 of every instance. Never fails; if Redis is down the delete
     /// is retried in the background until the L2 entry would expire.
     pub async fn invalidate(&self, key: &str) {
+        self.invalidate_after(key, None).await;
+    }
+
+    /// [`Cache::invalidate`] for a change committed at `written` (the WAL
+    /// position of the commit): every instance remembers it for a short
+    /// while, so its next load of `key` does not read a lagging replica.
+    pub async fn invalidate_after(&self, key: &str, written: Option<WalPosition>) {
         self.l1.invalidate(key).await;
+        if let Some(position) = written {
+            self.layer.invalidation.record_write(&self.name, key, position).await;
+        }
         let Some(redis) = &self.layer.redis else {
             return;
         };
         let redis_key = self.redis_key(key);
-        let message = invalidation::message(&self.name, key);
+        let message = invalidation::message(&self.name, key, written);
         if redis.invalidate(&redis_key, &message).await.is_ok() {
             return;
         }

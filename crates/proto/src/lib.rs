@@ -11,7 +11,16 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 /// Domain event envelope shared by every service (`tenx.events.v1`).
 pub mod events {
+    #[allow(clippy::all, clippy::pedantic)] // generated code
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/tenx.events.v1.rs"));
+    }
+}
+
+/// Accounts, sessions, API keys (`tenx.auth.v1`).
+pub mod auth {
+    #[allow(clippy::all, clippy::pedantic)] // generated code
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenx.auth.v1.rs"));
     }
 }

@@ -9,12 +9,29 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::Redis;
+use crate::db::WalPosition;
 
-/// Separates cache name and key in a message; cannot occur in a name.
+/// Separates the parts of a message; cannot occur in a cache name.
 const SEP: char = '\u{1f}';
 
-pub(super) fn message(cache: &str, key: &str) -> String {
-    format!("{cache}{SEP}{key}")
+/// How long an instance remembers a key's last write position: longer
+/// than any replica lag worth serving reads through.
+const WRITES_REMEMBERED: Duration = Duration::from_secs(30);
+
+/// `cache SEP key [SEP wal-position]`.
+pub(super) fn message(cache: &str, key: &str, written: Option<WalPosition>) -> String {
+    match written {
+        Some(position) => format!("{cache}{SEP}{key}{SEP}{position}"),
+        None => format!("{cache}{SEP}{key}"),
+    }
+}
+
+fn parse(payload: &str) -> Option<(&str, &str, Option<WalPosition>)> {
+    let (cache, rest) = payload.split_once(SEP)?;
+    match rest.rsplit_once(SEP) {
+        Some((key, position)) => Some((cache, key, position.parse().ok())),
+        None => Some((cache, rest, None)),
+    }
 }
 
 /// The L1 side of a cache, type-erased so one subscriber serves them all.
@@ -39,6 +56,9 @@ type Registry = Arc<RwLock<HashMap<String, Vec<Arc<dyn LocalEntries>>>>>;
 #[derive(Clone)]
 pub(super) struct Invalidation {
     caches: Registry,
+    /// `cache SEP key` → WAL position of its last write, from this
+    /// instance's writes and every other instance's invalidations.
+    writes: moka::future::Cache<String, WalPosition>,
     subscribed: watch::Receiver<bool>,
     _task: Arc<AbortOnDrop>,
 }
@@ -56,9 +76,19 @@ impl Drop for AbortOnDrop {
 impl Invalidation {
     pub(super) fn start(redis: Option<Redis>) -> Self {
         let caches: Registry = Arc::default();
+        let writes =
+            moka::future::Cache::builder().max_capacity(100_000).time_to_live(WRITES_REMEMBERED).build();
         let (tx, subscribed) = watch::channel(redis.is_none());
-        let task = redis.map(|redis| tokio::spawn(listen(redis, caches.clone(), tx)));
-        Self { caches, subscribed, _task: Arc::new(AbortOnDrop(task)) }
+        let task = redis.map(|redis| tokio::spawn(listen(redis, caches.clone(), writes.clone(), tx)));
+        Self { caches, writes, subscribed, _task: Arc::new(AbortOnDrop(task)) }
+    }
+
+    pub(super) async fn record_write(&self, cache: &str, key: &str, position: WalPosition) {
+        remember(&self.writes, cache, key, position).await;
+    }
+
+    pub(super) async fn written_at(&self, cache: &str, key: &str) -> Option<WalPosition> {
+        self.writes.get(&format!("{cache}{SEP}{key}")).await
     }
 
     pub(super) fn register(&self, name: &str, entries: Arc<dyn LocalEntries>) {
@@ -72,7 +102,23 @@ impl Invalidation {
     }
 }
 
-async fn listen(redis: Redis, caches: Registry, subscribed: watch::Sender<bool>) {
+async fn remember(
+    writes: &moka::future::Cache<String, WalPosition>,
+    cache: &str,
+    key: &str,
+    position: WalPosition,
+) {
+    let id = format!("{cache}{SEP}{key}");
+    let newest = writes.get(&id).await.map_or(position, |known| known.max(position));
+    writes.insert(id, newest).await;
+}
+
+async fn listen(
+    redis: Redis,
+    caches: Registry,
+    writes: moka::future::Cache<String, WalPosition>,
+    subscribed: watch::Sender<bool>,
+) {
     let channel = redis.invalidation_channel();
     let mut delay = Duration::from_millis(50);
     loop {
@@ -96,9 +142,12 @@ async fn listen(redis: Redis, caches: Registry, subscribed: watch::Sender<bool>)
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    let Some((cache, key)) = payload.split_once(SEP) else {
+                    let Some((cache, key, written)) = parse(&payload) else {
                         continue;
                     };
+                    if let Some(position) = written {
+                        remember(&writes, cache, key, position).await;
+                    }
                     let targets: Vec<_> = caches
                         .read()
                         .unwrap_or_else(|p| p.into_inner())

@@ -1,0 +1,189 @@
+//! Wiring: pools, cache, broker, keys, the gRPC API, the outbox relay, the
+//! avatar worker and the admin port, started and stopped together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenx_common::admin::{self, Readiness};
+use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
+use tenx_common::db::{self, Db};
+use tenx_common::grpc::GrpcServer;
+use tenx_common::metrics::Metrics;
+use tenx_common::outbox::Relay;
+use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::avatar::{self, AvatarWorker};
+use crate::error::AuthError;
+use crate::keys::{self, Keys};
+use crate::password::Passwords;
+use crate::service::{AuthApi, Core};
+use crate::settings::AuthSettings;
+
+mod migrations {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The fully-qualified gRPC service name, for health.
+pub const SERVICE_NAME: &str = "tenx.auth.v1.AuthService";
+/// How often instances re-read signing keys (to pick up a rotation).
+const KEY_RELOAD: Duration = Duration::from_secs(30);
+
+/// Applies `common`'s and auth's migrations to the auth schema.
+pub async fn migrate(settings: &AuthSettings) -> Result<(), AuthError> {
+    db::migrate(
+        settings.database.primary_url.expose(),
+        &settings.database.schema,
+        Some(migrations::migrations::runner()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A checksum of every migration the auth schema gets (test templates).
+pub fn migrations_fingerprint() -> String {
+    let mut sum = 0u64;
+    for m in migrations::migrations::runner().get_migrations() {
+        sum = sum.rotate_left(7) ^ m.checksum();
+    }
+    format!("{}{sum:016x}", db::common_fingerprint())
+}
+
+/// Creates a new signing key and retires the current one.
+pub async fn rotate_keys(settings: &AuthSettings, metrics: &Metrics) -> Result<String, AuthError> {
+    let db = Db::connect(&settings.database, "tenx-auth", metrics)?;
+    keys::rotate(&db, &settings.tokens).await
+}
+
+/// A built, not yet running, auth service.
+pub struct App {
+    settings: AuthSettings,
+    metrics: Metrics,
+    db: Arc<Db>,
+    amqp: Amqp,
+    cache: CacheLayer,
+    core: Arc<Core>,
+    grpc: GrpcServer,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// Where a running instance listens, and its task.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), AuthError>>,
+}
+
+impl App {
+    /// Connects everything (lazily where a dependency may be down) and
+    /// loads the signing keys. Migrations must have run.
+    pub async fn build(settings: AuthSettings, metrics: Metrics) -> Result<Self, AuthError> {
+        let db = Arc::new(Db::connect(&settings.database, "tenx-auth", &metrics)?);
+        let redis = Redis::connect(&settings.redis)
+            .map_err(|e| AuthError::Internal(format!("redis settings: {:?}", e.kind())))?;
+        let cache = CacheLayer::new(Some(redis), &metrics);
+        let amqp = Amqp::new(&settings.amqp, "tenx-auth");
+        let keys = Arc::new(Keys::load(db.clone(), &settings.tokens).await?);
+        let short = CacheOptions { l1_ttl: Duration::from_secs(10), ..CacheOptions::default() };
+        let core = Arc::new(Core {
+            db: db.clone(),
+            keys,
+            passwords: Passwords::new(&settings.password)?,
+            users: cache.cache("auth.users", CacheOptions::default()),
+            sessions: cache.cache("auth.sessions", short.clone()),
+            api_keys: cache.cache("auth.api_keys", short),
+            settings: settings.clone(),
+            touched: moka::future::Cache::builder()
+                .time_to_live(Duration::from_secs(60))
+                .max_capacity(100_000)
+                .build(),
+        });
+        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
+        Ok(Self { settings, metrics, db, amqp, cache, core, grpc })
+    }
+
+    /// Binds the gRPC and admin addresses from the settings (port 0 picks
+    /// free ports) and runs until `shutdown`.
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, AuthError> {
+        let grpc = TcpListener::bind(self.settings.server.listen).await.map_err(io)?;
+        let admin = TcpListener::bind(self.settings.server.admin_listen).await.map_err(io)?;
+        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
+        tracing::info!(%grpc_addr, %admin_addr, "tenx-auth listening");
+        let task = tokio::spawn(self.run(grpc, admin, shutdown));
+        Ok(Running { grpc_addr, admin_addr, task })
+    }
+
+    async fn run(self, grpc: TcpListener, admin: TcpListener, shutdown: Shutdown) -> Result<(), AuthError> {
+        let mut tasks = JoinSet::new();
+        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
+        let stop = shutdown.child();
+        tasks.spawn(async move { relay.run(stop).await });
+        let topology = Topology::for_group(&self.settings.amqp, avatar::GROUP, &["auth.avatar.uploaded"]);
+        let worker = AvatarWorker { db: self.db.clone(), users: self.core.users.clone() };
+        let consumer = Consumer::new(self.amqp.clone(), topology, worker, &self.metrics);
+        let stop = shutdown.child();
+        tasks.spawn(async move { consumer.run(stop).await });
+        let (keys, stop) = (self.core.keys.clone(), shutdown.child());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(KEY_RELOAD) => {}
+                    _ = stop.wait() => return,
+                }
+                if let Err(error) = keys.reload().await {
+                    tracing::warn!(%error, "signing key reload failed");
+                }
+            }
+        });
+        let readiness = readiness(&self);
+        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
+        tasks.spawn(async move {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+
+        // Room for the largest avatar; everything else is far smaller.
+        let max_message = self.settings.avatars.max_bytes + 64 * 1024;
+        let api =
+            AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
+        let router = self.grpc.router().add_service(api);
+        let served =
+            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
+        shutdown.trigger();
+        while tasks.join_next().await.is_some() {}
+        self.amqp.close().await;
+        served.map_err(|e| AuthError::Internal(format!("gRPC server: {e}")))
+    }
+}
+
+fn readiness(app: &App) -> Readiness {
+    let (db, cache, amqp) = (app.db.clone(), app.cache.clone(), app.amqp.clone());
+    Readiness::new()
+        .check("postgres", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .check("redis", move || {
+            let cache = cache.clone();
+            async move { cache.ping().await.map_err(|e| format!("{:?}", e.kind())) }
+        })
+        .check("rabbitmq", move || {
+            let amqp = amqp.clone();
+            async move { amqp.ping().await.map_err(|e| e.to_string()) }
+        })
+}
+
+fn io(error: std::io::Error) -> AuthError {
+    AuthError::Internal(format!("bind: {error}"))
+}

@@ -1,0 +1,63 @@
+//! Auth's errors, and their one mapping to a gRPC status.
+
+use std::time::Duration;
+
+use tenx_common::db::DbError;
+use tenx_common::grpc::ApiError;
+use tenx_common::queue::QueueError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// Wrong email/password, bad or expired token: never says which.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("too many failed logins")]
+    LockedOut { retry_after: Duration },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid { field, reason: reason.into() }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Invalid { field, reason } => ApiError::invalid(field, reason),
+            AuthError::EmailTaken => ApiError::AlreadyExists(error.to_string()),
+            AuthError::Unauthenticated(m) => ApiError::Unauthenticated(m.to_owned()),
+            AuthError::LockedOut { retry_after } => {
+                ApiError::ResourceExhausted { message: error.to_string(), retry_after }
+            }
+            AuthError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            AuthError::Db(e) => e.into(),
+            AuthError::Pool(e) => DbError::Pool(e).into(),
+            AuthError::Queue(e) => e.into(),
+            AuthError::Postgres(e) => ApiError::internal(e),
+            AuthError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
+        }
+    }
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        ApiError::from(error).into()
+    }
+}

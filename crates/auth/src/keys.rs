@@ -1,0 +1,273 @@
+//! Access-token signing keys and JWTs.
+//!
+//! Keys are Ed25519 (`alg: EdDSA`), kept in Postgres with the private half
+//! encrypted (AES-256-GCM) under the configured key-encryption key. The
+//! newest unretired key signs; retired keys stay in the JWKS until every
+//! token they signed has expired, so rotation (`tenx-auth rotate-keys`)
+//! never invalidates a live token. Instances reload keys periodically and
+//! whenever they meet an unknown `kid`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tenx_common::db::Db;
+use tenx_proto::auth::v1::Jwk;
+use tokio::sync::Mutex;
+
+use crate::error::AuthError;
+use crate::settings::TokenSettings;
+
+/// Retired keys stay published this much longer than the token lifetime,
+/// covering instances that signed with them before reloading.
+const RETIRED_MARGIN: Duration = Duration::from_secs(120);
+/// An unknown `kid` triggers at most one reload this often.
+const RELOAD_THROTTLE: Duration = Duration::from_secs(5);
+
+/// The key-encryption key.
+#[derive(Clone)]
+pub struct Kek(Aes256Gcm);
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek([redacted])")
+    }
+}
+
+impl Kek {
+    pub fn parse(base64_key: &str) -> Result<Self, String> {
+        let bytes = STANDARD.decode(base64_key.trim()).map_err(|_| "must be base64".to_owned())?;
+        if bytes.len() != 32 {
+            return Err(format!("must decode to 32 bytes, got {}", bytes.len()));
+        }
+        Aes256Gcm::new_from_slice(&bytes).map(Kek).map_err(|_| "must decode to 32 bytes".to_owned())
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>, AuthError> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .0
+            .encrypt(&Nonce::from(nonce), plain)
+            .map_err(|_| AuthError::Internal("key encryption failed".into()))?;
+        Ok([nonce.as_slice(), &sealed].concat())
+    }
+
+    fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+        if sealed.len() < 12 {
+            return Err(AuthError::Internal("stored signing key is truncated".into()));
+        }
+        let (nonce, body) = sealed.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| AuthError::Internal("bad nonce".into()))?;
+        self.0.decrypt(&Nonce::from(nonce), body).map_err(|_| {
+            AuthError::Internal("cannot decrypt signing key: wrong tokens.key_encryption_key?".into())
+        })
+    }
+}
+
+/// Access-token claims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Session id.
+    pub sid: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+    pub aud: String,
+}
+
+struct KeySet {
+    signer: Option<(String, EncodingKey)>,
+    verifiers: HashMap<String, DecodingKey>,
+    jwks: Vec<Jwk>,
+}
+
+/// The live key set of one instance.
+pub struct Keys {
+    db: Arc<Db>,
+    kek: Kek,
+    settings: TokenSettings,
+    set: RwLock<KeySet>,
+    last_reload: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Loads the keys, creating the first one if there is none.
+    pub async fn load(db: Arc<Db>, settings: &TokenSettings) -> Result<Self, AuthError> {
+        let kek = Kek::parse(settings.key_encryption_key.expose()).map_err(AuthError::Internal)?;
+        ensure_current_key(&db, &kek).await?;
+        let keys = Self {
+            db,
+            kek,
+            settings: settings.clone(),
+            set: RwLock::new(KeySet { signer: None, verifiers: HashMap::new(), jwks: Vec::new() }),
+            // Allow the first unknown-kid reload at once.
+            last_reload: Mutex::new(Instant::now().checked_sub(RELOAD_THROTTLE).unwrap_or_else(Instant::now)),
+        };
+        keys.reload().await?;
+        Ok(keys)
+    }
+
+    /// Re-reads the keys from Postgres.
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        let keep = Duration::from_secs(self.settings.access_ttl_seconds) + RETIRED_MARGIN;
+        let conn = self.db.write().await?;
+        let rows = conn
+            .query(
+                "SELECT kid, public_key, private_key_enc, retired_at IS NULL AS current FROM signing_keys \
+                 WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1) \
+                 ORDER BY created_at DESC",
+                &[&keep.as_secs_f64()],
+            )
+            .await?;
+        let mut set = KeySet { signer: None, verifiers: HashMap::new(), jwks: Vec::new() };
+        for row in rows {
+            let kid: String = row.get("kid");
+            let public: Vec<u8> = row.get("public_key");
+            if set.signer.is_none() && row.get::<_, bool>("current") {
+                let seed = self.kek.decrypt(row.get("private_key_enc"))?;
+                set.signer = Some((kid.clone(), encoding_key(&seed)?));
+            }
+            set.verifiers.insert(kid.clone(), DecodingKey::from_ed_der(&public));
+            set.jwks.push(Jwk {
+                kid,
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: URL_SAFE_NO_PAD.encode(&public),
+                alg: "EdDSA".into(),
+                r#use: "sig".into(),
+            });
+        }
+        if set.signer.is_none() {
+            return Err(AuthError::Internal("no current signing key".into()));
+        }
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+
+    /// Signs an access token for `user` in `session`; returns it and its expiry.
+    pub fn issue(&self, user: &str, session: &str) -> Result<(String, SystemTime), AuthError> {
+        let now = SystemTime::now();
+        let iat = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let exp = iat + self.settings.access_ttl_seconds;
+        let claims = Claims {
+            sub: user.to_owned(),
+            sid: session.to_owned(),
+            iat,
+            exp,
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+        };
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        let (kid, key) = set.signer.as_ref().ok_or_else(|| AuthError::Internal("no signing key".into()))?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims, key).map_err(|e| AuthError::Internal(e.to_string()))?;
+        Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
+    }
+
+    /// Checks signature, `kid`, expiry, issuer and audience.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        const BAD: AuthError = AuthError::Unauthenticated("invalid or expired access token");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| BAD)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(BAD);
+        }
+        let kid = header.kid.ok_or(BAD)?;
+        if !self.knows(&kid) {
+            self.reload_throttled().await;
+        }
+        let key = {
+            let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+            set.verifiers.get(&kid).cloned().ok_or(BAD)?
+        };
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &key, &validation).map(|d| d.claims).map_err(|_| BAD)
+    }
+
+    pub fn jwks(&self) -> Vec<Jwk> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).jwks.clone()
+    }
+
+    fn knows(&self, kid: &str) -> bool {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).verifiers.contains_key(kid)
+    }
+
+    async fn reload_throttled(&self) {
+        let mut last = self.last_reload.lock().await;
+        if last.elapsed() < RELOAD_THROTTLE {
+            return;
+        }
+        *last = Instant::now();
+        if let Err(error) = self.reload().await {
+            tracing::warn!(%error, "signing key reload failed");
+        }
+    }
+}
+
+fn encoding_key(seed: &[u8]) -> Result<EncodingKey, AuthError> {
+    let seed: [u8; 32] = seed.try_into().map_err(|_| AuthError::Internal("bad signing key length".into()))?;
+    let der = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .to_pkcs8_der()
+        .map_err(|e| AuthError::Internal(format!("encoding signing key: {e}")))?;
+    Ok(EncodingKey::from_ed_der(der.as_bytes()))
+}
+
+async fn ensure_current_key(db: &Db, kek: &Kek) -> Result<(), AuthError> {
+    let mut conn = db.write().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
+    let current = tx.query_opt("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1", &[]).await?;
+    if current.is_none() {
+        insert_key(&tx, kek).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_key(tx: &deadpool_postgres::Transaction<'_>, kek: &Kek) -> Result<String, AuthError> {
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let kid = uuid::Uuid::now_v7().simple().to_string();
+    let public = signing.verifying_key().to_bytes().to_vec();
+    let sealed = kek.encrypt(&signing.to_bytes())?;
+    tx.execute(
+        "INSERT INTO signing_keys (kid, public_key, private_key_enc) VALUES ($1, $2, $3)",
+        &[&kid, &public, &sealed],
+    )
+    .await?;
+    Ok(kid)
+}
+
+/// Creates a new signing key and retires the current one (which stays in
+/// the JWKS until its tokens have expired). Returns the new `kid`.
+pub async fn rotate(db: &Db, settings: &TokenSettings) -> Result<String, AuthError> {
+    let kek = Kek::parse(settings.key_encryption_key.expose()).map_err(AuthError::Internal)?;
+    let mut conn = db.write().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
+    let kid = insert_key(&tx, &kek).await?;
+    tx.execute("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL AND kid <> $1", &[&kid])
+        .await?;
+    tx.commit().await?;
+    Ok(kid)
+}

@@ -1,0 +1,66 @@
+//! `tenx-auth [--config FILE] <serve|migrate|rotate-keys>`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tenx_auth::{App, AuthSettings};
+use tenx_common::metrics::Metrics;
+use tenx_common::shutdown::Shutdown;
+
+const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys>";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config: Option<PathBuf> = None;
+    let mut command = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => config = args.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other if command.is_none() => command = Some(other.to_owned()),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    let settings = match AuthSettings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tenx-auth: {error}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    let result = match command.as_deref() {
+        Some("serve") | None => serve(settings).await,
+        Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| e.to_string()),
+        Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())
+            .await
+            .map(|kid| println!("new signing key: {kid}"))
+            .map_err(|e| e.to_string()),
+        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tenx-auth: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: AuthSettings) -> Result<(), String> {
+    let telemetry =
+        tenx_common::telemetry::init("tenx-auth", &settings.telemetry).map_err(|e| e.to_string())?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals().map_err(|e| e.to_string())?;
+    let app = App::build(settings, Metrics::default()).await.map_err(|e| e.to_string())?;
+    let running = app.spawn(shutdown).await.map_err(|e| e.to_string())?;
+    let result = running.task.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+    telemetry.shutdown().await;
+    result
+}

@@ -1,0 +1,47 @@
+//! Random secrets (refresh tokens, API keys, one-time codes) and their
+//! stored form: only SHA-256 hashes ever reach the database.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::{Rng, RngCore};
+use sha2::{Digest, Sha256};
+
+pub const API_KEY_PREFIX: &str = "tenx_sk_";
+/// Characters shown of an API key so its owner can recognise it.
+pub const API_KEY_SHOWN: usize = 12;
+/// Code alphabet without look-alikes (0/O, 1/I/L).
+const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+pub const CODE_LEN: usize = 8;
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn refresh_token() -> String {
+    format!("rt_{}", random_token())
+}
+
+pub fn api_key() -> String {
+    format!("{API_KEY_PREFIX}{}", random_token())
+}
+
+/// An 8-character code a person can type from an email.
+pub fn code() -> String {
+    let mut rng = rand::rngs::OsRng;
+    (0..CODE_LEN).map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())])).collect()
+}
+
+/// Codes are compared case-insensitively, ignoring spaces and dashes.
+pub fn normalize_code(raw: &str) -> String {
+    raw.chars().filter(|c| !c.is_whitespace() && *c != '-').flat_map(char::to_uppercase).collect()
+}
+
+pub fn hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

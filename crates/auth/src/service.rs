@@ -1,0 +1,886 @@
+//! The `tenx.auth.v1.AuthService` gRPC API.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tenx_common::cache::Cache;
+use tenx_common::db::{Db, WalPosition};
+use tenx_common::outbox::{self, NewEvent};
+use tenx_proto::auth::v1 as pb;
+use tenx_proto::auth::v1::auth_service_server::AuthService;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::error::AuthError;
+use crate::keys::Keys;
+use crate::password::Passwords;
+use crate::secrets;
+use crate::settings::AuthSettings;
+use crate::store::{self, ApiKeyAuth, CodePurpose, UserRecord};
+use crate::validate;
+
+/// Response (and request) metadata carrying the WAL position of a write,
+/// for read-your-writes.
+pub const WAL_POSITION: &str = "x-tenx-wal-position";
+
+/// Everything the handlers share.
+pub struct Core {
+    pub db: Arc<Db>,
+    pub keys: Arc<Keys>,
+    pub passwords: Passwords,
+    pub users: Cache<UserRecord>,
+    /// Session id → still active. Every access-token check reads it; a
+    /// revocation invalidates it on every instance.
+    pub sessions: Cache<bool>,
+    /// SHA-256 of an API key (hex) → its owner, or `None` if unknown.
+    pub api_keys: Cache<Option<ApiKeyAuth>>,
+    pub settings: AuthSettings,
+    /// API keys whose `last_used_at` was written recently (throttle).
+    pub touched: moka::future::Cache<Uuid, ()>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// The gRPC service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuthApi {
+    core: Arc<Core>,
+}
+
+impl AuthApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+/// Who is calling, from a verified access token.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    user: Uuid,
+    session: Uuid,
+}
+
+fn respond<T>(message: T, written: Option<WalPosition>) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Some(position) = written
+        && let Ok(value) = MetadataValue::try_from(position.to_string())
+    {
+        response.metadata_mut().insert(WAL_POSITION, value);
+    }
+    response
+}
+
+fn unshare(error: Arc<AuthError>) -> AuthError {
+    Arc::try_unwrap(error).unwrap_or_else(|shared| match &*shared {
+        AuthError::Pool(_) | AuthError::Db(_) => AuthError::Internal(format!("database: {shared}")),
+        other => AuthError::Internal(other.to_string()),
+    })
+}
+
+fn position_from(metadata: &MetadataMap) -> Result<Option<WalPosition>, AuthError> {
+    match metadata.get(WAL_POSITION).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(text)) => text.parse().map(Some).map_err(|_| {
+            AuthError::invalid("x-tenx-wal-position", "must be a WAL position like 16/B374D848")
+        }),
+        Some(Err(_)) => Err(AuthError::invalid("x-tenx-wal-position", "must be ASCII")),
+    }
+}
+
+impl Core {
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AuthError::Unauthenticated("missing bearer token"))?;
+        if token.len() > 4096 {
+            return Err(AuthError::Unauthenticated("invalid or expired access token"));
+        }
+        let claims = self.keys.verify(token).await?;
+        let bad = || AuthError::Unauthenticated("invalid or expired access token");
+        let user = Uuid::parse_str(&claims.sub).map_err(|_| bad())?;
+        let session = Uuid::parse_str(&claims.sid).map_err(|_| bad())?;
+        let db = self.db.clone();
+        let active = self
+            .sessions
+            .get_or_load_fresh(&session.to_string(), None, |after| async move {
+                // A replica can only be behind: "unknown" there may be a
+                // session just created, so only the primary may say no.
+                if store::session_active(&*db.read(after).await?, session).await? {
+                    return Ok(true);
+                }
+                store::session_active(&*db.write().await?, session).await
+            })
+            .await
+            .map_err(unshare)?;
+        if !active {
+            return Err(AuthError::Unauthenticated("session revoked"));
+        }
+        Ok(Caller { user, session })
+    }
+
+    async fn tokens(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        refresh_token: String,
+    ) -> Result<pb::Tokens, AuthError> {
+        let (access, expires) = self.keys.issue(&user.to_string(), &session.to_string())?;
+        Ok(pb::Tokens {
+            access_token: access,
+            access_token_expires_at: Some(store::timestamp(expires)),
+            refresh_token,
+            session_id: session.to_string(),
+        })
+    }
+
+    async fn user(&self, id: Uuid, after: Option<WalPosition>) -> Result<UserRecord, AuthError> {
+        let db = self.db.clone();
+        self.users
+            .get_or_load_fresh(&id.to_string(), after, |after| async move {
+                // Missing on a (lagging) replica may mean just created.
+                if let Some(user) = store::user_by_id(&*db.read(after).await?, id).await? {
+                    return Ok(user);
+                }
+                store::user_by_id(&*db.write().await?, id).await?.ok_or(AuthError::NotFound("user"))
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    /// After revoking sessions: refuse their access tokens everywhere.
+    async fn forget_sessions(&self, sessions: &[Uuid], written: WalPosition) {
+        for session in sessions {
+            self.sessions.invalidate_after(&session.to_string(), Some(written)).await;
+        }
+    }
+
+    fn lock_delay(&self, failures: i32) -> Duration {
+        let over = u32::try_from(failures - self.settings.login.max_failures).unwrap_or(0).min(20);
+        let seconds = self.settings.login.base_lock_seconds.saturating_mul(1u64 << over);
+        Duration::from_secs(seconds.min(self.settings.login.max_lock_seconds))
+    }
+
+    async fn sign_up(
+        &self,
+        request: pb::SignUpRequest,
+    ) -> Result<(pb::SignUpResponse, WalPosition), AuthError> {
+        let email = validate::email("email", &request.email)?;
+        self.passwords.check_new("password", &request.password)?;
+        let display_name = validate::label("display_name", &request.display_name, false)?;
+        let device = validate::label("device_name", &request.device_name, false)?;
+        let hash = self.passwords.hash(&request.password).await?;
+
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO users (id, email, password_hash, display_name) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (email) DO NOTHING RETURNING {}",
+            store::USER_COLUMNS
+        );
+        let row = tx.query_opt(&sql, &[&id, &email, &hash, &display_name]).await?;
+        let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
+        let (session, refresh) = store::create_session(&tx, id, &device).await?;
+        let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
+        outbox::enqueue(&tx, &NewEvent::new("auth.user.signed_up", &id.to_string(), &event)).await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        let tokens = self.tokens(id, session, refresh).await?;
+        Ok((pb::SignUpResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
+    }
+
+    async fn login(&self, request: pb::LoginRequest) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
+        let email = validate::email("email", &request.email)?;
+        validate::token("password", &request.password, crate::password::MAX_PASSWORD_BYTES)?;
+        let device = validate::label("device_name", &request.device_name, false)?;
+        let wrong = AuthError::Unauthenticated("wrong email or password");
+
+        let mut conn = self.db.write().await?;
+        let account = store::login_row(&*conn, &email).await?;
+        if let Some(until) = account.as_ref().and_then(|a| a.locked_until)
+            && let Ok(remaining) = until.duration_since(SystemTime::now())
+        {
+            return Err(AuthError::LockedOut { retry_after: remaining });
+        }
+        let verified = self
+            .passwords
+            .verify(&request.password, account.as_ref().map(|a| a.password_hash.as_str()))
+            .await?;
+        let Some(account) = account else { return Err(wrong) };
+        let id = account.user.id;
+        if !verified.ok {
+            let row = conn
+                .query_one(
+                    "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+                    &[&id],
+                )
+                .await?;
+            let failures: i32 = row.get(0);
+            if failures >= self.settings.login.max_failures {
+                let delay = self.lock_delay(failures);
+                conn.execute(
+                    "UPDATE users SET locked_until = now() + make_interval(secs => $2) WHERE id = $1",
+                    &[&id, &delay.as_secs_f64()],
+                )
+                .await?;
+                tracing::warn!(user_id = %id, failures, lock_seconds = delay.as_secs(), "account locked after failed logins");
+            }
+            return Err(wrong);
+        }
+        let rehash =
+            if verified.needs_rehash { Some(self.passwords.hash(&request.password).await?) } else { None };
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "UPDATE users SET failed_logins = 0, locked_until = NULL, password_hash = COALESCE($2, password_hash) \
+             WHERE id = $1",
+            &[&id, &rehash],
+        )
+        .await?;
+        let (session, refresh) = store::create_session(&tx, id, &device).await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        let tokens = self.tokens(id, session, refresh).await?;
+        Ok((pb::LoginResponse { user: Some(account.user.to_proto()), tokens: Some(tokens) }, written))
+    }
+
+    async fn refresh(
+        &self,
+        request: pb::RefreshRequest,
+    ) -> Result<(pb::RefreshResponse, WalPosition), AuthError> {
+        let token = validate::token("refresh_token", &request.refresh_token, 256)?;
+        let bad = AuthError::Unauthenticated("invalid refresh token");
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT rt.session_id, s.user_id, s.revoked_at IS NOT NULL AS revoked, \
+                        rt.issued_at < now() - make_interval(days => $2) AS expired, \
+                        rt.rotated_at IS NOT NULL AS rotated, \
+                        rt.rotated_at > now() - make_interval(secs => $3) AS in_grace \
+                 FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id \
+                 WHERE rt.token_hash = $1 FOR UPDATE OF rt, s",
+                &[
+                    &secrets::hash(token),
+                    &i32::try_from(self.settings.tokens.refresh_ttl_days).unwrap_or(i32::MAX),
+                    &(self.settings.tokens.refresh_reuse_grace_seconds as f64),
+                ],
+            )
+            .await?;
+        let Some(row) = row else { return Err(bad) };
+        let (session, user): (Uuid, Uuid) = (row.get(0), row.get(1));
+        if row.get::<_, bool>("revoked") || row.get::<_, bool>("expired") {
+            return Err(bad);
+        }
+        if row.get::<_, bool>("rotated") && !row.get::<_, Option<bool>>("in_grace").unwrap_or(false) {
+            // An already-exchanged token came back: someone holds a copy.
+            store::revoke_session(&tx, session, "refresh_token_reuse").await?;
+            tx.commit().await?;
+            let written = conn.commit_position().await?;
+            self.forget_sessions(&[session], written).await;
+            tracing::warn!(session_id = %session, user_id = %user, "refresh token reuse; session revoked");
+            return Err(bad);
+        }
+        tx.execute(
+            "UPDATE refresh_tokens SET rotated_at = COALESCE(rotated_at, now()) WHERE token_hash = $1",
+            &[&secrets::hash(token)],
+        )
+        .await?;
+        tx.execute("UPDATE sessions SET last_used_at = now() WHERE id = $1", &[&session]).await?;
+        let refresh = store::insert_refresh_token(&tx, session).await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        Ok((pb::RefreshResponse { tokens: Some(self.tokens(user, session, refresh).await?) }, written))
+    }
+
+    async fn logout(&self, request: pb::LogoutRequest) -> Result<WalPosition, AuthError> {
+        let token = validate::token("refresh_token", &request.refresh_token, 256)?;
+        let conn = self.db.write().await?;
+        let row = conn
+            .query_opt(
+                "SELECT session_id FROM refresh_tokens WHERE token_hash = $1",
+                &[&secrets::hash(token)],
+            )
+            .await?;
+        let session: Uuid = row.ok_or(AuthError::Unauthenticated("invalid refresh token"))?.get(0);
+        store::revoke_session(&*conn, session, "logout").await?;
+        let written = conn.commit_position().await?;
+        self.forget_sessions(&[session], written).await;
+        Ok(written)
+    }
+
+    async fn revoke_session(
+        &self,
+        caller: Caller,
+        request: pb::RevokeSessionRequest,
+    ) -> Result<WalPosition, AuthError> {
+        let session = validate::id("session_id", &request.session_id)?;
+        let conn = self.db.write().await?;
+        let n = conn
+            .execute(
+                "UPDATE sessions SET revoked_at = now(), revoke_reason = 'revoked' \
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                &[&session, &caller.user],
+            )
+            .await?;
+        if n == 0 {
+            return Err(AuthError::NotFound("session"));
+        }
+        let written = conn.commit_position().await?;
+        self.forget_sessions(&[session], written).await;
+        Ok(written)
+    }
+
+    async fn list_sessions(&self, caller: Caller) -> Result<pb::ListSessionsResponse, AuthError> {
+        let conn = self.db.write().await?;
+        let rows = conn
+            .query(
+                "SELECT id, device_name, created_at, last_used_at FROM sessions \
+                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
+                &[&caller.user],
+            )
+            .await?;
+        let sessions = rows
+            .iter()
+            .map(|r| {
+                let id: Uuid = r.get(0);
+                pb::Session {
+                    id: id.to_string(),
+                    device_name: r.get(1),
+                    created_at: Some(store::timestamp(r.get(2))),
+                    last_used_at: Some(store::timestamp(r.get(3))),
+                    current: id == caller.session,
+                }
+            })
+            .collect();
+        Ok(pb::ListSessionsResponse { sessions })
+    }
+
+    async fn get_user(
+        &self,
+        caller: Caller,
+        request: pb::GetUserRequest,
+        after: Option<WalPosition>,
+    ) -> Result<pb::GetUserResponse, AuthError> {
+        let id =
+            if request.user_id.is_empty() { caller.user } else { validate::id("user_id", &request.user_id)? };
+        if id != caller.user {
+            // Not yours and not found look the same: ids cannot be probed.
+            return Err(AuthError::NotFound("user"));
+        }
+        Ok(pb::GetUserResponse { user: Some(self.user(id, after).await?.to_proto()) })
+    }
+
+    /// Commits `tx`, then refreshes the user in every instance's cache.
+    async fn commit_user_change(
+        &self,
+        conn: &tenx_common::db::Conn,
+        user: Uuid,
+    ) -> Result<WalPosition, AuthError> {
+        let written = conn.commit_position().await?;
+        self.users.invalidate_after(&user.to_string(), Some(written)).await;
+        Ok(written)
+    }
+
+    async fn update_profile(
+        &self,
+        caller: Caller,
+        request: pb::UpdateProfileRequest,
+    ) -> Result<(pb::UpdateProfileResponse, WalPosition), AuthError> {
+        let display_name = validate::label("display_name", &request.display_name, false)?;
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let sql = format!(
+            "UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1 RETURNING {}",
+            store::USER_COLUMNS
+        );
+        let row =
+            tx.query_opt(&sql, &[&caller.user, &display_name]).await?.ok_or(AuthError::NotFound("user"))?;
+        let user = UserRecord::from_row(&row);
+        let event = pb::UserUpdated { user_id: user.id.to_string(), email: user.email.clone(), display_name };
+        outbox::enqueue(&tx, &NewEvent::new("auth.user.updated", &user.id.to_string(), &event)).await?;
+        tx.commit().await?;
+        let written = self.commit_user_change(&conn, caller.user).await?;
+        Ok((pb::UpdateProfileResponse { user: Some(user.to_proto()) }, written))
+    }
+
+    async fn request_email_verification(&self, caller: Caller) -> Result<WalPosition, AuthError> {
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let user = store::user_by_id(&tx, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
+        if !user.email_verified {
+            let ttl = self.settings.codes.verify_ttl_minutes;
+            let code = store::new_code(
+                &tx,
+                user.id,
+                CodePurpose::VerifyEmail,
+                Duration::from_secs(u64::from(ttl) * 60),
+            )
+            .await?;
+            let event = pb::EmailVerificationRequested {
+                user_id: user.id.to_string(),
+                email: user.email.clone(),
+                code,
+                expires_in_minutes: ttl,
+            };
+            outbox::enqueue(
+                &tx,
+                &NewEvent::new("auth.email_verification_requested", &user.id.to_string(), &event),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(conn.commit_position().await?)
+    }
+
+    async fn verify_email(
+        &self,
+        caller: Caller,
+        request: pb::VerifyEmailRequest,
+    ) -> Result<(pb::VerifyEmailResponse, WalPosition), AuthError> {
+        let code = validate::token("code", &request.code, 64)?;
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let spent = store::spend_code(
+            &tx,
+            caller.user,
+            CodePurpose::VerifyEmail,
+            code,
+            self.settings.codes.max_attempts,
+        )
+        .await?;
+        if !spent {
+            tx.commit().await?; // the failed attempt counts
+            return Err(AuthError::invalid("code", "wrong, used or expired code"));
+        }
+        let sql = format!(
+            "UPDATE users SET email_verified = true, updated_at = now() WHERE id = $1 RETURNING {}",
+            store::USER_COLUMNS
+        );
+        let user = UserRecord::from_row(&tx.query_one(&sql, &[&caller.user]).await?);
+        let event = pb::UserUpdated {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            display_name: user.display_name.clone(),
+        };
+        outbox::enqueue(&tx, &NewEvent::new("auth.user.updated", &user.id.to_string(), &event)).await?;
+        tx.commit().await?;
+        let written = self.commit_user_change(&conn, caller.user).await?;
+        Ok((pb::VerifyEmailResponse { user: Some(user.to_proto()) }, written))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: pb::RequestPasswordResetRequest,
+    ) -> Result<(), AuthError> {
+        let email = validate::email("email", &request.email)?;
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        if let Some(account) = store::login_row(&tx, &email).await? {
+            let ttl = self.settings.codes.reset_ttl_minutes;
+            let id = account.user.id;
+            let code = store::new_code(
+                &tx,
+                id,
+                CodePurpose::ResetPassword,
+                Duration::from_secs(u64::from(ttl) * 60),
+            )
+            .await?;
+            let event =
+                pb::PasswordResetRequested { user_id: id.to_string(), email, code, expires_in_minutes: ttl };
+            outbox::enqueue(&tx, &NewEvent::new("auth.password_reset_requested", &id.to_string(), &event))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reset_password(&self, request: pb::ResetPasswordRequest) -> Result<WalPosition, AuthError> {
+        let email = validate::email("email", &request.email)?;
+        let code = validate::token("code", &request.code, 64)?;
+        self.passwords.check_new("new_password", &request.new_password)?;
+        let wrong = || AuthError::invalid("code", "wrong, used or expired code");
+        let mut conn = self.db.write().await?;
+        let Some(account) = store::login_row(&*conn, &email).await? else { return Err(wrong()) };
+        let hash = self.passwords.hash(&request.new_password).await?;
+        let id = account.user.id;
+        let tx = conn.transaction().await?;
+        if !store::spend_code(&tx, id, CodePurpose::ResetPassword, code, self.settings.codes.max_attempts)
+            .await?
+        {
+            tx.commit().await?;
+            return Err(wrong());
+        }
+        tx.execute(
+            "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL, updated_at = now() WHERE id = $1",
+            &[&id, &hash],
+        )
+        .await?;
+        let revoked = store::revoke_user_sessions(&tx, id, None, "password_reset").await?;
+        let event = pb::PasswordChanged { user_id: id.to_string(), email };
+        outbox::enqueue(&tx, &NewEvent::new("auth.password_changed", &id.to_string(), &event)).await?;
+        tx.commit().await?;
+        let written = self.commit_user_change(&conn, id).await?;
+        self.forget_sessions(&revoked, written).await;
+        Ok(written)
+    }
+
+    async fn change_password(
+        &self,
+        caller: Caller,
+        request: pb::ChangePasswordRequest,
+    ) -> Result<WalPosition, AuthError> {
+        validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
+        self.passwords.check_new("new_password", &request.new_password)?;
+        let mut conn = self.db.write().await?;
+        let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
+        let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
+        let verified = self.passwords.verify(&request.current_password, Some(&account.password_hash)).await?;
+        if !verified.ok {
+            return Err(AuthError::invalid("current_password", "is wrong"));
+        }
+        let hash = self.passwords.hash(&request.new_password).await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+            &[&caller.user, &hash],
+        )
+        .await?;
+        let revoked =
+            store::revoke_user_sessions(&tx, caller.user, Some(caller.session), "password_changed").await?;
+        let event = pb::PasswordChanged { user_id: caller.user.to_string(), email: user.email };
+        outbox::enqueue(&tx, &NewEvent::new("auth.password_changed", &caller.user.to_string(), &event))
+            .await?;
+        tx.commit().await?;
+        let written = self.commit_user_change(&conn, caller.user).await?;
+        self.forget_sessions(&revoked, written).await;
+        Ok(written)
+    }
+
+    async fn create_api_key(
+        &self,
+        caller: Caller,
+        request: pb::CreateApiKeyRequest,
+    ) -> Result<(pb::CreateApiKeyResponse, WalPosition), AuthError> {
+        let name = validate::label("name", &request.name, true)?;
+        let scopes = validate::scopes("scopes", &request.scopes)?;
+        if request.expires_in_days > 3650 {
+            return Err(AuthError::invalid("expires_in_days", "must be at most 3650 (0 = never)"));
+        }
+        let secret = secrets::api_key();
+        let prefix: String = secret.chars().take(secrets::API_KEY_SHOWN).collect();
+        let days = i32::try_from(request.expires_in_days).unwrap_or(0);
+        let conn = self.db.write().await?;
+        let row = conn
+            .query_one(
+                "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 > 0 THEN now() + make_interval(days => $7) END) \
+                 RETURNING id, name, prefix, scopes, created_at, expires_at, last_used_at",
+                &[&Uuid::now_v7(), &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &days],
+            )
+            .await?;
+        let written = conn.commit_position().await?;
+        // A key probed before it existed may be cached as unknown.
+        self.api_keys.invalidate_after(&secrets::hex(&secrets::hash(&secret)), Some(written)).await;
+        Ok((pb::CreateApiKeyResponse { api_key: Some(store::api_key_proto(&row)), secret }, written))
+    }
+
+    async fn list_api_keys(&self, caller: Caller) -> Result<pb::ListApiKeysResponse, AuthError> {
+        let conn = self.db.write().await?;
+        let rows = conn
+            .query(
+                "SELECT id, name, prefix, scopes, created_at, expires_at, last_used_at FROM api_keys \
+                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
+                &[&caller.user],
+            )
+            .await?;
+        Ok(pb::ListApiKeysResponse { api_keys: rows.iter().map(store::api_key_proto).collect() })
+    }
+
+    async fn revoke_api_key(
+        &self,
+        caller: Caller,
+        request: pb::RevokeApiKeyRequest,
+    ) -> Result<WalPosition, AuthError> {
+        let id = validate::id("api_key_id", &request.api_key_id)?;
+        let conn = self.db.write().await?;
+        let row = conn
+            .query_opt(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                 RETURNING secret_hash",
+                &[&id, &caller.user],
+            )
+            .await?
+            .ok_or(AuthError::NotFound("api key"))?;
+        let written = conn.commit_position().await?;
+        self.api_keys.invalidate_after(&secrets::hex(&row.get::<_, Vec<u8>>(0)), Some(written)).await;
+        Ok(written)
+    }
+
+    async fn authenticate_api_key(
+        &self,
+        request: pb::AuthenticateApiKeyRequest,
+    ) -> Result<pb::AuthenticateApiKeyResponse, AuthError> {
+        let secret = validate::token("secret", &request.secret, 128)?;
+        let bad = AuthError::Unauthenticated("invalid API key");
+        if !secret.starts_with(secrets::API_KEY_PREFIX) {
+            return Err(bad);
+        }
+        let hash = secrets::hash(secret);
+        let db = self.db.clone();
+        let found = self
+            .api_keys
+            .get_or_load_fresh(&secrets::hex(&hash), None, |after| {
+                let hash = hash.clone();
+                async move {
+                    if let Some(key) = store::api_key_by_hash(&*db.read(after).await?, &hash).await? {
+                        return Ok(Some(key));
+                    }
+                    store::api_key_by_hash(&*db.write().await?, &hash).await
+                }
+            })
+            .await
+            .map_err(unshare)?;
+        let Some(key) = found else { return Err(bad) };
+        if key.expires_at_ms.is_some_and(|e| e <= store::millis(SystemTime::now())) {
+            return Err(bad);
+        }
+        self.touch_api_key(key.key_id).await;
+        Ok(pb::AuthenticateApiKeyResponse {
+            user_id: key.user_id.to_string(),
+            api_key_id: key.key_id.to_string(),
+            scopes: key.scopes,
+        })
+    }
+
+    /// Records `last_used_at` at most once a minute per key, off the
+    /// request path.
+    async fn touch_api_key(&self, id: Uuid) {
+        if self.touched.contains_key(&id) {
+            return;
+        }
+        self.touched.insert(id, ()).await;
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let result = async {
+                db.write()
+                    .await?
+                    .execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", &[&id])
+                    .await?;
+                Ok::<_, AuthError>(())
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, api_key_id = %id, "recording API key use failed");
+            }
+        });
+    }
+
+    fn jwks(&self) -> pb::GetJwksResponse {
+        let keys = self.keys.jwks();
+        let json = serde_json::json!({
+            "keys": keys.iter().map(|k| serde_json::json!({
+                "kid": k.kid, "kty": k.kty, "crv": k.crv, "x": k.x, "alg": k.alg, "use": k.r#use,
+            })).collect::<Vec<_>>()
+        });
+        pb::GetJwksResponse { keys, jwks_json: json.to_string() }
+    }
+
+    async fn upload_avatar(
+        &self,
+        caller: Caller,
+        request: pb::UploadAvatarRequest,
+    ) -> Result<(pb::UploadAvatarResponse, WalPosition), AuthError> {
+        if !matches!(request.content_type.as_str(), "image/png" | "image/jpeg") {
+            return Err(AuthError::invalid("content_type", "must be image/png or image/jpeg"));
+        }
+        if request.data.is_empty() {
+            return Err(AuthError::invalid("data", "is required"));
+        }
+        if request.data.len() > self.settings.avatars.max_bytes {
+            return Err(AuthError::invalid(
+                "data",
+                format!("must be at most {} bytes", self.settings.avatars.max_bytes),
+            ));
+        }
+        let id = Uuid::now_v7();
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "INSERT INTO avatars (id, user_id, content_type, original) VALUES ($1, $2, $3, $4)",
+            &[&id, &caller.user, &request.content_type, &request.data],
+        )
+        .await?;
+        let event = pb::AvatarUploaded { user_id: caller.user.to_string(), avatar_id: id.to_string() };
+        outbox::enqueue(&tx, &NewEvent::new("auth.avatar.uploaded", &caller.user.to_string(), &event))
+            .await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        Ok((pb::UploadAvatarResponse { avatar_id: id.to_string() }, written))
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SignUpResponse>, Status> {
+        let (reply, written) = self.core.sign_up(request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let (reply, written) = self.core.login(request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let (reply, written) = self.core.refresh(request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let written = self.core.logout(request.into_inner()).await?;
+        Ok(respond(pb::LogoutResponse {}, Some(written)))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let written = self.core.revoke_session(caller, request.into_inner()).await?;
+        Ok(respond(pb::RevokeSessionResponse {}, Some(written)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        Ok(Response::new(self.core.list_sessions(caller).await?))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let after = position_from(request.metadata())?;
+        Ok(Response::new(self.core.get_user(caller, request.into_inner(), after).await?))
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let (reply, written) = self.core.update_profile(caller, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn request_email_verification(
+        &self,
+        request: Request<pb::RequestEmailVerificationRequest>,
+    ) -> Result<Response<pb::RequestEmailVerificationResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let written = self.core.request_email_verification(caller).await?;
+        Ok(respond(pb::RequestEmailVerificationResponse {}, Some(written)))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let (reply, written) = self.core.verify_email(caller, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        self.core.request_password_reset(request.into_inner()).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let written = self.core.reset_password(request.into_inner()).await?;
+        Ok(respond(pb::ResetPasswordResponse {}, Some(written)))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let written = self.core.change_password(caller, request.into_inner()).await?;
+        Ok(respond(pb::ChangePasswordResponse {}, Some(written)))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let (reply, written) = self.core.create_api_key(caller, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        Ok(Response::new(self.core.list_api_keys(caller).await?))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let written = self.core.revoke_api_key(caller, request.into_inner()).await?;
+        Ok(respond(pb::RevokeApiKeyResponse {}, Some(written)))
+    }
+
+    async fn authenticate_api_key(
+        &self,
+        request: Request<pb::AuthenticateApiKeyRequest>,
+    ) -> Result<Response<pb::AuthenticateApiKeyResponse>, Status> {
+        Ok(Response::new(self.core.authenticate_api_key(request.into_inner()).await?))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(self.core.jwks()))
+    }
+
+    async fn upload_avatar(
+        &self,
+        request: Request<pb::UploadAvatarRequest>,
+    ) -> Result<Response<pb::UploadAvatarResponse>, Status> {
+        let caller = self.core.caller(request.metadata()).await?;
+        let (reply, written) = self.core.upload_avatar(caller, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+}

@@ -1,0 +1,116 @@
+//! `tenx-auth` settings: the shared sections plus auth's own.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tenx_common::cache::RedisSettings;
+use tenx_common::config::{ConfigError, Invalid, Loader, Secret, Validate};
+use tenx_common::db::DbSettings;
+use tenx_common::grpc::ServerSettings;
+use tenx_common::outbox::RelaySettings;
+use tenx_common::queue::AmqpSettings;
+use tenx_common::telemetry::TelemetrySettings;
+
+/// Embedded, commented defaults (`src/defaults.toml`).
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub server: ServerSettings,
+    pub database: DbSettings,
+    pub redis: RedisSettings,
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub outbox: RelaySettings,
+    pub password: PasswordSettings,
+    pub tokens: TokenSettings,
+    pub login: LoginSettings,
+    pub codes: CodeSettings,
+    pub avatars: AvatarSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PasswordSettings {
+    pub min_length: usize,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_seconds: u64,
+    pub refresh_ttl_days: u32,
+    pub refresh_reuse_grace_seconds: u64,
+    /// 32 bytes, base64; encrypts signing keys at rest.
+    pub key_encryption_key: Secret<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoginSettings {
+    pub max_failures: i32,
+    pub base_lock_seconds: u64,
+    pub max_lock_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeSettings {
+    pub verify_ttl_minutes: u32,
+    pub reset_ttl_minutes: u32,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AvatarSettings {
+    pub max_bytes: usize,
+}
+
+impl AuthSettings {
+    /// Defaults → optional file → `TENX_AUTH__…` environment, validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut loader = Loader::new("auth", DEFAULTS);
+        if let Some(path) = file {
+            loader = loader.file(path);
+        }
+        loader.load()
+    }
+}
+
+impl Validate for AuthSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.database.validate()?;
+        self.redis.validate()?;
+        self.amqp.validate()?;
+        self.telemetry.validate()?;
+        if self.password.min_length < 8 {
+            return Err(Invalid::new("password.min_length", "must be at least 8"));
+        }
+        if self.password.max_concurrent_hashes == 0 {
+            return Err(Invalid::new("password.max_concurrent_hashes", "must be at least 1"));
+        }
+        argon2::Params::new(
+            self.password.memory_kib,
+            self.password.iterations,
+            self.password.parallelism,
+            None,
+        )
+        .map_err(|e| Invalid::new("password.memory_kib", format!("invalid argon2 parameters: {e}")))?;
+        crate::keys::Kek::parse(self.tokens.key_encryption_key.expose())
+            .map_err(|reason| Invalid::new("tokens.key_encryption_key", reason))?;
+        if self.tokens.access_ttl_seconds == 0 || self.tokens.access_ttl_seconds > 86_400 {
+            return Err(Invalid::new("tokens.access_ttl_seconds", "must be between 1 and 86400"));
+        }
+        if self.login.max_failures < 1 {
+            return Err(Invalid::new("login.max_failures", "must be at least 1"));
+        }
+        if self.codes.max_attempts < 1 {
+            return Err(Invalid::new("codes.max_attempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! Rows auth reads and writes, and the SQL that does it. Queries run on
+//! connections whose `search_path` is the auth schema.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use tenx_proto::auth::v1 as pb;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::error::AuthError;
+
+/// A user as cached (L1/L2) and returned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub display_name: String,
+    pub avatar_64_id: Option<Uuid>,
+    pub avatar_256_id: Option<Uuid>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+pub const USER_COLUMNS: &str =
+    "id, email, email_verified, display_name, avatar_64_id, avatar_256_id, created_at, updated_at";
+
+impl UserRecord {
+    pub fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get("id"),
+            email: row.get("email"),
+            email_verified: row.get("email_verified"),
+            display_name: row.get("display_name"),
+            avatar_64_id: row.get("avatar_64_id"),
+            avatar_256_id: row.get("avatar_256_id"),
+            created_at_ms: millis(row.get("created_at")),
+            updated_at_ms: millis(row.get("updated_at")),
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::User {
+        pb::User {
+            id: self.id.to_string(),
+            email: self.email.clone(),
+            email_verified: self.email_verified,
+            display_name: self.display_name.clone(),
+            avatar_64_id: self.avatar_64_id.map(|i| i.to_string()).unwrap_or_default(),
+            avatar_256_id: self.avatar_256_id.map(|i| i.to_string()).unwrap_or_default(),
+            created_at: Some(timestamp_ms(self.created_at_ms)),
+            updated_at: Some(timestamp_ms(self.updated_at_ms)),
+        }
+    }
+}
+
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    t.into()
+}
+
+pub async fn user_by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<UserRecord>, AuthError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+    Ok(db.query_opt(&sql, &[&id]).await?.as_ref().map(UserRecord::from_row))
+}
+
+/// Credentials row for login.
+pub struct LoginRow {
+    pub user: UserRecord,
+    pub password_hash: String,
+    pub locked_until: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for LoginRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRow")
+            .field("user", &self.user)
+            .field("locked_until", &self.locked_until)
+            .finish()
+    }
+}
+
+pub async fn login_row<C: GenericClient>(db: &C, email: &str) -> Result<Option<LoginRow>, AuthError> {
+    let sql = format!("SELECT {USER_COLUMNS}, password_hash, locked_until FROM users WHERE email = $1");
+    Ok(db.query_opt(&sql, &[&email]).await?.map(|row| LoginRow {
+        user: UserRecord::from_row(&row),
+        password_hash: row.get("password_hash"),
+        locked_until: row.get("locked_until"),
+    }))
+}
+
+/// Starts a session with its first refresh token; returns the token.
+pub async fn create_session<C: GenericClient>(
+    tx: &C,
+    user: Uuid,
+    device: &str,
+) -> Result<(Uuid, String), AuthError> {
+    let session = Uuid::now_v7();
+    tx.execute(
+        "INSERT INTO sessions (id, user_id, device_name) VALUES ($1, $2, $3)",
+        &[&session, &user, &device],
+    )
+    .await?;
+    let token = insert_refresh_token(tx, session).await?;
+    Ok((session, token))
+}
+
+pub async fn insert_refresh_token<C: GenericClient>(tx: &C, session: Uuid) -> Result<String, AuthError> {
+    let token = crate::secrets::refresh_token();
+    tx.execute(
+        "INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)",
+        &[&crate::secrets::hash(&token), &session],
+    )
+    .await?;
+    Ok(token)
+}
+
+/// Revokes sessions of `user` (all, or all but `keep`); returns their ids.
+pub async fn revoke_user_sessions<C: GenericClient>(
+    tx: &C,
+    user: Uuid,
+    keep: Option<Uuid>,
+    reason: &str,
+) -> Result<Vec<Uuid>, AuthError> {
+    let rows = tx
+        .query(
+            "UPDATE sessions SET revoked_at = now(), revoke_reason = $3 \
+             WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2) RETURNING id",
+            &[&user, &keep, &reason],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn revoke_session<C: GenericClient>(
+    tx: &C,
+    session: Uuid,
+    reason: &str,
+) -> Result<bool, AuthError> {
+    let n = tx
+        .execute(
+            "UPDATE sessions SET revoked_at = now(), revoke_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&session, &reason],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Whether a session may still be used (the cached answer behind every
+/// access-token check).
+pub async fn session_active<C: GenericClient>(db: &C, session: Uuid) -> Result<bool, AuthError> {
+    let row = db.query_opt("SELECT revoked_at IS NULL FROM sessions WHERE id = $1", &[&session]).await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// Purposes of one-time codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    VerifyEmail,
+    ResetPassword,
+}
+
+impl CodePurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyEmail => "verify_email",
+            Self::ResetPassword => "reset_password",
+        }
+    }
+}
+
+/// Replaces any unused code of this purpose with a new one; returns it.
+pub async fn new_code<C: GenericClient>(
+    tx: &C,
+    user: Uuid,
+    purpose: CodePurpose,
+    ttl: Duration,
+) -> Result<String, AuthError> {
+    tx.execute(
+        "UPDATE one_time_codes SET used_at = now() WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+        &[&user, &purpose.as_str()],
+    )
+    .await?;
+    let code = crate::secrets::code();
+    tx.execute(
+        "INSERT INTO one_time_codes (id, user_id, purpose, code_hash, expires_at) \
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        &[&Uuid::now_v7(), &user, &purpose.as_str(), &crate::secrets::hash(&code), &ttl.as_secs_f64()],
+    )
+    .await?;
+    Ok(code)
+}
+
+/// Spends `code` if it is the user's live code of this purpose. A wrong
+/// guess counts against the code, which is burnt after `max_attempts`.
+/// Either way the caller must commit (the attempt count must stick).
+pub async fn spend_code<C: GenericClient>(
+    tx: &C,
+    user: Uuid,
+    purpose: CodePurpose,
+    code: &str,
+    max_attempts: i32,
+) -> Result<bool, AuthError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, code_hash FROM one_time_codes \
+             WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > now() \
+             ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
+            &[&user, &purpose.as_str()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(false) };
+    let id: Uuid = row.get(0);
+    let stored: Vec<u8> = row.get(1);
+    if stored == crate::secrets::hash(&crate::secrets::normalize_code(code)) {
+        tx.execute("UPDATE one_time_codes SET used_at = now() WHERE id = $1", &[&id]).await?;
+        return Ok(true);
+    }
+    tx.execute(
+        "UPDATE one_time_codes SET attempts = attempts + 1, \
+         used_at = CASE WHEN attempts + 1 >= $2 THEN now() END WHERE id = $1",
+        &[&id, &max_attempts],
+    )
+    .await?;
+    Ok(false)
+}
+
+/// What `AuthenticateApiKey` answers, cached by key hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    pub key_id: Uuid,
+    pub user_id: Uuid,
+    pub scopes: Vec<String>,
+    pub expires_at_ms: Option<i64>,
+}
+
+pub async fn api_key_by_hash<C: GenericClient>(db: &C, hash: &[u8]) -> Result<Option<ApiKeyAuth>, AuthError> {
+    let row = db
+        .query_opt(
+            "SELECT id, user_id, scopes, expires_at FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            &[&hash],
+        )
+        .await?;
+    Ok(row.map(|r| ApiKeyAuth {
+        key_id: r.get(0),
+        user_id: r.get(1),
+        scopes: r.get(2),
+        expires_at_ms: r.get::<_, Option<SystemTime>>(3).map(millis),
+    }))
+}
+
+pub fn api_key_proto(row: &Row) -> pb::ApiKey {
+    pb::ApiKey {
+        id: row.get::<_, Uuid>("id").to_string(),
+        name: row.get("name"),
+        prefix: row.get("prefix"),
+        scopes: row.get("scopes"),
+        created_at: Some(timestamp(row.get("created_at"))),
+        expires_at: row.get::<_, Option<SystemTime>>("expires_at").map(timestamp),
+        last_used_at: row.get::<_, Option<SystemTime>>("last_used_at").map(timestamp),
+    }
+}

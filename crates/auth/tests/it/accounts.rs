@@ -1,0 +1,162 @@
+//! Signup, login, lockout, GetUser, UpdateProfile, signing-key rotation.
+
+use std::time::{Duration, Instant};
+
+use tenx_proto::auth::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::support::{PASSWORD, TestAuth, access, authed, sign_up, unique_email};
+
+#[tokio::test]
+async fn sign_up_normalises_the_email_and_a_duplicate_is_already_exists() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    let shouting = format!("  {}  ", email.to_uppercase());
+    let created = sign_up(&mut client, &shouting).await?;
+    let user = created.user.clone().ok_or_else(|| anyhow::anyhow!("no user"))?;
+    assert_eq!(user.email, email);
+    assert!(!user.email_verified);
+
+    let me = client.get_user(authed(&access(&created), pb::GetUserRequest::default())).await?.into_inner();
+    assert_eq!(me.user.map(|u| u.id), Some(user.id.clone()));
+
+    let again = sign_up(&mut client, &email).await.expect_err("duplicate");
+    let status = again.downcast_ref::<tonic::Status>().ok_or_else(|| anyhow::anyhow!("{again}"))?;
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(auth.count("users").await?, 1);
+    // The signup event was written with the user, for the relay.
+    let event: pb::UserSignedUp = auth.last_event("auth.user.signed_up").await?;
+    assert_eq!(event.email, email);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_passwords_lock_the_account_with_retry_info_and_a_right_one_does_not_unlock_it()
+-> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    sign_up(&mut client, &email).await?;
+    let login = |password: &str| pb::LoginRequest {
+        email: email.clone(),
+        password: password.to_owned(),
+        device_name: String::new(),
+    };
+
+    for _ in 0..5 {
+        let status = client.login(login("wrong password!")).await.expect_err("wrong password");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "wrong email or password");
+    }
+    let locked = client.login(login(PASSWORD)).await.expect_err("locked");
+    assert_eq!(locked.code(), Code::ResourceExhausted);
+    let retry = locked.get_details_retry_info().and_then(|r| r.retry_delay).unwrap_or_default();
+    assert!(retry > Duration::from_secs(20) && retry <= Duration::from_secs(30), "{retry:?}");
+
+    // An unknown email answers like a wrong password.
+    let unknown =
+        pb::LoginRequest { email: unique_email(), password: PASSWORD.into(), device_name: String::new() };
+    assert_eq!(client.login(unknown).await.expect_err("unknown").code(), Code::Unauthenticated);
+
+    // Unlocked (time passes), the right password works and resets the count.
+    auth.sql().await?.execute("UPDATE users SET locked_until = now() - interval '1 second'", &[]).await?;
+    client.login(login(PASSWORD)).await?;
+    let failures: i32 = auth.sql().await?.query_one("SELECT failed_logins FROM users", &[]).await?.get(0);
+    assert_eq!(failures, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_profile_update_is_seen_by_a_second_instance_within_100ms() -> anyhow::Result<()> {
+    let mut auth = TestAuth::start().await?;
+    auth.start_instance().await?;
+    let (mut first, mut second) = (auth.client(0).await?, auth.client(1).await?);
+    let created = sign_up(&mut first, &unique_email()).await?;
+    let token = access(&created);
+    let name = |r: pb::GetUserResponse| r.user.map(|u| u.display_name).unwrap_or_default();
+
+    // Both instances have the user cached.
+    for _ in 0..2 {
+        assert_eq!(
+            name(first.get_user(authed(&token, pb::GetUserRequest::default())).await?.into_inner()),
+            "Ada"
+        );
+        assert_eq!(
+            name(second.get_user(authed(&token, pb::GetUserRequest::default())).await?.into_inner()),
+            "Ada"
+        );
+    }
+    let updated = first
+        .update_profile(authed(&token, pb::UpdateProfileRequest { display_name: "Grace".into() }))
+        .await?;
+    assert!(updated.metadata().get("x-tenx-wal-position").is_some(), "writes return their WAL position");
+    let started = Instant::now();
+    loop {
+        let seen = name(second.get_user(authed(&token, pb::GetUserRequest::default())).await?.into_inner());
+        if seen == "Grace" {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_millis(100),
+            "second instance still says {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // Read-your-writes by position: the caller's next read sees the write.
+    let mut read = authed(&token, pb::GetUserRequest::default());
+    if let Some(position) = updated.metadata().get("x-tenx-wal-position") {
+        read.metadata_mut().insert("x-tenx-wal-position", position.clone());
+    }
+    assert_eq!(name(second.get_user(read).await?.into_inner()), "Grace");
+    let event: pb::UserUpdated = auth.last_event("auth.user.updated").await?;
+    assert_eq!(event.display_name, "Grace");
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_key_rotation_old_tokens_still_verify_and_the_jwks_has_both_keys() -> anyhow::Result<()> {
+    let mut auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let created = sign_up(&mut client, &unique_email()).await?;
+    let old_token = access(&created);
+    let before = client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+    assert_eq!(before.keys.len(), 1);
+
+    let new_kid = tenx_auth::rotate_keys(&auth.settings, &tenx_common::metrics::Metrics::default()).await?;
+    // A fresh instance signs with the new key; the old one learns it on an unknown kid.
+    let fresh = auth.start_instance().await?;
+    let mut fresh_client = auth.client(fresh).await?;
+    let login = pb::LoginRequest {
+        email: created.user.clone().map(|u| u.email).unwrap_or_default(),
+        password: PASSWORD.into(),
+        device_name: String::new(),
+    };
+    let new_token =
+        fresh_client.login(login).await?.into_inner().tokens.map(|t| t.access_token).unwrap_or_default();
+    let header = jsonwebtoken::decode_header(&new_token)?;
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+
+    for token in [&old_token, &new_token] {
+        client.get_user(authed(token, pb::GetUserRequest::default())).await?;
+        fresh_client.get_user(authed(token, pb::GetUserRequest::default())).await?;
+    }
+    let after = fresh_client.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+    let kids: Vec<_> = after.keys.iter().map(|k| k.kid.clone()).collect();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&new_kid) && kids.contains(&before.keys[0].kid));
+    assert!(after.keys.iter().all(|k| k.kty == "OKP" && k.crv == "Ed25519" && k.alg == "EdDSA"));
+    let json: serde_json::Value = serde_json::from_str(&after.jwks_json)?;
+    assert_eq!(json["keys"].as_array().map(Vec::len), Some(2));
+
+    // A token whose signature was tampered with is refused.
+    let mut tampered = old_token.clone();
+    tampered.pop();
+    tampered.push(if old_token.ends_with('A') { 'B' } else { 'A' });
+    let refused =
+        client.get_user(authed(&tampered, pb::GetUserRequest::default())).await.expect_err("tampered");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Integration tests of tenx-auth: the real service on port 0, called
+//! through its generated gRPC client, against real Postgres (primary +
+//! replica), Redis and RabbitMQ.
+
+mod accounts;
+mod api_keys;
+mod avatars;
+mod bad_input;
+mod codes;
+mod events;
+mod sessions;
+mod support;

@@ -1,0 +1,107 @@
+//! Refresh rotation and reuse detection, revocation, logout, listing.
+
+use tenx_proto::auth::v1 as pb;
+use tonic::Code;
+
+use crate::support::{PASSWORD, TestAuth, access, authed, refresh, sign_up, unique_email};
+
+#[tokio::test]
+async fn refresh_rotates_and_reusing_an_old_token_revokes_the_whole_session() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let created = sign_up(&mut client, &unique_email()).await?;
+    let first = refresh(&created.tokens);
+
+    let second = client.refresh(pb::RefreshRequest { refresh_token: first.clone() }).await?.into_inner();
+    let second_refresh = refresh(&second.tokens);
+    assert_ne!(second_refresh, first);
+    let second_access = second.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
+    client.get_user(authed(&second_access, pb::GetUserRequest::default())).await?;
+
+    // The first token, reused after the grace window: theft.
+    auth.sql()
+        .await?
+        .execute(
+            "UPDATE refresh_tokens SET rotated_at = now() - interval '1 minute' WHERE rotated_at IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let reused = client.refresh(pb::RefreshRequest { refresh_token: first }).await.expect_err("reuse");
+    assert_eq!(reused.code(), Code::Unauthenticated);
+
+    // The whole family is dead: the newest refresh token and access tokens too.
+    let newest =
+        client.refresh(pb::RefreshRequest { refresh_token: second_refresh }).await.expect_err("revoked");
+    assert_eq!(newest.code(), Code::Unauthenticated);
+    let denied =
+        client.get_user(authed(&second_access, pb::GetUserRequest::default())).await.expect_err("revoked");
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_reused_within_the_grace_window_gets_a_pair_instead_of_revoking() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let created = sign_up(&mut client, &unique_email()).await?;
+    let token = refresh(&created.tokens);
+    let a = client.refresh(pb::RefreshRequest { refresh_token: token.clone() }).await?.into_inner();
+    let b = client.refresh(pb::RefreshRequest { refresh_token: token }).await?.into_inner();
+    assert_ne!(refresh(&a.tokens), refresh(&b.tokens));
+    client.refresh(pb::RefreshRequest { refresh_token: refresh(&a.tokens) }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_session_and_a_logged_out_one_are_refused() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    let created = sign_up(&mut client, &email).await?;
+    let token = access(&created);
+    let login =
+        pb::LoginRequest { email: email.clone(), password: PASSWORD.into(), device_name: "phone".into() };
+    let phone = client.login(login).await?.into_inner().tokens.ok_or_else(|| anyhow::anyhow!("no tokens"))?;
+
+    let sessions =
+        client.list_sessions(authed(&token, pb::ListSessionsRequest {})).await?.into_inner().sessions;
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
+    assert!(sessions.iter().any(|s| s.device_name == "phone"));
+
+    client
+        .revoke_session(authed(&token, pb::RevokeSessionRequest { session_id: phone.session_id.clone() }))
+        .await?;
+    let refused = client
+        .get_user(authed(&phone.access_token, pb::GetUserRequest::default()))
+        .await
+        .expect_err("revoked");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let again = client
+        .revoke_session(authed(&token, pb::RevokeSessionRequest { session_id: phone.session_id }))
+        .await;
+    assert_eq!(again.expect_err("already revoked").code(), Code::NotFound);
+
+    client.logout(pb::LogoutRequest { refresh_token: refresh(&created.tokens) }).await?;
+    let out = client.get_user(authed(&token, pb::GetUserRequest::default())).await.expect_err("logged out");
+    assert_eq!(out.code(), Code::Unauthenticated);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_cannot_read_or_revoke_another_users_things() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let ada = sign_up(&mut client, &unique_email()).await?;
+    let bob = sign_up(&mut client, &unique_email()).await?;
+    let bob_id = bob.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
+    let bob_session = bob.tokens.as_ref().map(|t| t.session_id.clone()).unwrap_or_default();
+    let read = client.get_user(authed(&access(&ada), pb::GetUserRequest { user_id: bob_id })).await;
+    assert_eq!(read.expect_err("not yours").code(), Code::NotFound);
+    let revoke = client
+        .revoke_session(authed(&access(&ada), pb::RevokeSessionRequest { session_id: bob_session }))
+        .await;
+    assert_eq!(revoke.expect_err("not yours").code(), Code::NotFound);
+    client.get_user(authed(&access(&bob), pb::GetUserRequest::default())).await?;
+    Ok(())
+}

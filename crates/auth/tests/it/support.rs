@@ -1,0 +1,184 @@
+//! Starting auth instances for a test, and calling them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tenx_auth::{App, AuthSettings, Running};
+use tenx_common::config::Loader;
+use tenx_common::metrics::Metrics;
+use tenx_common::queue::Topology;
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::auth::v1 as pb;
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tonic::transport::Channel;
+
+pub type Client = AuthServiceClient<Channel>;
+
+/// A test's own auth deployment: database, Redis prefix, AMQP names, and
+/// any number of instances sharing them.
+pub struct TestAuth {
+    pub db: TestDb,
+    /// Keeps the Redis keys until the test ends, then deletes them.
+    _redis: TestRedis,
+    pub amqp: TestAmqp,
+    pub settings: AuthSettings,
+    pub shutdown: Shutdown,
+    pub instances: Vec<Running>,
+}
+
+impl TestAuth {
+    /// One running instance.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(HashMap::new()).await
+    }
+
+    /// One running instance with extra `TENX_AUTH__…` settings.
+    pub async fn start_with(extra: HashMap<String, String>) -> anyhow::Result<Self> {
+        let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
+            let settings = settings_for(&url, &url, "tpl:", "tpl.", HashMap::new())?;
+            tenx_auth::migrate(&settings).await?;
+            Ok(())
+        })
+        .await?;
+        let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
+        let settings =
+            settings_for(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix(), extra)?;
+        let topology = Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
+        amqp.track(topology.queue_names(), [topology.exchange.clone()]);
+        let mut auth =
+            Self { db, _redis: redis, amqp, settings, shutdown: Shutdown::new(), instances: Vec::new() };
+        auth.start_instance().await?;
+        Ok(auth)
+    }
+
+    /// Starts one more instance; returns its index.
+    pub async fn start_instance(&mut self) -> anyhow::Result<usize> {
+        self.start_instance_with(self.settings.clone()).await
+    }
+
+    pub async fn start_instance_with(&mut self, settings: AuthSettings) -> anyhow::Result<usize> {
+        let app = App::build(settings, Metrics::default()).await?;
+        self.instances.push(app.spawn(self.shutdown.child()).await?);
+        Ok(self.instances.len() - 1)
+    }
+
+    /// A client of instance `i`.
+    pub async fn client(&self, i: usize) -> anyhow::Result<Client> {
+        let url = format!("http://{}", self.instances[i].grpc_addr);
+        Ok(AuthServiceClient::new(Channel::from_shared(url)?.connect().await?))
+    }
+
+    /// A raw connection to the test database's primary.
+    pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.db.primary_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("SET search_path TO auth").await?;
+        Ok(client)
+    }
+
+    /// The newest outbox event of `event_type`, decoded.
+    pub async fn last_event<M: prost::Message + Default>(&self, event_type: &str) -> anyhow::Result<M> {
+        let row = self
+            .sql()
+            .await?
+            .query_one(
+                "SELECT payload FROM tenx_outbox WHERE event_type = $1 ORDER BY seq DESC LIMIT 1",
+                &[&event_type],
+            )
+            .await?;
+        Ok(M::decode(row.get::<_, Vec<u8>>(0).as_slice())?)
+    }
+
+    /// Rows in `table` (to show a bad request changed nothing).
+    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(self.sql().await?.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
+    }
+}
+
+impl Drop for TestAuth {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Settings for a test: the service's defaults with test addresses.
+pub fn settings_for(
+    primary: &str,
+    replica: &str,
+    redis_prefix: &str,
+    amqp_prefix: &str,
+    extra: HashMap<String, String>,
+) -> anyhow::Result<AuthSettings> {
+    let mut env: HashMap<String, String> = [
+        ("TENX_AUTH__DATABASE__PRIMARY_URL", primary),
+        ("TENX_AUTH__DATABASE__REPLICA_URL", replica),
+        ("TENX_AUTH__REDIS__KEY_PREFIX", redis_prefix),
+        ("TENX_AUTH__AMQP__PREFIX", amqp_prefix),
+        ("TENX_AUTH__SERVER__LISTEN", "127.0.0.1:0"),
+        ("TENX_AUTH__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("TENX_AUTH__TELEMETRY__LOG_FORMAT", "pretty"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.insert("TENX_AUTH__AMQP__MAX_ATTEMPTS".into(), "2".into());
+    env.extend(extra);
+    let mut settings: AuthSettings =
+        Loader::new("auth", tenx_auth::settings::DEFAULTS).env_from(env).load()?;
+    settings.amqp.retry_delays_ms = vec![100, 200];
+    Ok(settings)
+}
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Signs up `email`; returns the response.
+pub async fn sign_up(client: &mut Client, email: &str) -> anyhow::Result<pb::SignUpResponse> {
+    let request = pb::SignUpRequest {
+        email: email.to_owned(),
+        password: PASSWORD.to_owned(),
+        display_name: "Ada".to_owned(),
+        device_name: "laptop".to_owned(),
+    };
+    Ok(client.sign_up(request).await?.into_inner())
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+pub fn access(signed_up: &pb::SignUpResponse) -> String {
+    signed_up.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default()
+}
+
+pub fn refresh(tokens: &Option<pb::Tokens>) -> String {
+    tokens.as_ref().map(|t| t.refresh_token.clone()).unwrap_or_default()
+}
+
+/// Polls `check` every 10 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
