@@ -114,7 +114,7 @@ async fn publish_figures(test_amqp: &TestAmqp, out: &mut BTreeMap<&str, Figure>)
     let settings = amqp_for(test_amqp);
     let amqp = Amqp::new(&settings, "bench-publish");
     let topology = Topology::for_group(&settings, "bench-publish", &["bench.#"]);
-    test_amqp.track(topology.queue_names(), [topology.exchange.clone()]);
+    test_amqp.track(topology.queue_names(), topology.exchange_names());
     topology.declare(&amqp.channel().await?).await?;
     let publisher = Publisher::new(amqp);
     let message = |i: usize| {
@@ -152,7 +152,7 @@ async fn relay_figures(
 ) -> anyhow::Result<()> {
     let settings = amqp_for(test_amqp);
     let topology = Topology::for_group(&settings, "bench-relay", &["bench.#"]);
-    test_amqp.track(topology.queue_names(), [topology.exchange.clone()]);
+    test_amqp.track(topology.queue_names(), topology.exchange_names());
     let amqp = Amqp::new(&settings, "bench-relay");
     topology.declare(&amqp.channel().await?).await?;
 

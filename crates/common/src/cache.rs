@@ -115,12 +115,8 @@ impl std::fmt::Debug for CacheLayer {
 impl CacheLayer {
     /// `redis: None` gives an L1-only cache (single instance, tests).
     pub fn new(redis: Option<Redis>, metrics: &Metrics) -> Self {
-        let cache_metrics = CacheMetrics::default();
-        metrics.register("cache_hits", "Cache hits by layer", cache_metrics.hits.clone());
-        metrics.register("cache_loads", "Cache misses that ran the loader", cache_metrics.loads.clone());
-        metrics.register("cache_errors", "Failed L2 (Redis) cache operations", cache_metrics.errors.clone());
         let invalidation = Invalidation::start(redis.clone());
-        Self { redis, invalidation, metrics: cache_metrics }
+        Self { redis, invalidation, metrics: metrics.set() }
     }
 
     /// A typed cache named `name` (part of its Redis keys and metrics).

@@ -159,7 +159,7 @@ impl Loader {
     }
 
     fn invalid(&self, key: &str, reason: String) -> ConfigError {
-        ConfigError::Invalid { key: key.to_owned(), env: self.env_name(key), reason }
+        ConfigError::Invalid { key: key.to_owned(), env: self.env_name(key), reason: redact_quoted(&reason) }
     }
 }
 
@@ -172,6 +172,26 @@ fn missing_key(path: &str, message: &str) -> Option<String> {
     }
     let field = message.strip_prefix("missing field `")?.split('`').next()?;
     Some(join_key(path, field))
+}
+
+/// Parser messages quote the offending value (`invalid type: string
+/// "postgres://u:pw@…"`); a value set under the wrong key may be a secret.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn strip_key_suffix(message: &str) -> String {

@@ -177,6 +177,8 @@ pub struct Db {
     /// Set when the replica failed; reads skip it until then.
     replica_skip_until: Mutex<Option<Instant>>,
     replica_retry: Duration,
+    /// Longest a read waits on the replica before going to the primary.
+    replica_budget: Duration,
     /// Metric label: the application name the pools were built for.
     name: String,
     metrics: DbMetrics,
@@ -205,19 +207,12 @@ impl Db {
             .as_ref()
             .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Verified))
             .transpose()?;
-        let reads = Family::<ServedLabels, Counter>::default();
-        let fallbacks = Family::<FallbackLabels, Counter>::default();
-        metrics.register("db_reads", "Reads by the server that served them", reads.clone());
-        metrics.register(
-            "db_replica_fallbacks",
-            "Reads sent to the primary because the replica was unavailable or lagging",
-            fallbacks.clone(),
-        );
         Ok(Self {
             primary,
             replica,
             replica_skip_until: Mutex::new(None),
             replica_retry: Duration::from_millis(settings.replica_retry_ms),
+            replica_budget: Duration::from_millis(settings.connect_timeout_ms),
             name: app_name.to_owned(),
             metrics: metrics.set(),
         })
@@ -271,10 +266,18 @@ impl Db {
             self.fallback(FallbackReason::Unavailable);
             return None;
         }
-        let client = match pool.get().await {
-            Ok(client) => client,
-            Err(error) => {
+        // Bounded as a whole: recycling checks each idle connection in
+        // turn, and a black-holed replica must not stall the read.
+        let client = match tokio::time::timeout(self.replica_budget, pool.get()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "replica unavailable; reading from the primary");
+                self.mark_replica_down();
+                self.fallback(FallbackReason::Unavailable);
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("replica did not answer in time; reading from the primary");
                 self.mark_replica_down();
                 self.fallback(FallbackReason::Unavailable);
                 return None;
@@ -282,7 +285,10 @@ impl Db {
         };
         if let Some(needed) = after {
             // Checked on the very connection that will serve the read.
-            match replayed_position(&client).await {
+            match tokio::time::timeout(self.replica_budget, replayed_position(&client))
+                .await
+                .unwrap_or_else(|_| Ok(None))
+            {
                 Ok(Some(replayed)) if replayed >= needed => {}
                 Ok(_) => {
                     self.fallback(FallbackReason::Lagging);
@@ -346,6 +352,9 @@ fn build_pool(
     pg.options(format!("-c search_path={},public", settings.schema));
     pg.application_name(app_name);
     pg.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+    // Notice a server that vanished without closing the connection.
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(30));
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method });
     Pool::builder(manager)
         .max_size(settings.max_connections)
@@ -371,9 +380,11 @@ impl Conn {
 
     /// The primary's WAL position right after the caller's commit: pass it
     /// to a later [`Db::read`] to read that write back. Call it after
-    /// `commit()` on this same connection.
+    /// `commit()` on this same connection. The *insert* position is used
+    /// because it is past the commit record even with
+    /// `synchronous_commit = off`, when the flushed position may not be.
     pub async fn commit_position(&self) -> Result<WalPosition, DbError> {
-        let row = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+        let row = self.client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
         let text: String = row.get(0);
         text.parse().map_err(|e: wal::ParseWalError| DbError::Settings(e.to_string()))
     }

@@ -30,6 +30,9 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::TraceHeaders;
 use crate::telemetry::propagation::set_remote_parent;
 
+/// Longest wait for a batch's confirms before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An event to record with [`enqueue`].
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -240,7 +243,13 @@ impl Relay {
             seqs.push(row.get::<_, i64>("seq"));
             messages.push(Outgoing::event(&self.exchange, &envelope_of(row)));
         }
-        match self.publisher.publish(&messages).await {
+        // Bounded: a blocked broker (memory alarm) or a half-open
+        // connection must not hold this transaction and its locks open.
+        let published = match tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&messages)).await {
+            Ok(result) => result,
+            Err(_) => Err(QueueError::Unavailable(format!("no confirms within {PUBLISH_TIMEOUT:?}"))),
+        };
+        match published {
             Ok(()) => {
                 tx.execute("UPDATE tenx_outbox SET published_at = now() WHERE seq = ANY($1)", &[&seqs])
                     .await?;

@@ -116,6 +116,8 @@ pub enum QueueError {
     Unavailable(String),
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
+    #[error("no queue took a message routed by {0:?}")]
+    Unroutable(String),
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
     #[error("undecodable message: {0}")]

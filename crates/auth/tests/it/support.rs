@@ -45,7 +45,7 @@ impl TestAuth {
         let settings =
             settings_for(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix(), extra)?;
         let topology = Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
-        amqp.track(topology.queue_names(), [topology.exchange.clone()]);
+        amqp.track(topology.queue_names(), topology.exchange_names());
         let mut auth =
             Self { db, _redis: redis, amqp, settings, shutdown: Shutdown::new(), instances: Vec::new() };
         auth.start_instance().await?;

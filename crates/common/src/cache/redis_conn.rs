@@ -1,7 +1,8 @@
 //! The Redis handle the cache (and later the rate limiter) shares: one
 //! multiplexed, self-reconnecting connection, keys under a prefix.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
@@ -71,7 +72,16 @@ pub struct Redis {
     manager: ConnectionManager,
     prefix: String,
     connect_timeout: Duration,
+    /// Bound on a whole operation, reconnect included: Redis down must
+    /// cost a request at most this much.
+    op_timeout: Duration,
+    /// After a failure, operations fail at once until then, instead of
+    /// each waiting out a reconnect to a dead server.
+    skip_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long Redis is skipped after a failed operation.
+const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,12 +99,46 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(Self { client, manager, prefix: settings.key_prefix.clone(), connect_timeout })
+        Ok(Self {
+            client,
+            manager,
+            prefix: settings.key_prefix.clone(),
+            connect_timeout,
+            op_timeout: Duration::from_millis(settings.response_timeout_ms),
+            skip_until: Arc::default(),
+        })
     }
 
     /// Readiness: Redis answers.
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<String>(&mut self.manager.clone()).await.map(|_| ())
+        let mut conn = self.manager.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.connect_timeout, ping.query_async::<String>(&mut conn)).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
+        }
+    }
+
+    /// Runs `op` within the operation timeout, skipping Redis for a moment
+    /// after a failure.
+    pub async fn bounded<T, F>(&self, op: F) -> redis::RedisResult<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let skipping =
+            self.skip_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t);
+        if skipping {
+            return Err(redis::RedisError::from((redis::ErrorKind::Io, "skipped after a recent failure")));
+        }
+        let result = match tokio::time::timeout(self.op_timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
+        };
+        if result.is_err() {
+            *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + SKIP_AFTER_FAILURE);
+        }
+        result
     }
 
     /// `key` with this handle's prefix.
@@ -112,30 +156,24 @@ impl Redis {
     }
 
     pub(crate) async fn get(&self, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
-        self.manager.clone().get(self.key(key)).await
+        let mut conn = self.manager.clone();
+        self.bounded(conn.get(self.key(key))).await
     }
 
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> redis::RedisResult<()> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut self.manager.clone())
-            .await
+        let mut conn = self.manager.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value).arg("PX").arg(ms);
+        self.bounded(cmd.query_async(&mut conn)).await
     }
 
     /// Deletes `key` and tells every instance, in one round trip.
     pub(crate) async fn invalidate(&self, key: &str, message: &str) -> redis::RedisResult<()> {
-        redis::pipe()
-            .atomic()
-            .del(self.key(key))
-            .ignore()
-            .publish(self.invalidation_channel(), message)
-            .ignore()
-            .query_async(&mut self.manager.clone())
-            .await
+        let mut conn = self.manager.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(self.key(key)).ignore().publish(self.invalidation_channel(), message).ignore();
+        self.bounded(pipe.query_async(&mut conn)).await
     }
 
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<PubSub> {

@@ -173,6 +173,9 @@ where
             if code != 0 {
                 span.record("otel.status_code", "ERROR");
             }
+            // The path is client-chosen: unknown methods share one label,
+            // or any caller could create unbounded metric series.
+            let method = if code == 12 { "unknown".to_owned() } else { method };
             let labels = MethodLabels { method: method.clone() };
             layer.metrics.requests.get_or_create(&RequestLabels { method, code: code.to_string() }).inc();
             layer.metrics.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());

@@ -19,7 +19,8 @@ pub struct Amqp {
 struct Inner {
     settings: AmqpSettings,
     name: String,
-    connection: Mutex<Option<Connection>>,
+    /// The connection, and how many registered topologies it has declared.
+    connection: Mutex<Option<(Connection, usize)>>,
     topologies: std::sync::Mutex<Vec<Topology>>,
 }
 
@@ -47,27 +48,28 @@ impl Amqp {
         &self.inner.settings
     }
 
-    /// Declares `topology` now if connected, and again on every reconnect.
+    /// Declares `topology` with the next channel, and again on every
+    /// reconnect.
     pub fn register(&self, topology: Topology) {
         self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).push(topology);
     }
 
-    /// A new channel on a live connection.
+    /// A new channel on a live connection, with every registered topology
+    /// declared on that connection.
     pub async fn channel(&self) -> Result<Channel, QueueError> {
         let mut guard = self.inner.connection.lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.status().connected()
-        {
-            return Ok(conn.create_channel().await?);
+        if !guard.as_ref().is_some_and(|(conn, _)| conn.status().connected()) {
+            *guard = Some((self.connect().await?, 0));
         }
-        *guard = None;
-        let conn = self.connect().await?;
+        let Some((conn, declared)) = guard.as_mut() else {
+            return Err(QueueError::Unavailable("no connection".into()));
+        };
         let channel = conn.create_channel().await?;
         let topologies = self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for topology in &topologies {
+        for topology in topologies.iter().skip(*declared) {
             topology.declare(&channel).await?;
         }
-        *guard = Some(conn);
+        *declared = topologies.len();
         Ok(channel)
     }
 
@@ -80,7 +82,7 @@ impl Amqp {
 
     /// Closes the connection (at shutdown).
     pub async fn close(&self) {
-        if let Some(conn) = self.inner.connection.lock().await.take() {
+        if let Some((conn, _)) = self.inner.connection.lock().await.take() {
             let _ = conn.close(200, "shutdown".into()).await;
         }
     }

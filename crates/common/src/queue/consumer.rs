@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -127,20 +127,47 @@ impl<H: Handler> Consumer<H> {
             )
             .await?;
         backoff.reset();
-        let result = deliveries
+        // One delivery's failure must not cancel the others in flight, so
+        // `process` settles its own errors; a broken channel ends the
+        // stream, and then this returns to reconnect.
+        let broken = std::sync::Mutex::new(None);
+        deliveries
             .take_until(shutdown.wait())
-            .map_err(QueueError::from)
-            .try_for_each_concurrent(usize::from(prefetch), |delivery| self.process(delivery))
+            .take_while(|item| {
+                if let Err(error) = item {
+                    *broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+                }
+                std::future::ready(item.is_ok())
+            })
+            .for_each_concurrent(usize::from(prefetch), |item| async {
+                if let Ok(delivery) = item {
+                    self.process(delivery).await;
+                }
+            })
             .await;
         let _ = channel.close(200, "consumer stopping".into()).await;
-        result
+        match broken.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(error) => Err(QueueError::Unavailable(error)),
+            None if shutdown.is_triggered() => Ok(()),
+            None => Err(QueueError::Unavailable("the broker ended the consumer".into())),
+        }
     }
 
-    async fn process(&self, delivery: Delivery) -> Result<(), QueueError> {
-        let message = match decode(&delivery) {
+    /// Handles one delivery. If it cannot be settled (acked, or moved with
+    /// a confirm) it is nacked back, or, with the channel gone, simply
+    /// redelivered by the broker.
+    async fn process(&self, delivery: Delivery) {
+        if let Err(error) = self.try_process(&delivery).await {
+            tracing::warn!(queue = %self.topology.queue, %error, "could not settle a message; it will be redelivered");
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+        }
+    }
+
+    async fn try_process(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let message = match decode(delivery) {
             Ok(message) => message,
             Err(error) => {
-                return self.dead_letter(&delivery, 1, &format!("undecodable envelope: {error}")).await;
+                return self.dead_letter(delivery, 1, &format!("undecodable envelope: {error}")).await;
             }
         };
         let span = tracing::info_span!(
@@ -156,7 +183,7 @@ impl<H: Handler> Consumer<H> {
         let _entered = span.enter();
         match outcome {
             Ok(()) => {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(delivery).await?;
                 self.count(Outcome::Acked);
                 Ok(())
             }
@@ -165,19 +192,19 @@ impl<H: Handler> Consumer<H> {
                 let next = (message.attempt + 1).to_string();
                 let queue = self.topology.retry_queue(message.attempt);
                 let copy = Outgoing::copy_of(
-                    &delivery,
+                    delivery,
                     queue,
                     &[(HEADER_ATTEMPT, next), (HEADER_LAST_ERROR, reason)],
                 );
                 // Confirmed before the ack: a crash in between redelivers
                 // the original, it is never lost.
                 self.mover.publish(std::slice::from_ref(&copy)).await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(delivery).await?;
                 self.count(Outcome::Retried);
                 Ok(())
             }
             Err(HandlerError::Retry(reason) | HandlerError::Reject(reason)) => {
-                self.dead_letter(&delivery, message.attempt, &reason).await
+                self.dead_letter(delivery, message.attempt, &reason).await
             }
         }
     }
@@ -190,7 +217,7 @@ impl<H: Handler> Consumer<H> {
             &[(HEADER_ATTEMPT, attempt.to_string()), (HEADER_LAST_ERROR, reason.to_owned())],
         );
         self.mover.publish(std::slice::from_ref(&copy)).await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        ack(delivery).await?;
         self.count(Outcome::DeadLettered);
         Ok(())
     }
@@ -200,6 +227,16 @@ impl<H: Handler> Consumer<H> {
             .messages
             .get_or_create(&OutcomeLabels { queue: self.topology.queue.clone(), outcome })
             .inc();
+    }
+}
+
+/// Acks, failing when lapin could not (the channel is gone): then the
+/// broker redelivers, and the caller must not count it as acked.
+async fn ack(delivery: &Delivery) -> Result<(), QueueError> {
+    if delivery.acker.ack(BasicAckOptions::default()).await? {
+        Ok(())
+    } else {
+        Err(QueueError::Unavailable("ack not delivered: channel closed".into()))
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Outgoing {
     pub event_type: String,
     /// AMQP headers: trace context, attempt number, last error.
     pub headers: FieldTable,
+    /// The broker must route it to a queue or return it (then `publish`
+    /// fails). Set when moving a message to a named queue; events rely on
+    /// the exchange's alternate exchange instead.
+    pub mandatory: bool,
 }
 
 impl Outgoing {
@@ -71,6 +75,7 @@ impl Outgoing {
             message_id: envelope.id.clone(),
             event_type: envelope.r#type.clone(),
             headers,
+            mandatory: false,
         }
     }
 
@@ -93,6 +98,7 @@ impl Outgoing {
             message_id: text(delivery.properties.message_id()),
             event_type: text(delivery.properties.kind()),
             headers,
+            mandatory: true,
         }
     }
 

@@ -52,7 +52,7 @@ async fn publish_on(channel: &Channel, messages: &[Outgoing]) -> Result<(), Queu
             .basic_publish(
                 message.exchange.as_str().into(),
                 message.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
                 &message.body,
                 message.properties(),
             )
@@ -61,7 +61,11 @@ async fn publish_on(channel: &Channel, messages: &[Outgoing]) -> Result<(), Queu
     }
     for confirm in confirms {
         match confirm.await? {
-            Confirmation::Ack(_) => {}
+            Confirmation::Ack(None) => {}
+            // Acked, but returned: no queue took it.
+            Confirmation::Ack(Some(returned)) => {
+                return Err(QueueError::Unroutable(returned.delivery.routing_key.as_str().to_owned()));
+            }
             Confirmation::Nack(_) => return Err(QueueError::Nacked),
             Confirmation::NotRequested => {
                 return Err(QueueError::Unavailable("channel not in confirm mode".into()));

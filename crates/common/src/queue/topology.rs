@@ -6,11 +6,19 @@ use lapin::{Channel, ExchangeKind};
 
 use super::{AmqpSettings, QueueError};
 
+/// How long an event nobody subscribed to is kept (7 days).
+pub const UNROUTED_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// Names and arguments of a consumer group's queues.
 #[derive(Debug, Clone)]
 pub struct Topology {
     /// The topic exchange events are published to.
     pub exchange: String,
+    /// Alternate exchange and queue of `exchange`: an event no queue is
+    /// bound for (yet) lands here instead of being dropped, so a consumer
+    /// group deployed after its publisher can be redriven what it missed.
+    /// Kept for [`UNROUTED_TTL_MS`].
+    pub unrouted: String,
     /// The work queue the group consumes.
     pub queue: String,
     /// Routing-key patterns bound to the work queue (`auth.user.*`, `#`).
@@ -30,11 +38,13 @@ impl Topology {
         let queue = format!("{}{group}", settings.prefix);
         Self {
             exchange: settings.exchange_name(),
+            unrouted: format!("{}.unrouted", settings.exchange_name()),
+            // The delay is part of the name: changing a tier's delay makes
+            // a new queue instead of a re-declare the broker would refuse.
             retry_tiers: settings
                 .retry_delays_ms
                 .iter()
-                .enumerate()
-                .map(|(i, ms)| (format!("{queue}.retry.{}", i + 1), *ms))
+                .map(|ms| (format!("{queue}.retry.{ms}ms"), *ms))
                 .collect(),
             dead_letter: format!("{queue}.dlq"),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
@@ -47,6 +57,7 @@ impl Topology {
     pub fn exchange_only(settings: &AmqpSettings) -> Self {
         Self {
             exchange: settings.exchange_name(),
+            unrouted: format!("{}.unrouted", settings.exchange_name()),
             queue: String::new(),
             bindings: Vec::new(),
             retry_tiers: Vec::new(),
@@ -57,12 +68,17 @@ impl Topology {
 
     /// Every queue name, e.g. to delete them in a test.
     pub fn queue_names(&self) -> Vec<String> {
-        if self.queue.is_empty() {
-            return Vec::new();
+        let mut names = vec![self.unrouted.clone()];
+        if !self.queue.is_empty() {
+            names.extend([self.queue.clone(), self.dead_letter.clone()]);
+            names.extend(self.retry_tiers.iter().map(|(n, _)| n.clone()));
         }
-        let mut names = vec![self.queue.clone(), self.dead_letter.clone()];
-        names.extend(self.retry_tiers.iter().map(|(n, _)| n.clone()));
         names
+    }
+
+    /// Every exchange name.
+    pub fn exchange_names(&self) -> Vec<String> {
+        vec![self.exchange.clone(), self.unrouted.clone()]
     }
 
     /// The delay queue for the retry after `attempt` (1-based) failed.
@@ -77,12 +93,30 @@ impl Topology {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel
             .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
+                self.unrouted.as_str().into(),
+                ExchangeKind::Fanout,
                 durable,
                 FieldTable::default(),
             )
             .await?;
+        let mut unrouted = quorum();
+        unrouted.insert("x-message-ttl".into(), AMQPValue::LongLongInt(UNROUTED_TTL_MS));
+        declare_queue(channel, &self.unrouted, unrouted).await?;
+        channel
+            .queue_bind(
+                self.unrouted.as_str().into(),
+                self.unrouted.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut events = FieldTable::default();
+        events.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(LongString::from(self.unrouted.as_str())),
+        );
+        channel.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, durable, events).await?;
         if self.queue.is_empty() {
             return Ok(());
         }

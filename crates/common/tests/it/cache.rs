@@ -8,7 +8,7 @@ use tenx_common::cache::{Cache, CacheLayer, CacheOptions, Redis, RedisSettings};
 use tenx_common::metrics::Metrics;
 use tenx_test_support::{ChaosProxy, TestRedis, addr_of};
 
-use crate::support::metric;
+use crate::support::{eventually, metric};
 
 fn instance(redis_url: &str, prefix: &str, metrics: &Metrics) -> anyhow::Result<(CacheLayer, Cache<String>)> {
     let redis = Redis::connect(&RedisSettings::new(redis_url, prefix))?;
@@ -115,5 +115,38 @@ async fn with_redis_unreachable_reads_still_succeed_from_the_loader() -> anyhow:
     // Writes must not fail either.
     cache.invalidate("u1").await;
     assert_eq!(cache.get_or_load("u1", || load("grace", &calls)).await?, "grace");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_read_carrying_a_write_position_skips_l1_and_the_position_reaches_the_loader() -> anyhow::Result<()>
+{
+    use tenx_common::db::WalPosition;
+    let test_redis = TestRedis::new();
+    let (la, a) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let (lb, b) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    la.subscribed().await;
+    lb.subscribed().await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let load = |value: &'static str| {
+        let seen = &seen;
+        move |after: Option<WalPosition>| async move {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(after);
+            Ok::<_, std::convert::Infallible>(value.to_owned())
+        }
+    };
+    assert_eq!(b.get_or_load_fresh("u1", None, load("old")).await?, "old");
+    let written: WalPosition = "0/16B3748".parse()?;
+    // The caller's own write: B has not heard of it, but must not serve L1.
+    assert_eq!(b.get_or_load_fresh("u1", Some(written), load("new")).await?, "new");
+    // Another instance's write: its position travels with the invalidation.
+    let later: WalPosition = "0/16B4000".parse()?;
+    a.invalidate_after("u1", Some(later)).await;
+    eventually(Duration::from_millis(500), "B to drop u1", || async {
+        Ok(b.get_or_load_fresh("u1", None, load("newer")).await? == "newer")
+    })
+    .await?;
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(seen, vec![None, Some(written), Some(later)]);
     Ok(())
 }

@@ -108,3 +108,14 @@ fn uuid_like() -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     )
 }
+
+#[test]
+fn a_secret_set_under_the_wrong_key_is_not_echoed_in_the_error() {
+    let err = Loader::new("demo", DEFAULTS)
+        .env_from(env(&[("TENX_DEMO__DATABASE", "postgres://app:hunter2@db:5432/app")]))
+        .load::<Settings>()
+        .expect_err("must fail");
+    let line = err.to_string();
+    assert!(!line.contains("hunter2"), "{line}");
+    assert!(line.contains("database"), "{line}");
+}

@@ -153,3 +153,30 @@ fn api_errors_map_to_the_right_code_with_details_and_hide_internals() {
         assert_eq!(tonic::Status::from(error).code(), code);
     }
 }
+
+#[tokio::test]
+async fn several_components_on_one_registry_render_each_metric_family_once() -> anyhow::Result<()> {
+    use tenx_common::cache::CacheLayer;
+    use tenx_common::db::{Db, DbSettings};
+    let metrics = Metrics::default();
+    for name in ["auth", "billing"] {
+        let layer = CacheLayer::new(None, &metrics);
+        let cache = layer.cache::<String>(name, Default::default());
+        cache.get_or_load("k", || async { Ok::<_, std::convert::Infallible>("v".to_owned()) }).await.ok();
+        Db::connect(
+            &DbSettings::new("postgres://postgres@127.0.0.1:5432/postgres", None, name),
+            name,
+            &metrics,
+        )?;
+        let _server = GrpcServer::new(Duration::from_secs(1), &metrics);
+    }
+    let rendered = metrics.render();
+    let mut types: Vec<&str> = rendered.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    let total = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), total, "duplicate families:\n{rendered}");
+    assert!(rendered.contains("tenx_cache_loads_total{cache=\"auth\"} 1"));
+    assert!(rendered.contains("tenx_cache_loads_total{cache=\"billing\"} 1"));
+    Ok(())
+}

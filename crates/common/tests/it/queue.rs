@@ -204,3 +204,19 @@ async fn a_message_whose_channel_dies_before_the_ack_is_redelivered_and_applied_
     assert_eq!(queue_depth(&direct, &topology.queue).await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_event_no_queue_is_bound_for_is_kept_in_the_unrouted_queue() -> anyhow::Result<()> {
+    let test_amqp = TestAmqp::new();
+    let settings = amqp_settings(&test_amqp);
+    let amqp = Amqp::new(&settings, "test");
+    let topology = Topology::exchange_only(&settings);
+    declare(&test_amqp, &amqp, &topology).await?;
+    Publisher::new(amqp.clone())
+        .publish(&[Outgoing::event(&topology.exchange, &event("m4", "nobody.listens"))])
+        .await?;
+    eventually(Duration::from_secs(5), "the unrouted copy", || async {
+        Ok(queue_depth(&amqp, &topology.unrouted).await? == 1)
+    })
+    .await
+}

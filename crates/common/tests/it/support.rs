@@ -56,7 +56,7 @@ pub fn amqp_settings(test_amqp: &TestAmqp) -> AmqpSettings {
 
 /// Declares `topology` now and deletes it when the test ends.
 pub async fn declare(test_amqp: &TestAmqp, amqp: &Amqp, topology: &Topology) -> anyhow::Result<()> {
-    test_amqp.track(topology.queue_names(), [topology.exchange.clone()]);
+    test_amqp.track(topology.queue_names(), topology.exchange_names());
     topology.declare(&amqp.channel().await?).await?;
     Ok(())
 }
