@@ -52,8 +52,8 @@ fmt: ## format all Rust code
 up: deps ## run the whole system locally (tenx-dev)
 	$(CARGO) run -p tenx-dev --release
 
-bench: deps ## benchmarks of tenx-common, compared with the committed baseline
-	$(CARGO) bench -p tenx-common
+bench: deps ## benchmarks, each compared with its committed baseline
+	$(CARGO) bench -p tenx-common -p tenx-auth
 
-migrate: ## apply database migrations
+migrate: deps ## apply every service's database migrations
 	$(CARGO) run -p tenx-dev -- migrate

@@ -81,6 +81,39 @@ impl AuthSettings {
     }
 }
 
+impl AuthSettings {
+    /// Defaults with `TENX_AUTH__…` variables taken from `vars` instead of
+    /// the process environment.
+    pub fn load_from(vars: std::collections::HashMap<String, String>) -> Result<Self, ConfigError> {
+        Loader::new("auth", DEFAULTS).env_from(vars).load()
+    }
+
+    /// Settings for an isolated instance on loopback, as tests and
+    /// benchmarks run it: the given databases, a Redis key prefix and AMQP
+    /// name prefix of its own, free ports, short retry delays.
+    pub fn isolated(
+        primary: &str,
+        replica: &str,
+        redis_prefix: &str,
+        amqp_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let vars = [
+            ("TENX_AUTH__DATABASE__PRIMARY_URL", primary),
+            ("TENX_AUTH__DATABASE__REPLICA_URL", replica),
+            ("TENX_AUTH__REDIS__KEY_PREFIX", redis_prefix),
+            ("TENX_AUTH__AMQP__PREFIX", amqp_prefix),
+            ("TENX_AUTH__AMQP__MAX_ATTEMPTS", "2"),
+            ("TENX_AUTH__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TENX_AUTH__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            ("TENX_AUTH__TELEMETRY__LOG_FORMAT", "pretty"),
+        ];
+        let mut settings =
+            Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())?;
+        settings.amqp.retry_delays_ms = vec![100, 200];
+        Ok(settings)
+    }
+}
+
 impl Validate for AuthSettings {
     fn validate(&self) -> Result<(), Invalid> {
         self.database.validate()?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis, RedisSettings};
 use tenx_common::db::{self, Db, DbSettings};
@@ -16,18 +16,10 @@ use tenx_common::metrics::Metrics;
 use tenx_common::outbox::{self, NewEvent, Relay, RelaySettings};
 use tenx_common::queue::{Amqp, AmqpSettings, Outgoing, Publisher, Topology};
 use tenx_proto::events::v1::Envelope;
+use tenx_test_support::bench::{self, Figure};
 use tenx_test_support::{TestAmqp, TestDb, TestRedis};
 
 const SCHEMA: &str = "bench";
-/// Changes smaller than this are within run-to-run noise.
-const NOISE_PERCENT: f64 = 15.0;
-
-/// One figure: a value, its unit, and whether higher is better.
-struct Figure {
-    value: f64,
-    unit: &'static str,
-    higher_is_better: bool,
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -79,14 +71,14 @@ async fn cache_figures(
     for id in 1..=keys {
         writer.get_or_load(&id.to_string(), || load(id)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    out.insert("cache loader (L3 Postgres) latency", per_op_us(started.elapsed(), keys));
+    out.insert("cache loader (L3 Postgres) latency", Figure::per_op_us(started.elapsed(), keys as usize));
 
     // L2 hit: the reader's L1 is empty, Redis has every key.
     let started = Instant::now();
     for id in 1..=keys {
         reader.get_or_load(&id.to_string(), || load(id)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    out.insert("cache L2 (Redis) hit latency", per_op_us(started.elapsed(), keys));
+    out.insert("cache L2 (Redis) hit latency", Figure::per_op_us(started.elapsed(), keys as usize));
 
     // L1 hit: the same hot key, in process.
     let hits = 200_000;
@@ -94,16 +86,8 @@ async fn cache_figures(
     for _ in 0..hits {
         reader.get_or_load("1", || load(1)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    out.insert("cache L1 hit latency", per_op_us(started.elapsed(), hits));
+    out.insert("cache L1 hit latency", Figure::per_op_us(started.elapsed(), hits as usize));
     Ok(())
-}
-
-fn per_op_us(elapsed: Duration, ops: i32) -> Figure {
-    Figure { value: elapsed.as_secs_f64() * 1e6 / f64::from(ops), unit: "µs/op", higher_is_better: false }
-}
-
-fn per_second(count: usize, elapsed: Duration) -> Figure {
-    Figure { value: count as f64 / elapsed.as_secs_f64(), unit: "/s", higher_is_better: true }
 }
 
 fn amqp_for(test_amqp: &TestAmqp) -> AmqpSettings {
@@ -132,7 +116,7 @@ async fn publish_figures(test_amqp: &TestAmqp, out: &mut BTreeMap<&str, Figure>)
     for i in 0..single {
         publisher.publish(&[message(i)]).await?;
     }
-    out.insert("publish with confirm, one at a time", per_second(single, started.elapsed()));
+    out.insert("publish with confirm, one at a time", Figure::per_second(single, started.elapsed()));
 
     let (batches, size) = (100, 100);
     let started = Instant::now();
@@ -140,7 +124,7 @@ async fn publish_figures(test_amqp: &TestAmqp, out: &mut BTreeMap<&str, Figure>)
         let batch: Vec<_> = (0..size).map(|i| message(b * size + i)).collect();
         publisher.publish(&batch).await?;
     }
-    out.insert("publish with confirm, batches of 100", per_second(batches * size, started.elapsed()));
+    out.insert("publish with confirm, batches of 100", Figure::per_second(batches * size, started.elapsed()));
     Ok(())
 }
 
@@ -179,40 +163,10 @@ async fn relay_figures(
     while relayed < events {
         relayed += relay.relay_batch().await?;
     }
-    out.insert("outbox relay, one relay", per_second(relayed, started.elapsed()));
+    out.insert("outbox relay, one relay", Figure::per_second(relayed, started.elapsed()));
     Ok(())
 }
 
 fn report(figures: &BTreeMap<&str, Figure>) -> anyhow::Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json");
-    let baseline: BTreeMap<String, f64> =
-        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    println!("\n{:<42} {:>16} {:>16} {:>12}", "benchmark", "now", "baseline", "change");
-    for (name, figure) in figures {
-        let now = format!("{:.2} {}", figure.value, figure.unit);
-        let (then, change) = match baseline.get(*name) {
-            Some(base) => {
-                let change = (figure.value - base) / base * 100.0;
-                let better = if figure.higher_is_better { change >= 0.0 } else { change <= 0.0 };
-                // Run-to-run noise on a shared 2-core machine is about ±15 %.
-                let verdict = if change.abs() < NOISE_PERCENT {
-                    "≈"
-                } else if better {
-                    "better"
-                } else {
-                    "WORSE"
-                };
-                (format!("{base:.2} {}", figure.unit), format!("{change:+.0}% {verdict}"))
-            }
-            None => ("-".into(), "new".into()),
-        };
-        println!("{name:<42} {now:>16} {then:>16} {change:>12}");
-    }
-    if std::env::var_os("TENX_BENCH_SAVE").is_some() {
-        let values: BTreeMap<&str, f64> =
-            figures.iter().map(|(k, f)| (*k, (f.value * 100.0).round() / 100.0)).collect();
-        std::fs::write(path, serde_json::to_string_pretty(&values)? + "\n")?;
-        println!("\nbaseline written to {path}");
-    }
-    Ok(())
+    bench::report(figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
 }

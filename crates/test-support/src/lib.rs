@@ -8,12 +8,14 @@
 //!   is told about are deleted at the end.
 //! - [`ChaosProxy`]: a TCP proxy a test can cut, to fail a server for
 //!   itself without stopping the one other tests share.
+//! - [`bench`]: benchmark figures printed beside a committed baseline.
 //!
 //! Server addresses default to the local dependencies `make deps` starts
 //! and can be moved with `TENX_TEST_PG_HOST`, `TENX_TEST_PG_PORT`,
 //! `TENX_TEST_PG_REPLICA_PORT`, `TENX_TEST_REDIS_URL`, `TENX_TEST_AMQP_URL`.
 
 mod amqp;
+pub mod bench;
 mod chaos;
 mod pg;
 mod redis_prefix;

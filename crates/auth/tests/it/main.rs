@@ -6,6 +6,7 @@ mod accounts;
 mod api_keys;
 mod avatars;
 mod bad_input;
+mod binary;
 mod codes;
 mod events;
 mod sessions;

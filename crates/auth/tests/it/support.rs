@@ -1,10 +1,8 @@
 //! Starting auth instances for a test, and calling them.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tenx_auth::{App, AuthSettings, Running};
-use tenx_common::config::Loader;
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
 use tenx_common::shutdown::Shutdown;
@@ -30,20 +28,14 @@ pub struct TestAuth {
 impl TestAuth {
     /// One running instance.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(HashMap::new()).await
-    }
-
-    /// One running instance with extra `TENX_AUTH__…` settings.
-    pub async fn start_with(extra: HashMap<String, String>) -> anyhow::Result<Self> {
         let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-            let settings = settings_for(&url, &url, "tpl:", "tpl.", HashMap::new())?;
-            tenx_auth::migrate(&settings).await?;
+            tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
             Ok(())
         })
         .await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
         let settings =
-            settings_for(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix(), extra)?;
+            AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
         let topology = Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
         amqp.track(topology.queue_names(), topology.exchange_names());
         let mut auth =
@@ -100,34 +92,6 @@ impl Drop for TestAuth {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
-}
-
-/// Settings for a test: the service's defaults with test addresses.
-pub fn settings_for(
-    primary: &str,
-    replica: &str,
-    redis_prefix: &str,
-    amqp_prefix: &str,
-    extra: HashMap<String, String>,
-) -> anyhow::Result<AuthSettings> {
-    let mut env: HashMap<String, String> = [
-        ("TENX_AUTH__DATABASE__PRIMARY_URL", primary),
-        ("TENX_AUTH__DATABASE__REPLICA_URL", replica),
-        ("TENX_AUTH__REDIS__KEY_PREFIX", redis_prefix),
-        ("TENX_AUTH__AMQP__PREFIX", amqp_prefix),
-        ("TENX_AUTH__SERVER__LISTEN", "127.0.0.1:0"),
-        ("TENX_AUTH__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-        ("TENX_AUTH__TELEMETRY__LOG_FORMAT", "pretty"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    env.insert("TENX_AUTH__AMQP__MAX_ATTEMPTS".into(), "2".into());
-    env.extend(extra);
-    let mut settings: AuthSettings =
-        Loader::new("auth", tenx_auth::settings::DEFAULTS).env_from(env).load()?;
-    settings.amqp.retry_delays_ms = vec![100, 200];
-    Ok(settings)
 }
 
 pub const PASSWORD: &str = "correct horse battery";

@@ -52,6 +52,7 @@ pub fn connect(settings: &ClientSettings) -> Result<TracedChannel, tonic::transp
     let channel = Endpoint::from_shared(settings.url.clone())?
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .timeout(Duration::from_millis(settings.request_timeout_ms))
+        .tcp_nodelay(true)
         .connect_lazy();
     Ok(InterceptedService::new(channel, TraceInterceptor))
 }
