@@ -538,8 +538,19 @@ ensure_rabbitmq() {
 
 # --- SMTP sink ------------------------------------------------------------------
 
+# The sink keeps every message as a file in this Maildir, one machine-wide
+# place, so tests (of any checkout) can read back what was sent.
+SMTP_MAILDIR=${TENX_SMTP_MAILDIR:-/tmp/tenx-smtp-sink/maildir}
+
+smtp_keeps_mail() { pgrep -f "aiosmtpd.*Mailbox $SMTP_MAILDIR" >/dev/null 2>&1; }
+smtp_port_free() { ! tcp_open "$SMTP_PORT"; }
+
 ensure_smtp() {
-  smtp_ok && return 0
+  smtp_ok && smtp_keeps_mail && return 0
+  # An earlier sink of ours that only logged mail: replace it.
+  if pkill -f "aiosmtpd -n -l 127.0.0.1:$SMTP_PORT" 2>/dev/null; then
+    wait_until 10 smtp_port_free || true
+  fi
   if tcp_open "$SMTP_PORT"; then
     wait_until 10 smtp_ok && return 0
     fail "smtp sink: something listens on 127.0.0.1:$SMTP_PORT but sends no SMTP 220 greeting"
@@ -547,9 +558,11 @@ ensure_smtp() {
   if have python3 || [[ -x $TOOLS/venv/bin/python ]] || ! docker_ok; then
     "$HERE/tools.sh" venv || fail "smtp sink: could not install aiosmtpd into $TOOLS/venv (see above)"
     local smtplog=$TOOLS/smtp-sink.log
+    mkdir -p "$(dirname "$SMTP_MAILDIR")"
     (
       cd "$TOOLS"
       setsid nohup "$TOOLS/venv/bin/python3" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
+        -c aiosmtpd.handlers.Mailbox "$SMTP_MAILDIR" \
         >"$smtplog" 2>&1 </dev/null &
       echo $! >"$TOOLS/smtp-sink.pid"
     )

@@ -1,8 +1,8 @@
 //! `tenx-dev`: every tenx service in one process, for local development.
 //!
 //! `tenx-dev` (what `make up` runs) creates the local database if needed,
-//! applies every service's migrations and runs every service with its
-//! default settings (overridable with `TENX_<SERVICE>__…` variables) until
+//! applies every service's migrations and runs every service (auth,
+//! notification) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
 //! Ctrl-C. `tenx-dev migrate` only applies the migrations. Services join
 //! here as they land.
 
@@ -33,28 +33,42 @@ async fn main() -> ExitCode {
 
 /// Loads every service's settings, makes sure their database exists and
 /// is migrated.
-async fn migrate() -> anyhow::Result<tenx_auth::AuthSettings> {
+async fn migrate() -> anyhow::Result<(tenx_auth::AuthSettings, tenx_notification::NotificationSettings)> {
     let auth = tenx_auth::AuthSettings::load(None)?;
+    let notification = tenx_notification::NotificationSettings::load(None)?;
     ensure_database(auth.database.primary_url.expose()).await?;
+    ensure_database(notification.database.primary_url.expose()).await?;
     tenx_auth::migrate(&auth).await?;
-    println!("tenx-dev: migrations applied (auth)");
-    Ok(auth)
+    tenx_notification::migrate(&notification).await?;
+    println!("tenx-dev: migrations applied (auth, notification)");
+    Ok((auth, notification))
 }
 
 async fn run() -> anyhow::Result<()> {
-    let auth = migrate().await?;
+    let (auth, notification) = migrate().await?;
     let telemetry = tenx_common::telemetry::init("tenx-dev", &auth.telemetry)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    let metrics = Metrics::default();
-    let running = tenx_auth::App::build(auth, metrics.clone()).await?.spawn(shutdown.child()).await?;
+    // One registry per service: each serves its own /metrics.
+    let auth = tenx_auth::App::build(auth, Metrics::default()).await?.spawn(shutdown.child()).await?;
+    println!("tenx-dev: auth gRPC on {} (metrics and health on http://{})", auth.grpc_addr, auth.admin_addr);
+    let notification = tenx_notification::App::build(notification, Metrics::default())
+        .await?
+        .spawn(shutdown.child())
+        .await?;
     println!(
-        "tenx-dev: auth gRPC on {} (metrics and health on http://{}); Ctrl-C stops",
-        running.grpc_addr, running.admin_addr
+        "tenx-dev: notification gRPC on {} (metrics and health on http://{})",
+        notification.grpc_addr, notification.admin_addr
     );
-    let result = running.task.await?;
+    println!(
+        "tenx-dev: emails land in the SMTP sink on 127.0.0.1:2525 (/tmp/tenx-smtp-sink/maildir); Ctrl-C stops"
+    );
+    let (auth, notification) = tokio::join!(auth.task, notification.task);
+    shutdown.trigger();
     telemetry.shutdown().await;
-    Ok(result?)
+    auth??;
+    notification??;
+    Ok(())
 }
 
 /// Creates the database named in `url` when it does not exist yet (a

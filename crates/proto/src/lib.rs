@@ -24,3 +24,11 @@ pub mod auth {
         include!(concat!(env!("OUT_DIR"), "/tenx.auth.v1.rs"));
     }
 }
+
+/// Email and in-app notifications (`tenx.notification.v1`).
+pub mod notification {
+    #[allow(clippy::all, clippy::pedantic)] // generated code
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenx.notification.v1.rs"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Wiring: pools, cache, broker, templates, mailer, the gRPC API, the
+//! outbox relay, the delivery worker and the admin port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tenx_common::admin::{self, Readiness};
+use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
+use tenx_common::db::{self, Db};
+use tenx_common::grpc::GrpcServer;
+use tenx_common::metrics::Metrics;
+use tenx_common::outbox::Relay;
+use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::deliver::Deliverer;
+use crate::error::NotifyError;
+use crate::mailer::Mailer;
+use crate::service::NotificationApi;
+use crate::settings::NotificationSettings;
+use crate::templates::Templates;
+use crate::worker::{self, Worker};
+
+mod migrations {
+    refinery::embed_migrations!("migrations");
+}
+
+pub const SERVICE_NAME: &str = "tenx.notification.v1.NotificationService";
+
+pub async fn migrate(settings: &NotificationSettings) -> Result<(), NotifyError> {
+    db::migrate(
+        settings.database.primary_url.expose(),
+        &settings.database.schema,
+        Some(migrations::migrations::runner()),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn migrations_fingerprint() -> String {
+    let mut sum = 0u64;
+    for m in migrations::migrations::runner().get_migrations() {
+        sum = sum.rotate_left(7) ^ m.checksum();
+    }
+    format!("{}{sum:016x}", db::common_fingerprint())
+}
+
+/// The topology of the delivery worker's consumer group.
+pub fn topology(settings: &NotificationSettings) -> Topology {
+    Topology::for_group(&settings.amqp, worker::GROUP, &worker::BINDINGS)
+}
+
+pub struct App {
+    settings: NotificationSettings,
+    metrics: Metrics,
+    db: Arc<Db>,
+    amqp: Amqp,
+    cache: CacheLayer,
+    deliverer: Arc<Deliverer>,
+    grpc: GrpcServer,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), NotifyError>>,
+}
+
+impl App {
+    pub async fn build(settings: NotificationSettings, metrics: Metrics) -> Result<Self, NotifyError> {
+        let db = Arc::new(Db::connect(&settings.database, "tenx-notification", &metrics)?);
+        let redis = Redis::connect(&settings.redis)
+            .map_err(|e| NotifyError::Internal(format!("redis settings: {:?}", e.kind())))?;
+        let cache = CacheLayer::new(Some(redis), &metrics);
+        let amqp = Amqp::new(&settings.amqp, "tenx-notification");
+        let templates =
+            Arc::new(Templates::load(settings.templates.dir.as_deref()).map_err(NotifyError::Internal)?);
+        let mailer = Mailer::new(&settings.smtp).map_err(NotifyError::Internal)?;
+        let preferences = cache.cache("notification.preferences", CacheOptions::default());
+        let deliverer = Arc::new(Deliverer::new(db.clone(), templates, mailer, preferences, &metrics));
+        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
+        Ok(Self { settings, metrics, db, amqp, cache, deliverer, grpc })
+    }
+
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, NotifyError> {
+        let io = |e: std::io::Error| NotifyError::Internal(format!("bind: {e}"));
+        let grpc = TcpListener::bind(self.settings.server.listen).await.map_err(io)?;
+        let admin = TcpListener::bind(self.settings.server.admin_listen).await.map_err(io)?;
+        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
+        tracing::info!(%grpc_addr, %admin_addr, "tenx-notification listening");
+        let task = tokio::spawn(self.run(grpc, admin, shutdown));
+        Ok(Running { grpc_addr, admin_addr, task })
+    }
+
+    async fn run(self, grpc: TcpListener, admin: TcpListener, shutdown: Shutdown) -> Result<(), NotifyError> {
+        let mut tasks = JoinSet::new();
+        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
+        let stop = shutdown.child();
+        tasks.spawn(async move { relay.run(stop).await });
+        let consumer = Consumer::new(
+            self.amqp.clone(),
+            topology(&self.settings),
+            Worker { deliverer: self.deliverer.clone() },
+            &self.metrics,
+        );
+        let stop = shutdown.child();
+        tasks.spawn(async move { consumer.run(stop).await });
+        let (db, cache, amqp) = (self.db.clone(), self.cache.clone(), self.amqp.clone());
+        let readiness = Readiness::new()
+            .check("postgres", move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(|e| e.to_string()) }
+            })
+            .check("redis", move || {
+                let cache = cache.clone();
+                async move { cache.ping().await.map_err(|e| format!("{:?}", e.kind())) }
+            })
+            .check("rabbitmq", move || {
+                let amqp = amqp.clone();
+                async move { amqp.ping().await.map_err(|e| e.to_string()) }
+            });
+        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
+        tasks.spawn(async move {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+        let router = self
+            .grpc
+            .router()
+            .add_service(NotificationServiceServer::new(NotificationApi::new(self.deliverer.clone())));
+        let served =
+            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
+        shutdown.trigger();
+        while tasks.join_next().await.is_some() {}
+        self.amqp.close().await;
+        served.map_err(|e| NotifyError::Internal(format!("gRPC server: {e}")))
+    }
+}

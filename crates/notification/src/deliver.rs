@@ -1,0 +1,229 @@
+//! Delivering one notification: render, honour preferences, write the
+//! in-app item, send the email — each step idempotent by a dedupe key, so
+//! a redelivered event or a retried send never doubles anything.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tenx_common::cache::Cache;
+use tenx_common::db::Db;
+use tenx_common::metrics::{MetricSet, Metrics};
+use tenx_proto::notification::v1::Channel;
+use uuid::Uuid;
+
+use crate::mailer::{Email, Mailer};
+use crate::preferences::{self, Preferences};
+use crate::templates::{TemplateError, Templates};
+
+/// One notification to deliver.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The event id or Send id: the same job delivers once.
+    pub dedupe: String,
+    pub user_id: Uuid,
+    pub email: String,
+    pub template: String,
+    pub data: Value,
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// Will never work (unknown template, missing variable).
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// May work later (database or every SMTP relay down).
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<tokio_postgres::Error> for DeliverError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Transient(e.to_string())
+    }
+}
+
+impl From<tenx_common::db::DbError> for DeliverError {
+    fn from(e: tenx_common::db::DbError) -> Self {
+        Self::Transient(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: &'static str,
+}
+
+#[derive(Clone, Default)]
+struct DeliveryMetrics {
+    sent: Family<ChannelLabel, Counter>,
+    failed: Family<ChannelLabel, Counter>,
+    skipped: Family<ChannelLabel, Counter>,
+}
+
+impl MetricSet for DeliveryMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let set = Self::default();
+        metrics.register("notification_sent", "Notifications delivered, by channel", set.sent.clone());
+        metrics.register(
+            "notification_failed",
+            "Failed delivery attempts (e.g. an SMTP relay), by channel",
+            set.failed.clone(),
+        );
+        metrics.register(
+            "notification_skipped",
+            "Notifications not sent because the user muted them",
+            set.skipped.clone(),
+        );
+        set
+    }
+}
+
+pub struct Deliverer {
+    pub db: Arc<Db>,
+    pub templates: Arc<Templates>,
+    pub mailer: Mailer,
+    pub preferences: Cache<Preferences>,
+    metrics: DeliveryMetrics,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer").finish_non_exhaustive()
+    }
+}
+
+pub fn channel_label(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "email",
+        Channel::InApp => "in_app",
+        Channel::Unspecified => "unspecified",
+    }
+}
+
+impl Deliverer {
+    pub fn new(
+        db: Arc<Db>,
+        templates: Arc<Templates>,
+        mailer: Mailer,
+        preferences: Cache<Preferences>,
+        metrics: &Metrics,
+    ) -> Self {
+        Self { db, templates, mailer, preferences, metrics: metrics.set() }
+    }
+
+    /// Channels of `channels` the user has not muted for `template`.
+    pub async fn allowed(
+        &self,
+        user: Uuid,
+        template: &str,
+        channels: &[Channel],
+    ) -> Result<Vec<Channel>, DeliverError> {
+        let kind =
+            self.templates.kind(template).ok_or_else(|| TemplateError::Unknown(template.to_owned()))?;
+        if kind.critical {
+            return Ok(channels.to_vec());
+        }
+        let prefs = preferences::load(&self.preferences, &self.db, user)
+            .await
+            .map_err(|e| DeliverError::Transient(e.to_string()))?;
+        Ok(channels.iter().copied().filter(|c| prefs.enabled(kind.category, *c)).collect())
+    }
+
+    pub async fn deliver(&self, job: &Job) -> Result<(), DeliverError> {
+        let rendered = self.templates.render(&job.template, &job.data)?;
+        let allowed = self.allowed(job.user_id, &job.template, &job.channels).await?;
+        for channel in &job.channels {
+            if !allowed.contains(channel) {
+                self.metrics.skipped.get_or_create(&ChannelLabel { channel: channel_label(*channel) }).inc();
+            }
+        }
+        if allowed.contains(&Channel::InApp)
+            && let Some((title, body)) = &rendered.in_app
+        {
+            let inserted = self
+                .db
+                .write()
+                .await?
+                .execute(
+                    "INSERT INTO notifications (id, user_id, category, title, body, dedupe_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
+                    &[
+                        &Uuid::now_v7(),
+                        &job.user_id,
+                        &rendered.kind.category,
+                        title,
+                        body,
+                        &format!("{}:in_app", job.dedupe),
+                    ],
+                )
+                .await?;
+            if inserted == 1 {
+                self.metrics.sent.get_or_create(&ChannelLabel { channel: "in_app" }).inc();
+            }
+        }
+        if allowed.contains(&Channel::Email) {
+            self.email(job, &rendered).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the email unless this job's email was already sent. The
+    /// delivery row stays locked while the relay accepts the message, so
+    /// two deliveries of one job cannot both send.
+    async fn email(&self, job: &Job, rendered: &crate::templates::Rendered) -> Result<(), DeliverError> {
+        let key = format!("{}:email", job.dedupe);
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "INSERT INTO email_deliveries (id, dedupe_key, user_id, to_address, template) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+            &[&Uuid::now_v7(), &key, &job.user_id, &job.email, &job.template],
+        )
+        .await?;
+        let status: String = tx
+            .query_one("SELECT status FROM email_deliveries WHERE dedupe_key = $1 FOR UPDATE", &[&key])
+            .await?
+            .get(0);
+        if status != "pending" {
+            return Ok(());
+        }
+        let digest = Sha256::digest(key.as_bytes());
+        let message_id =
+            format!("<{}@tenx>", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>());
+        let email = Email {
+            to: &job.email,
+            subject: &rendered.subject,
+            text: &rendered.text,
+            html: &rendered.html,
+            message_id: &message_id,
+        };
+        match self.mailer.send(&email).await {
+            Ok(relay) => {
+                tx.execute(
+                    "UPDATE email_deliveries SET status = 'sent', relay = $2, sent_at = now(), attempts = attempts + 1 \
+                     WHERE dedupe_key = $1",
+                    &[&key, &relay],
+                )
+                .await?;
+                tx.commit().await?;
+                self.metrics.sent.get_or_create(&ChannelLabel { channel: "email" }).inc();
+                Ok(())
+            }
+            Err(reason) => {
+                tx.execute(
+                    "UPDATE email_deliveries SET attempts = attempts + 1, last_error = $2 WHERE dedupe_key = $1",
+                    &[&key, &reason],
+                )
+                .await?;
+                tx.commit().await?;
+                self.metrics.failed.get_or_create(&ChannelLabel { channel: "email" }).inc();
+                Err(DeliverError::Transient(format!("every SMTP relay failed: {reason}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! tenx-notification: email (SMTP with relay failover) and an in-app
+//! inbox, driven by domain events and by `Send`, with per-user
+//! preferences (`tenx.notification.v1.NotificationService`).
+//!
+//! - [`worker`]: consumes events, [`deliver`]: renders, honours
+//!   preferences, writes the in-app item, sends the email — once.
+//! - [`templates`], [`mailer`], [`preferences`]; [`service`]: the API.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod deliver;
+pub mod error;
+pub mod mailer;
+pub mod preferences;
+pub mod service;
+pub mod settings;
+pub mod structs;
+pub mod templates;
+pub mod worker;
+
+pub use app::{App, Running, migrate};
+pub use settings::NotificationSettings;

@@ -1,0 +1,114 @@
+//! `tenx-notification` settings: the shared sections plus SMTP and templates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tenx_common::cache::RedisSettings;
+use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
+use tenx_common::db::DbSettings;
+use tenx_common::grpc::ServerSettings;
+use tenx_common::outbox::RelaySettings;
+use tenx_common::queue::AmqpSettings;
+use tenx_common::telemetry::TelemetrySettings;
+
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationSettings {
+    pub server: ServerSettings,
+    pub database: DbSettings,
+    pub redis: RedisSettings,
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub outbox: RelaySettings,
+    pub smtp: SmtpSettings,
+    #[serde(default)]
+    pub templates: TemplateSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpSettings {
+    pub from: String,
+    pub relays: Vec<RelaySettingsSmtp>,
+}
+
+/// One SMTP relay (no TLS yet: relays on a trusted network or localhost).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelaySettingsSmtp {
+    pub host: String,
+    pub port: u16,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TemplateSettings {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl NotificationSettings {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut loader = Loader::new("notification", DEFAULTS);
+        if let Some(path) = file {
+            loader = loader.file(path);
+        }
+        loader.load()
+    }
+
+    pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        Loader::new("notification", DEFAULTS).env_from(vars).load()
+    }
+
+    /// Settings for an isolated instance on loopback (tests, benchmarks).
+    pub fn isolated(
+        primary: &str,
+        replica: &str,
+        redis_prefix: &str,
+        amqp_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let vars = [
+            ("TENX_NOTIFICATION__DATABASE__PRIMARY_URL", primary),
+            ("TENX_NOTIFICATION__DATABASE__REPLICA_URL", replica),
+            ("TENX_NOTIFICATION__REDIS__KEY_PREFIX", redis_prefix),
+            ("TENX_NOTIFICATION__AMQP__PREFIX", amqp_prefix),
+            ("TENX_NOTIFICATION__AMQP__MAX_ATTEMPTS", "3"),
+            ("TENX_NOTIFICATION__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TENX_NOTIFICATION__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            ("TENX_NOTIFICATION__TELEMETRY__LOG_FORMAT", "pretty"),
+        ];
+        let mut settings =
+            Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())?;
+        settings.amqp.retry_delays_ms = vec![100, 200];
+        Ok(settings)
+    }
+}
+
+impl Validate for NotificationSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.database.validate()?;
+        self.redis.validate()?;
+        self.amqp.validate()?;
+        self.telemetry.validate()?;
+        self.smtp
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| Invalid::new("smtp.from", format!("not a mailbox: {e}")))?;
+        if self.smtp.relays.is_empty() {
+            return Err(Invalid::new("smtp.relays", "needs at least one relay"));
+        }
+        if let Some(dir) = &self.templates.dir
+            && !dir.is_dir()
+        {
+            return Err(Invalid::new("templates.dir", format!("{} is not a folder", dir.display())));
+        }
+        Ok(())
+    }
+}

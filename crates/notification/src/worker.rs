@@ -1,0 +1,113 @@
+//! The delivery worker: consumes auth's events and Send requests from
+//! RabbitMQ (consumer group `notification`) and delivers them.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use serde_json::json;
+use tenx_common::queue::{Handler, HandlerError, Message};
+use tenx_proto::auth::v1 as auth;
+use tenx_proto::notification::v1::{Channel, SendRequested};
+use uuid::Uuid;
+
+use crate::deliver::{DeliverError, Deliverer, Job};
+use crate::structs::to_json;
+
+pub const GROUP: &str = "notification";
+/// The events this service acts on.
+pub const BINDINGS: [&str; 5] = [
+    "auth.user.signed_up",
+    "auth.email_verification_requested",
+    "auth.password_reset_requested",
+    "auth.password_changed",
+    "notification.send_requested",
+];
+
+#[derive(Debug)]
+pub struct Worker {
+    pub deliverer: Arc<Deliverer>,
+}
+
+fn reject(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Reject(e.to_string())
+}
+
+fn user(id: &str) -> Result<Uuid, HandlerError> {
+    Uuid::parse_str(id).map_err(|_| HandlerError::Reject(format!("bad user id {id:?}")))
+}
+
+/// The job an event asks for, if any.
+fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
+    let payload = message.envelope.payload.as_slice();
+    let dedupe = message.id().to_owned();
+    let job = match message.event_type() {
+        "auth.user.signed_up" => {
+            let e = auth::UserSignedUp::decode(payload).map_err(reject)?;
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: json!({ "email": e.email, "display_name": e.display_name }),
+                email: e.email,
+                template: "welcome".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+            }
+        }
+        "auth.email_verification_requested" => {
+            let e = auth::EmailVerificationRequested::decode(payload).map_err(reject)?;
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: json!({ "email": e.email, "code": e.code, "expires_in_minutes": e.expires_in_minutes }),
+                email: e.email,
+                template: "verify_email".into(),
+                channels: vec![Channel::Email],
+            }
+        }
+        "auth.password_reset_requested" => {
+            let e = auth::PasswordResetRequested::decode(payload).map_err(reject)?;
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: json!({ "email": e.email, "code": e.code, "expires_in_minutes": e.expires_in_minutes }),
+                email: e.email,
+                template: "password_reset".into(),
+                channels: vec![Channel::Email],
+            }
+        }
+        "auth.password_changed" => {
+            let e = auth::PasswordChanged::decode(payload).map_err(reject)?;
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: json!({ "email": e.email }),
+                email: e.email,
+                template: "password_changed".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+            }
+        }
+        "notification.send_requested" => {
+            let e = SendRequested::decode(payload).map_err(reject)?;
+            Job {
+                dedupe: e.notification_id.clone(),
+                user_id: user(&e.user_id)?,
+                data: e.data.as_ref().map(to_json).unwrap_or_else(|| json!({})),
+                email: e.email,
+                template: e.template,
+                channels: e.channels.iter().filter_map(|c| Channel::try_from(*c).ok()).collect(),
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(job))
+}
+
+impl Handler for Worker {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let Some(job) = job_for(message)? else { return Ok(()) };
+        match self.deliverer.deliver(&job).await {
+            Ok(()) => Ok(()),
+            Err(DeliverError::Template(e)) => Err(HandlerError::Reject(e.to_string())),
+            Err(DeliverError::Transient(e)) => Err(HandlerError::Retry(e)),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Events → email and in-app items: once, through failover, honouring
+//! preferences.
+
+use std::time::Duration;
+
+use tenx_proto::auth::v1 as auth;
+use tenx_proto::notification::v1 as pb;
+use tenx_test_support::ChaosProxy;
+use uuid::Uuid;
+
+use crate::support::{TestNotify, as_user, mails_to, subject, unique_email, wait_for_mails};
+
+#[tokio::test]
+async fn a_signup_event_delivered_twice_sends_one_welcome_email_and_one_in_app_item() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event =
+        auth::UserSignedUp { user_id: user.to_string(), email: email.clone(), display_name: "Ada".into() };
+    let id = Uuid::now_v7().to_string();
+    notify.publish(&id, "auth.user.signed_up", &event).await?;
+    notify.publish(&id, "auth.user.signed_up", &event).await?; // a redelivery
+
+    let mails = wait_for_mails(&email, 1).await?;
+    assert_eq!(mails.len(), 1, "exactly one welcome email");
+    assert_eq!(subject(&mails[0]), "Welcome to tenx, Ada!");
+    assert!(mails[0].contains("Your tenx account for") && mails[0].contains(&email), "{}", mails[0]);
+    assert!(mails[0].contains("text/html"), "a text and an HTML part");
+
+    let inbox = notify
+        .client()
+        .await?
+        .list_notifications(as_user(&user, pb::ListNotificationsRequest::default()))
+        .await?
+        .into_inner();
+    assert_eq!(inbox.notifications.len(), 1);
+    assert_eq!(inbox.notifications[0].title, "Welcome to tenx");
+    assert_eq!(inbox.unread_count, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_first_relay_down_the_email_goes_through_the_second() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    let dead = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
+    dead.cut();
+    let first = tenx_notification::settings::RelaySettingsSmtp {
+        host: "127.0.0.1".into(),
+        port: dead.port(),
+        timeout_ms: 1_000,
+    };
+    let second = tenx_notification::settings::RelaySettingsSmtp {
+        host: "127.0.0.1".into(),
+        port: 2525,
+        timeout_ms: 5_000,
+    };
+    notify.settings.smtp.relays = vec![first, second];
+    let notify = notify.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = auth::PasswordResetRequested {
+        user_id: user.to_string(),
+        email: email.clone(),
+        code: "ABCD2345".into(),
+        expires_in_minutes: 30,
+    };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &event).await?;
+
+    let mails = wait_for_mails(&email, 1).await?;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("ABCD2345"));
+    let relay: String =
+        notify.sql().await?.query_one("SELECT relay FROM email_deliveries", &[]).await?.get(0);
+    assert_eq!(relay, "127.0.0.1:2525");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_muted_category_is_not_emailed_but_a_critical_one_is() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let mute = pb::Preference {
+        category: "account".into(),
+        channel: pb::Channel::Email as i32,
+        enabled: false,
+        critical: false,
+    };
+    client
+        .update_preferences(as_user(&user, pb::UpdatePreferencesRequest { preferences: vec![mute] }))
+        .await?;
+    let critical = pb::Preference {
+        category: "security".into(),
+        channel: pb::Channel::Email as i32,
+        enabled: false,
+        critical: false,
+    };
+    let refused = client
+        .update_preferences(as_user(&user, pb::UpdatePreferencesRequest { preferences: vec![critical] }))
+        .await;
+    assert_eq!(refused.expect_err("critical").code(), tonic::Code::InvalidArgument);
+
+    let welcome =
+        auth::UserSignedUp { user_id: user.to_string(), email: email.clone(), display_name: "Ada".into() };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.user.signed_up", &welcome).await?;
+    let reset = auth::PasswordResetRequested {
+        user_id: user.to_string(),
+        email: email.clone(),
+        code: "WXYZ2345".into(),
+        expires_in_minutes: 30,
+    };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &reset).await?;
+
+    let mails = wait_for_mails(&email, 1).await?;
+    assert_eq!(mails.len(), 1, "only the critical email");
+    assert!(mails[0].contains("WXYZ2345"));
+    // The in-app channel of the muted category still works.
+    let inbox = client
+        .list_notifications(as_user(&user, pb::ListNotificationsRequest::default()))
+        .await?
+        .into_inner();
+    assert_eq!(inbox.notifications.len(), 1);
+    let prefs =
+        client.get_preferences(as_user(&user, pb::GetPreferencesRequest {})).await?.into_inner().preferences;
+    assert!(
+        prefs.iter().any(|p| p.category == "account" && p.channel == pb::Channel::Email as i32 && !p.enabled)
+    );
+    assert!(prefs.iter().all(|p| !p.critical || p.enabled));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_delivered_again_after_it_was_sent_sends_nothing_more() -> anyhow::Result<()> {
+    // What a consumer that died after sending but before acking sees on
+    // redelivery: the same job again.
+    let notify = TestNotify::new().await?;
+    let app_settings = notify.settings.clone();
+    let db = std::sync::Arc::new(tenx_common::db::Db::connect(
+        &app_settings.database,
+        "test",
+        &Default::default(),
+    )?);
+    let layer = tenx_common::cache::CacheLayer::new(None, &Default::default());
+    let deliverer = tenx_notification::deliver::Deliverer::new(
+        db,
+        std::sync::Arc::new(tenx_notification::templates::Templates::load(None).map_err(anyhow::Error::msg)?),
+        tenx_notification::mailer::Mailer::new(&app_settings.smtp).map_err(anyhow::Error::msg)?,
+        layer.cache("prefs", Default::default()),
+        &Default::default(),
+    );
+    let email = unique_email();
+    let job = tenx_notification::deliver::Job {
+        dedupe: Uuid::now_v7().to_string(),
+        user_id: Uuid::now_v7(),
+        email: email.clone(),
+        template: "password_changed".into(),
+        data: serde_json::json!({ "email": email }),
+        channels: vec![pb::Channel::Email, pb::Channel::InApp],
+    };
+    let (a, b) = tokio::join!(deliverer.deliver(&job), deliverer.deliver(&job));
+    a?;
+    b?;
+    deliverer.deliver(&job).await?;
+    assert_eq!(wait_for_mails(&email, 1).await?.len(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(mails_to(&email)?.len(), 1);
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Integration tests of tenx-notification against real RabbitMQ, Postgres,
+//! Redis and the SMTP sink `make deps` starts (aiosmtpd keeping a Maildir).
+
+mod delivery;
+mod rpc;
+mod support;

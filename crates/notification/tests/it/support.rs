@@ -1,0 +1,154 @@
+//! A test's own notification deployment, event publishing, and reading
+//! back what the SMTP sink received.
+
+use std::time::Duration;
+
+use tenx_common::metrics::Metrics;
+use tenx_common::queue::{Amqp, Outgoing, Publisher};
+use tenx_common::shutdown::Shutdown;
+use tenx_notification::{App, NotificationSettings, Running};
+use tenx_proto::events::v1::Envelope;
+use tenx_proto::notification::v1::notification_service_client::NotificationServiceClient;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tonic::transport::Channel;
+
+pub type Client = NotificationServiceClient<Channel>;
+
+pub struct TestNotify {
+    pub db: TestDb,
+    _redis: TestRedis,
+    _amqp: TestAmqp,
+    pub settings: NotificationSettings,
+    pub shutdown: Shutdown,
+    pub running: Option<Running>,
+}
+
+impl TestNotify {
+    /// Settings with the test's own names; not started yet.
+    pub async fn new() -> anyhow::Result<Self> {
+        let db = TestDb::from_template(
+            "notification",
+            &tenx_notification::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?)
+                    .await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
+        let settings = NotificationSettings::isolated(
+            &db.primary_url(),
+            &db.replica_url(),
+            redis.prefix(),
+            amqp.prefix(),
+        )?;
+        let topology = tenx_notification::app::topology(&settings);
+        amqp.track(topology.queue_names(), topology.exchange_names());
+        Ok(Self { db, _redis: redis, _amqp: amqp, settings, shutdown: Shutdown::new(), running: None })
+    }
+
+    /// Declares the queues, then starts the service.
+    pub async fn start(mut self) -> anyhow::Result<Self> {
+        let broker = Amqp::new(&self.settings.amqp, "test-declare");
+        tenx_notification::app::topology(&self.settings).declare(&broker.channel().await?).await?;
+        let app = App::build(self.settings.clone(), Metrics::default()).await?;
+        self.running = Some(app.spawn(self.shutdown.child()).await?);
+        Ok(self)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let addr =
+            self.running.as_ref().map(|r| r.grpc_addr).ok_or_else(|| anyhow::anyhow!("not started"))?;
+        Ok(NotificationServiceClient::new(Channel::from_shared(format!("http://{addr}"))?.connect().await?))
+    }
+
+    /// Publishes an event as auth's relay would.
+    pub async fn publish<M: prost::Message>(
+        &self,
+        id: &str,
+        event_type: &str,
+        payload: &M,
+    ) -> anyhow::Result<()> {
+        let envelope = Envelope {
+            id: id.to_owned(),
+            r#type: event_type.to_owned(),
+            aggregate_id: "test".into(),
+            payload: payload.encode_to_vec(),
+            ..Default::default()
+        };
+        let amqp = Amqp::new(&self.settings.amqp, "test-publisher");
+        Publisher::new(amqp)
+            .publish(&[Outgoing::event(&self.settings.amqp.exchange_name(), &envelope)])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.db.primary_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("SET search_path TO notification").await?;
+        Ok(client)
+    }
+}
+
+impl Drop for TestNotify {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// `message` with the caller's id in metadata, as the gateway sets it.
+pub fn as_user<T>(user: &uuid::Uuid, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = user.to_string().parse() {
+        request.metadata_mut().insert("x-tenx-user-id", value);
+    }
+    request
+}
+
+pub fn unique_email() -> String {
+    format!("n-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// Every message the SMTP sink kept for `to`, raw.
+pub fn mails_to(to: &str) -> anyhow::Result<Vec<String>> {
+    let maildir =
+        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into());
+    let mut found = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(std::path::Path::new(&maildir).join(sub)) else { continue };
+        for entry in entries {
+            let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+            let addressed = text.lines().take_while(|l| !l.is_empty()).any(|l| {
+                let lower = l.to_ascii_lowercase();
+                lower.starts_with("to:") && lower.contains(to)
+            });
+            if addressed {
+                found.push(text);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Waits until `count` messages for `to` arrived, then a little longer to
+/// catch duplicates; returns them.
+pub async fn wait_for_mails(to: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while mails_to(to)?.len() < count {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} emails to {to}",
+            mails_to(to)?.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mails_to(to)
+}
+
+/// The decoded Subject header of a raw message.
+pub fn subject(raw: &str) -> String {
+    raw.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
+}
