@@ -22,6 +22,7 @@ use crate::mailer::Mailer;
 use crate::service::NotificationApi;
 use crate::settings::NotificationSettings;
 use crate::templates::Templates;
+use crate::webhooks::{self, WebhookWorker, Webhooks};
 use crate::worker::{self, Worker};
 
 mod migrations {
@@ -53,6 +54,11 @@ pub fn topology(settings: &NotificationSettings) -> Topology {
     Topology::for_group(&settings.amqp, worker::GROUP, &worker::BINDINGS)
 }
 
+/// The topology of the webhook deliveries' consumer group.
+pub fn webhook_topology(settings: &NotificationSettings) -> Topology {
+    Topology::for_group(&settings.amqp, webhooks::GROUP, &[webhooks::DUE])
+}
+
 pub struct App {
     settings: NotificationSettings,
     metrics: Metrics,
@@ -60,6 +66,7 @@ pub struct App {
     amqp: Amqp,
     cache: CacheLayer,
     deliverer: Arc<Deliverer>,
+    webhooks: Arc<Webhooks>,
     grpc: GrpcServer,
 }
 
@@ -88,8 +95,10 @@ impl App {
         let mailer = Mailer::new(&settings.smtp).map_err(NotifyError::Internal)?;
         let preferences = cache.cache("notification.preferences", CacheOptions::default());
         let deliverer = Arc::new(Deliverer::new(db.clone(), templates, mailer, preferences, &metrics));
+        let webhooks =
+            Arc::new(Webhooks::new(db.clone(), settings.webhooks.clone(), settings.amqp.max_attempts));
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
-        Ok(Self { settings, metrics, db, amqp, cache, deliverer, grpc })
+        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc })
     }
 
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, NotifyError> {
@@ -110,11 +119,19 @@ impl App {
         let consumer = Consumer::new(
             self.amqp.clone(),
             topology(&self.settings),
-            Worker { deliverer: self.deliverer.clone() },
+            Worker { deliverer: self.deliverer.clone(), webhooks: self.webhooks.clone() },
             &self.metrics,
         );
         let stop = shutdown.child();
         tasks.spawn(async move { consumer.run(stop).await });
+        let hooks = Consumer::new(
+            self.amqp.clone(),
+            webhook_topology(&self.settings),
+            WebhookWorker { hooks: self.webhooks.clone() },
+            &self.metrics,
+        );
+        let stop = shutdown.child();
+        tasks.spawn(async move { hooks.run(stop).await });
         let (db, cache, amqp) = (self.db.clone(), self.cache.clone(), self.amqp.clone());
         let readiness = Readiness::new()
             .check("postgres", move || {
@@ -135,10 +152,10 @@ impl App {
                 tracing::error!(%error, "admin server failed");
             }
         });
-        let router = self
-            .grpc
-            .router()
-            .add_service(NotificationServiceServer::new(NotificationApi::new(self.deliverer.clone())));
+        let router = self.grpc.router().add_service(NotificationServiceServer::new(NotificationApi::new(
+            self.deliverer.clone(),
+            self.webhooks.clone(),
+        )));
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

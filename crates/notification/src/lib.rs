@@ -17,6 +17,8 @@ pub mod service;
 pub mod settings;
 pub mod structs;
 pub mod templates;
+pub mod webhook_api;
+pub mod webhooks;
 pub mod worker;
 
 pub use app::{App, Running, migrate};

@@ -17,6 +17,8 @@ use crate::error::NotifyError;
 use crate::preferences;
 use crate::structs::{json_len, to_json};
 use crate::templates::{CATEGORIES, TemplateError};
+use crate::webhook_api;
+use crate::webhooks::Webhooks;
 
 /// Request metadata with the caller's user id, set by the gateway.
 pub const USER_ID: &str = "x-tenx-user-id";
@@ -25,11 +27,12 @@ const MAX_DATA_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct NotificationApi {
     deliverer: Arc<Deliverer>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl NotificationApi {
-    pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        Self { deliverer }
+    pub fn new(deliverer: Arc<Deliverer>, webhooks: Arc<Webhooks>) -> Self {
+        Self { deliverer, webhooks }
     }
 }
 
@@ -312,5 +315,56 @@ impl NotificationService for NotificationApi {
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
         let user = caller(request.metadata())?;
         Ok(Response::new(NotificationApi::update_preferences(self, user, request.into_inner()).await?))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<pb::CreateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::CreateWebhookEndpointResponse>, Status> {
+        Ok(Response::new(webhook_api::create(&self.webhooks.db, request.into_inner()).await?))
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        _request: Request<pb::ListWebhookEndpointsRequest>,
+    ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
+        Ok(Response::new(webhook_api::list(&self.webhooks.db).await?))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<pb::DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
+        webhook_api::delete(&self.webhooks.db, request.into_inner()).await?;
+        Ok(Response::new(pb::DeleteWebhookEndpointResponse {}))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        Ok(Response::new(webhook_api::rotate(&self.webhooks.db, request.into_inner()).await?))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        Ok(Response::new(webhook_api::deliveries(&self.webhooks.db, request.into_inner()).await?))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Ok(Response::new(webhook_api::dead_letters(&self.webhooks.db, request.into_inner()).await?))
+    }
+
+    async fn redrive_dead_letter(
+        &self,
+        request: Request<pb::RedriveDeadLetterRequest>,
+    ) -> Result<Response<pb::RedriveDeadLetterResponse>, Status> {
+        webhook_api::redrive(&self.webhooks.db, request.into_inner()).await?;
+        Ok(Response::new(pb::RedriveDeadLetterResponse {}))
     }
 }

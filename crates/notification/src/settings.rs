@@ -27,6 +27,8 @@ pub struct NotificationSettings {
     pub smtp: SmtpSettings,
     #[serde(default)]
     pub templates: TemplateSettings,
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

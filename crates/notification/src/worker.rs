@@ -14,18 +14,14 @@ use crate::deliver::{DeliverError, Deliverer, Job};
 use crate::structs::to_json;
 
 pub const GROUP: &str = "notification";
-/// The events this service acts on.
-pub const BINDINGS: [&str; 5] = [
-    "auth.user.signed_up",
-    "auth.email_verification_requested",
-    "auth.password_reset_requested",
-    "auth.password_changed",
-    "notification.send_requested",
-];
+/// The events this service acts on: every domain event may have webhook
+/// subscribers; some also mean an email or in-app item.
+pub const BINDINGS: [&str; 3] = ["auth.#", "billing.#", "notification.send_requested"];
 
 #[derive(Debug)]
 pub struct Worker {
     pub deliverer: Arc<Deliverer>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 fn reject(e: impl std::fmt::Display) -> HandlerError {
@@ -103,6 +99,9 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
 
 impl Handler for Worker {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        if message.event_type() != "notification.send_requested" {
+            self.webhooks.fan_out(message).await?;
+        }
         let Some(job) = job_for(message)? else { return Ok(()) };
         match self.deliverer.deliver(&job).await {
             Ok(()) => Ok(()),

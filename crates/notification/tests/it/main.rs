@@ -4,3 +4,4 @@
 mod delivery;
 mod rpc;
 mod support;
+mod webhooks;

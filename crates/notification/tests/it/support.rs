@@ -43,15 +43,20 @@ impl TestNotify {
             redis.prefix(),
             amqp.prefix(),
         )?;
-        let topology = tenx_notification::app::topology(&settings);
-        amqp.track(topology.queue_names(), topology.exchange_names());
+        for topology in
+            [tenx_notification::app::topology(&settings), tenx_notification::app::webhook_topology(&settings)]
+        {
+            amqp.track(topology.queue_names(), topology.exchange_names());
+        }
         Ok(Self { db, _redis: redis, _amqp: amqp, settings, shutdown: Shutdown::new(), running: None })
     }
 
     /// Declares the queues, then starts the service.
     pub async fn start(mut self) -> anyhow::Result<Self> {
         let broker = Amqp::new(&self.settings.amqp, "test-declare");
-        tenx_notification::app::topology(&self.settings).declare(&broker.channel().await?).await?;
+        let channel = broker.channel().await?;
+        tenx_notification::app::topology(&self.settings).declare(&channel).await?;
+        tenx_notification::app::webhook_topology(&self.settings).declare(&channel).await?;
         let app = App::build(self.settings.clone(), Metrics::default()).await?;
         self.running = Some(app.spawn(self.shutdown.child()).await?);
         Ok(self)

@@ -1,0 +1,291 @@
+//! Signed webhooks (Standard Webhooks): fan-out of events to subscribed
+//! endpoints, delivery with retries through the queue's tiers, a
+//! per-attempt log, dead letters and redrive, and disabling endpoints
+//! that keep failing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prost::Message as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tenx_common::db::Db;
+use tenx_common::outbox::{self, NewEvent};
+use tenx_common::queue::{Handler, HandlerError, Message};
+use tenx_proto::auth::v1 as auth;
+use tenx_proto::notification::v1::WebhookDue;
+use uuid::Uuid;
+
+/// Consumer group of webhook deliveries.
+pub const GROUP: &str = "notification.webhooks";
+pub const DUE: &str = "notification.webhook_due";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    pub timeout_ms: u64,
+    pub disable_after_seconds: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { timeout_ms: 10_000, disable_after_seconds: 5 * 24 * 3600 }
+    }
+}
+
+/// `whsec_` + base64 of 24 random bytes.
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut key = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
+/// The `webhook-signature` value for one secret: `v1,<base64 HMAC-SHA256>`
+/// of `<id>.<timestamp>.<body>`.
+pub fn sign(secret: &str, id: &str, timestamp: u64, body: &str) -> Option<String> {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_")?).ok()?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+}
+
+/// The JSON body an endpoint receives for an event. Codes and other
+/// secrets in events are never forwarded to third parties.
+pub fn body_for(message: &Message) -> String {
+    let payload = message.envelope.payload.as_slice();
+    let data = match message.event_type() {
+        "auth.user.signed_up" => auth::UserSignedUp::decode(payload)
+            .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
+        "auth.user.updated" => auth::UserUpdated::decode(payload)
+            .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
+        "auth.email_verification_requested" => {
+            auth::EmailVerificationRequested::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
+        "auth.password_reset_requested" => {
+            auth::PasswordResetRequested::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
+        "auth.password_changed" => {
+            auth::PasswordChanged::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
+        _ => Ok(json!({ "payload_type": message.envelope.payload_type, "payload_base64": STANDARD.encode(payload) })),
+    }
+    .unwrap_or(Value::Null);
+    let timestamp = message.envelope.occurred_at.as_ref().map_or(0, |t| t.seconds);
+    json!({ "type": message.event_type(), "id": message.id(), "timestamp": timestamp, "data": data })
+        .to_string()
+}
+
+pub struct Webhooks {
+    pub db: Arc<Db>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    settings: WebhookSettings,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+fn retry(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(e.to_string())
+}
+
+impl Webhooks {
+    pub fn new(db: Arc<Db>, settings: WebhookSettings, max_attempts: u32) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(settings.timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self { db, client, settings, max_attempts }
+    }
+
+    /// One webhook message per subscribed endpoint, written with its
+    /// outbox event in one transaction; a redelivered event adds nothing.
+    pub async fn fan_out(&self, message: &Message) -> Result<(), HandlerError> {
+        let mut conn = self.db.write().await.map_err(retry)?;
+        let tx = conn.transaction().await.map_err(retry)?;
+        let endpoints = tx
+            .query(
+                "SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL AND disabled_at IS NULL \
+                 AND ($1 = ANY(event_types) OR '*' = ANY(event_types))",
+                &[&message.event_type()],
+            )
+            .await
+            .map_err(retry)?;
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let body = body_for(message);
+        for row in endpoints {
+            let endpoint: Uuid = row.get(0);
+            let inserted = tx
+                .query_opt(
+                    "INSERT INTO webhook_messages (id, endpoint_id, event_id, event_type, body) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING id",
+                    &[&Uuid::now_v7(), &endpoint, &message.id(), &message.event_type(), &body],
+                )
+                .await
+                .map_err(retry)?;
+            if let Some(row) = inserted {
+                let due = WebhookDue { message_id: row.get::<_, Uuid>(0).to_string() };
+                outbox::enqueue(&tx, &NewEvent::new(DUE, &endpoint.to_string(), &due))
+                    .await
+                    .map_err(retry)?;
+            }
+        }
+        tx.commit().await.map_err(retry)?;
+        Ok(())
+    }
+
+    /// POSTs one message; records the attempt.
+    async fn deliver(&self, message_id: Uuid, attempt: u32) -> Result<(), HandlerError> {
+        let conn = self.db.write().await.map_err(retry)?;
+        let row = conn
+            .query_opt(
+                "SELECT m.status, m.body, m.endpoint_id, e.url, e.secret, \
+                        CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END AS previous, \
+                        e.deleted_at IS NOT NULL OR e.disabled_at IS NOT NULL AS stopped \
+                 FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id WHERE m.id = $1",
+                &[&message_id],
+            )
+            .await
+            .map_err(retry)?;
+        let Some(row) = row else { return Ok(()) };
+        if row.get::<_, String>("status") != "pending" {
+            return Ok(());
+        }
+        let endpoint: Uuid = row.get("endpoint_id");
+        if row.get::<_, bool>("stopped") {
+            conn.execute(
+                "UPDATE webhook_messages SET status = 'dead', last_error = 'endpoint disabled or deleted' WHERE id = $1",
+                &[&message_id],
+            )
+            .await
+            .map_err(retry)?;
+            return Ok(());
+        }
+        let body: String = row.get("body");
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let id = message_id.to_string();
+        let signatures: Vec<String> =
+            [Some(row.get::<_, String>("secret")), row.get::<_, Option<String>>("previous")]
+                .into_iter()
+                .flatten()
+                .filter_map(|secret| sign(&secret, &id, timestamp, &body))
+                .collect();
+        let url: String = row.get("url");
+        let started = Instant::now();
+        let outcome = self.post(&url, &id, timestamp, &signatures.join(" "), body).await;
+        let latency = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let (code, error) = match &outcome {
+            Ok(code) if (200..300).contains(code) => (*code, String::new()),
+            Ok(code) => (*code, format!("HTTP {code}")),
+            Err(e) => (0, e.clone()),
+        };
+        let succeeded = error.is_empty();
+        conn.execute(
+            "INSERT INTO webhook_attempts (message_id, endpoint_id, status_code, latency_ms, succeeded, error) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&message_id, &endpoint, &i32::from(code), &latency, &succeeded, &error],
+        )
+        .await
+        .map_err(retry)?;
+        if succeeded {
+            conn.batch_execute("BEGIN").await.map_err(retry)?;
+            conn.execute(
+                "UPDATE webhook_messages SET status = 'delivered', delivered_at = now(), attempts = attempts + 1 WHERE id = $1",
+                &[&message_id],
+            )
+            .await
+            .map_err(retry)?;
+            conn.execute("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1", &[&endpoint])
+                .await
+                .map_err(retry)?;
+            conn.batch_execute("COMMIT").await.map_err(retry)?;
+            return Ok(());
+        }
+        let last = attempt >= self.max_attempts;
+        conn.execute(
+            "UPDATE webhook_messages SET attempts = attempts + 1, last_error = $2, \
+             status = CASE WHEN $3 THEN 'dead' ELSE status END WHERE id = $1",
+            &[&message_id, &error, &last],
+        )
+        .await
+        .map_err(retry)?;
+        let disable_after = self.settings.disable_after_seconds as f64;
+        let disabled = conn
+            .execute(
+                "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now()), \
+                   disabled_at = CASE WHEN COALESCE(failing_since, now()) < now() - make_interval(secs => $2) THEN now() END, \
+                   disabled_reason = CASE WHEN COALESCE(failing_since, now()) < now() - make_interval(secs => $2) \
+                     THEN 'failing for longer than ' || $2::bigint || ' s; last error: ' || $3 END \
+                 WHERE id = $1 AND disabled_at IS NULL",
+                &[&endpoint, &disable_after, &error],
+            )
+            .await
+            .map_err(retry)?;
+        let _ = disabled;
+        if last {
+            Err(HandlerError::Reject(format!("webhook {id}: {error}")))
+        } else {
+            Err(HandlerError::Retry(error))
+        }
+    }
+
+    /// The HTTP status, or why there was none.
+    async fn post(
+        &self,
+        url: &str,
+        id: &str,
+        timestamp: u64,
+        signature: &str,
+        body: String,
+    ) -> Result<u16, String> {
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .header("user-agent", "tenx-webhooks/1")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("bad request: {e}"))?;
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(format!("connection failed: {e}")),
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                // Drain (bounded) so the connection can be reused.
+                let _ = tokio::time::timeout(Duration::from_secs(1), response.into_body().collect()).await;
+                Ok(status)
+            }
+        }
+    }
+}
+
+/// Consumes `notification.webhook_due`.
+#[derive(Debug)]
+pub struct WebhookWorker {
+    pub hooks: Arc<Webhooks>,
+}
+
+impl Handler for WebhookWorker {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let due = WebhookDue::decode(message.envelope.payload.as_slice())
+            .map_err(|e| HandlerError::Reject(e.to_string()))?;
+        let id =
+            Uuid::parse_str(&due.message_id).map_err(|_| HandlerError::Reject("bad message id".into()))?;
+        self.hooks.deliver(id, message.attempt).await
+    }
+}

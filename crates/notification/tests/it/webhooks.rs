@@ -1,0 +1,247 @@
+//! Signed webhooks: retries with growing delays, dead letters, redrive.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tenx_proto::auth::v1 as auth;
+use tenx_proto::notification::v1 as pb;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::support::{TestNotify, unique_email};
+
+/// A webhook receiver: answers with the next status of `script` (the last
+/// one repeats) and records every request.
+#[derive(Clone, Default)]
+struct Receiver {
+    script: Arc<Mutex<Vec<u16>>>,
+    seen: Arc<Mutex<Vec<(Instant, HeaderMap, String)>>>,
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
+    r.seen.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), headers, body));
+    let mut script = r.script.lock().unwrap_or_else(|p| p.into_inner());
+    let code = if script.len() > 1 { script.remove(0) } else { script.first().copied().unwrap_or(200) };
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn start_receiver(script: Vec<u16>) -> anyhow::Result<(Receiver, String)> {
+    let receiver = Receiver { script: Arc::new(Mutex::new(script)), ..Default::default() };
+    let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((receiver, url))
+}
+
+/// Verifies a Standard Webhooks signature independently of the service.
+fn signed_by(secret: &str, headers: &HeaderMap, body: &str) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else { return false };
+    mac.update(format!("{}.{}.{}", header("webhook-id"), header("webhook-timestamp"), body).as_bytes());
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    header("webhook-signature").split(' ').any(|s| s == expected)
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, check: F) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn signed_up(notify: &TestNotify) -> anyhow::Result<()> {
+    let event = auth::UserSignedUp {
+        user_id: Uuid::now_v7().to_string(),
+        email: unique_email(),
+        display_name: "Ada".into(),
+    };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.user.signed_up", &event).await
+}
+
+#[tokio::test]
+async fn a_receiver_failing_twice_gets_three_signed_attempts_with_growing_delays() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let (receiver, url) = start_receiver(vec![500, 500, 200]).await?;
+    let created = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url,
+            event_types: vec!["auth.user.signed_up".into()],
+            description: "crm".into(),
+        })
+        .await?
+        .into_inner();
+    signed_up(&notify).await?;
+
+    wait_until("three attempts", || receiver.seen.lock().map(|s| s.len() >= 3).unwrap_or(false)).await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = receiver.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(seen.len(), 3, "no attempt after the success");
+    for (_, headers, body) in &seen {
+        assert!(signed_by(&created.secret, headers, body), "bad signature on {body}");
+        let json: serde_json::Value = serde_json::from_str(body)?;
+        assert_eq!(json["type"], "auth.user.signed_up");
+        assert_eq!(json["data"]["display_name"], "Ada");
+    }
+    let ids: Vec<_> = seen.iter().map(|(_, h, _)| h.get("webhook-id").cloned()).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one webhook-id across retries");
+    let (first_gap, second_gap) = (seen[1].0 - seen[0].0, seen[2].0 - seen[1].0);
+    assert!(
+        first_gap >= Duration::from_millis(100) && second_gap >= Duration::from_millis(200),
+        "{first_gap:?} {second_gap:?}"
+    );
+    assert!(second_gap > first_gap);
+
+    let endpoint_id = created.endpoint.map(|e| e.id).unwrap_or_default();
+    let attempts = client
+        .list_deliveries(pb::ListDeliveriesRequest { endpoint_id, limit: 0 })
+        .await?
+        .into_inner()
+        .attempts;
+    let codes: Vec<(u32, bool)> = attempts.iter().rev().map(|a| (a.status_code, a.succeeded)).collect();
+    assert_eq!(codes, vec![(500, false), (500, false), (200, true)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_receiver_that_always_fails_gets_a_dead_letter_that_redrives_once_it_recovers() -> anyhow::Result<()>
+{
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let (receiver, url) = start_receiver(vec![503]).await?;
+    let created = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url,
+            event_types: vec!["*".into()],
+            description: String::new(),
+        })
+        .await?
+        .into_inner();
+    signed_up(&notify).await?;
+
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dead.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dead =
+            client.list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner().dead_letters;
+    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_error, "HTTP 503");
+    assert_eq!(receiver.seen.lock().map(|s| s.len()).unwrap_or(0), 3);
+
+    *receiver.script.lock().unwrap_or_else(|p| p.into_inner()) = vec![200];
+    client
+        .redrive_dead_letter(pb::RedriveDeadLetterRequest { message_id: dead[0].message_id.clone() })
+        .await?;
+    wait_until("the redriven delivery", || receiver.seen.lock().map(|s| s.len() >= 4).unwrap_or(false))
+        .await?;
+    let last = receiver
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("none"))?;
+    assert!(signed_by(&created.secret, &last.1, &last.2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        client
+            .list_dead_letters(pb::ListDeadLettersRequest::default())
+            .await?
+            .into_inner()
+            .dead_letters
+            .is_empty()
+    );
+    let again = client
+        .redrive_dead_letter(pb::RedriveDeadLetterRequest { message_id: dead[0].message_id.clone() })
+        .await;
+    assert_eq!(again.expect_err("not dead any more").code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one_and_bad_endpoint_input_is_refused() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let (receiver, url) = start_receiver(vec![200]).await?;
+    let created = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url: url.clone(),
+            event_types: vec!["auth.#".into(), "*".into()],
+            description: String::new(),
+        })
+        .await;
+    assert_eq!(created.expect_err("bad event type").code(), Code::InvalidArgument);
+    for bad in ["", "ftp://x/y", "https://example.com/hook", "http://", "javascript:alert(1)"] {
+        let r = client
+            .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+                url: bad.into(),
+                event_types: vec!["*".into()],
+                description: String::new(),
+            })
+            .await;
+        assert_eq!(r.expect_err(bad).code(), Code::InvalidArgument, "{bad}");
+    }
+    let created = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url,
+            event_types: vec!["*".into()],
+            description: String::new(),
+        })
+        .await?
+        .into_inner();
+    let endpoint_id = created.endpoint.as_ref().map(|e| e.id.clone()).unwrap_or_default();
+    let rotated = client
+        .rotate_webhook_secret(pb::RotateWebhookSecretRequest { endpoint_id: endpoint_id.clone() })
+        .await?
+        .into_inner();
+    signed_up(&notify).await?;
+    wait_until("a delivery", || receiver.seen.lock().map(|s| !s.is_empty()).unwrap_or(false)).await?;
+    let (_, headers, body) = receiver.seen.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
+    assert!(signed_by(&rotated.secret, &headers, &body) && signed_by(&created.secret, &headers, &body));
+
+    let listed =
+        client.list_webhook_endpoints(pb::ListWebhookEndpointsRequest {}).await?.into_inner().endpoints;
+    assert_eq!(listed.len(), 1);
+    client
+        .delete_webhook_endpoint(pb::DeleteWebhookEndpointRequest { endpoint_id: endpoint_id.clone() })
+        .await?;
+    assert!(
+        client
+            .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
+            .await?
+            .into_inner()
+            .endpoints
+            .is_empty()
+    );
+    for bad in ["", "nope"] {
+        let r = client
+            .delete_webhook_endpoint(pb::DeleteWebhookEndpointRequest { endpoint_id: bad.into() })
+            .await;
+        assert_eq!(r.expect_err(bad).code(), Code::InvalidArgument);
+        let r = client.list_deliveries(pb::ListDeliveriesRequest { endpoint_id: bad.into(), limit: 0 }).await;
+        assert_eq!(r.expect_err(bad).code(), Code::InvalidArgument);
+        let r = client.redrive_dead_letter(pb::RedriveDeadLetterRequest { message_id: bad.into() }).await;
+        assert_eq!(r.expect_err(bad).code(), Code::InvalidArgument);
+    }
+    let missing = client
+        .delete_webhook_endpoint(pb::DeleteWebhookEndpointRequest { endpoint_id: endpoint_id.clone() })
+        .await;
+    assert_eq!(missing.expect_err("deleted").code(), Code::NotFound);
+    let r = client.list_deliveries(pb::ListDeliveriesRequest { endpoint_id, limit: 1000 }).await;
+    assert_eq!(r.expect_err("limit").code(), Code::InvalidArgument);
+    Ok(())
+}
