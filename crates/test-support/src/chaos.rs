@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,10 +14,12 @@ use tokio::task::JoinHandle;
 /// closed, new ones refused), [`ChaosProxy::kill_connections`] drops live
 /// connections only (a network blip), [`ChaosProxy::restore`] heals it.
 /// The real server, shared with other tests, never notices.
+/// [`ChaosProxy::set_delay`] makes it slow instead.
 #[derive(Debug)]
 pub struct ChaosProxy {
     addr: SocketAddr,
     refusing: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     epoch: watch::Sender<u64>,
     accept: JoinHandle<()>,
 }
@@ -26,9 +29,11 @@ impl ChaosProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let refusing = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (epoch, _) = watch::channel(0u64);
-        let accept = tokio::spawn(accept_loop(listener, target, refusing.clone(), epoch.clone()));
-        Ok(Self { addr, refusing, epoch, accept })
+        let accept =
+            tokio::spawn(accept_loop(listener, target, refusing.clone(), delay_ms.clone(), epoch.clone()));
+        Ok(Self { addr, refusing, delay_ms, epoch, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -50,6 +55,12 @@ impl ChaosProxy {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Holds each new connection this long before connecting it through:
+    /// the server looks slow (e.g. an SMTP relay taking its time).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
     /// Lets connections through again.
     pub fn restore(&self) {
         self.refusing.store(false, Ordering::SeqCst);
@@ -67,6 +78,7 @@ async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     refusing: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     epoch: watch::Sender<u64>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
@@ -75,7 +87,9 @@ async fn accept_loop(
             continue;
         }
         let mut killed = epoch.subscribe();
+        let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };

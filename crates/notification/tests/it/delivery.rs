@@ -164,3 +164,73 @@ async fn a_job_delivered_again_after_it_was_sent_sends_nothing_more() -> anyhow:
     assert_eq!(mails_to(&email)?.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_consumer_whose_channel_dies_mid_message_gets_it_again_and_sends_once() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    // A slow relay keeps the handler busy; the broker connection dies meanwhile.
+    let slow_smtp = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
+    slow_smtp.set_delay(Duration::from_millis(1_500));
+    notify.settings.smtp.relays = vec![tenx_notification::settings::RelaySettingsSmtp {
+        host: "127.0.0.1".into(),
+        port: slow_smtp.port(),
+        timeout_ms: 10_000,
+    }];
+    let broker =
+        ChaosProxy::start(tenx_test_support::addr_of(&notify.settings.amqp.url.expose().clone())?).await?;
+    let direct = notify.settings.amqp.clone();
+    notify.settings.amqp.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port()).into();
+    let notify = notify.start().await?;
+
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = auth::PasswordChanged { user_id: user.to_string(), email: email.clone() };
+    let envelope = tenx_proto::events::v1::Envelope {
+        id: Uuid::now_v7().to_string(),
+        r#type: "auth.password_changed".into(),
+        payload: prost::Message::encode_to_vec(&event),
+        ..Default::default()
+    };
+    let publisher = tenx_common::queue::Publisher::new(tenx_common::queue::Amqp::new(&direct, "test-direct"));
+    publisher.publish(&[tenx_common::queue::Outgoing::event(&direct.exchange_name(), &envelope)]).await?;
+
+    // Mid-message: the delivery row exists, the relay has not answered yet.
+    let sql = notify.sql().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sql.query_opt("SELECT 1 FROM email_deliveries WHERE to_address = $1", &[&email]).await?.is_none() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the handler never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.kill_connections();
+
+    assert_eq!(wait_for_mails(&email, 1).await?.len(), 1);
+    // The redelivery (after the reconnect) finds the email sent and acks.
+    let depth_zero = async {
+        let amqp = tenx_common::queue::Amqp::new(&direct, "test-depth");
+        let queue = tenx_notification::app::topology(&notify.settings).queue;
+        loop {
+            let channel = amqp.channel().await?;
+            let q = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                    Default::default(),
+                )
+                .await?;
+            if q.message_count() == 0 && q.consumer_count() > 0 {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), depth_zero).await??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mails_to(&email)?.len(), 1, "sent once");
+    let (status, attempts): (String, i32) = {
+        let row = sql
+            .query_one("SELECT status, attempts FROM email_deliveries WHERE to_address = $1", &[&email])
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((status.as_str(), attempts), ("sent", 1));
+    Ok(())
+}
