@@ -88,7 +88,9 @@ impl NotificationSettings {
         ];
         let mut settings =
             Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())?;
-        settings.amqp.retry_delays_ms = vec![100, 200];
+        // Tiers far enough apart that, with jitter, each wait is longer
+        // than the one before (50-100 ms, then 150-300 ms).
+        settings.amqp.retry_delays_ms = vec![100, 300];
         Ok(settings)
     }
 }

@@ -190,12 +190,18 @@ impl<H: Handler> Consumer<H> {
             Err(HandlerError::Retry(reason)) if message.attempt < self.amqp.settings().max_attempts => {
                 tracing::warn!(%reason, "handler failed; will retry");
                 let next = (message.attempt + 1).to_string();
-                let queue = self.topology.retry_queue(message.attempt);
-                let copy = Outgoing::copy_of(
+                let (queue, delay_ms) = self.topology.retry_queue(message.attempt);
+                let mut copy = Outgoing::copy_of(
                     delivery,
                     queue,
                     &[(HEADER_ATTEMPT, next), (HEADER_LAST_ERROR, reason)],
                 );
+                // "Equal jitter": wait between half and all of the tier's
+                // delay, so failures that happened together (an outage) do
+                // not all retry at the same instant. The queue's TTL is the
+                // upper bound; a shorter per-message TTL waits at most that
+                // long behind a longer one.
+                copy.expiration_ms = Some(delay_ms / 2 + fastrand::u64(0..=delay_ms / 2));
                 // Confirmed before the ack: a crash in between redelivers
                 // the original, it is never lost.
                 self.mover.publish(std::slice::from_ref(&copy)).await?;

@@ -52,6 +52,8 @@ pub struct Outgoing {
     /// fails). Set when moving a message to a named queue; events rely on
     /// the exchange's alternate exchange instead.
     pub mandatory: bool,
+    /// Per-message TTL (the retry delay with jitter); `None` for events.
+    pub expiration_ms: Option<u64>,
 }
 
 impl Outgoing {
@@ -76,6 +78,7 @@ impl Outgoing {
             event_type: envelope.r#type.clone(),
             headers,
             mandatory: false,
+            expiration_ms: None,
         }
     }
 
@@ -99,16 +102,21 @@ impl Outgoing {
             event_type: text(delivery.properties.kind()),
             headers,
             mandatory: true,
+            expiration_ms: None,
         }
     }
 
     pub(crate) fn properties(&self) -> BasicProperties {
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_message_id(self.message_id.as_str().into())
             .with_type(self.event_type.as_str().into())
             .with_content_type("application/protobuf".into())
             .with_delivery_mode(2) // persistent
-            .with_headers(self.headers.clone())
+            .with_headers(self.headers.clone());
+        match self.expiration_ms {
+            Some(ms) => properties.with_expiration(ms.to_string().into()),
+            None => properties,
+        }
     }
 }
 

@@ -81,11 +81,12 @@ impl Topology {
         vec![self.exchange.clone(), self.unrouted.clone()]
     }
 
-    /// The delay queue for the retry after `attempt` (1-based) failed.
-    pub fn retry_queue(&self, attempt: u32) -> &str {
+    /// The delay queue for the retry after `attempt` (1-based) failed,
+    /// and its delay in milliseconds.
+    pub fn retry_queue(&self, attempt: u32) -> (&str, u64) {
         let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        let (name, _) = &self.retry_tiers[index.min(self.retry_tiers.len() - 1)];
-        name
+        let (name, delay) = &self.retry_tiers[index.min(self.retry_tiers.len() - 1)];
+        (name, *delay)
     }
 
     /// Declares everything; safe to repeat.

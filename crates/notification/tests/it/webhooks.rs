@@ -245,3 +245,42 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_bad_endpoint_input_is_ref
     assert_eq!(r.expect_err("limit").code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_longer_than_allowed_is_disabled_and_says_why() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    notify.settings.webhooks.disable_after_seconds = 0;
+    let notify = notify.start().await?;
+    let mut client = notify.client().await?;
+    let (receiver, url) = start_receiver(vec![500]).await?;
+    client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url,
+            event_types: vec!["*".into()],
+            description: String::new(),
+        })
+        .await?;
+    signed_up(&notify).await?;
+    let mut disabled = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while disabled.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let endpoints =
+            client.list_webhook_endpoints(pb::ListWebhookEndpointsRequest {}).await?.into_inner().endpoints;
+        disabled = endpoints.into_iter().find(|e| e.disabled_at.is_some());
+    }
+    let reason = disabled.map(|e| e.disabled_reason).unwrap_or_default();
+    assert!(reason.contains("failing for longer than 0 s") && reason.contains("HTTP 500"), "{reason}");
+    // No attempt is made to a disabled endpoint: the message is dead at once.
+    let mut dead = Vec::new();
+    while dead.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dead =
+            client.list_dead_letters(pb::ListDeadLettersRequest::default()).await?.into_inner().dead_letters;
+    }
+    assert_eq!(dead[0].last_error, "endpoint disabled or deleted");
+    assert_eq!(receiver.seen.lock().map(|s| s.len()).unwrap_or(0), 2);
+    Ok(())
+}
