@@ -91,7 +91,7 @@ impl App {
         let db = Arc::new(Db::connect(&settings.database, "tenx-auth", &metrics)?);
         let redis = Redis::connect(&settings.redis)
             .map_err(|e| AuthError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis), &metrics);
+        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
         let amqp = Amqp::new(&settings.amqp, "tenx-auth");
         let keys = Arc::new(Keys::load(db.clone(), &settings.tokens).await?);
         let short = CacheOptions { l1_ttl: Duration::from_secs(10), ..CacheOptions::default() };
@@ -103,6 +103,7 @@ impl App {
             sessions: cache.cache("auth.sessions", short.clone()),
             api_keys: cache.cache("auth.api_keys", short),
             settings: settings.clone(),
+            denied: crate::denylist::DenyList::new(redis),
             touched: moka::future::Cache::builder()
                 .time_to_live(Duration::from_secs(60))
                 .max_capacity(100_000)

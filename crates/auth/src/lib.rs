@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod avatar;
+pub mod denylist;
 pub mod error;
 pub mod keys;
 pub mod password;

@@ -38,6 +38,8 @@ pub struct Core {
     pub settings: AuthSettings,
     /// API keys whose `last_used_at` was written recently (throttle).
     pub touched: moka::future::Cache<Uuid, ()>,
+    /// Revoked sessions and API keys, checked before the caches.
+    pub denied: crate::denylist::DenyList,
 }
 
 impl std::fmt::Debug for Core {
@@ -106,6 +108,18 @@ impl Core {
         let bad = || AuthError::Unauthenticated("invalid or expired access token");
         let user = Uuid::parse_str(&claims.sub).map_err(|_| bad())?;
         let session = Uuid::parse_str(&claims.sid).map_err(|_| bad())?;
+        match self.denied.is_denied("session", &claims.sid).await {
+            Ok(true) => return Err(AuthError::Unauthenticated("session revoked")),
+            Ok(false) => {}
+            // Redis cannot say: the primary can.
+            Err(()) => {
+                return if store::session_active(&*self.db.write().await?, session).await? {
+                    Ok(Caller { user, session })
+                } else {
+                    Err(AuthError::Unauthenticated("session revoked"))
+                };
+            }
+        }
         let db = self.db.clone();
         let active = self
             .sessions
@@ -157,6 +171,7 @@ impl Core {
     /// After revoking sessions: refuse their access tokens everywhere.
     async fn forget_sessions(&self, sessions: &[Uuid], written: WalPosition) {
         for session in sessions {
+            self.denied.deny("session", &session.to_string()).await;
             self.sessions.invalidate_after(&session.to_string(), Some(written)).await;
         }
     }
@@ -201,53 +216,96 @@ impl Core {
         validate::token("password", &request.password, crate::password::MAX_PASSWORD_BYTES)?;
         let device = validate::label("device_name", &request.device_name, false)?;
         let wrong = AuthError::Unauthenticated("wrong email or password");
+        let max = self.settings.login.max_failures;
 
-        let mut conn = self.db.write().await?;
-        let account = store::login_row(&*conn, &email).await?;
-        if let Some(until) = account.as_ref().and_then(|a| a.locked_until)
-            && let Ok(remaining) = until.duration_since(SystemTime::now())
-        {
-            return Err(AuthError::LockedOut { retry_after: remaining });
+        // Claim the attempt before checking the password, in one atomic
+        // step: concurrent guesses each take a number, and only the first
+        // `max` of a window are ever checked. No connection is held while
+        // argon2 runs (a slow hash must not starve the pool).
+        let claimed = {
+            let conn = self.db.write().await?;
+            // An expired lock is cleared by the attempt that finds it, which
+            // may then be checked once (the window reopens for one guess;
+            // a failure locks again for longer).
+            let sql = format!(
+                "WITH prev AS (SELECT id, locked_until FROM users WHERE email = $1 FOR UPDATE) \
+                 UPDATE users u SET failed_logins = u.failed_logins + 1, locked_until = NULL FROM prev \
+                 WHERE u.id = prev.id AND (prev.locked_until IS NULL OR prev.locked_until <= now()) \
+                 RETURNING {}, u.password_hash, u.failed_logins, prev.locked_until IS NOT NULL AS after_lock",
+                store::USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", ")
+            );
+            match conn.query_opt(&sql, &[&email]).await? {
+                Some(row) => Some((
+                    UserRecord::from_row(&row),
+                    row.get::<_, String>("password_hash"),
+                    row.get::<_, i32>("failed_logins"),
+                    row.get::<_, bool>("after_lock"),
+                )),
+                None => {
+                    let locked =
+                        conn.query_opt("SELECT locked_until FROM users WHERE email = $1", &[&email]).await?;
+                    if let Some(until) = locked.and_then(|r| r.get::<_, Option<SystemTime>>(0)) {
+                        let remaining =
+                            until.duration_since(SystemTime::now()).unwrap_or(Duration::from_secs(1));
+                        return Err(AuthError::LockedOut { retry_after: remaining });
+                    }
+                    None
+                }
+            }
+        };
+        let Some((user, hash, attempt, after_lock)) = claimed else {
+            // Unknown email: as slow as a known one.
+            self.passwords.verify(&request.password, None).await?;
+            return Err(wrong);
+        };
+        let id = user.id;
+        if attempt > max && !after_lock {
+            // Concurrent guesses past the limit are not even checked.
+            self.lock(id, attempt).await?;
+            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
         }
-        let verified = self
-            .passwords
-            .verify(&request.password, account.as_ref().map(|a| a.password_hash.as_str()))
-            .await?;
-        let Some(account) = account else { return Err(wrong) };
-        let id = account.user.id;
+        let verified = self.passwords.verify(&request.password, Some(&hash)).await?;
         if !verified.ok {
-            let row = conn
-                .query_one(
-                    "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
-                    &[&id],
-                )
-                .await?;
-            let failures: i32 = row.get(0);
-            if failures >= self.settings.login.max_failures {
-                let delay = self.lock_delay(failures);
-                conn.execute(
-                    "UPDATE users SET locked_until = now() + make_interval(secs => $2) WHERE id = $1",
-                    &[&id, &delay.as_secs_f64()],
-                )
-                .await?;
-                tracing::warn!(user_id = %id, failures, lock_seconds = delay.as_secs(), "account locked after failed logins");
+            if attempt >= max {
+                self.lock(id, attempt).await?;
             }
             return Err(wrong);
         }
         let rehash =
             if verified.needs_rehash { Some(self.passwords.hash(&request.password).await?) } else { None };
+        let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
-            "UPDATE users SET failed_logins = 0, locked_until = NULL, password_hash = COALESCE($2, password_hash) \
-             WHERE id = $1",
-            &[&id, &rehash],
-        )
-        .await?;
+        // A lock set meanwhile by a concurrent failed guess wins.
+        let reset = tx
+            .execute(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL, password_hash = COALESCE($2, password_hash) \
+                 WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())",
+                &[&id, &rehash],
+            )
+            .await?;
+        if reset == 0 {
+            return Err(AuthError::LockedOut { retry_after: self.lock_delay(max) });
+        }
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;
-        Ok((pb::LoginResponse { user: Some(account.user.to_proto()), tokens: Some(tokens) }, written))
+        Ok((pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
+    }
+
+    async fn lock(&self, user: Uuid, failures: i32) -> Result<(), AuthError> {
+        let delay = self.lock_delay(failures);
+        self.db
+            .write()
+            .await?
+            .execute(
+                "UPDATE users SET locked_until = now() + make_interval(secs => $2) \
+                 WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())",
+                &[&user, &delay.as_secs_f64()],
+            )
+            .await?;
+        tracing::warn!(user_id = %user, failures, lock_seconds = delay.as_secs(), "account locked after failed logins");
+        Ok(())
     }
 
     async fn refresh(
@@ -506,9 +564,11 @@ impl Core {
         let code = validate::token("code", &request.code, 64)?;
         self.passwords.check_new("new_password", &request.new_password)?;
         let wrong = || AuthError::invalid("code", "wrong, used or expired code");
+        // Hashed first, whether or not the account exists: the answer takes
+        // as long either way, and no connection waits on argon2.
+        let hash = self.passwords.hash(&request.new_password).await?;
         let mut conn = self.db.write().await?;
         let Some(account) = store::login_row(&*conn, &email).await? else { return Err(wrong()) };
-        let hash = self.passwords.hash(&request.new_password).await?;
         let id = account.user.id;
         let tx = conn.transaction().await?;
         if !store::spend_code(&tx, id, CodePurpose::ResetPassword, code, self.settings.codes.max_attempts)
@@ -538,14 +598,19 @@ impl Core {
     ) -> Result<WalPosition, AuthError> {
         validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
         self.passwords.check_new("new_password", &request.new_password)?;
-        let mut conn = self.db.write().await?;
-        let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
-        let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
+        let (user, account) = {
+            let conn = self.db.write().await?;
+            let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
+            let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
+            (user, account)
+        };
+        // No connection is held while argon2 runs.
         let verified = self.passwords.verify(&request.current_password, Some(&account.password_hash)).await?;
         if !verified.ok {
             return Err(AuthError::invalid("current_password", "is wrong"));
         }
         let hash = self.passwords.hash(&request.new_password).await?;
+        let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         tx.execute(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
@@ -619,7 +684,9 @@ impl Core {
             .await?
             .ok_or(AuthError::NotFound("api key"))?;
         let written = conn.commit_position().await?;
-        self.api_keys.invalidate_after(&secrets::hex(&row.get::<_, Vec<u8>>(0)), Some(written)).await;
+        let hash = secrets::hex(&row.get::<_, Vec<u8>>(0));
+        self.denied.deny("api_key", &hash).await;
+        self.api_keys.invalidate_after(&hash, Some(written)).await;
         Ok(written)
     }
 
@@ -633,6 +700,15 @@ impl Core {
             return Err(bad);
         }
         let hash = secrets::hash(secret);
+        match self.denied.is_denied("api_key", &secrets::hex(&hash)).await {
+            Ok(true) => return Err(bad),
+            Ok(false) => {}
+            Err(()) => {
+                // Redis cannot say: the primary can.
+                let key = store::api_key_by_hash(&*self.db.write().await?, &hash).await?.ok_or(bad)?;
+                return self.api_key_answer(key).await;
+            }
+        }
         let db = self.db.clone();
         let found = self
             .api_keys
@@ -648,8 +724,12 @@ impl Core {
             .await
             .map_err(unshare)?;
         let Some(key) = found else { return Err(bad) };
+        self.api_key_answer(key).await
+    }
+
+    async fn api_key_answer(&self, key: ApiKeyAuth) -> Result<pb::AuthenticateApiKeyResponse, AuthError> {
         if key.expires_at_ms.is_some_and(|e| e <= store::millis(SystemTime::now())) {
-            return Err(bad);
+            return Err(AuthError::Unauthenticated("invalid API key"));
         }
         self.touch_api_key(key.key_id).await;
         Ok(pb::AuthenticateApiKeyResponse {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::Value;
 
 /// A template's category and whether it is critical (never muted).
@@ -85,6 +85,11 @@ impl Templates {
     pub fn load(dir: Option<&Path>) -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Values in the HTML part are escaped: a display name must not
+        // become a link in an email sent from our domain.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with("/html") { AutoEscape::Html } else { AutoEscape::None }
+        });
         let mut kinds = HashMap::new();
         for (name, kind, files, in_app) in builtins() {
             let parts = [
@@ -165,6 +170,10 @@ mod tests {
                 "{name} rendered without variables"
             );
         }
+        let hostile =
+            serde_json::json!({ "email": "a@b.co", "display_name": "<a href=\"https://evil\">x</a>" });
+        let html = templates.render("welcome", &hostile).expect("renders").html;
+        assert!(!html.contains("<a href") && html.contains("&lt;a href="), "{html}");
         let welcome = templates.render("welcome", &data).expect("renders");
         assert_eq!(welcome.subject, "Welcome to tenx, Ada!");
         assert_eq!(welcome.in_app.map(|(t, _)| t).as_deref(), Some("Welcome to tenx"));

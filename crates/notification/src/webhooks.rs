@@ -67,16 +67,16 @@ pub fn body_for(message: &Message) -> String {
             .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
         "auth.user.updated" => auth::UserUpdated::decode(payload)
             .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
-        "auth.email_verification_requested" => {
-            auth::EmailVerificationRequested::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
-        }
-        "auth.password_reset_requested" => {
-            auth::PasswordResetRequested::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
-        }
+        "auth.email_verification_requested" => auth::EmailVerificationRequested::decode(payload)
+            .map(|e| json!({ "user_id": e.user_id, "email": e.email })),
+        "auth.password_reset_requested" => auth::PasswordResetRequested::decode(payload)
+            .map(|e| json!({ "user_id": e.user_id, "email": e.email })),
         "auth.password_changed" => {
             auth::PasswordChanged::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }
-        _ => Ok(json!({ "payload_type": message.envelope.payload_type, "payload_base64": STANDARD.encode(payload) })),
+        // Only fields known to be safe to share leave the platform: an
+        // event without a mapping here is announced by type and id alone.
+        _ => Ok(Value::Null),
     }
     .unwrap_or(Value::Null);
     let timestamp = message.envelope.occurred_at.as_ref().map_or(0, |t| t.seconds);
@@ -150,7 +150,7 @@ impl Webhooks {
 
     /// POSTs one message; records the attempt.
     async fn deliver(&self, message_id: Uuid, attempt: u32) -> Result<(), HandlerError> {
-        let conn = self.db.write().await.map_err(retry)?;
+        let mut conn = self.db.write().await.map_err(retry)?;
         let row = conn
             .query_opt(
                 "SELECT m.status, m.body, m.endpoint_id, e.url, e.secret, \
@@ -202,17 +202,19 @@ impl Webhooks {
         .await
         .map_err(retry)?;
         if succeeded {
-            conn.batch_execute("BEGIN").await.map_err(retry)?;
-            conn.execute(
+            // A real transaction: it rolls back if dropped half-way, so the
+            // pooled connection never goes back mid-transaction.
+            let tx = conn.transaction().await.map_err(retry)?;
+            tx.execute(
                 "UPDATE webhook_messages SET status = 'delivered', delivered_at = now(), attempts = attempts + 1 WHERE id = $1",
                 &[&message_id],
             )
             .await
             .map_err(retry)?;
-            conn.execute("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1", &[&endpoint])
+            tx.execute("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1", &[&endpoint])
                 .await
                 .map_err(retry)?;
-            conn.batch_execute("COMMIT").await.map_err(retry)?;
+            tx.commit().await.map_err(retry)?;
             return Ok(());
         }
         let last = attempt >= self.max_attempts;
@@ -266,8 +268,9 @@ impl Webhooks {
             Ok(Err(e)) => Err(format!("connection failed: {e}")),
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
-                // Drain (bounded) so the connection can be reused.
-                let _ = tokio::time::timeout(Duration::from_secs(1), response.into_body().collect()).await;
+                // Drain (bounded in time and size) so the connection can be reused.
+                let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+                let _ = tokio::time::timeout(Duration::from_secs(1), body.collect()).await;
                 Ok(status)
             }
         }

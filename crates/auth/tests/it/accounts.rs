@@ -160,3 +160,37 @@ async fn after_key_rotation_old_tokens_still_verify_and_the_jwks_has_both_keys()
     assert_eq!(refused.code(), Code::Unauthenticated);
     Ok(())
 }
+
+#[tokio::test]
+async fn twenty_concurrent_wrong_guesses_get_at_most_max_failures_checked() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    sign_up(&mut client, &email).await?;
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        let request = pb::LoginRequest {
+            email: email.clone(),
+            password: format!("guess number {i}"),
+            device_name: String::new(),
+        };
+        guesses.push(tokio::spawn(async move { client.login(request).await.map(|_| ()) }));
+    }
+    let mut checked = 0;
+    for guess in guesses {
+        let status = guess.await?.expect_err("all wrong");
+        match status.code() {
+            Code::Unauthenticated => checked += 1,
+            Code::ResourceExhausted => {}
+            other => anyhow::bail!("unexpected {other:?}: {status:?}"),
+        }
+    }
+    assert!(checked <= 5, "{checked} guesses were checked; the limit is 5");
+    let locked = client
+        .login(pb::LoginRequest { email, password: PASSWORD.into(), device_name: String::new() })
+        .await
+        .expect_err("locked");
+    assert_eq!(locked.code(), Code::ResourceExhausted);
+    Ok(())
+}
