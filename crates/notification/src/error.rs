@@ -11,6 +11,8 @@ pub enum NotifyError {
     Unauthenticated(&'static str),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("needs the admin role")]
+    PermissionDenied,
     #[error("idempotency key reused with a different request")]
     KeyReused,
     #[error(transparent)]
@@ -33,6 +35,7 @@ impl From<NotifyError> for tonic::Status {
             NotifyError::Invalid { field, reason } => ApiError::invalid(field, reason),
             NotifyError::Unauthenticated(m) => ApiError::Unauthenticated(m.to_owned()),
             NotifyError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            NotifyError::PermissionDenied => ApiError::PermissionDenied(error.to_string()),
             NotifyError::KeyReused => ApiError::FailedPrecondition(error.to_string()),
             NotifyError::Db(e) => e.into(),
             NotifyError::Postgres(e) => ApiError::internal(e),

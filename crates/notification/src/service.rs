@@ -44,6 +44,17 @@ fn caller(metadata: &MetadataMap) -> Result<Uuid, NotifyError> {
     Uuid::parse_str(raw).map_err(|_| NotifyError::Unauthenticated("no caller"))
 }
 
+/// Request metadata with the caller's roles (comma-separated), set by the
+/// gateway from the verified identity.
+pub const ROLES: &str = "x-tenx-roles";
+
+/// Webhook administration is for operators: role `admin`.
+fn admin(metadata: &MetadataMap) -> Result<(), NotifyError> {
+    caller(metadata)?;
+    let roles = metadata.get(ROLES).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if roles.split(',').any(|r| r.trim() == "admin") { Ok(()) } else { Err(NotifyError::PermissionDenied) }
+}
+
 fn channel_of(field: &'static str, raw: i32) -> Result<pb::Channel, NotifyError> {
     match pb::Channel::try_from(raw) {
         Ok(pb::Channel::Email) => Ok(pb::Channel::Email),
@@ -321,13 +332,16 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::CreateWebhookEndpointRequest>,
     ) -> Result<Response<pb::CreateWebhookEndpointResponse>, Status> {
-        Ok(Response::new(webhook_api::create(&self.webhooks.db, request.into_inner()).await?))
+        admin(request.metadata())?;
+        let allow = self.webhooks.allow_private_networks();
+        Ok(Response::new(webhook_api::create(&self.webhooks.db, request.into_inner(), allow).await?))
     }
 
     async fn list_webhook_endpoints(
         &self,
-        _request: Request<pb::ListWebhookEndpointsRequest>,
+        request: Request<pb::ListWebhookEndpointsRequest>,
     ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
+        admin(request.metadata())?;
         Ok(Response::new(webhook_api::list(&self.webhooks.db).await?))
     }
 
@@ -335,6 +349,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::DeleteWebhookEndpointRequest>,
     ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
+        admin(request.metadata())?;
         webhook_api::delete(&self.webhooks.db, request.into_inner()).await?;
         Ok(Response::new(pb::DeleteWebhookEndpointResponse {}))
     }
@@ -343,6 +358,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        admin(request.metadata())?;
         Ok(Response::new(webhook_api::rotate(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -350,6 +366,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        admin(request.metadata())?;
         Ok(Response::new(webhook_api::deliveries(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -357,6 +374,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        admin(request.metadata())?;
         Ok(Response::new(webhook_api::dead_letters(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -364,6 +382,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::RedriveDeadLetterRequest>,
     ) -> Result<Response<pb::RedriveDeadLetterResponse>, Status> {
+        admin(request.metadata())?;
         webhook_api::redrive(&self.webhooks.db, request.into_inner()).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {}))
     }

@@ -33,11 +33,15 @@ pub const DUE: &str = "notification.webhook_due";
 pub struct WebhookSettings {
     pub timeout_ms: u64,
     pub disable_after_seconds: u64,
+    /// Endpoints on loopback, private or link-local addresses are refused
+    /// unless this is set (tests, or receivers inside the cluster).
+    #[serde(default)]
+    pub allow_private_networks: bool,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { timeout_ms: 10_000, disable_after_seconds: 5 * 24 * 3600 }
+        Self { timeout_ms: 10_000, disable_after_seconds: 5 * 24 * 3600, allow_private_networks: false }
     }
 }
 
@@ -108,6 +112,10 @@ impl Webhooks {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self { db, client, settings, max_attempts }
+    }
+
+    pub fn allow_private_networks(&self) -> bool {
+        self.settings.allow_private_networks
     }
 
     /// One webhook message per subscribed endpoint, written with its

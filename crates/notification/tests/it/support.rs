@@ -13,6 +13,24 @@ use tenx_test_support::{TestAmqp, TestDb, TestRedis};
 use tonic::transport::Channel;
 
 pub type Client = NotificationServiceClient<Channel>;
+pub type AdminClient = NotificationServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// What the gateway adds for an operator with the admin role.
+fn as_admin(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.metadata_mut().insert(
+        "x-tenx-user-id",
+        tonic::metadata::MetadataValue::from_static("00000000-0000-7000-8000-000000000001"),
+    );
+    request
+        .metadata_mut()
+        .insert("x-tenx-roles", tonic::metadata::MetadataValue::from_static("support,admin"));
+    Ok(request)
+}
 
 pub struct TestNotify {
     pub db: TestDb,
@@ -66,6 +84,15 @@ impl TestNotify {
         let addr =
             self.running.as_ref().map(|r| r.grpc_addr).ok_or_else(|| anyhow::anyhow!("not started"))?;
         Ok(NotificationServiceClient::new(Channel::from_shared(format!("http://{addr}"))?.connect().await?))
+    }
+
+    /// A client whose calls carry an operator's identity with role `admin`.
+    pub async fn admin_client(&self) -> anyhow::Result<AdminClient> {
+        let addr =
+            self.running.as_ref().map(|r| r.grpc_addr).ok_or_else(|| anyhow::anyhow!("not started"))?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let interceptor: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = as_admin;
+        Ok(NotificationServiceClient::with_interceptor(channel, interceptor))
     }
 
     /// Publishes an event as auth's relay would.

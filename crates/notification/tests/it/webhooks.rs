@@ -71,7 +71,7 @@ async fn signed_up(notify: &TestNotify) -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_receiver_failing_twice_gets_three_signed_attempts_with_growing_delays() -> anyhow::Result<()> {
     let notify = TestNotify::new().await?.start().await?;
-    let mut client = notify.client().await?;
+    let mut client = notify.admin_client().await?;
     let (receiver, url) = start_receiver(vec![500, 500, 200]).await?;
     let created = client
         .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
@@ -96,8 +96,9 @@ async fn a_receiver_failing_twice_gets_three_signed_attempts_with_growing_delays
     let ids: Vec<_> = seen.iter().map(|(_, h, _)| h.get("webhook-id").cloned()).collect();
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "one webhook-id across retries");
     let (first_gap, second_gap) = (seen[1].0 - seen[0].0, seen[2].0 - seen[1].0);
+    // Tiers of 100 and 300 ms with equal jitter: 50-100 ms, then 150-300 ms.
     assert!(
-        first_gap >= Duration::from_millis(100) && second_gap >= Duration::from_millis(200),
+        first_gap >= Duration::from_millis(50) && second_gap >= Duration::from_millis(150),
         "{first_gap:?} {second_gap:?}"
     );
     assert!(second_gap > first_gap);
@@ -117,7 +118,7 @@ async fn a_receiver_failing_twice_gets_three_signed_attempts_with_growing_delays
 async fn a_receiver_that_always_fails_gets_a_dead_letter_that_redrives_once_it_recovers() -> anyhow::Result<()>
 {
     let notify = TestNotify::new().await?.start().await?;
-    let mut client = notify.client().await?;
+    let mut client = notify.admin_client().await?;
     let (receiver, url) = start_receiver(vec![503]).await?;
     let created = client
         .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
@@ -175,7 +176,7 @@ async fn a_receiver_that_always_fails_gets_a_dead_letter_that_redrives_once_it_r
 #[tokio::test]
 async fn a_rotated_secret_signs_beside_the_old_one_and_bad_endpoint_input_is_refused() -> anyhow::Result<()> {
     let notify = TestNotify::new().await?.start().await?;
-    let mut client = notify.client().await?;
+    let mut client = notify.admin_client().await?;
     let (receiver, url) = start_receiver(vec![200]).await?;
     let created = client
         .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
@@ -251,7 +252,7 @@ async fn an_endpoint_failing_longer_than_allowed_is_disabled_and_says_why() -> a
     let mut notify = TestNotify::new().await?;
     notify.settings.webhooks.disable_after_seconds = 0;
     let notify = notify.start().await?;
-    let mut client = notify.client().await?;
+    let mut client = notify.admin_client().await?;
     let (receiver, url) = start_receiver(vec![500]).await?;
     client
         .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
@@ -282,5 +283,39 @@ async fn an_endpoint_failing_longer_than_allowed_is_disabled_and_says_why() -> a
     }
     assert_eq!(dead[0].last_error, "endpoint disabled or deleted");
     assert_eq!(receiver.seen.lock().map(|s| s.len()).unwrap_or(0), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_administration_needs_the_admin_role_and_refuses_internal_addresses() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    notify.settings.webhooks.allow_private_networks = false;
+    let notify = notify.start().await?;
+    let request = |url: &str| pb::CreateWebhookEndpointRequest {
+        url: url.into(),
+        event_types: vec!["*".into()],
+        description: String::new(),
+    };
+    let mut user = notify.client().await?;
+    let anonymous = user.create_webhook_endpoint(request("http://crm.example.com/hook")).await;
+    assert_eq!(anonymous.expect_err("no identity").code(), Code::Unauthenticated);
+    let not_admin = user
+        .list_dead_letters(crate::support::as_user(&Uuid::now_v7(), pb::ListDeadLettersRequest::default()))
+        .await;
+    assert_eq!(not_admin.expect_err("no role").code(), Code::PermissionDenied);
+
+    let mut admin = notify.admin_client().await?;
+    for internal in [
+        "http://127.0.0.1:8080/x",
+        "http://localhost/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://192.168.0.10/x",
+    ] {
+        let refused = admin.create_webhook_endpoint(request(internal)).await;
+        assert_eq!(refused.expect_err(internal).code(), Code::InvalidArgument, "{internal}");
+    }
+    admin.create_webhook_endpoint(request("http://crm.example.com/hook")).await?;
     Ok(())
 }
