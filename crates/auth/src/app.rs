@@ -46,11 +46,7 @@ pub async fn migrate(settings: &AuthSettings) -> Result<(), AuthError> {
 
 /// A checksum of every migration the auth schema gets (test templates).
 pub fn migrations_fingerprint() -> String {
-    let mut sum = 0u64;
-    for m in migrations::migrations::runner().get_migrations() {
-        sum = sum.rotate_left(7) ^ m.checksum();
-    }
-    format!("{}{sum:016x}", db::common_fingerprint())
+    db::fingerprint(&migrations::migrations::runner())
 }
 
 /// Creates a new signing key and retires the current one.
@@ -146,7 +142,7 @@ impl App {
                 }
             }
         });
-        let readiness = readiness(&self);
+        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         tasks.spawn(async move {
             if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
@@ -166,23 +162,6 @@ impl App {
         self.amqp.close().await;
         served.map_err(|e| AuthError::Internal(format!("gRPC server: {e}")))
     }
-}
-
-fn readiness(app: &App) -> Readiness {
-    let (db, cache, amqp) = (app.db.clone(), app.cache.clone(), app.amqp.clone());
-    Readiness::new()
-        .check("postgres", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .check("redis", move || {
-            let cache = cache.clone();
-            async move { cache.ping().await.map_err(|e| format!("{:?}", e.kind())) }
-        })
-        .check("rabbitmq", move || {
-            let amqp = amqp.clone();
-            async move { amqp.ping().await.map_err(|e| e.to_string()) }
-        })
 }
 
 fn io(error: std::io::Error) -> AuthError {

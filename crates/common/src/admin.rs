@@ -47,6 +47,28 @@ impl Readiness {
         self
     }
 
+    /// The checks every tenx service needs: the primary answers, Redis
+    /// answers, RabbitMQ accepts a channel.
+    pub fn standard(
+        db: std::sync::Arc<crate::db::Db>,
+        cache: crate::cache::CacheLayer,
+        amqp: crate::queue::Amqp,
+    ) -> Self {
+        Self::new()
+            .check("postgres", move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(|e| e.to_string()) }
+            })
+            .check("redis", move || {
+                let cache = cache.clone();
+                async move { cache.ping().await.map_err(|e| format!("{:?}", e.kind())) }
+            })
+            .check("rabbitmq", move || {
+                let amqp = amqp.clone();
+                async move { amqp.ping().await.map_err(|e| e.to_string()) }
+            })
+    }
+
     /// Runs every check; `(all ok, one line per check)`.
     pub async fn run(&self) -> (bool, String) {
         let mut ok = true;

@@ -21,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use tokio_postgres::NoTls;
 
-pub use migrate::{common_fingerprint, migrate, schema_ident};
+pub use migrate::{common_fingerprint, fingerprint, migrate, schema_ident};
 pub use wal::WalPosition;
 
 use crate::config::{Invalid, Secret, Validate};

@@ -42,11 +42,7 @@ pub async fn migrate(settings: &NotificationSettings) -> Result<(), NotifyError>
 }
 
 pub fn migrations_fingerprint() -> String {
-    let mut sum = 0u64;
-    for m in migrations::migrations::runner().get_migrations() {
-        sum = sum.rotate_left(7) ^ m.checksum();
-    }
-    format!("{}{sum:016x}", db::common_fingerprint())
+    db::fingerprint(&migrations::migrations::runner())
 }
 
 /// The topology of the delivery worker's consumer group.
@@ -132,20 +128,7 @@ impl App {
         );
         let stop = shutdown.child();
         tasks.spawn(async move { hooks.run(stop).await });
-        let (db, cache, amqp) = (self.db.clone(), self.cache.clone(), self.amqp.clone());
-        let readiness = Readiness::new()
-            .check("postgres", move || {
-                let db = db.clone();
-                async move { db.ping().await.map_err(|e| e.to_string()) }
-            })
-            .check("redis", move || {
-                let cache = cache.clone();
-                async move { cache.ping().await.map_err(|e| format!("{:?}", e.kind())) }
-            })
-            .check("rabbitmq", move || {
-                let amqp = amqp.clone();
-                async move { amqp.ping().await.map_err(|e| e.to_string()) }
-            });
+        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         tasks.spawn(async move {
             if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {

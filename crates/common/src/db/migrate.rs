@@ -56,11 +56,17 @@ pub async fn migrate(
 /// A checksum of `common`'s migrations, so test templates are rebuilt
 /// when they change.
 pub fn common_fingerprint() -> String {
-    let runner = common_migrations::migrations::runner();
-    let mut sum = 0u64;
-    for m in runner.get_migrations() {
-        sum = sum.rotate_left(7) ^ m.checksum();
-    }
+    checksum(&common_migrations::migrations::runner())
+}
+
+/// A checksum of `common`'s migrations and a service's `runner`: what a
+/// test template of that service's schema depends on.
+pub fn fingerprint(runner: &refinery::Runner) -> String {
+    format!("{}{}", common_fingerprint(), checksum(runner))
+}
+
+fn checksum(runner: &refinery::Runner) -> String {
+    let sum = runner.get_migrations().iter().fold(0u64, |sum, m| sum.rotate_left(7) ^ m.checksum());
     format!("{sum:016x}")
 }
 
