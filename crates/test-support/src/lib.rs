@@ -19,11 +19,13 @@ pub mod bench;
 mod chaos;
 mod pg;
 mod redis_prefix;
+mod wait;
 
 pub use amqp::TestAmqp;
 pub use chaos::ChaosProxy;
 pub use pg::{TestDb, pg_url};
 pub use redis_prefix::TestRedis;
+pub use wait::{eventually, http_get};
 
 /// A short unique name part for this test: `t<pid hex><random hex>`.
 pub fn unique_suffix() -> String {

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tenx_test_support::{TestAmqp, TestDb, TestRedis, http_get};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -85,9 +85,9 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
         other => anyhow::bail!("unexpected reflection answer {other:?}"),
     };
     assert!(services.contains(&"tenx.auth.v1.AuthService".to_owned()), "{services:?}");
-    let metrics = http_get(admin, "/metrics").await?;
+    let (_, metrics) = http_get(([127, 0, 0, 1], admin).into(), "/metrics").await?;
     assert!(metrics.contains("tenx_grpc_server_requests_total"), "{metrics}");
-    assert!(http_get(admin, "/readyz").await?.contains("postgres: ok"));
+    assert!(http_get(([127, 0, 0, 1], admin).into(), "/readyz").await?.1.contains("postgres: ok"));
 
     let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status()?;
     assert!(killed.success());
@@ -111,15 +111,4 @@ fn a_bad_setting_stops_startup_with_one_line_naming_it_and_no_secret() -> anyhow
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
     Ok(())
-}
-
-async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }

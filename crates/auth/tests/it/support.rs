@@ -1,7 +1,5 @@
 //! Starting auth instances for a test, and calling them.
 
-use std::time::Duration;
-
 use tenx_auth::{App, AuthSettings, Running};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
@@ -124,25 +122,8 @@ pub fn refresh(tokens: &Option<pb::Tokens>) -> String {
     tokens.as_ref().map(|t| t.refresh_token.clone()).unwrap_or_default()
 }
 
-/// Polls `check` every 10 ms until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
+
+pub use tenx_test_support::eventually;

@@ -7,6 +7,7 @@ use tenx_common::admin::{self, Readiness};
 use tenx_common::grpc::{ApiError, ClientSettings, GrpcServer, ServerSettings, connect};
 use tenx_common::metrics::Metrics;
 use tenx_common::shutdown::Shutdown;
+use tenx_test_support::http_get;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -104,20 +105,6 @@ async fn the_admin_port_serves_metrics_and_a_readiness_that_fails_with_a_depende
     shutdown.trigger();
     task.await??;
     Ok(())
-}
-
-/// A minimal HTTP/1.1 GET, to avoid an HTTP client dependency.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
 }
 
 #[test]

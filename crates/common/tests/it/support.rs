@@ -1,7 +1,5 @@
 //! Shared setup for the integration tests.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -98,21 +96,4 @@ pub async fn queue_depth(amqp: &Amqp, queue: &str) -> anyhow::Result<u32> {
     Ok(declared.message_count())
 }
 
-/// Polls `check` every 20 ms until it is true or `within` has passed.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use tenx_test_support::eventually;

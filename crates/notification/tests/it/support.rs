@@ -185,21 +185,4 @@ pub fn subject(raw: &str) -> String {
     raw.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
 }
 
-/// Polls `check` every 20 ms until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use tenx_test_support::eventually;

@@ -51,12 +51,7 @@ fn signed_by(secret: &str, headers: &HeaderMap, body: &str) -> bool {
 }
 
 async fn wait_until<F: Fn() -> bool>(what: &str, check: F) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check() {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    crate::support::eventually(Duration::from_secs(15), what, || std::future::ready(Ok(check()))).await
 }
 
 async fn signed_up(notify: &TestNotify) -> anyhow::Result<()> {
