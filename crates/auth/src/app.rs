@@ -112,8 +112,7 @@ impl App {
     /// Binds the gRPC and admin addresses from the settings (port 0 picks
     /// free ports) and runs until `shutdown`.
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, AuthError> {
-        let grpc = TcpListener::bind(self.settings.server.listen).await.map_err(io)?;
-        let admin = TcpListener::bind(self.settings.server.admin_listen).await.map_err(io)?;
+        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
         let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
         tracing::info!(%grpc_addr, %admin_addr, "tenx-auth listening");
         let task = tokio::spawn(self.run(grpc, admin, shutdown));

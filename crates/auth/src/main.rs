@@ -1,9 +1,9 @@
 //! `tenx-auth [--config FILE] <serve|migrate|rotate-keys>`
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tenx_auth::{App, AuthSettings};
+use tenx_common::cli;
 use tenx_common::metrics::Metrics;
 use tenx_common::shutdown::Shutdown;
 
@@ -11,31 +11,18 @@ const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut config: Option<PathBuf> = None;
-    let mut command = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" => config = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other if command.is_none() => command = Some(other.to_owned()),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(64);
-            }
-        }
-    }
-    let settings = match AuthSettings::load(config.as_deref()) {
+    let args = match cli::parse(std::env::args().skip(1), USAGE) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let settings = match AuthSettings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("tenx-auth: {error}");
-            return ExitCode::from(78); // EX_CONFIG
+            return ExitCode::from(cli::EXIT_CONFIG);
         }
     };
-    let result = match command.as_deref() {
+    let result = match args.command.as_deref() {
         Some("serve") | None => serve(settings).await,
         Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| e.to_string()),
         Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())

@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
         Some("migrate") => migrate().await.map(|_| ()),
         Some(other) => {
             eprintln!("tenx-dev: unknown command `{other}` (use `run` or `migrate`)");
-            return ExitCode::from(64);
+            return ExitCode::from(tenx_common::cli::EXIT_USAGE);
         }
     };
     match result {

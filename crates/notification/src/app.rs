@@ -99,8 +99,7 @@ impl App {
 
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, NotifyError> {
         let io = |e: std::io::Error| NotifyError::Internal(format!("bind: {e}"));
-        let grpc = TcpListener::bind(self.settings.server.listen).await.map_err(io)?;
-        let admin = TcpListener::bind(self.settings.server.admin_listen).await.map_err(io)?;
+        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
         let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
         tracing::info!(%grpc_addr, %admin_addr, "tenx-notification listening");
         let task = tokio::spawn(self.run(grpc, admin, shutdown));

@@ -1,8 +1,8 @@
 //! `tenx-notification [--config FILE] <serve|migrate>`
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tenx_common::cli;
 use tenx_common::metrics::Metrics;
 use tenx_common::shutdown::Shutdown;
 use tenx_notification::{App, NotificationSettings};
@@ -11,30 +11,18 @@ const USAGE: &str = "usage: tenx-notification [--config FILE] <serve|migrate>";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let (mut config, mut command) = (None::<PathBuf>, None::<String>);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" => config = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other if command.is_none() => command = Some(other.to_owned()),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(64);
-            }
-        }
-    }
-    let settings = match NotificationSettings::load(config.as_deref()) {
+    let args = match cli::parse(std::env::args().skip(1), USAGE) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let settings = match NotificationSettings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("tenx-notification: {error}");
-            return ExitCode::from(78);
+            return ExitCode::from(cli::EXIT_CONFIG);
         }
     };
-    let result = match command.as_deref() {
+    let result = match args.command.as_deref() {
         Some("serve") | None => serve(settings).await,
         Some("migrate") => tenx_notification::migrate(&settings).await.map_err(|e| e.to_string()),
         Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),

@@ -36,6 +36,14 @@ fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
 
+impl ServerSettings {
+    /// Binds the gRPC and admin addresses (port 0 picks free ports), so
+    /// both are known, and connectable, before anything serves on them.
+    pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
+        Ok((TcpListener::bind(self.listen).await?, TcpListener::bind(self.admin_listen).await?))
+    }
+}
+
 /// The router every service adds its own API to.
 pub type ServiceRouter = Router<Stack<RpcLayer, Identity>>;
 

@@ -1,0 +1,66 @@
+//! The command line every service binary takes:
+//! `tenx-<service> [--config FILE] <command>`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a usage error (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code for bad configuration (sysexits `EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Parsed arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    /// `--config FILE`: a TOML file layered over the defaults.
+    pub config: Option<PathBuf>,
+    /// The command (`serve`, `migrate`, …); `None` means the default.
+    pub command: Option<String>,
+}
+
+/// Parses `args` (without the program name). `Err` is the exit code to
+/// return: after printing `usage` for `--help` (success) or on a usage
+/// error.
+pub fn parse(args: impl IntoIterator<Item = String>, usage: &str) -> Result<Args, ExitCode> {
+    let mut parsed = Args::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => match args.next() {
+                Some(path) => parsed.config = Some(PathBuf::from(path)),
+                None => {
+                    eprintln!("{usage}");
+                    return Err(ExitCode::from(EXIT_USAGE));
+                }
+            },
+            "-h" | "--help" => {
+                println!("{usage}");
+                return Err(ExitCode::SUCCESS);
+            }
+            other if parsed.command.is_none() => parsed.command = Some(other.to_owned()),
+            _ => {
+                eprintln!("{usage}");
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn takes_an_optional_config_and_one_command() {
+        let parsed = parse(args(&["--config", "a.toml", "migrate"]), "usage").expect("parses");
+        assert_eq!(parsed, Args { config: Some("a.toml".into()), command: Some("migrate".into()) });
+        assert_eq!(parse(args(&[]), "usage").expect("parses"), Args::default());
+        assert!(parse(args(&["serve", "extra"]), "usage").is_err());
+        assert!(parse(args(&["--config"]), "usage").is_err());
+    }
+}
