@@ -6,6 +6,9 @@
 #   Redis                     127.0.0.1:6379
 #   RabbitMQ                  127.0.0.1:5672  (guest/guest)
 #   SMTP sink                 127.0.0.1:2525  (aiosmtpd in .tools/venv)
+#   SMTP sink with STARTTLS   127.0.0.1:2587  (same Maildir; certificate for
+#                                            localhost from a throw-away CA in
+#                                            /tmp/tenx-smtp-sink/tls/ca.pem)
 #
 # Uses what already runs, starts installed-but-stopped servers, installs
 # missing ones from Debian/Ubuntu packages (root + apt-get), or, when no
@@ -81,7 +84,7 @@ amqp_ok() {
 
 smtp_ok() {
   timeout 3 bash -c '
-    exec 3<>/dev/tcp/127.0.0.1/'"$SMTP_PORT"' || exit 1
+    exec 3<>/dev/tcp/127.0.0.1/'"${1:-$SMTP_PORT}"' || exit 1
     IFS= read -r -t 2 line <&3 || exit 1
     printf "QUIT\r\n" >&3
     [[ $line == 220* ]]' 2>/dev/null
@@ -573,11 +576,49 @@ ensure_smtp() {
   fi
 }
 
+# A second sink that insists on STARTTLS, so the relay TLS modes are tested
+# against a real server. Its certificate names localhost and 127.0.0.1 and
+# comes from a CA made here for the purpose (Python's trustme).
+SMTP_TLS_PORT=2587
+SMTP_TLS_DIR=${TENX_SMTP_TLS_DIR:-/tmp/tenx-smtp-sink/tls}
+
+smtp_tls_port_free() { ! tcp_open "$SMTP_TLS_PORT"; }
+
+ensure_smtp_tls() {
+  smtp_ok "$SMTP_TLS_PORT" && [[ -s $SMTP_TLS_DIR/ca.pem ]] && return 0
+  # Ours, but its CA file is gone: start over with a fresh CA.
+  if pkill -f "aiosmtpd -n -l 127.0.0.1:$SMTP_TLS_PORT" 2>/dev/null; then
+    wait_until 10 smtp_tls_port_free || true
+  fi
+  tcp_open "$SMTP_TLS_PORT" && fail "smtp tls sink: 127.0.0.1:$SMTP_TLS_PORT is taken by something else"
+  "$HERE/tools.sh" venv || fail "smtp tls sink: could not install aiosmtpd and trustme into $TOOLS/venv"
+  mkdir -p "$SMTP_TLS_DIR" "$(dirname "$SMTP_MAILDIR")"
+  "$TOOLS/venv/bin/python3" - "$SMTP_TLS_DIR" >>"$LOG" 2>&1 <<'PY' || fail "smtp tls sink: could not make its certificate; see $LOG"
+import sys, trustme
+folder = sys.argv[1]
+ca = trustme.CA(organization_name="tenx local test CA")
+leaf = ca.issue_cert("localhost", "127.0.0.1")
+leaf.cert_chain_pems[0].write_to_path(f"{folder}/server.pem")
+leaf.private_key_pem.write_to_path(f"{folder}/server.key")
+ca.cert_pem.write_to_path(f"{folder}/ca.pem")
+PY
+  local smtplog=$TOOLS/smtp-tls-sink.log
+  (
+    cd "$TOOLS"
+    setsid nohup "$TOOLS/venv/bin/python3" -m aiosmtpd -n -l "127.0.0.1:$SMTP_TLS_PORT" \
+      --tlscert "$SMTP_TLS_DIR/server.pem" --tlskey "$SMTP_TLS_DIR/server.key" \
+      -c aiosmtpd.handlers.Mailbox "$SMTP_MAILDIR" \
+      >"$smtplog" 2>&1 </dev/null &
+  )
+  wait_until 20 smtp_ok "$SMTP_TLS_PORT" || fail "smtp tls sink on 127.0.0.1:$SMTP_TLS_PORT did not start; see $smtplog"
+}
+
 # --------------------------------------------------------------------------------
 
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
 ensure_smtp
+ensure_smtp_tls
 
 [[ -n ${TENX_DEPS_QUIET:-} ]] || echo "deps: ok"

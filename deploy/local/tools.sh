@@ -40,7 +40,7 @@ pick_python() {
 
 install_venv() {
   local venv="$TOOLS/venv"
-  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd, trustme' >/dev/null 2>&1; then
     return 0
   fi
   mkdir -p "$TOOLS"
@@ -58,9 +58,10 @@ install_venv() {
     rm -rf "$venv"
     "$py" -m venv "$venv" >>"$LOG" 2>&1 || die "venv: $py -m venv $venv failed; see $LOG"
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd >>"$LOG" 2>&1 \
-    || die "venv: pip install aiosmtpd failed; see $LOG"
-  "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1 || die "venv: aiosmtpd not importable after install; see $LOG"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd trustme >>"$LOG" 2>&1 \
+    || die "venv: pip install aiosmtpd trustme failed; see $LOG"
+  "$venv/bin/python" -c 'import aiosmtpd, trustme' >/dev/null 2>&1 \
+    || die "venv: aiosmtpd or trustme not importable after install; see $LOG"
 }
 
 mkdir -p "$TOOLS"

@@ -91,8 +91,10 @@ impl App {
         let mailer = Mailer::new(&settings.smtp).map_err(NotifyError::Internal)?;
         let preferences = cache.cache("notification.preferences", CacheOptions::default());
         let deliverer = Arc::new(Deliverer::new(db.clone(), templates, mailer, preferences, &metrics));
-        let webhooks =
-            Arc::new(Webhooks::new(db.clone(), settings.webhooks.clone(), settings.amqp.max_attempts));
+        let webhooks = Arc::new(
+            Webhooks::new(db.clone(), settings.webhooks.clone(), settings.amqp.max_attempts, &metrics)
+                .map_err(NotifyError::Internal)?,
+        );
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
         Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc })
     }
@@ -114,7 +116,11 @@ impl App {
         let consumer = Consumer::new(
             self.amqp.clone(),
             topology(&self.settings),
-            Worker { deliverer: self.deliverer.clone(), webhooks: self.webhooks.clone() },
+            Worker {
+                deliverer: self.deliverer.clone(),
+                webhooks: self.webhooks.clone(),
+                max_attempts: self.settings.amqp.max_attempts,
+            },
             &self.metrics,
         );
         let stop = shutdown.child();

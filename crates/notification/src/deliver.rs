@@ -29,6 +29,9 @@ pub struct Job {
     pub template: String,
     pub data: Value,
     pub channels: Vec<Channel>,
+    /// Whether a failure now is final (the message goes to the dead-letter
+    /// queue) rather than retried; only counted, never changes the work.
+    pub last_attempt: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +61,29 @@ struct ChannelLabel {
     channel: &'static str,
 }
 
+/// Per-channel outcomes (`email`, `in_app`, `webhook`), shared by every
+/// sender of one registry.
 #[derive(Clone, Default)]
-struct DeliveryMetrics {
+pub(crate) struct DeliveryMetrics {
     sent: Family<ChannelLabel, Counter>,
     failed: Family<ChannelLabel, Counter>,
     skipped: Family<ChannelLabel, Counter>,
+    retried: Family<ChannelLabel, Counter>,
+    dead_lettered: Family<ChannelLabel, Counter>,
+}
+
+impl DeliveryMetrics {
+    pub(crate) fn sent(&self, channel: &'static str) {
+        self.sent.get_or_create(&ChannelLabel { channel }).inc();
+    }
+
+    /// One failed attempt, then either a retry later or a dead letter.
+    pub(crate) fn failed(&self, channel: &'static str, last_attempt: bool) {
+        let label = ChannelLabel { channel };
+        self.failed.get_or_create(&label).inc();
+        let next = if last_attempt { &self.dead_lettered } else { &self.retried };
+        next.get_or_create(&label).inc();
+    }
 }
 
 impl MetricSet for DeliveryMetrics {
@@ -78,6 +99,16 @@ impl MetricSet for DeliveryMetrics {
             "notification_skipped",
             "Notifications not sent because the user muted them",
             set.skipped.clone(),
+        );
+        metrics.register(
+            "notification_retried",
+            "Failed attempts that will be tried again later, by channel",
+            set.retried.clone(),
+        );
+        metrics.register(
+            "notification_dead_lettered",
+            "Failed last attempts: the message went to the dead-letter queue, by channel",
+            set.dead_lettered.clone(),
         );
         set
     }
@@ -163,7 +194,7 @@ impl Deliverer {
                 )
                 .await?;
             if inserted == 1 {
-                self.metrics.sent.get_or_create(&ChannelLabel { channel: "in_app" }).inc();
+                self.metrics.sent("in_app");
             }
         }
         if allowed.contains(&Channel::Email) {
@@ -211,7 +242,7 @@ impl Deliverer {
                 )
                 .await?;
                 tx.commit().await?;
-                self.metrics.sent.get_or_create(&ChannelLabel { channel: "email" }).inc();
+                self.metrics.sent("email");
                 Ok(())
             }
             Err(reason) => {
@@ -221,7 +252,7 @@ impl Deliverer {
                 )
                 .await?;
                 tx.commit().await?;
-                self.metrics.failed.get_or_create(&ChannelLabel { channel: "email" }).inc();
+                self.metrics.failed("email", job.last_attempt);
                 Err(DeliverError::Transient(format!("every SMTP relay failed: {reason}")))
             }
         }

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod deliver;
+pub mod egress;
 pub mod error;
 pub mod mailer;
 pub mod preferences;

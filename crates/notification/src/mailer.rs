@@ -6,7 +6,10 @@ use std::time::Duration;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::settings::SmtpSettings;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+
+use crate::settings::{RelaySettingsSmtp, SmtpSettings, SmtpTls};
 
 pub struct Mailer {
     from: Mailbox,
@@ -36,17 +39,17 @@ pub struct Email<'a> {
 impl Mailer {
     pub fn new(settings: &SmtpSettings) -> Result<Self, String> {
         let from = settings.from.parse().map_err(|e| format!("smtp.from: {e}"))?;
+        let ca_pem = match &settings.ca_file {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("smtp.ca_file {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
         let relays = settings
             .relays
             .iter()
-            .map(|r| {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&r.host)
-                    .port(r.port)
-                    .timeout(Some(Duration::from_millis(r.timeout_ms)))
-                    .build();
-                (format!("{}:{}", r.host, r.port), transport)
-            })
-            .collect();
+            .map(|r| Ok((format!("{}:{}", r.host, r.port), transport(r, ca_pem.as_deref())?)))
+            .collect::<Result<_, String>>()?;
         Ok(Self { from, relays })
     }
 
@@ -73,4 +76,34 @@ impl Mailer {
         }
         Err(errors.join("; "))
     }
+}
+
+/// The transport of one relay: its TLS mode (Mozilla's roots plus the
+/// configured CA) and credentials.
+fn transport(
+    relay: &RelaySettingsSmtp,
+    ca_pem: Option<&[u8]>,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let tls = match relay.tls {
+        SmtpTls::None => Tls::None,
+        mode => {
+            let mut params =
+                TlsParameters::builder(relay.host.clone()).certificate_store(CertificateStore::WebpkiRoots);
+            if let Some(pem) = ca_pem {
+                params = params.add_root_certificate(
+                    Certificate::from_pem(pem).map_err(|e| format!("smtp.ca_file: {e}"))?,
+                );
+            }
+            let params = params.build_rustls().map_err(|e| format!("smtp relay {}: {e}", relay.host))?;
+            if mode == SmtpTls::Tls { Tls::Wrapper(params) } else { Tls::Required(params) }
+        }
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&relay.host)
+        .port(relay.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_millis(relay.timeout_ms)));
+    if let (Some(user), Some(password)) = (&relay.username, &relay.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().clone()));
+    }
+    Ok(builder.build())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tenx_common::cache::RedisSettings;
-use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
+use tenx_common::config::{ConfigError, Invalid, Loader, Secret, Validate};
 use tenx_common::db::DbSettings;
 use tenx_common::grpc::ServerSettings;
 use tenx_common::outbox::RelaySettings;
@@ -35,15 +35,40 @@ pub struct NotificationSettings {
 pub struct SmtpSettings {
     pub from: String,
     pub relays: Vec<RelaySettingsSmtp>,
+    /// PEM file of extra CAs to trust for relays behind a private CA;
+    /// Mozilla's roots are always trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
-/// One SMTP relay (no TLS yet: relays on a trusted network or localhost).
+/// How a relay's connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text: only for a relay on loopback or a trusted network.
+    None,
+    /// Plain connection upgraded with STARTTLS, which must succeed
+    /// (port 587). A relay that does not offer it is a failed relay.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// One SMTP relay.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RelaySettingsSmtp {
     pub host: String,
     pub port: u16,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// SMTP AUTH user; needs `password` and a TLS mode other than `none`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -109,6 +134,30 @@ impl Validate for NotificationSettings {
             .map_err(|e| Invalid::new("smtp.from", format!("not a mailbox: {e}")))?;
         if self.smtp.relays.is_empty() {
             return Err(Invalid::new("smtp.relays", "needs at least one relay"));
+        }
+        for relay in &self.smtp.relays {
+            if relay.username.is_some() != relay.password.is_some() {
+                return Err(Invalid::new(
+                    "smtp.relays",
+                    format!("{}: username and password go together", relay.host),
+                ));
+            }
+            if relay.username.is_some() && relay.tls == SmtpTls::None {
+                return Err(Invalid::new(
+                    "smtp.relays",
+                    format!(
+                        "{}: credentials are never sent without TLS (set tls = \"starttls\" or \"tls\")",
+                        relay.host
+                    ),
+                ));
+            }
+        }
+        for (key, file) in
+            [("smtp.ca_file", &self.smtp.ca_file), ("webhooks.ca_file", &self.webhooks.ca_file)]
+        {
+            if let Some(path) = file {
+                crate::egress::read_ca_file(path).map_err(|reason| Invalid::new(key, reason))?;
+            }
         }
         if let Some(dir) = &self.templates.dir
             && !dir.is_dir()

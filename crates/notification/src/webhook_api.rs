@@ -8,6 +8,7 @@ use tenx_proto::notification::v1 as pb;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::egress::{internal_literal, resolves_internal};
 use crate::error::NotifyError;
 use crate::webhooks::{DUE, new_secret};
 
@@ -37,33 +38,6 @@ fn limit(raw: u32) -> Result<i64, NotifyError> {
     }
 }
 
-/// Whether `host` names this machine or a private, link-local or
-/// otherwise internal address (the usual server-side request forgery
-/// targets, such as a cloud metadata service). Names other than
-/// `localhost` are not resolved here.
-fn internal_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Err(_) => false,
-    }
-}
-
 pub async fn create(
     db: &Db,
     request: pb::CreateWebhookEndpointRequest,
@@ -73,19 +47,17 @@ pub async fn create(
     if url.len() > 2000 || url.chars().any(char::is_whitespace) {
         return Err(NotifyError::invalid("url", "must be an http URL of at most 2000 characters"));
     }
-    let parsed: http::Uri = url.parse().map_err(|_| NotifyError::invalid("url", "must be an http URL"))?;
-    match parsed.scheme_str() {
-        Some("http") if parsed.host().is_some_and(|h| internal_host(h) && !allow_private_networks) => {
-            return Err(NotifyError::invalid(
-                "url",
-                "must not point at a loopback, private or link-local address",
-            ));
-        }
-        Some("http") if parsed.host().is_some() => {}
-        Some("https") => {
-            return Err(NotifyError::invalid("url", "https endpoints are not supported yet (no TLS client)"));
-        }
-        _ => return Err(NotifyError::invalid("url", "must be an http URL")),
+    let parsed: http::Uri =
+        url.parse().map_err(|_| NotifyError::invalid("url", "must be an http or https URL"))?;
+    let (Some("http" | "https"), Some(host)) = (parsed.scheme_str(), parsed.host()) else {
+        return Err(NotifyError::invalid("url", "must be an http or https URL"));
+    };
+    let port = parsed.port_u16().unwrap_or(if parsed.scheme_str() == Some("https") { 443 } else { 80 });
+    if !allow_private_networks && (internal_literal(host) || resolves_internal(host, port).await) {
+        return Err(NotifyError::invalid(
+            "url",
+            "must not point at a loopback, private or link-local address",
+        ));
     }
     if request.event_types.is_empty() || request.event_types.len() > 100 {
         return Err(NotifyError::invalid("event_types", "1 to 100 event types"));

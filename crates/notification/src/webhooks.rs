@@ -11,9 +11,6 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prost::Message as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,11 +34,20 @@ pub struct WebhookSettings {
     /// unless this is set (tests, or receivers inside the cluster).
     #[serde(default)]
     pub allow_private_networks: bool,
+    /// PEM file of extra CAs to trust for `https://` endpoints (receivers
+    /// behind a private CA); Mozilla's roots are always trusted.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { timeout_ms: 10_000, disable_after_seconds: 5 * 24 * 3600, allow_private_networks: false }
+        Self {
+            timeout_ms: 10_000,
+            disable_after_seconds: 5 * 24 * 3600,
+            allow_private_networks: false,
+            ca_file: None,
+        }
     }
 }
 
@@ -90,9 +96,10 @@ pub fn body_for(message: &Message) -> String {
 
 pub struct Webhooks {
     pub db: Arc<Db>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::egress::HttpClient,
     settings: WebhookSettings,
     max_attempts: u32,
+    metrics: crate::deliver::DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -106,12 +113,18 @@ fn retry(e: impl std::fmt::Display) -> HandlerError {
 }
 
 impl Webhooks {
-    pub fn new(db: Arc<Db>, settings: WebhookSettings, max_attempts: u32) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(settings.timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { db, client, settings, max_attempts }
+    pub fn new(
+        db: Arc<Db>,
+        settings: WebhookSettings,
+        max_attempts: u32,
+        metrics: &tenx_common::metrics::Metrics,
+    ) -> Result<Self, String> {
+        let client = crate::egress::http_client(
+            Duration::from_millis(settings.timeout_ms),
+            settings.allow_private_networks,
+            settings.ca_file.as_deref(),
+        )?;
+        Ok(Self { db, client, settings, max_attempts, metrics: metrics.set() })
     }
 
     pub fn allow_private_networks(&self) -> bool {
@@ -223,9 +236,11 @@ impl Webhooks {
                 .await
                 .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
+            self.metrics.sent("webhook");
             return Ok(());
         }
         let last = attempt >= self.max_attempts;
+        self.metrics.failed("webhook", last);
         conn.execute(
             "UPDATE webhook_messages SET attempts = attempts + 1, last_error = $2, \
              status = CASE WHEN $3 THEN 'dead' ELSE status END WHERE id = $1",
@@ -273,7 +288,7 @@ impl Webhooks {
         let timeout = Duration::from_millis(self.settings.timeout_ms);
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
-            Ok(Err(e)) => Err(format!("connection failed: {e}")),
+            Ok(Err(e)) => Err(format!("connection failed: {}", error_chain(&e))),
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
                 // Drain (bounded in time and size) so the connection can be reused.
@@ -283,6 +298,19 @@ impl Webhooks {
             }
         }
     }
+}
+
+/// An error with its causes ("client error (Connect): invalid peer
+/// certificate: UnknownIssuer"), for the attempt log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Consumes `notification.webhook_due`.

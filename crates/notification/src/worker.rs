@@ -22,6 +22,8 @@ pub const BINDINGS: [&str; 3] = ["auth.#", "billing.#", "notification.send_reque
 pub struct Worker {
     pub deliverer: Arc<Deliverer>,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// `amqp.max_attempts`: tells a retry from a dead letter in metrics.
+    pub max_attempts: u32,
 }
 
 fn reject(e: impl std::fmt::Display) -> HandlerError {
@@ -33,7 +35,7 @@ fn user(id: &str) -> Result<Uuid, HandlerError> {
 }
 
 /// The job an event asks for, if any.
-fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
+fn job_for(message: &Message, last_attempt: bool) -> Result<Option<Job>, HandlerError> {
     let payload = message.envelope.payload.as_slice();
     let dedupe = message.id().to_owned();
     let job = match message.event_type() {
@@ -46,6 +48,7 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
                 email: e.email,
                 template: "welcome".into(),
                 channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
             }
         }
         "auth.email_verification_requested" => {
@@ -57,6 +60,7 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
                 email: e.email,
                 template: "verify_email".into(),
                 channels: vec![Channel::Email],
+                last_attempt,
             }
         }
         "auth.password_reset_requested" => {
@@ -68,6 +72,7 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
                 email: e.email,
                 template: "password_reset".into(),
                 channels: vec![Channel::Email],
+                last_attempt,
             }
         }
         "auth.password_changed" => {
@@ -79,6 +84,7 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
                 email: e.email,
                 template: "password_changed".into(),
                 channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
             }
         }
         "notification.send_requested" => {
@@ -90,6 +96,7 @@ fn job_for(message: &Message) -> Result<Option<Job>, HandlerError> {
                 email: e.email,
                 template: e.template,
                 channels: e.channels.iter().filter_map(|c| Channel::try_from(*c).ok()).collect(),
+                last_attempt,
             }
         }
         _ => return Ok(None),
@@ -102,7 +109,7 @@ impl Handler for Worker {
         if message.event_type() != "notification.send_requested" {
             self.webhooks.fan_out(message).await?;
         }
-        let Some(job) = job_for(message)? else { return Ok(()) };
+        let Some(job) = job_for(message, message.attempt >= self.max_attempts)? else { return Ok(()) };
         match self.deliverer.deliver(&job).await {
             Ok(()) => Ok(()),
             Err(DeliverError::Template(e)) => Err(HandlerError::Reject(e.to_string())),

@@ -8,7 +8,11 @@ use tenx_proto::notification::v1 as pb;
 use tenx_test_support::ChaosProxy;
 use uuid::Uuid;
 
-use crate::support::{TestNotify, as_user, mails_to, subject, unique_email, wait_for_mails};
+use tenx_notification::settings::SmtpTls;
+
+use crate::support::{
+    TestNotify, as_user, mails_to, relay, smtp_test_ca, subject, unique_email, wait_for_mails,
+};
 
 #[tokio::test]
 async fn a_signup_event_delivered_twice_sends_one_welcome_email_and_one_in_app_item() -> anyhow::Result<()> {
@@ -43,17 +47,10 @@ async fn with_the_first_relay_down_the_email_goes_through_the_second() -> anyhow
     let mut notify = TestNotify::new().await?;
     let dead = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
     dead.cut();
-    let first = tenx_notification::settings::RelaySettingsSmtp {
-        host: "127.0.0.1".into(),
-        port: dead.port(),
-        timeout_ms: 1_000,
-    };
-    let second = tenx_notification::settings::RelaySettingsSmtp {
-        host: "127.0.0.1".into(),
-        port: 2525,
-        timeout_ms: 5_000,
-    };
-    notify.settings.smtp.relays = vec![first, second];
+    notify.settings.smtp.relays = vec![
+        relay("127.0.0.1", dead.port(), 1_000, SmtpTls::None),
+        relay("127.0.0.1", 2525, 5_000, SmtpTls::None),
+    ];
     let notify = notify.start().await?;
     let (user, email) = (Uuid::now_v7(), unique_email());
     let event = auth::PasswordResetRequested {
@@ -70,6 +67,72 @@ async fn with_the_first_relay_down_the_email_goes_through_the_second() -> anyhow
     let relay: String =
         notify.sql().await?.query_one("SELECT relay FROM email_deliveries", &[]).await?.get(0);
     assert_eq!(relay, "127.0.0.1:2525");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_relay_that_requires_tls_gets_starttls_and_one_without_it_is_skipped() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    // The plain sink offers no STARTTLS: with TLS required, that relay
+    // fails before any mail is handed over; the TLS sink (a certificate
+    // from the local test CA) takes the message.
+    notify.settings.smtp.relays = vec![
+        relay("127.0.0.1", 2525, 5_000, SmtpTls::Starttls),
+        relay("localhost", 2587, 5_000, SmtpTls::Starttls),
+    ];
+    notify.settings.smtp.ca_file = Some(smtp_test_ca());
+    let notify = notify.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = auth::PasswordResetRequested {
+        user_id: user.to_string(),
+        email: email.clone(),
+        code: "TLSC0DE9".into(),
+        expires_in_minutes: 30,
+    };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &event).await?;
+
+    let mails = wait_for_mails(&email, 1).await?;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("TLSC0DE9"));
+    let relay: String =
+        notify.sql().await?.query_one("SELECT relay FROM email_deliveries", &[]).await?.get(0);
+    assert_eq!(relay, "localhost:2587");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tls_relay_whose_certificate_is_not_trusted_is_never_given_the_mail() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    // No ca_file: the local test CA is not among Mozilla's roots.
+    notify.settings.smtp.relays = vec![relay("localhost", 2587, 5_000, SmtpTls::Starttls)];
+    let notify = notify.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = auth::PasswordChanged { user_id: user.to_string(), email: email.clone() };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_changed", &event).await?;
+
+    let sql = notify.sql().await?;
+    crate::support::eventually(Duration::from_secs(15), "a failed attempt recorded", || async {
+        let row = sql.query_opt("SELECT last_error FROM email_deliveries", &[]).await?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)).is_some())
+    })
+    .await?;
+    let error: String = sql.query_one("SELECT last_error FROM email_deliveries", &[]).await?.get(0);
+    assert!(error.to_ascii_lowercase().contains("certificate"), "{error}");
+    // Three attempts (amqp.max_attempts in tests), then the dead-letter queue.
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    crate::support::eventually(Duration::from_secs(15), "the email dead-lettered", || async {
+        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+        Ok(metrics.lines().any(|l| l == "tenx_notification_dead_lettered_total{channel=\"email\"} 1"))
+    })
+    .await?;
+    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    assert!(
+        metrics.lines().any(|l| l == "tenx_notification_retried_total{channel=\"email\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l == "tenx_notification_failed_total{channel=\"email\"} 3"), "{metrics}");
+    assert!(mails_to(&email)?.is_empty(), "nothing may reach an unverified relay");
     Ok(())
 }
 
@@ -154,6 +217,7 @@ async fn a_job_delivered_again_after_it_was_sent_sends_nothing_more() -> anyhow:
         template: "password_changed".into(),
         data: serde_json::json!({ "email": email }),
         channels: vec![pb::Channel::Email, pb::Channel::InApp],
+        last_attempt: false,
     };
     let (a, b) = tokio::join!(deliverer.deliver(&job), deliverer.deliver(&job));
     a?;
@@ -171,11 +235,7 @@ async fn a_consumer_whose_channel_dies_mid_message_gets_it_again_and_sends_once(
     // A slow relay keeps the handler busy; the broker connection dies meanwhile.
     let slow_smtp = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
     slow_smtp.set_delay(Duration::from_millis(1_500));
-    notify.settings.smtp.relays = vec![tenx_notification::settings::RelaySettingsSmtp {
-        host: "127.0.0.1".into(),
-        port: slow_smtp.port(),
-        timeout_ms: 10_000,
-    }];
+    notify.settings.smtp.relays = vec![relay("127.0.0.1", slow_smtp.port(), 10_000, SmtpTls::None)];
     let broker =
         ChaosProxy::start(tenx_test_support::addr_of(&notify.settings.amqp.url.expose().clone())?).await?;
     let direct = notify.settings.amqp.clone();

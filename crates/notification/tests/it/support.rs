@@ -6,6 +6,7 @@ use std::time::Duration;
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Outgoing, Publisher};
 use tenx_common::shutdown::Shutdown;
+use tenx_notification::settings::{RelaySettingsSmtp, SmtpTls};
 use tenx_notification::{App, NotificationSettings, Running};
 use tenx_proto::events::v1::Envelope;
 use tenx_proto::notification::v1::notification_service_client::NotificationServiceClient;
@@ -186,3 +187,17 @@ pub fn subject(raw: &str) -> String {
 }
 
 pub use tenx_test_support::eventually;
+
+/// One SMTP relay for a test.
+pub fn relay(host: &str, port: u16, timeout_ms: u64, tls: SmtpTls) -> RelaySettingsSmtp {
+    RelaySettingsSmtp { host: host.into(), port, timeout_ms, tls, username: None, password: None }
+}
+
+/// The CA of the STARTTLS sink on 2587 (made by deploy/local/deps.sh).
+pub fn smtp_test_ca() -> std::path::PathBuf {
+    std::env::var("TENX_SMTP_TLS_DIR")
+        .unwrap_or_else(|_| "/tmp/tenx-smtp-sink/tls".into())
+        .parse::<std::path::PathBuf>()
+        .map(|dir| dir.join("ca.pem"))
+        .unwrap_or_default()
+}

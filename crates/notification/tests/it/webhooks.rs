@@ -40,6 +40,58 @@ async fn start_receiver(script: Vec<u16>) -> anyhow::Result<(Receiver, String)> 
     Ok((receiver, url))
 }
 
+/// The same receiver behind TLS, with a certificate for `localhost` from
+/// a CA made for this test; returns the receiver, its `https://` URL and
+/// the CA's PEM file (removed when dropped).
+async fn start_tls_receiver(script: Vec<u16>) -> anyhow::Result<(Receiver, String, TempFile)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "tenx webhook test CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let ca_file = TempFile(std::env::temp_dir().join(format!("tenx-webhook-ca-{}.pem", Uuid::new_v4())));
+    std::fs::write(&ca_file.0, ca_cert.pem())?;
+
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let receiver = Receiver { script: Arc::new(Mutex::new(script)), ..Default::default() };
+    let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://localhost:{}/hook", listener.local_addr()?.port());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok((receiver, url, ca_file))
+}
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Verifies a Standard Webhooks signature independently of the service.
 fn signed_by(secret: &str, headers: &HeaderMap, body: &str) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -110,6 +162,63 @@ async fn a_receiver_failing_twice_gets_three_signed_attempts_with_growing_delays
 }
 
 #[tokio::test]
+async fn an_https_receiver_gets_signed_deliveries_and_an_untrusted_certificate_gets_none()
+-> anyhow::Result<()> {
+    let (receiver, url, ca_file) = start_tls_receiver(vec![200]).await?;
+    let trusting = {
+        let mut notify = TestNotify::new().await?;
+        notify.settings.webhooks.ca_file = Some(ca_file.0.clone());
+        notify.start().await?
+    };
+    let mut client = trusting.admin_client().await?;
+    let created = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url: url.clone(),
+            event_types: vec!["auth.user.signed_up".into()],
+            description: String::new(),
+        })
+        .await?
+        .into_inner();
+    signed_up(&trusting).await?;
+    wait_until("an https delivery", || receiver.seen.lock().map(|s| !s.is_empty()).unwrap_or(false)).await?;
+    let (_, headers, body) = receiver.seen.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
+    assert!(signed_by(&created.secret, &headers, &body));
+
+    // Another deployment that does not trust the test CA: the attempt
+    // fails on the certificate and the receiver never sees the payload.
+    let untrusting = TestNotify::new().await?.start().await?;
+    let mut client = untrusting.admin_client().await?;
+    let endpoint_id = client
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            url,
+            event_types: vec!["auth.user.signed_up".into()],
+            description: String::new(),
+        })
+        .await?
+        .into_inner()
+        .endpoint
+        .map(|e| e.id)
+        .unwrap_or_default();
+    signed_up(&untrusting).await?;
+    let attempts = || {
+        let (mut client, endpoint_id) = (client.clone(), endpoint_id.clone());
+        async move {
+            let request = pb::ListDeliveriesRequest { endpoint_id, limit: 0 };
+            Ok::<_, anyhow::Error>(client.list_deliveries(request).await?.into_inner().attempts)
+        }
+    };
+    crate::support::eventually(Duration::from_secs(15), "a failed attempt", || async {
+        Ok(!attempts().await?.is_empty())
+    })
+    .await?;
+    let first = attempts().await?.pop().ok_or_else(|| anyhow::anyhow!("no attempt"))?;
+    assert!(!first.succeeded);
+    assert!(first.error.to_ascii_lowercase().contains("certificate"), "{}", first.error);
+    assert_eq!(receiver.seen.lock().map(|s| s.len()).unwrap_or(0), 1, "only the trusted delivery arrived");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_receiver_that_always_fails_gets_a_dead_letter_that_redrives_once_it_recovers() -> anyhow::Result<()>
 {
     let notify = TestNotify::new().await?.start().await?;
@@ -153,6 +262,17 @@ async fn a_receiver_that_always_fails_gets_a_dead_letter_that_redrives_once_it_r
         .ok_or_else(|| anyhow::anyhow!("none"))?;
     assert!(signed_by(&created.secret, &last.1, &last.2));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    for line in [
+        "tenx_notification_failed_total{channel=\"webhook\"} 3",
+        "tenx_notification_retried_total{channel=\"webhook\"} 2",
+        "tenx_notification_dead_lettered_total{channel=\"webhook\"} 1",
+        "tenx_notification_sent_total{channel=\"webhook\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
     assert!(
         client
             .list_dead_letters(pb::ListDeadLettersRequest::default())
@@ -181,7 +301,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_bad_endpoint_input_is_ref
         })
         .await;
     assert_eq!(created.expect_err("bad event type").code(), Code::InvalidArgument);
-    for bad in ["", "ftp://x/y", "https://example.com/hook", "http://", "javascript:alert(1)"] {
+    for bad in ["", "ftp://x/y", "https://", "http://", "javascript:alert(1)"] {
         let r = client
             .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
                 url: bad.into(),
@@ -303,6 +423,9 @@ async fn webhook_administration_needs_the_admin_role_and_refuses_internal_addres
     for internal in [
         "http://127.0.0.1:8080/x",
         "http://localhost/x",
+        "http://localhost.:8080/x",
+        "https://127.0.0.1/x",
+        "http://[::ffff:10.0.0.1]/x",
         "http://10.1.2.3/x",
         "http://169.254.169.254/latest",
         "http://[::1]/x",
@@ -312,5 +435,6 @@ async fn webhook_administration_needs_the_admin_role_and_refuses_internal_addres
         assert_eq!(refused.expect_err(internal).code(), Code::InvalidArgument, "{internal}");
     }
     admin.create_webhook_endpoint(request("http://crm.example.com/hook")).await?;
+    admin.create_webhook_endpoint(request("https://crm.example.com/hook")).await?;
     Ok(())
 }
