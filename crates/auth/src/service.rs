@@ -104,6 +104,15 @@ impl Core {
         if token.len() > 4096 {
             return Err(AuthError::Unauthenticated("invalid or expired access token"));
         }
+        // An API key works wherever an access token does; it belongs to
+        // no session (the nil id).
+        if token.starts_with(secrets::API_KEY_PREFIX) {
+            let key =
+                self.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: token.to_owned() }).await?;
+            let user =
+                Uuid::parse_str(&key.user_id).map_err(|_| AuthError::Unauthenticated("invalid API key"))?;
+            return Ok(Caller { user, session: Uuid::nil() });
+        }
         let claims = self.keys.verify(token).await?;
         let bad = || AuthError::Unauthenticated("invalid or expired access token");
         let user = Uuid::parse_str(&claims.sub).map_err(|_| bad())?;
@@ -952,6 +961,12 @@ impl AuthService for AuthApi {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        // Verifiers (gateways) ask when they meet an unknown kid, right
+        // after a rotation that this instance may not have loaded yet: read
+        // the key set now. They cache and throttle, so this stays rare.
+        if let Err(error) = self.core.keys.reload().await {
+            tracing::warn!(%error, "signing key reload failed; serving the last key set");
+        }
         Ok(Response::new(self.core.jwks()))
     }
 

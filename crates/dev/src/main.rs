@@ -2,7 +2,8 @@
 //!
 //! `tenx-dev` (what `make up` runs) creates the local database if needed,
 //! applies every service's migrations and runs every service (auth,
-//! notification) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
+//! notification, and the gateway in front of them on http://127.0.0.1:8080
+//! and gRPC 127.0.0.1:50050) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
 //! Ctrl-C. `tenx-dev migrate` only applies the migrations. Services join
 //! here as they land.
 
@@ -60,14 +61,23 @@ async fn run() -> anyhow::Result<()> {
         "tenx-dev: notification gRPC on {} (metrics and health on http://{})",
         notification.grpc_addr, notification.admin_addr
     );
+    let gateway = tenx_gateway::App::build(tenx_gateway::GatewaySettings::load(None)?, Metrics::default())
+        .await?
+        .spawn(shutdown.child())
+        .await?;
+    println!(
+        "tenx-dev: gateway HTTP on http://{} (OpenAPI at /openapi.json), gRPC on {} (metrics and health on http://{})",
+        gateway.http_addr, gateway.grpc_addr, gateway.admin_addr
+    );
     println!(
         "tenx-dev: emails land in the SMTP sink on 127.0.0.1:2525 (/tmp/tenx-smtp-sink/maildir); Ctrl-C stops"
     );
-    let (auth, notification) = tokio::join!(auth.task, notification.task);
+    let (auth, notification, gateway) = tokio::join!(auth.task, notification.task, gateway.task);
     shutdown.trigger();
     telemetry.shutdown().await;
     auth??;
     notification??;
+    gateway??;
     Ok(())
 }
 

@@ -94,6 +94,39 @@ impl GrpcServer {
             .add_optional_service(v1alpha)
     }
 
+    /// Like [`GrpcServer::router`], with `fallback` answering every method
+    /// no added service owns (the gateway's proxy of public RPCs).
+    pub fn router_with_fallback<S>(&self, fallback: S) -> ServiceRouter
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tenx_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let mut routes = tonic::service::Routes::new(self.health_service.clone());
+        if let Ok(v1) = reflection().build_v1() {
+            routes = routes.add_service(v1);
+        }
+        if let Ok(v1alpha) = reflection().build_v1alpha() {
+            routes = routes.add_service(v1alpha);
+        }
+        let fallback = tower::ServiceExt::map_request(fallback, |req: http::Request<axum::body::Body>| {
+            req.map(tonic::body::Body::new)
+        });
+        let routes = tonic::service::Routes::from(routes.into_axum_router().fallback_service(fallback));
+        tonic::transport::Server::builder().layer(self.layer.clone()).add_routes(routes)
+    }
+
     /// Binds `addr` (port 0 picks a free port), then serves in the
     /// background: the address is known, and connectable, before this
     /// returns. How tests and `tenx-dev` start a service.

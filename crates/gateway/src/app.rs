@@ -1,0 +1,203 @@
+//! Wiring: upstream channels, the JWKS, the rate limiter, the HTTP API,
+//! the gRPC front door and the admin port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use tenx_common::admin::{self, Readiness};
+use tenx_common::cache::Redis;
+use tenx_common::grpc::{self, GrpcServer, TracedChannel};
+use tenx_common::metrics::Metrics;
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::error::EdgeError;
+use crate::identity::Authenticator;
+use crate::jwks::Jwks;
+use crate::policy::Ctx;
+use crate::ratelimit::RateLimiter;
+use crate::settings::GatewaySettings;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, shared by both front doors.
+pub struct Gateway {
+    pub settings: GatewaySettings,
+    pub metrics: Metrics,
+    pub authn: Authenticator,
+    pub limiter: RateLimiter,
+    pub auth: Upstream,
+    pub notification: Upstream,
+    /// Requests in progress; when none is free, new ones are shed.
+    pub in_flight: Arc<Semaphore>,
+    /// Each user's last write position through this instance, so their
+    /// next read sees it even when the client does not send it back.
+    writes: Cache<String, String>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn last_write(&self, ctx: &Ctx) -> Option<String> {
+        let user = &ctx.identity.as_ref()?.user_id;
+        self.writes.get(user).now_or_never_value()
+    }
+
+    pub async fn remember_write(&self, ctx: &Ctx, position: &str) {
+        if let Some(identity) = &ctx.identity {
+            self.writes.insert(identity.user_id.clone(), position.to_owned()).await;
+        }
+    }
+}
+
+/// `moka`'s future cache `get` is async only in name for a present key.
+trait NowOrNever<T> {
+    fn now_or_never_value(self) -> Option<T>;
+}
+
+impl<F: std::future::Future<Output = Option<T>>, T> NowOrNever<T> for F {
+    fn now_or_never_value(self) -> Option<T> {
+        futures_util::FutureExt::now_or_never(self).flatten()
+    }
+}
+
+pub struct App {
+    gateway: Arc<Gateway>,
+    grpc: GrpcServer,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), EdgeError>>,
+}
+
+fn channel(settings: &grpc::ClientSettings, key: &str) -> Result<TracedChannel, EdgeError> {
+    grpc::connect(settings)
+        .map_err(|e| EdgeError::new(tonic::Code::Internal, format!("upstreams.{key}.url: {e}")))
+}
+
+impl App {
+    pub async fn build(settings: GatewaySettings, metrics: Metrics) -> Result<Self, EdgeError> {
+        let auth_channel = channel(&settings.upstreams.auth, "auth")?;
+        let notification_channel = channel(&settings.upstreams.notification, "notification")?;
+        let redis = Redis::connect(&settings.redis)
+            .map_err(|e| EdgeError::new(tonic::Code::Internal, format!("redis settings: {:?}", e.kind())))?;
+        let auth_client = AuthServiceClient::new(auth_channel.clone());
+        let jwks = Jwks::new(auth_client.clone(), settings.jwks.clone());
+        let gateway = Gateway {
+            authn: Authenticator::new(jwks, auth_client),
+            limiter: RateLimiter::new(redis, &metrics),
+            auth: Upstream::new("auth", auth_channel, settings.breaker.clone(), &metrics),
+            notification: Upstream::new(
+                "notification",
+                notification_channel,
+                settings.breaker.clone(),
+                &metrics,
+            ),
+            in_flight: Arc::new(Semaphore::new(settings.http.max_in_flight)),
+            writes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(10)).build(),
+            settings,
+            metrics: metrics.clone(),
+        };
+        let grpc = GrpcServer::new(gateway.settings.telemetry.slow_request(), &metrics);
+        Ok(Self { gateway: Arc::new(gateway), grpc })
+    }
+
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, EdgeError> {
+        let io = |e: std::io::Error| EdgeError::new(tonic::Code::Internal, format!("bind: {e}"));
+        let (grpc, admin) = self.gateway.settings.server.bind().await.map_err(io)?;
+        let http = TcpListener::bind(&self.gateway.settings.http.listen).await.map_err(io)?;
+        let (grpc_addr, admin_addr, http_addr) =
+            (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?, http.local_addr().map_err(io)?);
+        tracing::info!(%http_addr, %grpc_addr, %admin_addr, "tenx-gateway listening");
+        // Ready only once tokens can be verified; until then /readyz says
+        // so and the background refresher keeps trying.
+        if let Err(error) = self.gateway.authn.jwks.fetch().await {
+            tracing::warn!(%error, "JWKS not loaded yet; not ready until it is");
+        }
+        let task = tokio::spawn(self.run(http, grpc, admin, shutdown));
+        Ok(Running { http_addr, grpc_addr, admin_addr, task })
+    }
+
+    async fn run(
+        self,
+        http: TcpListener,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), EdgeError> {
+        let mut tasks = JoinSet::new();
+        let gw = self.gateway.clone();
+        let stop = shutdown.child();
+        tasks.spawn(async move { gw.authn.jwks.refresh_until(stop).await });
+
+        let (metrics, stop) = (self.gateway.metrics.clone(), shutdown.child());
+        let readiness = readiness(self.gateway.clone());
+        tasks.spawn(async move {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+
+        let router = crate::http::router(self.gateway.clone());
+        let stop = shutdown.child();
+        tasks.spawn(async move {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(error) =
+                axum::serve(http, app).with_graceful_shutdown(async move { stop.wait().await }).await
+            {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+
+        let router = self.grpc.router_with_fallback(crate::grpc::Proxy::new(self.gateway.clone()));
+        let served =
+            self.grpc.serve(router, grpc, &[], &self.gateway.settings.server, shutdown.clone()).await;
+        shutdown.trigger();
+        while tasks.join_next().await.is_some() {}
+        served.map_err(|e| EdgeError::new(tonic::Code::Internal, format!("gRPC server: {e}")))
+    }
+}
+
+/// Ready when tokens can be verified (JWKS loaded), the upstreams answer
+/// their health checks, and Redis answers (else limits are local only).
+fn readiness(gw: Arc<Gateway>) -> Readiness {
+    let jwks = gw.clone();
+    let mut readiness = Readiness::new().check("jwks", move || {
+        let loaded = jwks.authn.jwks.loaded();
+        async move { if loaded { Ok(()) } else { Err("auth's signing keys not fetched yet".to_owned()) } }
+    });
+    for (name, channel) in
+        [("auth", gw.auth.channel.clone()), ("notification", gw.notification.channel.clone())]
+    {
+        readiness = readiness.check(name, move || {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            async move {
+                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                match client.check(request).await {
+                    Ok(r) if r.get_ref().status == 1 => Ok(()),
+                    Ok(r) => Err(format!("status {}", r.get_ref().status)),
+                    Err(status) => Err(format!("{:?}", status.code())),
+                }
+            }
+        });
+    }
+    readiness
+}

@@ -1,0 +1,154 @@
+//! The gateway's one error type, and its two renderings: the JSON error
+//! shape of the HTTP API and a gRPC status for the gRPC front door.
+//!
+//! `{"error": {"code": "invalid_argument", "message": "...", "details": [...]}}`
+//! with the HTTP status chosen here from the gRPC code.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct EdgeError {
+    pub code: Code,
+    pub message: String,
+    /// Field violations (`{"field","description"}`), from a BadRequest.
+    pub details: Vec<Value>,
+    /// For 429 and 503: when trying again may work.
+    pub retry_after: Option<Duration>,
+    /// Set for errors the HTTP layer itself decides (413, 404, 405).
+    pub http_override: Option<StatusCode>,
+}
+
+impl EdgeError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: Vec::new(), retry_after: None, http_override: None }
+    }
+
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        let description = description.into();
+        let mut e = Self::new(Code::InvalidArgument, format!("invalid {field}: {description}"));
+        e.details.push(json!({ "field": field, "description": description }));
+        e
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self { retry_after, ..Self::new(Code::Unavailable, message) }
+    }
+
+    pub fn http(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
+        Self { http_override: Some(status), ..Self::new(code, message) }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> StatusCode {
+        if let Some(status) = self.http_override {
+            return status;
+        }
+        match self.code {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code's name in the JSON shape: `invalid_argument`, ….
+    pub fn code_name(&self) -> &'static str {
+        if self.http_override == Some(StatusCode::PAYLOAD_TOO_LARGE) {
+            return "payload_too_large";
+        }
+        match self.code {
+            Code::Ok => "ok",
+            Code::Cancelled => "cancelled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": { "code": self.code_name(), "message": self.message, "details": self.details } })
+    }
+}
+
+/// An upstream's status, passed on: its code, message and field
+/// violations. Internal failures keep their details to the logs.
+impl From<tonic::Status> for EdgeError {
+    fn from(status: tonic::Status) -> Self {
+        let code = status.code();
+        let message = match code {
+            Code::Internal | Code::Unknown | Code::DataLoss => "internal error".to_owned(),
+            Code::DeadlineExceeded => "the service did not answer in time".to_owned(),
+            Code::Unavailable => "the service is unavailable; try again shortly".to_owned(),
+            _ => status.message().to_owned(),
+        };
+        let mut error = Self::new(code, message);
+        if let Some(bad) = status.get_details_bad_request() {
+            error.details = bad
+                .field_violations
+                .iter()
+                .map(|v| json!({ "field": v.field, "description": v.description }))
+                .collect();
+        }
+        error.retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        error
+    }
+}
+
+impl From<EdgeError> for tonic::Status {
+    fn from(error: EdgeError) -> Self {
+        let mut details = tonic_types::ErrorDetails::new();
+        for d in &error.details {
+            let (Some(field), Some(description)) = (d["field"].as_str(), d["description"].as_str()) else {
+                continue;
+            };
+            details.add_bad_request_violation(field, description);
+        }
+        if let Some(after) = error.retry_after {
+            details.set_retry_info(Some(after));
+        }
+        tonic::Status::with_error_details(error.code, error.message, details)
+    }
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let mut response = (self.http_status(), Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,232 @@
+//! The gRPC front door: the services' public RPCs, proxied frame for
+//! frame to their upstream after the same policy as the HTTP API. Any
+//! identity metadata a client sets is dropped; the verified one is added.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http::{HeaderValue, Request, Response};
+use tonic::body::Body;
+use tonic::transport::server::TcpConnectInfo;
+use tower::ServiceExt;
+
+use crate::app::Gateway;
+use crate::error::EdgeError;
+use crate::policy::{self, REQUEST_ID, USER_ID};
+use crate::routes::Route;
+
+/// A public RPC: its full path, upstream, and the route policy it shares
+/// with its HTTP twin (same operation id, same limits).
+#[derive(Debug, Clone, Copy)]
+pub struct PublicRpc {
+    pub path: &'static str,
+    pub upstream: &'static str,
+    pub route: Route,
+}
+
+const fn rpc(
+    path: &'static str,
+    upstream: &'static str,
+    op: &'static str,
+    anonymous: bool,
+    idempotent: bool,
+) -> PublicRpc {
+    PublicRpc { path, upstream, route: Route { method: "POST", path, op, anonymous, idempotent } }
+}
+
+pub const PUBLIC_RPCS: &[PublicRpc] = &[
+    rpc("/tenx.auth.v1.AuthService/SignUp", "auth", "auth_signup", true, false),
+    rpc("/tenx.auth.v1.AuthService/Login", "auth", "auth_login", true, false),
+    rpc("/tenx.auth.v1.AuthService/Refresh", "auth", "auth_refresh", true, false),
+    rpc("/tenx.auth.v1.AuthService/Logout", "auth", "auth_logout", true, true),
+    rpc("/tenx.auth.v1.AuthService/GetUser", "auth", "me_get", false, true),
+    rpc("/tenx.auth.v1.AuthService/UpdateProfile", "auth", "me_update", false, true),
+    rpc("/tenx.auth.v1.AuthService/ListSessions", "auth", "sessions_list", false, true),
+    rpc("/tenx.auth.v1.AuthService/RevokeSession", "auth", "sessions_revoke", false, true),
+    rpc("/tenx.auth.v1.AuthService/ChangePassword", "auth", "password_change", false, false),
+    rpc("/tenx.auth.v1.AuthService/RequestPasswordReset", "auth", "password_reset_request", true, false),
+    rpc("/tenx.auth.v1.AuthService/ResetPassword", "auth", "password_reset", true, false),
+    rpc(
+        "/tenx.auth.v1.AuthService/RequestEmailVerification",
+        "auth",
+        "email_verification_request",
+        false,
+        false,
+    ),
+    rpc("/tenx.auth.v1.AuthService/VerifyEmail", "auth", "email_verify", false, false),
+    rpc("/tenx.auth.v1.AuthService/CreateApiKey", "auth", "api_keys_create", false, false),
+    rpc("/tenx.auth.v1.AuthService/ListApiKeys", "auth", "api_keys_list", false, true),
+    rpc("/tenx.auth.v1.AuthService/RevokeApiKey", "auth", "api_keys_revoke", false, true),
+    rpc("/tenx.auth.v1.AuthService/GetJwks", "auth", "jwks_get", true, true),
+    rpc(
+        "/tenx.notification.v1.NotificationService/ListNotifications",
+        "notification",
+        "notifications_list",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.notification.v1.NotificationService/MarkRead",
+        "notification",
+        "notifications_mark_read",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.notification.v1.NotificationService/GetPreferences",
+        "notification",
+        "preferences_get",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.notification.v1.NotificationService/UpdatePreferences",
+        "notification",
+        "preferences_update",
+        false,
+        true,
+    ),
+];
+
+/// The gRPC proxy service (the fallback of the gateway's gRPC router).
+#[derive(Clone)]
+pub struct Proxy {
+    gw: Arc<Gateway>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+fn status_response(error: EdgeError) -> Response<Body> {
+    tonic::Status::from(error).into_http()
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let gw = self.gw.clone();
+        Box::pin(async move { Ok(forward(gw, req).await) })
+    }
+}
+
+async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
+    let Some(rpc) = PUBLIC_RPCS.iter().find(|r| r.path == req.uri().path()) else {
+        return status_response(EdgeError::new(tonic::Code::Unimplemented, "no such public method"));
+    };
+    let peer = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let client = policy::client_ip(req.headers(), peer.ip(), gw.settings.http.forwarded_hops);
+    let request_id = policy::request_id(req.headers());
+    let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let position = policy::position(req.headers());
+    let (ctx, _) =
+        match gw.admit(&rpc.route, authorization.as_deref(), client, request_id.clone(), position).await {
+            Ok(admitted) => admitted,
+            Err((error, _)) => return status_response(error),
+        };
+    let headers = req.headers_mut();
+    let client_set: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-tenx-") && k.as_str() != policy::WAL_POSITION)
+        .cloned()
+        .collect();
+    for key in client_set {
+        headers.remove(key);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    let upstream = if rpc.upstream == "auth" { &gw.auth } else { &gw.notification };
+    if rpc.upstream != "auth" {
+        headers.remove("authorization");
+        if let Some(v) = ctx.identity.as_ref().and_then(|i| HeaderValue::from_str(&i.user_id).ok()) {
+            headers.insert(USER_ID, v);
+        }
+    }
+    // The route's deadline, or the client's if shorter.
+    let deadline = ctx.deadline;
+    let client_deadline =
+        headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    let effective = client_deadline.map_or(deadline, |c| c.min(deadline));
+    if let Ok(v) = HeaderValue::from_str(&format!("{}m", effective.as_millis().max(1))) {
+        headers.insert("grpc-timeout", v);
+    }
+    match upstream.forward(effective, req).await {
+        Ok(response) => response,
+        Err(error) => status_response(error),
+    }
+}
+
+/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl crate::upstream::Upstream {
+    /// Sends a raw gRPC request through this upstream's channel, with its
+    /// breaker: transport failures and `UNAVAILABLE` answers count.
+    pub async fn forward(
+        &self,
+        deadline: std::time::Duration,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, EdgeError> {
+        self.admit_call()?;
+        let channel = self.channel.clone();
+        let outcome =
+            tokio::time::timeout(deadline + std::time::Duration::from_millis(250), channel.oneshot(req))
+                .await;
+        match outcome {
+            Err(_) => {
+                self.record_call(true);
+                Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
+            }
+            Ok(Err(error)) => {
+                self.record_call(true);
+                tracing::warn!(upstream = self.name, %error, "upstream connection failed");
+                Err(EdgeError::unavailable(format!("{} is unavailable; try again shortly", self.name), None))
+            }
+            Ok(Ok(response)) => {
+                let status = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| s.parse::<i32>().ok());
+                self.record_call(matches!(status, Some(14 | 4)));
+                Ok(response.map(Body::new))
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! tenx-gateway: the public edge. One policy (JWT/API-key offload,
+//! cluster-wide rate limits, deadlines, a circuit breaker per upstream)
+//! in front of two doors: an HTTP/JSON API and a gRPC endpoint that
+//! re-exposes the services' public RPCs.
+
+pub mod app;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod identity;
+pub mod jwks;
+pub mod policy;
+pub mod ratelimit;
+pub mod routes;
+pub mod settings;
+pub mod upstream;
+
+pub use app::{App, Running};
+pub use settings::GatewaySettings;

@@ -1,0 +1,181 @@
+//! `tenx-gateway` settings: listeners, upstreams, JWKS, limits.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tenx_common::cache::RedisSettings;
+use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
+use tenx_common::grpc::{ClientSettings, ServerSettings};
+use tenx_common::telemetry::TelemetrySettings;
+
+use crate::routes::ROUTES;
+
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    pub server: ServerSettings,
+    pub http: HttpSettings,
+    pub upstreams: Upstreams,
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    pub jwks: JwksSettings,
+    pub limits: LimitSettings,
+    pub breaker: BreakerSettings,
+    #[serde(default)]
+    pub routes: HashMap<String, RouteOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub body_limit_bytes: usize,
+    pub max_in_flight: usize,
+    pub forwarded_hops: usize,
+    pub cors_allowed_origins: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Upstreams {
+    pub auth: ClientSettings,
+    pub notification: ClientSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwksSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub refresh_seconds: u64,
+    pub min_refetch_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub anonymous_requests: u32,
+    pub anonymous_period_seconds: u32,
+    pub user_requests: u32,
+    pub user_period_seconds: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub open_seconds: u64,
+}
+
+/// Overrides for one route; unset fields keep the defaults of `limits`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOverride {
+    pub requests: Option<u32>,
+    pub period_seconds: Option<u32>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// The effective policy of one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutePolicy {
+    pub requests: u32,
+    pub period: Duration,
+    pub timeout: Duration,
+}
+
+impl GatewaySettings {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut loader = Loader::new("gateway", DEFAULTS);
+        if let Some(path) = file {
+            loader = loader.file(path);
+        }
+        loader.load()
+    }
+
+    pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        Loader::new("gateway", DEFAULTS).env_from(vars).load()
+    }
+
+    /// Settings for an isolated instance on loopback (tests, benchmarks).
+    pub fn isolated(auth_url: &str, notification_url: &str, redis_prefix: &str) -> Result<Self, ConfigError> {
+        let vars = [
+            ("TENX_GATEWAY__UPSTREAMS__AUTH__URL", auth_url),
+            ("TENX_GATEWAY__UPSTREAMS__NOTIFICATION__URL", notification_url),
+            ("TENX_GATEWAY__REDIS__KEY_PREFIX", redis_prefix),
+            ("TENX_GATEWAY__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TENX_GATEWAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            ("TENX_GATEWAY__HTTP__LISTEN", "127.0.0.1:0"),
+            ("TENX_GATEWAY__TELEMETRY__LOG_FORMAT", "pretty"),
+        ];
+        Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    /// The limit and deadline of the route with operation id `op`.
+    pub fn policy(&self, op: &str, anonymous: bool) -> RoutePolicy {
+        let o = self.routes.get(op).cloned().unwrap_or_default();
+        let (requests, period) = if anonymous {
+            (self.limits.anonymous_requests, self.limits.anonymous_period_seconds)
+        } else {
+            (self.limits.user_requests, self.limits.user_period_seconds)
+        };
+        RoutePolicy {
+            requests: o.requests.unwrap_or(requests),
+            period: Duration::from_secs(u64::from(o.period_seconds.unwrap_or(period))),
+            timeout: Duration::from_millis(o.timeout_ms.unwrap_or(self.limits.timeout_ms)),
+        }
+    }
+
+    /// Origins allowed by CORS; `None` = any.
+    pub fn cors_origins(&self) -> Option<Vec<String>> {
+        let raw = self.http.cors_allowed_origins.trim();
+        if raw == "*" {
+            return None;
+        }
+        Some(raw.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect())
+    }
+}
+
+impl Validate for GatewaySettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.redis.validate()?;
+        self.telemetry.validate()?;
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new("http.listen", "must be an address like 0.0.0.0:8080"));
+        }
+        if self.http.body_limit_bytes == 0 || self.http.max_in_flight == 0 {
+            return Err(Invalid::new("http", "body_limit_bytes and max_in_flight must be positive"));
+        }
+        for (key, url) in [
+            ("upstreams.auth.url", &self.upstreams.auth.url),
+            ("upstreams.notification.url", &self.upstreams.notification.url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Invalid::new(key, "must be an http:// or https:// URL"));
+            }
+        }
+        let l = &self.limits;
+        if l.anonymous_requests == 0
+            || l.user_requests == 0
+            || l.anonymous_period_seconds == 0
+            || l.user_period_seconds == 0
+            || l.timeout_ms == 0
+        {
+            return Err(Invalid::new("limits", "requests, periods and timeout_ms must be positive"));
+        }
+        if self.breaker.failure_threshold == 0 {
+            return Err(Invalid::new("breaker.failure_threshold", "must be positive"));
+        }
+        for (op, o) in &self.routes {
+            if !ROUTES.iter().any(|r| r.op == op)
+                && !crate::grpc::PUBLIC_RPCS.iter().any(|r| r.route.op == op)
+            {
+                return Err(Invalid::new("routes", format!("no route has the operation id `{op}`")));
+            }
+            if o.requests == Some(0) || o.period_seconds == Some(0) || o.timeout_ms == Some(0) {
+                return Err(Invalid::new("routes", format!("{op}: values must be positive")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! Calls to the services behind the gateway: a deadline per call, a
+//! circuit breaker per upstream (fail fast with 503 while it is down), and
+//! one retry of idempotent calls drawn from a retry budget, so retries can
+//! never multiply the load of an outage.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tenx_common::grpc::TracedChannel;
+use tenx_common::metrics::{MetricSet, Metrics};
+use tonic::Code;
+
+use crate::error::EdgeError;
+use crate::settings::BreakerSettings;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UpstreamMetrics {
+    open: Family<UpstreamLabel, Gauge>,
+    rejected: Family<UpstreamLabel, Counter>,
+    retries: Family<UpstreamLabel, Counter>,
+}
+
+impl MetricSet for UpstreamMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let set = Self::default();
+        metrics.register("gateway_circuit_open", "1 while an upstream's circuit is open", set.open.clone());
+        metrics.register(
+            "gateway_circuit_rejected",
+            "Calls failed fast because the upstream's circuit was open",
+            set.rejected.clone(),
+        );
+        metrics.register("gateway_upstream_retries", "Retries of idempotent calls", set.retries.clone());
+        set
+    }
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// A trial call is in flight after the open period.
+    probing: bool,
+}
+
+/// Consecutive failures open the circuit for a while; then one trial call
+/// decides whether it closes again.
+#[derive(Debug)]
+struct Breaker {
+    settings: BreakerSettings,
+    state: Mutex<BreakerState>,
+}
+
+impl Breaker {
+    fn admit(&self) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.open_until {
+            None => Ok(()),
+            Some(until) if Instant::now() < until => Err(until - Instant::now()),
+            Some(_) if s.probing => Err(Duration::from_secs(1)),
+            Some(_) => {
+                s.probing = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records an outcome; returns whether the circuit is open after it.
+    fn record(&self, failed: bool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if failed {
+            s.failures += 1;
+            if s.probing || s.failures >= self.settings.failure_threshold {
+                s.open_until = Some(Instant::now() + Duration::from_secs(self.settings.open_seconds));
+                s.probing = false;
+            }
+        } else {
+            *s = BreakerState::default();
+        }
+        s.open_until.is_some()
+    }
+}
+
+/// Retries allowed: 10 to start with, then one per 10 calls.
+#[derive(Debug)]
+struct RetryBudget(Mutex<f64>);
+
+impl RetryBudget {
+    fn deposit(&self) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + 0.1).min(10.0);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One service behind the gateway.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: &'static str,
+    pub channel: TracedChannel,
+    breaker: Breaker,
+    budget: RetryBudget,
+    metrics: UpstreamMetrics,
+}
+
+/// A client-side CANCELLED is the transport's doing, not the caller's:
+/// tonic's own deadline ("Timeout expired") or a connection that died
+/// mid-call. Say which.
+fn normalize(status: tonic::Status) -> tonic::Status {
+    match status.code() {
+        Code::Cancelled if status.message().contains("Timeout expired") => {
+            tonic::Status::deadline_exceeded(status.message())
+        }
+        Code::Cancelled => tonic::Status::unavailable(format!("connection lost: {}", status.message())),
+        _ => status,
+    }
+}
+
+/// Whether an upstream failure says the upstream is unwell (not the
+/// request): these open the circuit and may be retried.
+fn unwell(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+impl Upstream {
+    pub fn new(
+        name: &'static str,
+        channel: TracedChannel,
+        breaker: BreakerSettings,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            name,
+            channel,
+            breaker: Breaker { settings: breaker, state: Mutex::default() },
+            budget: RetryBudget(Mutex::new(10.0)),
+            metrics: metrics.set(),
+        }
+    }
+
+    /// Fails fast while the circuit is open.
+    pub(crate) fn admit_call(&self) -> Result<(), EdgeError> {
+        self.breaker.admit().map_err(|wait| {
+            self.metrics.rejected.get_or_create(&UpstreamLabel { upstream: self.name }).inc();
+            EdgeError::unavailable(
+                format!("{} is unavailable (circuit open); try again shortly", self.name),
+                Some(wait),
+            )
+        })
+    }
+
+    pub(crate) fn record_call(&self, failed: bool) {
+        let open = self.breaker.record(failed);
+        self.metrics.open.get_or_create(&UpstreamLabel { upstream: self.name }).set(i64::from(open));
+    }
+
+    /// Runs `call` within `deadline`, through the breaker; retries once
+    /// when `idempotent` and the upstream was unavailable.
+    pub async fn call<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        deadline: Duration,
+        call: F,
+    ) -> Result<tonic::Response<T>, EdgeError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.budget.deposit();
+        let label = UpstreamLabel { upstream: self.name };
+        let mut retried = false;
+        loop {
+            self.admit_call()?;
+            // The upstream enforces `grpc-timeout`; this bounds the wait
+            // even when it cannot (a connection that hangs).
+            let outcome = match tokio::time::timeout(deadline + Duration::from_millis(250), call()).await {
+                Ok(outcome) => outcome.map_err(normalize),
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer within the deadline")),
+            };
+            let failed = outcome.as_ref().err().is_some_and(unwell);
+            self.record_call(failed);
+            let open = self.breaker.state.lock().unwrap_or_else(|p| p.into_inner()).open_until.is_some();
+            match outcome {
+                Ok(response) => return Ok(response),
+                Err(status)
+                    if idempotent
+                        && !retried
+                        && !open
+                        && status.code() == Code::Unavailable
+                        && self.budget.withdraw() =>
+                {
+                    retried = true;
+                    self.metrics.retries.get_or_create(&label).inc();
+                }
+                Err(status) => {
+                    if failed {
+                        tracing::warn!(upstream = self.name, code = ?status.code(), message = status.message(), "upstream call failed");
+                    }
+                    return Err(status.into());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_the_threshold_and_one_trial_closes_it() {
+        let breaker = Breaker {
+            settings: BreakerSettings { failure_threshold: 2, open_seconds: 0 },
+            state: Mutex::default(),
+        };
+        assert!(breaker.admit().is_ok());
+        assert!(!breaker.record(true));
+        assert!(breaker.record(true), "open after two failures");
+        // open_seconds = 0: the next call is the trial; others wait.
+        assert!(breaker.admit().is_ok());
+        assert!(breaker.admit().is_err(), "one trial at a time");
+        assert!(!breaker.record(false), "a successful trial closes it");
+        assert!(breaker.admit().is_ok());
+    }
+}

@@ -1,0 +1,10 @@
+//! Gateway integration tests: real auth and notification services on
+//! loopback (real Postgres, Redis, RabbitMQ), the gateway in front, and
+//! real HTTP and gRPC clients.
+
+mod auth_offload;
+mod edge;
+mod grpc_door;
+mod limits;
+mod openapi;
+mod support;

@@ -1,0 +1,203 @@
+//! A test's own platform (auth + notification sharing a broker prefix),
+//! gateways in front of it, and an HTTP client that returns everything.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tenx_auth::AuthSettings;
+use tenx_common::metrics::Metrics;
+use tenx_common::queue::{Amqp, Topology};
+use tenx_common::shutdown::Shutdown;
+use tenx_gateway::GatewaySettings;
+use tenx_notification::NotificationSettings;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+
+pub struct Platform {
+    _auth_db: TestDb,
+    _notify_db: TestDb,
+    _redis: Vec<TestRedis>,
+    _amqp: TestAmqp,
+    pub auth_settings: AuthSettings,
+    pub auth: tenx_auth::Running,
+    pub notification: tenx_notification::Running,
+    pub shutdown: Shutdown,
+    /// The gateways' shared Redis key prefix (rate limits).
+    pub gateway_prefix: String,
+}
+
+impl Platform {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with auth's settings changed by `tune` first.
+    pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
+        let auth_db =
+            TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
+                tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
+                Ok(())
+            })
+            .await?;
+        let notify_db = TestDb::from_template(
+            "notification",
+            &tenx_notification::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?)
+                    .await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let redis = vec![TestRedis::new(), TestRedis::new(), TestRedis::new()];
+        let amqp = TestAmqp::new();
+        let mut auth_settings = AuthSettings::isolated(
+            &auth_db.primary_url(),
+            &auth_db.replica_url(),
+            redis[0].prefix(),
+            amqp.prefix(),
+        )?;
+        tune(&mut auth_settings);
+        let notify_settings = NotificationSettings::isolated(
+            &notify_db.primary_url(),
+            &notify_db.replica_url(),
+            redis[1].prefix(),
+            amqp.prefix(),
+        )?;
+        let topologies = [
+            Topology::for_group(&auth_settings.amqp, tenx_auth::avatar::GROUP, &[]),
+            tenx_notification::app::topology(&notify_settings),
+            tenx_notification::app::webhook_topology(&notify_settings),
+        ];
+        let broker = Amqp::new(&notify_settings.amqp, "test-declare");
+        let channel = broker.channel().await?;
+        for topology in &topologies {
+            amqp.track(topology.queue_names(), topology.exchange_names());
+            topology.declare(&channel).await?;
+        }
+        let shutdown = Shutdown::new();
+        let auth = tenx_auth::App::build(auth_settings.clone(), Metrics::default())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        let notification = tenx_notification::App::build(notify_settings, Metrics::default())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        let gateway_prefix = redis[2].prefix().to_owned();
+        Ok(Self {
+            _auth_db: auth_db,
+            _notify_db: notify_db,
+            _redis: redis,
+            _amqp: amqp,
+            auth_settings,
+            auth,
+            notification,
+            shutdown,
+            gateway_prefix,
+        })
+    }
+
+    /// Gateway settings pointing at this platform.
+    pub fn gateway_settings(&self) -> anyhow::Result<GatewaySettings> {
+        Ok(GatewaySettings::isolated(
+            &format!("http://{}", self.auth.grpc_addr),
+            &format!("http://{}", self.notification.grpc_addr),
+            &self.gateway_prefix,
+        )?)
+    }
+
+    pub async fn gateway(&self) -> anyhow::Result<tenx_gateway::Running> {
+        self.gateway_with(self.gateway_settings()?).await
+    }
+
+    pub async fn gateway_with(&self, settings: GatewaySettings) -> anyhow::Result<tenx_gateway::Running> {
+        let app = tenx_gateway::App::build(settings, Metrics::default()).await?;
+        Ok(app.spawn(self.shutdown.child()).await?)
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// An HTTP answer, whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error code of the one error shape; fails the test when the
+    /// body is not that shape.
+    pub fn error_code(&self) -> String {
+        let e = &self.json["error"];
+        assert!(
+            e["code"].is_string() && e["message"].is_string() && e["details"].is_array(),
+            "not the error shape: {} {}",
+            self.status,
+            self.text
+        );
+        e["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Sends one request; `body` is sent as is (JSON unless said otherwise).
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut builder = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Reply { status, headers, text, json })
+}
+
+pub fn unique_email() -> String {
+    format!("g-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Signs up over HTTP; returns `(access token, refresh token, user id)`.
+pub async fn sign_up(addr: SocketAddr, email: &str) -> anyhow::Result<(String, String, String)> {
+    let body = serde_json::json!({ "email": email, "password": PASSWORD, "display_name": "Ada" }).to_string();
+    let reply = send(addr, "POST", "/v1/auth/signup", &[], Some(&body)).await?;
+    anyhow::ensure!(reply.status == 201, "signup: {} {}", reply.status, reply.text);
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Ok((
+        s(&reply.json["tokens"]["access_token"]),
+        s(&reply.json["tokens"]["refresh_token"]),
+        s(&reply.json["user"]["id"]),
+    ))
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
