@@ -88,6 +88,12 @@ class Lint(unittest.TestCase):
                 bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
                 self.assertEqual(bad, [], f"helm lint --strict ({name})")
 
+    def test_scenarios_cover_every_service(self):
+        for svc in td.chart_services():
+            self.assertIn(f"only-{svc}", r.scenarios(), f"helm/tenx/ci/only-{svc}.yaml is missing")
+            self.assertEqual(r.scenarios()[f"only-{svc}"]["services"],
+                             {s: {"enabled": s == svc} for s in td.chart_services()})
+
     def test_every_scenario_renders_what_it_asks_for(self):
         kinds = lambda n: {d["kind"] for d in r.manifests(r.rendered(n))}  # noqa: E731
         self.assertLessEqual(
