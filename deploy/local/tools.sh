@@ -112,7 +112,7 @@ install_deploy_apt() {
 
 mkdir -p "$TOOLS"
 case "${1:-all}" in
-  all)    install_buf; install_venv; install_deploy_python; install_deploy_apt ;;
+  all)    install_buf; install_venv ;;
   buf)    install_buf ;;
   venv)   install_venv ;;
   deploy) install_deploy_python; install_deploy_apt ;;
