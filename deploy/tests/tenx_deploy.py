@@ -144,8 +144,7 @@ def _infer(value) -> dict:
     if isinstance(value, list):
         if value and all(isinstance(v, dict) for v in value):
             item = {k: _infer(v) for k, v in value[0].items()}
-            return {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": item,
-                                               "required": sorted(item)}}
+            return {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": item}}
         return {"type": "array", "items": _infer(value[0]) if value else {}}
     raise TypeError(f"cannot type {value!r}")
 
