@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BUF   ?= $(CURDIR)/.tools/npm/node_modules/.bin/buf
 
-.PHONY: help deps tools build test lint breaking fmt up bench migrate
+.PHONY: help deps tools build test lint breaking fmt up bench migrate check-deploy deploy-tests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 12
@@ -19,7 +19,7 @@ tools: ## install dev tools (buf, Python venv) into .tools/
 build: ## build everything
 	$(CARGO) build --workspace --all-targets
 
-test: deps ## run all tests (nextest when installed)
+test: deps ## run all tests (nextest when installed), then check-deploy
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
@@ -27,6 +27,23 @@ test: deps ## run all tests (nextest when installed)
 	  echo "$(CARGO) test --workspace"; \
 	  $(CARGO) test --workspace; \
 	fi
+	@$(MAKE) --no-print-directory check-deploy
+
+# The services: every crate with a src/defaults.toml.
+SERVICES := $(sort $(patsubst crates/%/src/defaults.toml,%,$(wildcard crates/*/src/defaults.toml)))
+TENX_BIN_DIR ?= $(CURDIR)/target/release
+
+check-deploy: ## release-build the services, then the deployment checks (chart, images, compose, workflows)
+	$(CARGO) build --release --locked --bins $(addprefix -p tenx-,$(SERVICES))
+	@$(MAKE) --no-print-directory deploy-tests
+
+deploy-tests: ## the deployment checks alone, on the binaries in TENX_BIN_DIR (default target/release)
+	@deploy/local/tools.sh deploy
+	cd deploy/tests && TENX_BIN_DIR="$(TENX_BIN_DIR)" $(CURDIR)/.tools/venv/bin/python -m unittest -v test_chart test_repo test_images 2>&1 \
+	  | tee $(CURDIR)/.tools/deploy-tests.log | grep -E '(FAIL|ERROR|^Ran |^OK|^FAILED)'; \
+	  status=$${PIPESTATUS[0]}; \
+	  [[ $$status -eq 0 ]] || { echo "deploy checks failed; full log: .tools/deploy-tests.log"; cat $(CURDIR)/.tools/deploy-tests.log | sed -n '/^====/,$$p'; }; \
+	  exit $$status
 
 lint: tools ## rustfmt check, clippy -D warnings, buf lint, buf breaking against main
 	$(CARGO) fmt --all --check

@@ -5,6 +5,9 @@
 #   deploy/local/tools.sh          # everything
 #   deploy/local/tools.sh venv     # only the Python venv (used by deps.sh)
 #   deploy/local/tools.sh buf      # only buf
+#   deploy/local/tools.sh deploy   # the deployment checkers (deploy/tests):
+#                                  # Python packages in the venv, plus buildah,
+#                                  # skopeo and umoci from apt
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -64,10 +67,54 @@ install_venv() {
     || die "venv: aiosmtpd or trustme not importable after install; see $LOG"
 }
 
+# The Python checkers pinned in deploy/tests/requirements.txt. A stamp
+# holding the file's hash makes a second run a no-op.
+install_deploy_python() {
+  local venv="$TOOLS/venv" req="$ROOT/deploy/tests/requirements.txt"
+  local stamp="$venv/.deploy-requirements.sha256" want
+  install_venv
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >>"$LOG" 2>&1 \
+    || die "deploy: pip install -r $req failed; see $LOG"
+  local tool
+  for tool in actionlint hadolint yamllint kubernetes-validate check-jsonschema; do
+    [[ -x "$venv/bin/$tool" ]] || die "deploy: $tool missing from $venv/bin after install; see $LOG"
+  done
+  "$venv/bin/python" -c 'import helm_python, jsonschema, yaml' >>"$LOG" 2>&1 \
+    || die "deploy: helm_python/jsonschema/yaml not importable after install; see $LOG"
+  echo "$want" >"$stamp"
+}
+
+# buildah (daemonless OCI builds), skopeo and umoci (inspect/unpack) from
+# the distribution: the image check builds FROM scratch without a daemon.
+install_deploy_apt() {
+  local missing=() tool
+  for tool in buildah skopeo umoci; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo -n true 2>/dev/null || die "deploy: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root"
+    sudo=(sudo -n)
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "deploy: ${missing[*]} missing and no apt-get to install them"
+  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >>"$LOG" 2>&1 \
+    || die "deploy: apt-get install ${missing[*]} failed; see $LOG"
+  for tool in "${missing[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || die "deploy: $tool not on PATH after apt-get install; see $LOG"
+  done
+}
+
 mkdir -p "$TOOLS"
 case "${1:-all}" in
-  all)  install_buf; install_venv ;;
-  buf)  install_buf ;;
-  venv) install_venv ;;
-  *)    die "usage: $0 [all|buf|venv]" ;;
+  all)    install_buf; install_venv ;;
+  buf)    install_buf ;;
+  venv)   install_venv ;;
+  deploy) install_deploy_python; install_deploy_apt ;;
+  *)      die "usage: $0 [all|buf|venv|deploy]" ;;
 esac

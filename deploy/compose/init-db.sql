@@ -1,0 +1,3 @@
+-- The compose stack's database and the role the services use.
+CREATE ROLE tenx LOGIN;
+CREATE DATABASE tenx OWNER tenx;

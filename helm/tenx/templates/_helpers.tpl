@@ -1,0 +1,194 @@
+{{/* Names, labels and the small pieces every template shares. */}}
+
+{{- define "tenx.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tenx.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<service>": the name of a service's Deployment, Service, ... ; dict root svc */}}
+{{- define "tenx.svcName" -}}
+{{- printf "%s-%s" (include "tenx.fullname" .root) .svc | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tenx.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "tenx.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tenx
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of every pod of one service: its servers and its migration Job (NetworkPolicy selects these); dict root svc */}}
+{{- define "tenx.podLabels" -}}
+app.kubernetes.io/name: {{ include "tenx.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .svc }}
+{{- end -}}
+
+{{/* Selector of a service's serving pods (Deployment, Service, PDB); dict root svc */}}
+{{- define "tenx.selectorLabels" -}}
+{{ include "tenx.podLabels" . }}
+tenx.dev/role: server
+{{- end -}}
+
+{{- define "tenx.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tenx.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image of a service; dict root svc cfg */}}
+{{- define "tenx.image" -}}
+{{- $repo := .cfg.image.repository | default (printf "%s/%s-%s" .root.Values.image.registry .root.Values.image.repository .svc) -}}
+{{- $tag := .cfg.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{/* The port of a "host:port" listen address. */}}
+{{- define "tenx.port" -}}
+{{- $parts := splitList ":" (toString .) -}}
+{{- $port := last $parts -}}
+{{- if not (regexMatch "^[0-9]+$" $port) -}}
+{{- fail (printf "listen address %q has no numeric port" .) -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
+{{- define "tenx.grpcPort" -}}
+{{- include "tenx.port" .cfg.config.server.listen -}}
+{{- end -}}
+
+{{- define "tenx.adminPort" -}}
+{{- include "tenx.port" .cfg.config.server.admin_listen -}}
+{{- end -}}
+
+{{/* The config as rendered for the service: values' config plus the OTLP endpoint. */}}
+{{- define "tenx.effectiveConfig" -}}
+{{- $config := deepCopy .cfg.config -}}
+{{- if .root.Values.otlp.endpoint -}}
+{{- $telemetry := get $config "telemetry" | default dict -}}
+{{- $_ := set $telemetry "otlp_endpoint" .root.Values.otlp.endpoint -}}
+{{- $_ := set $config "telemetry" $telemetry -}}
+{{- end -}}
+{{- toJson $config -}}
+{{- end -}}
+
+{{/*
+One TOML value. Helm reads every number as a float, and `toToml` prints
+10000 as 10000.0 (which the services' integer keys refuse), so this writes
+whole numbers as integers, strings JSON-escaped (valid TOML basic strings),
+lists inline and maps as inline tables.
+*/}}
+{{- define "tenx.tomlValue" -}}
+{{- $v := . -}}
+{{- $k := kindOf $v -}}
+{{- if eq $k "string" -}}
+{{- toJson $v | replace "\\u003c" "<" | replace "\\u003e" ">" | replace "\\u0026" "&" -}}
+{{- else if eq $k "bool" -}}
+{{- ternary "true" "false" $v -}}
+{{- else if or (eq $k "float64") (eq $k "float32") -}}
+{{- if eq (float64 (int64 $v)) (float64 $v) -}}{{- int64 $v -}}{{- else -}}{{- $v -}}{{- end -}}
+{{- else if or (eq $k "int") (eq $k "int64") (eq $k "int32") -}}
+{{- $v -}}
+{{- else if eq $k "slice" -}}
+[{{- range $i, $e := $v -}}{{- if $i }}, {{ end -}}{{- include "tenx.tomlValue" $e -}}{{- end -}}]
+{{- else if eq $k "map" -}}
+{ {{- range $i, $key := keys $v | sortAlpha -}}{{- if $i }},{{ end }} {{ $key }} = {{ include "tenx.tomlValue" (get $v $key) -}}{{- end }} }
+{{- else -}}
+{{- fail (printf "config value %v of kind %s cannot be written as TOML" $v $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A config map (sections of keys) as a TOML document. */}}
+{{- define "tenx.toml" -}}
+{{- $config := . -}}
+{{- range $section := keys $config | sortAlpha }}
+{{- $keys := get $config $section }}
+{{- if ne (kindOf $keys) "map" }}
+{{- fail (printf "config.%s must be a section (a map of keys)" $section) }}
+{{- end }}
+[{{ $section }}]
+{{- range $key := keys $keys | sortAlpha }}
+{{ $key }} = {{ include "tenx.tomlValue" (get $keys $key) }}
+{{- end }}
+{{ end -}}
+{{- end -}}
+
+{{/* Secret keys (dotted) of a service, sorted; dict cfg */}}
+{{- define "tenx.secretKeys" -}}
+{{- $out := list -}}
+{{- range $section, $keys := .cfg.secrets -}}
+{{- if eq (kindOf $keys) "map" -}}
+{{- range $key, $_ := $keys -}}
+{{- $out = append $out (printf "%s.%s" $section $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (sortAlpha $out) -}}
+{{- end -}}
+
+{{- define "tenx.secretName" -}}
+{{- .cfg.secrets.existingSecret | default (include "tenx.svcName" .) -}}
+{{- end -}}
+
+{{/* Keys a service can run without: their variable is optional. */}}
+{{- define "tenx.optionalSecretKeys" -}}
+["database.replica_url"]
+{{- end -}}
+
+{{/* Environment of a service container: secrets as TENX_<SVC>__<SECTION>__<KEY>; dict root svc cfg */}}
+{{- define "tenx.secretEnv" -}}
+{{- $ctx := . -}}
+{{- $optional := include "tenx.optionalSecretKeys" . | fromJsonArray -}}
+{{- range $key := include "tenx.secretKeys" . | fromJsonArray }}
+- name: {{ printf "TENX_%s__%s" ($ctx.svc | upper) ($key | replace "." "__" | upper) }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tenx.secretName" $ctx }}
+      key: {{ $key }}
+      {{- if has $key $optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Checksum of what a pod reads at start, so a change rolls the pods. */}}
+{{- define "tenx.configChecksum" -}}
+{{- printf "%s|%s" (include "tenx.effectiveConfig" .) (toJson .cfg.secrets) | sha256sum -}}
+{{- end -}}
+
+{{/* The pod-level pieces shared by the Deployment and the migration Job; dict root svc cfg */}}
+{{- define "tenx.podCommon" -}}
+serviceAccountName: {{ include "tenx.serviceAccountName" .root }}
+automountServiceAccountToken: false
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "tenx.configVolume" -}}
+- name: config
+  configMap:
+    name: {{ include "tenx.svcName" . }}
+{{- end -}}
