@@ -9,7 +9,8 @@
 # FROM scratch: the binary at /usr/local/bin/tenx-<svc>, the shared
 # libraries `ldd` names (and the loader), CA certificates, /etc/passwd with
 # the non-root user, /tmp; user 65532:65532, ENTRYPOINT the binary, EXPOSE
-# the ports of crates/<svc>/src/defaults.toml, OCI labels. Then:
+# the ports of crates/<svc>/src/defaults.toml (server.listen, admin_listen
+# and, for the gateway, http.listen), OCI labels. Then:
 #   - skopeo reads the image config: entrypoint, non-root numeric user, ports;
 #   - umoci unpacks the root filesystem, and the binary, run from it with
 #     `chroot --userspec=<image user>`, must answer --help (exit 0, usage).
@@ -57,12 +58,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The ports of a service: server.listen and server.admin_listen.
+# The ports of a service: server.listen, server.admin_listen, and
+# http.listen when it has one (the gateway's HTTP API).
 ports_of() {
   python3 - "$ROOT/crates/$1/src/defaults.toml" <<'PY'
 import sys, tomllib
-server = tomllib.load(open(sys.argv[1], "rb"))["server"]
-print(server["listen"].rsplit(":", 1)[1], server["admin_listen"].rsplit(":", 1)[1])
+config = tomllib.load(open(sys.argv[1], "rb"))
+server, http = config["server"], config.get("http", {})
+ports = [server["listen"], server["admin_listen"]] + ([http["listen"]] if "listen" in http else [])
+print(*(p.rsplit(":", 1)[1] for p in ports))
 PY
 }
 
@@ -76,8 +80,8 @@ build_one() {
   [[ -x "$bin" ]] || die "$bin is missing or not executable (cargo build --release --bins -p tenx-$svc)"
   [[ -f "$ROOT/crates/$svc/src/defaults.toml" ]] || die "no crates/$svc/src/defaults.toml: unknown service $svc"
   file -L "$bin" 2>/dev/null | grep -q 'statically linked' && die "$bin is static; expected a glibc binary"
-  local grpc admin
-  read -r grpc admin < <(ports_of "$svc")
+  local grpc admin http
+  read -r grpc admin http < <(ports_of "$svc")
 
   local ctr layout="$WORK/oci" bundle="$WORK/bundle-$svc" etc="$WORK/etc-$svc"
   ctr="$("${BUILDAH[@]}" from --name "$ref-build" scratch)"
@@ -97,7 +101,7 @@ build_one() {
   "${BUILDAH[@]}" config \
     --user "$USER_SPEC" \
     --entrypoint "[\"/usr/local/bin/tenx-$svc\"]" --cmd serve \
-    --port "$grpc/tcp" --port "$admin/tcp" \
+    --port "$grpc/tcp" --port "$admin/tcp" ${http:+--port "$http/tcp"} \
     --label org.opencontainers.image.title="tenx-$svc" \
     --label org.opencontainers.image.source="https://github.com/tenx-platform/tenx" \
     --label org.opencontainers.image.version="$(git -C "$ROOT" describe --tags --always 2>/dev/null || echo dev)" \
@@ -108,9 +112,9 @@ build_one() {
   # --- checks on what was built -------------------------------------------
   local config
   config="$(skopeo inspect --config "oci:$layout:$ref")"
-  python3 - "$svc" "$grpc" "$admin" <<PY || die "$ref: image config check failed"
+  python3 - "$svc" "$grpc" "$admin" "$http" <<PY || die "$ref: image config check failed"
 import json, sys
-svc, grpc, admin = sys.argv[1:]
+svc, grpc, admin, http = sys.argv[1:]
 cfg = json.loads('''$config''')["config"]
 bad = []
 if cfg.get("Entrypoint") != [f"/usr/local/bin/tenx-{svc}"]:
@@ -122,8 +126,9 @@ if not uid.isdigit():
 elif int(uid) == 0:
     bad.append(f"user {user!r} is root")
 ports = set(cfg.get("ExposedPorts", {}))
-if ports != {f"{grpc}/tcp", f"{admin}/tcp"}:
-    bad.append(f"exposed ports {sorted(ports)}, expected {grpc}/tcp and {admin}/tcp")
+want = {f"{p}/tcp" for p in (grpc, admin, http) if p}
+if ports != want:
+    bad.append(f"exposed ports {sorted(ports)}, expected {sorted(want)}")
 labels = cfg.get("Labels", {})
 for label in ("source", "version", "revision"):
     if not labels.get(f"org.opencontainers.image.{label}"):
@@ -142,7 +147,7 @@ PY
   [[ "$out" == *"usage: tenx-$svc"* ]] || die "$ref: --help printed no usage line: $out"
   local size
   size="$(du -sh "$bundle/rootfs" | cut -f1)"
-  echo "image: $ref ok: entrypoint /usr/local/bin/tenx-$svc, user $user, ports $grpc $admin, rootfs $size; --help: ${out%%$'\n'*}"
+  echo "image: $ref ok: entrypoint /usr/local/bin/tenx-$svc, user $user, ports $grpc $admin${http:+ $http}, rootfs $size; --help: ${out%%$'\n'*}"
   if [[ -n "$KEEP" ]]; then
     mkdir -p "$KEEP"
     skopeo copy --quiet "oci:$layout:$ref" "oci:$KEEP:$ref"
