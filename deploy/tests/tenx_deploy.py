@@ -28,6 +28,12 @@ INT = {"type": "integer", "minimum": 0}
 POS = {"type": "integer", "minimum": 1}
 STR = {"type": "string"}
 LISTEN = {"type": "string", "pattern": "^.+:[0-9]{1,5}$"}
+# The shared gRPC client (tenx_common::grpc::ClientSettings) at
+# upstreams.<name>. An empty url is the chart's "this release's <name>".
+CLIENT_KEY_TYPES = {
+    "url": {"type": "string", "pattern": "^(|https?://.+)$"},
+    "connect_timeout_ms": POS, "request_timeout_ms": POS,
+}
 COMMON_KEY_TYPES = {
     "server": {"listen": LISTEN, "admin_listen": LISTEN, "shutdown_delay_ms": INT, "shutdown_grace_ms": INT},
     "database": {
@@ -74,19 +80,33 @@ def defaults(svc: str) -> dict:
     return tomllib.loads((ROOT / "crates" / svc / "src" / "defaults.toml").read_text())
 
 
-def flatten(config: dict) -> dict[str, object]:
-    """{"server": {"listen": x}} → {"server.listen": x} (sections of keys)."""
-    return {f"{section}.{key}": value for section, keys in config.items() for key, value in keys.items()}
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """{"server": {"listen": x}} → {"server.listen": x}; nested tables too
+    ({"upstreams": {"auth": {"url": x}}} → {"upstreams.auth.url": x}).
+    Lists (e.g. smtp.relays) are values; an empty table has no keys."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 @cache
 def documented_common_keys() -> dict[str, list[str]]:
-    """docs/CONFIGURATION.md: the keys of each shared section (`## \\`name\\``)."""
+    """docs/CONFIGURATION.md: the keys of each shared section (`## \\`name\\``),
+    and of the shared upstream client (`## Upstream clients (e.g.
+    \\`upstreams.auth\\`)`), returned as section `upstreams.*`: every table
+    under a service's `upstreams`."""
     out: dict[str, list[str]] = {}
     section = None
     for line in (ROOT / "docs" / "CONFIGURATION.md").read_text().splitlines():
         if m := re.match(r"^## `([a-z_]+)`", line):
             section = m.group(1)
+            out[section] = []
+        elif re.match(r"^## Upstream clients \(e\.g\. `upstreams\.[a-z_]+`\)", line):
+            section = "upstreams.*"
             out[section] = []
         elif line.startswith("## "):
             section = None
@@ -103,19 +123,78 @@ def settings_sections(svc: str) -> set[str]:
     return set(re.findall(r"pub (\w+):", struct.group(1)))
 
 
+def upstreams(svc: str) -> list[str]:
+    """The services this one calls (its `[upstreams.<name>]` tables)."""
+    return sorted(defaults(svc).get("upstreams", {}))
+
+
 def known_keys(svc: str) -> set[str]:
     """Every config key the service reads: its defaults.toml, plus the
-    documented keys of each shared section its settings struct has."""
+    documented keys of each shared section its settings struct has (and of
+    the shared client, for each of its upstreams). Keys under a map section
+    (`routes.<op>.<key>`) are not listed: see map_sections / key_is_known."""
     keys = set(flatten(defaults(svc)))
     fields = settings_sections(svc)
     for section, names in documented_common_keys().items():
-        if section in fields:
+        if section == "upstreams.*":
+            keys |= {f"upstreams.{up}.{name}" for up in upstreams(svc) for name in names}
+        elif section in fields:
             keys |= {f"{section}.{name}" for name in names}
     return keys
 
 
+def _struct_fields(text: str, name: str) -> dict[str, str]:
+    struct = re.search(rf"pub struct {name} \{{(.*?)\n\}}", text, re.S)
+    assert struct, f"no struct {name}"
+    return dict(re.findall(r"pub (\w+): ([\w<>:, ]+),", struct.group(1)))
+
+
+def operation_ids(svc: str) -> list[str]:
+    """The gateway's operation ids: its HTTP routes (routes.rs) and public
+    RPCs (grpc.rs), the names `routes.<op>` may use (validate() refuses
+    others)."""
+    src = ROOT / "crates" / svc / "src"
+    ops = set(re.findall(r'\bop: "(\w+)"', (src / "routes.rs").read_text()))
+    ops |= set(re.findall(r'\brpc\(\s*"[^"]+",\s*"\w+",\s*"(\w+)"', (src / "grpc.rs").read_text()))
+    return sorted(ops)
+
+
+# Names a map section accepts, where the service restricts them.
+MAP_SECTION_NAMES = {("gateway", "routes"): operation_ids}
+
+
+def map_sections(svc: str) -> dict[str, tuple[list[str] | None, dict[str, str]]]:
+    """Top-level settings fields of type HashMap<String, T> (e.g. the
+    gateway's `routes`): section → (allowed names or None, T's fields and
+    their Rust types)."""
+    text = (ROOT / "crates" / svc / "src" / "settings.rs").read_text()
+    out = {}
+    for field, ty in re.findall(r"pub (\w+): HashMap<String, (\w+)>", text):
+        if field in settings_sections(svc):
+            names = MAP_SECTION_NAMES.get((svc, field))
+            out[field] = (names(svc) if names else None, _struct_fields(text, ty))
+    return out
+
+
+def key_is_known(svc: str, key: str) -> bool:
+    """A key the service reads: a known key, or `<map section>.<name>.<field>`."""
+    if key in known_keys(svc):
+        return True
+    parts = key.split(".")
+    maps = map_sections(svc)
+    if len(parts) == 3 and parts[0] in maps:
+        names, fields = maps[parts[0]]
+        return (names is None or parts[1] in names) and parts[2] in fields
+    return False
+
+
 def secret_keys(svc: str) -> list[str]:
     return sorted(k for k in COMMON_SECRET_KEYS + SERVICE_SECRET_KEYS.get(svc, []) if k in known_keys(svc))
+
+
+def has_migrate(svc: str) -> bool:
+    """Whether tenx-<svc> has a `migrate` command (its main.rs dispatches it)."""
+    return bool(re.search(r'Some\("migrate"\) =>', (ROOT / "crates" / svc / "src" / "main.rs").read_text()))
 
 
 def port_of(listen: str) -> int:
@@ -128,6 +207,20 @@ def grpc_port(svc: str) -> int:
 
 def admin_port(svc: str) -> int:
     return port_of(defaults(svc)["server"]["admin_listen"])
+
+
+def http_port(svc: str) -> int | None:
+    """The HTTP API port of a service with `http.listen` (the gateway)."""
+    listen = defaults(svc).get("http", {}).get("listen")
+    return port_of(listen) if listen else None
+
+
+def ports(svc: str) -> dict[str, int]:
+    """The named container/Service ports of a service."""
+    out = {"grpc": grpc_port(svc), "admin": admin_port(svc)}
+    if http_port(svc):
+        out["http"] = http_port(svc)
+    return out
 
 
 # --- values.schema.json ---------------------------------------------------
@@ -149,31 +242,60 @@ def _infer(value) -> dict:
     raise TypeError(f"cannot type {value!r}")
 
 
+def _rust_type_schema(rust: str) -> dict:
+    """The schema of a field of a map section's table, from its Rust type."""
+    inner = re.fullmatch(r"Option<(.+)>", rust)
+    rust = inner.group(1) if inner else rust
+    if rust in ("u8", "u16", "u32", "u64", "usize"):
+        return POS  # the services refuse 0 for every one of these today
+    if rust == "bool":
+        return {"type": "boolean"}
+    if rust == "String":
+        return STR
+    raise TypeError(f"no schema for Rust type {rust}")
+
+
+def _object(props: dict, **extra) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": props, **extra}
+
+
 def config_schema(svc: str) -> dict:
     """The schema of services.<svc>.config: every non-secret key the service
     reads, typed; unknown sections and keys rejected."""
     secret = set(secret_keys(svc))
-    sections: dict[str, dict] = {}
+    tree: dict = {}
     flat = flatten(defaults(svc))
     for key in sorted(known_keys(svc)):
         if key in secret:
             continue
-        section, name = key.split(".", 1)
-        typed = COMMON_KEY_TYPES.get(section, {}).get(name)
+        parts = key.split(".")
+        section, name = parts[0], parts[-1]
+        if name.endswith("listen"):
+            typed = LISTEN
+        elif section == "upstreams" and len(parts) == 3:
+            typed = CLIENT_KEY_TYPES.get(name)
+        else:
+            typed = COMMON_KEY_TYPES.get(section, {}).get(name) if len(parts) == 2 else None
         if typed is None:
             assert key in flat, f"{svc}: {key} is documented but has no type (add it to COMMON_KEY_TYPES)"
             typed = _infer(flat[key])
-        sections.setdefault(section, {})[name] = typed
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["server"],
-        "properties": {
-            section: {"type": "object", "additionalProperties": False, "properties": props,
-                      **({"required": ["listen", "admin_listen"]} if section == "server" else {})}
-            for section, props in sections.items()
-        },
-    }
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[name] = ("leaf", typed)
+
+    def build(node: dict, path: list[str]) -> dict:
+        props = {k: v[1] if isinstance(v, tuple) else build(v, path + [k]) for k, v in node.items()}
+        extra = {"required": ["listen", "admin_listen"]} if path == ["server"] else {}
+        return _object(props, **extra)
+
+    sections = {name: build(node, [name]) for name, node in tree.items()}
+    for name, (names, fields) in map_sections(svc).items():
+        table = _object({f: _rust_type_schema(t) for f, t in fields.items()})
+        sections[name] = {"type": "object", "additionalProperties": table}
+        if names is not None:
+            sections[name]["propertyNames"] = {"enum": names}
+    return {"type": "object", "additionalProperties": False, "required": ["server"], "properties": sections}
 
 
 def secrets_schema(svc: str) -> dict:
@@ -192,6 +314,9 @@ def generate_schema() -> dict:
     for svc in chart_services():
         service = json.loads(json.dumps(template["definitions"]["service"]))
         service["properties"]["config"] = config_schema(svc)
+        if not has_migrate(svc):
+            service["properties"]["migrate"] = {
+                "const": False, "description": f"tenx-{svc} has no migrate command (it keeps no database)"}
         service["properties"]["secrets"] = secrets_schema(svc)
         services[svc] = service
     template["properties"]["services"]["properties"] = services

@@ -27,7 +27,15 @@ CRD_SCHEMAS = Path(__file__).parent / "crd-schemas"
 CHART_OVERRIDES = {
     # 127.0.0.1:2525 is the local sink; in a cluster the relay is a Service.
     "notification": {"smtp.relays"},
+    # "" = this release's auth/notification Service, filled in by the chart.
+    "gateway": {"upstreams.auth.url", "upstreams.notification.url"},
 }
+
+
+def public_service() -> str:
+    """The chart's one public service (values: `public: true`)."""
+    (public,) = [s for s, v in td.chart_values()["services"].items() if v.get("public")]
+    return public
 
 
 def deployment(docs, svc):
@@ -70,7 +78,7 @@ def config_key_problems(svc: str, docs: list[dict]) -> list[str]:
     for key in sorted(td.flatten(td.defaults(svc))):
         if key not in file_keys | env_keys:
             problems.append(f"{svc}: config key {key} (defaults.toml) is not set by the chart")
-    for key in sorted(file_keys - td.known_keys(svc)):
+    for key in sorted(k for k in file_keys if not td.key_is_known(svc, k)):
         problems.append(f"{svc}: the chart sets {key}, which {svc} does not read")
     for key in sorted(file_keys & set(td.secret_keys(svc))):
         problems.append(f"{svc}: secret {key} is written into the ConfigMap")
@@ -91,8 +99,8 @@ class Lint(unittest.TestCase):
     def test_scenarios_cover_every_service(self):
         for svc in td.chart_services():
             self.assertIn(f"only-{svc}", r.scenarios(), f"helm/tenx/ci/only-{svc}.yaml is missing")
-            self.assertEqual(r.scenarios()[f"only-{svc}"]["services"],
-                             {s: {"enabled": s == svc} for s in td.chart_services()})
+            only = r.scenarios()[f"only-{svc}"]["services"]
+            self.assertEqual({s: v["enabled"] for s, v in only.items()}, {s: s == svc for s in td.chart_services()})
 
     def test_every_scenario_renders_what_it_asks_for(self):
         kinds = lambda n: {d["kind"] for d in r.manifests(r.rendered(n))}  # noqa: E731
@@ -105,6 +113,7 @@ class Lint(unittest.TestCase):
             docs = r.manifests(r.rendered(f"only-{svc}"))
             names = {d["metadata"]["name"] for d in r.find(docs, "Deployment")}
             self.assertEqual(names, {f"{r.RELEASE}-{svc}"}, f"only-{svc} renders exactly its Deployment")
+        self.assertLessEqual({"GRPCRoute"}, kinds("features-on"))
 
 
 class KubernetesSchemas(unittest.TestCase):
@@ -164,6 +173,18 @@ class ValuesSchema(unittest.TestCase):
         "listen without port": ({"services": {"auth": {"config": {"server": {"listen": "0.0.0.0"}}}}}, "listen"),
         "bad OTLP endpoint": ({"otlp": {"endpoint": "otel:4317"}}, "endpoint"),
         "unknown secret key": ({"services": {"auth": {"secrets": {"redis": {"uri": "redis://x"}}}}}, "uri"),
+        "gateway migrate": ({"services": {"gateway": {"migrate": True}}}, "migrate"),
+        "gateway secret it has not": ({"services": {"gateway": {"secrets": {"database": {"primary_url": "postgres://x"}}}}}, "database"),
+        "gateway redis url in config": ({"services": {"gateway": {"config": {"redis": {"url": "redis://x"}}}}}, "url"),
+        "upstream url not http": ({"services": {"gateway": {"config": {"upstreams": {"auth": {"url": "auth:50051"}}}}}}, "url"),
+        "unknown upstream": ({"services": {"gateway": {"config": {"upstreams": {"billing": {"url": ""}}}}}}, "billing"),
+        "upstream key typo": ({"services": {"gateway": {"config": {"upstreams": {"auth": {"timeout_ms": 1}}}}}}, "timeout_ms"),
+        "unknown route op": ({"services": {"gateway": {"config": {"routes": {"auth_sigup": {"requests": 5}}}}}}, "auth_sigup"),
+        "route key typo": ({"services": {"gateway": {"config": {"routes": {"auth_signup": {"request": 5}}}}}}, "request"),
+        "route limit zero": ({"services": {"gateway": {"config": {"routes": {"auth_signup": {"requests": 0}}}}}}, "requests"),
+        "http listen without port": ({"services": {"gateway": {"config": {"http": {"listen": "0.0.0.0"}}}}}, "listen"),
+        "ingress grpc typo": ({"ingress": {"grpc": {"host": ["x"]}}}, "host"),
+        "datastore egress typo": ({"networkPolicy": {"datastoreEgress": {"postgres": []}}}, "postgres"),
     }
 
     def test_bad_values_are_rejected_by_the_schema(self):
@@ -195,6 +216,12 @@ class Workloads(unittest.TestCase):
         for svc in td.chart_services():
             self.assertIn(svc, td.crate_services(), f"chart service {svc} has no crates/{svc}/src/defaults.toml")
 
+    def test_every_service_crate_has_a_chart_block(self):
+        for svc in td.crate_services():
+            self.assertIn(svc, td.chart_services(),
+                          f"crates/{svc}/src/defaults.toml exists but helm/tenx/values.yaml has no services.{svc} block "
+                          "(see 'Adding a service' in helm/tenx/README.md)")
+
     def test_deployments_run_non_root_with_grpc_probes_on_the_real_port(self):
         for scenario in r.scenarios():
             docs = r.manifests(r.rendered(scenario))
@@ -218,26 +245,29 @@ class Workloads(unittest.TestCase):
                     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                         self.assertEqual(c[probe], c[probe] | {"grpc": {"port": port}}, f"{probe} is gRPC on {port}")
                     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-                    self.assertEqual(ports, {"grpc": port, "admin": td.admin_port(svc)})
+                    self.assertEqual(ports, td.ports(svc))
                     self.assertEqual(c["command"], [f"/usr/local/bin/tenx-{svc}"])
                     self.assertEqual(c["args"], ["--config", "/etc/tenx/config.toml", "serve"])
                     self.assertIn("memory", c["resources"]["limits"])
                     self.assertIn("cpu", c["resources"]["requests"])
                     (svc_obj,) = r.find(docs, "Service", dep["metadata"]["name"])
-                    self.assertEqual({p["name"]: p["port"] for p in svc_obj["spec"]["ports"]},
-                                     {"grpc": port, "admin": td.admin_port(svc)})
+                    self.assertEqual({p["name"]: p["port"] for p in svc_obj["spec"]["ports"]}, td.ports(svc))
                     self.assertEqual(svc_obj["spec"]["selector"], dep["spec"]["selector"]["matchLabels"])
 
     def test_migration_hook_job_runs_the_real_migrate(self):
         docs = r.manifests(r.rendered("defaults"))
         jobs = {j["metadata"]["labels"]["app.kubernetes.io/component"]: j for j in r.find(docs, "Job")}
-        self.assertEqual(sorted(jobs), td.chart_services())
+        # Exactly the services whose binary has `migrate` (the gateway has none).
+        self.assertEqual(sorted(jobs), [s for s in td.chart_services() if td.has_migrate(s)])
+        self.assertIn("auth", jobs)
+        self.assertNotIn("gateway", jobs)
+        for svc in td.chart_services():
+            self.assertIs(td.chart_values()["services"][svc]["migrate"], td.has_migrate(svc),
+                          f"services.{svc}.migrate must say whether tenx-{svc} has a migrate command")
         for svc, job in jobs.items():
             with self.subTest(service=svc):
                 hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
                 self.assertEqual(hooks, {"pre-install", "pre-upgrade"})
-                main = (td.ROOT / "crates" / svc / "src" / "main.rs").read_text()
-                self.assertRegex(main, r'Some\("migrate"\) =>', f"tenx-{svc} has a migrate command")
                 (c,) = job["spec"]["template"]["spec"]["containers"]
                 self.assertEqual(c["command"], [f"/usr/local/bin/tenx-{svc}"])
                 self.assertEqual(c["args"], ["--config", "/etc/tenx/config.toml", "migrate"])
@@ -268,37 +298,125 @@ class Workloads(unittest.TestCase):
 
     def test_network_policy_only_the_public_service_is_reachable_from_outside(self):
         docs = r.manifests(r.rendered("features-on"))
-        public = td.chart_services()[0]
-        for np in r.find(docs, "NetworkPolicy"):
-            svc = np["metadata"]["labels"]["app.kubernetes.io/component"]
+        public = public_service()
+        self.assertEqual(public, "gateway")
+        grpc_ports = {td.grpc_port(s) for s in td.chart_services()}
+        server_peer = {"app.kubernetes.io/name": "tenx", "app.kubernetes.io/instance": r.RELEASE, "tenx.dev/role": "server"}
+        test_peer = {"app.kubernetes.io/name": "tenx", "app.kubernetes.io/instance": r.RELEASE, "app.kubernetes.io/component": "test"}
+        nps = {np["metadata"]["labels"]["app.kubernetes.io/component"]: np for np in r.find(docs, "NetworkPolicy")}
+        self.assertEqual(sorted(nps), td.chart_services())
+        for svc, np in nps.items():
             with self.subTest(service=svc):
-                open_rules = [rule for rule in np["spec"]["ingress"] if "from" not in rule]
+                ingress = np["spec"]["ingress"]
+                open_rules = [rule for rule in ingress if "from" not in rule]
                 if svc == public:
-                    self.assertEqual([[p["port"] for p in rule["ports"]] for rule in open_rules], [[td.grpc_port(svc)]])
+                    # The public doors (HTTP API and gRPC) from anywhere; never the admin port.
+                    self.assertEqual([sorted(p["port"] for p in rule["ports"]) for rule in open_rules],
+                                     [sorted([td.http_port(svc), td.grpc_port(svc)])])
                 else:
                     self.assertEqual(open_rules, [], f"{svc} must not accept connections from anywhere")
+                    # gRPC only from this release's servers (the gateway and the other services).
+                    grpc_rules = [rule for rule in ingress if any(p["port"] == td.grpc_port(svc) for p in rule["ports"])]
+                    self.assertEqual([rule["from"] for rule in grpc_rules], [[{"podSelector": {"matchLabels": server_peer}}]])
+                # The admin port only from the helm test pod and metricsFrom; no other port from them.
+                for rule in ingress:
+                    if rule.get("from") and rule["from"][0].get("podSelector", {}).get("matchLabels") != server_peer:
+                        self.assertEqual([p["port"] for p in rule["ports"]], [td.admin_port(svc)])
+                self.assertIn([{"podSelector": {"matchLabels": test_peer}}], [rule.get("from") for rule in ingress])
                 self.assertEqual(set(np["spec"]["policyTypes"]), {"Ingress", "Egress"})
-                egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])}
-                self.assertLessEqual({53, 5432, 6379, 5672, 4317}, egress_ports)
+                egress = np["spec"]["egress"]
+                to_servers = [rule for rule in egress if rule.get("to") == [{"podSelector": {"matchLabels": server_peer}}]]
+                self.assertEqual([{p["port"] for p in rule["ports"]} for rule in to_servers], [grpc_ports])
+                egress_ports = {p["port"] for rule in egress for p in rule.get("ports", [])}
+                stores = {"database": {5432, 6432}, "redis": {6379}, "amqp": {5672}}
+                uses = {s for s in stores if any(k.startswith(f"{s}.") for k in td.secret_keys(svc))}
+                self.assertLessEqual({53, 4317} | grpc_ports, egress_ports)
+                for store, store_ports in stores.items():
+                    if store in uses:
+                        self.assertLessEqual(store_ports, egress_ports, f"{svc} reaches its {store}")
+                    else:
+                        self.assertFalse(store_ports & egress_ports, f"{svc} has no {store}: no egress to it")
                 self.assertEqual(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], svc)
+        self.assertEqual(td.secret_keys("gateway"), ["redis.url"])
 
-    def test_routes_point_at_the_public_service(self):
+    def test_routes_point_at_the_public_services_http_api_and_optionally_grpc(self):
         docs = r.manifests(r.rendered("features-on"))
-        public = td.chart_services()[0]
-        (ing,) = r.find(docs, "Ingress")
+        public = public_service()
+        name = f"{r.RELEASE}-{public}"
+        (ing,) = r.find(docs, "Ingress", r.RELEASE)
         backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-        self.assertEqual(backend, {"name": f"{r.RELEASE}-{public}", "port": {"name": "grpc"}})
+        self.assertEqual(backend, {"name": name, "port": {"name": "http"}})
+        (svc_obj,) = r.find(docs, "Service", name)
+        self.assertIn({"name": "http", "port": td.http_port(public)},
+                      [{"name": p["name"], "port": p["port"]} for p in svc_obj["spec"]["ports"]])
+        (grpc_ing,) = r.find(docs, "Ingress", f"{r.RELEASE}-grpc")
+        self.assertEqual(grpc_ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"],
+                         {"name": name, "port": {"name": "grpc"}})
+        self.assertEqual(grpc_ing["spec"]["rules"][0]["host"], "grpc.tenx.example.com")
+        self.assertEqual(grpc_ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"], "GRPC")
+        self.assertNotIn("annotations", ing["metadata"], "the HTTP Ingress is not told the backend speaks gRPC")
         (route,) = r.find(docs, "HTTPRoute")
-        self.assertEqual(route["spec"]["rules"][0]["backendRefs"][0], {"name": f"{r.RELEASE}-{public}", "port": td.grpc_port(public)})
-        with self.assertRaises(helm_python.HelmError):
-            r.render({"ingress": {"enabled": True}})  # no public service: refused, not silently empty
+        self.assertEqual(route["spec"]["rules"][0]["backendRefs"][0], {"name": name, "port": td.http_port(public)})
+        (grpc_route,) = r.find(docs, "GRPCRoute")
+        self.assertEqual(grpc_route["spec"]["rules"][0]["backendRefs"][0], {"name": name, "port": td.grpc_port(public)})
+        self.assertEqual(grpc_route["spec"]["parentRefs"], route["spec"]["parentRefs"])
+        # Defaults: no routes at all; gRPC routes only when asked for.
+        defaults = r.manifests(r.rendered("defaults"))
+        self.assertEqual([d for d in defaults if d["kind"] in ("Ingress", "HTTPRoute", "GRPCRoute")], [])
+        only_http = r.manifests(r.render({"ingress": {"enabled": True}}))
+        self.assertEqual([d["metadata"]["name"] for d in r.find(only_http, "Ingress")], [r.RELEASE])
+        # No public service: refused, not silently empty.
+        for values in ({"ingress": {"enabled": True}}, {"httpRoute": {"enabled": True, "parentRefs": [{"name": "p"}]}}):
+            with self.assertRaises(helm_python.HelmError) as caught:
+                r.render(values | {"services": {public: {"enabled": False}}})
+            self.assertIn("public: true", str(caught.exception))
+
+    def test_upstream_urls_are_this_releases_services_unless_set(self):
+        docs = r.manifests(r.rendered("defaults"))
+        services = {d["metadata"]["name"]: d for d in r.find(docs, "Service")}
+        for svc in td.chart_services():
+            for up in td.upstreams(svc):
+                with self.subTest(service=svc, upstream=up):
+                    url = config_toml(docs, svc)["upstreams"][up]["url"]
+                    self.assertEqual(url, f"http://{r.RELEASE}-{up}:{td.grpc_port(up)}")
+                    # It names a Service of the release, on its gRPC port.
+                    host, port = url.removeprefix("http://").split(":")
+                    grpc = [p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"]
+                    self.assertEqual(grpc, [int(port)])
+        self.assertEqual(td.upstreams("gateway"), ["auth", "notification"])
+        # The release's names follow fullnameOverride; the ports follow the target's listen.
+        docs = r.manifests(r.render({"fullnameOverride": "edge", "services": {"auth": {"config": {"server": {"listen": "0.0.0.0:6000"}}}}}))
+        self.assertEqual(config_toml(docs, "gateway", "edge-gateway")["upstreams"]["auth"]["url"], "http://edge-auth:6000")
+        # An operator's URL wins.
+        docs = r.manifests(r.rendered("only-gateway"))
+        self.assertEqual(config_toml(docs, "gateway")["upstreams"]["auth"]["url"], "http://auth.tenx-core.svc:50051")
+        # Empty, with the upstream not in this release: refused, naming the key.
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"notification": {"enabled": False}}})
+        self.assertIn("services.gateway.config.upstreams.notification.url is empty", str(caught.exception))
+
+    def test_gateway_and_auth_must_agree_on_issuer_and_audience(self):
+        docs = r.manifests(r.rendered("defaults"))
+        self.assertEqual(config_toml(docs, "gateway")["jwks"]["issuer"], config_toml(docs, "auth")["tokens"]["issuer"])
+        self.assertEqual(config_toml(docs, "gateway")["jwks"]["audience"], config_toml(docs, "auth")["tokens"]["audience"])
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"auth": {"config": {"tokens": {"issuer": "https://id.example.com"}}}}})
+        self.assertIn("services.gateway.config.jwks.issuer", str(caught.exception))
 
     def test_helm_test_hook_checks_every_service(self):
         docs = r.manifests(r.rendered("defaults"))
         (pod,) = [d for d in r.find(docs, "Pod") if d["metadata"]["annotations"]["helm.sh/hook"] == "test"]
         args = pod["spec"]["containers"][0]["args"]
-        for svc in td.chart_services():
-            self.assertIn(f"http://{r.RELEASE}-{svc}:{td.admin_port(svc)}/readyz", args)
+        urls = [a for a in args if a.startswith("http://")]
+        public = public_service()
+        # The gateway first: alive, and its public HTTP door serves; then everyone's readiness.
+        self.assertEqual(urls[:2], [f"http://{r.RELEASE}-{public}:{td.admin_port(public)}/healthz",
+                                    f"http://{r.RELEASE}-{public}:{td.http_port(public)}/openapi.json"])
+        self.assertEqual(sorted(urls[2:]), sorted(f"http://{r.RELEASE}-{svc}:{td.admin_port(svc)}/readyz"
+                                                  for svc in td.chart_services()))
+        self.assertIn("--fail", args)
+        self.assertEqual(pod["metadata"]["labels"]["app.kubernetes.io/component"], "test",
+                         "the NetworkPolicy admits the admin ports from this label")
         self.assertIs(pod["spec"]["securityContext"]["runAsNonRoot"], True)
 
     def test_service_monitor_scrapes_the_admin_port(self):
@@ -358,6 +476,16 @@ class ConfigKeys(unittest.TestCase):
         docs = r.manifests(r.render({"services": {svc: {"config": {section: {key: None}}}}}))
         self.assertIn(f"{svc}: config key {section}.{key} (defaults.toml) is not set by the chart",
                       config_key_problems(svc, docs))
+        docs = r.manifests(r.render({"services": {"gateway": {"config": {"upstreams": {"auth": {"connect_timeout_ms": None}}}}}}))
+        self.assertIn("gateway: config key upstreams.auth.connect_timeout_ms (defaults.toml) is not set by the chart",
+                      config_key_problems("gateway", docs))
+        docs = r.manifests(r.rendered("features-on"))
+        self.assertEqual(config_toml(docs, "gateway")["routes"]["auth_signup"], {"requests": 5, "period_seconds": 60})
+        cm = r.find(docs, "ConfigMap", f"{r.RELEASE}-gateway")[0]
+        cm["data"]["config.toml"] += "\n[routes.password_change]\nrequests = 1\n[upstreams.billing]\nurl = \"http://x\"\n"
+        problems = config_key_problems("gateway", docs)
+        self.assertIn("gateway: the chart sets upstreams.billing.url, which gateway does not read", problems)
+        self.assertNotIn("routes.password_change.requests", "".join(problems))
         docs = r.manifests(r.rendered("defaults"))
         env = deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0]["env"]
         env.append({"name": env_name(svc, "redis.uri"), "valueFrom": {"secretKeyRef": {"name": "x", "key": "redis.uri"}}})

@@ -57,6 +57,24 @@ class Images(unittest.TestCase):
                                      capture_output=True, text=True, env=env, timeout=30)
                 self.assertEqual(run.returncode, 78, run.stderr)
 
+    def test_the_gateway_accepts_every_route_id_the_schema_allows(self):
+        """values.schema.json lets `routes.<op>` name the operation ids read
+        from the gateway's sources; the binary must accept each (and refuse
+        one it does not know), so the two lists cannot drift apart."""
+        docs = r.manifests(r.rendered("defaults"))
+        (cm,) = r.find(docs, "ConfigMap", f"{r.RELEASE}-gateway")
+        ops = td.operation_ids("gateway")
+        self.assertGreater(len(ops), 15)
+        env = {"PATH": "/usr/bin:/bin", "TENX_GATEWAY__REDIS__URL": "redis://redis:6379"}
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.toml"
+            for extra, want in (("".join(f"\n[routes.{op}]\nrequests = 1\n" for op in ops), 1),
+                                ("\n[routes.no_such_op]\nrequests = 1\n", 78)):
+                config.write_text(cm["data"]["config.toml"].replace("\n[routes]\n", "\n") + extra)
+                run = subprocess.run([BIN_DIR / "tenx-gateway", "--config", config, "no-such-command"],
+                                     capture_output=True, text=True, env=env, timeout=30)
+                self.assertEqual(run.returncode, want, run.stderr)
+
     def test_a_root_user_is_refused(self):
         svc = td.chart_services()[0]
         run = subprocess.run([SCRIPT, "--user", "0:0", BIN_DIR, svc], capture_output=True, text=True)

@@ -4,6 +4,7 @@ and the image workflow in step with the services."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -81,19 +82,31 @@ class Compose(unittest.TestCase):
         self.assertIn("management", services["rabbitmq"]["image"])
         tenx = {name for name, s in services.items() if "tenx-" in str(s.get("image", "")) and not name.endswith("-migrate")}
         self.assertEqual(sorted(tenx), td.chart_services(), "compose and chart deploy the same services")
+        migrators = sorted(name.removesuffix("-migrate") for name in services if name.endswith("-migrate"))
+        self.assertEqual(migrators, [svc for svc in td.chart_services() if td.has_migrate(svc)],
+                         "a <svc>-migrate for exactly the services with a migrate command")
         for svc in td.chart_services():
             with self.subTest(service=svc):
-                s, m = services[svc], services[f"{svc}-migrate"]
+                s = services[svc]
                 self.assertEqual(s["build"]["target"], svc)
                 self.assertEqual(s["build"]["args"]["SERVICE"], svc)
                 published = {int(p.split(":")[-1]) for p in s["ports"]}
-                self.assertEqual(published, {td.grpc_port(svc), td.admin_port(svc)})
-                self.assertEqual(m["command"], ["migrate"])
-                self.assertEqual(s["depends_on"][f"{svc}-migrate"]["condition"], "service_completed_successfully")
+                self.assertEqual(published, set(td.ports(svc).values()))
+                for p in s["ports"]:
+                    self.assertTrue(p.startswith("127.0.0.1:"), f"{svc} publishes {p} beyond loopback")
+                if td.has_migrate(svc):
+                    m = services[f"{svc}-migrate"]
+                    self.assertEqual(m["command"], ["migrate"])
+                    self.assertEqual(s["depends_on"][f"{svc}-migrate"]["condition"], "service_completed_successfully")
                 self.assertEqual(s["user"], "65532:65532")
                 self.assertIs(s["read_only"], True)
                 by_env = {f"TENX_{svc.upper()}__{k.replace('.', '__').upper()}": k for k in td.known_keys(svc)}
-                for container in (s, m):
+                env = s["environment"]
+                for up in td.upstreams(svc):
+                    # Each upstream is the compose service of that name, on its gRPC port.
+                    self.assertEqual(env[f"TENX_{svc.upper()}__UPSTREAMS__{up.upper()}__URL"], f"http://{up}:{td.grpc_port(up)}")
+                    self.assertIn(up, s["depends_on"])
+                for container in (s, services[f"{svc}-migrate"]) if td.has_migrate(svc) else (s,):
                     for name in container["environment"]:
                         self.assertIn(name, by_env, f"compose {svc}: {name} sets no key {svc} reads")
                     for key in td.secret_keys(svc):
@@ -114,7 +127,7 @@ class Dockerfile(unittest.TestCase):
             with self.subTest(service=svc):
                 body = self.stage(svc)
                 self.assertIn(f'ENTRYPOINT ["/usr/local/bin/tenx-{svc}"]', body)
-                self.assertRegex(body, rf"(?m)^EXPOSE {td.grpc_port(svc)} {td.admin_port(svc)}$")
+                self.assertRegex(body, rf"(?m)^EXPOSE {' '.join(map(str, td.ports(svc).values()))}$")
                 self.assertIn(f"COPY --from=builder /out/tenx-{svc} /usr/local/bin/tenx-{svc}", body)
 
     def test_runtime_is_minimal_non_root_and_labelled(self):
@@ -145,6 +158,44 @@ class ImageWorkflow(unittest.TestCase):
             self.assertIn(shared, pick)
         self.assertIn("crates/*/src/defaults.toml", pick, "the matrix comes from the services that exist")
         self.assertIn("proto-drift", self.wf["jobs"])
+
+    def pick(self, change: str) -> list[str]:
+        """Runs the `changes` job's script in a scratch repository holding
+        the services' defaults.toml, for a pull request that touches `change`."""
+        script = next(s for s in self.wf["jobs"]["changes"]["steps"] if s.get("id") == "pick")["run"]
+        with tempfile.TemporaryDirectory() as tmp:
+            git = lambda *a: subprocess.run(["git", "-C", tmp, *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+            git("init", "-q")
+            git("config", "user.email", "ci@example.com")
+            git("config", "user.name", "ci")
+            for svc in td.crate_services():
+                path = Path(tmp) / "crates" / svc / "src" / "defaults.toml"
+                path.parent.mkdir(parents=True)
+                path.write_text("")
+            git("add", "-A")
+            git("commit", "-q", "-m", "base")
+            base = git("rev-parse", "HEAD").strip()
+            changed = Path(tmp) / change
+            changed.parent.mkdir(parents=True, exist_ok=True)
+            changed.write_text("changed\n")
+            git("add", "-A")
+            git("commit", "-q", "-m", "change")
+            out = Path(tmp) / "github_output"
+            env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "EVENT": "pull_request", "BASE_SHA": base,
+                   "GITHUB_OUTPUT": str(out)}
+            run = subprocess.run(["bash", "-e", "-c", script], cwd=tmp, env=env, capture_output=True, text=True)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            (line,) = out.read_text().splitlines()
+            return json.loads(line.removeprefix("services="))
+
+    def test_the_matrix_rebuilds_exactly_the_services_whose_inputs_changed(self):
+        self.assertIn("gateway", td.crate_services())
+        self.assertEqual(self.pick("crates/gateway/src/http.rs"), ["gateway"])
+        self.assertEqual(self.pick("crates/auth/src/lib.rs"), ["auth"])
+        for shared in ("crates/common/src/lib.rs", "crates/proto/src/lib.rs", "proto/tenx/auth/v1/auth.proto", "Cargo.lock"):
+            with self.subTest(shared):
+                self.assertEqual(self.pick(shared), td.crate_services())
+        self.assertEqual(self.pick("docs/README.md"), [])
 
 
 if __name__ == "__main__":

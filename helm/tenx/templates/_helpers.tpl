@@ -80,13 +80,50 @@ tenx.dev/role: server
 {{- include "tenx.port" .cfg.config.server.admin_listen -}}
 {{- end -}}
 
-{{/* The config as rendered for the service: values' config plus the OTLP endpoint. */}}
+{{/* The HTTP API port of a service with config.http.listen (the gateway), else empty. */}}
+{{- define "tenx.httpPort" -}}
+{{- with dig "http" "listen" "" .cfg.config -}}
+{{- include "tenx.port" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The config as rendered for the service: values' config plus the OTLP
+endpoint, and each empty `upstreams.<name>.url` filled in with this
+release's <name> Service (`http://<fullname>-<name>:<its gRPC port>`);
+refused when that service is not enabled here. A service that verifies
+auth's tokens (`jwks`) must name auth's issuer and audience, else it would
+reject every token. dict root svc cfg
+*/}}
 {{- define "tenx.effectiveConfig" -}}
+{{- $root := .root -}}
+{{- $svc := .svc -}}
 {{- $config := deepCopy .cfg.config -}}
-{{- if .root.Values.otlp.endpoint -}}
+{{- if $root.Values.otlp.endpoint -}}
 {{- $telemetry := get $config "telemetry" | default dict -}}
-{{- $_ := set $telemetry "otlp_endpoint" .root.Values.otlp.endpoint -}}
+{{- $_ := set $telemetry "otlp_endpoint" $root.Values.otlp.endpoint -}}
 {{- $_ := set $config "telemetry" $telemetry -}}
+{{- end -}}
+{{- range $up, $client := get $config "upstreams" | default dict -}}
+{{- if not $client.url -}}
+{{- $target := index $root.Values.services $up | default dict -}}
+{{- if not $target.enabled -}}
+{{- fail (printf "services.%s.config.upstreams.%s.url is empty, which means this release's %s, but services.%s is not enabled: set the URL of the %s to call" $svc $up $up $up $up) -}}
+{{- end -}}
+{{- $url := printf "http://%s:%s" (include "tenx.svcName" (dict "root" $root "svc" $up)) (include "tenx.port" $target.config.server.listen) -}}
+{{- $_ := set $client "url" $url -}}
+{{- end -}}
+{{- end -}}
+{{- with get $config "jwks" -}}
+{{- $auth := index $root.Values.services "auth" | default dict -}}
+{{- if $auth.enabled -}}
+{{- range $key := list "issuer" "audience" -}}
+{{- $want := dig "config" "tokens" $key "" $auth -}}
+{{- if ne (toString (get $config.jwks $key)) (toString $want) -}}
+{{- fail (printf "services.%s.config.jwks.%s (%v) differs from services.auth.config.tokens.%s (%v): %s would reject every token" $svc $key (get $config.jwks $key) $key $want $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- toJson $config -}}
 {{- end -}}
@@ -125,11 +162,25 @@ lists inline and maps as inline tables.
 {{- if ne (kindOf $keys) "map" }}
 {{- fail (printf "config.%s must be a section (a map of keys)" $section) }}
 {{- end }}
-[{{ $section }}]
-{{- range $key := keys $keys | sortAlpha }}
-{{ $key }} = {{ include "tenx.tomlValue" (get $keys $key) }}
+{{- include "tenx.tomlTable" (dict "name" $section "table" $keys) }}
+{{- end -}}
+{{- end -}}
+
+{{/* One TOML table: [name], its keys, then its sub-tables as [name.key] (e.g. [upstreams.auth]); dict name table */}}
+{{- define "tenx.tomlTable" -}}
+{{- $name := .name -}}
+{{- $table := .table }}
+[{{ $name }}]
+{{- range $key := keys $table | sortAlpha }}
+{{- if ne (kindOf (get $table $key)) "map" }}
+{{ $key }} = {{ include "tenx.tomlValue" (get $table $key) }}
 {{- end }}
-{{ end -}}
+{{- end }}
+{{ range $key := keys $table | sortAlpha }}
+{{- if eq (kindOf (get $table $key)) "map" }}
+{{- include "tenx.tomlTable" (dict "name" (printf "%s.%s" $name $key) "table" (get $table $key)) }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Secret keys (dotted) of a service, sorted; dict cfg */}}
