@@ -20,6 +20,7 @@ build: ## build everything
 	$(CARGO) build --workspace --all-targets
 
 test: deps ## run all tests (nextest when installed), then check-deploy
+	@deploy/local/tools.sh venv
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
@@ -70,7 +71,7 @@ up: deps ## run the whole system locally (tenx-dev)
 	$(CARGO) run -p tenx-dev --release
 
 bench: deps ## benchmarks, each compared with its committed baseline
-	$(CARGO) bench -p tenx-common -p tenx-auth -p tenx-notification
+	$(CARGO) bench -p tenx-common -p tenx-auth -p tenx-notification -p tenx-gateway
 
 migrate: deps ## apply every service's database migrations
 	$(CARGO) run -p tenx-dev -- migrate

@@ -43,7 +43,7 @@ pick_python() {
 
 install_venv() {
   local venv="$TOOLS/venv"
-  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd, trustme' >/dev/null 2>&1; then
+  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis' >/dev/null 2>&1; then
     return 0
   fi
   mkdir -p "$TOOLS"
@@ -61,10 +61,12 @@ install_venv() {
     rm -rf "$venv"
     "$py" -m venv "$venv" >>"$LOG" 2>&1 || die "venv: $py -m venv $venv failed; see $LOG"
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd trustme >>"$LOG" 2>&1 \
-    || die "venv: pip install aiosmtpd trustme failed; see $LOG"
-  "$venv/bin/python" -c 'import aiosmtpd, trustme' >/dev/null 2>&1 \
-    || die "venv: aiosmtpd or trustme not importable after install; see $LOG"
+  # aiosmtpd: the SMTP sinks; trustme: their test CA; schemathesis: the
+  # gateway's property-based API test (crates/gateway/tests/it/schemathesis.rs).
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd trustme schemathesis >>"$LOG" 2>&1 \
+    || die "venv: pip install aiosmtpd trustme schemathesis failed; see $LOG"
+  "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis' >/dev/null 2>&1 \
+    || die "venv: aiosmtpd, trustme or schemathesis not importable after install; see $LOG"
 }
 
 # The Python checkers pinned in deploy/tests/requirements.txt. A stamp

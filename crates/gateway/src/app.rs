@@ -167,6 +167,26 @@ impl App {
             }
         });
 
+        // gRPC health (what Kubernetes probes) says SERVING only while
+        // tokens can be verified, like /readyz's jwks check.
+        let (health, gw, stop) = (self.grpc.health().clone(), self.gateway.clone(), shutdown.child());
+        tasks.spawn(async move {
+            // Re-asserted each tick: the server also sets it when it starts.
+            loop {
+                if !stop.is_triggered() {
+                    let status = if gw.authn.jwks.loaded() {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status("", status).await;
+                }
+                tokio::select! {
+                    () = stop.wait() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+        });
         let router = self.grpc.router_with_fallback(crate::grpc::Proxy::new(self.gateway.clone()));
         let served =
             self.grpc.serve(router, grpc, &[], &self.gateway.settings.server, shutdown.clone()).await;

@@ -180,6 +180,18 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     }
 }
 
+/// Whether the channel gave up on the call's `grpc-timeout`.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
 fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
@@ -210,6 +222,10 @@ impl crate::upstream::Upstream {
                 .await;
         match outcome {
             Err(_) => {
+                self.record_call(true);
+                Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
+            }
+            Ok(Err(error)) if timed_out(&error) => {
                 self.record_call(true);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }

@@ -153,3 +153,34 @@ async fn cors_preflight_is_answered_for_allowed_origins_only() -> anyhow::Result
     assert_eq!(other.header("access-control-allow-origin"), None);
     Ok(())
 }
+
+#[tokio::test]
+async fn past_max_in_flight_requests_are_shed_at_once_with_503() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let proxy = ChaosProxy::start(platform.notification.grpc_addr).await?;
+    let mut settings = platform.gateway_settings()?;
+    settings.upstreams.notification.url = format!("http://{}", proxy.addr());
+    settings.http.max_in_flight = 1;
+    let gw = platform.gateway_with(settings).await?;
+    let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
+    let auth = bearer(&token);
+    proxy.set_delay(Duration::from_millis(1_500));
+
+    let slow = {
+        let auth = auth.clone();
+        let addr = gw.http_addr;
+        tokio::spawn(async move {
+            send(addr, "GET", "/v1/notifications", &[("authorization", &auth)], None).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let shed = send(gw.http_addr, "GET", "/v1/notifications", &[("authorization", &auth)], None).await?;
+    assert_eq!((shed.status, shed.error_code().as_str()), (503, "unavailable"), "{}", shed.text);
+    assert!(started.elapsed() < Duration::from_millis(500), "shed without waiting: {:?}", started.elapsed());
+    assert!(shed.header("retry-after").is_some());
+    assert_eq!(slow.await??.status, 200, "the request in progress is served");
+    let (_, metrics) = http_get(gw.admin_addr, "/metrics").await?;
+    assert!(metrics.contains("tenx_gateway_http_shed_total 1"), "{metrics}");
+    Ok(())
+}

@@ -68,3 +68,39 @@ async fn public_rpcs_pass_with_the_same_auth_and_limits_and_private_ones_do_not_
     assert_eq!(hidden.code(), Code::Unimplemented);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_public_rpc_slower_than_its_deadline_gets_deadline_exceeded() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let proxy = tenx_test_support::ChaosProxy::start(platform.notification.grpc_addr).await?;
+    let mut settings = platform.gateway_settings()?;
+    settings.upstreams.notification.url = format!("http://{}", proxy.addr());
+    settings.routes.insert(
+        "notifications_list".into(),
+        RouteOverride { requests: None, period_seconds: None, timeout_ms: Some(300) },
+    );
+    let gw = platform.gateway_with(settings).await?;
+    let url = format!("http://{}", gw.grpc_addr);
+    let mut auth_client = AuthServiceClient::connect(url.clone()).await?;
+    let token = auth_client
+        .sign_up(auth::SignUpRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tokens
+        .map(|t| t.access_token)
+        .unwrap_or_default();
+    proxy.set_delay(std::time::Duration::from_millis(1_500));
+    let mut inbox = NotificationServiceClient::connect(url).await?;
+    let started = std::time::Instant::now();
+    let late = inbox
+        .list_notifications(authed(&token, notification::ListNotificationsRequest::default())?)
+        .await
+        .expect_err("past the deadline");
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1_400), "{:?}", started.elapsed());
+    Ok(())
+}

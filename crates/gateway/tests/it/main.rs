@@ -3,8 +3,10 @@
 //! real HTTP and gRPC clients.
 
 mod auth_offload;
+mod e2e;
 mod edge;
 mod grpc_door;
 mod limits;
 mod openapi;
+mod schemathesis;
 mod support;
