@@ -32,3 +32,11 @@ pub mod notification {
         include!(concat!(env!("OUT_DIR"), "/tenx.notification.v1.rs"));
     }
 }
+
+/// Plans, subscriptions, invoices, payments and the ledger (`tenx.billing.v1`).
+pub mod billing {
+    #[allow(clippy::all, clippy::pedantic)] // generated code
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenx.billing.v1.rs"));
+    }
+}

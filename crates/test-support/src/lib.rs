@@ -9,6 +9,8 @@
 //! - [`ChaosProxy`]: a TCP proxy a test can cut, to fail a server for
 //!   itself without stopping the one other tests share.
 //! - [`bench`]: benchmark figures printed beside a committed baseline.
+//! - [`binary`]: checks every service binary must pass (migrate, serve with
+//!   health, reflection and metrics, SIGTERM, a bad setting).
 //!
 //! Server addresses default to the local dependencies `make deps` starts
 //! and can be moved with `TENX_TEST_PG_HOST`, `TENX_TEST_PG_PORT`,
@@ -16,6 +18,7 @@
 
 mod amqp;
 pub mod bench;
+pub mod binary;
 mod chaos;
 mod pg;
 mod redis_prefix;

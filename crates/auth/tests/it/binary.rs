@@ -1,40 +1,17 @@
-//! The `tenx-auth` binary: migrate, serve (health, reflection, /metrics,
-//! SIGTERM), rotate-keys, and a clear exit on bad configuration.
+//! The `tenx-auth` binary: migrate, rotate-keys, serve (health, reflection,
+//! /metrics, SIGTERM), and a clear exit on bad configuration.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use tenx_test_support::binary::{ServiceBinary, free_port};
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
 
-use tenx_test_support::{TestAmqp, TestDb, TestRedis, http_get};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-use crate::support::eventually;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn tenx_auth(db: &TestDb, redis: &TestRedis, amqp: &TestAmqp, grpc: u16, admin: u16) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tenx-auth"));
-    command
-        .env("TENX_AUTH__DATABASE__PRIMARY_URL", db.primary_url())
-        .env("TENX_AUTH__DATABASE__REPLICA_URL", db.replica_url())
-        .env("TENX_AUTH__REDIS__KEY_PREFIX", redis.prefix())
-        .env("TENX_AUTH__AMQP__PREFIX", amqp.prefix())
-        .env("TENX_AUTH__SERVER__LISTEN", format!("127.0.0.1:{grpc}"))
-        .env("TENX_AUTH__SERVER__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
+const AUTH: ServiceBinary = ServiceBinary {
+    path: env!("CARGO_BIN_EXE_tenx-auth"),
+    env_prefix: "TENX_AUTH",
+    service: "tenx.auth.v1.AuthService",
+};
 
 #[tokio::test]
-async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_sigterm() -> anyhow::Result<()>
-{
+async fn the_binary_migrates_rotates_keys_serves_and_stops_on_sigterm() -> anyhow::Result<()> {
     let db = TestDb::from_template("empty", "v1", |_| async { Ok(()) }).await?;
     let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
     let settings = tenx_auth::AuthSettings::isolated(
@@ -45,70 +22,19 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
     )?;
     let topology = tenx_common::queue::Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
     amqp.track(topology.queue_names(), topology.exchange_names());
+
+    AUTH.migrates_serves_and_stops(&db, &redis, &amqp).await?;
     let (grpc, admin) = (free_port()?, free_port()?);
-
-    let migrated = tenx_auth(&db, &redis, &amqp, grpc, admin).arg("migrate").output()?;
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    let rotated = tenx_auth(&db, &redis, &amqp, grpc, admin).arg("rotate-keys").output()?;
-    assert!(String::from_utf8_lossy(&rotated.stdout).starts_with("new signing key: "));
-
-    let mut server = tenx_auth(&db, &redis, &amqp, grpc, admin).arg("serve").spawn()?;
-    let url = format!("http://127.0.0.1:{grpc}");
-    eventually(Duration::from_secs(20), "the server to answer health checks", || {
-        let url = url.clone();
-        async move {
-            let Ok(channel) = tonic::transport::Channel::from_shared(url)?.connect().await else {
-                return Ok(false);
-            };
-            let status = HealthClient::new(channel)
-                .check(HealthCheckRequest { service: "tenx.auth.v1.AuthService".into() })
-                .await?
-                .into_inner()
-                .status;
-            Ok(status == 1)
-        }
-    })
-    .await?;
-    let channel = tonic::transport::Channel::from_shared(url)?.connect().await?;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = ServerReflectionClient::new(channel)
-        .server_reflection_info(futures_util::stream::iter([request]))
-        .await?
-        .into_inner();
-    let services = match answers.message().await?.and_then(|m| m.message_response) {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-        }
-        other => anyhow::bail!("unexpected reflection answer {other:?}"),
-    };
-    assert!(services.contains(&"tenx.auth.v1.AuthService".to_owned()), "{services:?}");
-    let (_, metrics) = http_get(([127, 0, 0, 1], admin).into(), "/metrics").await?;
-    assert!(metrics.contains("tenx_grpc_server_requests_total"), "{metrics}");
-    assert!(http_get(([127, 0, 0, 1], admin).into(), "/readyz").await?.1.contains("postgres: ok"));
-
-    let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status()?;
-    assert!(killed.success());
-    let waited = tokio::task::spawn_blocking(move || server.wait()).await??;
-    assert!(waited.success(), "exit after SIGTERM: {waited:?}");
+    let rotated = AUTH.command(&db, &redis, &amqp, grpc, admin).arg("rotate-keys").output()?;
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).starts_with("new signing key: "),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
     Ok(())
 }
 
 #[test]
 fn a_bad_setting_stops_startup_with_one_line_naming_it_and_no_secret() -> anyhow::Result<()> {
-    let output = Command::new(env!("CARGO_BIN_EXE_tenx-auth"))
-        .env("TENX_AUTH__DATABASE__PRIMARY_URL", "mysql://root:hunter2@db")
-        .arg("serve")
-        .output()?;
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("database.primary_url") && stderr.contains("TENX_AUTH__DATABASE__PRIMARY_URL"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("hunter2"), "{stderr}");
-    Ok(())
+    AUTH.refuses_a_bad_setting_without_leaking_it()
 }

@@ -28,6 +28,14 @@ pub enum ApiError {
     /// Rate limited or locked out; the caller may retry after `retry_after`.
     #[error("{message}")]
     ResourceExhausted { message: String, retry_after: Duration },
+    /// Well formed, but the state does not allow it; `reason` is machine
+    /// readable (sent as google.rpc.ErrorInfo of `domain`).
+    #[error("{message}")]
+    Refused { domain: &'static str, reason: &'static str, message: String },
+    /// A concurrent request holds what this one needs; retrying after
+    /// `retry_after` is safe.
+    #[error("{message}")]
+    Aborted { domain: &'static str, reason: &'static str, message: String, retry_after: Duration },
     /// A dependency is down; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -65,6 +73,20 @@ impl From<ApiError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
+            ApiError::Refused { domain, reason, message } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    domain,
+                    std::collections::HashMap::<String, String>::new(),
+                ),
+            ),
+            ApiError::Aborted { domain, reason, message, retry_after } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(reason, domain, std::collections::HashMap::<String, String>::new());
+                Status::with_error_details(Code::Aborted, message, details)
+            }
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error");

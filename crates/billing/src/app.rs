@@ -1,0 +1,147 @@
+//! Wiring: pools, broker, the gRPC API, the outbox relay, the customers
+//! consumer and the admin port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tenx_common::admin::{self, Readiness};
+use tenx_common::cache::{CacheLayer, Redis};
+use tenx_common::db::{self, Db};
+use tenx_common::grpc::GrpcServer;
+use tenx_common::metrics::Metrics;
+use tenx_common::outbox::Relay;
+use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::billing::v1::billing_service_server::BillingServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
+use crate::customers::{self, CustomerWorker};
+use crate::error::BillingError;
+use crate::idempotency::Keys;
+use crate::provider::SimulatedProvider;
+use crate::service::{BillingApi, Core};
+use crate::settings::BillingSettings;
+
+mod migrations {
+    refinery::embed_migrations!("migrations");
+}
+
+pub const SERVICE_NAME: &str = "tenx.billing.v1.BillingService";
+
+pub async fn migrate(settings: &BillingSettings) -> Result<(), BillingError> {
+    db::migrate(
+        settings.database.primary_url.expose(),
+        &settings.database.schema,
+        Some(migrations::migrations::runner()),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn migrations_fingerprint() -> String {
+    db::fingerprint(&migrations::migrations::runner())
+}
+
+/// The topology of the customers consumer (auth's user events).
+pub fn customers_topology(settings: &BillingSettings) -> Topology {
+    Topology::for_group(&settings.amqp, customers::GROUP, &customers::BINDINGS)
+}
+
+pub struct App {
+    settings: BillingSettings,
+    metrics: Metrics,
+    db: Arc<Db>,
+    amqp: Amqp,
+    cache: CacheLayer,
+    core: Arc<Core>,
+    grpc: GrpcServer,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), BillingError>>,
+}
+
+impl App {
+    pub async fn build(settings: BillingSettings, metrics: Metrics) -> Result<Self, BillingError> {
+        Self::build_with_clock(settings, metrics, Arc::new(SystemClock)).await
+    }
+
+    /// With another clock (tests move time).
+    pub async fn build_with_clock(
+        settings: BillingSettings,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, BillingError> {
+        let db = Arc::new(Db::connect(&settings.database, "tenx-billing", &metrics)?);
+        let redis = Redis::connect(&settings.redis)
+            .map_err(|e| BillingError::Internal(format!("redis settings: {:?}", e.kind())))?;
+        let cache = CacheLayer::new(Some(redis), &metrics);
+        let amqp = Amqp::new(&settings.amqp, "tenx-billing");
+        let core = Arc::new(Core {
+            db: db.clone(),
+            clock,
+            catalog: Catalog::new(db.clone(), settings.billing.trial_days),
+            keys: Keys::new(settings.idempotency.clone()),
+            provider: Arc::new(SimulatedProvider::default()),
+            currency_default: settings.billing.currency_default.clone(),
+        });
+        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
+        Ok(Self { settings, metrics, db, amqp, cache, core, grpc })
+    }
+
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, BillingError> {
+        let io = |e: std::io::Error| BillingError::Internal(format!("bind: {e}"));
+        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
+        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
+        tracing::info!(%grpc_addr, %admin_addr, "tenx-billing listening");
+        let task = tokio::spawn(self.run(grpc, admin, shutdown));
+        Ok(Running { grpc_addr, admin_addr, task })
+    }
+
+    async fn run(
+        self,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), BillingError> {
+        let mut tasks = JoinSet::new();
+        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
+        let stop = shutdown.child();
+        tasks.spawn(async move { relay.run(stop).await });
+        let consumer = Consumer::new(
+            self.amqp.clone(),
+            customers_topology(&self.settings),
+            CustomerWorker { db: self.db.clone(), clock: self.core.clock.clone() },
+            &self.metrics,
+        );
+        let stop = shutdown.child();
+        tasks.spawn(async move { consumer.run(stop).await });
+        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
+        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
+        tasks.spawn(async move {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+        let router =
+            self.grpc.router().add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())));
+        let served =
+            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
+        shutdown.trigger();
+        while tasks.join_next().await.is_some() {}
+        self.amqp.close().await;
+        served.map_err(|e| BillingError::Internal(format!("gRPC server: {e}")))
+    }
+}

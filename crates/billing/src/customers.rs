@@ -1,0 +1,177 @@
+//! Customers: one per auth user, created from `auth.user.signed_up` (or by
+//! the user's first mutating call if that event is late); both paths insert
+//! with `ON CONFLICT (user_id) DO NOTHING`, and only the inserter publishes
+//! `billing.customer.created`.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::GenericClient;
+use prost::Message as _;
+use rand::Rng;
+use tenx_common::outbox::{self, NewEvent};
+use tenx_common::queue::{Handler, HandlerError, Message, inbox};
+use tenx_proto::auth::v1 as auth;
+use tenx_proto::billing::v1 as pb;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::error::BillingError;
+
+/// Consumer group of auth's user events.
+pub const GROUP: &str = "billing.customers";
+pub const BINDINGS: [&str; 2] = ["auth.user.signed_up", "auth.user.updated"];
+
+const COLUMNS: &str =
+    "c.id, c.user_id, c.email, c.currency, c.invoice_prefix, c.default_payment_method_id, c.created_at";
+
+/// Crockford base32: no I, L, O, U.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+fn invoice_prefix() -> String {
+    let mut rng = rand::thread_rng();
+    (0..8).map(|_| char::from(CROCKFORD[rng.gen_range(0..32)])).collect()
+}
+
+/// The customer of `user`, created (with its event) if there is none yet.
+/// Returns its id and whether this call created it.
+pub async fn ensure<C: GenericClient>(
+    tx: &C,
+    clock: &dyn Clock,
+    user: Uuid,
+    email: &str,
+) -> Result<(Uuid, bool), BillingError> {
+    let now = clock.now();
+    for _ in 0..5 {
+        let id = Uuid::now_v7();
+        let prefix = invoice_prefix();
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO customers (id, user_id, email, invoice_prefix, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (user_id) DO NOTHING RETURNING id",
+                &[&id, &user, &email, &prefix, &now],
+            )
+            .await;
+        match inserted {
+            Ok(Some(_)) => {
+                let event = tenx_proto::billing::v1::CustomerCreated {
+                    customer_id: id.to_string(),
+                    user_id: user.to_string(),
+                    email: email.to_owned(),
+                    invoice_prefix: prefix,
+                    created_at: Some(now.into()),
+                };
+                outbox::enqueue(tx, &NewEvent::new("billing.customer.created", &id.to_string(), &event))
+                    .await
+                    .map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
+                return Ok((id, true));
+            }
+            Ok(None) => {
+                let row = tx.query_one("SELECT id FROM customers WHERE user_id = $1", &[&user]).await?;
+                return Ok((row.get(0), false));
+            }
+            // Another customer has this prefix (1 in 10^12): draw again.
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(BillingError::Internal("no free invoice prefix after 5 draws".into()))
+}
+
+/// The customer row of `user`, if any.
+pub async fn of_user<C: GenericClient>(
+    db: &C,
+    user: Uuid,
+) -> Result<Option<tokio_postgres::Row>, BillingError> {
+    Ok(db.query_opt(&format!("SELECT {COLUMNS} FROM customers c WHERE c.user_id = $1"), &[&user]).await?)
+}
+
+pub async fn by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<tokio_postgres::Row>, BillingError> {
+    Ok(db.query_opt(&format!("SELECT {COLUMNS} FROM customers c WHERE c.id = $1"), &[&id]).await?)
+}
+
+/// A customer row as the API shows it, with its credit balance (credit is
+/// the liability side of `customer_credit`, so its balance is negated).
+pub async fn to_proto<C: GenericClient>(
+    db: &C,
+    row: &tokio_postgres::Row,
+) -> Result<pb::Customer, BillingError> {
+    let id: Uuid = row.get("id");
+    let credit: i64 = db
+        .query_one(
+            "SELECT COALESCE(-sum(amount_minor), 0)::bigint FROM ledger_entries \
+             WHERE customer_id = $1 AND account = 'customer_credit'",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    Ok(pb::Customer {
+        id: id.to_string(),
+        user_id: row.get::<_, Uuid>("user_id").to_string(),
+        email: row.get("email"),
+        currency: row.get::<_, Option<String>>("currency").unwrap_or_default(),
+        invoice_prefix: row.get("invoice_prefix"),
+        default_payment_method_id: row
+            .get::<_, Option<Uuid>>("default_payment_method_id")
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        credit_balance_minor: credit,
+        created_at: Some(row.get::<_, SystemTime>("created_at").into()),
+    })
+}
+
+/// Consumes `auth.user.signed_up` (creates the customer, or fills in the
+/// email of one a billing call created first) and `auth.user.updated`
+/// (keeps the email current, since receipts go to it).
+#[derive(Debug)]
+pub struct CustomerWorker {
+    pub db: std::sync::Arc<tenx_common::db::Db>,
+    pub clock: std::sync::Arc<dyn Clock>,
+}
+
+fn retry(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(e.to_string())
+}
+
+impl Handler for CustomerWorker {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        let payload = message.envelope.payload.as_slice();
+        let (user, email) = match message.event_type() {
+            "auth.user.signed_up" => {
+                let e =
+                    auth::UserSignedUp::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                (e.user_id, e.email)
+            }
+            "auth.user.updated" => {
+                let e =
+                    auth::UserUpdated::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                (e.user_id, e.email)
+            }
+            _ => return Ok(()),
+        };
+        let user =
+            Uuid::parse_str(&user).map_err(|_| HandlerError::Reject(format!("bad user id {user:?}")))?;
+        let mut conn = self.db.write().await.map_err(retry)?;
+        let tx = conn.transaction().await.map_err(retry)?;
+        if !inbox::claim(&tx, GROUP, message.id()).await.map_err(retry)? {
+            return Ok(());
+        }
+        if message.event_type() == "auth.user.signed_up" {
+            let (_, created) = ensure(&tx, self.clock.as_ref(), user, &email).await.map_err(retry)?;
+            if created {
+                tx.commit().await.map_err(retry)?;
+                return Ok(());
+            }
+        }
+        // An existing customer (created by an early billing call, or a
+        // changed address): the email follows auth's.
+        tx.execute(
+            "UPDATE customers SET email = $2, updated_at = $3 WHERE user_id = $1 AND email <> $2",
+            &[&user, &email, &self.clock.now()],
+        )
+        .await
+        .map_err(retry)?;
+        tx.commit().await.map_err(retry)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! tenx-billing: plans, customers, payment methods, subscriptions,
+//! invoices, payments, usage and a double-entry ledger.
+//! docs/services/billing.md is the design; this crate builds it up.
+
+pub mod app;
+pub mod catalog;
+pub mod clock;
+pub mod customers;
+pub mod error;
+pub mod idempotency;
+pub mod payment_methods;
+pub mod provider;
+pub mod service;
+pub mod settings;
+
+pub use app::{App, Running, migrate};
+pub use settings::BillingSettings;

@@ -1,0 +1,128 @@
+//! `tenx-billing` settings: the shared sections plus billing, idempotency
+//! and the payment provider.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tenx_common::cache::RedisSettings;
+use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
+use tenx_common::db::DbSettings;
+use tenx_common::grpc::ServerSettings;
+use tenx_common::outbox::RelaySettings;
+use tenx_common::queue::AmqpSettings;
+use tenx_common::telemetry::TelemetrySettings;
+
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingSettings {
+    pub server: ServerSettings,
+    pub database: DbSettings,
+    pub redis: RedisSettings,
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub outbox: RelaySettings,
+    pub billing: BillingRules,
+    pub idempotency: IdempotencySettings,
+    pub provider: ProviderSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingRules {
+    pub currency_default: String,
+    pub trial_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    pub ttl_hours: u64,
+    pub lease_seconds: u64,
+    pub retry_after_ms: u64,
+}
+
+impl IdempotencySettings {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_hours * 3600)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    pub kind: String,
+    pub timeout_ms: u64,
+}
+
+impl BillingSettings {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut loader = Loader::new("billing", DEFAULTS);
+        if let Some(path) = file {
+            loader = loader.file(path);
+        }
+        loader.load()
+    }
+
+    pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        Loader::new("billing", DEFAULTS).env_from(vars).load()
+    }
+
+    /// Settings for an isolated instance on loopback (tests, benchmarks).
+    pub fn isolated(
+        primary: &str,
+        replica: &str,
+        redis_prefix: &str,
+        amqp_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let vars = [
+            ("TENX_BILLING__DATABASE__PRIMARY_URL", primary),
+            ("TENX_BILLING__DATABASE__REPLICA_URL", replica),
+            ("TENX_BILLING__REDIS__KEY_PREFIX", redis_prefix),
+            ("TENX_BILLING__AMQP__PREFIX", amqp_prefix),
+            ("TENX_BILLING__AMQP__MAX_ATTEMPTS", "3"),
+            ("TENX_BILLING__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TENX_BILLING__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            ("TENX_BILLING__TELEMETRY__LOG_FORMAT", "pretty"),
+        ];
+        Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+}
+
+impl Validate for BillingSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.database.validate()?;
+        self.redis.validate()?;
+        self.amqp.validate()?;
+        self.telemetry.validate()?;
+        let c = &self.billing.currency_default;
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Invalid::new("billing.currency_default", "must be an ISO 4217 code like USD"));
+        }
+        if self.billing.trial_days > 730 {
+            return Err(Invalid::new("billing.trial_days", "must be 0–730"));
+        }
+        let i = &self.idempotency;
+        if i.ttl_hours == 0 || i.lease_seconds == 0 {
+            return Err(Invalid::new("idempotency", "ttl_hours and lease_seconds must be positive"));
+        }
+        if i.lease_seconds * 1000 <= self.provider.timeout_ms {
+            return Err(Invalid::new(
+                "idempotency.lease_seconds",
+                "must outlast provider.timeout_ms, or a slow charge would lose its key",
+            ));
+        }
+        if self.provider.kind != "simulated" {
+            return Err(Invalid::new("provider.kind", "only \"simulated\" exists yet"));
+        }
+        if self.provider.timeout_ms == 0 {
+            return Err(Invalid::new("provider.timeout_ms", "must be positive"));
+        }
+        Ok(())
+    }
+}

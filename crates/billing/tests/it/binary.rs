@@ -1,0 +1,32 @@
+//! The `tenx-billing` binary: migrate, serve (health, reflection, /metrics,
+//! SIGTERM), and a clear exit on bad configuration.
+
+use tenx_test_support::binary::ServiceBinary;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+
+const BILLING: ServiceBinary = ServiceBinary {
+    path: env!("CARGO_BIN_EXE_tenx-billing"),
+    env_prefix: "TENX_BILLING",
+    service: "tenx.billing.v1.BillingService",
+};
+
+#[tokio::test]
+async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_sigterm() -> anyhow::Result<()>
+{
+    let db = TestDb::from_template("empty", "v1", |_| async { Ok(()) }).await?;
+    let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
+    let settings = tenx_billing::BillingSettings::isolated(
+        &db.primary_url(),
+        &db.replica_url(),
+        redis.prefix(),
+        amqp.prefix(),
+    )?;
+    let topology = tenx_billing::app::customers_topology(&settings);
+    amqp.track(topology.queue_names(), topology.exchange_names());
+    BILLING.migrates_serves_and_stops(&db, &redis, &amqp).await
+}
+
+#[test]
+fn a_bad_setting_stops_startup_with_one_line_naming_it_and_no_secret() -> anyhow::Result<()> {
+    BILLING.refuses_a_bad_setting_without_leaking_it()
+}

@@ -1,0 +1,7 @@
+//! Integration tests of tenx-billing through its gRPC client, against real
+//! Postgres (primary + replica), Redis and RabbitMQ.
+
+mod binary;
+mod catalog;
+mod customers;
+mod support;

@@ -1,0 +1,131 @@
+//! A test's own billing deployment, a clock it controls, and calls made as
+//! the gateway makes them (caller and roles in metadata).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tenx_billing::clock::ManualClock;
+use tenx_billing::{App, BillingSettings, Running};
+use tenx_common::metrics::Metrics;
+use tenx_common::queue::{Amqp, Outgoing, Publisher};
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::billing::v1::billing_service_client::BillingServiceClient;
+use tenx_proto::events::v1::Envelope;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub use tenx_test_support::eventually;
+
+pub type Client = BillingServiceClient<Channel>;
+
+pub struct TestBilling {
+    pub db: TestDb,
+    _redis: TestRedis,
+    _amqp: TestAmqp,
+    pub settings: BillingSettings,
+    pub clock: ManualClock,
+    pub shutdown: Shutdown,
+    pub running: Running,
+}
+
+impl TestBilling {
+    pub async fn start() -> anyhow::Result<Self> {
+        let db = TestDb::from_template(
+            "billing",
+            &tenx_billing::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_billing::migrate(&BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
+        let settings =
+            BillingSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
+        let topology = tenx_billing::app::customers_topology(&settings);
+        amqp.track(topology.queue_names(), topology.exchange_names());
+        let broker = Amqp::new(&settings.amqp, "test-declare");
+        topology.declare(&broker.channel().await?).await?;
+        // 2026-01-01T00:00:00Z: the catalog's own creation time.
+        let clock = ManualClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600));
+        let shutdown = Shutdown::new();
+        let running = App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone()))
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        Ok(Self { db, _redis: redis, _amqp: amqp, settings, clock, shutdown, running })
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let url = format!("http://{}", self.running.grpc_addr);
+        Ok(BillingServiceClient::new(Channel::from_shared(url)?.connect().await?))
+    }
+
+    /// Publishes an event as another service's relay would.
+    pub async fn publish<M: prost::Message>(&self, event_type: &str, payload: &M) -> anyhow::Result<String> {
+        let id = Uuid::now_v7().to_string();
+        let envelope = Envelope {
+            id: id.clone(),
+            r#type: event_type.to_owned(),
+            aggregate_id: "test".into(),
+            payload: payload.encode_to_vec(),
+            ..Default::default()
+        };
+        let amqp = Amqp::new(&self.settings.amqp, "test-publisher");
+        Publisher::new(amqp)
+            .publish(&[Outgoing::event(&self.settings.amqp.exchange_name(), &envelope)])
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.db.primary_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("SET search_path TO billing").await?;
+        Ok(client)
+    }
+
+    /// How many rows `table` has.
+    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(self.sql().await?.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
+    }
+}
+
+impl Drop for TestBilling {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// `message` as sent by the gateway for `user`.
+pub fn as_user<T>(user: Uuid, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(v) = user.to_string().parse() {
+        request.metadata_mut().insert("x-tenx-user-id", v);
+    }
+    request
+}
+
+/// `message` as sent for `user` with an idempotency key.
+pub fn keyed<T>(user: Uuid, key: &str, message: T) -> tonic::Request<T> {
+    let mut request = as_user(user, message);
+    if let Ok(v) = key.parse() {
+        request.metadata_mut().insert("idempotency-key", v);
+    }
+    request
+}
+
+/// `message` for an operator with the admin role.
+pub fn as_admin<T>(user: Uuid, message: T) -> tonic::Request<T> {
+    let mut request = as_user(user, message);
+    request
+        .metadata_mut()
+        .insert("x-tenx-roles", tonic::metadata::MetadataValue::from_static("support,admin"));
+    request
+}
+
+/// The ErrorInfo reason of a refused call.
+pub fn reason(status: &tonic::Status) -> String {
+    tonic_types::StatusExt::get_details_error_info(status).map(|i| i.reason).unwrap_or_default()
+}
