@@ -192,6 +192,7 @@ class ImageWorkflow(unittest.TestCase):
         self.assertIn("gateway", td.crate_services())
         self.assertEqual(self.pick("crates/gateway/src/http.rs"), ["gateway"])
         self.assertEqual(self.pick("crates/auth/src/lib.rs"), ["auth"])
+        self.assertEqual(self.pick("crates/billing/migrations/V1__billing.sql"), ["billing"])
         for shared in ("crates/common/src/lib.rs", "crates/proto/src/lib.rs", "proto/tenx/auth/v1/auth.proto", "Cargo.lock"):
             with self.subTest(shared):
                 self.assertEqual(self.pick(shared), td.crate_services())
