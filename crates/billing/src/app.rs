@@ -95,7 +95,9 @@ impl App {
             catalog: Catalog::new(db.clone(), settings.billing.trial_days),
             keys: Keys::new(settings.idempotency.clone()),
             provider: Arc::new(SimulatedProvider::default()),
+            provider_timeout: std::time::Duration::from_millis(settings.provider.timeout_ms),
             currency_default: settings.billing.currency_default.clone(),
+            default_trial_days: settings.billing.trial_days,
         });
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
         Ok(Self { settings, metrics, db, amqp, cache, core, grpc })

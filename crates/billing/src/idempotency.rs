@@ -165,6 +165,24 @@ impl Keys {
         Ok(Claimed::Run(claim(row.get("recovery_point"), row.get("resource_id"))))
     }
 
+    /// Records how far a multi-step request got (e.g. `charge_pending`
+    /// with the attempt id), in the transaction of that step, so a retry
+    /// after a crash resumes there.
+    pub async fn progress<C: deadpool_postgres::GenericClient>(
+        &self,
+        tx: &C,
+        claim: &Claim,
+        point: &str,
+        resource: Uuid,
+    ) -> Result<(), BillingError> {
+        tx.execute(
+            "UPDATE idempotency_keys SET recovery_point = $3, resource_id = $4 WHERE caller = $1 AND key = $2",
+            &[&claim.caller, &claim.key, &point, &resource],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Stores the successful response, inside the transaction of the
     /// request's effects.
     pub async fn complete<C: deadpool_postgres::GenericClient, M: Message>(

@@ -8,10 +8,16 @@ pub mod clock;
 pub mod customers;
 pub mod error;
 pub mod idempotency;
+pub mod invoices;
+pub mod ledger;
+pub mod model;
 pub mod payment_methods;
+pub mod payments;
+pub mod periods;
 pub mod provider;
 pub mod service;
 pub mod settings;
+pub mod subscriptions;
 
 pub use app::{App, Running, migrate};
 pub use settings::BillingSettings;

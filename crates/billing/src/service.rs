@@ -1,9 +1,11 @@
 //! The gRPC API: `tenx.billing.v1.BillingService`.
 //!
-//! Built so far: the catalog, customers and payment methods (with
-//! idempotency keys). The subscription, invoice, payment, usage and ledger
-//! RPCs answer UNIMPLEMENTED until they land (docs/services/billing.md is
-//! their design).
+//! Built so far: the catalog, customers, payment methods, creating and
+//! reading subscriptions, invoices and paying them (every mutation under
+//! its idempotency key). ChangePlan, CancelSubscription, RecordUsage and
+//! ListLedgerEntries answer UNIMPLEMENTED until they land
+//! (docs/services/billing.md is their design), as do the scheduler's
+//! renewals and dunning.
 
 use std::sync::Arc;
 
@@ -17,9 +19,11 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::BillingError;
-use crate::idempotency::{self, Claimed, Keys};
+use crate::idempotency::{self, Claim, Claimed, Keys};
+use crate::payments::{self, Attempt, Charged};
 use crate::provider::{PaymentProvider, ProviderError, SimulatedProvider};
-use crate::{customers, payment_methods};
+use crate::subscriptions::{self, Created};
+use crate::{customers, model, payment_methods, periods};
 
 /// Request metadata with the caller's user id, set by the gateway.
 pub const USER_ID: &str = "x-tenx-user-id";
@@ -35,7 +39,9 @@ pub struct Core {
     pub catalog: Catalog,
     pub keys: Keys,
     pub provider: Arc<SimulatedProvider>,
+    pub provider_timeout: std::time::Duration,
     pub currency_default: String,
+    pub default_trial_days: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +72,50 @@ fn is_admin(metadata: &MetadataMap) -> bool {
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, BillingError> {
     Uuid::parse_str(raw).map_err(|_| BillingError::invalid(field, "must be a UUID"))
+}
+
+fn optional_uuid(field: &str, raw: &str) -> Result<Option<Uuid>, BillingError> {
+    if raw.is_empty() { Ok(None) } else { uuid(field, raw).map(Some) }
+}
+
+fn provider_error(error: ProviderError) -> BillingError {
+    match error {
+        ProviderError::Unavailable(message) => BillingError::Provider { reason: "PROVIDER_ERROR", message },
+        ProviderError::Timeout => BillingError::Provider {
+            reason: "PROVIDER_TIMEOUT",
+            message: "the payment provider did not answer in time".into(),
+        },
+    }
+}
+
+/// Page size (0 → 20, at most 100) and the id to continue after (the
+/// token is the last id of the previous page; lists are newest first by
+/// their time-ordered UUIDv7 ids).
+fn page(size: u32, token: &str) -> Result<(i64, Option<Uuid>), BillingError> {
+    let limit = match size {
+        0 => 20,
+        1..=100 => i64::from(size),
+        _ => return Err(BillingError::invalid("page_size", "must be at most 100")),
+    };
+    let after = if token.is_empty() {
+        None
+    } else {
+        Some(
+            Uuid::parse_str(token)
+                .map_err(|_| BillingError::invalid("page_token", "is not a token this service issued"))?,
+        )
+    };
+    Ok((limit, after))
+}
+
+/// Trims the extra row fetched to know whether another page exists.
+fn next_token<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &String) -> String {
+    if items.len() as i64 > limit {
+        items.truncate(usize::try_from(limit).unwrap_or(0));
+        items.last().map(|i| id(i).clone()).unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 fn not_yet(what: &str) -> Status {
@@ -104,48 +154,62 @@ impl Core {
         Ok(pb::GetCustomerResponse { customer: Some(customer), payment_methods })
     }
 
-    async fn add_payment_method(
+    /// Runs a mutating request under its idempotency key: replays a stored
+    /// answer, refuses a reused key, or runs `work` with the claim (which
+    /// must store its response through [`Keys::complete`] in its last
+    /// transaction); a failure is stored or releases the key.
+    async fn idempotent<Req, Resp, F, Fut>(
         &self,
         metadata: &MetadataMap,
-        request: pb::AddPaymentMethodRequest,
-    ) -> Result<(pb::AddPaymentMethodResponse, bool), BillingError> {
+        name: &str,
+        request: &Req,
+        work: F,
+    ) -> Result<(Resp, bool), BillingError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+        F: FnOnce(Claim) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, BillingError>>,
+    {
         let user = caller(metadata)?;
         let key = idempotency::key_of(metadata, true)?.unwrap_or_default();
-        let token = request.token.trim();
-        if token.is_empty() || token.len() > 200 {
-            return Err(BillingError::invalid("token", "is required (at most 200 characters)"));
-        }
-        if !self.provider.recognizes(token) {
-            return Err(BillingError::invalid("token", "is not a token the payment provider issued"));
-        }
-        let method = format!("{METHOD_PREFIX}AddPaymentMethod");
-        let hash = idempotency::request_hash(&method, &request);
+        let method = format!("{METHOD_PREFIX}{name}");
+        let hash = idempotency::request_hash(&method, request);
         let claim = match self
             .keys
             .claim(&self.db, self.clock.as_ref(), &user.to_string(), &key, &method, &hash)
             .await?
         {
             Claimed::Replay(status, Some(body)) if status.code() == tonic::Code::Ok => {
-                let response = prost::Message::decode(body.as_slice())
+                let response = Resp::decode(body.as_slice())
                     .map_err(|e| BillingError::Internal(format!("stored response: {e}")))?;
                 return Ok((response, true));
             }
             Claimed::Replay(status, _) => return Err(BillingError::Replayed(status)),
             Claimed::Run(claim) => claim,
         };
-        let outcome = async {
-            let attached = match self.provider.attach(token).await {
-                Ok(attached) => attached,
-                Err(ProviderError::Unavailable(m)) => {
-                    return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: m });
-                }
-                Err(ProviderError::Timeout) => {
-                    return Err(BillingError::Provider {
-                        reason: "PROVIDER_TIMEOUT",
-                        message: "the payment provider did not answer in time".into(),
-                    });
-                }
-            };
+        match work(claim.clone()).await {
+            Ok(response) => Ok((response, false)),
+            Err(error) => Err(self.keys.fail(&self.db, self.clock.as_ref(), &claim, error).await),
+        }
+    }
+
+    async fn add_payment_method(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::AddPaymentMethodRequest,
+    ) -> Result<(pb::AddPaymentMethodResponse, bool), BillingError> {
+        let user = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let token = request.token.trim().to_owned();
+        if token.is_empty() || token.len() > 200 {
+            return Err(BillingError::invalid("token", "is required (at most 200 characters)"));
+        }
+        if !self.provider.recognizes(&token) {
+            return Err(BillingError::invalid("token", "is not a token the payment provider issued"));
+        }
+        self.idempotent(metadata, "AddPaymentMethod", &request, |claim| async move {
+            let attached = self.provider.attach(&token).await.map_err(provider_error)?;
             let mut conn = self.db.write().await?;
             let tx = conn.transaction().await?;
             let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
@@ -162,12 +226,325 @@ impl Core {
             self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
             tx.commit().await?;
             Ok(response)
+        })
+        .await
+    }
+
+    async fn create_subscription(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::CreateSubscriptionRequest,
+    ) -> Result<(pb::CreateSubscriptionResponse, bool), BillingError> {
+        let user = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let price_id = uuid("price_id", &request.price_id)?;
+        let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
+        if request.trial_days.is_some_and(|d| d > 730) {
+            return Err(BillingError::invalid("trial_days", "must be 0–730"));
         }
-        .await;
-        match outcome {
-            Ok(response) => Ok((response, false)),
-            Err(error) => Err(self.keys.fail(&self.db, self.clock.as_ref(), &claim, error).await),
+        self.idempotent(metadata, "CreateSubscription", &request, |claim| async move {
+            let (subscription, attempt, resume) = match self.resumed(&claim).await? {
+                Some((attempt, resume)) => {
+                    let sub: Uuid = self
+                        .db
+                        .write()
+                        .await?
+                        .query_one(
+                            "SELECT subscription_id FROM invoices WHERE id = $1",
+                            &[&attempt.invoice_id],
+                        )
+                        .await?
+                        .get(0);
+                    (sub, attempt, resume)
+                }
+                None => {
+                    let now = periods::whole_second(self.clock.now());
+                    let mut conn = self.db.write().await?;
+                    let tx = conn.transaction().await?;
+                    let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
+                    let price = subscriptions::price(&tx, price_id).await?;
+                    let trial = request
+                        .trial_days
+                        .unwrap_or_else(|| price.trial_days.unwrap_or(self.default_trial_days));
+                    match subscriptions::create(
+                        &tx,
+                        now,
+                        customer,
+                        &price,
+                        method,
+                        trial,
+                        self.provider.name(),
+                    )
+                    .await?
+                    {
+                        Created::Done(sub) => {
+                            let response = pb::CreateSubscriptionResponse {
+                                subscription: Some(model::load_subscription(&tx, sub).await?),
+                                invoice: None,
+                                payment_attempt: None,
+                            };
+                            self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
+                            tx.commit().await?;
+                            return Ok(response);
+                        }
+                        Created::Charge(sub, attempt) => {
+                            self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
+                            tx.commit().await?;
+                            (sub, attempt, false)
+                        }
+                    }
+                }
+            };
+            let charged =
+                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
+            self.settle_and_reply(&claim, &attempt, &charged, |tx, attempt| {
+                Box::pin(async move {
+                    let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
+                    let payment_attempt =
+                        invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
+                    Ok(pb::CreateSubscriptionResponse {
+                        subscription: Some(model::load_subscription(tx, subscription).await?),
+                        invoice: Some(invoice),
+                        payment_attempt,
+                    })
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn pay_invoice(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::PayInvoiceRequest,
+    ) -> Result<(pb::PayInvoiceResponse, bool), BillingError> {
+        let user = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let invoice_id = uuid("invoice_id", &request.invoice_id)?;
+        let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
+        self.idempotent(metadata, "PayInvoice", &request, |claim| async move {
+            let (attempt, resume) = match self.resumed(&claim).await? {
+                Some(found) => found,
+                None => {
+                    let mut conn = self.db.write().await?;
+                    let tx = conn.transaction().await?;
+                    // Not yours and not found look the same.
+                    tx.query_opt(
+                        "SELECT 1 FROM invoices i JOIN customers c ON c.id = i.customer_id \
+                         WHERE i.id = $1 AND c.user_id = $2",
+                        &[&invoice_id, &user],
+                    )
+                    .await?
+                    .ok_or(BillingError::NotFound("invoice"))?;
+                    let now = self.clock.now();
+                    let attempt =
+                        payments::begin(&tx, now, invoice_id, method, "customer", self.provider.name())
+                            .await?;
+                    self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
+                    tx.commit().await?;
+                    (attempt, false)
+                }
+            };
+            let charged =
+                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
+            self.settle_and_reply(&claim, &attempt, &charged, |tx, attempt| {
+                Box::pin(async move {
+                    let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
+                    let payment_attempt =
+                        invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
+                    Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
+                })
+            })
+            .await
+        })
+        .await
+    }
+
+    /// The attempt an interrupted request left behind: a pending one is
+    /// looked up at the provider (`true`); one that failed on the
+    /// provider's side is replaced by a new attempt on the same invoice.
+    async fn resumed(&self, claim: &Claim) -> Result<Option<(Attempt, bool)>, BillingError> {
+        let (Some(attempt_id), "charge_pending") = (claim.resource_id, claim.recovery_point.as_str()) else {
+            return Ok(None);
+        };
+        let mut conn = self.db.write().await?;
+        if let Some(pending) = payments::pending(&*conn, attempt_id).await? {
+            return Ok(Some((pending, true)));
         }
+        let tx = conn.transaction().await?;
+        let invoice: Uuid = tx
+            .query_one("SELECT invoice_id FROM payment_attempts WHERE id = $1", &[&attempt_id])
+            .await?
+            .get(0);
+        let attempt =
+            payments::begin(&tx, self.clock.now(), invoice, None, "customer", self.provider.name()).await?;
+        self.keys.progress(&tx, claim, "charge_pending", attempt.id).await?;
+        tx.commit().await?;
+        Ok(Some((attempt, false)))
+    }
+
+    /// Records the provider's answer and, when it is one, the response
+    /// under the key, in one transaction. No answer (a timeout) leaves the
+    /// attempt pending and the key free for a retry that resumes.
+    async fn settle_and_reply<R>(
+        &self,
+        claim: &Claim,
+        attempt: &Attempt,
+        charged: &Charged,
+        reply: impl for<'a> FnOnce(
+            &'a deadpool_postgres::Transaction<'a>,
+            &'a Attempt,
+        ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>,
+    ) -> Result<R, BillingError>
+    where
+        R: prost::Message,
+    {
+        if let Charged::Timeout = charged {
+            return Err(BillingError::Provider {
+                reason: "PROVIDER_TIMEOUT",
+                message: "the payment provider did not answer in time; retry with the same idempotency key"
+                    .into(),
+            });
+        }
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        if let Charged::Unavailable(message) = charged {
+            tx.commit().await?;
+            return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
+        }
+        let response = reply(&tx, attempt).await?;
+        self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    /// The caller's customer id (or, for an admin, the requested one), or
+    /// NOT_FOUND.
+    async fn own_customer(&self, metadata: &MetadataMap, requested: &str) -> Result<Uuid, BillingError> {
+        let user = caller(metadata)?;
+        let conn = self.db.write().await?;
+        let row = if requested.is_empty() {
+            customers::of_user(&*conn, user).await?
+        } else {
+            let id = uuid("customer_id", requested)?;
+            customers::by_id(&*conn, id)
+                .await?
+                .filter(|row| is_admin(metadata) || row.get::<_, Uuid>("user_id") == user)
+        };
+        Ok(row.ok_or(BillingError::NotFound("customer"))?.get("id"))
+    }
+
+    async fn get_subscription(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::GetSubscriptionRequest,
+    ) -> Result<pb::GetSubscriptionResponse, BillingError> {
+        let user = caller(metadata)?;
+        let id = uuid("subscription_id", &request.subscription_id)?;
+        let conn = self.db.write().await?;
+        let visible = conn
+            .query_opt(
+                "SELECT c.user_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE s.id = $1",
+                &[&id],
+            )
+            .await?
+            .is_some_and(|r| is_admin(metadata) || r.get::<_, Uuid>(0) == user);
+        if !visible {
+            return Err(BillingError::NotFound("subscription"));
+        }
+        Ok(pb::GetSubscriptionResponse { subscription: Some(model::load_subscription(&*conn, id).await?) })
+    }
+
+    async fn list_subscriptions(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::ListSubscriptionsRequest,
+    ) -> Result<pb::ListSubscriptionsResponse, BillingError> {
+        let (limit, after) = page(request.page_size, &request.page_token)?;
+        let statuses = request
+            .statuses
+            .iter()
+            .map(|s| {
+                pb::SubscriptionStatus::try_from(*s)
+                    .ok()
+                    .and_then(model::status_name)
+                    .ok_or_else(|| BillingError::invalid("statuses", "unknown status"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let customer = self.own_customer(metadata, &request.customer_id).await?;
+        let conn = self.db.write().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {} FROM subscriptions s JOIN prices p ON p.id = s.price_id \
+                     WHERE s.customer_id = $1 AND (cardinality($2::text[]) = 0 OR s.status = ANY($2)) \
+                       AND ($3::uuid IS NULL OR s.id < $3) ORDER BY s.id DESC LIMIT $4",
+                    model::SUBSCRIPTION_COLUMNS
+                ),
+                &[&customer, &statuses, &after, &(limit + 1)],
+            )
+            .await?;
+        let mut subscriptions: Vec<pb::Subscription> = rows.iter().map(model::subscription).collect();
+        let next_page_token = next_token(&mut subscriptions, limit, |s| &s.id);
+        Ok(pb::ListSubscriptionsResponse { subscriptions, next_page_token })
+    }
+
+    async fn list_invoices(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::ListInvoicesRequest,
+    ) -> Result<pb::ListInvoicesResponse, BillingError> {
+        let (limit, after) = page(request.page_size, &request.page_token)?;
+        let subscription = optional_uuid("subscription_id", &request.subscription_id)?;
+        let statuses = request
+            .statuses
+            .iter()
+            .map(|s| {
+                pb::InvoiceStatus::try_from(*s)
+                    .ok()
+                    .and_then(model::invoice_status_name)
+                    .ok_or_else(|| BillingError::invalid("statuses", "unknown status"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let customer = self.own_customer(metadata, &request.customer_id).await?;
+        let conn = self.db.write().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {} FROM invoices WHERE customer_id = $1 AND ($2::uuid IS NULL OR subscription_id = $2) \
+                       AND (cardinality($3::text[]) = 0 OR status = ANY($3)) AND ($4::uuid IS NULL OR id < $4) \
+                     ORDER BY id DESC LIMIT $5",
+                    model::INVOICE_COLUMNS
+                ),
+                &[&customer, &subscription, &statuses, &after, &(limit + 1)],
+            )
+            .await?;
+        let mut invoices: Vec<pb::Invoice> = rows.iter().map(model::invoice).collect();
+        let next_page_token = next_token(&mut invoices, limit, |i| &i.id);
+        Ok(pb::ListInvoicesResponse { invoices, next_page_token })
+    }
+
+    async fn get_invoice(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::GetInvoiceRequest,
+    ) -> Result<pb::GetInvoiceResponse, BillingError> {
+        let user = caller(metadata)?;
+        let id = uuid("invoice_id", &request.invoice_id)?;
+        let conn = self.db.write().await?;
+        let visible = conn
+            .query_opt(
+                "SELECT c.user_id FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.id = $1",
+                &[&id],
+            )
+            .await?
+            .is_some_and(|r| is_admin(metadata) || r.get::<_, Uuid>(0) == user);
+        if !visible {
+            return Err(BillingError::NotFound("invoice"));
+        }
+        Ok(pb::GetInvoiceResponse { invoice: Some(model::load_invoice(&*conn, id).await?) })
     }
 
     async fn list_plans(
@@ -236,23 +613,27 @@ impl BillingService for BillingApi {
 
     async fn create_subscription(
         &self,
-        _: Request<pb::CreateSubscriptionRequest>,
+        request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
-        Err(not_yet("CreateSubscription"))
+        let (metadata, _, message) = request.into_parts();
+        let (response, replayed) = self.core.create_subscription(&metadata, message).await?;
+        Ok(respond(response, replayed))
     }
 
     async fn get_subscription(
         &self,
-        _: Request<pb::GetSubscriptionRequest>,
+        request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
-        Err(not_yet("GetSubscription"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.get_subscription(&metadata, message).await?))
     }
 
     async fn list_subscriptions(
         &self,
-        _: Request<pb::ListSubscriptionsRequest>,
+        request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        Err(not_yet("ListSubscriptions"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.list_subscriptions(&metadata, message).await?))
     }
 
     async fn change_plan(
@@ -271,23 +652,27 @@ impl BillingService for BillingApi {
 
     async fn list_invoices(
         &self,
-        _: Request<pb::ListInvoicesRequest>,
+        request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        Err(not_yet("ListInvoices"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.list_invoices(&metadata, message).await?))
     }
 
     async fn get_invoice(
         &self,
-        _: Request<pb::GetInvoiceRequest>,
+        request: Request<pb::GetInvoiceRequest>,
     ) -> Result<Response<pb::GetInvoiceResponse>, Status> {
-        Err(not_yet("GetInvoice"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.get_invoice(&metadata, message).await?))
     }
 
     async fn pay_invoice(
         &self,
-        _: Request<pb::PayInvoiceRequest>,
+        request: Request<pb::PayInvoiceRequest>,
     ) -> Result<Response<pb::PayInvoiceResponse>, Status> {
-        Err(not_yet("PayInvoice"))
+        let (metadata, _, message) = request.into_parts();
+        let (response, replayed) = self.core.pay_invoice(&metadata, message).await?;
+        Ok(respond(response, replayed))
     }
 
     async fn record_usage(

@@ -2,7 +2,7 @@
 //!
 //! `tenx-dev` (what `make up` runs) creates the local database if needed,
 //! applies every service's migrations and runs every service (auth,
-//! notification, and the gateway in front of them on http://127.0.0.1:8080
+//! notification, billing, and the gateway in front of auth and notification on http://127.0.0.1:8080
 //! and gRPC 127.0.0.1:50050) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
 //! Ctrl-C. `tenx-dev migrate` only applies the migrations. Services join
 //! here as they land.
@@ -34,19 +34,27 @@ async fn main() -> ExitCode {
 
 /// Loads every service's settings, makes sure their database exists and
 /// is migrated.
-async fn migrate() -> anyhow::Result<(tenx_auth::AuthSettings, tenx_notification::NotificationSettings)> {
+async fn migrate() -> anyhow::Result<(
+    tenx_auth::AuthSettings,
+    tenx_notification::NotificationSettings,
+    tenx_billing::BillingSettings,
+)> {
     let auth = tenx_auth::AuthSettings::load(None)?;
     let notification = tenx_notification::NotificationSettings::load(None)?;
-    ensure_database(auth.database.primary_url.expose()).await?;
-    ensure_database(notification.database.primary_url.expose()).await?;
+    let billing = tenx_billing::BillingSettings::load(None)?;
+    for url in [&auth.database.primary_url, &notification.database.primary_url, &billing.database.primary_url]
+    {
+        ensure_database(url.expose()).await?;
+    }
     tenx_auth::migrate(&auth).await?;
     tenx_notification::migrate(&notification).await?;
-    println!("tenx-dev: migrations applied (auth, notification)");
-    Ok((auth, notification))
+    tenx_billing::migrate(&billing).await?;
+    println!("tenx-dev: migrations applied (auth, notification, billing)");
+    Ok((auth, notification, billing))
 }
 
 async fn run() -> anyhow::Result<()> {
-    let (auth, notification) = migrate().await?;
+    let (auth, notification, billing) = migrate().await?;
     let telemetry = tenx_common::telemetry::init("tenx-dev", &auth.telemetry)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
@@ -61,6 +69,12 @@ async fn run() -> anyhow::Result<()> {
         "tenx-dev: notification gRPC on {} (metrics and health on http://{})",
         notification.grpc_addr, notification.admin_addr
     );
+    let billing =
+        tenx_billing::App::build(billing, Metrics::default()).await?.spawn(shutdown.child()).await?;
+    println!(
+        "tenx-dev: billing gRPC on {} (metrics and health on http://{})",
+        billing.grpc_addr, billing.admin_addr
+    );
     let gateway = tenx_gateway::App::build(tenx_gateway::GatewaySettings::load(None)?, Metrics::default())
         .await?
         .spawn(shutdown.child())
@@ -72,11 +86,13 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "tenx-dev: emails land in the SMTP sink on 127.0.0.1:2525 (/tmp/tenx-smtp-sink/maildir); Ctrl-C stops"
     );
-    let (auth, notification, gateway) = tokio::join!(auth.task, notification.task, gateway.task);
+    let (auth, notification, billing, gateway) =
+        tokio::join!(auth.task, notification.task, billing.task, gateway.task);
     shutdown.trigger();
     telemetry.shutdown().await;
     auth??;
     notification??;
+    billing??;
     gateway??;
     Ok(())
 }

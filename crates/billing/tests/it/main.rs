@@ -4,4 +4,5 @@
 mod binary;
 mod catalog;
 mod customers;
+mod payments;
 mod support;

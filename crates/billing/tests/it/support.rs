@@ -31,6 +31,15 @@ pub struct TestBilling {
 
 impl TestBilling {
     pub async fn start() -> anyhow::Result<Self> {
+        // Logs of the service under test, shown by the runner when a test fails.
+        let logs = tenx_common::telemetry::TelemetrySettings {
+            log_format: tenx_common::telemetry::LogFormat::Pretty,
+            log_filter: "warn,tenx_billing=info".into(),
+            ..Default::default()
+        };
+        if let Ok(guard) = tenx_common::telemetry::init("tenx-billing-test", &logs) {
+            std::mem::forget(guard);
+        }
         let db = TestDb::from_template(
             "billing",
             &tenx_billing::app::migrations_fingerprint(),
@@ -128,4 +137,50 @@ pub fn as_admin<T>(user: Uuid, message: T) -> tonic::Request<T> {
 /// The ErrorInfo reason of a refused call.
 pub fn reason(status: &tonic::Status) -> String {
     tonic_types::StatusExt::get_details_error_info(status).map(|i| i.reason).unwrap_or_default()
+}
+
+/// The ledger's invariants, checked after a test: every transaction and
+/// the whole ledger sum to zero per currency, and each customer's
+/// receivable equals what their open invoices still owe.
+pub async fn assert_ledger_invariants(billing: &TestBilling) -> anyhow::Result<()> {
+    let sql = billing.sql().await?;
+    let unbalanced = sql
+        .query(
+            "SELECT transaction_id, currency, sum(amount_minor) FROM ledger_entries \
+             GROUP BY transaction_id, currency HAVING sum(amount_minor) <> 0",
+            &[],
+        )
+        .await?;
+    anyhow::ensure!(unbalanced.is_empty(), "{} unbalanced ledger transactions", unbalanced.len());
+    let mismatched = sql
+        .query(
+            "SELECT c.id FROM customers c \
+             WHERE COALESCE((SELECT sum(amount_minor) FROM ledger_entries e \
+                             WHERE e.customer_id = c.id AND e.account = 'accounts_receivable'), 0) \
+                <> COALESCE((SELECT sum(amount_due_minor - amount_paid_minor) FROM invoices i \
+                             WHERE i.customer_id = c.id AND i.status = 'open'), 0)",
+            &[],
+        )
+        .await?;
+    anyhow::ensure!(mismatched.is_empty(), "receivable ≠ open invoices for {} customers", mismatched.len());
+    Ok(())
+}
+
+/// Events of `event_type` in the outbox.
+pub async fn events(billing: &TestBilling, event_type: &str) -> anyhow::Result<i64> {
+    Ok(billing
+        .sql()
+        .await?
+        .query_one("SELECT count(*) FROM tenx_outbox WHERE event_type = $1", &[&event_type])
+        .await?
+        .get(0))
+}
+
+/// Fixed catalog ids (crates/billing/migrations/V1__billing.sql).
+pub mod prices {
+    pub const FREE_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000001";
+    pub const PRO_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000002";
+    pub const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
+    pub const BUSINESS_MONTHLY_JPY: &str = "20000000-0000-4000-8000-000000000007";
+    pub const BUSINESS_MONTHLY_CLP: &str = "20000000-0000-4000-8000-000000000009";
 }

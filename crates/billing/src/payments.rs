@@ -1,0 +1,328 @@
+//! Collecting an invoice. An attempt is committed as `pending` before the
+//! provider is called and its id is the provider's idempotency key, so a
+//! crash or a timeout is resolved by asking the provider (never by
+//! charging again); the database allows one attempt in flight and one
+//! success per invoice.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+use tenx_proto::billing::v1 as pb;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::error::BillingError;
+use crate::invoices::{Party, enqueue};
+use crate::ledger::{self, About, Entry};
+use crate::model;
+use crate::provider::{ChargeOutcome, Decline, PaymentProvider, ProviderError, SimulatedProvider};
+
+/// An attempt in flight.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub invoice_id: Uuid,
+    pub provider_ref: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// Locks the invoice, checks it can be paid, picks the payment method and
+/// records a `pending` attempt, in the caller's transaction.
+pub async fn begin<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    invoice_id: Uuid,
+    method: Option<Uuid>,
+    initiated_by: &str,
+    provider: &str,
+) -> Result<Attempt, BillingError> {
+    let invoice = tx
+        .query_opt(
+            "SELECT i.status, i.customer_id, i.currency, i.amount_due_minor - i.amount_paid_minor AS remaining, \
+                    s.default_payment_method_id AS sub_method, c.default_payment_method_id AS customer_method \
+             FROM invoices i JOIN customers c ON c.id = i.customer_id \
+             LEFT JOIN subscriptions s ON s.id = i.subscription_id WHERE i.id = $1 FOR UPDATE OF i",
+            &[&invoice_id],
+        )
+        .await?
+        .ok_or(BillingError::NotFound("invoice"))?;
+    let status: String = invoice.get("status");
+    let remaining: i64 = invoice.get("remaining");
+    if !matches!(status.as_str(), "open" | "uncollectible") || remaining <= 0 {
+        return Err(BillingError::refused(
+            "INVOICE_NOT_PAYABLE",
+            format!("the invoice is {status}; nothing to pay"),
+        ));
+    }
+    let customer: Uuid = invoice.get("customer_id");
+    let method = method
+        .or(invoice.get::<_, Option<Uuid>>("sub_method"))
+        .or(invoice.get::<_, Option<Uuid>>("customer_method"))
+        .ok_or_else(|| BillingError::refused("PAYMENT_METHOD_REQUIRED", "add a payment method first"))?;
+    let provider_ref: String = tx
+        .query_opt(
+            "SELECT provider_ref FROM payment_methods WHERE id = $1 AND customer_id = $2 AND detached_at IS NULL",
+            &[&method, &customer],
+        )
+        .await?
+        .ok_or(BillingError::NotFound("payment method"))?
+        .get(0);
+    let id = Uuid::now_v7();
+    let currency: String = invoice.get::<_, String>("currency").trim().to_owned();
+    let inserted = tx
+        .execute(
+            "INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, currency, \
+               status, initiated_by, provider, created_at) VALUES ($1, $2, $3, $4, $5, $6::text, 'pending', $7, $8, $9)",
+            &[&id, &invoice_id, &customer, &method, &remaining, &currency, &initiated_by, &provider, &now],
+        )
+        .await;
+    match inserted {
+        Ok(_) => Ok(Attempt { id, invoice_id, provider_ref, amount_minor: remaining, currency }),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(BillingError::Busy {
+            reason: "PAYMENT_IN_PROGRESS",
+            message: "another payment of this invoice is in progress".into(),
+            retry_after: Duration::from_secs(1),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A pending attempt (to resume after a timeout or a crash).
+pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
+    let row = db
+        .query_opt(
+            "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref FROM payment_attempts a \
+             JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1 AND a.status = 'pending'",
+            &[&attempt],
+        )
+        .await?;
+    Ok(row.map(|r| Attempt {
+        id: r.get(0),
+        invoice_id: r.get(1),
+        amount_minor: r.get(2),
+        currency: r.get::<_, String>(3).trim().to_owned(),
+        provider_ref: r.get(4),
+    }))
+}
+
+/// What the provider said.
+#[derive(Debug, Clone)]
+pub enum Charged {
+    Outcome(ChargeOutcome),
+    /// Certainly not charged.
+    Unavailable(String),
+    /// Unknown: the attempt stays pending.
+    Timeout,
+    /// A pending attempt the provider never saw: not charged.
+    NotFound,
+}
+
+/// Charges (or, when `resume`, looks up) an attempt at the provider,
+/// bounded by `timeout`.
+pub async fn call_provider(
+    provider: &SimulatedProvider,
+    attempt: &Attempt,
+    resume: bool,
+    timeout: Duration,
+) -> Charged {
+    let call = async {
+        if resume {
+            provider.retrieve(attempt.id).await.map(|o| o.map_or(Charged::NotFound, Charged::Outcome))
+        } else {
+            provider
+                .charge(attempt.id, &attempt.provider_ref, attempt.amount_minor, &attempt.currency)
+                .await
+                .map(Charged::Outcome)
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) | Ok(Err(ProviderError::Timeout)) => Charged::Timeout,
+        Ok(Err(ProviderError::Unavailable(m))) => Charged::Unavailable(m),
+        Ok(Ok(charged)) => charged,
+    }
+}
+
+/// Records the provider's answer, in the caller's transaction: the
+/// attempt, the invoice, the ledger, the subscription and the events.
+/// Returns whether the invoice is now paid.
+pub async fn settle<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    attempt: &Attempt,
+    charged: &Charged,
+) -> Result<bool, BillingError> {
+    let (failure, message) = match charged {
+        Charged::Timeout => return Ok(false),
+        Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
+            return succeed(tx, now, attempt, charge_id).await.map(|()| true);
+        }
+        Charged::Outcome(ChargeOutcome::Declined(Decline::CardDeclined)) => {
+            ("card_declined", "the card was declined")
+        }
+        Charged::Outcome(ChargeOutcome::Declined(Decline::InsufficientFunds)) => {
+            ("insufficient_funds", "the card has insufficient funds")
+        }
+        Charged::Unavailable(_) => ("provider_error", "the payment provider failed; nothing was charged"),
+        Charged::NotFound => ("not_found_at_provider", "the provider has no record of this charge"),
+    };
+    tx.execute(
+        "UPDATE payment_attempts SET status = 'failed', failure_code = $2, failure_message = $3, completed_at = $4 \
+         WHERE id = $1 AND status = 'pending'",
+        &[&attempt.id, &failure, &message, &now],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE invoices SET attempt_count = attempt_count + 1, updated_at = $2 WHERE id = $1",
+        &[&attempt.invoice_id, &now],
+    )
+    .await?;
+    // Only the customer's side is announced: provider trouble is retried
+    // without bothering them.
+    if matches!(failure, "card_declined" | "insufficient_funds") {
+        let (invoice, party, initiated_by, last4) = context(tx, attempt).await?;
+        let event = pb::PaymentFailed {
+            invoice_id: invoice.id.clone(),
+            invoice_number: invoice.number.clone(),
+            subscription_id: invoice.subscription_id.clone(),
+            customer_id: invoice.customer_id.clone(),
+            user_id: party.user_id.to_string(),
+            email: party.email.clone(),
+            payment_attempt_id: attempt.id.to_string(),
+            amount_due_minor: invoice.amount_remaining_minor,
+            currency: invoice.currency.clone(),
+            amount_due_display: model::display(tx, &invoice.currency, invoice.amount_remaining_minor).await?,
+            failure_code: if failure == "card_declined" {
+                pb::PaymentFailureCode::CardDeclined as i32
+            } else {
+                pb::PaymentFailureCode::InsufficientFunds as i32
+            },
+            failure_message: message.into(),
+            initiated_by,
+            attempt_count: invoice.attempt_count,
+            next_retry_at: None,
+            r#final: false,
+            plan_name: party.plan_name,
+            card_last4: last4,
+        };
+        enqueue(tx, "billing.payment.failed", attempt.invoice_id, &event).await?;
+    }
+    Ok(false)
+}
+
+async fn context<C: GenericClient>(
+    tx: &C,
+    attempt: &Attempt,
+) -> Result<(pb::Invoice, Party, i32, String), BillingError> {
+    let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
+    let row = tx
+        .query_one(
+            "SELECT a.initiated_by, m.last4, COALESCE(pl.name, '') AS plan_name FROM payment_attempts a \
+             JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
+             LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
+             LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
+            &[&attempt.id],
+        )
+        .await?;
+    let customer =
+        Uuid::parse_str(&invoice.customer_id).map_err(|e| BillingError::Internal(e.to_string()))?;
+    let party = Party::load(tx, customer, row.get("plan_name")).await?;
+    let trigger = match row.get::<_, String>("initiated_by").as_str() {
+        "automatic" => pb::PaymentTrigger::Automatic,
+        "dunning" => pb::PaymentTrigger::Dunning,
+        _ => pb::PaymentTrigger::Customer,
+    };
+    Ok((invoice, party, trigger as i32, row.get("last4")))
+}
+
+async fn succeed<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    attempt: &Attempt,
+    charge_id: &str,
+) -> Result<(), BillingError> {
+    tx.execute(
+        "UPDATE payment_attempts SET status = 'succeeded', provider_charge_id = $2, completed_at = $3 \
+         WHERE id = $1 AND status = 'pending'",
+        &[&attempt.id, &charge_id, &now],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT status, customer_id, subscription_id FROM invoices WHERE id = $1 FOR UPDATE",
+            &[&attempt.invoice_id],
+        )
+        .await?;
+    let (was, customer, subscription): (String, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
+    tx.execute(
+        "UPDATE invoices SET status = 'paid', amount_paid_minor = amount_paid_minor + $2, paid_at = $3, \
+           attempt_count = attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 WHERE id = $1",
+        &[&attempt.invoice_id, &attempt.amount_minor, &now],
+    )
+    .await?;
+    // A written-off invoice paid later is a recovery of bad debt.
+    let settled = if was == "uncollectible" { "bad_debt" } else { "accounts_receivable" };
+    let entries = [
+        Entry::plain("provider_clearing", attempt.amount_minor),
+        if settled == "bad_debt" {
+            Entry::plain("bad_debt", -attempt.amount_minor)
+        } else {
+            Entry::customer("accounts_receivable", customer, -attempt.amount_minor)
+        },
+    ];
+    let about = About { invoice: Some(attempt.invoice_id), payment_attempt: Some(attempt.id), subscription };
+    ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now).await?;
+
+    // A subscription that owed money and now owes none is active again.
+    if let Some(sub) = subscription {
+        let previous: String =
+            tx.query_one("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub]).await?.get(0);
+        let reactivated = tx
+            .execute(
+                "UPDATE subscriptions s SET status = 'active', updated_at = $2 \
+                 WHERE s.id = $1 AND s.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+                   (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible'))",
+                &[&sub, &now],
+            )
+            .await?;
+        if reactivated == 1 {
+            let (_, party, _, _) = context(tx, attempt).await?;
+            let subscription = model::load_subscription(tx, sub).await?;
+            let event = pb::SubscriptionUpdated {
+                previous_price_id: subscription.price_id.clone(),
+                subscription: Some(subscription),
+                previous_status: model::subscription_status(&previous) as i32,
+                user_id: party.user_id.to_string(),
+                email: party.email.clone(),
+                plan_name: party.plan_name.clone(),
+            };
+            enqueue(tx, "billing.subscription.updated", sub, &event).await?;
+        }
+    }
+    let (invoice, party, _, last4) = context(tx, attempt).await?;
+    let brand: String = tx
+        .query_one(
+            "SELECT m.brand FROM payment_attempts a JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1",
+            &[&attempt.id],
+        )
+        .await?
+        .get(0);
+    let card_brand = match brand.as_str() {
+        "visa" => pb::CardBrand::Visa,
+        "mastercard" => pb::CardBrand::Mastercard,
+        "amex" => pb::CardBrand::Amex,
+        _ => pb::CardBrand::Other,
+    };
+    let event = pb::InvoicePaid {
+        amount_paid_display: model::display(tx, &invoice.currency, invoice.amount_paid_minor).await?,
+        invoice: Some(invoice),
+        user_id: party.user_id.to_string(),
+        email: party.email,
+        payment_attempt_id: attempt.id.to_string(),
+        card_brand: card_brand as i32,
+        card_last4: last4,
+        plan_name: party.plan_name,
+    };
+    enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &event).await?;
+    Ok(())
+}

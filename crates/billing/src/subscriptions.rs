@@ -1,0 +1,189 @@
+//! Creating subscriptions: with a trial (no invoice yet), free (active at
+//! once), or paid (INCOMPLETE with its first invoice and a pending charge,
+//! committed before the provider is called).
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+use tenx_proto::billing::v1 as pb;
+use uuid::Uuid;
+
+use crate::error::BillingError;
+use crate::invoices::{self, NewInvoice, NewLine, Party, enqueue};
+use crate::model;
+use crate::payments::{self, Attempt};
+use crate::periods;
+
+/// A price as subscriptions need it.
+#[derive(Debug, Clone)]
+pub struct PriceRow {
+    pub id: Uuid,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub months: i64,
+    pub trial_days: Option<u32>,
+    pub active: bool,
+    pub plan_name: String,
+    pub interval: String,
+}
+
+pub async fn price<C: GenericClient>(db: &C, id: Uuid) -> Result<PriceRow, BillingError> {
+    let row = db
+        .query_opt(
+            "SELECT p.id, p.currency, p.unit_amount_minor, p.billing_interval, p.interval_count, p.trial_days, \
+                    p.active AND pl.active AS active, pl.name FROM prices p JOIN plans pl ON pl.id = p.plan_id WHERE p.id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or(BillingError::NotFound("price"))?;
+    let interval: String = row.get(3);
+    Ok(PriceRow {
+        id: row.get(0),
+        currency: row.get::<_, String>(1).trim().to_owned(),
+        amount_minor: row.get(2),
+        months: periods::months_per_period(&interval, row.get(4)),
+        trial_days: row.get::<_, Option<i32>>(5).and_then(|d| u32::try_from(d).ok()),
+        active: row.get(6),
+        plan_name: row.get(7),
+        interval,
+    })
+}
+
+/// What CreateSubscription decided in its first transaction.
+#[derive(Debug)]
+pub enum Created {
+    /// Nothing to charge (trial or free): the subscription is final.
+    Done(Uuid),
+    /// INCOMPLETE with its first invoice; this attempt is to be charged.
+    Charge(Uuid, Attempt),
+}
+
+/// The first transaction of CreateSubscription.
+#[allow(clippy::too_many_arguments)]
+pub async fn create<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    customer: Uuid,
+    price: &PriceRow,
+    method: Option<Uuid>,
+    trial_days: u32,
+    provider: &str,
+) -> Result<Created, BillingError> {
+    if !price.active {
+        return Err(BillingError::refused("PRICE_INACTIVE", "this price can no longer be subscribed to"));
+    }
+    // One currency per customer, fixed by the first subscription.
+    let currency: Option<String> = tx
+        .query_one("SELECT currency FROM customers WHERE id = $1 FOR UPDATE", &[&customer])
+        .await?
+        .get::<_, Option<String>>(0)
+        .map(|c| c.trim().to_owned());
+    match currency {
+        Some(c) if c != price.currency => {
+            return Err(BillingError::refused(
+                "CURRENCY_MISMATCH",
+                format!("this customer is billed in {c}; the price is in {}", price.currency),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            tx.execute(
+                "UPDATE customers SET currency = $2::text, updated_at = $3 WHERE id = $1",
+                &[&customer, &price.currency, &now],
+            )
+            .await?;
+        }
+    }
+    if let Some(m) = method {
+        tx.query_opt(
+            "SELECT 1 FROM payment_methods WHERE id = $1 AND customer_id = $2 AND detached_at IS NULL",
+            &[&m, &customer],
+        )
+        .await?
+        .ok_or(BillingError::NotFound("payment method"))?;
+    }
+    let has_method = method.is_some()
+        || tx
+            .query_one(
+                "SELECT default_payment_method_id IS NOT NULL FROM customers WHERE id = $1",
+                &[&customer],
+            )
+            .await?
+            .get::<_, bool>(0);
+    let paid_now = trial_days == 0 && price.amount_minor > 0;
+    if paid_now && !has_method {
+        return Err(BillingError::refused(
+            "PAYMENT_METHOD_REQUIRED",
+            "a paid price without a trial needs a payment method (AddPaymentMethod)",
+        ));
+    }
+
+    let id = Uuid::now_v7();
+    let (status, anchor, cycle, period, trial) = if trial_days > 0 {
+        let end = now + Duration::from_secs(u64::from(trial_days) * 86_400);
+        ("trialing", end, -1, (now, end), Some((now, end)))
+    } else {
+        let period = periods::period(now, price.months, 0);
+        (if paid_now { "incomplete" } else { "active" }, now, 0, period, None)
+    };
+    tx.execute(
+        "INSERT INTO subscriptions (id, customer_id, price_id, currency, status, billing_cycle_anchor, cycle_index, \
+           current_period_start, current_period_end, trial_start, trial_end, default_payment_method_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4::text, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        &[
+            &id,
+            &customer,
+            &price.id,
+            &price.currency,
+            &status,
+            &anchor,
+            &cycle,
+            &period.0,
+            &period.1,
+            &trial.map(|t| t.0),
+            &trial.map(|t| t.1),
+            &method,
+            &now,
+        ],
+    )
+    .await?;
+    let party = Party::load(tx, customer, &price.plan_name).await?;
+    let mut charge = None;
+    if paid_now {
+        let line = NewLine {
+            kind: "subscription",
+            description: format!("{} ({}ly)", price.plan_name, price.interval),
+            price_id: price.id,
+            quantity: 1,
+            unit_amount_minor: price.amount_minor,
+            amount_minor: price.amount_minor,
+            period,
+        };
+        let invoice = invoices::issue(
+            tx,
+            now,
+            NewInvoice {
+                party: &party,
+                subscription: Some(id),
+                reason: "subscription_create",
+                currency: &price.currency,
+                period,
+                lines: vec![line],
+            },
+        )
+        .await?;
+        tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice]).await?;
+        charge = Some(payments::begin(tx, now, invoice, method, "customer", provider).await?);
+    }
+    let event = pb::SubscriptionCreated {
+        subscription: Some(model::load_subscription(tx, id).await?),
+        user_id: party.user_id.to_string(),
+        email: party.email.clone(),
+        plan_name: party.plan_name.clone(),
+    };
+    enqueue(tx, "billing.subscription.created", id, &event).await?;
+    Ok(match charge {
+        Some(attempt) => Created::Charge(id, attempt),
+        None => Created::Done(id),
+    })
+}
