@@ -22,6 +22,7 @@ use crate::customers::{self, CustomerWorker};
 use crate::error::BillingError;
 use crate::idempotency::Keys;
 use crate::provider::SimulatedProvider;
+use crate::scheduler::Scheduler;
 use crate::service::{BillingApi, Core};
 use crate::settings::BillingSettings;
 
@@ -58,6 +59,7 @@ pub struct App {
     cache: CacheLayer,
     core: Arc<Core>,
     grpc: GrpcServer,
+    scheduler: Arc<Scheduler>,
 }
 
 impl std::fmt::Debug for App {
@@ -98,9 +100,19 @@ impl App {
             provider_timeout: std::time::Duration::from_millis(settings.provider.timeout_ms),
             currency_default: settings.billing.currency_default.clone(),
             default_trial_days: settings.billing.trial_days,
+            incomplete_expiry: std::time::Duration::from_secs(
+                settings.billing.incomplete_expiry_hours * 3600,
+            ),
         });
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
-        Ok(Self { settings, metrics, db, amqp, cache, core, grpc })
+        let scheduler =
+            Arc::new(Scheduler::new(core.clone(), settings.scheduler.clone(), settings.dunning.clone()));
+        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, scheduler })
+    }
+
+    /// The scheduler, to run due jobs by hand (tests with a moved clock).
+    pub fn scheduler(&self) -> Arc<Scheduler> {
+        self.scheduler.clone()
     }
 
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, BillingError> {
@@ -130,6 +142,10 @@ impl App {
         );
         let stop = shutdown.child();
         tasks.spawn(async move { consumer.run(stop).await });
+        if self.settings.scheduler.enabled {
+            let (scheduler, stop) = (self.scheduler.clone(), shutdown.child());
+            tasks.spawn(async move { scheduler.run(stop).await });
+        }
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         tasks.spawn(async move {

@@ -15,6 +15,7 @@ pub mod payment_methods;
 pub mod payments;
 pub mod periods;
 pub mod provider;
+pub mod scheduler;
 pub mod service;
 pub mod settings;
 pub mod subscriptions;

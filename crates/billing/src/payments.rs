@@ -260,6 +260,19 @@ async fn succeed<C: GenericClient>(
         &[&attempt.invoice_id, &attempt.amount_minor, &now],
     )
     .await?;
+    // Dunning of this invoice is over; its remaining retries are moot.
+    tx.execute(
+        "UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $2 \
+         WHERE invoice_id = $1 AND status = 'active'",
+        &[&attempt.invoice_id, &now],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
+         WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL",
+        &[&attempt.invoice_id, &now],
+    )
+    .await?;
     // A written-off invoice paid later is a recovery of bad debt.
     let settled = if was == "uncollectible" { "bad_debt" } else { "accounts_receivable" };
     let entries = [

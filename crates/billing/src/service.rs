@@ -42,6 +42,7 @@ pub struct Core {
     pub provider_timeout: std::time::Duration,
     pub currency_default: String,
     pub default_trial_days: u32,
+    pub incomplete_expiry: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +275,7 @@ impl Core {
                         method,
                         trial,
                         self.provider.name(),
+                        self.incomplete_expiry,
                     )
                     .await?
                     {

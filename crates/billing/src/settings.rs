@@ -29,12 +29,30 @@ pub struct BillingSettings {
     pub billing: BillingRules,
     pub idempotency: IdempotencySettings,
     pub provider: ProviderSettings,
+    pub dunning: DunningSettings,
+    pub scheduler: SchedulerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DunningSettings {
+    pub retry_days: Vec<u32>,
+    pub final_action: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulerSettings {
+    pub enabled: bool,
+    pub poll_interval_ms: u64,
+    pub batch_size: u32,
+    pub lease_seconds: u64,
+    pub max_backoff_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BillingRules {
     pub currency_default: String,
     pub trial_days: u32,
+    pub incomplete_expiry_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +134,27 @@ impl Validate for BillingSettings {
                 "idempotency.lease_seconds",
                 "must outlast provider.timeout_ms, or a slow charge would lose its key",
             ));
+        }
+        let days = &self.dunning.retry_days;
+        if days.is_empty() || days.len() > 10 || days.windows(2).any(|w| w[0] >= w[1]) || days[0] == 0 {
+            return Err(Invalid::new(
+                "dunning.retry_days",
+                "1–10 day offsets, each > 0, strictly increasing",
+            ));
+        }
+        if !matches!(self.dunning.final_action.as_str(), "cancel" | "unpaid") {
+            return Err(Invalid::new("dunning.final_action", "must be \"cancel\" or \"unpaid\""));
+        }
+        let s = &self.scheduler;
+        if s.poll_interval_ms == 0 || s.batch_size == 0 || s.lease_seconds == 0 || s.max_backoff_seconds == 0
+        {
+            return Err(Invalid::new(
+                "scheduler",
+                "poll_interval_ms, batch_size, lease_seconds, max_backoff_seconds must be positive",
+            ));
+        }
+        if self.billing.incomplete_expiry_hours == 0 {
+            return Err(Invalid::new("billing.incomplete_expiry_hours", "must be positive"));
         }
         if self.provider.kind != "simulated" {
             return Err(Invalid::new("provider.kind", "only \"simulated\" exists yet"));

@@ -68,6 +68,7 @@ pub async fn create<C: GenericClient>(
     method: Option<Uuid>,
     trial_days: u32,
     provider: &str,
+    incomplete_expiry: Duration,
 ) -> Result<Created, BillingError> {
     if !price.active {
         return Err(BillingError::refused("PRICE_INACTIVE", "this price can no longer be subscribed to"));
@@ -174,6 +175,21 @@ pub async fn create<C: GenericClient>(
         .await?;
         tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice]).await?;
         charge = Some(payments::begin(tx, now, invoice, method, "customer", provider).await?);
+    }
+    crate::scheduler::schedule_period_end(tx, id, period.1, now).await?;
+    if paid_now {
+        let expiry = now + incomplete_expiry;
+        crate::scheduler::schedule(
+            tx,
+            "incomplete_expiry",
+            &format!("incomplete_expiry:{id}"),
+            Some(id),
+            None,
+            None,
+            expiry,
+            now,
+        )
+        .await?;
     }
     let event = pb::SubscriptionCreated {
         subscription: Some(model::load_subscription(tx, id).await?),

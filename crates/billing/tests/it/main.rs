@@ -4,5 +4,6 @@
 mod binary;
 mod catalog;
 mod customers;
+mod dunning;
 mod payments;
 mod support;

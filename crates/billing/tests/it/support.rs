@@ -27,6 +27,7 @@ pub struct TestBilling {
     pub clock: ManualClock,
     pub shutdown: Shutdown,
     pub running: Running,
+    pub scheduler: Arc<tenx_billing::scheduler::Scheduler>,
 }
 
 impl TestBilling {
@@ -59,11 +60,14 @@ impl TestBilling {
         // 2026-01-01T00:00:00Z: the catalog's own creation time.
         let clock = ManualClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600));
         let shutdown = Shutdown::new();
-        let running = App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone()))
-            .await?
-            .spawn(shutdown.child())
-            .await?;
-        Ok(Self { db, _redis: redis, _amqp: amqp, settings, clock, shutdown, running })
+        // Tests run due jobs themselves, after moving the clock.
+        let mut settings = settings;
+        settings.scheduler.enabled = false;
+        let app =
+            App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone())).await?;
+        let scheduler = app.scheduler();
+        let running = app.spawn(shutdown.child()).await?;
+        Ok(Self { db, _redis: redis, _amqp: amqp, settings, clock, shutdown, running, scheduler })
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
@@ -93,6 +97,12 @@ impl TestBilling {
         tokio::spawn(conn);
         client.batch_execute("SET search_path TO billing").await?;
         Ok(client)
+    }
+
+    /// Moves the clock forward and runs every job due by then.
+    pub async fn advance(&self, by: Duration) -> anyhow::Result<usize> {
+        self.clock.advance(by);
+        Ok(self.scheduler.run_due().await?)
     }
 
     /// How many rows `table` has.

@@ -1,0 +1,737 @@
+//! Delayed billing work, run by any number of instances: period ends
+//! (renewals, trial ends, scheduled cancellations and plan changes),
+//! charging issued invoices, the dunning ladder, expiring INCOMPLETE
+//! subscriptions and reconciling timed-out payments.
+//!
+//! Jobs are rows of `billing_jobs` with a `dedupe_key` (one job per
+//! boundary is a constraint), claimed with `FOR UPDATE SKIP LOCKED` and a
+//! lease; a job's effects and its `done` commit together, so a crash leaves
+//! it pending and another instance redoes it. Time is the [`Clock`]'s, so
+//! tests move it and call [`Scheduler::run_due`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+use tenx_common::shutdown::Shutdown;
+use tenx_proto::billing::v1 as pb;
+use uuid::Uuid;
+
+use crate::error::BillingError;
+use crate::invoices::{self, NewInvoice, NewLine, Party, enqueue};
+use crate::ledger::{self, About, Entry};
+use crate::model;
+use crate::payments::{self, Attempt, Charged};
+use crate::periods;
+use crate::provider::PaymentProvider;
+use crate::service::Core;
+use crate::settings::{DunningSettings, SchedulerSettings};
+use crate::subscriptions;
+
+/// Adds a job unless one with the same `dedupe_key` exists.
+#[allow(clippy::too_many_arguments)]
+pub async fn schedule<C: GenericClient>(
+    tx: &C,
+    kind: &str,
+    dedupe_key: &str,
+    subscription: Option<Uuid>,
+    invoice: Option<Uuid>,
+    attempt: Option<Uuid>,
+    run_at: SystemTime,
+    now: SystemTime,
+) -> Result<(), BillingError> {
+    tx.execute(
+        "INSERT INTO billing_jobs (id, kind, dedupe_key, subscription_id, invoice_id, payment_attempt_id, run_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING",
+        &[&Uuid::now_v7(), &kind, &dedupe_key, &subscription, &invoice, &attempt, &run_at, &now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The job that ends a subscription's current period.
+pub async fn schedule_period_end<C: GenericClient>(
+    tx: &C,
+    subscription: Uuid,
+    end: SystemTime,
+    now: SystemTime,
+) -> Result<(), BillingError> {
+    let secs = end.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let key = format!("period_end:{subscription}:{secs}");
+    schedule(tx, "period_end", &key, Some(subscription), None, None, end, now).await
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    id: Uuid,
+    kind: String,
+    dedupe_key: String,
+    subscription: Option<Uuid>,
+    invoice: Option<Uuid>,
+    attempt: Option<Uuid>,
+    run_at: SystemTime,
+    attempts: i32,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    core: Arc<Core>,
+    settings: SchedulerSettings,
+    dunning: DunningSettings,
+    me: String,
+}
+
+impl Scheduler {
+    pub fn new(core: Arc<Core>, settings: SchedulerSettings, dunning: DunningSettings) -> Self {
+        Self { core, settings, dunning, me: format!("billing-{}", Uuid::new_v4().simple()) }
+    }
+
+    /// Polls until `shutdown`.
+    pub async fn run(&self, shutdown: Shutdown) {
+        loop {
+            if let Err(error) = self.run_due().await {
+                tracing::warn!(%error, "billing scheduler poll failed");
+            }
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(Duration::from_millis(self.settings.poll_interval_ms)) => {}
+            }
+        }
+    }
+
+    /// Runs every job due now (by the clock), including those the jobs
+    /// themselves make due; returns how many ran.
+    pub async fn run_due(&self) -> Result<usize, BillingError> {
+        let mut ran = 0;
+        loop {
+            let jobs = self.claim().await?;
+            if jobs.is_empty() {
+                return Ok(ran);
+            }
+            for job in jobs {
+                ran += 1;
+                if let Err(error) = self.execute(&job).await {
+                    self.retry_later(&job, &error).await?;
+                }
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<Job>, BillingError> {
+        let now = self.core.clock.now();
+        let lease = now + Duration::from_secs(self.settings.lease_seconds);
+        let rows = self
+            .core
+            .db
+            .write()
+            .await?
+            .query(
+                "UPDATE billing_jobs SET locked_by = $1, locked_until = $2, attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM billing_jobs WHERE status = 'pending' AND run_at <= $3 \
+                   AND (locked_until IS NULL OR locked_until < $3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, kind, dedupe_key, subscription_id, invoice_id, payment_attempt_id, run_at, attempts",
+                &[&self.me, &lease, &now, &i64::from(self.settings.batch_size)],
+            )
+            .await?;
+        let mut jobs: Vec<Job> = rows
+            .iter()
+            .map(|r| Job {
+                id: r.get(0),
+                kind: r.get(1),
+                dedupe_key: r.get(2),
+                subscription: r.get(3),
+                invoice: r.get(4),
+                attempt: r.get(5),
+                run_at: r.get(6),
+                attempts: r.get(7),
+            })
+            .collect();
+        jobs.sort_by_key(|j| (j.run_at, j.id));
+        Ok(jobs)
+    }
+
+    async fn retry_later(&self, job: &Job, error: &BillingError) -> Result<(), BillingError> {
+        let backoff =
+            Duration::from_secs((1u64 << job.attempts.clamp(0, 20)).min(self.settings.max_backoff_seconds));
+        tracing::warn!(job = %job.dedupe_key, attempts = job.attempts, %error, "billing job failed; retrying later");
+        let now = self.core.clock.now();
+        self.core
+            .db
+            .write()
+            .await?
+            .execute(
+                "UPDATE billing_jobs SET locked_until = $2, run_at = $3, last_error = $4 WHERE id = $1 AND status = 'pending'",
+                &[&job.id, &now, &(now + backoff), &error.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn execute(&self, job: &Job) -> Result<(), BillingError> {
+        match (job.kind.as_str(), job.subscription, job.invoice, job.attempt) {
+            ("period_end", Some(sub), _, _) => self.period_end(job, sub).await,
+            ("incomplete_expiry", Some(sub), _, _) => self.incomplete_expiry(job, sub).await,
+            ("charge_invoice", _, Some(invoice), _) => self.collect(job, invoice, "automatic", 0).await,
+            ("dunning_retry", _, Some(invoice), _) => {
+                let n: usize = job.dedupe_key.rsplit(':').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                self.collect(job, invoice, "dunning", n).await
+            }
+            ("payment_reconcile", _, _, Some(attempt)) => self.reconcile(job, attempt).await,
+            _ => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
+        }
+    }
+
+    /// Marks the job done in `tx`, if this instance still holds it.
+    async fn finish<C: GenericClient>(&self, tx: &C, job: &Job) -> Result<(), BillingError> {
+        let done = tx
+            .execute(
+                "UPDATE billing_jobs SET status = 'done', finished_at = $3, locked_until = NULL \
+                 WHERE id = $1 AND status = 'pending' AND locked_by = $2",
+                &[&job.id, &self.me, &self.core.clock.now()],
+            )
+            .await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(BillingError::Internal(format!("job {} was taken over", job.dedupe_key)))
+        }
+    }
+
+    /// The end of a period: the subscription moves on (trial → active,
+    /// a pending plan change applies, or a scheduled cancellation ends
+    /// it), revenue of the ended period is recognized, and the renewal is
+    /// invoiced and queued for charging.
+    async fn period_end(&self, job: &Job, sub: Uuid) -> Result<(), BillingError> {
+        let now = self.core.clock.now();
+        let mut conn = self.core.db.write().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_one(
+                "SELECT s.status, s.customer_id, s.price_id, s.pending_price_id, s.billing_cycle_anchor, s.cycle_index, \
+                        s.current_period_end, s.cancel_at_period_end FROM subscriptions s WHERE s.id = $1 FOR UPDATE",
+                &[&sub],
+            )
+            .await?;
+        let status: String = row.get(0);
+        let boundary: SystemTime = row.get(6);
+        // Stale (the period moved on) or over: nothing to do.
+        if status == "canceled" || boundary != job.run_at {
+            self.finish(&tx, job).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        let customer: Uuid = row.get(1);
+        let price_id: Uuid = row.get::<_, Option<Uuid>>(3).unwrap_or(row.get(2));
+        let price = subscriptions::price(&tx, price_id).await?;
+        let party = Party::load(&tx, customer, &price.plan_name).await?;
+        recognize_revenue(&tx, sub, now).await?;
+
+        if row.get::<_, bool>(7) {
+            tx.execute(
+                "UPDATE subscriptions SET status = 'canceled', ended_at = $2, cancellation_reason = 'requested', \
+                   pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 WHERE id = $1",
+                &[&sub, &boundary, &now],
+            )
+            .await?;
+            let event = pb::SubscriptionCanceled {
+                subscription: Some(model::load_subscription(&tx, sub).await?),
+                previous_status: model::subscription_status(&status) as i32,
+                user_id: party.user_id.to_string(),
+                email: party.email.clone(),
+                plan_name: party.plan_name.clone(),
+            };
+            enqueue(&tx, "billing.subscription.canceled", sub, &event).await?;
+            cancel_jobs(&tx, sub, now, job.id).await?;
+            self.finish(&tx, job).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+
+        let (anchor, cycle) = if status == "trialing" {
+            (boundary, 0)
+        } else {
+            (row.get::<_, SystemTime>(4), row.get::<_, i32>(5) + 1)
+        };
+        let period = periods::period(anchor, price.months, i64::from(cycle));
+        let next_status = if status == "trialing" { "active" } else { status.as_str() };
+        tx.execute(
+            "UPDATE subscriptions SET status = $2, price_id = $3, pending_price_id = NULL, pending_change_at = NULL, \
+               billing_cycle_anchor = $4, cycle_index = $5, current_period_start = $6, current_period_end = $7, updated_at = $8 \
+             WHERE id = $1",
+            &[&sub, &next_status, &price.id, &anchor, &cycle, &period.0, &period.1, &now],
+        )
+        .await?;
+        // UNPAID subscriptions roll without new invoices; free ones have
+        // nothing to bill.
+        if next_status != "unpaid" && price.amount_minor > 0 {
+            let line = NewLine {
+                kind: "subscription",
+                description: format!("{} ({}ly)", price.plan_name, price.interval),
+                price_id: price.id,
+                quantity: 1,
+                unit_amount_minor: price.amount_minor,
+                amount_minor: price.amount_minor,
+                period,
+            };
+            let invoice = invoices::issue(
+                &tx,
+                now,
+                NewInvoice {
+                    party: &party,
+                    subscription: Some(sub),
+                    reason: "subscription_cycle",
+                    currency: &price.currency,
+                    period,
+                    lines: vec![line],
+                },
+            )
+            .await?;
+            tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub, &invoice])
+                .await?;
+            let due: i64 = tx
+                .query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice])
+                .await?
+                .get(0);
+            if due > 0 {
+                schedule(
+                    &tx,
+                    "charge_invoice",
+                    &format!("charge:{invoice}"),
+                    Some(sub),
+                    Some(invoice),
+                    None,
+                    now,
+                    now,
+                )
+                .await?;
+            }
+        }
+        schedule_period_end(&tx, sub, period.1, now).await?;
+        let subscription = model::load_subscription(&tx, sub).await?;
+        let event = pb::SubscriptionUpdated {
+            previous_price_id: row.get::<_, Uuid>(2).to_string(),
+            subscription: Some(subscription),
+            previous_status: model::subscription_status(&status) as i32,
+            user_id: party.user_id.to_string(),
+            email: party.email.clone(),
+            plan_name: party.plan_name.clone(),
+        };
+        enqueue(&tx, "billing.subscription.updated", sub, &event).await?;
+        self.finish(&tx, job).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An automatic charge (`automatic`) or dunning retry `n` of an invoice.
+    async fn collect(
+        &self,
+        job: &Job,
+        invoice: Uuid,
+        initiated_by: &str,
+        n: usize,
+    ) -> Result<(), BillingError> {
+        let now = self.core.clock.now();
+        let attempt = {
+            let mut conn = self.core.db.write().await?;
+            let tx = conn.transaction().await?;
+            match payments::begin(&tx, now, invoice, None, initiated_by, self.core.provider.name()).await {
+                Ok(attempt) => {
+                    tx.commit().await?;
+                    attempt
+                }
+                // Paid (or voided) meanwhile: nothing to collect.
+                Err(BillingError::Refused { reason: "INVOICE_NOT_PAYABLE", .. }) => {
+                    drop(tx);
+                    let tx = conn.transaction().await?;
+                    self.finish(&tx, job).await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                Err(BillingError::Refused { reason: "PAYMENT_METHOD_REQUIRED", .. }) => {
+                    drop(tx);
+                    let tx = conn.transaction().await?;
+                    self.record_no_method(&tx, invoice, initiated_by, now).await?;
+                    self.customer_failed(&tx, invoice, n, now, job.id).await?;
+                    self.finish(&tx, job).await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
+            }
+        };
+        let charged =
+            payments::call_provider(&self.core.provider, &attempt, false, self.core.provider_timeout).await;
+        self.conclude(job, &attempt, &charged, n).await
+    }
+
+    /// Records the outcome of a scheduler charge and moves dunning.
+    async fn conclude(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        charged: &Charged,
+        n: usize,
+    ) -> Result<(), BillingError> {
+        let now = self.core.clock.now();
+        let mut conn = self.core.db.write().await?;
+        let tx = conn.transaction().await?;
+        match charged {
+            Charged::Timeout => {
+                let reconcile = now + Duration::from_secs(300);
+                let key = format!("reconcile:{}", attempt.id);
+                schedule(
+                    &tx,
+                    "payment_reconcile",
+                    &key,
+                    None,
+                    Some(attempt.invoice_id),
+                    Some(attempt.id),
+                    reconcile,
+                    now,
+                )
+                .await?;
+                self.finish(&tx, job).await?;
+            }
+            Charged::Unavailable(message) => {
+                // Not the customer's fault: record it, and try again later
+                // without moving the ladder.
+                payments::settle(&tx, now, attempt, charged).await?;
+                tx.commit().await?;
+                return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
+            }
+            Charged::Outcome(_) | Charged::NotFound => {
+                let paid = payments::settle(&tx, now, attempt, charged).await?;
+                if !paid && matches!(charged, Charged::Outcome(_)) {
+                    self.customer_failed(&tx, attempt.invoice_id, n, now, job.id).await?;
+                }
+                self.finish(&tx, job).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_no_method<C: GenericClient>(
+        &self,
+        tx: &C,
+        invoice: Uuid,
+        initiated_by: &str,
+        now: SystemTime,
+    ) -> Result<(), BillingError> {
+        tx.execute(
+            "INSERT INTO payment_attempts (id, invoice_id, customer_id, amount_minor, currency, status, failure_code, \
+               failure_message, initiated_by, provider, created_at, completed_at) \
+             SELECT $1, id, customer_id, amount_due_minor - amount_paid_minor, currency, 'failed', 'no_payment_method', \
+               'no payment method to charge', $2, $3, $4, $4 FROM invoices WHERE id = $5",
+            &[&Uuid::now_v7(), &initiated_by, &self.core.provider.name(), &now, &invoice],
+        )
+        .await?;
+        tx.execute("UPDATE invoices SET attempt_count = attempt_count + 1 WHERE id = $1", &[&invoice])
+            .await?;
+        Ok(())
+    }
+
+    /// A customer-side failure of automatic collection: the first starts
+    /// dunning (ACTIVE → PAST_DUE); each schedules the next retry of the
+    /// ladder; the last ends it with `dunning.final_action`.
+    async fn customer_failed<C: GenericClient>(
+        &self,
+        tx: &C,
+        invoice: Uuid,
+        retries_done: usize,
+        now: SystemTime,
+        job: Uuid,
+    ) -> Result<(), BillingError> {
+        let row = tx
+            .query_one("SELECT subscription_id, customer_id FROM invoices WHERE id = $1", &[&invoice])
+            .await?;
+        let (sub, customer): (Option<Uuid>, Uuid) = (row.get(0), row.get(1));
+        tx.execute(
+            "INSERT INTO dunning_states (invoice_id, subscription_id, status, started_at) VALUES ($1, $2, 'active', $3) \
+             ON CONFLICT (invoice_id) DO NOTHING",
+            &[&invoice, &sub, &now],
+        )
+        .await?;
+        let started: SystemTime = tx
+            .query_one("SELECT started_at FROM dunning_states WHERE invoice_id = $1", &[&invoice])
+            .await?
+            .get(0);
+        let days = &self.dunning.retry_days;
+        let next = days.get(retries_done).map(|d| started + Duration::from_secs(u64::from(*d) * 86_400));
+        let plan = match sub {
+            Some(s) => subscriptions::price(
+                tx,
+                model::load_subscription(tx, s).await?.price_id.parse().unwrap_or_default(),
+            )
+            .await
+            .map(|p| p.plan_name)
+            .unwrap_or_default(),
+            None => String::new(),
+        };
+        let party = Party::load(tx, customer, &plan).await?;
+        let retries = i32::try_from(retries_done).unwrap_or(i32::MAX);
+        match next {
+            Some(at) => {
+                tx.execute(
+                    "UPDATE dunning_states SET retries_done = $2, next_retry_at = $3 WHERE invoice_id = $1",
+                    &[&invoice, &retries, &at],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE invoices SET next_payment_attempt_at = $2 WHERE id = $1",
+                    &[&invoice, &at],
+                )
+                .await?;
+                let key = format!("dunning:{invoice}:{}", retries_done + 1);
+                schedule(tx, "dunning_retry", &key, sub, Some(invoice), None, at, now).await?;
+                if let Some(s) = sub {
+                    set_status(tx, s, &["active"], "past_due", None, now, &party).await?;
+                }
+            }
+            None => {
+                tx.execute(
+                    "UPDATE dunning_states SET status = 'exhausted', retries_done = $2, next_retry_at = NULL, ended_at = $3 \
+                     WHERE invoice_id = $1",
+                    &[&invoice, &retries, &now],
+                )
+                .await?;
+                tx.execute("UPDATE invoices SET next_payment_attempt_at = NULL WHERE id = $1", &[&invoice])
+                    .await?;
+                if self.dunning.final_action == "cancel" {
+                    write_off(tx, invoice, customer, now).await?;
+                    if let Some(s) = sub {
+                        set_status(
+                            tx,
+                            s,
+                            &["past_due", "active"],
+                            "canceled",
+                            Some("payment_failed"),
+                            now,
+                            &party,
+                        )
+                        .await?;
+                        recognize_revenue(tx, s, now).await?;
+                        cancel_jobs(tx, s, now, job).await?;
+                    }
+                } else if let Some(s) = sub {
+                    set_status(tx, s, &["past_due"], "unpaid", None, now, &party).await?;
+                }
+            }
+        }
+        // The payment.failed event of this attempt says what happens next.
+        announce_next_retry(tx, invoice, next, next.is_none()).await
+    }
+
+    async fn incomplete_expiry(&self, job: &Job, sub: Uuid) -> Result<(), BillingError> {
+        let now = self.core.clock.now();
+        let mut conn = self.core.db.write().await?;
+        let tx = conn.transaction().await?;
+        let status: String =
+            tx.query_one("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub]).await?.get(0);
+        if status == "incomplete" {
+            let s = model::load_subscription(&tx, sub).await?;
+            let price = subscriptions::price(&tx, s.price_id.parse().unwrap_or_default()).await?;
+            let customer: Uuid = s.customer_id.parse().unwrap_or_default();
+            let party = Party::load(&tx, customer, &price.plan_name).await?;
+            for row in tx
+                .query("SELECT id FROM invoices WHERE subscription_id = $1 AND status = 'open'", &[&sub])
+                .await?
+            {
+                void(&tx, row.get(0), now).await?;
+            }
+            set_status(&tx, sub, &["incomplete"], "canceled", Some("incomplete_expired"), now, &party)
+                .await?;
+            cancel_jobs(&tx, sub, now, job.id).await?;
+        }
+        self.finish(&tx, job).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reconcile(&self, job: &Job, attempt: Uuid) -> Result<(), BillingError> {
+        let pending = payments::pending(&*self.core.db.write().await?, attempt).await?;
+        let Some(attempt) = pending else {
+            let mut conn = self.core.db.write().await?;
+            let tx = conn.transaction().await?;
+            self.finish(&tx, job).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        let charged =
+            payments::call_provider(&self.core.provider, &attempt, true, self.core.provider_timeout).await;
+        self.conclude(job, &attempt, &charged, 0).await
+    }
+}
+
+/// Moves a subscription from one of `from` to `to`, with its event.
+async fn set_status<C: GenericClient>(
+    tx: &C,
+    sub: Uuid,
+    from: &[&str],
+    to: &str,
+    reason: Option<&str>,
+    now: SystemTime,
+    party: &Party,
+) -> Result<(), BillingError> {
+    let previous: String =
+        tx.query_one("SELECT status FROM subscriptions WHERE id = $1", &[&sub]).await?.get(0);
+    if !from.contains(&previous.as_str()) {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE subscriptions SET status = $2, cancellation_reason = $3, \
+           ended_at = CASE WHEN $2 = 'canceled' THEN $4::timestamptz END, \
+           canceled_at = CASE WHEN $2 = 'canceled' THEN COALESCE(canceled_at, $4::timestamptz) ELSE canceled_at END, \
+           updated_at = $4 WHERE id = $1",
+        &[&sub, &to, &reason, &now],
+    )
+    .await?;
+    let subscription = model::load_subscription(tx, sub).await?;
+    if to == "canceled" {
+        let event = pb::SubscriptionCanceled {
+            subscription: Some(subscription),
+            previous_status: model::subscription_status(&previous) as i32,
+            user_id: party.user_id.to_string(),
+            email: party.email.clone(),
+            plan_name: party.plan_name.clone(),
+        };
+        enqueue(tx, "billing.subscription.canceled", sub, &event).await
+    } else {
+        let event = pb::SubscriptionUpdated {
+            previous_price_id: subscription.price_id.clone(),
+            subscription: Some(subscription),
+            previous_status: model::subscription_status(&previous) as i32,
+            user_id: party.user_id.to_string(),
+            email: party.email.clone(),
+            plan_name: party.plan_name.clone(),
+        };
+        enqueue(tx, "billing.subscription.updated", sub, &event).await
+    }
+}
+
+/// Fills in `next_retry_at` / `final` of the `billing.payment.failed`
+/// event the failed attempt just wrote (same transaction).
+async fn announce_next_retry<C: GenericClient>(
+    tx: &C,
+    invoice: Uuid,
+    next: Option<SystemTime>,
+    last: bool,
+) -> Result<(), BillingError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, payload FROM tenx_outbox WHERE event_type = 'billing.payment.failed' AND aggregate_id = $1 \
+             ORDER BY seq DESC LIMIT 1",
+            &[&invoice.to_string()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let mut event = <pb::PaymentFailed as prost::Message>::decode(row.get::<_, Vec<u8>>(1).as_slice())
+        .map_err(|e| BillingError::Internal(e.to_string()))?;
+    event.next_retry_at = next.map(Into::into);
+    event.r#final = last;
+    tx.execute(
+        "UPDATE tenx_outbox SET payload = $2 WHERE id = $1",
+        &[&row.get::<_, Uuid>(0), &prost::Message::encode_to_vec(&event)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves a subscription's deferred revenue to earned revenue.
+async fn recognize_revenue<C: GenericClient>(tx: &C, sub: Uuid, now: SystemTime) -> Result<(), BillingError> {
+    let rows = tx
+        .query(
+            "SELECT currency::text, COALESCE(sum(amount_minor), 0)::bigint FROM ledger_entries \
+             WHERE subscription_id = $1 AND account = 'deferred_revenue' GROUP BY currency",
+            &[&sub],
+        )
+        .await?;
+    for row in rows {
+        let (currency, balance): (String, i64) = (row.get(0), row.get(1));
+        if balance != 0 {
+            let entries = [Entry::deferred(sub, -balance), Entry::plain("revenue_subscriptions", balance)];
+            let about = About { subscription: Some(sub), ..About::default() };
+            ledger::post(tx, "revenue_recognized", about, currency.trim(), "period end", &entries, now)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes off what is left of an invoice: UNCOLLECTIBLE, Dr bad debt / Cr
+/// receivable.
+async fn write_off<C: GenericClient>(
+    tx: &C,
+    invoice: Uuid,
+    customer: Uuid,
+    now: SystemTime,
+) -> Result<(), BillingError> {
+    let row = tx
+        .query_one(
+            "UPDATE invoices SET status = 'uncollectible', marked_uncollectible_at = $2, updated_at = $2 \
+             WHERE id = $1 RETURNING currency::text, amount_due_minor - amount_paid_minor",
+            &[&invoice, &now],
+        )
+        .await?;
+    let (currency, remaining): (String, i64) = (row.get(0), row.get(1));
+    if remaining > 0 {
+        let entries = [
+            Entry::plain("bad_debt", remaining),
+            Entry::customer("accounts_receivable", customer, -remaining),
+        ];
+        let about = About { invoice: Some(invoice), ..About::default() };
+        ledger::post(tx, "invoice_written_off", about, currency.trim(), "dunning exhausted", &entries, now)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Voids an open invoice: the exact reversal of its finalization entries.
+async fn void<C: GenericClient>(tx: &C, invoice: Uuid, now: SystemTime) -> Result<(), BillingError> {
+    tx.execute(
+        "UPDATE invoices SET status = 'void', voided_at = $2, updated_at = $2 WHERE id = $1",
+        &[&invoice, &now],
+    )
+    .await?;
+    let finalized = tx
+        .query_opt(
+            "SELECT id FROM ledger_transactions WHERE invoice_id = $1 AND kind = 'invoice_finalized'",
+            &[&invoice],
+        )
+        .await?;
+    if let Some(txn) = finalized {
+        let original: Uuid = txn.get(0);
+        let reversal = Uuid::now_v7();
+        tx.execute(
+            "INSERT INTO ledger_transactions (id, kind, invoice_id, reverses_transaction_id, description, posted_at) \
+             VALUES ($1, 'invoice_voided', $2, $3, 'void', $4)",
+            &[&reversal, &invoice, &original, &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, amount_minor, posted_at) \
+             SELECT gen_random_uuid(), $1, account, customer_id, subscription_id, currency, -amount_minor, $3 \
+             FROM ledger_entries WHERE transaction_id = $2",
+            &[&reversal, &original, &now],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Cancels a subscription's pending jobs (it ended).
+async fn cancel_jobs<C: GenericClient>(
+    tx: &C,
+    sub: Uuid,
+    now: SystemTime,
+    running: Uuid,
+) -> Result<(), BillingError> {
+    tx.execute(
+        "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
+         WHERE subscription_id = $1 AND status = 'pending' AND id <> $3 \
+           AND kind IN ('period_end', 'incomplete_expiry', 'dunning_retry')",
+        &[&sub, &now, &running],
+    )
+    .await?;
+    Ok(())
+}
