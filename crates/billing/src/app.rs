@@ -103,6 +103,12 @@ impl App {
             incomplete_expiry: std::time::Duration::from_secs(
                 settings.billing.incomplete_expiry_hours * 3600,
             ),
+            rules: crate::changes::Rules {
+                proration_always_invoice: settings.billing.proration == "always_invoice",
+                upgrade_now: settings.billing.upgrade_timing == "immediately",
+                downgrade_now: settings.billing.downgrade_timing == "immediately",
+            },
+            dunning: settings.dunning.clone(),
         });
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
         let scheduler =

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod catalog;
+pub mod changes;
 pub mod clock;
 pub mod customers;
 pub mod error;

@@ -351,7 +351,7 @@ impl Scheduler {
                     drop(tx);
                     let tx = conn.transaction().await?;
                     self.record_no_method(&tx, invoice, initiated_by, now).await?;
-                    self.customer_failed(&tx, invoice, n, now, job.id).await?;
+                    customer_failed(&self.dunning, &tx, invoice, n, now, job.id).await?;
                     self.finish(&tx, job).await?;
                     tx.commit().await?;
                     return Ok(());
@@ -402,7 +402,7 @@ impl Scheduler {
             Charged::Outcome(_) | Charged::NotFound => {
                 let paid = payments::settle(&tx, now, attempt, charged).await?;
                 if !paid && matches!(charged, Charged::Outcome(_)) {
-                    self.customer_failed(&tx, attempt.invoice_id, n, now, job.id).await?;
+                    customer_failed(&self.dunning, &tx, attempt.invoice_id, n, now, job.id).await?;
                 }
                 self.finish(&tx, job).await?;
             }
@@ -429,97 +429,6 @@ impl Scheduler {
         tx.execute("UPDATE invoices SET attempt_count = attempt_count + 1 WHERE id = $1", &[&invoice])
             .await?;
         Ok(())
-    }
-
-    /// A customer-side failure of automatic collection: the first starts
-    /// dunning (ACTIVE → PAST_DUE); each schedules the next retry of the
-    /// ladder; the last ends it with `dunning.final_action`.
-    async fn customer_failed<C: GenericClient>(
-        &self,
-        tx: &C,
-        invoice: Uuid,
-        retries_done: usize,
-        now: SystemTime,
-        job: Uuid,
-    ) -> Result<(), BillingError> {
-        let row = tx
-            .query_one("SELECT subscription_id, customer_id FROM invoices WHERE id = $1", &[&invoice])
-            .await?;
-        let (sub, customer): (Option<Uuid>, Uuid) = (row.get(0), row.get(1));
-        tx.execute(
-            "INSERT INTO dunning_states (invoice_id, subscription_id, status, started_at) VALUES ($1, $2, 'active', $3) \
-             ON CONFLICT (invoice_id) DO NOTHING",
-            &[&invoice, &sub, &now],
-        )
-        .await?;
-        let started: SystemTime = tx
-            .query_one("SELECT started_at FROM dunning_states WHERE invoice_id = $1", &[&invoice])
-            .await?
-            .get(0);
-        let days = &self.dunning.retry_days;
-        let next = days.get(retries_done).map(|d| started + Duration::from_secs(u64::from(*d) * 86_400));
-        let plan = match sub {
-            Some(s) => subscriptions::price(
-                tx,
-                model::load_subscription(tx, s).await?.price_id.parse().unwrap_or_default(),
-            )
-            .await
-            .map(|p| p.plan_name)
-            .unwrap_or_default(),
-            None => String::new(),
-        };
-        let party = Party::load(tx, customer, &plan).await?;
-        let retries = i32::try_from(retries_done).unwrap_or(i32::MAX);
-        match next {
-            Some(at) => {
-                tx.execute(
-                    "UPDATE dunning_states SET retries_done = $2, next_retry_at = $3 WHERE invoice_id = $1",
-                    &[&invoice, &retries, &at],
-                )
-                .await?;
-                tx.execute(
-                    "UPDATE invoices SET next_payment_attempt_at = $2 WHERE id = $1",
-                    &[&invoice, &at],
-                )
-                .await?;
-                let key = format!("dunning:{invoice}:{}", retries_done + 1);
-                schedule(tx, "dunning_retry", &key, sub, Some(invoice), None, at, now).await?;
-                if let Some(s) = sub {
-                    set_status(tx, s, &["active"], "past_due", None, now, &party).await?;
-                }
-            }
-            None => {
-                tx.execute(
-                    "UPDATE dunning_states SET status = 'exhausted', retries_done = $2, next_retry_at = NULL, ended_at = $3 \
-                     WHERE invoice_id = $1",
-                    &[&invoice, &retries, &now],
-                )
-                .await?;
-                tx.execute("UPDATE invoices SET next_payment_attempt_at = NULL WHERE id = $1", &[&invoice])
-                    .await?;
-                if self.dunning.final_action == "cancel" {
-                    write_off(tx, invoice, customer, now).await?;
-                    if let Some(s) = sub {
-                        set_status(
-                            tx,
-                            s,
-                            &["past_due", "active"],
-                            "canceled",
-                            Some("payment_failed"),
-                            now,
-                            &party,
-                        )
-                        .await?;
-                        recognize_revenue(tx, s, now).await?;
-                        cancel_jobs(tx, s, now, job).await?;
-                    }
-                } else if let Some(s) = sub {
-                    set_status(tx, s, &["past_due"], "unpaid", None, now, &party).await?;
-                }
-            }
-        }
-        // The payment.failed event of this attempt says what happens next.
-        announce_next_retry(tx, invoice, next, next.is_none()).await
     }
 
     async fn incomplete_expiry(&self, job: &Job, sub: Uuid) -> Result<(), BillingError> {
@@ -561,6 +470,21 @@ impl Scheduler {
             payments::call_provider(&self.core.provider, &attempt, true, self.core.provider_timeout).await;
         self.conclude(job, &attempt, &charged, 0).await
     }
+}
+
+/// Ends a live subscription now: CANCELED with `reason`, deferred revenue
+/// recognized, its pending jobs canceled, `billing.subscription.canceled`.
+pub async fn end_now<C: GenericClient>(
+    tx: &C,
+    sub: Uuid,
+    reason: &str,
+    now: SystemTime,
+    party: &Party,
+) -> Result<(), BillingError> {
+    let live = ["trialing", "active", "past_due", "unpaid", "incomplete"];
+    set_status(tx, sub, &live, "canceled", Some(reason), now, party).await?;
+    recognize_revenue(tx, sub, now).await?;
+    cancel_jobs(tx, sub, now, Uuid::nil()).await
 }
 
 /// Moves a subscription from one of `from` to `to`, with its event.
@@ -734,4 +658,91 @@ async fn cancel_jobs<C: GenericClient>(
     )
     .await?;
     Ok(())
+}
+
+/// A customer-side failure of automatic collection: the first starts
+/// dunning (ACTIVE → PAST_DUE); each schedules the next retry of the
+/// ladder; the last ends it with `dunning.final_action`.
+pub async fn customer_failed<C: GenericClient>(
+    dunning: &DunningSettings,
+    tx: &C,
+    invoice: Uuid,
+    retries_done: usize,
+    now: SystemTime,
+    job: Uuid,
+) -> Result<(), BillingError> {
+    let row =
+        tx.query_one("SELECT subscription_id, customer_id FROM invoices WHERE id = $1", &[&invoice]).await?;
+    let (sub, customer): (Option<Uuid>, Uuid) = (row.get(0), row.get(1));
+    tx.execute(
+        "INSERT INTO dunning_states (invoice_id, subscription_id, status, started_at) VALUES ($1, $2, 'active', $3) \
+         ON CONFLICT (invoice_id) DO NOTHING",
+        &[&invoice, &sub, &now],
+    )
+    .await?;
+    let started: SystemTime = tx
+        .query_one("SELECT started_at FROM dunning_states WHERE invoice_id = $1", &[&invoice])
+        .await?
+        .get(0);
+    let days = &dunning.retry_days;
+    let next = days.get(retries_done).map(|d| started + Duration::from_secs(u64::from(*d) * 86_400));
+    let plan = match sub {
+        Some(s) => subscriptions::price(
+            tx,
+            model::load_subscription(tx, s).await?.price_id.parse().unwrap_or_default(),
+        )
+        .await
+        .map(|p| p.plan_name)
+        .unwrap_or_default(),
+        None => String::new(),
+    };
+    let party = Party::load(tx, customer, &plan).await?;
+    let retries = i32::try_from(retries_done).unwrap_or(i32::MAX);
+    match next {
+        Some(at) => {
+            tx.execute(
+                "UPDATE dunning_states SET retries_done = $2, next_retry_at = $3 WHERE invoice_id = $1",
+                &[&invoice, &retries, &at],
+            )
+            .await?;
+            tx.execute("UPDATE invoices SET next_payment_attempt_at = $2 WHERE id = $1", &[&invoice, &at])
+                .await?;
+            let key = format!("dunning:{invoice}:{}", retries_done + 1);
+            schedule(tx, "dunning_retry", &key, sub, Some(invoice), None, at, now).await?;
+            if let Some(s) = sub {
+                set_status(tx, s, &["active"], "past_due", None, now, &party).await?;
+            }
+        }
+        None => {
+            tx.execute(
+                "UPDATE dunning_states SET status = 'exhausted', retries_done = $2, next_retry_at = NULL, ended_at = $3 \
+                 WHERE invoice_id = $1",
+                &[&invoice, &retries, &now],
+            )
+            .await?;
+            tx.execute("UPDATE invoices SET next_payment_attempt_at = NULL WHERE id = $1", &[&invoice])
+                .await?;
+            if dunning.final_action == "cancel" {
+                write_off(tx, invoice, customer, now).await?;
+                if let Some(s) = sub {
+                    set_status(
+                        tx,
+                        s,
+                        &["past_due", "active"],
+                        "canceled",
+                        Some("payment_failed"),
+                        now,
+                        &party,
+                    )
+                    .await?;
+                    recognize_revenue(tx, s, now).await?;
+                    cancel_jobs(tx, s, now, job).await?;
+                }
+            } else if let Some(s) = sub {
+                set_status(tx, s, &["past_due"], "unpaid", None, now, &party).await?;
+            }
+        }
+    }
+    // The payment.failed event of this attempt says what happens next.
+    announce_next_retry(tx, invoice, next, next.is_none()).await
 }

@@ -43,6 +43,8 @@ pub struct Core {
     pub currency_default: String,
     pub default_trial_days: u32,
     pub incomplete_expiry: std::time::Duration,
+    pub rules: crate::changes::Rules,
+    pub dunning: crate::settings::DunningSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,33 @@ fn provider_error(error: ProviderError) -> BillingError {
             message: "the payment provider did not answer in time".into(),
         },
     }
+}
+
+/// What a plan change did, for its response.
+#[derive(Debug, Clone)]
+struct ChangeSummary {
+    direction: pb::ChangeDirection,
+    effective_at: std::time::SystemTime,
+    invoice: Option<Uuid>,
+}
+
+async fn change_reply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sub: Uuid,
+    change: &ChangeSummary,
+) -> Result<pb::ChangePlanResponse, BillingError> {
+    let invoice = match change.invoice {
+        Some(id) => Some(model::load_invoice(tx, id).await?),
+        None => None,
+    };
+    let payment_attempt = invoice.as_ref().and_then(|i| i.payment_attempts.last().cloned());
+    Ok(pb::ChangePlanResponse {
+        subscription: Some(model::load_subscription(tx, sub).await?),
+        direction: change.direction as i32,
+        effective_at: Some(change.effective_at.into()),
+        invoice,
+        payment_attempt,
+    })
 }
 
 /// Page size (0 → 20, at most 100) and the id to continue after (the
@@ -299,7 +328,7 @@ impl Core {
             };
             let charged =
                 payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
-            self.settle_and_reply(&claim, &attempt, &charged, |tx, attempt| {
+            self.settle_and_reply(&claim, &attempt, &charged, false, |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -350,7 +379,7 @@ impl Core {
             };
             let charged =
                 payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
-            self.settle_and_reply(&claim, &attempt, &charged, |tx, attempt| {
+            self.settle_and_reply(&claim, &attempt, &charged, false, |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -394,6 +423,7 @@ impl Core {
         claim: &Claim,
         attempt: &Attempt,
         charged: &Charged,
+        automatic: bool,
         reply: impl for<'a> FnOnce(
             &'a deadpool_postgres::Transaction<'a>,
             &'a Attempt,
@@ -411,7 +441,19 @@ impl Core {
         }
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        let paid = payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        // A declined automatic charge (a plan change's) starts dunning.
+        if automatic && !paid && matches!(charged, Charged::Outcome(_)) {
+            crate::scheduler::customer_failed(
+                &self.dunning,
+                &tx,
+                attempt.invoice_id,
+                0,
+                self.clock.now(),
+                Uuid::nil(),
+            )
+            .await?;
+        }
         if let Charged::Unavailable(message) = charged {
             tx.commit().await?;
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
@@ -420,6 +462,117 @@ impl Core {
         self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
         tx.commit().await?;
         Ok(response)
+    }
+
+    async fn change_plan(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::ChangePlanRequest,
+    ) -> Result<(pb::ChangePlanResponse, bool), BillingError> {
+        let user = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let sub_id = uuid("subscription_id", &request.subscription_id)?;
+        let price_id = uuid("price_id", &request.price_id)?;
+        let timing = pb::ChangeTiming::try_from(request.timing)
+            .map_err(|_| BillingError::invalid("timing", "unknown timing"))?;
+        let proration = pb::ProrationBehavior::try_from(request.proration_behavior)
+            .map_err(|_| BillingError::invalid("proration_behavior", "unknown proration behavior"))?;
+        self.idempotent(metadata, "ChangePlan", &request, |claim| async move {
+            let (summary, attempt, resume) = match self.resumed(&claim).await? {
+                Some((attempt, resume)) => {
+                    // Interrupted while charging the proration invoice.
+                    let conn = self.db.write().await?;
+                    let row = conn
+                        .query_one("SELECT finalized_at FROM invoices WHERE id = $1", &[&attempt.invoice_id])
+                        .await?;
+                    let summary = ChangeSummary {
+                        direction: pb::ChangeDirection::Upgrade,
+                        effective_at: row.get(0),
+                        invoice: Some(attempt.invoice_id),
+                    };
+                    (summary, attempt, resume)
+                }
+                None => {
+                    let now = self.clock.now();
+                    let mut conn = self.db.write().await?;
+                    let tx = conn.transaction().await?;
+                    let locked = crate::changes::lock(&tx, sub_id, user).await?;
+                    let new = subscriptions::price(&tx, price_id).await?;
+                    let change =
+                        crate::changes::change_plan(&tx, now, &self.rules, &locked, &new, timing, proration)
+                            .await?;
+                    let summary = ChangeSummary {
+                        direction: change.direction,
+                        effective_at: change.effective_at,
+                        invoice: change.invoice,
+                    };
+                    let due: i64 = match change.invoice {
+                        Some(id) => tx
+                            .query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&id])
+                            .await?
+                            .get(0),
+                        None => 0,
+                    };
+                    let attempt = match change.invoice {
+                        Some(invoice) if due > 0 => {
+                            payments::begin(&tx, now, invoice, None, "automatic", self.provider.name())
+                                .await
+                                .ok()
+                        }
+                        _ => None,
+                    };
+                    let Some(attempt) = attempt else {
+                        // Nothing to charge (or no card: the invoice stays
+                        // open for PayInvoice).
+                        let response = change_reply(&tx, sub_id, &summary).await?;
+                        self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
+                        tx.commit().await?;
+                        return Ok(response);
+                    };
+                    self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
+                    tx.commit().await?;
+                    (summary, attempt, false)
+                }
+            };
+            let charged =
+                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
+            self.settle_and_reply(&claim, &attempt, &charged, true, |tx, _| {
+                Box::pin(async move { change_reply(tx, sub_id, &summary).await })
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn cancel_subscription(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::CancelSubscriptionRequest,
+    ) -> Result<(pb::CancelSubscriptionResponse, bool), BillingError> {
+        let user = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let sub_id = uuid("subscription_id", &request.subscription_id)?;
+        let timing = pb::ChangeTiming::try_from(request.timing)
+            .map_err(|_| BillingError::invalid("timing", "unknown timing"))?;
+        let proration = pb::ProrationBehavior::try_from(request.proration_behavior)
+            .map_err(|_| BillingError::invalid("proration_behavior", "unknown proration behavior"))?;
+        self.idempotent(metadata, "CancelSubscription", &request, |claim| async move {
+            let mut conn = self.db.write().await?;
+            let tx = conn.transaction().await?;
+            let locked = crate::changes::lock(&tx, sub_id, user).await?;
+            let invoice = crate::changes::cancel(&tx, self.clock.now(), &locked, timing, proration).await?;
+            let response = pb::CancelSubscriptionResponse {
+                subscription: Some(model::load_subscription(&tx, sub_id).await?),
+                invoice: match invoice {
+                    Some(id) => Some(model::load_invoice(&tx, id).await?),
+                    None => None,
+                },
+            };
+            self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
+            tx.commit().await?;
+            Ok(response)
+        })
+        .await
     }
 
     /// The caller's customer id (or, for an admin, the requested one), or
@@ -640,16 +793,20 @@ impl BillingService for BillingApi {
 
     async fn change_plan(
         &self,
-        _: Request<pb::ChangePlanRequest>,
+        request: Request<pb::ChangePlanRequest>,
     ) -> Result<Response<pb::ChangePlanResponse>, Status> {
-        Err(not_yet("ChangePlan"))
+        let (metadata, _, message) = request.into_parts();
+        let (response, replayed) = self.core.change_plan(&metadata, message).await?;
+        Ok(respond(response, replayed))
     }
 
     async fn cancel_subscription(
         &self,
-        _: Request<pb::CancelSubscriptionRequest>,
+        request: Request<pb::CancelSubscriptionRequest>,
     ) -> Result<Response<pb::CancelSubscriptionResponse>, Status> {
-        Err(not_yet("CancelSubscription"))
+        let (metadata, _, message) = request.into_parts();
+        let (response, replayed) = self.core.cancel_subscription(&metadata, message).await?;
+        Ok(respond(response, replayed))
     }
 
     async fn list_invoices(

@@ -53,6 +53,9 @@ pub struct BillingRules {
     pub currency_default: String,
     pub trial_days: u32,
     pub incomplete_expiry_hours: u64,
+    pub proration: String,
+    pub upgrade_timing: String,
+    pub downgrade_timing: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +155,17 @@ impl Validate for BillingSettings {
                 "scheduler",
                 "poll_interval_ms, batch_size, lease_seconds, max_backoff_seconds must be positive",
             ));
+        }
+        if !matches!(self.billing.proration.as_str(), "always_invoice" | "none") {
+            return Err(Invalid::new("billing.proration", "must be \"always_invoice\" or \"none\""));
+        }
+        for (key, value) in [
+            ("billing.upgrade_timing", &self.billing.upgrade_timing),
+            ("billing.downgrade_timing", &self.billing.downgrade_timing),
+        ] {
+            if !matches!(value.as_str(), "immediately" | "period_end") {
+                return Err(Invalid::new(key, "must be \"immediately\" or \"period_end\""));
+            }
         }
         if self.billing.incomplete_expiry_hours == 0 {
             return Err(Invalid::new("billing.incomplete_expiry_hours", "must be positive"));

@@ -5,5 +5,6 @@ mod binary;
 mod catalog;
 mod customers;
 mod dunning;
+mod lifecycle;
 mod payments;
 mod support;

@@ -1,0 +1,362 @@
+//! Plan changes and cancellations: direction, timing, and proration in
+//! integer arithmetic (half-to-even, each line rounded on its own, so the
+//! lines always add up to the total).
+
+use std::time::SystemTime;
+
+use deadpool_postgres::GenericClient;
+use tenx_proto::billing::v1 as pb;
+use uuid::Uuid;
+
+use crate::error::BillingError;
+use crate::invoices::{self, NewInvoice, NewLine, Party, enqueue};
+use crate::model;
+use crate::periods;
+use crate::scheduler::{self, schedule_period_end};
+use crate::subscriptions::{self, PriceRow};
+
+/// `n / d` rounded half to even (banker's rounding), for `n ≥ 0, d > 0`.
+pub fn round_half_even(n: i128, d: i128) -> i128 {
+    let (q, r) = (n / d, n % d);
+    if 2 * r > d || (2 * r == d && q % 2 == 1) { q + 1 } else { q }
+}
+
+/// The part of `amount` for `remaining` of `length` seconds.
+pub fn prorate(amount: i64, remaining: i64, length: i64) -> i64 {
+    let share = round_half_even(i128::from(amount) * i128::from(remaining.max(0)), i128::from(length.max(1)));
+    i64::try_from(share).unwrap_or(i64::MAX)
+}
+
+/// An upgrade costs more per month without shortening the interval
+/// (yearly → monthly is a downgrade even when dearer per month).
+pub fn is_upgrade(old: &PriceRow, new: &PriceRow) -> bool {
+    i128::from(new.amount_minor) * i128::from(old.months)
+        > i128::from(old.amount_minor) * i128::from(new.months)
+        && new.months >= old.months
+}
+
+fn seconds(a: SystemTime, b: SystemTime) -> i64 {
+    b.duration_since(a).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Config defaults of ChangePlan.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub proration_always_invoice: bool,
+    pub upgrade_now: bool,
+    pub downgrade_now: bool,
+}
+
+/// The locked subscription row a change needs.
+#[derive(Debug)]
+pub struct Locked {
+    pub id: Uuid,
+    pub customer: Uuid,
+    pub status: String,
+    pub price: PriceRow,
+    pub pending: Option<Uuid>,
+    pub period: (SystemTime, SystemTime),
+    pub cancel_at_period_end: bool,
+}
+
+/// Locks the caller's subscription (NOT_FOUND when it is not theirs).
+pub async fn lock<C: GenericClient>(tx: &C, sub: Uuid, user: Uuid) -> Result<Locked, BillingError> {
+    let row = tx
+        .query_opt(
+            "SELECT s.customer_id, s.status, s.price_id, s.pending_price_id, s.current_period_start, \
+                    s.current_period_end, s.cancel_at_period_end FROM subscriptions s \
+             JOIN customers c ON c.id = s.customer_id WHERE s.id = $1 AND c.user_id = $2 FOR UPDATE OF s",
+            &[&sub, &user],
+        )
+        .await?
+        .ok_or(BillingError::NotFound("subscription"))?;
+    Ok(Locked {
+        id: sub,
+        customer: row.get(0),
+        status: row.get(1),
+        price: subscriptions::price(tx, row.get(2)).await?,
+        pending: row.get(3),
+        period: (row.get(4), row.get(5)),
+        cancel_at_period_end: row.get(6),
+    })
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub struct Change {
+    pub direction: pb::ChangeDirection,
+    pub effective_at: SystemTime,
+    /// The proration invoice, when one was issued.
+    pub invoice: Option<Uuid>,
+}
+
+/// ChangePlan's transaction (the charge of its invoice follows).
+pub async fn change_plan<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    rules: &Rules,
+    sub: &Locked,
+    new: &PriceRow,
+    timing: pb::ChangeTiming,
+    proration: pb::ProrationBehavior,
+) -> Result<Change, BillingError> {
+    if !matches!(sub.status.as_str(), "active" | "trialing") || sub.cancel_at_period_end {
+        return Err(BillingError::refused(
+            "SUBSCRIPTION_NOT_CHANGEABLE",
+            format!(
+                "a {} subscription{} cannot change plan",
+                sub.status,
+                if sub.cancel_at_period_end { " ending at period end" } else { "" }
+            ),
+        ));
+    }
+    if !new.active {
+        return Err(BillingError::refused("PRICE_INACTIVE", "this price can no longer be subscribed to"));
+    }
+    if new.currency != sub.price.currency {
+        return Err(BillingError::refused(
+            "CURRENCY_MISMATCH",
+            format!("the subscription bills in {}; the price is in {}", sub.price.currency, new.currency),
+        ));
+    }
+    let party = Party::load(tx, sub.customer, &new.plan_name).await?;
+    let direction = if is_upgrade(&sub.price, new) {
+        pb::ChangeDirection::Upgrade
+    } else {
+        pb::ChangeDirection::Downgrade
+    };
+    if new.id == sub.price.id {
+        if sub.pending.is_none() {
+            return Err(BillingError::refused(
+                "ALREADY_ON_PRICE",
+                "the subscription is already on this price",
+            ));
+        }
+        // Back to the current price: the scheduled change is dropped.
+        tx.execute(
+            "UPDATE subscriptions SET pending_price_id = NULL, pending_change_at = NULL, updated_at = $2 WHERE id = $1",
+            &[&sub.id, &now],
+        )
+        .await?;
+        announce(tx, sub, &party).await?;
+        return Ok(Change { direction, effective_at: now, invoice: None });
+    }
+    let immediately = match timing {
+        pb::ChangeTiming::Immediately => true,
+        pb::ChangeTiming::PeriodEnd => false,
+        pb::ChangeTiming::Unspecified => {
+            if direction == pb::ChangeDirection::Upgrade {
+                rules.upgrade_now
+            } else {
+                rules.downgrade_now
+            }
+        }
+    };
+    // During a trial there is nothing billed to prorate.
+    if sub.status == "trialing"
+        || (immediately && new.months == sub.price.months && !prorates(rules, proration))
+    {
+        tx.execute(
+            "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
+             WHERE id = $1",
+            &[&sub.id, &new.id, &now],
+        )
+        .await?;
+        announce(tx, sub, &party).await?;
+        return Ok(Change { direction, effective_at: now, invoice: None });
+    }
+    if !immediately {
+        tx.execute(
+            "UPDATE subscriptions SET pending_price_id = $2, pending_change_at = current_period_end, updated_at = $3 \
+             WHERE id = $1",
+            &[&sub.id, &new.id, &now],
+        )
+        .await?;
+        announce(tx, sub, &party).await?;
+        return Ok(Change { direction, effective_at: sub.period.1, invoice: None });
+    }
+
+    // Immediately, with proration lines.
+    let t = periods::whole_second(now).max(sub.period.0);
+    let (length, remaining) = (seconds(sub.period.0, sub.period.1), seconds(t, sub.period.1));
+    let mut lines = vec![NewLine {
+        kind: "proration",
+        description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
+        price_id: sub.price.id,
+        quantity: 1,
+        unit_amount_minor: sub.price.amount_minor,
+        amount_minor: -prorate(sub.price.amount_minor, remaining, length),
+        period: (t, sub.period.1),
+    }];
+    let same_interval = new.months == sub.price.months;
+    let new_period = if same_interval { sub.period } else { periods::period(t, new.months, 0) };
+    lines.push(if same_interval {
+        NewLine {
+            kind: "proration",
+            description: format!("Remaining time on {} ({}ly)", new.plan_name, new.interval),
+            price_id: new.id,
+            quantity: 1,
+            unit_amount_minor: new.amount_minor,
+            amount_minor: prorate(new.amount_minor, remaining, length),
+            period: (t, sub.period.1),
+        }
+    } else {
+        NewLine {
+            kind: "subscription",
+            description: format!("{} ({}ly)", new.plan_name, new.interval),
+            price_id: new.id,
+            quantity: 1,
+            unit_amount_minor: new.amount_minor,
+            amount_minor: new.amount_minor,
+            period: new_period,
+        }
+    });
+    if same_interval {
+        tx.execute(
+            "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
+             WHERE id = $1",
+            &[&sub.id, &new.id, &now],
+        )
+        .await?;
+    } else {
+        // The cycle restarts now; the old boundary's job becomes stale.
+        tx.execute(
+            "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
+               billing_cycle_anchor = $3, cycle_index = 0, current_period_start = $3, current_period_end = $4, updated_at = $5 \
+             WHERE id = $1",
+            &[&sub.id, &new.id, &t, &new_period.1, &now],
+        )
+        .await?;
+        schedule_period_end(tx, sub.id, new_period.1, now).await?;
+    }
+    let invoice = invoices::issue(
+        tx,
+        now,
+        NewInvoice {
+            party: &party,
+            subscription: Some(sub.id),
+            reason: "subscription_update",
+            currency: &new.currency,
+            period: (t, new_period.1),
+            lines,
+        },
+    )
+    .await?;
+    tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &invoice]).await?;
+    announce(tx, sub, &party).await?;
+    Ok(Change { direction, effective_at: t, invoice: Some(invoice) })
+}
+
+fn prorates(rules: &Rules, proration: pb::ProrationBehavior) -> bool {
+    match proration {
+        pb::ProrationBehavior::AlwaysInvoice => true,
+        pb::ProrationBehavior::None => false,
+        pb::ProrationBehavior::Unspecified => rules.proration_always_invoice,
+    }
+}
+
+async fn announce<C: GenericClient>(tx: &C, sub: &Locked, party: &Party) -> Result<(), BillingError> {
+    let subscription = model::load_subscription(tx, sub.id).await?;
+    let event = pb::SubscriptionUpdated {
+        subscription: Some(subscription),
+        previous_status: model::subscription_status(&sub.status) as i32,
+        previous_price_id: sub.price.id.to_string(),
+        user_id: party.user_id.to_string(),
+        email: party.email.clone(),
+        plan_name: party.plan_name.clone(),
+    };
+    enqueue(tx, "billing.subscription.updated", sub.id, &event).await
+}
+
+/// CancelSubscription's transaction: scheduled at period end, or now
+/// (optionally crediting the unused time). Returns the final invoice.
+pub async fn cancel<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    sub: &Locked,
+    timing: pb::ChangeTiming,
+    proration: pb::ProrationBehavior,
+) -> Result<Option<Uuid>, BillingError> {
+    let party = Party::load(tx, sub.customer, &sub.price.plan_name).await?;
+    if sub.status == "canceled" || (sub.cancel_at_period_end && timing != pb::ChangeTiming::Immediately) {
+        return Err(BillingError::refused(
+            "SUBSCRIPTION_CANCELED",
+            "the subscription has ended or is ending already",
+        ));
+    }
+    if timing != pb::ChangeTiming::Immediately {
+        tx.execute(
+            "UPDATE subscriptions SET cancel_at_period_end = true, canceled_at = $2, pending_price_id = NULL, \
+               pending_change_at = NULL, updated_at = $2 WHERE id = $1",
+            &[&sub.id, &now],
+        )
+        .await?;
+        announce(tx, sub, &party).await?;
+        return Ok(None);
+    }
+    let t = periods::whole_second(now).max(sub.period.0);
+    let mut invoice = None;
+    if proration == pb::ProrationBehavior::AlwaysInvoice
+        && sub.status == "active"
+        && sub.price.amount_minor > 0
+    {
+        let credit =
+            prorate(sub.price.amount_minor, seconds(t, sub.period.1), seconds(sub.period.0, sub.period.1));
+        if credit > 0 {
+            let line = NewLine {
+                kind: "proration",
+                description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
+                price_id: sub.price.id,
+                quantity: 1,
+                unit_amount_minor: sub.price.amount_minor,
+                amount_minor: -credit,
+                period: (t, sub.period.1),
+            };
+            let id = invoices::issue(
+                tx,
+                now,
+                NewInvoice {
+                    party: &party,
+                    subscription: Some(sub.id),
+                    reason: "subscription_cancel",
+                    currency: &sub.price.currency,
+                    period: (t, sub.period.1),
+                    lines: vec![line],
+                },
+            )
+            .await?;
+            tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id])
+                .await?;
+            invoice = Some(id);
+        }
+    }
+    scheduler::end_now(tx, sub.id, "requested", now, &party).await?;
+    Ok(invoice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proration_rounds_half_to_even_and_in_whole_minor_units() {
+        // docs/services/billing.md's worked examples.
+        let (l, r) = (2_678_400, 1_771_200); // 31 days, 20.5 left
+        assert_eq!((prorate(2000, r, l), prorate(5000, r, l)), (1323, 3306));
+        let (l, r) = (2_592_000, 648_000); // 30 days, 7.5 left: a tie
+        assert_eq!((prorate(1490, r, l), prorate(4980, r, l)), (372, 1245), "JPY: 372.5 rounds to even");
+        assert_eq!(round_half_even(5, 2), 2);
+        assert_eq!(round_half_even(7, 2), 4);
+        assert_eq!(prorate(9990, 14 * 86_400, 31 * 86_400), 4512, "CLP");
+        assert_eq!(prorate(24_990, 14 * 86_400, 31 * 86_400), 11_286);
+    }
+
+    #[test]
+    fn a_credit_never_exceeds_what_was_billed() {
+        for amount in [1, 7, 999, 2000, 49_999] {
+            for remaining in [0, 1, 3_600, 86_399, 2_678_399, 2_678_400] {
+                assert!(prorate(amount, remaining, 2_678_400) <= amount);
+            }
+        }
+    }
+}
