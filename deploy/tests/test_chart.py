@@ -188,7 +188,7 @@ class ValuesSchema(unittest.TestCase):
         "billing key typo": ({"services": {"billing": {"config": {"billing": {"trial_day": 7}}}}}, "trial_day"),
         "billing wrong type": ({"services": {"billing": {"config": {"idempotency": {"ttl_hours": "24h"}}}}}, "ttl_hours"),
         # A section of docs/services/billing.md that tenx-billing does not read yet.
-        "billing key not read yet": ({"services": {"billing": {"config": {"usage": {"max_batch": 10}}}}}, "usage"),
+        "billing key not read yet": ({"services": {"billing": {"config": {"provider": {"reconcile_after_seconds": 10}}}}}, "reconcile_after_seconds"),
     }
 
     def test_bad_values_are_rejected_by_the_schema(self):

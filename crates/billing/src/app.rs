@@ -109,6 +109,7 @@ impl App {
                 downgrade_now: settings.billing.downgrade_timing == "immediately",
             },
             dunning: settings.dunning.clone(),
+            usage: settings.usage.clone(),
         });
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
         let scheduler =

@@ -156,6 +156,21 @@ pub async fn change_plan<C: GenericClient>(
     if sub.status == "trialing"
         || (immediately && new.months == sub.price.months && !prorates(rules, proration))
     {
+        // Usage so far belongs to the old price: billed now, never left
+        // to a price that may not meter it.
+        let t = periods::whole_second(now).max(sub.period.0);
+        if let Some(line) = crate::usage::pending_line(tx, sub.id, sub.price.id, t).await? {
+            let usage_invoice = NewInvoice {
+                party: &party,
+                subscription: Some(sub.id),
+                reason: "subscription_update",
+                currency: &sub.price.currency,
+                period: (line.period.0, t),
+                lines: vec![line],
+            };
+            let id = invoices::issue(tx, now, usage_invoice).await?;
+            scheduler::charge_later(tx, sub.id, id, now).await?;
+        }
         tx.execute(
             "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
              WHERE id = $1",
@@ -179,7 +194,9 @@ pub async fn change_plan<C: GenericClient>(
     // Immediately, with proration lines.
     let t = periods::whole_second(now).max(sub.period.0);
     let (length, remaining) = (seconds(sub.period.0, sub.period.1), seconds(t, sub.period.1));
-    let mut lines = vec![NewLine {
+    let mut lines: Vec<NewLine> =
+        crate::usage::pending_line(tx, sub.id, sub.price.id, t).await?.into_iter().collect();
+    lines.push(NewLine {
         kind: "proration",
         description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
         price_id: sub.price.id,
@@ -187,7 +204,8 @@ pub async fn change_plan<C: GenericClient>(
         unit_amount_minor: sub.price.amount_minor,
         amount_minor: -prorate(sub.price.amount_minor, remaining, length),
         period: (t, sub.period.1),
-    }];
+        claim_before: None,
+    });
     let same_interval = new.months == sub.price.months;
     let new_period = if same_interval { sub.period } else { periods::period(t, new.months, 0) };
     lines.push(if same_interval {
@@ -199,6 +217,7 @@ pub async fn change_plan<C: GenericClient>(
             unit_amount_minor: new.amount_minor,
             amount_minor: prorate(new.amount_minor, remaining, length),
             period: (t, sub.period.1),
+            claim_before: None,
         }
     } else {
         NewLine {
@@ -209,6 +228,7 @@ pub async fn change_plan<C: GenericClient>(
             unit_amount_minor: new.amount_minor,
             amount_minor: new.amount_minor,
             period: new_period,
+            claim_before: None,
         }
     });
     if same_interval {
@@ -295,7 +315,8 @@ pub async fn cancel<C: GenericClient>(
         return Ok(None);
     }
     let t = periods::whole_second(now).max(sub.period.0);
-    let mut invoice = None;
+    let mut lines: Vec<NewLine> =
+        crate::usage::final_line(tx, sub.id, sub.price.id, t).await?.into_iter().collect();
     if proration == pb::ProrationBehavior::AlwaysInvoice
         && sub.status == "active"
         && sub.price.amount_minor > 0
@@ -303,7 +324,7 @@ pub async fn cancel<C: GenericClient>(
         let credit =
             prorate(sub.price.amount_minor, seconds(t, sub.period.1), seconds(sub.period.0, sub.period.1));
         if credit > 0 {
-            let line = NewLine {
+            lines.push(NewLine {
                 kind: "proration",
                 description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
                 price_id: sub.price.id,
@@ -311,24 +332,24 @@ pub async fn cancel<C: GenericClient>(
                 unit_amount_minor: sub.price.amount_minor,
                 amount_minor: -credit,
                 period: (t, sub.period.1),
-            };
-            let id = invoices::issue(
-                tx,
-                now,
-                NewInvoice {
-                    party: &party,
-                    subscription: Some(sub.id),
-                    reason: "subscription_cancel",
-                    currency: &sub.price.currency,
-                    period: (t, sub.period.1),
-                    lines: vec![line],
-                },
-            )
-            .await?;
-            tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id])
-                .await?;
-            invoice = Some(id);
+                claim_before: None,
+            });
         }
+    }
+    let final_invoice = NewInvoice {
+        party: &party,
+        subscription: Some(sub.id),
+        reason: "subscription_cancel",
+        currency: &sub.price.currency,
+        period: (sub.period.0.min(t), t),
+        lines,
+    };
+    let mut invoice = None;
+    if final_invoice.bills_something() {
+        let id = invoices::issue(tx, now, final_invoice).await?;
+        tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id]).await?;
+        scheduler::charge_later(tx, sub.id, id, now).await?;
+        invoice = Some(id);
     }
     scheduler::end_now(tx, sub.id, "requested", now, &party).await?;
     Ok(invoice)

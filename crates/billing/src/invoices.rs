@@ -25,6 +25,10 @@ pub struct NewLine {
     pub unit_amount_minor: i64,
     pub amount_minor: i64,
     pub period: (SystemTime, SystemTime),
+    /// Usage lines: the records they bill are those unbilled from before
+    /// this instant (later than `period.1` for a final invoice, which bills
+    /// everything accepted).
+    pub claim_before: Option<SystemTime>,
 }
 
 /// Who an invoice is for, for its events.
@@ -62,6 +66,13 @@ pub struct NewInvoice<'a> {
     pub currency: &'a str,
     pub period: (SystemTime, SystemTime),
     pub lines: Vec<NewLine>,
+}
+
+impl NewInvoice<'_> {
+    /// Whether there is anything to bill (free renewals are not issued).
+    pub fn bills_something(&self) -> bool {
+        self.lines.iter().any(|l| l.amount_minor != 0 || l.kind == "usage")
+    }
 }
 
 /// Builds, numbers and finalizes an invoice; posts its ledger transaction
@@ -106,6 +117,12 @@ pub async fn issue<C: GenericClient>(
         &[&id, &customer, &new.subscription, &new.reason, &new.currency, &total, &applied, &added, &due, &new.period.0, &new.period.1, &now],
     )
     .await?;
+    // Usage lines claim their records now that the invoice exists.
+    for line in new.lines.iter().filter(|l| l.kind == "usage") {
+        let sub =
+            new.subscription.ok_or_else(|| BillingError::Internal("usage without subscription".into()))?;
+        crate::usage::claim(tx, sub, id, line.claim_before.unwrap_or(line.period.1), line.quantity).await?;
+    }
     for (i, line) in new.lines.iter().enumerate() {
         let line_no = i16::try_from(i + 1).map_err(|_| BillingError::Internal("too many lines".into()))?;
         tx.execute(

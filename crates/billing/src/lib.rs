@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod service;
 pub mod settings;
 pub mod subscriptions;
+pub mod usage;
 
 pub use app::{App, Running, migrate};
 pub use settings::BillingSettings;

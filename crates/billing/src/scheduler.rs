@@ -226,7 +226,32 @@ impl Scheduler {
         let party = Party::load(&tx, customer, &price.plan_name).await?;
         recognize_revenue(&tx, sub, now).await?;
 
-        if row.get::<_, bool>(7) {
+        // Usage of the ended period, at the price in force during it.
+        let ending = row.get::<_, bool>(7);
+        let usage = if ending {
+            crate::usage::final_line(&tx, sub, row.get(2), boundary).await?
+        } else {
+            crate::usage::pending_line(&tx, sub, row.get(2), boundary).await?
+        };
+        if ending {
+            // The final invoice bills what usage is left.
+            if let Some(line) = usage {
+                let final_invoice = NewInvoice {
+                    party: &party,
+                    subscription: Some(sub),
+                    reason: "subscription_cancel",
+                    currency: &price.currency,
+                    period: (line.period.0, boundary),
+                    lines: vec![line],
+                };
+                let invoice = invoices::issue(&tx, now, final_invoice).await?;
+                tx.execute(
+                    "UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1",
+                    &[&sub, &invoice],
+                )
+                .await?;
+                charge_later(&tx, sub, invoice, now).await?;
+            }
             tx.execute(
                 "UPDATE subscriptions SET status = 'canceled', ended_at = $2, cancellation_reason = 'requested', \
                    pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 WHERE id = $1",
@@ -263,8 +288,11 @@ impl Scheduler {
         .await?;
         // UNPAID subscriptions roll without new invoices; free ones have
         // nothing to bill.
-        if next_status != "unpaid" && price.amount_minor > 0 {
-            let line = NewLine {
+        // UNPAID subscriptions roll without new invoices (their usage stays
+        // unbilled until one is issued again); free ones bill only usage.
+        let mut lines: Vec<NewLine> = usage.into_iter().collect();
+        if price.amount_minor > 0 {
+            lines.push(NewLine {
                 kind: "subscription",
                 description: format!("{} ({}ly)", price.plan_name, price.interval),
                 price_id: price.id,
@@ -272,39 +300,22 @@ impl Scheduler {
                 unit_amount_minor: price.amount_minor,
                 amount_minor: price.amount_minor,
                 period,
-            };
-            let invoice = invoices::issue(
-                &tx,
-                now,
-                NewInvoice {
-                    party: &party,
-                    subscription: Some(sub),
-                    reason: "subscription_cycle",
-                    currency: &price.currency,
-                    period,
-                    lines: vec![line],
-                },
-            )
-            .await?;
+                claim_before: None,
+            });
+        }
+        let renewal = NewInvoice {
+            party: &party,
+            subscription: Some(sub),
+            reason: "subscription_cycle",
+            currency: &price.currency,
+            period,
+            lines,
+        };
+        if next_status != "unpaid" && renewal.bills_something() {
+            let invoice = invoices::issue(&tx, now, renewal).await?;
             tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub, &invoice])
                 .await?;
-            let due: i64 = tx
-                .query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice])
-                .await?
-                .get(0);
-            if due > 0 {
-                schedule(
-                    &tx,
-                    "charge_invoice",
-                    &format!("charge:{invoice}"),
-                    Some(sub),
-                    Some(invoice),
-                    None,
-                    now,
-                    now,
-                )
-                .await?;
-            }
+            charge_later(&tx, sub, invoice, now).await?;
         }
         schedule_period_end(&tx, sub, period.1, now).await?;
         let subscription = model::load_subscription(&tx, sub).await?;
@@ -470,6 +481,31 @@ impl Scheduler {
             payments::call_provider(&self.core.provider, &attempt, true, self.core.provider_timeout).await;
         self.conclude(job, &attempt, &charged, 0).await
     }
+}
+
+/// Queues the automatic charge of an issued invoice, when it owes anything.
+pub async fn charge_later<C: GenericClient>(
+    tx: &C,
+    sub: Uuid,
+    invoice: Uuid,
+    now: SystemTime,
+) -> Result<(), BillingError> {
+    let due: i64 =
+        tx.query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
+    if due > 0 {
+        schedule(
+            tx,
+            "charge_invoice",
+            &format!("charge:{invoice}"),
+            Some(sub),
+            Some(invoice),
+            None,
+            now,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Ends a live subscription now: CANCELED with `reason`, deferred revenue
@@ -725,6 +761,20 @@ pub async fn customer_failed<C: GenericClient>(
             if dunning.final_action == "cancel" {
                 write_off(tx, invoice, customer, now).await?;
                 if let Some(s) = sub {
+                    // Usage accepted before the end is still billed, once.
+                    let current = model::load_subscription(tx, s).await?;
+                    let price: Uuid = current.price_id.parse().unwrap_or_default();
+                    if let Some(line) = crate::usage::final_line(tx, s, price, now).await? {
+                        let final_invoice = NewInvoice {
+                            party: &party,
+                            subscription: Some(s),
+                            reason: "subscription_cancel",
+                            currency: &current.currency,
+                            period: (line.period.0, now),
+                            lines: vec![line],
+                        };
+                        invoices::issue(tx, now, final_invoice).await?;
+                    }
                     set_status(
                         tx,
                         s,

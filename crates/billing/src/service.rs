@@ -1,11 +1,7 @@
 //! The gRPC API: `tenx.billing.v1.BillingService`.
 //!
-//! Built so far: the catalog, customers, payment methods, creating and
-//! reading subscriptions, invoices and paying them (every mutation under
-//! its idempotency key). ChangePlan, CancelSubscription, RecordUsage and
-//! ListLedgerEntries answer UNIMPLEMENTED until they land
-//! (docs/services/billing.md is their design), as do the scheduler's
-//! renewals and dunning.
+//! Every mutation runs under its idempotency key (`Core::idempotent`);
+//! docs/services/billing.md is the design behind each RPC.
 
 use std::sync::Arc;
 
@@ -45,6 +41,7 @@ pub struct Core {
     pub incomplete_expiry: std::time::Duration,
     pub rules: crate::changes::Rules,
     pub dunning: crate::settings::DunningSettings,
+    pub usage: crate::settings::UsageSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -146,10 +143,6 @@ fn next_token<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &String) -> 
     } else {
         String::new()
     }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented yet (see docs/services/billing.md)"))
 }
 
 /// A response, marked when it is a stored one replayed.
@@ -575,6 +568,115 @@ impl Core {
         .await
     }
 
+    async fn record_usage(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::RecordUsageRequest,
+    ) -> Result<pb::RecordUsageResponse, BillingError> {
+        caller(metadata)?;
+        if !is_admin(metadata) {
+            return Err(BillingError::PermissionDenied);
+        }
+        let now = self.clock.now();
+        let max_future = std::time::Duration::from_secs(self.usage.max_future_seconds);
+        let records = crate::usage::validate(&request.records, self.usage.max_batch, now, max_future)?;
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let results = crate::usage::record(&tx, now, &records).await?;
+        tx.commit().await?;
+        Ok(pb::RecordUsageResponse { results })
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        metadata: &MetadataMap,
+        request: pb::ListLedgerEntriesRequest,
+    ) -> Result<pb::ListLedgerEntriesResponse, BillingError> {
+        caller(metadata)?;
+        if !is_admin(metadata) {
+            return Err(BillingError::PermissionDenied);
+        }
+        let limit: i64 = match request.page_size {
+            0 => 100,
+            1..=500 => i64::from(request.page_size),
+            _ => return Err(BillingError::invalid("page_size", "must be at most 500")),
+        };
+        let after: i64 = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| BillingError::invalid("page_token", "is not a token this service issued"))?
+        };
+        let account = match pb::LedgerAccount::try_from(request.account) {
+            Ok(pb::LedgerAccount::Unspecified) => None,
+            Ok(a) => Some(a.as_str_name().trim_start_matches("LEDGER_ACCOUNT_").to_ascii_lowercase()),
+            Err(_) => return Err(BillingError::invalid("account", "unknown account")),
+        };
+        let customer = optional_uuid("customer_id", &request.customer_id)?;
+        let transaction = optional_uuid("transaction_id", &request.transaction_id)?;
+        let invoice = optional_uuid("invoice_id", &request.invoice_id)?;
+        let currency = (!request.currency.is_empty()).then(|| request.currency.clone());
+        let rows = self
+            .db
+            .write()
+            .await?
+            .query(
+                "SELECT e.id, e.seq, e.transaction_id, t.kind, e.account, e.customer_id, e.subscription_id, \
+                        e.currency::text, e.amount_minor, t.invoice_id, t.payment_attempt_id, t.reverses_transaction_id, e.posted_at \
+                 FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id \
+                 WHERE e.seq > $1 AND ($2::text IS NULL OR e.account = $2) AND ($3::uuid IS NULL OR e.customer_id = $3) \
+                   AND ($4::text IS NULL OR e.currency::text = $4) AND ($5::uuid IS NULL OR e.transaction_id = $5) \
+                   AND ($6::uuid IS NULL OR t.invoice_id = $6) ORDER BY e.seq LIMIT $7",
+                &[&after, &account, &customer, &currency, &transaction, &invoice, &(limit + 1)],
+            )
+            .await?;
+        let more = rows.len() as i64 > limit;
+        let rows = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(0))];
+        let id = |row: &tokio_postgres::Row, i: usize| {
+            row.get::<_, Option<Uuid>>(i).map(|u| u.to_string()).unwrap_or_default()
+        };
+        let entries = rows
+            .iter()
+            .map(|row| {
+                let amount: i64 = row.get(8);
+                let kind = pb::LedgerTransactionKind::from_str_name(&format!(
+                    "LEDGER_TRANSACTION_KIND_{}",
+                    row.get::<_, String>(3).to_ascii_uppercase()
+                ))
+                .unwrap_or_default();
+                let account = pb::LedgerAccount::from_str_name(&format!(
+                    "LEDGER_ACCOUNT_{}",
+                    row.get::<_, String>(4).to_ascii_uppercase()
+                ))
+                .unwrap_or_default();
+                pb::LedgerEntry {
+                    id: id(row, 0),
+                    transaction_id: id(row, 2),
+                    transaction_kind: kind as i32,
+                    account: account as i32,
+                    customer_id: id(row, 5),
+                    subscription_id: id(row, 6),
+                    currency: row.get::<_, String>(7).trim().to_owned(),
+                    direction: if amount > 0 { pb::EntryDirection::Debit } else { pb::EntryDirection::Credit }
+                        as i32,
+                    amount_minor: amount.abs(),
+                    invoice_id: id(row, 9),
+                    payment_attempt_id: id(row, 10),
+                    reverses_transaction_id: id(row, 11),
+                    posted_at: Some(row.get::<_, std::time::SystemTime>(12).into()),
+                }
+            })
+            .collect();
+        let next_page_token = if more {
+            rows.last().map(|r| r.get::<_, i64>(1).to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListLedgerEntriesResponse { entries, next_page_token })
+    }
+
     /// The caller's customer id (or, for an admin, the requested one), or
     /// NOT_FOUND.
     async fn own_customer(&self, metadata: &MetadataMap, requested: &str) -> Result<Uuid, BillingError> {
@@ -836,15 +938,17 @@ impl BillingService for BillingApi {
 
     async fn record_usage(
         &self,
-        _: Request<pb::RecordUsageRequest>,
+        request: Request<pb::RecordUsageRequest>,
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
-        Err(not_yet("RecordUsage"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.record_usage(&metadata, message).await?))
     }
 
     async fn list_ledger_entries(
         &self,
-        _: Request<pb::ListLedgerEntriesRequest>,
+        request: Request<pb::ListLedgerEntriesRequest>,
     ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
-        Err(not_yet("ListLedgerEntries"))
+        let (metadata, _, message) = request.into_parts();
+        Ok(Response::new(self.core.list_ledger_entries(&metadata, message).await?))
     }
 }

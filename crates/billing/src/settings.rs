@@ -31,6 +31,13 @@ pub struct BillingSettings {
     pub provider: ProviderSettings,
     pub dunning: DunningSettings,
     pub scheduler: SchedulerSettings,
+    pub usage: UsageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UsageSettings {
+    pub max_batch: usize,
+    pub max_future_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +173,9 @@ impl Validate for BillingSettings {
             if !matches!(value.as_str(), "immediately" | "period_end") {
                 return Err(Invalid::new(key, "must be \"immediately\" or \"period_end\""));
             }
+        }
+        if !(1..=10_000).contains(&self.usage.max_batch) {
+            return Err(Invalid::new("usage.max_batch", "must be 1–10000"));
         }
         if self.billing.incomplete_expiry_hours == 0 {
             return Err(Invalid::new("billing.incomplete_expiry_hours", "must be positive"));

@@ -159,6 +159,7 @@ pub async fn create<C: GenericClient>(
             unit_amount_minor: price.amount_minor,
             amount_minor: price.amount_minor,
             period,
+            claim_before: None,
         };
         let invoice = invoices::issue(
             tx,

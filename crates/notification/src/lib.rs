@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod billing;
 pub mod deliver;
 pub mod egress;
 pub mod error;

@@ -15,9 +15,15 @@ pub struct Kind {
     pub critical: bool,
 }
 
-/// Categories users can mute (critical ones excepted).
-pub const CATEGORIES: [Kind; 2] =
-    [Kind { category: "account", critical: false }, Kind { category: "security", critical: true }];
+/// Categories users can mute (critical ones excepted). `billing` is
+/// critical: a failed payment needs the customer to act before service
+/// stops, and a receipt is the customer's record of a charge (what card
+/// networks and tax rules expect them to get), so neither can be muted.
+pub const CATEGORIES: [Kind; 3] = [
+    Kind { category: "account", critical: false },
+    Kind { category: "security", critical: true },
+    Kind { category: "billing", critical: true },
+];
 
 /// Built-in templates: name, kind, and the files in `templates/<name>/`.
 macro_rules! builtin {
@@ -40,13 +46,16 @@ type Builtin = (&'static str, Kind, [&'static str; 3], Option<&'static str>);
 
 const ACCOUNT: Kind = CATEGORIES[0];
 const SECURITY: Kind = CATEGORIES[1];
+const BILLING: Kind = CATEGORIES[2];
 
-fn builtins() -> [Builtin; 4] {
+fn builtins() -> [Builtin; 6] {
     [
         builtin!("welcome", ACCOUNT, in_app),
         builtin!("verify_email", SECURITY),
         builtin!("password_reset", SECURITY),
         builtin!("password_changed", SECURITY, in_app),
+        builtin!("billing_receipt", BILLING, in_app),
+        builtin!("billing_payment_failed", BILLING, in_app),
     ]
 }
 
@@ -160,7 +169,15 @@ mod tests {
     fn every_builtin_renders_with_its_variables_and_fails_without_them() {
         let templates = Templates::load(None).expect("built-ins load");
         let data = serde_json::json!({
-            "email": "ada@example.com", "display_name": "Ada", "code": "ABCD2345", "expires_in_minutes": 30
+            "email": "ada@example.com", "display_name": "Ada", "code": "ABCD2345", "expires_in_minutes": 30,
+            // billing_receipt
+            "invoice_number": "7QX2KM4B-0001", "amount_paid": "USD 20.00", "paid_on": "2026-03-01",
+            "plan_name": "Pro", "period_start": "2026-03-01", "period_end": "2026-04-01",
+            "lines": [{ "description": "Pro (monthly)", "amount": "USD 20.00" }],
+            "card": { "brand": "Visa", "last4": "4242" },
+            // billing_payment_failed
+            "amount_due": "USD 20.00", "reason": "your card was declined", "card_last4": "0002",
+            "attempt_count": 1, "next_retry": "2026-03-04", "final": false
         });
         for (name, ..) in builtins() {
             let rendered = templates.render(name, &data).expect("renders");
@@ -177,5 +194,65 @@ mod tests {
         let welcome = templates.render("welcome", &data).expect("renders");
         assert_eq!(welcome.subject, "Welcome to tenx, Ada!");
         assert_eq!(welcome.in_app.map(|(t, _)| t).as_deref(), Some("Welcome to tenx"));
+    }
+
+    #[test]
+    fn billing_templates_say_what_was_paid_or_what_failed() {
+        let templates = Templates::load(None).expect("built-ins load");
+        let mut receipt = serde_json::json!({
+            "email": "ada@example.com", "invoice_number": "7QX2KM4B-0001", "amount_paid": "USD 19.83",
+            "paid_on": "2026-03-01", "plan_name": "Pro", "period_start": "2026-03-01", "period_end": "2026-04-01",
+            "lines": [
+                { "description": "Pro (monthly)", "amount": "USD 20.00" },
+                { "description": "Unused time on <b>Basic</b>", "amount": "USD -0.17" }
+            ],
+            "card": { "brand": "Visa", "last4": "4242" }
+        });
+        let r = templates.render("billing_receipt", &receipt).expect("renders");
+        assert_eq!(r.kind, Kind { category: "billing", critical: true });
+        assert_eq!(r.subject, "Receipt for invoice 7QX2KM4B-0001");
+        for expected in [
+            "Amount paid: USD 19.83",
+            "Plan: Pro",
+            "Period: 2026-03-01 to 2026-04-01",
+            "Pro (monthly): USD 20.00",
+            "Unused time on <b>Basic</b>: USD -0.17",
+            "Charged to: Visa ending in 4242",
+        ] {
+            assert!(r.text.contains(expected), "{expected:?} in {}", r.text);
+        }
+        assert!(
+            r.html.contains("Unused time on &lt;b&gt;Basic&lt;") && !r.html.contains("<b>Basic"),
+            "{}",
+            r.html
+        );
+        assert_eq!(r.in_app.as_ref().map(|(t, _)| t.as_str()), Some("Payment received"));
+        // Without a plan, period or card the lines simply go.
+        receipt["plan_name"] = "".into();
+        receipt["card"] = serde_json::Value::Null;
+        receipt["period_start"] = serde_json::Value::Null;
+        let r = templates.render("billing_receipt", &receipt).expect("renders");
+        assert!(!r.text.contains("Plan:") && !r.text.contains("Charged to") && !r.text.contains("Period:"));
+
+        let mut failed = serde_json::json!({
+            "email": "ada@example.com", "invoice_number": "7QX2KM4B-0002", "amount_due": "JPY 1,490",
+            "reason": "your card was declined", "plan_name": "Pro", "card_last4": "0002", "attempt_count": 1,
+            "next_retry": "2026-03-04", "final": false
+        });
+        let r = templates.render("billing_payment_failed", &failed).expect("renders");
+        assert_eq!(r.subject, "Payment failed for invoice 7QX2KM4B-0002");
+        assert!(r.text.contains("We could not collect JPY 1,490 for invoice 7QX2KM4B-0002 (Pro plan): your card was declined (card ending in 0002)."), "{}", r.text);
+        assert!(r.text.contains("We will try again on 2026-03-04."), "{}", r.text);
+        assert!(!r.text.contains("last automatic attempt"));
+        failed["next_retry"] = serde_json::Value::Null;
+        let r = templates.render("billing_payment_failed", &failed).expect("renders");
+        assert!(!r.text.contains("try again") && r.text.contains("pay the invoice"), "{}", r.text);
+        failed["final"] = true.into();
+        let r = templates.render("billing_payment_failed", &failed).expect("renders");
+        assert_eq!(r.subject, "Final notice: payment for invoice 7QX2KM4B-0002 failed");
+        assert!(
+            r.text.contains("This was our last automatic attempt, so your subscription has been stopped.")
+        );
+        assert_eq!(r.in_app.map(|(t, _)| t).as_deref(), Some("Final notice: payment failed"));
     }
 }

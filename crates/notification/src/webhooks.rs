@@ -19,6 +19,7 @@ use tenx_common::db::Db;
 use tenx_common::outbox::{self, NewEvent};
 use tenx_common::queue::{Handler, HandlerError, Message};
 use tenx_proto::auth::v1 as auth;
+use tenx_proto::billing::v1 as billing;
 use tenx_proto::notification::v1::WebhookDue;
 use uuid::Uuid;
 
@@ -84,6 +85,60 @@ pub fn body_for(message: &Message) -> String {
         "auth.password_changed" => {
             auth::PasswordChanged::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }
+        "billing.customer.created" => billing::CustomerCreated::decode(payload).map(|e| {
+            json!({ "customer_id": e.customer_id, "user_id": e.user_id, "email": e.email, "created_at": seconds(e.created_at.as_ref()) })
+        }),
+        "billing.subscription.created" => billing::SubscriptionCreated::decode(payload).map(|e| {
+            json!({ "subscription": subscription(e.subscription.as_ref()), "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name })
+        }),
+        "billing.subscription.updated" => billing::SubscriptionUpdated::decode(payload).map(|e| {
+            json!({
+                "subscription": subscription(e.subscription.as_ref()),
+                "previous_status": status(e.previous_status),
+                "previous_price_id": e.previous_price_id,
+                "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name,
+            })
+        }),
+        "billing.subscription.canceled" => billing::SubscriptionCanceled::decode(payload).map(|e| {
+            json!({
+                "subscription": subscription(e.subscription.as_ref()),
+                "previous_status": status(e.previous_status),
+                "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name,
+            })
+        }),
+        "billing.invoice.finalized" => billing::InvoiceFinalized::decode(payload).map(|e| {
+            json!({ "invoice": invoice(e.invoice.as_ref()), "user_id": e.user_id, "email": e.email, "amount_due_display": e.amount_due_display })
+        }),
+        "billing.invoice.paid" => billing::InvoicePaid::decode(payload).map(|e| {
+            json!({
+                "invoice": invoice(e.invoice.as_ref()),
+                "user_id": e.user_id, "email": e.email,
+                "amount_paid_display": e.amount_paid_display,
+                "payment_attempt_id": e.payment_attempt_id,
+                "card_brand": name(billing::CardBrand::try_from(e.card_brand).map(|b| b.as_str_name()), "CARD_BRAND_"),
+                "card_last4": e.card_last4,
+                "plan_name": e.plan_name,
+            })
+        }),
+        // The provider's own failure message is left out: the code says
+        // why, and the provider's wording is not ours to forward.
+        "billing.payment.failed" => billing::PaymentFailed::decode(payload).map(|e| {
+            json!({
+                "invoice_id": e.invoice_id, "invoice_number": e.invoice_number,
+                "subscription_id": e.subscription_id, "customer_id": e.customer_id,
+                "user_id": e.user_id, "email": e.email,
+                "payment_attempt_id": e.payment_attempt_id,
+                "amount_due_minor": e.amount_due_minor, "currency": e.currency,
+                "amount_due_display": e.amount_due_display,
+                "failure_code": name(billing::PaymentFailureCode::try_from(e.failure_code).map(|c| c.as_str_name()), "PAYMENT_FAILURE_CODE_"),
+                "initiated_by": name(billing::PaymentTrigger::try_from(e.initiated_by).map(|t| t.as_str_name()), "PAYMENT_TRIGGER_"),
+                "attempt_count": e.attempt_count,
+                "next_retry_at": seconds(e.next_retry_at.as_ref()),
+                "final": e.r#final,
+                "plan_name": e.plan_name,
+                "card_last4": e.card_last4,
+            })
+        }),
         // Only fields known to be safe to share leave the platform: an
         // event without a mapping here is announced by type and id alone.
         _ => Ok(Value::Null),
@@ -92,6 +147,62 @@ pub fn body_for(message: &Message) -> String {
     let timestamp = message.envelope.occurred_at.as_ref().map_or(0, |t| t.seconds);
     json!({ "type": message.event_type(), "id": message.id(), "timestamp": timestamp, "data": data })
         .to_string()
+}
+
+/// Unix seconds of a timestamp; null when unset.
+fn seconds(t: Option<&prost_types::Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| t.seconds.into())
+}
+
+/// A proto enum value as its lower-case name without the enum's prefix
+/// (`SUBSCRIPTION_STATUS_PAST_DUE` → `past_due`); null when unknown or
+/// unspecified.
+fn name<E>(value: Result<&str, E>, prefix: &str) -> Value {
+    match value.ok().and_then(|n| n.strip_prefix(prefix)) {
+        Some("UNSPECIFIED") | None => Value::Null,
+        Some(n) => n.to_ascii_lowercase().into(),
+    }
+}
+
+fn status(value: i32) -> Value {
+    name(billing::SubscriptionStatus::try_from(value).map(|s| s.as_str_name()), "SUBSCRIPTION_STATUS_")
+}
+
+fn subscription(s: Option<&billing::Subscription>) -> Value {
+    let Some(s) = s else { return Value::Null };
+    json!({
+        "id": s.id, "customer_id": s.customer_id, "price_id": s.price_id, "plan_id": s.plan_id,
+        "status": status(s.status), "currency": s.currency,
+        "current_period_start": seconds(s.current_period_start.as_ref()),
+        "current_period_end": seconds(s.current_period_end.as_ref()),
+        "trial_end": seconds(s.trial_end.as_ref()),
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "canceled_at": seconds(s.canceled_at.as_ref()),
+        "ended_at": seconds(s.ended_at.as_ref()),
+        "cancellation_reason": name(
+            billing::CancellationReason::try_from(s.cancellation_reason).map(|r| r.as_str_name()),
+            "CANCELLATION_REASON_",
+        ),
+        "version": s.version,
+    })
+}
+
+fn invoice(i: Option<&billing::Invoice>) -> Value {
+    let Some(i) = i else { return Value::Null };
+    let lines: Vec<Value> = i
+        .lines
+        .iter()
+        .map(|l| json!({ "description": l.description, "quantity": l.quantity, "amount_minor": l.amount_minor }))
+        .collect();
+    json!({
+        "id": i.id, "customer_id": i.customer_id, "subscription_id": i.subscription_id, "number": i.number,
+        "status": name(billing::InvoiceStatus::try_from(i.status).map(|s| s.as_str_name()), "INVOICE_STATUS_"),
+        "currency": i.currency, "total_minor": i.total_minor, "amount_due_minor": i.amount_due_minor,
+        "amount_paid_minor": i.amount_paid_minor, "amount_remaining_minor": i.amount_remaining_minor,
+        "period_start": seconds(i.period_start.as_ref()), "period_end": seconds(i.period_end.as_ref()),
+        "paid_at": seconds(i.paid_at.as_ref()),
+        "lines": lines,
+    })
 }
 
 pub struct Webhooks {
@@ -326,5 +437,64 @@ impl Handler for WebhookWorker {
         let id =
             Uuid::parse_str(&due.message_id).map_err(|_| HandlerError::Reject("bad message id".into()))?;
         self.hooks.deliver(id, message.attempt).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenx_proto::events::v1::Envelope;
+
+    fn message<M: prost::Message>(event_type: &str, payload: &M) -> Message {
+        Message {
+            envelope: Envelope {
+                id: "evt-1".into(),
+                r#type: event_type.into(),
+                payload: payload.encode_to_vec(),
+                ..Default::default()
+            },
+            attempt: 1,
+            redelivered: false,
+            trace: Default::default(),
+        }
+    }
+
+    #[test]
+    fn billing_events_share_amounts_and_card_last4_but_not_the_providers_message() {
+        let paid = billing::InvoicePaid {
+            invoice: Some(billing::Invoice {
+                number: "7QX2KM4B-0001".into(),
+                status: billing::InvoiceStatus::Paid as i32,
+                currency: "USD".into(),
+                amount_paid_minor: 1983,
+                ..Default::default()
+            }),
+            user_id: "u".into(),
+            amount_paid_display: "USD 19.83".into(),
+            card_brand: billing::CardBrand::Visa as i32,
+            card_last4: "4242".into(),
+            ..Default::default()
+        };
+        let body: Value =
+            serde_json::from_str(&body_for(&message("billing.invoice.paid", &paid))).expect("json");
+        assert_eq!(body["data"]["invoice"]["number"], "7QX2KM4B-0001");
+        assert_eq!(body["data"]["invoice"]["status"], "paid");
+        assert_eq!(body["data"]["invoice"]["amount_paid_minor"], 1983);
+        assert_eq!(body["data"]["card_brand"], "visa");
+        assert_eq!(body["data"]["card_last4"], "4242");
+
+        let failed = billing::PaymentFailed {
+            invoice_number: "7QX2KM4B-0002".into(),
+            failure_code: billing::PaymentFailureCode::InsufficientFunds as i32,
+            failure_message: "issuer said: call 555-0100".into(),
+            next_retry_at: Some(prost_types::Timestamp { seconds: 1_772_667_000, nanos: 0 }),
+            ..Default::default()
+        };
+        let text = body_for(&message("billing.payment.failed", &failed));
+        let body: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body["data"]["failure_code"], "insufficient_funds");
+        assert_eq!(body["data"]["next_retry_at"], 1_772_667_000);
+        assert_eq!(body["data"]["initiated_by"], Value::Null);
+        assert!(!text.contains("555-0100"), "{text}");
     }
 }

@@ -1,5 +1,6 @@
-//! The delivery worker: consumes auth's events and Send requests from
-//! RabbitMQ (consumer group `notification`) and delivers them.
+//! The delivery worker: consumes auth's and billing's events and Send
+//! requests from RabbitMQ (consumer group `notification`) and delivers
+//! them.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use prost::Message as _;
 use serde_json::json;
 use tenx_common::queue::{Handler, HandlerError, Message};
 use tenx_proto::auth::v1 as auth;
+use tenx_proto::billing::v1 as billing;
 use tenx_proto::notification::v1::{Channel, SendRequested};
 use uuid::Uuid;
 
@@ -32,6 +34,16 @@ fn reject(e: impl std::fmt::Display) -> HandlerError {
 
 fn user(id: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(id).map_err(|_| HandlerError::Reject(format!("bad user id {id:?}")))
+}
+
+/// Billing learns a customer's address from auth's events; until one has
+/// arrived its events carry none. Such an event is acknowledged without a
+/// notification (retrying would not bring the address) and logged.
+fn no_email(event_type: &str, event: &str, user_id: &str, email: &str) -> bool {
+    if email.is_empty() {
+        tracing::warn!(event_type, event, user_id, "the event has no email address: nothing sent");
+    }
+    email.is_empty()
 }
 
 /// The job an event asks for, if any.
@@ -83,6 +95,43 @@ fn job_for(message: &Message, last_attempt: bool) -> Result<Option<Job>, Handler
                 data: json!({ "email": e.email }),
                 email: e.email,
                 template: "password_changed".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
+            }
+        }
+        "billing.invoice.paid" => {
+            let e = billing::InvoicePaid::decode(payload).map_err(reject)?;
+            let amount = e.invoice.as_ref().map_or(0, |i| i.amount_paid_minor);
+            if amount == 0 {
+                // Nothing was charged (a free price, or credit covered it):
+                // no receipt, or a free plan would get one every period.
+                tracing::info!(event = %dedupe, user_id = %e.user_id, "invoice paid without a charge: no receipt");
+                return Ok(None);
+            }
+            if no_email("billing.invoice.paid", &dedupe, &e.user_id, &e.email) {
+                return Ok(None);
+            }
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: crate::billing::receipt(&e),
+                email: e.email,
+                template: "billing_receipt".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
+            }
+        }
+        "billing.payment.failed" => {
+            let e = billing::PaymentFailed::decode(payload).map_err(reject)?;
+            if no_email("billing.payment.failed", &dedupe, &e.user_id, &e.email) {
+                return Ok(None);
+            }
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: crate::billing::payment_failed(&e),
+                email: e.email,
+                template: "billing_payment_failed".into(),
                 channels: vec![Channel::Email, Channel::InApp],
                 last_attempt,
             }

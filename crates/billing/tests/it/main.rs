@@ -8,3 +8,4 @@ mod dunning;
 mod lifecycle;
 mod payments;
 mod support;
+mod usage;

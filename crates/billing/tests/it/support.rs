@@ -194,3 +194,22 @@ pub mod prices {
     pub const BUSINESS_MONTHLY_JPY: &str = "20000000-0000-4000-8000-000000000007";
     pub const BUSINESS_MONTHLY_CLP: &str = "20000000-0000-4000-8000-000000000009";
 }
+
+/// `records` as an operator's backend reports them.
+pub fn usage(
+    billing: &TestBilling,
+    subscription: &str,
+    records: &[(&str, i64)],
+) -> tonic::Request<tenx_proto::billing::v1::RecordUsageRequest> {
+    let at: prost_types::Timestamp = tenx_billing::clock::Clock::now(&billing.clock).into();
+    let records = records
+        .iter()
+        .map(|(event, quantity)| tenx_proto::billing::v1::UsageRecord {
+            subscription_id: subscription.into(),
+            event_id: (*event).into(),
+            quantity: *quantity,
+            timestamp: Some(at),
+        })
+        .collect();
+    as_admin(Uuid::now_v7(), tenx_proto::billing::v1::RecordUsageRequest { records })
+}

@@ -1,6 +1,7 @@
 //! Integration tests of tenx-notification against real RabbitMQ, Postgres,
 //! Redis and the SMTP sink `make deps` starts (aiosmtpd keeping a Maildir).
 
+mod billing;
 mod binary;
 mod delivery;
 mod rpc;

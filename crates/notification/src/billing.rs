@@ -1,0 +1,179 @@
+//! Billing's customer-facing events as template data: the receipt of a
+//! paid invoice (`billing.invoice.paid`) and the notice of a failed
+//! payment (`billing.payment.failed`). Everything a template shows is
+//! computed here (dates, amounts, human wording of codes), so templates
+//! only place strings.
+
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+use tenx_proto::billing::v1::{CardBrand, InvoicePaid, PaymentFailed, PaymentFailureCode};
+
+/// `YYYY-MM-DD` (UTC) of a timestamp.
+pub fn iso_date(t: &Timestamp) -> String {
+    let (year, month, day) = civil_from_days(t.seconds.div_euclid(86_400));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The civil date of a day number since 1970-01-01 (Howard Hinnant's
+/// algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+fn date_or_null(t: Option<&Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(iso_date(t)))
+}
+
+/// The currency's exponent as billing used it in a `*_display` string
+/// (`USD 20.00` → 2, `JPY 1,490` → 0): events carry one display string,
+/// not one per invoice line, and this service keeps no currency table.
+fn exponent_of(display: &str) -> Option<u32> {
+    let amount = display.split_once(' ')?.1;
+    match amount.split_once('.') {
+        Some((_, decimals)) if decimals.bytes().all(|b| b.is_ascii_digit()) => {
+            u32::try_from(decimals.len()).ok()
+        }
+        Some(_) => None,
+        None => amount.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-').then_some(0),
+    }
+}
+
+/// `amount` in minor units formatted as events.proto documents `*_display`:
+/// `<code> <amount>` with the currency's exponent and `,` grouping.
+pub fn money(currency: &str, amount: i64, exponent: u32) -> String {
+    let scale = 10_u64.pow(exponent);
+    let abs = amount.unsigned_abs();
+    let whole = (abs / scale).to_string();
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    let sign = if amount < 0 { "-" } else { "" };
+    if exponent == 0 {
+        format!("{currency} {sign}{grouped}")
+    } else {
+        format!("{currency} {sign}{grouped}.{:0width$}", abs % scale, width = exponent as usize)
+    }
+}
+
+/// Formats every amount of one event alike: with the exponent found in
+/// its display string, or the display string itself when that cannot be
+/// read (then lines fall back to two decimals).
+struct Money<'a> {
+    currency: &'a str,
+    exponent: Option<u32>,
+}
+
+impl Money<'_> {
+    fn of(&self, amount: i64, display: &str) -> String {
+        match self.exponent {
+            Some(exponent) => money(self.currency, amount, exponent),
+            None => display.to_owned(),
+        }
+    }
+
+    fn line(&self, amount: i64) -> String {
+        money(self.currency, amount, self.exponent.unwrap_or(2))
+    }
+}
+
+fn brand(brand: i32) -> &'static str {
+    match CardBrand::try_from(brand) {
+        Ok(CardBrand::Visa) => "Visa",
+        Ok(CardBrand::Mastercard) => "Mastercard",
+        Ok(CardBrand::Amex) => "American Express",
+        _ => "Card",
+    }
+}
+
+/// Data of the `billing_receipt` template.
+pub fn receipt(e: &InvoicePaid) -> Value {
+    let invoice = e.invoice.clone().unwrap_or_default();
+    let money = Money { currency: &invoice.currency, exponent: exponent_of(&e.amount_paid_display) };
+    let lines: Vec<Value> = invoice
+        .lines
+        .iter()
+        .map(|l| json!({ "description": l.description, "amount": money.line(l.amount_minor) }))
+        .collect();
+    json!({
+        "email": e.email,
+        "invoice_number": invoice.number,
+        "amount_paid": money.of(invoice.amount_paid_minor, &e.amount_paid_display),
+        "paid_on": date_or_null(invoice.paid_at.as_ref()),
+        "plan_name": e.plan_name,
+        "period_start": date_or_null(invoice.period_start.as_ref()),
+        "period_end": date_or_null(invoice.period_end.as_ref()),
+        "lines": lines,
+        "card": if e.card_last4.is_empty() { Value::Null } else {
+            json!({ "brand": brand(e.card_brand), "last4": e.card_last4 })
+        },
+    })
+}
+
+/// Why a payment failed, in words for the customer.
+fn reason(e: &PaymentFailed) -> String {
+    match PaymentFailureCode::try_from(e.failure_code) {
+        Ok(PaymentFailureCode::CardDeclined) => "your card was declined".into(),
+        Ok(PaymentFailureCode::InsufficientFunds) => "your card has insufficient funds".into(),
+        Ok(PaymentFailureCode::NoPaymentMethod) => "there is no payment method on your account".into(),
+        _ if !e.failure_message.is_empty() => e.failure_message.clone(),
+        _ => "the payment could not be completed".into(),
+    }
+}
+
+/// Data of the `billing_payment_failed` template.
+pub fn payment_failed(e: &PaymentFailed) -> Value {
+    let money = Money { currency: &e.currency, exponent: exponent_of(&e.amount_due_display) };
+    json!({
+        "email": e.email,
+        "invoice_number": e.invoice_number,
+        "amount_due": money.of(e.amount_due_minor, &e.amount_due_display),
+        "reason": reason(e),
+        "plan_name": e.plan_name,
+        "card_last4": e.card_last4,
+        "attempt_count": e.attempt_count,
+        "next_retry": date_or_null(e.next_retry_at.as_ref()),
+        "final": e.r#final,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_iso_days_in_utc() {
+        let at = |seconds| iso_date(&Timestamp { seconds, nanos: 0 });
+        assert_eq!(at(0), "1970-01-01");
+        assert_eq!(at(1_772_323_200), "2026-03-01"); // 2026-03-01T00:00:00Z
+        assert_eq!(at(1_772_323_199), "2026-02-28");
+        assert_eq!(at(1_709_164_800), "2024-02-29");
+        assert_eq!(at(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn amounts_follow_the_display_strings_exponent() {
+        assert_eq!(exponent_of("USD 19.83"), Some(2));
+        assert_eq!(exponent_of("JPY 1,490"), Some(0));
+        assert_eq!(exponent_of("JPY 873"), Some(0));
+        assert_eq!(exponent_of("BHD 1.500"), Some(3));
+        assert_eq!(exponent_of(""), None);
+        assert_eq!(money("USD", 2000, 2), "USD 20.00");
+        assert_eq!(money("USD", -505, 2), "USD -5.05");
+        assert_eq!(money("USD", 123_456_789, 2), "USD 1,234,567.89");
+        assert_eq!(money("JPY", 1490, 0), "JPY 1,490");
+        assert_eq!(money("CLP", 9990, 0), "CLP 9,990");
+        assert_eq!(money("CLP", 990, 0), "CLP 990");
+    }
+}
