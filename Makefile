@@ -71,7 +71,7 @@ up: deps ## run the whole system locally (tenx-dev)
 	$(CARGO) run -p tenx-dev --release
 
 bench: deps ## benchmarks, each compared with its committed baseline
-	$(CARGO) bench -p tenx-common -p tenx-auth -p tenx-notification -p tenx-gateway
+	$(CARGO) bench -p tenx-common -p tenx-auth -p tenx-notification -p tenx-gateway -p tenx-billing
 
 migrate: deps ## apply every service's database migrations
 	$(CARGO) run -p tenx-dev -- migrate

@@ -247,19 +247,46 @@ pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<
     Ok(invoice)
 }
 
-/// `amount` formatted for people with the currency's exponent, e.g.
-/// `USD 19.83`, `JPY 873`.
+/// `amount` formatted for people with the currency's exponent and `,`
+/// grouping, e.g. `USD 19.83`, `USD 1,234.56`, `JPY 1,490`.
 pub async fn display<C: GenericClient>(db: &C, currency: &str, amount: i64) -> Result<String, BillingError> {
     let exponent: i16 = db
         .query_opt("SELECT exponent FROM currencies WHERE code::text = $1::text", &[&currency])
         .await?
         .map_or(2, |r| r.get(0));
-    if exponent == 0 {
-        return Ok(format!("{currency} {amount}"));
-    }
-    let scale = 10_i64.pow(u32::try_from(exponent).unwrap_or(2));
-    let sign = if amount < 0 { "-" } else { "" };
+    Ok(format_amount(currency, amount, u32::try_from(exponent).unwrap_or(2)))
+}
+
+pub fn format_amount(currency: &str, amount: i64, exponent: u32) -> String {
+    let scale = 10_u64.pow(exponent);
     let abs = amount.unsigned_abs();
-    let scale_u = scale.unsigned_abs();
-    Ok(format!("{currency} {sign}{}.{:0width$}", abs / scale_u, abs % scale_u, width = exponent as usize))
+    let digits = (abs / scale).to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    let sign = if amount < 0 { "-" } else { "" };
+    if exponent == 0 {
+        format!("{currency} {sign}{grouped}")
+    } else {
+        format!("{currency} {sign}{grouped}.{:0width$}", abs % scale, width = exponent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_amount;
+
+    #[test]
+    fn amounts_are_shown_in_major_units_with_grouping() {
+        assert_eq!(format_amount("USD", 1983, 2), "USD 19.83");
+        assert_eq!(format_amount("USD", 123_456, 2), "USD 1,234.56");
+        assert_eq!(format_amount("USD", 5, 2), "USD 0.05");
+        assert_eq!(format_amount("JPY", 1490, 0), "JPY 1,490");
+        assert_eq!(format_amount("CLP", 1_234_567, 0), "CLP 1,234,567");
+        assert_eq!(format_amount("USD", -903, 2), "USD -9.03");
+    }
 }

@@ -6,6 +6,8 @@ mod catalog;
 mod customers;
 mod dunning;
 mod lifecycle;
+mod outbox;
 mod payments;
 mod support;
 mod usage;
+mod validation;

@@ -32,6 +32,11 @@ pub struct TestBilling {
 
 impl TestBilling {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the settings changed by `tune` first.
+    pub async fn start_with(tune: impl FnOnce(&mut BillingSettings)) -> anyhow::Result<Self> {
         // Logs of the service under test, shown by the runner when a test fails.
         let logs = tenx_common::telemetry::TelemetrySettings {
             log_format: tenx_common::telemetry::LogFormat::Pretty,
@@ -63,6 +68,7 @@ impl TestBilling {
         // Tests run due jobs themselves, after moving the clock.
         let mut settings = settings;
         settings.scheduler.enabled = false;
+        tune(&mut settings);
         let app =
             App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone())).await?;
         let scheduler = app.scheduler();
