@@ -110,6 +110,7 @@ impl App {
             },
             dunning: settings.dunning.clone(),
             usage: settings.usage.clone(),
+            metrics: metrics.set(),
         });
         let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
         let scheduler =

@@ -118,6 +118,20 @@ pub enum Charged {
     NotFound,
 }
 
+impl Charged {
+    /// The outcome label of metrics.
+    pub fn outcome_name(&self) -> &'static str {
+        match self {
+            Charged::Outcome(ChargeOutcome::Succeeded { .. }) => "succeeded",
+            Charged::Outcome(ChargeOutcome::Declined(Decline::CardDeclined)) => "card_declined",
+            Charged::Outcome(ChargeOutcome::Declined(Decline::InsufficientFunds)) => "insufficient_funds",
+            Charged::Unavailable(_) => "provider_error",
+            Charged::Timeout => "timeout",
+            Charged::NotFound => "not_found_at_provider",
+        }
+    }
+}
+
 /// Charges (or, when `resume`, looks up) an attempt at the provider,
 /// bounded by `timeout`.
 pub async fn call_provider(

@@ -110,9 +110,15 @@ impl Scheduler {
             }
             for job in jobs {
                 ran += 1;
-                if let Err(error) = self.execute(&job).await {
-                    self.retry_later(&job, &error).await?;
-                }
+                let outcome = match self.execute(&job).await {
+                    Ok(()) => "done",
+                    Err(error) => {
+                        self.retry_later(&job, &error).await?;
+                        "retried"
+                    }
+                };
+                let label = crate::metrics::JobLabel { kind: job.kind.clone(), outcome };
+                self.core.metrics.jobs.get_or_create(&label).inc();
             }
         }
     }
@@ -372,6 +378,7 @@ impl Scheduler {
         };
         let charged =
             payments::call_provider(&self.core.provider, &attempt, false, self.core.provider_timeout).await;
+        self.core.metrics.attempt(charged.outcome_name(), initiated_by);
         self.conclude(job, &attempt, &charged, n).await
     }
 

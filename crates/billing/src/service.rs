@@ -42,6 +42,7 @@ pub struct Core {
     pub rules: crate::changes::Rules,
     pub dunning: crate::settings::DunningSettings,
     pub usage: crate::settings::UsageSettings,
+    pub metrics: crate::metrics::BillingMetrics,
 }
 
 #[derive(Debug, Clone)]
@@ -198,23 +199,35 @@ impl Core {
         let key = idempotency::key_of(metadata, true)?.unwrap_or_default();
         let method = format!("{METHOD_PREFIX}{name}");
         let hash = idempotency::request_hash(&method, request);
-        let claim = match self
-            .keys
-            .claim(&self.db, self.clock.as_ref(), &user.to_string(), &key, &method, &hash)
-            .await?
-        {
+        let claimed =
+            self.keys.claim(&self.db, self.clock.as_ref(), &user.to_string(), &key, &method, &hash).await;
+        match &claimed {
+            Err(BillingError::Refused { .. }) => self.count_key("reused"),
+            Err(BillingError::Busy { .. }) => self.count_key("in_use"),
+            _ => {}
+        }
+        let claim = match claimed? {
             Claimed::Replay(status, Some(body)) if status.code() == tonic::Code::Ok => {
+                self.count_key("replayed");
                 let response = Resp::decode(body.as_slice())
                     .map_err(|e| BillingError::Internal(format!("stored response: {e}")))?;
                 return Ok((response, true));
             }
-            Claimed::Replay(status, _) => return Err(BillingError::Replayed(status)),
+            Claimed::Replay(status, _) => {
+                self.count_key("replayed");
+                return Err(BillingError::Replayed(status));
+            }
             Claimed::Run(claim) => claim,
         };
+        self.count_key("new");
         match work(claim.clone()).await {
             Ok(response) => Ok((response, false)),
             Err(error) => Err(self.keys.fail(&self.db, self.clock.as_ref(), &claim, error).await),
         }
+    }
+
+    fn count_key(&self, outcome: &'static str) {
+        self.metrics.idempotency.get_or_create(&crate::metrics::OutcomeLabel { outcome }).inc();
     }
 
     async fn add_payment_method(
@@ -426,6 +439,7 @@ impl Core {
         R: prost::Message,
     {
         if let Charged::Timeout = charged {
+            self.metrics.attempt("timeout", if automatic { "automatic" } else { "customer" });
             return Err(BillingError::Provider {
                 reason: "PROVIDER_TIMEOUT",
                 message: "the payment provider did not answer in time; retry with the same idempotency key"
@@ -435,6 +449,7 @@ impl Core {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let paid = payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        self.metrics.attempt(charged.outcome_name(), if automatic { "automatic" } else { "customer" });
         // A declined automatic charge (a plan change's) starts dunning.
         if automatic && !paid && matches!(charged, Charged::Outcome(_)) {
             crate::scheduler::customer_failed(
@@ -584,6 +599,14 @@ impl Core {
         let tx = conn.transaction().await?;
         let results = crate::usage::record(&tx, now, &records).await?;
         tx.commit().await?;
+        for result in &results {
+            let outcome = match pb::UsageRecordOutcome::try_from(result.outcome) {
+                Ok(pb::UsageRecordOutcome::Accepted) => "accepted",
+                Ok(pb::UsageRecordOutcome::Duplicate) => "duplicate",
+                _ => "conflict",
+            };
+            self.metrics.usage_records.get_or_create(&crate::metrics::OutcomeLabel { outcome }).inc();
+        }
         Ok(pb::RecordUsageResponse { results })
     }
 

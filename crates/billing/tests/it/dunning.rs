@@ -149,6 +149,14 @@ async fn a_failing_renewal_walks_the_dunning_ladder_to_cancellation() -> anyhow:
         .await?
         .get(0);
     assert_eq!(bad_debt, 5000);
+    let (_, metrics) = tenx_test_support::http_get(billing.running.admin_addr, "/metrics").await?;
+    for line in [
+        r#"tenx_billing_payment_attempts_total{outcome="insufficient_funds",initiated_by="automatic"} 1"#,
+        r#"tenx_billing_payment_attempts_total{outcome="insufficient_funds",initiated_by="dunning"} 3"#,
+        r#"tenx_billing_jobs_total{kind="dunning_retry",outcome="done"} 3"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
     assert_ledger_invariants(&billing).await
 }
 
