@@ -227,3 +227,80 @@ async fn an_incomplete_subscription_not_paid_in_time_is_canceled_and_its_invoice
     assert_eq!(receivable, 0, "the void reversed the receivable");
     assert_ledger_invariants(&billing).await
 }
+
+#[tokio::test]
+async fn with_final_action_unpaid_the_subscription_waits_unpaid_and_a_payment_revives_it()
+-> anyhow::Result<()> {
+    let billing = TestBilling::start_with(|s| s.dunning.final_action = "unpaid".into()).await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    card(&mut client, user, "tok_success").await?;
+    let created = client
+        .create_subscription(keyed(
+            user,
+            "s",
+            pb::CreateSubscriptionRequest {
+                price_id: prices::BUSINESS_MONTHLY_USD.into(),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    let id = created.subscription.map(|s| s.id).unwrap_or_default();
+    card(&mut client, user, "tok_declined").await?;
+    billing.advance(31 * DAY).await?;
+    for days in [1, 2, 2] {
+        billing.advance(days * DAY).await?;
+    }
+    assert_eq!(subscription(&mut client, user, &id).await?.status, pb::SubscriptionStatus::Unpaid as i32);
+    let open = invoices(&mut client, user).await?.remove(0);
+    assert_eq!(open.status, pb::InvoiceStatus::Open as i32, "the invoice stays owed");
+    // Periods roll while UNPAID, without new invoices.
+    billing.advance(28 * DAY).await?;
+    assert_eq!(invoices(&mut client, user).await?.len(), 2);
+    card(&mut client, user, "tok_success").await?;
+    let pay = pb::PayInvoiceRequest { invoice_id: open.id, ..Default::default() };
+    client.pay_invoice(keyed(user, "pay", pay)).await?;
+    assert_eq!(subscription(&mut client, user, &id).await?.status, pb::SubscriptionStatus::Active as i32);
+    assert_ledger_invariants(&billing).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scheduler_instances_issue_one_renewal_per_subscription() -> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let mut users = Vec::new();
+    for _ in 0..12 {
+        let user = Uuid::now_v7();
+        card(&mut client, user, "tok_success").await?;
+        client
+            .create_subscription(keyed(
+                user,
+                "s",
+                pb::CreateSubscriptionRequest {
+                    price_id: prices::BUSINESS_MONTHLY_USD.into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        users.push(user);
+    }
+    // A second instance of the service on the same database and clock.
+    let other = tenx_billing::App::build_with_clock(
+        billing.settings.clone(),
+        tenx_common::metrics::Metrics::default(),
+        std::sync::Arc::new(billing.clock.clone()),
+    )
+    .await?
+    .scheduler();
+    billing.clock.advance(31 * DAY);
+    let (a, b) = tokio::join!(billing.scheduler.run_due(), other.run_due());
+    let (a, b) = (a?, b?);
+    assert!(a + b >= 24, "period ends and charges ran: {a} + {b}");
+    for user in users {
+        let all = invoices(&mut client, user).await?;
+        assert_eq!(all.len(), 2, "one renewal, not two");
+        assert!(all.iter().all(|i| i.status == pb::InvoiceStatus::Paid as i32));
+    }
+    assert_ledger_invariants(&billing).await
+}
