@@ -27,8 +27,8 @@ CRD_SCHEMAS = Path(__file__).parent / "crd-schemas"
 CHART_OVERRIDES = {
     # 127.0.0.1:2525 is the local sink; in a cluster the relay is a Service.
     "notification": {"smtp.relays"},
-    # "" = this release's auth/notification Service, filled in by the chart.
-    "gateway": {"upstreams.auth.url", "upstreams.notification.url"},
+    # "" = this release's auth/notification/billing Service, filled in by the chart.
+    "gateway": {"upstreams.auth.url", "upstreams.notification.url", "upstreams.billing.url"},
 }
 
 
@@ -177,7 +177,7 @@ class ValuesSchema(unittest.TestCase):
         "gateway secret it has not": ({"services": {"gateway": {"secrets": {"database": {"primary_url": "postgres://x"}}}}}, "database"),
         "gateway redis url in config": ({"services": {"gateway": {"config": {"redis": {"url": "redis://x"}}}}}, "url"),
         "upstream url not http": ({"services": {"gateway": {"config": {"upstreams": {"auth": {"url": "auth:50051"}}}}}}, "url"),
-        "unknown upstream": ({"services": {"gateway": {"config": {"upstreams": {"billing": {"url": ""}}}}}}, "billing"),
+        "unknown upstream": ({"services": {"gateway": {"config": {"upstreams": {"payments": {"url": ""}}}}}}, "payments"),
         "upstream key typo": ({"services": {"gateway": {"config": {"upstreams": {"auth": {"timeout_ms": 1}}}}}}, "timeout_ms"),
         "unknown route op": ({"services": {"gateway": {"config": {"routes": {"auth_sigup": {"requests": 5}}}}}}, "auth_sigup"),
         "route key typo": ({"services": {"gateway": {"config": {"routes": {"auth_signup": {"request": 5}}}}}}, "request"),
@@ -389,7 +389,7 @@ class Workloads(unittest.TestCase):
                     host, port = url.removeprefix("http://").split(":")
                     grpc = [p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"]
                     self.assertEqual(grpc, [int(port)])
-        self.assertEqual(td.upstreams("gateway"), ["auth", "notification"])
+        self.assertEqual(td.upstreams("gateway"), ["auth", "billing", "notification"])
         # The release's names follow fullnameOverride; the ports follow the target's listen.
         docs = r.manifests(r.render({"fullnameOverride": "edge", "services": {"auth": {"config": {"server": {"listen": "0.0.0.0:6000"}}}}}))
         self.assertEqual(config_toml(docs, "gateway", "edge-gateway")["upstreams"]["auth"]["url"], "http://edge-auth:6000")
@@ -488,9 +488,9 @@ class ConfigKeys(unittest.TestCase):
         docs = r.manifests(r.rendered("features-on"))
         self.assertEqual(config_toml(docs, "gateway")["routes"]["auth_signup"], {"requests": 5, "period_seconds": 60})
         cm = r.find(docs, "ConfigMap", f"{r.RELEASE}-gateway")[0]
-        cm["data"]["config.toml"] += "\n[routes.password_change]\nrequests = 1\n[upstreams.billing]\nurl = \"http://x\"\n"
+        cm["data"]["config.toml"] += "\n[routes.password_change]\nrequests = 1\n[upstreams.payments]\nurl = \"http://x\"\n"
         problems = config_key_problems("gateway", docs)
-        self.assertIn("gateway: the chart sets upstreams.billing.url, which gateway does not read", problems)
+        self.assertIn("gateway: the chart sets upstreams.payments.url, which gateway does not read", problems)
         self.assertNotIn("routes.password_change.requests", "".join(problems))
         docs = r.manifests(r.rendered("defaults"))
         env = deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0]["env"]

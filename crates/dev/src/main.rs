@@ -2,7 +2,7 @@
 //!
 //! `tenx-dev` (what `make up` runs) creates the local database if needed,
 //! applies every service's migrations and runs every service (auth,
-//! notification, billing, and the gateway in front of auth and notification on http://127.0.0.1:8080
+//! notification, billing, and the gateway in front of them on http://127.0.0.1:8080
 //! and gRPC 127.0.0.1:50050) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
 //! Ctrl-C. `tenx-dev migrate` only applies the migrations. Services join
 //! here as they land.

@@ -32,6 +32,7 @@ pub struct Gateway {
     pub limiter: RateLimiter,
     pub auth: Upstream,
     pub notification: Upstream,
+    pub billing: Upstream,
     /// Requests in progress; when none is free, new ones are shed.
     pub in_flight: Arc<Semaphore>,
     /// Each user's last write position through this instance, so their
@@ -46,6 +47,16 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// The upstream named in [`crate::grpc::PUBLIC_RPCS`].
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        match name {
+            "auth" => Some(&self.auth),
+            "notification" => Some(&self.notification),
+            "billing" => Some(&self.billing),
+            _ => None,
+        }
+    }
+
     pub fn last_write(&self, ctx: &Ctx) -> Option<String> {
         let user = &ctx.identity.as_ref()?.user_id;
         self.writes.get(user).now_or_never_value()
@@ -97,6 +108,7 @@ impl App {
     pub async fn build(settings: GatewaySettings, metrics: Metrics) -> Result<Self, EdgeError> {
         let auth_channel = channel(&settings.upstreams.auth, "auth")?;
         let notification_channel = channel(&settings.upstreams.notification, "notification")?;
+        let billing_channel = channel(&settings.upstreams.billing, "billing")?;
         let redis = Redis::connect(&settings.redis)
             .map_err(|e| EdgeError::new(tonic::Code::Internal, format!("redis settings: {:?}", e.kind())))?;
         let auth_client = AuthServiceClient::new(auth_channel.clone());
@@ -111,6 +123,7 @@ impl App {
                 settings.breaker.clone(),
                 &metrics,
             ),
+            billing: Upstream::new("billing", billing_channel, settings.breaker.clone(), &metrics),
             in_flight: Arc::new(Semaphore::new(settings.http.max_in_flight)),
             writes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(10)).build(),
             settings,
@@ -204,9 +217,11 @@ fn readiness(gw: Arc<Gateway>) -> Readiness {
         let loaded = jwks.authn.jwks.loaded();
         async move { if loaded { Ok(()) } else { Err("auth's signing keys not fetched yet".to_owned()) } }
     });
-    for (name, channel) in
-        [("auth", gw.auth.channel.clone()), ("notification", gw.notification.channel.clone())]
-    {
+    for (name, channel) in [
+        ("auth", gw.auth.channel.clone()),
+        ("notification", gw.notification.channel.clone()),
+        ("billing", gw.billing.channel.clone()),
+    ] {
         readiness = readiness.check(name, move || {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
             async move {

@@ -18,7 +18,9 @@ use tonic_types::StatusExt;
 pub struct EdgeError {
     pub code: Code,
     pub message: String,
-    /// Field violations (`{"field","description"}`), from a BadRequest.
+    /// Field violations (`{"field","description"}`, from a BadRequest)
+    /// and machine-readable reasons (`{"reason","domain"}`, from an
+    /// ErrorInfo, e.g. billing's `CURRENCY_MISMATCH`).
     pub details: Vec<Value>,
     /// For 429 and 503: when trying again may work.
     pub retry_after: Option<Duration>,
@@ -100,8 +102,9 @@ impl EdgeError {
     }
 }
 
-/// An upstream's status, passed on: its code, message and field
-/// violations. Internal failures keep their details to the logs.
+/// An upstream's status, passed on: its code, message, field violations,
+/// ErrorInfo reason and RetryInfo. Internal failures keep their details to
+/// the logs.
 impl From<tonic::Status> for EdgeError {
     fn from(status: tonic::Status) -> Self {
         let code = status.code();
@@ -119,6 +122,11 @@ impl From<tonic::Status> for EdgeError {
                 .map(|v| json!({ "field": v.field, "description": v.description }))
                 .collect();
         }
+        if let Some(info) = status.get_details_error_info()
+            && !matches!(code, Code::Internal | Code::Unknown | Code::DataLoss)
+        {
+            error.details.push(json!({ "reason": info.reason, "domain": info.domain }));
+        }
         error.retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
         error
     }
@@ -128,6 +136,9 @@ impl From<EdgeError> for tonic::Status {
     fn from(error: EdgeError) -> Self {
         let mut details = tonic_types::ErrorDetails::new();
         for d in &error.details {
+            if let (Some(reason), Some(domain)) = (d["reason"].as_str(), d["domain"].as_str()) {
+                details.set_error_info(reason, domain, std::collections::HashMap::<String, String>::new());
+            }
             let (Some(field), Some(description)) = (d["field"].as_str(), d["description"].as_str()) else {
                 continue;
             };
@@ -150,5 +161,55 @@ impl IntoResponse for EdgeError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aborted_is_409_with_retry_after_and_reasons_reach_the_json_and_back() {
+        let mut details = tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(500)));
+        details.set_error_info(
+            "IDEMPOTENCY_KEY_IN_USE",
+            "billing.tenx",
+            std::collections::HashMap::<String, String>::new(),
+        );
+        let status = tonic::Status::with_error_details(Code::Aborted, "in use", details);
+        let error = EdgeError::from(status);
+        assert_eq!(error.http_status(), StatusCode::CONFLICT);
+        assert_eq!(error.code_name(), "aborted");
+        assert_eq!(
+            error.body()["error"]["details"],
+            json!([{ "reason": "IDEMPOTENCY_KEY_IN_USE", "domain": "billing.tenx" }])
+        );
+        let response = error.clone().into_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        // And on the gRPC door, the same details.
+        let back = tonic::Status::from(error);
+        assert_eq!(back.get_details_error_info().map(|i| i.reason), Some("IDEMPOTENCY_KEY_IN_USE".into()));
+        assert!(back.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn failed_precondition_keeps_its_reason_next_to_field_violations() {
+        let status = tonic::Status::with_error_details(
+            Code::FailedPrecondition,
+            "the customer bills in JPY",
+            tonic_types::ErrorDetails::with_error_info(
+                "CURRENCY_MISMATCH",
+                "billing.tenx",
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        );
+        let error = EdgeError::from(status);
+        assert_eq!(error.http_status(), StatusCode::CONFLICT);
+        assert_eq!(error.details, vec![json!({ "reason": "CURRENCY_MISMATCH", "domain": "billing.tenx" })]);
+        let invalid = EdgeError::invalid("Idempotency-Key", "is required");
+        assert_eq!(
+            invalid.details,
+            vec![json!({ "field": "Idempotency-Key", "description": "is required" })]
+        );
     }
 }

@@ -90,6 +90,52 @@ pub const PUBLIC_RPCS: &[PublicRpc] = &[
         false,
         true,
     ),
+    // Billing: the operation ids of the HTTP twins. RecordUsage and
+    // ListLedgerEntries (operator, service-to-service) are not public.
+    // The mutations need their `idempotency-key` metadata (billing refuses
+    // them without one); clients never set `x-tenx-*` (roles included).
+    rpc("/tenx.billing.v1.BillingService/ListPlans", "billing", "billing_plans_list", true, true),
+    rpc("/tenx.billing.v1.BillingService/GetPlan", "billing", "billing_plans_get", true, true),
+    rpc("/tenx.billing.v1.BillingService/GetCustomer", "billing", "billing_customer_get", false, true),
+    rpc(
+        "/tenx.billing.v1.BillingService/AddPaymentMethod",
+        "billing",
+        "billing_payment_methods_add",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.billing.v1.BillingService/CreateSubscription",
+        "billing",
+        "billing_subscriptions_create",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.billing.v1.BillingService/GetSubscription",
+        "billing",
+        "billing_subscriptions_get",
+        false,
+        true,
+    ),
+    rpc(
+        "/tenx.billing.v1.BillingService/ListSubscriptions",
+        "billing",
+        "billing_subscriptions_list",
+        false,
+        true,
+    ),
+    rpc("/tenx.billing.v1.BillingService/ChangePlan", "billing", "billing_subscriptions_change", false, true),
+    rpc(
+        "/tenx.billing.v1.BillingService/CancelSubscription",
+        "billing",
+        "billing_subscriptions_cancel",
+        false,
+        true,
+    ),
+    rpc("/tenx.billing.v1.BillingService/ListInvoices", "billing", "billing_invoices_list", false, true),
+    rpc("/tenx.billing.v1.BillingService/GetInvoice", "billing", "billing_invoices_get", false, true),
+    rpc("/tenx.billing.v1.BillingService/PayInvoice", "billing", "billing_invoices_pay", false, true),
 ];
 
 /// The gRPC proxy service (the fallback of the gateway's gRPC router).
@@ -159,7 +205,9 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
-    let upstream = if rpc.upstream == "auth" { &gw.auth } else { &gw.notification };
+    let Some(upstream) = gw.upstream(rpc.upstream) else {
+        return status_response(EdgeError::new(tonic::Code::Internal, "internal error"));
+    };
     if rpc.upstream != "auth" {
         headers.remove("authorization");
         if let Some(v) = ctx.identity.as_ref().and_then(|i| HeaderValue::from_str(&i.user_id).ok()) {
@@ -235,12 +283,11 @@ impl crate::upstream::Upstream {
                 Err(EdgeError::unavailable(format!("{} is unavailable; try again shortly", self.name), None))
             }
             Ok(Ok(response)) => {
-                let status = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.parse::<i32>().ok());
-                self.record_call(matches!(status, Some(14 | 4)));
+                // A trailers-only answer (every error) has its status in
+                // the headers; see `unwell` for what counts.
+                let failed = tonic::Status::from_header_map(response.headers())
+                    .is_some_and(|s| crate::upstream::unwell(&s));
+                self.record_call(failed);
                 Ok(response.map(Body::new))
             }
         }

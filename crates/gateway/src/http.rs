@@ -23,6 +23,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::app::Gateway;
+use crate::billing;
 use crate::error::EdgeError;
 use crate::policy::{self, REQUEST_ID};
 use crate::routes::{self, ROUTES, Route};
@@ -106,6 +107,26 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "notifications_mark_read" => {
                 router.route(route.path, on(filter, routes::notifications_mark_read))
             }
+            "billing_plans_list" => router.route(route.path, on(filter, billing::plans_list)),
+            "billing_plans_get" => router.route(route.path, on(filter, billing::plans_get)),
+            "billing_customer_get" => router.route(route.path, on(filter, billing::customer_get)),
+            "billing_payment_methods_add" => {
+                router.route(route.path, on(filter, billing::payment_methods_add))
+            }
+            "billing_subscriptions_list" => router.route(route.path, on(filter, billing::subscriptions_list)),
+            "billing_subscriptions_create" => {
+                router.route(route.path, on(filter, billing::subscriptions_create))
+            }
+            "billing_subscriptions_get" => router.route(route.path, on(filter, billing::subscriptions_get)),
+            "billing_subscriptions_change" => {
+                router.route(route.path, on(filter, billing::subscriptions_change))
+            }
+            "billing_subscriptions_cancel" => {
+                router.route(route.path, on(filter, billing::subscriptions_cancel))
+            }
+            "billing_invoices_list" => router.route(route.path, on(filter, billing::invoices_list)),
+            "billing_invoices_get" => router.route(route.path, on(filter, billing::invoices_get)),
+            "billing_invoices_pay" => router.route(route.path, on(filter, billing::invoices_pay)),
             other => unreachable!("route {other} has no handler"),
         };
     }
@@ -147,7 +168,7 @@ fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(REQUEST_ID),
                 header::HeaderName::from_static("traceparent"),
-                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static(billing::IDEMPOTENCY_KEY),
                 header::HeaderName::from_static(policy::WAL_POSITION),
             ])
             .expose_headers([
@@ -157,6 +178,7 @@ fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::HeaderName::from_static("ratelimit-remaining"),
                 header::HeaderName::from_static("ratelimit-reset"),
                 header::HeaderName::from_static(policy::WAL_POSITION),
+                header::HeaderName::from_static(billing::IDEMPOTENT_REPLAYED),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )

@@ -4,6 +4,7 @@
 //! re-exposes the services' public RPCs.
 
 pub mod app;
+pub mod billing;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The public HTTP/JSON API: the route table (also the source of the
 //! OpenAPI document's operation ids) and one handler per route, each a
-//! thin translation to one upstream gRPC call.
+//! thin translation to one upstream gRPC call (billing's are in
+//! [`crate::billing`]).
 
 use std::sync::Arc;
 
@@ -62,6 +63,93 @@ pub const ROUTES: &[Route] = &[
         anonymous: false,
         idempotent: true,
     },
+    // Billing. The POSTs are mutations that carry their `Idempotency-Key`
+    // (refused here without one), which is what makes one retry on
+    // UNAVAILABLE safe (see `Upstream::call`).
+    Route {
+        method: "GET",
+        path: "/v1/billing/plans",
+        op: "billing_plans_list",
+        anonymous: true,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/plans/{plan_id}",
+        op: "billing_plans_get",
+        anonymous: true,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/customer",
+        op: "billing_customer_get",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/billing/payment-methods",
+        op: "billing_payment_methods_add",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/subscriptions",
+        op: "billing_subscriptions_list",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/billing/subscriptions",
+        op: "billing_subscriptions_create",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/subscriptions/{subscription_id}",
+        op: "billing_subscriptions_get",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/billing/subscriptions/{subscription_id}/change",
+        op: "billing_subscriptions_change",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/billing/subscriptions/{subscription_id}/cancel",
+        op: "billing_subscriptions_cancel",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/invoices",
+        op: "billing_invoices_list",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/billing/invoices/{invoice_id}",
+        op: "billing_invoices_get",
+        anonymous: false,
+        idempotent: true,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/billing/invoices/{invoice_id}/pay",
+        op: "billing_invoices_pay",
+        anonymous: false,
+        idempotent: true,
+    },
 ];
 
 /// A JSON request body; anything unparsable is a 400 naming the problem
@@ -83,7 +171,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-fn ts(t: Option<prost_types::Timestamp>) -> Value {
+pub(crate) fn ts(t: Option<prost_types::Timestamp>) -> Value {
     t.map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
@@ -111,7 +199,7 @@ fn tokens(t: Option<auth::Tokens>) -> Value {
     })
 }
 
-type Gw = State<Arc<Gateway>>;
+pub(crate) type Gw = State<Arc<Gateway>>;
 
 fn auth_client(gw: &Gateway) -> AuthServiceClient<tenx_common::grpc::TracedChannel> {
     AuthServiceClient::new(gw.auth.channel.clone())

@@ -42,6 +42,7 @@ pub struct HttpSettings {
 pub struct Upstreams {
     pub auth: ClientSettings,
     pub notification: ClientSettings,
+    pub billing: ClientSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,10 +99,16 @@ impl GatewaySettings {
     }
 
     /// Settings for an isolated instance on loopback (tests, benchmarks).
-    pub fn isolated(auth_url: &str, notification_url: &str, redis_prefix: &str) -> Result<Self, ConfigError> {
+    pub fn isolated(
+        auth_url: &str,
+        notification_url: &str,
+        billing_url: &str,
+        redis_prefix: &str,
+    ) -> Result<Self, ConfigError> {
         let vars = [
             ("TENX_GATEWAY__UPSTREAMS__AUTH__URL", auth_url),
             ("TENX_GATEWAY__UPSTREAMS__NOTIFICATION__URL", notification_url),
+            ("TENX_GATEWAY__UPSTREAMS__BILLING__URL", billing_url),
             ("TENX_GATEWAY__REDIS__KEY_PREFIX", redis_prefix),
             ("TENX_GATEWAY__SERVER__LISTEN", "127.0.0.1:0"),
             ("TENX_GATEWAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
@@ -149,6 +156,7 @@ impl Validate for GatewaySettings {
         for (key, url) in [
             ("upstreams.auth.url", &self.upstreams.auth.url),
             ("upstreams.notification.url", &self.upstreams.notification.url),
+            ("upstreams.billing.url", &self.upstreams.billing.url),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Invalid::new(key, "must be an http:// or https:// URL"));

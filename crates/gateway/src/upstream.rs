@@ -135,9 +135,17 @@ fn normalize(status: tonic::Status) -> tonic::Status {
 }
 
 /// Whether an upstream failure says the upstream is unwell (not the
-/// request): these open the circuit and may be retried.
-fn unwell(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+/// request): these open the circuit and may be retried. An UNAVAILABLE
+/// that carries an ErrorInfo reason is a decided answer of a working
+/// service about a dependency of its own (billing's `PROVIDER_ERROR` /
+/// `PROVIDER_TIMEOUT`: one customer's card provider, not billing): it
+/// neither opens the circuit for everyone nor is retried by the gateway.
+pub(crate) fn unwell(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::DeadlineExceeded => true,
+        Code::Unavailable => tonic_types::StatusExt::get_details_error_info(status).is_none(),
+        _ => false,
+    }
 }
 
 impl Upstream {
@@ -173,7 +181,11 @@ impl Upstream {
     }
 
     /// Runs `call` within `deadline`, through the breaker; retries once
-    /// when `idempotent` and the upstream was unavailable.
+    /// when `idempotent` and the upstream was unavailable. Billing's
+    /// mutations count as idempotent here because the HTTP API only sends
+    /// them with their `idempotency-key`: billing answers a retry with the
+    /// stored outcome, resumes the interrupted attempt, or says ABORTED
+    /// while the first one still runs — the effect happens once.
     pub async fn call<T, F, Fut>(
         &self,
         idempotent: bool,
@@ -204,6 +216,7 @@ impl Upstream {
                     if idempotent
                         && !retried
                         && !open
+                        && failed
                         && status.code() == Code::Unavailable
                         && self.budget.withdraw() =>
                 {
@@ -239,5 +252,22 @@ mod tests {
         assert!(breaker.admit().is_err(), "one trial at a time");
         assert!(!breaker.record(false), "a successful trial closes it");
         assert!(breaker.admit().is_ok());
+    }
+
+    #[test]
+    fn a_provider_failure_reported_by_a_working_service_does_not_count_against_it() {
+        assert!(unwell(&tonic::Status::unavailable("database unavailable")));
+        assert!(unwell(&tonic::Status::deadline_exceeded("slow")));
+        let provider = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+            Code::Unavailable,
+            "the payment provider failed",
+            tonic_types::ErrorDetails::with_error_info(
+                "PROVIDER_ERROR",
+                "billing.tenx",
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        );
+        assert!(!unwell(&provider), "one card's provider error must not open billing's circuit");
+        assert!(!unwell(&tonic::Status::failed_precondition("no")));
     }
 }

@@ -1,8 +1,8 @@
 //! The end-to-end slice through the gateway, as the README's session does
 //! it: signup over HTTP → welcome email in the SMTP sink → login →
 //! GET /v1/me → update → GET /v1/me shows it; and the signup is one trace
-//! (gateway → auth → outbox relay → RabbitMQ → notification), checked at a
-//! real OTLP receiver running in the test.
+//! (gateway → auth → outbox relay → RabbitMQ → notification and billing),
+//! checked at a real OTLP receiver running in the test.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,23 +115,28 @@ async fn signup_to_welcome_email_to_profile_update_is_one_trace_across_every_ser
     assert_eq!(me.json["user"]["display_name"], "Ada Lovelace");
 
     // One trace: the gateway's HTTP span, auth's RPC, the relay's publish,
-    // and notification's consumption of the event.
+    // and the consumption of the signup event by notification and by
+    // billing (which publishes `billing.customer.created` in it too).
     let in_trace = |spans: &[Span]| -> Vec<Span> {
         spans.iter().filter(|s| hex(&s.trace_id) == trace_id).cloned().collect()
     };
-    let wanted = |s: &Span| {
-        s.name == "POST /v1/auth/signup"
-            || s.name == "/tenx.auth.v1.AuthService/SignUp"
-            || s.name == "outbox.publish"
-            || (s.name == "queue.consume"
-                && text(s, "messaging.destination").is_some_and(|q| q.ends_with("notification")))
+    let consumed_by = |s: &Span, queue: &str| {
+        s.name == "queue.consume"
+            && text(s, "messaging.destination").is_some_and(|q| q.ends_with(queue))
+            && text(s, "event.type") == Some("auth.user.signed_up")
+    };
+    let hops = |spans: &[Span]| -> Option<(Span, Span, Span, Span, Span)> {
+        let find = |f: &dyn Fn(&Span) -> bool| spans.iter().find(|s| f(s)).cloned();
+        let http = find(&|s| s.name == "POST /v1/auth/signup")?;
+        let rpc = find(&|s| s.name == "/tenx.auth.v1.AuthService/SignUp")?;
+        let consume = find(&|s| consumed_by(s, "notification"))?;
+        let billing = find(&|s| consumed_by(s, "billing.customers"))?;
+        let publish = find(&|s| s.name == "outbox.publish" && s.span_id == consume.parent_span_id)?;
+        Some((http, rpc, publish, consume, billing))
     };
     let complete = eventually(Duration::from_secs(15), "the whole trace at the OTLP receiver", || async {
         guard.flush().await;
-        let spans = in_trace(&receiver.spans.lock().unwrap_or_else(|p| p.into_inner()));
-        let names: std::collections::BTreeSet<String> =
-            spans.iter().filter(|s| wanted(s)).map(|s| s.name.clone()).collect();
-        Ok(names.len() == 4)
+        Ok(hops(&in_trace(&receiver.spans.lock().unwrap_or_else(|p| p.into_inner()))).is_some())
     })
     .await;
     if let Err(error) = complete {
@@ -142,18 +147,14 @@ async fn signup_to_welcome_email_to_profile_update_is_one_trace_across_every_ser
             .collect();
         anyhow::bail!("{error}; trace {trace_id}; spans received:\n{}", seen.join("\n"));
     }
-    let spans = in_trace(&receiver.spans.lock().unwrap_or_else(|p| p.into_inner()));
-    let find = |name: &str| spans.iter().find(|s| s.name == name && wanted(s)).cloned();
-    let (http, rpc, publish, consume) = (
-        find("POST /v1/auth/signup").ok_or_else(|| anyhow::anyhow!("no gateway span"))?,
-        find("/tenx.auth.v1.AuthService/SignUp").ok_or_else(|| anyhow::anyhow!("no auth span"))?,
-        find("outbox.publish").ok_or_else(|| anyhow::anyhow!("no relay span"))?,
-        find("queue.consume").ok_or_else(|| anyhow::anyhow!("no notification span"))?,
-    );
+    let (http, rpc, publish, consume, billing) =
+        hops(&in_trace(&receiver.spans.lock().unwrap_or_else(|p| p.into_inner())))
+            .ok_or_else(|| anyhow::anyhow!("the trace lost a hop"))?;
     assert_eq!(hex(&http.parent_span_id), "00f067aa0ba902b7", "the gateway continues the client's trace");
     assert_eq!(rpc.parent_span_id, http.span_id, "auth continues the gateway's span (gRPC metadata)");
     assert_eq!(text(&consume, "event.type"), Some("auth.user.signed_up"));
     assert_eq!(consume.parent_span_id, publish.span_id, "notification continues through the AMQP headers");
+    assert_eq!(billing.parent_span_id, publish.span_id, "billing consumes the same published event");
     assert!(
         rpc.start_time_unix_nano >= http.start_time_unix_nano
             && rpc.end_time_unix_nano <= http.end_time_unix_nano

@@ -1,8 +1,9 @@
-//! Gateway integration tests: real auth and notification services on
+//! Gateway integration tests: real auth, notification and billing services on
 //! loopback (real Postgres, Redis, RabbitMQ), the gateway in front, and
 //! real HTTP and gRPC clients.
 
 mod auth_offload;
+mod billing;
 mod e2e;
 mod edge;
 mod grpc_door;

@@ -1,4 +1,5 @@
-//! A test's own platform (auth + notification sharing a broker prefix),
+//! A test's own platform (auth, notification and billing sharing a broker
+//! prefix, so billing and notification consume auth's events),
 //! gateways in front of it, and an HTTP client that returns everything.
 
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tenx_auth::AuthSettings;
+use tenx_billing::BillingSettings;
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Topology};
 use tenx_common::shutdown::Shutdown;
@@ -17,11 +19,15 @@ use tenx_test_support::{TestAmqp, TestDb, TestRedis};
 pub struct Platform {
     _auth_db: TestDb,
     _notify_db: TestDb,
+    _billing_db: TestDb,
     _redis: Vec<TestRedis>,
     _amqp: TestAmqp,
     pub auth_settings: AuthSettings,
     pub auth: tenx_auth::Running,
     pub notification: tenx_notification::Running,
+    pub billing: tenx_billing::Running,
+    /// Billing's metrics: its gRPC server counts every call it receives.
+    pub billing_metrics: Metrics,
     pub shutdown: Shutdown,
     /// The gateways' shared Redis key prefix (rate limits).
     pub gateway_prefix: String,
@@ -50,7 +56,16 @@ impl Platform {
             },
         )
         .await?;
-        let redis = vec![TestRedis::new(), TestRedis::new(), TestRedis::new()];
+        let billing_db = TestDb::from_template(
+            "billing",
+            &tenx_billing::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_billing::migrate(&BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let redis = vec![TestRedis::new(), TestRedis::new(), TestRedis::new(), TestRedis::new()];
         let amqp = TestAmqp::new();
         let mut auth_settings = AuthSettings::isolated(
             &auth_db.primary_url(),
@@ -65,10 +80,17 @@ impl Platform {
             redis[1].prefix(),
             amqp.prefix(),
         )?;
+        let billing_settings = BillingSettings::isolated(
+            &billing_db.primary_url(),
+            &billing_db.replica_url(),
+            redis[3].prefix(),
+            amqp.prefix(),
+        )?;
         let topologies = [
             Topology::for_group(&auth_settings.amqp, tenx_auth::avatar::GROUP, &[]),
             tenx_notification::app::topology(&notify_settings),
             tenx_notification::app::webhook_topology(&notify_settings),
+            tenx_billing::app::customers_topology(&billing_settings),
         ];
         let broker = Amqp::new(&notify_settings.amqp, "test-declare");
         let channel = broker.channel().await?;
@@ -85,15 +107,23 @@ impl Platform {
             .await?
             .spawn(shutdown.child())
             .await?;
+        let billing_metrics = Metrics::default();
+        let billing = tenx_billing::App::build(billing_settings, billing_metrics.clone())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
         let gateway_prefix = redis[2].prefix().to_owned();
         Ok(Self {
             _auth_db: auth_db,
             _notify_db: notify_db,
+            _billing_db: billing_db,
             _redis: redis,
             _amqp: amqp,
             auth_settings,
             auth,
             notification,
+            billing,
+            billing_metrics,
             shutdown,
             gateway_prefix,
         })
@@ -104,6 +134,7 @@ impl Platform {
         Ok(GatewaySettings::isolated(
             &format!("http://{}", self.auth.grpc_addr),
             &format!("http://{}", self.notification.grpc_addr),
+            &format!("http://{}", self.billing.grpc_addr),
             &self.gateway_prefix,
         )?)
     }
