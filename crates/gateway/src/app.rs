@@ -200,7 +200,14 @@ impl App {
                 }
             }
         });
-        let router = self.grpc.router_with_fallback(crate::grpc::Proxy::new(self.gateway.clone()));
+        // The public RPCs for gRPC clients and, translated, for gRPC-Web
+        // (browsers), with the HTTP API's CORS policy.
+        let proxy = tower::Layer::layer(
+            &tonic_web::GrpcWebLayer::new(),
+            crate::grpc::Proxy::new(self.gateway.clone()),
+        );
+        let cors = crate::http::cors(&self.gateway).unwrap_or_default();
+        let router = self.grpc.router_with_fallback(tower::Layer::layer(&cors, proxy));
         let served =
             self.grpc.serve(router, grpc, &[], &self.gateway.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -152,7 +152,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     }
 }
 
-fn cors(gw: &Gateway) -> Option<CorsLayer> {
+pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
     let origins = gw.settings.cors_origins();
     let allow = match origins {
         None => AllowOrigin::any(),

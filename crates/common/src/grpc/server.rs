@@ -124,7 +124,8 @@ impl GrpcServer {
             req.map(tonic::body::Body::new)
         });
         let routes = tonic::service::Routes::from(routes.into_axum_router().fallback_service(fallback));
-        tonic::transport::Server::builder().layer(self.layer.clone()).add_routes(routes)
+        // HTTP/1.1 too: gRPC-Web clients (browsers) speak it.
+        tonic::transport::Server::builder().accept_http1(true).layer(self.layer.clone()).add_routes(routes)
     }
 
     /// Binds `addr` (port 0 picks a free port), then serves in the

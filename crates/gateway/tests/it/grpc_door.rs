@@ -104,3 +104,84 @@ async fn a_public_rpc_slower_than_its_deadline_gets_deadline_exceeded() -> anyho
     assert!(started.elapsed() < std::time::Duration::from_millis(1_400), "{:?}", started.elapsed());
     Ok(())
 }
+
+/// One gRPC-Web call over HTTP/1.1, as a browser library makes it:
+/// the status code, response headers and the decoded frames (data
+/// messages, then the trailers as text).
+async fn grpc_web(
+    addr: std::net::SocketAddr,
+    path: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, http::HeaderMap, Vec<Vec<u8>>, String)> {
+    use http_body_util::{BodyExt, Full};
+    let payload = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(payload.len())?.to_be_bytes());
+    framed.extend_from_slice(&payload);
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let response = client.request(request.body(Full::new(bytes::Bytes::from(framed)))?).await?;
+    let (status, response_headers) = (response.status().as_u16(), response.headers().clone());
+    let body = response.into_body().collect().await?.to_bytes();
+    let (mut messages, mut trailers, mut rest) = (Vec::new(), String::new(), &body[..]);
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let frame = rest.get(5..5 + len).ok_or_else(|| anyhow::anyhow!("truncated frame"))?;
+        if rest[0] & 0x80 == 0 {
+            messages.push(frame.to_vec());
+        } else {
+            trailers.push_str(&String::from_utf8_lossy(frame));
+        }
+        rest = &rest[5 + len..];
+    }
+    Ok((status, response_headers, messages, trailers))
+}
+
+#[tokio::test]
+async fn browsers_reach_the_public_rpcs_over_grpc_web_with_the_same_policy() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let mut settings = platform.gateway_settings()?;
+    settings.http.cors_allowed_origins = "https://app.example.com".into();
+    let gw = platform.gateway_with(settings).await?;
+
+    // Anonymous catalog over gRPC-Web (HTTP/1.1).
+    let (status, headers, messages, trailers) = grpc_web(
+        gw.grpc_addr,
+        "/tenx.billing.v1.BillingService/ListPlans",
+        &tenx_proto::billing::v1::ListPlansRequest::default(),
+        &[("origin", "https://app.example.com")],
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web")));
+    assert_eq!(
+        headers.get("access-control-allow-origin").map(|v| v.as_bytes()),
+        Some(&b"https://app.example.com"[..])
+    );
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    let plans =
+        <tenx_proto::billing::v1::ListPlansResponse as prost::Message>::decode(messages[0].as_slice())?;
+    assert!(plans.plans.iter().any(|p| p.code == "pro"));
+
+    // A call that needs a token gets UNAUTHENTICATED, as over gRPC.
+    let (status, headers, _, trailers) = grpc_web(
+        gw.grpc_addr,
+        "/tenx.notification.v1.NotificationService/ListNotifications",
+        &notification::ListNotificationsRequest::default(),
+        &[],
+    )
+    .await?;
+    assert_eq!(status, 200, "gRPC-Web reports errors in grpc-status");
+    let code =
+        headers.get("grpc-status").map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default()
+            + &trailers;
+    assert!(code.contains("16"), "UNAUTHENTICATED: {code:?}");
+    Ok(())
+}
