@@ -113,6 +113,25 @@ async fn signup_card_subscribe_replay_conflict_and_ownership_over_http() -> anyh
     let invoice_id = invoice["id"].as_str().unwrap_or_default().to_owned();
     let subscription_id = sub["id"].as_str().unwrap_or_default().to_owned();
 
+    // billing.invoice.paid travels through RabbitMQ to notification, which
+    // emails the receipt (to the address auth's signup event gave billing).
+    let number = invoice["number"].as_str().unwrap_or_default().to_owned();
+    let maildir = std::path::PathBuf::from(
+        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into()),
+    );
+    tenx_test_support::eventually(std::time::Duration::from_secs(20), "the receipt email", || {
+        let (maildir, email, number) = (maildir.clone(), email.clone(), number.clone());
+        async move {
+            Ok(std::fs::read_dir(maildir.join("new"))?.filter_map(Result::ok).any(|entry| {
+                std::fs::read_to_string(entry.path()).is_ok_and(|mail| {
+                    mail.contains(&format!("To: {email}"))
+                        && mail.contains(&format!("Receipt for invoice {number}"))
+                })
+            }))
+        }
+    })
+    .await?;
+
     // The same key and request: the stored answer, marked as a replay.
     let replay = send(addr, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
     assert_eq!(replay.status, 201, "{}", replay.text);
