@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Cargo's runtime value, not `env!`: a build script binary can be reused
+    // from a shared target dir built from another checkout of this crate.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let mut files = Vec::new();
     collect_protos(&root, &mut files)?;
     files.sort();

@@ -86,12 +86,19 @@ impl Scheduler {
         Self { core, settings, dunning, me: format!("billing-{}", Uuid::new_v4().simple()) }
     }
 
-    /// Polls until `shutdown`.
+    /// Polls until `shutdown`; sweeps old rows every 60 polls.
     pub async fn run(&self, shutdown: Shutdown) {
+        let mut polls: u64 = 0;
         loop {
             if let Err(error) = self.run_due().await {
                 tracing::warn!(%error, "billing scheduler poll failed");
             }
+            if polls.is_multiple_of(60)
+                && let Err(error) = self.sweep().await
+            {
+                tracing::warn!(%error, "billing sweep failed");
+            }
+            polls += 1;
             tokio::select! {
                 () = shutdown.wait() => return,
                 () = tokio::time::sleep(Duration::from_millis(self.settings.poll_interval_ms)) => {}
@@ -121,6 +128,43 @@ impl Scheduler {
                 self.core.metrics.jobs.get_or_create(&label).inc();
             }
         }
+    }
+
+    /// Deletes, a batch at a time, idempotency keys past their expiry and
+    /// jobs finished more than `scheduler.retention_days` ago; returns how
+    /// many of each went.
+    pub async fn sweep(&self) -> Result<(u64, u64), BillingError> {
+        let now = self.core.clock.now();
+        let kept_until = now - Duration::from_secs(self.settings.retention_days * 86_400);
+        let conn = self.core.db.write().await?;
+        let (mut keys, mut jobs) = (0, 0);
+        loop {
+            let deleted = conn
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE (caller, key) IN \
+                       (SELECT caller, key FROM idempotency_keys WHERE expires_at < $1 LIMIT 1000)",
+                    &[&now],
+                )
+                .await?;
+            keys += deleted;
+            if deleted < 1000 {
+                break;
+            }
+        }
+        loop {
+            let deleted = conn
+                .execute(
+                    "DELETE FROM billing_jobs WHERE id IN (SELECT id FROM billing_jobs \
+                       WHERE status IN ('done', 'canceled') AND finished_at < $1 LIMIT 1000)",
+                    &[&kept_until],
+                )
+                .await?;
+            jobs += deleted;
+            if deleted < 1000 {
+                break;
+            }
+        }
+        Ok((keys, jobs))
     }
 
     async fn claim(&self) -> Result<Vec<Job>, BillingError> {

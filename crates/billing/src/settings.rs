@@ -53,6 +53,7 @@ pub struct SchedulerSettings {
     pub batch_size: u32,
     pub lease_seconds: u64,
     pub max_backoff_seconds: u64,
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -304,3 +304,38 @@ async fn two_scheduler_instances_issue_one_renewal_per_subscription() -> anyhow:
     }
     assert_ledger_invariants(&billing).await
 }
+
+#[tokio::test]
+async fn expired_idempotency_keys_and_old_finished_jobs_are_swept() -> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    card(&mut client, user, "tok_success").await?;
+    client
+        .create_subscription(keyed(
+            user,
+            "s",
+            pb::CreateSubscriptionRequest {
+                price_id: prices::BUSINESS_MONTHLY_USD.into(),
+                ..Default::default()
+            },
+        ))
+        .await?;
+    billing.advance(31 * DAY).await?; // a renewal: two jobs done, one pending
+    let (keys, jobs) = (billing.count("idempotency_keys").await?, billing.count("billing_jobs").await?);
+    assert_eq!(keys, 2);
+    assert!(jobs >= 3);
+    // The keys expired after 24 h; the finished jobs are kept for 30 days.
+    assert_eq!(billing.scheduler.sweep().await?, (2, 0));
+    billing.clock.advance(31 * DAY);
+    let (_, swept_jobs) = billing.scheduler.sweep().await?;
+    assert!(swept_jobs >= 2, "{swept_jobs}");
+    let pending: i64 = billing
+        .sql()
+        .await?
+        .query_one("SELECT count(*) FROM billing_jobs WHERE status = 'pending'", &[])
+        .await?
+        .get(0);
+    assert_eq!(billing.count("billing_jobs").await?, pending, "only pending jobs are left");
+    Ok(())
+}
