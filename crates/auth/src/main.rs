@@ -5,49 +5,29 @@ use std::process::ExitCode;
 use tenx_auth::{App, AuthSettings};
 use tenx_common::cli;
 use tenx_common::metrics::Metrics;
-use tenx_common::shutdown::Shutdown;
 
 const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys>";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args().skip(1), USAGE) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    let settings = match AuthSettings::load(args.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("tenx-auth: {error}");
-            return ExitCode::from(cli::EXIT_CONFIG);
+    cli::run("tenx-auth", USAGE, AuthSettings::load, |command, settings| async move {
+        match command.as_deref() {
+            Some("serve") | None => {
+                let telemetry = settings.telemetry.clone();
+                cli::serve("tenx-auth", &telemetry, |shutdown| async move {
+                    let app = App::build(settings, Metrics::default()).await.map_err(|e| e.to_string())?;
+                    let running = app.spawn(shutdown).await.map_err(|e| e.to_string())?;
+                    running.task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+                })
+                .await
+            }
+            Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| e.to_string()),
+            Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())
+                .await
+                .map(|kid| println!("new signing key: {kid}"))
+                .map_err(|e| e.to_string()),
+            Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
         }
-    };
-    let result = match args.command.as_deref() {
-        Some("serve") | None => serve(settings).await,
-        Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| e.to_string()),
-        Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())
-            .await
-            .map(|kid| println!("new signing key: {kid}"))
-            .map_err(|e| e.to_string()),
-        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tenx-auth: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(settings: AuthSettings) -> Result<(), String> {
-    let telemetry =
-        tenx_common::telemetry::init("tenx-auth", &settings.telemetry).map_err(|e| e.to_string())?;
-    let shutdown = Shutdown::new();
-    shutdown.on_signals().map_err(|e| e.to_string())?;
-    let app = App::build(settings, Metrics::default()).await.map_err(|e| e.to_string())?;
-    let running = app.spawn(shutdown).await.map_err(|e| e.to_string())?;
-    let result = running.task.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-    telemetry.shutdown().await;
-    result
+    })
+    .await
 }

@@ -1,8 +1,13 @@
 //! The command line every service binary takes:
 //! `tenx-<service> [--config FILE] <command>`.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use crate::config::ConfigError;
+use crate::shutdown::Shutdown;
+use crate::telemetry::TelemetrySettings;
 
 /// Exit code for a usage error (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -45,6 +50,56 @@ pub fn parse(args: impl IntoIterator<Item = String>, usage: &str) -> Result<Args
         }
     }
     Ok(parsed)
+}
+
+/// A service binary's `main`: parses the arguments, loads the settings
+/// (a bad one exits 78 with one line naming it), then runs the command.
+/// `run` gets the command and the settings; an `Err` is printed as
+/// `<name>: <error>` and exits 1.
+pub async fn run<S, Run, Fut>(
+    name: &str,
+    usage: &str,
+    load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
+    run: Run,
+) -> ExitCode
+where
+    Run: FnOnce(Option<String>, S) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let args = match parse(std::env::args().skip(1), usage) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let settings = match load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(args.command, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `serve` command: telemetry for `name`, a shutdown on SIGTERM or
+/// SIGINT, then `start` (build the app, spawn it, wait for it) until it
+/// ends; spans still pending are flushed before returning.
+pub async fn serve<Start, Fut>(name: &str, telemetry: &TelemetrySettings, start: Start) -> Result<(), String>
+where
+    Start: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let guard = crate::telemetry::init(name, telemetry).map_err(|e| e.to_string())?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals().map_err(|e| e.to_string())?;
+    let result = start(shutdown).await;
+    guard.shutdown().await;
+    result
 }
 
 #[cfg(test)]
