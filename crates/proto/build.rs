@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "build/access.rs"]
+mod access;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Cargo's runtime value, not `env!`: a build script binary can be reused
     // from a shared target dir built from another checkout of this crate.
@@ -25,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &files,
         std::slice::from_ref(&root),
     )?;
+
+    access::write_table(&descriptor, &PathBuf::from(std::env::var("OUT_DIR")?).join("access_table.rs"))?;
 
     println!("cargo:rerun-if-changed={}", root.display());
     for file in &files {

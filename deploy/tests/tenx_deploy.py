@@ -20,7 +20,32 @@ KUBE_VERSION = "1.30.0"
 # TENX_<SVC>__<SECTION>__<KEY>, never written to a ConfigMap. The common
 # ones (crates/common: `Secret<…>` fields) plus each service's own.
 COMMON_SECRET_KEYS = ["database.primary_url", "database.replica_url", "redis.url", "amqp.url"]
-SERVICE_SECRET_KEYS = {"auth": ["tokens.key_encryption_key"]}
+# The services that call others as themselves: each presents its own
+# authn.client_secret to auth, which knows it as service_clients.<svc>.
+SERVICE_CLIENTS = ["gateway", "billing", "notification"]
+SERVICE_SECRET_KEYS = {
+    "auth": ["tokens.key_encryption_key", "codes.seal_key", *(f"service_clients.{c}" for c in SERVICE_CLIENTS)],
+    **{c: ["authn.client_secret"] for c in SERVICE_CLIENTS},
+    # codes.seal_key: auth's, which opens the codes auth seals into its events.
+    "notification": ["authn.client_secret", "codes.seal_key"],
+}
+# Secret keys a service reads from another service's Secret rather than
+# its own, so that one value lives in one place: service → key → (the
+# service whose Secret holds it, its key there). Both directions: auth's
+# service_clients.<svc> is <svc>'s authn.client_secret (auth reads the
+# clients' Secrets); notification's codes.seal_key is auth's (notification
+# reads auth's Secret). The chart declares the same (helm/tenx/templates/
+# _helpers.tpl: tenx.serviceClients, tenx.sharedSecretKeys).
+FOREIGN_SECRET_KEYS = {
+    "auth": {f"service_clients.{c}": (c, "authn.client_secret") for c in SERVICE_CLIENTS},
+    "notification": {"codes.seal_key": ("auth", "codes.seal_key")},
+}
+# Of those, the keys the service holds in its own Secret (values `secrets`,
+# or its existingSecret) when that other service is not in the release,
+# where they are then required: notification without auth needs the seal
+# key of the auth it works with. (auth without a client simply has no
+# service_clients.<svc>.)
+FALLBACK_SECRET_KEYS = {"notification": ["codes.seal_key"]}
 
 # Types of the keys of the shared sections (crates/common), for the values
 # schema; each service's own keys are typed from its defaults.toml.
@@ -48,6 +73,11 @@ COMMON_KEY_TYPES = {
         "max_attempts": POS, "connect_timeout_ms": POS,
     },
     "outbox": {"batch_size": POS, "partitions_per_batch": POS, "poll_interval_ms": POS, "retention_hours": POS},
+    # Token verification (tenx_common::authn::AuthnSettings): the gateway, billing, notification.
+    "authn": {
+        "issuer": {"type": "string", "minLength": 1}, "audience": {"type": "string", "minLength": 1},
+        "refresh_seconds": POS, "min_refetch_seconds": POS, "client_secret": STR, "revocation_prefix": STR,
+    },
     "telemetry": {
         "log_format": {"enum": ["json", "pretty"]}, "log_filter": STR,
         "otlp_endpoint": {"type": "string", "pattern": "^https?://.+$"},
@@ -189,7 +219,32 @@ def key_is_known(svc: str, key: str) -> bool:
 
 
 def secret_keys(svc: str) -> list[str]:
+    """Every secret key the service reads (from its own Secret or another's)."""
     return sorted(k for k in COMMON_SECRET_KEYS + SERVICE_SECRET_KEYS.get(svc, []) if k in known_keys(svc))
+
+
+def foreign_secret_keys(svc: str) -> dict[str, tuple[str, str]]:
+    """The secret keys the service reads from another service's Secret:
+    key → (that service, its key)."""
+    return {k: v for k, v in FOREIGN_SECRET_KEYS.get(svc, {}).items() if k in known_keys(svc)}
+
+
+def own_secret_keys(svc: str) -> list[str]:
+    """The keys of the service's own Secret when every service is in the
+    release (the defaults)."""
+    return [k for k in secret_keys(svc) if k not in foreign_secret_keys(svc)]
+
+
+def fallback_secret_keys(svc: str) -> list[str]:
+    """The foreign keys the service holds in its own Secret when their
+    owner is not in the release."""
+    return sorted(k for k in FALLBACK_SECRET_KEYS.get(svc, []) if k in foreign_secret_keys(svc))
+
+
+def values_secret_keys(svc: str) -> list[str]:
+    """The keys of values `services.<svc>.secrets`: its own, and those it
+    holds only while their owner is not in the release."""
+    return sorted(own_secret_keys(svc) + fallback_secret_keys(svc))
 
 
 def has_migrate(svc: str) -> bool:
@@ -300,7 +355,7 @@ def config_schema(svc: str) -> dict:
 
 def secrets_schema(svc: str) -> dict:
     sections: dict[str, dict] = {}
-    for key in secret_keys(svc):
+    for key in values_secret_keys(svc):
         section, name = key.split(".", 1)
         sections.setdefault(section, {})[name] = {"type": "string"}
     props: dict = {"existingSecret": {"type": "string"}}

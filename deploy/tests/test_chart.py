@@ -26,10 +26,16 @@ CRD_SCHEMAS = Path(__file__).parent / "crd-schemas"
 # with why. Anything else must equal the default (no silent drift).
 CHART_OVERRIDES = {
     # 127.0.0.1:2525 is the local sink; in a cluster the relay is a Service.
-    "notification": {"smtp.relays"},
-    # "" = this release's auth/notification/billing Service, filled in by the chart.
+    # "" (upstreams.<name>.url) = this release's <name> Service, filled in by the chart.
+    "notification": {"smtp.relays", "upstreams.auth.url"},
     "gateway": {"upstreams.auth.url", "upstreams.notification.url", "upstreams.billing.url"},
+    "billing": {"upstreams.auth.url"},
 }
+
+
+# Values for a release behind one proxy that appends to X-Forwarded-For
+# (what an Ingress or HTTPRoute needs).
+BEHIND_ONE_PROXY = {"services": {"gateway": {"config": {"http": {"forwarded_hops": 1}}}}}
 
 
 def public_service() -> str:
@@ -59,22 +65,115 @@ def env_name(svc, key):
     return f"TENX_{svc.upper()}__{key.replace('.', '__').upper()}"
 
 
+def env_of_service(docs, svc) -> dict[str, dict]:
+    """The secretKeyRefs of the service's Deployment by variable, to edit in place."""
+    return secret_env(deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0])
+
+
+def callers_of(svc: str) -> list[str]:
+    """The chart's services that call svc (an `upstreams.<svc>` table)."""
+    return sorted(c for c in td.chart_services() if c != svc and svc in td.upstreams(c))
+
+
+def server_pod_labels(docs, svc) -> dict:
+    return deployment(docs, svc)["spec"]["template"]["metadata"]["labels"]
+
+
+def _peer_selects_pod(peer: dict, labels: dict) -> bool:
+    """A NetworkPolicyPeer selecting a pod of this namespace (ipBlock and
+    namespaceSelector peers are taken to select other namespaces)."""
+    if set(peer) != {"podSelector"}:
+        return False
+    sel = peer["podSelector"]
+    assert set(sel) <= {"matchLabels"}, f"unsupported selector {sel}"
+    return sel.get("matchLabels", {}).items() <= labels.items()
+
+
+def admits(docs, svc: str, labels: dict, port: int) -> bool:
+    """Whether svc's NetworkPolicy admits a pod of the release's namespace
+    with these labels to this port."""
+    (np,) = [np for np in r.find(docs, "NetworkPolicy")
+             if np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc]
+    for rule in np["spec"].get("ingress", []):
+        if "ports" in rule and port not in [p["port"] for p in rule["ports"]]:
+            continue
+        if "from" not in rule or any(_peer_selects_pod(peer, labels) for peer in rule["from"]):
+            return True
+    return False
+
+
+def deployed(docs, svc: str) -> bool:
+    return len(r.find(docs, "Deployment", f"{r.RELEASE}-{svc}")) == 1
+
+
+def owner_secret_ref(docs, owner: str, key: str) -> dict | None:
+    """The Secret and key the owner's Deployment reads its own `key` from
+    (None when the owner is not deployed or does not read it)."""
+    if not deployed(docs, owner):
+        return None
+    return secret_env(deployment(docs, owner)["spec"]["template"]["spec"]["containers"][0]).get(env_name(owner, key))
+
+
+def own_secret_names(docs) -> dict[str, set[str]]:
+    """Per deployed service, the Secrets its own keys (those it never reads
+    from another service's Secret) come from."""
+    out = {}
+    for svc in td.chart_services():
+        if deployed(docs, svc):
+            env = secret_env(deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0])
+            own = {env_name(svc, k) for k in td.own_secret_keys(svc)}
+            out[svc] = {ref["name"] for name, ref in env.items() if name in own}
+    return out
+
+
 def config_key_problems(svc: str, docs: list[dict]) -> list[str]:
     """What an operator would trip over: a key the service reads that the
-    chart does not set, or a key the chart sets that the service ignores."""
+    chart does not set, or a key the chart sets that the service ignores.
+    Secrets come from the service's own Secret (one Secret, the key named
+    like the config key, and no other service's), except the keys
+    td.FOREIGN_SECRET_KEYS lists (auth's service_clients.<svc>,
+    notification's codes.seal_key), which must come from exactly the Secret
+    and key that other service reads its own from — or, for the keys of
+    td.FALLBACK_SECRET_KEYS when that service is not deployed, from the
+    service's own Secret."""
     problems = []
     file_keys = set(td.flatten(config_toml(docs, svc)))
     container = deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0]
     env = secret_env(container)
     by_env = {env_name(svc, k): k for k in td.known_keys(svc)}
+    foreign = td.foreign_secret_keys(svc)
+    fallback = td.fallback_secret_keys(svc)
+    others = {other: names for other, names in own_secret_names(docs).items() if other != svc}
     env_keys = set()
+    own_secrets = set()
     for name, ref in env.items():
         if name not in by_env:
             problems.append(f"{svc}: variable {name} sets no config key the service reads")
             continue
-        env_keys.add(by_env[name])
-        if ref["key"] != by_env[name]:
-            problems.append(f"{svc}: {name} reads Secret key {ref['key']!r}, expected {by_env[name]!r}")
+        key = by_env[name]
+        env_keys.add(key)
+        if key in foreign:
+            owner, owner_key = foreign[key]
+            want = owner_secret_ref(docs, owner, owner_key)
+            if want is None and key in fallback and not deployed(docs, owner):
+                pass  # the owner is not in the release: the service's own key, checked below
+            elif want is None:
+                problems.append(f"{svc}: {name} reads {owner}'s {owner_key}, but no {owner} Deployment reads it")
+                continue
+            else:
+                if (ref["name"], ref["key"]) != (want["name"], want["key"]) or ref.get("optional") != want.get("optional"):
+                    problems.append(f"{svc}: {name} reads Secret {ref['name']!r} key {ref['key']!r}, "
+                                    f"expected {owner}'s: Secret {want['name']!r} key {owner_key!r}")
+                continue
+        own_secrets.add(ref["name"])
+        if ref["key"] != key:
+            problems.append(f"{svc}: {name} reads Secret key {ref['key']!r}, expected {key!r}")
+        for other, names in sorted(others.items()):
+            if ref["name"] in names:
+                problems.append(f"{svc}: {name} reads {other}'s Secret {ref['name']!r}, "
+                                f"which {svc}'s {key} is not declared to (td.FOREIGN_SECRET_KEYS)")
+    if len(own_secrets) > 1:
+        problems.append(f"{svc}: its own secrets come from several Secrets: {sorted(own_secrets)}")
     for key in sorted(td.flatten(td.defaults(svc))):
         if key not in file_keys | env_keys:
             problems.append(f"{svc}: config key {key} (defaults.toml) is not set by the chart")
@@ -187,6 +286,12 @@ class ValuesSchema(unittest.TestCase):
         "datastore egress typo": ({"networkPolicy": {"datastoreEgress": {"postgres": []}}}, "postgres"),
         "billing key typo": ({"services": {"billing": {"config": {"billing": {"trial_day": 7}}}}}, "trial_day"),
         "billing wrong type": ({"services": {"billing": {"config": {"idempotency": {"ttl_hours": "24h"}}}}}, "ttl_hours"),
+        "client secret in config": ({"services": {"billing": {"config": {"authn": {"client_secret": "x" * 32}}}}}, "client_secret"),
+        "auth keeps no copy of a client secret": ({"services": {"auth": {"secrets": {"service_clients": {"billing": "x"}}}}}, "service_clients"),
+        "service clients in auth's config": ({"services": {"auth": {"config": {"service_clients": {"billing": "x"}}}}}, "service_clients"),
+        "authn refresh zero": ({"services": {"notification": {"config": {"authn": {"refresh_seconds": 0}}}}}, "refresh_seconds"),
+        "gateway jwks (renamed authn)": ({"services": {"gateway": {"config": {"jwks": {"issuer": "tenx-auth"}}}}}, "jwks"),
+        "extraIngressFrom not a list": ({"services": {"billing": {"extraIngressFrom": {"podSelector": {}}}}}, "extraIngressFrom"),
         # A section of docs/services/billing.md that tenx-billing does not read yet.
         "billing key not read yet": ({"services": {"billing": {"config": {"provider": {"reconcile_after_seconds": 10}}}}}, "reconcile_after_seconds"),
     }
@@ -282,8 +387,10 @@ class Workloads(unittest.TestCase):
                 self.assertEqual(secret_env(c), secret_env(dep_c))
                 cm = job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
                 self.assertEqual(config_toml(docs, svc, cm), config_toml(docs, svc))
-                # Everything the Job needs exists before it: hooks of lower weight.
-                for kind, name in (("ConfigMap", cm), ("Secret", f"{r.RELEASE}-{svc}"),
+                # Everything the Job needs exists before it: hooks of lower weight (its own Secret,
+                # and any other service's it reads a key from, e.g. notification auth's seal key).
+                secrets = {f"{r.RELEASE}-{svc}"} | {ref["name"] for ref in secret_env(c).values()}
+                for kind, name in (("ConfigMap", cm), *(("Secret", s) for s in sorted(secrets)),
                                    ("ServiceAccount", job["spec"]["template"]["spec"]["serviceAccountName"])):
                     (dep,) = r.find(docs, kind, name)
                     ann = dep["metadata"]["annotations"]
@@ -314,18 +421,22 @@ class Workloads(unittest.TestCase):
             with self.subTest(service=svc):
                 ingress = np["spec"]["ingress"]
                 open_rules = [rule for rule in ingress if "from" not in rule]
+                grpc_rules = [rule for rule in ingress if any(p["port"] == td.grpc_port(svc) for p in rule["ports"])]
                 if svc == public:
                     # The public doors (HTTP API and gRPC) from anywhere; never the admin port.
                     self.assertEqual([sorted(p["port"] for p in rule["ports"]) for rule in open_rules],
                                      [sorted([td.http_port(svc), td.grpc_port(svc)])])
                 else:
                     self.assertEqual(open_rules, [], f"{svc} must not accept connections from anywhere")
-                    # gRPC only from this release's servers (the gateway and the other services).
-                    grpc_rules = [rule for rule in ingress if any(p["port"] == td.grpc_port(svc) for p in rule["ports"])]
-                    self.assertEqual([rule["from"] for rule in grpc_rules], [[{"podSelector": {"matchLabels": server_peer}}]])
+                    # gRPC only from the servers of the services that call it (their upstreams), by component.
+                    callers = callers_of(svc)
+                    self.assertEqual([rule["from"] for rule in grpc_rules],
+                                     [[{"podSelector": {"matchLabels": server_peer | {"app.kubernetes.io/component": c}}}
+                                       for c in callers]])
+                    self.assertEqual([[p["port"] for p in rule["ports"]] for rule in grpc_rules], [[td.grpc_port(svc)]])
                 # The admin port only from the helm test pod and metricsFrom; no other port from them.
                 for rule in ingress:
-                    if rule.get("from") and rule["from"][0].get("podSelector", {}).get("matchLabels") != server_peer:
+                    if rule.get("from") and rule not in grpc_rules:
                         self.assertEqual([p["port"] for p in rule["ports"]], [td.admin_port(svc)])
                 self.assertIn([{"podSelector": {"matchLabels": test_peer}}], [rule.get("from") for rule in ingress])
                 self.assertEqual(set(np["spec"]["policyTypes"]), {"Ingress", "Egress"})
@@ -342,8 +453,53 @@ class Workloads(unittest.TestCase):
                     else:
                         self.assertFalse(store_ports & egress_ports, f"{svc} has no {store}: no egress to it")
                 self.assertEqual(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], svc)
-        self.assertEqual(td.secret_keys("gateway"), ["redis.url"])
-        self.assertEqual(td.secret_keys("billing"), ["amqp.url", "database.primary_url", "database.replica_url", "redis.url"])
+        self.assertEqual(td.secret_keys("gateway"), ["authn.client_secret", "redis.url"])
+        self.assertEqual(td.secret_keys("billing"),
+                         ["amqp.url", "authn.client_secret", "database.primary_url", "database.replica_url", "redis.url"])
+
+    def test_network_policy_is_on_by_default_and_admits_each_service_only_from_its_callers(self):
+        self.assertIs(td.chart_values()["networkPolicy"]["enabled"], True)
+        docs = r.manifests(r.rendered("defaults"))
+        self.assertEqual(sorted(np["metadata"]["labels"]["app.kubernetes.io/component"]
+                                for np in r.find(docs, "NetworkPolicy")), td.chart_services())
+        self.assertEqual(callers_of("auth"), ["billing", "gateway", "notification"])
+        self.assertEqual(callers_of("billing"), ["gateway"])
+        self.assertEqual(callers_of("notification"), ["gateway"])
+        pods = {svc: server_pod_labels(docs, svc) for svc in td.chart_services()}
+        stranger = {"app": "something-else"}
+        for svc in td.chart_services():
+            port = td.grpc_port(svc)
+            for caller in td.chart_services():
+                if caller != svc:
+                    with self.subTest(service=svc, caller=caller):
+                        self.assertIs(admits(docs, svc, pods[caller], port),
+                                      svc == public_service() or caller in callers_of(svc))
+            self.assertIs(admits(docs, svc, stranger, port), svc == public_service())
+        # The examples the design names.
+        self.assertTrue(admits(docs, "auth", pods["billing"], td.grpc_port("auth")))
+        self.assertTrue(admits(docs, "auth", pods["notification"], td.grpc_port("auth")))
+        self.assertFalse(admits(docs, "billing", pods["notification"], td.grpc_port("billing")))
+        self.assertFalse(admits(docs, "notification", pods["billing"], td.grpc_port("notification")))
+        # Only the servers: not the caller's migration Job.
+        self.assertFalse(admits(docs, "auth", pods["billing"] | {"tenx.dev/role": "migrate"}, td.grpc_port("auth")))
+        # Off when asked.
+        self.assertEqual(r.find(r.manifests(r.render({"networkPolicy": {"enabled": False}})), "NetworkPolicy"), [])
+
+    def test_extra_ingress_from_admits_operator_backends_to_that_service_only(self):
+        metering = {"app": "metering"}
+        docs = r.manifests(r.render({"services": {"billing": {"extraIngressFrom": [{"podSelector": {"matchLabels": metering}}]}}}))
+        self.assertTrue(admits(docs, "billing", metering, td.grpc_port("billing")))
+        self.assertTrue(admits(docs, "billing", server_pod_labels(docs, "gateway"), td.grpc_port("billing")))
+        self.assertFalse(admits(docs, "billing", metering, td.admin_port("billing")))
+        self.assertFalse(admits(docs, "notification", metering, td.grpc_port("notification")))
+        self.assertFalse(admits(docs, "auth", metering, td.grpc_port("auth")))
+        # A service no one in the release calls gets no gRPC rule at all (never an empty `from`, which admits all).
+        docs = r.manifests(r.rendered("only-billing"))
+        (np,) = r.find(docs, "NetworkPolicy")
+        self.assertEqual([rule for rule in np["spec"]["ingress"] if not rule.get("from")], [])
+        self.assertFalse(admits(docs, "billing", {"app": "gateway-elsewhere"}, td.grpc_port("billing")))
+        # Its auth is outside the release: its port is reachable (egress to any address).
+        self.assertIn({"ports": [{"port": 50051, "protocol": "TCP"}]}, np["spec"]["egress"])
 
     def test_routes_point_at_the_public_services_http_api_and_optionally_grpc(self):
         docs = r.manifests(r.rendered("features-on"))
@@ -369,7 +525,7 @@ class Workloads(unittest.TestCase):
         # Defaults: no routes at all; gRPC routes only when asked for.
         defaults = r.manifests(r.rendered("defaults"))
         self.assertEqual([d for d in defaults if d["kind"] in ("Ingress", "HTTPRoute", "GRPCRoute")], [])
-        only_http = r.manifests(r.render({"ingress": {"enabled": True}}))
+        only_http = r.manifests(r.render({"ingress": {"enabled": True}} | BEHIND_ONE_PROXY))
         self.assertEqual([d["metadata"]["name"] for d in r.find(only_http, "Ingress")], [r.RELEASE])
         # No public service: refused, not silently empty.
         for values in ({"ingress": {"enabled": True}}, {"httpRoute": {"enabled": True, "parentRefs": [{"name": "p"}]}}):
@@ -401,13 +557,61 @@ class Workloads(unittest.TestCase):
             r.render({"services": {"notification": {"enabled": False}}})
         self.assertIn("services.gateway.config.upstreams.notification.url is empty", str(caught.exception))
 
-    def test_gateway_and_auth_must_agree_on_issuer_and_audience(self):
+    def test_routes_need_forwarded_hops_set(self):
+        routes = {
+            "ingress": {"ingress": {"enabled": True}},
+            "ingress (gRPC)": {"ingress": {"grpc": {"enabled": True}}},
+            "httpRoute": {"httpRoute": {"enabled": True, "parentRefs": [{"name": "p"}]}},
+            "httpRoute (gRPC)": {"httpRoute": {"grpc": {"enabled": True}, "parentRefs": [{"name": "p"}]}},
+        }
+        for what, values in routes.items():
+            with self.subTest(what):
+                with self.assertRaises(helm_python.HelmError) as caught:
+                    r.render(values)
+                message = str(caught.exception)
+                self.assertIn(f"{what.split()[0]} sends clients to gateway through a proxy, "
+                              "but services.gateway.config.http.forwarded_hops is 0", message)
+                self.assertIn("Set services.gateway.config.http.forwarded_hops to the number of proxies "
+                              "that append to X-Forwarded-For (usually 1)", message)
+                docs = r.manifests(r.render(values | BEHIND_ONE_PROXY))
+                self.assertEqual(config_toml(docs, "gateway")["http"]["forwarded_hops"], 1)
+        # Without routes, 0 (the TCP peer address) is right and renders.
+        self.assertEqual(config_toml(r.manifests(r.rendered("defaults")), "gateway")["http"]["forwarded_hops"], 0)
+        # Every scenario that routes from outside says how many proxies there are.
+        for name, values in r.scenarios().items():
+            if any(values.get(k, {}).get("enabled") or values.get(k, {}).get("grpc", {}).get("enabled")
+                   for k in ("ingress", "httpRoute")):
+                self.assertGreaterEqual(values["services"]["gateway"]["config"]["http"]["forwarded_hops"], 1, name)
+
+    def test_token_verifiers_and_auth_must_agree_on_issuer_audience_and_revocation_prefix(self):
         docs = r.manifests(r.rendered("defaults"))
-        self.assertEqual(config_toml(docs, "gateway")["jwks"]["issuer"], config_toml(docs, "auth")["tokens"]["issuer"])
-        self.assertEqual(config_toml(docs, "gateway")["jwks"]["audience"], config_toml(docs, "auth")["tokens"]["audience"])
+        auth = config_toml(docs, "auth")
+        verifiers = [svc for svc in td.chart_services() if "authn" in td.defaults(svc)]
+        self.assertEqual(verifiers, ["billing", "gateway", "notification"])
+        for svc in verifiers:
+            with self.subTest(service=svc):
+                authn = config_toml(docs, svc)["authn"]
+                self.assertEqual(authn["issuer"], auth["tokens"]["issuer"])
+                self.assertEqual(authn["audience"], auth["tokens"]["audience"])
+                self.assertEqual(authn["revocation_prefix"], auth["redis"]["key_prefix"])
+                self.assertNotIn("client_secret", authn, "a secret, from the Secret")
         with self.assertRaises(helm_python.HelmError) as caught:
             r.render({"services": {"auth": {"config": {"tokens": {"issuer": "https://id.example.com"}}}}})
-        self.assertIn("services.gateway.config.jwks.issuer", str(caught.exception))
+        self.assertRegex(str(caught.exception), r"services\.(billing|gateway|notification)\.config\.authn\.issuer")
+        for svc in verifiers:
+            with self.subTest(service=svc):
+                with self.assertRaises(helm_python.HelmError) as caught:
+                    r.render({"services": {svc: {"config": {"authn": {"audience": "other"}}}}})
+                self.assertIn(f"services.{svc}.config.authn.audience (other) differs from services.auth.config.tokens.audience",
+                              str(caught.exception))
+                with self.assertRaises(helm_python.HelmError) as caught:
+                    r.render({"services": {svc: {"config": {"authn": {"revocation_prefix": "other:"}}}}})
+                self.assertIn(f"services.{svc}.config.authn.revocation_prefix (other:) differs from "
+                              "services.auth.config.redis.key_prefix", str(caught.exception))
+        # Auth outside the release: nothing to compare with.
+        r.render({"services": {"auth": {"enabled": False}, "billing": {"config": {
+            "upstreams": {"auth": {"url": "http://auth.x:50051"}}, "authn": {"audience": "other"}}},
+            "notification": {"enabled": False}, "gateway": {"enabled": False}}})
 
     def test_helm_test_hook_checks_every_service(self):
         docs = r.manifests(r.rendered("defaults"))
@@ -438,15 +642,148 @@ class Workloads(unittest.TestCase):
 class Secrets(unittest.TestCase):
     def test_generated_secret_holds_every_secret_key_and_a_fresh_kek(self):
         docs = r.manifests(r.rendered("defaults"))
+        client_secrets = set()
         for svc in td.chart_services():
             with self.subTest(service=svc):
                 (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-{svc}")
-                self.assertEqual(sorted(secret["data"]), td.secret_keys(svc))
+                # Its own keys; auth's service_clients.* live in the clients' Secrets, not here.
+                self.assertEqual(sorted(secret["data"]), td.own_secret_keys(svc))
                 self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
-                if "tokens.key_encryption_key" in secret["data"]:
-                    kek = base64.b64decode(secret["data"]["tokens.key_encryption_key"]).decode()
-                    self.assertEqual(len(base64.b64decode(kek)), 32, "32 bytes, base64")
-                    self.assertNotEqual(kek, td.defaults(svc)["tokens"]["key_encryption_key"], "never the dev key")
+                for section, key in (("tokens", "key_encryption_key"), ("codes", "seal_key")):
+                    if f"{section}.{key}" in secret["data"]:
+                        value = base64.b64decode(secret["data"][f"{section}.{key}"]).decode()
+                        self.assertEqual(len(base64.b64decode(value, validate=True)), 32, f"{section}.{key}: 32 bytes, base64")
+                        self.assertNotEqual(value, td.defaults(svc)[section][key], "never the dev key")
+                if svc in td.SERVICE_CLIENTS:
+                    client_secret = base64.b64decode(secret["data"]["authn.client_secret"]).decode()
+                    self.assertGreaterEqual(len(client_secret), 32, "auth refuses shorter client secrets")
+                    self.assertRegex(client_secret, r"^[A-Za-z0-9]+$")
+                    client_secrets.add(client_secret)
+        self.assertEqual(len(client_secrets), len(td.SERVICE_CLIENTS), "one fresh secret per service")
+        self.assertEqual(td.own_secret_keys("auth"), ["amqp.url", "codes.seal_key", "database.primary_url",
+                                                      "database.replica_url", "redis.url", "tokens.key_encryption_key"])
+        # notification keeps no copy of auth's seal key.
+        self.assertNotIn("codes.seal_key", td.own_secret_keys("notification"))
+        self.assertIn("codes.seal_key", td.secret_keys("notification"))
+
+    def test_a_client_secret_set_in_values_is_used_and_a_short_one_refused(self):
+        value = "s" * 32
+        docs = r.manifests(r.render({"services": {"billing": {"secrets": {"authn": {"client_secret": value}}}}}))
+        (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-billing")
+        self.assertEqual(base64.b64decode(secret["data"]["authn.client_secret"]).decode(), value)
+        # auth's pods roll with it (they read it at start).
+        checksum = lambda d: deployment(d, "auth")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
+        self.assertNotEqual(checksum(docs), checksum(r.manifests(r.rendered("defaults"))))
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"billing": {"secrets": {"authn": {"client_secret": "s" * 31}}}}})
+        self.assertIn("services.billing.secrets.authn.client_secret is shorter than 32 characters", str(caught.exception))
+
+    def test_auth_reads_each_client_secret_from_the_secret_and_key_that_service_reads(self):
+        for scenario in ("defaults", "existing-secret", "features-on"):
+            docs = r.manifests(r.rendered(scenario))
+            auth_env = secret_env(deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0])
+            for client in td.SERVICE_CLIENTS:
+                with self.subTest(scenario=scenario, client=client):
+                    own = secret_env(deployment(docs, client)["spec"]["template"]["spec"]["containers"][0])
+                    theirs = own[env_name(client, "authn.client_secret")]
+                    ours = auth_env[env_name("auth", f"service_clients.{client}")]
+                    self.assertEqual(ours, theirs)
+                    self.assertEqual(ours["key"], "authn.client_secret")
+                    self.assertNotIn("optional", ours)
+                    want = f"prod-{client}" if scenario == "existing-secret" else f"{r.RELEASE}-{client}"
+                    self.assertEqual(ours["name"], want)
+        # A service that is not deployed here is no service client of this auth.
+        docs = r.manifests(r.render({"services": {"notification": {"enabled": False},
+                                                  "gateway": {"config": {"upstreams": {"notification": {"url": "http://n:1"}}}}}}))
+        names = set(secret_env(deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0]))
+        self.assertEqual({n for n in names if "SERVICE_CLIENTS" in n},
+                         {env_name("auth", "service_clients.gateway"), env_name("auth", "service_clients.billing")})
+        docs = r.manifests(r.rendered("only-auth"))
+        names = set(secret_env(deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0]))
+        self.assertEqual({n for n in names if "SERVICE_CLIENTS" in n}, set())
+
+    def test_notification_reads_the_seal_key_from_the_secret_and_key_auth_reads(self):
+        var = env_name("notification", "codes.seal_key")
+        for scenario in ("defaults", "existing-secret", "features-on"):
+            docs = r.manifests(r.rendered(scenario))
+            with self.subTest(scenario=scenario):
+                auths = secret_env(deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0])
+                theirs = auths[env_name("auth", "codes.seal_key")]
+                ours = secret_env(deployment(docs, "notification")["spec"]["template"]["spec"]["containers"][0])[var]
+                self.assertEqual(ours, theirs)
+                self.assertEqual(ours["key"], "codes.seal_key")
+                self.assertNotIn("optional", ours)
+                self.assertEqual(ours["name"], "prod-auth" if scenario == "existing-secret" else f"{r.RELEASE}-auth")
+                # The migration Job reads it the same way.
+                (job,) = [j for j in r.find(docs, "Job") if j["metadata"]["labels"]["app.kubernetes.io/component"] == "notification"]
+                self.assertEqual(secret_env(job["spec"]["template"]["spec"]["containers"][0])[var], theirs)
+                if scenario != "existing-secret":
+                    (own,) = r.find(docs, "Secret", f"{r.RELEASE}-notification")
+                    self.assertNotIn("codes.seal_key", own["data"], "no copy in notification's Secret")
+                    (auth_secret,) = r.find(docs, "Secret", f"{r.RELEASE}-auth")
+                    self.assertIn("codes.seal_key", auth_secret["data"])
+
+    def test_a_seal_key_set_in_values_is_checked_and_rolls_notification(self):
+        key = base64.b64encode(bytes(range(32))).decode()
+        docs = r.manifests(r.render({"services": {"auth": {"secrets": {"codes": {"seal_key": key}}}}}))
+        (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-auth")
+        self.assertEqual(base64.b64decode(secret["data"]["codes.seal_key"]).decode(), key)
+        checksum = lambda d, s: deployment(d, s)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
+        defaults = r.manifests(r.rendered("defaults"))
+        # Both sides read it at start: both roll.
+        self.assertNotEqual(checksum(docs, "notification"), checksum(defaults, "notification"))
+        self.assertNotEqual(checksum(docs, "auth"), checksum(defaults, "auth"))
+        self.assertEqual(checksum(docs, "billing"), checksum(defaults, "billing"))
+        # So does a change of the Secret notification reads it from.
+        moved = r.manifests(r.render({"services": {"auth": {"secrets": {"existingSecret": "prod-auth"}}}}))
+        self.assertNotEqual(checksum(moved, "notification"), checksum(defaults, "notification"))
+        bad = {
+            "too short": base64.b64encode(b"x" * 16).decode(),
+            "too long": base64.b64encode(b"x" * 33).decode(),
+            "not base64": "!" * 43 + "=",
+            "unpadded": key.rstrip("="),
+            "non-canonical last character": key[:42] + chr(ord(key[42]) + 1) + "=",
+        }
+        for what, value in bad.items():
+            with self.subTest(what):
+                with self.assertRaises(helm_python.HelmError) as caught:
+                    r.render({"services": {"auth": {"secrets": {"codes": {"seal_key": value}}}}})
+                self.assertIn("services.auth.secrets.codes.seal_key is not 32 bytes in base64", str(caught.exception))
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"auth": {"secrets": {"codes": {"seal_key": td.defaults("auth")["codes"]["seal_key"]}}}}})
+        self.assertIn("services.auth.secrets.codes.seal_key is the public development key", str(caught.exception))
+        # With auth in the release notification holds no copy: a value there is refused, not ignored.
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"notification": {"secrets": {"codes": {"seal_key": key}}}}})
+        self.assertIn("services.notification.secrets.codes.seal_key is set, but auth is in this release", str(caught.exception))
+
+    def test_without_auth_notification_needs_its_own_seal_key(self):
+        scenario = r.scenarios()["only-notification"]
+        value = scenario["services"]["notification"]["secrets"]["codes"]["seal_key"]
+        self.assertEqual(len(base64.b64decode(value, validate=True)), 32)
+        docs = r.manifests(r.rendered("only-notification"))
+        ref = secret_env(deployment(docs, "notification")["spec"]["template"]["spec"]["containers"][0])[
+            env_name("notification", "codes.seal_key")]
+        self.assertEqual(ref, {"name": f"{r.RELEASE}-notification", "key": "codes.seal_key"})
+        (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-notification")
+        self.assertEqual(base64.b64decode(secret["data"]["codes.seal_key"]).decode(), value)
+        self.assertEqual(config_key_problems("notification", docs), [])
+        # Required then: never generated (it must equal the other auth's).
+        without = {"services": {s: {"enabled": v["enabled"]} | ({"config": v["config"]} if "config" in v else {})
+                                for s, v in scenario["services"].items()}}
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render(without)
+        self.assertIn("services.notification.secrets.codes.seal_key is required when auth is not in this release",
+                      str(caught.exception))
+        # With notification's existingSecret, the key comes from that Secret.
+        existing = json.loads(json.dumps(without))
+        existing["services"]["notification"]["secrets"] = {"existingSecret": "prod-notification"}
+        docs = r.manifests(r.render(existing))
+        env = secret_env(deployment(docs, "notification")["spec"]["template"]["spec"]["containers"][0])
+        self.assertEqual(env[env_name("notification", "codes.seal_key")], {"name": "prod-notification", "key": "codes.seal_key"})
+        self.assertEqual(config_key_problems("notification", docs), [])
+        self.assertEqual(td.fallback_secret_keys("notification"), ["codes.seal_key"])
+        self.assertEqual(td.values_secret_keys("notification"), sorted(td.own_secret_keys("notification") + ["codes.seal_key"]))
 
     def test_existing_secret_mode_references_it_and_generates_nothing(self):
         docs = r.manifests(r.rendered("existing-secret"))
@@ -454,9 +791,13 @@ class Secrets(unittest.TestCase):
         for svc in td.chart_services():
             with self.subTest(service=svc):
                 env = secret_env(deployment(docs, svc)["spec"]["template"]["spec"]["containers"][0])
-                self.assertEqual({ref["name"] for ref in env.values()}, {f"prod-{svc}"})
-                required = {ref["key"] for ref in env.values() if not ref.get("optional")}
-                self.assertEqual(required, set(td.secret_keys(svc)) - {"database.replica_url"})
+                foreign = {env_name(svc, k): owner for k, (owner, _) in td.foreign_secret_keys(svc).items()}
+                self.assertEqual({name: ref["name"] for name, ref in env.items()},
+                                 {name: f"prod-{foreign.get(name, svc)}" for name in env})
+                own = {name: ref for name, ref in env.items() if name not in foreign}
+                required = {ref["key"] for ref in own.values() if not ref.get("optional")}
+                self.assertEqual(required, set(td.own_secret_keys(svc)) - {"database.replica_url"})
+                self.assertEqual(set(foreign), {env_name(svc, k) for k in td.foreign_secret_keys(svc)})
 
     def test_a_missing_required_secret_fails_the_render(self):
         svc = td.chart_services()[0]
@@ -497,6 +838,88 @@ class ConfigKeys(unittest.TestCase):
         env.append({"name": env_name(svc, "redis.uri"), "valueFrom": {"secretKeyRef": {"name": "x", "key": "redis.uri"}}})
         self.assertIn(f"{svc}: variable {env_name(svc, 'redis.uri')} sets no config key the service reads",
                       config_key_problems(svc, docs))
+
+    def test_the_check_accepts_only_the_clients_own_secret_for_auths_service_clients(self):
+        var = env_name("auth", "service_clients.billing")
+
+        def auth_env(docs):
+            env = deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0]["env"]
+            return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+
+        want = (f"auth: {var} reads Secret {{!r}} key {{!r}}, "
+                f"expected billing's: Secret '{r.RELEASE}-billing' key 'authn.client_secret'")
+        for name, key in ((f"{r.RELEASE}-auth", "service_clients.billing"),   # a copy in auth's own Secret
+                          (f"{r.RELEASE}-billing", "redis.url"),              # billing's Secret, another key
+                          (f"{r.RELEASE}-gateway", "authn.client_secret")):   # another client's secret
+            with self.subTest(name=name, key=key):
+                docs = r.manifests(r.rendered("defaults"))
+                auth_env(docs)[var].update(name=name, key=key)
+                self.assertIn(want.format(name, key), config_key_problems("auth", docs))
+        # Dropped: caught as an unwired secret.
+        docs = r.manifests(r.rendered("defaults"))
+        container = deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [e for e in container["env"] if e["name"] != var]
+        self.assertIn("auth: secret service_clients.billing is not passed from the Secret", config_key_problems("auth", docs))
+        # The client not deployed: nothing to read from.
+        docs = r.manifests(r.rendered("defaults"))
+        docs = [d for d in docs if not (d["kind"] == "Deployment" and d["metadata"]["name"] == f"{r.RELEASE}-billing")]
+        self.assertIn(f"auth: {var} reads billing's authn.client_secret, but no billing Deployment reads it",
+                      config_key_problems("auth", docs))
+        # Only auth's service_clients may read another Secret: billing's own keys from one Secret.
+        docs = r.manifests(r.rendered("defaults"))
+        env = deployment(docs, "billing")["spec"]["template"]["spec"]["containers"][0]["env"]
+        next(e for e in env if e["name"] == env_name("billing", "redis.url"))["valueFrom"]["secretKeyRef"]["name"] = f"{r.RELEASE}-auth"
+        self.assertIn(f"billing: its own secrets come from several Secrets: ['{r.RELEASE}-auth', '{r.RELEASE}-billing']",
+                      config_key_problems("billing", docs))
+
+    def test_the_check_accepts_only_auths_seal_key_for_notification(self):
+        var = env_name("notification", "codes.seal_key")
+        want = (f"notification: {var} reads Secret {{!r}} key {{!r}}, "
+                f"expected auth's: Secret '{r.RELEASE}-auth' key 'codes.seal_key'")
+        for name, key in ((f"{r.RELEASE}-notification", "codes.seal_key"),   # a copy in its own Secret
+                          (f"{r.RELEASE}-auth", "tokens.key_encryption_key"),  # auth's Secret, another key
+                          (f"{r.RELEASE}-billing", "codes.seal_key")):         # another service's Secret
+            with self.subTest(name=name, key=key):
+                docs = r.manifests(r.rendered("defaults"))
+                env_of_service(docs, "notification")[var].update(name=name, key=key)
+                self.assertIn(want.format(name, key), config_key_problems("notification", docs))
+        # Optional where auth's is required: caught.
+        docs = r.manifests(r.rendered("defaults"))
+        env_of_service(docs, "notification")[var]["optional"] = True
+        self.assertIn(want.format(f"{r.RELEASE}-auth", "codes.seal_key"), config_key_problems("notification", docs))
+        # Dropped: caught as an unwired secret.
+        docs = r.manifests(r.rendered("defaults"))
+        container = deployment(docs, "notification")["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [e for e in container["env"] if e["name"] != var]
+        self.assertIn("notification: secret codes.seal_key is not passed from the Secret",
+                      config_key_problems("notification", docs))
+        # auth in the release but its Deployment not reading the key: nothing to share.
+        docs = r.manifests(r.rendered("defaults"))
+        container = deployment(docs, "auth")["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [e for e in container["env"] if e["name"] != env_name("auth", "codes.seal_key")]
+        self.assertIn(f"notification: {var} reads auth's codes.seal_key, but no auth Deployment reads it",
+                      config_key_problems("notification", docs))
+        # Without auth it is notification's own: from auth's Secret it is caught.
+        docs = r.manifests(r.rendered("only-notification"))
+        env_of_service(docs, "notification")[var]["name"] = f"{r.RELEASE}-auth"
+        self.assertIn(f"notification: its own secrets come from several Secrets: ['{r.RELEASE}-auth', '{r.RELEASE}-notification']",
+                      config_key_problems("notification", docs))
+
+    def test_the_check_catches_an_undeclared_read_of_another_services_secret(self):
+        # Every one of the gateway's keys from auth's Secret: one Secret, but not its own.
+        docs = r.manifests(r.rendered("defaults"))
+        for ref in env_of_service(docs, "gateway").values():
+            ref["name"] = f"{r.RELEASE}-auth"
+        problems = config_key_problems("gateway", docs)
+        for key in td.own_secret_keys("gateway"):
+            self.assertIn(f"gateway: {env_name('gateway', key)} reads auth's Secret '{r.RELEASE}-auth', "
+                          f"which gateway's {key} is not declared to (td.FOREIGN_SECRET_KEYS)", problems)
+        # The declared direction only: auth may not read notification's Secret for its own seal key.
+        docs = r.manifests(r.rendered("defaults"))
+        env_of_service(docs, "auth")[env_name("auth", "codes.seal_key")]["name"] = f"{r.RELEASE}-notification"
+        self.assertIn(f"auth: {env_name('auth', 'codes.seal_key')} reads notification's Secret '{r.RELEASE}-notification', "
+                      "which auth's codes.seal_key is not declared to (td.FOREIGN_SECRET_KEYS)",
+                      config_key_problems("auth", docs))
 
     def test_chart_config_equals_the_service_defaults(self):
         for svc in td.chart_services():

@@ -41,12 +41,15 @@ class Images(unittest.TestCase):
         for svc in td.chart_services():
             with self.subTest(service=svc), tempfile.TemporaryDirectory() as tmp:
                 (cm,) = r.find(docs, "ConfigMap", f"{r.RELEASE}-{svc}")
-                (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-{svc}")
                 dep = r.find(docs, "Deployment", f"{r.RELEASE}-{svc}")[0]
                 env = {"PATH": "/usr/bin:/bin"}
                 for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
-                    key = e["valueFrom"]["secretKeyRef"]["key"]
-                    env[e["name"]] = base64.b64decode(secret["data"][key]).decode()
+                    # The Secret the variable names: the service's own, or another
+                    # service's (td.FOREIGN_SECRET_KEYS: auth's service_clients.*
+                    # from the clients', notification's codes.seal_key from auth's).
+                    ref = e["valueFrom"]["secretKeyRef"]
+                    (secret,) = r.find(docs, "Secret", ref["name"])
+                    env[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
                 config = Path(tmp) / "config.toml"
                 config.write_text(cm["data"]["config.toml"])
                 run = subprocess.run([BIN_DIR / f"tenx-{svc}", "--config", config, "no-such-command"],

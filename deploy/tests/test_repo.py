@@ -4,6 +4,7 @@ and the image workflow in step with the services."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -112,6 +113,25 @@ class Compose(unittest.TestCase):
                     for key in td.secret_keys(svc):
                         if key in td.flatten(td.defaults(svc)):
                             self.assertIn(f"TENX_{svc.upper()}__{key.replace('.', '__').upper()}", container["environment"])
+
+    def test_a_shared_secret_is_one_value_on_both_sides(self):
+        """What the chart reads from another service's Secret (td.FOREIGN_SECRET_KEYS:
+        auth's service_clients.<svc>, notification's codes.seal_key) is one
+        compose value on both sides, in the servers and the migrations."""
+        services = self.compose["services"]
+        env = lambda svc, key: f"TENX_{svc.upper()}__{key.replace('.', '__').upper()}"  # noqa: E731
+        for svc, keys in td.FOREIGN_SECRET_KEYS.items():
+            for key, (owner, owner_key) in keys.items():
+                with self.subTest(service=svc, key=key):
+                    theirs = services[owner]["environment"][env(owner, owner_key)]
+                    for name in (svc, f"{svc}-migrate"):
+                        if name in services:
+                            self.assertEqual(services[name]["environment"][env(svc, key)], theirs)
+        # The seal key's development default: 32 bytes in base64, as both services require.
+        value = services["auth"]["environment"][env("auth", "codes.seal_key")]
+        m = re.fullmatch(r"\$\{TENX_CODES_SEAL_KEY:-([A-Za-z0-9+/=]+)\}", value)
+        self.assertIsNotNone(m, value)
+        self.assertEqual(len(base64.b64decode(m.group(1), validate=True)), 32)
 
 
 class Dockerfile(unittest.TestCase):

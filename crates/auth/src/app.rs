@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenx_common::admin::{self, Readiness};
+use tenx_common::authn::{AuthnLayer, Revocations};
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
 use tenx_common::db::{self, Db};
 use tenx_common::grpc::GrpcServer;
@@ -55,6 +56,48 @@ pub async fn rotate_keys(settings: &AuthSettings, metrics: &Metrics) -> Result<S
     keys::rotate(&db, &settings.tokens).await
 }
 
+/// Grants (or removes) a role of the user with `email`: today `admin`,
+/// which admits them to the operator RPCs of every service. Tokens carry
+/// roles, so the change shows in the user's next access token (at most
+/// `tokens.access_ttl_seconds` later; revoke their sessions to make it
+/// immediate). Returns the user's roles after the change.
+pub async fn set_role(
+    settings: &AuthSettings,
+    email: &str,
+    role: &str,
+    grant: bool,
+) -> Result<Vec<String>, AuthError> {
+    if role != tenx_common::authn::ADMIN_ROLE {
+        return Err(AuthError::invalid("role", "the one role is `admin`"));
+    }
+    let email = crate::validate::email("email", email)?;
+    let db = Db::connect(&settings.database, "tenx-auth", &Metrics::default())?;
+    let sql = if grant {
+        "UPDATE users SET roles = array_append(array_remove(roles, $2), $2), updated_at = now() WHERE email = $1 RETURNING roles"
+    } else {
+        "UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE email = $1 RETURNING roles"
+    };
+    let row = db.write().await?.query_opt(sql, &[&email, &role]).await?.ok_or(AuthError::NotFound("user"))?;
+    Ok(row.get(0))
+}
+
+/// How often old failed-login counters are deleted.
+const ATTEMPTS_SWEEP: Duration = Duration::from_secs(600);
+
+/// Forgets failed-login counters untouched for a day and not locked: the
+/// table stays the size of a day of failures, whatever is sprayed at it.
+async fn sweep_login_attempts(db: &Db) -> Result<u64, AuthError> {
+    Ok(db
+        .write()
+        .await?
+        .execute(
+            "DELETE FROM login_attempts WHERE updated_at < now() - interval '1 day' \
+             AND (locked_until IS NULL OR locked_until < now())",
+            &[],
+        )
+        .await?)
+}
+
 /// A built, not yet running, auth service.
 pub struct App {
     settings: AuthSettings,
@@ -91,21 +134,31 @@ impl App {
         let amqp = Amqp::new(&settings.amqp, "tenx-auth");
         let keys = Arc::new(Keys::load(db.clone(), &settings.tokens).await?);
         let short = CacheOptions { l1_ttl: Duration::from_secs(10), ..CacheOptions::default() };
+        // Revocations this instance makes, and every other's, from Redis;
+        // while that feed is down, from the primary.
+        let revocations = Revocations::start(
+            Some(redis.clone()),
+            Arc::new(crate::verifier::PrimaryRevocations(db.clone())),
+        );
         let core = Arc::new(Core {
             db: db.clone(),
             keys,
             passwords: Passwords::new(&settings.password)?,
+            seal: tenx_common::sealed::SealKey::parse(settings.codes.seal_key.expose())
+                .map_err(|e| AuthError::Internal(format!("codes.seal_key: {e}")))?,
             users: cache.cache("auth.users", CacheOptions::default()),
             sessions: cache.cache("auth.sessions", short.clone()),
             api_keys: cache.cache("auth.api_keys", short),
             settings: settings.clone(),
-            denied: crate::denylist::DenyList::new(redis),
+            denied: crate::denylist::DenyList::new(redis, revocations.clone()),
             touched: moka::future::Cache::builder()
                 .time_to_live(Duration::from_secs(60))
                 .max_capacity(100_000)
                 .build(),
         });
-        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
+        let authenticator = Arc::new(crate::verifier::authenticator(core.clone(), revocations, &settings));
+        let grpc =
+            GrpcServer::new(settings.telemetry.slow_request(), &metrics, AuthnLayer::verify(authenticator));
         Ok(Self { settings, metrics, db, amqp, cache, core, grpc })
     }
 
@@ -138,6 +191,18 @@ impl App {
                 }
                 if let Err(error) = keys.reload().await {
                     tracing::warn!(%error, "signing key reload failed");
+                }
+            }
+        });
+        let (db, stop) = (self.db.clone(), shutdown.child());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ATTEMPTS_SWEEP) => {}
+                    _ = stop.wait() => return,
+                }
+                if let Err(error) = sweep_login_attempts(&db).await {
+                    tracing::warn!(%error, "sweeping old login attempts failed");
                 }
             }
         });

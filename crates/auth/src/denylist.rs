@@ -1,66 +1,53 @@
-//! Revoked sessions and API keys, in Redis, checked on every request.
+//! Revoking sessions and API keys for every service at once.
 //!
-//! The session-status and API-key caches alone are not enough: a load that
-//! read a lagging replica just before a revocation can put the stale
-//! "active" back into L1/L2 after the invalidation. A deny-list entry
-//! outlives every such cache entry (and every access token), so a revoked
-//! credential is refused whatever the caches say. Redis unreachable → the
-//! caller asks the primary instead.
+//! A revocation goes into this instance's revocation set at once, then
+//! into Redis (sorted set + pub/sub message, see
+//! `tenx_common::authn::Revocations`), from which every instance of every
+//! service learns it within a second. While Redis is down the write is
+//! retried every second; meanwhile the other services, whose feed is down
+//! too, ask auth's `CheckRevoked` (the primary), so nothing revoked passes.
 
 use std::time::Duration;
 
+use tenx_common::authn::{Revocations, Revoked, publish_revocation};
 use tenx_common::cache::Redis;
 
-/// Longer than an access token lives (15 min by default) and than any L2
-/// entry (5 min): after that nothing stale can remain.
-const KEEP: Duration = Duration::from_secs(3600);
+/// Longer than an access token lives (15 min by default) and than any
+/// cached API-key answer: after that nothing stale can remain.
+pub const KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct DenyList {
     redis: Redis,
+    revocations: Revocations,
 }
 
 impl DenyList {
-    pub fn new(redis: Redis) -> Self {
-        Self { redis }
+    pub fn new(redis: Redis, revocations: Revocations) -> Self {
+        Self { redis, revocations }
     }
 
-    fn key(&self, kind: &str, id: &str) -> String {
-        self.redis.key(&format!("auth:deny:{kind}:{id}"))
+    /// The revocation set this instance checks.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Records a revocation; retried in the background while Redis is down.
-    pub async fn deny(&self, kind: &'static str, id: &str) {
-        let key = self.key(kind, id);
-        if self.set(&key).await.is_ok() {
+    pub async fn deny(&self, kind: Revoked, id: &str) {
+        self.revocations.insert_local(kind, id, KEEP);
+        if publish_revocation(&self.redis, kind, id, KEEP).await.is_ok() {
             return;
         }
-        let this = self.clone();
+        let (redis, id) = (self.redis.clone(), id.to_owned());
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            for _ in 0..30 {
-                tokio::time::sleep(delay).await;
-                if this.set(&key).await.is_ok() {
+            // Every second, for as long as the revocation matters.
+            for _ in 0..KEEP.as_secs() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if publish_revocation(&redis, kind, &id, KEEP).await.is_ok() {
                     return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
-            tracing::error!(%key, "could not record a revocation in Redis");
+            tracing::error!(?kind, "could not record a revocation in Redis");
         });
-    }
-
-    /// `Ok(true)` if revoked; `Err` when Redis cannot tell.
-    pub async fn is_denied(&self, kind: &'static str, id: &str) -> Result<bool, ()> {
-        let mut conn = self.redis.connection();
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(self.key(kind, id));
-        self.redis.bounded(cmd.query_async::<bool>(&mut conn)).await.map_err(|_| ())
-    }
-
-    async fn set(&self, key: &str) -> redis::RedisResult<()> {
-        let mut conn = self.redis.connection();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(1).arg("EX").arg(KEEP.as_secs());
-        self.redis.bounded(cmd.query_async::<()>(&mut conn)).await
     }
 }

@@ -19,6 +19,8 @@ pub enum AuthError {
     LockedOut { retry_after: Duration },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("at most {0} API keys per user; revoke one first")]
+    TooManyKeys(u32),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -27,6 +29,8 @@ pub enum AuthError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Authn(#[from] tenx_common::authn::AuthnError),
     #[error("{0}")]
     Internal(String),
 }
@@ -47,10 +51,12 @@ impl From<AuthError> for ApiError {
                 ApiError::ResourceExhausted { message: error.to_string(), retry_after }
             }
             AuthError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            AuthError::TooManyKeys(_) => ApiError::FailedPrecondition(error.to_string()),
             AuthError::Db(e) => e.into(),
             AuthError::Pool(e) => DbError::Pool(e).into(),
             AuthError::Queue(e) => e.into(),
             AuthError::Postgres(e) => ApiError::internal(e),
+            AuthError::Authn(e) => e.into(),
             AuthError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
         }
     }

@@ -5,9 +5,10 @@
 //! newest unretired key signs; retired keys stay in the JWKS until every
 //! token they signed has expired, so rotation (`tenx-auth rotate-keys`)
 //! never invalidates a live token. Instances reload keys periodically and
-//! whenever they meet an unknown `kid`.
+//! on every `GetJwks` (which verifiers call when they meet an unknown
+//! `kid`). Verification itself is `tenx_common::authn`'s, as in every
+//! service.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,12 +17,11 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tenx_common::db::Db;
 use tenx_proto::auth::v1::Jwk;
-use tokio::sync::Mutex;
 
 use crate::error::AuthError;
 use crate::settings::TokenSettings;
@@ -29,8 +29,6 @@ use crate::settings::TokenSettings;
 /// Retired keys stay published this much longer than the token lifetime,
 /// covering instances that signed with them before reloading.
 const RETIRED_MARGIN: Duration = Duration::from_secs(120);
-/// An unknown `kid` triggers at most one reload this often.
-const RELOAD_THROTTLE: Duration = Duration::from_secs(5);
 
 /// The key-encryption key.
 #[derive(Clone)]
@@ -84,11 +82,17 @@ pub struct Claims {
     pub exp: u64,
     pub iss: String,
     pub aud: String,
+    /// The user's roles (`admin`), as stored when the token was issued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Set on service tokens only: the service's name (`sub` is then
+    /// `service:<svc>` and `sid` is empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub svc: String,
 }
 
 struct KeySet {
     signer: Option<(String, EncodingKey)>,
-    verifiers: HashMap<String, DecodingKey>,
     jwks: Vec<Jwk>,
 }
 
@@ -98,7 +102,8 @@ pub struct Keys {
     kek: Kek,
     settings: TokenSettings,
     set: RwLock<KeySet>,
-    last_reload: Mutex<Instant>,
+    /// When the set was last read from Postgres.
+    loaded_at: std::sync::Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -116,9 +121,8 @@ impl Keys {
             db,
             kek,
             settings: settings.clone(),
-            set: RwLock::new(KeySet { signer: None, verifiers: HashMap::new(), jwks: Vec::new() }),
-            // Allow the first unknown-kid reload at once.
-            last_reload: Mutex::new(Instant::now().checked_sub(RELOAD_THROTTLE).unwrap_or_else(Instant::now)),
+            set: RwLock::new(KeySet { signer: None, jwks: Vec::new() }),
+            loaded_at: std::sync::Mutex::new(Instant::now()),
         };
         keys.reload().await?;
         Ok(keys)
@@ -136,7 +140,7 @@ impl Keys {
                 &[&keep.as_secs_f64()],
             )
             .await?;
-        let mut set = KeySet { signer: None, verifiers: HashMap::new(), jwks: Vec::new() };
+        let mut set = KeySet { signer: None, jwks: Vec::new() };
         for row in rows {
             let kid: String = row.get("kid");
             let public: Vec<u8> = row.get("public_key");
@@ -144,7 +148,6 @@ impl Keys {
                 let seed = self.kek.decrypt(row.get("private_key_enc"))?;
                 set.signer = Some((kid.clone(), encoding_key(&seed)?));
             }
-            set.verifiers.insert(kid.clone(), DecodingKey::from_ed_der(&public));
             set.jwks.push(Jwk {
                 kid,
                 kty: "OKP".into(),
@@ -158,21 +161,60 @@ impl Keys {
             return Err(AuthError::Internal("no current signing key".into()));
         }
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
+        *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Ok(())
     }
 
-    /// Signs an access token for `user` in `session`; returns it and its expiry.
-    pub fn issue(&self, user: &str, session: &str) -> Result<(String, SystemTime), AuthError> {
+    /// Re-reads the keys unless they were read within `interval`.
+    pub async fn reload_at_most_every(&self, interval: Duration) -> Result<(), AuthError> {
+        if self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < interval {
+            return Ok(());
+        }
+        self.reload().await
+    }
+
+    /// Signs an access token for `user` in `session` with the user's
+    /// `roles`; returns it and its expiry.
+    pub fn issue(
+        &self,
+        user: &str,
+        session: &str,
+        roles: &[String],
+    ) -> Result<(String, SystemTime), AuthError> {
+        self.sign(
+            user.to_owned(),
+            session.to_owned(),
+            roles.to_vec(),
+            String::new(),
+            self.settings.access_ttl_seconds,
+        )
+    }
+
+    /// Signs a service token for `service`, valid `ttl_seconds`.
+    pub fn issue_service(&self, service: &str, ttl_seconds: u64) -> Result<(String, SystemTime), AuthError> {
+        self.sign(format!("service:{service}"), String::new(), Vec::new(), service.to_owned(), ttl_seconds)
+    }
+
+    fn sign(
+        &self,
+        sub: String,
+        sid: String,
+        roles: Vec<String>,
+        svc: String,
+        ttl_seconds: u64,
+    ) -> Result<(String, SystemTime), AuthError> {
         let now = SystemTime::now();
         let iat = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let exp = iat + self.settings.access_ttl_seconds;
+        let exp = iat + ttl_seconds;
         let claims = Claims {
-            sub: user.to_owned(),
-            sid: session.to_owned(),
+            sub,
+            sid,
             iat,
             exp,
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
+            roles,
+            svc,
         };
         let set = self.set.read().unwrap_or_else(|p| p.into_inner());
         let (kid, key) = set.signer.as_ref().ok_or_else(|| AuthError::Internal("no signing key".into()))?;
@@ -183,45 +225,8 @@ impl Keys {
         Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
     }
 
-    /// Checks signature, `kid`, expiry, issuer and audience.
-    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        const BAD: AuthError = AuthError::Unauthenticated("invalid or expired access token");
-        let header = jsonwebtoken::decode_header(token).map_err(|_| BAD)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(BAD);
-        }
-        let kid = header.kid.ok_or(BAD)?;
-        if !self.knows(&kid) {
-            self.reload_throttled().await;
-        }
-        let key = {
-            let set = self.set.read().unwrap_or_else(|p| p.into_inner());
-            set.verifiers.get(&kid).cloned().ok_or(BAD)?
-        };
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
-        validation.leeway = 5;
-        jsonwebtoken::decode::<Claims>(token, &key, &validation).map(|d| d.claims).map_err(|_| BAD)
-    }
-
     pub fn jwks(&self) -> Vec<Jwk> {
         self.set.read().unwrap_or_else(|p| p.into_inner()).jwks.clone()
-    }
-
-    fn knows(&self, kid: &str) -> bool {
-        self.set.read().unwrap_or_else(|p| p.into_inner()).verifiers.contains_key(kid)
-    }
-
-    async fn reload_throttled(&self) {
-        let mut last = self.last_reload.lock().await;
-        if last.elapsed() < RELOAD_THROTTLE {
-            return;
-        }
-        *last = Instant::now();
-        if let Err(error) = self.reload().await {
-            tracing::warn!(%error, "signing key reload failed");
-        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`store`]: the SQL; [`keys`]: signing keys and JWTs;
 //!   [`password`]: argon2id; [`secrets`]: tokens, codes, API keys.
 //! - [`avatar`]: the thumbnail worker.
+//! - [`verifier`]: auth's own sources for the shared authentication layer
+//!   (`tenx_common::authn`); [`denylist`]: revoking for every service.
 //! - [`app`]: wiring, `migrate`, `rotate_keys`.
 
 #![forbid(unsafe_code)]
@@ -20,7 +22,10 @@ pub mod secrets;
 pub mod service;
 pub mod settings;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
+pub mod verifier;
 
-pub use app::{App, Running, migrate, rotate_keys};
+pub use app::{App, Running, migrate, rotate_keys, set_role};
 pub use settings::AuthSettings;

@@ -1,4 +1,4 @@
-//! `tenx-auth [--config FILE] <serve|migrate|rotate-keys>`
+//! `tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE|revoke-role EMAIL ROLE>`
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use tenx_auth::{App, AuthSettings};
 use tenx_common::cli;
 use tenx_common::metrics::Metrics;
 
-const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys>";
+const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE|revoke-role EMAIL ROLE>";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,6 +26,16 @@ async fn main() -> ExitCode {
                 .await
                 .map(|kid| println!("new signing key: {kid}"))
                 .map_err(|e| e.to_string()),
+            Some(command) if command.starts_with("grant-role ") || command.starts_with("revoke-role ") => {
+                let words: Vec<&str> = command.split(' ').collect();
+                let [verb, email, role] = words[..] else {
+                    return Err(format!("`{}` takes EMAIL ROLE\n{USAGE}", words[0]));
+                };
+                tenx_auth::set_role(&settings, email, role, verb == "grant-role")
+                    .await
+                    .map(|roles| println!("{email}: roles {roles:?} (in tokens issued from now on)"))
+                    .map_err(|e| e.to_string())
+            }
             Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
         }
     })

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tenx_common::authn::{self, Principal, Revoked};
 use tenx_common::cache::Cache;
 use tenx_common::db::{Db, WalPosition};
 use tenx_common::outbox::{self, NewEvent};
@@ -29,6 +30,8 @@ pub struct Core {
     pub db: Arc<Db>,
     pub keys: Arc<Keys>,
     pub passwords: Passwords,
+    /// Seals codes for notification (`codes.seal_key`).
+    pub seal: tenx_common::sealed::SealKey,
     pub users: Cache<UserRecord>,
     /// Session id → still active. Every access-token check reads it; a
     /// revocation invalidates it on every instance.
@@ -77,6 +80,13 @@ fn respond<T>(message: T, written: Option<WalPosition>) -> Response<T> {
     response
 }
 
+/// Whom password attempts are counted against besides the account: the
+/// client address the gateway vouched for, or one shared `direct` bucket
+/// for everyone who reaches auth itself (inside the cluster).
+fn client_of(extensions: &tonic::Extensions) -> String {
+    authn::edge_client(extensions).unwrap_or("direct").to_owned()
+}
+
 fn unshare(error: Arc<AuthError>) -> AuthError {
     Arc::try_unwrap(error).unwrap_or_else(|shared| match &*shared {
         AuthError::Pool(_) | AuthError::Db(_) => AuthError::Internal(format!("database: {shared}")),
@@ -95,40 +105,18 @@ fn position_from(metadata: &MetadataMap) -> Result<Option<WalPosition>, AuthErro
 }
 
 impl Core {
-    async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AuthError::Unauthenticated("missing bearer token"))?;
-        if token.len() > 4096 {
-            return Err(AuthError::Unauthenticated("invalid or expired access token"));
-        }
-        // An API key works wherever an access token does; it belongs to
-        // no session (the nil id).
-        if token.starts_with(secrets::API_KEY_PREFIX) {
-            let key =
-                self.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: token.to_owned() }).await?;
-            let user =
-                Uuid::parse_str(&key.user_id).map_err(|_| AuthError::Unauthenticated("invalid API key"))?;
-            return Ok(Caller { user, session: Uuid::nil() });
-        }
-        let claims = self.keys.verify(token).await?;
-        let bad = || AuthError::Unauthenticated("invalid or expired access token");
-        let user = Uuid::parse_str(&claims.sub).map_err(|_| bad())?;
-        let session = Uuid::parse_str(&claims.sid).map_err(|_| bad())?;
-        match self.denied.is_denied("session", &claims.sid).await {
-            Ok(true) => return Err(AuthError::Unauthenticated("session revoked")),
-            Ok(false) => {}
-            // Redis cannot say: the primary can.
-            Err(()) => {
-                return if store::session_active(&*self.db.write().await?, session).await? {
-                    Ok(Caller { user, session })
-                } else {
-                    Err(AuthError::Unauthenticated("session revoked"))
-                };
-            }
-        }
+    /// The user a call acts for, from the principal the shared
+    /// authentication layer verified (signature, revocation, the RPC's
+    /// rule). A session must also still be active here: auth's own word,
+    /// in case a revocation has not reached Redis yet.
+    async fn caller(&self, extensions: &tonic::Extensions) -> Result<Caller, AuthError> {
+        let unauthenticated = AuthError::Unauthenticated("missing bearer token");
+        let (user, session) = match authn::principal(extensions).ok_or(unauthenticated)? {
+            // An API key belongs to no session (the nil id).
+            Principal::ApiKey { user_id, .. } => return Ok(Caller { user: *user_id, session: Uuid::nil() }),
+            Principal::User { user_id, session_id, .. } => (*user_id, *session_id),
+            Principal::Service { .. } => return Err(AuthError::Unauthenticated("this call acts for a user")),
+        };
         let db = self.db.clone();
         let active = self
             .sessions
@@ -154,7 +142,16 @@ impl Core {
         session: Uuid,
         refresh_token: String,
     ) -> Result<pb::Tokens, AuthError> {
-        let (access, expires) = self.keys.issue(&user.to_string(), &session.to_string())?;
+        // Roles from the primary: a grant or removal shows in the next token.
+        let roles: Vec<String> = self
+            .db
+            .write()
+            .await?
+            .query_opt("SELECT roles FROM users WHERE id = $1", &[&user])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        let (access, expires) = self.keys.issue(&user.to_string(), &session.to_string(), &roles)?;
         Ok(pb::Tokens {
             access_token: access,
             access_token_expires_at: Some(store::timestamp(expires)),
@@ -180,7 +177,7 @@ impl Core {
     /// After revoking sessions: refuse their access tokens everywhere.
     async fn forget_sessions(&self, sessions: &[Uuid], written: WalPosition) {
         for session in sessions {
-            self.denied.deny("session", &session.to_string()).await;
+            self.denied.deny(Revoked::Session, &session.to_string()).await;
             self.sessions.invalidate_after(&session.to_string(), Some(written)).await;
         }
     }
@@ -220,80 +217,56 @@ impl Core {
         Ok((pb::SignUpResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
     }
 
-    async fn login(&self, request: pb::LoginRequest) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
+    async fn login(
+        &self,
+        request: pb::LoginRequest,
+        client: &str,
+    ) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
         let email = validate::email("email", &request.email)?;
         validate::token("password", &request.password, crate::password::MAX_PASSWORD_BYTES)?;
         let device = validate::label("device_name", &request.device_name, false)?;
         let wrong = AuthError::Unauthenticated("wrong email or password");
-        let max = self.settings.login.max_failures;
 
         // Claim the attempt before checking the password, in one atomic
         // step: concurrent guesses each take a number, and only the first
-        // `max` of a window are ever checked. No connection is held while
-        // argon2 runs (a slow hash must not starve the pool).
-        let claimed = {
+        // `max` of a window are ever checked. Counted per email and client,
+        // whether or not the email has an account. No connection is held
+        // while argon2 runs (a slow hash must not starve the pool).
+        let (attempt, after_lock, account) = {
             let conn = self.db.write().await?;
-            // An expired lock is cleared by the attempt that finds it, which
-            // may then be checked once (the window reopens for one guess;
-            // a failure locks again for longer).
-            let sql = format!(
-                "WITH prev AS (SELECT id, locked_until FROM users WHERE email = $1 FOR UPDATE) \
-                 UPDATE users u SET failed_logins = u.failed_logins + 1, locked_until = NULL FROM prev \
-                 WHERE u.id = prev.id AND (prev.locked_until IS NULL OR prev.locked_until <= now()) \
-                 RETURNING {}, u.password_hash, u.failed_logins, prev.locked_until IS NOT NULL AS after_lock",
-                store::USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", ")
-            );
-            match conn.query_opt(&sql, &[&email]).await? {
-                Some(row) => Some((
-                    UserRecord::from_row(&row),
-                    row.get::<_, String>("password_hash"),
-                    row.get::<_, i32>("failed_logins"),
-                    row.get::<_, bool>("after_lock"),
-                )),
-                None => {
-                    let locked =
-                        conn.query_opt("SELECT locked_until FROM users WHERE email = $1", &[&email]).await?;
-                    if let Some(until) = locked.and_then(|r| r.get::<_, Option<SystemTime>>(0)) {
-                        let remaining =
-                            until.duration_since(SystemTime::now()).unwrap_or(Duration::from_secs(1));
-                        return Err(AuthError::LockedOut { retry_after: remaining });
-                    }
-                    None
-                }
-            }
+            let (attempt, after_lock) = self.claim_attempt(&*conn, &email, client).await?;
+            (attempt, after_lock, store::login_row(&*conn, &email).await?)
         };
-        let Some((user, hash, attempt, after_lock)) = claimed else {
-            // Unknown email: as slow as a known one.
-            self.passwords.verify(&request.password, None).await?;
-            return Err(wrong);
-        };
-        let id = user.id;
-        if attempt > max && !after_lock {
+        if attempt > self.settings.login.max_failures && !after_lock {
             // Concurrent guesses past the limit are not even checked.
-            self.lock(id, attempt).await?;
+            self.lock(&email, client, attempt).await?;
             return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
         }
-        let verified = self.passwords.verify(&request.password, Some(&hash)).await?;
-        if !verified.ok {
-            if attempt >= max {
-                self.lock(id, attempt).await?;
+        // An unknown email is as slow as a known one, and fails the same.
+        let verified = self
+            .passwords
+            .verify(&request.password, account.as_ref().map(|a| a.password_hash.as_str()))
+            .await?;
+        let Some(account) = account.filter(|_| verified.ok) else {
+            if attempt >= self.settings.login.max_failures {
+                self.lock(&email, client, attempt).await?;
             }
             return Err(wrong);
-        }
+        };
+        let (id, user) = (account.user.id, account.user);
         let rehash =
             if verified.needs_rehash { Some(self.passwords.hash(&request.password).await?) } else { None };
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         // A lock set meanwhile by a concurrent failed guess wins.
-        let reset = tx
-            .execute(
-                "UPDATE users SET failed_logins = 0, locked_until = NULL, password_hash = COALESCE($2, password_hash) \
-                 WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())",
-                &[&id, &rehash],
-            )
-            .await?;
-        if reset == 0 {
-            return Err(AuthError::LockedOut { retry_after: self.lock_delay(max) });
+        if self.locked(&tx, &email, client).await? {
+            return Err(AuthError::LockedOut {
+                retry_after: self.lock_delay(self.settings.login.max_failures),
+            });
+        }
+        tx.execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&email, &client]).await?;
+        if let Some(hash) = rehash {
+            tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
         }
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         tx.commit().await?;
@@ -302,18 +275,72 @@ impl Core {
         Ok((pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
     }
 
-    async fn lock(&self, user: Uuid, failures: i32) -> Result<(), AuthError> {
+    /// Counts one password attempt of (`email`, `client`): its number in
+    /// the current window and whether it follows an expired lock; or
+    /// LOCKED_OUT while a lock holds.
+    async fn claim_attempt(
+        &self,
+        conn: &impl deadpool_postgres::GenericClient,
+        email: &str,
+        client: &str,
+    ) -> Result<(i32, bool), AuthError> {
+        let row = conn
+            .query_opt(
+                "INSERT INTO login_attempts AS a (email, client, failures) VALUES ($1, $2, 1) \
+                 ON CONFLICT (email, client) DO UPDATE SET failures = a.failures + 1, \
+                   was_locked = a.locked_until IS NOT NULL, locked_until = NULL, updated_at = now() \
+                 WHERE a.locked_until IS NULL OR a.locked_until <= now() \
+                 RETURNING failures, was_locked",
+                &[&email, &client],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok((row.get(0), row.get(1)));
+        }
+        let until: Option<SystemTime> = conn
+            .query_opt(
+                "SELECT locked_until FROM login_attempts WHERE email = $1 AND client = $2",
+                &[&email, &client],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        let remaining =
+            until.and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(1));
+        Err(AuthError::LockedOut { retry_after: remaining })
+    }
+
+    async fn locked(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        email: &str,
+        client: &str,
+    ) -> Result<bool, AuthError> {
+        Ok(tx
+            .query_opt(
+                "SELECT 1 FROM login_attempts WHERE email = $1 AND client = $2 AND locked_until > now() FOR UPDATE",
+                &[&email, &client],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn lock(&self, email: &str, client: &str, failures: i32) -> Result<(), AuthError> {
         let delay = self.lock_delay(failures);
         self.db
             .write()
             .await?
             .execute(
-                "UPDATE users SET locked_until = now() + make_interval(secs => $2) \
-                 WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())",
-                &[&user, &delay.as_secs_f64()],
+                "UPDATE login_attempts SET locked_until = now() + make_interval(secs => $3), updated_at = now() \
+                 WHERE email = $1 AND client = $2 AND (locked_until IS NULL OR locked_until <= now())",
+                &[&email, &client, &delay.as_secs_f64()],
             )
             .await?;
-        tracing::warn!(user_id = %user, failures, lock_seconds = delay.as_secs(), "account locked after failed logins");
+        tracing::warn!(
+            client,
+            failures,
+            lock_seconds = delay.as_secs(),
+            "password attempts locked for a client"
+        );
         Ok(())
     }
 
@@ -481,7 +508,12 @@ impl Core {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let user = store::user_by_id(&tx, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
-        if !user.email_verified {
+        let cooldown = Duration::from_secs(self.settings.codes.resend_cooldown_seconds);
+        // One email per cooldown, whoever asks how often: no mail bombing
+        // an address through its account.
+        if !user.email_verified
+            && !store::code_sent_within(&tx, user.id, CodePurpose::VerifyEmail, cooldown).await?
+        {
             let ttl = self.settings.codes.verify_ttl_minutes;
             let code = store::new_code(
                 &tx,
@@ -493,8 +525,9 @@ impl Core {
             let event = pb::EmailVerificationRequested {
                 user_id: user.id.to_string(),
                 email: user.email.clone(),
-                code,
                 expires_in_minutes: ttl,
+                sealed_code: self.seal.seal(code.as_bytes(), format!("verify_email:{}", user.id).as_bytes()),
+                ..Default::default()
             };
             outbox::enqueue(
                 &tx,
@@ -549,7 +582,19 @@ impl Core {
         let email = validate::email("email", &request.email)?;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        if let Some(account) = store::login_row(&tx, &email).await? {
+        let cooldown = Duration::from_secs(self.settings.codes.resend_cooldown_seconds);
+        // Within the cooldown the same answer, and no second email: nobody
+        // can flood a victim's mailbox with reset codes.
+        let account = match store::login_row(&tx, &email).await? {
+            Some(account)
+                if !store::code_sent_within(&tx, account.user.id, CodePurpose::ResetPassword, cooldown)
+                    .await? =>
+            {
+                Some(account)
+            }
+            _ => None,
+        };
+        if let Some(account) = account {
             let ttl = self.settings.codes.reset_ttl_minutes;
             let id = account.user.id;
             let code = store::new_code(
@@ -559,8 +604,13 @@ impl Core {
                 Duration::from_secs(u64::from(ttl) * 60),
             )
             .await?;
-            let event =
-                pb::PasswordResetRequested { user_id: id.to_string(), email, code, expires_in_minutes: ttl };
+            let event = pb::PasswordResetRequested {
+                user_id: id.to_string(),
+                email,
+                expires_in_minutes: ttl,
+                sealed_code: self.seal.seal(code.as_bytes(), format!("password_reset:{id}").as_bytes()),
+                ..Default::default()
+            };
             outbox::enqueue(&tx, &NewEvent::new("auth.password_reset_requested", &id.to_string(), &event))
                 .await?;
         }
@@ -586,17 +636,33 @@ impl Core {
             tx.commit().await?;
             return Err(wrong());
         }
-        tx.execute(
-            "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL, updated_at = now() WHERE id = $1",
-            &[&id, &hash],
-        )
-        .await?;
+        tx.execute("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", &[&id, &hash])
+            .await?;
+        // The owner proved the address: every client's lock on it ends.
+        tx.execute("DELETE FROM login_attempts WHERE email = $1", &[&email]).await?;
         let revoked = store::revoke_user_sessions(&tx, id, None, "password_reset").await?;
+        // Whoever held the account before the reset (someone who signed up
+        // with the victim's address first) keeps no API key either.
+        let keys: Vec<Vec<u8>> = tx
+            .query(
+                "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL \
+                 RETURNING secret_hash",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let event = pb::PasswordChanged { user_id: id.to_string(), email };
         outbox::enqueue(&tx, &NewEvent::new("auth.password_changed", &id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = self.commit_user_change(&conn, id).await?;
         self.forget_sessions(&revoked, written).await;
+        for hash in keys {
+            let hash = secrets::hex(&hash);
+            self.denied.deny(Revoked::ApiKey, &hash).await;
+            self.api_keys.invalidate_after(&hash, Some(written)).await;
+        }
         Ok(written)
     }
 
@@ -604,6 +670,7 @@ impl Core {
         &self,
         caller: Caller,
         request: pb::ChangePasswordRequest,
+        client: &str,
     ) -> Result<WalPosition, AuthError> {
         validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
         self.passwords.check_new("new_password", &request.new_password)?;
@@ -613,9 +680,20 @@ impl Core {
             let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
             (user, account)
         };
+        // Guesses of the current password count like failed logins, for
+        // the same email and client: a stolen session is no password oracle.
+        let (attempt, after_lock) = self.claim_attempt(&*self.db.write().await?, &user.email, client).await?;
+        let max = self.settings.login.max_failures;
+        if attempt > max && !after_lock {
+            self.lock(&user.email, client, attempt).await?;
+            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
+        }
         // No connection is held while argon2 runs.
         let verified = self.passwords.verify(&request.current_password, Some(&account.password_hash)).await?;
         if !verified.ok {
+            if attempt >= max {
+                self.lock(&user.email, client, attempt).await?;
+            }
             return Err(AuthError::invalid("current_password", "is wrong"));
         }
         let hash = self.passwords.hash(&request.new_password).await?;
@@ -626,6 +704,8 @@ impl Core {
             &[&caller.user, &hash],
         )
         .await?;
+        tx.execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&user.email, &client])
+            .await?;
         let revoked =
             store::revoke_user_sessions(&tx, caller.user, Some(caller.session), "password_changed").await?;
         let event = pb::PasswordChanged { user_id: caller.user.to_string(), email: user.email };
@@ -650,8 +730,23 @@ impl Core {
         let secret = secrets::api_key();
         let prefix: String = secret.chars().take(secrets::API_KEY_SHOWN).collect();
         let days = i32::try_from(request.expires_in_days).unwrap_or(0);
-        let conn = self.db.write().await?;
-        let row = conn
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        // The user's row locked: concurrent creations count one by one.
+        tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
+        let live: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > now())",
+                &[&caller.user],
+            )
+            .await?
+            .get(0);
+        let max = self.settings.api_keys.max_per_user;
+        if live >= i64::from(max) {
+            return Err(AuthError::TooManyKeys(max));
+        }
+        let row = tx
             .query_one(
                 "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 > 0 THEN now() + make_interval(days => $7) END) \
@@ -659,6 +754,7 @@ impl Core {
                 &[&Uuid::now_v7(), &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &days],
             )
             .await?;
+        tx.commit().await?;
         let written = conn.commit_position().await?;
         // A key probed before it existed may be cached as unknown.
         self.api_keys.invalidate_after(&secrets::hex(&secrets::hash(&secret)), Some(written)).await;
@@ -694,12 +790,12 @@ impl Core {
             .ok_or(AuthError::NotFound("api key"))?;
         let written = conn.commit_position().await?;
         let hash = secrets::hex(&row.get::<_, Vec<u8>>(0));
-        self.denied.deny("api_key", &hash).await;
+        self.denied.deny(Revoked::ApiKey, &hash).await;
         self.api_keys.invalidate_after(&hash, Some(written)).await;
         Ok(written)
     }
 
-    async fn authenticate_api_key(
+    pub(crate) async fn authenticate_api_key(
         &self,
         request: pb::AuthenticateApiKeyRequest,
     ) -> Result<pb::AuthenticateApiKeyResponse, AuthError> {
@@ -709,14 +805,8 @@ impl Core {
             return Err(bad);
         }
         let hash = secrets::hash(secret);
-        match self.denied.is_denied("api_key", &secrets::hex(&hash)).await {
-            Ok(true) => return Err(bad),
-            Ok(false) => {}
-            Err(()) => {
-                // Redis cannot say: the primary can.
-                let key = store::api_key_by_hash(&*self.db.write().await?, &hash).await?.ok_or(bad)?;
-                return self.api_key_answer(key).await;
-            }
+        if self.denied.revocations().is_revoked(Revoked::ApiKey, &secrets::hex(&hash)).await? {
+            return Err(bad);
         }
         let db = self.db.clone();
         let found = self
@@ -769,6 +859,82 @@ impl Core {
                 tracing::warn!(%error, api_key_id = %id, "recording API key use failed");
             }
         });
+    }
+
+    /// A service token for a configured service client whose secret
+    /// matches. Both compared in constant time; a wrong name and a wrong
+    /// secret get the same answer.
+    fn issue_service_token(
+        &self,
+        request: pb::IssueServiceTokenRequest,
+    ) -> Result<pb::IssueServiceTokenResponse, AuthError> {
+        let bad = AuthError::Unauthenticated("wrong service or secret");
+        if !validate::is_service_name(&request.service)
+            || request.secret.is_empty()
+            || request.secret.len() > 512
+        {
+            return Err(bad);
+        }
+        let configured = self.settings.service_clients.get(&request.service);
+        let expected = configured.map(|s| s.expose().as_str()).unwrap_or_default();
+        let matches = secrets::constant_time_eq(&secrets::hash(&request.secret), &secrets::hash(expected));
+        if expected.is_empty() || !matches {
+            tracing::warn!(service = %request.service, "service token refused: wrong service or secret");
+            return Err(bad);
+        }
+        let (token, expires) =
+            self.keys.issue_service(&request.service, self.settings.tokens.service_ttl_seconds)?;
+        Ok(pb::IssueServiceTokenResponse { access_token: token, expires_at: Some(store::timestamp(expires)) })
+    }
+
+    /// Which of the given sessions and API keys are revoked (or unknown),
+    /// from the primary.
+    async fn check_revoked(
+        &self,
+        request: pb::CheckRevokedRequest,
+    ) -> Result<pb::CheckRevokedResponse, AuthError> {
+        if request.session_ids.len() + request.api_key_hashes.len() > 100 {
+            return Err(AuthError::invalid("session_ids", "at most 100 ids in all"));
+        }
+        let mut sessions = Vec::new();
+        for raw in &request.session_ids {
+            sessions.push(validate::id("session_ids", raw)?);
+        }
+        let mut hashes = Vec::new();
+        for raw in &request.api_key_hashes {
+            hashes.push(
+                secrets::unhex(raw)
+                    .ok_or_else(|| AuthError::invalid("api_key_hashes", "must be hex SHA-256"))?,
+            );
+        }
+        let conn = self.db.write().await?;
+        let active: Vec<Uuid> = conn
+            .query("SELECT id FROM sessions WHERE id = ANY($1) AND revoked_at IS NULL", &[&sessions])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let live: Vec<Vec<u8>> = conn
+            .query(
+                "SELECT secret_hash FROM api_keys WHERE secret_hash = ANY($1) AND revoked_at IS NULL",
+                &[&hashes],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(pb::CheckRevokedResponse {
+            revoked_session_ids: sessions
+                .iter()
+                .filter(|s| !active.contains(s))
+                .map(Uuid::to_string)
+                .collect(),
+            revoked_api_key_hashes: hashes
+                .iter()
+                .filter(|h| !live.contains(h))
+                .map(|h| secrets::hex(h))
+                .collect(),
+        })
     }
 
     fn jwks(&self) -> pb::GetJwksResponse {
@@ -826,7 +992,8 @@ impl AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let (reply, written) = self.core.login(request.into_inner()).await?;
+        let client = client_of(request.extensions());
+        let (reply, written) = self.core.login(request.into_inner(), &client).await?;
         Ok(respond(reply, Some(written)))
     }
 
@@ -850,7 +1017,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let written = self.core.revoke_session(caller, request.into_inner()).await?;
         Ok(respond(pb::RevokeSessionResponse {}, Some(written)))
     }
@@ -859,7 +1026,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         Ok(Response::new(self.core.list_sessions(caller).await?))
     }
 
@@ -867,7 +1034,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let after = position_from(request.metadata())?;
         Ok(Response::new(self.core.get_user(caller, request.into_inner(), after).await?))
     }
@@ -876,7 +1043,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.update_profile(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
     }
@@ -885,7 +1052,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RequestEmailVerificationRequest>,
     ) -> Result<Response<pb::RequestEmailVerificationResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let written = self.core.request_email_verification(caller).await?;
         Ok(respond(pb::RequestEmailVerificationResponse {}, Some(written)))
     }
@@ -894,7 +1061,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.verify_email(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
     }
@@ -919,8 +1086,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
-        let written = self.core.change_password(caller, request.into_inner()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
+        let client = client_of(request.extensions());
+        let written = self.core.change_password(caller, request.into_inner(), &client).await?;
         Ok(respond(pb::ChangePasswordResponse {}, Some(written)))
     }
 
@@ -928,7 +1096,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.create_api_key(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
     }
@@ -937,7 +1105,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         Ok(Response::new(self.core.list_api_keys(caller).await?))
     }
 
@@ -945,7 +1113,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let written = self.core.revoke_api_key(caller, request.into_inner()).await?;
         Ok(respond(pb::RevokeApiKeyResponse {}, Some(written)))
     }
@@ -961,20 +1129,35 @@ impl AuthService for AuthApi {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        // Verifiers (gateways) ask when they meet an unknown kid, right
-        // after a rotation that this instance may not have loaded yet: read
-        // the key set now. They cache and throttle, so this stays rare.
-        if let Err(error) = self.core.keys.reload().await {
+        // Verifiers ask when they meet an unknown kid, right after a
+        // rotation this instance may not have loaded yet: read the key set
+        // again, but at most ten times a second whoever asks (the RPC is
+        // open to anyone, and must not be a way to load the primary).
+        if let Err(error) = self.core.keys.reload_at_most_every(std::time::Duration::from_millis(100)).await {
             tracing::warn!(%error, "signing key reload failed; serving the last key set");
         }
         Ok(Response::new(self.core.jwks()))
+    }
+
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        Ok(Response::new(self.core.issue_service_token(request.into_inner())?))
+    }
+
+    async fn check_revoked(
+        &self,
+        request: Request<pb::CheckRevokedRequest>,
+    ) -> Result<Response<pb::CheckRevokedResponse>, Status> {
+        Ok(Response::new(self.core.check_revoked(request.into_inner()).await?))
     }
 
     async fn upload_avatar(
         &self,
         request: Request<pb::UploadAvatarRequest>,
     ) -> Result<Response<pb::UploadAvatarResponse>, Status> {
-        let caller = self.core.caller(request.metadata()).await?;
+        let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.upload_avatar(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
     }

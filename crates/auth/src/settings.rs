@@ -29,6 +29,10 @@ pub struct AuthSettings {
     pub login: LoginSettings,
     pub codes: CodeSettings,
     pub avatars: AvatarSettings,
+    pub api_keys: ApiKeySettings,
+    /// Service name → the client secret it presents to IssueServiceToken.
+    #[serde(default)]
+    pub service_clients: std::collections::BTreeMap<String, Secret<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +53,8 @@ pub struct TokenSettings {
     pub refresh_reuse_grace_seconds: u64,
     /// 32 bytes, base64; encrypts signing keys at rest.
     pub key_encryption_key: Secret<String>,
+    /// Lifetime of a service token (IssueServiceToken).
+    pub service_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +69,16 @@ pub struct CodeSettings {
     pub verify_ttl_minutes: u32,
     pub reset_ttl_minutes: u32,
     pub max_attempts: i32,
+    /// At most one reset or verification email per address this often.
+    pub resend_cooldown_seconds: u64,
+    /// 32 bytes, base64, shared with notification only: seals the codes
+    /// in the events that carry them (`tenx_common::sealed`).
+    pub seal_key: Secret<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeySettings {
+    pub max_per_user: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +157,28 @@ impl Validate for AuthSettings {
         if self.login.max_failures < 1 {
             return Err(Invalid::new("login.max_failures", "must be at least 1"));
         }
+        if self.tokens.service_ttl_seconds < 60 || self.tokens.service_ttl_seconds > 3600 {
+            return Err(Invalid::new("tokens.service_ttl_seconds", "must be between 60 and 3600"));
+        }
+        for (name, secret) in &self.service_clients {
+            if !crate::validate::is_service_name(name) {
+                return Err(Invalid::new(
+                    format!("service_clients.{name}"),
+                    "a service name is [a-z][a-z0-9-]*, at most 64 characters",
+                ));
+            }
+            if !secret.expose().is_empty() && secret.expose().len() < 32 {
+                return Err(Invalid::new(
+                    format!("service_clients.{name}"),
+                    "a client secret must be at least 32 characters (or empty: none)",
+                ));
+            }
+        }
+        if self.api_keys.max_per_user == 0 || self.api_keys.max_per_user > 10_000 {
+            return Err(Invalid::new("api_keys.max_per_user", "must be between 1 and 10000"));
+        }
+        tenx_common::sealed::SealKey::parse(self.codes.seal_key.expose())
+            .map_err(|reason| Invalid::new("codes.seal_key", reason))?;
         if self.codes.max_attempts < 1 {
             return Err(Invalid::new("codes.max_attempts", "must be at least 1"));
         }

@@ -76,25 +76,20 @@ pub async fn user_by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<Use
 pub struct LoginRow {
     pub user: UserRecord,
     pub password_hash: String,
-    pub locked_until: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for LoginRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginRow")
-            .field("user", &self.user)
-            .field("locked_until", &self.locked_until)
-            .finish()
+        f.debug_struct("LoginRow").field("user", &self.user).finish()
     }
 }
 
 pub async fn login_row<C: GenericClient>(db: &C, email: &str) -> Result<Option<LoginRow>, AuthError> {
-    let sql = format!("SELECT {USER_COLUMNS}, password_hash, locked_until FROM users WHERE email = $1");
-    Ok(db.query_opt(&sql, &[&email]).await?.map(|row| LoginRow {
-        user: UserRecord::from_row(&row),
-        password_hash: row.get("password_hash"),
-        locked_until: row.get("locked_until"),
-    }))
+    let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1");
+    Ok(db
+        .query_opt(&sql, &[&email])
+        .await?
+        .map(|row| LoginRow { user: UserRecord::from_row(&row), password_hash: row.get("password_hash") }))
 }
 
 /// Starts a session with its first refresh token; returns the token.
@@ -178,6 +173,26 @@ impl CodePurpose {
 }
 
 /// Replaces any unused code of this purpose with a new one; returns it.
+/// Whether the user was sent a code of this purpose within `cooldown`.
+/// Locks the user's row first, so concurrent requests see each other's
+/// codes: one email per cooldown, however many ask at once.
+pub async fn code_sent_within<C: GenericClient>(
+    tx: &C,
+    user: Uuid,
+    purpose: CodePurpose,
+    cooldown: Duration,
+) -> Result<bool, AuthError> {
+    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user]).await?;
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM one_time_codes WHERE user_id = $1 AND purpose = $2 \
+             AND created_at > now() - make_interval(secs => $3) LIMIT 1",
+            &[&user, &purpose.as_str(), &cooldown.as_secs_f64()],
+        )
+        .await?
+        .is_some())
+}
+
 pub async fn new_code<C: GenericClient>(
     tx: &C,
     user: Uuid,

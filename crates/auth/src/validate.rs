@@ -68,6 +68,14 @@ pub fn token<'a>(field: &'static str, raw: &'a str, max: usize) -> Result<&'a st
     Ok(raw)
 }
 
+/// A service's name, as in auth's `service_clients`: `[a-z][a-z0-9-]*`,
+/// at most 64 characters.
+pub fn is_service_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// API key scopes: 1–64 of `a-z 0-9 : _ -`, at most 32, deduplicated.
 pub fn scopes(field: &'static str, raw: &[String]) -> Result<Vec<String>, AuthError> {
     if raw.len() > 32 {

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tenx_common::admin::{self, Readiness};
+use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::{CacheLayer, Redis};
 use tenx_common::db::{self, Db};
-use tenx_common::grpc::GrpcServer;
+use tenx_common::grpc::{self, GrpcServer};
 use tenx_common::metrics::Metrics;
 use tenx_common::outbox::Relay;
 use tenx_common::queue::{Amqp, Consumer, Topology};
 use tenx_common::shutdown::Shutdown;
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -60,6 +62,7 @@ pub struct App {
     core: Arc<Core>,
     grpc: GrpcServer,
     scheduler: Arc<Scheduler>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl std::fmt::Debug for App {
@@ -89,7 +92,7 @@ impl App {
         let db = Arc::new(Db::connect(&settings.database, "tenx-billing", &metrics)?);
         let redis = Redis::connect(&settings.redis)
             .map_err(|e| BillingError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis), &metrics);
+        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
         let amqp = Amqp::new(&settings.amqp, "tenx-billing");
         let core = Arc::new(Core {
             db: db.clone(),
@@ -112,15 +115,33 @@ impl App {
             usage: settings.usage.clone(),
             metrics: metrics.set(),
         });
-        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
+        let auth = grpc::connect(&settings.upstreams.auth)
+            .map_err(|e| BillingError::Internal(format!("upstreams.auth.url: {e}")))?;
+        let authenticator = Arc::new(Authenticator::remote(
+            "billing",
+            &settings.authn,
+            AuthServiceClient::new(auth),
+            Some(redis.clone()),
+        ));
+        let grpc = GrpcServer::new(
+            settings.telemetry.slow_request(),
+            &metrics,
+            AuthnLayer::verify(authenticator.clone()),
+        );
         let scheduler =
             Arc::new(Scheduler::new(core.clone(), settings.scheduler.clone(), settings.dunning.clone()));
-        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, scheduler })
+        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, scheduler, authenticator })
     }
 
     /// The scheduler, to run due jobs by hand (tests with a moved clock).
     pub fn scheduler(&self) -> Arc<Scheduler> {
         self.scheduler.clone()
+    }
+
+    /// The authentication layer's verifier (tests wait for its
+    /// revocation feed before calling).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.authenticator.clone()
     }
 
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, BillingError> {
@@ -154,7 +175,11 @@ impl App {
             let (scheduler, stop) = (self.scheduler.clone(), shutdown.child());
             tasks.spawn(async move { scheduler.run(stop).await });
         }
-        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
+        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
+        tasks.spawn(async move { authenticator.keep_current(stop).await });
+        let authenticator = self.authenticator.clone();
+        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
+            .check("authn", move || std::future::ready(authenticator.ready()));
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         tasks.spawn(async move {
             if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use tenx_common::authn::{self, Principal};
 use tenx_common::db::Db;
 use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_server::BillingService;
@@ -21,10 +22,6 @@ use crate::provider::{PaymentProvider, ProviderError, SimulatedProvider};
 use crate::subscriptions::{self, Created};
 use crate::{customers, model, payment_methods, periods};
 
-/// Request metadata with the caller's user id, set by the gateway.
-pub const USER_ID: &str = "x-tenx-user-id";
-/// The caller's roles (comma-separated), set by the gateway.
-pub const ROLES: &str = "x-tenx-roles";
 const METHOD_PREFIX: &str = "/tenx.billing.v1.BillingService/";
 
 /// Everything the RPCs share.
@@ -56,19 +53,38 @@ impl BillingApi {
     }
 }
 
-fn caller(metadata: &MetadataMap) -> Result<Uuid, BillingError> {
-    metadata
-        .get(USER_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::parse_str(v).ok())
-        .ok_or(BillingError::Unauthenticated("no caller"))
+/// One call's metadata and the principal the shared authentication layer
+/// verified for it (`tenx_common::authn`); derefs to the metadata.
+#[derive(Debug)]
+pub struct Call {
+    metadata: MetadataMap,
+    principal: Option<Principal>,
 }
 
-fn is_admin(metadata: &MetadataMap) -> bool {
-    metadata
-        .get(ROLES)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|roles| roles.split(',').any(|r| r.trim() == "admin"))
+impl Call {
+    fn new(metadata: MetadataMap, extensions: &tonic::Extensions) -> Self {
+        Self { metadata, principal: authn::principal(extensions).cloned() }
+    }
+}
+
+impl std::ops::Deref for Call {
+    type Target = MetadataMap;
+    fn deref(&self) -> &MetadataMap {
+        &self.metadata
+    }
+}
+
+/// The user the call acts for.
+fn caller(call: &Call) -> Result<Uuid, BillingError> {
+    let principal = call.principal.as_ref().ok_or(BillingError::Unauthenticated("no caller"))?;
+    principal
+        .user_id()
+        .ok_or(BillingError::Unauthenticated("this call acts for a customer; a service has none"))
+}
+
+/// An admin user (from their verified token) or a service.
+fn is_admin(call: &Call) -> bool {
+    call.principal.as_ref().is_some_and(Principal::is_operator)
 }
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, BillingError> {
@@ -158,7 +174,7 @@ fn respond<T>(message: T, replayed: bool) -> Response<T> {
 impl Core {
     async fn get_customer(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::GetCustomerRequest,
     ) -> Result<pb::GetCustomerResponse, BillingError> {
         let user = caller(metadata)?;
@@ -184,7 +200,7 @@ impl Core {
     /// transaction); a failure is stored or releases the key.
     async fn idempotent<Req, Resp, F, Fut>(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         name: &str,
         request: &Req,
         work: F,
@@ -232,7 +248,7 @@ impl Core {
 
     async fn add_payment_method(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::AddPaymentMethodRequest,
     ) -> Result<(pb::AddPaymentMethodResponse, bool), BillingError> {
         let user = caller(metadata)?;
@@ -268,7 +284,7 @@ impl Core {
 
     async fn create_subscription(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::CreateSubscriptionRequest,
     ) -> Result<(pb::CreateSubscriptionResponse, bool), BillingError> {
         let user = caller(metadata)?;
@@ -353,7 +369,7 @@ impl Core {
 
     async fn pay_invoice(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::PayInvoiceRequest,
     ) -> Result<(pb::PayInvoiceResponse, bool), BillingError> {
         let user = caller(metadata)?;
@@ -474,7 +490,7 @@ impl Core {
 
     async fn change_plan(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::ChangePlanRequest,
     ) -> Result<(pb::ChangePlanResponse, bool), BillingError> {
         let user = caller(metadata)?;
@@ -554,7 +570,7 @@ impl Core {
 
     async fn cancel_subscription(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::CancelSubscriptionRequest,
     ) -> Result<(pb::CancelSubscriptionResponse, bool), BillingError> {
         let user = caller(metadata)?;
@@ -585,10 +601,11 @@ impl Core {
 
     async fn record_usage(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::RecordUsageRequest,
     ) -> Result<pb::RecordUsageResponse, BillingError> {
-        caller(metadata)?;
+        // The access rule (CALLER_OPERATOR) admitted only operators;
+        // checked again here so the handler never relies on wiring alone.
         if !is_admin(metadata) {
             return Err(BillingError::PermissionDenied);
         }
@@ -612,10 +629,11 @@ impl Core {
 
     async fn list_ledger_entries(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::ListLedgerEntriesRequest,
     ) -> Result<pb::ListLedgerEntriesResponse, BillingError> {
-        caller(metadata)?;
+        // The access rule (CALLER_OPERATOR) admitted only operators;
+        // checked again here so the handler never relies on wiring alone.
         if !is_admin(metadata) {
             return Err(BillingError::PermissionDenied);
         }
@@ -702,7 +720,7 @@ impl Core {
 
     /// The caller's customer id (or, for an admin, the requested one), or
     /// NOT_FOUND.
-    async fn own_customer(&self, metadata: &MetadataMap, requested: &str) -> Result<Uuid, BillingError> {
+    async fn own_customer(&self, metadata: &Call, requested: &str) -> Result<Uuid, BillingError> {
         let user = caller(metadata)?;
         let conn = self.db.write().await?;
         let row = if requested.is_empty() {
@@ -718,7 +736,7 @@ impl Core {
 
     async fn get_subscription(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::GetSubscriptionRequest,
     ) -> Result<pb::GetSubscriptionResponse, BillingError> {
         let user = caller(metadata)?;
@@ -739,7 +757,7 @@ impl Core {
 
     async fn list_subscriptions(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::ListSubscriptionsRequest,
     ) -> Result<pb::ListSubscriptionsResponse, BillingError> {
         let (limit, after) = page(request.page_size, &request.page_token)?;
@@ -773,7 +791,7 @@ impl Core {
 
     async fn list_invoices(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::ListInvoicesRequest,
     ) -> Result<pb::ListInvoicesResponse, BillingError> {
         let (limit, after) = page(request.page_size, &request.page_token)?;
@@ -808,7 +826,7 @@ impl Core {
 
     async fn get_invoice(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::GetInvoiceRequest,
     ) -> Result<pb::GetInvoiceResponse, BillingError> {
         let user = caller(metadata)?;
@@ -829,7 +847,7 @@ impl Core {
 
     async fn list_plans(
         &self,
-        metadata: &MetadataMap,
+        metadata: &Call,
         request: pb::ListPlansRequest,
     ) -> Result<pb::ListPlansResponse, BillingError> {
         let currency = if request.all_currencies {
@@ -862,7 +880,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.list_plans(&metadata, message).await?))
     }
 
@@ -878,7 +897,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.get_customer(&metadata, message).await?))
     }
 
@@ -886,7 +906,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::AddPaymentMethodRequest>,
     ) -> Result<Response<pb::AddPaymentMethodResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.add_payment_method(&metadata, message).await?;
         Ok(respond(response, replayed))
     }
@@ -895,7 +916,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.create_subscription(&metadata, message).await?;
         Ok(respond(response, replayed))
     }
@@ -904,7 +926,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.get_subscription(&metadata, message).await?))
     }
 
@@ -912,7 +935,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.list_subscriptions(&metadata, message).await?))
     }
 
@@ -920,7 +944,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::ChangePlanRequest>,
     ) -> Result<Response<pb::ChangePlanResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.change_plan(&metadata, message).await?;
         Ok(respond(response, replayed))
     }
@@ -929,7 +954,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::CancelSubscriptionRequest>,
     ) -> Result<Response<pb::CancelSubscriptionResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.cancel_subscription(&metadata, message).await?;
         Ok(respond(response, replayed))
     }
@@ -938,7 +964,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.list_invoices(&metadata, message).await?))
     }
 
@@ -946,7 +973,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::GetInvoiceRequest>,
     ) -> Result<Response<pb::GetInvoiceResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.get_invoice(&metadata, message).await?))
     }
 
@@ -954,7 +982,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::PayInvoiceRequest>,
     ) -> Result<Response<pb::PayInvoiceResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.pay_invoice(&metadata, message).await?;
         Ok(respond(response, replayed))
     }
@@ -963,7 +992,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::RecordUsageRequest>,
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.record_usage(&metadata, message).await?))
     }
 
@@ -971,7 +1001,8 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::ListLedgerEntriesRequest>,
     ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.list_ledger_entries(&metadata, message).await?))
     }
 }

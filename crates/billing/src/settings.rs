@@ -21,6 +21,8 @@ pub struct BillingSettings {
     pub server: ServerSettings,
     pub database: DbSettings,
     pub redis: RedisSettings,
+    pub upstreams: tenx_common::authn::AuthUpstream,
+    pub authn: tenx_common::authn::AuthnSettings,
     pub amqp: AmqpSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
@@ -126,6 +128,7 @@ impl BillingSettings {
 impl Validate for BillingSettings {
     fn validate(&self) -> Result<(), Invalid> {
         self.database.validate()?;
+        self.authn.validate()?;
         self.redis.validate()?;
         self.amqp.validate()?;
         self.telemetry.validate()?;

@@ -19,7 +19,9 @@ pub const EXIT_CONFIG: u8 = 78;
 pub struct Args {
     /// `--config FILE`: a TOML file layered over the defaults.
     pub config: Option<PathBuf>,
-    /// The command (`serve`, `migrate`, …); `None` means the default.
+    /// The command (`serve`, `migrate`, …) and its operands, space
+    /// separated (`grant-role ada@example.com admin`); `None` means the
+    /// default.
     pub command: Option<String>,
 }
 
@@ -43,6 +45,14 @@ pub fn parse(args: impl IntoIterator<Item = String>, usage: &str) -> Result<Args
                 return Err(ExitCode::SUCCESS);
             }
             other if parsed.command.is_none() => parsed.command = Some(other.to_owned()),
+            // Operands of the command (`grant-role EMAIL ROLE`), kept in
+            // the command string; a command that takes none refuses them.
+            other if !other.starts_with('-') && !other.contains(' ') => {
+                if let Some(command) = parsed.command.as_mut() {
+                    command.push(' ');
+                    command.push_str(other);
+                }
+            }
             _ => {
                 eprintln!("{usage}");
                 return Err(ExitCode::from(EXIT_USAGE));
@@ -115,7 +125,10 @@ mod tests {
         let parsed = parse(args(&["--config", "a.toml", "migrate"]), "usage").expect("parses");
         assert_eq!(parsed, Args { config: Some("a.toml".into()), command: Some("migrate".into()) });
         assert_eq!(parse(args(&[]), "usage").expect("parses"), Args::default());
-        assert!(parse(args(&["serve", "extra"]), "usage").is_err());
+        let operands = parse(args(&["grant-role", "ada@example.com", "admin"]), "usage").expect("parses");
+        assert_eq!(operands.command.as_deref(), Some("grant-role ada@example.com admin"));
+        assert!(parse(args(&["serve", "--verbose"]), "usage").is_err());
+        assert!(parse(args(&["grant-role", "two words"]), "usage").is_err(), "no operand hides a space");
         assert!(parse(args(&["--config"]), "usage").is_err());
     }
 }

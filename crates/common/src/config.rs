@@ -26,7 +26,7 @@ pub enum ConfigError {
 
 /// A value that must never reach a log: `Debug` and `Display` print
 /// `[redacted]`. Read it with [`Secret::expose`].
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret<T>(T);
 

@@ -11,6 +11,9 @@
 //! - [`queue`]: RabbitMQ topology, confirmed publishing, consumers with
 //!   retries, dead letters and an inbox.
 //! - [`outbox`]: events written in the business transaction, relayed.
+//! - [`authn`]: who is calling, verified on every call of every service
+//!   (tokens, API keys, service tokens, revocation, per-RPC access rules).
+//! - [`sealed`]: a small secret sealed for one other service (codes).
 //! - [`grpc`]: server (health, reflection, tracing, graceful shutdown),
 //!   error mapping, client channels; [`admin`]: `/metrics`, `/readyz`.
 //!
@@ -18,6 +21,7 @@
 //! shows how they fit together.
 
 pub mod admin;
+pub mod authn;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -26,5 +30,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 pub mod queue;
+pub mod sealed;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,6 +9,7 @@
 
 use std::process::ExitCode;
 
+use tenx_common::config::Secret;
 use tenx_common::metrics::Metrics;
 use tenx_common::shutdown::Shutdown;
 
@@ -54,7 +55,22 @@ async fn migrate() -> anyhow::Result<(
 }
 
 async fn run() -> anyhow::Result<()> {
-    let (auth, notification, billing) = migrate().await?;
+    let (mut auth, mut notification, mut billing) = migrate().await?;
+    let mut gateway = tenx_gateway::GatewaySettings::load(None)?;
+    // Each service calls others as itself with a service token from auth,
+    // for a client secret only the two of them know. Here, one process:
+    // fresh secrets each start, unless set in the environment.
+    for (name, secret) in [
+        ("gateway", &mut gateway.authn.client_secret),
+        ("billing", &mut billing.authn.client_secret),
+        ("notification", &mut notification.authn.client_secret),
+    ] {
+        if secret.expose().is_empty() {
+            let fresh = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            *secret = Secret::new(fresh);
+        }
+        auth.service_clients.insert(name.to_owned(), secret.clone());
+    }
     let telemetry = tenx_common::telemetry::init("tenx-dev", &auth.telemetry)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
@@ -75,10 +91,8 @@ async fn run() -> anyhow::Result<()> {
         "tenx-dev: billing gRPC on {} (metrics and health on http://{})",
         billing.grpc_addr, billing.admin_addr
     );
-    let gateway = tenx_gateway::App::build(tenx_gateway::GatewaySettings::load(None)?, Metrics::default())
-        .await?
-        .spawn(shutdown.child())
-        .await?;
+    let gateway =
+        tenx_gateway::App::build(gateway, Metrics::default()).await?.spawn(shutdown.child()).await?;
     println!(
         "tenx-dev: gateway HTTP on http://{} (OpenAPI at /openapi.json), gRPC on {} (metrics and health on http://{})",
         gateway.http_addr, gateway.grpc_addr, gateway.admin_addr

@@ -1,7 +1,10 @@
 //! The gateway's cost: an authenticated, cached `GET /v1/me` through the
 //! gateway (HTTP/1.1 keep-alive, JWT verified at the edge, rate limit in
 //! Redis, then auth's GetUser) against the same `GetUser` called directly
-//! on auth over gRPC — same run, same machine, same concurrency.
+//! on auth over gRPC — same run, same machine, same concurrency — and
+//! what every hop adds to each call: verifying the credential with the
+//! shared layer (`tenx_common::authn`: signature, claims, the in-memory
+//! revocation set), measured alone, in process.
 //!
 //! `cargo bench -p tenx-gateway`; `TENX_BENCH_SAVE=1` rewrites the baseline.
 
@@ -64,7 +67,39 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    // One hop's verification, as every service runs it on every call.
+    let mut authn_settings = platform.gateway_settings()?.authn;
+    authn_settings.client_secret = tenx_auth::testing::client_secret("gateway").into();
+    let auth_channel = tenx_common::grpc::connect(&tenx_common::grpc::ClientSettings::new(&format!(
+        "http://{}",
+        platform.auth.grpc_addr
+    )))?;
+    let redis = tenx_common::cache::Redis::connect(&platform.auth_settings.redis)?;
+    let verifier = tenx_common::authn::Authenticator::remote(
+        "gateway",
+        &authn_settings,
+        AuthServiceClient::new(auth_channel),
+        Some(redis),
+    );
+    verifier.jwks().fetch().await.map_err(anyhow::Error::msg)?;
+    verifier.revocations().synced().await;
+    let header = format!("Bearer {token}");
+    const VERIFICATIONS: usize = 20_000;
+    let started = Instant::now();
+    for _ in 0..VERIFICATIONS {
+        anyhow::ensure!(verifier.authenticate(Some(&header)).await?.is_some(), "verified");
+    }
+    let per_hop = Figure::per_op_us(started.elapsed(), VERIFICATIONS);
+    // A token a service has not seen yet: the Ed25519 signature and claims.
+    let started = Instant::now();
+    for _ in 0..VERIFICATIONS / 10 {
+        verifier.jwks().verify_signature(&token).await?;
+    }
+    let first_sight = Figure::per_op_us(started.elapsed(), VERIFICATIONS / 10);
+
     let mut figures = BTreeMap::new();
+    figures.insert("verify a token at one hop, seen before (cache + revocation)", per_hop);
+    figures.insert("verify a token at one hop, first sight (Ed25519 + claims)", first_sight);
     let gateway_rate = Figure::per_second(CALLS, through_elapsed);
     let direct_rate = Figure::per_second(CALLS, straight_elapsed);
     let ratio = gateway_rate.value / direct_rate.value;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use tenx_common::admin::{self, Readiness};
+use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::Redis;
 use tenx_common::grpc::{self, GrpcServer, TracedChannel};
 use tenx_common::metrics::Metrics;
@@ -17,8 +18,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::EdgeError;
-use crate::identity::Authenticator;
-use crate::jwks::Jwks;
 use crate::policy::Ctx;
 use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
@@ -28,11 +27,13 @@ use crate::upstream::Upstream;
 pub struct Gateway {
     pub settings: GatewaySettings,
     pub metrics: Metrics,
-    pub authn: Authenticator,
+    pub authn: Arc<Authenticator>,
     pub limiter: RateLimiter,
     pub auth: Upstream,
     pub notification: Upstream,
     pub billing: Upstream,
+    /// Clients over their failed-authentication budget, until when.
+    pub auth_blocked: Cache<String, std::time::Instant>,
     /// Requests in progress; when none is free, new ones are shed.
     pub in_flight: Arc<Semaphore>,
     /// Each user's last write position through this instance, so their
@@ -58,13 +59,13 @@ impl Gateway {
     }
 
     pub fn last_write(&self, ctx: &Ctx) -> Option<String> {
-        let user = &ctx.identity.as_ref()?.user_id;
-        self.writes.get(user).now_or_never_value()
+        let user = ctx.identity.as_ref()?.user_id()?;
+        self.writes.get(&user).now_or_never_value()
     }
 
     pub async fn remember_write(&self, ctx: &Ctx, position: &str) {
-        if let Some(identity) = &ctx.identity {
-            self.writes.insert(identity.user_id.clone(), position.to_owned()).await;
+        if let Some(user) = ctx.identity.as_ref().and_then(|i| i.user_id()) {
+            self.writes.insert(user, position.to_owned()).await;
         }
     }
 }
@@ -112,9 +113,13 @@ impl App {
         let redis = Redis::connect(&settings.redis)
             .map_err(|e| EdgeError::new(tonic::Code::Internal, format!("redis settings: {:?}", e.kind())))?;
         let auth_client = AuthServiceClient::new(auth_channel.clone());
-        let jwks = Jwks::new(auth_client.clone(), settings.jwks.clone());
         let gateway = Gateway {
-            authn: Authenticator::new(jwks, auth_client),
+            authn: Arc::new(Authenticator::remote(
+                "gateway",
+                &settings.authn,
+                auth_client,
+                Some(redis.clone()),
+            )),
             limiter: RateLimiter::new(redis, &metrics),
             auth: Upstream::new("auth", auth_channel, settings.breaker.clone(), &metrics),
             notification: Upstream::new(
@@ -125,11 +130,16 @@ impl App {
             ),
             billing: Upstream::new("billing", billing_channel, settings.breaker.clone(), &metrics),
             in_flight: Arc::new(Semaphore::new(settings.http.max_in_flight)),
+            auth_blocked: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             writes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(10)).build(),
             settings,
             metrics: metrics.clone(),
         };
-        let grpc = GrpcServer::new(gateway.settings.telemetry.slow_request(), &metrics);
+        // The door's proxy admits each call itself (rate limit first).
+        let grpc = GrpcServer::new(gateway.settings.telemetry.slow_request(), &metrics, AuthnLayer::edge());
         Ok(Self { gateway: Arc::new(gateway), grpc })
     }
 
@@ -142,7 +152,7 @@ impl App {
         tracing::info!(%http_addr, %grpc_addr, %admin_addr, "tenx-gateway listening");
         // Ready only once tokens can be verified; until then /readyz says
         // so and the background refresher keeps trying.
-        if let Err(error) = self.gateway.authn.jwks.fetch().await {
+        if let Err(error) = self.gateway.authn.jwks().fetch().await {
             tracing::warn!(%error, "JWKS not loaded yet; not ready until it is");
         }
         let task = tokio::spawn(self.run(http, grpc, admin, shutdown));
@@ -159,7 +169,7 @@ impl App {
         let mut tasks = JoinSet::new();
         let gw = self.gateway.clone();
         let stop = shutdown.child();
-        tasks.spawn(async move { gw.authn.jwks.refresh_until(stop).await });
+        tasks.spawn(async move { gw.authn.jwks().refresh_until(stop).await });
 
         let (metrics, stop) = (self.gateway.metrics.clone(), shutdown.child());
         let readiness = readiness(self.gateway.clone());
@@ -187,7 +197,7 @@ impl App {
             // Re-asserted each tick: the server also sets it when it starts.
             loop {
                 if !stop.is_triggered() {
-                    let status = if gw.authn.jwks.loaded() {
+                    let status = if gw.authn.jwks().loaded() {
                         tonic_health::ServingStatus::Serving
                     } else {
                         tonic_health::ServingStatus::NotServing
@@ -221,7 +231,7 @@ impl App {
 fn readiness(gw: Arc<Gateway>) -> Readiness {
     let jwks = gw.clone();
     let mut readiness = Readiness::new().check("jwks", move || {
-        let loaded = jwks.authn.jwks.loaded();
+        let loaded = jwks.authn.jwks().loaded();
         async move { if loaded { Ok(()) } else { Err("auth's signing keys not fetched yet".to_owned()) } }
     });
     for (name, channel) in [

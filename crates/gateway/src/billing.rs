@@ -255,7 +255,7 @@ fn mutation_response<T>(status: StatusCode, r: &tonic::Response<T>, body: Value)
 
 /// A request to billing as `ctx`'s caller, with `key` when a mutation.
 fn request<T>(ctx: &Ctx, message: T, key: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
-    let mut request = ctx.to_service(message);
+    let mut request = ctx.to_upstream(message);
     if let Some(key) = key {
         request.metadata_mut().insert(IDEMPOTENCY_KEY, key.clone());
     }

@@ -164,6 +164,17 @@ impl IntoResponse for EdgeError {
     }
 }
 
+impl From<tenx_common::authn::AuthnError> for EdgeError {
+    fn from(error: tenx_common::authn::AuthnError) -> Self {
+        use tenx_common::authn::AuthnError;
+        match error {
+            AuthnError::Unauthenticated(message) => Self::unauthenticated(message),
+            AuthnError::PermissionDenied(message) => Self::new(Code::PermissionDenied, message),
+            AuthnError::Unavailable(message) => Self::unavailable(message, Some(Duration::from_secs(1))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

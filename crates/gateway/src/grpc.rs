@@ -1,6 +1,7 @@
 //! The gRPC front door: the services' public RPCs, proxied frame for
 //! frame to their upstream after the same policy as the HTTP API. Any
-//! identity metadata a client sets is dropped; the verified one is added.
+//! `x-tenx-*` metadata a client sets is dropped; the client's credential
+//! travels on, and the upstream verifies it again.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +17,7 @@ use tower::ServiceExt;
 
 use crate::app::Gateway;
 use crate::error::EdgeError;
-use crate::policy::{self, REQUEST_ID, USER_ID};
+use crate::policy::{self, REQUEST_ID};
 use crate::routes::Route;
 
 /// A public RPC: its full path, upstream, and the route policy it shares
@@ -36,6 +37,12 @@ const fn rpc(
     idempotent: bool,
 ) -> PublicRpc {
     PublicRpc { path, upstream, route: Route { method: "POST", path, op, anonymous, idempotent } }
+}
+
+/// The access rule (`tenx.options.v1.access`) of the RPC behind an
+/// operation id, shared by its HTTP and gRPC doors.
+pub fn rule_of(op: &str) -> Option<tenx_proto::access::Rule> {
+    PUBLIC_RPCS.iter().find(|r| r.route.op == op).and_then(|r| tenx_proto::access::rule(r.path))
 }
 
 pub const PUBLIC_RPCS: &[PublicRpc] = &[
@@ -202,27 +209,31 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     for key in client_set {
         headers.remove(key);
     }
+    if let Some((client, edge)) = &ctx.vouch
+        && let Ok(client) = HeaderValue::from_str(client)
+        && let Ok(edge) = HeaderValue::from_bytes(edge.as_bytes())
+    {
+        headers.insert(tenx_common::authn::CLIENT_HEADER, client);
+        headers.insert(tenx_common::authn::EDGE_AUTHORIZATION, edge);
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
     let Some(upstream) = gw.upstream(rpc.upstream) else {
         return status_response(EdgeError::new(tonic::Code::Internal, "internal error"));
     };
-    if rpc.upstream != "auth" {
-        headers.remove("authorization");
-        if let Some(v) = ctx.identity.as_ref().and_then(|i| HeaderValue::from_str(&i.user_id).ok()) {
-            headers.insert(USER_ID, v);
-        }
-    }
+    // The client's `authorization` travels on unchanged: the upstream
+    // verifies it again with the same shared layer.
     // The route's deadline, or the client's if shorter.
     let deadline = ctx.deadline;
     let client_deadline =
         headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
     let effective = client_deadline.map_or(deadline, |c| c.min(deadline));
+    let callers_deadline = effective < deadline;
     if let Ok(v) = HeaderValue::from_str(&format!("{}m", effective.as_millis().max(1))) {
         headers.insert("grpc-timeout", v);
     }
-    match upstream.forward(effective, req).await {
+    match upstream.forward(effective, callers_deadline, req).await {
         Ok(response) => response,
         Err(error) => status_response(error),
     }
@@ -261,35 +272,70 @@ impl crate::upstream::Upstream {
     pub async fn forward(
         &self,
         deadline: std::time::Duration,
+        callers_deadline: bool,
         req: Request<Body>,
     ) -> Result<Response<Body>, EdgeError> {
-        self.admit_call()?;
+        use crate::upstream::Outcome;
+        // Out of time says something about the upstream only when the
+        // deadline was the route's own, not a client's shorter one.
+        let late = if callers_deadline { Outcome::Unknown } else { Outcome::Unwell };
+        let admission = self.admit_call()?;
         let channel = self.channel.clone();
         let outcome =
             tokio::time::timeout(deadline + std::time::Duration::from_millis(250), channel.oneshot(req))
                 .await;
         match outcome {
             Err(_) => {
-                self.record_call(true);
+                admission.record(late);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }
             Ok(Err(error)) if timed_out(&error) => {
-                self.record_call(true);
+                admission.record(late);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }
             Ok(Err(error)) => {
-                self.record_call(true);
+                admission.record(Outcome::Unwell);
                 tracing::warn!(upstream = self.name, %error, "upstream connection failed");
                 Err(EdgeError::unavailable(format!("{} is unavailable; try again shortly", self.name), None))
             }
             Ok(Ok(response)) => {
                 // A trailers-only answer (every error) has its status in
                 // the headers; see `unwell` for what counts.
-                let failed = tonic::Status::from_header_map(response.headers())
-                    .is_some_and(|s| crate::upstream::unwell(&s));
-                self.record_call(failed);
+                let status = tonic::Status::from_header_map(response.headers());
+                let outcome = match status {
+                    Some(s) if s.code() == tonic::Code::DeadlineExceeded => late,
+                    Some(s) if crate::upstream::unwell(&s) => Outcome::Unwell,
+                    _ => Outcome::Healthy,
+                };
+                admission.record(outcome);
                 Ok(response.map(Body::new))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use tenx_proto::access::Caller;
+
+    use super::*;
+    use crate::routes::ROUTES;
+
+    #[test]
+    fn every_public_route_is_anonymous_exactly_when_its_rpc_admits_anyone() {
+        for rpc in PUBLIC_RPCS {
+            let rule = tenx_proto::access::rule(rpc.path)
+                .unwrap_or_else(|| panic!("{} has no access rule", rpc.path));
+            assert_eq!(rpc.route.anonymous, rule.caller == Caller::Anyone, "{}", rpc.path);
+            assert!(
+                !matches!(rule.caller, Caller::Service | Caller::Operator),
+                "{} is for operators or services and must not be public",
+                rpc.path
+            );
+        }
+        for route in ROUTES {
+            let rule = rule_of(route.op).unwrap_or_else(|| panic!("route {} has no gRPC twin", route.op));
+            assert_eq!(route.anonymous, rule.caller == Caller::Anyone, "{}", route.op);
         }
     }
 }

@@ -185,7 +185,7 @@ pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
 }
 
 async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
-    match gw.authn.jwks.document() {
+    match gw.authn.jwks().document() {
         Some(doc) => ([(header::CONTENT_TYPE, "application/jwk-set+json")], doc).into_response(),
         None => {
             EdgeError::unavailable("signing keys not fetched yet", Some(std::time::Duration::from_secs(1)))

@@ -9,7 +9,6 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod identity;
-pub mod jwks;
 pub mod policy;
 pub mod ratelimit;
 pub mod routes;

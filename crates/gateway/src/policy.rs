@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
+use tenx_common::authn;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
@@ -21,8 +22,6 @@ use crate::routes::Route;
 pub const REQUEST_ID: &str = "x-request-id";
 /// Auth's write position, for read-your-writes across calls.
 pub const WAL_POSITION: &str = "x-tenx-wal-position";
-/// The verified user, for services behind the gateway.
-pub const USER_ID: &str = "x-tenx-user-id";
 
 /// What a handler knows about the call it serves.
 #[derive(Debug, Clone)]
@@ -34,7 +33,21 @@ pub struct Ctx {
     pub idempotent: bool,
     /// A write position the client sent back (`x-tenx-wal-position`).
     pub position: Option<String>,
+    /// For the calls where the client's address matters to the upstream
+    /// (login lockouts): the client's bucket and the gateway's own token
+    /// vouching for it.
+    pub vouch: Option<(String, MetadataValue<tonic::metadata::Ascii>)>,
 }
+
+/// Operations whose upstream counts failures per account *and client*
+/// (auth's lockout): the gateway vouches for the client's address.
+const VOUCHED_OPS: &[&str] = &[
+    "auth_login",
+    "password_change",
+    "password_reset_request",
+    "password_reset",
+    "email_verification_request",
+];
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = EdgeError;
@@ -54,10 +67,17 @@ impl Ctx {
         request
     }
 
-    /// A request to auth: the credential itself travels, since auth
-    /// checks revocation of its own sessions and keys.
-    pub fn to_auth<T>(&self, message: T) -> tonic::Request<T> {
+    /// A request to an upstream service: the client's credential itself
+    /// travels, and the service verifies it again (revocation, its own
+    /// access rule); no identity header is ever sent or believed.
+    pub fn to_upstream<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = self.base(message);
+        if let Some((client, edge)) = &self.vouch
+            && let Ok(client) = MetadataValue::try_from(client.as_str())
+        {
+            request.metadata_mut().insert(authn::CLIENT_HEADER, client);
+            request.metadata_mut().insert(authn::EDGE_AUTHORIZATION, edge.clone());
+        }
         if let Some(v) =
             self.identity.as_ref().and_then(|i| MetadataValue::try_from(format!("Bearer {}", i.bearer)).ok())
         {
@@ -65,16 +85,33 @@ impl Ctx {
         }
         request
     }
+}
 
-    /// A request to another service: the verified user id only.
-    pub fn to_service<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = self.base(message);
-        if let Some(v) = self.identity.as_ref().and_then(|i| MetadataValue::try_from(i.user_id.as_str()).ok())
-        {
-            request.metadata_mut().insert(USER_ID, v);
-        }
-        request
+/// The rate-limit bucket of a client address: IPv4 as is, IPv6 by its
+/// /64 (one subscriber's whole prefix: rotating addresses inside it buys
+/// nothing), an IPv4-mapped IPv6 address as the IPv4 it is.
+pub fn client_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
+}
+
+fn too_many_failures(wait: Duration) -> EdgeError {
+    let mut error = EdgeError::new(Code::ResourceExhausted, "too many failed authentications; slow down");
+    error.retry_after = Some(wait.max(Duration::from_secs(1)));
+    error
+}
+
+/// The credential of an `authorization` value (`Bearer <credential>`).
+fn bearer_of(header: &str) -> Option<&str> {
+    header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// The request id a client sent, if usable, else a new one.
@@ -144,6 +181,32 @@ pub fn limit_headers(headers: &mut HeaderMap, decision: &Decision, period: Durat
 pub type Admitted = Result<(Ctx, Decision), (EdgeError, Option<Decision>)>;
 
 impl Gateway {
+    /// How long `client` must wait, if it spent its failed-authentication
+    /// budget (known to this instance).
+    fn auth_failures_blocked(&self, client: &str) -> Option<Duration> {
+        let until = futures_util::FutureExt::now_or_never(self.auth_blocked.get(client)).flatten()?;
+        until.checked_duration_since(std::time::Instant::now())
+    }
+
+    /// Counts a failed authentication against the client's budget (shared
+    /// by every gateway through Redis); past it, the wait before the next
+    /// attempt, remembered here so no further attempt reaches auth.
+    async fn count_auth_failure(&self, client: &str) -> Option<Duration> {
+        let policy = self.settings.failed_auth_policy();
+        let decision = self.limiter.check("auth_failures", client, policy).await;
+        if decision.allowed {
+            return None;
+        }
+        let wait = decision.retry_after.max(Duration::from_secs(1));
+        self.auth_blocked.insert(client.to_owned(), std::time::Instant::now() + wait).await;
+        tracing::warn!(
+            client,
+            wait_ms = wait.as_millis() as u64,
+            "client over its failed-authentication budget"
+        );
+        Some(wait)
+    }
+
     /// Authenticates (unless the route is anonymous) and counts the call
     /// against its rate limit.
     pub async fn admit(
@@ -154,12 +217,36 @@ impl Gateway {
         request_id: String,
         position: Option<String>,
     ) -> Admitted {
+        let client_key = client_bucket(client);
         let identity = if route.anonymous {
             None
         } else {
-            Some(self.authn.authenticate(authorization).await.map_err(|e| (e, None))?)
+            // A client that keeps failing authentication is refused here,
+            // before its next bogus credential costs auth a lookup.
+            if let Some(wait) = self.auth_failures_blocked(&client_key) {
+                return Err((too_many_failures(wait), None));
+            }
+            let principal = match self.authn.authenticate(authorization).await {
+                Ok(Some(principal)) => principal,
+                Ok(None) => return Err((EdgeError::unauthenticated("missing bearer token"), None)),
+                Err(error @ authn::AuthnError::Unauthenticated(_)) => {
+                    if let Some(wait) = self.count_auth_failure(&client_key).await {
+                        return Err((too_many_failures(wait), None));
+                    }
+                    return Err((error.into(), None));
+                }
+                Err(error) => return Err((error.into(), None)),
+            };
+            // The RPC's own rule (scopes, credential kinds), as the
+            // service behind will apply it: refused here, before any
+            // upstream call or rate-limit token.
+            if let Some(rule) = crate::grpc::rule_of(route.op) {
+                authn::authorize(rule, Some(&principal)).map_err(|e| (e.into(), None))?;
+            }
+            let bearer = authorization.and_then(bearer_of).unwrap_or_default().to_owned();
+            Some(Identity { principal, bearer })
         };
-        let subject = identity.as_ref().map_or_else(|| format!("ip:{client}"), Identity::subject);
+        let subject = identity.as_ref().map_or_else(|| format!("ip:{client_key}"), Identity::subject);
         let policy = self.settings.policy(route.op, route.anonymous);
         let decision = self.limiter.check(route.op, &subject, policy).await;
         if !decision.allowed {
@@ -167,6 +254,17 @@ impl Gateway {
             error.retry_after = Some(decision.retry_after.max(Duration::from_secs(1)));
             return Err((error, Some(decision)));
         }
+        let vouch = match self.authn.service_token() {
+            Some(token) if VOUCHED_OPS.contains(&route.op) => match token.bearer().await {
+                Ok(bearer) => Some((client_key, bearer)),
+                Err(error) => {
+                    // The upstream then counts the call as a direct one.
+                    tracing::warn!(%error, "cannot vouch for the client's address");
+                    None
+                }
+            },
+            _ => None,
+        };
         let ctx = Ctx {
             op: route.op,
             identity,
@@ -174,6 +272,7 @@ impl Gateway {
             deadline: policy.timeout,
             idempotent: route.idempotent,
             position,
+            vouch,
         };
         Ok((ctx, decision))
     }
@@ -192,6 +291,19 @@ mod tests {
         assert_eq!(client_ip(&headers, peer, 1), IpAddr::from([10, 0, 0, 2]));
         assert_eq!(client_ip(&headers, peer, 2), IpAddr::from([203, 0, 113, 7]));
         assert_eq!(client_ip(&headers, peer, 9), peer, "fewer entries than hops: the peer");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap_or(IpAddr::from([0; 4]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_eq!(client_bucket(a), "2001:db8:1:2::/64");
+        assert_ne!(client_bucket(a), client_bucket(other));
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_bucket(mapped), "203.0.113.7");
+        assert_eq!(client_bucket(IpAddr::from([198, 51, 100, 1])), "198.51.100.1");
     }
 
     #[test]

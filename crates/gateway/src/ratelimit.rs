@@ -71,6 +71,8 @@ impl MetricSet for LimitMetrics {
 
 pub struct RateLimiter {
     redis: Redis,
+    /// The script's SHA once Redis has it (`SCRIPT LOAD`).
+    sha: Mutex<Option<String>>,
     local: Mutex<Local>,
     metrics: LimitMetrics,
     /// Throttles the fallback warning to one per 10 s.
@@ -85,17 +87,20 @@ impl std::fmt::Debug for RateLimiter {
 
 impl RateLimiter {
     pub fn new(redis: Redis, metrics: &Metrics) -> Self {
-        Self { redis, local: Mutex::new(Local::default()), metrics: metrics.set(), warned: Mutex::new(None) }
+        Self {
+            redis,
+            sha: Mutex::new(None),
+            local: Mutex::new(Local::default()),
+            metrics: metrics.set(),
+            warned: Mutex::new(None),
+        }
     }
 
     /// Counts one request of `subject` (e.g. `ip:10.0.0.1`) on route `op`.
     pub async fn check(&self, op: &str, subject: &str, policy: RoutePolicy) -> Decision {
         let emission = emission_us(policy);
         let key = self.redis.key(&format!("rl:{op}:{subject}"));
-        let mut conn = self.redis.connection();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SCRIPT).arg(1).arg(&key).arg(emission).arg(policy.requests);
-        let (store, decision) = match self.redis.bounded(cmd.query_async::<Vec<i64>>(&mut conn)).await {
+        let (store, decision) = match self.redis.bounded(self.gcra(&key, emission, policy.requests)).await {
             Ok(reply) if reply.len() == 4 => ("redis", decision(policy.requests, &reply)),
             other => {
                 self.warn_fallback(&other.err().map(|e| format!("{:?}", e.kind())).unwrap_or_default());
@@ -107,6 +112,27 @@ impl RateLimiter {
         let outcome = if decision.allowed { "allowed" } else { "limited" };
         self.metrics.decisions.get_or_create(&DecisionLabel { store, outcome }).inc();
         decision
+    }
+
+    /// Runs the script by its SHA (Redis keeps it compiled; the request is
+    /// a few bytes, not the script), loading it first when Redis does not
+    /// know it (the first call, or after Redis restarted).
+    async fn gcra(&self, key: &str, emission: i64, requests: u32) -> redis::RedisResult<Vec<i64>> {
+        let mut conn = self.redis.connection();
+        let known = self.sha.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(sha) = known {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&sha).arg(1).arg(key).arg(emission).arg(requests);
+            match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {}
+                other => return other,
+            }
+        }
+        let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query_async(&mut conn).await?;
+        *self.sha.lock().unwrap_or_else(|p| p.into_inner()) = Some(sha.clone());
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&sha).arg(1).arg(key).arg(emission).arg(requests);
+        cmd.query_async(&mut conn).await
     }
 
     fn warn_fallback(&self, reason: &str) {

@@ -234,7 +234,7 @@ pub(crate) async fn signup(
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (auth_client(&gw), ctx.to_auth(message.clone()));
+            let (mut client, request) = (auth_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.sign_up(request).await }
         })
         .await?
@@ -261,7 +261,7 @@ pub(crate) async fn login(
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (auth_client(&gw), ctx.to_auth(message.clone()));
+            let (mut client, request) = (auth_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.login(request).await }
         })
         .await?
@@ -284,7 +284,7 @@ pub(crate) async fn refresh(
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (auth_client(&gw), ctx.to_auth(message.clone()));
+            let (mut client, request) = (auth_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.refresh(request).await }
         })
         .await?
@@ -300,7 +300,7 @@ pub(crate) async fn logout(
     let message = auth::LogoutRequest { refresh_token: b.refresh_token };
     gw.auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (auth_client(&gw), ctx.to_auth(message.clone()));
+            let (mut client, request) = (auth_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.logout(request).await }
         })
         .await?;
@@ -315,7 +315,7 @@ pub(crate) async fn me_get(State(gw): Gw, ctx: Ctx) -> Result<Json<Value>, EdgeE
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let mut request = ctx.to_auth(message.clone());
+            let mut request = ctx.to_upstream(message.clone());
             if let Some(p) = position.as_deref().and_then(|p| p.parse().ok()) {
                 request.metadata_mut().insert(crate::policy::WAL_POSITION, p);
             }
@@ -341,7 +341,7 @@ pub(crate) async fn me_update(
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (auth_client(&gw), ctx.to_auth(message.clone()));
+            let (mut client, request) = (auth_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.update_profile(request).await }
         })
         .await?;
@@ -382,7 +382,7 @@ pub(crate) async fn notifications_list(
     let r = gw
         .notification
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (notification_client(&gw), ctx.to_service(message.clone()));
+            let (mut client, request) = (notification_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.list_notifications(request).await }
         })
         .await?
@@ -423,7 +423,7 @@ pub(crate) async fn notifications_mark_read(
     let r = gw
         .notification
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut client, request) = (notification_client(&gw), ctx.to_service(message.clone()));
+            let (mut client, request) = (notification_client(&gw), ctx.to_upstream(message.clone()));
             async move { client.mark_read(request).await }
         })
         .await?

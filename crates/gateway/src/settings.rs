@@ -22,7 +22,7 @@ pub struct GatewaySettings {
     pub redis: RedisSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
-    pub jwks: JwksSettings,
+    pub authn: tenx_common::authn::AuthnSettings,
     pub limits: LimitSettings,
     pub breaker: BreakerSettings,
     #[serde(default)]
@@ -46,20 +46,16 @@ pub struct Upstreams {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct JwksSettings {
-    pub issuer: String,
-    pub audience: String,
-    pub refresh_seconds: u64,
-    pub min_refetch_seconds: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
     pub anonymous_requests: u32,
     pub anonymous_period_seconds: u32,
     pub user_requests: u32,
     pub user_period_seconds: u32,
     pub timeout_ms: u64,
+    /// Failed authentications (a bad token or API key) per client address
+    /// (IPv6: per /64) and period; past it, 429 without asking auth.
+    pub failed_auth_requests: u32,
+    pub failed_auth_period_seconds: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +112,15 @@ impl GatewaySettings {
             ("TENX_GATEWAY__TELEMETRY__LOG_FORMAT", "pretty"),
         ];
         Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    /// The failed-authentication budget of one client.
+    pub fn failed_auth_policy(&self) -> RoutePolicy {
+        RoutePolicy {
+            requests: self.limits.failed_auth_requests,
+            period: Duration::from_secs(u64::from(self.limits.failed_auth_period_seconds)),
+            timeout: Duration::from_millis(self.limits.timeout_ms),
+        }
     }
 
     /// The limit and deadline of the route with operation id `op`.

@@ -61,32 +61,74 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn admit(&self) -> Result<(), Duration> {
+    /// Lets a call through, or says how long the circuit stays open;
+    /// `Ok(true)` when the call is the one trial after the open period.
+    fn admit(&self) -> Result<bool, Duration> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match s.open_until {
-            None => Ok(()),
+            None => Ok(false),
             Some(until) if Instant::now() < until => Err(until - Instant::now()),
             Some(_) if s.probing => Err(Duration::from_secs(1)),
             Some(_) => {
                 s.probing = true;
-                Ok(())
+                Ok(true)
             }
         }
     }
 
     /// Records an outcome; returns whether the circuit is open after it.
-    fn record(&self, failed: bool) -> bool {
+    fn record(&self, outcome: Outcome) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if failed {
-            s.failures += 1;
-            if s.probing || s.failures >= self.settings.failure_threshold {
-                s.open_until = Some(Instant::now() + Duration::from_secs(self.settings.open_seconds));
-                s.probing = false;
+        match outcome {
+            Outcome::Unwell => {
+                s.failures += 1;
+                if s.probing || s.failures >= self.settings.failure_threshold {
+                    s.open_until = Some(Instant::now() + Duration::from_secs(self.settings.open_seconds));
+                    s.probing = false;
+                }
             }
-        } else {
-            *s = BreakerState::default();
+            Outcome::Healthy => *s = BreakerState::default(),
+            // Says nothing about the upstream; a trial that ended so
+            // frees its place for the next call.
+            Outcome::Unknown => s.probing = false,
         }
         s.open_until.is_some()
+    }
+}
+
+/// What a finished call says about the upstream's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It answered (an error it decided counts as an answer).
+    Healthy,
+    /// Unreachable, UNAVAILABLE, or too slow for the route's own deadline.
+    Unwell,
+    /// Nothing: the caller's own shorter deadline ran out, or the call was
+    /// abandoned. A client in a hurry must not open the circuit for all.
+    Unknown,
+}
+
+/// A call let through the breaker. Dropped without an outcome (the
+/// client went away mid-call) it counts as [`Outcome::Unknown`], so a
+/// cancelled trial can never leave the circuit open for good.
+pub(crate) struct Admission<'a> {
+    upstream: &'a Upstream,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Admission<'_> {
+    pub(crate) fn record(mut self, outcome: Outcome) -> bool {
+        self.recorded = true;
+        self.upstream.record_outcome(outcome)
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.probe {
+            self.upstream.record_outcome(Outcome::Unknown);
+        }
     }
 }
 
@@ -165,19 +207,23 @@ impl Upstream {
     }
 
     /// Fails fast while the circuit is open.
-    pub(crate) fn admit_call(&self) -> Result<(), EdgeError> {
-        self.breaker.admit().map_err(|wait| {
-            self.metrics.rejected.get_or_create(&UpstreamLabel { upstream: self.name }).inc();
-            EdgeError::unavailable(
-                format!("{} is unavailable (circuit open); try again shortly", self.name),
-                Some(wait),
-            )
-        })
+    pub(crate) fn admit_call(&self) -> Result<Admission<'_>, EdgeError> {
+        match self.breaker.admit() {
+            Ok(probe) => Ok(Admission { upstream: self, probe, recorded: false }),
+            Err(wait) => {
+                self.metrics.rejected.get_or_create(&UpstreamLabel { upstream: self.name }).inc();
+                Err(EdgeError::unavailable(
+                    format!("{} is unavailable (circuit open); try again shortly", self.name),
+                    Some(wait),
+                ))
+            }
+        }
     }
 
-    pub(crate) fn record_call(&self, failed: bool) {
-        let open = self.breaker.record(failed);
+    fn record_outcome(&self, outcome: Outcome) -> bool {
+        let open = self.breaker.record(outcome);
         self.metrics.open.get_or_create(&UpstreamLabel { upstream: self.name }).set(i64::from(open));
+        open
     }
 
     /// Runs `call` within `deadline`, through the breaker; retries once
@@ -200,7 +246,7 @@ impl Upstream {
         let label = UpstreamLabel { upstream: self.name };
         let mut retried = false;
         loop {
-            self.admit_call()?;
+            let admission = self.admit_call()?;
             // The upstream enforces `grpc-timeout`; this bounds the wait
             // even when it cannot (a connection that hangs).
             let outcome = match tokio::time::timeout(deadline + Duration::from_millis(250), call()).await {
@@ -208,8 +254,7 @@ impl Upstream {
                 Err(_) => Err(tonic::Status::deadline_exceeded("no answer within the deadline")),
             };
             let failed = outcome.as_ref().err().is_some_and(unwell);
-            self.record_call(failed);
-            let open = self.breaker.state.lock().unwrap_or_else(|p| p.into_inner()).open_until.is_some();
+            let open = admission.record(if failed { Outcome::Unwell } else { Outcome::Healthy });
             match outcome {
                 Ok(response) => return Ok(response),
                 Err(status)
@@ -244,14 +289,32 @@ mod tests {
             settings: BreakerSettings { failure_threshold: 2, open_seconds: 0 },
             state: Mutex::default(),
         };
-        assert!(breaker.admit().is_ok());
-        assert!(!breaker.record(true));
-        assert!(breaker.record(true), "open after two failures");
+        assert_eq!(breaker.admit(), Ok(false));
+        assert!(!breaker.record(Outcome::Unwell));
+        assert!(breaker.record(Outcome::Unwell), "open after two failures");
         // open_seconds = 0: the next call is the trial; others wait.
-        assert!(breaker.admit().is_ok());
+        assert_eq!(breaker.admit(), Ok(true));
         assert!(breaker.admit().is_err(), "one trial at a time");
-        assert!(!breaker.record(false), "a successful trial closes it");
-        assert!(breaker.admit().is_ok());
+        assert!(!breaker.record(Outcome::Healthy), "a successful trial closes it");
+        assert_eq!(breaker.admit(), Ok(false));
+    }
+
+    #[test]
+    fn callers_out_of_time_never_open_the_circuit_and_a_cancelled_trial_frees_its_place() {
+        let breaker = Breaker {
+            settings: BreakerSettings { failure_threshold: 2, open_seconds: 0 },
+            state: Mutex::default(),
+        };
+        for _ in 0..30 {
+            assert_eq!(breaker.admit(), Ok(false));
+            assert!(!breaker.record(Outcome::Unknown), "a client's 5 ms deadline says nothing of auth");
+        }
+        breaker.record(Outcome::Unwell);
+        assert!(breaker.record(Outcome::Unwell));
+        assert_eq!(breaker.admit(), Ok(true), "the trial");
+        // The trial's client hangs up: Unknown (what a dropped Admission records).
+        assert!(breaker.record(Outcome::Unknown), "still open: nothing was learnt");
+        assert_eq!(breaker.admit(), Ok(true), "the next call is the new trial, not refused for good");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Outgoing, Publisher};
+use tenx_common::sealed::SealKey;
 use tenx_common::shutdown::Shutdown;
 use tenx_notification::{App, NotificationSettings};
 use tenx_proto::auth::v1 as auth;
@@ -20,12 +21,15 @@ use uuid::Uuid;
 const SEQUENTIAL: usize = 100;
 const BURST: usize = 1_000;
 
-fn event(email: &str) -> Envelope {
+/// A verification event as auth writes it (the code sealed).
+fn event(email: &str, key: &SealKey) -> Envelope {
+    let user = Uuid::now_v7();
     let payload = auth::EmailVerificationRequested {
-        user_id: Uuid::now_v7().to_string(),
+        user_id: user.to_string(),
         email: email.to_owned(),
-        code: "ABCD2345".into(),
         expires_in_minutes: 30,
+        sealed_code: key.seal(b"ABCD2345", format!("verify_email:{user}").as_bytes()),
+        ..Default::default()
     };
     Envelope {
         id: Uuid::now_v7().to_string(),
@@ -49,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
     let settings =
         NotificationSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
+    let key = SealKey::parse(settings.codes.seal_key.expose()).map_err(anyhow::Error::msg)?;
     let broker = Amqp::new(&settings.amqp, "bench");
     let channel = broker.channel().await?;
     for topology in
@@ -86,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..SEQUENTIAL {
         let email = format!("bench-seq-{i}-{}@example.com", Uuid::new_v4().simple());
         let started = SystemTime::now();
-        publisher.publish(&[Outgoing::event(&exchange, &event(&email))]).await?;
+        publisher.publish(&[Outgoing::event(&exchange, &event(&email, &key))]).await?;
         let sent = tokio::time::timeout(Duration::from_secs(30), sent_at(email)).await??;
         latencies.push(sent.duration_since(started).unwrap_or_default());
     }
@@ -95,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         (0..BURST).map(|i| format!("bench-burst-{i}-{}@example.com", Uuid::new_v4().simple())).collect();
     let started = Instant::now();
     for chunk in emails.chunks(100) {
-        let batch: Vec<_> = chunk.iter().map(|e| Outgoing::event(&exchange, &event(e))).collect();
+        let batch: Vec<_> = chunk.iter().map(|e| Outgoing::event(&exchange, &event(e, &key))).collect();
         publisher.publish(&batch).await?;
     }
     loop {

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tenx_common::admin::{self, Readiness};
+use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
 use tenx_common::db::{self, Db};
-use tenx_common::grpc::GrpcServer;
+use tenx_common::grpc::{self, GrpcServer};
 use tenx_common::metrics::Metrics;
 use tenx_common::outbox::Relay;
 use tenx_common::queue::{Amqp, Consumer, Topology};
 use tenx_common::shutdown::Shutdown;
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -64,6 +66,7 @@ pub struct App {
     deliverer: Arc<Deliverer>,
     webhooks: Arc<Webhooks>,
     grpc: GrpcServer,
+    authenticator: Arc<Authenticator>,
 }
 
 impl std::fmt::Debug for App {
@@ -84,7 +87,7 @@ impl App {
         let db = Arc::new(Db::connect(&settings.database, "tenx-notification", &metrics)?);
         let redis = Redis::connect(&settings.redis)
             .map_err(|e| NotifyError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis), &metrics);
+        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
         let amqp = Amqp::new(&settings.amqp, "tenx-notification");
         let templates =
             Arc::new(Templates::load(settings.templates.dir.as_deref()).map_err(NotifyError::Internal)?);
@@ -95,8 +98,26 @@ impl App {
             Webhooks::new(db.clone(), settings.webhooks.clone(), settings.amqp.max_attempts, &metrics)
                 .map_err(NotifyError::Internal)?,
         );
-        let grpc = GrpcServer::new(settings.telemetry.slow_request(), &metrics);
-        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc })
+        let auth = grpc::connect(&settings.upstreams.auth)
+            .map_err(|e| NotifyError::Internal(format!("upstreams.auth.url: {e}")))?;
+        let authenticator = Arc::new(Authenticator::remote(
+            "notification",
+            &settings.authn,
+            AuthServiceClient::new(auth),
+            Some(redis),
+        ));
+        let grpc = GrpcServer::new(
+            settings.telemetry.slow_request(),
+            &metrics,
+            AuthnLayer::verify(authenticator.clone()),
+        );
+        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc, authenticator })
+    }
+
+    /// The authentication layer's verifier (tests wait for its
+    /// revocation feed before calling).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.authenticator.clone()
     }
 
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, NotifyError> {
@@ -120,6 +141,8 @@ impl App {
                 deliverer: self.deliverer.clone(),
                 webhooks: self.webhooks.clone(),
                 max_attempts: self.settings.amqp.max_attempts,
+                seal: tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose())
+                    .map_err(|e| NotifyError::Internal(format!("codes.seal_key: {e}")))?,
             },
             &self.metrics,
         );
@@ -133,7 +156,11 @@ impl App {
         );
         let stop = shutdown.child();
         tasks.spawn(async move { hooks.run(stop).await });
-        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
+        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
+        tasks.spawn(async move { authenticator.keep_current(stop).await });
+        let authenticator = self.authenticator.clone();
+        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
+            .check("authn", move || std::future::ready(authenticator.ready()));
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         tasks.spawn(async move {
             if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {

@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
+use tenx_common::authn::{self, Principal};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::notification::v1 as pb;
 use tenx_proto::notification::v1::notification_service_server::NotificationService;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -20,8 +20,6 @@ use crate::templates::{CATEGORIES, TemplateError};
 use crate::webhook_api;
 use crate::webhooks::Webhooks;
 
-/// Request metadata with the caller's user id, set by the gateway.
-pub const USER_ID: &str = "x-tenx-user-id";
 const MAX_DATA_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
@@ -36,23 +34,19 @@ impl NotificationApi {
     }
 }
 
-fn caller(metadata: &MetadataMap) -> Result<Uuid, NotifyError> {
-    let raw = metadata
-        .get(USER_ID)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(NotifyError::Unauthenticated("no caller"))?;
-    Uuid::parse_str(raw).map_err(|_| NotifyError::Unauthenticated("no caller"))
+/// The user the call acts for, as the shared authentication layer
+/// verified it (`tenx_common::authn`).
+fn caller(extensions: &tonic::Extensions) -> Result<Uuid, NotifyError> {
+    authn::principal(extensions).and_then(Principal::user_id).ok_or(NotifyError::Unauthenticated("no caller"))
 }
 
-/// Request metadata with the caller's roles (comma-separated), set by the
-/// gateway from the verified identity.
-pub const ROLES: &str = "x-tenx-roles";
-
-/// Webhook administration is for operators: role `admin`.
-fn admin(metadata: &MetadataMap) -> Result<(), NotifyError> {
-    caller(metadata)?;
-    let roles = metadata.get(ROLES).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if roles.split(',').any(|r| r.trim() == "admin") { Ok(()) } else { Err(NotifyError::PermissionDenied) }
+/// Sending and webhook administration are for operators: a service, or a
+/// user whose verified token carries the `admin` role. The access rule
+/// (CALLER_OPERATOR) admitted only those; checked again here so the
+/// handler never relies on wiring alone.
+fn operator(extensions: &tonic::Extensions) -> Result<(), NotifyError> {
+    let principal = authn::principal(extensions).ok_or(NotifyError::Unauthenticated("no caller"))?;
+    if principal.is_operator() { Ok(()) } else { Err(NotifyError::PermissionDenied) }
 }
 
 fn channel_of(field: &'static str, raw: i32) -> Result<pb::Channel, NotifyError> {
@@ -293,6 +287,7 @@ impl NotificationApi {
 #[tonic::async_trait]
 impl NotificationService for NotificationApi {
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+        operator(request.extensions())?;
         Ok(Response::new(NotificationApi::send(self, request.into_inner()).await?))
     }
 
@@ -300,7 +295,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
-        let user = caller(request.metadata())?;
+        let user = caller(request.extensions())?;
         Ok(Response::new(self.list(user, request.into_inner()).await?))
     }
 
@@ -308,7 +303,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let user = caller(request.metadata())?;
+        let user = caller(request.extensions())?;
         Ok(Response::new(NotificationApi::mark_read(self, user, request.into_inner()).await?))
     }
 
@@ -316,7 +311,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::GetPreferencesRequest>,
     ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
-        let user = caller(request.metadata())?;
+        let user = caller(request.extensions())?;
         Ok(Response::new(self.preferences(user).await?))
     }
 
@@ -324,7 +319,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::UpdatePreferencesRequest>,
     ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
-        let user = caller(request.metadata())?;
+        let user = caller(request.extensions())?;
         Ok(Response::new(NotificationApi::update_preferences(self, user, request.into_inner()).await?))
     }
 
@@ -332,7 +327,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::CreateWebhookEndpointRequest>,
     ) -> Result<Response<pb::CreateWebhookEndpointResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         let allow = self.webhooks.allow_private_networks();
         Ok(Response::new(webhook_api::create(&self.webhooks.db, request.into_inner(), allow).await?))
     }
@@ -341,7 +336,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListWebhookEndpointsRequest>,
     ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         Ok(Response::new(webhook_api::list(&self.webhooks.db).await?))
     }
 
@@ -349,7 +344,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::DeleteWebhookEndpointRequest>,
     ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         webhook_api::delete(&self.webhooks.db, request.into_inner()).await?;
         Ok(Response::new(pb::DeleteWebhookEndpointResponse {}))
     }
@@ -358,7 +353,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         Ok(Response::new(webhook_api::rotate(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -366,7 +361,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         Ok(Response::new(webhook_api::deliveries(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -374,7 +369,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         Ok(Response::new(webhook_api::dead_letters(&self.webhooks.db, request.into_inner()).await?))
     }
 
@@ -382,7 +377,7 @@ impl NotificationService for NotificationApi {
         &self,
         request: Request<pb::RedriveDeadLetterRequest>,
     ) -> Result<Response<pb::RedriveDeadLetterResponse>, Status> {
-        admin(request.metadata())?;
+        operator(request.extensions())?;
         webhook_api::redrive(&self.webhooks.db, request.into_inner()).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {}))
     }

@@ -19,6 +19,8 @@ pub struct NotificationSettings {
     pub server: ServerSettings,
     pub database: DbSettings,
     pub redis: RedisSettings,
+    pub upstreams: tenx_common::authn::AuthUpstream,
+    pub authn: tenx_common::authn::AuthnSettings,
     pub amqp: AmqpSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
@@ -29,6 +31,15 @@ pub struct NotificationSettings {
     pub templates: TemplateSettings,
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhookSettings,
+    pub codes: CodeSettings,
+}
+
+/// Settings under `codes.`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeSettings {
+    /// 32 bytes, base64: auth's `codes.seal_key`, which opens the codes in
+    /// its reset and verification events.
+    pub seal_key: tenx_common::config::Secret<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +136,9 @@ impl NotificationSettings {
 impl Validate for NotificationSettings {
     fn validate(&self) -> Result<(), Invalid> {
         self.database.validate()?;
+        self.authn.validate()?;
+        tenx_common::sealed::SealKey::parse(self.codes.seal_key.expose())
+            .map_err(|reason| Invalid::new("codes.seal_key", reason))?;
         self.redis.validate()?;
         self.amqp.validate()?;
         self.telemetry.validate()?;

@@ -192,7 +192,15 @@ mod tests {
         let html = templates.render("welcome", &hostile).expect("renders").html;
         assert!(!html.contains("<a href") && html.contains("&lt;a href="), "{html}");
         let welcome = templates.render("welcome", &data).expect("renders");
-        assert_eq!(welcome.subject, "Welcome to tenx, Ada!");
+        // Subjects carry no user-chosen text (a display name is an
+        // attacker's headline) and no secret (a code would sit in every
+        // mail log and lock-screen preview).
+        assert_eq!(welcome.subject, "Welcome to tenx");
+        let phishing = serde_json::json!({ "email": "a@b.co", "display_name": "Your account is suspended" });
+        assert_eq!(templates.render("welcome", &phishing).expect("renders").subject, "Welcome to tenx");
+        let code = serde_json::json!({ "email": "a@b.co", "code": "ABCD2345", "expires_in_minutes": 30 });
+        let verify = templates.render("verify_email", &code).expect("renders");
+        assert!(!verify.subject.contains("ABCD2345") && verify.text.contains("ABCD2345"));
         assert_eq!(welcome.in_app.map(|(t, _)| t).as_deref(), Some("Welcome to tenx"));
     }
 

@@ -12,6 +12,8 @@ use tenx_proto::billing::v1 as billing;
 use tenx_proto::notification::v1::{Channel, SendRequested};
 use uuid::Uuid;
 
+use tenx_common::sealed::SealKey;
+
 use crate::deliver::{DeliverError, Deliverer, Job};
 use crate::structs::to_json;
 
@@ -23,6 +25,8 @@ pub const BINDINGS: [&str; 3] = ["auth.#", "billing.#", "notification.send_reque
 #[derive(Debug)]
 pub struct Worker {
     pub deliverer: Arc<Deliverer>,
+    /// Opens the codes auth seals (`codes.seal_key`).
+    pub seal: tenx_common::sealed::SealKey,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// `amqp.max_attempts`: tells a retry from a dead letter in metrics.
     pub max_attempts: u32,
@@ -46,8 +50,30 @@ fn no_email(event_type: &str, event: &str, user_id: &str, email: &str) -> bool {
     email.is_empty()
 }
 
+/// The code in a reset or verification event: opened from `sealed` (bound
+/// to `purpose` and the user); an event from an auth older than sealing
+/// carries it plain. One that cannot be opened (the two services'
+/// `codes.seal_key` differ) is a dead letter, to redrive once fixed.
+fn code_of(
+    seal: &SealKey,
+    sealed: &[u8],
+    plain: &str,
+    purpose: &str,
+    user_id: &str,
+) -> Result<String, HandlerError> {
+    if sealed.is_empty() {
+        return Ok(plain.to_owned());
+    }
+    seal.open(sealed, format!("{purpose}:{user_id}").as_bytes())
+        .and_then(|code| String::from_utf8(code).ok())
+        .ok_or_else(|| {
+            HandlerError::Reject("the sealed code does not open: is codes.seal_key auth's?".into())
+        })
+}
+
 /// The job an event asks for, if any.
-fn job_for(message: &Message, last_attempt: bool) -> Result<Option<Job>, HandlerError> {
+#[allow(deprecated)] // reads the plain `code` of events sealed before
+fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Option<Job>, HandlerError> {
     let payload = message.envelope.payload.as_slice();
     let dedupe = message.id().to_owned();
     let job = match message.event_type() {
@@ -65,10 +91,11 @@ fn job_for(message: &Message, last_attempt: bool) -> Result<Option<Job>, Handler
         }
         "auth.email_verification_requested" => {
             let e = auth::EmailVerificationRequested::decode(payload).map_err(reject)?;
+            let code = code_of(seal, &e.sealed_code, &e.code, "verify_email", &e.user_id)?;
             Job {
                 dedupe,
                 user_id: user(&e.user_id)?,
-                data: json!({ "email": e.email, "code": e.code, "expires_in_minutes": e.expires_in_minutes }),
+                data: json!({ "email": e.email, "code": code, "expires_in_minutes": e.expires_in_minutes }),
                 email: e.email,
                 template: "verify_email".into(),
                 channels: vec![Channel::Email],
@@ -77,10 +104,11 @@ fn job_for(message: &Message, last_attempt: bool) -> Result<Option<Job>, Handler
         }
         "auth.password_reset_requested" => {
             let e = auth::PasswordResetRequested::decode(payload).map_err(reject)?;
+            let code = code_of(seal, &e.sealed_code, &e.code, "password_reset", &e.user_id)?;
             Job {
                 dedupe,
                 user_id: user(&e.user_id)?,
-                data: json!({ "email": e.email, "code": e.code, "expires_in_minutes": e.expires_in_minutes }),
+                data: json!({ "email": e.email, "code": code, "expires_in_minutes": e.expires_in_minutes }),
                 email: e.email,
                 template: "password_reset".into(),
                 channels: vec![Channel::Email],
@@ -158,7 +186,9 @@ impl Handler for Worker {
         if message.event_type() != "notification.send_requested" {
             self.webhooks.fan_out(message).await?;
         }
-        let Some(job) = job_for(message, message.attempt >= self.max_attempts)? else { return Ok(()) };
+        let Some(job) = job_for(message, message.attempt >= self.max_attempts, &self.seal)? else {
+            return Ok(());
+        };
         match self.deliverer.deliver(&job).await {
             Ok(()) => Ok(()),
             Err(DeliverError::Template(e)) => Err(HandlerError::Reject(e.to_string())),

@@ -57,6 +57,17 @@ impl ServiceBinary {
         redis: &TestRedis,
         amqp: &TestAmqp,
     ) -> anyhow::Result<()> {
+        self.migrates_serves_and_stops_with(db, redis, amqp, &[]).await
+    }
+
+    /// The same, with more settings (`(variable, value)`), e.g. where auth is.
+    pub async fn migrates_serves_and_stops_with(
+        &self,
+        db: &TestDb,
+        redis: &TestRedis,
+        amqp: &TestAmqp,
+        env: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let (grpc, admin) = (free_port()?, free_port()?);
         for _ in 0..2 {
             let migrated = self.command(db, redis, amqp, grpc, admin).arg("migrate").output()?;
@@ -66,7 +77,8 @@ impl ServiceBinary {
                 String::from_utf8_lossy(&migrated.stderr)
             );
         }
-        let mut server = self.command(db, redis, amqp, grpc, admin).arg("serve").spawn()?;
+        let mut server =
+            self.command(db, redis, amqp, grpc, admin).envs(env.iter().cloned()).arg("serve").spawn()?;
         let url = format!("http://127.0.0.1:{grpc}");
         eventually(Duration::from_secs(20), "the server to answer health checks", || {
             let (url, service) = (url.clone(), self.service.to_owned());
@@ -101,8 +113,11 @@ impl ServiceBinary {
         anyhow::ensure!(services.iter().any(|s| s == self.service), "reflection lists {services:?}");
         let (_, metrics) = http_get(([127, 0, 0, 1], admin).into(), "/metrics").await?;
         anyhow::ensure!(metrics.contains("tenx_grpc_server_requests_total"), "{metrics}");
-        let (status, ready) = http_get(([127, 0, 0, 1], admin).into(), "/readyz").await?;
-        anyhow::ensure!(status == 200 && ready.contains("postgres: ok"), "{status} {ready}");
+        eventually(Duration::from_secs(10), "/readyz to answer 200", || async move {
+            let (status, ready) = http_get(([127, 0, 0, 1], admin).into(), "/readyz").await?;
+            Ok(status == 200 && ready.contains("postgres: ok"))
+        })
+        .await?;
 
         let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status()?;
         anyhow::ensure!(killed.success(), "kill -TERM failed");

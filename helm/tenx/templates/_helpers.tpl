@@ -92,8 +92,10 @@ The config as rendered for the service: values' config plus the OTLP
 endpoint, and each empty `upstreams.<name>.url` filled in with this
 release's <name> Service (`http://<fullname>-<name>:<its gRPC port>`);
 refused when that service is not enabled here. A service that verifies
-auth's tokens (`jwks`) must name auth's issuer and audience, else it would
-reject every token. dict root svc cfg
+auth's tokens (`authn`: the gateway, billing, notification) must name
+auth's issuer and audience, else it would reject every token, and follow
+revocations under auth's Redis key prefix, else it would miss them.
+dict root svc cfg
 */}}
 {{- define "tenx.effectiveConfig" -}}
 {{- $root := .root -}}
@@ -114,13 +116,20 @@ reject every token. dict root svc cfg
 {{- $_ := set $client "url" $url -}}
 {{- end -}}
 {{- end -}}
-{{- with get $config "jwks" -}}
+{{- with get $config "authn" -}}
+{{- $authn := . -}}
 {{- $auth := index $root.Values.services "auth" | default dict -}}
 {{- if $auth.enabled -}}
 {{- range $key := list "issuer" "audience" -}}
 {{- $want := dig "config" "tokens" $key "" $auth -}}
-{{- if ne (toString (get $config.jwks $key)) (toString $want) -}}
-{{- fail (printf "services.%s.config.jwks.%s (%v) differs from services.auth.config.tokens.%s (%v): %s would reject every token" $svc $key (get $config.jwks $key) $key $want $svc) -}}
+{{- if ne (toString (get $authn $key)) (toString $want) -}}
+{{- fail (printf "services.%s.config.authn.%s (%v) differs from services.auth.config.tokens.%s (%v): %s would reject every token" $svc $key (get $authn $key) $key $want $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $authn "revocation_prefix" -}}
+{{- $want := dig "config" "redis" "key_prefix" "" $auth -}}
+{{- if ne (toString $authn.revocation_prefix) (toString $want) -}}
+{{- fail (printf "services.%s.config.authn.revocation_prefix (%v) differs from services.auth.config.redis.key_prefix (%v): %s would miss auth's revocations" $svc $authn.revocation_prefix $want $svc) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -183,13 +192,24 @@ lists inline and maps as inline tables.
 {{- end }}
 {{- end -}}
 
-{{/* Secret keys (dotted) of a service, sorted; dict cfg */}}
+{{/*
+Secret keys (dotted) of a service's own Secret, sorted: its values
+`secrets`, less those it reads from another service's Secret here
+(tenx.foreignSecrets). dict root svc cfg
+*/}}
 {{- define "tenx.secretKeys" -}}
+{{- $foreign := list -}}
+{{- range $f := include "tenx.foreignSecrets" . | fromJsonArray -}}
+{{- $foreign = append $foreign $f.key -}}
+{{- end -}}
 {{- $out := list -}}
 {{- range $section, $keys := .cfg.secrets -}}
 {{- if eq (kindOf $keys) "map" -}}
 {{- range $key, $_ := $keys -}}
-{{- $out = append $out (printf "%s.%s" $section $key) -}}
+{{- $dotted := printf "%s.%s" $section $key -}}
+{{- if not (has $dotted $foreign) -}}
+{{- $out = append $out $dotted -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -205,7 +225,71 @@ lists inline and maps as inline tables.
 ["database.replica_url"]
 {{- end -}}
 
-{{/* Environment of a service container: secrets as TENX_<SVC>__<SECTION>__<KEY>; dict root svc cfg */}}
+{{/*
+The service clients auth knows (its service_clients.<name>), when .svc is
+auth: every other enabled service that calls as itself (has an `authn`
+section), sorted; else empty. Auth reads each one's client secret from
+that service's own Secret (key authn.client_secret), so the value lives in
+one place. dict root svc
+*/}}
+{{- define "tenx.serviceClients" -}}
+{{- $out := list -}}
+{{- if eq .svc "auth" -}}
+{{- range $name, $cfg := .root.Values.services -}}
+{{- if and $cfg.enabled (ne $name "auth") (hasKey ($cfg.config | default dict) "authn") -}}
+{{- $out = append $out $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (sortAlpha $out) -}}
+{{- end -}}
+
+{{/*
+Secret keys one service reads from another's Secret instead of holding a
+copy (the reverse of auth's service clients): service → its key → [the
+service whose Secret holds it, its key there]. notification opens the codes
+auth seals with auth's codes.seal_key. Only while that service is enabled
+in the release; without it the key is the reader's own (its values
+`secrets`, or its existingSecret), and required.
+*/}}
+{{- define "tenx.sharedSecretKeys" -}}
+{"notification": {"codes.seal_key": ["auth", "codes.seal_key"]}}
+{{- end -}}
+
+{{/* The keys of tenx.sharedSecretKeys the service reads, whether or not their owner is here, sorted; dict svc */}}
+{{- define "tenx.sharedKeysOf" -}}
+{{- toJson (keys (get (include "tenx.sharedSecretKeys" . | fromJson) .svc | default dict) | sortAlpha) -}}
+{{- end -}}
+
+{{/*
+What a service reads from other services' Secrets in this release: a list
+of {key, owner, ownerKey}. auth: each service client's
+authn.client_secret as service_clients.<name>; notification: auth's
+codes.seal_key, while auth is enabled (a value in notification's own
+values is then refused: it would be ignored). dict root svc cfg
+*/}}
+{{- define "tenx.foreignSecrets" -}}
+{{- $ctx := . -}}
+{{- $out := list -}}
+{{- range $client := include "tenx.serviceClients" . | fromJsonArray -}}
+{{- $out = append $out (dict "key" (printf "service_clients.%s" $client) "owner" $client "ownerKey" "authn.client_secret") -}}
+{{- end -}}
+{{- $shared := get (include "tenx.sharedSecretKeys" . | fromJson) .svc | default dict -}}
+{{- range $key := keys $shared | sortAlpha -}}
+{{- $src := get $shared $key -}}
+{{- $owner := index $src 0 -}}
+{{- if (index $ctx.root.Values.services $owner | default dict).enabled -}}
+{{- $parts := splitList "." $key -}}
+{{- if dig (first $parts) (last $parts) "" ($ctx.cfg.secrets | default dict) -}}
+{{- fail (printf "services.%s.secrets.%s is set, but %s is in this release: %s reads %s's %s from %s's Secret, so the value lives in one place. Leave it empty (set services.%s.secrets.%s, or put it in %s's existingSecret)" $ctx.svc $key $owner $ctx.svc $owner (index $src 1) $owner $owner (index $src 1) $owner) -}}
+{{- end -}}
+{{- $out = append $out (dict "key" $key "owner" $owner "ownerKey" (index $src 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Environment of a service container: its secrets as TENX_<SVC>__<SECTION>__<KEY> from its own Secret, then those it reads from other services' Secrets (tenx.foreignSecrets); dict root svc cfg */}}
 {{- define "tenx.secretEnv" -}}
 {{- $ctx := . -}}
 {{- $optional := include "tenx.optionalSecretKeys" . | fromJsonArray -}}
@@ -219,11 +303,38 @@ lists inline and maps as inline tables.
       optional: true
       {{- end }}
 {{- end }}
+{{- range $f := include "tenx.foreignSecrets" . | fromJsonArray }}
+- name: {{ printf "TENX_%s__%s" ($ctx.svc | upper) ($f.key | replace "." "__" | upper) }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tenx.secretName" (dict "root" $ctx.root "svc" $f.owner "cfg" (index $ctx.root.Values.services $f.owner)) }}
+      key: {{ $f.ownerKey }}
+{{- end }}
 {{- end -}}
 
-{{/* Checksum of what a pod reads at start, so a change rolls the pods. */}}
+{{/* Checksum of what a pod reads at start, so a change rolls the pods: its config, its secrets, and where (and, from values, what) it reads from other services' Secrets (auth: its service clients' secrets; notification: auth's seal key). */}}
 {{- define "tenx.configChecksum" -}}
-{{- printf "%s|%s" (include "tenx.effectiveConfig" .) (toJson .cfg.secrets) | sha256sum -}}
+{{- $foreign := dict -}}
+{{- range $f := include "tenx.foreignSecrets" . | fromJsonArray -}}
+{{- $secrets := (index $.root.Values.services $f.owner).secrets -}}
+{{- $parts := splitList "." $f.ownerKey -}}
+{{- $_ := set $foreign $f.key (list $f.owner $secrets.existingSecret (dig (first $parts) (last $parts) "" $secrets)) -}}
+{{- end -}}
+{{- printf "%s|%s|%s" (include "tenx.effectiveConfig" .) (toJson .cfg.secrets) (toJson $foreign) | sha256sum -}}
+{{- end -}}
+
+{{/*
+Behind an Ingress or a Gateway API route the public service sees the
+proxy's address; with http.forwarded_hops 0 every client would share one
+rate limit (anonymous routes: per IP). Fails the render then. The routes
+call it once they know the public service; dict root svc cfg via (the
+values that route: "ingress", "httpRoute")
+*/}}
+{{- define "tenx.checkForwardedHops" -}}
+{{- $http := dig "http" dict .cfg.config -}}
+{{- if and (hasKey $http "forwarded_hops") (eq (int $http.forwarded_hops) 0) -}}
+{{- fail (printf "%s sends clients to %s through a proxy, but services.%s.config.http.forwarded_hops is 0: every client would have the proxy's address and share one rate limit. Set services.%s.config.http.forwarded_hops to the number of proxies that append to X-Forwarded-For (usually 1)" .via .svc .svc .svc) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The pod-level pieces shared by the Deployment and the migration Job; dict root svc cfg */}}

@@ -25,11 +25,21 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
     let stored: Vec<u8> = auth.sql().await?.query_one("SELECT secret_hash FROM api_keys", &[]).await?.get(0);
     assert_ne!(stored, made.secret.as_bytes());
 
+    // Resolving keys is for services (whose shared authentication layer
+    // asks): a user, or the key itself, may not use it as an oracle.
+    let service = auth.service_token().await?;
+    let resolve = |secret: &str, credential: &str| {
+        authed(credential, pb::AuthenticateApiKeyRequest { secret: secret.to_owned() })
+    };
+    let by_user = client.authenticate_api_key(resolve(&made.secret, &token)).await;
+    assert_eq!(by_user.expect_err("a user").code(), Code::PermissionDenied);
+    let by_key = client.authenticate_api_key(resolve(&made.secret, &made.secret)).await;
+    assert_eq!(by_key.expect_err("a key").code(), Code::PermissionDenied);
+    let anonymous =
+        client.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: made.secret.clone() });
+    assert_eq!(anonymous.await.expect_err("no credential").code(), Code::Unauthenticated);
     for _ in 0..2 {
-        let who = client
-            .authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: made.secret.clone() })
-            .await?
-            .into_inner();
+        let who = client.authenticate_api_key(resolve(&made.secret, &service)).await?.into_inner();
         assert_eq!(Some(who.user_id), created.user.as_ref().map(|u| u.id.clone()));
         assert_eq!(who.api_key_id, key.id);
     }
@@ -38,11 +48,9 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
     assert!(listed.iter().all(|k| k.prefix.len() == 12));
 
     client.revoke_api_key(authed(&token, pb::RevokeApiKeyRequest { api_key_id: key.id.clone() })).await?;
-    let refused =
-        client.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: made.secret.clone() }).await;
+    let refused = client.authenticate_api_key(resolve(&made.secret, &service)).await;
     assert_eq!(refused.expect_err("revoked").code(), Code::Unauthenticated);
-    let guessed =
-        client.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: "tenx_sk_guess".into() }).await;
+    let guessed = client.authenticate_api_key(resolve("tenx_sk_guess", &service)).await;
     assert_eq!(guessed.expect_err("unknown").code(), Code::Unauthenticated);
     assert!(
         client
@@ -52,5 +60,32 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
             .api_keys
             .is_empty()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_holds_at_most_max_per_user_live_keys_even_when_creating_them_at_once() -> anyhow::Result<()> {
+    let mut auth = TestAuth::start().await?;
+    let mut settings = auth.settings.clone();
+    settings.api_keys.max_per_user = 3;
+    let capped = auth.start_instance_with(settings).await?;
+    let mut client = auth.client(capped).await?;
+    let token = access(&sign_up(&mut client, &unique_email()).await?);
+    let create = || pb::CreateApiKeyRequest { name: "k".into(), scopes: vec![], expires_in_days: 0 };
+    let attempts = (0..8).map(|_| {
+        let (mut client, token) = (client.clone(), token.clone());
+        async move { client.create_api_key(authed(&token, create())).await }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let made: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(made.len(), 3, "three of eight concurrent creations");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    // Revoking one frees a place.
+    let id = made[0].get_ref().api_key.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+    client.revoke_api_key(authed(&token, pb::RevokeApiKeyRequest { api_key_id: id })).await?;
+    client.create_api_key(authed(&token, create())).await?;
+    assert_eq!(auth.count("api_keys WHERE revoked_at IS NULL").await?, 3);
     Ok(())
 }

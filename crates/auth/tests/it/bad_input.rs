@@ -45,6 +45,7 @@ async fn bad_input_to_every_rpc_is_refused_with_the_field_named_and_changes_noth
     let mut c = auth.client(0).await?;
     let created = sign_up(&mut c, &unique_email()).await?;
     let token = access(&created);
+    let service = auth.service_token().await?;
     let before = snapshot(&auth).await?;
 
     let huge = "x".repeat(100_000);
@@ -173,12 +174,13 @@ async fn bad_input_to_every_rpc_is_refused_with_the_field_named_and_changes_noth
     );
     invalid(
         "AuthenticateApiKey empty",
-        c.authenticate_api_key(pb::AuthenticateApiKeyRequest::default()).await,
+        c.authenticate_api_key(authed(&service, pb::AuthenticateApiKeyRequest::default())).await,
         "secret",
     );
     invalid(
         "AuthenticateApiKey huge",
-        c.authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: huge.clone() }).await,
+        c.authenticate_api_key(authed(&service, pb::AuthenticateApiKeyRequest { secret: huge.clone() }))
+            .await,
         "secret",
     );
     let avatar = |content_type: &str, data: Vec<u8>| pb::UploadAvatarRequest {

@@ -9,5 +9,6 @@ mod bad_input;
 mod binary;
 mod codes;
 mod events;
+mod roles;
 mod sessions;
 mod support;

@@ -1,5 +1,6 @@
 //! Starting auth instances for a test, and calling them.
 
+use prost::Message as _;
 use tenx_auth::{App, AuthSettings, Running};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
@@ -32,8 +33,9 @@ impl TestAuth {
         })
         .await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
-        let settings =
+        let mut settings =
             AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
+        settings.service_clients.insert("billing".into(), SERVICE_SECRET.to_owned().into());
         let topology = Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
         amqp.track(topology.queue_names(), topology.exchange_names());
         let mut auth =
@@ -59,6 +61,13 @@ impl TestAuth {
         Ok(AuthServiceClient::new(Channel::from_shared(url)?.connect().await?))
     }
 
+    /// A service token for `billing` (a configured service client).
+    pub async fn service_token(&self) -> anyhow::Result<String> {
+        let request =
+            pb::IssueServiceTokenRequest { service: "billing".into(), secret: SERVICE_SECRET.into() };
+        Ok(self.client(0).await?.issue_service_token(request).await?.into_inner().access_token)
+    }
+
     /// A raw connection to the test database's primary.
     pub async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.db.primary_url(), tokio_postgres::NoTls).await?;
@@ -67,8 +76,8 @@ impl TestAuth {
         Ok(client)
     }
 
-    /// The newest outbox event of `event_type`, decoded.
-    pub async fn last_event<M: prost::Message + Default>(&self, event_type: &str) -> anyhow::Result<M> {
+    /// The newest outbox event of `event_type`, as stored.
+    pub async fn last_payload(&self, event_type: &str) -> anyhow::Result<Vec<u8>> {
         let row = self
             .sql()
             .await?
@@ -77,7 +86,39 @@ impl TestAuth {
                 &[&event_type],
             )
             .await?;
-        Ok(M::decode(row.get::<_, Vec<u8>>(0).as_slice())?)
+        Ok(row.get(0))
+    }
+
+    /// The newest outbox event of `event_type`, decoded.
+    pub async fn last_event<M: prost::Message + Default>(&self, event_type: &str) -> anyhow::Result<M> {
+        Ok(M::decode(self.last_payload(event_type).await?.as_slice())?)
+    }
+
+    /// The code in the newest `event_type` event (reset or verification),
+    /// opened as notification opens it; and that it is nowhere in the
+    /// stored event in plaintext.
+    pub async fn last_code(&self, event_type: &str) -> anyhow::Result<String> {
+        let payload = self.last_payload(event_type).await?;
+        let (user_id, sealed, purpose) = match event_type {
+            "auth.password_reset_requested" => {
+                let e = pb::PasswordResetRequested::decode(payload.as_slice())?;
+                (e.user_id, e.sealed_code, "password_reset")
+            }
+            _ => {
+                let e = pb::EmailVerificationRequested::decode(payload.as_slice())?;
+                (e.user_id, e.sealed_code, "verify_email")
+            }
+        };
+        let key = tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose())
+            .map_err(anyhow::Error::msg)?;
+        let code = key
+            .open(&sealed, format!("{purpose}:{user_id}").as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the sealed code does not open"))?;
+        anyhow::ensure!(
+            !payload.windows(code.len()).any(|w| w == code.as_slice()),
+            "the code is in plaintext"
+        );
+        Ok(String::from_utf8(code)?)
     }
 
     /// Rows in `table` (to show a bad request changed nothing).
@@ -93,6 +134,9 @@ impl Drop for TestAuth {
 }
 
 pub const PASSWORD: &str = "correct horse battery";
+
+/// The client secret of the `billing` service client in these tests.
+pub const SERVICE_SECRET: &str = "auth-tests-billing-client-secret-0123456789";
 
 /// Signs up `email`; returns the response.
 pub async fn sign_up(client: &mut Client, email: &str) -> anyhow::Result<pb::SignUpResponse> {

@@ -23,7 +23,14 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
     )?;
     let topology = tenx_billing::app::customers_topology(&settings);
     amqp.track(topology.queue_names(), topology.exchange_names());
-    BILLING.migrates_serves_and_stops(&db, &redis, &amqp).await
+    // Every call is verified with auth's keys: a real auth beside it.
+    let auth = tenx_auth::testing::TestAuth::start().await?;
+    let env = [
+        ("TENX_BILLING__UPSTREAMS__AUTH__URL".to_owned(), auth.url()),
+        ("TENX_BILLING__AUTHN__CLIENT_SECRET".to_owned(), tenx_auth::testing::client_secret("billing")),
+        ("TENX_BILLING__AUTHN__REVOCATION_PREFIX".to_owned(), auth.redis.prefix().to_owned()),
+    ];
+    BILLING.migrates_serves_and_stops_with(&db, &redis, &amqp, &env).await
 }
 
 #[test]

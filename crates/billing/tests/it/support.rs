@@ -1,9 +1,11 @@
-//! A test's own billing deployment, a clock it controls, and calls made as
-//! the gateway makes them (caller and roles in metadata).
+//! A test's own billing deployment (with a real auth beside it, whose keys
+//! sign the callers' tokens), a clock it controls, and calls made as the
+//! gateway makes them: the caller's own credential in `authorization`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tenx_auth::testing::TestAuth;
 use tenx_billing::clock::ManualClock;
 use tenx_billing::{App, BillingSettings, Running};
 use tenx_common::metrics::Metrics;
@@ -20,6 +22,8 @@ pub use tenx_test_support::eventually;
 pub type Client = BillingServiceClient<Channel>;
 
 pub struct TestBilling {
+    /// The auth whose keys sign the callers' tokens; runs as long as billing.
+    _auth: TestAuth,
     pub db: TestDb,
     _redis: TestRedis,
     _amqp: TestAmqp,
@@ -55,9 +59,11 @@ impl TestBilling {
             },
         )
         .await?;
+        let auth = TestAuth::start().await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
-        let settings =
+        let mut settings =
             BillingSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
+        auth.configure("billing", &mut settings.upstreams.auth, &mut settings.authn);
         let topology = tenx_billing::app::customers_topology(&settings);
         amqp.track(topology.queue_names(), topology.exchange_names());
         let broker = Amqp::new(&settings.amqp, "test-declare");
@@ -66,14 +72,27 @@ impl TestBilling {
         let clock = ManualClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600));
         let shutdown = Shutdown::new();
         // Tests run due jobs themselves, after moving the clock.
-        let mut settings = settings;
         settings.scheduler.enabled = false;
         tune(&mut settings);
         let app =
             App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone())).await?;
         let scheduler = app.scheduler();
+        let authenticator = app.authenticator();
         let running = app.spawn(shutdown.child()).await?;
-        Ok(Self { db, _redis: redis, _amqp: amqp, settings, clock, shutdown, running, scheduler })
+        // Calls made before billing follows auth's revocations would ask
+        // auth about sessions that exist only in these tests' tokens.
+        authenticator.revocations().synced().await;
+        Ok(Self {
+            _auth: auth,
+            db,
+            _redis: redis,
+            _amqp: amqp,
+            settings,
+            clock,
+            shutdown,
+            running,
+            scheduler,
+        })
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
@@ -123,13 +142,18 @@ impl Drop for TestBilling {
     }
 }
 
-/// `message` as sent by the gateway for `user`.
-pub fn as_user<T>(user: Uuid, message: T) -> tonic::Request<T> {
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Ok(v) = user.to_string().parse() {
-        request.metadata_mut().insert("x-tenx-user-id", v);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", v);
     }
     request
+}
+
+/// `message` as a client of `user` sends it (their access token).
+pub fn as_user<T>(user: Uuid, message: T) -> tonic::Request<T> {
+    bearer(&tenx_auth::testing::user_token(user, &[]), message)
 }
 
 /// `message` as sent for `user` with an idempotency key.
@@ -141,13 +165,9 @@ pub fn keyed<T>(user: Uuid, key: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-/// `message` for an operator with the admin role.
+/// `message` for an operator: a user whose token carries the admin role.
 pub fn as_admin<T>(user: Uuid, message: T) -> tonic::Request<T> {
-    let mut request = as_user(user, message);
-    request
-        .metadata_mut()
-        .insert("x-tenx-roles", tonic::metadata::MetadataValue::from_static("support,admin"));
-    request
+    bearer(&tenx_auth::testing::user_token(user, &["support", "admin"]), message)
 }
 
 /// The ErrorInfo reason of a refused call.

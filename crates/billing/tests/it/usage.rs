@@ -148,8 +148,7 @@ async fn duplicates_conflicts_and_bad_usage_are_told_apart_and_change_nothing() 
     future.get_mut().records[0].timestamp =
         Some((tenx_billing::clock::Clock::now(&billing.clock) + Duration::from_secs(3600)).into());
     assert_eq!(client.record_usage(future).await.expect_err("future").code(), Code::InvalidArgument);
-    let mut not_admin = usage(&billing, &sub, &[("n", 1)]);
-    not_admin.metadata_mut().remove("x-tenx-roles");
+    let not_admin = as_user(user, usage(&billing, &sub, &[("n", 1)]).into_inner());
     assert_eq!(client.record_usage(not_admin).await.expect_err("customer").code(), Code::PermissionDenied);
     let unknown = client.record_usage(usage(&billing, &Uuid::now_v7().to_string(), &[("u", 1)])).await;
     assert_eq!(unknown.expect_err("unknown").code(), Code::NotFound);

@@ -141,6 +141,12 @@ impl Redis {
         result
     }
 
+    /// The same connection with keys under another prefix (another
+    /// service's keys in a shared Redis: auth's revocations).
+    pub fn with_prefix(&self, prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned(), ..self.clone() }
+    }
+
     /// `key` with this handle's prefix.
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

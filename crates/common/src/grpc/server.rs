@@ -13,6 +13,7 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
 use super::RpcLayer;
+use crate::authn::AuthnLayer;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -44,8 +45,9 @@ impl ServerSettings {
     }
 }
 
-/// The router every service adds its own API to.
-pub type ServiceRouter = Router<Stack<RpcLayer, Identity>>;
+/// The router every service adds its own API to: the RPC span and metrics
+/// outside, so refusals are counted, then authentication.
+pub type ServiceRouter = Router<Stack<AuthnLayer, Stack<RpcLayer, Identity>>>;
 
 /// Builds and runs one service's gRPC server.
 #[derive(Clone)]
@@ -53,6 +55,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     layer: RpcLayer,
+    authn: AuthnLayer,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -62,12 +65,14 @@ impl std::fmt::Debug for GrpcServer {
 }
 
 impl GrpcServer {
-    pub fn new(slow_request: Duration, metrics: &Metrics) -> Self {
+    /// `authn` guards every tenx RPC the server will serve
+    /// ([`AuthnLayer::verify`] for a service's API).
+    pub fn new(slow_request: Duration, metrics: &Metrics, authn: AuthnLayer) -> Self {
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        Self { health, health_service, layer: RpcLayer::new(slow_request, metrics) }
+        Self { health, health_service, layer: RpcLayer::new(slow_request, metrics), authn }
     }
 
     /// The health reporter, to flip a service's status (e.g. while a
@@ -89,6 +94,7 @@ impl GrpcServer {
         let v1alpha = reflection().build_v1alpha().ok();
         tonic::transport::Server::builder()
             .layer(self.layer.clone())
+            .layer(self.authn.clone())
             .add_service(self.health_service.clone())
             .add_optional_service(v1)
             .add_optional_service(v1alpha)
@@ -125,7 +131,11 @@ impl GrpcServer {
         });
         let routes = tonic::service::Routes::from(routes.into_axum_router().fallback_service(fallback));
         // HTTP/1.1 too: gRPC-Web clients (browsers) speak it.
-        tonic::transport::Server::builder().accept_http1(true).layer(self.layer.clone()).add_routes(routes)
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(self.layer.clone())
+            .layer(self.authn.clone())
+            .add_routes(routes)
     }
 
     /// Binds `addr` (port 0 picks a free port), then serves in the

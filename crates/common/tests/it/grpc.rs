@@ -26,7 +26,7 @@ fn settings(addr: std::net::SocketAddr) -> ServerSettings {
 #[tokio::test]
 async fn serves_health_and_reflection_and_reports_not_serving_while_it_shuts_down() -> anyhow::Result<()> {
     let metrics = Metrics::default();
-    let server = GrpcServer::new(Duration::from_secs(1), &metrics);
+    let server = GrpcServer::new(Duration::from_secs(1), &metrics, tenx_common::authn::AuthnLayer::no_api());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
@@ -155,7 +155,8 @@ async fn several_components_on_one_registry_render_each_metric_family_once() -> 
             name,
             &metrics,
         )?;
-        let _server = GrpcServer::new(Duration::from_secs(1), &metrics);
+        let _server =
+            GrpcServer::new(Duration::from_secs(1), &metrics, tenx_common::authn::AuthnLayer::no_api());
     }
     let rendered = metrics.render();
     let mut types: Vec<&str> = rendered.lines().filter(|l| l.starts_with("# TYPE")).collect();

@@ -89,7 +89,7 @@ async fn one_trace_spans_grpc_metadata_and_amqp_headers_and_reaches_an_otlp_rece
 
     // A gRPC server, and the outbox → RabbitMQ → consumer path.
     let (metrics, shutdown) = (Metrics::default(), Shutdown::new());
-    let server = GrpcServer::new(settings.slow_request(), &metrics);
+    let server = GrpcServer::new(settings.slow_request(), &metrics, tenx_common::authn::AuthnLayer::no_api());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server_settings =

@@ -141,7 +141,7 @@ async fn when_auth_keys_cannot_be_fetched_tokens_get_503_not_401() -> anyhow::Re
     let proxy = ChaosProxy::start(platform.auth.grpc_addr).await?;
     let mut settings = platform.gateway_settings()?;
     settings.upstreams.auth.url = format!("http://{}", proxy.addr());
-    settings.jwks.min_refetch_seconds = 0;
+    settings.authn.min_refetch_seconds = 0;
     let gw = platform.gateway_with(settings.clone()).await?;
     let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
 
@@ -188,7 +188,7 @@ async fn an_api_key_works_like_a_token_and_client_identity_headers_are_ignored()
     let mut auth = AuthServiceClient::connect(format!("http://{}", platform.auth.grpc_addr)).await?;
     let mut create = tonic::Request::new(pb::CreateApiKeyRequest {
         name: "ci".into(),
-        scopes: vec![],
+        scopes: vec!["profile:read".into(), "notifications:read".into()],
         expires_in_days: 0,
     });
     create.metadata_mut().insert("authorization", bearer(&token_a).parse()?);
@@ -196,6 +196,13 @@ async fn an_api_key_works_like_a_token_and_client_identity_headers_are_ignored()
     let me = send(gw.http_addr, "GET", "/v1/me", &[("authorization", &bearer(&secret))], None).await?;
     assert_eq!(me.status, 200, "{}", me.text);
     assert_eq!(me.json["user"]["id"], user_a.as_str());
+    // Only within its scopes: no profile writes, no billing.
+    for (method, path, body) in
+        [("PATCH", "/v1/me", Some(r#"{"display_name":"Mallory"}"#)), ("GET", "/v1/billing/customer", None)]
+    {
+        let refused = send(gw.http_addr, method, path, &[("authorization", &bearer(&secret))], body).await?;
+        assert_eq!((refused.status, refused.error_code().as_str()), (403, "permission_denied"), "{path}");
+    }
     let bad =
         send(gw.http_addr, "GET", "/v1/me", &[("authorization", "Bearer tenx_sk_not-a-key")], None).await?;
     assert_eq!((bad.status, bad.error_code().as_str()), (401, "unauthenticated"));

@@ -2,6 +2,7 @@
 //! loopback (real Postgres, Redis, RabbitMQ), the gateway in front, and
 //! real HTTP and gRPC clients.
 
+mod attacks;
 mod auth_offload;
 mod billing;
 mod e2e;

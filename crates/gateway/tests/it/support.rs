@@ -73,14 +73,19 @@ impl Platform {
             redis[0].prefix(),
             amqp.prefix(),
         )?;
+        for service in tenx_auth::testing::SERVICES {
+            auth_settings
+                .service_clients
+                .insert(service.to_owned(), tenx_auth::testing::client_secret(service).into());
+        }
         tune(&mut auth_settings);
-        let notify_settings = NotificationSettings::isolated(
+        let mut notify_settings = NotificationSettings::isolated(
             &notify_db.primary_url(),
             &notify_db.replica_url(),
             redis[1].prefix(),
             amqp.prefix(),
         )?;
-        let billing_settings = BillingSettings::isolated(
+        let mut billing_settings = BillingSettings::isolated(
             &billing_db.primary_url(),
             &billing_db.replica_url(),
             redis[3].prefix(),
@@ -103,6 +108,17 @@ impl Platform {
             .await?
             .spawn(shutdown.child())
             .await?;
+        // Every service verifies each call with auth's keys and follows
+        // its revocations (in auth's Redis prefix).
+        let auth_url = format!("http://{}", auth.grpc_addr);
+        for (service, upstream, authn) in [
+            ("notification", &mut notify_settings.upstreams.auth, &mut notify_settings.authn),
+            ("billing", &mut billing_settings.upstreams.auth, &mut billing_settings.authn),
+        ] {
+            upstream.url = auth_url.clone();
+            authn.client_secret = tenx_auth::testing::client_secret(service).into();
+            authn.revocation_prefix = auth_settings.redis.key_prefix.clone();
+        }
         let notification = tenx_notification::App::build(notify_settings, Metrics::default())
             .await?
             .spawn(shutdown.child())
@@ -129,14 +145,22 @@ impl Platform {
         })
     }
 
+    /// notification's database (to show a refused call wrote nothing).
+    pub fn notify_db_url(&self) -> String {
+        self._notify_db.primary_url()
+    }
+
     /// Gateway settings pointing at this platform.
     pub fn gateway_settings(&self) -> anyhow::Result<GatewaySettings> {
-        Ok(GatewaySettings::isolated(
+        let mut settings = GatewaySettings::isolated(
             &format!("http://{}", self.auth.grpc_addr),
             &format!("http://{}", self.notification.grpc_addr),
             &format!("http://{}", self.billing.grpc_addr),
             &self.gateway_prefix,
-        )?)
+        )?;
+        settings.authn.client_secret = tenx_auth::testing::client_secret("gateway").into();
+        settings.authn.revocation_prefix = self.auth_settings.redis.key_prefix.clone();
+        Ok(settings)
     }
 
     pub async fn gateway(&self) -> anyhow::Result<tenx_gateway::Running> {

@@ -26,7 +26,17 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
     {
         amqp.track(topology.queue_names(), topology.exchange_names());
     }
-    NOTIFICATION.migrates_serves_and_stops(&db, &redis, &amqp).await
+    // Every call is verified with auth's keys: a real auth beside it.
+    let auth = tenx_auth::testing::TestAuth::start().await?;
+    let env = [
+        ("TENX_NOTIFICATION__UPSTREAMS__AUTH__URL".to_owned(), auth.url()),
+        (
+            "TENX_NOTIFICATION__AUTHN__CLIENT_SECRET".to_owned(),
+            tenx_auth::testing::client_secret("notification"),
+        ),
+        ("TENX_NOTIFICATION__AUTHN__REVOCATION_PREFIX".to_owned(), auth.redis.prefix().to_owned()),
+    ];
+    NOTIFICATION.migrates_serves_and_stops_with(&db, &redis, &amqp, &env).await
 }
 
 #[test]

@@ -26,7 +26,7 @@ async fn a_signup_event_delivered_twice_sends_one_welcome_email_and_one_in_app_i
 
     let mails = wait_for_mails(&email, 1).await?;
     assert_eq!(mails.len(), 1, "exactly one welcome email");
-    assert_eq!(subject(&mails[0]), "Welcome to tenx, Ada!");
+    assert_eq!(subject(&mails[0]), "Welcome to tenx");
     assert!(mails[0].contains("Your tenx account for") && mails[0].contains(&email), "{}", mails[0]);
     assert!(mails[0].contains("text/html"), "a text and an HTML part");
 
@@ -53,12 +53,7 @@ async fn with_the_first_relay_down_the_email_goes_through_the_second() -> anyhow
     ];
     let notify = notify.start().await?;
     let (user, email) = (Uuid::now_v7(), unique_email());
-    let event = auth::PasswordResetRequested {
-        user_id: user.to_string(),
-        email: email.clone(),
-        code: "ABCD2345".into(),
-        expires_in_minutes: 30,
-    };
+    let event = notify.reset_event(user, &email, "ABCD2345");
     notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &event).await?;
 
     let mails = wait_for_mails(&email, 1).await?;
@@ -83,12 +78,7 @@ async fn a_relay_that_requires_tls_gets_starttls_and_one_without_it_is_skipped()
     notify.settings.smtp.ca_file = Some(smtp_test_ca());
     let notify = notify.start().await?;
     let (user, email) = (Uuid::now_v7(), unique_email());
-    let event = auth::PasswordResetRequested {
-        user_id: user.to_string(),
-        email: email.clone(),
-        code: "TLSC0DE9".into(),
-        expires_in_minutes: 30,
-    };
+    let event = notify.reset_event(user, &email, "TLSC0DE9");
     notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &event).await?;
 
     let mails = wait_for_mails(&email, 1).await?;
@@ -164,12 +154,7 @@ async fn a_muted_category_is_not_emailed_but_a_critical_one_is() -> anyhow::Resu
     let welcome =
         auth::UserSignedUp { user_id: user.to_string(), email: email.clone(), display_name: "Ada".into() };
     notify.publish(&Uuid::now_v7().to_string(), "auth.user.signed_up", &welcome).await?;
-    let reset = auth::PasswordResetRequested {
-        user_id: user.to_string(),
-        email: email.clone(),
-        code: "WXYZ2345".into(),
-        expires_in_minutes: 30,
-    };
+    let reset = notify.reset_event(user, &email, "WXYZ2345");
     notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &reset).await?;
 
     let mails = wait_for_mails(&email, 1).await?;
@@ -292,5 +277,43 @@ async fn a_consumer_whose_channel_dies_mid_message_gets_it_again_and_sends_once(
         (row.get(0), row.get(1))
     };
     assert_eq!((status.as_str(), attempts), ("sent", 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_code_opens_only_with_auths_key_and_an_unsealed_one_from_an_older_auth_still_goes_out()
+-> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    // Sealed with another key (auth and notification disagree): a dead
+    // letter, kept sealed for a redrive once the keys agree; no email.
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let other = tenx_common::sealed::SealKey::parse("b3RoZXItZGV2ZWxvcG1lbnQta2V5LTMyLWJ5dGVzISE=")
+        .map_err(anyhow::Error::msg)?;
+    let mut forged = notify.reset_event(user, &email, "ABCD2345");
+    forged.sealed_code = other.seal(b"ABCD2345", format!("password_reset:{user}").as_bytes());
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &forged).await?;
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let queue = tenx_notification::app::topology(&notify.settings).queue;
+    let dead = format!("tenx_queue_messages_total{{queue=\"{queue}\",outcome=\"dead_lettered\"}} 1");
+    crate::support::eventually(Duration::from_secs(10), "the unopenable event dead-lettered", || async {
+        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+        Ok(metrics.lines().any(|l| l == dead))
+    })
+    .await?;
+    assert!(crate::support::mails_to(&email)?.is_empty(), "no email with a code nobody could read");
+
+    // An event written before sealing existed carries its code plain.
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    #[allow(deprecated)]
+    let legacy = auth::PasswordResetRequested {
+        user_id: user.to_string(),
+        email: email.clone(),
+        code: "LEGACY23".into(),
+        expires_in_minutes: 30,
+        ..Default::default()
+    };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &legacy).await?;
+    assert!(wait_for_mails(&email, 1).await?[0].contains("LEGACY23"));
     Ok(())
 }

@@ -39,7 +39,7 @@ async fn send_is_idempotent_by_key_and_refuses_a_reused_key_with_another_request
     assert_eq!(first.channels.len(), 2);
     let mails = wait_for_mails(&email, 1).await?;
     assert_eq!(mails.len(), 1);
-    assert_eq!(subject(&mails[0]), "Welcome to tenx, Grace!");
+    assert_eq!(subject(&mails[0]), "Welcome to tenx");
 
     let mut other = send(user, &email, "k1");
     other.template = "password_changed".into();
@@ -199,9 +199,11 @@ async fn bad_input_to_every_rpc_is_refused_and_changes_nothing() -> anyhow::Resu
         .await,
         "preferences",
     );
+    let mut anonymous = notify.anonymous_client().await?;
     for call in [
-        c.list_notifications(pb::ListNotificationsRequest::default()).await.map(|_| ()),
-        c.get_preferences(pb::GetPreferencesRequest {}).await.map(|_| ()),
+        anonymous.list_notifications(pb::ListNotificationsRequest::default()).await.map(|_| ()),
+        anonymous.get_preferences(pb::GetPreferencesRequest {}).await.map(|_| ()),
+        anonymous.send(send(user, &email, "anonymous")).await.map(|_| ()),
     ] {
         assert_eq!(call.expect_err("no caller").code(), Code::Unauthenticated);
     }

@@ -3,37 +3,42 @@
 
 use std::time::Duration;
 
+use tenx_auth::testing::TestAuth;
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Outgoing, Publisher};
 use tenx_common::shutdown::Shutdown;
 use tenx_notification::settings::{RelaySettingsSmtp, SmtpTls};
 use tenx_notification::{App, NotificationSettings, Running};
+use tenx_proto::auth::v1 as auth;
 use tenx_proto::events::v1::Envelope;
 use tenx_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Client = NotificationServiceClient<Channel>;
-pub type AdminClient = NotificationServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-    >,
->;
+/// A client whose calls carry a credential unless the request has its own.
+pub type Client = NotificationServiceClient<InterceptedService<Channel, Bearer>>;
+pub type AdminClient = Client;
 
-/// What the gateway adds for an operator with the admin role.
-fn as_admin(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    request.metadata_mut().insert(
-        "x-tenx-user-id",
-        tonic::metadata::MetadataValue::from_static("00000000-0000-7000-8000-000000000001"),
-    );
-    request
-        .metadata_mut()
-        .insert("x-tenx-roles", tonic::metadata::MetadataValue::from_static("support,admin"));
-    Ok(request)
+/// Adds `authorization: Bearer <token>` to calls that carry none.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0
+            && !request.metadata().contains_key("authorization")
+        {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 pub struct TestNotify {
+    pub auth: TestAuth,
     pub db: TestDb,
     _redis: TestRedis,
     _amqp: TestAmqp,
@@ -55,19 +60,21 @@ impl TestNotify {
             },
         )
         .await?;
+        let auth = TestAuth::start().await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
-        let settings = NotificationSettings::isolated(
+        let mut settings = NotificationSettings::isolated(
             &db.primary_url(),
             &db.replica_url(),
             redis.prefix(),
             amqp.prefix(),
         )?;
+        auth.configure("notification", &mut settings.upstreams.auth, &mut settings.authn);
         for topology in
             [tenx_notification::app::topology(&settings), tenx_notification::app::webhook_topology(&settings)]
         {
             amqp.track(topology.queue_names(), topology.exchange_names());
         }
-        Ok(Self { db, _redis: redis, _amqp: amqp, settings, shutdown: Shutdown::new(), running: None })
+        Ok(Self { auth, db, _redis: redis, _amqp: amqp, settings, shutdown: Shutdown::new(), running: None })
     }
 
     /// Declares the queues, then starts the service.
@@ -77,23 +84,52 @@ impl TestNotify {
         tenx_notification::app::topology(&self.settings).declare(&channel).await?;
         tenx_notification::app::webhook_topology(&self.settings).declare(&channel).await?;
         let app = App::build(self.settings.clone(), Metrics::default()).await?;
+        let authenticator = app.authenticator();
         self.running = Some(app.spawn(self.shutdown.child()).await?);
+        // Tokens minted for tests name sessions only they know: call once
+        // notification follows auth's revocations (else it would ask auth).
+        authenticator.revocations().synced().await;
         Ok(self)
     }
 
-    pub async fn client(&self) -> anyhow::Result<Client> {
-        let addr =
-            self.running.as_ref().map(|r| r.grpc_addr).ok_or_else(|| anyhow::anyhow!("not started"))?;
-        Ok(NotificationServiceClient::new(Channel::from_shared(format!("http://{addr}"))?.connect().await?))
-    }
-
-    /// A client whose calls carry an operator's identity with role `admin`.
-    pub async fn admin_client(&self) -> anyhow::Result<AdminClient> {
+    async fn client_with(&self, token: Option<String>) -> anyhow::Result<Client> {
         let addr =
             self.running.as_ref().map(|r| r.grpc_addr).ok_or_else(|| anyhow::anyhow!("not started"))?;
         let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-        let interceptor: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = as_admin;
-        Ok(NotificationServiceClient::with_interceptor(channel, interceptor))
+        let bearer = token.map(|t| format!("Bearer {t}").parse()).transpose()?;
+        Ok(NotificationServiceClient::with_interceptor(channel, Bearer(bearer)))
+    }
+
+    /// A client that calls as another service (billing, which sends the
+    /// platform's own notifications), unless a request carries a user's
+    /// credential ([`as_user`]).
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with(Some(self.auth.service_token("billing").await?)).await
+    }
+
+    /// A client with no credential of its own.
+    pub async fn anonymous_client(&self) -> anyhow::Result<Client> {
+        self.client_with(None).await
+    }
+
+    /// A client whose calls carry an operator's token (role `admin`).
+    pub async fn admin_client(&self) -> anyhow::Result<AdminClient> {
+        let admin = uuid::Uuid::now_v7();
+        self.client_with(Some(tenx_auth::testing::user_token(admin, &["support", "admin"]))).await
+    }
+
+    /// A password-reset event as auth writes it: the code sealed with the
+    /// key the two share.
+    pub fn reset_event(&self, user: uuid::Uuid, email: &str, code: &str) -> auth::PasswordResetRequested {
+        let key =
+            tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose()).expect("the test key");
+        auth::PasswordResetRequested {
+            user_id: user.to_string(),
+            email: email.to_owned(),
+            expires_in_minutes: 30,
+            sealed_code: key.seal(code.as_bytes(), format!("password_reset:{user}").as_bytes()),
+            ..Default::default()
+        }
     }
 
     /// Publishes an event as auth's relay would.
@@ -131,11 +167,11 @@ impl Drop for TestNotify {
     }
 }
 
-/// `message` with the caller's id in metadata, as the gateway sets it.
+/// `message` as a client of `user` sends it (their access token).
 pub fn as_user<T>(user: &uuid::Uuid, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Ok(value) = user.to_string().parse() {
-        request.metadata_mut().insert("x-tenx-user-id", value);
+    if let Ok(value) = format!("Bearer {}", tenx_auth::testing::user_token(*user, &[])).parse() {
+        request.metadata_mut().insert("authorization", value);
     }
     request
 }

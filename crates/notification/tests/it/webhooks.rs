@@ -411,7 +411,7 @@ async fn webhook_administration_needs_the_admin_role_and_refuses_internal_addres
         event_types: vec!["*".into()],
         description: String::new(),
     };
-    let mut user = notify.client().await?;
+    let mut user = notify.anonymous_client().await?;
     let anonymous = user.create_webhook_endpoint(request("http://crm.example.com/hook")).await;
     assert_eq!(anonymous.expect_err("no identity").code(), Code::Unauthenticated);
     let not_admin = user

@@ -1,0 +1,389 @@
+//! Who is calling, verified on every call by every service: the one
+//! authentication layer of the platform.
+//!
+//! A call carries `authorization: Bearer <credential>`:
+//! - an **access token** (EdDSA JWT from auth): a user's session, with the
+//!   roles auth stored for them, or a **service token** (`svc` claim) that
+//!   auth issued to another tenx service for its client secret. Verified
+//!   here, locally, against auth's key set ([`Jwks`]);
+//! - an **API key** (`tenx_sk_…`): resolved through auth, with its scopes,
+//!   and cached for a few seconds ([`ApiKeys`]).
+//!
+//! Either way the credential is then checked against the revocation set
+//! ([`Revocations`]): kept in memory, current over Redis pub/sub, so a
+//! revoked session or key is refused everywhere within a second without a
+//! network round trip on the hot path.
+//!
+//! The rule of each RPC comes from its `(tenx.options.v1.access)` option
+//! ([`tenx_proto::access`]); [`AuthnLayer`] applies it before the handler
+//! runs and hands the handler a typed [`Principal`] in the request's
+//! extensions. Handlers never read identity metadata: none is believed.
+
+mod api_keys;
+mod jwks;
+mod layer;
+mod principal;
+mod revocations;
+mod service_token;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tenx_proto::access::{Caller, Rule};
+
+pub use api_keys::{ApiKeyInfo, ApiKeyResolver, ApiKeys, RemoteApiKeys};
+pub use jwks::{Jwks, KeySource, RemoteKeys};
+pub use layer::{AuthnLayer, AuthnService};
+pub use principal::{ADMIN_ROLE, Principal, principal};
+pub use revocations::{
+    RemoteRevocations, RevocationLookup, Revocations, Revoked, publish as publish_revocation,
+};
+pub use service_token::ServiceToken;
+
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
+
+use crate::cache::Redis;
+use crate::config::{Invalid, Secret, Validate};
+use crate::grpc::{ApiError, TracedChannel};
+use crate::shutdown::Shutdown;
+
+/// Metadata with the end client's address bucket (`203.0.113.7`,
+/// `2001:db8:1:2::/64`), as the gateway saw it. Believed only beside a
+/// valid [`EDGE_AUTHORIZATION`]: anyone else who sends it is ignored.
+pub const CLIENT_HEADER: &str = "x-tenx-client";
+/// Metadata with the gateway's own service token, vouching for
+/// [`CLIENT_HEADER`] on calls where the client's address matters to the
+/// service (login lockouts are per account and client).
+pub const EDGE_AUTHORIZATION: &str = "x-tenx-edge-authorization";
+
+/// The end client a call came from, vouched for by the gateway (in the
+/// request's extensions; see [`edge_client`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeClient(pub String);
+
+/// The client the gateway vouched for, if it did.
+pub fn edge_client(extensions: &http::Extensions) -> Option<&str> {
+    extensions.get::<EdgeClient>().map(|c| c.0.as_str())
+}
+
+/// The prefix of every API key's secret.
+pub const API_KEY_PREFIX: &str = "tenx_sk_";
+/// Longest credential looked at; longer is refused unread.
+const MAX_CREDENTIAL: usize = 4096;
+
+/// Settings under `authn.` (every service but auth, which verifies with
+/// its own keys).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthnSettings {
+    /// Must equal auth's `tokens.issuer`.
+    pub issuer: String,
+    /// Must equal auth's `tokens.audience`.
+    pub audience: String,
+    /// Background refresh of auth's key set.
+    #[serde(default = "default_refresh_seconds")]
+    pub refresh_seconds: u64,
+    /// A token naming an unknown `kid` refetches the set at most this often.
+    #[serde(default = "default_min_refetch_seconds")]
+    pub min_refetch_seconds: u64,
+    /// This service's client secret for auth's IssueServiceToken (auth's
+    /// `service_clients.<name>`). Empty: calls this service makes as
+    /// itself (resolving API keys, the revocation fallback) are refused.
+    #[serde(default)]
+    pub client_secret: Secret<String>,
+    /// Auth's `redis.key_prefix`: revocations are followed in this
+    /// service's Redis (the one auth writes to) under this prefix.
+    #[serde(default = "default_revocation_prefix")]
+    pub revocation_prefix: String,
+}
+
+fn default_revocation_prefix() -> String {
+    "tenx:".to_owned()
+}
+
+fn default_refresh_seconds() -> u64 {
+    300
+}
+fn default_min_refetch_seconds() -> u64 {
+    5
+}
+
+impl AuthnSettings {
+    pub fn new(issuer: &str, audience: &str, client_secret: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            refresh_seconds: default_refresh_seconds(),
+            min_refetch_seconds: default_min_refetch_seconds(),
+            client_secret: Secret::new(client_secret.to_owned()),
+            revocation_prefix: default_revocation_prefix(),
+        }
+    }
+}
+
+impl Validate for AuthnSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.issuer.is_empty() {
+            return Err(Invalid::new("authn.issuer", "must be set (auth's tokens.issuer)"));
+        }
+        if self.audience.is_empty() {
+            return Err(Invalid::new("authn.audience", "must be set (auth's tokens.audience)"));
+        }
+        if self.refresh_seconds == 0 || self.min_refetch_seconds == 0 {
+            return Err(Invalid::new("authn.refresh_seconds", "and min_refetch_seconds must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Settings under `upstreams.` of a service that talks to auth only for
+/// authentication.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthUpstream {
+    /// auth's gRPC address: its key set, API keys, service tokens.
+    pub auth: crate::grpc::ClientSettings,
+}
+
+/// Why a call was refused before its handler ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    /// No usable credential: missing, malformed, expired, forged, revoked.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A verified caller this RPC does not admit.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The credential cannot be checked right now (auth's keys or the
+    /// revocation set unreachable): the caller's credential may be fine.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<AuthnError> for ApiError {
+    fn from(error: AuthnError) -> Self {
+        match error {
+            AuthnError::Unauthenticated(message) => ApiError::Unauthenticated(message.to_owned()),
+            AuthnError::PermissionDenied(message) => ApiError::PermissionDenied(message),
+            AuthnError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<AuthnError> for tonic::Status {
+    fn from(error: AuthnError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+/// Verifies credentials and applies access rules; one per process, shared.
+pub struct Authenticator {
+    jwks: Arc<Jwks>,
+    api_keys: ApiKeys,
+    revocations: Revocations,
+    /// This service's own credential, for calls it makes as itself.
+    token: Option<Arc<ServiceToken>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("jwks", &self.jwks).finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(jwks: Arc<Jwks>, api_keys: ApiKeys, revocations: Revocations) -> Self {
+        Self { jwks, api_keys, revocations, token: None }
+    }
+
+    /// The authenticator of a service other than auth: keys, API keys and
+    /// the revocation fallback from auth over `auth`, calls as itself with
+    /// the service token for `settings.client_secret`, revocations from
+    /// `redis` (under `settings.revocation_prefix`). Call [`Authenticator::keep_current`] to keep the key set fresh.
+    pub fn remote(
+        service: &str,
+        settings: &AuthnSettings,
+        auth: AuthServiceClient<TracedChannel>,
+        redis: Option<Redis>,
+    ) -> Self {
+        let token = Arc::new(ServiceToken::new(service, settings.client_secret.clone(), auth.clone()));
+        let jwks = Arc::new(Jwks::new(RemoteKeys(auth.clone()), settings.clone()));
+        let api_keys = ApiKeys::new(Arc::new(RemoteApiKeys::new(auth.clone(), token.clone())));
+        let redis = redis.map(|r| r.with_prefix(&settings.revocation_prefix));
+        let revocations = Revocations::start(redis, Arc::new(RemoteRevocations::new(auth, token.clone())));
+        Self { token: Some(token), ..Self::new(jwks, api_keys, revocations) }
+    }
+
+    /// Fetches the key set (a failure is logged: readiness reports it and
+    /// the refresh retries), then refreshes it until `shutdown`.
+    pub async fn keep_current(self: Arc<Self>, shutdown: Shutdown) {
+        if let Err(error) = self.jwks.fetch().await {
+            tracing::warn!(%error, "auth's key set not loaded yet; not ready until it is");
+        }
+        self.jwks.refresh_until(shutdown).await;
+    }
+
+    /// Ready when tokens can be verified.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.jwks.loaded() { Ok(()) } else { Err("auth's signing keys not fetched yet".to_owned()) }
+    }
+
+    /// This service's service token, for calls it makes as itself.
+    pub fn service_token(&self) -> Option<&Arc<ServiceToken>> {
+        self.token.as_ref()
+    }
+
+    /// The end client the gateway vouched for on this call: its address
+    /// bucket, when `edge_authorization` is the gateway's valid service
+    /// token; `None` for anything else (never believed unverified).
+    pub async fn edge_client(
+        &self,
+        client: Option<&str>,
+        edge_authorization: Option<&str>,
+    ) -> Option<EdgeClient> {
+        let client = client.filter(|c| !c.is_empty() && c.len() <= 64)?;
+        let token = edge_authorization?.strip_prefix("Bearer ")?;
+        match self.jwks.verify(token).await {
+            Ok(Principal::Service { name }) if name == "gateway" => Some(EdgeClient(client.to_owned())),
+            _ => None,
+        }
+    }
+
+    pub fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// The principal an `authorization` value proves; `Ok(None)` without one.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Option<Principal>, AuthnError> {
+        let Some(header) = authorization else { return Ok(None) };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_CREDENTIAL)
+            .ok_or(AuthnError::Unauthenticated("authorization must be `Bearer <token>`"))?;
+        let principal = if token.starts_with(API_KEY_PREFIX) {
+            let hash = api_keys::hash_hex(token);
+            if self.revocations.is_revoked(Revoked::ApiKey, &hash).await? {
+                return Err(AuthnError::Unauthenticated("invalid API key"));
+            }
+            let key = self.api_keys.resolve(token, &hash).await?;
+            Principal::ApiKey { user_id: key.user_id, key_id: key.key_id, scopes: key.scopes }
+        } else {
+            let principal = self.jwks.verify(token).await?;
+            if let Principal::User { session_id, .. } = &principal
+                && self.revocations.is_revoked(Revoked::Session, &session_id.to_string()).await?
+            {
+                return Err(AuthnError::Unauthenticated("session revoked"));
+            }
+            principal
+        };
+        Ok(Some(principal))
+    }
+
+    /// Authenticates, then applies `rule`. On an RPC open to anyone a
+    /// credential that fails is ignored, not refused: a client that sends
+    /// its expired token with every call can still refresh it.
+    pub async fn admit(
+        &self,
+        rule: Rule,
+        authorization: Option<&str>,
+    ) -> Result<Option<Principal>, AuthnError> {
+        if rule.caller == Caller::Anyone {
+            return Ok(self.authenticate(authorization).await.ok().flatten());
+        }
+        let principal = self.authenticate(authorization).await?;
+        authorize(rule, principal.as_ref())?;
+        Ok(principal)
+    }
+}
+
+/// Whether `principal` may call an RPC with `rule`.
+pub fn authorize(rule: Rule, principal: Option<&Principal>) -> Result<(), AuthnError> {
+    let Some(principal) = principal else {
+        return if rule.caller == Caller::Anyone {
+            Ok(())
+        } else {
+            Err(AuthnError::Unauthenticated("missing bearer token"))
+        };
+    };
+    let denied = |why: &str| Err(AuthnError::PermissionDenied(why.to_owned()));
+    match (rule.caller, principal) {
+        (Caller::Anyone, _) => Ok(()),
+        (Caller::User, Principal::User { .. }) => Ok(()),
+        (Caller::User, Principal::ApiKey { scopes, .. }) => {
+            if scopes.iter().any(|s| s == rule.scope) {
+                Ok(())
+            } else {
+                Err(AuthnError::PermissionDenied(format!("this API key lacks the scope {}", rule.scope)))
+            }
+        }
+        (Caller::Session, Principal::User { .. }) => Ok(()),
+        (Caller::Session, Principal::ApiKey { .. }) => denied("API keys cannot call this; sign in"),
+        (Caller::Operator, p) if p.is_operator() => Ok(()),
+        (Caller::Service, Principal::Service { .. }) => Ok(()),
+        (Caller::User | Caller::Session, Principal::Service { .. }) => {
+            denied("a service cannot act as a user")
+        }
+        (Caller::Operator, _) => denied("operators only (role admin, or a service)"),
+        (Caller::Service, _) => denied("services only"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn user(roles: &[&str]) -> Principal {
+        Principal::User {
+            user_id: Uuid::now_v7(),
+            session_id: Uuid::now_v7(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    fn key(scopes: &[&str]) -> Principal {
+        Principal::ApiKey {
+            user_id: Uuid::now_v7(),
+            key_id: Uuid::now_v7(),
+            scopes: scopes.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    fn rule(caller: Caller, scope: &'static str) -> Rule {
+        Rule { caller, scope }
+    }
+
+    #[test]
+    fn each_kind_of_caller_is_admitted_exactly_where_its_rule_says() {
+        let service = Principal::Service { name: "billing".into() };
+        let read = rule(Caller::User, "billing:read");
+        assert!(authorize(read, Some(&user(&[]))).is_ok());
+        assert!(authorize(read, Some(&key(&["billing:read"]))).is_ok());
+        assert!(matches!(
+            authorize(read, Some(&key(&["billing:write"]))),
+            Err(AuthnError::PermissionDenied(_))
+        ));
+        assert!(authorize(read, Some(&service)).is_err(), "services do not act as users");
+        assert!(matches!(authorize(read, None), Err(AuthnError::Unauthenticated(_))));
+
+        let session = rule(Caller::Session, "");
+        assert!(authorize(session, Some(&user(&[]))).is_ok());
+        assert!(authorize(session, Some(&key(&["billing:read", "profile:write"]))).is_err());
+
+        let operator = rule(Caller::Operator, "");
+        assert!(authorize(operator, Some(&user(&["admin"]))).is_ok());
+        assert!(authorize(operator, Some(&service)).is_ok());
+        assert!(authorize(operator, Some(&user(&["support"]))).is_err());
+        assert!(authorize(operator, Some(&key(&["admin"]))).is_err(), "a scope named admin is no role");
+
+        let internal = rule(Caller::Service, "");
+        assert!(authorize(internal, Some(&service)).is_ok());
+        assert!(authorize(internal, Some(&user(&["admin"]))).is_err());
+
+        assert!(authorize(rule(Caller::Anyone, ""), None).is_ok());
+    }
+}

@@ -1,0 +1,67 @@
+//! The verified caller a handler is given.
+
+use uuid::Uuid;
+
+use super::AuthnError;
+
+/// Who is calling, as verified by [`super::AuthnLayer`]; found in the
+/// request's extensions (see [`principal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user's session: an access token auth issued at login.
+    User {
+        user_id: Uuid,
+        session_id: Uuid,
+        /// Roles auth stored for the user (`admin`), carried in the token.
+        roles: Vec<String>,
+    },
+    /// One of a user's API keys, limited to its scopes.
+    ApiKey { user_id: Uuid, key_id: Uuid, scopes: Vec<String> },
+    /// A tenx service or operator tool, with a service token from auth.
+    Service { name: String },
+}
+
+/// The role that makes a user an operator.
+pub const ADMIN_ROLE: &str = "admin";
+
+impl Principal {
+    /// The user a session or API key belongs to; `None` for a service.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self {
+            Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => Some(*user_id),
+            Self::Service { .. } => None,
+        }
+    }
+
+    /// A user's session whose token carries the `admin` role.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Self::User { roles, .. } if roles.iter().any(|r| r == ADMIN_ROLE))
+    }
+
+    /// An admin or a service: may call the operator RPCs.
+    pub fn is_operator(&self) -> bool {
+        self.is_admin() || matches!(self, Self::Service { .. })
+    }
+
+    /// Whom rate limits count against: a user (all their sessions and API
+    /// keys share one budget, so minting keys buys no extra requests), or
+    /// a service.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => format!("user:{user_id}"),
+            Self::Service { name } => format!("service:{name}"),
+        }
+    }
+
+    /// The user a call acts for, or UNAUTHENTICATED.
+    pub fn require_user(&self) -> Result<Uuid, AuthnError> {
+        self.user_id()
+            .ok_or(AuthnError::Unauthenticated("this call acts for a user; a service token has none"))
+    }
+}
+
+/// The principal [`super::AuthnLayer`] verified for this call; `None` on an
+/// RPC open to anyone that was called without a credential.
+pub fn principal(extensions: &http::Extensions) -> Option<&Principal> {
+    extensions.get::<Principal>()
+}
