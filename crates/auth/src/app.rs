@@ -107,6 +107,8 @@ pub struct App {
     cache: CacheLayer,
     core: Arc<Core>,
     grpc: GrpcServer,
+    redis: Redis,
+    authenticator: Arc<tenx_common::authn::Authenticator>,
 }
 
 impl std::fmt::Debug for App {
@@ -150,16 +152,19 @@ impl App {
             sessions: cache.cache("auth.sessions", short.clone()),
             api_keys: cache.cache("auth.api_keys", short),
             settings: settings.clone(),
-            denied: crate::denylist::DenyList::new(redis, revocations.clone()),
+            denied: crate::denylist::DenyList::new(redis.clone(), revocations.clone(), &settings.tokens),
             touched: moka::future::Cache::builder()
                 .time_to_live(Duration::from_secs(60))
                 .max_capacity(100_000)
                 .build(),
         });
         let authenticator = Arc::new(crate::verifier::authenticator(core.clone(), revocations, &settings));
-        let grpc =
-            GrpcServer::new(settings.telemetry.slow_request(), &metrics, AuthnLayer::verify(authenticator));
-        Ok(Self { settings, metrics, db, amqp, cache, core, grpc })
+        let grpc = GrpcServer::new(
+            settings.telemetry.slow_request(),
+            &metrics,
+            AuthnLayer::verify(authenticator.clone()),
+        );
+        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, redis, authenticator })
     }
 
     /// Binds the gRPC and admin addresses from the settings (port 0 picks
@@ -194,6 +199,13 @@ impl App {
                 }
             }
         });
+        // Every follower of the revocation feed hears auth each second, or
+        // stops trusting its set (a silent connection, a wrong prefix).
+        let (redis, stop) = (self.redis.clone(), shutdown.child());
+        tasks.spawn(async move { tenx_common::authn::heartbeat_until(redis, stop).await });
+        // Auth's own verifier follows its key set like every other's.
+        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
+        tasks.spawn(async move { authenticator.keep_current(stop).await });
         let (db, stop) = (self.db.clone(), shutdown.child());
         tasks.spawn(async move {
             loop {

@@ -12,19 +12,23 @@ use std::time::Duration;
 use tenx_common::authn::{Revocations, Revoked, publish_revocation};
 use tenx_common::cache::Redis;
 
-/// Longer than an access token lives (15 min by default) and than any
-/// cached API-key answer: after that nothing stale can remain.
-pub const KEEP: Duration = Duration::from_secs(3600);
+/// At least this long, and always longer than an access token lives (and
+/// than any cached API-key answer): after that nothing stale can remain.
+const MIN_KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct DenyList {
     redis: Redis,
     revocations: Revocations,
+    /// How long a revocation is kept in the set.
+    keep: Duration,
 }
 
 impl DenyList {
-    pub fn new(redis: Redis, revocations: Revocations) -> Self {
-        Self { redis, revocations }
+    pub fn new(redis: Redis, revocations: Revocations, tokens: &crate::settings::TokenSettings) -> Self {
+        // The longest token lifetime, plus verification leeway and margin.
+        let longest = Duration::from_secs(tokens.access_ttl_seconds + 600);
+        Self { redis, revocations, keep: longest.max(MIN_KEEP) }
     }
 
     /// The revocation set this instance checks.
@@ -34,16 +38,17 @@ impl DenyList {
 
     /// Records a revocation; retried in the background while Redis is down.
     pub async fn deny(&self, kind: Revoked, id: &str) {
-        self.revocations.insert_local(kind, id, KEEP);
-        if publish_revocation(&self.redis, kind, id, KEEP).await.is_ok() {
+        let keep = self.keep;
+        self.revocations.insert_local(kind, id, keep);
+        if publish_revocation(&self.redis, kind, id, keep).await.is_ok() {
             return;
         }
         let (redis, id) = (self.redis.clone(), id.to_owned());
         tokio::spawn(async move {
             // Every second, for as long as the revocation matters.
-            for _ in 0..KEEP.as_secs() {
+            for _ in 0..keep.as_secs() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if publish_revocation(&redis, kind, &id, KEEP).await.is_ok() {
+                if publish_revocation(&redis, kind, &id, keep).await.is_ok() {
                     return;
                 }
             }

@@ -21,6 +21,8 @@ pub enum AuthError {
     NotFound(&'static str),
     #[error("at most {0} API keys per user; revoke one first")]
     TooManyKeys(u32),
+    #[error("too many password checks at once; try again shortly")]
+    Busy,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -52,6 +54,10 @@ impl From<AuthError> for ApiError {
             }
             AuthError::NotFound(_) => ApiError::NotFound(error.to_string()),
             AuthError::TooManyKeys(_) => ApiError::FailedPrecondition(error.to_string()),
+            AuthError::Busy => ApiError::ResourceExhausted {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
             AuthError::Db(e) => e.into(),
             AuthError::Pool(e) => DbError::Pool(e).into(),
             AuthError::Queue(e) => e.into(),

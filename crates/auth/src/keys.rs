@@ -130,7 +130,9 @@ impl Keys {
 
     /// Re-reads the keys from Postgres.
     pub async fn reload(&self) -> Result<(), AuthError> {
-        let keep = Duration::from_secs(self.settings.access_ttl_seconds) + RETIRED_MARGIN;
+        let keep =
+            Duration::from_secs(self.settings.access_ttl_seconds.max(self.settings.service_ttl_seconds))
+                + RETIRED_MARGIN;
         let conn = self.db.write().await?;
         let rows = conn
             .query(
@@ -167,8 +169,14 @@ impl Keys {
 
     /// Re-reads the keys unless they were read within `interval`.
     pub async fn reload_at_most_every(&self, interval: Duration) -> Result<(), AuthError> {
-        if self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < interval {
-            return Ok(());
+        {
+            let mut at = self.loaded_at.lock().unwrap_or_else(|p| p.into_inner());
+            if at.elapsed() < interval {
+                return Ok(());
+            }
+            // The attempt counts, not only a success: with Postgres down,
+            // callers must not each try again.
+            *at = Instant::now();
         }
         self.reload().await
     }

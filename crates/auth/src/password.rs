@@ -96,6 +96,11 @@ impl Passwords {
     pub fn peak_concurrent_hashes(&self) -> usize {
         self.pool.peak.load(Ordering::Relaxed)
     }
+
+    /// Hashes computed so far.
+    pub fn hashes_computed(&self) -> usize {
+        self.pool.ran.load(Ordering::Relaxed)
+    }
 }
 
 /// What a worker is asked to do.
@@ -123,16 +128,21 @@ struct Job {
 struct HashPool {
     jobs: mpsc::Sender<Job>,
     peak: Arc<AtomicUsize>,
+    /// Hashes computed (cancelled callers' jobs are skipped, not counted).
+    ran: Arc<AtomicUsize>,
 }
 
 impl HashPool {
     fn start(params: &Params, workers: usize) -> Result<Self, AuthError> {
-        let (jobs, queue) = mpsc::channel::<Job>(workers.max(1) * 64);
+        // About a second of work per worker at the default cost.
+        let (jobs, queue) = mpsc::channel::<Job>(workers.max(1) * 32);
         let queue = Arc::new(std::sync::Mutex::new(queue));
         let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let ran = Arc::new(AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let (queue, running, peak, params) =
                 (queue.clone(), running.clone(), peak.clone(), params.clone());
+            let ran = ran.clone();
             let blocks = params.block_count();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
@@ -146,6 +156,7 @@ impl HashPool {
                         }
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
+                        ran.fetch_add(1, Ordering::Relaxed);
                         let done = match task {
                             Task::Hash { password } => {
                                 Done::Hashed(hash_with(&params, &password, &mut memory))
@@ -160,15 +171,19 @@ impl HashPool {
                 })
                 .map_err(|e| AuthError::Internal(format!("starting a hash worker: {e}")))?;
         }
-        Ok(Self { jobs, peak })
+        Ok(Self { jobs, peak, ran })
     }
 
     async fn run(&self, task: Task) -> Result<Done, AuthError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { task, reply })
-            .await
-            .map_err(|_| AuthError::Internal("password hashing stopped".into()))?;
+        // A full queue means callers are arriving faster than the workers
+        // can ever serve them: say so at once (RESOURCE_EXHAUSTED, retry
+        // later) instead of queueing them past their deadlines, which a
+        // gateway would count as auth being down.
+        self.jobs.try_send(Job { task, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AuthError::Busy,
+            mpsc::error::TrySendError::Closed(_) => AuthError::Internal("password hashing stopped".into()),
+        })?;
         answer.await.map_err(|_| AuthError::Internal("a hash worker failed".into()))
     }
 }
@@ -284,9 +299,24 @@ mod tests {
                 .await
             });
         }
-        while tasks.join_next().await.is_some() {}
+        let (mut answered, mut shed) = (0, 0);
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(Ok(_))) => answered += 1,
+                // More callers than the queue holds are told at once.
+                Ok(Ok(Err(AuthError::Busy))) => shed += 1,
+                Ok(Ok(Err(other))) => panic!("unexpected {other}"),
+                _ => {} // gave up waiting
+            }
+        }
         assert!(passwords.peak_concurrent_hashes() <= 2, "peak {}", passwords.peak_concurrent_hashes());
-        assert!(passwords.peak_concurrent_hashes() >= 1);
+        // The callers who gave up left their queued jobs unrun: far fewer
+        // hashes than calls (the hash of the set-up is one of them).
+        let computed = passwords.hashes_computed();
+        assert!(
+            answered >= 1 && shed >= 1 && computed < 100,
+            "{computed} hashes, {answered} answered, {shed} shed"
+        );
         Ok(())
     }
 }

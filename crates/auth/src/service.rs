@@ -526,7 +526,9 @@ impl Core {
                 user_id: user.id.to_string(),
                 email: user.email.clone(),
                 expires_in_minutes: ttl,
-                sealed_code: self.seal.seal(code.as_bytes(), format!("verify_email:{}", user.id).as_bytes()),
+                sealed_code: self
+                    .seal
+                    .seal(code.as_bytes(), format!("verify_email:{}:{}", user.id, user.email).as_bytes()),
                 ..Default::default()
             };
             outbox::enqueue(
@@ -606,9 +608,11 @@ impl Core {
             .await?;
             let event = pb::PasswordResetRequested {
                 user_id: id.to_string(),
+                sealed_code: self
+                    .seal
+                    .seal(code.as_bytes(), format!("password_reset:{id}:{email}").as_bytes()),
                 email,
                 expires_in_minutes: ttl,
-                sealed_code: self.seal.seal(code.as_bytes(), format!("password_reset:{id}").as_bytes()),
                 ..Default::default()
             };
             outbox::enqueue(&tx, &NewEvent::new("auth.password_reset_requested", &id.to_string(), &event))
@@ -666,6 +670,44 @@ impl Core {
         Ok(written)
     }
 
+    /// The caller's own password, checked again (a stolen session alone
+    /// must not be enough to change credentials). Guesses count like
+    /// failed logins, for the same email and client: no password oracle.
+    async fn check_current_password(
+        &self,
+        caller: Caller,
+        password: &str,
+        client: &str,
+    ) -> Result<UserRecord, AuthError> {
+        let (user, account) = {
+            let conn = self.db.write().await?;
+            let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
+            let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
+            (user, account)
+        };
+        let (attempt, after_lock) = self.claim_attempt(&*self.db.write().await?, &user.email, client).await?;
+        let max = self.settings.login.max_failures;
+        if attempt > max && !after_lock {
+            self.lock(&user.email, client, attempt).await?;
+            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
+        }
+        // No connection is held while argon2 runs.
+        let verified = self.passwords.verify(password, Some(&account.password_hash)).await?;
+        if !verified.ok {
+            if attempt >= max {
+                self.lock(&user.email, client, attempt).await?;
+            }
+            return Err(AuthError::invalid("current_password", "is wrong"));
+        }
+        // Proved: this client's count starts again, as after a login.
+        self.db
+            .write()
+            .await?
+            .execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&user.email, &client])
+            .await?;
+        Ok(user)
+    }
+
     async fn change_password(
         &self,
         caller: Caller,
@@ -674,28 +716,7 @@ impl Core {
     ) -> Result<WalPosition, AuthError> {
         validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
         self.passwords.check_new("new_password", &request.new_password)?;
-        let (user, account) = {
-            let conn = self.db.write().await?;
-            let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
-            let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
-            (user, account)
-        };
-        // Guesses of the current password count like failed logins, for
-        // the same email and client: a stolen session is no password oracle.
-        let (attempt, after_lock) = self.claim_attempt(&*self.db.write().await?, &user.email, client).await?;
-        let max = self.settings.login.max_failures;
-        if attempt > max && !after_lock {
-            self.lock(&user.email, client, attempt).await?;
-            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
-        }
-        // No connection is held while argon2 runs.
-        let verified = self.passwords.verify(&request.current_password, Some(&account.password_hash)).await?;
-        if !verified.ok {
-            if attempt >= max {
-                self.lock(&user.email, client, attempt).await?;
-            }
-            return Err(AuthError::invalid("current_password", "is wrong"));
-        }
+        let user = self.check_current_password(caller, &request.current_password, client).await?;
         let hash = self.passwords.hash(&request.new_password).await?;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
@@ -721,12 +742,17 @@ impl Core {
         &self,
         caller: Caller,
         request: pb::CreateApiKeyRequest,
+        client: &str,
     ) -> Result<(pb::CreateApiKeyResponse, WalPosition), AuthError> {
         let name = validate::label("name", &request.name, true)?;
         let scopes = validate::scopes("scopes", &request.scopes)?;
         if request.expires_in_days > 3650 {
             return Err(AuthError::invalid("expires_in_days", "must be at most 3650 (0 = never)"));
         }
+        validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
+        // A key can outlive the session that made it: a stolen access
+        // token must not be turned into a lasting credential.
+        self.check_current_password(caller, &request.current_password, client).await?;
         let secret = secrets::api_key();
         let prefix: String = secret.chars().take(secrets::API_KEY_SHOWN).collect();
         let days = i32::try_from(request.expires_in_days).unwrap_or(0);
@@ -1097,7 +1123,8 @@ impl AuthService for AuthApi {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        let (reply, written) = self.core.create_api_key(caller, request.into_inner()).await?;
+        let client = client_of(request.extensions());
+        let (reply, written) = self.core.create_api_key(caller, request.into_inner(), &client).await?;
         Ok(respond(reply, Some(written)))
     }
 

@@ -20,8 +20,11 @@ use crate::service::Core;
 use crate::settings::AuthSettings;
 use crate::{secrets, store};
 
+/// Logged with its cause; the caller (perhaps on the internet, through
+/// the gateway's door) learns only that it may retry.
 fn unavailable(error: AuthError) -> AuthnError {
-    AuthnError::Unavailable(format!("auth cannot check credentials right now: {error}"))
+    tracing::warn!(%error, "checking a credential failed");
+    AuthnError::Unavailable("cannot check credentials right now; try again shortly".into())
 }
 
 /// The key set, as `GetJwks` serves it.

@@ -36,7 +36,7 @@ pub use jwks::{Jwks, KeySource, RemoteKeys};
 pub use layer::{AuthnLayer, AuthnService};
 pub use principal::{ADMIN_ROLE, Principal, principal};
 pub use revocations::{
-    RemoteRevocations, RevocationLookup, Revocations, Revoked, publish as publish_revocation,
+    RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat_until, publish as publish_revocation,
 };
 pub use service_token::ServiceToken;
 
@@ -231,19 +231,23 @@ impl Authenticator {
         self.token.as_ref()
     }
 
-    /// The end client the gateway vouched for on this call: its address
-    /// bucket, when `edge_authorization` is the gateway's valid service
-    /// token; `None` for anything else (never believed unverified).
+    /// The end client the gateway vouched for on this call: `None`
+    /// without an `edge_authorization`; its address bucket when that is the
+    /// gateway's valid service token; refused otherwise (a vouching that
+    /// cannot be checked must not quietly count the call as someone
+    /// else's, nor be believed unverified).
     pub async fn edge_client(
         &self,
         client: Option<&str>,
         edge_authorization: Option<&str>,
-    ) -> Option<EdgeClient> {
-        let client = client.filter(|c| !c.is_empty() && c.len() <= 64)?;
-        let token = edge_authorization?.strip_prefix("Bearer ")?;
-        match self.jwks.verify(token).await {
-            Ok(Principal::Service { name }) if name == "gateway" => Some(EdgeClient(client.to_owned())),
-            _ => None,
+    ) -> Result<Option<EdgeClient>, AuthnError> {
+        let Some(edge) = edge_authorization else { return Ok(None) };
+        let bad = AuthnError::Unauthenticated("the edge credential is not the gateway's");
+        let client = client.filter(|c| !c.is_empty() && c.len() <= 64).ok_or(bad.clone())?;
+        let token = edge.strip_prefix("Bearer ").ok_or(bad.clone())?;
+        match self.jwks.verify(token).await? {
+            Principal::Service { name } if name == "gateway" => Ok(Some(EdgeClient(client.to_owned()))),
+            _ => Err(bad),
         }
     }
 
@@ -327,7 +331,7 @@ pub fn authorize(rule: Rule, principal: Option<&Principal>) -> Result<(), AuthnE
         (Caller::User | Caller::Session, Principal::Service { .. }) => {
             denied("a service cannot act as a user")
         }
-        (Caller::Operator, _) => denied("operators only (role admin, or a service)"),
+        (Caller::Operator, _) => denied("operators only (role admin, or the operator service client)"),
         (Caller::Service, _) => denied("services only"),
     }
 }
@@ -360,6 +364,7 @@ mod tests {
     #[test]
     fn each_kind_of_caller_is_admitted_exactly_where_its_rule_says() {
         let service = Principal::Service { name: "billing".into() };
+        let operator_tool = Principal::Service { name: "operator".into() };
         let read = rule(Caller::User, "billing:read");
         assert!(authorize(read, Some(&user(&[]))).is_ok());
         assert!(authorize(read, Some(&key(&["billing:read"]))).is_ok());
@@ -376,7 +381,8 @@ mod tests {
 
         let operator = rule(Caller::Operator, "");
         assert!(authorize(operator, Some(&user(&["admin"]))).is_ok());
-        assert!(authorize(operator, Some(&service)).is_ok());
+        assert!(authorize(operator, Some(&operator_tool)).is_ok());
+        assert!(authorize(operator, Some(&service)).is_err(), "a platform service is no operator");
         assert!(authorize(operator, Some(&user(&["support"]))).is_err());
         assert!(authorize(operator, Some(&key(&["admin"]))).is_err(), "a scope named admin is no role");
 

@@ -223,7 +223,12 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
         return status_response(EdgeError::new(tonic::Code::Internal, "internal error"));
     };
     // The client's `authorization` travels on unchanged: the upstream
-    // verifies it again with the same shared layer.
+    // verifies it again with the same shared layer. Not on an anonymous
+    // route, where nothing checked it here: a bogus key sprayed at Login
+    // would cost auth a lookup each, outside the failed-auth budget.
+    if rpc.route.anonymous {
+        headers.remove("authorization");
+    }
     // The route's deadline, or the client's if shorter.
     let deadline = ctx.deadline;
     let client_deadline =

@@ -257,10 +257,15 @@ impl Gateway {
         let vouch = match self.authn.service_token() {
             Some(token) if VOUCHED_OPS.contains(&route.op) => match token.bearer().await {
                 Ok(bearer) => Some((client_key, bearer)),
+                // Sent unvouched, the call would count against everyone
+                // who reaches auth directly: one stranger's guesses would
+                // lock the account for every client. Refuse it instead.
                 Err(error) => {
-                    // The upstream then counts the call as a direct one.
                     tracing::warn!(%error, "cannot vouch for the client's address");
-                    None
+                    return Err((
+                        EdgeError::unavailable("try again shortly", Some(Duration::from_secs(1))),
+                        None,
+                    ));
                 }
             },
             _ => None,

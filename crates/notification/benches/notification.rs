@@ -28,7 +28,7 @@ fn event(email: &str, key: &SealKey) -> Envelope {
         user_id: user.to_string(),
         email: email.to_owned(),
         expires_in_minutes: 30,
-        sealed_code: key.seal(b"ABCD2345", format!("verify_email:{user}").as_bytes()),
+        sealed_code: key.seal(b"ABCD2345", format!("verify_email:{user}:{email}").as_bytes()),
         ..Default::default()
     };
     Envelope {

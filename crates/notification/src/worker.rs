@@ -50,21 +50,23 @@ fn no_email(event_type: &str, event: &str, user_id: &str, email: &str) -> bool {
     email.is_empty()
 }
 
-/// The code in a reset or verification event: opened from `sealed` (bound
-/// to `purpose` and the user); an event from an auth older than sealing
-/// carries it plain. One that cannot be opened (the two services'
-/// `codes.seal_key` differ) is a dead letter, to redrive once fixed.
+/// The code in a reset or verification event: opened from `sealed`, bound
+/// to `purpose`, the user and the address it goes to (a sealed code copied
+/// into an event for another address does not open); an event from an
+/// auth older than sealing carries it plain. One that cannot be opened
+/// (the two services' `codes.seal_key` differ) is a dead letter, to
+/// redrive once fixed.
 fn code_of(
     seal: &SealKey,
     sealed: &[u8],
     plain: &str,
     purpose: &str,
-    user_id: &str,
+    (user_id, email): (&str, &str),
 ) -> Result<String, HandlerError> {
     if sealed.is_empty() {
         return Ok(plain.to_owned());
     }
-    seal.open(sealed, format!("{purpose}:{user_id}").as_bytes())
+    seal.open(sealed, format!("{purpose}:{user_id}:{email}").as_bytes())
         .and_then(|code| String::from_utf8(code).ok())
         .ok_or_else(|| {
             HandlerError::Reject("the sealed code does not open: is codes.seal_key auth's?".into())
@@ -91,7 +93,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
         }
         "auth.email_verification_requested" => {
             let e = auth::EmailVerificationRequested::decode(payload).map_err(reject)?;
-            let code = code_of(seal, &e.sealed_code, &e.code, "verify_email", &e.user_id)?;
+            let code = code_of(seal, &e.sealed_code, &e.code, "verify_email", (&e.user_id, &e.email))?;
             Job {
                 dedupe,
                 user_id: user(&e.user_id)?,
@@ -104,7 +106,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
         }
         "auth.password_reset_requested" => {
             let e = auth::PasswordResetRequested::decode(payload).map_err(reject)?;
-            let code = code_of(seal, &e.sealed_code, &e.code, "password_reset", &e.user_id)?;
+            let code = code_of(seal, &e.sealed_code, &e.code, "password_reset", (&e.user_id, &e.email))?;
             Job {
                 dedupe,
                 user_id: user(&e.user_id)?,

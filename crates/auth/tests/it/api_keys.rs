@@ -3,7 +3,7 @@
 use tenx_proto::auth::v1 as pb;
 use tonic::Code;
 
-use crate::support::{TestAuth, access, authed, sign_up, unique_email};
+use crate::support::{PASSWORD, TestAuth, access, authed, sign_up, unique_email};
 
 #[tokio::test]
 async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored() -> anyhow::Result<()> {
@@ -11,10 +11,29 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
     let mut client = auth.client(0).await?;
     let created = sign_up(&mut client, &unique_email()).await?;
     let token = access(&created);
+    // A stolen access token alone mints no key: the password is asked.
+    let without = pb::CreateApiKeyRequest {
+        name: "ci".into(),
+        scopes: vec![],
+        expires_in_days: 0,
+        ..Default::default()
+    };
+    let refused = client.create_api_key(authed(&token, without)).await.expect_err("no password");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let wrong = pb::CreateApiKeyRequest {
+        name: "ci".into(),
+        current_password: "not it at all".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.create_api_key(authed(&token, wrong)).await.expect_err("wrong").code(),
+        Code::InvalidArgument
+    );
     let request = pb::CreateApiKeyRequest {
         name: "ci".into(),
         scopes: vec!["billing:read".into(), "billing:read".into()],
         expires_in_days: 30,
+        current_password: PASSWORD.into(),
     };
     let made = client.create_api_key(authed(&token, request)).await?.into_inner();
     assert!(made.secret.starts_with("tenx_sk_"));
@@ -71,14 +90,21 @@ async fn a_user_holds_at_most_max_per_user_live_keys_even_when_creating_them_at_
     let capped = auth.start_instance_with(settings).await?;
     let mut client = auth.client(capped).await?;
     let token = access(&sign_up(&mut client, &unique_email()).await?);
-    let create = || pb::CreateApiKeyRequest { name: "k".into(), scopes: vec![], expires_in_days: 0 };
-    let attempts = (0..8).map(|_| {
+    let create = || pb::CreateApiKeyRequest {
+        name: "k".into(),
+        scopes: vec![],
+        expires_in_days: 0,
+        current_password: PASSWORD.into(),
+    };
+    // Five at once: as many password checks as the lockout lets one
+    // client run concurrently.
+    let attempts = (0..5).map(|_| {
         let (mut client, token) = (client.clone(), token.clone());
         async move { client.create_api_key(authed(&token, create())).await }
     });
     let results = futures_util::future::join_all(attempts).await;
     let made: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    assert_eq!(made.len(), 3, "three of eight concurrent creations");
+    assert_eq!(made.len(), 3, "three of five concurrent creations");
     for refused in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     }

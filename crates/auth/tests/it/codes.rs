@@ -34,8 +34,12 @@ async fn a_reset_code_works_once_revokes_every_session_and_expired_codes_are_ref
     let email = unique_email();
     let created = sign_up(&mut client, &email).await?;
     // A key made before the reset (by whoever held the account) dies with it.
-    let key =
-        pb::CreateApiKeyRequest { name: "k".into(), scopes: vec!["profile:read".into()], expires_in_days: 0 };
+    let key = pb::CreateApiKeyRequest {
+        name: "k".into(),
+        scopes: vec!["profile:read".into()],
+        expires_in_days: 0,
+        current_password: PASSWORD.into(),
+    };
     let key = client.create_api_key(authed(&access(&created), key)).await?.into_inner().secret;
     client.get_user(authed(&key, pb::GetUserRequest::default())).await?;
 

@@ -99,20 +99,20 @@ impl TestAuth {
     /// stored event in plaintext.
     pub async fn last_code(&self, event_type: &str) -> anyhow::Result<String> {
         let payload = self.last_payload(event_type).await?;
-        let (user_id, sealed, purpose) = match event_type {
+        let (user_id, email, sealed, purpose) = match event_type {
             "auth.password_reset_requested" => {
                 let e = pb::PasswordResetRequested::decode(payload.as_slice())?;
-                (e.user_id, e.sealed_code, "password_reset")
+                (e.user_id, e.email, e.sealed_code, "password_reset")
             }
             _ => {
                 let e = pb::EmailVerificationRequested::decode(payload.as_slice())?;
-                (e.user_id, e.sealed_code, "verify_email")
+                (e.user_id, e.email, e.sealed_code, "verify_email")
             }
         };
         let key = tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose())
             .map_err(anyhow::Error::msg)?;
         let code = key
-            .open(&sealed, format!("{purpose}:{user_id}").as_bytes())
+            .open(&sealed, format!("{purpose}:{user_id}:{email}").as_bytes())
             .ok_or_else(|| anyhow::anyhow!("the sealed code does not open"))?;
         anyhow::ensure!(
             !payload.windows(code.len()).any(|w| w == code.as_slice()),

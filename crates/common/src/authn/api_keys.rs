@@ -32,6 +32,9 @@ pub trait ApiKeyResolver: Send + Sync {
     fn resolve<'a>(&'a self, secret: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyInfo>, AuthnError>>;
 }
 
+/// Auth's answer for a key that does not exist, expired or was revoked.
+const INVALID_KEY: &str = "invalid API key";
+
 /// Hex SHA-256 of a key's secret: how auth stores, and revokes, keys.
 pub(super) fn hash_hex(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
@@ -60,10 +63,22 @@ impl ApiKeyResolver for RemoteApiKeys {
             self.token.attach(&mut request).await?;
             let key = match self.auth.clone().authenticate_api_key(request).await {
                 Ok(response) => response.into_inner(),
+                // Auth's answer about the key itself.
                 Err(status)
-                    if status.code() == Code::Unauthenticated || status.code() == Code::InvalidArgument =>
+                    if status.code() == Code::InvalidArgument
+                        || (status.code() == Code::Unauthenticated && status.message() == INVALID_KEY) =>
                 {
                     return Ok(None);
+                }
+                // Auth refused *this service's* token (expired, a clock
+                // skew, a rotated key): not the caller's fault. Renew it
+                // and let the caller retry; never cache "unknown key".
+                Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                    self.token.invalidate().await;
+                    return Err(AuthnError::Unavailable(format!(
+                        "auth refused this service's token ({}); retry",
+                        status.message()
+                    )));
                 }
                 Err(status) => {
                     return Err(AuthnError::Unavailable(format!(

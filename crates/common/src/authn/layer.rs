@@ -98,13 +98,17 @@ where
         // Whatever a client put there, no principal arrives from outside.
         request.extensions_mut().remove::<Principal>();
         request.extensions_mut().remove::<super::EdgeClient>();
-        let rule = tenx_proto::access::rule(request.uri().path());
+        let path = request.uri().path();
+        let rule = tenx_proto::access::rule(path);
+        let plumbing = path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.");
         let authenticator = match (&self.mode, rule) {
-            // Not a tenx RPC (health, reflection, an unknown path that the
-            // router answers UNIMPLEMENTED), or the gateway's door.
-            (_, None) | (Mode::Edge, _) => return Box::pin(self.inner.call(request)),
-            (Mode::NoApi, Some(_)) => {
-                let status = tonic::Status::unimplemented("this server serves no tenx API");
+            // The gateway's door admits each call itself.
+            (Mode::Edge, _) => return Box::pin(self.inner.call(request)),
+            // Health and reflection are open; nothing else is, unless the
+            // table has a rule for it.
+            (_, None) if plumbing => return Box::pin(self.inner.call(request)),
+            (_, None) | (Mode::NoApi, Some(_)) => {
+                let status = tonic::Status::unimplemented("no such method");
                 return Box::pin(async move { Ok(status.into_http()) });
             }
             (Mode::Verify(authenticator), Some(rule)) => (authenticator.clone(), rule),
@@ -123,11 +127,12 @@ where
                     if let Some(principal) = principal {
                         request.extensions_mut().insert(principal);
                     }
-                    if edge.is_some()
-                        && let Some(vouched) =
-                            authenticator.edge_client(client.as_deref(), edge.as_deref()).await
-                    {
-                        request.extensions_mut().insert(vouched);
+                    match authenticator.edge_client(client.as_deref(), edge.as_deref()).await {
+                        Ok(Some(vouched)) => {
+                            request.extensions_mut().insert(vouched);
+                        }
+                        Ok(None) => {}
+                        Err(error) => return Ok(tonic::Status::from(error).into_http()),
                     }
                     inner.call(request).await
                 }

@@ -24,6 +24,12 @@ pub enum Principal {
 /// The role that makes a user an operator.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// The service clients that are operators: operator tools and backends
+/// (RecordUsage, Send, webhook administration). The platform's own
+/// services are not: a compromised gateway, which faces the internet,
+/// must not be able to mail anyone or read the ledger.
+pub const OPERATOR_SERVICES: &[&str] = &["operator"];
+
 impl Principal {
     /// The user a session or API key belongs to; `None` for a service.
     pub fn user_id(&self) -> Option<Uuid> {
@@ -38,9 +44,11 @@ impl Principal {
         matches!(self, Self::User { roles, .. } if roles.iter().any(|r| r == ADMIN_ROLE))
     }
 
-    /// An admin or a service: may call the operator RPCs.
+    /// An admin, or an operator service client ([`OPERATOR_SERVICES`]):
+    /// may call the operator RPCs.
     pub fn is_operator(&self) -> bool {
-        self.is_admin() || matches!(self, Self::Service { .. })
+        self.is_admin()
+            || matches!(self, Self::Service { name } if OPERATOR_SERVICES.contains(&name.as_str()))
     }
 
     /// Whom rate limits count against: a user (all their sessions and API

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -55,6 +55,18 @@ fn member(kind: Revoked, id: &str) -> String {
 }
 
 const KEY: &str = "auth:revoked";
+/// What auth publishes every [`HEARTBEAT`] on the channel.
+const HEARTBEAT_MESSAGE: &str = "heartbeat";
+/// How often auth says it is there.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A feed silent this long is not trusted (fallback to the lookup).
+const SILENCE: Duration = Duration::from_secs(3);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -104,6 +116,11 @@ struct Inner {
     revoked: RwLock<HashMap<String, u64>>,
     /// The subscription is up and the set was loaded after it came up.
     current: AtomicBool,
+    /// When the feed last said anything (unix ms): auth's heartbeat every
+    /// second, or a revocation. A connection that died silently (no reset
+    /// from a NAT or a lost node), or a feed under the wrong prefix, goes
+    /// quiet: after [`SILENCE`] the set is no longer trusted.
+    last_heard: AtomicU64,
     synced: watch::Sender<bool>,
     lookup: Arc<dyn RevocationLookup>,
     /// Lookups' answers, reused for a second.
@@ -142,6 +159,7 @@ impl Revocations {
         let inner = Arc::new(Inner {
             revoked: RwLock::default(),
             current: AtomicBool::new(false),
+            last_heard: AtomicU64::new(0),
             synced,
             lookup,
             looked_up: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(1)).build(),
@@ -157,7 +175,7 @@ impl Revocations {
         if self.inner.revoked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&member) {
             return Ok(true);
         }
-        if self.inner.current.load(Ordering::Acquire) {
+        if self.is_current() {
             return Ok(false);
         }
         let lookup = self.inner.lookup.clone();
@@ -168,9 +186,12 @@ impl Revocations {
             .map_err(|e: Arc<AuthnError>| (*e).clone())
     }
 
-    /// Whether the set is following Redis right now.
+    /// Whether the set is following Redis right now: subscribed, loaded,
+    /// and auth heard from within [`SILENCE`].
     pub fn is_current(&self) -> bool {
         self.inner.current.load(Ordering::Acquire)
+            && now_ms().saturating_sub(self.inner.last_heard.load(Ordering::Acquire))
+                < u64::try_from(SILENCE.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Waits until the set is current (tests, readiness).
@@ -197,6 +218,21 @@ fn insert(inner: &Inner, member: String, until: u64) {
     }
     let entry = revoked.entry(member).or_insert(until);
     *entry = (*entry).max(until);
+}
+
+/// Auth's heartbeat: tells every follower the feed is alive (and under
+/// the prefix it follows). Run by auth until `shutdown`.
+pub async fn heartbeat_until(redis: Redis, shutdown: crate::shutdown::Shutdown) {
+    loop {
+        let mut conn = redis.connection();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(redis.key(KEY)).arg(HEARTBEAT_MESSAGE);
+        let _ = redis.bounded(cmd.query_async::<i64>(&mut conn)).await;
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
 }
 
 /// Records a revocation for every instance: sorted set and message in one
@@ -243,12 +279,14 @@ async fn follow(redis: Redis, inner: Arc<Inner>) {
                 for (member, until) in entries {
                     insert(&inner, member, until);
                 }
+                inner.last_heard.store(now_ms(), Ordering::Release);
                 delay = Duration::from_millis(50);
                 inner.current.store(true, Ordering::Release);
                 inner.synced.send_replace(true);
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(payload) = message.get_payload::<String>() else { continue };
+                    inner.last_heard.store(now_ms(), Ordering::Release);
                     if let Some((member, until)) = payload.split_once(' ')
                         && let Ok(until) = until.parse()
                     {

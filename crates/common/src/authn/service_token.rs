@@ -32,6 +32,12 @@ impl ServiceToken {
         Self { service: service.to_owned(), secret, auth, current: Mutex::new(None) }
     }
 
+    /// Forgets the current token (auth refused it): the next call gets a
+    /// new one.
+    pub async fn invalidate(&self) {
+        *self.current.lock().await = None;
+    }
+
     /// Sets `authorization` on `request` to this service's token.
     pub async fn attach<T>(&self, request: &mut tonic::Request<T>) -> Result<(), AuthnError> {
         let bearer = self.bearer().await?;

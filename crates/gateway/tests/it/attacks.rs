@@ -16,18 +16,17 @@ use tonic::transport::Channel;
 
 use crate::support::{Platform, bearer, send, sign_up, unique_email};
 
-/// `message` with `authorization: Bearer <credential>` and more metadata.
+/// `message` with `authorization: Bearer <credential>` and more metadata;
+/// a value that is no valid metadata fails the test (it must be sent).
 fn call<T>(credential: Option<&str>, extra: &[(&'static str, &str)], message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Some(credential) = credential
-        && let Ok(value) = bearer(credential).parse()
-    {
+    if let Some(credential) = credential {
+        let value = bearer(credential).parse().unwrap_or_else(|e| panic!("authorization: {e}"));
         request.metadata_mut().insert("authorization", value);
     }
     for (key, value) in extra {
-        if let Ok(value) = value.parse() {
-            request.metadata_mut().insert(*key, value);
-        }
+        let value = value.parse().unwrap_or_else(|e| panic!("{key}: {e}"));
+        request.metadata_mut().insert(*key, value);
     }
     request
 }
@@ -132,6 +131,19 @@ async fn only_services_and_admins_may_send_notifications() -> anyhow::Result<()>
     assert_eq!(code(d.notification.send(anonymous).await), Code::Unauthenticated);
     let as_user = call(Some(&token), &[("x-tenx-roles", "admin")], send_request("b"));
     assert_eq!(code(d.notification.send(as_user).await), Code::PermissionDenied);
+    // Nor a platform service: the gateway faces the internet, and its
+    // secret must not buy mail to anyone.
+    let gateway = auth_pb::IssueServiceTokenRequest {
+        service: "gateway".into(),
+        secret: tenx_auth::testing::client_secret("gateway"),
+    };
+    let gateway = d.auth.issue_service_token(gateway).await?.into_inner().access_token;
+    assert_eq!(
+        code(d.notification.send(call(Some(&gateway), &[], send_request("c"))).await),
+        Code::PermissionDenied
+    );
+    let ledger = call(Some(&gateway), &[], billing_pb::ListLedgerEntriesRequest::default());
+    assert_eq!(code(d.billing.list_ledger_entries(ledger).await), Code::PermissionDenied);
     let mut issuer = d.auth.clone();
     let wrong = auth_pb::IssueServiceTokenRequest { service: "billing".into(), secret: "guess".repeat(10) };
     assert_eq!(code(issuer.issue_service_token(wrong).await), Code::Unauthenticated);
@@ -212,6 +224,7 @@ async fn api_keys_are_held_to_their_scopes_and_never_reach_credential_rpcs() -> 
         name: "ci".into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         expires_in_days: 0,
+        current_password: crate::support::PASSWORD.into(),
     };
     let key = d.auth.create_api_key(call(Some(&token), &[], create(&["billing:read"]))).await?.into_inner();
     let secret = key.secret.clone();
@@ -261,7 +274,12 @@ async fn api_keys_are_held_to_their_scopes_and_never_reach_credential_rpcs() -> 
 
 async fn key_with_every_scope(d: &mut Direct, token: &str) -> anyhow::Result<String> {
     let scopes = tenx_proto::access::scopes().into_iter().map(str::to_owned).collect();
-    let request = auth_pb::CreateApiKeyRequest { name: "all".into(), scopes, expires_in_days: 0 };
+    let request = auth_pb::CreateApiKeyRequest {
+        name: "all".into(),
+        scopes,
+        expires_in_days: 0,
+        current_password: crate::support::PASSWORD.into(),
+    };
     Ok(d.auth.create_api_key(call(Some(token), &[], request)).await?.into_inner().secret)
 }
 
@@ -338,7 +356,9 @@ async fn clients_with_tiny_deadlines_cannot_open_a_circuit_for_everyone_else() -
             device_name: String::new(),
         });
         login.set_timeout(Duration::from_millis(5));
-        let _ = door.login(login).await;
+        // Out of time, not refused by a limit: the call reached the door.
+        let status = door.login(login).await.expect_err("5 ms is too short for a login");
+        assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
     }
     let me = send(gw.http_addr, "GET", "/v1/me", &[("authorization", &bearer(&token))], None).await?;
     assert_eq!(me.status, 200, "an unrelated user is still served: {}", me.text);
@@ -424,8 +444,20 @@ async fn a_stranger_cannot_lock_a_victim_out_nor_tell_accounts_from_nobody() -> 
             device_name: String::new(),
         });
         login.metadata_mut().insert(tenx_common::authn::CLIENT_HEADER, victim.parse()?);
-        let _ = direct.login(login).await;
+        let status = direct.login(login).await.expect_err("a wrong password");
+        assert!(matches!(status.code(), Code::Unauthenticated | Code::ResourceExhausted), "{status:?}");
     }
+
+    // Vouching with anything but the gateway's own token is refused.
+    let (user_token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
+    let mut login = tonic::Request::new(auth_pb::LoginRequest {
+        email: email.clone(),
+        password: "a forged vouch".into(),
+        device_name: String::new(),
+    });
+    login.metadata_mut().insert(tenx_common::authn::CLIENT_HEADER, victim.parse()?);
+    login.metadata_mut().insert(tenx_common::authn::EDGE_AUTHORIZATION, bearer(&user_token).parse()?);
+    assert_eq!(code(direct.login(login).await), Code::Unauthenticated);
 
     // The victim, from their own address, still gets in.
     assert_eq!(login_from(gw.http_addr, victim, &email, crate::support::PASSWORD).await?, 200);

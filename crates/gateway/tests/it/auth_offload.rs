@@ -190,6 +190,7 @@ async fn an_api_key_works_like_a_token_and_client_identity_headers_are_ignored()
         name: "ci".into(),
         scopes: vec!["profile:read".into(), "notifications:read".into()],
         expires_in_days: 0,
+        current_password: PASSWORD.into(),
     });
     create.metadata_mut().insert("authorization", bearer(&token_a).parse()?);
     let secret = auth.create_api_key(create).await?.into_inner().secret;

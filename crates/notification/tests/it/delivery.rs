@@ -290,18 +290,25 @@ async fn a_code_opens_only_with_auths_key_and_an_unsealed_one_from_an_older_auth
     let other = tenx_common::sealed::SealKey::parse("b3RoZXItZGV2ZWxvcG1lbnQta2V5LTMyLWJ5dGVzISE=")
         .map_err(anyhow::Error::msg)?;
     let mut forged = notify.reset_event(user, &email, "ABCD2345");
-    forged.sealed_code = other.seal(b"ABCD2345", format!("password_reset:{user}").as_bytes());
+    forged.sealed_code = other.seal(b"ABCD2345", format!("password_reset:{user}:{email}").as_bytes());
     notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &forged).await?;
+    // A victim's sealed code copied into an event for the attacker's
+    // address: it does not open either.
+    let mut redirected = notify.reset_event(user, &email, "VICT1M23");
+    redirected.email = unique_email();
+    let attacker = redirected.email.clone();
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &redirected).await?;
     let admin =
         notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
     let queue = tenx_notification::app::topology(&notify.settings).queue;
-    let dead = format!("tenx_queue_messages_total{{queue=\"{queue}\",outcome=\"dead_lettered\"}} 1");
+    let dead = format!("tenx_queue_messages_total{{queue=\"{queue}\",outcome=\"dead_lettered\"}} 2");
     crate::support::eventually(Duration::from_secs(10), "the unopenable event dead-lettered", || async {
         let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
         Ok(metrics.lines().any(|l| l == dead))
     })
     .await?;
     assert!(crate::support::mails_to(&email)?.is_empty(), "no email with a code nobody could read");
+    assert!(crate::support::mails_to(&attacker)?.is_empty(), "no victim's code to another address");
 
     // An event written before sealing existed carries its code plain.
     let (user, email) = (Uuid::now_v7(), unique_email());

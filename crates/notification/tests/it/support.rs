@@ -100,11 +100,11 @@ impl TestNotify {
         Ok(NotificationServiceClient::with_interceptor(channel, Bearer(bearer)))
     }
 
-    /// A client that calls as another service (billing, which sends the
-    /// platform's own notifications), unless a request carries a user's
-    /// credential ([`as_user`]).
+    /// A client that calls as the operator service client (an operator's
+    /// backend sending its own notifications), unless a request carries a
+    /// user's credential ([`as_user`]).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        self.client_with(Some(self.auth.service_token("billing").await?)).await
+        self.client_with(Some(self.auth.service_token("operator").await?)).await
     }
 
     /// A client with no credential of its own.
@@ -127,7 +127,7 @@ impl TestNotify {
             user_id: user.to_string(),
             email: email.to_owned(),
             expires_in_minutes: 30,
-            sealed_code: key.seal(code.as_bytes(), format!("password_reset:{user}").as_bytes()),
+            sealed_code: key.seal(code.as_bytes(), format!("password_reset:{user}:{email}").as_bytes()),
             ..Default::default()
         }
     }
