@@ -87,7 +87,8 @@ impl Passwords {
         let task = Task::Verify { password: password.to_owned(), stored, current: self.params.clone() };
         let verified = match self.pool.run(task).await? {
             Done::Verified(verified) => verified,
-            Done::Hashed(_) => return Err(AuthError::Internal("hash worker answered a hash".into())),
+            Done::Hashed(Err(error)) => return Err(error),
+            Done::Hashed(Ok(_)) => return Err(AuthError::Internal("hash worker answered a hash".into())),
         };
         Ok(Verified { ok: verified.ok && exists, needs_rehash: verified.needs_rehash && exists })
     }
@@ -157,15 +158,21 @@ impl HashPool {
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
                         ran.fetch_add(1, Ordering::Relaxed);
-                        let done = match task {
+                        // A panic (a bug) fails this one call, not the
+                        // worker: the pool never shrinks below its size.
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match task {
                             Task::Hash { password } => {
                                 Done::Hashed(hash_with(&params, &password, &mut memory))
                             }
                             Task::Verify { password, stored, current } => {
                                 Done::Verified(verify_with(&password, &stored, &current, &mut memory))
                             }
-                        };
+                        }));
                         running.fetch_sub(1, Ordering::SeqCst);
+                        let done = done.unwrap_or_else(|_| {
+                            tracing::error!("a password hash panicked");
+                            Done::Hashed(Err(AuthError::Internal("password hashing failed".into())))
+                        });
                         let _ = reply.send(done);
                     }
                 })

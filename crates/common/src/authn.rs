@@ -168,9 +168,28 @@ impl From<AuthnError> for ApiError {
     }
 }
 
+/// The ErrorInfo reason of a call refused because credentials could not
+/// be checked: the service itself is fine (so a gateway neither retries
+/// it nor counts it against the service's circuit) and so may be the
+/// caller's credential.
+pub const UNAVAILABLE_REASON: &str = "AUTHN_UNAVAILABLE";
+
 impl From<AuthnError> for tonic::Status {
     fn from(error: AuthnError) -> Self {
-        ApiError::from(error).into()
+        match error {
+            AuthnError::Unavailable(message) => {
+                use tonic_types::StatusExt;
+                let mut details =
+                    tonic_types::ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+                details.set_error_info(
+                    UNAVAILABLE_REASON,
+                    "authn.tenx",
+                    std::collections::HashMap::<String, String>::new(),
+                );
+                tonic::Status::with_error_details(tonic::Code::Unavailable, message, details)
+            }
+            other => ApiError::from(other).into(),
+        }
     }
 }
 

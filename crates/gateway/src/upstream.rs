@@ -77,20 +77,30 @@ impl Breaker {
     }
 
     /// Records an outcome; returns whether the circuit is open after it.
-    fn record(&self, outcome: Outcome) -> bool {
+    /// Records the outcome of a call (`probe`: the trial let through
+    /// after the open period); returns whether the circuit is open after.
+    /// While the circuit is open only the trial decides: a call admitted
+    /// before it opened that answers late neither closes nor reopens it.
+    fn record(&self, outcome: Outcome, probe: bool) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Outcome::Unwell => {
+        let open_for = Duration::from_secs(self.settings.open_seconds);
+        match (s.open_until.is_some(), probe, outcome) {
+            (true, false, _) => {}
+            (true, true, Outcome::Healthy) | (false, _, Outcome::Healthy) => *s = BreakerState::default(),
+            (true, true, Outcome::Unwell) => {
+                s.open_until = Some(Instant::now() + open_for);
+                s.probing = false;
+            }
+            // Says nothing about the upstream; the trial's place is free
+            // for the next call.
+            (true, true, Outcome::Unknown) => s.probing = false,
+            (false, _, Outcome::Unwell) => {
                 s.failures += 1;
-                if s.probing || s.failures >= self.settings.failure_threshold {
-                    s.open_until = Some(Instant::now() + Duration::from_secs(self.settings.open_seconds));
-                    s.probing = false;
+                if s.failures >= self.settings.failure_threshold {
+                    s.open_until = Some(Instant::now() + open_for);
                 }
             }
-            Outcome::Healthy => *s = BreakerState::default(),
-            // Says nothing about the upstream; a trial that ended so
-            // frees its place for the next call.
-            Outcome::Unknown => s.probing = false,
+            (false, _, Outcome::Unknown) => {}
         }
         s.open_until.is_some()
     }
@@ -120,14 +130,14 @@ pub(crate) struct Admission<'a> {
 impl Admission<'_> {
     pub(crate) fn record(mut self, outcome: Outcome) -> bool {
         self.recorded = true;
-        self.upstream.record_outcome(outcome)
+        self.upstream.record_outcome(outcome, self.probe)
     }
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if !self.recorded && self.probe {
-            self.upstream.record_outcome(Outcome::Unknown);
+            self.upstream.record_outcome(Outcome::Unknown, true);
         }
     }
 }
@@ -220,8 +230,8 @@ impl Upstream {
         }
     }
 
-    fn record_outcome(&self, outcome: Outcome) -> bool {
-        let open = self.breaker.record(outcome);
+    fn record_outcome(&self, outcome: Outcome, probe: bool) -> bool {
+        let open = self.breaker.record(outcome, probe);
         self.metrics.open.get_or_create(&UpstreamLabel { upstream: self.name }).set(i64::from(open));
         open
     }
@@ -290,12 +300,14 @@ mod tests {
             state: Mutex::default(),
         };
         assert_eq!(breaker.admit(), Ok(false));
-        assert!(!breaker.record(Outcome::Unwell));
-        assert!(breaker.record(Outcome::Unwell), "open after two failures");
+        assert!(!breaker.record(Outcome::Unwell, false));
+        assert!(breaker.record(Outcome::Unwell, false), "open after two failures");
+        // A call let in before it opened, answering late, changes nothing.
+        assert!(breaker.record(Outcome::Healthy, false), "still open");
         // open_seconds = 0: the next call is the trial; others wait.
         assert_eq!(breaker.admit(), Ok(true));
         assert!(breaker.admit().is_err(), "one trial at a time");
-        assert!(!breaker.record(Outcome::Healthy), "a successful trial closes it");
+        assert!(!breaker.record(Outcome::Healthy, true), "a successful trial closes it");
         assert_eq!(breaker.admit(), Ok(false));
     }
 
@@ -307,13 +319,19 @@ mod tests {
         };
         for _ in 0..30 {
             assert_eq!(breaker.admit(), Ok(false));
-            assert!(!breaker.record(Outcome::Unknown), "a client's 5 ms deadline says nothing of auth");
+            assert!(
+                !breaker.record(Outcome::Unknown, false),
+                "a client's 5 ms deadline says nothing of auth"
+            );
         }
-        breaker.record(Outcome::Unwell);
-        assert!(breaker.record(Outcome::Unwell));
+        breaker.record(Outcome::Unwell, false);
+        assert!(breaker.record(Outcome::Unwell, false));
         assert_eq!(breaker.admit(), Ok(true), "the trial");
+        // Another call's client giving up frees no trial place.
+        assert!(breaker.record(Outcome::Unknown, false));
+        assert!(breaker.admit().is_err(), "the trial is still out");
         // The trial's client hangs up: Unknown (what a dropped Admission records).
-        assert!(breaker.record(Outcome::Unknown), "still open: nothing was learnt");
+        assert!(breaker.record(Outcome::Unknown, true), "still open: nothing was learnt");
         assert_eq!(breaker.admit(), Ok(true), "the next call is the new trial, not refused for good");
     }
 
@@ -331,6 +349,11 @@ mod tests {
             ),
         );
         assert!(!unwell(&provider), "one card's provider error must not open billing's circuit");
+        // Billing unable to check a credential (auth or Redis trouble) is
+        // not billing being down.
+        let authn = tonic::Status::from(tenx_common::authn::AuthnError::Unavailable("auth is slow".into()));
+        assert_eq!(authn.code(), Code::Unavailable);
+        assert!(!unwell(&authn), "auth's trouble must not open billing's circuit");
         assert!(!unwell(&tonic::Status::failed_precondition("no")));
     }
 }
