@@ -12,15 +12,13 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tenx_common::db::Db;
+use tenx_common::sealed::SealKey;
 use tenx_proto::auth::v1::Jwk;
 
 use crate::error::AuthError;
@@ -30,42 +28,25 @@ use crate::settings::TokenSettings;
 /// covering instances that signed with them before reloading.
 const RETIRED_MARGIN: Duration = Duration::from_secs(120);
 
-/// The key-encryption key.
-#[derive(Clone)]
-pub struct Kek(Aes256Gcm);
-
-impl std::fmt::Debug for Kek {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Kek([redacted])")
-    }
-}
+/// The key-encryption key: AES-256-GCM (`tenx_common::sealed`, with no
+/// associated data), `nonce ‖ ciphertext ‖ tag` at rest.
+#[derive(Clone, Debug)]
+pub struct Kek(SealKey);
 
 impl Kek {
     pub fn parse(base64_key: &str) -> Result<Self, String> {
-        let bytes = STANDARD.decode(base64_key.trim()).map_err(|_| "must be base64".to_owned())?;
-        if bytes.len() != 32 {
-            return Err(format!("must decode to 32 bytes, got {}", bytes.len()));
-        }
-        Aes256Gcm::new_from_slice(&bytes).map(Kek).map_err(|_| "must decode to 32 bytes".to_owned())
+        SealKey::parse(base64_key).map(Kek)
     }
 
     fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>, AuthError> {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .0
-            .encrypt(&Nonce::from(nonce), plain)
-            .map_err(|_| AuthError::Internal("key encryption failed".into()))?;
-        Ok([nonce.as_slice(), &sealed].concat())
+        Ok(self.0.seal(plain, b""))
     }
 
     fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
         if sealed.len() < 12 {
             return Err(AuthError::Internal("stored signing key is truncated".into()));
         }
-        let (nonce, body) = sealed.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| AuthError::Internal("bad nonce".into()))?;
-        self.0.decrypt(&Nonce::from(nonce), body).map_err(|_| {
+        self.0.open(sealed, b"").ok_or_else(|| {
             AuthError::Internal("cannot decrypt signing key: wrong tokens.key_encryption_key?".into())
         })
     }

@@ -241,16 +241,12 @@ fn verify_with(password: &str, stored: &str, current: &Params, memory: &mut [Blo
     let argon2 = Argon2::new(algorithm, version, params.clone());
     let mut out = vec![0u8; expected.len()];
     let ok = argon2.hash_password_into_with_memory(password.as_bytes(), raw_salt, &mut out, memory).is_ok()
-        && constant_time_eq(&out, expected.as_bytes());
+        && crate::secrets::constant_time_eq(&out, expected.as_bytes());
     let needs_rehash = algorithm != Algorithm::Argon2id
         || params.m_cost() != current.m_cost()
         || params.t_cost() != current.t_cost()
         || params.p_cost() != current.p_cost();
     Verified { ok, needs_rehash }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -232,25 +232,18 @@ impl Core {
         // `max` of a window are ever checked. Counted per email and client,
         // whether or not the email has an account. No connection is held
         // while argon2 runs (a slow hash must not starve the pool).
-        let (attempt, after_lock, account) = {
+        let (attempt, account) = {
             let conn = self.db.write().await?;
-            let (attempt, after_lock) = self.claim_attempt(&*conn, &email, client).await?;
-            (attempt, after_lock, store::login_row(&*conn, &email).await?)
+            let attempt = self.claim_attempt(&*conn, &email, client).await?;
+            (attempt, store::login_row(&*conn, &email).await?)
         };
-        if attempt > self.settings.login.max_failures && !after_lock {
-            // Concurrent guesses past the limit are not even checked.
-            self.lock(&email, client, attempt).await?;
-            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
-        }
         // An unknown email is as slow as a known one, and fails the same.
         let verified = self
             .passwords
             .verify(&request.password, account.as_ref().map(|a| a.password_hash.as_str()))
             .await?;
         let Some(account) = account.filter(|_| verified.ok) else {
-            if attempt >= self.settings.login.max_failures {
-                self.lock(&email, client, attempt).await?;
-            }
+            self.fail_attempt(&email, client, attempt).await?;
             return Err(wrong);
         };
         let (id, user) = (account.user.id, account.user);
@@ -275,15 +268,16 @@ impl Core {
         Ok((pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
     }
 
-    /// Counts one password attempt of (`email`, `client`): its number in
-    /// the current window and whether it follows an expired lock; or
-    /// LOCKED_OUT while a lock holds.
+    /// Counts one password attempt of (`email`, `client`) and returns its
+    /// number in the current window; LOCKED_OUT while a lock holds, or
+    /// when the attempt is past the limit (concurrent guesses past it are
+    /// not even checked, and lock the client out).
     async fn claim_attempt(
         &self,
         conn: &impl deadpool_postgres::GenericClient,
         email: &str,
         client: &str,
-    ) -> Result<(i32, bool), AuthError> {
+    ) -> Result<i32, AuthError> {
         let row = conn
             .query_opt(
                 "INSERT INTO login_attempts AS a (email, client, failures) VALUES ($1, $2, 1) \
@@ -295,7 +289,14 @@ impl Core {
             )
             .await?;
         if let Some(row) = row {
-            return Ok((row.get(0), row.get(1)));
+            let (attempt, after_lock): (i32, bool) = (row.get(0), row.get(1));
+            // The first guess after a lock expired is checked once; a
+            // failure locks again for longer.
+            if attempt > self.settings.login.max_failures && !after_lock {
+                self.lock(conn, email, client, attempt).await?;
+                return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
+            }
+            return Ok(attempt);
         }
         let until: Option<SystemTime> = conn
             .query_opt(
@@ -324,17 +325,29 @@ impl Core {
             .is_some())
     }
 
-    async fn lock(&self, email: &str, client: &str, failures: i32) -> Result<(), AuthError> {
+    /// A wrong password on attempt number `attempt`: the last one the
+    /// limit allows locks the client out of the email.
+    async fn fail_attempt(&self, email: &str, client: &str, attempt: i32) -> Result<(), AuthError> {
+        if attempt >= self.settings.login.max_failures {
+            self.lock(&*self.db.write().await?, email, client, attempt).await?;
+        }
+        Ok(())
+    }
+
+    async fn lock(
+        &self,
+        conn: &impl deadpool_postgres::GenericClient,
+        email: &str,
+        client: &str,
+        failures: i32,
+    ) -> Result<(), AuthError> {
         let delay = self.lock_delay(failures);
-        self.db
-            .write()
-            .await?
-            .execute(
-                "UPDATE login_attempts SET locked_until = now() + make_interval(secs => $3), updated_at = now() \
+        conn.execute(
+            "UPDATE login_attempts SET locked_until = now() + make_interval(secs => $3), updated_at = now() \
                  WHERE email = $1 AND client = $2 AND (locked_until IS NULL OR locked_until <= now())",
-                &[&email, &client, &delay.as_secs_f64()],
-            )
-            .await?;
+            &[&email, &client, &delay.as_secs_f64()],
+        )
+        .await?;
         tracing::warn!(
             client,
             failures,
@@ -685,18 +698,11 @@ impl Core {
             let account = store::login_row(&*conn, &user.email).await?.ok_or(AuthError::NotFound("user"))?;
             (user, account)
         };
-        let (attempt, after_lock) = self.claim_attempt(&*self.db.write().await?, &user.email, client).await?;
-        let max = self.settings.login.max_failures;
-        if attempt > max && !after_lock {
-            self.lock(&user.email, client, attempt).await?;
-            return Err(AuthError::LockedOut { retry_after: self.lock_delay(attempt) });
-        }
+        let attempt = self.claim_attempt(&*self.db.write().await?, &user.email, client).await?;
         // No connection is held while argon2 runs.
         let verified = self.passwords.verify(password, Some(&account.password_hash)).await?;
         if !verified.ok {
-            if attempt >= max {
-                self.lock(&user.email, client, attempt).await?;
-            }
+            self.fail_attempt(&user.email, client, attempt).await?;
             return Err(AuthError::invalid("current_password", "is wrong"));
         }
         // Proved: this client's count starts again, as after a login.

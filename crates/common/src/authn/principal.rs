@@ -2,8 +2,6 @@
 
 use uuid::Uuid;
 
-use super::AuthnError;
-
 /// Who is calling, as verified by [`super::AuthnLayer`]; found in the
 /// request's extensions (see [`principal`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,12 +57,6 @@ impl Principal {
             Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => format!("user:{user_id}"),
             Self::Service { name } => format!("service:{name}"),
         }
-    }
-
-    /// The user a call acts for, or UNAUTHENTICATED.
-    pub fn require_user(&self) -> Result<Uuid, AuthnError> {
-        self.user_id()
-            .ok_or(AuthnError::Unauthenticated("this call acts for a user; a service token has none"))
     }
 }
 
