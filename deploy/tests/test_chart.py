@@ -292,8 +292,8 @@ class ValuesSchema(unittest.TestCase):
         "authn refresh zero": ({"services": {"notification": {"config": {"authn": {"refresh_seconds": 0}}}}}, "refresh_seconds"),
         "gateway jwks (renamed authn)": ({"services": {"gateway": {"config": {"jwks": {"issuer": "tenx-auth"}}}}}, "jwks"),
         "extraIngressFrom not a list": ({"services": {"billing": {"extraIngressFrom": {"podSelector": {}}}}}, "extraIngressFrom"),
-        # A section of docs/services/billing.md that tenx-billing does not read yet.
-        "billing key not read yet": ({"services": {"billing": {"config": {"provider": {"reconcile_after_seconds": 10}}}}}, "reconcile_after_seconds"),
+        # A key tenx-billing does not read.
+        "billing key not read": ({"services": {"billing": {"config": {"tax": {"inclusive": True}}}}}, "tax"),
     }
 
     def test_bad_values_are_rejected_by_the_schema(self):
@@ -582,6 +582,23 @@ class Workloads(unittest.TestCase):
             if any(values.get(k, {}).get("enabled") or values.get(k, {}).get("grpc", {}).get("enabled")
                    for k in ("ingress", "httpRoute")):
                 self.assertGreaterEqual(values["services"]["gateway"]["config"]["http"]["forwarded_hops"], 1, name)
+
+    def test_the_gateways_payment_deadline_must_outlast_the_payment_providers_timeout(self):
+        docs = r.manifests(r.rendered("defaults"))
+        self.assertGreater(config_toml(docs, "gateway")["limits"]["payment_timeout_ms"],
+                           config_toml(docs, "billing")["provider"]["timeout_ms"])
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"billing": {"config": {"provider": {"timeout_ms": 20000}}}}})
+        self.assertIn("services.gateway.config.limits.payment_timeout_ms (15000) must exceed "
+                      "services.billing.config.provider.timeout_ms (20000)", str(caught.exception))
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"services": {"gateway": {"config": {"routes": {
+                "billing_invoices_pay": {"timeout_ms": 3000}}}}}})
+        self.assertIn("services.gateway.config.routes.billing_invoices_pay.timeout_ms (3000) must exceed",
+                      str(caught.exception))
+        # Billing outside the release: nothing to compare with.
+        r.render({"services": {"billing": {"enabled": False}, "gateway": {"config": {
+            "upstreams": {"billing": {"url": "http://billing.x:50052"}}, "limits": {"payment_timeout_ms": 5000}}}}})
 
     def test_token_verifiers_and_auth_must_agree_on_issuer_audience_and_revocation_prefix(self):
         docs = r.manifests(r.rendered("defaults"))

@@ -23,7 +23,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::customers::{self, CustomerWorker};
 use crate::error::BillingError;
 use crate::idempotency::Keys;
-use crate::provider::SimulatedProvider;
+use crate::provider::{PaymentProvider, SimulatedProvider};
 use crate::scheduler::Scheduler;
 use crate::service::{BillingApi, Core};
 use crate::settings::BillingSettings;
@@ -51,6 +51,14 @@ pub fn migrations_fingerprint() -> String {
 /// The topology of the customers consumer (auth's user events).
 pub fn customers_topology(settings: &BillingSettings) -> Topology {
     Topology::for_group(&settings.amqp, customers::GROUP, &customers::BINDINGS)
+}
+
+/// The payment provider the settings name.
+fn provider(settings: &BillingSettings) -> Result<Arc<dyn PaymentProvider>, BillingError> {
+    match settings.provider.kind.as_str() {
+        "simulated" => Ok(Arc::new(SimulatedProvider::default())),
+        other => Err(BillingError::Internal(format!("provider.kind: unknown provider {other:?}"))),
+    }
 }
 
 pub struct App {
@@ -99,8 +107,9 @@ impl App {
             clock,
             catalog: Catalog::new(db.clone(), settings.billing.trial_days),
             keys: Keys::new(settings.idempotency.clone()),
-            provider: Arc::new(SimulatedProvider::default()),
+            provider: provider(&settings)?,
             provider_timeout: std::time::Duration::from_millis(settings.provider.timeout_ms),
+            reconcile_after: std::time::Duration::from_secs(settings.provider.reconcile_after_seconds),
             currency_default: settings.billing.currency_default.clone(),
             default_trial_days: settings.billing.trial_days,
             incomplete_expiry: std::time::Duration::from_secs(

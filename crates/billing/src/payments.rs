@@ -3,6 +3,11 @@
 //! crash or a timeout is resolved by asking the provider (never by
 //! charging again); the database allows one attempt in flight and one
 //! success per invoice.
+//!
+//! The same transaction writes the attempt's `payment_reconcile` job, due
+//! `provider.reconcile_after_seconds` later: whatever happens to the
+//! request or the process in between, the scheduler then asks the
+//! provider what became of the attempt and settles it.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +20,7 @@ use crate::error::BillingError;
 use crate::invoices::{Party, enqueue};
 use crate::ledger::{self, About, Entry};
 use crate::model;
-use crate::provider::{ChargeOutcome, Decline, PaymentProvider, ProviderError, SimulatedProvider};
+use crate::provider::{ChargeOutcome, Decline, PaymentProvider, ProviderError};
 
 /// An attempt in flight.
 #[derive(Debug, Clone)]
@@ -25,17 +30,29 @@ pub struct Attempt {
     pub provider_ref: String,
     pub amount_minor: i64,
     pub currency: String,
+    /// `customer`, `automatic` or `dunning`.
+    pub initiated_by: String,
+}
+
+/// What every new attempt is recorded with.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The provider's name, stored on the attempt.
+    pub provider: &'static str,
+    /// When the attempt's reconcile job is due, after its creation.
+    pub reconcile_after: Duration,
 }
 
 /// Locks the invoice, checks it can be paid, picks the payment method and
-/// records a `pending` attempt, in the caller's transaction.
+/// records a `pending` attempt and its reconcile job, in the caller's
+/// transaction.
 pub async fn begin<C: GenericClient>(
     tx: &C,
     now: SystemTime,
     invoice_id: Uuid,
     method: Option<Uuid>,
     initiated_by: &str,
-    provider: &str,
+    policy: Policy,
 ) -> Result<Attempt, BillingError> {
     let invoice = tx
         .query_opt(
@@ -74,11 +91,31 @@ pub async fn begin<C: GenericClient>(
         .execute(
             "INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, currency, \
                status, initiated_by, provider, created_at) VALUES ($1, $2, $3, $4, $5, $6::text, 'pending', $7, $8, $9)",
-            &[&id, &invoice_id, &customer, &method, &remaining, &currency, &initiated_by, &provider, &now],
+            &[&id, &invoice_id, &customer, &method, &remaining, &currency, &initiated_by, &policy.provider, &now],
         )
         .await;
     match inserted {
-        Ok(_) => Ok(Attempt { id, invoice_id, provider_ref, amount_minor: remaining, currency }),
+        Ok(_) => {
+            crate::scheduler::schedule(
+                tx,
+                "payment_reconcile",
+                &format!("reconcile:{id}"),
+                None,
+                Some(invoice_id),
+                Some(id),
+                now + policy.reconcile_after,
+                now,
+            )
+            .await?;
+            Ok(Attempt {
+                id,
+                invoice_id,
+                provider_ref,
+                amount_minor: remaining,
+                currency,
+                initiated_by: initiated_by.to_owned(),
+            })
+        }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(BillingError::Busy {
             reason: "PAYMENT_IN_PROGRESS",
             message: "another payment of this invoice is in progress".into(),
@@ -92,7 +129,7 @@ pub async fn begin<C: GenericClient>(
 pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
     let row = db
         .query_opt(
-            "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref FROM payment_attempts a \
+            "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref, a.initiated_by FROM payment_attempts a \
              JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1 AND a.status = 'pending'",
             &[&attempt],
         )
@@ -103,6 +140,7 @@ pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<A
         amount_minor: r.get(2),
         currency: r.get::<_, String>(3).trim().to_owned(),
         provider_ref: r.get(4),
+        initiated_by: r.get(5),
     }))
 }
 
@@ -112,7 +150,8 @@ pub enum Charged {
     Outcome(ChargeOutcome),
     /// Certainly not charged.
     Unavailable(String),
-    /// Unknown: the attempt stays pending.
+    /// Unknown (no answer, or a lookup that failed): the attempt stays
+    /// pending.
     Timeout,
     /// A pending attempt the provider never saw: not charged.
     NotFound,
@@ -133,9 +172,10 @@ impl Charged {
 }
 
 /// Charges (or, when `resume`, looks up) an attempt at the provider,
-/// bounded by `timeout`.
+/// bounded by `timeout`. A lookup that fails says nothing about the
+/// charge, so it is unknown ([`Charged::Timeout`]), never "not charged".
 pub async fn call_provider(
-    provider: &SimulatedProvider,
+    provider: &dyn PaymentProvider,
     attempt: &Attempt,
     resume: bool,
     timeout: Duration,
@@ -152,6 +192,7 @@ pub async fn call_provider(
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) | Ok(Err(ProviderError::Timeout)) => Charged::Timeout,
+        Ok(Err(ProviderError::Unavailable(_))) if resume => Charged::Timeout,
         Ok(Err(ProviderError::Unavailable(m))) => Charged::Unavailable(m),
         Ok(Ok(charged)) => charged,
     }
@@ -166,6 +207,17 @@ pub async fn settle<C: GenericClient>(
     attempt: &Attempt,
     charged: &Charged,
 ) -> Result<bool, BillingError> {
+    if let Charged::Timeout = charged {
+        return Ok(false);
+    }
+    // Settled: the attempt's reconcile job has nothing left to do (unless
+    // it is the one settling it, and then it finishes itself).
+    tx.execute(
+        "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
+         WHERE dedupe_key = $1 AND status = 'pending' AND (locked_until IS NULL OR locked_until < $2)",
+        &[&format!("reconcile:{}", attempt.id), &now],
+    )
+    .await?;
     let (failure, message) = match charged {
         Charged::Timeout => return Ok(false),
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {

@@ -1,9 +1,11 @@
 //! Payment providers. The built-in simulated provider has fixed test
 //! tokens, so every payment path runs in tests and local development; a
-//! real provider (Stripe, Adyen) implements the same trait.
+//! real provider (Stripe, Adyen) implements the same trait, and `Core`
+//! holds whichever the settings name as `Arc<dyn PaymentProvider>`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -42,6 +44,7 @@ pub enum ProviderError {
     Timeout,
 }
 
+#[tonic::async_trait]
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     /// Stored on payment methods and attempts.
     fn name(&self) -> &'static str;
@@ -49,31 +52,39 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     /// written, so an unknown token is INVALID_ARGUMENT).
     fn recognizes(&self, token: &str) -> bool;
     /// Token → a reusable payment method.
-    fn attach(&self, token: &str) -> impl Future<Output = Result<AttachedMethod, ProviderError>> + Send;
+    async fn attach(&self, token: &str) -> Result<AttachedMethod, ProviderError>;
     /// Charges a method; idempotent by `attempt_id` (the same id never
     /// charges twice).
-    fn charge(
+    async fn charge(
         &self,
         attempt_id: Uuid,
         provider_ref: &str,
         amount_minor: i64,
         currency: &str,
-    ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
-    /// What happened to an attempt (after a timeout or a crash).
-    fn retrieve(
-        &self,
-        attempt_id: Uuid,
-    ) -> impl Future<Output = Result<Option<ChargeOutcome>, ProviderError>> + Send;
+    ) -> Result<ChargeOutcome, ProviderError>;
+    /// What happened to an attempt (after a timeout or a crash): `None`
+    /// when the provider never saw it.
+    async fn retrieve(&self, attempt_id: Uuid) -> Result<Option<ChargeOutcome>, ProviderError>;
 }
 
 /// The fixed test tokens: (token, brand, last 4, what every charge does).
-const TOKENS: [(&str, &str, &str, Behaviour); 5] = [
+const TOKENS: [(&str, &str, &str, Behaviour); 7] = [
     ("tok_success", "visa", "4242", Behaviour::Succeed),
     ("tok_declined", "visa", "0002", Behaviour::Decline(Decline::CardDeclined)),
     ("tok_insufficient_funds", "visa", "9995", Behaviour::Decline(Decline::InsufficientFunds)),
     ("tok_provider_error", "mastercard", "0119", Behaviour::Fail),
     ("tok_provider_timeout", "mastercard", "0341", Behaviour::LoseAnswer),
+    ("tok_slow", "visa", "1881", Behaviour::Slow),
+    ("tok_provider_hang", "mastercard", "5100", Behaviour::Hang),
 ];
+
+/// How long a `tok_slow` charge takes (long enough for a caller to give up).
+pub const SLOW_CHARGE: Duration = Duration::from_millis(1500);
+
+/// Charges remembered for `retrieve`; the oldest are forgotten past this
+/// (attempt ids are time-ordered UUIDv7s), so the simulator's memory is
+/// bounded however long it runs.
+const REMEMBERED: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
@@ -82,12 +93,17 @@ enum Behaviour {
     Fail,
     /// Charges, then the answer is lost (a timeout).
     LoseAnswer,
+    /// Succeeds after [`SLOW_CHARGE`].
+    Slow,
+    /// Never answers and never charges (a request lost on the way).
+    Hang,
 }
 
-/// In-memory provider, shared by the process.
+/// In-memory provider, shared by the process. For development and tests
+/// only: settings refuse it when `environment = "production"`.
 #[derive(Debug, Default)]
 pub struct SimulatedProvider {
-    charges: Mutex<HashMap<Uuid, ChargeOutcome>>,
+    charges: Mutex<BTreeMap<Uuid, ChargeOutcome>>,
 }
 
 impl SimulatedProvider {
@@ -102,6 +118,7 @@ impl SimulatedProvider {
     }
 }
 
+#[tonic::async_trait]
 impl PaymentProvider for SimulatedProvider {
     fn name(&self) -> &'static str {
         "simulated"
@@ -134,6 +151,11 @@ impl PaymentProvider for SimulatedProvider {
     ) -> Result<ChargeOutcome, ProviderError> {
         let behaviour = Self::behaviour(provider_ref)
             .ok_or_else(|| ProviderError::Unavailable(format!("unknown payment method {provider_ref}")))?;
+        match behaviour {
+            Behaviour::Hang => std::future::pending::<()>().await,
+            Behaviour::Slow => tokio::time::sleep(SLOW_CHARGE).await,
+            _ => {}
+        }
         let mut charges = self.charges.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(done) = charges.get(&attempt_id) {
             return Ok(done.clone());
@@ -141,11 +163,14 @@ impl PaymentProvider for SimulatedProvider {
         let outcome = match behaviour {
             Behaviour::Fail => return Err(ProviderError::Unavailable("simulated processing error".into())),
             Behaviour::Decline(d) => ChargeOutcome::Declined(d),
-            Behaviour::Succeed | Behaviour::LoseAnswer => {
+            Behaviour::Succeed | Behaviour::LoseAnswer | Behaviour::Slow | Behaviour::Hang => {
                 ChargeOutcome::Succeeded { charge_id: format!("ch_sim_{}", attempt_id.simple()) }
             }
         };
         charges.insert(attempt_id, outcome.clone());
+        while charges.len() > REMEMBERED {
+            charges.pop_first();
+        }
         if behaviour == Behaviour::LoseAnswer {
             return Err(ProviderError::Timeout);
         }

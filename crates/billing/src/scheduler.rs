@@ -23,7 +23,6 @@ use crate::ledger::{self, About, Entry};
 use crate::model;
 use crate::payments::{self, Attempt, Charged};
 use crate::periods;
-use crate::provider::PaymentProvider;
 use crate::service::Core;
 use crate::settings::{DunningSettings, SchedulerSettings};
 use crate::subscriptions;
@@ -395,7 +394,7 @@ impl Scheduler {
         let attempt = {
             let mut conn = self.core.db.write().await?;
             let tx = conn.transaction().await?;
-            match payments::begin(&tx, now, invoice, None, initiated_by, self.core.provider.name()).await {
+            match payments::begin(&tx, now, invoice, None, initiated_by, self.core.policy()).await {
                 Ok(attempt) => {
                     tx.commit().await?;
                     attempt
@@ -421,7 +420,8 @@ impl Scheduler {
             }
         };
         let charged =
-            payments::call_provider(&self.core.provider, &attempt, false, self.core.provider_timeout).await;
+            payments::call_provider(self.core.provider.as_ref(), &attempt, false, self.core.provider_timeout)
+                .await;
         self.core.metrics.attempt(charged.outcome_name(), initiated_by);
         self.conclude(job, &attempt, &charged, n).await
     }
@@ -438,22 +438,8 @@ impl Scheduler {
         let mut conn = self.core.db.write().await?;
         let tx = conn.transaction().await?;
         match charged {
-            Charged::Timeout => {
-                let reconcile = now + Duration::from_secs(300);
-                let key = format!("reconcile:{}", attempt.id);
-                schedule(
-                    &tx,
-                    "payment_reconcile",
-                    &key,
-                    None,
-                    Some(attempt.invoice_id),
-                    Some(attempt.id),
-                    reconcile,
-                    now,
-                )
-                .await?;
-                self.finish(&tx, job).await?;
-            }
+            // The attempt's reconcile job (written with it) finds out.
+            Charged::Timeout => self.finish(&tx, job).await?,
             Charged::Unavailable(message) => {
                 // Not the customer's fault: record it, and try again later
                 // without moving the ladder.
@@ -463,7 +449,9 @@ impl Scheduler {
             }
             Charged::Outcome(_) | Charged::NotFound => {
                 let paid = payments::settle(&tx, now, attempt, charged).await?;
-                if !paid && matches!(charged, Charged::Outcome(_)) {
+                // A customer's own failed payment is only reported to
+                // them; automatic collection moves the dunning ladder.
+                if !paid && matches!(charged, Charged::Outcome(_)) && attempt.initiated_by != "customer" {
                     customer_failed(&self.dunning, &tx, attempt.invoice_id, n, now, job.id).await?;
                 }
                 self.finish(&tx, job).await?;
@@ -519,18 +507,41 @@ impl Scheduler {
         Ok(())
     }
 
+    /// An attempt still pending when its reconcile job is due (its
+    /// request was cancelled, timed out or crashed): the provider is asked
+    /// what became of it, by its id, and the answer settled. No answer:
+    /// the job is retried with backoff and the attempt stays pending (a
+    /// second charge of the invoice is refused meanwhile).
     async fn reconcile(&self, job: &Job, attempt: Uuid) -> Result<(), BillingError> {
-        let pending = payments::pending(&*self.core.db.write().await?, attempt).await?;
+        let mut conn = self.core.db.write().await?;
+        let pending = payments::pending(&*conn, attempt).await?;
         let Some(attempt) = pending else {
-            let mut conn = self.core.db.write().await?;
             let tx = conn.transaction().await?;
             self.finish(&tx, job).await?;
             tx.commit().await?;
             return Ok(());
         };
+        // The retry of the ladder this attempt was (0: automatic).
+        let n: i32 = conn
+            .query_opt(
+                "SELECT retries_done + 1 FROM dunning_states WHERE invoice_id = $1 AND status = 'active'",
+                &[&attempt.invoice_id],
+            )
+            .await?
+            .map_or(0, |r| r.get(0));
+        drop(conn);
         let charged =
-            payments::call_provider(&self.core.provider, &attempt, true, self.core.provider_timeout).await;
-        self.conclude(job, &attempt, &charged, 0).await
+            payments::call_provider(self.core.provider.as_ref(), &attempt, true, self.core.provider_timeout)
+                .await;
+        self.core.metrics.attempt(charged.outcome_name(), "reconcile");
+        if let Charged::Timeout = charged {
+            return Err(BillingError::Provider {
+                reason: "PROVIDER_TIMEOUT",
+                message: format!("attempt {} is still unknown at the provider", attempt.id),
+            });
+        }
+        let n = if attempt.initiated_by == "dunning" { usize::try_from(n).unwrap_or(0) } else { 0 };
+        self.conclude(job, &attempt, &charged, n).await
     }
 }
 

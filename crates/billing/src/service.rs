@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
 use crate::payments::{self, Attempt, Charged};
-use crate::provider::{PaymentProvider, ProviderError, SimulatedProvider};
+use crate::provider::{PaymentProvider, ProviderError};
 use crate::subscriptions::{self, Created};
 use crate::{customers, model, payment_methods, periods};
 
@@ -31,8 +31,11 @@ pub struct Core {
     pub clock: Arc<dyn Clock>,
     pub catalog: Catalog,
     pub keys: Keys,
-    pub provider: Arc<SimulatedProvider>,
+    pub provider: Arc<dyn PaymentProvider>,
     pub provider_timeout: std::time::Duration,
+    /// When a pending attempt is reconciled with the provider, after its
+    /// creation (`provider.reconcile_after_seconds`).
+    pub reconcile_after: std::time::Duration,
     pub currency_default: String,
     pub default_trial_days: u32,
     pub incomplete_expiry: std::time::Duration,
@@ -162,6 +165,18 @@ fn next_token<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &String) -> 
     }
 }
 
+/// What to do with an attempt at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A new attempt: charge it.
+    Charge,
+    /// Pending since an interrupted request: ask what became of it.
+    Lookup,
+    /// Settled already (by the reconciler, after an interrupted
+    /// request): only the answer remains to be given.
+    Settled,
+}
+
 /// A response, marked when it is a stored one replayed.
 fn respond<T>(message: T, replayed: bool) -> Response<T> {
     let mut response = Response::new(message);
@@ -172,6 +187,11 @@ fn respond<T>(message: T, replayed: bool) -> Response<T> {
 }
 
 impl Core {
+    /// What new attempts are recorded with.
+    pub fn policy(&self) -> payments::Policy {
+        payments::Policy { provider: self.provider.name(), reconcile_after: self.reconcile_after }
+    }
+
     async fn get_customer(
         &self,
         metadata: &Call,
@@ -283,7 +303,7 @@ impl Core {
     }
 
     async fn create_subscription(
-        &self,
+        self: &Arc<Self>,
         metadata: &Call,
         request: pb::CreateSubscriptionRequest,
     ) -> Result<(pb::CreateSubscriptionResponse, bool), BillingError> {
@@ -295,8 +315,8 @@ impl Core {
             return Err(BillingError::invalid("trial_days", "must be 0–730"));
         }
         self.idempotent(metadata, "CreateSubscription", &request, |claim| async move {
-            let (subscription, attempt, resume) = match self.resumed(&claim).await? {
-                Some((attempt, resume)) => {
+            let (subscription, attempt, step) = match self.resumed(&claim).await? {
+                Some((attempt, step)) => {
                     let sub: Uuid = self
                         .db
                         .write()
@@ -307,7 +327,7 @@ impl Core {
                         )
                         .await?
                         .get(0);
-                    (sub, attempt, resume)
+                    (sub, attempt, step)
                 }
                 None => {
                     let now = periods::whole_second(self.clock.now());
@@ -325,7 +345,7 @@ impl Core {
                         &price,
                         method,
                         trial,
-                        self.provider.name(),
+                        self.policy(),
                         self.incomplete_expiry,
                     )
                     .await?
@@ -343,14 +363,12 @@ impl Core {
                         Created::Charge(sub, attempt) => {
                             self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
                             tx.commit().await?;
-                            (sub, attempt, false)
+                            (sub, attempt, Step::Charge)
                         }
                     }
                 }
             };
-            let charged =
-                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
-            self.settle_and_reply(&claim, &attempt, &charged, false, |tx, attempt| {
+            self.charge_detached(claim, attempt, step, false, move |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -368,7 +386,7 @@ impl Core {
     }
 
     async fn pay_invoice(
-        &self,
+        self: &Arc<Self>,
         metadata: &Call,
         request: pb::PayInvoiceRequest,
     ) -> Result<(pb::PayInvoiceResponse, bool), BillingError> {
@@ -377,7 +395,7 @@ impl Core {
         let invoice_id = uuid("invoice_id", &request.invoice_id)?;
         let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
         self.idempotent(metadata, "PayInvoice", &request, |claim| async move {
-            let (attempt, resume) = match self.resumed(&claim).await? {
+            let (attempt, step) = match self.resumed(&claim).await? {
                 Some(found) => found,
                 None => {
                     let mut conn = self.db.write().await?;
@@ -392,16 +410,13 @@ impl Core {
                     .ok_or(BillingError::NotFound("invoice"))?;
                     let now = self.clock.now();
                     let attempt =
-                        payments::begin(&tx, now, invoice_id, method, "customer", self.provider.name())
-                            .await?;
+                        payments::begin(&tx, now, invoice_id, method, "customer", self.policy()).await?;
                     self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
                     tx.commit().await?;
-                    (attempt, false)
+                    (attempt, Step::Charge)
                 }
             };
-            let charged =
-                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
-            self.settle_and_reply(&claim, &attempt, &charged, false, |tx, attempt| {
+            self.charge_detached(claim, attempt, step, false, |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -415,36 +430,99 @@ impl Core {
     }
 
     /// The attempt an interrupted request left behind: a pending one is
-    /// looked up at the provider (`true`); one that failed on the
-    /// provider's side is replaced by a new attempt on the same invoice.
-    async fn resumed(&self, claim: &Claim) -> Result<Option<(Attempt, bool)>, BillingError> {
+    /// looked up at the provider; one the reconciler settled meanwhile
+    /// (paid, or refused on the customer's side) is only answered; one
+    /// that failed on the provider's side is replaced by a new attempt on
+    /// the same invoice.
+    async fn resumed(&self, claim: &Claim) -> Result<Option<(Attempt, Step)>, BillingError> {
         let (Some(attempt_id), "charge_pending") = (claim.resource_id, claim.recovery_point.as_str()) else {
             return Ok(None);
         };
         let mut conn = self.db.write().await?;
         if let Some(pending) = payments::pending(&*conn, attempt_id).await? {
-            return Ok(Some((pending, true)));
+            return Ok(Some((pending, Step::Lookup)));
+        }
+        let row = conn
+            .query_one(
+                "SELECT invoice_id, amount_minor, currency, initiated_by, \
+                        status = 'succeeded' OR failure_code IN ('card_declined', 'insufficient_funds') AS settled \
+                 FROM payment_attempts WHERE id = $1",
+                &[&attempt_id],
+            )
+            .await?;
+        let invoice: Uuid = row.get(0);
+        if row.get::<_, bool>(4) {
+            let settled = Attempt {
+                id: attempt_id,
+                invoice_id: invoice,
+                provider_ref: String::new(),
+                amount_minor: row.get(1),
+                currency: row.get::<_, String>(2).trim().to_owned(),
+                initiated_by: row.get(3),
+            };
+            return Ok(Some((settled, Step::Settled)));
         }
         let tx = conn.transaction().await?;
-        let invoice: Uuid = tx
-            .query_one("SELECT invoice_id FROM payment_attempts WHERE id = $1", &[&attempt_id])
-            .await?
-            .get(0);
         let attempt =
-            payments::begin(&tx, self.clock.now(), invoice, None, "customer", self.provider.name()).await?;
+            payments::begin(&tx, self.clock.now(), invoice, None, "customer", self.policy()).await?;
         self.keys.progress(&tx, claim, "charge_pending", attempt.id).await?;
         tx.commit().await?;
-        Ok(Some((attempt, false)))
+        Ok(Some((attempt, Step::Charge)))
     }
 
-    /// Records the provider's answer and, when it is one, the response
-    /// under the key, in one transaction. No answer (a timeout) leaves the
-    /// attempt pending and the key free for a retry that resumes.
+    /// Charges, looks up or only answers `attempt` (by `step`), then
+    /// settles it and stores the answer under the key, in a task of its
+    /// own: a caller that disconnects or whose deadline passes cancels only
+    /// its wait, never the charge or its settlement, and its retry with the
+    /// same key replays the stored answer.
+    async fn charge_detached<R, F>(
+        self: &Arc<Self>,
+        claim: Claim,
+        attempt: Attempt,
+        step: Step,
+        automatic: bool,
+        reply: F,
+    ) -> Result<R, BillingError>
+    where
+        R: prost::Message + Send + 'static,
+        F: for<'a> FnOnce(
+                &'a deadpool_postgres::Transaction<'a>,
+                &'a Attempt,
+            ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>
+            + Send
+            + 'static,
+    {
+        use tracing::Instrument;
+        let core = Arc::clone(self);
+        let task = async move {
+            let charged = match step {
+                Step::Settled => None,
+                Step::Charge | Step::Lookup => Some(
+                    payments::call_provider(
+                        core.provider.as_ref(),
+                        &attempt,
+                        step == Step::Lookup,
+                        core.provider_timeout,
+                    )
+                    .await,
+                ),
+            };
+            core.settle_and_reply(&claim, &attempt, charged.as_ref(), automatic, reply).await
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| BillingError::Internal(format!("payment task: {e}")))?
+    }
+
+    /// Records the provider's answer (none: settled already) and, when it
+    /// is one, the response under the key, in one transaction. No answer (a
+    /// timeout) leaves the attempt pending, for a retry with the key or
+    /// the reconciler.
     async fn settle_and_reply<R>(
         &self,
         claim: &Claim,
         attempt: &Attempt,
-        charged: &Charged,
+        charged: Option<&Charged>,
         automatic: bool,
         reply: impl for<'a> FnOnce(
             &'a deadpool_postgres::Transaction<'a>,
@@ -454,6 +532,14 @@ impl Core {
     where
         R: prost::Message,
     {
+        let Some(charged) = charged else {
+            let mut conn = self.db.write().await?;
+            let tx = conn.transaction().await?;
+            let response = reply(&tx, attempt).await?;
+            self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
+            tx.commit().await?;
+            return Ok(response);
+        };
         if let Charged::Timeout = charged {
             self.metrics.attempt("timeout", if automatic { "automatic" } else { "customer" });
             return Err(BillingError::Provider {
@@ -489,7 +575,7 @@ impl Core {
     }
 
     async fn change_plan(
-        &self,
+        self: &Arc<Self>,
         metadata: &Call,
         request: pb::ChangePlanRequest,
     ) -> Result<(pb::ChangePlanResponse, bool), BillingError> {
@@ -502,8 +588,8 @@ impl Core {
         let proration = pb::ProrationBehavior::try_from(request.proration_behavior)
             .map_err(|_| BillingError::invalid("proration_behavior", "unknown proration behavior"))?;
         self.idempotent(metadata, "ChangePlan", &request, |claim| async move {
-            let (summary, attempt, resume) = match self.resumed(&claim).await? {
-                Some((attempt, resume)) => {
+            let (summary, attempt, step) = match self.resumed(&claim).await? {
+                Some((attempt, step)) => {
                     // Interrupted while charging the proration invoice.
                     let conn = self.db.write().await?;
                     let row = conn
@@ -514,7 +600,7 @@ impl Core {
                         effective_at: row.get(0),
                         invoice: Some(attempt.invoice_id),
                     };
-                    (summary, attempt, resume)
+                    (summary, attempt, step)
                 }
                 None => {
                     let now = self.clock.now();
@@ -539,9 +625,7 @@ impl Core {
                     };
                     let attempt = match change.invoice {
                         Some(invoice) if due > 0 => {
-                            payments::begin(&tx, now, invoice, None, "automatic", self.provider.name())
-                                .await
-                                .ok()
+                            payments::begin(&tx, now, invoice, None, "automatic", self.policy()).await.ok()
                         }
                         _ => None,
                     };
@@ -555,12 +639,10 @@ impl Core {
                     };
                     self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
                     tx.commit().await?;
-                    (summary, attempt, false)
+                    (summary, attempt, Step::Charge)
                 }
             };
-            let charged =
-                payments::call_provider(&self.provider, &attempt, resume, self.provider_timeout).await;
-            self.settle_and_reply(&claim, &attempt, &charged, true, |tx, _| {
+            self.charge_detached(claim, attempt, step, true, move |tx, _| {
                 Box::pin(async move { change_reply(tx, sub_id, &summary).await })
             })
             .await

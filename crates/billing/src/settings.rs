@@ -89,6 +89,7 @@ impl IdempotencySettings {
 pub struct ProviderSettings {
     pub kind: String,
     pub timeout_ms: u64,
+    pub reconcile_after_seconds: u64,
 }
 
 impl BillingSettings {
@@ -189,6 +190,12 @@ impl Validate for BillingSettings {
         }
         if self.provider.timeout_ms == 0 {
             return Err(Invalid::new("provider.timeout_ms", "must be positive"));
+        }
+        if self.provider.reconcile_after_seconds * 1000 <= 2 * self.provider.timeout_ms {
+            return Err(Invalid::new(
+                "provider.reconcile_after_seconds",
+                "must exceed twice provider.timeout_ms, or the reconciler would look up charges still in flight",
+            ));
         }
         Ok(())
     }

@@ -67,7 +67,7 @@ pub async fn create<C: GenericClient>(
     price: &PriceRow,
     method: Option<Uuid>,
     trial_days: u32,
-    provider: &str,
+    policy: payments::Policy,
     incomplete_expiry: Duration,
 ) -> Result<Created, BillingError> {
     if !price.active {
@@ -175,7 +175,7 @@ pub async fn create<C: GenericClient>(
         )
         .await?;
         tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice]).await?;
-        charge = Some(payments::begin(tx, now, invoice, method, "customer", provider).await?);
+        charge = Some(payments::begin(tx, now, invoice, method, "customer", policy).await?);
     }
     crate::scheduler::schedule_period_end(tx, id, period.1, now).await?;
     if paid_now {

@@ -52,6 +52,10 @@ pub struct LimitSettings {
     pub user_requests: u32,
     pub user_period_seconds: u32,
     pub timeout_ms: u64,
+    /// Deadline of the billing calls that reach the payment provider
+    /// ([`PAYMENT_OPS`]); set above billing's `provider.timeout_ms`, so a
+    /// slow provider's answer still reaches the caller.
+    pub payment_timeout_ms: u64,
     /// Failed authentications (a bad token or API key) per client address
     /// (IPv6: per /64) and period; past it, 429 without asking auth.
     pub failed_auth_requests: u32,
@@ -63,6 +67,14 @@ pub struct BreakerSettings {
     pub failure_threshold: u32,
     pub open_seconds: u64,
 }
+
+/// The routes whose billing call may wait on the payment provider.
+pub const PAYMENT_OPS: [&str; 4] = [
+    "billing_payment_methods_add",
+    "billing_subscriptions_create",
+    "billing_subscriptions_change",
+    "billing_invoices_pay",
+];
 
 /// Overrides for one route; unset fields keep the defaults of `limits`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -126,6 +138,8 @@ impl GatewaySettings {
     /// The limit and deadline of the route with operation id `op`.
     pub fn policy(&self, op: &str, anonymous: bool) -> RoutePolicy {
         let o = self.routes.get(op).cloned().unwrap_or_default();
+        let timeout =
+            if PAYMENT_OPS.contains(&op) { self.limits.payment_timeout_ms } else { self.limits.timeout_ms };
         let (requests, period) = if anonymous {
             (self.limits.anonymous_requests, self.limits.anonymous_period_seconds)
         } else {
@@ -134,7 +148,7 @@ impl GatewaySettings {
         RoutePolicy {
             requests: o.requests.unwrap_or(requests),
             period: Duration::from_secs(u64::from(o.period_seconds.unwrap_or(period))),
-            timeout: Duration::from_millis(o.timeout_ms.unwrap_or(self.limits.timeout_ms)),
+            timeout: Duration::from_millis(o.timeout_ms.unwrap_or(timeout)),
         }
     }
 
@@ -176,6 +190,12 @@ impl Validate for GatewaySettings {
         {
             return Err(Invalid::new("limits", "requests, periods and timeout_ms must be positive"));
         }
+        if l.payment_timeout_ms < l.timeout_ms {
+            return Err(Invalid::new(
+                "limits.payment_timeout_ms",
+                "must be at least limits.timeout_ms (and above billing's provider.timeout_ms)",
+            ));
+        }
         if self.breaker.failure_threshold == 0 {
             return Err(Invalid::new("breaker.failure_threshold", "must be positive"));
         }
@@ -189,6 +209,31 @@ impl Validate for GatewaySettings {
                 return Err(Invalid::new("routes", format!("{op}: values must be positive")));
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<GatewaySettings, ConfigError> {
+        GatewaySettings::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    #[test]
+    fn calls_that_wait_on_the_payment_provider_get_the_longer_payment_deadline() -> anyhow::Result<()> {
+        let settings = load(&[])?;
+        for op in PAYMENT_OPS {
+            assert_eq!(settings.policy(op, false).timeout, Duration::from_millis(15_000), "{op}");
+        }
+        assert_eq!(settings.policy("billing_invoices_list", false).timeout, Duration::from_millis(5_000));
+        let tuned = load(&[("TENX_GATEWAY__ROUTES__BILLING_INVOICES_PAY__TIMEOUT_MS", "20000")])?;
+        assert_eq!(tuned.policy("billing_invoices_pay", false).timeout, Duration::from_millis(20_000));
+        let short = load(&[("TENX_GATEWAY__LIMITS__PAYMENT_TIMEOUT_MS", "1000")])
+            .map(|_| ())
+            .expect_err("shorter than limits.timeout_ms");
+        assert!(short.to_string().contains("limits.payment_timeout_ms"), "{short}");
         Ok(())
     }
 }

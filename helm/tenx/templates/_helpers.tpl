@@ -116,6 +116,19 @@ dict root svc cfg
 {{- $_ := set $client "url" $url -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq $svc "gateway") (dig "billing" "enabled" false $root.Values.services) -}}
+{{- $provider := dig "billing" "config" "provider" "timeout_ms" 0 $root.Values.services | int64 -}}
+{{- $deadline := dig "limits" "payment_timeout_ms" 0 $config | int64 -}}
+{{- if le $deadline $provider -}}
+{{- fail (printf "services.gateway.config.limits.payment_timeout_ms (%d) must exceed services.billing.config.provider.timeout_ms (%d): every slow payment would end in 504 while the provider is still answering" $deadline $provider) -}}
+{{- end -}}
+{{- range $op := list "billing_payment_methods_add" "billing_subscriptions_create" "billing_subscriptions_change" "billing_invoices_pay" -}}
+{{- $override := dig "routes" $op "timeout_ms" 0 $config | int64 -}}
+{{- if and $override (le $override $provider) -}}
+{{- fail (printf "services.gateway.config.routes.%s.timeout_ms (%d) must exceed services.billing.config.provider.timeout_ms (%d)" $op $override $provider) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- with get $config "authn" -}}
 {{- $authn := . -}}
 {{- $auth := index $root.Values.services "auth" | default dict -}}

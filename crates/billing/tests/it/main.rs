@@ -8,6 +8,7 @@ mod dunning;
 mod lifecycle;
 mod outbox;
 mod payments;
+mod reconcile;
 mod support;
 mod usage;
 mod validation;

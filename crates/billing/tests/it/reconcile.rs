@@ -1,0 +1,160 @@
+//! Payments whose request did not see them through: a caller that gives
+//! up mid-charge, a provider answer that is lost, a charge the provider
+//! never received. Each ends settled (by the detached charge or by the
+//! attempt's reconcile job), with one success at most and the ledger
+//! balanced.
+
+use std::time::Duration;
+
+use tenx_proto::billing::v1 as pb;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::support::{
+    Client, TestBilling, as_user, assert_ledger_invariants, events, eventually, keyed, prices, reason,
+};
+
+async fn add_card(client: &mut Client, user: Uuid, token: &str) -> anyhow::Result<()> {
+    let request = pb::AddPaymentMethodRequest { token: token.into(), set_default: true };
+    client.add_payment_method(keyed(user, &format!("card-{}", Uuid::new_v4()), request)).await?;
+    Ok(())
+}
+
+/// A subscription whose first charge was declined: its open invoice.
+async fn open_invoice(client: &mut Client, user: Uuid) -> anyhow::Result<pb::Invoice> {
+    add_card(client, user, "tok_declined").await?;
+    let request =
+        pb::CreateSubscriptionRequest { price_id: prices::BUSINESS_MONTHLY_USD.into(), ..Default::default() };
+    let created = client.create_subscription(keyed(user, "sub", request)).await?.into_inner();
+    created.invoice.ok_or_else(|| anyhow::anyhow!("no invoice"))
+}
+
+async fn invoice(client: &mut Client, user: Uuid, id: &str) -> anyhow::Result<pb::Invoice> {
+    let request = pb::GetInvoiceRequest { invoice_id: id.into() };
+    client
+        .get_invoice(as_user(user, request))
+        .await?
+        .into_inner()
+        .invoice
+        .ok_or_else(|| anyhow::anyhow!("none"))
+}
+
+async fn attempts(billing: &TestBilling, invoice: &str, status: &str) -> anyhow::Result<i64> {
+    Ok(billing
+        .sql()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM payment_attempts WHERE invoice_id = $1 AND status = $2",
+            &[&Uuid::parse_str(invoice)?, &status],
+        )
+        .await?
+        .get(0))
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_mid_charge_cancels_only_its_wait_and_its_retry_replays_the_payment()
+-> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    let open = open_invoice(&mut client, user).await?;
+    // This card's charge takes 1.5 s; the caller waits 200 ms and goes.
+    add_card(&mut client, user, "tok_slow").await?;
+    let pay = pb::PayInvoiceRequest { invoice_id: open.id.clone(), ..Default::default() };
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(200), client.pay_invoice(keyed(user, "pay", pay.clone())))
+            .await;
+    assert!(gave_up.is_err(), "the caller left before the answer");
+
+    // The charge and its settlement go on without the caller.
+    eventually(Duration::from_secs(10), "the abandoned payment to be settled", || {
+        let mut client = client.clone();
+        let id = open.id.clone();
+        async move { Ok(invoice(&mut client, user, &id).await?.status == pb::InvoiceStatus::Paid as i32) }
+    })
+    .await?;
+
+    // The retry with the same key gets the stored answer, not a second charge.
+    let retried = client.pay_invoice(keyed(user, "pay", pay)).await?;
+    assert_eq!(retried.metadata().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    let retried = retried.into_inner();
+    assert_eq!(retried.payment_attempt.map(|a| a.status), Some(pb::PaymentAttemptStatus::Succeeded as i32));
+    assert_eq!(attempts(&billing, &open.id, "succeeded").await?, 1);
+    assert_eq!(events(&billing, "billing.invoice.paid").await?, 1);
+    assert_ledger_invariants(&billing).await
+}
+
+#[tokio::test]
+async fn a_lost_provider_answer_is_settled_by_the_reconciler_even_if_the_caller_never_retries()
+-> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    // The provider charges this card, then its answer is lost.
+    add_card(&mut client, user, "tok_provider_timeout").await?;
+    let request =
+        pb::CreateSubscriptionRequest { price_id: prices::BUSINESS_MONTHLY_USD.into(), ..Default::default() };
+    let lost = client.create_subscription(keyed(user, "sub", request.clone())).await.expect_err("timeout");
+    assert_eq!((lost.code(), reason(&lost).as_str()), (Code::Unavailable, "PROVIDER_TIMEOUT"));
+    let sql = billing.sql().await?;
+    let invoice_id: Uuid = sql
+        .query_one(
+            "SELECT a.invoice_id FROM payment_attempts a JOIN customers c ON c.id = a.customer_id \
+             WHERE c.user_id = $1 AND a.status = 'pending'",
+            &[&user],
+        )
+        .await?
+        .get(0);
+
+    // Before its reconcile job is due, nothing is decided.
+    billing.advance(Duration::from_secs(30)).await?;
+    assert_eq!(attempts(&billing, &invoice_id.to_string(), "pending").await?, 1);
+    // Once due, the reconciler asks the provider and records the charge.
+    billing.advance(Duration::from_secs(31)).await?;
+    assert_eq!(attempts(&billing, &invoice_id.to_string(), "pending").await?, 0);
+    assert_eq!(attempts(&billing, &invoice_id.to_string(), "succeeded").await?, 1);
+    let paid = invoice(&mut client, user, &invoice_id.to_string()).await?;
+    assert_eq!(paid.status, pb::InvoiceStatus::Paid as i32);
+    assert_eq!(events(&billing, "billing.invoice.paid").await?, 1);
+
+    // A late retry of the request is answered from what was settled.
+    let retried = client.create_subscription(keyed(user, "sub", request)).await?.into_inner();
+    assert_eq!(retried.payment_attempt.map(|a| a.status), Some(pb::PaymentAttemptStatus::Succeeded as i32));
+    assert_eq!(retried.subscription.map(|s| s.status), Some(pb::SubscriptionStatus::Active as i32));
+    assert_eq!(attempts(&billing, &invoice_id.to_string(), "succeeded").await?, 1, "never charged twice");
+    assert_ledger_invariants(&billing).await
+}
+
+#[tokio::test]
+async fn an_attempt_left_pending_that_the_provider_never_saw_is_failed_and_the_invoice_payable_again()
+-> anyhow::Result<()> {
+    // A short provider bound: this card's charge never answers (as when
+    // the process dies between recording the attempt and settling it).
+    let billing = TestBilling::start_with(|s| s.provider.timeout_ms = 300).await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    let open = open_invoice(&mut client, user).await?;
+    add_card(&mut client, user, "tok_provider_hang").await?;
+    let pay = pb::PayInvoiceRequest { invoice_id: open.id.clone(), ..Default::default() };
+    let lost = client.pay_invoice(keyed(user, "pay-1", pay.clone())).await.expect_err("no answer");
+    assert_eq!((lost.code(), reason(&lost).as_str()), (Code::Unavailable, "PROVIDER_TIMEOUT"));
+
+    // While it is unknown, no second charge of the invoice may start.
+    let second = client.pay_invoice(keyed(user, "pay-2", pay.clone())).await.expect_err("in flight");
+    assert_eq!((second.code(), reason(&second).as_str()), (Code::Aborted, "PAYMENT_IN_PROGRESS"));
+
+    billing.advance(Duration::from_secs(61)).await?;
+    let failed = invoice(&mut client, user, &open.id).await?;
+    let last = failed.payment_attempts.last().cloned().unwrap_or_default();
+    assert_eq!(
+        (last.status, last.failure_code),
+        (pb::PaymentAttemptStatus::Failed as i32, pb::PaymentFailureCode::NotFoundAtProvider as i32)
+    );
+    assert_eq!(failed.status, pb::InvoiceStatus::Open as i32);
+
+    add_card(&mut client, user, "tok_success").await?;
+    let paid = client.pay_invoice(keyed(user, "pay-3", pay)).await?.into_inner();
+    assert_eq!(paid.invoice.map(|i| i.status), Some(pb::InvoiceStatus::Paid as i32));
+    assert_eq!(attempts(&billing, &open.id, "succeeded").await?, 1);
+    assert_ledger_invariants(&billing).await
+}
