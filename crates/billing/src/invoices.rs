@@ -75,6 +75,10 @@ impl NewInvoice<'_> {
     }
 }
 
+/// The largest amount one invoice, or one of its lines, may bill (10^15
+/// minor units: sums of thousands of lines stay far inside `i64`).
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
 /// Builds, numbers and finalizes an invoice; posts its ledger transaction
 /// and writes `billing.invoice.finalized` (and `.paid` when nothing is
 /// due). Returns its id.
@@ -84,7 +88,14 @@ pub async fn issue<C: GenericClient>(
     new: NewInvoice<'_>,
 ) -> Result<Uuid, BillingError> {
     let customer = new.party.customer_id;
-    let total: i64 = new.lines.iter().map(|l| l.amount_minor).sum();
+    let total = new
+        .lines
+        .iter()
+        .try_fold(0i64, |sum, l| sum.checked_add(l.amount_minor))
+        .filter(|t| t.abs() <= MAX_AMOUNT_MINOR)
+        .ok_or_else(|| {
+            BillingError::invalid("lines", "the invoice total is larger than one invoice can bill")
+        })?;
     // The customer's credit (from credited prorations) pays first; a
     // negative total becomes credit. The counter's row lock serialises
     // this per customer, so two invoices cannot spend one credit.

@@ -71,7 +71,8 @@ pub async fn record<C: GenericClient>(
     // take FOR UPDATE, so a usage insert and an invoice's claim are ordered.
     let rows = tx
         .query(
-            "SELECT s.id, s.status, p.meter IS NOT NULL, s.created_at FROM subscriptions s \
+            "SELECT s.id, s.status, p.meter IS NOT NULL, s.created_at, \
+                    p.usage_unit_amount_minor > COALESCE(p.usage_package_size, 1) AS dear FROM subscriptions s \
              JOIN prices p ON p.id = s.price_id WHERE s.id = ANY($1) FOR KEY SHARE OF s",
             &[&ids],
         )
@@ -119,6 +120,38 @@ pub async fn record<C: GenericClient>(
             &[&subs, &events, &quantities, &times, &now],
         )
         .await?;
+    // Whatever a subscription has unbilled must stay billable in one line:
+    // past the bound the whole batch is refused (this transaction rolls
+    // back), rather than an invoice that could never be issued. Summing
+    // the unbilled records costs a scan, so only prices dearer than one
+    // minor unit per usage unit are checked: a cheaper one would need 10^15
+    // units (a million of the largest records) in one period to overflow.
+    let dear: Vec<Uuid> =
+        rows.iter().filter(|r| r.get::<_, Option<bool>>(4) == Some(true)).map(|r| r.get(0)).collect();
+    let unbillable = if dear.is_empty() {
+        None
+    } else {
+        tx.query_opt(
+            "SELECT u.subscription_id FROM usage_records u JOIN subscriptions s ON s.id = u.subscription_id \
+             JOIN prices p ON p.id = s.price_id \
+             WHERE u.subscription_id = ANY($1) AND u.invoice_id IS NULL \
+             GROUP BY u.subscription_id, p.usage_unit_amount_minor, p.usage_package_size \
+             HAVING sum(u.quantity) > $2::bigint \
+                 OR ceil(sum(u.quantity)::numeric / GREATEST(COALESCE(p.usage_package_size, 1), 1)) \
+                    * COALESCE(p.usage_unit_amount_minor, 0) > $3::bigint LIMIT 1",
+            &[&dear, &MAX_UNBILLED_QUANTITY, &crate::invoices::MAX_AMOUNT_MINOR],
+        )
+        .await?
+    };
+    if let Some(row) = unbillable {
+        return Err(BillingError::invalid(
+            "records.quantity",
+            format!(
+                "would make subscription {}'s unbilled usage larger than one invoice can bill",
+                row.get::<_, Uuid>(0)
+            ),
+        ));
+    }
     let accepted: std::collections::HashSet<(Uuid, String)> =
         accepted.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut results = Vec::with_capacity(records.len());
@@ -242,12 +275,17 @@ async fn line_before<C: GenericClient>(
         unit.unwrap_or(0),
         package.unwrap_or(1),
         (first.min(shown_end), shown_end),
-    );
+    )?;
     line.claim_before = Some(cut);
     Ok(Some(line))
 }
 
-/// The usage line for `quantity` units of a metered price.
+/// Unbilled units one subscription may hold (RecordUsage refuses more).
+pub const MAX_UNBILLED_QUANTITY: i64 = 1_000_000_000_000_000;
+
+/// The usage line for `quantity` units of a metered price: whole packages
+/// rounded up, in checked arithmetic (an amount past
+/// [`crate::invoices::MAX_AMOUNT_MINOR`] is refused, never wrapped).
 pub fn line(
     price_id: Uuid,
     meter_name: &str,
@@ -255,16 +293,41 @@ pub fn line(
     unit: i64,
     package: i64,
     period: (SystemTime, SystemTime),
-) -> NewLine {
-    let packages = (quantity + package.max(1) - 1) / package.max(1);
-    NewLine {
+) -> Result<NewLine, BillingError> {
+    let too_large =
+        || BillingError::invalid("records.quantity", "the usage is larger than one invoice can bill");
+    let package = package.max(1);
+    let quantity_billed = quantity.max(0);
+    let packages = quantity_billed / package + i64::from(quantity_billed % package != 0);
+    let amount = packages
+        .checked_mul(unit)
+        .filter(|a| *a <= crate::invoices::MAX_AMOUNT_MINOR)
+        .ok_or_else(too_large)?;
+    Ok(NewLine {
         kind: "usage",
         description: format!("{quantity} {meter_name}"),
         price_id,
         quantity,
         unit_amount_minor: unit,
-        amount_minor: packages * unit,
+        amount_minor: amount,
         period,
         claim_before: Some(period.1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_line_bills_whole_packages_and_refuses_an_amount_that_would_overflow() {
+        let period = (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH);
+        let amount =
+            |q, unit, package| line(Uuid::nil(), "calls", q, unit, package, period).map(|l| l.amount_minor);
+        assert_eq!(amount(1, 50, 1000).ok(), Some(50), "a started package is billed");
+        assert_eq!(amount(2001, 50, 1000).ok(), Some(150));
+        assert_eq!(amount(i64::MAX, 1, 1).ok(), None, "past the bound");
+        assert_eq!(amount(1_000_000_000, 99_999_999_999, 1).ok(), None, "10^20 would wrap an i64");
+        assert_eq!(amount(i64::MAX, 2, 1).ok(), None, "would wrap");
     }
 }

@@ -227,3 +227,48 @@ async fn the_ledger_is_listed_for_operators_and_every_transaction_balances() -> 
     assert!(receivable.iter().all(|e| e.amount_minor == 5000));
     Ok(())
 }
+
+#[tokio::test]
+async fn usage_that_would_overflow_an_amount_is_refused_naming_the_field_and_writes_nothing()
+-> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    // The dearest unit a price may have ($999,999,999.99 per call): a
+    // billion calls is 10^20 cents, past what an i64 holds.
+    let price = Uuid::now_v7();
+    billing
+        .sql()
+        .await?
+        .execute(
+            "INSERT INTO prices (id, plan_id, lookup_key, currency, unit_amount_minor, billing_interval, trial_days, \
+               meter, usage_unit_amount_minor, usage_package_size, created_at) \
+             VALUES ($1, '10000000-0000-4000-8000-000000000004', 'dear_calls_usd', 'USD', 0, 'month', 0, \
+               'dear_calls', 99999999999, 1, '2026-01-01T00:00:00Z')",
+            &[&price],
+        )
+        .await?;
+    let user = Uuid::now_v7();
+    let mut client = billing.client().await?;
+    let request = pb::CreateSubscriptionRequest { price_id: price.to_string(), ..Default::default() };
+    let sub = client.create_subscription(keyed(user, "sub", request)).await?.into_inner().subscription;
+    let sub = sub.map(|s| s.id).unwrap_or_default();
+
+    let refused = client.record_usage(usage(&billing, &sub, &[("ok", 5), ("huge", 1_000_000_000)])).await;
+    let refused = refused.expect_err("an amount past i64");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let violation = tonic_types::StatusExt::get_details_bad_request(&refused).expect("BadRequest");
+    assert_eq!(violation.field_violations[0].field, "records.quantity");
+    assert_eq!(quantities(&billing, &sub).await?, (0, 0, 0), "the whole batch was refused");
+
+    // What fits is billed at the period end, exactly.
+    client.record_usage(usage(&billing, &sub, &[("ok", 5)])).await?;
+    billing.advance(32 * DAY).await?;
+    assert_eq!(quantities(&billing, &sub).await?, (5, 5, 0));
+    let billed: i64 = billing
+        .sql()
+        .await?
+        .query_one("SELECT amount_minor FROM invoice_lines WHERE kind = 'usage' AND price_id = $1", &[&price])
+        .await?
+        .get(0);
+    assert_eq!(billed, 5 * 99_999_999_999);
+    assert_ledger_invariants(&billing).await
+}
