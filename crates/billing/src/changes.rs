@@ -119,6 +119,20 @@ pub async fn change_plan<C: GenericClient>(
             format!("the subscription bills in {}; the price is in {}", sub.price.currency, new.currency),
         ));
     }
+    let waiting = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM plan_changes WHERE subscription_id = $1 AND status = 'pending')",
+            &[&sub.id],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if waiting {
+        return Err(BillingError::Busy {
+            reason: "CHANGE_IN_PROGRESS",
+            message: "a plan change of this subscription is waiting for its payment".into(),
+            retry_after: std::time::Duration::from_secs(1),
+        });
+    }
     let party = Party::load(tx, sub.customer, &new.plan_name).await?;
     let direction = if is_upgrade(&sub.price, new) {
         pb::ChangeDirection::Upgrade
@@ -152,25 +166,16 @@ pub async fn change_plan<C: GenericClient>(
             }
         }
     };
-    // During a trial there is nothing billed to prorate.
-    if sub.status == "trialing"
-        || (immediately && new.months == sub.price.months && !prorates(rules, proration))
+    let upgrade = direction == pb::ChangeDirection::Upgrade;
+    // During a trial nothing is billed yet, so nothing is prorated: a
+    // downgrade (or a change that costs nothing) keeps the trial.
+    if (sub.status == "trialing" && !(upgrade && new.amount_minor > 0))
+        || (sub.status != "trialing"
+            && immediately
+            && new.months == sub.price.months
+            && !prorates(rules, proration))
     {
-        // Usage so far belongs to the old price: billed now, never left
-        // to a price that may not meter it.
-        let t = periods::whole_second(now).max(sub.period.0);
-        if let Some(line) = crate::usage::pending_line(tx, sub.id, sub.price.id, t).await? {
-            let usage_invoice = NewInvoice {
-                party: &party,
-                subscription: Some(sub.id),
-                reason: "subscription_update",
-                currency: &sub.price.currency,
-                period: (line.period.0, t),
-                lines: vec![line],
-            };
-            let id = invoices::issue(tx, now, usage_invoice).await?;
-            scheduler::charge_later(tx, sub.id, id, now).await?;
-        }
+        bill_usage_so_far(tx, now, sub, &party).await?;
         tx.execute(
             "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
              WHERE id = $1",
@@ -191,36 +196,46 @@ pub async fn change_plan<C: GenericClient>(
         return Ok(Change { direction, effective_at: sub.period.1, invoice: None });
     }
 
-    // Immediately, with proration lines.
+    // Usage so far belongs to the old price: billed on its own invoice, so
+    // the change's invoice holds only the change (and can be voided whole
+    // if the change is not paid).
+    bill_usage_so_far(tx, now, sub, &party).await?;
     let t = periods::whole_second(now).max(sub.period.0);
-    let (length, remaining) = (seconds(sub.period.0, sub.period.1), seconds(t, sub.period.1));
-    let mut lines: Vec<NewLine> =
-        crate::usage::pending_line(tx, sub.id, sub.price.id, t).await?.into_iter().collect();
-    lines.push(NewLine {
-        kind: "proration",
-        description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
-        price_id: sub.price.id,
-        quantity: 1,
-        unit_amount_minor: sub.price.amount_minor,
-        amount_minor: -prorate(sub.price.amount_minor, remaining, length),
-        period: (t, sub.period.1),
-        claim_before: None,
-    });
-    let same_interval = new.months == sub.price.months;
-    let new_period = if same_interval { sub.period } else { periods::period(t, new.months, 0) };
-    lines.push(if same_interval {
-        NewLine {
+    let mut lines = Vec::new();
+    let (restart, new_period) = if sub.status == "trialing" {
+        // An upgrade ends the trial: the new price's first period starts now.
+        let period = periods::period(t, new.months, 0);
+        (true, period)
+    } else {
+        let (length, remaining) = (seconds(sub.period.0, sub.period.1), seconds(t, sub.period.1));
+        lines.push(NewLine {
             kind: "proration",
-            description: format!("Remaining time on {} ({}ly)", new.plan_name, new.interval),
-            price_id: new.id,
+            description: format!("Unused time on {} ({}ly)", sub.price.plan_name, sub.price.interval),
+            price_id: sub.price.id,
             quantity: 1,
-            unit_amount_minor: new.amount_minor,
-            amount_minor: prorate(new.amount_minor, remaining, length),
+            unit_amount_minor: sub.price.amount_minor,
+            amount_minor: -prorate(sub.price.amount_minor, remaining, length),
             period: (t, sub.period.1),
             claim_before: None,
+        });
+        if new.months == sub.price.months {
+            lines.push(NewLine {
+                kind: "proration",
+                description: format!("Remaining time on {} ({}ly)", new.plan_name, new.interval),
+                price_id: new.id,
+                quantity: 1,
+                unit_amount_minor: new.amount_minor,
+                amount_minor: prorate(new.amount_minor, remaining, length),
+                period: (t, sub.period.1),
+                claim_before: None,
+            });
+            (false, sub.period)
+        } else {
+            (true, periods::period(t, new.months, 0))
         }
-    } else {
-        NewLine {
+    };
+    if restart {
+        lines.push(NewLine {
             kind: "subscription",
             description: format!("{} ({}ly)", new.plan_name, new.interval),
             price_id: new.id,
@@ -229,25 +244,7 @@ pub async fn change_plan<C: GenericClient>(
             amount_minor: new.amount_minor,
             period: new_period,
             claim_before: None,
-        }
-    });
-    if same_interval {
-        tx.execute(
-            "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
-             WHERE id = $1",
-            &[&sub.id, &new.id, &now],
-        )
-        .await?;
-    } else {
-        // The cycle restarts now; the old boundary's job becomes stale.
-        tx.execute(
-            "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
-               billing_cycle_anchor = $3, cycle_index = 0, current_period_start = $3, current_period_end = $4, updated_at = $5 \
-             WHERE id = $1",
-            &[&sub.id, &new.id, &t, &new_period.1, &now],
-        )
-        .await?;
-        schedule_period_end(tx, sub.id, new_period.1, now).await?;
+        });
     }
     let invoice = invoices::issue(
         tx,
@@ -263,8 +260,133 @@ pub async fn change_plan<C: GenericClient>(
     )
     .await?;
     tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &invoice]).await?;
-    announce(tx, sub, &party).await?;
+    tx.execute(
+        "INSERT INTO plan_changes (invoice_id, subscription_id, from_price_id, to_price_id, restart_at, period_end, \
+           ends_trial, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+        &[
+            &invoice,
+            &sub.id,
+            &sub.price.id,
+            &new.id,
+            &restart.then_some(t),
+            &restart.then_some(new_period.1),
+            &(sub.status == "trialing"),
+            &now,
+        ],
+    )
+    .await?;
+    // Nothing to pay (credit covered it, or a credit note): in force now.
+    // Otherwise it takes effect when its invoice is paid.
+    let due: i64 =
+        tx.query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
+    if due <= 0 {
+        apply_paid(tx, invoice, now).await?;
+    }
     Ok(Change { direction, effective_at: t, invoice: Some(invoice) })
+}
+
+/// Bills the usage recorded so far at the current price, on an invoice of
+/// its own charged later, before the price changes.
+async fn bill_usage_so_far<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    sub: &Locked,
+    party: &Party,
+) -> Result<(), BillingError> {
+    let t = periods::whole_second(now).max(sub.period.0);
+    if let Some(line) = crate::usage::pending_line(tx, sub.id, sub.price.id, t).await? {
+        let usage_invoice = NewInvoice {
+            party,
+            subscription: Some(sub.id),
+            reason: "subscription_update",
+            currency: &sub.price.currency,
+            period: (line.period.0, t),
+            lines: vec![line],
+        };
+        let id = invoices::issue(tx, now, usage_invoice).await?;
+        scheduler::charge_later(tx, sub.id, id, now).await?;
+    }
+    Ok(())
+}
+
+/// Puts in force the plan change `invoice` paid for, if one waits on it:
+/// the new price (and, for another interval or the end of a trial, a new
+/// period from the change), announced. A subscription that ended
+/// meanwhile keeps what it had; the change is abandoned.
+pub async fn apply_paid<C: GenericClient>(
+    tx: &C,
+    invoice: Uuid,
+    now: SystemTime,
+) -> Result<(), BillingError> {
+    let Some(change) = tx
+        .query_opt(
+            "SELECT pc.subscription_id, pc.to_price_id, pc.restart_at, pc.period_end, pc.ends_trial, c.user_id \
+             FROM plan_changes pc JOIN subscriptions s ON s.id = pc.subscription_id \
+             JOIN customers c ON c.id = s.customer_id WHERE pc.invoice_id = $1 AND pc.status = 'pending' \
+             FOR UPDATE OF pc",
+            &[&invoice],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let sub = lock(tx, change.get(0), change.get(5)).await?;
+    let applies = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
+    tx.execute(
+        "UPDATE plan_changes SET status = $2, decided_at = $3 WHERE invoice_id = $1",
+        &[&invoice, &if applies { "applied" } else { "abandoned" }, &now],
+    )
+    .await?;
+    if !applies {
+        return Ok(());
+    }
+    let to: Uuid = change.get(1);
+    match change.get::<_, Option<SystemTime>>(2) {
+        Some(start) => {
+            let end: SystemTime = change.get(3);
+            let ends_trial: bool = change.get(4);
+            tx.execute(
+                "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
+                   billing_cycle_anchor = $3, cycle_index = 0, current_period_start = $3, current_period_end = $4, \
+                   status = CASE WHEN $5 THEN 'active' ELSE status END, \
+                   trial_end = CASE WHEN $5 THEN $3 ELSE trial_end END, updated_at = $6 WHERE id = $1",
+                &[&sub.id, &to, &start, &end, &ends_trial, &now],
+            )
+            .await?;
+            schedule_period_end(tx, sub.id, end, now).await?;
+        }
+        None => {
+            tx.execute(
+                "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
+                   updated_at = $3 WHERE id = $1",
+                &[&sub.id, &to, &now],
+            )
+            .await?;
+        }
+    }
+    let new = subscriptions::price(tx, to).await?;
+    let party = Party::load(tx, sub.customer, &new.plan_name).await?;
+    announce(tx, &sub, &party).await
+}
+
+/// Abandons the plan change `invoice` was for, if one waits on it, after
+/// its charge failed: the invoice is voided (its ledger entries reversed)
+/// and the subscription keeps its price. Returns whether one was.
+pub async fn abandon_unpaid<C: GenericClient>(
+    tx: &C,
+    invoice: Uuid,
+    now: SystemTime,
+) -> Result<bool, BillingError> {
+    let abandoned = tx
+        .execute(
+            "UPDATE plan_changes SET status = 'abandoned', decided_at = $2 WHERE invoice_id = $1 AND status = 'pending'",
+            &[&invoice, &now],
+        )
+        .await?;
+    if abandoned == 1 {
+        scheduler::void(tx, invoice, now).await?;
+    }
+    Ok(abandoned == 1)
 }
 
 fn prorates(rules: &Rules, proration: pb::ProrationBehavior) -> bool {

@@ -15,8 +15,9 @@ pub enum BillingError {
     Invalid { field: String, reason: String },
     #[error("{0}")]
     Unauthenticated(&'static str),
-    #[error("needs the admin role")]
-    PermissionDenied,
+    /// PERMISSION_DENIED, saying what the caller lacks.
+    #[error("{0}")]
+    PermissionDenied(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     /// FAILED_PRECONDITION with a machine-readable reason.
@@ -61,7 +62,7 @@ impl From<BillingError> for tonic::Status {
         let api = match error {
             BillingError::Invalid { field, reason } => ApiError::invalid(&field, reason),
             BillingError::Unauthenticated(m) => ApiError::Unauthenticated(m.to_owned()),
-            BillingError::PermissionDenied => ApiError::PermissionDenied(error.to_string()),
+            BillingError::PermissionDenied(m) => ApiError::PermissionDenied(m.to_owned()),
             BillingError::NotFound(_) => ApiError::NotFound(error.to_string()),
             BillingError::Refused { reason, message } => {
                 ApiError::Refused { domain: DOMAIN, reason, message }

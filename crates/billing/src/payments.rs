@@ -273,6 +273,9 @@ pub async fn settle<C: GenericClient>(
         };
         enqueue(tx, "billing.payment.failed", attempt.invoice_id, &event).await?;
     }
+    // A plan change is never kept unpaid: the one this invoice was for (if
+    // any) is abandoned and its invoice voided.
+    crate::changes::abandon_unpaid(tx, attempt.invoice_id, now).await?;
     Ok(false)
 }
 
@@ -403,5 +406,6 @@ async fn succeed<C: GenericClient>(
         plan_name: party.plan_name,
     };
     enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &event).await?;
-    Ok(())
+    // The plan change this invoice paid for, if any, is in force now.
+    crate::changes::apply_paid(tx, attempt.invoice_id, now).await
 }

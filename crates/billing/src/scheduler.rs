@@ -263,8 +263,13 @@ impl Scheduler {
             .await?;
         let status: String = row.get(0);
         let boundary: SystemTime = row.get(6);
+        // The boundary this job was made for is in its key (its run_at
+        // moves when a failed run is retried later).
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let due =
+            job.dedupe_key.rsplit(':').next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(secs(job.run_at));
         // Stale (the period moved on) or over: nothing to do.
-        if status == "canceled" || boundary != job.run_at {
+        if status == "canceled" || secs(boundary) != due {
             self.finish(&tx, job).await?;
             tx.commit().await?;
             return Ok(());
@@ -709,7 +714,11 @@ async fn write_off<C: GenericClient>(
 }
 
 /// Voids an open invoice: the exact reversal of its finalization entries.
-async fn void<C: GenericClient>(tx: &C, invoice: Uuid, now: SystemTime) -> Result<(), BillingError> {
+pub(crate) async fn void<C: GenericClient>(
+    tx: &C,
+    invoice: Uuid,
+    now: SystemTime,
+) -> Result<(), BillingError> {
     tx.execute(
         "UPDATE invoices SET status = 'void', voided_at = $2, updated_at = $2 WHERE id = $1",
         &[&invoice, &now],

@@ -314,6 +314,14 @@ impl Core {
         if request.trial_days.is_some_and(|d| d > 730) {
             return Err(BillingError::invalid("trial_days", "must be 0–730"));
         }
+        // A customer gets the price's trial or none; only an operator grants
+        // another length.
+        let operator = is_admin(metadata);
+        if request.trial_days.is_some_and(|d| d > 0) && !operator {
+            return Err(BillingError::PermissionDenied(
+                "trial_days: a custom trial needs the admin role; leave it unset for the price's trial, or 0 for none",
+            ));
+        }
         self.idempotent(metadata, "CreateSubscription", &request, |claim| async move {
             let (subscription, attempt, step) = match self.resumed(&claim).await? {
                 Some((attempt, step)) => {
@@ -335,9 +343,13 @@ impl Core {
                     let tx = conn.transaction().await?;
                     let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
                     let price = subscriptions::price(&tx, price_id).await?;
-                    let trial = request
-                        .trial_days
-                        .unwrap_or_else(|| price.trial_days.unwrap_or(self.default_trial_days));
+                    let trial = match request.trial_days {
+                        Some(days) if operator => subscriptions::Trial::Custom(days),
+                        Some(_) => subscriptions::Trial::Price(0),
+                        None => {
+                            subscriptions::Trial::Price(price.trial_days.unwrap_or(self.default_trial_days))
+                        }
+                    };
                     match subscriptions::create(
                         &tx,
                         now,
@@ -368,7 +380,7 @@ impl Core {
                     }
                 }
             };
-            self.charge_detached(claim, attempt, step, false, move |tx, attempt| {
+            self.charge_detached(claim, attempt, step, move |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -416,7 +428,7 @@ impl Core {
                     (attempt, Step::Charge)
                 }
             };
-            self.charge_detached(claim, attempt, step, false, |tx, attempt| {
+            self.charge_detached(claim, attempt, step, |tx, attempt| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -480,7 +492,6 @@ impl Core {
         claim: Claim,
         attempt: Attempt,
         step: Step,
-        automatic: bool,
         reply: F,
     ) -> Result<R, BillingError>
     where
@@ -507,7 +518,7 @@ impl Core {
                     .await,
                 ),
             };
-            core.settle_and_reply(&claim, &attempt, charged.as_ref(), automatic, reply).await
+            core.settle_and_reply(&claim, &attempt, charged.as_ref(), reply).await
         };
         tokio::spawn(task.instrument(tracing::Span::current()))
             .await
@@ -523,7 +534,6 @@ impl Core {
         claim: &Claim,
         attempt: &Attempt,
         charged: Option<&Charged>,
-        automatic: bool,
         reply: impl for<'a> FnOnce(
             &'a deadpool_postgres::Transaction<'a>,
             &'a Attempt,
@@ -541,7 +551,7 @@ impl Core {
             return Ok(response);
         };
         if let Charged::Timeout = charged {
-            self.metrics.attempt("timeout", if automatic { "automatic" } else { "customer" });
+            self.metrics.attempt("timeout", &attempt.initiated_by);
             return Err(BillingError::Provider {
                 reason: "PROVIDER_TIMEOUT",
                 message: "the payment provider did not answer in time; retry with the same idempotency key"
@@ -550,20 +560,8 @@ impl Core {
         }
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let paid = payments::settle(&tx, self.clock.now(), attempt, charged).await?;
-        self.metrics.attempt(charged.outcome_name(), if automatic { "automatic" } else { "customer" });
-        // A declined automatic charge (a plan change's) starts dunning.
-        if automatic && !paid && matches!(charged, Charged::Outcome(_)) {
-            crate::scheduler::customer_failed(
-                &self.dunning,
-                &tx,
-                attempt.invoice_id,
-                0,
-                self.clock.now(),
-                Uuid::nil(),
-            )
-            .await?;
-        }
+        payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        self.metrics.attempt(charged.outcome_name(), &attempt.initiated_by);
         if let Charged::Unavailable(message) = charged {
             tx.commit().await?;
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
@@ -588,7 +586,16 @@ impl Core {
         let proration = pb::ProrationBehavior::try_from(request.proration_behavior)
             .map_err(|_| BillingError::invalid("proration_behavior", "unknown proration behavior"))?;
         self.idempotent(metadata, "ChangePlan", &request, |claim| async move {
-            let (summary, attempt, step) = match self.resumed(&claim).await? {
+            // A retry after the change's charge failed: the change was
+            // abandoned with its invoice, so there is nothing to resume.
+            let resumed = self.resumed(&claim).await.map_err(|e| match e {
+                BillingError::Refused { reason: "INVOICE_NOT_PAYABLE", .. } => BillingError::refused(
+                    "CHANGE_NOT_PAID",
+                    "the plan change's charge failed, so the plan is unchanged; change plan again with a new idempotency key",
+                ),
+                other => other,
+            })?;
+            let (summary, attempt, step) = match resumed {
                 Some((attempt, step)) => {
                     // Interrupted while charging the proration invoice.
                     let conn = self.db.write().await?;
@@ -623,15 +630,17 @@ impl Core {
                             .get(0),
                         None => 0,
                     };
+                    // A change that costs something is charged now, on the
+                    // customer's behalf, and takes effect only if paid; no
+                    // card refuses the change (this transaction rolls back).
                     let attempt = match change.invoice {
                         Some(invoice) if due > 0 => {
-                            payments::begin(&tx, now, invoice, None, "automatic", self.policy()).await.ok()
+                            Some(payments::begin(&tx, now, invoice, None, "customer", self.policy()).await?)
                         }
                         _ => None,
                     };
                     let Some(attempt) = attempt else {
-                        // Nothing to charge (or no card: the invoice stays
-                        // open for PayInvoice).
+                        // Nothing to charge.
                         let response = change_reply(&tx, sub_id, &summary).await?;
                         self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
                         tx.commit().await?;
@@ -642,7 +651,7 @@ impl Core {
                     (summary, attempt, Step::Charge)
                 }
             };
-            self.charge_detached(claim, attempt, step, true, move |tx, _| {
+            self.charge_detached(claim, attempt, step, move |tx, _| {
                 Box::pin(async move { change_reply(tx, sub_id, &summary).await })
             })
             .await
@@ -689,7 +698,7 @@ impl Core {
         // The access rule (CALLER_OPERATOR) admitted only operators;
         // checked again here so the handler never relies on wiring alone.
         if !is_admin(metadata) {
-            return Err(BillingError::PermissionDenied);
+            return Err(BillingError::PermissionDenied("needs the admin role"));
         }
         let now = self.clock.now();
         let max_future = std::time::Duration::from_secs(self.usage.max_future_seconds);
@@ -717,7 +726,7 @@ impl Core {
         // The access rule (CALLER_OPERATOR) admitted only operators;
         // checked again here so the handler never relies on wiring alone.
         if !is_admin(metadata) {
-            return Err(BillingError::PermissionDenied);
+            return Err(BillingError::PermissionDenied("needs the admin role"));
         }
         let limit: i64 = match request.page_size {
             0 => 100,

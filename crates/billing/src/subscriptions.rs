@@ -18,6 +18,8 @@ use crate::periods;
 #[derive(Debug, Clone)]
 pub struct PriceRow {
     pub id: Uuid,
+    /// The product: one trial per customer per plan.
+    pub plan_id: Uuid,
     pub currency: String,
     pub amount_minor: i64,
     pub months: i64,
@@ -31,7 +33,7 @@ pub async fn price<C: GenericClient>(db: &C, id: Uuid) -> Result<PriceRow, Billi
     let row = db
         .query_opt(
             "SELECT p.id, p.currency, p.unit_amount_minor, p.billing_interval, p.interval_count, p.trial_days, \
-                    p.active AND pl.active AS active, pl.name FROM prices p JOIN plans pl ON pl.id = p.plan_id WHERE p.id = $1",
+                    p.active AND pl.active AS active, pl.name, p.plan_id FROM prices p JOIN plans pl ON pl.id = p.plan_id WHERE p.id = $1",
             &[&id],
         )
         .await?
@@ -45,6 +47,7 @@ pub async fn price<C: GenericClient>(db: &C, id: Uuid) -> Result<PriceRow, Billi
         trial_days: row.get::<_, Option<i32>>(5).and_then(|d| u32::try_from(d).ok()),
         active: row.get(6),
         plan_name: row.get(7),
+        plan_id: row.get(8),
         interval,
     })
 }
@@ -58,6 +61,16 @@ pub enum Created {
     Charge(Uuid, Attempt),
 }
 
+/// The trial a new subscription gets: the price's own, or one an operator
+/// granted (`Custom`), which alone may differ from the price's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trial {
+    /// The price's trial, if the customer never had one of this plan.
+    Price(u32),
+    /// Set by an operator: exactly this, even for a returning customer.
+    Custom(u32),
+}
+
 /// The first transaction of CreateSubscription.
 #[allow(clippy::too_many_arguments)]
 pub async fn create<C: GenericClient>(
@@ -66,7 +79,7 @@ pub async fn create<C: GenericClient>(
     customer: Uuid,
     price: &PriceRow,
     method: Option<Uuid>,
-    trial_days: u32,
+    trial: Trial,
     policy: payments::Policy,
     incomplete_expiry: Duration,
 ) -> Result<Created, BillingError> {
@@ -103,6 +116,23 @@ pub async fn create<C: GenericClient>(
         .await?
         .ok_or(BillingError::NotFound("payment method"))?;
     }
+    // One trial per customer per plan (the customer row is locked above, so
+    // two concurrent subscriptions cannot both take it).
+    let trial_days = match trial {
+        Trial::Custom(days) => days,
+        Trial::Price(0) => 0,
+        Trial::Price(days) => {
+            let had_one = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN prices p ON p.id = s.price_id \
+                     WHERE s.customer_id = $1 AND p.plan_id = $2 AND s.trial_start IS NOT NULL)",
+                    &[&customer, &price.plan_id],
+                )
+                .await?
+                .get::<_, bool>(0);
+            if had_one { 0 } else { days }
+        }
+    };
     let has_method = method.is_some()
         || tx
             .query_one(

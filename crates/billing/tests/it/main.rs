@@ -10,5 +10,6 @@ mod outbox;
 mod payments;
 mod reconcile;
 mod support;
+mod trials;
 mod usage;
 mod validation;

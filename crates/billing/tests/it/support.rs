@@ -216,6 +216,7 @@ pub async fn events(billing: &TestBilling, event_type: &str) -> anyhow::Result<i
 pub mod prices {
     pub const FREE_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000001";
     pub const PRO_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000002";
+    pub const PRO_YEARLY_USD: &str = "20000000-0000-4000-8000-000000000003";
     pub const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
     pub const BUSINESS_MONTHLY_JPY: &str = "20000000-0000-4000-8000-000000000007";
     pub const BUSINESS_MONTHLY_CLP: &str = "20000000-0000-4000-8000-000000000009";
