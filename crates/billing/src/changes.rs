@@ -119,20 +119,7 @@ pub async fn change_plan<C: GenericClient>(
             format!("the subscription bills in {}; the price is in {}", sub.price.currency, new.currency),
         ));
     }
-    let waiting = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM plan_changes WHERE subscription_id = $1 AND status = 'pending')",
-            &[&sub.id],
-        )
-        .await?
-        .get::<_, bool>(0);
-    if waiting {
-        return Err(BillingError::Busy {
-            reason: "CHANGE_IN_PROGRESS",
-            message: "a plan change of this subscription is waiting for its payment".into(),
-            retry_after: std::time::Duration::from_secs(1),
-        });
-    }
+    change_waiting(tx, sub.id).await?;
     let party = Party::load(tx, sub.customer, &new.plan_name).await?;
     let direction = if is_upgrade(&sub.price, new) {
         pb::ChangeDirection::Upgrade
@@ -285,6 +272,27 @@ pub async fn change_plan<C: GenericClient>(
     Ok(Change { direction, effective_at: t, invoice: Some(invoice) })
 }
 
+/// BUSY while a plan change of `sub` waits for its payment: nothing else
+/// may move the subscription (another change, a cancellation, a renewal)
+/// until that payment is settled and the change applied or abandoned.
+pub async fn change_waiting<C: GenericClient>(tx: &C, sub: Uuid) -> Result<(), BillingError> {
+    let waiting = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM plan_changes WHERE subscription_id = $1 AND status = 'pending')",
+            &[&sub],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if waiting {
+        return Err(BillingError::Busy {
+            reason: "CHANGE_IN_PROGRESS",
+            message: "a plan change of this subscription is waiting for its payment".into(),
+            retry_after: std::time::Duration::from_secs(1),
+        });
+    }
+    Ok(())
+}
+
 /// Bills the usage recorded so far at the current price, on an invoice of
 /// its own charged later, before the price changes.
 async fn bill_usage_so_far<C: GenericClient>(
@@ -419,6 +427,7 @@ pub async fn cancel<C: GenericClient>(
     timing: pb::ChangeTiming,
     proration: pb::ProrationBehavior,
 ) -> Result<Option<Uuid>, BillingError> {
+    change_waiting(tx, sub.id).await?;
     let party = Party::load(tx, sub.customer, &sub.price.plan_name).await?;
     if sub.status == "canceled" || (sub.cancel_at_period_end && timing != pb::ChangeTiming::Immediately) {
         return Err(BillingError::refused(

@@ -210,6 +210,22 @@ pub async fn settle<C: GenericClient>(
     if let Charged::Timeout = charged {
         return Ok(false);
     }
+    // One settlement per attempt: a retry's lookup and the reconciler may
+    // race to settle it; the second finds it settled and changes nothing.
+    let still_pending = tx
+        .query_opt(
+            "SELECT 1 FROM payment_attempts WHERE id = $1 AND status = 'pending' FOR UPDATE",
+            &[&attempt.id],
+        )
+        .await?
+        .is_some();
+    if !still_pending {
+        let paid: bool = tx
+            .query_one("SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1", &[&attempt.id])
+            .await?
+            .get(0);
+        return Ok(paid);
+    }
     // Settled: the attempt's reconcile job has nothing left to do (unless
     // it is the one settling it, and then it finishes itself).
     tx.execute(

@@ -261,6 +261,9 @@ impl Scheduler {
                 &[&sub],
             )
             .await?;
+        // A plan change waiting for its payment decides the next period:
+        // the renewal waits for it (retried with backoff).
+        crate::changes::change_waiting(&tx, sub).await?;
         let status: String = row.get(0);
         let boundary: SystemTime = row.get(6);
         // The boundary this job was made for is in its key (its run_at

@@ -191,7 +191,9 @@ impl Validate for BillingSettings {
         if self.provider.timeout_ms == 0 {
             return Err(Invalid::new("provider.timeout_ms", "must be positive"));
         }
-        if self.provider.reconcile_after_seconds * 1000 <= 2 * self.provider.timeout_ms {
+        if self.provider.reconcile_after_seconds.saturating_mul(1000)
+            <= self.provider.timeout_ms.saturating_mul(2)
+        {
             return Err(Invalid::new(
                 "provider.reconcile_after_seconds",
                 "must exceed twice provider.timeout_ms, or the reconciler would look up charges still in flight",

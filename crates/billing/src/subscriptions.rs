@@ -124,8 +124,7 @@ pub async fn create<C: GenericClient>(
         Trial::Price(days) => {
             let had_one = tx
                 .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN prices p ON p.id = s.price_id \
-                     WHERE s.customer_id = $1 AND p.plan_id = $2 AND s.trial_start IS NOT NULL)",
+                    "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE customer_id = $1 AND trial_plan_id = $2)",
                     &[&customer, &price.plan_id],
                 )
                 .await?
@@ -159,8 +158,9 @@ pub async fn create<C: GenericClient>(
     };
     tx.execute(
         "INSERT INTO subscriptions (id, customer_id, price_id, currency, status, billing_cycle_anchor, cycle_index, \
-           current_period_start, current_period_end, trial_start, trial_end, default_payment_method_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4::text, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+           current_period_start, current_period_end, trial_start, trial_end, default_payment_method_id, created_at, updated_at, \
+           trial_plan_id) \
+         VALUES ($1, $2, $3, $4::text, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
         &[
             &id,
             &customer,
@@ -175,6 +175,7 @@ pub async fn create<C: GenericClient>(
             &trial.map(|t| t.1),
             &method,
             &now,
+            &trial.map(|_| price.plan_id),
         ],
     )
     .await?;

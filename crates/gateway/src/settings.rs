@@ -196,6 +196,12 @@ impl Validate for GatewaySettings {
                 "must be at least limits.timeout_ms (and above billing's provider.timeout_ms)",
             ));
         }
+        if self.upstreams.billing.request_timeout_ms < l.payment_timeout_ms {
+            return Err(Invalid::new(
+                "upstreams.billing.request_timeout_ms",
+                "must be at least limits.payment_timeout_ms, or the channel cuts payments short",
+            ));
+        }
         if self.breaker.failure_threshold == 0 {
             return Err(Invalid::new("breaker.failure_threshold", "must be positive"));
         }

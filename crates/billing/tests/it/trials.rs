@@ -180,6 +180,18 @@ async fn an_upgrade_during_a_trial_ends_it_and_is_charged_while_a_downgrade_keep
         (s.price_id.as_str(), s.status),
         (prices::FREE_MONTHLY_USD, pb::SubscriptionStatus::Trialing as i32)
     );
+    // That trial was of Pro, whatever price it ended on: no second one.
+    let cancel = pb::CancelSubscriptionRequest {
+        subscription_id: sub.id.clone(),
+        timing: pb::ChangeTiming::Immediately as i32,
+        ..Default::default()
+    };
+    client.cancel_subscription(keyed(other, "cancel", cancel)).await?;
+    let again = client
+        .create_subscription(keyed(other, "again", subscribe(prices::PRO_MONTHLY_USD, None)))
+        .await
+        .expect_err("no second trial of Pro");
+    assert_eq!(reason(&again), "PAYMENT_METHOD_REQUIRED");
     assert_ledger_invariants(&billing).await
 }
 
@@ -248,6 +260,14 @@ async fn an_upgrade_whose_charge_fails_or_is_lost_is_never_kept_unpaid() -> anyh
         .change_plan(keyed(user, "down", change(&sub.id, prices::FREE_MONTHLY_USD)))
         .await
         .expect_err("one change at a time");
+    assert_eq!((busy.code(), reason(&busy).as_str()), (Code::Aborted, "CHANGE_IN_PROGRESS"));
+    let cancel = pb::CancelSubscriptionRequest {
+        subscription_id: sub.id.clone(),
+        timing: pb::ChangeTiming::Immediately as i32,
+        ..Default::default()
+    };
+    let busy =
+        client.cancel_subscription(keyed(user, "cancel", cancel)).await.expect_err("paying for a change");
     assert_eq!((busy.code(), reason(&busy).as_str()), (Code::Aborted, "CHANGE_IN_PROGRESS"));
     billing.advance(Duration::from_secs(61)).await?;
     assert_eq!(subscription(&mut client, user, &sub.id).await?.price_id, prices::BUSINESS_MONTHLY_USD);
