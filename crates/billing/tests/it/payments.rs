@@ -5,19 +5,9 @@ use tenx_proto::billing::v1 as pb;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::support::{TestBilling, as_user, assert_ledger_invariants, events, keyed, prices, reason};
-
-async fn add_card(client: &mut crate::support::Client, user: Uuid, token: &str) -> anyhow::Result<String> {
-    let request = pb::AddPaymentMethodRequest { token: token.into(), set_default: true };
-    let key = format!("card-{}", Uuid::new_v4());
-    Ok(client
-        .add_payment_method(keyed(user, &key, request))
-        .await?
-        .into_inner()
-        .payment_method
-        .map(|m| m.id)
-        .unwrap_or_default())
-}
+use crate::support::{
+    TestBilling, add_card, as_user, assert_ledger_invariants, events, keyed, prices, reason,
+};
 
 fn subscribe(price: &str) -> pb::CreateSubscriptionRequest {
     pb::CreateSubscriptionRequest { price_id: price.into(), ..Default::default() }

@@ -11,14 +11,9 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::support::{
-    Client, TestBilling, as_user, assert_ledger_invariants, events, eventually, keyed, prices, reason,
+    Client, TestBilling, add_card, as_user, assert_ledger_invariants, events, eventually, keyed, prices,
+    reason,
 };
-
-async fn add_card(client: &mut Client, user: Uuid, token: &str) -> anyhow::Result<()> {
-    let request = pb::AddPaymentMethodRequest { token: token.into(), set_default: true };
-    client.add_payment_method(keyed(user, &format!("card-{}", Uuid::new_v4()), request)).await?;
-    Ok(())
-}
 
 /// A subscription whose first charge was declined: its open invoice.
 async fn open_invoice(client: &mut Client, user: Uuid) -> anyhow::Result<pb::Invoice> {

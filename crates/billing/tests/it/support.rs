@@ -170,6 +170,19 @@ pub fn as_admin<T>(user: Uuid, message: T) -> tonic::Request<T> {
     bearer(&tenx_auth::testing::user_token(user, &["support", "admin"]), message)
 }
 
+/// Adds a card of simulator `token` as `user`'s default; its id.
+pub async fn add_card(client: &mut Client, user: Uuid, token: &str) -> anyhow::Result<String> {
+    let request = tenx_proto::billing::v1::AddPaymentMethodRequest { token: token.into(), set_default: true };
+    let key = format!("card-{}", Uuid::new_v4());
+    Ok(client
+        .add_payment_method(keyed(user, &key, request))
+        .await?
+        .into_inner()
+        .payment_method
+        .map(|m| m.id)
+        .unwrap_or_default())
+}
+
 /// The ErrorInfo reason of a refused call.
 pub fn reason(status: &tonic::Status) -> String {
     tonic_types::StatusExt::get_details_error_info(status).map(|i| i.reason).unwrap_or_default()

@@ -9,16 +9,10 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::support::{
-    Client, TestBilling, as_admin, as_user, assert_ledger_invariants, keyed, prices, reason,
+    Client, TestBilling, add_card, as_admin, as_user, assert_ledger_invariants, keyed, prices, reason,
 };
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-async fn add_card(client: &mut Client, user: Uuid, token: &str) -> anyhow::Result<()> {
-    let request = pb::AddPaymentMethodRequest { token: token.into(), set_default: true };
-    client.add_payment_method(keyed(user, &format!("card-{}", Uuid::new_v4()), request)).await?;
-    Ok(())
-}
 
 fn subscribe(price: &str, trial_days: Option<u32>) -> pb::CreateSubscriptionRequest {
     pb::CreateSubscriptionRequest { price_id: price.into(), trial_days, ..Default::default() }
