@@ -6,6 +6,8 @@
 #   Redis                     127.0.0.1:6379
 #   RabbitMQ                  127.0.0.1:5672  (guest/guest)
 #   SMTP sink                 127.0.0.1:2525  (aiosmtpd in .tools/venv)
+#   localstripe               127.0.0.1:8420  (a stateful Stripe emulator, in
+#                                            .tools/venv; billing's Stripe tests)
 #   SMTP sink with STARTTLS   127.0.0.1:2587  (same Maildir; certificate for
 #                                            localhost from a throw-away CA in
 #                                            /tmp/tenx-smtp-sink/tls/ca.pem)
@@ -613,6 +615,35 @@ PY
   wait_until 20 smtp_ok "$SMTP_TLS_PORT" || fail "smtp tls sink on 127.0.0.1:$SMTP_TLS_PORT did not start; see $smtplog"
 }
 
+# --- localstripe -----------------------------------------------------------------
+
+# A stateful Stripe emulator (PyPI's localstripe): billing's Stripe
+# provider is tested against its API and its signed webhooks.
+STRIPE_PORT=8420
+
+localstripe_ok() {
+  timeout 3 bash -c '
+    exec 3<>/dev/tcp/127.0.0.1/'"$STRIPE_PORT"' || exit 1
+    printf "GET /v1/balance HTTP/1.0\r\nAuthorization: Bearer sk_test_deps\r\n\r\n" >&3
+    IFS= read -r -t 2 line <&3 || exit 1
+    [[ $line == "HTTP/1."?" 200"* ]]' 2>/dev/null
+}
+
+ensure_localstripe() {
+  localstripe_ok && return 0
+  tcp_open "$STRIPE_PORT" && fail "localstripe: 127.0.0.1:$STRIPE_PORT is taken by something that is not localstripe"
+  "$HERE/tools.sh" venv || fail "localstripe: could not install it into $TOOLS/venv (see above)"
+  local stripelog=$TOOLS/localstripe.log
+  (
+    cd "$TOOLS"
+    # --from-scratch: its store (kept in /tmp/localstripe.pickle, rewritten
+    # on every change) starts empty rather than as big as every earlier run.
+    setsid nohup "$TOOLS/venv/bin/localstripe" --port "$STRIPE_PORT" --from-scratch \
+      >"$stripelog" 2>&1 </dev/null &
+  )
+  wait_until 30 localstripe_ok || fail "localstripe on 127.0.0.1:$STRIPE_PORT did not start; see $stripelog"
+}
+
 # --------------------------------------------------------------------------------
 
 ensure_postgres
@@ -620,5 +651,6 @@ ensure_redis
 ensure_rabbitmq
 ensure_smtp
 ensure_smtp_tls
+ensure_localstripe
 
 [[ -n ${TENX_DEPS_QUIET:-} ]] || echo "deps: ok"

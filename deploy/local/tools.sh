@@ -43,7 +43,7 @@ pick_python() {
 
 install_venv() {
   local venv="$TOOLS/venv"
-  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis' >/dev/null 2>&1; then
+  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis, localstripe' >/dev/null 2>&1; then
     return 0
   fi
   mkdir -p "$TOOLS"
@@ -62,11 +62,13 @@ install_venv() {
     "$py" -m venv "$venv" >>"$LOG" 2>&1 || die "venv: $py -m venv $venv failed; see $LOG"
   fi
   # aiosmtpd: the SMTP sinks; trustme: their test CA; schemathesis: the
-  # gateway's property-based API test (crates/gateway/tests/it/schemathesis.rs).
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd trustme schemathesis >>"$LOG" 2>&1 \
-    || die "venv: pip install aiosmtpd trustme schemathesis failed; see $LOG"
-  "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis' >/dev/null 2>&1 \
-    || die "venv: aiosmtpd, trustme or schemathesis not importable after install; see $LOG"
+  # gateway's property-based API test (crates/gateway/tests/it/schemathesis.rs);
+  # localstripe: the Stripe emulator billing's Stripe provider is tested against.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd trustme schemathesis \
+      'localstripe==1.15.10' >>"$LOG" 2>&1 \
+    || die "venv: pip install aiosmtpd trustme schemathesis localstripe failed; see $LOG"
+  "$venv/bin/python" -c 'import aiosmtpd, trustme, schemathesis, localstripe' >/dev/null 2>&1 \
+    || die "venv: aiosmtpd, trustme, schemathesis or localstripe not importable after install; see $LOG"
 }
 
 # The Python checkers pinned in deploy/tests/requirements.txt. A stamp

@@ -26,9 +26,16 @@ SERVICE_CLIENTS = ["gateway", "billing", "notification"]
 SERVICE_SECRET_KEYS = {
     "auth": ["tokens.key_encryption_key", "codes.seal_key", *(f"service_clients.{c}" for c in SERVICE_CLIENTS)],
     **{c: ["authn.client_secret"] for c in SERVICE_CLIENTS},
+    # Stripe's API key and its webhook's signing secret (provider.kind stripe).
+    "billing": ["authn.client_secret", "provider.stripe_secret_key", "provider.stripe_webhook_secret"],
     # codes.seal_key: auth's, which opens the codes auth seals into its events.
     "notification": ["authn.client_secret", "codes.seal_key"],
 }
+# Secret keys a service runs without (its variable is optional): the
+# replica, and Stripe's keys, which only provider.kind stripe needs (billing
+# refuses to start without them then) and which have no default.
+OPTIONAL_SECRET_KEYS = ["database.replica_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret"]
+EMPTY_BY_DEFAULT_SECRET_KEYS = ["provider.stripe_secret_key", "provider.stripe_webhook_secret"]
 # Secret keys a service reads from another service's Secret rather than
 # its own, so that one value lives in one place: service → key → (the
 # service whose Secret holds it, its key there). Both directions: auth's
@@ -363,6 +370,25 @@ def secrets_schema(svc: str) -> dict:
     return {"type": "object", "additionalProperties": False, "properties": props}
 
 
+def _refuse_the_simulator_in_production(service: dict) -> None:
+    """billing's simulated provider moves no money: the schema refuses it
+    unless config.deployment.environment says this is not production."""
+    deployment = service["properties"]["config"]["properties"]["deployment"]
+    deployment["properties"]["environment"] = {
+        "enum": ["production", "staging", "development", "test"],
+        "description": "production refuses the simulated payment provider and Stripe test-mode keys",
+    }
+    service["allOf"] = [{
+        "if": {"properties": {"config": {"properties": {"provider": {
+            "properties": {"kind": {"const": "simulated"}}, "required": ["kind"]}}, "required": ["provider"]}},
+            "required": ["config"]},
+        "then": {"properties": {"config": {"properties": {"deployment": {
+            "properties": {"environment": {"not": {"const": "production"},
+                                           "description": "the simulated provider is refused in production"}},
+            "required": ["environment"]}}, "required": ["deployment"]}}},
+    }]
+
+
 def generate_schema() -> dict:
     template = json.loads((Path(__file__).parent / "values.schema.base.json").read_text())
     services = {}
@@ -373,6 +399,8 @@ def generate_schema() -> dict:
             service["properties"]["migrate"] = {
                 "const": False, "description": f"tenx-{svc} has no migrate command (it keeps no database)"}
         service["properties"]["secrets"] = secrets_schema(svc)
+        if svc == "billing":
+            _refuse_the_simulator_in_production(service)
         services[svc] = service
     template["properties"]["services"]["properties"] = services
     del template["definitions"]

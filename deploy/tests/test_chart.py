@@ -455,7 +455,8 @@ class Workloads(unittest.TestCase):
                 self.assertEqual(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], svc)
         self.assertEqual(td.secret_keys("gateway"), ["authn.client_secret", "redis.url"])
         self.assertEqual(td.secret_keys("billing"),
-                         ["amqp.url", "authn.client_secret", "database.primary_url", "database.replica_url", "redis.url"])
+                         ["amqp.url", "authn.client_secret", "database.primary_url", "database.replica_url",
+                          "provider.stripe_secret_key", "provider.stripe_webhook_secret", "redis.url"])
 
     def test_network_policy_is_on_by_default_and_admits_each_service_only_from_its_callers(self):
         self.assertIs(td.chart_values()["networkPolicy"]["enabled"], True)
@@ -663,8 +664,10 @@ class Secrets(unittest.TestCase):
         for svc in td.chart_services():
             with self.subTest(service=svc):
                 (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-{svc}")
-                # Its own keys; auth's service_clients.* live in the clients' Secrets, not here.
-                self.assertEqual(sorted(secret["data"]), td.own_secret_keys(svc))
+                # Its own keys; auth's service_clients.* live in the clients' Secrets, not
+                # here; Stripe's keys only once set (they have no default and are never made up).
+                self.assertEqual(sorted(secret["data"]),
+                                 [k for k in td.own_secret_keys(svc) if k not in td.EMPTY_BY_DEFAULT_SECRET_KEYS])
                 self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
                 for section, key in (("tokens", "key_encryption_key"), ("codes", "seal_key")):
                     if f"{section}.{key}" in secret["data"]:
@@ -682,6 +685,29 @@ class Secrets(unittest.TestCase):
         # notification keeps no copy of auth's seal key.
         self.assertNotIn("codes.seal_key", td.own_secret_keys("notification"))
         self.assertIn("codes.seal_key", td.secret_keys("notification"))
+
+    def test_billing_takes_stripe_by_default_and_its_keys_from_its_secret(self):
+        docs = r.manifests(r.rendered("defaults"))
+        billing = config_toml(docs, "billing")
+        self.assertEqual((billing["provider"]["kind"], billing["deployment"]["environment"]), ("stripe", "production"))
+        (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-billing")
+        self.assertNotIn("provider.stripe_secret_key", secret["data"], "never made up")
+        notes = r.rendered("defaults")["tenx/templates/NOTES.txt"]
+        self.assertIn("billing refuses to start", notes, "the missing keys are named at install")
+        docs = r.manifests(r.rendered("features-on"))
+        (secret,) = r.find(docs, "Secret", f"{r.RELEASE}-billing")
+        self.assertEqual(base64.b64decode(secret["data"]["provider.stripe_secret_key"]).decode(), "sk_live_ci_placeholder")
+        self.assertNotIn("billing refuses to start", r.rendered("features-on")["tenx/templates/NOTES.txt"])
+
+    def test_the_schema_refuses_the_simulated_provider_in_production(self):
+        simulated = {"services": {"billing": {"config": {"provider": {"kind": "simulated"}}}}}
+        with self.assertRaises(Exception) as caught:
+            r.render(simulated)
+        self.assertIn("environment", str(caught.exception))
+        simulated["services"]["billing"]["config"]["deployment"] = {"environment": "staging"}
+        self.assertEqual(config_toml(r.manifests(r.render(simulated)), "billing")["provider"]["kind"], "simulated")
+        with self.assertRaises(Exception):
+            r.render({"services": {"billing": {"config": {"deployment": {"environment": "prod"}}}}})
 
     def test_a_client_secret_set_in_values_is_used_and_a_short_one_refused(self):
         value = "s" * 32
@@ -813,7 +839,7 @@ class Secrets(unittest.TestCase):
                                  {name: f"prod-{foreign.get(name, svc)}" for name in env})
                 own = {name: ref for name, ref in env.items() if name not in foreign}
                 required = {ref["key"] for ref in own.values() if not ref.get("optional")}
-                self.assertEqual(required, set(td.own_secret_keys(svc)) - {"database.replica_url"})
+                self.assertEqual(required, set(td.own_secret_keys(svc)) - set(td.OPTIONAL_SECRET_KEYS))
                 self.assertEqual(set(foreign), {env_name(svc, k) for k in td.foreign_secret_keys(svc)})
 
     def test_a_missing_required_secret_fails_the_render(self):

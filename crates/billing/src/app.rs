@@ -27,6 +27,7 @@ use crate::provider::{PaymentProvider, SimulatedProvider};
 use crate::scheduler::Scheduler;
 use crate::service::{BillingApi, Core};
 use crate::settings::BillingSettings;
+use crate::stripe::StripeProvider;
 
 mod migrations {
     refinery::embed_migrations!("migrations");
@@ -57,6 +58,13 @@ pub fn customers_topology(settings: &BillingSettings) -> Topology {
 fn provider(settings: &BillingSettings) -> Result<Arc<dyn PaymentProvider>, BillingError> {
     match settings.provider.kind.as_str() {
         "simulated" => Ok(Arc::new(SimulatedProvider::default())),
+        "stripe" => {
+            let p = &settings.provider;
+            let connect_timeout = std::time::Duration::from_millis(p.timeout_ms.min(5000));
+            StripeProvider::new(&p.stripe_api_base, p.stripe_secret_key.clone(), connect_timeout)
+                .map(|s| Arc::new(s) as Arc<dyn PaymentProvider>)
+                .map_err(|e| BillingError::Internal(format!("provider: {e}")))
+        }
         other => Err(BillingError::Internal(format!("provider.kind: unknown provider {other:?}"))),
     }
 }
@@ -123,6 +131,8 @@ impl App {
             dunning: settings.dunning.clone(),
             usage: settings.usage.clone(),
             metrics: metrics.set(),
+            webhook_secret: settings.provider.stripe_webhook_secret.clone(),
+            webhook_tolerance: std::time::Duration::from_secs(settings.provider.webhook_tolerance_seconds),
         });
         let auth = grpc::connect(&settings.upstreams.auth)
             .map_err(|e| BillingError::Internal(format!("upstreams.auth.url: {e}")))?;

@@ -20,8 +20,10 @@ pub mod provider;
 pub mod scheduler;
 pub mod service;
 pub mod settings;
+pub mod stripe;
 pub mod subscriptions;
 pub mod usage;
+pub mod webhook;
 
 pub use app::{App, Running, migrate};
 pub use settings::BillingSettings;

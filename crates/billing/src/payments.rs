@@ -20,7 +20,8 @@ use crate::error::BillingError;
 use crate::invoices::{Party, enqueue};
 use crate::ledger::{self, About, Entry};
 use crate::model;
-use crate::provider::{ChargeOutcome, Decline, PaymentProvider, ProviderError};
+use crate::provider::{ChargeOutcome, ChargeRequest, Decline, PaymentProvider, ProviderError};
+use tenx_common::db::Db;
 
 /// An attempt in flight.
 #[derive(Debug, Clone)]
@@ -32,6 +33,21 @@ pub struct Attempt {
     pub currency: String,
     /// `customer`, `automatic` or `dunning`.
     pub initiated_by: String,
+    /// The provider's record of it ([`PaymentProvider::prepare`]), once
+    /// stored: an attempt without one was never charged.
+    pub intent: Option<String>,
+}
+
+impl Attempt {
+    fn charge_request(&self) -> ChargeRequest<'_> {
+        ChargeRequest {
+            attempt_id: self.id,
+            provider_ref: &self.provider_ref,
+            amount_minor: self.amount_minor,
+            currency: &self.currency,
+            intent: self.intent.as_deref(),
+        }
+    }
 }
 
 /// What every new attempt is recorded with.
@@ -114,6 +130,7 @@ pub async fn begin<C: GenericClient>(
                 amount_minor: remaining,
                 currency,
                 initiated_by: initiated_by.to_owned(),
+                intent: None,
             })
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(BillingError::Busy {
@@ -129,7 +146,8 @@ pub async fn begin<C: GenericClient>(
 pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
     let row = db
         .query_opt(
-            "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref, a.initiated_by FROM payment_attempts a \
+            "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref, a.initiated_by, a.provider_intent_id \
+             FROM payment_attempts a \
              JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1 AND a.status = 'pending'",
             &[&attempt],
         )
@@ -141,6 +159,7 @@ pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<A
         currency: r.get::<_, String>(3).trim().to_owned(),
         provider_ref: r.get(4),
         initiated_by: r.get(5),
+        intent: r.get(6),
     }))
 }
 
@@ -155,6 +174,9 @@ pub enum Charged {
     Timeout,
     /// A pending attempt the provider never saw: not charged.
     NotFound,
+    /// Accepted by the provider, outcome later: the attempt stays pending
+    /// for its reconcile job (woken early by the provider's webhook).
+    Processing,
 }
 
 impl Charged {
@@ -164,9 +186,11 @@ impl Charged {
             Charged::Outcome(ChargeOutcome::Succeeded { .. }) => "succeeded",
             Charged::Outcome(ChargeOutcome::Declined(Decline::CardDeclined)) => "card_declined",
             Charged::Outcome(ChargeOutcome::Declined(Decline::InsufficientFunds)) => "insufficient_funds",
+            Charged::Outcome(ChargeOutcome::Processing) => "processing",
             Charged::Unavailable(_) => "provider_error",
             Charged::Timeout => "timeout",
             Charged::NotFound => "not_found_at_provider",
+            Charged::Processing => "processing",
         }
     }
 }
@@ -174,7 +198,12 @@ impl Charged {
 /// Charges (or, when `resume`, looks up) an attempt at the provider,
 /// bounded by `timeout`. A lookup that fails says nothing about the
 /// charge, so it is unknown ([`Charged::Timeout`]), never "not charged".
+///
+/// A provider that keeps its own record of a charge gets it made first
+/// ([`PaymentProvider::prepare`]) and its id stored on the attempt before
+/// any money can move, so a lookup after a crash always knows where to look.
 pub async fn call_provider(
+    db: &Db,
     provider: &dyn PaymentProvider,
     attempt: &Attempt,
     resume: bool,
@@ -182,19 +211,60 @@ pub async fn call_provider(
 ) -> Charged {
     let call = async {
         if resume {
-            provider.retrieve(attempt.id).await.map(|o| o.map_or(Charged::NotFound, Charged::Outcome))
-        } else {
-            provider
-                .charge(attempt.id, &attempt.provider_ref, attempt.amount_minor, &attempt.currency)
+            return provider
+                .retrieve(attempt.id, attempt.intent.as_deref())
                 .await
-                .map(Charged::Outcome)
+                .map(|o| o.map_or(Charged::NotFound, Charged::from));
         }
+        let mut request = attempt.charge_request();
+        let prepared;
+        if request.intent.is_none() {
+            prepared = provider.prepare(request).await?;
+            if let Some(intent) = &prepared {
+                record_intent(db, attempt.id, intent).await?;
+            }
+            request.intent = prepared.as_deref();
+        }
+        provider.charge(request).await.map(Charged::from)
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) | Ok(Err(ProviderError::Timeout)) => Charged::Timeout,
-        Ok(Err(ProviderError::Unavailable(_))) if resume => Charged::Timeout,
-        Ok(Err(ProviderError::Unavailable(m))) => Charged::Unavailable(m),
+        Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) if resume => Charged::Timeout,
+        Ok(Err(ProviderError::Unavailable(m) | ProviderError::Rejected(m))) => Charged::Unavailable(m),
         Ok(Ok(charged)) => charged,
+    }
+}
+
+impl From<ChargeOutcome> for Charged {
+    fn from(outcome: ChargeOutcome) -> Self {
+        match outcome {
+            ChargeOutcome::Processing => Charged::Processing,
+            settled => Charged::Outcome(settled),
+        }
+    }
+}
+
+/// Stores the provider's record of a pending attempt. Until this commits
+/// nothing is charged, so a failure here is "certainly not charged".
+async fn record_intent(db: &Db, attempt: Uuid, intent: &str) -> Result<(), ProviderError> {
+    let recorded = async {
+        let conn = db.write().await?;
+        conn.execute(
+            "UPDATE payment_attempts SET provider_intent_id = $2 WHERE id = $1 AND status = 'pending'",
+            &[&attempt, &intent],
+        )
+        .await
+        .map_err(BillingError::from)
+    };
+    match recorded.await {
+        Ok(1) => Ok(()),
+        Ok(_) => {
+            Err(ProviderError::Unavailable("the attempt was settled meanwhile; nothing was charged".into()))
+        }
+        Err(error) => {
+            tracing::warn!(%attempt, %error, "could not record the provider's record of an attempt; not charging it");
+            Err(ProviderError::Unavailable("could not record the charge; nothing was charged".into()))
+        }
     }
 }
 
@@ -207,7 +277,7 @@ pub async fn settle<C: GenericClient>(
     attempt: &Attempt,
     charged: &Charged,
 ) -> Result<bool, BillingError> {
-    if let Charged::Timeout = charged {
+    if let Charged::Timeout | Charged::Processing = charged {
         return Ok(false);
     }
     // One settlement per attempt: a retry's lookup and the reconciler may
@@ -235,7 +305,9 @@ pub async fn settle<C: GenericClient>(
     )
     .await?;
     let (failure, message) = match charged {
-        Charged::Timeout => return Ok(false),
+        Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) => {
+            return Ok(false);
+        }
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
             return succeed(tx, now, attempt, charge_id).await.map(|()| true);
         }

@@ -1,7 +1,8 @@
-//! Payment providers. The built-in simulated provider has fixed test
-//! tokens, so every payment path runs in tests and local development; a
-//! real provider (Stripe, Adyen) implements the same trait, and `Core`
-//! holds whichever the settings name as `Arc<dyn PaymentProvider>`.
+//! Payment providers. `Core` holds whichever the settings name as
+//! `Arc<dyn PaymentProvider>`: [`crate::stripe::StripeProvider`] takes real
+//! money over Stripe's API; the simulated provider here has fixed test
+//! tokens, so every payment path runs in tests and local development, and
+//! is refused where `deployment.environment` is `production`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ pub struct AttachedMethod {
     pub provider_ref: String,
     /// `visa`, `mastercard`, `amex` or `other`.
     pub brand: &'static str,
-    pub last4: &'static str,
+    pub last4: String,
     pub exp_month: i16,
     pub exp_year: i16,
 }
@@ -30,8 +31,35 @@ pub enum Decline {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    Succeeded { charge_id: String },
+    Succeeded {
+        charge_id: String,
+    },
     Declined(Decline),
+    /// Accepted, outcome later (a bank debit): the attempt stays pending
+    /// until a lookup (its reconcile job, woken by the provider's webhook)
+    /// finds it settled.
+    Processing,
+}
+
+/// Whose payment method is being attached.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub customer_id: Uuid,
+    /// The provider reference of one of the customer's earlier methods, if
+    /// any (Stripe finds the customer's own Stripe customer there).
+    pub earlier_ref: Option<&'a str>,
+}
+
+/// One charge of an attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct ChargeRequest<'a> {
+    /// The idempotency key at the provider.
+    pub attempt_id: Uuid,
+    pub provider_ref: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    /// What [`PaymentProvider::prepare`] returned, stored on the attempt.
+    pub intent: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +67,10 @@ pub enum ProviderError {
     /// The provider refused to process it: certainly not charged.
     #[error("the payment provider failed: {0}")]
     Unavailable(String),
+    /// The provider refused what the customer gave (an unknown or declined
+    /// card at attach time): their error, not the provider's.
+    #[error("{0}")]
+    Rejected(String),
     /// No answer: the charge may or may not have happened.
     #[error("the payment provider did not answer in time")]
     Timeout,
@@ -51,20 +83,27 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     /// Whether `token` can be attached at all (checked before anything is
     /// written, so an unknown token is INVALID_ARGUMENT).
     fn recognizes(&self, token: &str) -> bool;
-    /// Token → a reusable payment method.
-    async fn attach(&self, token: &str) -> Result<AttachedMethod, ProviderError>;
+    /// Token → a reusable payment method of `owner`.
+    async fn attach(&self, owner: Owner<'_>, token: &str) -> Result<AttachedMethod, ProviderError>;
+    /// Registers a charge at the provider without moving money, when the
+    /// provider needs a record to look the attempt up by later (Stripe: an
+    /// unconfirmed PaymentIntent). What it returns is stored on the attempt
+    /// before [`Self::charge`] runs, and handed to `charge` and
+    /// [`Self::retrieve`]: an attempt that has none was never charged.
+    async fn prepare(&self, _charge: ChargeRequest<'_>) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
     /// Charges a method; idempotent by `attempt_id` (the same id never
     /// charges twice).
-    async fn charge(
+    async fn charge(&self, charge: ChargeRequest<'_>) -> Result<ChargeOutcome, ProviderError>;
+    /// What happened to an attempt (after a timeout or a crash): `None`
+    /// when it was certainly not charged (the provider never saw it, or it
+    /// is canceled there now).
+    async fn retrieve(
         &self,
         attempt_id: Uuid,
-        provider_ref: &str,
-        amount_minor: i64,
-        currency: &str,
-    ) -> Result<ChargeOutcome, ProviderError>;
-    /// What happened to an attempt (after a timeout or a crash): `None`
-    /// when the provider never saw it.
-    async fn retrieve(&self, attempt_id: Uuid) -> Result<Option<ChargeOutcome>, ProviderError>;
+        intent: Option<&str>,
+    ) -> Result<Option<ChargeOutcome>, ProviderError>;
 }
 
 /// The fixed test tokens: (token, brand, last 4, what every charge does).
@@ -128,7 +167,7 @@ impl PaymentProvider for SimulatedProvider {
         TOKENS.iter().any(|(t, ..)| *t == token)
     }
 
-    async fn attach(&self, token: &str) -> Result<AttachedMethod, ProviderError> {
+    async fn attach(&self, _owner: Owner<'_>, token: &str) -> Result<AttachedMethod, ProviderError> {
         let (token, brand, last4, _) = TOKENS
             .iter()
             .find(|(t, ..)| *t == token)
@@ -136,19 +175,14 @@ impl PaymentProvider for SimulatedProvider {
         Ok(AttachedMethod {
             provider_ref: format!("sim_{token}_{}", Uuid::new_v4().simple()),
             brand,
-            last4,
+            last4: (*last4).to_owned(),
             exp_month: 12,
             exp_year: 2034,
         })
     }
 
-    async fn charge(
-        &self,
-        attempt_id: Uuid,
-        provider_ref: &str,
-        _amount_minor: i64,
-        _currency: &str,
-    ) -> Result<ChargeOutcome, ProviderError> {
+    async fn charge(&self, charge: ChargeRequest<'_>) -> Result<ChargeOutcome, ProviderError> {
+        let ChargeRequest { attempt_id, provider_ref, .. } = charge;
         let behaviour = Self::behaviour(provider_ref)
             .ok_or_else(|| ProviderError::Unavailable(format!("unknown payment method {provider_ref}")))?;
         match behaviour {
@@ -177,7 +211,11 @@ impl PaymentProvider for SimulatedProvider {
         Ok(outcome)
     }
 
-    async fn retrieve(&self, attempt_id: Uuid) -> Result<Option<ChargeOutcome>, ProviderError> {
+    async fn retrieve(
+        &self,
+        attempt_id: Uuid,
+        _intent: Option<&str>,
+    ) -> Result<Option<ChargeOutcome>, ProviderError> {
         Ok(self.charges.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt_id).cloned())
     }
 }
@@ -193,30 +231,35 @@ mod tests {
         let card = |t| async move { provider_ref(&SimulatedProvider::default(), t).await };
         let ok = card("tok_success").await;
         let attempt = Uuid::new_v4();
-        let first = provider.charge(attempt, &ok, 2000, "USD").await;
+        let first = provider.charge(req(attempt, &ok, 2000)).await;
         assert!(matches!(first, Ok(ChargeOutcome::Succeeded { .. })));
-        assert_eq!(provider.charge(attempt, &ok, 2000, "USD").await, first, "idempotent by attempt");
+        assert_eq!(provider.charge(req(attempt, &ok, 2000)).await, first, "idempotent by attempt");
         assert_eq!(provider.charge_count(), 1);
         let declined = card("tok_insufficient_funds").await;
         assert_eq!(
-            provider.charge(Uuid::new_v4(), &declined, 1, "USD").await,
+            provider.charge(req(Uuid::new_v4(), &declined, 1)).await,
             Ok(ChargeOutcome::Declined(Decline::InsufficientFunds))
         );
         let failing = card("tok_provider_error").await;
         assert!(matches!(
-            provider.charge(Uuid::new_v4(), &failing, 1, "USD").await,
+            provider.charge(req(Uuid::new_v4(), &failing, 1)).await,
             Err(ProviderError::Unavailable(_))
         ));
         let lost = card("tok_provider_timeout").await;
         let attempt = Uuid::new_v4();
-        assert_eq!(provider.charge(attempt, &lost, 1, "USD").await, Err(ProviderError::Timeout));
+        assert_eq!(provider.charge(req(attempt, &lost, 1)).await, Err(ProviderError::Timeout));
         assert!(
-            matches!(provider.retrieve(attempt).await, Ok(Some(ChargeOutcome::Succeeded { .. }))),
+            matches!(provider.retrieve(attempt, None).await, Ok(Some(ChargeOutcome::Succeeded { .. }))),
             "found later"
         );
     }
 
+    fn req(attempt_id: Uuid, provider_ref: &str, amount_minor: i64) -> ChargeRequest<'_> {
+        ChargeRequest { attempt_id, provider_ref, amount_minor, currency: "USD", intent: None }
+    }
+
     async fn provider_ref(provider: &SimulatedProvider, token: &str) -> String {
-        provider.attach(token).await.map(|m| m.provider_ref).unwrap_or_default()
+        let owner = Owner { customer_id: Uuid::new_v4(), earlier_ref: None };
+        provider.attach(owner, token).await.map(|m| m.provider_ref).unwrap_or_default()
     }
 }

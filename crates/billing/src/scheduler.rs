@@ -163,6 +163,16 @@ impl Scheduler {
                 break;
             }
         }
+        // Handled webhook events: a provider retries one for days, not weeks.
+        while conn
+            .execute(
+                "DELETE FROM provider_events WHERE (provider, event_id) IN (SELECT provider, event_id \
+                   FROM provider_events WHERE received_at < $1 LIMIT 1000)",
+                &[&kept_until],
+            )
+            .await?
+            == 1000
+        {}
         Ok((keys, jobs))
     }
 
@@ -427,9 +437,14 @@ impl Scheduler {
                 Err(other) => return Err(other),
             }
         };
-        let charged =
-            payments::call_provider(self.core.provider.as_ref(), &attempt, false, self.core.provider_timeout)
-                .await;
+        let charged = payments::call_provider(
+            &self.core.db,
+            self.core.provider.as_ref(),
+            &attempt,
+            false,
+            self.core.provider_timeout,
+        )
+        .await;
         self.core.metrics.attempt(charged.outcome_name(), initiated_by);
         self.conclude(job, &attempt, &charged, n).await
     }
@@ -447,7 +462,7 @@ impl Scheduler {
         let tx = conn.transaction().await?;
         match charged {
             // The attempt's reconcile job (written with it) finds out.
-            Charged::Timeout => self.finish(&tx, job).await?,
+            Charged::Timeout | Charged::Processing => self.finish(&tx, job).await?,
             Charged::Unavailable(message) => {
                 // Not the customer's fault: record it, and try again later
                 // without moving the ladder.
@@ -538,11 +553,16 @@ impl Scheduler {
             .await?
             .map_or(0, |r| r.get(0));
         drop(conn);
-        let charged =
-            payments::call_provider(self.core.provider.as_ref(), &attempt, true, self.core.provider_timeout)
-                .await;
+        let charged = payments::call_provider(
+            &self.core.db,
+            self.core.provider.as_ref(),
+            &attempt,
+            true,
+            self.core.provider_timeout,
+        )
+        .await;
         self.core.metrics.attempt(charged.outcome_name(), "reconcile");
-        if let Charged::Timeout = charged {
+        if let Charged::Timeout | Charged::Processing = charged {
             return Err(BillingError::Provider {
                 reason: "PROVIDER_TIMEOUT",
                 message: format!("attempt {} is still unknown at the provider", attempt.id),

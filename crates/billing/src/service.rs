@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
 use crate::payments::{self, Attempt, Charged};
-use crate::provider::{PaymentProvider, ProviderError};
+use crate::provider::{Owner, PaymentProvider, ProviderError};
 use crate::subscriptions::{self, Created};
 use crate::{customers, model, payment_methods, periods};
 
@@ -43,6 +43,9 @@ pub struct Core {
     pub dunning: crate::settings::DunningSettings,
     pub usage: crate::settings::UsageSettings,
     pub metrics: crate::metrics::BillingMetrics,
+    /// The provider webhook's signing secret and how old a signature may be.
+    pub webhook_secret: tenx_common::config::Secret<String>,
+    pub webhook_tolerance: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,7 @@ fn optional_uuid(field: &str, raw: &str) -> Result<Option<Uuid>, BillingError> {
 fn provider_error(error: ProviderError) -> BillingError {
     match error {
         ProviderError::Unavailable(message) => BillingError::Provider { reason: "PROVIDER_ERROR", message },
+        ProviderError::Rejected(message) => BillingError::invalid("token", message),
         ProviderError::Timeout => BillingError::Provider {
             reason: "PROVIDER_TIMEOUT",
             message: "the payment provider did not answer in time".into(),
@@ -281,10 +285,28 @@ impl Core {
             return Err(BillingError::invalid("token", "is not a token the payment provider issued"));
         }
         self.idempotent(metadata, "AddPaymentMethod", &request, |claim| async move {
-            let attached = self.provider.attach(&token).await.map_err(provider_error)?;
+            // The customer first, in a commit of its own: the provider
+            // attaches the method to them (Stripe: to their Stripe customer,
+            // found in the reference of an earlier method).
+            let (customer, earlier) = {
+                let mut conn = self.db.write().await?;
+                let tx = conn.transaction().await?;
+                let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
+                let earlier: Option<String> = tx
+                    .query_opt(
+                        "SELECT provider_ref FROM payment_methods WHERE customer_id = $1 AND provider = $2 \
+                         ORDER BY created_at LIMIT 1",
+                        &[&customer, &self.provider.name()],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                tx.commit().await?;
+                (customer, earlier)
+            };
+            let owner = Owner { customer_id: customer, earlier_ref: earlier.as_deref() };
+            let attached = self.provider.attach(owner, &token).await.map_err(provider_error)?;
             let mut conn = self.db.write().await?;
             let tx = conn.transaction().await?;
-            let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
             let payment_method = payment_methods::insert(
                 &tx,
                 self.clock.now(),
@@ -300,6 +322,70 @@ impl Core {
             Ok(response)
         })
         .await
+    }
+
+    /// A provider's webhook: verified, recorded once, and (when it is about
+    /// one of this billing's attempts) the attempt's reconcile job made due
+    /// now. The signature's age is judged by the wall clock (it is the
+    /// provider's), never by the billing clock.
+    async fn receive_provider_event(
+        &self,
+        request: pb::ReceiveProviderEventRequest,
+    ) -> Result<pb::ReceiveProviderEventResponse, BillingError> {
+        if request.provider != self.provider.name() || request.provider != "stripe" {
+            return Err(BillingError::invalid("provider", "is not this billing's payment provider"));
+        }
+        let event = crate::webhook::verify(
+            &request.payload,
+            &request.signature,
+            self.webhook_secret.expose(),
+            self.webhook_tolerance,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| match e {
+            crate::webhook::WebhookError::BadSignature(_) => {
+                BillingError::Unauthenticated("the provider event's signature does not verify")
+            }
+            crate::webhook::WebhookError::BadPayload(why) => BillingError::invalid("payload", why),
+        })?;
+        let now = self.clock.now();
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        // Only an attempt of ours whose intent is the event's.
+        let attempt: Option<Uuid> = match (event.attempt, &event.intent) {
+            (Some(attempt), Some(intent)) => tx
+                .query_opt(
+                    "SELECT id FROM payment_attempts WHERE id = $1 AND provider = $2 AND provider_intent_id = $3",
+                    &[&attempt, &request.provider, intent],
+                )
+                .await?
+                .map(|r| r.get(0)),
+            _ => None,
+        };
+        let first = tx
+            .execute(
+                "INSERT INTO provider_events (provider, event_id, kind, attempt_id, received_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&request.provider, &event.id, &event.kind, &attempt, &now],
+            )
+            .await?
+            == 1;
+        let outcome = match (first, attempt) {
+            (false, _) => "duplicate",
+            (true, None) => "ignored",
+            (true, Some(attempt)) => {
+                tx.execute(
+                    "UPDATE billing_jobs SET run_at = LEAST(run_at, $2) \
+                     WHERE dedupe_key = $1 AND status = 'pending'",
+                    &[&format!("reconcile:{attempt}"), &now],
+                )
+                .await?;
+                "handled"
+            }
+        };
+        tx.commit().await?;
+        tracing::info!(event = %event.id, kind = %event.kind, outcome, "provider event");
+        Ok(pb::ReceiveProviderEventResponse { outcome: outcome.into() })
     }
 
     async fn create_subscription(
@@ -471,6 +557,7 @@ impl Core {
                 amount_minor: row.get(1),
                 currency: row.get::<_, String>(2).trim().to_owned(),
                 initiated_by: row.get(3),
+                intent: None,
             };
             return Ok(Some((settled, Step::Settled)));
         }
@@ -510,6 +597,7 @@ impl Core {
                 Step::Settled => None,
                 Step::Charge | Step::Lookup => Some(
                     payments::call_provider(
+                        &core.db,
                         core.provider.as_ref(),
                         &attempt,
                         step == Step::Lookup,
@@ -542,6 +630,9 @@ impl Core {
     where
         R: prost::Message,
     {
+        // Settled already, or accepted with its outcome later (the answer
+        // shows the attempt pending; its reconcile job settles it).
+        let charged = charged.filter(|c| !matches!(c, Charged::Processing));
         let Some(charged) = charged else {
             let mut conn = self.db.write().await?;
             let tx = conn.transaction().await?;
@@ -991,6 +1082,13 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.get_customer(&metadata, message).await?))
+    }
+
+    async fn receive_provider_event(
+        &self,
+        request: Request<pb::ReceiveProviderEventRequest>,
+    ) -> Result<Response<pb::ReceiveProviderEventResponse>, Status> {
+        Ok(Response::new(self.core.receive_provider_event(request.into_inner()).await?))
     }
 
     async fn add_payment_method(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tenx_common::cache::RedisSettings;
-use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
+use tenx_common::config::{ConfigError, Invalid, Loader, Secret, Validate};
 use tenx_common::db::DbSettings;
 use tenx_common::grpc::ServerSettings;
 use tenx_common::outbox::RelaySettings;
@@ -30,6 +30,7 @@ pub struct BillingSettings {
     pub outbox: RelaySettings,
     pub billing: BillingRules,
     pub idempotency: IdempotencySettings,
+    pub deployment: DeploymentSettings,
     pub provider: ProviderSettings,
     pub dunning: DunningSettings,
     pub scheduler: SchedulerSettings,
@@ -86,10 +87,22 @@ impl IdempotencySettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct DeploymentSettings {
+    /// `production`, `staging`, `development` or `test`.
+    pub environment: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct ProviderSettings {
     pub kind: String,
     pub timeout_ms: u64,
     pub reconcile_after_seconds: u64,
+    pub stripe_api_base: String,
+    #[serde(default)]
+    pub stripe_secret_key: Secret<String>,
+    #[serde(default)]
+    pub stripe_webhook_secret: Secret<String>,
+    pub webhook_tolerance_seconds: u64,
 }
 
 impl BillingSettings {
@@ -103,6 +116,16 @@ impl BillingSettings {
 
     pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
         Loader::new("billing", DEFAULTS).env_from(vars).load()
+    }
+
+    /// A development deployment's settings (`make up`): the process
+    /// environment, with `deployment.environment = "development"` and the
+    /// simulated provider unless it says otherwise.
+    pub fn load_development() -> Result<Self, ConfigError> {
+        let mut vars: HashMap<String, String> = std::env::vars().collect();
+        vars.entry("TENX_BILLING__DEPLOYMENT__ENVIRONMENT".into()).or_insert_with(|| "development".into());
+        vars.entry("TENX_BILLING__PROVIDER__KIND".into()).or_insert_with(|| "simulated".into());
+        Self::load_from(vars)
     }
 
     /// Settings for an isolated instance on loopback (tests, benchmarks).
@@ -121,6 +144,8 @@ impl BillingSettings {
             ("TENX_BILLING__SERVER__LISTEN", "127.0.0.1:0"),
             ("TENX_BILLING__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
             ("TENX_BILLING__TELEMETRY__LOG_FORMAT", "pretty"),
+            ("TENX_BILLING__DEPLOYMENT__ENVIRONMENT", "test"),
+            ("TENX_BILLING__PROVIDER__KIND", "simulated"),
         ];
         Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
     }
@@ -185,8 +210,57 @@ impl Validate for BillingSettings {
         if self.billing.incomplete_expiry_hours == 0 {
             return Err(Invalid::new("billing.incomplete_expiry_hours", "must be positive"));
         }
-        if self.provider.kind != "simulated" {
-            return Err(Invalid::new("provider.kind", "only \"simulated\" exists yet"));
+        let environment = self.deployment.environment.as_str();
+        if !matches!(environment, "production" | "staging" | "development" | "test") {
+            return Err(Invalid::new(
+                "deployment.environment",
+                "must be \"production\", \"staging\", \"development\" or \"test\"",
+            ));
+        }
+        match self.provider.kind.as_str() {
+            "simulated" if environment == "production" => {
+                return Err(Invalid::new(
+                    "provider.kind",
+                    "the simulated provider moves no money (its test cards always pay) and is refused in \
+                     production: set provider.kind = \"stripe\", or deployment.environment to \
+                     \"development\", \"test\" or \"staging\" where that is what this is",
+                ));
+            }
+            "simulated" => {}
+            "stripe" => {
+                let key = self.provider.stripe_secret_key.expose();
+                if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+                    return Err(Invalid::new(
+                        "provider.stripe_secret_key",
+                        "a Stripe secret (sk_…) or restricted (rk_…) key is required when provider.kind is stripe",
+                    ));
+                }
+                if environment == "production" && key.starts_with("sk_test_") {
+                    return Err(Invalid::new(
+                        "provider.stripe_secret_key",
+                        "a test-mode key takes no money: production needs a live key (sk_live_…)",
+                    ));
+                }
+                if !self.provider.stripe_webhook_secret.expose().starts_with("whsec_") {
+                    return Err(Invalid::new(
+                        "provider.stripe_webhook_secret",
+                        "the webhook endpoint's signing secret (whsec_…) is required when provider.kind is stripe",
+                    ));
+                }
+                let base = &self.provider.stripe_api_base;
+                if !(base.starts_with("https://")
+                    || (environment != "production" && base.starts_with("http://")))
+                {
+                    return Err(Invalid::new(
+                        "provider.stripe_api_base",
+                        "must be an https:// URL (http:// only outside production, for a local emulator)",
+                    ));
+                }
+            }
+            _ => return Err(Invalid::new("provider.kind", "must be \"stripe\" or \"simulated\"")),
+        }
+        if !(1..=3600).contains(&self.provider.webhook_tolerance_seconds) {
+            return Err(Invalid::new("provider.webhook_tolerance_seconds", "must be 1–3600"));
         }
         if self.provider.timeout_ms == 0 {
             return Err(Invalid::new("provider.timeout_ms", "must be positive"));

@@ -42,7 +42,9 @@ async fn migrate() -> anyhow::Result<(
 )> {
     let auth = tenx_auth::AuthSettings::load(None)?;
     let notification = tenx_notification::NotificationSettings::load(None)?;
-    let billing = tenx_billing::BillingSettings::load(None)?;
+    // A development deployment: billing's simulated provider (refused in
+    // production) unless the environment names another.
+    let billing = tenx_billing::BillingSettings::load_development()?;
     for url in [&auth.database.primary_url, &notification.database.primary_url, &billing.database.primary_url]
     {
         ensure_database(url.expose()).await?;

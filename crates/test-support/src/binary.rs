@@ -70,7 +70,11 @@ impl ServiceBinary {
     ) -> anyhow::Result<()> {
         let (grpc, admin) = (free_port()?, free_port()?);
         for _ in 0..2 {
-            let migrated = self.command(db, redis, amqp, grpc, admin).arg("migrate").output()?;
+            let migrated = self
+                .command(db, redis, amqp, grpc, admin)
+                .envs(env.iter().cloned())
+                .arg("migrate")
+                .output()?;
             anyhow::ensure!(
                 migrated.status.success(),
                 "migrate: {}",

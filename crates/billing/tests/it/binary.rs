@@ -29,6 +29,8 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
         ("TENX_BILLING__UPSTREAMS__AUTH__URL".to_owned(), auth.url()),
         ("TENX_BILLING__AUTHN__CLIENT_SECRET".to_owned(), tenx_auth::testing::client_secret("billing")),
         ("TENX_BILLING__AUTHN__REVOCATION_PREFIX".to_owned(), auth.redis.prefix().to_owned()),
+        ("TENX_BILLING__DEPLOYMENT__ENVIRONMENT".to_owned(), "test".to_owned()),
+        ("TENX_BILLING__PROVIDER__KIND".to_owned(), "simulated".to_owned()),
     ];
     BILLING.migrates_serves_and_stops_with(&db, &redis, &amqp, &env).await
 }
@@ -36,4 +38,42 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
 #[test]
 fn a_bad_setting_stops_startup_with_one_line_naming_it_and_no_secret() -> anyhow::Result<()> {
     BILLING.refuses_a_bad_setting_without_leaking_it()
+}
+
+/// Starts the binary with `env` (and nothing else of ours) and returns its
+/// exit code and standard error.
+fn start_with(env: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, String)> {
+    let mut command = std::process::Command::new(BILLING.path);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENX_")) {
+        command.env_remove(key);
+    }
+    let output = command.envs(env.iter().copied()).arg("serve").output()?;
+    Ok((output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned()))
+}
+
+#[test]
+fn production_refuses_the_simulator_and_test_keys_without_leaking_them() -> anyhow::Result<()> {
+    // The defaults are production's: the simulator (whose test cards always
+    // pay) does not start there, whatever else is right.
+    let (code, stderr) = start_with(&[("TENX_BILLING__PROVIDER__KIND", "simulated")])?;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("provider.kind") && stderr.contains("production"), "{stderr}");
+    // Stripe without a key, or with a test-mode key in production: refused,
+    // and the key is never printed.
+    let (code, stderr) = start_with(&[])?;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("provider.stripe_secret_key"), "{stderr}");
+    let test_key = "sk_test_51SecretThatMustNotLeak";
+    let (code, stderr) = start_with(&[
+        ("TENX_BILLING__PROVIDER__STRIPE_SECRET_KEY", test_key),
+        ("TENX_BILLING__PROVIDER__STRIPE_WEBHOOK_SECRET", "whsec_x"),
+    ])?;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("live key"), "{stderr}");
+    assert!(!stderr.contains(test_key), "the key leaked: {stderr}");
+    // A live key without the webhook's signing secret: refused too.
+    let (code, stderr) = start_with(&[("TENX_BILLING__PROVIDER__STRIPE_SECRET_KEY", "sk_live_x")])?;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("provider.stripe_webhook_secret"), "{stderr}");
+    Ok(())
 }
