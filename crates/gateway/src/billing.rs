@@ -646,3 +646,29 @@ pub(crate) async fn invoices_pay(
     });
     Ok(mutation_response(StatusCode::OK, &r, body))
 }
+
+/// Stripe's webhook. The body and `Stripe-Signature` go to billing exactly
+/// as they came: billing verifies the signature over these bytes (nothing
+/// here trusts or reads them). 200 with billing's outcome; 401 when the
+/// signature does not verify, so Stripe shows the failure and retries.
+pub(crate) async fn stripe_webhook(
+    State(gw): Gw,
+    ctx: Ctx,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, EdgeError> {
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let message = pb::ReceiveProviderEventRequest {
+        provider: "stripe".into(),
+        payload: body.to_vec(),
+        signature: signature.to_owned(),
+    };
+    let r = gw
+        .billing
+        .call(ctx.idempotent, ctx.deadline, || {
+            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            async move { c.receive_provider_event(req).await }
+        })
+        .await?;
+    Ok(Json(json!({ "outcome": r.into_inner().outcome })))
+}

@@ -143,6 +143,13 @@ pub const PUBLIC_RPCS: &[PublicRpc] = &[
     rpc("/tenx.billing.v1.BillingService/ListInvoices", "billing", "billing_invoices_list", false, true),
     rpc("/tenx.billing.v1.BillingService/GetInvoice", "billing", "billing_invoices_get", false, true),
     rpc("/tenx.billing.v1.BillingService/PayInvoice", "billing", "billing_invoices_pay", false, true),
+    rpc(
+        "/tenx.billing.v1.BillingService/ReceiveProviderEvent",
+        "billing",
+        "billing_stripe_webhook",
+        true,
+        false,
+    ),
 ];
 
 /// The gRPC proxy service (the fallback of the gateway's gRPC router).

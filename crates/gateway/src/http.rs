@@ -127,6 +127,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "billing_invoices_list" => router.route(route.path, on(filter, billing::invoices_list)),
             "billing_invoices_get" => router.route(route.path, on(filter, billing::invoices_get)),
             "billing_invoices_pay" => router.route(route.path, on(filter, billing::invoices_pay)),
+            "billing_stripe_webhook" => router.route(route.path, on(filter, billing::stripe_webhook)),
             other => unreachable!("route {other} has no handler"),
         };
     }

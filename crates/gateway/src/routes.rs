@@ -150,6 +150,14 @@ pub const ROUTES: &[Route] = &[
         anonymous: false,
         idempotent: true,
     },
+    // Stripe's webhook: anonymous here, its signature is checked by billing.
+    Route {
+        method: "POST",
+        path: "/v1/billing/webhooks/stripe",
+        op: "billing_stripe_webhook",
+        anonymous: true,
+        idempotent: false,
+    },
 ];
 
 /// A JSON request body; anything unparsable is a 400 naming the problem

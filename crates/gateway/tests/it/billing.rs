@@ -287,3 +287,40 @@ async fn billing_over_grpc_catalog_is_anonymous_mutations_need_a_token_operator_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn stripes_webhook_reaches_billing_untouched_and_only_a_true_signature_is_taken() -> anyhow::Result<()>
+{
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let addr = gw.http_addr;
+    let path = "/v1/billing/webhooks/stripe";
+    let event =
+        json!({"id": format!("evt_{}", uuid::Uuid::new_v4().simple()), "type": "payment_intent.succeeded",
+        "data": {"object": {"object": "payment_intent", "id": "pi_unknown",
+            "metadata": {"tenx_attempt_id": uuid::Uuid::now_v7().to_string()}}}})
+        .to_string();
+    let now = std::time::SystemTime::now();
+    let signed = tenx_billing::webhook::sign(event.as_bytes(), crate::support::STRIPE_WEBHOOK_SECRET, now);
+
+    // No signature, another secret's, or the body changed under it: 401.
+    let forged = tenx_billing::webhook::sign(event.as_bytes(), "whsec_attacker", now);
+    let altered = event.replace("succeeded", "canceled");
+    for (signature, body) in [(None, &event), (Some(&forged), &event), (Some(&signed), &altered)] {
+        let headers: Vec<(&str, &str)> = signature.iter().map(|s| ("stripe-signature", s.as_str())).collect();
+        let refused = send(addr, "POST", path, &headers, Some(body)).await?;
+        assert_eq!(
+            (refused.status, refused.error_code().as_str()),
+            (401, "unauthenticated"),
+            "{}",
+            refused.text
+        );
+    }
+    // Signed by the endpoint's secret, the bytes exactly as sent: taken
+    // (about no attempt of billing's: ignored), once.
+    let taken = send(addr, "POST", path, &[("stripe-signature", &signed)], Some(&event)).await?;
+    assert_eq!((taken.status, taken.json["outcome"].as_str()), (200, Some("ignored")), "{}", taken.text);
+    let again = send(addr, "POST", path, &[("stripe-signature", &signed)], Some(&event)).await?;
+    assert_eq!(again.json["outcome"], "duplicate", "{}", again.text);
+    Ok(())
+}

@@ -123,6 +123,8 @@ impl Platform {
             .await?
             .spawn(shutdown.child())
             .await?;
+        // Stripe's webhook is verified with this secret (tests sign events with it).
+        billing_settings.provider.stripe_webhook_secret = STRIPE_WEBHOOK_SECRET.to_owned().into();
         let billing_metrics = Metrics::default();
         let billing = tenx_billing::App::build(billing_settings, billing_metrics.clone())
             .await?
@@ -239,6 +241,9 @@ pub fn unique_email() -> String {
 }
 
 pub const PASSWORD: &str = "correct horse battery";
+
+/// Billing's Stripe webhook signing secret in the test platform.
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_gateway_tests";
 
 /// Signs up over HTTP; returns `(access token, refresh token, user id)`.
 pub async fn sign_up(addr: SocketAddr, email: &str) -> anyhow::Result<(String, String, String)> {
