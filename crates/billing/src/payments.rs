@@ -277,7 +277,7 @@ pub async fn settle<C: GenericClient>(
     attempt: &Attempt,
     charged: &Charged,
 ) -> Result<bool, BillingError> {
-    if let Charged::Timeout | Charged::Processing = charged {
+    if let Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) = charged {
         return Ok(false);
     }
     // One settlement per attempt: a retry's lookup and the reconciler may

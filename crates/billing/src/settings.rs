@@ -235,10 +235,12 @@ impl Validate for BillingSettings {
                         "a Stripe secret (sk_…) or restricted (rk_…) key is required when provider.kind is stripe",
                     ));
                 }
-                if environment == "production" && key.starts_with("sk_test_") {
+                if environment == "production"
+                    && !(key.starts_with("sk_live_") || key.starts_with("rk_live_"))
+                {
                     return Err(Invalid::new(
                         "provider.stripe_secret_key",
-                        "a test-mode key takes no money: production needs a live key (sk_live_…)",
+                        "a test-mode key takes no money: production needs a live key (sk_live_… or rk_live_…)",
                     ));
                 }
                 if !self.provider.stripe_webhook_secret.expose().starts_with("whsec_") {
@@ -247,13 +249,17 @@ impl Validate for BillingSettings {
                         "the webhook endpoint's signing secret (whsec_…) is required when provider.kind is stripe",
                     ));
                 }
-                let base = &self.provider.stripe_api_base;
-                if !(base.starts_with("https://")
-                    || (environment != "production" && base.starts_with("http://")))
-                {
+                // The live key goes to Stripe itself only, in production.
+                let base = self.provider.stripe_api_base.trim_end_matches('/');
+                let allowed = if environment == "production" {
+                    base == "https://api.stripe.com"
+                } else {
+                    base.starts_with("https://") || base.starts_with("http://")
+                };
+                if !allowed {
                     return Err(Invalid::new(
                         "provider.stripe_api_base",
-                        "must be an https:// URL (http:// only outside production, for a local emulator)",
+                        "must be https://api.stripe.com in production (elsewhere an http(s):// emulator)",
                     ));
                 }
             }

@@ -182,7 +182,15 @@ impl StripeProvider {
         let answer = self.call(hyper::Method::GET, &format!("/v1/payment_intents/{id}"), &[], None).await?;
         match answer.status {
             200 => Ok(Some(answer.body)),
-            404 => Ok(None),
+            // Stripe made this intent, so "no such intent" means another
+            // account or mode now: unknown, never "not charged".
+            404 => {
+                tracing::error!(
+                    intent = id,
+                    "Stripe does not know a PaymentIntent it created: another account's key?"
+                );
+                Err(ProviderError::Timeout)
+            }
             _ => Err(ProviderError::Unavailable(answer.error_message())),
         }
     }
@@ -336,7 +344,7 @@ impl PaymentProvider for StripeProvider {
     ) -> Result<Option<ChargeOutcome>, ProviderError> {
         // No stored intent: it was never confirmed.
         let Some(id) = intent else { return Ok(None) };
-        let Some(found) = self.intent(id).await? else { return Ok(None) };
+        let found = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
         if let Some(outcome) = Self::outcome(&found) {
             return Ok(Some(outcome));
         }

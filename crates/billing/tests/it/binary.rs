@@ -71,6 +71,14 @@ fn production_refuses_the_simulator_and_test_keys_without_leaking_them() -> anyh
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("live key"), "{stderr}");
     assert!(!stderr.contains(test_key), "the key leaked: {stderr}");
+    // A live key sent anywhere but Stripe: refused.
+    let (code, stderr) = start_with(&[
+        ("TENX_BILLING__PROVIDER__STRIPE_SECRET_KEY", "sk_live_x"),
+        ("TENX_BILLING__PROVIDER__STRIPE_WEBHOOK_SECRET", "whsec_x"),
+        ("TENX_BILLING__PROVIDER__STRIPE_API_BASE", "https://stripe.attacker.example"),
+    ])?;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("provider.stripe_api_base"), "{stderr}");
     // A live key without the webhook's signing secret: refused too.
     let (code, stderr) = start_with(&[("TENX_BILLING__PROVIDER__STRIPE_SECRET_KEY", "sk_live_x")])?;
     assert_eq!(code, Some(78), "{stderr}");
