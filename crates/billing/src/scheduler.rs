@@ -219,8 +219,12 @@ impl Scheduler {
             .write()
             .await?
             .execute(
-                "UPDATE billing_jobs SET locked_until = $2, run_at = $3, last_error = $4 WHERE id = $1 AND status = 'pending'",
-                &[&job.id, &now, &(now + backoff), &error.to_string()],
+                // A run_at moved while the job ran (a provider's webhook woke
+                // it) is kept: that wake-up is not lost to the backoff.
+                "UPDATE billing_jobs SET locked_until = $2, last_error = $4, \
+                   run_at = CASE WHEN run_at = $5 THEN $3 ELSE run_at END \
+                 WHERE id = $1 AND status = 'pending'",
+                &[&job.id, &now, &(now + backoff), &error.to_string(), &job.run_at],
             )
             .await?;
         Ok(())
@@ -510,6 +514,24 @@ impl Scheduler {
         let tx = conn.transaction().await?;
         let status: String =
             tx.query_one("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub]).await?.get(0);
+        // A payment still in flight (a bank debit Stripe is processing, or
+        // one its reconcile job has yet to settle) may yet succeed: the
+        // expiry waits for it rather than void an invoice being paid.
+        let paying: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM payment_attempts a JOIN invoices i ON i.id = a.invoice_id \
+                 WHERE i.subscription_id = $1 AND a.status = 'pending')",
+                &[&sub],
+            )
+            .await?
+            .get(0);
+        if status == "incomplete" && paying {
+            return Err(BillingError::Busy {
+                reason: "PAYMENT_IN_PROGRESS",
+                message: "a payment of the incomplete subscription is still being settled".into(),
+                retry_after: Duration::from_secs(60),
+            });
+        }
         if status == "incomplete" {
             let s = model::load_subscription(&tx, sub).await?;
             let price = subscriptions::price(&tx, s.price_id.parse().unwrap_or_default()).await?;

@@ -377,8 +377,9 @@ impl Core {
             (true, None) => "ignored",
             (true, Some(attempt)) => {
                 tx.execute(
-                    "UPDATE billing_jobs SET run_at = LEAST(run_at, $2) \
-                     WHERE dedupe_key = $1 AND status = 'pending'",
+                    // Due now; a run in progress keeps this run_at rather than
+                    // its backoff (Scheduler::retry_later), so the wake-up holds.
+                    "UPDATE billing_jobs SET run_at = $2 WHERE dedupe_key = $1 AND status = 'pending'",
                     &[&format!("reconcile:{attempt}"), &now],
                 )
                 .await?;

@@ -169,8 +169,8 @@ impl StripeProvider {
             }
             "processing" | "requires_capture" => Some(ChargeOutcome::Processing),
             // A failed confirmation leaves the intent waiting for another
-            // method; one that needs the customer present (3-D Secure) cannot
-            // be charged off-session: both are the customer's decline.
+            // method (which tenx never gives it): the customer's decline.
+            // `requires_action` too, once canceled (`give_up`).
             "requires_payment_method" | "requires_action" => Some(ChargeOutcome::Declined(decline(
                 intent.pointer("/last_payment_error/decline_code").and_then(Value::as_str),
             ))),
@@ -192,6 +192,29 @@ impl StripeProvider {
                 Err(ProviderError::Timeout)
             }
             _ => Err(ProviderError::Unavailable(answer.error_message())),
+        }
+    }
+}
+
+/// Waiting for the customer (3-D Secure): an off-session charge cannot
+/// have them, so it is a decline, and the intent is canceled first.
+fn needs_the_customer(intent: &Value) -> bool {
+    intent.get("status").and_then(Value::as_str) == Some("requires_action")
+}
+
+impl StripeProvider {
+    /// Cancels an intent that waits for the customer, so it can never be
+    /// completed after tenx recorded a decline; what it is if that fails.
+    async fn give_up(&self, id: &str) -> Result<ChargeOutcome, ProviderError> {
+        let canceled =
+            self.call(hyper::Method::POST, &format!("/v1/payment_intents/{id}/cancel"), &[], None).await?;
+        if canceled.status == 200 {
+            return Ok(ChargeOutcome::Declined(Decline::CardDeclined));
+        }
+        let now = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
+        match Self::outcome(&now) {
+            Some(outcome) if !needs_the_customer(&now) => Ok(outcome),
+            _ => Err(ProviderError::Timeout),
         }
     }
 }
@@ -329,6 +352,7 @@ impl PaymentProvider for StripeProvider {
             )
             .await?;
         match answer.status {
+            200 if needs_the_customer(&answer.body) => self.give_up(intent).await,
             200 => Self::outcome(&answer.body).ok_or_else(|| {
                 ProviderError::Unavailable(format!("the PaymentIntent {intent} was not confirmed"))
             }),
@@ -345,6 +369,9 @@ impl PaymentProvider for StripeProvider {
         // No stored intent: it was never confirmed.
         let Some(id) = intent else { return Ok(None) };
         let found = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
+        if needs_the_customer(&found) {
+            return self.give_up(id).await.map(Some);
+        }
         if let Some(outcome) = Self::outcome(&found) {
             return Ok(Some(outcome));
         }

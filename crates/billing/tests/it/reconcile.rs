@@ -153,3 +153,41 @@ async fn an_attempt_left_pending_that_the_provider_never_saw_is_failed_and_the_i
     assert_eq!(attempts(&billing, &open.id, "succeeded").await?, 1);
     assert_ledger_invariants(&billing).await
 }
+
+#[tokio::test]
+async fn an_incomplete_subscription_does_not_expire_while_its_first_payment_is_still_being_settled()
+-> anyhow::Result<()> {
+    // A payment whose outcome is known only later (a bank debit Stripe is
+    // processing; here a lost answer found by a reconciler due in 2 days)
+    // outlives billing.incomplete_expiry_hours (23 h).
+    let billing = TestBilling::start_with(|s| s.provider.reconcile_after_seconds = 2 * 86_400).await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    add_card(&mut client, user, "tok_provider_timeout").await?;
+    let request =
+        pb::CreateSubscriptionRequest { price_id: prices::BUSINESS_MONTHLY_USD.into(), ..Default::default() };
+    let lost = client.create_subscription(keyed(user, "sub", request)).await.expect_err("timeout");
+    assert_eq!(reason(&lost), "PROVIDER_TIMEOUT");
+    async fn status(billing: &TestBilling) -> anyhow::Result<(String, String)> {
+        let row = billing
+            .sql()
+            .await?
+            .query_one(
+                "SELECT s.status, i.status FROM subscriptions s JOIN invoices i ON i.subscription_id = s.id",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    // The expiry is due, but the charge may yet succeed: it waits.
+    billing.advance(Duration::from_secs(24 * 3600)).await?;
+    assert_eq!(status(&billing).await?, ("incomplete".to_owned(), "open".to_owned()));
+    // The reconciler finds the charge: paid, active, and the expiry then
+    // has nothing to do.
+    billing.advance(Duration::from_secs(2 * 86_400)).await?;
+    billing.advance(Duration::from_secs(3600)).await?;
+    assert_eq!(status(&billing).await?, ("active".to_owned(), "paid".to_owned()));
+    assert_eq!(events(&billing, "billing.invoice.paid").await?, 1);
+    assert_ledger_invariants(&billing).await
+}

@@ -184,6 +184,17 @@ async fn stripes_declines_are_the_customers_and_unknown_or_refused_cards_are_inv
     let intent = intent_of(&billing, &attempt.id).await?.unwrap_or_default();
     let (_, pi) = stripe_api("GET", &format!("/v1/payment_intents/{intent}"), &[]).await?;
     assert_eq!(pi["status"], "requires_payment_method", "nothing captured: {pi}");
+
+    // A card that needs 3-D Secure cannot be charged with the customer
+    // away: declined, and its intent canceled so it can never complete later.
+    let other = Uuid::now_v7();
+    add_method(&mut client, other, &card("4000002500003155").await?).await?;
+    let created = subscribe(&mut client, other).await?;
+    let attempt = created.payment_attempt.unwrap_or_default();
+    assert_eq!(attempt.failure_code, pb::PaymentFailureCode::CardDeclined as i32, "{attempt:?}");
+    let intent = intent_of(&billing, &attempt.id).await?.unwrap_or_default();
+    let (_, pi) = stripe_api("GET", &format!("/v1/payment_intents/{intent}"), &[]).await?;
+    assert_eq!(pi["status"], "canceled", "{pi}");
     assert_ledger_invariants(&billing).await
 }
 
