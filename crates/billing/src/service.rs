@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tenx_common::authn::{self, Principal};
-use tenx_common::db::Db;
+use tenx_common::db::{Db, WalPosition};
 use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_server::BillingService;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -71,7 +71,25 @@ impl Call {
     fn new(metadata: MetadataMap, extensions: &tonic::Extensions) -> Self {
         Self { metadata, principal: authn::principal(extensions).cloned() }
     }
+
+    /// The write position this read must see (`x-tenx-wal-position`, from
+    /// an earlier mutation's response): the replica serves the read only
+    /// once it has replayed that far, the primary otherwise.
+    fn after(&self) -> Result<Option<WalPosition>, BillingError> {
+        match self.metadata.get(WAL_POSITION).map(|v| v.to_str()) {
+            None => Ok(None),
+            Some(Ok(text)) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| BillingError::invalid(WAL_POSITION, "must be a WAL position like 16/B374D848")),
+            Some(Err(_)) => Err(BillingError::invalid(WAL_POSITION, "must be ASCII")),
+        }
+    }
 }
+
+/// Metadata of a mutation's response (and of a read's request): the
+/// primary's WAL position past the write, for read-your-writes.
+pub const WAL_POSITION: &str = "x-tenx-wal-position";
 
 impl std::ops::Deref for Call {
     type Target = MetadataMap;
@@ -202,7 +220,7 @@ impl Core {
         request: pb::GetCustomerRequest,
     ) -> Result<pb::GetCustomerResponse, BillingError> {
         let user = caller(metadata)?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let row = if request.customer_id.is_empty() {
             customers::of_user(&*conn, user).await?
         } else {
@@ -844,6 +862,8 @@ impl Core {
         let transaction = optional_uuid("transaction_id", &request.transaction_id)?;
         let invoice = optional_uuid("invoice_id", &request.invoice_id)?;
         let currency = (!request.currency.is_empty()).then(|| request.currency.clone());
+        // The ledger is read from the primary: operators reconcile against
+        // it and page by `seq`, so it must be the latest committed word.
         let rows = self
             .db
             .write()
@@ -907,7 +927,7 @@ impl Core {
     /// NOT_FOUND.
     async fn own_customer(&self, metadata: &Call, requested: &str) -> Result<Uuid, BillingError> {
         let user = caller(metadata)?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let row = if requested.is_empty() {
             customers::of_user(&*conn, user).await?
         } else {
@@ -926,7 +946,7 @@ impl Core {
     ) -> Result<pb::GetSubscriptionResponse, BillingError> {
         let user = caller(metadata)?;
         let id = uuid("subscription_id", &request.subscription_id)?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
             .query_opt(
                 "SELECT c.user_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE s.id = $1",
@@ -957,7 +977,7 @@ impl Core {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let customer = self.own_customer(metadata, &request.customer_id).await?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let rows = conn
             .query(
                 &format!(
@@ -992,7 +1012,7 @@ impl Core {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let customer = self.own_customer(metadata, &request.customer_id).await?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let rows = conn
             .query(
                 &format!(
@@ -1016,7 +1036,7 @@ impl Core {
     ) -> Result<pb::GetInvoiceResponse, BillingError> {
         let user = caller(metadata)?;
         let id = uuid("invoice_id", &request.invoice_id)?;
-        let conn = self.db.write().await?;
+        let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
             .query_opt(
                 "SELECT c.user_id FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.id = $1",
@@ -1047,7 +1067,7 @@ impl Core {
             // The caller's own currency if they bill in one already.
             let mut own = None;
             if let Ok(user) = caller(metadata) {
-                let conn = self.db.read(None).await?;
+                let conn = self.db.read(metadata.after()?).await?;
                 own = customers::of_user(&*conn, user)
                     .await?
                     .and_then(|row| row.get::<_, Option<String>>("currency"))
@@ -1056,6 +1076,23 @@ impl Core {
             Some(own.unwrap_or_else(|| self.currency_default.clone()))
         };
         self.catalog.list(currency.as_deref(), request.page_size, &request.page_token).await
+    }
+}
+
+impl BillingApi {
+    /// A mutation's response, with the primary's WAL position past its
+    /// write: any position read after the commit is past it. Without one
+    /// (the primary did not answer) the caller only loses read-your-writes.
+    async fn written<T>(&self, message: T, replayed: bool) -> Response<T> {
+        let mut response = respond(message, replayed);
+        let position = match self.core.db.write().await {
+            Ok(conn) => conn.commit_position().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(value) = position.and_then(|p| MetadataValue::try_from(p.to_string()).ok()) {
+            response.metadata_mut().insert(WAL_POSITION, value);
+        }
+        response
     }
 }
 
@@ -1101,7 +1138,7 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.add_payment_method(&metadata, message).await?;
-        Ok(respond(response, replayed))
+        Ok(self.written(response, replayed).await)
     }
 
     async fn create_subscription(
@@ -1111,7 +1148,7 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.create_subscription(&metadata, message).await?;
-        Ok(respond(response, replayed))
+        Ok(self.written(response, replayed).await)
     }
 
     async fn get_subscription(
@@ -1139,7 +1176,7 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.change_plan(&metadata, message).await?;
-        Ok(respond(response, replayed))
+        Ok(self.written(response, replayed).await)
     }
 
     async fn cancel_subscription(
@@ -1149,7 +1186,7 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.cancel_subscription(&metadata, message).await?;
-        Ok(respond(response, replayed))
+        Ok(self.written(response, replayed).await)
     }
 
     async fn list_invoices(
@@ -1177,7 +1214,7 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         let (response, replayed) = self.core.pay_invoice(&metadata, message).await?;
-        Ok(respond(response, replayed))
+        Ok(self.written(response, replayed).await)
     }
 
     async fn record_usage(
@@ -1186,7 +1223,7 @@ impl BillingService for BillingApi {
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
-        Ok(Response::new(self.core.record_usage(&metadata, message).await?))
+        Ok(self.written(self.core.record_usage(&metadata, message).await?, false).await)
     }
 
     async fn list_ledger_entries(

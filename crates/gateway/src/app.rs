@@ -58,14 +58,59 @@ impl Gateway {
         }
     }
 
-    pub fn last_write(&self, ctx: &Ctx) -> Option<String> {
+    /// The position a read of `service` must see: the one the client sent
+    /// back for that service, else the caller's last write to it through
+    /// this gateway. Positions are per service: each may have a database
+    /// cluster of its own, whose positions mean nothing to another's.
+    pub fn read_position(&self, ctx: &Ctx, service: WriteScope) -> Option<String> {
+        if let Some(sent) = ctx.position.as_deref().and_then(|p| service.own_position(p)) {
+            return Some(sent.to_owned());
+        }
         let user = ctx.identity.as_ref()?.user_id()?;
-        self.writes.get(&user).now_or_never_value()
+        self.writes.get(&format!("{}:{user}", service.name())).now_or_never_value()
     }
 
-    pub async fn remember_write(&self, ctx: &Ctx, position: &str) {
+    /// Remembers the caller's write to `service` (for 10 s) and returns the
+    /// header value the client should send back to read it.
+    pub async fn remember_write(&self, ctx: &Ctx, service: WriteScope, position: &str) -> String {
         if let Some(user) = ctx.identity.as_ref().and_then(|i| i.user_id()) {
-            self.writes.insert(user, position.to_owned()).await;
+            self.writes.insert(format!("{}:{user}", service.name()), position.to_owned()).await;
+        }
+        service.tag(position)
+    }
+}
+
+/// A service whose writes the gateway tracks for read-your-writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteScope {
+    Auth,
+    Billing,
+}
+
+impl WriteScope {
+    fn name(self) -> &'static str {
+        match self {
+            WriteScope::Auth => "auth",
+            WriteScope::Billing => "billing",
+        }
+    }
+
+    /// The `x-tenx-wal-position` value of a position of this service:
+    /// auth's as is (as it always was), billing's as `billing:<position>`.
+    pub fn tag(self, position: &str) -> String {
+        match self {
+            WriteScope::Auth => position.to_owned(),
+            WriteScope::Billing => format!("billing:{position}"),
+        }
+    }
+
+    /// This service's position in a header value, or `None` if the value
+    /// is another service's.
+    pub fn own_position(self, value: &str) -> Option<&str> {
+        match (self, value.strip_prefix("billing:")) {
+            (WriteScope::Auth, None) => Some(value),
+            (WriteScope::Billing, Some(position)) => Some(position),
+            _ => None,
         }
     }
 }

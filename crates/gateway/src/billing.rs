@@ -22,8 +22,10 @@ use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_client::BillingServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 
+use crate::app::WriteScope;
 use crate::error::EdgeError;
 use crate::policy::Ctx;
+use crate::policy::WAL_POSITION;
 use crate::routes::{Gw, JsonBody, ts};
 
 /// The request header of a mutation's idempotency key (and its metadata).
@@ -244,11 +246,26 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
 }
 
 /// A mutation's answer: `status` and the body, marked when replayed.
-fn mutation_response<T>(status: StatusCode, r: &tonic::Response<T>, body: Value) -> Response {
+/// A mutation's answer: its status and body, `Idempotent-Replayed`, and
+/// billing's write position (remembered for this caller, and returned as
+/// `x-tenx-wal-position: billing:<position>` to send back on later reads).
+async fn mutation_response<T>(
+    gw: &crate::app::Gateway,
+    ctx: &Ctx,
+    status: StatusCode,
+    r: &tonic::Response<T>,
+    body: Value,
+) -> Response {
     let replayed = r.metadata().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
     let mut response = (status, Json(body)).into_response();
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    if let Some(position) = r.metadata().get(WAL_POSITION).and_then(|v| v.to_str().ok()) {
+        let tagged = gw.remember_write(ctx, WriteScope::Billing, position).await;
+        if let Ok(value) = HeaderValue::from_str(&tagged) {
+            response.headers_mut().insert(WAL_POSITION, value);
+        }
     }
     response
 }
@@ -258,6 +275,16 @@ fn request<T>(ctx: &Ctx, message: T, key: Option<&MetadataValue<Ascii>>) -> toni
     let mut request = ctx.to_upstream(message);
     if let Some(key) = key {
         request.metadata_mut().insert(IDEMPOTENCY_KEY, key.clone());
+    }
+    request
+}
+
+/// A read of billing as `ctx`'s caller, after the caller's last write to
+/// billing (read-your-writes from the replica).
+fn read_request<T>(gw: &crate::app::Gateway, ctx: &Ctx, message: T) -> tonic::Request<T> {
+    let mut request = ctx.to_upstream(message);
+    if let Some(position) = gw.read_position(ctx, WriteScope::Billing).and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(WAL_POSITION, position);
     }
     request
 }
@@ -292,7 +319,7 @@ pub(crate) async fn plans_list(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.list_plans(req).await }
         })
         .await?
@@ -310,7 +337,7 @@ pub(crate) async fn plans_get(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.get_plan(req).await }
         })
         .await?
@@ -325,7 +352,7 @@ pub(crate) async fn customer_get(State(gw): Gw, ctx: Ctx) -> Result<Json<Value>,
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.get_customer(req).await }
         })
         .await?
@@ -358,7 +385,7 @@ pub(crate) async fn payment_methods_add(
         })
         .await?;
     let body = json!({ "payment_method": opt(r.get_ref().payment_method.clone(), payment_method) });
-    Ok(mutation_response(StatusCode::CREATED, &r, body))
+    Ok(mutation_response(&gw, &ctx, StatusCode::CREATED, &r, body).await)
 }
 
 // ---------------------------------------------------------- subscriptions
@@ -396,7 +423,7 @@ pub(crate) async fn subscriptions_list(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.list_subscriptions(req).await }
         })
         .await?
@@ -440,7 +467,7 @@ pub(crate) async fn subscriptions_create(
         "invoice": opt(m.invoice, invoice),
         "payment_attempt": opt(m.payment_attempt, attempt),
     });
-    Ok(mutation_response(StatusCode::CREATED, &r, body))
+    Ok(mutation_response(&gw, &ctx, StatusCode::CREATED, &r, body).await)
 }
 
 pub(crate) async fn subscriptions_get(
@@ -452,7 +479,7 @@ pub(crate) async fn subscriptions_get(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.get_subscription(req).await }
         })
         .await?
@@ -518,7 +545,7 @@ pub(crate) async fn subscriptions_change(
         "invoice": opt(m.invoice, invoice),
         "payment_attempt": opt(m.payment_attempt, attempt),
     });
-    Ok(mutation_response(StatusCode::OK, &r, body))
+    Ok(mutation_response(&gw, &ctx, StatusCode::OK, &r, body).await)
 }
 
 #[derive(Deserialize)]
@@ -553,7 +580,7 @@ pub(crate) async fn subscriptions_cancel(
         .await?;
     let m = r.get_ref().clone();
     let body = json!({ "subscription": subscription(m.subscription), "invoice": opt(m.invoice, invoice) });
-    Ok(mutation_response(StatusCode::OK, &r, body))
+    Ok(mutation_response(&gw, &ctx, StatusCode::OK, &r, body).await)
 }
 
 // --------------------------------------------------------------- invoices
@@ -589,7 +616,7 @@ pub(crate) async fn invoices_list(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.list_invoices(req).await }
         })
         .await?
@@ -607,7 +634,7 @@ pub(crate) async fn invoices_get(
     let r = gw
         .billing
         .call(ctx.idempotent, ctx.deadline, || {
-            let (mut c, req) = (client(&gw), request(&ctx, message.clone(), None));
+            let (mut c, req) = (client(&gw), read_request(&gw, &ctx, message.clone()));
             async move { c.get_invoice(req).await }
         })
         .await?
@@ -644,7 +671,7 @@ pub(crate) async fn invoices_pay(
         "invoice": opt(m.invoice, invoice),
         "payment_attempt": opt(m.payment_attempt, attempt),
     });
-    Ok(mutation_response(StatusCode::OK, &r, body))
+    Ok(mutation_response(&gw, &ctx, StatusCode::OK, &r, body).await)
 }
 
 /// Stripe's webhook. The body and `Stripe-Signature` go to billing exactly

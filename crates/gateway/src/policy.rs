@@ -127,14 +127,17 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-/// A WAL position as auth writes it (`16/B374D848`); anything else is ignored.
+/// A WAL position as the gateway hands them out: auth's as the database
+/// writes it (`16/B374D848`), billing's as `billing:16/B374D848`; anything
+/// else is ignored.
 pub fn position(headers: &HeaderMap) -> Option<String> {
     headers
         .get(WAL_POSITION)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            v.len() <= 17
-                && v.split_once('/').is_some_and(|(a, b)| {
+            let lsn = v.strip_prefix("billing:").unwrap_or(v);
+            lsn.len() <= 17
+                && lsn.split_once('/').is_some_and(|(a, b)| {
                     !a.is_empty()
                         && !b.is_empty()
                         && (a.to_owned() + b).bytes().all(|c| c.is_ascii_hexdigit())
@@ -318,6 +321,10 @@ mod tests {
         headers.insert(WAL_POSITION, HeaderValue::from_static("16/B374D848"));
         assert_eq!(request_id(&headers), "abc-123");
         assert_eq!(position(&headers).as_deref(), Some("16/B374D848"));
+        headers.insert(WAL_POSITION, HeaderValue::from_static("billing:16/B374D848"));
+        assert_eq!(position(&headers).as_deref(), Some("billing:16/B374D848"));
+        headers.insert(WAL_POSITION, HeaderValue::from_static("billing:billing:16/B374D848"));
+        assert_eq!(position(&headers), None);
         headers.insert(REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
         headers.insert(WAL_POSITION, HeaderValue::from_static("16/B374D848; drop"));
         assert_ne!(request_id(&headers), "bad id with spaces");

@@ -319,7 +319,7 @@ pub(crate) async fn me_get(State(gw): Gw, ctx: Ctx) -> Result<Json<Value>, EdgeE
     let message = auth::GetUserRequest { user_id: String::new() };
     // Read-your-writes: the position of this user's last write through
     // any gateway (sent back by the client) or through this one.
-    let position = ctx.position.clone().or_else(|| gw.last_write(&ctx));
+    let position = gw.read_position(&ctx, crate::app::WriteScope::Auth);
     let r = gw
         .auth
         .call(ctx.idempotent, ctx.deadline, || {
@@ -357,7 +357,7 @@ pub(crate) async fn me_update(
         r.metadata().get(crate::policy::WAL_POSITION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut response = Json(json!({ "user": user(r.into_inner().user) })).into_response();
     if let Some(p) = position {
-        gw.remember_write(&ctx, &p).await;
+        let p = gw.remember_write(&ctx, crate::app::WriteScope::Auth, &p).await;
         if let Ok(v) = HeaderValue::from_str(&p) {
             response.headers_mut().insert(crate::policy::WAL_POSITION, v);
         }

@@ -32,6 +32,8 @@ pub struct TestBilling {
     pub shutdown: Shutdown,
     pub running: Running,
     pub scheduler: Arc<tenx_billing::scheduler::Scheduler>,
+    /// The service's metrics (its pools count reads by the server).
+    pub metrics: Metrics,
 }
 
 impl TestBilling {
@@ -40,7 +42,22 @@ impl TestBilling {
     }
 
     /// Starts with the settings changed by `tune` first.
+    ///
+    /// Reads go to the primary here: these tests call the gRPC API as a
+    /// client that does not carry `x-tenx-wal-position` from one call to
+    /// the next, and a read right after a write could otherwise see the
+    /// replica a moment behind. `start_on_replica` serves reads from the
+    /// real streaming replica (the read-your-writes tests).
     pub async fn start_with(tune: impl FnOnce(&mut BillingSettings)) -> anyhow::Result<Self> {
+        Self::start_full(false, tune).await
+    }
+
+    /// Reads from the streaming replica, as deployed.
+    pub async fn start_on_replica() -> anyhow::Result<Self> {
+        Self::start_full(true, |_| {}).await
+    }
+
+    async fn start_full(replica: bool, tune: impl FnOnce(&mut BillingSettings)) -> anyhow::Result<Self> {
         // Logs of the service under test, shown by the runner when a test fails.
         let logs = tenx_common::telemetry::TelemetrySettings {
             log_format: tenx_common::telemetry::LogFormat::Pretty,
@@ -61,8 +78,9 @@ impl TestBilling {
         .await?;
         let auth = TestAuth::start().await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
+        let replica_url = if replica { db.replica_url() } else { db.primary_url() };
         let mut settings =
-            BillingSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
+            BillingSettings::isolated(&db.primary_url(), &replica_url, redis.prefix(), amqp.prefix())?;
         auth.configure("billing", &mut settings.upstreams.auth, &mut settings.authn);
         let topology = tenx_billing::app::customers_topology(&settings);
         amqp.track(topology.queue_names(), topology.exchange_names());
@@ -74,8 +92,8 @@ impl TestBilling {
         // Tests run due jobs themselves, after moving the clock.
         settings.scheduler.enabled = false;
         tune(&mut settings);
-        let app =
-            App::build_with_clock(settings.clone(), Metrics::default(), Arc::new(clock.clone())).await?;
+        let metrics = Metrics::default();
+        let app = App::build_with_clock(settings.clone(), metrics.clone(), Arc::new(clock.clone())).await?;
         let scheduler = app.scheduler();
         let authenticator = app.authenticator();
         let running = app.spawn(shutdown.child()).await?;
@@ -92,6 +110,7 @@ impl TestBilling {
             shutdown,
             running,
             scheduler,
+            metrics,
         })
     }
 
@@ -128,6 +147,17 @@ impl TestBilling {
     pub async fn advance(&self, by: Duration) -> anyhow::Result<usize> {
         self.clock.advance(by);
         Ok(self.scheduler.run_due().await?)
+    }
+
+    /// The value of the first metric line starting with `prefix` (0 if none).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// How many rows `table` has.

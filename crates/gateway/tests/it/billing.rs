@@ -113,6 +113,17 @@ async fn signup_card_subscribe_replay_conflict_and_ownership_over_http() -> anyh
     let invoice_id = invoice["id"].as_str().unwrap_or_default().to_owned();
     let subscription_id = sub["id"].as_str().unwrap_or_default().to_owned();
 
+    // Read-your-writes across gateway instances: billing's position comes
+    // back tagged as billing's, and another gateway given it reads the
+    // write back (billing's reads go to the replica).
+    let written = created.header("x-tenx-wal-position").unwrap_or_default().to_owned();
+    assert!(written.starts_with("billing:"), "{written:?}");
+    let other_gateway = platform.gateway().await?;
+    let path = format!("/v1/billing/invoices/{invoice_id}");
+    let read_headers = [("authorization", auth.as_str()), ("x-tenx-wal-position", written.as_str())];
+    let read = send(other_gateway.http_addr, "GET", &path, &read_headers, None).await?;
+    assert_eq!((read.status, &read.json["invoice"]["status"]), (200, &json!("paid")), "{}", read.text);
+
     // billing.invoice.paid travels through RabbitMQ to notification, which
     // emails the receipt (to the address auth's signup event gave billing).
     let number = invoice["number"].as_str().unwrap_or_default().to_owned();
@@ -261,11 +272,16 @@ async fn billing_over_grpc_catalog_is_anonymous_mutations_need_a_token_operator_
     let keyless = billing.create_subscription(authed(&token, None, create())?).await.expect_err("no key");
     assert_eq!(keyless.code(), Code::InvalidArgument, "{keyless:?}");
     let trial = billing.create_subscription(authed(&token, Some("trial-1"), create())?).await?;
+    // Billing's write position, for the read below (reads go to the replica).
+    let written =
+        trial.metadata().get("x-tenx-wal-position").cloned().expect("a write answers with its position");
     let subscription = trial.into_inner().subscription.unwrap_or_default();
     assert_eq!(subscription.status, pb::SubscriptionStatus::Trialing as i32);
     let replay = billing.create_subscription(authed(&token, Some("trial-1"), create())?).await?;
     assert_eq!(replay.metadata().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
-    let mine = billing.get_customer(authed(&token, None, pb::GetCustomerRequest::default())?).await?;
+    let mut read = authed(&token, None, pb::GetCustomerRequest::default())?;
+    read.metadata_mut().insert("x-tenx-wal-position", written);
+    let mine = billing.get_customer(read).await?;
     let customer_id = mine.into_inner().customer.unwrap_or_default().id;
 
     // Roles never come from clients: "admin" would let another user read
