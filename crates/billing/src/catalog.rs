@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tenx_common::db::Prepared;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -52,7 +53,7 @@ impl Catalog {
     async fn load(&self) -> Result<Vec<pb::Plan>, BillingError> {
         let conn = self.db.read(None).await?;
         let prices = conn
-            .query(
+            .query_cached(
                 "SELECT id, plan_id, lookup_key, currency, unit_amount_minor, billing_interval, interval_count, \
                         trial_days, meter, usage_unit_amount_minor, usage_package_size, active, created_at \
                  FROM prices ORDER BY active DESC, currency, billing_interval, unit_amount_minor, lookup_key",
@@ -60,7 +61,7 @@ impl Catalog {
             )
             .await?;
         let plans = conn
-            .query(
+            .query_cached(
                 "SELECT id, code, name, description, active, created_at FROM plans ORDER BY sort_order, code",
                 &[],
             )

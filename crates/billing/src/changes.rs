@@ -3,6 +3,7 @@
 //! lines always add up to the total).
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
@@ -62,7 +63,7 @@ pub struct Locked {
 /// Locks the caller's subscription (NOT_FOUND when it is not theirs).
 pub async fn lock<C: GenericClient>(tx: &C, sub: Uuid, user: Uuid) -> Result<Locked, BillingError> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT s.customer_id, s.status, s.price_id, s.pending_price_id, s.current_period_start, \
                     s.current_period_end, s.cancel_at_period_end FROM subscriptions s \
              JOIN customers c ON c.id = s.customer_id WHERE s.id = $1 AND c.user_id = $2 FOR UPDATE OF s",
@@ -134,7 +135,7 @@ pub async fn change_plan<C: GenericClient>(
             ));
         }
         // Back to the current price: the scheduled change is dropped.
-        tx.execute(
+        tx.execute_cached(
             "UPDATE subscriptions SET pending_price_id = NULL, pending_change_at = NULL, updated_at = $2 WHERE id = $1",
             &[&sub.id, &now],
         )
@@ -163,7 +164,7 @@ pub async fn change_plan<C: GenericClient>(
             && !prorates(rules, proration))
     {
         bill_usage_so_far(tx, now, sub, &party).await?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 \
              WHERE id = $1",
             &[&sub.id, &new.id, &now],
@@ -173,7 +174,7 @@ pub async fn change_plan<C: GenericClient>(
         return Ok(Change { direction, effective_at: now, invoice: None });
     }
     if !immediately {
-        tx.execute(
+        tx.execute_cached(
             "UPDATE subscriptions SET pending_price_id = $2, pending_change_at = current_period_end, updated_at = $3 \
              WHERE id = $1",
             &[&sub.id, &new.id, &now],
@@ -246,8 +247,9 @@ pub async fn change_plan<C: GenericClient>(
         },
     )
     .await?;
-    tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &invoice]).await?;
-    tx.execute(
+    tx.execute_cached("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &invoice])
+        .await?;
+    tx.execute_cached(
         "INSERT INTO plan_changes (invoice_id, subscription_id, from_price_id, to_price_id, restart_at, period_end, \
            ends_trial, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
         &[
@@ -265,7 +267,7 @@ pub async fn change_plan<C: GenericClient>(
     // Nothing to pay (credit covered it, or a credit note): in force now.
     // Otherwise it takes effect when its invoice is paid.
     let due: i64 =
-        tx.query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
+        tx.query_one_cached("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
     if due <= 0 {
         apply_paid(tx, invoice, now).await?;
     }
@@ -277,7 +279,7 @@ pub async fn change_plan<C: GenericClient>(
 /// until that payment is settled and the change applied or abandoned.
 pub async fn change_waiting<C: GenericClient>(tx: &C, sub: Uuid) -> Result<(), BillingError> {
     let waiting = tx
-        .query_one(
+        .query_one_cached(
             "SELECT EXISTS (SELECT 1 FROM plan_changes WHERE subscription_id = $1 AND status = 'pending')",
             &[&sub],
         )
@@ -327,7 +329,7 @@ pub async fn apply_paid<C: GenericClient>(
     now: SystemTime,
 ) -> Result<(), BillingError> {
     let Some(change) = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT pc.subscription_id, pc.to_price_id, pc.restart_at, pc.period_end, pc.ends_trial, c.user_id \
              FROM plan_changes pc JOIN subscriptions s ON s.id = pc.subscription_id \
              JOIN customers c ON c.id = s.customer_id WHERE pc.invoice_id = $1 AND pc.status = 'pending' \
@@ -340,7 +342,7 @@ pub async fn apply_paid<C: GenericClient>(
     };
     let sub = lock(tx, change.get(0), change.get(5)).await?;
     let applies = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
-    tx.execute(
+    tx.execute_cached(
         "UPDATE plan_changes SET status = $2, decided_at = $3 WHERE invoice_id = $1",
         &[&invoice, &if applies { "applied" } else { "abandoned" }, &now],
     )
@@ -353,7 +355,7 @@ pub async fn apply_paid<C: GenericClient>(
         Some(start) => {
             let end: SystemTime = change.get(3);
             let ends_trial: bool = change.get(4);
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
                    billing_cycle_anchor = $3, cycle_index = 0, current_period_start = $3, current_period_end = $4, \
                    status = CASE WHEN $5 THEN 'active' ELSE status END, \
@@ -364,7 +366,7 @@ pub async fn apply_paid<C: GenericClient>(
             schedule_period_end(tx, sub.id, end, now).await?;
         }
         None => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE subscriptions SET price_id = $2, pending_price_id = NULL, pending_change_at = NULL, \
                    updated_at = $3 WHERE id = $1",
                 &[&sub.id, &to, &now],
@@ -386,7 +388,7 @@ pub async fn abandon_unpaid<C: GenericClient>(
     now: SystemTime,
 ) -> Result<bool, BillingError> {
     let abandoned = tx
-        .execute(
+        .execute_cached(
             "UPDATE plan_changes SET status = 'abandoned', decided_at = $2 WHERE invoice_id = $1 AND status = 'pending'",
             &[&invoice, &now],
         )
@@ -436,7 +438,7 @@ pub async fn cancel<C: GenericClient>(
         ));
     }
     if timing != pb::ChangeTiming::Immediately {
-        tx.execute(
+        tx.execute_cached(
             "UPDATE subscriptions SET cancel_at_period_end = true, canceled_at = $2, pending_price_id = NULL, \
                pending_change_at = NULL, updated_at = $2 WHERE id = $1",
             &[&sub.id, &now],
@@ -478,7 +480,8 @@ pub async fn cancel<C: GenericClient>(
     let mut invoice = None;
     if final_invoice.bills_something() {
         let id = invoices::issue(tx, now, final_invoice).await?;
-        tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id]).await?;
+        tx.execute_cached("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id])
+            .await?;
         scheduler::charge_later(tx, sub.id, id, now).await?;
         invoice = Some(id);
     }

@@ -4,6 +4,7 @@
 //! `billing.customer.created`.
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use prost::Message as _;
@@ -46,7 +47,7 @@ pub async fn ensure<C: GenericClient>(
         let id = Uuid::now_v7();
         let prefix = invoice_prefix();
         let inserted = tx
-            .query_opt(
+            .query_opt_cached(
                 "INSERT INTO customers (id, user_id, email, invoice_prefix, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (user_id) DO NOTHING RETURNING id",
                 &[&id, &user, &email, &prefix, &now],
@@ -67,7 +68,8 @@ pub async fn ensure<C: GenericClient>(
                 return Ok((id, true));
             }
             Ok(None) => {
-                let row = tx.query_one("SELECT id FROM customers WHERE user_id = $1", &[&user]).await?;
+                let row =
+                    tx.query_one_cached("SELECT id FROM customers WHERE user_id = $1", &[&user]).await?;
                 return Ok((row.get(0), false));
             }
             // Another customer has this prefix (1 in 10^12): draw again.
@@ -83,11 +85,13 @@ pub async fn of_user<C: GenericClient>(
     db: &C,
     user: Uuid,
 ) -> Result<Option<tokio_postgres::Row>, BillingError> {
-    Ok(db.query_opt(&format!("SELECT {COLUMNS} FROM customers c WHERE c.user_id = $1"), &[&user]).await?)
+    Ok(db
+        .query_opt_cached(&format!("SELECT {COLUMNS} FROM customers c WHERE c.user_id = $1"), &[&user])
+        .await?)
 }
 
 pub async fn by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<tokio_postgres::Row>, BillingError> {
-    Ok(db.query_opt(&format!("SELECT {COLUMNS} FROM customers c WHERE c.id = $1"), &[&id]).await?)
+    Ok(db.query_opt_cached(&format!("SELECT {COLUMNS} FROM customers c WHERE c.id = $1"), &[&id]).await?)
 }
 
 /// A customer row as the API shows it, with its credit balance (credit is
@@ -98,7 +102,7 @@ pub async fn to_proto<C: GenericClient>(
 ) -> Result<pb::Customer, BillingError> {
     let id: Uuid = row.get("id");
     let credit: i64 = db
-        .query_one(
+        .query_one_cached(
             "SELECT COALESCE(-sum(amount_minor), 0)::bigint FROM ledger_entries \
              WHERE customer_id = $1 AND account = 'customer_credit'",
             &[&id],
@@ -165,7 +169,7 @@ impl Handler for CustomerWorker {
         }
         // An existing customer (created by an early billing call, or a
         // changed address): the email follows auth's.
-        tx.execute(
+        tx.execute_cached(
             "UPDATE customers SET email = $2, updated_at = $3 WHERE user_id = $1 AND email <> $2",
             &[&user, &email, &self.clock.now()],
         )

@@ -8,6 +8,7 @@
 //! ([`Claim::complete`]), so no effect exists without its stored answer.
 
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -94,7 +95,7 @@ impl Keys {
         let mut conn = db.write().await?;
         let tx = conn.transaction().await?;
         let inserted = tx
-            .execute(
+            .execute_cached(
                 "INSERT INTO idempotency_keys (caller, key, method, request_hash, status, locked_until, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, 'in_progress', $5, $6, $7) ON CONFLICT (caller, key) DO NOTHING",
                 &[&caller, &key, &method, &hash, &lease, &now, &expires],
@@ -111,7 +112,7 @@ impl Keys {
             return Ok(Claimed::Run(claim("started".into(), None)));
         }
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT method, request_hash, status, recovery_point, resource_id, locked_until, expires_at, \
                         response_code, response_message, response_body \
                  FROM idempotency_keys WHERE caller = $1 AND key = $2 FOR UPDATE",
@@ -119,7 +120,7 @@ impl Keys {
             )
             .await?;
         if row.get::<_, SystemTime>("expires_at") <= now {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE idempotency_keys SET method = $3, request_hash = $4, status = 'in_progress', \
                    recovery_point = 'started', resource_id = NULL, locked_until = $5, response_code = NULL, \
                    response_message = NULL, response_body = NULL, created_at = $6, completed_at = NULL, expires_at = $7 \
@@ -156,7 +157,7 @@ impl Keys {
             });
         }
         // The holder crashed (its lease lapsed): take over where it stopped.
-        tx.execute(
+        tx.execute_cached(
             "UPDATE idempotency_keys SET locked_until = $3 WHERE caller = $1 AND key = $2",
             &[&caller, &key, &lease],
         )
@@ -175,7 +176,7 @@ impl Keys {
         point: &str,
         resource: Uuid,
     ) -> Result<(), BillingError> {
-        tx.execute(
+        tx.execute_cached(
             "UPDATE idempotency_keys SET recovery_point = $3, resource_id = $4 WHERE caller = $1 AND key = $2",
             &[&claim.caller, &claim.key, &point, &resource],
         )
@@ -193,7 +194,7 @@ impl Keys {
         response: &M,
     ) -> Result<(), BillingError> {
         let body = response.encode_to_vec();
-        tx.execute(
+        tx.execute_cached(
             "UPDATE idempotency_keys SET status = 'completed', response_code = 0, response_message = '', \
                response_body = $3, completed_at = $4, locked_until = NULL WHERE caller = $1 AND key = $2",
             &[&claim.caller, &claim.key, &body, &clock.now()],
@@ -212,7 +213,7 @@ impl Keys {
             let stored = async {
                 db.write()
                     .await?
-                    .execute(
+                    .execute_cached(
                         "UPDATE idempotency_keys SET status = 'completed', response_code = $3, response_message = $4, \
                            response_body = $5, completed_at = $6, locked_until = NULL WHERE caller = $1 AND key = $2",
                         &[
@@ -236,7 +237,7 @@ impl Keys {
         let released = async {
             db.write()
                 .await?
-                .execute(
+                .execute_cached(
                     "UPDATE idempotency_keys SET locked_until = $3 \
                      WHERE caller = $1 AND key = $2 AND status = 'in_progress'",
                     &[&claim.caller, &claim.key, &now],

@@ -4,6 +4,7 @@
 //! its lines).
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_common::outbox::{self, NewEvent};
@@ -46,7 +47,8 @@ impl Party {
         customer: Uuid,
         plan_name: &str,
     ) -> Result<Self, BillingError> {
-        let row = db.query_one("SELECT user_id, email FROM customers WHERE id = $1", &[&customer]).await?;
+        let row =
+            db.query_one_cached("SELECT user_id, email FROM customers WHERE id = $1", &[&customer]).await?;
         Ok(Self {
             customer_id: customer,
             user_id: row.get(0),
@@ -101,7 +103,7 @@ pub async fn issue<C: GenericClient>(
     // this per customer, so two invoices cannot spend one credit.
     let (seq, prefix): (i64, String) = {
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "UPDATE invoice_number_counters n SET last_number = last_number + 1 FROM customers c \
                  WHERE n.customer_id = $1 AND c.id = n.customer_id RETURNING n.last_number, c.invoice_prefix",
                 &[&customer],
@@ -110,7 +112,7 @@ pub async fn issue<C: GenericClient>(
         (row.get(0), row.get(1))
     };
     let credit: i64 = tx
-        .query_one(
+        .query_one_cached(
             "SELECT COALESCE(-sum(amount_minor), 0)::bigint FROM ledger_entries \
              WHERE customer_id = $1 AND account = 'customer_credit' AND currency::text = $2::text",
             &[&customer, &new.currency],
@@ -121,7 +123,7 @@ pub async fn issue<C: GenericClient>(
     let due = total - applied + added;
     let number = format!("{prefix}-{seq:04}");
     let id = Uuid::now_v7();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO invoices (id, customer_id, subscription_id, status, billing_reason, currency, total_minor, \
            credit_applied_minor, credit_added_minor, amount_due_minor, period_start, period_end, created_at, updated_at) \
          VALUES ($1, $2, $3, 'draft', $4, $5::text, $6, $7, $8, $9, $10, $11, $12, $12)",
@@ -136,7 +138,7 @@ pub async fn issue<C: GenericClient>(
     }
     for (i, line) in new.lines.iter().enumerate() {
         let line_no = i16::try_from(i + 1).map_err(|_| BillingError::Internal("too many lines".into()))?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO invoice_lines (id, invoice_id, line_no, kind, description, price_id, quantity, \
                unit_amount_minor, amount_minor, period_start, period_end) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -157,7 +159,7 @@ pub async fn issue<C: GenericClient>(
         .await?;
     }
     let paid = due == 0;
-    tx.execute(
+    tx.execute_cached(
         "UPDATE invoices SET number_seq = $2, number = $3, status = $4, finalized_at = $5, \
            paid_at = CASE WHEN $6 THEN $5::timestamptz END, updated_at = $5 WHERE id = $1",
         &[&id, &seq, &number, &(if paid { "paid" } else { "open" }), &now, &paid],

@@ -3,6 +3,7 @@
 //! database refuses anything else at commit, and refuses changes ever after.
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
@@ -60,14 +61,14 @@ pub async fn post<C: GenericClient>(
         return Err(BillingError::Internal(format!("{kind}: entries sum to {sum}, not 0")));
     }
     let id = Uuid::now_v7();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, description, posted_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[&id, &kind, &about.invoice, &about.payment_attempt, &about.subscription, &description, &now],
     )
     .await?;
     for entry in entries.iter().filter(|e| e.amount_minor != 0) {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, amount_minor, posted_at) \
              VALUES ($1, $2, $3, $4, $5, $6::text, $7, $8)",
             &[

@@ -1,6 +1,7 @@
 //! Rows as the API shows them: subscriptions, invoices, lines, attempts.
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use prost_types::Timestamp;
@@ -109,7 +110,7 @@ pub async fn load_subscription<C: GenericClient>(
     sub: Uuid,
 ) -> Result<pb::Subscription, BillingError> {
     let row = db
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN prices p ON p.id = s.price_id WHERE s.id = $1"),
             &[&sub],
         )
@@ -223,18 +224,18 @@ pub const ATTEMPT_COLUMNS: &str = "id, invoice_id, payment_method_id, amount_min
 /// An invoice with its lines and payment attempts.
 pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<pb::Invoice, BillingError> {
     let row = db
-        .query_opt(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"), &[&invoice_id])
+        .query_opt_cached(&format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"), &[&invoice_id])
         .await?
         .ok_or(BillingError::NotFound("invoice"))?;
     let mut invoice = invoice(&row);
     invoice.lines = db
-        .query("SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no", &[&invoice_id])
+        .query_cached("SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no", &[&invoice_id])
         .await?
         .iter()
         .map(line)
         .collect();
     invoice.payment_attempts = db
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {ATTEMPT_COLUMNS} FROM payment_attempts WHERE invoice_id = $1 ORDER BY created_at, id"
             ),
@@ -251,7 +252,7 @@ pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<
 /// grouping, e.g. `USD 19.83`, `USD 1,234.56`, `JPY 1,490`.
 pub async fn display<C: GenericClient>(db: &C, currency: &str, amount: i64) -> Result<String, BillingError> {
     let exponent: i16 = db
-        .query_opt("SELECT exponent FROM currencies WHERE code::text = $1::text", &[&currency])
+        .query_opt_cached("SELECT exponent FROM currencies WHERE code::text = $1::text", &[&currency])
         .await?
         .map_or(2, |r| r.get(0));
     Ok(format_amount(currency, amount, u32::try_from(exponent).unwrap_or(2)))

@@ -2,6 +2,7 @@
 //! reference and display details are kept.
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
@@ -41,7 +42,7 @@ pub async fn of_customer<C: GenericClient>(
     customer: Uuid,
 ) -> Result<Vec<pb::PaymentMethod>, BillingError> {
     let rows = db
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {COLUMNS} FROM payment_methods p JOIN customers c ON c.id = p.customer_id \
                  WHERE p.customer_id = $1 AND p.detached_at IS NULL ORDER BY p.created_at DESC, p.id DESC"
@@ -63,7 +64,7 @@ pub async fn insert<C: GenericClient>(
     set_default: bool,
 ) -> Result<pb::PaymentMethod, BillingError> {
     let id = Uuid::now_v7();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO payment_methods (id, customer_id, provider, provider_ref, brand, last4, exp_month, exp_year, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
@@ -79,14 +80,14 @@ pub async fn insert<C: GenericClient>(
         ],
     )
     .await?;
-    tx.execute(
+    tx.execute_cached(
         "UPDATE customers SET default_payment_method_id = $2, updated_at = $3 \
          WHERE id = $1 AND ($4 OR default_payment_method_id IS NULL)",
         &[&customer, &id, &now, &set_default],
     )
     .await?;
     let row = tx
-        .query_one(
+        .query_one_cached(
             &format!("SELECT {COLUMNS} FROM payment_methods p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1"),
             &[&id],
         )

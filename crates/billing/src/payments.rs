@@ -10,6 +10,7 @@
 //! provider what became of the attempt and settles it.
 
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
@@ -71,7 +72,7 @@ pub async fn begin<C: GenericClient>(
     policy: Policy,
 ) -> Result<Attempt, BillingError> {
     let invoice = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT i.status, i.customer_id, i.currency, i.amount_due_minor - i.amount_paid_minor AS remaining, \
                     s.default_payment_method_id AS sub_method, c.default_payment_method_id AS customer_method \
              FROM invoices i JOIN customers c ON c.id = i.customer_id \
@@ -94,7 +95,7 @@ pub async fn begin<C: GenericClient>(
         .or(invoice.get::<_, Option<Uuid>>("customer_method"))
         .ok_or_else(|| BillingError::refused("PAYMENT_METHOD_REQUIRED", "add a payment method first"))?;
     let provider_ref: String = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT provider_ref FROM payment_methods WHERE id = $1 AND customer_id = $2 AND detached_at IS NULL",
             &[&method, &customer],
         )
@@ -104,7 +105,7 @@ pub async fn begin<C: GenericClient>(
     let id = Uuid::now_v7();
     let currency: String = invoice.get::<_, String>("currency").trim().to_owned();
     let inserted = tx
-        .execute(
+        .execute_cached(
             "INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, currency, \
                status, initiated_by, provider, created_at) VALUES ($1, $2, $3, $4, $5, $6::text, 'pending', $7, $8, $9)",
             &[&id, &invoice_id, &customer, &method, &remaining, &currency, &initiated_by, &policy.provider, &now],
@@ -145,7 +146,7 @@ pub async fn begin<C: GenericClient>(
 /// A pending attempt (to resume after a timeout or a crash).
 pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
     let row = db
-        .query_opt(
+        .query_opt_cached(
             "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref, a.initiated_by, a.provider_intent_id \
              FROM payment_attempts a \
              JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1 AND a.status = 'pending'",
@@ -249,7 +250,7 @@ impl From<ChargeOutcome> for Charged {
 async fn record_intent(db: &Db, attempt: Uuid, intent: &str) -> Result<(), ProviderError> {
     let recorded = async {
         let conn = db.write().await?;
-        conn.execute(
+        conn.execute_cached(
             "UPDATE payment_attempts SET provider_intent_id = $2 WHERE id = $1 AND status = 'pending'",
             &[&attempt, &intent],
         )
@@ -283,7 +284,7 @@ pub async fn settle<C: GenericClient>(
     // One settlement per attempt: a retry's lookup and the reconciler may
     // race to settle it; the second finds it settled and changes nothing.
     let still_pending = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM payment_attempts WHERE id = $1 AND status = 'pending' FOR UPDATE",
             &[&attempt.id],
         )
@@ -291,14 +292,17 @@ pub async fn settle<C: GenericClient>(
         .is_some();
     if !still_pending {
         let paid: bool = tx
-            .query_one("SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1", &[&attempt.id])
+            .query_one_cached(
+                "SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1",
+                &[&attempt.id],
+            )
             .await?
             .get(0);
         return Ok(paid);
     }
     // Settled: the attempt's reconcile job has nothing left to do (unless
     // it is the one settling it, and then it finishes itself).
-    tx.execute(
+    tx.execute_cached(
         "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
          WHERE dedupe_key = $1 AND status = 'pending' AND (locked_until IS NULL OR locked_until < $2)",
         &[&format!("reconcile:{}", attempt.id), &now],
@@ -320,13 +324,13 @@ pub async fn settle<C: GenericClient>(
         Charged::Unavailable(_) => ("provider_error", "the payment provider failed; nothing was charged"),
         Charged::NotFound => ("not_found_at_provider", "the provider has no record of this charge"),
     };
-    tx.execute(
+    tx.execute_cached(
         "UPDATE payment_attempts SET status = 'failed', failure_code = $2, failure_message = $3, completed_at = $4 \
          WHERE id = $1 AND status = 'pending'",
         &[&attempt.id, &failure, &message, &now],
     )
     .await?;
-    tx.execute(
+    tx.execute_cached(
         "UPDATE invoices SET attempt_count = attempt_count + 1, updated_at = $2 WHERE id = $1",
         &[&attempt.invoice_id, &now],
     )
@@ -373,7 +377,7 @@ async fn context<C: GenericClient>(
 ) -> Result<(pb::Invoice, Party, i32, String), BillingError> {
     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
     let row = tx
-        .query_one(
+        .query_one_cached(
             "SELECT a.initiated_by, m.last4, COALESCE(pl.name, '') AS plan_name FROM payment_attempts a \
              JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
              LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
@@ -398,33 +402,33 @@ async fn succeed<C: GenericClient>(
     attempt: &Attempt,
     charge_id: &str,
 ) -> Result<(), BillingError> {
-    tx.execute(
+    tx.execute_cached(
         "UPDATE payment_attempts SET status = 'succeeded', provider_charge_id = $2, completed_at = $3 \
          WHERE id = $1 AND status = 'pending'",
         &[&attempt.id, &charge_id, &now],
     )
     .await?;
     let row = tx
-        .query_one(
+        .query_one_cached(
             "SELECT status, customer_id, subscription_id FROM invoices WHERE id = $1 FOR UPDATE",
             &[&attempt.invoice_id],
         )
         .await?;
     let (was, customer, subscription): (String, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
-    tx.execute(
+    tx.execute_cached(
         "UPDATE invoices SET status = 'paid', amount_paid_minor = amount_paid_minor + $2, paid_at = $3, \
            attempt_count = attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 WHERE id = $1",
         &[&attempt.invoice_id, &attempt.amount_minor, &now],
     )
     .await?;
     // Dunning of this invoice is over; its remaining retries are moot.
-    tx.execute(
+    tx.execute_cached(
         "UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $2 \
          WHERE invoice_id = $1 AND status = 'active'",
         &[&attempt.invoice_id, &now],
     )
     .await?;
-    tx.execute(
+    tx.execute_cached(
         "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
          WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL",
         &[&attempt.invoice_id, &now],
@@ -445,10 +449,12 @@ async fn succeed<C: GenericClient>(
 
     // A subscription that owed money and now owes none is active again.
     if let Some(sub) = subscription {
-        let previous: String =
-            tx.query_one("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub]).await?.get(0);
+        let previous: String = tx
+            .query_one_cached("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub])
+            .await?
+            .get(0);
         let reactivated = tx
-            .execute(
+            .execute_cached(
                 "UPDATE subscriptions s SET status = 'active', updated_at = $2 \
                  WHERE s.id = $1 AND s.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
                    (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible'))",
@@ -471,7 +477,7 @@ async fn succeed<C: GenericClient>(
     }
     let (invoice, party, _, last4) = context(tx, attempt).await?;
     let brand: String = tx
-        .query_one(
+        .query_one_cached(
             "SELECT m.brand FROM payment_attempts a JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1",
             &[&attempt.id],
         )

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_common::shutdown::Shutdown;
@@ -39,7 +40,7 @@ pub async fn schedule<C: GenericClient>(
     run_at: SystemTime,
     now: SystemTime,
 ) -> Result<(), BillingError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO billing_jobs (id, kind, dedupe_key, subscription_id, invoice_id, payment_attempt_id, run_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING",
         &[&Uuid::now_v7(), &kind, &dedupe_key, &subscription, &invoice, &attempt, &run_at, &now],
@@ -139,7 +140,7 @@ impl Scheduler {
         let (mut keys, mut jobs) = (0, 0);
         loop {
             let deleted = conn
-                .execute(
+                .execute_cached(
                     "DELETE FROM idempotency_keys WHERE (caller, key) IN \
                        (SELECT caller, key FROM idempotency_keys WHERE expires_at < $1 LIMIT 1000)",
                     &[&now],
@@ -152,7 +153,7 @@ impl Scheduler {
         }
         loop {
             let deleted = conn
-                .execute(
+                .execute_cached(
                     "DELETE FROM billing_jobs WHERE id IN (SELECT id FROM billing_jobs \
                        WHERE status IN ('done', 'canceled') AND finished_at < $1 LIMIT 1000)",
                     &[&kept_until],
@@ -165,7 +166,7 @@ impl Scheduler {
         }
         // Handled webhook events: a provider retries one for days, not weeks.
         while conn
-            .execute(
+            .execute_cached(
                 "DELETE FROM provider_events WHERE (provider, event_id) IN (SELECT provider, event_id \
                    FROM provider_events WHERE received_at < $1 LIMIT 1000)",
                 &[&kept_until],
@@ -184,7 +185,7 @@ impl Scheduler {
             .db
             .write()
             .await?
-            .query(
+            .query_cached(
                 "UPDATE billing_jobs SET locked_by = $1, locked_until = $2, attempts = attempts + 1 \
                  WHERE id IN (SELECT id FROM billing_jobs WHERE status = 'pending' AND run_at <= $3 \
                    AND (locked_until IS NULL OR locked_until < $3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
@@ -218,7 +219,7 @@ impl Scheduler {
             .db
             .write()
             .await?
-            .execute(
+            .execute_cached(
                 // A run_at moved while the job ran (a provider's webhook woke
                 // it) is kept: that wake-up is not lost to the backoff.
                 "UPDATE billing_jobs SET locked_until = $2, last_error = $4, \
@@ -247,7 +248,7 @@ impl Scheduler {
     /// Marks the job done in `tx`, if this instance still holds it.
     async fn finish<C: GenericClient>(&self, tx: &C, job: &Job) -> Result<(), BillingError> {
         let done = tx
-            .execute(
+            .execute_cached(
                 "UPDATE billing_jobs SET status = 'done', finished_at = $3, locked_until = NULL \
                  WHERE id = $1 AND status = 'pending' AND locked_by = $2",
                 &[&job.id, &self.me, &self.core.clock.now()],
@@ -269,7 +270,7 @@ impl Scheduler {
         let mut conn = self.core.db.write().await?;
         let tx = conn.transaction().await?;
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT s.status, s.customer_id, s.price_id, s.pending_price_id, s.billing_cycle_anchor, s.cycle_index, \
                         s.current_period_end, s.cancel_at_period_end FROM subscriptions s WHERE s.id = $1 FOR UPDATE",
                 &[&sub],
@@ -316,14 +317,14 @@ impl Scheduler {
                     lines: vec![line],
                 };
                 let invoice = invoices::issue(&tx, now, final_invoice).await?;
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1",
                     &[&sub, &invoice],
                 )
                 .await?;
                 charge_later(&tx, sub, invoice, now).await?;
             }
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE subscriptions SET status = 'canceled', ended_at = $2, cancellation_reason = 'requested', \
                    pending_price_id = NULL, pending_change_at = NULL, updated_at = $3 WHERE id = $1",
                 &[&sub, &boundary, &now],
@@ -350,7 +351,7 @@ impl Scheduler {
         };
         let period = periods::period(anchor, price.months, i64::from(cycle));
         let next_status = if status == "trialing" { "active" } else { status.as_str() };
-        tx.execute(
+        tx.execute_cached(
             "UPDATE subscriptions SET status = $2, price_id = $3, pending_price_id = NULL, pending_change_at = NULL, \
                billing_cycle_anchor = $4, cycle_index = $5, current_period_start = $6, current_period_end = $7, updated_at = $8 \
              WHERE id = $1",
@@ -384,8 +385,11 @@ impl Scheduler {
         };
         if next_status != "unpaid" && renewal.bills_something() {
             let invoice = invoices::issue(&tx, now, renewal).await?;
-            tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub, &invoice])
-                .await?;
+            tx.execute_cached(
+                "UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1",
+                &[&sub, &invoice],
+            )
+            .await?;
             charge_later(&tx, sub, invoice, now).await?;
         }
         schedule_period_end(&tx, sub, period.1, now).await?;
@@ -495,7 +499,7 @@ impl Scheduler {
         initiated_by: &str,
         now: SystemTime,
     ) -> Result<(), BillingError> {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO payment_attempts (id, invoice_id, customer_id, amount_minor, currency, status, failure_code, \
                failure_message, initiated_by, provider, created_at, completed_at) \
              SELECT $1, id, customer_id, amount_due_minor - amount_paid_minor, currency, 'failed', 'no_payment_method', \
@@ -503,7 +507,7 @@ impl Scheduler {
             &[&Uuid::now_v7(), &initiated_by, &self.core.provider.name(), &now, &invoice],
         )
         .await?;
-        tx.execute("UPDATE invoices SET attempt_count = attempt_count + 1 WHERE id = $1", &[&invoice])
+        tx.execute_cached("UPDATE invoices SET attempt_count = attempt_count + 1 WHERE id = $1", &[&invoice])
             .await?;
         Ok(())
     }
@@ -512,13 +516,15 @@ impl Scheduler {
         let now = self.core.clock.now();
         let mut conn = self.core.db.write().await?;
         let tx = conn.transaction().await?;
-        let status: String =
-            tx.query_one("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub]).await?.get(0);
+        let status: String = tx
+            .query_one_cached("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub])
+            .await?
+            .get(0);
         // A payment still in flight (a bank debit Stripe is processing, or
         // one its reconcile job has yet to settle) may yet succeed: the
         // expiry waits for it rather than void an invoice being paid.
         let paying: bool = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT EXISTS (SELECT 1 FROM payment_attempts a JOIN invoices i ON i.id = a.invoice_id \
                  WHERE i.subscription_id = $1 AND a.status = 'pending')",
                 &[&sub],
@@ -538,7 +544,10 @@ impl Scheduler {
             let customer: Uuid = s.customer_id.parse().unwrap_or_default();
             let party = Party::load(&tx, customer, &price.plan_name).await?;
             for row in tx
-                .query("SELECT id FROM invoices WHERE subscription_id = $1 AND status = 'open'", &[&sub])
+                .query_cached(
+                    "SELECT id FROM invoices WHERE subscription_id = $1 AND status = 'open'",
+                    &[&sub],
+                )
                 .await?
             {
                 void(&tx, row.get(0), now).await?;
@@ -568,7 +577,7 @@ impl Scheduler {
         };
         // The retry of the ladder this attempt was (0: automatic).
         let n: i32 = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT retries_done + 1 FROM dunning_states WHERE invoice_id = $1 AND status = 'active'",
                 &[&attempt.invoice_id],
             )
@@ -603,7 +612,7 @@ pub async fn charge_later<C: GenericClient>(
     now: SystemTime,
 ) -> Result<(), BillingError> {
     let due: i64 =
-        tx.query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
+        tx.query_one_cached("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&invoice]).await?.get(0);
     if due > 0 {
         schedule(
             tx,
@@ -646,11 +655,11 @@ async fn set_status<C: GenericClient>(
     party: &Party,
 ) -> Result<(), BillingError> {
     let previous: String =
-        tx.query_one("SELECT status FROM subscriptions WHERE id = $1", &[&sub]).await?.get(0);
+        tx.query_one_cached("SELECT status FROM subscriptions WHERE id = $1", &[&sub]).await?.get(0);
     if !from.contains(&previous.as_str()) {
         return Ok(());
     }
-    tx.execute(
+    tx.execute_cached(
         "UPDATE subscriptions SET status = $2, cancellation_reason = $3, \
            ended_at = CASE WHEN $2 = 'canceled' THEN $4::timestamptz END, \
            canceled_at = CASE WHEN $2 = 'canceled' THEN COALESCE(canceled_at, $4::timestamptz) ELSE canceled_at END, \
@@ -690,7 +699,7 @@ async fn announce_next_retry<C: GenericClient>(
     last: bool,
 ) -> Result<(), BillingError> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, payload FROM tenx_outbox WHERE event_type = 'billing.payment.failed' AND aggregate_id = $1 \
              ORDER BY seq DESC LIMIT 1",
             &[&invoice.to_string()],
@@ -701,7 +710,7 @@ async fn announce_next_retry<C: GenericClient>(
         .map_err(|e| BillingError::Internal(e.to_string()))?;
     event.next_retry_at = next.map(Into::into);
     event.r#final = last;
-    tx.execute(
+    tx.execute_cached(
         "UPDATE tenx_outbox SET payload = $2 WHERE id = $1",
         &[&row.get::<_, Uuid>(0), &prost::Message::encode_to_vec(&event)],
     )
@@ -712,7 +721,7 @@ async fn announce_next_retry<C: GenericClient>(
 /// Moves a subscription's deferred revenue to earned revenue.
 async fn recognize_revenue<C: GenericClient>(tx: &C, sub: Uuid, now: SystemTime) -> Result<(), BillingError> {
     let rows = tx
-        .query(
+        .query_cached(
             "SELECT currency::text, COALESCE(sum(amount_minor), 0)::bigint FROM ledger_entries \
              WHERE subscription_id = $1 AND account = 'deferred_revenue' GROUP BY currency",
             &[&sub],
@@ -739,7 +748,7 @@ async fn write_off<C: GenericClient>(
     now: SystemTime,
 ) -> Result<(), BillingError> {
     let row = tx
-        .query_one(
+        .query_one_cached(
             "UPDATE invoices SET status = 'uncollectible', marked_uncollectible_at = $2, updated_at = $2 \
              WHERE id = $1 RETURNING currency::text, amount_due_minor - amount_paid_minor",
             &[&invoice, &now],
@@ -764,13 +773,13 @@ pub(crate) async fn void<C: GenericClient>(
     invoice: Uuid,
     now: SystemTime,
 ) -> Result<(), BillingError> {
-    tx.execute(
+    tx.execute_cached(
         "UPDATE invoices SET status = 'void', voided_at = $2, updated_at = $2 WHERE id = $1",
         &[&invoice, &now],
     )
     .await?;
     let finalized = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT id FROM ledger_transactions WHERE invoice_id = $1 AND kind = 'invoice_finalized'",
             &[&invoice],
         )
@@ -778,13 +787,13 @@ pub(crate) async fn void<C: GenericClient>(
     if let Some(txn) = finalized {
         let original: Uuid = txn.get(0);
         let reversal = Uuid::now_v7();
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO ledger_transactions (id, kind, invoice_id, reverses_transaction_id, description, posted_at) \
              VALUES ($1, 'invoice_voided', $2, $3, 'void', $4)",
             &[&reversal, &invoice, &original, &now],
         )
         .await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, amount_minor, posted_at) \
              SELECT gen_random_uuid(), $1, account, customer_id, subscription_id, currency, -amount_minor, $3 \
              FROM ledger_entries WHERE transaction_id = $2",
@@ -802,7 +811,7 @@ async fn cancel_jobs<C: GenericClient>(
     now: SystemTime,
     running: Uuid,
 ) -> Result<(), BillingError> {
-    tx.execute(
+    tx.execute_cached(
         "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
          WHERE subscription_id = $1 AND status = 'pending' AND id <> $3 \
            AND kind IN ('period_end', 'incomplete_expiry', 'dunning_retry')",
@@ -823,17 +832,18 @@ pub async fn customer_failed<C: GenericClient>(
     now: SystemTime,
     job: Uuid,
 ) -> Result<(), BillingError> {
-    let row =
-        tx.query_one("SELECT subscription_id, customer_id FROM invoices WHERE id = $1", &[&invoice]).await?;
+    let row = tx
+        .query_one_cached("SELECT subscription_id, customer_id FROM invoices WHERE id = $1", &[&invoice])
+        .await?;
     let (sub, customer): (Option<Uuid>, Uuid) = (row.get(0), row.get(1));
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO dunning_states (invoice_id, subscription_id, status, started_at) VALUES ($1, $2, 'active', $3) \
          ON CONFLICT (invoice_id) DO NOTHING",
         &[&invoice, &sub, &now],
     )
     .await?;
     let started: SystemTime = tx
-        .query_one("SELECT started_at FROM dunning_states WHERE invoice_id = $1", &[&invoice])
+        .query_one_cached("SELECT started_at FROM dunning_states WHERE invoice_id = $1", &[&invoice])
         .await?
         .get(0);
     let days = &dunning.retry_days;
@@ -852,13 +862,16 @@ pub async fn customer_failed<C: GenericClient>(
     let retries = i32::try_from(retries_done).unwrap_or(i32::MAX);
     match next {
         Some(at) => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE dunning_states SET retries_done = $2, next_retry_at = $3 WHERE invoice_id = $1",
                 &[&invoice, &retries, &at],
             )
             .await?;
-            tx.execute("UPDATE invoices SET next_payment_attempt_at = $2 WHERE id = $1", &[&invoice, &at])
-                .await?;
+            tx.execute_cached(
+                "UPDATE invoices SET next_payment_attempt_at = $2 WHERE id = $1",
+                &[&invoice, &at],
+            )
+            .await?;
             let key = format!("dunning:{invoice}:{}", retries_done + 1);
             schedule(tx, "dunning_retry", &key, sub, Some(invoice), None, at, now).await?;
             if let Some(s) = sub {
@@ -866,14 +879,17 @@ pub async fn customer_failed<C: GenericClient>(
             }
         }
         None => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE dunning_states SET status = 'exhausted', retries_done = $2, next_retry_at = NULL, ended_at = $3 \
                  WHERE invoice_id = $1",
                 &[&invoice, &retries, &now],
             )
             .await?;
-            tx.execute("UPDATE invoices SET next_payment_attempt_at = NULL WHERE id = $1", &[&invoice])
-                .await?;
+            tx.execute_cached(
+                "UPDATE invoices SET next_payment_attempt_at = NULL WHERE id = $1",
+                &[&invoice],
+            )
+            .await?;
             if dunning.final_action == "cancel" {
                 write_off(tx, invoice, customer, now).await?;
                 if let Some(s) = sub {

@@ -4,6 +4,7 @@
 //! docs/services/billing.md is the design behind each RPC.
 
 use std::sync::Arc;
+use tenx_common::db::Prepared;
 
 use tenx_common::authn::{self, Principal};
 use tenx_common::db::{Db, WalPosition};
@@ -311,7 +312,7 @@ impl Core {
                 let tx = conn.transaction().await?;
                 let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
                 let earlier: Option<String> = tx
-                    .query_opt(
+                    .query_opt_cached(
                         "SELECT provider_ref FROM payment_methods WHERE customer_id = $1 AND provider = $2 \
                          ORDER BY created_at LIMIT 1",
                         &[&customer, &self.provider.name()],
@@ -374,7 +375,7 @@ impl Core {
         // Only an attempt of ours whose intent is the event's.
         let attempt: Option<Uuid> = match (event.attempt, &event.intent) {
             (Some(attempt), Some(intent)) => tx
-                .query_opt(
+                .query_opt_cached(
                     "SELECT id FROM payment_attempts WHERE id = $1 AND provider = $2 AND provider_intent_id = $3",
                     &[&attempt, &request.provider, intent],
                 )
@@ -383,7 +384,7 @@ impl Core {
             _ => None,
         };
         let first = tx
-            .execute(
+            .execute_cached(
                 "INSERT INTO provider_events (provider, event_id, kind, attempt_id, received_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[&request.provider, &event.id, &event.kind, &attempt, &now],
@@ -394,7 +395,7 @@ impl Core {
             (false, _) => "duplicate",
             (true, None) => "ignored",
             (true, Some(attempt)) => {
-                tx.execute(
+                tx.execute_cached(
                     // Due now; a run in progress keeps this run_at rather than
                     // its backoff (Scheduler::retry_later), so the wake-up holds.
                     "UPDATE billing_jobs SET run_at = $2 WHERE dedupe_key = $1 AND status = 'pending'",
@@ -436,7 +437,7 @@ impl Core {
                         .db
                         .write()
                         .await?
-                        .query_one(
+                        .query_one_cached(
                             "SELECT subscription_id FROM invoices WHERE id = $1",
                             &[&attempt.invoice_id],
                         )
@@ -520,7 +521,7 @@ impl Core {
                     let mut conn = self.db.write().await?;
                     let tx = conn.transaction().await?;
                     // Not yours and not found look the same.
-                    tx.query_opt(
+                    tx.query_opt_cached(
                         "SELECT 1 FROM invoices i JOIN customers c ON c.id = i.customer_id \
                          WHERE i.id = $1 AND c.user_id = $2",
                         &[&invoice_id, &user],
@@ -562,7 +563,7 @@ impl Core {
             return Ok(Some((pending, Step::Lookup)));
         }
         let row = conn
-            .query_one(
+            .query_one_cached(
                 "SELECT invoice_id, amount_minor, currency, initiated_by, \
                         status = 'succeeded' OR failure_code IN ('card_declined', 'insufficient_funds') AS settled \
                  FROM payment_attempts WHERE id = $1",
@@ -712,7 +713,7 @@ impl Core {
                     // Interrupted while charging the proration invoice.
                     let conn = self.db.write().await?;
                     let row = conn
-                        .query_one("SELECT finalized_at FROM invoices WHERE id = $1", &[&attempt.invoice_id])
+                        .query_one_cached("SELECT finalized_at FROM invoices WHERE id = $1", &[&attempt.invoice_id])
                         .await?;
                     let summary = ChangeSummary {
                         direction: pb::ChangeDirection::Upgrade,
@@ -737,7 +738,7 @@ impl Core {
                     };
                     let due: i64 = match change.invoice {
                         Some(id) => tx
-                            .query_one("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&id])
+                            .query_one_cached("SELECT amount_due_minor FROM invoices WHERE id = $1", &[&id])
                             .await?
                             .get(0),
                         None => 0,
@@ -868,7 +869,7 @@ impl Core {
             .db
             .write()
             .await?
-            .query(
+            .query_cached(
                 "SELECT e.id, e.seq, e.transaction_id, t.kind, e.account, e.customer_id, e.subscription_id, \
                         e.currency::text, e.amount_minor, t.invoice_id, t.payment_attempt_id, t.reverses_transaction_id, e.posted_at \
                  FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id \
@@ -948,7 +949,7 @@ impl Core {
         let id = uuid("subscription_id", &request.subscription_id)?;
         let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT c.user_id FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE s.id = $1",
                 &[&id],
             )
@@ -979,7 +980,7 @@ impl Core {
         let customer = self.own_customer(metadata, &request.customer_id).await?;
         let conn = self.db.read(metadata.after()?).await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {} FROM subscriptions s JOIN prices p ON p.id = s.price_id \
                      WHERE s.customer_id = $1 AND (cardinality($2::text[]) = 0 OR s.status = ANY($2)) \
@@ -1014,7 +1015,7 @@ impl Core {
         let customer = self.own_customer(metadata, &request.customer_id).await?;
         let conn = self.db.read(metadata.after()?).await?;
         let rows = conn
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {} FROM invoices WHERE customer_id = $1 AND ($2::uuid IS NULL OR subscription_id = $2) \
                        AND (cardinality($3::text[]) = 0 OR status = ANY($3)) AND ($4::uuid IS NULL OR id < $4) \
@@ -1038,7 +1039,7 @@ impl Core {
         let id = uuid("invoice_id", &request.invoice_id)?;
         let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT c.user_id FROM invoices i JOIN customers c ON c.id = i.customer_id WHERE i.id = $1",
                 &[&id],
             )

@@ -3,6 +3,7 @@
 //! committed before the provider is called).
 
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
@@ -31,7 +32,7 @@ pub struct PriceRow {
 
 pub async fn price<C: GenericClient>(db: &C, id: Uuid) -> Result<PriceRow, BillingError> {
     let row = db
-        .query_opt(
+        .query_opt_cached(
             "SELECT p.id, p.currency, p.unit_amount_minor, p.billing_interval, p.interval_count, p.trial_days, \
                     p.active AND pl.active AS active, pl.name, p.plan_id FROM prices p JOIN plans pl ON pl.id = p.plan_id WHERE p.id = $1",
             &[&id],
@@ -88,7 +89,7 @@ pub async fn create<C: GenericClient>(
     }
     // One currency per customer, fixed by the first subscription.
     let currency: Option<String> = tx
-        .query_one("SELECT currency FROM customers WHERE id = $1 FOR UPDATE", &[&customer])
+        .query_one_cached("SELECT currency FROM customers WHERE id = $1 FOR UPDATE", &[&customer])
         .await?
         .get::<_, Option<String>>(0)
         .map(|c| c.trim().to_owned());
@@ -101,7 +102,7 @@ pub async fn create<C: GenericClient>(
         }
         Some(_) => {}
         None => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE customers SET currency = $2::text, updated_at = $3 WHERE id = $1",
                 &[&customer, &price.currency, &now],
             )
@@ -109,7 +110,7 @@ pub async fn create<C: GenericClient>(
         }
     }
     if let Some(m) = method {
-        tx.query_opt(
+        tx.query_opt_cached(
             "SELECT 1 FROM payment_methods WHERE id = $1 AND customer_id = $2 AND detached_at IS NULL",
             &[&m, &customer],
         )
@@ -123,7 +124,7 @@ pub async fn create<C: GenericClient>(
         Trial::Price(0) => 0,
         Trial::Price(days) => {
             let had_one = tx
-                .query_one(
+                .query_one_cached(
                     "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE customer_id = $1 AND trial_plan_id = $2)",
                     &[&customer, &price.plan_id],
                 )
@@ -134,7 +135,7 @@ pub async fn create<C: GenericClient>(
     };
     let has_method = method.is_some()
         || tx
-            .query_one(
+            .query_one_cached(
                 "SELECT default_payment_method_id IS NOT NULL FROM customers WHERE id = $1",
                 &[&customer],
             )
@@ -156,7 +157,7 @@ pub async fn create<C: GenericClient>(
         let period = periods::period(now, price.months, 0);
         (if paid_now { "incomplete" } else { "active" }, now, 0, period, None)
     };
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO subscriptions (id, customer_id, price_id, currency, status, billing_cycle_anchor, cycle_index, \
            current_period_start, current_period_end, trial_start, trial_end, default_payment_method_id, created_at, updated_at, \
            trial_plan_id) \
@@ -205,7 +206,8 @@ pub async fn create<C: GenericClient>(
             },
         )
         .await?;
-        tx.execute("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice]).await?;
+        tx.execute_cached("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice])
+            .await?;
         charge = Some(payments::begin(tx, now, invoice, method, "customer", policy).await?);
     }
     crate::scheduler::schedule_period_end(tx, id, period.1, now).await?;

@@ -3,6 +3,7 @@
 //! subscription whose cut-off is later than the usage.
 
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
@@ -70,7 +71,7 @@ pub async fn record<C: GenericClient>(
     // FOR KEY SHARE: the lock usage's foreign key takes anyway; invoices
     // take FOR UPDATE, so a usage insert and an invoice's claim are ordered.
     let rows = tx
-        .query(
+        .query_cached(
             "SELECT s.id, s.status, p.meter IS NOT NULL, s.created_at, \
                     p.usage_unit_amount_minor > COALESCE(p.usage_package_size, 1) AS dear FROM subscriptions s \
              JOIN prices p ON p.id = s.price_id WHERE s.id = ANY($1) FOR KEY SHARE OF s",
@@ -113,7 +114,7 @@ pub async fn record<C: GenericClient>(
     let quantities: Vec<i64> = records.iter().map(|r| r.quantity).collect();
     let times: Vec<SystemTime> = records.iter().map(|r| r.at).collect();
     let accepted = tx
-        .query(
+        .query_cached(
             "INSERT INTO usage_records (subscription_id, event_id, quantity, occurred_at, recorded_at) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u, (SELECT $5::timestamptz) AS n \
              ON CONFLICT (subscription_id, event_id) DO NOTHING RETURNING subscription_id, event_id",
@@ -131,7 +132,7 @@ pub async fn record<C: GenericClient>(
     let unbillable = if dear.is_empty() {
         None
     } else {
-        tx.query_opt(
+        tx.query_opt_cached(
             "SELECT u.subscription_id FROM usage_records u JOIN subscriptions s ON s.id = u.subscription_id \
              JOIN prices p ON p.id = s.price_id \
              WHERE u.subscription_id = ANY($1) AND u.invoice_id IS NULL \
@@ -162,7 +163,7 @@ pub async fn record<C: GenericClient>(
             pb::UsageRecordOutcome::Accepted
         } else {
             let stored = tx
-                .query_one(
+                .query_one_cached(
                     "SELECT quantity, occurred_at FROM usage_records WHERE subscription_id = $1 AND event_id = $2",
                     &[&r.subscription, &r.event_id],
                 )
@@ -192,7 +193,7 @@ pub async fn unbilled<C: GenericClient>(
     cut: SystemTime,
 ) -> Result<Option<(i64, SystemTime)>, BillingError> {
     let row = tx
-        .query_one(
+        .query_one_cached(
             "SELECT COALESCE(sum(quantity), 0)::bigint, min(occurred_at) FROM usage_records \
              WHERE subscription_id = $1 AND invoice_id IS NULL AND occurred_at < $2",
             &[&sub, &cut],
@@ -212,7 +213,7 @@ pub async fn claim<C: GenericClient>(
     expected: i64,
 ) -> Result<(), BillingError> {
     let claimed: i64 = tx
-        .query_one(
+        .query_one_cached(
             "WITH claimed AS (UPDATE usage_records SET invoice_id = $2 \
                WHERE subscription_id = $1 AND invoice_id IS NULL AND occurred_at < $3 RETURNING quantity) \
              SELECT COALESCE(sum(quantity), 0)::bigint FROM claimed",
@@ -260,7 +261,7 @@ async fn line_before<C: GenericClient>(
     cut: SystemTime,
 ) -> Result<Option<NewLine>, BillingError> {
     let meter = tx
-        .query_one(
+        .query_one_cached(
             "SELECT meter, usage_unit_amount_minor, usage_package_size FROM prices WHERE id = $1",
             &[&price],
         )

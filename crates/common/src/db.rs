@@ -8,6 +8,7 @@
 //! only once `pg_last_wal_replay_lsn()` has reached it (read-your-writes).
 
 mod migrate;
+mod prepared;
 mod wal;
 
 use std::ops::{Deref, DerefMut};
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use tokio_postgres::NoTls;
 
 pub use migrate::{common_fingerprint, fingerprint, migrate, schema_ident};
+pub use prepared::Prepared;
 pub use wal::WalPosition;
 
 use crate::config::{Invalid, Secret, Validate};

@@ -23,7 +23,7 @@ use tenx_proto::events::v1::{Envelope, TraceContext};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Prepared};
 use crate::metrics::{MetricSet, Metrics};
 use crate::queue::{Amqp, Backoff, Outgoing, Publisher, QueueError, Topology};
 use crate::shutdown::Shutdown;
@@ -63,7 +63,7 @@ impl NewEvent {
 pub async fn enqueue<C: GenericClient>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::now_v7();
     let trace = TraceHeaders::current();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO tenx_outbox \
            (id, event_type, aggregate_id, partition, payload, payload_type, traceparent, tracestate) \
          VALUES ($1, $2, $3, (hashtext($3) & 15)::smallint, $4, $5, $6, $7)",
