@@ -1,6 +1,7 @@
 //! Billing figures against the real servers, through the gRPC API:
 //! RecordUsage throughput (one record per call, and batches of 100) and
-//! PayInvoice latency (p50/p99, 16 at a time, `tok_success`).
+//! PayInvoice latency (p50/p99, 16 at a time, `tok_success`) and
+//! throughput.
 //!
 //! `cargo bench -p tenx-billing`; `TENX_BENCH_SAVE=1` rewrites the baseline.
 
@@ -87,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         invoices.push((user, invoice));
     }
     let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(INVOICES)));
-    run(INVOICES, |i| {
+    let paying = run(INVOICES, |i| {
         let (mut c, (user, invoice), latencies) = (client.clone(), invoices[i].clone(), latencies.clone());
         async move {
             let request = pb::PayInvoiceRequest { invoice_id: invoice, ..Default::default() };
@@ -102,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
+    figures.insert("PayInvoice, payments/s, 16 concurrent", Figure::per_second(INVOICES, paying));
     let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     figures.insert("PayInvoice p50, 16 concurrent", Figure::ms(percentile(&mut latencies, 50.0)));
     figures.insert("PayInvoice p99, 16 concurrent", Figure::ms(percentile(&mut latencies, 99.0)));

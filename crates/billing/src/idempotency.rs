@@ -93,8 +93,9 @@ impl Keys {
         let lease = now + self.settings.lease();
         let expires = now + self.settings.ttl();
         let mut conn = db.write().await?;
-        let tx = conn.transaction().await?;
-        let inserted = tx
+        // The common case, a new key, is one statement on its own (no
+        // transaction around it): one round trip instead of three.
+        let inserted = conn
             .execute_cached(
                 "INSERT INTO idempotency_keys (caller, key, method, request_hash, status, locked_until, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, 'in_progress', $5, $6, $7) ON CONFLICT (caller, key) DO NOTHING",
@@ -108,9 +109,9 @@ impl Keys {
             resource_id,
         };
         if inserted == 1 {
-            tx.commit().await?;
             return Ok(Claimed::Run(claim("started".into(), None)));
         }
+        let tx = conn.transaction().await?;
         let row = tx
             .query_one_cached(
                 "SELECT method, request_hash, status, recovery_point, resource_id, locked_until, expires_at, \

@@ -281,55 +281,50 @@ pub async fn settle<C: GenericClient>(
     if let Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) = charged {
         return Ok(false);
     }
-    // One settlement per attempt: a retry's lookup and the reconciler may
-    // race to settle it; the second finds it settled and changes nothing.
-    let still_pending = tx
-        .query_opt_cached(
-            "SELECT 1 FROM payment_attempts WHERE id = $1 AND status = 'pending' FOR UPDATE",
-            &[&attempt.id],
-        )
-        .await?
-        .is_some();
-    if !still_pending {
-        let paid: bool = tx
-            .query_one_cached(
-                "SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1",
-                &[&attempt.id],
-            )
-            .await?
-            .get(0);
-        return Ok(paid);
-    }
-    // Settled: the attempt's reconcile job has nothing left to do (unless
-    // it is the one settling it, and then it finishes itself).
-    tx.execute_cached(
-        "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
-         WHERE dedupe_key = $1 AND status = 'pending' AND (locked_until IS NULL OR locked_until < $2)",
-        &[&format!("reconcile:{}", attempt.id), &now],
-    )
-    .await?;
-    let (failure, message) = match charged {
+    let (status, charge_id, failure, message) = match charged {
         Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) => {
             return Ok(false);
         }
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
-            return succeed(tx, now, attempt, charge_id).await.map(|()| true);
+            ("succeeded", Some(charge_id.as_str()), None, Some(""))
         }
         Charged::Outcome(ChargeOutcome::Declined(Decline::CardDeclined)) => {
-            ("card_declined", "the card was declined")
+            ("failed", None, Some("card_declined"), Some("the card was declined"))
         }
         Charged::Outcome(ChargeOutcome::Declined(Decline::InsufficientFunds)) => {
-            ("insufficient_funds", "the card has insufficient funds")
+            ("failed", None, Some("insufficient_funds"), Some("the card has insufficient funds"))
         }
-        Charged::Unavailable(_) => ("provider_error", "the payment provider failed; nothing was charged"),
-        Charged::NotFound => ("not_found_at_provider", "the provider has no record of this charge"),
+        Charged::Unavailable(_) => {
+            ("failed", None, Some("provider_error"), Some("the payment provider failed; nothing was charged"))
+        }
+        Charged::NotFound => {
+            ("failed", None, Some("not_found_at_provider"), Some("the provider has no record of this charge"))
+        }
     };
-    tx.execute_cached(
-        "UPDATE payment_attempts SET status = 'failed', failure_code = $2, failure_message = $3, completed_at = $4 \
-         WHERE id = $1 AND status = 'pending'",
-        &[&attempt.id, &failure, &message, &now],
-    )
-    .await?;
+    // One settlement per attempt, in one statement: the attempt leaves
+    // `pending` (a retry's lookup and the reconciler may race; the second
+    // waits for the first's row lock, then finds it settled and changes
+    // nothing), and its reconcile job, with nothing left to do, is canceled
+    // (unless it is the one settling it, and then it finishes itself).
+    let row = tx
+        .query_one_cached(
+            "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
+               failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), \
+             job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE dedupe_key = $7 \
+               AND status = 'pending' AND (locked_until IS NULL OR locked_until < $6) AND EXISTS (SELECT 1 FROM settled)) \
+             SELECT EXISTS (SELECT 1 FROM settled), \
+               (SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1)",
+            &[&attempt.id, &status, &charge_id, &failure, &message, &now, &format!("reconcile:{}", attempt.id)],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        // Settled before: paid or not, as it was.
+        return Ok(row.get::<_, Option<bool>>(1).unwrap_or(false));
+    }
+    if let Some(charge_id) = charge_id {
+        return succeed(tx, now, attempt, charge_id).await.map(|()| true);
+    }
+    let (failure, message) = (failure.unwrap_or("provider_error"), message.unwrap_or_default());
     tx.execute_cached(
         "UPDATE invoices SET attempt_count = attempt_count + 1, updated_at = $2 WHERE id = $1",
         &[&attempt.invoice_id, &now],
@@ -338,7 +333,7 @@ pub async fn settle<C: GenericClient>(
     // Only the customer's side is announced: provider trouble is retried
     // without bothering them.
     if matches!(failure, "card_declined" | "insufficient_funds") {
-        let (invoice, party, initiated_by, last4) = context(tx, attempt).await?;
+        let (invoice, party, initiated_by, last4, _) = context(tx, attempt).await?;
         let event = pb::PaymentFailed {
             invoice_id: invoice.id.clone(),
             invoice_number: invoice.number.clone(),
@@ -371,14 +366,16 @@ pub async fn settle<C: GenericClient>(
     Ok(false)
 }
 
+/// What the events of an attempt's settlement say: the invoice, whose it
+/// is, what started the attempt, and the card (last 4, brand).
 async fn context<C: GenericClient>(
     tx: &C,
     attempt: &Attempt,
-) -> Result<(pb::Invoice, Party, i32, String), BillingError> {
+) -> Result<(pb::Invoice, Party, i32, String, String), BillingError> {
     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
     let row = tx
         .query_one_cached(
-            "SELECT a.initiated_by, m.last4, COALESCE(pl.name, '') AS plan_name FROM payment_attempts a \
+            "SELECT a.initiated_by, m.last4, m.brand, COALESCE(pl.name, '') AS plan_name FROM payment_attempts a \
              JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
              LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
              LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
@@ -393,7 +390,7 @@ async fn context<C: GenericClient>(
         "dunning" => pb::PaymentTrigger::Dunning,
         _ => pb::PaymentTrigger::Customer,
     };
-    Ok((invoice, party, trigger as i32, row.get("last4")))
+    Ok((invoice, party, trigger as i32, row.get("last4"), row.get("brand")))
 }
 
 async fn succeed<C: GenericClient>(
@@ -402,34 +399,23 @@ async fn succeed<C: GenericClient>(
     attempt: &Attempt,
     charge_id: &str,
 ) -> Result<(), BillingError> {
-    tx.execute_cached(
-        "UPDATE payment_attempts SET status = 'succeeded', provider_charge_id = $2, completed_at = $3 \
-         WHERE id = $1 AND status = 'pending'",
-        &[&attempt.id, &charge_id, &now],
-    )
-    .await?;
+    // The attempt is recorded as succeeded already (settle). The invoice is
+    // paid; what it was before decides which account the money settles.
     let row = tx
         .query_one_cached(
-            "SELECT status, customer_id, subscription_id FROM invoices WHERE id = $1 FOR UPDATE",
-            &[&attempt.invoice_id],
+            "UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $2, paid_at = $3, \
+               attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 \
+             FROM (SELECT id, status FROM invoices WHERE id = $1 FOR UPDATE) was \
+             WHERE i.id = was.id RETURNING was.status, i.customer_id, i.subscription_id",
+            &[&attempt.invoice_id, &attempt.amount_minor, &now],
         )
         .await?;
     let (was, customer, subscription): (String, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
-    tx.execute_cached(
-        "UPDATE invoices SET status = 'paid', amount_paid_minor = amount_paid_minor + $2, paid_at = $3, \
-           attempt_count = attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 WHERE id = $1",
-        &[&attempt.invoice_id, &attempt.amount_minor, &now],
-    )
-    .await?;
     // Dunning of this invoice is over; its remaining retries are moot.
     tx.execute_cached(
-        "UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $2 \
-         WHERE invoice_id = $1 AND status = 'active'",
-        &[&attempt.invoice_id, &now],
-    )
-    .await?;
-    tx.execute_cached(
-        "UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
+        "WITH recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $2 \
+           WHERE invoice_id = $1 AND status = 'active') \
+         UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
          WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL",
         &[&attempt.invoice_id, &now],
     )
@@ -448,41 +434,36 @@ async fn succeed<C: GenericClient>(
     ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now).await?;
 
     // A subscription that owed money and now owes none is active again.
+    let mut reactivated = None;
     if let Some(sub) = subscription {
-        let previous: String = tx
-            .query_one_cached("SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE", &[&sub])
-            .await?
-            .get(0);
-        let reactivated = tx
-            .execute_cached(
+        // Locked whether or not it changes (the subquery's FOR UPDATE).
+        let previous = tx
+            .query_opt_cached(
                 "UPDATE subscriptions s SET status = 'active', updated_at = $2 \
-                 WHERE s.id = $1 AND s.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
-                   (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible'))",
+                 FROM (SELECT id, status FROM subscriptions WHERE id = $1 FOR UPDATE) prev \
+                 WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+                   (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible')) \
+                 RETURNING prev.status",
                 &[&sub, &now],
             )
             .await?;
-        if reactivated == 1 {
-            let (_, party, _, _) = context(tx, attempt).await?;
-            let subscription = model::load_subscription(tx, sub).await?;
-            let event = pb::SubscriptionUpdated {
-                previous_price_id: subscription.price_id.clone(),
-                subscription: Some(subscription),
-                previous_status: model::subscription_status(&previous) as i32,
-                user_id: party.user_id.to_string(),
-                email: party.email.clone(),
-                plan_name: party.plan_name.clone(),
-            };
-            enqueue(tx, "billing.subscription.updated", sub, &event).await?;
-        }
+        reactivated = previous.map(|row| (sub, row.get::<_, String>(0)));
     }
-    let (invoice, party, _, last4) = context(tx, attempt).await?;
-    let brand: String = tx
-        .query_one_cached(
-            "SELECT m.brand FROM payment_attempts a JOIN payment_methods m ON m.id = a.payment_method_id WHERE a.id = $1",
-            &[&attempt.id],
-        )
-        .await?
-        .get(0);
+    // Everything the events say, read once (the invoice is paid by now).
+    let (invoice, party, _, last4, brand) = context(tx, attempt).await?;
+    let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
+    if let Some((sub, previous)) = reactivated {
+        let subscription = model::load_subscription(tx, sub).await?;
+        let event = pb::SubscriptionUpdated {
+            previous_price_id: subscription.price_id.clone(),
+            subscription: Some(subscription),
+            previous_status: model::subscription_status(&previous) as i32,
+            user_id: party.user_id.to_string(),
+            email: party.email.clone(),
+            plan_name: party.plan_name.clone(),
+        };
+        enqueue(tx, "billing.subscription.updated", sub, &event).await?;
+    }
     let card_brand = match brand.as_str() {
         "visa" => pb::CardBrand::Visa,
         "mastercard" => pb::CardBrand::Mastercard,
@@ -500,6 +481,10 @@ async fn succeed<C: GenericClient>(
         plan_name: party.plan_name,
     };
     enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &event).await?;
-    // The plan change this invoice paid for, if any, is in force now.
-    crate::changes::apply_paid(tx, attempt.invoice_id, now).await
+    // The plan change this invoice paid for, if any, is in force now (only
+    // a plan change's own invoice can have one).
+    if for_a_change {
+        crate::changes::apply_paid(tx, attempt.invoice_id, now).await?;
+    }
+    Ok(())
 }
