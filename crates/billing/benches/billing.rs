@@ -1,7 +1,8 @@
 //! Billing figures against the real servers, through the gRPC API:
 //! RecordUsage throughput (one record per call, and batches of 100) and
-//! PayInvoice latency (p50/p99, 16 at a time, `tok_success`) and
-//! throughput.
+//! PayInvoice latency (p50/p99, 16 at a time) and throughput, with the
+//! simulator (`tok_success`) and with the Stripe provider against
+//! localstripe (`make deps` starts it).
 //!
 //! `cargo bench -p tenx-billing`; `TENX_BENCH_SAVE=1` rewrites the baseline.
 
@@ -16,12 +17,15 @@ use tenx_proto::billing::v1 as pb;
 use tenx_test_support::bench::{self, Figure, percentile};
 use uuid::Uuid;
 
-use support::{TestBilling, keyed, usage};
+use support::{TestBilling, keyed, localstripe, usage};
 
 const CONCURRENCY: usize = 16;
 const SINGLE_RECORDS: usize = 8_000;
 const BATCHES: usize = 200;
 const INVOICES: usize = 320;
+/// Fewer through localstripe: it is a Python process that rewrites its
+/// whole store on every change, so it, not billing, sets that pace.
+const STRIPE_INVOICES: usize = 64;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -65,12 +69,51 @@ async fn main() -> anyhow::Result<()> {
         Figure::per_second(BATCHES * 100, started.elapsed()),
     );
 
-    // Open invoices: a first charge declined, then a working card.
-    let mut invoices = Vec::new();
-    for _ in 0..INVOICES {
+    // Open invoices (a first charge declined, then a working card), paid
+    // 16 at a time: with the simulator, then with Stripe's API (localstripe).
+    let cards = |_| async { Ok(("tok_declined".to_owned(), "tok_success".to_owned())) };
+    let invoices = open_invoices(&client, INVOICES, cards).await?;
+    let names = [
+        "PayInvoice p50, 16 concurrent",
+        "PayInvoice p99, 16 concurrent",
+        "PayInvoice, payments/s, 16 concurrent",
+    ];
+    pay(&client, &invoices, names, &mut figures).await?;
+    support::assert_ledger_invariants(&billing).await?;
+
+    let stripe = localstripe::with_stripe("whsec_bench").await?;
+    let stripe_client = stripe.client().await?;
+    let cards = |_| async {
+        Ok((localstripe::card("4000000000000341").await?, localstripe::card("4242424242424242").await?))
+    };
+    let invoices = open_invoices(&stripe_client, STRIPE_INVOICES, cards).await?;
+    let names = [
+        "PayInvoice p50, Stripe (localstripe), 16 concurrent",
+        "PayInvoice p99, Stripe (localstripe), 16 concurrent",
+        "PayInvoice, payments/s, Stripe (localstripe), 16 concurrent",
+    ];
+    pay(&stripe_client, &invoices, names, &mut figures).await?;
+    support::assert_ledger_invariants(&stripe).await?;
+    bench::report(&figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
+}
+
+/// `n` customers, each with an open invoice (its first charge declined by
+/// the first card) and a working second card as default: `(user, invoice)`.
+async fn open_invoices<F, Fut>(
+    client: &support::Client,
+    n: usize,
+    cards: F,
+) -> anyhow::Result<Vec<(Uuid, String)>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(String, String)>>,
+{
+    let mut invoices = Vec::with_capacity(n);
+    for i in 0..n {
+        let (declined, working) = cards(i).await?;
         let user = Uuid::now_v7();
         let mut c = client.clone();
-        let declined = pb::AddPaymentMethodRequest { token: "tok_declined".into(), set_default: true };
+        let declined = pb::AddPaymentMethodRequest { token: declined, set_default: true };
         c.add_payment_method(keyed(user, "declined", declined)).await?;
         let request = pb::CreateSubscriptionRequest {
             price_id: "20000000-0000-4000-8000-000000000004".into(),
@@ -81,14 +124,25 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner()
             .invoice
-            .expect("invoice")
+            .ok_or_else(|| anyhow::anyhow!("no invoice"))?
             .id;
-        let card = pb::AddPaymentMethodRequest { token: "tok_success".into(), set_default: true };
+        let card = pb::AddPaymentMethodRequest { token: working, set_default: true };
         c.add_payment_method(keyed(user, "card", card)).await?;
         invoices.push((user, invoice));
     }
-    let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(INVOICES)));
-    let paying = run(INVOICES, |i| {
+    Ok(invoices)
+}
+
+/// Pays every invoice, `CONCURRENCY` at a time: figures `names` = p50,
+/// p99 and payments/s.
+async fn pay(
+    client: &support::Client,
+    invoices: &[(Uuid, String)],
+    names: [&'static str; 3],
+    figures: &mut BTreeMap<&'static str, Figure>,
+) -> anyhow::Result<()> {
+    let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(invoices.len())));
+    let paying = run(invoices.len(), |i| {
         let (mut c, (user, invoice), latencies) = (client.clone(), invoices[i].clone(), latencies.clone());
         async move {
             let request = pb::PayInvoiceRequest { invoice_id: invoice, ..Default::default() };
@@ -103,12 +157,12 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    figures.insert("PayInvoice, payments/s, 16 concurrent", Figure::per_second(INVOICES, paying));
     let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    figures.insert("PayInvoice p50, 16 concurrent", Figure::ms(percentile(&mut latencies, 50.0)));
-    figures.insert("PayInvoice p99, 16 concurrent", Figure::ms(percentile(&mut latencies, 99.0)));
-    support::assert_ledger_invariants(&billing).await?;
-    bench::report(&figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
+    let [p50, p99, rate] = names;
+    figures.insert(p50, Figure::ms(percentile(&mut latencies, 50.0)));
+    figures.insert(p99, Figure::ms(percentile(&mut latencies, 99.0)));
+    figures.insert(rate, Figure::per_second(invoices.len(), paying));
+    Ok(())
 }
 
 /// Calls `call(i)` for i in 0..n, `CONCURRENCY` at a time.

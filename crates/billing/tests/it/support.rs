@@ -283,3 +283,73 @@ pub fn usage(
         .collect();
     as_admin(Uuid::now_v7(), tenx_proto::billing::v1::RecordUsageRequest { records })
 }
+
+/// localstripe (a stateful Stripe emulator, started by `make deps` on
+/// 127.0.0.1:8420): its API as Stripe.js and the dashboard call it, and a
+/// billing that takes payments through it.
+pub mod localstripe {
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::TestBilling;
+
+    pub const LOCALSTRIPE: &str = "127.0.0.1:8420";
+    pub const SECRET_KEY: &str = "sk_test_tenx_billing_tests";
+
+    /// One call to localstripe's API, as Stripe.js or the dashboard would make
+    /// it; the JSON answer and its status.
+    pub async fn stripe_api(method: &str, path: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let mut stream = TcpStream::connect(LOCALSTRIPE)
+            .await
+            .map_err(|e| anyhow::anyhow!("localstripe on {LOCALSTRIPE} (run `make deps`): {e}"))?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {LOCALSTRIPE}\r\nAuthorization: Bearer {SECRET_KEY}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let answer = String::from_utf8(answer)?;
+        let (head, json) = answer.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+    }
+
+    /// A PaymentMethod as Stripe.js creates it in the customer's browser.
+    pub async fn card(number: &str) -> anyhow::Result<String> {
+        let form = [
+            ("type", "card"),
+            ("card[number]", number),
+            ("card[exp_month]", "12"),
+            ("card[exp_year]", "2034"),
+            ("card[cvc]", "123"),
+        ];
+        pm(stripe_api("POST", "/v1/payment_methods", &form).await?)
+    }
+
+    /// A SEPA debit PaymentMethod: its charges settle later.
+    pub async fn sepa(iban: &str) -> anyhow::Result<String> {
+        let form = [("type", "sepa_debit"), ("sepa_debit[iban]", iban)];
+        pm(stripe_api("POST", "/v1/payment_methods", &form).await?)
+    }
+
+    fn pm((status, body): (u16, Value)) -> anyhow::Result<String> {
+        anyhow::ensure!(status == 200, "localstripe refused the payment method: {body}");
+        Ok(body["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A billing that takes payments through localstripe.
+    pub async fn with_stripe(webhook_secret: &str) -> anyhow::Result<TestBilling> {
+        let secret = webhook_secret.to_owned();
+        TestBilling::start_with(move |s| {
+            s.provider.kind = "stripe".into();
+            s.provider.stripe_api_base = format!("http://{LOCALSTRIPE}");
+            s.provider.stripe_secret_key = SECRET_KEY.to_owned().into();
+            s.provider.stripe_webhook_secret = secret.into();
+        })
+        .await
+    }
+}
