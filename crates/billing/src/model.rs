@@ -229,7 +229,11 @@ pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<
         .ok_or(BillingError::NotFound("invoice"))?;
     let mut invoice = invoice(&row);
     invoice.lines = db
-        .query_cached("SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no", &[&invoice_id])
+        .query_cached(
+            "SELECT id, kind, description, price_id, quantity, unit_amount_minor, amount_minor, period_start, \
+                    period_end FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no",
+            &[&invoice_id],
+        )
         .await?
         .iter()
         .map(line)

@@ -269,21 +269,32 @@ async fn record_intent(db: &Db, attempt: Uuid, intent: &str) -> Result<(), Provi
     }
 }
 
+/// What settling an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// This call recorded the outcome: whether the invoice is now paid.
+    Now { paid: bool },
+    /// Another settlement came first (a racing retry or reconciler): only
+    /// it acts on the outcome (events, dunning).
+    Before { paid: bool },
+    /// No outcome yet (a timeout, or a payment still processing).
+    Pending,
+}
+
 /// Records the provider's answer, in the caller's transaction: the
 /// attempt, the invoice, the ledger, the subscription and the events.
-/// Returns whether the invoice is now paid.
 pub async fn settle<C: GenericClient>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
     charged: &Charged,
-) -> Result<bool, BillingError> {
+) -> Result<Settled, BillingError> {
     if let Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) = charged {
-        return Ok(false);
+        return Ok(Settled::Pending);
     }
     let (status, charge_id, failure, message) = match charged {
         Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) => {
-            return Ok(false);
+            return Ok(Settled::Pending);
         }
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
             ("succeeded", Some(charge_id.as_str()), None, Some(""))
@@ -312,17 +323,25 @@ pub async fn settle<C: GenericClient>(
                failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), \
              job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE dedupe_key = $7 \
                AND status = 'pending' AND (locked_until IS NULL OR locked_until < $6) AND EXISTS (SELECT 1 FROM settled)) \
-             SELECT EXISTS (SELECT 1 FROM settled), \
-               (SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1)",
+             SELECT EXISTS (SELECT 1 FROM settled)",
             &[&attempt.id, &status, &charge_id, &failure, &message, &now, &format!("reconcile:{}", attempt.id)],
         )
         .await?;
     if !row.get::<_, bool>(0) {
-        // Settled before: paid or not, as it was.
-        return Ok(row.get::<_, Option<bool>>(1).unwrap_or(false));
+        // Settled by someone else: paid or not, as it was. Read in a
+        // statement of its own, whose snapshot sees the other settlement
+        // (the one above may predate its commit).
+        let paid: bool = tx
+            .query_one_cached(
+                "SELECT status = 'succeeded' FROM payment_attempts WHERE id = $1",
+                &[&attempt.id],
+            )
+            .await?
+            .get(0);
+        return Ok(Settled::Before { paid });
     }
     if let Some(charge_id) = charge_id {
-        return succeed(tx, now, attempt, charge_id).await.map(|()| true);
+        return succeed(tx, now, attempt, charge_id).await.map(|()| Settled::Now { paid: true });
     }
     let (failure, message) = (failure.unwrap_or("provider_error"), message.unwrap_or_default());
     tx.execute_cached(
@@ -363,7 +382,7 @@ pub async fn settle<C: GenericClient>(
     // A plan change is never kept unpaid: the one this invoice was for (if
     // any) is abandoned and its invoice voided.
     crate::changes::abandon_unpaid(tx, attempt.invoice_id, now).await?;
-    Ok(false)
+    Ok(Settled::Now { paid: false })
 }
 
 /// What the events of an attempt's settlement say: the invoice, whose it
@@ -436,7 +455,8 @@ async fn succeed<C: GenericClient>(
     // A subscription that owed money and now owes none is active again.
     let mut reactivated = None;
     if let Some(sub) = subscription {
-        // Locked whether or not it changes (the subquery's FOR UPDATE).
+        // Locked (by the subquery's FOR UPDATE) when it may change; an
+        // active one is left alone (apply_paid locks what it changes).
         let previous = tx
             .query_opt_cached(
                 "UPDATE subscriptions s SET status = 'active', updated_at = $2 \

@@ -479,10 +479,15 @@ impl Scheduler {
                 return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
             }
             Charged::Outcome(_) | Charged::NotFound => {
-                let paid = payments::settle(&tx, now, attempt, charged).await?;
+                let settled = payments::settle(&tx, now, attempt, charged).await?;
                 // A customer's own failed payment is only reported to
-                // them; automatic collection moves the dunning ladder.
-                if !paid && matches!(charged, Charged::Outcome(_)) && attempt.initiated_by != "customer" {
+                // them; automatic collection moves the dunning ladder, once
+                // (a settlement that came first already moved it).
+                let declined_now = settled == payments::Settled::Now { paid: false };
+                if declined_now
+                    && matches!(charged, Charged::Outcome(_))
+                    && attempt.initiated_by != "customer"
+                {
                     customer_failed(&self.dunning, &tx, attempt.invoice_id, n, now, job.id).await?;
                 }
                 self.finish(&tx, job).await?;
