@@ -177,7 +177,7 @@ pub async fn issue<C: GenericClient>(
         });
     }
     if entries.iter().any(|e| e.amount_minor != 0) {
-        let about = About { invoice: Some(id), subscription: new.subscription, payment_attempt: None };
+        let about = About { invoice: Some(id), subscription: new.subscription, ..About::default() };
         ledger::post(tx, "invoice_finalized", about, new.currency, &number, &entries, now).await?;
     }
 

@@ -44,6 +44,7 @@ pub struct About {
     pub invoice: Option<Uuid>,
     pub payment_attempt: Option<Uuid>,
     pub subscription: Option<Uuid>,
+    pub refund: Option<Uuid>,
 }
 
 /// Posts one balanced transaction; returns its id.
@@ -62,9 +63,9 @@ pub async fn post<C: GenericClient>(
     }
     let id = Uuid::now_v7();
     tx.execute_cached(
-        "INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, description, posted_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&id, &kind, &about.invoice, &about.payment_attempt, &about.subscription, &description, &now],
+        "INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, refund_id, \
+           description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[&id, &kind, &about.invoice, &about.payment_attempt, &about.subscription, &about.refund, &description, &now],
     )
     .await?;
     for entry in entries.iter().filter(|e| e.amount_minor != 0) {

@@ -17,6 +17,7 @@ pub mod payment_methods;
 pub mod payments;
 pub mod periods;
 pub mod provider;
+pub mod refunds;
 pub mod scheduler;
 pub mod service;
 pub mod settings;

@@ -449,7 +449,12 @@ async fn succeed<C: GenericClient>(
             Entry::customer("accounts_receivable", customer, -attempt.amount_minor)
         },
     ];
-    let about = About { invoice: Some(attempt.invoice_id), payment_attempt: Some(attempt.id), subscription };
+    let about = About {
+        invoice: Some(attempt.invoice_id),
+        payment_attempt: Some(attempt.id),
+        subscription,
+        ..About::default()
+    };
     ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now).await?;
 
     // A subscription that owed money and now owes none is active again.

@@ -104,6 +104,36 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         attempt_id: Uuid,
         intent: Option<&str>,
     ) -> Result<Option<ChargeOutcome>, ProviderError>;
+    /// Gives back `amount_minor` of a succeeded charge; idempotent by
+    /// `refund_id` (the same id never refunds twice, and a repeat answers
+    /// what the first did).
+    async fn refund(&self, refund: RefundRequest<'_>) -> Result<RefundOutcome, ProviderError>;
+}
+
+/// One refund of a charge.
+#[derive(Debug, Clone, Copy)]
+pub struct RefundRequest<'a> {
+    /// The provider's idempotency key.
+    pub refund_id: Uuid,
+    /// The charge: the attempt's id, its provider record (Stripe: the
+    /// PaymentIntent) and the provider's charge id.
+    pub attempt_id: Uuid,
+    pub intent: Option<&'a str>,
+    pub charge_id: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    /// A retry of a refund whose answer was lost: the provider looks for
+    /// it before making one.
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Succeeded {
+        refund_id: String,
+    },
+    /// The provider refused (e.g. more than the charge): nothing moved.
+    Refused(String),
 }
 
 /// The fixed test tokens: (token, brand, last 4, what every charge does).
@@ -143,6 +173,8 @@ enum Behaviour {
 #[derive(Debug, Default)]
 pub struct SimulatedProvider {
     charges: Mutex<BTreeMap<Uuid, ChargeOutcome>>,
+    /// Refunds by their id: (the attempt refunded, amount, outcome).
+    refunds: Mutex<BTreeMap<Uuid, (Uuid, i64, RefundOutcome)>>,
 }
 
 impl SimulatedProvider {
@@ -217,6 +249,29 @@ impl PaymentProvider for SimulatedProvider {
         _intent: Option<&str>,
     ) -> Result<Option<ChargeOutcome>, ProviderError> {
         Ok(self.charges.lock().unwrap_or_else(|p| p.into_inner()).get(&attempt_id).cloned())
+    }
+
+    /// Refunds only a charge it made, once per refund id (how much is
+    /// billing's to check, under the payment's row lock).
+    async fn refund(&self, refund: RefundRequest<'_>) -> Result<RefundOutcome, ProviderError> {
+        let charged = matches!(
+            self.charges.lock().unwrap_or_else(|p| p.into_inner()).get(&refund.attempt_id),
+            Some(ChargeOutcome::Succeeded { .. })
+        );
+        let mut refunds = self.refunds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, done)) = refunds.get(&refund.refund_id) {
+            return Ok(done.clone());
+        }
+        let outcome = if !charged {
+            RefundOutcome::Refused("no such charge".into())
+        } else {
+            RefundOutcome::Succeeded { refund_id: format!("re_sim_{}", refund.refund_id.simple()) }
+        };
+        refunds.insert(refund.refund_id, (refund.attempt_id, refund.amount_minor, outcome.clone()));
+        while refunds.len() > REMEMBERED {
+            refunds.pop_first();
+        }
+        Ok(outcome)
     }
 }
 

@@ -19,9 +19,9 @@ use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
 use crate::payments::{self, Attempt, Charged};
-use crate::provider::{Owner, PaymentProvider, ProviderError};
+use crate::provider::{Owner, PaymentProvider, ProviderError, RefundOutcome};
 use crate::subscriptions::{self, Created};
-use crate::{customers, model, payment_methods, periods};
+use crate::{customers, model, payment_methods, periods, refunds};
 
 const METHOD_PREFIX: &str = "/tenx.billing.v1.BillingService/";
 
@@ -339,6 +339,105 @@ impl Core {
             self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
             tx.commit().await?;
             Ok(response)
+        })
+        .await
+    }
+
+    /// Gives back money of a succeeded payment (operators only). The
+    /// provider call and the settlement run in a task of their own, so a
+    /// caller that goes away does not strand them; a lost answer leaves the
+    /// refund pending for the retry with the same key, which asks the
+    /// provider before refunding.
+    async fn refund_payment(
+        self: &Arc<Self>,
+        metadata: &Call,
+        request: pb::RefundPaymentRequest,
+    ) -> Result<(pb::RefundPaymentResponse, bool), BillingError> {
+        if !is_admin(metadata) {
+            return Err(BillingError::PermissionDenied("needs the admin role"));
+        }
+        let operator = caller(metadata)?;
+        idempotency::key_of(metadata, true)?;
+        let attempt = uuid("payment_attempt_id", &request.payment_attempt_id)?;
+        if request.amount_minor < 0 {
+            return Err(BillingError::invalid(
+                "amount_minor",
+                "must be ≥ 0 (0: everything not yet refunded)",
+            ));
+        }
+        let reason = request.reason.trim().to_owned();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(BillingError::invalid("reason", "is required (at most 500 characters)"));
+        }
+        let amount = request.amount_minor;
+        self.idempotent(metadata, "RefundPayment", &request, |claim| async move {
+            let resumed = match (claim.resource_id, claim.recovery_point.as_str()) {
+                (Some(id), "refund_pending") => Some(id),
+                _ => None,
+            };
+            let refund = match resumed {
+                Some(id) => match refunds::pending(&*self.db.write().await?, id).await? {
+                    Some(pending) => Some(pending),
+                    // Settled meanwhile: only answered.
+                    None => {
+                        let mut conn = self.db.write().await?;
+                        let tx = conn.transaction().await?;
+                        let response =
+                            pb::RefundPaymentResponse { refund: Some(refunds::load(&tx, id).await?) };
+                        self.keys.complete(&tx, self.clock.as_ref(), &claim, &response).await?;
+                        tx.commit().await?;
+                        return Ok(response);
+                    }
+                },
+                None => None,
+            };
+            let (refund, resumed) = match refund {
+                Some(pending) => (pending, true),
+                None => {
+                    let mut conn = self.db.write().await?;
+                    let tx = conn.transaction().await?;
+                    let pending =
+                        refunds::begin(&tx, self.clock.now(), attempt, amount, &reason, operator).await?;
+                    self.keys.progress(&tx, &claim, "refund_pending", pending.id).await?;
+                    tx.commit().await?;
+                    (pending, false)
+                }
+            };
+            let core = Arc::clone(self);
+            let task = async move {
+                let answer = tokio::time::timeout(
+                    core.provider_timeout,
+                    core.provider.refund(refund.request(resumed)),
+                )
+                .await;
+                let outcome = match answer {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) if !resumed => {
+                        // Certainly not refunded: recorded as failed.
+                        RefundOutcome::Refused("the payment provider failed; nothing was refunded".into())
+                    }
+                    _ => {
+                        return Err(BillingError::Provider {
+                            reason: "PROVIDER_TIMEOUT",
+                            message:
+                                "the payment provider did not answer in time; the refund is pending: retry \
+                                      with the same idempotency key"
+                                    .into(),
+                        });
+                    }
+                };
+                let mut conn = core.db.write().await?;
+                let tx = conn.transaction().await?;
+                refunds::settle(&tx, core.clock.now(), &refund, &outcome).await?;
+                let response =
+                    pb::RefundPaymentResponse { refund: Some(refunds::load(&tx, refund.id).await?) };
+                core.keys.complete(&tx, core.clock.as_ref(), &claim, &response).await?;
+                tx.commit().await?;
+                Ok(response)
+            };
+            tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()))
+                .await
+                .map_err(|e| BillingError::Internal(format!("refund task: {e}")))?
         })
         .await
     }
@@ -1123,6 +1222,16 @@ impl BillingService for BillingApi {
         let (metadata, extensions, message) = request.into_parts();
         let metadata = Call::new(metadata, &extensions);
         Ok(Response::new(self.core.get_customer(&metadata, message).await?))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        let (metadata, extensions, message) = request.into_parts();
+        let metadata = Call::new(metadata, &extensions);
+        let (response, replayed) = self.core.refund_payment(&metadata, message).await?;
+        Ok(self.written(response, replayed).await)
     }
 
     async fn receive_provider_event(

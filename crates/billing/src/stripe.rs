@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::provider::{
     AttachedMethod, ChargeOutcome, ChargeRequest, Decline, Owner, PaymentProvider, ProviderError,
+    RefundOutcome, RefundRequest,
 };
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -388,6 +389,56 @@ impl PaymentProvider for StripeProvider {
         // It moved on meanwhile: what it is now.
         let now = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
         Self::outcome(&now).map(Some).ok_or(ProviderError::Timeout)
+    }
+
+    /// A Refund of the payment's PaymentIntent (Idempotency-Key
+    /// `tenx-refund-<id>`, `metadata.tenx_refund_id`).
+    async fn refund(&self, refund: RefundRequest<'_>) -> Result<RefundOutcome, ProviderError> {
+        let Some(intent) = refund.intent else {
+            return Err(ProviderError::Unavailable("the payment has no PaymentIntent to refund".into()));
+        };
+        let (amount, id) = (refund.amount_minor.to_string(), refund.refund_id.to_string());
+        if refund.resumed {
+            // Made already? (Stripe's idempotency keys would also answer,
+            // for 24 h; the refund's own metadata answers for ever.)
+            let listed = self
+                .call(
+                    hyper::Method::GET,
+                    &format!("/v1/refunds?payment_intent={intent}&limit=100"),
+                    &[],
+                    None,
+                )
+                .await?;
+            if listed.status != 200 {
+                return Err(ProviderError::Timeout);
+            }
+            let made = listed.body.get("data").and_then(Value::as_array).and_then(|all| {
+                all.iter().find(|r| {
+                    r.pointer("/metadata/tenx_refund_id").and_then(Value::as_str) == Some(id.as_str())
+                })
+            });
+            if let Some(re) = made.and_then(|r| r.get("id")).and_then(Value::as_str) {
+                return Ok(RefundOutcome::Succeeded { refund_id: re.to_owned() });
+            }
+        }
+        let answer = self
+            .call(
+                hyper::Method::POST,
+                "/v1/refunds",
+                &[("payment_intent", intent), ("amount", &amount), ("metadata[tenx_refund_id]", &id)],
+                Some(&format!("tenx-refund-{id}")),
+            )
+            .await?;
+        match (answer.status, answer.body.get("id").and_then(Value::as_str)) {
+            (200, Some(re)) => match answer.body.get("status").and_then(Value::as_str) {
+                Some("failed" | "canceled") => {
+                    Ok(RefundOutcome::Refused(format!("Stripe's refund {re} failed")))
+                }
+                _ => Ok(RefundOutcome::Succeeded { refund_id: re.to_owned() }),
+            },
+            (400 | 402, _) => Ok(RefundOutcome::Refused(answer.error_message())),
+            _ => Err(ProviderError::Unavailable(answer.error_message())),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod lifecycle;
 mod outbox;
 mod payments;
 mod reconcile;
+mod refunds;
 mod replica;
 mod stripe;
 mod support;
