@@ -27,3 +27,24 @@ CREATE INDEX refunds_payment ON refunds (payment_attempt_id);
 ALTER TABLE ledger_transactions ADD COLUMN refund_id uuid REFERENCES refunds (id);
 CREATE UNIQUE INDEX ledger_transactions_refund_once ON ledger_transactions (kind, refund_id)
     WHERE refund_id IS NOT NULL;
+
+-- Refunds are money history: never deleted, and once settled never
+-- changed; a pending one only becomes succeeded or failed.
+CREATE FUNCTION refunds_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'refunds are never deleted' USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF OLD.status <> 'pending' OR NEW.status = 'pending'
+       OR (NEW.id, NEW.payment_attempt_id, NEW.invoice_id, NEW.customer_id, NEW.amount_minor, NEW.currency,
+           NEW.reason, NEW.provider, NEW.requested_by, NEW.created_at)
+          IS DISTINCT FROM
+          (OLD.id, OLD.payment_attempt_id, OLD.invoice_id, OLD.customer_id, OLD.amount_minor, OLD.currency,
+           OLD.reason, OLD.provider, OLD.requested_by, OLD.created_at) THEN
+        RAISE EXCEPTION 'refund %: only pending → succeeded | failed may be recorded', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refunds_guard BEFORE UPDATE OR DELETE ON refunds
+    FOR EACH ROW EXECUTE FUNCTION refunds_guard();

@@ -416,12 +416,21 @@ impl Core {
                         // Certainly not refunded: recorded as failed.
                         RefundOutcome::Refused("the payment provider failed; nothing was refunded".into())
                     }
+                    Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) => {
+                        return Err(BillingError::Provider {
+                            reason: "PROVIDER_ERROR",
+                            message:
+                                "the payment provider failed; the refund is still pending: retry with the \
+                                      same idempotency key"
+                                    .into(),
+                        });
+                    }
                     _ => {
                         return Err(BillingError::Provider {
                             reason: "PROVIDER_TIMEOUT",
                             message:
-                                "the payment provider did not answer in time; the refund is pending: retry \
-                                      with the same idempotency key"
+                                "the payment provider's answer is not known yet; the refund is pending: \
+                                      retry with the same idempotency key"
                                     .into(),
                         });
                     }

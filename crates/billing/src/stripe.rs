@@ -197,6 +197,20 @@ impl StripeProvider {
     }
 }
 
+/// What a Stripe Refund object says. Only `succeeded` is money given back;
+/// one still `pending` (or one without an id) is not known yet: the refund
+/// stays pending for a retry with the same key, which finds it again.
+fn refund_outcome(refund: &Value) -> Result<RefundOutcome, ProviderError> {
+    let id = refund.get("id").and_then(Value::as_str).filter(|id| is_object_id(id, "re_"));
+    match (id, refund.get("status").and_then(Value::as_str)) {
+        (Some(re), Some("succeeded")) => Ok(RefundOutcome::Succeeded { refund_id: re.to_owned() }),
+        (Some(re), Some("failed" | "canceled")) => {
+            Ok(RefundOutcome::Refused(format!("Stripe's refund {re} failed")))
+        }
+        _ => Err(ProviderError::Timeout),
+    }
+}
+
 /// Waiting for the customer (3-D Secure): an off-session charge cannot
 /// have them, so it is a decline, and the intent is canceled first.
 fn needs_the_customer(intent: &Value) -> bool {
@@ -401,14 +415,11 @@ impl PaymentProvider for StripeProvider {
         if refund.resumed {
             // Made already? (Stripe's idempotency keys would also answer,
             // for 24 h; the refund's own metadata answers for ever.)
-            let listed = self
-                .call(
-                    hyper::Method::GET,
-                    &format!("/v1/refunds?payment_intent={intent}&limit=100"),
-                    &[],
-                    None,
-                )
-                .await?;
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("payment_intent", intent)
+                .append_pair("limit", "100")
+                .finish();
+            let listed = self.call(hyper::Method::GET, &format!("/v1/refunds?{query}"), &[], None).await?;
             if listed.status != 200 {
                 return Err(ProviderError::Timeout);
             }
@@ -417,8 +428,8 @@ impl PaymentProvider for StripeProvider {
                     r.pointer("/metadata/tenx_refund_id").and_then(Value::as_str) == Some(id.as_str())
                 })
             });
-            if let Some(re) = made.and_then(|r| r.get("id")).and_then(Value::as_str) {
-                return Ok(RefundOutcome::Succeeded { refund_id: re.to_owned() });
+            if let Some(made) = made {
+                return refund_outcome(made);
             }
         }
         let answer = self
@@ -429,14 +440,9 @@ impl PaymentProvider for StripeProvider {
                 Some(&format!("tenx-refund-{id}")),
             )
             .await?;
-        match (answer.status, answer.body.get("id").and_then(Value::as_str)) {
-            (200, Some(re)) => match answer.body.get("status").and_then(Value::as_str) {
-                Some("failed" | "canceled") => {
-                    Ok(RefundOutcome::Refused(format!("Stripe's refund {re} failed")))
-                }
-                _ => Ok(RefundOutcome::Succeeded { refund_id: re.to_owned() }),
-            },
-            (400 | 402, _) => Ok(RefundOutcome::Refused(answer.error_message())),
+        match answer.status {
+            200 => refund_outcome(&answer.body),
+            400 | 402 => Ok(RefundOutcome::Refused(answer.error_message())),
             _ => Err(ProviderError::Unavailable(answer.error_message())),
         }
     }

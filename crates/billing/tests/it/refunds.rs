@@ -73,6 +73,7 @@ async fn a_payment_is_refunded_in_parts_up_to_its_amount_and_never_beyond() -> a
     // The same key again: the same refund, not a second one.
     let again = client.refund_payment(refund(operator, "r1", &payment.id, 2000, "goodwill")).await?;
     assert_eq!(again.metadata().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(again.into_inner().refund.map(|r| r.id), Some(part.id.clone()), "the same refund");
     // 0: all that is left.
     let rest =
         client.refund_payment(refund(operator, "r2", &payment.id, 0, "canceled order")).await?.into_inner();
@@ -162,5 +163,33 @@ async fn a_stripe_payment_is_refunded_through_a_refund_of_its_payment_intent() -
     assert_eq!(refunds[0]["id"].as_str(), Some(done.provider_refund_id.as_str()));
     assert_eq!(refunds[0]["metadata"]["tenx_refund_id"].as_str(), Some(done.id.as_str()));
     assert_eq!(balance(&billing, "provider_clearing", &payment.id).await?, 5000 - 1500);
+    assert_ledger_invariants(&billing).await
+}
+
+#[tokio::test]
+async fn concurrent_refunds_of_a_whole_payment_give_it_back_once() -> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let (user, operator) = (Uuid::now_v7(), Uuid::now_v7());
+    let payment = paid(&mut client, user, "tok_success").await?;
+    // Eight operators' tools, each with its own key, all asking for it all.
+    let calls = (0..8).map(|i| {
+        let (mut client, id) = (client.clone(), payment.id.clone());
+        async move {
+            client.refund_payment(refund(operator, &format!("all-{i}"), &id, 0, "duplicate order")).await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let refunded: Vec<i64> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .filter_map(|r| r.get_ref().refund.as_ref())
+        .map(|r| r.amount_minor)
+        .collect();
+    assert_eq!(refunded, vec![5000], "one refund of the whole payment");
+    for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(reason(refused), "REFUND_EXCEEDS_PAYMENT", "{refused:?}");
+    }
+    assert_eq!(balance(&billing, "provider_clearing", &payment.id).await?, 0);
     assert_ledger_invariants(&billing).await
 }
