@@ -1,12 +1,12 @@
 //! Billing's customer-facing events as template data: the receipt of a
-//! paid invoice (`billing.invoice.paid`) and the notice of a failed
-//! payment (`billing.payment.failed`). Everything a template shows is
+//! paid invoice (`billing.invoice.paid`), the notice of a failed payment
+//! (`billing.payment.failed`) and of a refund (`billing.payment.refunded`). Everything a template shows is
 //! computed here (dates, amounts, human wording of codes), so templates
 //! only place strings.
 
 use prost_types::Timestamp;
 use serde_json::{Value, json};
-use tenx_proto::billing::v1::{CardBrand, InvoicePaid, PaymentFailed, PaymentFailureCode};
+use tenx_proto::billing::v1::{CardBrand, InvoicePaid, PaymentFailed, PaymentFailureCode, PaymentRefunded};
 
 /// `YYYY-MM-DD` (UTC) of a timestamp.
 pub fn iso_date(t: &Timestamp) -> String {
@@ -145,6 +145,18 @@ pub fn payment_failed(e: &PaymentFailed) -> Value {
         "attempt_count": e.attempt_count,
         "next_retry": date_or_null(e.next_retry_at.as_ref()),
         "final": e.r#final,
+    })
+}
+
+/// Data of the `billing_refund` template.
+pub fn refund(e: &PaymentRefunded) -> Value {
+    let refund = e.refund.clone().unwrap_or_default();
+    let money = Money { currency: &refund.currency, exponent: exponent_of(&e.amount_display) };
+    json!({
+        "email": e.email,
+        "invoice_number": e.invoice_number,
+        "amount_refunded": money.of(refund.amount_minor, &e.amount_display),
+        "card_last4": e.card_last4,
     })
 }
 

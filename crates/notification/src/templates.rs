@@ -48,7 +48,7 @@ const ACCOUNT: Kind = CATEGORIES[0];
 const SECURITY: Kind = CATEGORIES[1];
 const BILLING: Kind = CATEGORIES[2];
 
-fn builtins() -> [Builtin; 6] {
+fn builtins() -> [Builtin; 7] {
     [
         builtin!("welcome", ACCOUNT, in_app),
         builtin!("verify_email", SECURITY),
@@ -56,6 +56,7 @@ fn builtins() -> [Builtin; 6] {
         builtin!("password_changed", SECURITY, in_app),
         builtin!("billing_receipt", BILLING, in_app),
         builtin!("billing_payment_failed", BILLING, in_app),
+        builtin!("billing_refund", BILLING, in_app),
     ]
 }
 
@@ -177,7 +178,9 @@ mod tests {
             "card": { "brand": "Visa", "last4": "4242" },
             // billing_payment_failed
             "amount_due": "USD 20.00", "reason": "your card was declined", "card_last4": "0002",
-            "attempt_count": 1, "next_retry": "2026-03-04", "final": false
+            "attempt_count": 1, "next_retry": "2026-03-04", "final": false,
+            // billing_refund
+            "amount_refunded": "USD 15.00"
         });
         for (name, ..) in builtins() {
             let rendered = templates.render(name, &data).expect("renders");

@@ -166,6 +166,21 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
+        "billing.payment.refunded" => {
+            let e = billing::PaymentRefunded::decode(payload).map_err(reject)?;
+            if no_email("billing.payment.refunded", &dedupe, &e.user_id, &e.email) {
+                return Ok(None);
+            }
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data: crate::billing::refund(&e),
+                email: e.email,
+                template: "billing_refund".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
+            }
+        }
         "notification.send_requested" => {
             let e = SendRequested::decode(payload).map_err(reject)?;
             Job {

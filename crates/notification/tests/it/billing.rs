@@ -211,3 +211,38 @@ async fn billing_events_without_an_email_or_a_charge_are_acked_without_sending()
     assert!(mails_to(&email)?.len() == 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refund_tells_the_customer_how_much_came_back_to_which_card() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = billing::PaymentRefunded {
+        refund: Some(billing::Refund {
+            id: Uuid::now_v7().to_string(),
+            amount_minor: 1500,
+            currency: "USD".into(),
+            status: billing::RefundStatus::Succeeded as i32,
+            ..Default::default()
+        }),
+        invoice_number: "7QX2KM4B-0005".into(),
+        user_id: user.to_string(),
+        email: email.clone(),
+        amount_display: "USD 15.00".into(),
+        card_last4: "4242".into(),
+    };
+    // Delivered twice (the relay's at-least-once): one email.
+    let id = Uuid::now_v7().to_string();
+    notify.publish(&id, "billing.payment.refunded", &event).await?;
+    notify.publish(&id, "billing.payment.refunded", &event).await?;
+
+    let mails = wait_for_mails(&email, 1).await?;
+    assert_eq!(subject(&mails[0]), "Refund for invoice 7QX2KM4B-0005");
+    let text = text_part(&mails[0]);
+    assert!(
+        text.contains("We refunded USD 15.00 of invoice 7QX2KM4B-0005 to your card ending in 4242."),
+        "{text}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(mails_to(&email)?.len(), 1, "one email for one refund");
+    Ok(())
+}
