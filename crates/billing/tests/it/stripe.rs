@@ -182,11 +182,15 @@ async fn an_intent_left_unconfirmed_by_a_crash_is_canceled_and_counts_as_not_cha
 async fn webhook_receiver()
 -> anyhow::Result<(String, tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, String)>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/stripe", listener.local_addr()?);
+    // A path of its own: localstripe keeps every registration it was ever
+    // given, so an earlier run's endpoint (another secret) may have had
+    // this port; its deliveries are answered and dropped.
+    let path = format!("/stripe/{}", Uuid::new_v4().simple());
+    let url = format!("http://{}{path}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let (tx, path) = (tx.clone(), path.clone());
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 8192];
@@ -217,7 +221,9 @@ async fn webhook_receiver()
                                 .map(|(_, v)| v.trim().to_owned())
                         })
                         .unwrap_or_default();
-                    let _ = tx.send((body, signature));
+                    if original.split_whitespace().nth(1) == Some(path.as_str()) {
+                        let _ = tx.send((body, signature));
+                    }
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
                     return;
                 }
