@@ -14,7 +14,8 @@ use crate::provider::AttachedMethod;
 const COLUMNS: &str = "p.id, p.customer_id, p.brand, p.last4, p.exp_month, p.exp_year, p.created_at, \
                        c.default_payment_method_id = p.id AS is_default";
 
-fn brand(raw: &str) -> pb::CardBrand {
+/// A stored brand (`visa`, …) as the API names it.
+pub(crate) fn brand(raw: &str) -> pb::CardBrand {
     match raw {
         "visa" => pb::CardBrand::Visa,
         "mastercard" => pb::CardBrand::Mastercard,

@@ -489,12 +489,7 @@ async fn succeed<C: GenericClient>(
         };
         enqueue(tx, "billing.subscription.updated", sub, &event).await?;
     }
-    let card_brand = match brand.as_str() {
-        "visa" => pb::CardBrand::Visa,
-        "mastercard" => pb::CardBrand::Mastercard,
-        "amex" => pb::CardBrand::Amex,
-        _ => pb::CardBrand::Other,
-    };
+    let card_brand = crate::payment_methods::brand(&brand);
     let event = pb::InvoicePaid {
         amount_paid_display: model::display(tx, &invoice.currency, invoice.amount_paid_minor).await?,
         invoice: Some(invoice),

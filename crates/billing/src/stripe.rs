@@ -221,16 +221,24 @@ impl StripeProvider {
     /// Cancels an intent that waits for the customer, so it can never be
     /// completed after tenx recorded a decline; what it is if that fails.
     async fn give_up(&self, id: &str) -> Result<ChargeOutcome, ProviderError> {
-        let canceled =
-            self.call(hyper::Method::POST, &format!("/v1/payment_intents/{id}/cancel"), &[], None).await?;
-        if canceled.status == 200 {
+        let Some(now) = self.cancel(id).await? else {
             return Ok(ChargeOutcome::Declined(Decline::CardDeclined));
-        }
-        let now = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
+        };
         match Self::outcome(&now) {
             Some(outcome) if !needs_the_customer(&now) => Ok(outcome),
             _ => Err(ProviderError::Timeout),
         }
+    }
+
+    /// Cancels an intent: `None` once canceled, else (it moved on
+    /// meanwhile) the intent as it is now.
+    async fn cancel(&self, id: &str) -> Result<Option<Value>, ProviderError> {
+        let canceled =
+            self.call(hyper::Method::POST, &format!("/v1/payment_intents/{id}/cancel"), &[], None).await?;
+        if canceled.status == 200 {
+            return Ok(None);
+        }
+        self.intent(id).await?.ok_or(ProviderError::Timeout).map(Some)
     }
 }
 
@@ -395,13 +403,8 @@ impl PaymentProvider for StripeProvider {
         }
         // Never confirmed (the process stopped between the two steps):
         // cancel it, so a confirmation still on its way cannot charge later.
-        let canceled =
-            self.call(hyper::Method::POST, &format!("/v1/payment_intents/{id}/cancel"), &[], None).await?;
-        if canceled.status == 200 {
-            return Ok(None);
-        }
+        let Some(now) = self.cancel(id).await? else { return Ok(None) };
         // It moved on meanwhile: what it is now.
-        let now = self.intent(id).await?.ok_or(ProviderError::Timeout)?;
         Self::outcome(&now).map(Some).ok_or(ProviderError::Timeout)
     }
 

@@ -75,11 +75,7 @@ pub fn verify(
         return Err(WebhookError::BadSignature("the timestamp is outside the tolerance"));
     }
     // One MAC over the body, compared with each candidate in constant time.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(payload);
-    let expected = mac.finalize().into_bytes();
+    let expected = mac(secret, timestamp, payload);
     let matches = signatures
         .iter()
         .any(|signature| signature.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
@@ -117,12 +113,17 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 /// A signature as Stripe makes it (tests sign their own events with it).
 pub fn sign(payload: &[u8], secret: &str, at: SystemTime) -> String {
     let t = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let hex: String = mac(secret, t, payload).iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
+}
+
+/// Stripe's MAC: HMAC-SHA256 of `<t>.<payload>` under the secret.
+fn mac(secret: &str, t: u64, payload: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(payload);
-    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
