@@ -62,28 +62,39 @@ pub async fn post<C: GenericClient>(
         return Err(BillingError::Internal(format!("{kind}: entries sum to {sum}, not 0")));
     }
     let id = Uuid::now_v7();
+    let entries: Vec<&Entry> = entries.iter().filter(|e| e.amount_minor != 0).collect();
+    let ids: Vec<Uuid> = entries.iter().map(|_| Uuid::now_v7()).collect();
+    let accounts: Vec<&str> = entries.iter().map(|e| e.account).collect();
+    let customers: Vec<Option<Uuid>> = entries.iter().map(|e| e.customer_id).collect();
+    let subscriptions: Vec<Option<Uuid>> = entries.iter().map(|e| e.subscription_id).collect();
+    let amounts: Vec<i64> = entries.iter().map(|e| e.amount_minor).collect();
+    // The transaction and its entries in one statement (one round trip);
+    // the entries' foreign key is checked at its end, when both exist.
     tx.execute_cached(
-        "INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, refund_id, \
-           description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[&id, &kind, &about.invoice, &about.payment_attempt, &about.subscription, &about.refund, &description, &now],
+        "WITH t AS (INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, \
+           refund_id, description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) \
+         INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, \
+           amount_minor, posted_at) \
+         SELECT e.id, $1, e.account, e.customer_id, e.subscription_id, $9::text, e.amount_minor, $8 \
+         FROM unnest($10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::bigint[]) \
+           AS e (id, account, customer_id, subscription_id, amount_minor)",
+        &[
+            &id,
+            &kind,
+            &about.invoice,
+            &about.payment_attempt,
+            &about.subscription,
+            &about.refund,
+            &description,
+            &now,
+            &currency,
+            &ids,
+            &accounts,
+            &customers,
+            &subscriptions,
+            &amounts,
+        ],
     )
     .await?;
-    for entry in entries.iter().filter(|e| e.amount_minor != 0) {
-        tx.execute_cached(
-            "INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, amount_minor, posted_at) \
-             VALUES ($1, $2, $3, $4, $5, $6::text, $7, $8)",
-            &[
-                &Uuid::now_v7(),
-                &id,
-                &entry.account,
-                &entry.customer_id,
-                &entry.subscription_id,
-                &currency,
-                &entry.amount_minor,
-                &now,
-            ],
-        )
-        .await?;
-    }
     Ok(id)
 }

@@ -18,6 +18,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::error::BillingError;
+use crate::idempotency::Claim;
 use crate::invoices::{Party, enqueue};
 use crate::ledger::{self, About, Entry};
 use crate::model;
@@ -60,87 +61,116 @@ pub struct Policy {
     pub reconcile_after: Duration,
 }
 
+/// What to begin: which invoice, on whose behalf, with which card.
+#[derive(Debug, Clone, Copy)]
+pub struct Begin<'a> {
+    pub invoice: Uuid,
+    /// The customer's user, when the invoice must be theirs (a customer's
+    /// own request): another's invoice is "not found", as a missing one.
+    pub owner: Option<Uuid>,
+    /// The card to charge; by default the subscription's, then the
+    /// customer's default.
+    pub method: Option<Uuid>,
+    /// `customer`, `automatic` or `dunning`.
+    pub initiated_by: &'a str,
+    /// The idempotency key of the request, pointed at the new attempt
+    /// (recovery point `charge_pending`) in the same statement.
+    pub claim: Option<&'a Claim>,
+}
+
 /// Locks the invoice, checks it can be paid, picks the payment method and
-/// records a `pending` attempt and its reconcile job, in the caller's
-/// transaction.
+/// records a `pending` attempt, its reconcile job and (with a claim) the
+/// key's recovery point — in one statement, so it is atomic on its own
+/// (a customer's payment needs no transaction around it) and costs one
+/// round trip. Inside the caller's transaction when there is one.
 pub async fn begin<C: GenericClient>(
     tx: &C,
     now: SystemTime,
-    invoice_id: Uuid,
-    method: Option<Uuid>,
-    initiated_by: &str,
+    what: Begin<'_>,
     policy: Policy,
 ) -> Result<Attempt, BillingError> {
-    let invoice = tx
+    // `inv` locks the invoice (a concurrent payment waits here, then sees
+    // the invoice as that one left it); the inserts run only when every
+    // check passes, and the last SELECT says which one failed.
+    const BEGIN: &str = "\
+        WITH inv AS (\
+          SELECT i.id, i.status, i.customer_id, i.currency, i.amount_due_minor - i.amount_paid_minor AS remaining, \
+                 COALESCE($3::uuid, s.default_payment_method_id, c.default_payment_method_id) AS method \
+          FROM invoices i JOIN customers c ON c.id = i.customer_id \
+          LEFT JOIN subscriptions s ON s.id = i.subscription_id \
+          WHERE i.id = $1 AND ($2::uuid IS NULL OR c.user_id = $2) FOR UPDATE OF i), \
+        pm AS (SELECT m.id, m.provider_ref FROM payment_methods m JOIN inv \
+          ON m.id = inv.method AND m.customer_id = inv.customer_id WHERE m.detached_at IS NULL), \
+        attempt AS (INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, \
+            currency, status, initiated_by, provider, created_at) \
+          SELECT $4, inv.id, inv.customer_id, pm.id, inv.remaining, inv.currency, 'pending', $5, $6, $7 \
+          FROM inv CROSS JOIN pm WHERE inv.status IN ('open', 'uncollectible') AND inv.remaining > 0 \
+          RETURNING id), \
+        job AS (INSERT INTO billing_jobs (id, kind, dedupe_key, invoice_id, payment_attempt_id, run_at, created_at) \
+          SELECT $8, 'payment_reconcile', $9, $1, attempt.id, $10, $7 FROM attempt \
+          ON CONFLICT (dedupe_key) DO NOTHING), \
+        progress AS (UPDATE idempotency_keys k SET recovery_point = 'charge_pending', resource_id = attempt.id \
+          FROM attempt WHERE k.caller = $11 AND k.key = $12) \
+        SELECT inv.status, inv.currency, inv.remaining, inv.method, pm.provider_ref, \
+               EXISTS (SELECT 1 FROM attempt) AS begun \
+        FROM inv LEFT JOIN pm ON true";
+    let id = Uuid::now_v7();
+    let (caller, key) = what.claim.map(|c| (c.caller.as_str(), c.key.as_str())).unzip();
+    let row = tx
         .query_opt_cached(
-            "SELECT i.status, i.customer_id, i.currency, i.amount_due_minor - i.amount_paid_minor AS remaining, \
-                    s.default_payment_method_id AS sub_method, c.default_payment_method_id AS customer_method \
-             FROM invoices i JOIN customers c ON c.id = i.customer_id \
-             LEFT JOIN subscriptions s ON s.id = i.subscription_id WHERE i.id = $1 FOR UPDATE OF i",
-            &[&invoice_id],
+            BEGIN,
+            &[
+                &what.invoice,
+                &what.owner,
+                &what.method,
+                &id,
+                &what.initiated_by,
+                &policy.provider,
+                &now,
+                &Uuid::now_v7(),
+                &format!("reconcile:{id}"),
+                &(now + policy.reconcile_after),
+                &caller,
+                &key,
+            ],
         )
-        .await?
-        .ok_or(BillingError::NotFound("invoice"))?;
-    let status: String = invoice.get("status");
-    let remaining: i64 = invoice.get("remaining");
+        .await;
+    let row = match row {
+        Ok(row) => row.ok_or(BillingError::NotFound("invoice"))?,
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(BillingError::Busy {
+                reason: "PAYMENT_IN_PROGRESS",
+                message: "another payment of this invoice is in progress".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status: String = row.get("status");
+    let remaining: i64 = row.get("remaining");
     if !matches!(status.as_str(), "open" | "uncollectible") || remaining <= 0 {
         return Err(BillingError::refused(
             "INVOICE_NOT_PAYABLE",
             format!("the invoice is {status}; nothing to pay"),
         ));
     }
-    let customer: Uuid = invoice.get("customer_id");
-    let method = method
-        .or(invoice.get::<_, Option<Uuid>>("sub_method"))
-        .or(invoice.get::<_, Option<Uuid>>("customer_method"))
-        .ok_or_else(|| BillingError::refused("PAYMENT_METHOD_REQUIRED", "add a payment method first"))?;
-    let provider_ref: String = tx
-        .query_opt_cached(
-            "SELECT provider_ref FROM payment_methods WHERE id = $1 AND customer_id = $2 AND detached_at IS NULL",
-            &[&method, &customer],
-        )
-        .await?
-        .ok_or(BillingError::NotFound("payment method"))?
-        .get(0);
-    let id = Uuid::now_v7();
-    let currency: String = invoice.get::<_, String>("currency").trim().to_owned();
-    let inserted = tx
-        .execute_cached(
-            "INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, currency, \
-               status, initiated_by, provider, created_at) VALUES ($1, $2, $3, $4, $5, $6::text, 'pending', $7, $8, $9)",
-            &[&id, &invoice_id, &customer, &method, &remaining, &currency, &initiated_by, &policy.provider, &now],
-        )
-        .await;
-    match inserted {
-        Ok(_) => {
-            crate::scheduler::schedule(
-                tx,
-                "payment_reconcile",
-                &format!("reconcile:{id}"),
-                None,
-                Some(invoice_id),
-                Some(id),
-                now + policy.reconcile_after,
-                now,
-            )
-            .await?;
-            Ok(Attempt {
-                id,
-                invoice_id,
-                provider_ref,
-                amount_minor: remaining,
-                currency,
-                initiated_by: initiated_by.to_owned(),
-                intent: None,
-            })
-        }
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(BillingError::Busy {
-            reason: "PAYMENT_IN_PROGRESS",
-            message: "another payment of this invoice is in progress".into(),
-            retry_after: Duration::from_secs(1),
-        }),
-        Err(e) => Err(e.into()),
+    if row.get::<_, Option<Uuid>>("method").is_none() {
+        return Err(BillingError::refused("PAYMENT_METHOD_REQUIRED", "add a payment method first"));
     }
+    let provider_ref: String =
+        row.get::<_, Option<String>>("provider_ref").ok_or(BillingError::NotFound("payment method"))?;
+    if !row.get::<_, bool>("begun") {
+        return Err(BillingError::Internal("a payable invoice's attempt was not recorded".into()));
+    }
+    Ok(Attempt {
+        id,
+        invoice_id: what.invoice,
+        provider_ref,
+        amount_minor: remaining,
+        currency: row.get::<_, String>("currency").trim().to_owned(),
+        initiated_by: what.initiated_by.to_owned(),
+        intent: None,
+    })
 }
 
 /// A pending attempt (to resume after a timeout or a crash).
@@ -289,12 +319,20 @@ pub async fn settle<C: GenericClient>(
     attempt: &Attempt,
     charged: &Charged,
 ) -> Result<Settled, BillingError> {
-    if let Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) = charged {
-        return Ok(Settled::Pending);
-    }
+    settle_reading(tx, now, attempt, charged).await.map(|(settled, _)| settled)
+}
+
+/// [`settle`], also returning the invoice as this settlement paid it (read
+/// for the events anyway), so a reply need not read it again.
+pub async fn settle_reading<C: GenericClient>(
+    tx: &C,
+    now: SystemTime,
+    attempt: &Attempt,
+    charged: &Charged,
+) -> Result<(Settled, Option<pb::Invoice>), BillingError> {
     let (status, charge_id, failure, message) = match charged {
         Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) => {
-            return Ok(Settled::Pending);
+            return Ok((Settled::Pending, None));
         }
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
             ("succeeded", Some(charge_id.as_str()), None, Some(""))
@@ -338,10 +376,11 @@ pub async fn settle<C: GenericClient>(
             )
             .await?
             .get(0);
-        return Ok(Settled::Before { paid });
+        return Ok((Settled::Before { paid }, None));
     }
     if let Some(charge_id) = charge_id {
-        return succeed(tx, now, attempt, charge_id).await.map(|()| Settled::Now { paid: true });
+        let invoice = succeed(tx, now, attempt, charge_id).await?;
+        return Ok((Settled::Now { paid: true }, Some(invoice)));
     }
     let (failure, message) = (failure.unwrap_or("provider_error"), message.unwrap_or_default());
     tx.execute_cached(
@@ -382,7 +421,7 @@ pub async fn settle<C: GenericClient>(
     // A plan change is never kept unpaid: the one this invoice was for (if
     // any) is abandoned and its invoice voided.
     crate::changes::abandon_unpaid(tx, attempt.invoice_id, now).await?;
-    Ok(Settled::Now { paid: false })
+    Ok((Settled::Now { paid: false }, None))
 }
 
 /// What the events of an attempt's settlement say: the invoice, whose it
@@ -391,19 +430,26 @@ async fn context<C: GenericClient>(
     tx: &C,
     attempt: &Attempt,
 ) -> Result<(pb::Invoice, Party, i32, String, String), BillingError> {
-    let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
-    let row = tx
-        .query_one_cached(
-            "SELECT a.initiated_by, m.last4, m.brand, COALESCE(pl.name, '') AS plan_name FROM payment_attempts a \
-             JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
-             LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
-             LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
-            &[&attempt.id],
-        )
-        .await?;
-    let customer =
-        Uuid::parse_str(&invoice.customer_id).map_err(|e| BillingError::Internal(e.to_string()))?;
-    let party = Party::load(tx, customer, row.get("plan_name")).await?;
+    // Pipelined with the invoice's own reads: one round trip in all.
+    let (invoice, row) = futures_util::try_join!(model::load_invoice(tx, attempt.invoice_id), async {
+        tx.query_one_cached(
+                "SELECT a.initiated_by, m.last4, m.brand, COALESCE(pl.name, '') AS plan_name, \
+                        c.id AS customer_id, c.user_id, c.email FROM payment_attempts a \
+                 JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
+                 JOIN customers c ON c.id = i.customer_id \
+                 LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
+                 LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
+                &[&attempt.id],
+            )
+            .await
+            .map_err(BillingError::from)
+    },)?;
+    let party = Party {
+        customer_id: row.get("customer_id"),
+        user_id: row.get("user_id"),
+        email: row.get("email"),
+        plan_name: row.get("plan_name"),
+    };
     let trigger = match row.get::<_, String>("initiated_by").as_str() {
         "automatic" => pb::PaymentTrigger::Automatic,
         "dunning" => pb::PaymentTrigger::Dunning,
@@ -417,28 +463,38 @@ async fn succeed<C: GenericClient>(
     now: SystemTime,
     attempt: &Attempt,
     charge_id: &str,
-) -> Result<(), BillingError> {
-    // The attempt is recorded as succeeded already (settle). The invoice is
-    // paid; what it was before decides which account the money settles.
+) -> Result<pb::Invoice, BillingError> {
+    // The attempt is recorded as succeeded already (settle). In one
+    // statement: the invoice is paid (what it was before decides which
+    // account the money settles); dunning of it is over and its remaining
+    // retries are moot; and its subscription, if it owed money and now owes
+    // none, is active again — locked when it may change (an active one is
+    // left alone: apply_paid locks what it changes). The statement's
+    // snapshot predates the payment, so "owes none" leaves this invoice out.
     let row = tx
         .query_one_cached(
-            "UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $2, paid_at = $3, \
-               attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 \
-             FROM (SELECT id, status FROM invoices WHERE id = $1 FOR UPDATE) was \
-             WHERE i.id = was.id RETURNING was.status, i.customer_id, i.subscription_id",
+            "WITH was AS (SELECT id, status FROM invoices WHERE id = $1 FOR UPDATE), \
+             paid AS (UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $2, \
+                 paid_at = $3, attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 \
+               FROM was WHERE i.id = was.id RETURNING was.status AS was, i.customer_id, i.subscription_id), \
+             recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $3 \
+               WHERE invoice_id = $1 AND status = 'active'), \
+             retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $3 \
+               WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL), \
+             prev AS (SELECT s.id, s.status FROM subscriptions s JOIN paid ON s.id = paid.subscription_id \
+               FOR UPDATE OF s), \
+             reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $3 FROM prev \
+               WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+                 (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.id <> $1 \
+                    AND i.status IN ('open', 'uncollectible')) \
+               RETURNING prev.status) \
+             SELECT paid.was, paid.customer_id, paid.subscription_id, \
+                    (SELECT status FROM reactivated) AS reactivated_from FROM paid",
             &[&attempt.invoice_id, &attempt.amount_minor, &now],
         )
         .await?;
     let (was, customer, subscription): (String, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
-    // Dunning of this invoice is over; its remaining retries are moot.
-    tx.execute_cached(
-        "WITH recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $2 \
-           WHERE invoice_id = $1 AND status = 'active') \
-         UPDATE billing_jobs SET status = 'canceled', finished_at = $2 \
-         WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL",
-        &[&attempt.invoice_id, &now],
-    )
-    .await?;
+    let reactivated: Option<(Uuid, String)> = subscription.zip(row.get::<_, Option<String>>(3));
     // A written-off invoice paid later is a recovery of bad debt.
     let settled = if was == "uncollectible" { "bad_debt" } else { "accounts_receivable" };
     let entries = [
@@ -457,42 +513,34 @@ async fn succeed<C: GenericClient>(
     };
     ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now).await?;
 
-    // A subscription that owed money and now owes none is active again.
-    let mut reactivated = None;
-    if let Some(sub) = subscription {
-        // Locked (by the subquery's FOR UPDATE) when it may change; an
-        // active one is left alone (apply_paid locks what it changes).
-        let previous = tx
-            .query_opt_cached(
-                "UPDATE subscriptions s SET status = 'active', updated_at = $2 \
-                 FROM (SELECT id, status FROM subscriptions WHERE id = $1 FOR UPDATE) prev \
-                 WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
-                   (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible')) \
-                 RETURNING prev.status",
-                &[&sub, &now],
-            )
-            .await?;
-        reactivated = previous.map(|row| (sub, row.get::<_, String>(0)));
-    }
-    // Everything the events say, read once (the invoice is paid by now).
-    let (invoice, party, _, last4, brand) = context(tx, attempt).await?;
+    // Everything the events say, read once (the invoice is paid by now),
+    // the reactivated subscription pipelined with it.
+    let (context, subscription) = futures_util::try_join!(context(tx, attempt), async {
+        match &reactivated {
+            Some((sub, _)) => model::load_subscription(tx, *sub).await.map(Some),
+            None => Ok(None),
+        }
+    })?;
+    let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
-    if let Some((sub, previous)) = reactivated {
-        let subscription = model::load_subscription(tx, sub).await?;
-        let event = pb::SubscriptionUpdated {
-            previous_price_id: subscription.price_id.clone(),
-            subscription: Some(subscription),
-            previous_status: model::subscription_status(&previous) as i32,
-            user_id: party.user_id.to_string(),
-            email: party.email.clone(),
-            plan_name: party.plan_name.clone(),
-        };
-        enqueue(tx, "billing.subscription.updated", sub, &event).await?;
-    }
+    let reactivation = match (reactivated, subscription) {
+        (Some((sub, previous)), Some(subscription)) => Some((
+            sub,
+            pb::SubscriptionUpdated {
+                previous_price_id: subscription.price_id.clone(),
+                subscription: Some(subscription),
+                previous_status: model::subscription_status(&previous) as i32,
+                user_id: party.user_id.to_string(),
+                email: party.email.clone(),
+                plan_name: party.plan_name.clone(),
+            },
+        )),
+        _ => None,
+    };
     let card_brand = crate::payment_methods::brand(&brand);
-    let event = pb::InvoicePaid {
+    let paid = pb::InvoicePaid {
         amount_paid_display: model::display(tx, &invoice.currency, invoice.amount_paid_minor).await?,
-        invoice: Some(invoice),
+        invoice: Some(invoice.clone()),
         user_id: party.user_id.to_string(),
         email: party.email,
         payment_attempt_id: attempt.id.to_string(),
@@ -500,11 +548,21 @@ async fn succeed<C: GenericClient>(
         card_last4: last4,
         plan_name: party.plan_name,
     };
-    enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &event).await?;
+    // Pipelined (one round trip); they are about different aggregates, so
+    // neither's order depends on the other.
+    futures_util::try_join!(
+        async {
+            match &reactivation {
+                Some((sub, event)) => enqueue(tx, "billing.subscription.updated", *sub, event).await,
+                None => Ok(()),
+            }
+        },
+        enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &paid),
+    )?;
     // The plan change this invoice paid for, if any, is in force now (only
     // a plan change's own invoice can have one).
     if for_a_change {
         crate::changes::apply_paid(tx, attempt.invoice_id, now).await?;
     }
-    Ok(())
+    Ok(invoice)
 }

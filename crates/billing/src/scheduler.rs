@@ -420,7 +420,8 @@ impl Scheduler {
         let attempt = {
             let mut conn = self.core.db.write().await?;
             let tx = conn.transaction().await?;
-            match payments::begin(&tx, now, invoice, None, initiated_by, self.core.policy()).await {
+            let what = payments::Begin { invoice, owner: None, method: None, initiated_by, claim: None };
+            match payments::begin(&tx, now, what, self.core.policy()).await {
                 Ok(attempt) => {
                     tx.commit().await?;
                     attempt

@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
-use crate::payments::{self, Attempt, Charged};
+use crate::payments::{self, Attempt, Begin, Charged};
 use crate::provider::{Owner, PaymentProvider, ProviderError, RefundOutcome};
 use crate::subscriptions::{self, Created};
 use crate::{customers, model, payment_methods, periods, refunds};
@@ -596,7 +596,7 @@ impl Core {
                     }
                 }
             };
-            self.charge_detached(claim, attempt, step, move |tx, attempt| {
+            self.charge_detached(claim, attempt, step, move |tx, attempt, _| {
                 Box::pin(async move {
                     let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
                     let payment_attempt =
@@ -626,27 +626,27 @@ impl Core {
             let (attempt, step) = match self.resumed(&claim).await? {
                 Some(found) => found,
                 None => {
-                    let mut conn = self.db.write().await?;
-                    let tx = conn.transaction().await?;
-                    // Not yours and not found look the same.
-                    tx.query_opt_cached(
-                        "SELECT 1 FROM invoices i JOIN customers c ON c.id = i.customer_id \
-                         WHERE i.id = $1 AND c.user_id = $2",
-                        &[&invoice_id, &user],
-                    )
-                    .await?
-                    .ok_or(BillingError::NotFound("invoice"))?;
-                    let now = self.clock.now();
-                    let attempt =
-                        payments::begin(&tx, now, invoice_id, method, "customer", self.policy()).await?;
-                    self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
-                    tx.commit().await?;
+                    // One statement, atomic on its own. Not yours and not
+                    // found look the same.
+                    let conn = self.db.write().await?;
+                    let what = Begin {
+                        invoice: invoice_id,
+                        owner: Some(user),
+                        method,
+                        initiated_by: "customer",
+                        claim: Some(&claim),
+                    };
+                    let attempt = payments::begin(&*conn, self.clock.now(), what, self.policy()).await?;
                     (attempt, Step::Charge)
                 }
             };
-            self.charge_detached(claim, attempt, step, |tx, attempt| {
+            self.charge_detached(claim, attempt, step, |tx, attempt, paid| {
                 Box::pin(async move {
-                    let invoice = model::load_invoice(tx, attempt.invoice_id).await?;
+                    // As this payment left it, when it paid it.
+                    let invoice = match paid {
+                        Some(invoice) => invoice,
+                        None => model::load_invoice(tx, attempt.invoice_id).await?,
+                    };
                     let payment_attempt =
                         invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
                     Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
@@ -666,7 +666,7 @@ impl Core {
         let (Some(attempt_id), "charge_pending") = (claim.resource_id, claim.recovery_point.as_str()) else {
             return Ok(None);
         };
-        let mut conn = self.db.write().await?;
+        let conn = self.db.write().await?;
         if let Some(pending) = payments::pending(&*conn, attempt_id).await? {
             return Ok(Some((pending, Step::Lookup)));
         }
@@ -691,11 +691,8 @@ impl Core {
             };
             return Ok(Some((settled, Step::Settled)));
         }
-        let tx = conn.transaction().await?;
-        let attempt =
-            payments::begin(&tx, self.clock.now(), invoice, None, "customer", self.policy()).await?;
-        self.keys.progress(&tx, claim, "charge_pending", attempt.id).await?;
-        tx.commit().await?;
+        let what = Begin { invoice, owner: None, method: None, initiated_by: "customer", claim: Some(claim) };
+        let attempt = payments::begin(&*conn, self.clock.now(), what, self.policy()).await?;
         Ok(Some((attempt, Step::Charge)))
     }
 
@@ -703,7 +700,8 @@ impl Core {
     /// settles it and stores the answer under the key, in a task of its
     /// own: a caller that disconnects or whose deadline passes cancels only
     /// its wait, never the charge or its settlement, and its retry with the
-    /// same key replays the stored answer.
+    /// same key replays the stored answer. `reply` gets the invoice as
+    /// this settlement paid it, when it did.
     async fn charge_detached<R, F>(
         self: &Arc<Self>,
         claim: Claim,
@@ -716,6 +714,7 @@ impl Core {
         F: for<'a> FnOnce(
                 &'a deadpool_postgres::Transaction<'a>,
                 &'a Attempt,
+                Option<pb::Invoice>,
             ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>
             + Send
             + 'static,
@@ -755,6 +754,7 @@ impl Core {
         reply: impl for<'a> FnOnce(
             &'a deadpool_postgres::Transaction<'a>,
             &'a Attempt,
+            Option<pb::Invoice>,
         ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>,
     ) -> Result<R, BillingError>
     where
@@ -766,7 +766,7 @@ impl Core {
         let Some(charged) = charged else {
             let mut conn = self.db.write().await?;
             let tx = conn.transaction().await?;
-            let response = reply(&tx, attempt).await?;
+            let response = reply(&tx, attempt, None).await?;
             self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
             tx.commit().await?;
             return Ok(response);
@@ -781,13 +781,13 @@ impl Core {
         }
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        payments::settle(&tx, self.clock.now(), attempt, charged).await?;
+        let (_, paid) = payments::settle_reading(&tx, self.clock.now(), attempt, charged).await?;
         self.metrics.attempt(charged.outcome_name(), &attempt.initiated_by);
         if let Charged::Unavailable(message) = charged {
             tx.commit().await?;
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
         }
-        let response = reply(&tx, attempt).await?;
+        let response = reply(&tx, attempt, paid).await?;
         self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
         tx.commit().await?;
         Ok(response)
@@ -856,7 +856,14 @@ impl Core {
                     // card refuses the change (this transaction rolls back).
                     let attempt = match change.invoice {
                         Some(invoice) if due > 0 => {
-                            Some(payments::begin(&tx, now, invoice, None, "customer", self.policy()).await?)
+                            let what = Begin {
+                                invoice,
+                                owner: None,
+                                method: None,
+                                initiated_by: "customer",
+                                claim: Some(&claim),
+                            };
+                            Some(payments::begin(&tx, now, what, self.policy()).await?)
                         }
                         _ => None,
                     };
@@ -867,12 +874,11 @@ impl Core {
                         tx.commit().await?;
                         return Ok(response);
                     };
-                    self.keys.progress(&tx, &claim, "charge_pending", attempt.id).await?;
                     tx.commit().await?;
                     (summary, attempt, Step::Charge)
                 }
             };
-            self.charge_detached(claim, attempt, step, move |tx, _| {
+            self.charge_detached(claim, attempt, step, move |tx, _, _| {
                 Box::pin(async move { change_reply(tx, sub_id, &summary).await })
             })
             .await
@@ -1194,10 +1200,7 @@ impl BillingApi {
     /// (the primary did not answer) the caller only loses read-your-writes.
     async fn written<T>(&self, message: T, replayed: bool) -> Response<T> {
         let mut response = respond(message, replayed);
-        let position = match self.core.db.write().await {
-            Ok(conn) => conn.commit_position().await.ok(),
-            Err(_) => None,
-        };
+        let position = self.core.db.position_after_commit().await.ok();
         if let Some(value) = position.and_then(|p| MetadataValue::try_from(p.to_string()).ok()) {
             response.metadata_mut().insert(WAL_POSITION, value);
         }

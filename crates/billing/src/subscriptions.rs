@@ -208,7 +208,8 @@ pub async fn create<C: GenericClient>(
         .await?;
         tx.execute_cached("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&id, &invoice])
             .await?;
-        charge = Some(payments::begin(tx, now, invoice, method, "customer", policy).await?);
+        let what = payments::Begin { invoice, owner: None, method, initiated_by: "customer", claim: None };
+        charge = Some(payments::begin(tx, now, what, policy).await?);
     }
     crate::scheduler::schedule_period_end(tx, id, period.1, now).await?;
     if paid_now {

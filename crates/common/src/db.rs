@@ -184,6 +184,9 @@ pub struct Db {
     /// Metric label: the application name the pools were built for.
     name: String,
     metrics: DbMetrics,
+    /// The last position read by [`Db::position_after_commit`] and when
+    /// its query was sent.
+    last_position: tokio::sync::Mutex<Option<(Instant, WalPosition)>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -217,7 +220,28 @@ impl Db {
             replica_budget: Duration::from_millis(settings.connect_timeout_ms),
             name: app_name.to_owned(),
             metrics: metrics.set(),
+            last_position: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The primary's WAL position after the caller's commit (which must
+    /// have returned): what [`Conn::commit_position`] gives, but one read
+    /// serves every caller whose commit returned before that read was sent
+    /// (its position is past all their commit records), so concurrent
+    /// writers share round trips instead of making one each.
+    pub async fn position_after_commit(&self) -> Result<WalPosition, DbError> {
+        let committed = Instant::now();
+        let mut last = self.last_position.lock().await;
+        if let Some((sent, position)) = *last
+            && sent >= committed
+        {
+            return Ok(position);
+        }
+        let conn = self.write().await?;
+        let sent = Instant::now();
+        let position = conn.commit_position().await?;
+        *last = Some((sent, position));
+        Ok(position)
     }
 
     /// A connection for `intent`; see [`Intent`] for the routing.
@@ -331,7 +355,7 @@ impl Db {
 async fn replayed_position(
     client: &deadpool_postgres::Client,
 ) -> Result<Option<WalPosition>, tokio_postgres::Error> {
-    let row = client.query_one("SELECT pg_last_wal_replay_lsn()::text", &[]).await?;
+    let row = client.query_one_cached("SELECT pg_last_wal_replay_lsn()::text", &[]).await?;
     let text: Option<String> = row.get(0);
     // NULL means this server is not in recovery: it is a primary, and has
     // everything that was committed.
@@ -386,7 +410,8 @@ impl Conn {
     /// because it is past the commit record even with
     /// `synchronous_commit = off`, when the flushed position may not be.
     pub async fn commit_position(&self) -> Result<WalPosition, DbError> {
-        let row = self.client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
+        // Prepared once per connection: one round trip, not two.
+        let row = self.client.query_one_cached("SELECT pg_current_wal_insert_lsn()::text", &[]).await?;
         let text: String = row.get(0);
         text.parse().map_err(|e: wal::ParseWalError| DbError::Settings(e.to_string()))
     }

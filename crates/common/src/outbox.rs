@@ -232,8 +232,9 @@ impl Relay {
     pub async fn relay_batch(&self) -> Result<usize, OutboxError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows =
-            tx.query(CLAIM_BATCH, &[&self.settings.partitions_per_batch, &self.settings.batch_size]).await?;
+        let rows = tx
+            .query_cached(CLAIM_BATCH, &[&self.settings.partitions_per_batch, &self.settings.batch_size])
+            .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -251,8 +252,11 @@ impl Relay {
         };
         match published {
             Ok(()) => {
-                tx.execute("UPDATE tenx_outbox SET published_at = now() WHERE seq = ANY($1)", &[&seqs])
-                    .await?;
+                tx.execute_cached(
+                    "UPDATE tenx_outbox SET published_at = now() WHERE seq = ANY($1)",
+                    &[&seqs],
+                )
+                .await?;
                 tx.commit().await?;
                 self.metrics.published.inc_by(seqs.len() as u64);
                 Ok(seqs.len())

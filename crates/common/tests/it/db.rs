@@ -102,6 +102,50 @@ async fn a_read_carrying_a_write_position_sees_the_write_while_replay_is_paused(
     Ok(())
 }
 
+#[tokio::test]
+async fn a_shared_commit_position_is_past_every_write_it_is_handed_to() -> anyhow::Result<()> {
+    let tdb = test_db().await?;
+    tdb.wait_for_replica().await?;
+    let db = std::sync::Arc::new(connect(&tdb, None, &Metrics::default())?);
+    db.write().await?.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)").await?;
+
+    // A position read before a write is never handed out for it: the WAL
+    // written inside the transaction is below the position given after.
+    let earlier = db.position_after_commit().await?;
+    let mut writer = db.write().await?;
+    let tx = writer.transaction().await?;
+    tx.execute("INSERT INTO notes VALUES (0, 'first')", &[]).await?;
+    let inside: String = tx.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
+    let inside: tenx_common::db::WalPosition = inside.parse()?;
+    tx.commit().await?;
+    drop(writer);
+    let after = db.position_after_commit().await?;
+    assert!(inside > earlier, "the write moved the WAL on");
+    assert!(after >= inside, "{after} is not past the write at {inside}");
+
+    // Thirty-two writers at once share reads; each reads its row back
+    // through the position it was given (the replica, once it has it).
+    let writers = (1..=32).map(|i: i32| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut writer = db.write().await?;
+            let tx = writer.transaction().await?;
+            tx.execute("INSERT INTO notes VALUES ($1, 'mine')", &[&i]).await?;
+            tx.commit().await?;
+            drop(writer);
+            let position = db.position_after_commit().await?;
+            let reader = db.read(Some(position)).await?;
+            let found = reader.query_opt("SELECT 1 FROM notes WHERE id = $1", &[&i]).await?;
+            anyhow::ensure!(found.is_some(), "writer {i}: not visible at {position} ({:?})", reader.role());
+            anyhow::Ok(())
+        })
+    });
+    for writer in futures_util::future::join_all(writers).await {
+        writer??;
+    }
+    Ok(())
+}
+
 /// Pauses WAL replay on the shared replica; resumes it on drop, even when
 /// the test fails, so other tests are not left with a frozen replica.
 struct PausedReplay;
