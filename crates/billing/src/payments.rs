@@ -354,18 +354,20 @@ pub async fn settle_reading<C: GenericClient>(
     // `pending` (a retry's lookup and the reconciler may race; the second
     // waits for the first's row lock, then finds it settled and changes
     // nothing), and its reconcile job, with nothing left to do, is canceled
-    // (unless it is the one settling it, and then it finishes itself).
-    let row = tx
-        .query_one_cached(
-            "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
-               failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), \
-             job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE dedupe_key = $7 \
-               AND status = 'pending' AND (locked_until IS NULL OR locked_until < $6) AND EXISTS (SELECT 1 FROM settled)) \
-             SELECT EXISTS (SELECT 1 FROM settled)",
-            &[&attempt.id, &status, &charge_id, &failure, &message, &now, &format!("reconcile:{}", attempt.id)],
-        )
-        .await?;
-    if !row.get::<_, bool>(0) {
+    // (unless it is the one settling it, and then it finishes itself). A
+    // success pays the invoice in the same statement ([`PAY`]).
+    let key = format!("reconcile:{}", attempt.id);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&attempt.id, &status, &charge_id, &failure, &message, &now, &key];
+    let row = match charge_id {
+        Some(_) => {
+            let pay: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&attempt.invoice_id, &attempt.amount_minor];
+            tx.query_one_cached(SETTLE_AND_PAY, &[&params[..], &pay[..]].concat()).await?
+        }
+        None => tx.query_one_cached(SETTLE, &params).await?,
+    };
+    if !row.get::<_, bool>("settled") {
         // Settled by someone else: paid or not, as it was. Read in a
         // statement of its own, whose snapshot sees the other settlement
         // (the one above may predate its commit).
@@ -379,7 +381,19 @@ pub async fn settle_reading<C: GenericClient>(
         return Ok((Settled::Before { paid }, None));
     }
     if let Some(charge_id) = charge_id {
-        let invoice = succeed(tx, now, attempt, charge_id).await?;
+        let (Some(was), Some(customer)) = (row.get("was"), row.get("customer_id")) else {
+            return Err(BillingError::Internal(format!(
+                "attempt {} settled without its invoice",
+                attempt.id
+            )));
+        };
+        let paid = Paid {
+            was,
+            customer,
+            subscription: row.get("subscription_id"),
+            reactivated_from: row.get("reactivated_from"),
+        };
+        let invoice = succeed(tx, now, attempt, charge_id, paid).await?;
         return Ok((Settled::Now { paid: true }, Some(invoice)));
     }
     let (failure, message) = (failure.unwrap_or("provider_error"), message.unwrap_or_default());
@@ -458,43 +472,69 @@ async fn context<C: GenericClient>(
     Ok((invoice, party, trigger as i32, row.get("last4"), row.get("brand")))
 }
 
+/// What [`SETTLE_AND_PAY`] did to the invoice and its subscription.
+struct Paid {
+    /// The invoice's status before (`open` or `uncollectible`).
+    was: String,
+    customer: Uuid,
+    subscription: Option<Uuid>,
+    /// The subscription's status before it became active again, if it did.
+    reactivated_from: Option<String>,
+}
+
+/// Settles an attempt (`$1`…`$7`, see [`settle_reading`]).
+macro_rules! settle_ctes {
+    () => {
+        "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
+           failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), \
+         job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE dedupe_key = $7 \
+           AND status = 'pending' AND (locked_until IS NULL OR locked_until < $6) AND EXISTS (SELECT 1 FROM settled))"
+    };
+}
+
+const SETTLE: &str = concat!(settle_ctes!(), " SELECT EXISTS (SELECT 1 FROM settled) AS settled");
+
+/// A success, in one statement with its settlement (which it needs:
+/// nothing is paid unless this call settled the attempt): the invoice
+/// (`$8`) is paid `$9` (what it was before decides which account the money
+/// settles); dunning of it is over and its remaining retries are moot; and
+/// its subscription, if it owed money and now owes none, is active again —
+/// locked when it may change (an active one is left alone: apply_paid locks
+/// what it changes). The statement's snapshot predates the payment, so
+/// "owes none" leaves this invoice out.
+const SETTLE_AND_PAY: &str = concat!(
+    settle_ctes!(),
+    ", was AS (SELECT id, status FROM invoices WHERE id = $8 AND EXISTS (SELECT 1 FROM settled) FOR UPDATE), \
+     paid AS (UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $9, \
+         paid_at = $6, attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $6 \
+       FROM was WHERE i.id = was.id RETURNING was.status AS was, i.customer_id, i.subscription_id), \
+     recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $6 \
+       WHERE invoice_id = $8 AND status = 'active' AND EXISTS (SELECT 1 FROM paid)), \
+     retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE invoice_id = $8 \
+       AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL AND EXISTS (SELECT 1 FROM paid)), \
+     prev AS (SELECT s.id, s.status FROM subscriptions s JOIN paid ON s.id = paid.subscription_id \
+       FOR UPDATE OF s), \
+     reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $6 FROM prev \
+       WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+         (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.id <> $8 \
+            AND i.status IN ('open', 'uncollectible')) \
+       RETURNING prev.status) \
+     SELECT EXISTS (SELECT 1 FROM settled) AS settled, paid.was, paid.customer_id, paid.subscription_id, \
+            (SELECT status FROM reactivated) AS reactivated_from \
+     FROM (SELECT) AS one LEFT JOIN paid ON true"
+);
+
+/// The rest of a success, after [`SETTLE_AND_PAY`]: the ledger, the events
+/// and the plan change the invoice paid for.
 async fn succeed<C: GenericClient>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
     charge_id: &str,
+    paid: Paid,
 ) -> Result<pb::Invoice, BillingError> {
-    // The attempt is recorded as succeeded already (settle). In one
-    // statement: the invoice is paid (what it was before decides which
-    // account the money settles); dunning of it is over and its remaining
-    // retries are moot; and its subscription, if it owed money and now owes
-    // none, is active again — locked when it may change (an active one is
-    // left alone: apply_paid locks what it changes). The statement's
-    // snapshot predates the payment, so "owes none" leaves this invoice out.
-    let row = tx
-        .query_one_cached(
-            "WITH was AS (SELECT id, status FROM invoices WHERE id = $1 FOR UPDATE), \
-             paid AS (UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $2, \
-                 paid_at = $3, attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $3 \
-               FROM was WHERE i.id = was.id RETURNING was.status AS was, i.customer_id, i.subscription_id), \
-             recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $3 \
-               WHERE invoice_id = $1 AND status = 'active'), \
-             retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $3 \
-               WHERE invoice_id = $1 AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL), \
-             prev AS (SELECT s.id, s.status FROM subscriptions s JOIN paid ON s.id = paid.subscription_id \
-               FOR UPDATE OF s), \
-             reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $3 FROM prev \
-               WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
-                 (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.id <> $1 \
-                    AND i.status IN ('open', 'uncollectible')) \
-               RETURNING prev.status) \
-             SELECT paid.was, paid.customer_id, paid.subscription_id, \
-                    (SELECT status FROM reactivated) AS reactivated_from FROM paid",
-            &[&attempt.invoice_id, &attempt.amount_minor, &now],
-        )
-        .await?;
-    let (was, customer, subscription): (String, Uuid, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
-    let reactivated: Option<(Uuid, String)> = subscription.zip(row.get::<_, Option<String>>(3));
+    let Paid { was, customer, subscription, reactivated_from } = paid;
+    let reactivated: Option<(Uuid, String)> = subscription.zip(reactivated_from);
     // A written-off invoice paid later is a recovery of bad debt.
     let settled = if was == "uncollectible" { "bad_debt" } else { "accounts_receivable" };
     let entries = [
