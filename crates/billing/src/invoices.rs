@@ -203,6 +203,15 @@ pub async fn issue<C: GenericClient>(
     Ok(id)
 }
 
+/// Writes events to the outbox, in the caller's transaction, pipelined
+/// (one round trip). Each aggregate's events keep their order.
+pub async fn enqueue_all<C: GenericClient>(tx: &C, events: &[NewEvent]) -> Result<(), BillingError> {
+    futures_util::future::try_join_all(events.iter().map(|event| outbox::enqueue(tx, event)))
+        .await
+        .map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
+    Ok(())
+}
+
 /// Writes an event to the outbox, in the caller's transaction.
 pub async fn enqueue<C: GenericClient, M: prost::Name>(
     tx: &C,

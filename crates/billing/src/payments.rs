@@ -19,11 +19,12 @@ use uuid::Uuid;
 
 use crate::error::BillingError;
 use crate::idempotency::Claim;
-use crate::invoices::{Party, enqueue};
+use crate::invoices::{self, Party, enqueue};
 use crate::ledger::{self, About, Entry};
 use crate::model;
 use crate::provider::{ChargeOutcome, ChargeRequest, Decline, PaymentProvider, ProviderError};
 use tenx_common::db::Db;
+use tenx_common::outbox::NewEvent;
 
 /// An attempt in flight.
 #[derive(Debug, Clone)]
@@ -319,20 +320,35 @@ pub async fn settle<C: GenericClient>(
     attempt: &Attempt,
     charged: &Charged,
 ) -> Result<Settled, BillingError> {
-    settle_reading(tx, now, attempt, charged).await.map(|(settled, _)| settled)
+    let settlement = settle_reading(tx, now, attempt, charged).await?;
+    invoices::enqueue_all(tx, &settlement.events).await?;
+    Ok(settlement.settled)
 }
 
-/// [`settle`], also returning the invoice as this settlement paid it (read
-/// for the events anyway), so a reply need not read it again.
+/// What [`settle_reading`] did and left to do.
+#[derive(Debug)]
+#[must_use = "its events must be enqueued in the same transaction"]
+pub struct Settlement {
+    pub settled: Settled,
+    /// The invoice as this settlement paid it (read for the events anyway),
+    /// so a reply need not read it again.
+    pub paid: Option<pb::Invoice>,
+    /// Events still to enqueue in the caller's transaction, so they can go
+    /// out pipelined with the caller's last statements.
+    pub events: Vec<NewEvent>,
+}
+
+/// [`settle`], leaving the settlement's events to the caller.
 pub async fn settle_reading<C: GenericClient>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
     charged: &Charged,
-) -> Result<(Settled, Option<pb::Invoice>), BillingError> {
+) -> Result<Settlement, BillingError> {
+    let only = |settled| Settlement { settled, paid: None, events: Vec::new() };
     let (status, charge_id, failure, message) = match charged {
         Charged::Timeout | Charged::Processing | Charged::Outcome(ChargeOutcome::Processing) => {
-            return Ok((Settled::Pending, None));
+            return Ok(only(Settled::Pending));
         }
         Charged::Outcome(ChargeOutcome::Succeeded { charge_id }) => {
             ("succeeded", Some(charge_id.as_str()), None, Some(""))
@@ -378,7 +394,7 @@ pub async fn settle_reading<C: GenericClient>(
             )
             .await?
             .get(0);
-        return Ok((Settled::Before { paid }, None));
+        return Ok(only(Settled::Before { paid }));
     }
     if let Some(charge_id) = charge_id {
         let (Some(was), Some(customer)) = (row.get("was"), row.get("customer_id")) else {
@@ -393,8 +409,8 @@ pub async fn settle_reading<C: GenericClient>(
             subscription: row.get("subscription_id"),
             reactivated_from: row.get("reactivated_from"),
         };
-        let invoice = succeed(tx, now, attempt, charge_id, paid).await?;
-        return Ok((Settled::Now { paid: true }, Some(invoice)));
+        let (invoice, events) = succeed(tx, now, attempt, charge_id, paid).await?;
+        return Ok(Settlement { settled: Settled::Now { paid: true }, paid: Some(invoice), events });
     }
     let (failure, message) = (failure.unwrap_or("provider_error"), message.unwrap_or_default());
     tx.execute_cached(
@@ -435,7 +451,7 @@ pub async fn settle_reading<C: GenericClient>(
     // A plan change is never kept unpaid: the one this invoice was for (if
     // any) is abandoned and its invoice voided.
     crate::changes::abandon_unpaid(tx, attempt.invoice_id, now).await?;
-    Ok((Settled::Now { paid: false }, None))
+    Ok(only(Settled::Now { paid: false }))
 }
 
 /// What the events of an attempt's settlement say: the invoice, whose it
@@ -525,14 +541,16 @@ const SETTLE_AND_PAY: &str = concat!(
 );
 
 /// The rest of a success, after [`SETTLE_AND_PAY`]: the ledger, the events
-/// and the plan change the invoice paid for.
+/// and the plan change the invoice paid for. Returns the invoice as paid
+/// and the events still to enqueue (none when a plan change was applied:
+/// its own events must follow them, so they were enqueued first).
 async fn succeed<C: GenericClient>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
     charge_id: &str,
     paid: Paid,
-) -> Result<pb::Invoice, BillingError> {
+) -> Result<(pb::Invoice, Vec<NewEvent>), BillingError> {
     let Paid { was, customer, subscription, reactivated_from } = paid;
     let reactivated: Option<(Uuid, String)> = subscription.zip(reactivated_from);
     // A written-off invoice paid later is a recovery of bad debt.
@@ -551,16 +569,19 @@ async fn succeed<C: GenericClient>(
         subscription,
         ..About::default()
     };
-    ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now).await?;
-
-    // Everything the events say, read once (the invoice is paid by now),
-    // the reactivated subscription pipelined with it.
-    let (context, subscription) = futures_util::try_join!(context(tx, attempt), async {
-        match &reactivated {
-            Some((sub, _)) => model::load_subscription(tx, *sub).await.map(Some),
-            None => Ok(None),
+    // The ledger, then everything the events say, read once (the invoice
+    // is paid by now) with the reactivated subscription: pipelined, one
+    // round trip (nothing read depends on the ledger).
+    let (_, context, subscription) = futures_util::try_join!(
+        ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now),
+        context(tx, attempt),
+        async {
+            match &reactivated {
+                Some((sub, _)) => model::load_subscription(tx, *sub).await.map(Some),
+                None => Ok(None),
+            }
         }
-    })?;
+    )?;
     let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
     let reactivation = match (reactivated, subscription) {
@@ -588,21 +609,17 @@ async fn succeed<C: GenericClient>(
         card_last4: last4,
         plan_name: party.plan_name,
     };
-    // Pipelined (one round trip); they are about different aggregates, so
-    // neither's order depends on the other.
-    futures_util::try_join!(
-        async {
-            match &reactivation {
-                Some((sub, event)) => enqueue(tx, "billing.subscription.updated", *sub, event).await,
-                None => Ok(()),
-            }
-        },
-        enqueue(tx, "billing.invoice.paid", attempt.invoice_id, &paid),
-    )?;
-    // The plan change this invoice paid for, if any, is in force now (only
-    // a plan change's own invoice can have one).
-    if for_a_change {
-        crate::changes::apply_paid(tx, attempt.invoice_id, now).await?;
+    let mut events = Vec::with_capacity(2);
+    if let Some((sub, event)) = &reactivation {
+        events.push(NewEvent::new("billing.subscription.updated", &sub.to_string(), event));
     }
-    Ok(invoice)
+    events.push(NewEvent::new("billing.invoice.paid", &attempt.invoice_id.to_string(), &paid));
+    // The plan change this invoice paid for, if any, is in force now (only
+    // a plan change's own invoice can have one); its events follow these.
+    if for_a_change {
+        invoices::enqueue_all(tx, &events).await?;
+        crate::changes::apply_paid(tx, attempt.invoice_id, now).await?;
+        return Ok((invoice, Vec::new()));
+    }
+    Ok((invoice, events))
 }

@@ -21,7 +21,7 @@ use crate::idempotency::{self, Claim, Claimed, Keys};
 use crate::payments::{self, Attempt, Begin, Charged};
 use crate::provider::{Owner, PaymentProvider, ProviderError, RefundOutcome};
 use crate::subscriptions::{self, Created};
-use crate::{customers, model, payment_methods, periods, refunds};
+use crate::{customers, invoices, model, payment_methods, periods, refunds};
 
 const METHOD_PREFIX: &str = "/tenx.billing.v1.BillingService/";
 
@@ -781,14 +781,19 @@ impl Core {
         }
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let (_, paid) = payments::settle_reading(&tx, self.clock.now(), attempt, charged).await?;
+        let settlement = payments::settle_reading(&tx, self.clock.now(), attempt, charged).await?;
         self.metrics.attempt(charged.outcome_name(), &attempt.initiated_by);
         if let Charged::Unavailable(message) = charged {
+            invoices::enqueue_all(&tx, &settlement.events).await?;
             tx.commit().await?;
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
         }
-        let response = reply(&tx, attempt, paid).await?;
-        self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
+        let response = reply(&tx, attempt, settlement.paid).await?;
+        // The settlement's events and the stored answer: one round trip.
+        futures_util::try_join!(
+            invoices::enqueue_all(&tx, &settlement.events),
+            self.keys.complete(&tx, self.clock.as_ref(), claim, &response),
+        )?;
         tx.commit().await?;
         Ok(response)
     }

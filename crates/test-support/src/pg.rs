@@ -85,6 +85,34 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Waits until the replica has replayed the primary's WAL up to
+    /// `position` (an LSN such as `0/3000060`), so that a read without a
+    /// position finds there what was written before it.
+    pub async fn wait_for_replay(&self, position: &str) -> anyhow::Result<()> {
+        let (client, conn) = tokio_postgres::connect(&self.replica_url(), NoTls).await?;
+        tokio::spawn(conn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let replayed: bool = client
+                .query_one(
+                    "SELECT COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
+                    &[&position],
+                )
+                .await?
+                .get(0);
+            if replayed {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the replica never replayed up to {position}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();

@@ -33,7 +33,9 @@ async fn reads_go_to_the_replica_and_a_write_position_is_read_back_however_far_i
     let seen = client.get_subscription(read).await?.into_inner().subscription.unwrap_or_default();
     assert_eq!((seen.id.as_str(), seen.status), (sub.id.as_str(), pb::SubscriptionStatus::Active as i32));
 
-    // Without one: the replica serves reads (eventually consistent).
+    // Without one: the replica serves reads (eventually consistent: so
+    // first wait until it has replayed the write).
+    billing.db.wait_for_replay(position.to_str()?).await?;
     let replica_before = billing.metric(REPLICA_READS);
     client.list_invoices(as_user(user, pb::ListInvoicesRequest::default())).await?;
     assert_eq!(billing.metric(REPLICA_READS), replica_before + 2.0, "the customer and the invoices");

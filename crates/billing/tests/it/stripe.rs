@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::support::localstripe::{LOCALSTRIPE, SECRET_KEY, card, sepa, stripe_api, with_stripe};
+use crate::support::localstripe::{SECRET_KEY, address, card, sepa, stripe_api, with_stripe};
 use crate::support::{TestBilling, as_user, assert_ledger_invariants, keyed, prices};
 
 async fn add_method(
@@ -144,7 +144,7 @@ async fn stripes_declines_are_the_customers_and_unknown_or_refused_cards_are_inv
 #[tokio::test]
 async fn an_intent_left_unconfirmed_by_a_crash_is_canceled_and_counts_as_not_charged() -> anyhow::Result<()> {
     let stripe = StripeProvider::new(
-        &format!("http://{LOCALSTRIPE}"),
+        &format!("http://{}", address()),
         SECRET_KEY.to_owned().into(),
         Duration::from_secs(2),
     )

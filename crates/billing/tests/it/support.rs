@@ -294,18 +294,67 @@ pub mod localstripe {
 
     use super::TestBilling;
 
+    /// `make deps`'s localstripe.
     pub const LOCALSTRIPE: &str = "127.0.0.1:8420";
     pub const SECRET_KEY: &str = "sk_test_tenx_billing_tests";
+
+    static ADDRESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    /// Where localstripe listens: `make deps`'s, unless [`Fresh::start`]
+    /// started one of this process's own.
+    pub fn address() -> &'static str {
+        ADDRESS.get().map_or(LOCALSTRIPE, String::as_str)
+    }
+
+    /// A localstripe of one's own, empty, on a free port, stopped on drop.
+    /// For figures: the shared one keeps everything every earlier run made
+    /// (and rewrites it all on each change), so what a call costs there
+    /// grows from run to run.
+    #[allow(dead_code)] // the benchmark's; the tests share `make deps`'s
+    pub struct Fresh(std::process::Child);
+
+    #[allow(dead_code)]
+    impl Fresh {
+        pub async fn start() -> anyhow::Result<Self> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/venv/bin/localstripe");
+            let child = std::process::Command::new(program)
+                .args(["--port", &port.to_string(), "--from-scratch"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("{program} (run `make deps`): {e}"))?;
+            let fresh = Self(child);
+            ADDRESS
+                .set(format!("127.0.0.1:{port}"))
+                .map_err(|_| anyhow::anyhow!("this process chose its localstripe already"))?;
+            for _ in 0..300 {
+                if stripe_api("GET", "/v1/balance", &[]).await.is_ok_and(|(status, _)| status == 200) {
+                    return Ok(fresh);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            anyhow::bail!("localstripe on port {port} did not answer within 30 s")
+        }
+    }
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 
     /// One call to localstripe's API, as Stripe.js or the dashboard would make
     /// it; the JSON answer and its status.
     pub async fn stripe_api(method: &str, path: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        let mut stream = TcpStream::connect(LOCALSTRIPE)
+        let at = address();
+        let mut stream = TcpStream::connect(at)
             .await
-            .map_err(|e| anyhow::anyhow!("localstripe on {LOCALSTRIPE} (run `make deps`): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("localstripe on {at} (run `make deps`): {e}"))?;
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {LOCALSTRIPE}\r\nAuthorization: Bearer {SECRET_KEY}\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: {at}\r\nAuthorization: Bearer {SECRET_KEY}\r\n\
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -346,7 +395,7 @@ pub mod localstripe {
         let secret = webhook_secret.to_owned();
         TestBilling::start_with(move |s| {
             s.provider.kind = "stripe".into();
-            s.provider.stripe_api_base = format!("http://{LOCALSTRIPE}");
+            s.provider.stripe_api_base = format!("http://{}", address());
             s.provider.stripe_secret_key = SECRET_KEY.to_owned().into();
             s.provider.stripe_webhook_secret = secret.into();
         })
