@@ -137,7 +137,7 @@ pub enum RefundOutcome {
 }
 
 /// The fixed test tokens: (token, brand, last 4, what every charge does).
-const TOKENS: [(&str, &str, &str, Behaviour); 7] = [
+const TOKENS: [(&str, &str, &str, Behaviour); 8] = [
     ("tok_success", "visa", "4242", Behaviour::Succeed),
     ("tok_declined", "visa", "0002", Behaviour::Decline(Decline::CardDeclined)),
     ("tok_insufficient_funds", "visa", "9995", Behaviour::Decline(Decline::InsufficientFunds)),
@@ -145,6 +145,7 @@ const TOKENS: [(&str, &str, &str, Behaviour); 7] = [
     ("tok_provider_timeout", "mastercard", "0341", Behaviour::LoseAnswer),
     ("tok_slow", "visa", "1881", Behaviour::Slow),
     ("tok_provider_hang", "mastercard", "5100", Behaviour::Hang),
+    ("tok_refund_answer_lost", "visa", "0077", Behaviour::LoseRefundAnswer),
 ];
 
 /// How long a `tok_slow` charge takes (long enough for a caller to give up).
@@ -166,6 +167,9 @@ enum Behaviour {
     Slow,
     /// Never answers and never charges (a request lost on the way).
     Hang,
+    /// Charges; a refund of the charge is made, then its answer is lost
+    /// (a lookup finds it).
+    LoseRefundAnswer,
 }
 
 /// In-memory provider, shared by the process. For development and tests
@@ -175,6 +179,8 @@ pub struct SimulatedProvider {
     charges: Mutex<BTreeMap<Uuid, ChargeOutcome>>,
     /// Refunds by their id: (the attempt refunded, amount, outcome).
     refunds: Mutex<BTreeMap<Uuid, (Uuid, i64, RefundOutcome)>>,
+    /// Charges whose refunds' first answers are lost.
+    refund_answers_lost: Mutex<std::collections::BTreeSet<Uuid>>,
 }
 
 impl SimulatedProvider {
@@ -229,13 +235,25 @@ impl PaymentProvider for SimulatedProvider {
         let outcome = match behaviour {
             Behaviour::Fail => return Err(ProviderError::Unavailable("simulated processing error".into())),
             Behaviour::Decline(d) => ChargeOutcome::Declined(d),
-            Behaviour::Succeed | Behaviour::LoseAnswer | Behaviour::Slow | Behaviour::Hang => {
+            Behaviour::Succeed
+            | Behaviour::LoseAnswer
+            | Behaviour::Slow
+            | Behaviour::Hang
+            | Behaviour::LoseRefundAnswer => {
                 ChargeOutcome::Succeeded { charge_id: format!("ch_sim_{}", attempt_id.simple()) }
             }
         };
         charges.insert(attempt_id, outcome.clone());
         while charges.len() > REMEMBERED {
             charges.pop_first();
+        }
+        drop(charges);
+        if behaviour == Behaviour::LoseRefundAnswer {
+            let mut lost = self.refund_answers_lost.lock().unwrap_or_else(|p| p.into_inner());
+            lost.insert(attempt_id);
+            while lost.len() > REMEMBERED {
+                lost.pop_first();
+            }
         }
         if behaviour == Behaviour::LoseAnswer {
             return Err(ProviderError::Timeout);
@@ -270,6 +288,11 @@ impl PaymentProvider for SimulatedProvider {
         refunds.insert(refund.refund_id, (refund.attempt_id, refund.amount_minor, outcome.clone()));
         while refunds.len() > REMEMBERED {
             refunds.pop_first();
+        }
+        let lost =
+            self.refund_answers_lost.lock().unwrap_or_else(|p| p.into_inner()).contains(&refund.attempt_id);
+        if lost && !refund.resumed {
+            return Err(ProviderError::Timeout);
         }
         Ok(outcome)
     }

@@ -62,11 +62,19 @@ fn pending_of(row: &tokio_postgres::Row) -> Pending {
     }
 }
 
+/// The key of a refund's reconcile job.
+pub fn reconcile_key(refund: Uuid) -> String {
+    format!("refund_reconcile:{refund}")
+}
+
 /// Locks the payment, checks what is left to refund and records a pending
-/// refund of `amount` (0: all that is left), in the caller's transaction.
+/// refund of `amount` (0: all that is left), in the caller's transaction,
+/// with its reconcile job due at `reconcile_at`: a refund whose answer is
+/// lost is settled by the scheduler even if nobody retries the request.
 pub async fn begin<C: GenericClient>(
     tx: &C,
     now: SystemTime,
+    reconcile_at: SystemTime,
     attempt: Uuid,
     amount: i64,
     reason: &str,
@@ -112,6 +120,17 @@ pub async fn begin<C: GenericClient>(
         &[&id, &attempt, &invoice, &customer, &amount, &currency, &reason, &provider, &requested_by, &now],
     )
     .await?;
+    crate::scheduler::schedule(
+        tx,
+        "refund_reconcile",
+        &reconcile_key(id),
+        None,
+        None,
+        None,
+        reconcile_at,
+        now,
+    )
+    .await?;
     let row = tx.query_one_cached(PENDING, &[&id]).await?;
     Ok(pending_of(&row))
 }
@@ -135,14 +154,22 @@ pub async fn settle<C: GenericClient>(
         RefundOutcome::Succeeded { refund_id } => ("succeeded", Some(refund_id.as_str()), ""),
         RefundOutcome::Refused(why) => ("failed", None, why.as_str()),
     };
-    let settled = tx
-        .execute_cached(
-            "UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, completed_at = $5 \
-             WHERE id = $1 AND status = 'pending'",
-            &[&refund.id, &status, &provider_refund, &failure, &now],
+    // Settled once (a retry and the reconciler may race: the second waits
+    // for the row lock, then changes nothing); its reconcile job, with
+    // nothing left to do, is canceled (unless it is the one settling it).
+    let settled: bool = tx
+        .query_one_cached(
+            "WITH settled AS (UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, \
+               completed_at = $5 WHERE id = $1 AND status = 'pending' RETURNING id), \
+             job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $5 WHERE dedupe_key = $6 \
+               AND status = 'pending' AND (locked_until IS NULL OR locked_until < $5) \
+               AND EXISTS (SELECT 1 FROM settled)) \
+             SELECT EXISTS (SELECT 1 FROM settled)",
+            &[&refund.id, &status, &provider_refund, &failure, &now, &reconcile_key(refund.id)],
         )
-        .await?;
-    if settled == 0 || provider_refund.is_none() {
+        .await?
+        .get(0);
+    if !settled || provider_refund.is_none() {
         return Ok(());
     }
     let about = About {

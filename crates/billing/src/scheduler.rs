@@ -24,6 +24,7 @@ use crate::ledger::{self, About, Entry};
 use crate::model;
 use crate::payments::{self, Attempt, Charged};
 use crate::periods;
+use crate::refunds;
 use crate::service::Core;
 use crate::settings::{DunningSettings, SchedulerSettings};
 use crate::subscriptions;
@@ -241,6 +242,12 @@ impl Scheduler {
                 self.collect(job, invoice, "dunning", n).await
             }
             ("payment_reconcile", _, _, Some(attempt)) => self.reconcile(job, attempt).await,
+            ("refund_reconcile", ..) => {
+                match job.dedupe_key.strip_prefix("refund_reconcile:").map(Uuid::parse_str) {
+                    Some(Ok(refund)) => self.reconcile_refund(job, refund).await,
+                    _ => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
+                }
+            }
             _ => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
         }
     }
@@ -607,6 +614,45 @@ impl Scheduler {
         }
         let n = if attempt.initiated_by == "dunning" { usize::try_from(n).unwrap_or(0) } else { 0 };
         self.conclude(job, &attempt, &charged, n).await
+    }
+
+    /// A refund still pending when its job comes due (its answer was lost,
+    /// or the process died before it came back, and nobody retried): the
+    /// provider is asked by the refund's id (its idempotency key; a refund
+    /// it never saw is made now, as the operator asked) and the answer is
+    /// settled. No answer: retried with backoff.
+    async fn reconcile_refund(&self, job: &Job, refund: Uuid) -> Result<(), BillingError> {
+        let pending = refunds::pending(&*self.core.db.write().await?, refund).await?;
+        let Some(refund) = pending else {
+            let mut conn = self.core.db.write().await?;
+            let tx = conn.transaction().await?;
+            self.finish(&tx, job).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        let asked =
+            tokio::time::timeout(self.core.provider_timeout, self.core.provider.refund(refund.request(true)));
+        let outcome = match asked.await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(error)) => {
+                return Err(BillingError::Provider {
+                    reason: "PROVIDER_ERROR",
+                    message: format!("refund {} is still unknown at the provider: {error}", refund.id),
+                });
+            }
+            Err(_) => {
+                return Err(BillingError::Provider {
+                    reason: "PROVIDER_TIMEOUT",
+                    message: format!("refund {} is still unknown at the provider", refund.id),
+                });
+            }
+        };
+        let mut conn = self.core.db.write().await?;
+        let tx = conn.transaction().await?;
+        refunds::settle(&tx, self.core.clock.now(), &refund, &outcome).await?;
+        self.finish(&tx, job).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

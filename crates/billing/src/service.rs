@@ -396,8 +396,10 @@ impl Core {
                 None => {
                     let mut conn = self.db.write().await?;
                     let tx = conn.transaction().await?;
+                    let now = self.clock.now();
+                    let reconcile_at = now + self.policy().reconcile_after;
                     let pending =
-                        refunds::begin(&tx, self.clock.now(), attempt, amount, &reason, operator).await?;
+                        refunds::begin(&tx, now, reconcile_at, attempt, amount, &reason, operator).await?;
                     self.keys.progress(&tx, &claim, "refund_pending", pending.id).await?;
                     tx.commit().await?;
                     (pending, false)

@@ -94,6 +94,48 @@ async fn a_payment_is_refunded_in_parts_up_to_its_amount_and_never_beyond() -> a
     assert_ledger_invariants(&billing).await
 }
 
+/// The status of the one refund in `billing`.
+async fn only_refund_status(billing: &TestBilling) -> anyhow::Result<String> {
+    Ok(billing.sql().await?.query_one("SELECT status FROM refunds", &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn a_refund_whose_answer_is_lost_is_settled_by_its_reconcile_job_though_nobody_retries()
+-> anyhow::Result<()> {
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let (user, operator) = (Uuid::now_v7(), Uuid::now_v7());
+    // The provider makes this card's refunds, then their answers are lost.
+    let payment = paid(&mut client, user, "tok_refund_answer_lost").await?;
+    let lost =
+        client.refund_payment(refund(operator, "r1", &payment.id, 1500, "goodwill")).await.expect_err("lost");
+    assert_eq!((lost.code(), reason(&lost).as_str()), (Code::Unavailable, "PROVIDER_TIMEOUT"));
+    assert_eq!(only_refund_status(&billing).await?, "pending");
+    // While unknown, it holds its amount: no more than the rest is refundable.
+    let beyond =
+        client.refund_payment(refund(operator, "r2", &payment.id, 3600, "more")).await.expect_err("beyond");
+    assert_eq!(reason(&beyond), "REFUND_EXCEEDS_PAYMENT");
+
+    // Not yet due: nothing is decided. Once due, the scheduler asks the
+    // provider and records the refund it made, once.
+    billing.advance(std::time::Duration::from_secs(30)).await?;
+    assert_eq!(only_refund_status(&billing).await?, "pending");
+    billing.advance(std::time::Duration::from_secs(31)).await?;
+    assert_eq!(only_refund_status(&billing).await?, "succeeded");
+    assert_eq!(balance(&billing, "provider_clearing", &payment.id).await?, 5000 - 1500);
+    assert_eq!(events(&billing, "billing.payment.refunded").await?, 1);
+
+    // The operator's late retry is answered with the settled refund; no
+    // second refund is made or recorded.
+    let retried = client.refund_payment(refund(operator, "r1", &payment.id, 1500, "goodwill")).await?;
+    let retried = retried.into_inner().refund.unwrap_or_default();
+    assert_eq!((retried.status, retried.amount_minor), (pb::RefundStatus::Succeeded as i32, 1500));
+    billing.advance(std::time::Duration::from_secs(120)).await?;
+    assert_eq!(events(&billing, "billing.payment.refunded").await?, 1);
+    assert_eq!(balance(&billing, "provider_clearing", &payment.id).await?, 5000 - 1500);
+    assert_ledger_invariants(&billing).await
+}
+
 #[tokio::test]
 async fn only_operators_refund_and_bad_or_unrefundable_requests_change_nothing() -> anyhow::Result<()> {
     let billing = TestBilling::start().await?;
