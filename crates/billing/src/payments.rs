@@ -403,12 +403,7 @@ pub async fn settle_reading<C: GenericClient>(
                 attempt.id
             )));
         };
-        let paid = Paid {
-            was,
-            customer,
-            subscription: row.get("subscription_id"),
-            reactivated_from: row.get("reactivated_from"),
-        };
+        let paid = Paid { was, customer, subscription: row.get("subscription_id") };
         let (invoice, events) = succeed(tx, now, attempt, charge_id, paid).await?;
         return Ok(Settlement { settled: Settled::Now { paid: true }, paid: Some(invoice), events });
     }
@@ -488,14 +483,12 @@ async fn context<C: GenericClient>(
     Ok((invoice, party, trigger as i32, row.get("last4"), row.get("brand")))
 }
 
-/// What [`SETTLE_AND_PAY`] did to the invoice and its subscription.
+/// What [`SETTLE_AND_PAY`] paid.
 struct Paid {
     /// The invoice's status before (`open` or `uncollectible`).
     was: String,
     customer: Uuid,
     subscription: Option<Uuid>,
-    /// The subscription's status before it became active again, if it did.
-    reactivated_from: Option<String>,
 }
 
 /// Settles an attempt (`$1`…`$7`, see [`settle_reading`]).
@@ -512,33 +505,37 @@ const SETTLE: &str = concat!(settle_ctes!(), " SELECT EXISTS (SELECT 1 FROM sett
 
 /// A success, in one statement with its settlement (which it needs:
 /// nothing is paid unless this call settled the attempt): the invoice
-/// (`$8`) is paid `$9` (what it was before decides which account the money
-/// settles); dunning of it is over and its remaining retries are moot; and
-/// its subscription, if it owed money and now owes none, is active again —
-/// locked when it may change (an active one is left alone: apply_paid locks
-/// what it changes). The statement's snapshot predates the payment, so
-/// "owes none" leaves this invoice out.
+/// (`$8`) is paid `$9`; what it was before decides which account the
+/// money settles.
 const SETTLE_AND_PAY: &str = concat!(
     settle_ctes!(),
     ", was AS (SELECT id, status FROM invoices WHERE id = $8 AND EXISTS (SELECT 1 FROM settled) FOR UPDATE), \
      paid AS (UPDATE invoices i SET status = 'paid', amount_paid_minor = i.amount_paid_minor + $9, \
          paid_at = $6, attempt_count = i.attempt_count + 1, next_payment_attempt_at = NULL, updated_at = $6 \
-       FROM was WHERE i.id = was.id RETURNING was.status AS was, i.customer_id, i.subscription_id), \
-     recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $6 \
-       WHERE invoice_id = $8 AND status = 'active' AND EXISTS (SELECT 1 FROM paid)), \
-     retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE invoice_id = $8 \
-       AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL AND EXISTS (SELECT 1 FROM paid)), \
-     prev AS (SELECT s.id, s.status FROM subscriptions s JOIN paid ON s.id = paid.subscription_id \
-       FOR UPDATE OF s), \
-     reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $6 FROM prev \
-       WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
-         (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.id <> $8 \
-            AND i.status IN ('open', 'uncollectible')) \
-       RETURNING prev.status) \
-     SELECT EXISTS (SELECT 1 FROM settled) AS settled, paid.was, paid.customer_id, paid.subscription_id, \
-            (SELECT status FROM reactivated) AS reactivated_from \
+       FROM was WHERE i.id = was.id RETURNING was.status AS was, i.customer_id, i.subscription_id) \
+     SELECT EXISTS (SELECT 1 FROM settled) AS settled, paid.was, paid.customer_id, paid.subscription_id \
      FROM (SELECT) AS one LEFT JOIN paid ON true"
 );
+
+/// After [`SETTLE_AND_PAY`], in a statement of its own: its snapshot is
+/// taken after the invoice's lock was, so it sees what a transaction that
+/// held the lock meanwhile wrote (e.g. the dunning a failed automatic
+/// charge just started). Dunning of the invoice (`$1`) is over and its
+/// remaining retries are moot; its subscription (`$2`), if it owed money
+/// and now owes none, is active again — locked when it may change (an
+/// active one is left alone: apply_paid locks what it changes). Returns
+/// the subscription's status before, when it was reactivated.
+const AFTER_PAID: &str = "\
+    WITH recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $3 \
+       WHERE invoice_id = $1 AND status = 'active'), \
+     retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $3 WHERE invoice_id = $1 \
+       AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL), \
+     prev AS (SELECT id, status FROM subscriptions WHERE id = $2 FOR UPDATE), \
+     reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $3 FROM prev \
+       WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+         (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible')) \
+       RETURNING prev.status) \
+    SELECT (SELECT status FROM reactivated) AS reactivated_from";
 
 /// The rest of a success, after [`SETTLE_AND_PAY`]: the ledger, the events
 /// and the plan change the invoice paid for. Returns the invoice as paid
@@ -551,8 +548,7 @@ async fn succeed<C: GenericClient>(
     charge_id: &str,
     paid: Paid,
 ) -> Result<(pb::Invoice, Vec<NewEvent>), BillingError> {
-    let Paid { was, customer, subscription, reactivated_from } = paid;
-    let reactivated: Option<(Uuid, String)> = subscription.zip(reactivated_from);
+    let Paid { was, customer, subscription } = paid;
     // A written-off invoice paid later is a recovery of bad debt.
     let settled = if was == "uncollectible" { "bad_debt" } else { "accounts_receivable" };
     let entries = [
@@ -569,19 +565,30 @@ async fn succeed<C: GenericClient>(
         subscription,
         ..About::default()
     };
-    // The ledger, then everything the events say, read once (the invoice
-    // is paid by now) with the reactivated subscription: pipelined, one
-    // round trip (nothing read depends on the ledger).
-    let (_, context, subscription) = futures_util::try_join!(
+    // Pipelined, one round trip, in this order: dunning and the
+    // subscription (AFTER_PAID), the ledger, then everything the events say,
+    // read once (the invoice is paid by now), with the subscription as
+    // AFTER_PAID left it (read whether or not it changed; nothing read
+    // depends on the ledger).
+    let (after, _, context, subscription) = futures_util::try_join!(
+        async {
+            tx.query_one_cached(AFTER_PAID, &[&attempt.invoice_id, &subscription, &now])
+                .await
+                .map_err(BillingError::from)
+        },
         ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now),
         context(tx, attempt),
         async {
-            match &reactivated {
-                Some((sub, _)) => model::load_subscription(tx, *sub).await.map(Some),
+            match subscription {
+                Some(sub) => model::load_subscription(tx, sub).await.map(Some),
                 None => Ok(None),
             }
         }
     )?;
+    let reactivated: Option<(Uuid, String)> = subscription
+        .as_ref()
+        .and_then(|s| Uuid::parse_str(&s.id).ok())
+        .zip(after.get::<_, Option<String>>("reactivated_from"));
     let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
     let reactivation = match (reactivated, subscription) {

@@ -625,36 +625,46 @@ impl Core {
         let invoice_id = uuid("invoice_id", &request.invoice_id)?;
         let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
         self.idempotent(metadata, "PayInvoice", &request, |claim| async move {
-            let (attempt, step) = match self.resumed(&claim).await? {
-                Some(found) => found,
-                None => {
-                    // One statement, atomic on its own. Not yours and not
-                    // found look the same.
-                    let conn = self.db.write().await?;
-                    let what = Begin {
-                        invoice: invoice_id,
-                        owner: Some(user),
-                        method,
-                        initiated_by: "customer",
-                        claim: Some(&claim),
-                    };
-                    let attempt = payments::begin(&*conn, self.clock.now(), what, self.policy()).await?;
-                    (attempt, Step::Charge)
-                }
-            };
-            self.charge_detached(claim, attempt, step, |tx, attempt, paid| {
-                Box::pin(async move {
-                    // As this payment left it, when it paid it.
-                    let invoice = match paid {
-                        Some(invoice) => invoice,
-                        None => model::load_invoice(tx, attempt.invoice_id).await?,
-                    };
-                    let payment_attempt =
-                        invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
-                    Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
+            // From step A on, in a task of its own: step A commits on its
+            // own, so a caller that goes away while it runs must not leave
+            // a recorded attempt that nobody charges (its retry would find
+            // it unknown to the provider and fail it).
+            let core = Arc::clone(self);
+            let payment = async move {
+                let (attempt, step) = match core.resumed(&claim).await? {
+                    Some(found) => found,
+                    None => {
+                        // One statement, atomic on its own. Not yours and
+                        // not found look the same.
+                        let conn = core.db.write().await?;
+                        let what = Begin {
+                            invoice: invoice_id,
+                            owner: Some(user),
+                            method,
+                            initiated_by: "customer",
+                            claim: Some(&claim),
+                        };
+                        let attempt = payments::begin(&*conn, core.clock.now(), what, core.policy()).await?;
+                        (attempt, Step::Charge)
+                    }
+                };
+                core.charge_detached(claim, attempt, step, |tx, attempt, paid| {
+                    Box::pin(async move {
+                        // As this payment left it, when it paid it.
+                        let invoice = match paid {
+                            Some(invoice) => invoice,
+                            None => model::load_invoice(tx, attempt.invoice_id).await?,
+                        };
+                        let payment_attempt =
+                            invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
+                        Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
+                    })
                 })
-            })
-            .await
+                .await
+            };
+            tokio::spawn(tracing::Instrument::instrument(payment, tracing::Span::current()))
+                .await
+                .map_err(|e| BillingError::Internal(format!("payment task: {e}")))?
         })
         .await
     }

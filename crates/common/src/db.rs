@@ -111,6 +111,9 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
+    /// A read shared with other callers failed (its error, as text).
+    #[error("the primary did not answer: {0}")]
+    Shared(String),
 }
 
 /// What a call is about to do, which decides the server that serves it.
@@ -186,7 +189,7 @@ pub struct Db {
     metrics: DbMetrics,
     /// The last position read by [`Db::position_after_commit`] and when
     /// its query was sent.
-    last_position: tokio::sync::Mutex<Option<(Instant, WalPosition)>>,
+    last_position: tokio::sync::Mutex<Option<(Instant, Result<WalPosition, String>)>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -228,20 +231,23 @@ impl Db {
     /// have returned): what [`Conn::commit_position`] gives, but one read
     /// serves every caller whose commit returned before that read was sent
     /// (its position is past all their commit records), so concurrent
-    /// writers share round trips instead of making one each.
+    /// writers share round trips instead of making one each. A read that
+    /// failed fails, at once, the callers it would have served (they do
+    /// not each wait out the pool's timeout in turn).
     pub async fn position_after_commit(&self) -> Result<WalPosition, DbError> {
         let committed = Instant::now();
         let mut last = self.last_position.lock().await;
-        if let Some((sent, position)) = *last
-            && sent >= committed
+        // Strictly after: a read sent in the same clock tick as a commit
+        // returned may have run before it.
+        if let Some((sent, read)) = &*last
+            && *sent > committed
         {
-            return Ok(position);
+            return read.clone().map_err(DbError::Shared);
         }
-        let conn = self.write().await?;
         let sent = Instant::now();
-        let position = conn.commit_position().await?;
-        *last = Some((sent, position));
-        Ok(position)
+        let read = async { self.write().await?.commit_position().await }.await;
+        *last = Some((sent, read.as_ref().copied().map_err(ToString::to_string)));
+        read
     }
 
     /// A connection for `intent`; see [`Intent`] for the routing.

@@ -191,3 +191,53 @@ async fn an_incomplete_subscription_does_not_expire_while_its_first_payment_is_s
     assert_eq!(events(&billing, "billing.invoice.paid").await?, 1);
     assert_ledger_invariants(&billing).await
 }
+
+#[tokio::test]
+async fn a_payment_that_waited_for_the_invoice_lock_ends_the_dunning_started_meanwhile() -> anyhow::Result<()>
+{
+    let billing = TestBilling::start().await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    let open = open_invoice(&mut client, user).await?;
+    // A slow card: the charge takes 1.5 s after the attempt is recorded.
+    add_card(&mut client, user, "tok_slow").await?;
+    let pay = pb::PayInvoiceRequest { invoice_id: open.id.clone(), ..Default::default() };
+    let mut payer = client.clone();
+    let paying = tokio::spawn(async move { payer.pay_invoice(keyed(user, "pay", pay)).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Meanwhile a writer (as the scheduler's failed automatic charge does)
+    // holds the invoice's lock while it starts dunning, and commits only
+    // after the settlement began waiting for that lock.
+    let invoice_id = Uuid::parse_str(&open.id)?;
+    let mut sql = billing.sql().await?;
+    let tx = sql.transaction().await?;
+    tx.execute("UPDATE invoices SET updated_at = now() WHERE id = $1", &[&invoice_id]).await?;
+    tx.execute(
+        "INSERT INTO dunning_states (invoice_id, subscription_id, status, started_at, next_retry_at) \
+         SELECT id, subscription_id, 'active', now(), now() + interval '3 days' FROM invoices WHERE id = $1",
+        &[&invoice_id],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO billing_jobs (id, kind, dedupe_key, invoice_id, run_at, created_at) \
+         VALUES ($1, 'dunning_retry', $2, $3, now() + interval '3 days', now())",
+        &[&Uuid::now_v7(), &format!("dunning:{invoice_id}:1"), &invoice_id],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tx.commit().await?;
+
+    let paid = paying.await??.into_inner().invoice.unwrap_or_default();
+    assert_eq!(paid.status, pb::InvoiceStatus::Paid as i32);
+    // The payment saw the dunning committed before it could pay: over.
+    let row = sql
+        .query_one(
+            "SELECT d.status, (SELECT status FROM billing_jobs WHERE dedupe_key = $2) \
+             FROM dunning_states d WHERE d.invoice_id = $1",
+            &[&invoice_id, &format!("dunning:{invoice_id}:1")],
+        )
+        .await?;
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("recovered".into(), "canceled".into()));
+    assert_ledger_invariants(&billing).await
+}

@@ -98,14 +98,13 @@ impl From<ApiError> for Status {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
-        match error {
-            // No connection within the acquire timeout: overloaded or down.
-            DbError::Pool(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("database unavailable".into())
-            }
-            other => ApiError::internal(other),
+        // No connection within the acquire timeout (or a read shared with
+        // this caller got none): overloaded or down.
+        if matches!(error, DbError::Pool(_) | DbError::Shared(_)) {
+            tracing::warn!(%error, "database unavailable");
+            return ApiError::Unavailable("database unavailable".into());
         }
+        ApiError::internal(error)
     }
 }
 
