@@ -409,14 +409,7 @@ fn prorates(rules: &Rules, proration: pb::ProrationBehavior) -> bool {
 
 async fn announce<C: GenericClient>(tx: &C, sub: &Locked, party: &Party) -> Result<(), BillingError> {
     let subscription = model::load_subscription(tx, sub.id).await?;
-    let event = pb::SubscriptionUpdated {
-        subscription: Some(subscription),
-        previous_status: model::subscription_status(&sub.status) as i32,
-        previous_price_id: sub.price.id.to_string(),
-        user_id: party.user_id.to_string(),
-        email: party.email.clone(),
-        plan_name: party.plan_name.clone(),
-    };
+    let event = party.subscription_updated(subscription, &sub.status, sub.price.id.to_string());
     enqueue(tx, "billing.subscription.updated", sub.id, &event).await
 }
 

@@ -42,6 +42,24 @@ pub struct Party {
 }
 
 impl Party {
+    /// The body of `billing.subscription.updated` about `subscription` (as
+    /// it is now), sent to this party: what it was before, and the plan.
+    pub fn subscription_updated(
+        &self,
+        subscription: pb::Subscription,
+        previous_status: &str,
+        previous_price_id: String,
+    ) -> pb::SubscriptionUpdated {
+        pb::SubscriptionUpdated {
+            subscription: Some(subscription),
+            previous_status: model::subscription_status(previous_status) as i32,
+            previous_price_id,
+            user_id: self.user_id.to_string(),
+            email: self.email.clone(),
+            plan_name: self.plan_name.clone(),
+        }
+    }
+
     pub async fn load<C: GenericClient>(
         db: &C,
         customer: Uuid,

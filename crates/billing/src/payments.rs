@@ -592,17 +592,10 @@ async fn succeed<C: GenericClient>(
     let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
     let reactivation = match (reactivated, subscription) {
-        (Some((sub, previous)), Some(subscription)) => Some((
-            sub,
-            pb::SubscriptionUpdated {
-                previous_price_id: subscription.price_id.clone(),
-                subscription: Some(subscription),
-                previous_status: model::subscription_status(&previous) as i32,
-                user_id: party.user_id.to_string(),
-                email: party.email.clone(),
-                plan_name: party.plan_name.clone(),
-            },
-        )),
+        (Some((sub, previous)), Some(subscription)) => {
+            let price = subscription.price_id.clone();
+            Some((sub, party.subscription_updated(subscription, &previous, price)))
+        }
         _ => None,
     };
     let card_brand = crate::payment_methods::brand(&brand);

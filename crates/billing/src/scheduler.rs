@@ -401,14 +401,7 @@ impl Scheduler {
         }
         schedule_period_end(&tx, sub, period.1, now).await?;
         let subscription = model::load_subscription(&tx, sub).await?;
-        let event = pb::SubscriptionUpdated {
-            previous_price_id: row.get::<_, Uuid>(2).to_string(),
-            subscription: Some(subscription),
-            previous_status: model::subscription_status(&status) as i32,
-            user_id: party.user_id.to_string(),
-            email: party.email.clone(),
-            plan_name: party.plan_name.clone(),
-        };
+        let event = party.subscription_updated(subscription, &status, row.get::<_, Uuid>(2).to_string());
         enqueue(&tx, "billing.subscription.updated", sub, &event).await?;
         self.finish(&tx, job).await?;
         tx.commit().await?;
@@ -730,14 +723,8 @@ async fn set_status<C: GenericClient>(
         };
         enqueue(tx, "billing.subscription.canceled", sub, &event).await
     } else {
-        let event = pb::SubscriptionUpdated {
-            previous_price_id: subscription.price_id.clone(),
-            subscription: Some(subscription),
-            previous_status: model::subscription_status(&previous) as i32,
-            user_id: party.user_id.to_string(),
-            email: party.email.clone(),
-            plan_name: party.plan_name.clone(),
-        };
+        let price = subscription.price_id.clone();
+        let event = party.subscription_updated(subscription, &previous, price);
         enqueue(tx, "billing.subscription.updated", sub, &event).await
     }
 }

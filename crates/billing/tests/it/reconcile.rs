@@ -46,16 +46,24 @@ async fn attempts(billing: &TestBilling, invoice: &str, status: &str) -> anyhow:
         .get(0))
 }
 
-#[tokio::test]
-async fn a_caller_that_gives_up_mid_charge_cancels_only_its_wait_and_its_retry_replays_the_payment()
--> anyhow::Result<()> {
+/// A billing whose user has an open invoice and, as default, a card whose
+/// charge takes 1.5 s: the billing, a client, the user, the invoice and
+/// its PayInvoice request.
+async fn slow_payment() -> anyhow::Result<(TestBilling, Client, Uuid, pb::Invoice, pb::PayInvoiceRequest)> {
     let billing = TestBilling::start().await?;
     let mut client = billing.client().await?;
     let user = Uuid::now_v7();
     let open = open_invoice(&mut client, user).await?;
-    // This card's charge takes 1.5 s; the caller waits 200 ms and goes.
     add_card(&mut client, user, "tok_slow").await?;
     let pay = pb::PayInvoiceRequest { invoice_id: open.id.clone(), ..Default::default() };
+    Ok((billing, client, user, open, pay))
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_mid_charge_cancels_only_its_wait_and_its_retry_replays_the_payment()
+-> anyhow::Result<()> {
+    let (billing, mut client, user, open, pay) = slow_payment().await?;
+    // The caller waits 200 ms and goes.
     let gave_up =
         tokio::time::timeout(Duration::from_millis(200), client.pay_invoice(keyed(user, "pay", pay.clone())))
             .await;
@@ -195,13 +203,7 @@ async fn an_incomplete_subscription_does_not_expire_while_its_first_payment_is_s
 #[tokio::test]
 async fn a_payment_that_waited_for_the_invoice_lock_ends_the_dunning_started_meanwhile() -> anyhow::Result<()>
 {
-    let billing = TestBilling::start().await?;
-    let mut client = billing.client().await?;
-    let user = Uuid::now_v7();
-    let open = open_invoice(&mut client, user).await?;
-    // A slow card: the charge takes 1.5 s after the attempt is recorded.
-    add_card(&mut client, user, "tok_slow").await?;
-    let pay = pb::PayInvoiceRequest { invoice_id: open.id.clone(), ..Default::default() };
+    let (billing, client, user, open, pay) = slow_payment().await?;
     let mut payer = client.clone();
     let paying = tokio::spawn(async move { payer.pay_invoice(keyed(user, "pay", pay)).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
