@@ -371,7 +371,7 @@ pub async fn settle_reading<C: GenericClient>(
     // waits for the first's row lock, then finds it settled and changes
     // nothing), and its reconcile job, with nothing left to do, is canceled
     // (unless it is the one settling it, and then it finishes itself). A
-    // success pays the invoice in the same statement ([`PAY`]).
+    // success pays the invoice in the same statement ([`SETTLE_AND_PAY`]).
     let key = format!("reconcile:{}", attempt.id);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&attempt.id, &status, &charge_id, &failure, &message, &now, &key];
