@@ -309,7 +309,9 @@ pub mod localstripe {
     /// A localstripe of one's own, empty, on a free port, stopped on drop.
     /// For figures: the shared one keeps everything every earlier run made
     /// (and rewrites it all on each change), so what a call costs there
-    /// grows from run to run.
+    /// grows from run to run. (Both rewrite /tmp/localstripe.pickle, which
+    /// only a start without `--from-scratch` would read; `make deps` never
+    /// starts one that way.)
     #[allow(dead_code)] // the benchmark's; the tests share `make deps`'s
     pub struct Fresh(std::process::Child);
 
