@@ -207,13 +207,14 @@ impl Db {
     pub fn connect(settings: &DbSettings, app_name: &str, metrics: &Metrics) -> Result<Self, DbError> {
         let primary = build_pool(settings, settings.primary_url.expose(), app_name, RecyclingMethod::Fast)?;
         // A replica connection is checked with a round trip before each
-        // use: a replica that went away (or a network that silently drops
-        // it) must turn into a primary read, not a failed one. Writes need
-        // no such check: with the primary gone they fail either way.
+        // use (`replica_conn`: the replay position it asks for anyway): a
+        // replica that went away (or a network that silently drops it)
+        // must turn into a primary read, not a failed one. Writes need no
+        // such check: with the primary gone they fail either way.
         let replica = settings
             .replica_url
             .as_ref()
-            .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Verified))
+            .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Fast))
             .transpose()?;
         Ok(Self {
             primary,
@@ -298,8 +299,8 @@ impl Db {
             self.fallback(FallbackReason::Unavailable);
             return None;
         }
-        // Bounded as a whole: recycling checks each idle connection in
-        // turn, and a black-holed replica must not stall the read.
+        // Bounded: a new connection to a black-holed replica must not
+        // stall the read.
         let client = match tokio::time::timeout(self.replica_budget, pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
@@ -315,24 +316,30 @@ impl Db {
                 return None;
             }
         };
-        if let Some(needed) = after {
-            // Checked on the very connection that will serve the read.
-            match tokio::time::timeout(self.replica_budget, replayed_position(&client))
-                .await
-                .unwrap_or_else(|_| Ok(None))
-            {
-                Ok(Some(replayed)) if replayed >= needed => {}
-                Ok(_) => {
-                    self.fallback(FallbackReason::Lagging);
-                    return None;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "replica check failed; reading from the primary");
-                    self.mark_replica_down();
-                    self.fallback(FallbackReason::Unavailable);
-                    return None;
-                }
+        // One round trip on the very connection that will serve the read:
+        // it proves the replica answers (its pool does not check a
+        // connection it hands out) and, for a read that carries a
+        // position, that it has replayed that far.
+        let replayed = match tokio::time::timeout(self.replica_budget, replayed_position(&client)).await {
+            Ok(Ok(replayed)) => replayed,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "replica check failed; reading from the primary");
+                self.mark_replica_down();
+                self.fallback(FallbackReason::Unavailable);
+                return None;
             }
+            Err(_) => {
+                tracing::warn!("replica did not answer its check in time; reading from the primary");
+                self.mark_replica_down();
+                self.fallback(FallbackReason::Unavailable);
+                return None;
+            }
+        };
+        if let Some(needed) = after
+            && replayed.is_none_or(|replayed| replayed < needed)
+        {
+            self.fallback(FallbackReason::Lagging);
+            return None;
         }
         Some(Conn { client, role: Role::Replica })
     }
