@@ -5,7 +5,7 @@
 //! settlement records the credit note and the refund in the ledger and
 //! tells the customer.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
 use tenx_common::db::Prepared;
@@ -16,7 +16,7 @@ use crate::error::BillingError;
 use crate::invoices::{Party, enqueue};
 use crate::ledger::{self, About, Entry};
 use crate::model;
-use crate::provider::{RefundOutcome, RefundRequest};
+use crate::provider::{PaymentProvider, ProviderError, RefundOutcome, RefundRequest};
 
 /// A refund sent (or about to be sent) to the provider.
 #[derive(Debug, Clone)]
@@ -133,6 +133,36 @@ pub async fn begin<C: GenericClient>(
     .await?;
     let row = tx.query_one_cached(PENDING, &[&id]).await?;
     Ok(pending_of(&row))
+}
+
+/// Asks the provider to refund (or, when `resumed`, to look the refund up
+/// first), bounded by `timeout`. A first request the provider failed
+/// certainly refunded nothing: `Refused`, to record as failed. Any other
+/// failure leaves the refund pending (an error: its retry or its
+/// reconcile job asks again).
+pub async fn ask_provider(
+    provider: &dyn PaymentProvider,
+    refund: &Pending,
+    resumed: bool,
+    timeout: Duration,
+) -> Result<RefundOutcome, BillingError> {
+    match tokio::time::timeout(timeout, provider.refund(refund.request(resumed))).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) if !resumed => {
+            Ok(RefundOutcome::Refused("the payment provider failed; nothing was refunded".into()))
+        }
+        Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) => Err(BillingError::Provider {
+            reason: "PROVIDER_ERROR",
+            message: "the payment provider failed; the refund is still pending: retry with the same idempotency key"
+                .into(),
+        }),
+        Ok(Err(ProviderError::Timeout)) | Err(_) => Err(BillingError::Provider {
+            reason: "PROVIDER_TIMEOUT",
+            message: "the payment provider's answer is not known yet; the refund is pending: retry with the same \
+                      idempotency key"
+                .into(),
+        }),
+    }
 }
 
 /// A refund still pending (to resume after a lost answer or a crash).

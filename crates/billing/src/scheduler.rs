@@ -623,23 +623,9 @@ impl Scheduler {
             tx.commit().await?;
             return Ok(());
         };
-        let asked =
-            tokio::time::timeout(self.core.provider_timeout, self.core.provider.refund(refund.request(true)));
-        let outcome = match asked.await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(error)) => {
-                return Err(BillingError::Provider {
-                    reason: "PROVIDER_ERROR",
-                    message: format!("refund {} is still unknown at the provider: {error}", refund.id),
-                });
-            }
-            Err(_) => {
-                return Err(BillingError::Provider {
-                    reason: "PROVIDER_TIMEOUT",
-                    message: format!("refund {} is still unknown at the provider", refund.id),
-                });
-            }
-        };
+        let outcome =
+            refunds::ask_provider(self.core.provider.as_ref(), &refund, true, self.core.provider_timeout)
+                .await?;
         let mut conn = self.core.db.write().await?;
         let tx = conn.transaction().await?;
         refunds::settle(&tx, self.core.clock.now(), &refund, &outcome).await?;

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
 use crate::payments::{self, Attempt, Begin, Charged};
-use crate::provider::{Owner, PaymentProvider, ProviderError, RefundOutcome};
+use crate::provider::{Owner, PaymentProvider, ProviderError};
 use crate::subscriptions::{self, Created};
 use crate::{customers, invoices, model, payment_methods, periods, refunds};
 
@@ -407,36 +407,9 @@ impl Core {
             };
             let core = Arc::clone(self);
             let task = async move {
-                let answer = tokio::time::timeout(
-                    core.provider_timeout,
-                    core.provider.refund(refund.request(resumed)),
-                )
-                .await;
-                let outcome = match answer {
-                    Ok(Ok(outcome)) => outcome,
-                    Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) if !resumed => {
-                        // Certainly not refunded: recorded as failed.
-                        RefundOutcome::Refused("the payment provider failed; nothing was refunded".into())
-                    }
-                    Ok(Err(ProviderError::Unavailable(_) | ProviderError::Rejected(_))) => {
-                        return Err(BillingError::Provider {
-                            reason: "PROVIDER_ERROR",
-                            message:
-                                "the payment provider failed; the refund is still pending: retry with the \
-                                      same idempotency key"
-                                    .into(),
-                        });
-                    }
-                    _ => {
-                        return Err(BillingError::Provider {
-                            reason: "PROVIDER_TIMEOUT",
-                            message:
-                                "the payment provider's answer is not known yet; the refund is pending: \
-                                      retry with the same idempotency key"
-                                    .into(),
-                        });
-                    }
-                };
+                let outcome =
+                    refunds::ask_provider(core.provider.as_ref(), &refund, resumed, core.provider_timeout)
+                        .await?;
                 let mut conn = core.db.write().await?;
                 let tx = conn.transaction().await?;
                 refunds::settle(&tx, core.clock.now(), &refund, &outcome).await?;
