@@ -71,6 +71,7 @@ up: deps ## run the whole system locally (tenx-dev)
 	$(CARGO) run -p tenx-dev --release
 
 bench: deps ## benchmarks, each compared with its committed baseline
+	@deploy/local/tools.sh bench
 	$(CARGO) bench -p tenx-common -p tenx-auth -p tenx-notification -p tenx-gateway -p tenx-billing
 
 migrate: deps ## apply every service's database migrations

@@ -8,6 +8,7 @@
 #   deploy/local/tools.sh deploy   # the deployment checkers (deploy/tests):
 #                                  # Python packages in the venv, plus buildah,
 #                                  # skopeo and umoci from apt
+#   deploy/local/tools.sh bench    # nginx (the gateway benchmark's anchor)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -92,26 +93,39 @@ install_deploy_python() {
   echo "$want" >"$stamp"
 }
 
-# buildah (daemonless OCI builds), skopeo and umoci (inspect/unpack) from
-# the distribution: the image check builds FROM scratch without a daemon.
-install_deploy_apt() {
-  local missing=() tool
-  for tool in buildah skopeo umoci; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+# Installs what is missing of "<tool>=<debian package>" pairs from the
+# distribution, for `purpose`.
+install_apt() {
+  local purpose=$1; shift
+  local missing=() packages=() pair
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null 2>&1 || { missing+=("${pair%%=*}"); packages+=("${pair#*=}"); }
   done
   ((${#missing[@]} == 0)) && return 0
   local sudo=()
   if [[ $(id -u) -ne 0 ]]; then
-    sudo -n true 2>/dev/null || die "deploy: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root"
+    sudo -n true 2>/dev/null || die "$purpose: ${missing[*]} missing; install them (apt-get install ${packages[*]}) or run as root"
     sudo=(sudo -n)
   fi
-  command -v apt-get >/dev/null 2>&1 || die "deploy: ${missing[*]} missing and no apt-get to install them"
+  command -v apt-get >/dev/null 2>&1 || die "$purpose: ${missing[*]} missing and no apt-get to install them"
   { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >>"$LOG" 2>&1 \
-    || die "deploy: apt-get install ${missing[*]} failed; see $LOG"
+      apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >>"$LOG" 2>&1 \
+    || die "$purpose: apt-get install ${packages[*]} failed; see $LOG"
+  local tool
   for tool in "${missing[@]}"; do
-    command -v "$tool" >/dev/null 2>&1 || die "deploy: $tool not on PATH after apt-get install; see $LOG"
+    command -v "$tool" >/dev/null 2>&1 || die "$purpose: $tool not on PATH after apt-get install; see $LOG"
   done
+}
+
+# buildah (daemonless OCI builds), skopeo and umoci (inspect/unpack) from
+# the distribution: the image check builds FROM scratch without a daemon.
+install_deploy_apt() {
+  install_apt deploy buildah=buildah skopeo=skopeo umoci=umoci
+}
+
+# nginx: the proxy the gateway's benchmark compares itself with.
+install_bench() {
+  install_apt bench nginx=nginx-light
 }
 
 mkdir -p "$TOOLS"
@@ -120,5 +134,6 @@ case "${1:-all}" in
   buf)    install_buf ;;
   venv)   install_venv ;;
   deploy) install_deploy_python; install_deploy_apt ;;
-  *)      die "usage: $0 [all|buf|venv|deploy]" ;;
+  bench)  install_bench ;;
+  *)      die "usage: $0 [all|buf|venv|deploy|bench]" ;;
 esac

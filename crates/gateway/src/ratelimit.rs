@@ -1,11 +1,25 @@
-//! Cluster-wide rate limits: GCRA (the generic cell rate algorithm) in one
-//! Redis script, so every gateway instance draws from the same allowance.
+//! Cluster-wide rate limits: GCRA (the generic cell rate algorithm) kept in
+//! Redis, so every gateway instance draws from the same allowance — but
+//! not one Redis call per request. An instance *leases* tokens from the
+//! shared allowance in batches (one script call takes up to
+//! [`lease_size`] tokens) and spends them in process memory; when a lease
+//! runs half empty it is topped up in the background, so a busy caller's
+//! requests never wait on Redis. Unspent tokens go back to Redis when a
+//! lease expires ([`LEASE_TTL`]).
+//!
+//! What that costs in precision, with N instances: never more admitted than
+//! the allowance (every token came from Redis), shifted by at most one
+//! lease lifetime; a caller can be refused early by the unspent tokens
+//! other instances hold — at most N × `lease_size` — until they return,
+//! within about two seconds. Limits of 32 or fewer requests per period
+//! lease one token at a time, i.e. stay exact.
+//!
 //! When Redis cannot answer, an in-process limiter with the same algorithm
 //! takes over: per-instance, so looser, but never open — and counted and
 //! logged, so the fallback is visible.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +29,18 @@ use tenx_common::cache::Redis;
 use tenx_common::metrics::{MetricSet, Metrics};
 
 use crate::settings::RoutePolicy;
+
+/// How long leased tokens may be spent before the unspent ones go back.
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
+/// The most tokens one lease takes.
+const MAX_LEASE: u32 = 64;
+
+/// How many tokens an instance leases at once for `policy`: a 32nd of the
+/// allowance (one for small limits, which therefore stay exact), at most
+/// [`MAX_LEASE`].
+pub fn lease_size(policy: RoutePolicy) -> u32 {
+    (policy.requests / 32).clamp(1, MAX_LEASE)
+}
 
 /// The outcome of one check, with what the `RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +54,31 @@ pub struct Decision {
     pub reset_after: Duration,
 }
 
-/// GCRA over microseconds, with Redis's clock. Returns
-/// `{allowed, remaining, retry_after_us, reset_after_us}`.
+/// GCRA over microseconds, with Redis's clock, taking up to `want`
+/// requests' worth of the allowance at once after giving back `returned`
+/// unspent ones. `ARGV`: emission interval (µs), burst, want, returned.
+/// Returns `{granted, remaining, retry_after_us, reset_after_us}`;
+/// `granted = 0` is a refusal (or, with `want = 0`, a pure return).
 const SCRIPT: &str = r"
 local emission = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local returned = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - returned * emission
 if tat < now then tat = now end
-local new_tat = tat + emission
-local allow_at = new_tat - emission * burst
-if now < allow_at then
-  return {0, 0, allow_at - now, tat - now}
+local fit = math.floor((now + emission * burst - tat) / emission)
+local granted = math.min(want, fit)
+if granted < 1 then
+  if returned > 0 and tat > now then
+    redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  end
+  return {0, 0, tat + emission - emission * burst - now, tat - now}
 end
+local new_tat = tat + granted * emission
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-return {1, math.floor((now - allow_at) / emission), 0, new_tat - now}
+return {granted, fit - granted, 0, new_tat - now}
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -52,9 +87,15 @@ struct DecisionLabel {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LeaseLabel {
+    kind: &'static str,
+}
+
 #[derive(Clone, Default)]
 struct LimitMetrics {
     decisions: Family<DecisionLabel, Counter>,
+    leases: Family<LeaseLabel, Counter>,
 }
 
 impl MetricSet for LimitMetrics {
@@ -62,17 +103,54 @@ impl MetricSet for LimitMetrics {
         let set = Self::default();
         metrics.register(
             "gateway_ratelimit_decisions",
-            "Rate-limit checks by store (redis, or local when Redis cannot answer) and outcome",
+            "Rate-limit checks by store (lease: from tokens this instance holds; redis: asked Redis; \
+             local: Redis cannot answer) and outcome",
             set.decisions.clone(),
+        );
+        metrics.register(
+            "gateway_ratelimit_redis_calls",
+            "Calls to the shared allowance in Redis by kind (take: a request waited for it; top_up: \
+             in the background; return: unspent tokens given back)",
+            set.leases.clone(),
         );
         set
     }
 }
 
+/// Tokens this instance holds for one key.
+#[derive(Debug)]
+struct Lease {
+    tokens: u32,
+    /// The shared allowance Redis had left at the last grant.
+    pool: u32,
+    reset_at: Instant,
+    expires: Instant,
+    /// A background top-up is in flight.
+    topping_up: bool,
+    /// Redis refused: every request is refused until then.
+    refused_until: Option<Instant>,
+    emission: i64,
+    burst: u32,
+}
+
+/// What a check does after looking at this instance's lease.
+enum Take {
+    Spent(Decision, bool),
+    Refused(Decision),
+    Ask { want: u32, returned: u32 },
+}
+
+/// The limiter every door shares; cheap to clone.
+#[derive(Clone)]
 pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     redis: Redis,
     /// The script's SHA once Redis has it (`SCRIPT LOAD`).
     sha: Mutex<Option<String>>,
+    leases: Mutex<HashMap<String, Lease>>,
     local: Mutex<Local>,
     metrics: LimitMetrics,
     /// Throttles the fallback warning to one per 10 s.
@@ -85,63 +163,242 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn until(at: Instant, now: Instant) -> Duration {
+    at.saturating_duration_since(now)
+}
+
 impl RateLimiter {
+    /// A limiter on `redis`; inside a Tokio runtime it also starts the task
+    /// that gives expired leases' unspent tokens back.
     pub fn new(redis: Redis, metrics: &Metrics) -> Self {
-        Self {
+        let inner = Arc::new(Inner {
             redis,
             sha: Mutex::new(None),
+            leases: Mutex::new(HashMap::new()),
             local: Mutex::new(Local::default()),
             metrics: metrics.set(),
             warned: Mutex::new(None),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&inner)));
         }
+        Self { inner }
     }
 
     /// Counts one request of `subject` (e.g. `ip:10.0.0.1`) on route `op`.
     pub async fn check(&self, op: &str, subject: &str, policy: RoutePolicy) -> Decision {
+        let inner = &self.inner;
+        let key = inner.redis.key(&format!("rl:{op}:{subject}"));
         let emission = emission_us(policy);
-        let key = self.redis.key(&format!("rl:{op}:{subject}"));
-        let (store, decision) = match self.redis.bounded(self.gcra(&key, emission, policy.requests)).await {
-            Ok(reply) if reply.len() == 4 => ("redis", decision(policy.requests, &reply)),
-            other => {
-                self.warn_fallback(&other.err().map(|e| format!("{:?}", e.kind())).unwrap_or_default());
-                let decision =
-                    self.local.lock().unwrap_or_else(|p| p.into_inner()).check(&key, emission, policy);
-                ("local", decision)
+        let (store, decision) = match inner.take(&key, policy, emission) {
+            Take::Spent(decision, top_up) => {
+                if top_up {
+                    self.top_up(key, policy, emission);
+                }
+                ("lease", decision)
+            }
+            Take::Refused(decision) => ("lease", decision),
+            Take::Ask { want, returned } => {
+                inner.metrics.leases.get_or_create(&LeaseLabel { kind: "take" }).inc();
+                match inner.redis.bounded(inner.gcra(&key, emission, policy.requests, want, returned)).await {
+                    Ok(reply) if reply.len() == 4 => ("redis", inner.granted(&key, policy, emission, &reply)),
+                    other => {
+                        inner.warn_fallback(
+                            &other.err().map(|e| format!("{:?}", e.kind())).unwrap_or_default(),
+                        );
+                        ("local", lock(&inner.local).check(&key, emission, policy))
+                    }
+                }
             }
         };
         let outcome = if decision.allowed { "allowed" } else { "limited" };
-        self.metrics.decisions.get_or_create(&DecisionLabel { store, outcome }).inc();
+        inner.metrics.decisions.get_or_create(&DecisionLabel { store, outcome }).inc();
         decision
+    }
+
+    /// Leases more tokens for `key` without holding up the request that
+    /// found its lease half spent.
+    fn top_up(&self, key: String, policy: RoutePolicy, emission: i64) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner.metrics.leases.get_or_create(&LeaseLabel { kind: "top_up" }).inc();
+            let want = lease_size(policy);
+            let reply = inner.redis.bounded(inner.gcra(&key, emission, policy.requests, want, 0)).await;
+            let now = Instant::now();
+            let mut leases = lock(&inner.leases);
+            let Some(lease) = leases.get_mut(&key) else { return };
+            lease.topping_up = false;
+            // Refused or failed: the lease runs out and the next request
+            // asks Redis itself.
+            if let Ok(reply) = reply
+                && reply.len() == 4
+                && reply[0] > 0
+            {
+                lease.tokens += u32::try_from(reply[0]).unwrap_or(0);
+                lease.pool = u32::try_from(reply[1]).unwrap_or(0);
+                lease.expires = now + LEASE_TTL;
+                lease.reset_at = now + micros(reply[3]);
+            }
+        });
+    }
+}
+
+impl Inner {
+    /// Spends a token of this instance's lease for `key`, or says what to
+    /// ask Redis for.
+    fn take(&self, key: &str, policy: RoutePolicy, emission: i64) -> Take {
+        let now = Instant::now();
+        let size = lease_size(policy);
+        let mut leases = lock(&self.leases);
+        let Some(lease) = leases.get_mut(key) else { return Take::Ask { want: size, returned: 0 } };
+        if lease.expires > now && lease.tokens > 0 {
+            lease.tokens -= 1;
+            let top_up = !lease.topping_up && lease.tokens > 0 && lease.tokens <= size / 2;
+            lease.topping_up |= top_up;
+            let decision = Decision {
+                allowed: true,
+                limit: policy.requests,
+                remaining: lease.pool.saturating_add(lease.tokens).min(policy.requests),
+                retry_after: Duration::ZERO,
+                reset_after: until(lease.reset_at, now),
+            };
+            return Take::Spent(decision, top_up);
+        }
+        if let Some(refused_until) = lease.refused_until.filter(|at| *at > now) {
+            return Take::Refused(Decision {
+                allowed: false,
+                limit: policy.requests,
+                remaining: 0,
+                retry_after: until(refused_until, now),
+                reset_after: until(lease.reset_at, now),
+            });
+        }
+        // Expired tokens go back with the request for new ones; a lease
+        // changed by a new policy (a config reload) is given back whole.
+        let returned = if lease.expires <= now || lease.emission != emission || lease.burst != policy.requests
+        {
+            std::mem::take(&mut lease.tokens)
+        } else {
+            0
+        };
+        // While a top-up is in flight, concurrent requests take one token
+        // each rather than a lease apiece.
+        Take::Ask { want: if lease.topping_up { 1 } else { size }, returned }
+    }
+
+    /// Records what Redis granted for `key` and spends one token of it.
+    fn granted(&self, key: &str, policy: RoutePolicy, emission: i64, reply: &[i64]) -> Decision {
+        let now = Instant::now();
+        let granted = u32::try_from(reply[0]).unwrap_or(0);
+        let mut leases = lock(&self.leases);
+        let lease = leases.entry(key.to_owned()).or_insert_with(|| Lease {
+            tokens: 0,
+            pool: 0,
+            reset_at: now,
+            expires: now,
+            topping_up: false,
+            refused_until: None,
+            emission,
+            burst: policy.requests,
+        });
+        (lease.emission, lease.burst) = (emission, policy.requests);
+        lease.reset_at = now + micros(reply[3]);
+        if granted == 0 {
+            let retry_after = micros(reply[2]);
+            lease.refused_until = Some(now + retry_after);
+            return Decision {
+                allowed: false,
+                limit: policy.requests,
+                remaining: 0,
+                retry_after,
+                reset_after: micros(reply[3]),
+            };
+        }
+        lease.refused_until = None;
+        lease.tokens += granted - 1;
+        lease.pool = u32::try_from(reply[1]).unwrap_or(0);
+        lease.expires = now + LEASE_TTL;
+        Decision {
+            allowed: true,
+            limit: policy.requests,
+            remaining: lease.pool.saturating_add(lease.tokens).min(policy.requests),
+            retry_after: Duration::ZERO,
+            reset_after: micros(reply[3]),
+        }
     }
 
     /// Runs the script by its SHA (Redis keeps it compiled; the request is
     /// a few bytes, not the script), loading it first when Redis does not
     /// know it (the first call, or after Redis restarted).
-    async fn gcra(&self, key: &str, emission: i64, requests: u32) -> redis::RedisResult<Vec<i64>> {
+    async fn gcra(
+        &self,
+        key: &str,
+        emission: i64,
+        burst: u32,
+        want: u32,
+        returned: u32,
+    ) -> redis::RedisResult<Vec<i64>> {
         let mut conn = self.redis.connection();
-        let known = self.sha.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(sha) = known {
+        let run = |sha: &str| {
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(&sha).arg(1).arg(key).arg(emission).arg(requests);
-            match cmd.query_async::<Vec<i64>>(&mut conn).await {
+            cmd.arg(sha).arg(1).arg(key).arg(emission).arg(burst).arg(want).arg(returned);
+            cmd
+        };
+        let known = lock(&self.sha).clone();
+        if let Some(sha) = known {
+            match run(&sha).query_async::<Vec<i64>>(&mut conn).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {}
                 other => return other,
             }
         }
         let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query_async(&mut conn).await?;
-        *self.sha.lock().unwrap_or_else(|p| p.into_inner()) = Some(sha.clone());
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&sha).arg(1).arg(key).arg(emission).arg(requests);
-        cmd.query_async(&mut conn).await
+        *lock(&self.sha) = Some(sha.clone());
+        run(&sha).query_async(&mut conn).await
     }
 
     fn warn_fallback(&self, reason: &str) {
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warned = lock(&self.warned);
         if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
             *warned = Some(Instant::now());
             tracing::warn!(reason, "rate limits: Redis cannot answer; using this instance's local limiter");
         }
     }
+}
+
+/// Every [`LEASE_TTL`], forgets the leases that expired and gives their
+/// unspent tokens back to Redis, so other instances can use them; ends
+/// with the limiter.
+async fn sweep(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(LEASE_TTL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let mut unspent = Vec::new();
+        lock(&inner.leases).retain(|key, lease| {
+            let idle =
+                lease.expires <= now && !lease.topping_up && lease.refused_until.is_none_or(|at| at <= now);
+            if idle && lease.tokens > 0 {
+                unspent.push((key.clone(), lease.emission, lease.burst, lease.tokens));
+            }
+            !idle
+        });
+        for (key, emission, burst, tokens) in unspent {
+            inner.metrics.leases.get_or_create(&LeaseLabel { kind: "return" }).inc();
+            if let Err(error) = inner.redis.bounded(inner.gcra(&key, emission, burst, 0, tokens)).await {
+                tracing::debug!(kind = ?error.kind(), "could not give unspent rate-limit tokens back");
+            }
+        }
+    }
+}
+
+fn micros(v: i64) -> Duration {
+    Duration::from_micros(u64::try_from(v).unwrap_or(0))
 }
 
 fn emission_us(policy: RoutePolicy) -> i64 {
@@ -150,13 +407,12 @@ fn emission_us(policy: RoutePolicy) -> i64 {
 }
 
 fn decision(limit: u32, reply: &[i64]) -> Decision {
-    let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     Decision {
         allowed: reply[0] == 1,
         limit,
         remaining: u32::try_from(reply[1]).unwrap_or(0).min(limit),
-        retry_after: us(reply[2]),
-        reset_after: us(reply[3]),
+        retry_after: micros(reply[2]),
+        reset_after: micros(reply[3]),
     }
 }
 

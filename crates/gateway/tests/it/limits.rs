@@ -1,10 +1,14 @@
-//! Rate limits shared by every gateway instance through Redis, and the
-//! local limiter that takes over when Redis cannot answer.
+//! Rate limits shared by every gateway instance through Redis (spent from
+//! leased batches of tokens), and the local limiter that takes over when
+//! Redis cannot answer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tenx_gateway::settings::RouteOverride;
 use tenx_test_support::{ChaosProxy, addr_of, http_get};
 
-use crate::support::{Platform, send, unique_email};
+use crate::support::{Platform, send, sign_up, unique_email};
 
 fn login_body() -> String {
     serde_json::json!({ "email": unique_email(), "password": "wrong password 123" }).to_string()
@@ -73,5 +77,79 @@ async fn with_redis_unreachable_the_local_limiter_still_serves_and_still_limits(
         "{metrics}"
     );
     assert!(!metrics.contains(r#"store="redis""#), "no decision came from Redis: {metrics}");
+    Ok(())
+}
+
+/// The value of the sample `series` (name and labels, exactly as exported)
+/// on a gateway's `/metrics`, 0 when absent.
+async fn sample(admin: SocketAddr, series: &str) -> anyhow::Result<f64> {
+    let (_, text) = http_get(admin, "/metrics").await?;
+    Ok(text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn two_gateways_spending_leased_tokens_admit_exactly_the_allowance_with_few_redis_calls()
+-> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let mut settings = platform.gateway_settings()?;
+    // 320 an hour: leases of 10 tokens; one token refills every 11 s,
+    // which this test is too short to notice more than once.
+    settings.routes.insert(
+        "me_get".into(),
+        RouteOverride { requests: Some(320), period_seconds: Some(3600), timeout_ms: None },
+    );
+    let (one, two) = (platform.gateway_with(settings.clone()).await?, platform.gateway_with(settings).await?);
+    let (token, _, _) = sign_up(one.http_addr, &unique_email()).await?;
+    let bearer = format!("Bearer {token}");
+    let me = |addr: SocketAddr| {
+        let bearer = bearer.clone();
+        async move { send(addr, "GET", "/v1/me", &[("authorization", bearer.as_str())], None).await }
+    };
+
+    // One request through `one` leases ten tokens and spends one; the
+    // header counts the nine it holds as the caller's.
+    let first = me(one.http_addr).await?;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("ratelimit-remaining"), Some("319"));
+    // Its lease expires unused; the nine go back to Redis.
+    let returned = r#"tenx_gateway_ratelimit_redis_calls_total{kind="return"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(one.admin_addr, returned).await? < 1.0 {
+        anyhow::ensure!(Instant::now() < deadline, "the unspent tokens never went back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Both gateways, alternately, until both refuse three rounds running.
+    let (mut admitted, mut refusing) = (1, 0);
+    while refusing < 3 {
+        let mut refused = 0;
+        for addr in [one.http_addr, two.http_addr] {
+            let reply = me(addr).await?;
+            match reply.status {
+                200 => admitted += 1,
+                429 => refused += 1,
+                other => anyhow::bail!("GET /v1/me: {other} {}", reply.text),
+            }
+        }
+        refusing = if refused == 2 { refusing + 1 } else { 0 };
+        anyhow::ensure!(admitted <= 400, "the limit never bit");
+    }
+    assert!(
+        (320..=321).contains(&admitted),
+        "exactly the allowance (plus at most one refill), none lost in leases: {admitted}"
+    );
+
+    let mut redis_calls = 0.0;
+    for admin in [one.admin_addr, two.admin_addr] {
+        for kind in ["take", "top_up"] {
+            redis_calls +=
+                sample(admin, &format!(r#"tenx_gateway_ratelimit_redis_calls_total{{kind="{kind}"}}"#))
+                    .await?;
+        }
+    }
+    assert!(
+        redis_calls <= 60.0,
+        "about one Redis call per lease of ten, not one per request: {redis_calls} for {admitted}"
+    );
     Ok(())
 }
