@@ -1,18 +1,22 @@
 //! Cluster-wide rate limits: GCRA (the generic cell rate algorithm) kept in
 //! Redis, so every gateway instance draws from the same allowance — but
-//! not one Redis call per request. An instance *leases* tokens from the
-//! shared allowance in batches (one script call takes up to
-//! [`lease_size`] tokens) and spends them in process memory; when a lease
-//! runs half empty it is topped up in the background, so a busy caller's
-//! requests never wait on Redis. Unspent tokens go back to Redis when a
-//! lease expires ([`LEASE_TTL`]).
+//! not one Redis call per busy caller's request. An instance *leases*
+//! tokens from the shared allowance in batches (one script call takes up
+//! to [`lease_size`] tokens) and spends them in process memory; when a
+//! lease runs half empty it is topped up in the background, so a busy
+//! caller's requests rarely wait on Redis. A key seen for the first time
+//! in a while takes one token (one call per request, nothing to give
+//! back); only one asked for again while its last grant is fresh leases.
+//! Refusals are remembered until their `Retry-After`. Leased tokens are
+//! spent within [`LEASE_TTL`] of the last grant; the unspent ones go back.
 //!
-//! What that costs in precision, with N instances: never more admitted than
-//! the allowance (every token came from Redis), shifted by at most one
-//! lease lifetime; a caller can be refused early by the unspent tokens
-//! other instances hold — at most N × `lease_size` — until they return,
-//! within about two seconds. Limits of 32 or fewer requests per period
-//! lease one token at a time, i.e. stay exact.
+//! What that costs in precision, with N instances: never more admitted
+//! than GCRA allows (every token came from Redis, and what goes back is
+//! discounted by the time it was held — see [`Lease::give_back`]), shifted
+//! by the time tokens are held; a caller can be refused early by the
+//! unspent tokens other instances hold — at most about N × 1.5 ×
+//! `lease_size` — until they go back, within about two seconds. Limits
+//! under 64 requests per period lease one token at a time, i.e. stay exact.
 //!
 //! When Redis cannot answer, an in-process limiter with the same algorithm
 //! takes over: per-instance, so looser, but never open — and counted and
@@ -30,14 +34,22 @@ use tenx_common::metrics::{MetricSet, Metrics};
 
 use crate::settings::RoutePolicy;
 
-/// How long leased tokens may be spent before the unspent ones go back.
+/// How long leased tokens may be spent after the last grant.
 pub const LEASE_TTL: Duration = Duration::from_secs(1);
 /// The most tokens one lease takes.
 const MAX_LEASE: u32 = 64;
+/// The most keys an instance keeps leases for; past it, new keys are
+/// checked one token at a time (exact, one Redis call each).
+const MAX_KEYS: usize = 100_000;
+/// How long a lease request counts as outstanding (a request cancelled
+/// half-way leaves its mark; after this, another may ask).
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Unspent tokens of this many keys go back in one pipeline.
+const RETURN_BATCH: usize = 500;
 
 /// How many tokens an instance leases at once for `policy`: a 32nd of the
-/// allowance (one for small limits, which therefore stay exact), at most
-/// [`MAX_LEASE`].
+/// allowance (one for limits under 64, which therefore stay exact), at
+/// most [`MAX_LEASE`].
 pub fn lease_size(policy: RoutePolicy) -> u32 {
     (policy.requests / 32).clamp(1, MAX_LEASE)
 }
@@ -56,9 +68,10 @@ pub struct Decision {
 
 /// GCRA over microseconds, with Redis's clock, taking up to `want`
 /// requests' worth of the allowance at once after giving back `returned`
-/// unspent ones. `ARGV`: emission interval (µs), burst, want, returned.
-/// Returns `{granted, remaining, retry_after_us, reset_after_us}`;
-/// `granted = 0` is a refusal (or, with `want = 0`, a pure return).
+/// microseconds of it. `ARGV`: emission interval (µs), burst, want,
+/// returned (µs). Returns `{granted, remaining, retry_after_us,
+/// reset_after_us}`; `granted = 0` is a refusal (or, with `want = 0`, a
+/// pure return). A bucket that the return fills again is deleted.
 const SCRIPT: &str = r"
 local emission = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -66,13 +79,17 @@ local want = tonumber(ARGV[3])
 local returned = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - returned * emission
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - returned
 if tat < now then tat = now end
 local fit = math.floor((now + emission * burst - tat) / emission)
 local granted = math.min(want, fit)
 if granted < 1 then
-  if returned > 0 and tat > now then
-    redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  if returned > 0 then
+    if tat > now then
+      redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+    else
+      redis.call('DEL', KEYS[1])
+    end
   end
   return {0, 0, tat + emission - emission * burst - now, tat - now}
 end
@@ -117,27 +134,96 @@ impl MetricSet for LimitMetrics {
     }
 }
 
-/// Tokens this instance holds for one key.
+/// What this instance knows and holds of one key's allowance.
 #[derive(Debug)]
 struct Lease {
     tokens: u32,
     /// The shared allowance Redis had left at the last grant.
     pool: u32,
     reset_at: Instant,
+    /// Until when the tokens held may be spent.
     expires: Instant,
-    /// A background top-up is in flight.
-    topping_up: bool,
+    /// Since when tokens have been held without running out.
+    held_since: Instant,
+    /// A request for a full lease (a request's own or a top-up) is
+    /// outstanding until then; meanwhile others ask for one token.
+    asking_until: Option<Instant>,
     /// Redis refused: every request is refused until then.
     refused_until: Option<Instant>,
+    /// The policy the tokens were leased under.
     emission: i64,
     burst: u32,
+}
+
+impl Lease {
+    fn new(now: Instant, emission: i64, burst: u32) -> Self {
+        Self {
+            tokens: 0,
+            pool: 0,
+            reset_at: now,
+            expires: now + LEASE_TTL,
+            held_since: now,
+            asking_until: None,
+            refused_until: None,
+            emission,
+            burst,
+        }
+    }
+
+    fn asking(&self, now: Instant) -> bool {
+        self.asking_until.is_some_and(|at| at > now)
+    }
+
+    /// Takes the unspent tokens out of the lease; returns the allowance
+    /// (µs) they may give back: their emission intervals less the time
+    /// they were held. While this instance held them, the bucket may have
+    /// been full without them and thrown refill away; crediting them whole
+    /// would count that refill twice and could admit more than GCRA allows.
+    fn give_back(&mut self, now: Instant) -> i64 {
+        let tokens = std::mem::take(&mut self.tokens);
+        let held =
+            i64::try_from(now.saturating_duration_since(self.held_since).as_micros()).unwrap_or(i64::MAX);
+        i64::from(tokens).saturating_mul(self.emission).saturating_sub(held).max(0)
+    }
+
+    fn under(&self, policy: RoutePolicy, emission: i64) -> bool {
+        self.emission == emission && self.burst == policy.requests
+    }
+
+    /// Adds `granted` tokens from a reply of the script.
+    fn add(&mut self, now: Instant, granted: u32, reply: &[i64]) {
+        if self.tokens == 0 {
+            self.held_since = now;
+        }
+        self.tokens += granted;
+        self.pool = u32::try_from(reply[1]).unwrap_or(0);
+        self.expires = now + LEASE_TTL;
+        self.reset_at = now + micros(reply[3]);
+        self.refused_until = None;
+    }
+
+    fn allowed(&self, now: Instant, policy: RoutePolicy) -> Decision {
+        Decision {
+            allowed: true,
+            limit: policy.requests,
+            remaining: self.pool.saturating_add(self.tokens).min(policy.requests),
+            retry_after: Duration::ZERO,
+            reset_after: until(self.reset_at, now),
+        }
+    }
 }
 
 /// What a check does after looking at this instance's lease.
 enum Take {
     Spent(Decision, bool),
     Refused(Decision),
-    Ask { want: u32, returned: u32 },
+    /// Ask Redis for `want` tokens, giving back `returned_us` of allowance;
+    /// `leader`: this request marked the lease as being asked for.
+    Ask {
+        want: u32,
+        returned_us: i64,
+        leader: bool,
+    },
 }
 
 /// The limiter every door shares; cheap to clone.
@@ -202,11 +288,19 @@ impl RateLimiter {
                 ("lease", decision)
             }
             Take::Refused(decision) => ("lease", decision),
-            Take::Ask { want, returned } => {
+            Take::Ask { want, returned_us, leader } => {
                 inner.metrics.leases.get_or_create(&LeaseLabel { kind: "take" }).inc();
-                match inner.redis.bounded(inner.gcra(&key, emission, policy.requests, want, returned)).await {
-                    Ok(reply) if reply.len() == 4 => ("redis", inner.granted(&key, policy, emission, &reply)),
+                let asked = inner.gcra(&key, emission, policy.requests, want, returned_us);
+                match inner.redis.bounded(asked).await {
+                    Ok(reply) if reply.len() == 4 => {
+                        ("redis", inner.granted(&key, policy, emission, &reply, leader))
+                    }
                     other => {
+                        // What was given back with the request is lost:
+                        // fewer admitted, never more.
+                        if leader && let Some(lease) = lock(&inner.leases).get_mut(&key) {
+                            lease.asking_until = None;
+                        }
                         inner.warn_fallback(
                             &other.err().map(|e| format!("{:?}", e.kind())).unwrap_or_default(),
                         );
@@ -231,17 +325,16 @@ impl RateLimiter {
             let now = Instant::now();
             let mut leases = lock(&inner.leases);
             let Some(lease) = leases.get_mut(&key) else { return };
-            lease.topping_up = false;
+            lease.asking_until = None;
             // Refused or failed: the lease runs out and the next request
-            // asks Redis itself.
+            // asks Redis itself. Granted under a policy replaced since:
+            // dropped (fewer admitted, never more).
             if let Ok(reply) = reply
                 && reply.len() == 4
                 && reply[0] > 0
+                && lease.under(policy, emission)
             {
-                lease.tokens += u32::try_from(reply[0]).unwrap_or(0);
-                lease.pool = u32::try_from(reply[1]).unwrap_or(0);
-                lease.expires = now + LEASE_TTL;
-                lease.reset_at = now + micros(reply[3]);
+                lease.add(now, u32::try_from(reply[0]).unwrap_or(0), &reply);
             }
         });
     }
@@ -254,19 +347,27 @@ impl Inner {
         let now = Instant::now();
         let size = lease_size(policy);
         let mut leases = lock(&self.leases);
-        let Some(lease) = leases.get_mut(key) else { return Take::Ask { want: size, returned: 0 } };
+        let Some(lease) = leases.get_mut(key) else {
+            // Not seen lately: one token, nothing to give back later.
+            if leases.len() < MAX_KEYS {
+                leases.insert(key.to_owned(), Lease::new(now, emission, policy.requests));
+            }
+            return Take::Ask { want: 1, returned_us: 0, leader: false };
+        };
+        if !lease.under(policy, emission) {
+            // A new policy (a config reload): what was leased under the
+            // old one goes back, priced as it was taken.
+            let returned_us = lease.give_back(now);
+            *lease = Lease::new(now, emission, policy.requests);
+            return Take::Ask { want: 1, returned_us, leader: false };
+        }
         if lease.expires > now && lease.tokens > 0 {
             lease.tokens -= 1;
-            let top_up = !lease.topping_up && lease.tokens > 0 && lease.tokens <= size / 2;
-            lease.topping_up |= top_up;
-            let decision = Decision {
-                allowed: true,
-                limit: policy.requests,
-                remaining: lease.pool.saturating_add(lease.tokens).min(policy.requests),
-                retry_after: Duration::ZERO,
-                reset_after: until(lease.reset_at, now),
-            };
-            return Take::Spent(decision, top_up);
+            let top_up = size > 1 && lease.tokens <= size / 2 && !lease.asking(now);
+            if top_up {
+                lease.asking_until = Some(now + ASK_TIMEOUT);
+            }
+            return Take::Spent(lease.allowed(now, policy), top_up);
         }
         if let Some(refused_until) = lease.refused_until.filter(|at| *at > now) {
             return Take::Refused(Decision {
@@ -277,39 +378,41 @@ impl Inner {
                 reset_after: until(lease.reset_at, now),
             });
         }
-        // Expired tokens go back with the request for new ones; a lease
-        // changed by a new policy (a config reload) is given back whole.
-        let returned = if lease.expires <= now || lease.emission != emission || lease.burst != policy.requests
-        {
-            std::mem::take(&mut lease.tokens)
-        } else {
-            0
-        };
-        // While a top-up is in flight, concurrent requests take one token
-        // each rather than a lease apiece.
-        Take::Ask { want: if lease.topping_up { 1 } else { size }, returned }
+        // Expired tokens go back with the request for new ones. A key
+        // asked for again is busy: it leases — one request at a time; the
+        // others meanwhile take one token each.
+        let returned_us = if lease.tokens > 0 { lease.give_back(now) } else { 0 };
+        let leader = !lease.asking(now);
+        if leader {
+            lease.asking_until = Some(now + ASK_TIMEOUT);
+        }
+        Take::Ask { want: if leader { size } else { 1 }, returned_us, leader }
     }
 
     /// Records what Redis granted for `key` and spends one token of it.
-    fn granted(&self, key: &str, policy: RoutePolicy, emission: i64, reply: &[i64]) -> Decision {
+    fn granted(
+        &self,
+        key: &str,
+        policy: RoutePolicy,
+        emission: i64,
+        reply: &[i64],
+        leader: bool,
+    ) -> Decision {
         let now = Instant::now();
         let granted = u32::try_from(reply[0]).unwrap_or(0);
         let mut leases = lock(&self.leases);
-        let lease = leases.entry(key.to_owned()).or_insert_with(|| Lease {
-            tokens: 0,
-            pool: 0,
-            reset_at: now,
-            expires: now,
-            topping_up: false,
-            refused_until: None,
-            emission,
-            burst: policy.requests,
-        });
-        (lease.emission, lease.burst) = (emission, policy.requests);
-        lease.reset_at = now + micros(reply[3]);
+        if !leases.contains_key(key) && leases.len() < MAX_KEYS {
+            leases.insert(key.to_owned(), Lease::new(now, emission, policy.requests));
+        }
+        let mut unkept = Lease::new(now, emission, policy.requests);
+        let lease = leases.get_mut(key).unwrap_or(&mut unkept);
+        if leader {
+            lease.asking_until = None;
+        }
         if granted == 0 {
             let retry_after = micros(reply[2]);
             lease.refused_until = Some(now + retry_after);
+            lease.reset_at = now + micros(reply[3]);
             return Decision {
                 allowed: false,
                 limit: policy.requests,
@@ -318,17 +421,13 @@ impl Inner {
                 reset_after: micros(reply[3]),
             };
         }
-        lease.refused_until = None;
-        lease.tokens += granted - 1;
-        lease.pool = u32::try_from(reply[1]).unwrap_or(0);
-        lease.expires = now + LEASE_TTL;
-        Decision {
-            allowed: true,
-            limit: policy.requests,
-            remaining: lease.pool.saturating_add(lease.tokens).min(policy.requests),
-            retry_after: Duration::ZERO,
-            reset_after: micros(reply[3]),
+        if !lease.under(policy, emission) {
+            // The policy changed while this request asked: spend one, drop
+            // the rest (fewer admitted, never more).
+            return unkept_decision(now, policy, reply);
         }
+        lease.add(now, granted - 1, reply);
+        lease.allowed(now, policy)
     }
 
     /// Runs the script by its SHA (Redis keeps it compiled; the request is
@@ -340,12 +439,12 @@ impl Inner {
         emission: i64,
         burst: u32,
         want: u32,
-        returned: u32,
+        returned_us: i64,
     ) -> redis::RedisResult<Vec<i64>> {
         let mut conn = self.redis.connection();
         let run = |sha: &str| {
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(1).arg(key).arg(emission).arg(burst).arg(want).arg(returned);
+            cmd.arg(sha).arg(1).arg(key).arg(emission).arg(burst).arg(want).arg(returned_us);
             cmd
         };
         let known = lock(&self.sha).clone();
@@ -360,6 +459,30 @@ impl Inner {
         run(&sha).query_async(&mut conn).await
     }
 
+    /// Gives `unspent` (key, emission, burst, µs) back, in pipelines.
+    async fn give_back(&self, unspent: Vec<(String, i64, u32, i64)>) {
+        let Some(sha) = lock(&self.sha).clone() else { return };
+        for batch in unspent.chunks(RETURN_BATCH) {
+            let mut pipe = redis::pipe();
+            for (key, emission, burst, returned_us) in batch {
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(1)
+                    .arg(key)
+                    .arg(emission)
+                    .arg(burst)
+                    .arg(0)
+                    .arg(returned_us);
+                pipe.ignore();
+            }
+            self.metrics.leases.get_or_create(&LeaseLabel { kind: "return" }).inc_by(batch.len() as u64);
+            let mut conn = self.redis.connection();
+            if let Err(error) = pipe.query_async::<()>(&mut conn).await {
+                tracing::debug!(kind = ?error.kind(), "could not give unspent rate-limit tokens back");
+            }
+        }
+    }
+
     fn warn_fallback(&self, reason: &str) {
         let mut warned = lock(&self.warned);
         if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -367,6 +490,13 @@ impl Inner {
             tracing::warn!(reason, "rate limits: Redis cannot answer; using this instance's local limiter");
         }
     }
+}
+
+/// An allowed decision for a grant this instance does not keep.
+fn unkept_decision(now: Instant, policy: RoutePolicy, reply: &[i64]) -> Decision {
+    let mut lease = Lease::new(now, 0, 0);
+    lease.add(now, 0, reply);
+    lease.allowed(now, policy)
 }
 
 /// Every [`LEASE_TTL`], forgets the leases that expired and gives their
@@ -382,18 +512,17 @@ async fn sweep(inner: Weak<Inner>) {
         let mut unspent = Vec::new();
         lock(&inner.leases).retain(|key, lease| {
             let idle =
-                lease.expires <= now && !lease.topping_up && lease.refused_until.is_none_or(|at| at <= now);
+                lease.expires <= now && !lease.asking(now) && lease.refused_until.is_none_or(|at| at <= now);
             if idle && lease.tokens > 0 {
-                unspent.push((key.clone(), lease.emission, lease.burst, lease.tokens));
+                let (emission, burst) = (lease.emission, lease.burst);
+                let returned_us = lease.give_back(now);
+                if returned_us > 0 {
+                    unspent.push((key.clone(), emission, burst, returned_us));
+                }
             }
             !idle
         });
-        for (key, emission, burst, tokens) in unspent {
-            inner.metrics.leases.get_or_create(&LeaseLabel { kind: "return" }).inc();
-            if let Err(error) = inner.redis.bounded(inner.gcra(&key, emission, burst, 0, tokens)).await {
-                tracing::debug!(kind = ?error.kind(), "could not give unspent rate-limit tokens back");
-            }
-        }
+        inner.give_back(unspent).await;
     }
 }
 
@@ -445,6 +574,33 @@ impl Local {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unspent_tokens_give_back_their_intervals_less_the_time_they_were_held() {
+        let leased = Instant::now();
+        let mut lease = Lease::new(leased, 1_000_000, 600);
+        lease.add(leased, 9, &[10, 500, 0, 10_000_000]);
+        assert_eq!(
+            lease.give_back(leased + Duration::from_secs(2)),
+            7_000_000,
+            "9 s of allowance less 2 s held"
+        );
+        assert_eq!(lease.tokens, 0, "taken out of the lease");
+        lease.add(leased, 3, &[3, 500, 0, 3_000_000]);
+        assert_eq!(lease.give_back(leased + Duration::from_secs(5)), 0, "held longer than they are worth");
+    }
+
+    #[test]
+    fn leases_are_a_32nd_of_the_limit_and_small_limits_take_one_token() {
+        let policy = |requests| RoutePolicy {
+            requests,
+            period: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(lease_size(policy(63)), 1);
+        assert_eq!(lease_size(policy(600)), 18);
+        assert_eq!(lease_size(policy(1_000_000)), MAX_LEASE);
+    }
 
     #[test]
     fn the_local_limiter_allows_the_burst_then_one_per_emission_interval() {

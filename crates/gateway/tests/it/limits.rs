@@ -106,12 +106,16 @@ async fn two_gateways_spending_leased_tokens_admit_exactly_the_allowance_with_fe
         async move { send(addr, "GET", "/v1/me", &[("authorization", bearer.as_str())], None).await }
     };
 
-    // One request through `one` leases ten tokens and spends one; the
-    // header counts the nine it holds as the caller's.
+    // A caller seen for the first time takes one token; asked for again
+    // at once, `one` leases ten and spends one; the header counts the
+    // nine it holds as the caller's.
     let first = me(one.http_addr).await?;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("ratelimit-remaining"), Some("319"));
-    // Its lease expires unused; the nine go back to Redis.
+    let second = me(one.http_addr).await?;
+    assert_eq!(second.header("ratelimit-remaining"), Some("318"), "{}", second.text);
+    // Its lease expires unused; the nine go back to Redis (less the second
+    // or two they were held: a fifth of a token at 11.25 s each).
     let returned = r#"tenx_gateway_ratelimit_redis_calls_total{kind="return"}"#;
     let deadline = Instant::now() + Duration::from_secs(10);
     while sample(one.admin_addr, returned).await? < 1.0 {
@@ -120,7 +124,7 @@ async fn two_gateways_spending_leased_tokens_admit_exactly_the_allowance_with_fe
     }
 
     // Both gateways, alternately, until both refuse three rounds running.
-    let (mut admitted, mut refusing) = (1, 0);
+    let (mut admitted, mut refusing) = (2, 0);
     while refusing < 3 {
         let mut refused = 0;
         for addr in [one.http_addr, two.http_addr] {
@@ -135,8 +139,9 @@ async fn two_gateways_spending_leased_tokens_admit_exactly_the_allowance_with_fe
         anyhow::ensure!(admitted <= 400, "the limit never bit");
     }
     assert!(
-        (320..=321).contains(&admitted),
-        "exactly the allowance (plus at most one refill), none lost in leases: {admitted}"
+        (319..=321).contains(&admitted),
+        "the allowance (give or take the time tokens were held and one refill), none lost in leases: \
+         {admitted}"
     );
 
     let mut redis_calls = 0.0;
