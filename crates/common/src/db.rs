@@ -305,15 +305,11 @@ impl Db {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "replica unavailable; reading from the primary");
-                self.mark_replica_down();
-                self.fallback(FallbackReason::Unavailable);
-                return None;
+                return self.replica_failed();
             }
             Err(_) => {
                 tracing::warn!("replica did not answer in time; reading from the primary");
-                self.mark_replica_down();
-                self.fallback(FallbackReason::Unavailable);
-                return None;
+                return self.replica_failed();
             }
         };
         // One round trip on the very connection that will serve the read:
@@ -324,15 +320,11 @@ impl Db {
             Ok(Ok(replayed)) => replayed,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "replica check failed; reading from the primary");
-                self.mark_replica_down();
-                self.fallback(FallbackReason::Unavailable);
-                return None;
+                return self.replica_failed();
             }
             Err(_) => {
                 tracing::warn!("replica did not answer its check in time; reading from the primary");
-                self.mark_replica_down();
-                self.fallback(FallbackReason::Unavailable);
-                return None;
+                return self.replica_failed();
             }
         };
         if let Some(needed) = after
@@ -359,9 +351,13 @@ impl Db {
         guard.is_some_and(|until| Instant::now() < until)
     }
 
-    fn mark_replica_down(&self) {
-        let mut guard = self.replica_skip_until.lock().unwrap_or_else(|p| p.into_inner());
-        *guard = Some(Instant::now() + self.replica_retry);
+    /// The replica failed this read: it goes to the primary, and so do
+    /// the reads of the next `replica_retry`.
+    fn replica_failed(&self) -> Option<Conn> {
+        *self.replica_skip_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + self.replica_retry);
+        self.fallback(FallbackReason::Unavailable);
+        None
     }
 }
 

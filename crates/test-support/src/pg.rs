@@ -83,9 +83,7 @@ impl TestDb {
             }
         }
     }
-}
 
-impl TestDb {
     /// Waits until the replica has replayed the primary's WAL up to
     /// `position` (an LSN such as `0/3000060`), so that a read without a
     /// position finds there what was written before it.
