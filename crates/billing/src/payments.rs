@@ -129,7 +129,7 @@ pub async fn begin<C: GenericClient>(
                 &policy.provider,
                 &now,
                 &Uuid::now_v7(),
-                &format!("reconcile:{id}"),
+                &reconcile_key(id),
                 &(now + policy.reconcile_after),
                 &caller,
                 &key,
@@ -372,7 +372,7 @@ pub async fn settle_reading<C: GenericClient>(
     // nothing), and its reconcile job, with nothing left to do, is canceled
     // (unless it is the one settling it, and then it finishes itself). A
     // success pays the invoice in the same statement ([`SETTLE_AND_PAY`]).
-    let key = format!("reconcile:{}", attempt.id);
+    let key = reconcile_key(attempt.id);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&attempt.id, &status, &charge_id, &failure, &message, &now, &key];
     let row = match charge_id {
@@ -491,13 +491,19 @@ struct Paid {
     subscription: Option<Uuid>,
 }
 
+/// The key of an attempt's reconcile job.
+pub fn reconcile_key(attempt: Uuid) -> String {
+    format!("reconcile:{attempt}")
+}
+
 /// Settles an attempt (`$1`…`$7`, see [`settle_reading`]).
 macro_rules! settle_ctes {
     () => {
-        "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
-           failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), \
-         job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $6 WHERE dedupe_key = $7 \
-           AND status = 'pending' AND (locked_until IS NULL OR locked_until < $6) AND EXISTS (SELECT 1 FROM settled))"
+        concat!(
+            "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
+               failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), ",
+            crate::scheduler::cancel_reconcile_job!("$6", "$7")
+        )
     };
 }
 
@@ -570,7 +576,7 @@ async fn succeed<C: GenericClient>(
     // read once (the invoice is paid by now), with the subscription as
     // AFTER_PAID left it (read whether or not it changed; nothing read
     // depends on the ledger).
-    let (after, _, context, subscription) = futures_util::try_join!(
+    let (after, _, context, loaded) = futures_util::try_join!(
         async {
             tx.query_one_cached(AFTER_PAID, &[&attempt.invoice_id, &subscription, &now])
                 .await
@@ -585,16 +591,12 @@ async fn succeed<C: GenericClient>(
             }
         }
     )?;
-    let reactivated: Option<(Uuid, String)> = subscription
-        .as_ref()
-        .and_then(|s| Uuid::parse_str(&s.id).ok())
-        .zip(after.get::<_, Option<String>>("reactivated_from"));
     let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
-    let reactivation = match (reactivated, subscription) {
-        (Some((sub, previous)), Some(subscription)) => {
-            let price = subscription.price_id.clone();
-            Some((sub, party.subscription_updated(subscription, &previous, price)))
+    let reactivation = match (subscription, loaded, after.get::<_, Option<String>>("reactivated_from")) {
+        (Some(sub), Some(loaded), Some(previous)) => {
+            let price = loaded.price_id.clone();
+            Some((sub, party.subscription_updated(loaded, &previous, price)))
         }
         _ => None,
     };

@@ -62,10 +62,25 @@ fn pending_of(row: &tokio_postgres::Row) -> Pending {
     }
 }
 
+const RECONCILE_PREFIX: &str = "refund_reconcile:";
+
 /// The key of a refund's reconcile job.
 pub fn reconcile_key(refund: Uuid) -> String {
-    format!("refund_reconcile:{refund}")
+    format!("{RECONCILE_PREFIX}{refund}")
 }
+
+/// The refund a reconcile job's key names.
+pub fn reconciled_by(key: &str) -> Option<Uuid> {
+    key.strip_prefix(RECONCILE_PREFIX).and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// Settles a refund (`$1`…`$6`, see [`settle`]) once.
+const SETTLE: &str = concat!(
+    "WITH settled AS (UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, \
+       completed_at = $5 WHERE id = $1 AND status = 'pending' RETURNING id), ",
+    crate::scheduler::cancel_reconcile_job!("$5", "$6"),
+    " SELECT EXISTS (SELECT 1 FROM settled)"
+);
 
 /// Locks the payment, checks what is left to refund and records a pending
 /// refund of `amount` (0: all that is left), in the caller's transaction,
@@ -189,12 +204,7 @@ pub async fn settle<C: GenericClient>(
     // nothing left to do, is canceled (unless it is the one settling it).
     let settled: bool = tx
         .query_one_cached(
-            "WITH settled AS (UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, \
-               completed_at = $5 WHERE id = $1 AND status = 'pending' RETURNING id), \
-             job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $5 WHERE dedupe_key = $6 \
-               AND status = 'pending' AND (locked_until IS NULL OR locked_until < $5) \
-               AND EXISTS (SELECT 1 FROM settled)) \
-             SELECT EXISTS (SELECT 1 FROM settled)",
+            SETTLE,
             &[&refund.id, &status, &provider_refund, &failure, &now, &reconcile_key(refund.id)],
         )
         .await?

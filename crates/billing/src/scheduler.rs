@@ -29,6 +29,25 @@ use crate::service::Core;
 use crate::settings::{DunningSettings, SchedulerSettings};
 use crate::subscriptions;
 
+/// A CTE, `job`, that cancels the reconcile job whose key is parameter
+/// `$key` of something the statement's CTE `settled` just settled: nothing
+/// is left for it to do. A job running right now (locked) is left alone;
+/// it finishes itself. `$now` is the parameter with the time.
+macro_rules! cancel_reconcile_job {
+    ($now:literal, $key:literal) => {
+        concat!(
+            "job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = ",
+            $now,
+            " WHERE dedupe_key = ",
+            $key,
+            " AND status = 'pending' AND (locked_until IS NULL OR locked_until < ",
+            $now,
+            ") AND EXISTS (SELECT 1 FROM settled))"
+        )
+    };
+}
+pub(crate) use cancel_reconcile_job;
+
 /// Adds a job unless one with the same `dedupe_key` exists.
 #[allow(clippy::too_many_arguments)]
 pub async fn schedule<C: GenericClient>(
@@ -242,12 +261,10 @@ impl Scheduler {
                 self.collect(job, invoice, "dunning", n).await
             }
             ("payment_reconcile", _, _, Some(attempt)) => self.reconcile(job, attempt).await,
-            ("refund_reconcile", ..) => {
-                match job.dedupe_key.strip_prefix("refund_reconcile:").map(Uuid::parse_str) {
-                    Some(Ok(refund)) => self.reconcile_refund(job, refund).await,
-                    _ => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
-                }
-            }
+            ("refund_reconcile", ..) => match refunds::reconciled_by(&job.dedupe_key) {
+                Some(refund) => self.reconcile_refund(job, refund).await,
+                None => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
+            },
             _ => Err(BillingError::Internal(format!("job {} is malformed", job.dedupe_key))),
         }
     }

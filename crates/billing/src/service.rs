@@ -482,7 +482,7 @@ impl Core {
                     // Due now; a run in progress keeps this run_at rather than
                     // its backoff (Scheduler::retry_later), so the wake-up holds.
                     "UPDATE billing_jobs SET run_at = $2 WHERE dedupe_key = $1 AND status = 'pending'",
-                    &[&format!("reconcile:{attempt}"), &now],
+                    &[&payments::reconcile_key(attempt), &now],
                 )
                 .await?;
                 "handled"
