@@ -150,7 +150,8 @@ struct Lease {
     asking_until: Option<Instant>,
     /// Redis refused: every request is refused until then.
     refused_until: Option<Instant>,
-    /// The policy the tokens were leased under.
+    /// The key's policy (fixed for the process's life: settings are read
+    /// at start), for giving tokens back.
     emission: i64,
     burst: u32,
 }
@@ -184,10 +185,6 @@ impl Lease {
         let held =
             i64::try_from(now.saturating_duration_since(self.held_since).as_micros()).unwrap_or(i64::MAX);
         i64::from(tokens).saturating_mul(self.emission).saturating_sub(held).max(0)
-    }
-
-    fn under(&self, policy: RoutePolicy, emission: i64) -> bool {
-        self.emission == emission && self.burst == policy.requests
     }
 
     /// Adds `granted` tokens from a reply of the script.
@@ -327,12 +324,10 @@ impl RateLimiter {
             let Some(lease) = leases.get_mut(&key) else { return };
             lease.asking_until = None;
             // Refused or failed: the lease runs out and the next request
-            // asks Redis itself. Granted under a policy replaced since:
-            // dropped (fewer admitted, never more).
+            // asks Redis itself.
             if let Ok(reply) = reply
                 && reply.len() == 4
                 && reply[0] > 0
-                && lease.under(policy, emission)
             {
                 lease.add(now, u32::try_from(reply[0]).unwrap_or(0), &reply);
             }
@@ -354,13 +349,6 @@ impl Inner {
             }
             return Take::Ask { want: 1, returned_us: 0, leader: false };
         };
-        if !lease.under(policy, emission) {
-            // A new policy (a config reload): what was leased under the
-            // old one goes back, priced as it was taken.
-            let returned_us = lease.give_back(now);
-            *lease = Lease::new(now, emission, policy.requests);
-            return Take::Ask { want: 1, returned_us, leader: false };
-        }
         if lease.expires > now && lease.tokens > 0 {
             lease.tokens -= 1;
             let top_up = size > 1 && lease.tokens <= size / 2 && !lease.asking(now);
@@ -420,11 +408,6 @@ impl Inner {
                 retry_after,
                 reset_after: micros(reply[3]),
             };
-        }
-        if !lease.under(policy, emission) {
-            // The policy changed while this request asked: spend one, drop
-            // the rest (fewer admitted, never more).
-            return unkept_decision(now, policy, reply);
         }
         lease.add(now, granted - 1, reply);
         lease.allowed(now, policy)
@@ -490,13 +473,6 @@ impl Inner {
             tracing::warn!(reason, "rate limits: Redis cannot answer; using this instance's local limiter");
         }
     }
-}
-
-/// An allowed decision for a grant this instance does not keep.
-fn unkept_decision(now: Instant, policy: RoutePolicy, reply: &[i64]) -> Decision {
-    let mut lease = Lease::new(now, 0, 0);
-    lease.add(now, 0, reply);
-    lease.allowed(now, policy)
 }
 
 /// Every [`LEASE_TTL`], forgets the leases that expired and gives their
