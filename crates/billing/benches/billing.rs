@@ -17,7 +17,7 @@ use tenx_proto::billing::v1 as pb;
 use tenx_test_support::bench::{self, Figure, percentile};
 use uuid::Uuid;
 
-use support::{TestBilling, keyed, localstripe, usage};
+use support::{TestBilling, bearer, localstripe, usage};
 
 const CONCURRENCY: usize = 16;
 const SINGLE_RECORDS: usize = 8_000;
@@ -34,16 +34,16 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = BTreeMap::new();
 
     // A metered subscription to report usage against.
-    let user = Uuid::now_v7();
+    let user = Customer::new();
     let mut c = client.clone();
     let card = pb::AddPaymentMethodRequest { token: "tok_success".into(), set_default: true };
-    c.add_payment_method(keyed(user, "card", card)).await?;
+    c.add_payment_method(user.keyed("card", card)).await?;
     let request = pb::CreateSubscriptionRequest {
         price_id: "20000000-0000-4000-8000-000000000010".into(),
         ..Default::default()
     };
     let sub =
-        c.create_subscription(keyed(user, "sub", request)).await?.into_inner().subscription.expect("sub").id;
+        c.create_subscription(user.keyed("sub", request)).await?.into_inner().subscription.expect("sub").id;
 
     let started = Instant::now();
     run(SINGLE_RECORDS, |i| {
@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         "PayInvoice p50, 16 concurrent",
         "PayInvoice p99, 16 concurrent",
         "PayInvoice, payments/s, 16 concurrent",
+        "PayInvoice, machine CPU per payment, 16 concurrent",
     ];
     pay(&client, &invoices, names, &mut figures).await?;
     support::assert_ledger_invariants(&billing).await?;
@@ -94,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         "PayInvoice p50, Stripe (localstripe), 16 concurrent",
         "PayInvoice p99, Stripe (localstripe), 16 concurrent",
         "PayInvoice, payments/s, Stripe (localstripe), 16 concurrent",
+        "PayInvoice, machine CPU per payment, Stripe (localstripe), 16 concurrent",
     ];
     pay(&stripe_client, &invoices, names, &mut figures).await?;
     support::assert_ledger_invariants(&stripe).await?;
@@ -101,12 +103,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `n` customers, each with an open invoice (its first charge declined by
-/// the first card) and a working second card as default: `(user, invoice)`.
+/// the first card) and a working second card as default: `(customer, invoice)`.
 async fn open_invoices<F, Fut>(
     client: &support::Client,
     n: usize,
     cards: F,
-) -> anyhow::Result<Vec<(Uuid, String)>>
+) -> anyhow::Result<Vec<(Customer, String)>>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(String, String)>>,
@@ -116,43 +118,45 @@ where
     let cards = &cards;
     let open = futures_util::stream::iter(0..n).map(|i| async move {
         let (declined, working) = cards(i).await?;
-        let user = Uuid::now_v7();
+        let user = Customer::new();
         let mut c = client.clone();
         let declined = pb::AddPaymentMethodRequest { token: declined, set_default: true };
-        c.add_payment_method(keyed(user, "declined", declined)).await?;
+        c.add_payment_method(user.keyed("declined", declined)).await?;
         let request = pb::CreateSubscriptionRequest {
             price_id: "20000000-0000-4000-8000-000000000004".into(),
             ..Default::default()
         };
         let invoice = c
-            .create_subscription(keyed(user, "sub", request))
+            .create_subscription(user.keyed("sub", request))
             .await?
             .into_inner()
             .invoice
             .ok_or_else(|| anyhow::anyhow!("no invoice"))?
             .id;
         let card = pb::AddPaymentMethodRequest { token: working, set_default: true };
-        c.add_payment_method(keyed(user, "card", card)).await?;
+        c.add_payment_method(user.keyed("card", card)).await?;
         anyhow::Ok((user, invoice))
     });
     open.buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 /// Pays every invoice, `CONCURRENCY` at a time: figures `names` = p50,
-/// p99 and payments/s.
+/// p99, payments/s and the whole machine's busy CPU per payment
+/// (Postgres, its replica, RabbitMQ and the client included).
 async fn pay(
     client: &support::Client,
-    invoices: &[(Uuid, String)],
-    names: [&'static str; 3],
+    invoices: &[(Customer, String)],
+    names: [&'static str; 4],
     figures: &mut BTreeMap<&'static str, Figure>,
 ) -> anyhow::Result<()> {
+    let cpu = bench::busy_cpu_us();
     let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(invoices.len())));
     let paying = run(invoices.len(), |i| {
         let (mut c, (user, invoice), latencies) = (client.clone(), invoices[i].clone(), latencies.clone());
         async move {
             let request = pb::PayInvoiceRequest { invoice_id: invoice, ..Default::default() };
             let at = Instant::now();
-            let paid = c.pay_invoice(keyed(user, "pay", request)).await?.into_inner();
+            let paid = c.pay_invoice(user.keyed("pay", request)).await?.into_inner();
             latencies.lock().unwrap_or_else(|p| p.into_inner()).push(at.elapsed());
             anyhow::ensure!(
                 paid.invoice.map(|i| i.status) == Some(pb::InvoiceStatus::Paid as i32),
@@ -163,11 +167,33 @@ async fn pay(
     })
     .await?;
     let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let [p50, p99, rate] = names;
+    let cpu_ms = bench::busy_cpu_us().saturating_sub(cpu) as f64 / 1e3 / invoices.len() as f64;
+    let [p50, p99, rate, per_payment] = names;
     figures.insert(p50, Figure::ms(percentile(&mut latencies, 50.0)));
     figures.insert(p99, Figure::ms(percentile(&mut latencies, 99.0)));
     figures.insert(rate, Figure::per_second(invoices.len(), paying));
+    figures.insert(per_payment, Figure { value: cpu_ms, unit: "ms", higher_is_better: false });
     Ok(())
+}
+
+/// A customer's client: one access token for all its calls, as a real
+/// client keeps it (the service verifies its signature once).
+#[derive(Clone)]
+struct Customer {
+    token: String,
+}
+
+impl Customer {
+    fn new() -> Self {
+        Self { token: tenx_auth::testing::user_token(Uuid::now_v7(), &[]) }
+    }
+
+    /// `message` with the token and an idempotency key.
+    fn keyed<T>(&self, key: &str, message: T) -> tonic::Request<T> {
+        let mut request = bearer(&self.token, message);
+        request.metadata_mut().insert("idempotency-key", key.parse().expect("a valid key"));
+        request
+    }
 }
 
 /// Calls `call(i)` for i in 0..n, `CONCURRENCY` at a time.

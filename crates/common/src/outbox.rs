@@ -10,6 +10,13 @@
 //! they were written. (That order is commit order when writers of one
 //! aggregate are serialised, e.g. by locking the aggregate's row.)
 //!
+//! Each relay remembers, per partition, a floor below which everything
+//! is published, and reads only above it: a busy outbox leaves thousands
+//! of index entries of published rows that a streaming replica's
+//! `hot_standby_feedback` keeps alive for seconds, and reading past them
+//! cost more than the rest of the batch. A floor only passes a seq once
+//! no transaction that could still commit it is running ([`Floors`]).
+//!
 //! A broker outage delays events and never drops them: the rows stay
 //! pending and the relay retries with backoff. A crash after the confirm
 //! but before the commit publishes a batch twice; consumers dedupe by id.
@@ -63,10 +70,15 @@ impl NewEvent {
 pub async fn enqueue<C: GenericClient>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::now_v7();
     let trace = TraceHeaders::current();
+    // The transaction gets its id before the row its seq: the relay's
+    // floors ([`Floors`]) rely on every seq being taken by a transaction
+    // whose id is already assigned.
     tx.execute_cached(
-        "INSERT INTO tenx_outbox \
-           (id, event_type, aggregate_id, partition, payload, payload_type, traceparent, tracestate) \
-         VALUES ($1, $2, $3, (hashtext($3) & 15)::smallint, $4, $5, $6, $7)",
+        "WITH xid AS MATERIALIZED (SELECT pg_current_xact_id()) \
+         INSERT INTO tenx_outbox \
+           (seq, id, event_type, aggregate_id, partition, payload, payload_type, traceparent, tracestate) \
+         SELECT nextval('tenx_outbox_seq_seq'), $1, $2, $3, (hashtext($3) & 15)::smallint, $4, $5, $6, $7 \
+         FROM xid",
         &[
             &id,
             &event.event_type,
@@ -161,6 +173,7 @@ pub struct Relay {
     exchange: String,
     settings: RelaySettings,
     metrics: RelayMetrics,
+    floors: tokio::sync::Mutex<Option<Floors>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -169,20 +182,123 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// Partitions rows are spread over (`hashtext(aggregate_id) & 15`).
+const PARTITIONS: usize = 16;
+
+/// The oldest pending rows of up to `$1` partitions this relay could lock,
+/// at most `$2` rows, in seq order. Each partition is read above its floor
+/// (`$3[partition + 1]`): below it every row is published, so the scan
+/// skips the index entries published rows leave behind, which a replica's
+/// `hot_standby_feedback` keeps from being cleaned for seconds and which
+/// otherwise cost a heap visit each, every batch. Candidates are found
+/// before any lock is tried, so only partitions with work are locked.
 const CLAIM_BATCH: &str = "\
-WITH mine AS (
-    SELECT p FROM (
-        SELECT DISTINCT partition AS p FROM tenx_outbox WHERE published_at IS NULL
-    ) AS pending
+WITH floors AS (
+    SELECT (ord - 1)::smallint AS p, f AS floor FROM unnest($3::bigint[]) WITH ORDINALITY AS t (f, ord)
+), candidates AS MATERIALIZED (
+    SELECT p, floor FROM floors
+    WHERE EXISTS (SELECT 1 FROM tenx_outbox o WHERE o.partition = floors.p AND o.seq > floors.floor
+                  AND o.published_at IS NULL)
+), mine AS (
+    SELECT p, floor FROM candidates
     WHERE pg_try_advisory_xact_lock(hashtext('tenx.outbox.' || current_schema()), p)
     LIMIT $1
 )
-SELECT seq, id, event_type, aggregate_id, payload, payload_type, traceparent, tracestate, occurred_at
-FROM tenx_outbox
-WHERE published_at IS NULL AND partition IN (SELECT p FROM mine)
-ORDER BY seq
+SELECT o.seq, o.partition, o.id, o.event_type, o.aggregate_id, o.payload, o.payload_type, o.traceparent,
+       o.tracestate, o.occurred_at
+FROM tenx_outbox o JOIN mine ON o.partition = mine.p AND o.seq > mine.floor
+WHERE o.published_at IS NULL
+ORDER BY o.seq
 LIMIT $2
-FOR UPDATE OF tenx_outbox SKIP LOCKED";
+FOR UPDATE OF o";
+
+/// Where each partition's scan starts: below `floor[p]`, every row of
+/// partition p is published.
+///
+/// A floor may pass a seq only when no transaction can still commit a row
+/// with it. Seqs come from a sequence without a per-session cache, each
+/// taken by a transaction that already has its id ([`enqueue`]). A batch
+/// reads the sequence's last value `L`, then takes an id X for its own
+/// transaction: every seq up to L belongs to a transaction with an id
+/// below X. Once that batch has ended and a later snapshot's `xmin`
+/// reaches X, all of those have ended too, and a claim that reads every
+/// visible pending row of a partition up to L leaves nothing unpublished
+/// below L. (A snapshot's `xmax` would not do: ids still running above
+/// the last completed one are not in it.) Until then the floor waits, so
+/// a transaction that stays open only makes scans longer, never loses a
+/// row.
+#[derive(Debug)]
+struct Floors {
+    /// Per partition; 0 at start (the first batch reads everything).
+    floor: [i64; PARTITIONS],
+    /// `(L, X)` samples, oldest first, not yet known safe.
+    samples: std::collections::VecDeque<(i64, i64)>,
+    /// False when the sequence caches values per session, where a seq can
+    /// be taken long before it is used: then every scan starts at 0.
+    enabled: bool,
+    /// Empty batches since the last sample: an idle relay samples only
+    /// every [`Self::IDLE_SAMPLE_EVERY`] polls, as each sample takes a
+    /// transaction id.
+    idle: u32,
+}
+
+impl Floors {
+    /// Samples kept; a long transaction only delays floors meanwhile.
+    const SAMPLES: usize = 256;
+    const IDLE_SAMPLE_EVERY: u32 = 20;
+
+    fn new(enabled: bool) -> Self {
+        Self { floor: [0; PARTITIONS], samples: Default::default(), enabled, idle: 0 }
+    }
+
+    /// Whether this batch takes a sample (see `idle`).
+    fn sampling(&mut self) -> bool {
+        self.idle += 1;
+        self.enabled && (self.idle == 1 || self.idle.is_multiple_of(Self::IDLE_SAMPLE_EVERY))
+    }
+
+    /// Returns the highest `L` of earlier batches whose writers have all
+    /// ended by `xmin` (0 if none), then records this batch's sample
+    /// (`last_value`, this batch's own transaction id), which only a later
+    /// batch can use: until this one ends, its id holds `xmin` below it.
+    fn safe_limit(&mut self, last_value: i64, own_xid: i64, xmin: i64) -> i64 {
+        let mut safe = 0;
+        while let Some(&(l, x)) = self.samples.front() {
+            if x > xmin {
+                break;
+            }
+            safe = l;
+            self.samples.pop_front();
+        }
+        // The newest safe sample stays safe for later batches (`xmin` only
+        // grows).
+        if safe > 0 {
+            self.samples.push_front((safe, xmin));
+        }
+        while self.samples.len() >= Self::SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((last_value, own_xid));
+        safe
+    }
+
+    fn params(&self) -> Vec<i64> {
+        if self.enabled { self.floor.to_vec() } else { vec![0; PARTITIONS] }
+    }
+
+    /// After a batch's publish was confirmed: each claimed partition read
+    /// every visible pending row up to `through` (the whole partition when
+    /// the batch was not full, else up to the batch's last seq), so its
+    /// floor rises to there, but never past `safe`.
+    fn advance(&mut self, partitions: &[i16], through: i64, safe: i64) {
+        let to = through.min(safe);
+        for &p in partitions {
+            if let Some(floor) = self.floor.get_mut(p as usize) {
+                *floor = (*floor).max(to);
+            }
+        }
+    }
+}
 
 impl Relay {
     pub fn new(db: &Db, amqp: Amqp, settings: RelaySettings, metrics: &Metrics) -> Self {
@@ -193,6 +309,7 @@ impl Relay {
             publisher: Publisher::new(amqp),
             settings,
             metrics: metrics.set(),
+            floors: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -230,20 +347,54 @@ impl Relay {
 
     /// Publishes one batch; returns how many events it confirmed.
     pub async fn relay_batch(&self) -> Result<usize, OutboxError> {
+        // One batch at a time per relay: the floors are this relay's.
+        let mut floors = self.floors.lock().await;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let floors = match &mut *floors {
+            Some(floors) => floors,
+            None => floors.insert(Floors::new(sequence_is_uncached(&tx).await?)),
+        };
+        // In this order (see [`Floors`]): the sequence's last value, then
+        // this transaction's id (which it needs anyway to mark rows
+        // published); the materialized CTE is read before the id is taken.
+        // The snapshot's xmin is older than both, which is all it needs.
+        let safe = if floors.sampling() {
+            let sample = tx
+                .query_one_cached(
+                    "WITH l AS MATERIALIZED (SELECT coalesce(pg_sequence_last_value('tenx_outbox_seq_seq'), 0) AS v) \
+                     SELECT l.v, pg_current_xact_id()::text::bigint, \
+                            pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM l",
+                    &[],
+                )
+                .await?;
+            floors.safe_limit(sample.get(0), sample.get(1), sample.get(2))
+        } else {
+            0
+        };
         let rows = tx
-            .query_cached(CLAIM_BATCH, &[&self.settings.partitions_per_batch, &self.settings.batch_size])
+            .query_cached(
+                CLAIM_BATCH,
+                &[&self.settings.partitions_per_batch, &self.settings.batch_size, &floors.params()],
+            )
             .await?;
         if rows.is_empty() {
             return Ok(0);
         }
+        floors.idle = 0;
         let mut seqs = Vec::with_capacity(rows.len());
+        let mut partitions: Vec<i16> = Vec::new();
         let mut messages = Vec::with_capacity(rows.len());
         for row in &rows {
             seqs.push(row.get::<_, i64>("seq"));
+            let partition: i16 = row.get("partition");
+            if !partitions.contains(&partition) {
+                partitions.push(partition);
+            }
             messages.push(Outgoing::event(&self.exchange, &envelope_of(row)));
         }
+        let full = rows.len() as i64 >= self.settings.batch_size;
+        let through = if full { seqs.last().copied().unwrap_or(0) } else { i64::MAX };
         // Bounded: a blocked broker (memory alarm) or a half-open
         // connection must not hold this transaction and its locks open.
         let published = match tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&messages)).await {
@@ -258,6 +409,7 @@ impl Relay {
                 )
                 .await?;
                 tx.commit().await?;
+                floors.advance(&partitions, through, safe);
                 self.metrics.published.inc_by(seqs.len() as u64);
                 Ok(seqs.len())
             }
@@ -290,6 +442,19 @@ impl Relay {
     }
 }
 
+/// Whether `tenx_outbox`'s sequence hands out one value at a time (the
+/// default), which [`Floors`] need.
+async fn sequence_is_uncached<C: GenericClient>(tx: &C) -> Result<bool, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT cache_size FROM pg_sequences WHERE schemaname = current_schema() \
+             AND sequencename = 'tenx_outbox_seq_seq'",
+            &[],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<_, i64>(0) == 1))
+}
+
 /// The envelope of one outbox row. The relay's publish span becomes the
 /// parent of the consumer's span, joining the request's trace.
 fn envelope_of(row: &tokio_postgres::Row) -> Envelope {
@@ -308,5 +473,38 @@ fn envelope_of(row: &tokio_postgres::Row) -> Envelope {
         trace_context: Some(TraceContext { traceparent: trace.traceparent, tracestate: trace.tracestate }),
         payload: row.get("payload"),
         payload_type: row.get("payload_type"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Floors;
+
+    #[test]
+    fn a_floor_waits_for_every_writer_older_than_the_batch_that_sampled_it() {
+        let mut floors = Floors::new(true);
+        // Batch 1 (id 100) saw seqs up to 50; a writer with id 90 is open.
+        assert_eq!(floors.safe_limit(50, 100, 90), 0);
+        // Batch 2 (id 110): xmin 90, the writer is still open.
+        assert_eq!(floors.safe_limit(60, 110, 90), 0);
+        floors.advance(&[3], i64::MAX, 0);
+        assert_eq!(floors.params()[3], 0, "nothing is safe yet");
+        // Batch 3: everything below 105 has ended, so batch 1's seqs are safe.
+        assert_eq!(floors.safe_limit(70, 120, 105), 50);
+        floors.advance(&[3], i64::MAX, 50);
+        // A full batch only vouches for what it read.
+        floors.advance(&[4], 20, 50);
+        assert_eq!((floors.params()[3], floors.params()[4]), (50, 20));
+        // Later batches keep the safe value while xmin holds.
+        assert_eq!(floors.safe_limit(80, 130, 105), 50);
+        assert_eq!(floors.safe_limit(90, 140, 125), 70);
+    }
+
+    #[test]
+    fn a_cached_sequence_turns_floors_off() {
+        let mut floors = Floors::new(false);
+        assert!(!floors.sampling());
+        floors.advance(&[0], i64::MAX, 10);
+        assert_eq!(floors.params(), vec![0; super::PARTITIONS]);
     }
 }

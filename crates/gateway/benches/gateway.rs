@@ -355,28 +355,10 @@ async fn verification(setup: &Setup) -> anyhow::Result<Vec<(&'static str, Figure
     ])
 }
 
-/// The machine's busy CPU time so far (all processes), in µs.
-fn busy_cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: all but idle and
-    // iowait, in USER_HZ (100 per second on Linux).
-    let busy: u64 =
-        fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
-    busy * 10_000
-}
-
 /// Makes `calls` calls, `in_flight` at a time: each call's latency, the
 /// whole run's time, and the machine's CPU per call in µs.
 async fn run(calls: usize, in_flight: usize, call: Call) -> anyhow::Result<(Vec<Duration>, Duration, f64)> {
-    let cpu = busy_cpu_us();
+    let cpu = bench::busy_cpu_us();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..in_flight {
@@ -397,6 +379,6 @@ async fn run(calls: usize, in_flight: usize, call: Call) -> anyhow::Result<(Vec<
         all.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    let cpu_us = busy_cpu_us().saturating_sub(cpu) as f64 / calls as f64;
+    let cpu_us = bench::busy_cpu_us().saturating_sub(cpu) as f64 / calls as f64;
     Ok((all, elapsed, cpu_us))
 }
