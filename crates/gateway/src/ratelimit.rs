@@ -66,6 +66,13 @@ pub struct Decision {
     pub reset_after: Duration,
 }
 
+impl Decision {
+    /// A refusal: nothing remains until `retry_after`.
+    fn refused(limit: u32, retry_after: Duration, reset_after: Duration) -> Self {
+        Self { allowed: false, limit, remaining: 0, retry_after, reset_after }
+    }
+}
+
 /// GCRA over microseconds, with Redis's clock, taking up to `want`
 /// requests' worth of the allowance at once after giving back `returned`
 /// microseconds of it. `ARGV`: emission interval (µs), burst, want,
@@ -358,13 +365,11 @@ impl Inner {
             return Take::Spent(lease.allowed(now, policy), top_up);
         }
         if let Some(refused_until) = lease.refused_until.filter(|at| *at > now) {
-            return Take::Refused(Decision {
-                allowed: false,
-                limit: policy.requests,
-                remaining: 0,
-                retry_after: until(refused_until, now),
-                reset_after: until(lease.reset_at, now),
-            });
+            return Take::Refused(Decision::refused(
+                policy.requests,
+                until(refused_until, now),
+                until(lease.reset_at, now),
+            ));
         }
         // Expired tokens go back with the request for new ones. A key
         // asked for again is busy: it leases — one request at a time; the
@@ -401,13 +406,7 @@ impl Inner {
             let retry_after = micros(reply[2]);
             lease.refused_until = Some(now + retry_after);
             lease.reset_at = now + micros(reply[3]);
-            return Decision {
-                allowed: false,
-                limit: policy.requests,
-                remaining: 0,
-                retry_after,
-                reset_after: micros(reply[3]),
-            };
+            return Decision::refused(policy.requests, retry_after, micros(reply[3]));
         }
         lease.add(now, granted - 1, reply);
         lease.allowed(now, policy)
@@ -425,11 +424,7 @@ impl Inner {
         returned_us: i64,
     ) -> redis::RedisResult<Vec<i64>> {
         let mut conn = self.redis.connection();
-        let run = |sha: &str| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha).arg(1).arg(key).arg(emission).arg(burst).arg(want).arg(returned_us);
-            cmd
-        };
+        let run = |sha: &str| script_call(sha, key, emission, burst, want, returned_us);
         let known = lock(&self.sha).clone();
         if let Some(sha) = known {
             match run(&sha).query_async::<Vec<i64>>(&mut conn).await {
@@ -448,15 +443,7 @@ impl Inner {
         for batch in unspent.chunks(RETURN_BATCH) {
             let mut pipe = redis::pipe();
             for (key, emission, burst, returned_us) in batch {
-                pipe.cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(key)
-                    .arg(emission)
-                    .arg(burst)
-                    .arg(0)
-                    .arg(returned_us);
-                pipe.ignore();
+                pipe.add_command(script_call(&sha, key, *emission, *burst, 0, *returned_us)).ignore();
             }
             self.metrics.leases.get_or_create(&LeaseLabel { kind: "return" }).inc_by(batch.len() as u64);
             let mut conn = self.redis.connection();
@@ -500,6 +487,13 @@ async fn sweep(inner: Weak<Inner>) {
         });
         inner.give_back(unspent).await;
     }
+}
+
+/// One call of [`SCRIPT`] by its SHA (see there for the arguments).
+fn script_call(sha: &str, key: &str, emission: i64, burst: u32, want: u32, returned_us: i64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(1).arg(key).arg(emission).arg(burst).arg(want).arg(returned_us);
+    cmd
 }
 
 fn micros(v: i64) -> Duration {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tenx_common::db::Db;
 use tenx_common::metrics::Metrics;
 use tenx_common::outbox::{self, NewEvent, Relay, RelaySettings};
-use tenx_common::queue::{Amqp, Topology};
+use tenx_common::queue::{Amqp, AmqpSettings, Topology};
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::events::v1::Envelope;
-use tenx_test_support::{ChaosProxy, TestAmqp, addr_of};
+use tenx_test_support::{ChaosProxy, TestAmqp, TestDb, addr_of};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::support::{amqp_settings, connect, declare, observe, test_db};
@@ -40,12 +40,7 @@ async fn write_events(
                     let aggregate = mine[(t * per_tx + e) % mine.len()];
                     let n = next[aggregate];
                     next[aggregate] += 1;
-                    let event = NewEvent {
-                        event_type: "test.counted".into(),
-                        aggregate_id: format!("agg-{aggregate}"),
-                        payload: format!("agg-{aggregate}:{n}").into_bytes(),
-                        payload_type: "test".into(),
-                    };
+                    let event = event(&format!("agg-{aggregate}"), &format!("agg-{aggregate}:{n}"));
                     outbox::enqueue(&tx, &event).await?;
                 }
                 tx.commit().await?;
@@ -88,6 +83,32 @@ async fn collect(
     Ok(received)
 }
 
+/// An outbox database, a broker namespace, and an observer receiving
+/// every `test.#` event. A test binds every field (the database and the
+/// broker's names are removed when theirs drop), the receiver last.
+struct Outbox {
+    test_amqp: TestAmqp,
+    _tdb: TestDb,
+    db: Arc<Db>,
+    settings: AmqpSettings,
+    _observer: Amqp,
+    rx: UnboundedReceiver<Envelope>,
+}
+
+impl Outbox {
+    async fn start() -> anyhow::Result<Self> {
+        let test_amqp = TestAmqp::new();
+        let tdb = test_db().await?;
+        let db = Arc::new(connect(&tdb, None, &Metrics::default())?);
+        let settings = amqp_settings(&test_amqp);
+        let observer = Amqp::new(&settings, "observer");
+        let topology = Topology::for_group(&settings, "observer", &["test.#"]);
+        declare(&test_amqp, &observer, &topology).await?;
+        let rx = observe(&observer, &topology.queue).await?;
+        Ok(Self { test_amqp, _tdb: tdb, db, settings, _observer: observer, rx })
+    }
+}
+
 async fn pending(db: &Db) -> anyhow::Result<i64> {
     Ok(db
         .write()
@@ -99,14 +120,7 @@ async fn pending(db: &Db) -> anyhow::Result<i64> {
 
 #[tokio::test]
 async fn two_relays_publish_ten_thousand_events_exactly_once_in_per_aggregate_order() -> anyhow::Result<()> {
-    let test_amqp = TestAmqp::new();
-    let tdb = test_db().await?;
-    let db = Arc::new(connect(&tdb, None, &Metrics::default())?);
-    let settings = amqp_settings(&test_amqp);
-    let observer = Amqp::new(&settings, "observer");
-    let topology = Topology::for_group(&settings, "observer", &["test.#"]);
-    declare(&test_amqp, &observer, &topology).await?;
-    let mut rx = observe(&observer, &topology.queue).await?;
+    let Outbox { test_amqp: _amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
 
     let shutdown = Shutdown::new();
     let relays = [
@@ -138,14 +152,7 @@ async fn two_relays_publish_ten_thousand_events_exactly_once_in_per_aggregate_or
 
 #[tokio::test]
 async fn a_broker_connection_killed_mid_relay_still_delivers_every_event() -> anyhow::Result<()> {
-    let test_amqp = TestAmqp::new();
-    let tdb = test_db().await?;
-    let db = Arc::new(connect(&tdb, None, &Metrics::default())?);
-    let settings = amqp_settings(&test_amqp);
-    let observer = Amqp::new(&settings, "observer");
-    let topology = Topology::for_group(&settings, "observer", &["test.#"]);
-    declare(&test_amqp, &observer, &topology).await?;
-    let mut rx = observe(&observer, &topology.queue).await?;
+    let Outbox { test_amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
 
     let proxy = ChaosProxy::start(addr_of(test_amqp.url())?).await?;
     let mut proxied = settings.clone();
@@ -194,14 +201,7 @@ fn event(aggregate: &str, text: &str) -> NewEvent {
 /// partition went out must still see its event published, not skipped.
 #[tokio::test]
 async fn an_event_committed_after_later_ones_were_published_is_still_published() -> anyhow::Result<()> {
-    let test_amqp = TestAmqp::new();
-    let tdb = test_db().await?;
-    let db = Arc::new(connect(&tdb, None, &Metrics::default())?);
-    let settings = amqp_settings(&test_amqp);
-    let observer = Amqp::new(&settings, "observer");
-    let topology = Topology::for_group(&settings, "observer", &["test.#"]);
-    declare(&test_amqp, &observer, &topology).await?;
-    let mut rx = observe(&observer, &topology.queue).await?;
+    let Outbox { test_amqp: _amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
     let shutdown = Shutdown::new();
     let relay = start_relay(&db, Amqp::new(&settings, "relay"), &shutdown);
 

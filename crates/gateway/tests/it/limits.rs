@@ -5,10 +5,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tenx_gateway::settings::RouteOverride;
+use tenx_gateway::settings::{GatewaySettings, RouteOverride};
 use tenx_test_support::{ChaosProxy, addr_of, http_get};
 
 use crate::support::{Platform, send, sign_up, unique_email};
+
+/// Route `route` of `settings` allows `requests` per `period_seconds`.
+fn limit(settings: &mut GatewaySettings, route: &str, requests: u32, period_seconds: u32) {
+    let limit =
+        RouteOverride { requests: Some(requests), period_seconds: Some(period_seconds), timeout_ms: None };
+    settings.routes.insert(route.into(), limit);
+}
 
 fn login_body() -> String {
     serde_json::json!({ "email": unique_email(), "password": "wrong password 123" }).to_string()
@@ -19,10 +26,7 @@ async fn a_limit_of_n_is_shared_by_two_gateways_and_the_next_request_gets_429_wi
 -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let mut settings = platform.gateway_settings()?;
-    settings.routes.insert(
-        "auth_login".into(),
-        RouteOverride { requests: Some(3), period_seconds: Some(60), timeout_ms: None },
-    );
+    limit(&mut settings, "auth_login", 3, 60);
     let (one, two) = (platform.gateway_with(settings.clone()).await?, platform.gateway_with(settings).await?);
 
     let mut remaining = Vec::new();
@@ -55,10 +59,7 @@ async fn with_redis_unreachable_the_local_limiter_still_serves_and_still_limits(
     let mut settings = platform.gateway_settings()?;
     let redis = ChaosProxy::start(addr_of(settings.redis.url.expose())?).await?;
     settings.redis.url = format!("redis://{}", redis.addr()).into();
-    settings.routes.insert(
-        "auth_login".into(),
-        RouteOverride { requests: Some(2), period_seconds: Some(60), timeout_ms: None },
-    );
+    limit(&mut settings, "auth_login", 2, 60);
     let gw = platform.gateway_with(settings).await?;
     redis.cut();
 
@@ -94,10 +95,7 @@ async fn two_gateways_spending_leased_tokens_admit_exactly_the_allowance_with_fe
     let mut settings = platform.gateway_settings()?;
     // 320 an hour: leases of 10 tokens; one token refills every 11 s,
     // which this test is too short to notice more than once.
-    settings.routes.insert(
-        "me_get".into(),
-        RouteOverride { requests: Some(320), period_seconds: Some(3600), timeout_ms: None },
-    );
+    limit(&mut settings, "me_get", 320, 3600);
     let (one, two) = (platform.gateway_with(settings.clone()).await?, platform.gateway_with(settings).await?);
     let (token, _, _) = sign_up(one.http_addr, &unique_email()).await?;
     let bearer = format!("Bearer {token}");
