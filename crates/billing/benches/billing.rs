@@ -4,7 +4,8 @@
 //! simulator (`tok_success`) and with the Stripe provider against an
 //! empty localstripe of the bench's own (`make deps` installs it).
 //!
-//! `cargo bench -p tenx-billing`; `TENX_BENCH_SAVE=1` rewrites the baseline.
+//! `cargo bench -p tenx-billing`; `TENX_BENCH_SAVE=1` rewrites the baseline;
+//! `TENX_BENCH_ONLY=simulator` runs only the sections so named.
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -29,10 +30,63 @@ const STRIPE_INVOICES: usize = 64;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // `TENX_BENCH_ONLY=simulator` measures only the sections whose name
+    // has that in it (to profile one path); such a run saves no baseline.
+    let only = std::env::var("TENX_BENCH_ONLY").unwrap_or_default();
+    anyhow::ensure!(
+        only.is_empty() || std::env::var_os("TENX_BENCH_SAVE").is_none(),
+        "a baseline is saved from a whole run only"
+    );
+    let measures = |section: &str| section.contains(only.as_str());
     let billing = TestBilling::start().await?;
     let client = billing.client().await?;
     let mut figures = BTreeMap::new();
+    if measures("RecordUsage") {
+        record_usage(&billing, &client, &mut figures).await?;
+    }
+    if measures("PayInvoice, simulator") {
+        // Open invoices (a first charge declined, then a working card),
+        // paid 16 at a time.
+        let cards = |_| async { Ok(("tok_declined".to_owned(), "tok_success".to_owned())) };
+        let invoices = open_invoices(&client, INVOICES, cards).await?;
+        let names = [
+            "PayInvoice p50, 16 concurrent",
+            "PayInvoice p99, 16 concurrent",
+            "PayInvoice, payments/s, 16 concurrent",
+            "PayInvoice, machine CPU per payment, 16 concurrent",
+        ];
+        pay(&client, &invoices, names, &mut figures).await?;
+        support::assert_ledger_invariants(&billing).await?;
+    }
+    if measures("PayInvoice, Stripe (localstripe)") {
+        // A localstripe of its own, empty: the shared one's cost per call
+        // grows with everything earlier runs left in it.
+        let _localstripe = localstripe::Fresh::start().await?;
+        let stripe = localstripe::with_stripe("whsec_bench").await?;
+        let stripe_client = stripe.client().await?;
+        let cards = |_| async {
+            Ok((localstripe::card("4000000000000341").await?, localstripe::card("4242424242424242").await?))
+        };
+        let invoices = open_invoices(&stripe_client, STRIPE_INVOICES, cards).await?;
+        let names = [
+            "PayInvoice p50, Stripe (localstripe), 16 concurrent",
+            "PayInvoice p99, Stripe (localstripe), 16 concurrent",
+            "PayInvoice, payments/s, Stripe (localstripe), 16 concurrent",
+            "PayInvoice, machine CPU per payment, Stripe (localstripe), 16 concurrent",
+        ];
+        pay(&stripe_client, &invoices, names, &mut figures).await?;
+        support::assert_ledger_invariants(&stripe).await?;
+    }
+    bench::report(&figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
+}
 
+/// RecordUsage against a metered subscription: one record per call, then
+/// batches of 100.
+async fn record_usage(
+    billing: &TestBilling,
+    client: &support::Client,
+    figures: &mut BTreeMap<&'static str, Figure>,
+) -> anyhow::Result<()> {
     // A metered subscription to report usage against.
     let user = Customer::new();
     let mut c = client.clone();
@@ -47,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     run(SINGLE_RECORDS, |i| {
-        let (mut c, request) = (client.clone(), usage(&billing, &sub, &[(&format!("single-{i}"), 1)]));
+        let (mut c, request) = (client.clone(), usage(billing, &sub, &[(&format!("single-{i}"), 1)]));
         async move { c.record_usage(request).await.map(drop).map_err(Into::into) }
     })
     .await?;
@@ -60,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     run(BATCHES, |i| {
         let events: Vec<String> = (0..100).map(|j| format!("batch-{i}-{j}")).collect();
         let records: Vec<(&str, i64)> = events.iter().map(|e| (e.as_str(), 1)).collect();
-        let (mut c, request) = (client.clone(), usage(&billing, &sub, &records));
+        let (mut c, request) = (client.clone(), usage(billing, &sub, &records));
         async move { c.record_usage(request).await.map(drop).map_err(Into::into) }
     })
     .await?;
@@ -69,37 +123,7 @@ async fn main() -> anyhow::Result<()> {
         Figure::per_second(BATCHES * 100, started.elapsed()),
     );
 
-    // Open invoices (a first charge declined, then a working card), paid
-    // 16 at a time: with the simulator, then with Stripe's API (localstripe).
-    let cards = |_| async { Ok(("tok_declined".to_owned(), "tok_success".to_owned())) };
-    let invoices = open_invoices(&client, INVOICES, cards).await?;
-    let names = [
-        "PayInvoice p50, 16 concurrent",
-        "PayInvoice p99, 16 concurrent",
-        "PayInvoice, payments/s, 16 concurrent",
-        "PayInvoice, machine CPU per payment, 16 concurrent",
-    ];
-    pay(&client, &invoices, names, &mut figures).await?;
-    support::assert_ledger_invariants(&billing).await?;
-
-    // A localstripe of its own, empty: the shared one's cost per call grows
-    // with everything earlier runs left in it.
-    let _localstripe = localstripe::Fresh::start().await?;
-    let stripe = localstripe::with_stripe("whsec_bench").await?;
-    let stripe_client = stripe.client().await?;
-    let cards = |_| async {
-        Ok((localstripe::card("4000000000000341").await?, localstripe::card("4242424242424242").await?))
-    };
-    let invoices = open_invoices(&stripe_client, STRIPE_INVOICES, cards).await?;
-    let names = [
-        "PayInvoice p50, Stripe (localstripe), 16 concurrent",
-        "PayInvoice p99, Stripe (localstripe), 16 concurrent",
-        "PayInvoice, payments/s, Stripe (localstripe), 16 concurrent",
-        "PayInvoice, machine CPU per payment, Stripe (localstripe), 16 concurrent",
-    ];
-    pay(&stripe_client, &invoices, names, &mut figures).await?;
-    support::assert_ledger_invariants(&stripe).await?;
-    bench::report(&figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
+    Ok(())
 }
 
 /// `n` customers, each with an open invoice (its first charge declined by

@@ -69,6 +69,34 @@ pub struct Claim {
     pub resource_id: Option<Uuid>,
 }
 
+/// A key as [`Keys::claim`] inserts it when it is new, for a statement
+/// that claims it together with the request's first step (one round trip
+/// and one commit instead of two): inserted only if absent (`ON CONFLICT
+/// DO NOTHING`), and when it was not, the caller claims it the usual way.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub caller: String,
+    pub key: String,
+    pub method: String,
+    pub hash: Vec<u8>,
+    /// Held for this long from the statement's `now` (then a retry may
+    /// take over), kept for `ttl`.
+    pub lease: Duration,
+    pub ttl: Duration,
+}
+
+impl NewKey {
+    /// The claim held once the key was inserted, at `recovery_point`.
+    pub fn claim(&self, recovery_point: &str, resource_id: Option<Uuid>) -> Claim {
+        Claim {
+            caller: self.caller.clone(),
+            key: self.key.clone(),
+            recovery_point: recovery_point.to_owned(),
+            resource_id,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     settings: IdempotencySettings,
@@ -77,6 +105,18 @@ pub struct Keys {
 impl Keys {
     pub fn new(settings: IdempotencySettings) -> Self {
         Self { settings }
+    }
+
+    /// A key to claim inside another statement (see [`NewKey`]).
+    pub fn new_key(&self, caller: &str, key: &str, method: &str, hash: &[u8]) -> NewKey {
+        NewKey {
+            caller: caller.to_owned(),
+            key: key.to_owned(),
+            method: method.to_owned(),
+            hash: hash.to_vec(),
+            lease: self.settings.lease(),
+            ttl: self.settings.ttl(),
+        }
     }
 
     /// Claims `key` for this request, or says why not.

@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::idempotency::{self, Claim, Claimed, Keys};
-use crate::payments::{self, Attempt, Begin, Charged};
+use crate::payments::{self, Attempt, Begin, Charged, Claiming};
 use crate::provider::{Owner, PaymentProvider, ProviderError};
 use crate::subscriptions::{self, Created};
 use crate::{customers, invoices, model, payment_methods, periods, refunds};
@@ -198,6 +198,24 @@ enum Step {
     /// Settled already (by the reconciler, after an interrupted
     /// request): only the answer remains to be given.
     Settled,
+}
+
+/// PayInvoice's answer: the invoice as this payment left it (as it paid
+/// it, when it did) and the attempt.
+fn pay_reply<'a>(
+    tx: &'a deadpool_postgres::Transaction<'a>,
+    attempt: &'a Attempt,
+    paid: Option<pb::Invoice>,
+) -> futures_util::future::BoxFuture<'a, Result<pb::PayInvoiceResponse, BillingError>> {
+    Box::pin(async move {
+        let invoice = match paid {
+            Some(invoice) => invoice,
+            None => model::load_invoice(tx, attempt.invoice_id).await?,
+        };
+        let payment_attempt =
+            invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
+        Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
+    })
 }
 
 /// A response, marked when it is a stored one replayed.
@@ -594,46 +612,62 @@ impl Core {
         request: pb::PayInvoiceRequest,
     ) -> Result<(pb::PayInvoiceResponse, bool), BillingError> {
         let user = caller(metadata)?;
-        idempotency::key_of(metadata, true)?;
+        let key = idempotency::key_of(metadata, true)?.unwrap_or_default();
         let invoice_id = uuid("invoice_id", &request.invoice_id)?;
         let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
+        // The common case, a new key: claimed by the statement that records
+        // the attempt. From there on, in a task of its own: that statement
+        // commits on its own, so a caller that goes away while it runs must
+        // not leave a recorded attempt that nobody charges (its retry would
+        // find it unknown to the provider and fail it).
+        let name = format!("{METHOD_PREFIX}PayInvoice");
+        let new_key =
+            self.keys.new_key(&user.to_string(), &key, &name, &idempotency::request_hash(&name, &request));
+        let core = Arc::clone(self);
+        let first = async move {
+            let conn = core.db.write().await?;
+            let claiming = payments::begin_claiming(
+                &*conn,
+                core.clock.now(),
+                Begin::by_customer(invoice_id, user, method, None),
+                core.policy(),
+                &new_key,
+            );
+            let Some(Claiming { claim, begun }) = claiming.await? else {
+                return Ok(None);
+            };
+            drop(conn);
+            core.count_key("new");
+            let paid = match begun {
+                Ok(attempt) => core.charge_detached(claim.clone(), attempt, Step::Charge, pay_reply).await,
+                Err(error) => Err(error),
+            };
+            match paid {
+                Ok(response) => Ok(Some(response)),
+                Err(error) => Err(core.keys.fail(&core.db, core.clock.as_ref(), &claim, error).await),
+            }
+        };
+        let first = tokio::spawn(tracing::Instrument::instrument(first, tracing::Span::current()))
+            .await
+            .map_err(|e| BillingError::Internal(format!("payment task: {e}")))??;
+        if let Some(response) = first {
+            return Ok((response, false));
+        }
+        // The key was there: replayed, refused, or resumed where the
+        // request that holds it stopped.
         self.idempotent(metadata, "PayInvoice", &request, |claim| async move {
-            // From step A on, in a task of its own: step A commits on its
-            // own, so a caller that goes away while it runs must not leave
-            // a recorded attempt that nobody charges (its retry would find
-            // it unknown to the provider and fail it).
             let core = Arc::clone(self);
             let payment = async move {
                 let (attempt, step) = match core.resumed(&claim).await? {
                     Some(found) => found,
                     None => {
-                        // One statement, atomic on its own. Not yours and
-                        // not found look the same.
                         let conn = core.db.write().await?;
-                        let what = Begin {
-                            invoice: invoice_id,
-                            owner: Some(user),
-                            method,
-                            initiated_by: "customer",
-                            claim: Some(&claim),
-                        };
+                        let what = Begin::by_customer(invoice_id, user, method, Some(&claim));
                         let attempt = payments::begin(&*conn, core.clock.now(), what, core.policy()).await?;
                         (attempt, Step::Charge)
                     }
                 };
-                core.charge_detached(claim, attempt, step, |tx, attempt, paid| {
-                    Box::pin(async move {
-                        // As this payment left it, when it paid it.
-                        let invoice = match paid {
-                            Some(invoice) => invoice,
-                            None => model::load_invoice(tx, attempt.invoice_id).await?,
-                        };
-                        let payment_attempt =
-                            invoice.payment_attempts.iter().find(|a| a.id == attempt.id.to_string()).cloned();
-                        Ok(pb::PayInvoiceResponse { invoice: Some(invoice), payment_attempt })
-                    })
-                })
-                .await
+                core.charge_detached(claim, attempt, step, pay_reply).await
             };
             tokio::spawn(tracing::Instrument::instrument(payment, tracing::Span::current()))
                 .await

@@ -255,9 +255,25 @@ async fn fifty_concurrent_pay_invoice_calls_with_one_key_make_one_payment() -> a
     // Once it has finished, the key replays the answer.
     let replay = client.pay_invoice(keyed(user, "one-key", pay.clone())).await?;
     assert!(replay.metadata().get("idempotent-replayed").is_some());
-    // Another key: nothing left to pay.
-    let again = client.pay_invoice(keyed(user, "other-key", pay)).await.expect_err("paid");
+    // The same key for another invoice is refused, not replayed.
+    let other = pb::PayInvoiceRequest { invoice_id: Uuid::now_v7().to_string(), ..Default::default() };
+    let reused = client.pay_invoice(keyed(user, "one-key", other)).await.expect_err("another request");
+    assert_eq!(
+        (reused.code(), reason(&reused).as_str()),
+        (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED")
+    );
+    // Another key: nothing left to pay, an answer its key keeps.
+    let again = client.pay_invoice(keyed(user, "other-key", pay.clone())).await.expect_err("paid");
     assert_eq!((again.code(), reason(&again).as_str()), (Code::FailedPrecondition, "INVOICE_NOT_PAYABLE"));
+    let stored: (String, Option<i16>) = {
+        let row = sql
+            .query_one("SELECT status, response_code FROM idempotency_keys WHERE key = 'other-key'", &[])
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(stored, ("completed".into(), Some(Code::FailedPrecondition as i16)));
+    let replayed = client.pay_invoice(keyed(user, "other-key", pay)).await.expect_err("still paid");
+    assert_eq!(reason(&replayed), "INVOICE_NOT_PAYABLE");
     assert_ledger_invariants(&billing).await
 }
 
@@ -307,6 +323,17 @@ async fn a_user_cannot_see_or_pay_another_users_invoices() -> anyhow::Result<()>
     for refused in steal {
         assert_eq!(refused.map(|s| s.code()), Some(Code::NotFound));
     }
+    // Refused without a trace: bob's invoice has only his own declined
+    // attempt; alice's key keeps her answer.
+    let sql = billing.sql().await?;
+    let row = sql
+        .query_one(
+            "SELECT (SELECT count(*) FROM payment_attempts WHERE invoice_id = $1), \
+                    (SELECT response_code FROM idempotency_keys WHERE caller = $2 AND key = 'k')",
+            &[&Uuid::parse_str(&invoice.id)?, &alice.to_string()],
+        )
+        .await?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, Option<i16>>(1)), (1, Some(Code::NotFound as i16)));
     let mine = client.list_invoices(as_user(alice, pb::ListInvoicesRequest::default())).await?.into_inner();
     assert!(mine.invoices.is_empty(), "alice sees only her own (none)");
     Ok(())
