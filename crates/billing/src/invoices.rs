@@ -221,12 +221,10 @@ pub async fn issue<C: GenericClient>(
     Ok(id)
 }
 
-/// Writes events to the outbox, in the caller's transaction, pipelined
-/// (one round trip). Each aggregate's events keep their order.
+/// Writes events to the outbox, in the caller's transaction, in one
+/// statement, in their order.
 pub async fn enqueue_all<C: GenericClient>(tx: &C, events: &[NewEvent]) -> Result<(), BillingError> {
-    futures_util::future::try_join_all(events.iter().map(|event| outbox::enqueue(tx, event)))
-        .await
-        .map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
+    outbox::enqueue_all(tx, events).await.map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
     Ok(())
 }
 

@@ -504,7 +504,7 @@ pub async fn settle_reading<C: GenericClient>(
     // One settlement per attempt, in one statement: the attempt leaves
     // `pending` (a retry's lookup and the reconciler may race; the second
     // waits for the first's row lock, then finds it settled and changes
-    // nothing), and its reconcile job, with nothing left to do, is canceled
+    // nothing), and its reconcile job, with nothing left to do, is deleted
     // (unless it is the one settling it, and then it finishes itself). A
     // success pays the invoice in the same statement ([`SETTLE_AND_PAY`]).
     let key = reconcile_key(attempt.id);
@@ -637,7 +637,7 @@ macro_rules! settle_ctes {
         concat!(
             "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
                failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), ",
-            crate::scheduler::cancel_reconcile_job!("$6", "$7")
+            crate::scheduler::delete_reconcile_job!("$6", "$7")
         )
     };
 }

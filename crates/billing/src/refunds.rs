@@ -78,7 +78,7 @@ pub fn reconciled_by(key: &str) -> Option<Uuid> {
 const SETTLE: &str = concat!(
     "WITH settled AS (UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, \
        completed_at = $5 WHERE id = $1 AND status = 'pending' RETURNING id), ",
-    crate::scheduler::cancel_reconcile_job!("$5", "$6"),
+    crate::scheduler::delete_reconcile_job!("$5", "$6"),
     " SELECT EXISTS (SELECT 1 FROM settled)"
 );
 

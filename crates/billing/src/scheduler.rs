@@ -29,16 +29,17 @@ use crate::service::Core;
 use crate::settings::{DunningSettings, SchedulerSettings};
 use crate::subscriptions;
 
-/// A CTE, `job`, that cancels the reconcile job whose key is parameter
+/// A CTE, `job`, that deletes the reconcile job whose key is parameter
 /// `$key` of something the statement's CTE `settled` just settled: nothing
-/// is left for it to do. A job running right now (locked) is left alone;
-/// it finishes itself. `$now` is the parameter with the time.
-macro_rules! cancel_reconcile_job {
+/// is left for it to do, and a job that never ran is no history worth a
+/// row (deleting is also cheaper than an update, which would write a new
+/// version of the row and its index entries on every payment). A job
+/// running right now (locked) is left alone; it finishes itself. `$now` is
+/// the parameter with the time.
+macro_rules! delete_reconcile_job {
     ($now:literal, $key:literal) => {
         concat!(
-            "job AS (UPDATE billing_jobs SET status = 'canceled', finished_at = ",
-            $now,
-            " WHERE dedupe_key = ",
+            "job AS (DELETE FROM billing_jobs WHERE dedupe_key = ",
             $key,
             " AND status = 'pending' AND (locked_until IS NULL OR locked_until < ",
             $now,
@@ -46,7 +47,7 @@ macro_rules! cancel_reconcile_job {
         )
     };
 }
-pub(crate) use cancel_reconcile_job;
+pub(crate) use delete_reconcile_job;
 
 /// Adds a job unless one with the same `dedupe_key` exists.
 #[allow(clippy::too_many_arguments)]

@@ -93,6 +93,40 @@ pub async fn enqueue<C: GenericClient>(tx: &C, event: &NewEvent) -> Result<Uuid,
     Ok(id)
 }
 
+/// Records `events`, in this order, in the caller's transaction, in one
+/// statement (as [`enqueue`] each). Returns their ids.
+pub async fn enqueue_all<C: GenericClient>(
+    tx: &C,
+    events: &[NewEvent],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    match events {
+        [] => return Ok(Vec::new()),
+        [one] => return enqueue(tx, one).await.map(|id| vec![id]),
+        _ => {}
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let payload_types: Vec<&str> = events.iter().map(|e| e.payload_type.as_str()).collect();
+    let trace = TraceHeaders::current();
+    // As in [`enqueue`]: the transaction's id first, then the seqs, taken
+    // in the events' order (a volatile target is computed after the sort).
+    tx.execute_cached(
+        "WITH xid AS MATERIALIZED (SELECT pg_current_xact_id()) \
+         INSERT INTO tenx_outbox \
+           (seq, id, event_type, aggregate_id, partition, payload, payload_type, traceparent, tracestate) \
+         SELECT nextval('tenx_outbox_seq_seq'), e.id, e.event_type, e.aggregate_id, \
+                (hashtext(e.aggregate_id) & 15)::smallint, e.payload, e.payload_type, $6, $7 \
+         FROM xid CROSS JOIN unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
+           WITH ORDINALITY AS e (id, event_type, aggregate_id, payload, payload_type, ord) \
+         ORDER BY e.ord",
+        &[&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate],
+    )
+    .await?;
+    Ok(ids)
+}
+
 /// Relay settings (keys under `outbox.`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RelaySettings {
@@ -191,14 +225,17 @@ const PARTITIONS: usize = 16;
 /// skips the index entries published rows leave behind, which a replica's
 /// `hot_standby_feedback` keeps from being cleaned for seconds and which
 /// otherwise cost a heap visit each, every batch. Candidates are found
-/// before any lock is tried, so only partitions with work are locked.
+/// before any lock is tried, so only partitions with work are locked, by
+/// one index probe each: as an `EXISTS`, the planner made it a semi-join
+/// over every pending row of every partition (5 ms a batch under load).
 const CLAIM_BATCH: &str = "\
 WITH floors AS (
     SELECT (ord - 1)::smallint AS p, f AS floor FROM unnest($3::bigint[]) WITH ORDINALITY AS t (f, ord)
 ), candidates AS MATERIALIZED (
-    SELECT p, floor FROM floors
-    WHERE EXISTS (SELECT 1 FROM tenx_outbox o WHERE o.partition = floors.p AND o.seq > floors.floor
-                  AND o.published_at IS NULL)
+    SELECT p, floor FROM floors CROSS JOIN LATERAL (
+        SELECT FROM tenx_outbox o WHERE o.partition = floors.p AND o.seq > floors.floor
+          AND o.published_at IS NULL
+        LIMIT 1) AS pending
 ), mine AS (
     SELECT p, floor FROM candidates
     WHERE pg_try_advisory_xact_lock(hashtext('tenx.outbox.' || current_schema()), p)

@@ -5,6 +5,7 @@ mod binary;
 mod catalog;
 mod customers;
 mod dunning;
+mod ledger;
 mod lifecycle;
 mod outbox;
 mod payments;

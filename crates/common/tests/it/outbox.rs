@@ -19,7 +19,8 @@ use crate::support::{amqp_settings, connect, declare, observe, test_db};
 const AGGREGATES: usize = 100;
 
 /// Writes `transactions` transactions of `per_tx` events from `writers`
-/// concurrent tasks. Each aggregate has one writer, so its events are
+/// concurrent tasks (half by [`outbox::enqueue`], half by
+/// [`outbox::enqueue_all`]). Each aggregate has one writer, so its events are
 /// written in order; payload = `"<aggregate>:<n>"` with n counting up.
 async fn write_events(
     db: &Arc<Db>,
@@ -36,12 +37,22 @@ async fn write_events(
             let mut conn = db.write().await?;
             for t in 0..transactions / writers {
                 let tx = conn.transaction().await?;
-                for e in 0..per_tx {
-                    let aggregate = mine[(t * per_tx + e) % mine.len()];
-                    let n = next[aggregate];
-                    next[aggregate] += 1;
-                    let event = event(&format!("agg-{aggregate}"), &format!("agg-{aggregate}:{n}"));
-                    outbox::enqueue(&tx, &event).await?;
+                let events: Vec<_> = (0..per_tx)
+                    .map(|e| {
+                        let aggregate = mine[(t * per_tx + e) % mine.len()];
+                        let n = next[aggregate];
+                        next[aggregate] += 1;
+                        event(&format!("agg-{aggregate}"), &format!("agg-{aggregate}:{n}"))
+                    })
+                    .collect();
+                // Half the transactions one statement per event, half one
+                // statement for all: both keep the order they were given.
+                if t % 2 == 0 {
+                    for event in &events {
+                        outbox::enqueue(&tx, event).await?;
+                    }
+                } else {
+                    assert_eq!(outbox::enqueue_all(&tx, &events).await?.len(), events.len());
                 }
                 tx.commit().await?;
             }

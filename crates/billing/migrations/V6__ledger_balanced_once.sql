@@ -1,0 +1,37 @@
+-- The ledger's balance, asserted once per posting instead of once per row
+-- (V1 checked every ledger transaction at commit three times over: once
+-- for itself, once per entry).
+--
+-- Entries are checked at the end of the statement that inserts them, for
+-- every ledger transaction they touch, in one query: each must sum to zero
+-- in each currency. As no entry is ever 0, a transaction that passes has
+-- at least two. So an entry added later, by another statement, to a
+-- transaction that balanced is refused there and then. The transaction's
+-- own deferred trigger (V1) still checks it at commit, which is what
+-- refuses a transaction with no entries at all.
+DROP TRIGGER ledger_entries_balanced ON ledger_entries;
+DROP FUNCTION ledger_entries_balanced();
+
+CREATE FUNCTION ledger_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    unbalanced record;
+BEGIN
+    -- Driven by the new rows, one index probe per ledger transaction (as
+    -- `IN (SELECT ... FROM new_entries)` it was planned as a merge join
+    -- that walks the entries' index from its start, on every posting).
+    SELECT n.transaction_id, b.currency, b.total INTO unbalanced
+      FROM (SELECT DISTINCT transaction_id FROM new_entries) AS n
+     CROSS JOIN LATERAL (
+           SELECT e.currency, sum(e.amount_minor) AS total FROM ledger_entries e
+            WHERE e.transaction_id = n.transaction_id
+            GROUP BY e.currency HAVING sum(e.amount_minor) <> 0 LIMIT 1) AS b
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger transaction % does not balance: % % off',
+            unbalanced.transaction_id, unbalanced.total, unbalanced.currency
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
+    REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_balanced();
