@@ -6,9 +6,10 @@
 -- every ledger transaction they touch, in one query: each must sum to zero
 -- in each currency. As no entry is ever 0, a transaction that passes has
 -- at least two. So an entry added later, by another statement, to a
--- transaction that balanced is refused there and then. The transaction's
--- own deferred trigger (V1) still checks it at commit, which is what
--- refuses a transaction with no entries at all.
+-- transaction that balanced is refused there and then. Entries are never
+-- changed or deleted (V1), so every transaction with entries balances
+-- after every statement; what is left for the transaction's own deferred
+-- trigger, at commit, is to refuse one with no entries at all.
 DROP TRIGGER ledger_entries_balanced ON ledger_entries;
 DROP FUNCTION ledger_entries_balanced();
 
@@ -35,3 +36,15 @@ BEGIN
 END $$;
 CREATE TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
     REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_balanced();
+
+CREATE OR REPLACE FUNCTION ledger_transactions_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM ledger_entries WHERE transaction_id = NEW.id) THEN
+        RAISE EXCEPTION 'ledger transaction % has 0 entries; at least 2 are needed', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Nothing calls the three-times-over check any more.
+DROP FUNCTION ledger_assert_balanced(uuid);
