@@ -1,6 +1,8 @@
 //! Posting to the double-entry ledger: one transaction per business event,
 //! signed entries (debit +, credit −) that sum to zero per currency. The
-//! database refuses anything else at commit, and refuses changes ever after.
+//! database refuses anything else at the end of the statement that writes
+//! the entries (a transaction with none at commit), and refuses changes
+//! ever after.
 
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
@@ -69,7 +71,8 @@ pub async fn post<C: GenericClient>(
     let subscriptions: Vec<Option<Uuid>> = entries.iter().map(|e| e.subscription_id).collect();
     let amounts: Vec<i64> = entries.iter().map(|e| e.amount_minor).collect();
     // The transaction and its entries in one statement (one round trip);
-    // the entries' foreign key is checked at its end, when both exist.
+    // the entries' foreign key and their balance are checked at its end,
+    // when all of them exist.
     tx.execute_cached(
         "WITH t AS (INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, \
            refund_id, description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) \
