@@ -128,6 +128,25 @@ install_bench() {
   install_apt bench nginx=nginx-light
 }
 
+# A TrueType font for tenx-load's plots (its smoke test draws them):
+# DejaVu Sans, from the distribution when no copy is where it looks.
+install_fonts() {
+  local path
+  for path in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/TTF/DejaVuSans.ttf \
+      /usr/share/fonts/dejavu/DejaVuSans.ttf "${TENX_LOAD_FONT:-}"; do
+    [[ -n $path && -f $path ]] && return 0
+  done
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo -n true 2>/dev/null || die "fonts: DejaVu Sans missing; apt-get install fonts-dejavu-core, or set TENX_LOAD_FONT to a .ttf"
+    sudo=(sudo -n)
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "fonts: DejaVu Sans missing and no apt-get; set TENX_LOAD_FONT to a .ttf"
+  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends fonts-dejavu-core; } >>"$LOG" 2>&1 \
+    || die "fonts: apt-get install fonts-dejavu-core failed; see $LOG"
+}
+
 mkdir -p "$TOOLS"
 case "${1:-all}" in
   all)    install_buf; install_venv ;;
@@ -135,5 +154,6 @@ case "${1:-all}" in
   venv)   install_venv ;;
   deploy) install_deploy_python; install_deploy_apt ;;
   bench)  install_bench ;;
-  *)      die "usage: $0 [all|buf|venv|deploy|bench]" ;;
+  fonts)  install_fonts ;;
+  *)      die "usage: $0 [all|buf|venv|deploy|bench|fonts]" ;;
 esac

@@ -15,6 +15,7 @@ use tenx_common::db::Prepared;
 use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::error::BillingError;
@@ -176,29 +177,58 @@ pub async fn begin<C: GenericClient>(
     what: Begin<'_>,
     policy: Policy,
 ) -> Result<Attempt, BillingError> {
-    let id = Uuid::now_v7();
+    let new = NewAttempt::new(&what, policy, now);
     let (caller, key) = what.claim.map(|c| (c.caller.as_str(), c.key.as_str())).unzip();
+    let key_params: [&(dyn ToSql + Sync); 2] = [&caller, &key];
     let row = tx
-        .query_opt_cached(
-            BEGIN,
-            &[
-                &what.invoice,
-                &what.owner,
-                &what.method,
-                &id,
-                &what.initiated_by,
-                &policy.provider,
-                &now,
-                &Uuid::now_v7(),
-                &reconcile_key(id),
-                &(now + policy.reconcile_after),
-                &caller,
-                &key,
-            ],
-        )
+        .query_opt_cached(BEGIN, &[&new.params()[..], &key_params[..]].concat())
         .await
         .map_err(in_progress)?;
+    let id = new.id;
     attempt_of(row.as_ref(), id, &what)
+}
+
+/// `$1`…`$10` of [`BEGIN`] and [`BEGIN_CLAIMING`]: what is begun, and
+/// the new attempt's id and reconcile job.
+struct NewAttempt<'a> {
+    what: &'a Begin<'a>,
+    provider: &'static str,
+    now: SystemTime,
+    id: Uuid,
+    job: Uuid,
+    job_key: String,
+    job_due: SystemTime,
+}
+
+impl<'a> NewAttempt<'a> {
+    fn new(what: &'a Begin<'a>, policy: Policy, now: SystemTime) -> Self {
+        let id = Uuid::now_v7();
+        Self {
+            what,
+            provider: policy.provider,
+            now,
+            id,
+            job: Uuid::now_v7(),
+            job_key: reconcile_key(id),
+            job_due: now + policy.reconcile_after,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        let what = self.what;
+        [
+            &what.invoice,
+            &what.owner,
+            &what.method,
+            &self.id,
+            &what.initiated_by,
+            &self.provider,
+            &self.now,
+            &self.job,
+            &self.job_key,
+            &self.job_due,
+        ]
+    }
 }
 
 /// What [`begin_claiming`] did with a key it inserted.
@@ -223,31 +253,15 @@ pub async fn begin_claiming<C: GenericClient>(
     policy: Policy,
     key: &NewKey,
 ) -> Result<Option<Claiming>, BillingError> {
-    let id = Uuid::now_v7();
+    let new = NewAttempt::new(&what, policy, now);
+    let (locked_until, expires_at) = (now + key.lease, now + key.ttl);
+    let key_params: [&(dyn ToSql + Sync); 6] =
+        [&key.caller, &key.key, &key.method, &key.hash, &locked_until, &expires_at];
     let row = conn
-        .query_one_cached(
-            BEGIN_CLAIMING,
-            &[
-                &what.invoice,
-                &what.owner,
-                &what.method,
-                &id,
-                &what.initiated_by,
-                &policy.provider,
-                &now,
-                &Uuid::now_v7(),
-                &reconcile_key(id),
-                &(now + policy.reconcile_after),
-                &key.caller,
-                &key.key,
-                &key.method,
-                &key.hash,
-                &(now + key.lease),
-                &(now + key.ttl),
-            ],
-        )
+        .query_one_cached(BEGIN_CLAIMING, &[&new.params()[..], &key_params[..]].concat())
         .await
         .map_err(in_progress)?;
+    let id = new.id;
     if !row.get::<_, bool>("claimed") {
         return Ok(None);
     }

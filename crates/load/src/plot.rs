@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::report::Report;
+use crate::report::{Report, Tick};
 
 const SIZE: (u32, u32) = (900, 500);
 const FONT_PATHS: [&str; 3] = [
@@ -95,34 +95,10 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 fn latency(report: &Report, root: &Area<'_>, title: &str) -> Drawn {
-    let seconds = report.timeline.len().max(1) as f64;
-    let top = report.timeline.iter().map(|t| t.p99_ms).fold(0.0, f64::max).max(0.1) * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("latency over time — {title}"), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..seconds, 0.0..top)
-        .map_err(err)?;
-    chart.configure_mesh().x_desc("second of the run").y_desc("ms").draw().map_err(err)?;
-    for (name, color, pick) in [("p50", BLUE, 0), ("p99", RED, 1)] {
-        let points = report
-            .timeline
-            .iter()
-            .map(|t| (t.second as f64 + 0.5, if pick == 0 { t.p50_ms } else { t.p99_ms }));
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    let line =
+        |pick: fn(&Tick) -> f64| report.timeline.iter().map(|t| (t.second as f64 + 0.5, pick(t))).collect();
+    let lines = [("p50", BLUE, line(|t| t.p50_ms)), ("p99", RED, line(|t| t.p99_ms))];
+    over_time(root, report, &format!("latency over time — {title}"), "ms", lines)
 }
 
 fn spectrum(report: &Report, root: &Area<'_>, title: &str) -> Drawn {
@@ -155,22 +131,30 @@ fn spectrum(report: &Report, root: &Area<'_>, title: &str) -> Drawn {
 }
 
 fn throughput(report: &Report, root: &Area<'_>, title: &str) -> Drawn {
-    let seconds = report.timeline.len().max(1) as f64;
     // Rates, so a last second the run only partly covered is not a dip.
-    let top = report.timeline.iter().map(|t| (t.ok + t.errors) as f64 / t.span_s).fold(1.0, f64::max) * 1.1;
+    let line = |pick: fn(&Tick) -> u64| {
+        report.timeline.iter().map(|t| (t.second as f64 + 0.5, pick(t) as f64 / t.span_s)).collect()
+    };
+    let lines = [("answers", GREEN, line(|t| t.ok)), ("errors", RED, line(|t| t.errors))];
+    over_time(root, report, &format!("throughput — {title}"), "per second", lines)
+}
+
+/// A named, coloured line of (second, value) points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// Lines over the seconds of the run, with a legend.
+fn over_time(root: &Area<'_>, report: &Report, caption: &str, y_desc: &str, lines: [Line<'_>; 2]) -> Drawn {
+    let seconds = report.timeline.len().max(1) as f64;
+    let top = lines.iter().flat_map(|(_, _, points)| points.iter().map(|p| p.1)).fold(0.1, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("throughput — {title}"), ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..seconds, 0.0..top)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("second of the run").y_desc("per second").draw().map_err(err)?;
-    for (name, color, errors) in [("answers", GREEN, false), ("errors", RED, true)] {
-        let points = report
-            .timeline
-            .iter()
-            .map(|t| (t.second as f64 + 0.5, (if errors { t.errors } else { t.ok }) as f64 / t.span_s));
+    chart.configure_mesh().x_desc("second of the run").y_desc(y_desc).draw().map_err(err)?;
+    for (name, color, points) in lines {
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(err)?
