@@ -20,14 +20,16 @@ usage: tenx-load run <scenario> [options]
 scenarios: me (cached authenticated reads), login, signup
 
 options:
-  --target gateway|auth   what to load (default gateway; compare: --a auth --b gateway)
+  --target gateway|http|auth
+                          what to load: the gateway's gRPC door (default), its HTTP API,
+                          or auth past the edge (compare: --a auth --b gateway)
   --addr HOST:PORT        where it listens (default: make up's port for the target)
   --in-flight N           closed loop, N calls at all times (default 32)
   --rate N                open loop, N calls a second, latency from when each was due
   --max-in-flight N       open loop: most calls outstanding (default 10000)
   --duration D            e.g. 10s, 2m (default 10s)
   --max-requests N        stop after N requests too (default 10000000)
-  --connections N         HTTP/2 connections (default 4)
+  --connections N         gRPC: HTTP/2 connections (default 4); HTTP pools its own
   --json FILE             write the results as JSON
   --plots DIR             write latency, spectrum and throughput PNGs
   --allow-host IP         load this non-loopback host too (repeatable)";
@@ -72,7 +74,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         let bad = |what: &str| format!("{flag}: {what}");
-        let target_named = |v: String| Target::parse(&v).ok_or(bad("gateway or auth"));
+        let target_named = |v: String| Target::parse(&v).ok_or(bad("gateway, http or auth"));
         let address = |v: String| v.parse::<SocketAddr>().map_err(|_| bad("HOST:PORT, e.g. 127.0.0.1:50050"));
         let count =
             |v: String| v.parse::<u64>().ok().filter(|n| *n > 0).ok_or(bad("a positive whole number"));

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod http;
 pub mod plot;
 pub mod report;
 pub mod scenario;
@@ -50,11 +51,10 @@ pub fn check_target(addr: SocketAddr, allowed: &[IpAddr]) -> anyhow::Result<()> 
 /// plots asked for.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     check_target(options.addr, &options.allow_hosts)?;
-    let clients = scenario::connect(options.addr, options.connections).await?;
+    let door = scenario::Door::connect(options.target, options.addr, options.connections).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let users =
-        scenario::sign_up_users(&clients[0], &run_id, scenario::users_needed(&options.scenario)).await?;
-    let call = scenario::call(&options.scenario, clients, users, run_id).ok_or_else(|| {
+    let users = scenario::sign_up_users(&door, &run_id, scenario::users_needed(&options.scenario)).await?;
+    let call = scenario::call(&options.scenario, door, users, run_id).ok_or_else(|| {
         anyhow::anyhow!("no scenario {:?}; there are {:?}", options.scenario, scenario::NAMES)
     })?;
     let label = format!("{} → {}", options.scenario, options.target.name());
