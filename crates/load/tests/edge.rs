@@ -1,51 +1,35 @@
 //! `compare` through the edge: the same scenario against auth and against
 //! a real gateway in front of it, both without errors, and the ratio of
 //! the second over the first printed; then the scenarios through the
-//! gateway's HTTP API. (How big the ratio is, is a
-//! benchmark's business, not a test's.)
+//! gateway's HTTP API. (How big the ratio is, is a benchmark's business,
+//! not a test's.)
 
 use std::time::Duration;
 
-use tenx_auth::AuthSettings;
 use tenx_common::metrics::Metrics;
-use tenx_common::shutdown::Shutdown;
 use tenx_gateway::GatewaySettings;
 use tenx_gateway::settings::RouteOverride;
 use tenx_load::Options;
 use tenx_load::engine::{Mode, Plan};
 use tenx_load::report::Report;
 use tenx_load::scenario::Target;
-use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tenx_test_support::TestRedis;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_a_scenario_against_auth_and_through_the_gateway_and_prints_the_ratio()
 -> anyhow::Result<()> {
-    let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-        tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-        Ok(())
-    })
-    .await?;
-    let (auth_redis, gateway_redis, amqp) = (TestRedis::new(), TestRedis::new(), TestAmqp::new());
-    let mut auth_settings =
-        AuthSettings::isolated(&db.primary_url(), &db.replica_url(), auth_redis.prefix(), amqp.prefix())?;
-    auth_settings
-        .service_clients
-        .insert("gateway".into(), tenx_auth::testing::client_secret("gateway").into());
-    let shutdown = Shutdown::new();
-    let auth = tenx_auth::App::build(auth_settings.clone(), Metrics::default())
-        .await?
-        .spawn(shutdown.child())
-        .await?;
+    let auth = tenx_auth::testing::TestAuth::start().await?;
+    let gateway_redis = TestRedis::new();
     // Nothing here calls notification or billing (the gateway connects to
     // them lazily).
     let mut settings = GatewaySettings::isolated(
-        &format!("http://{}", auth.grpc_addr),
+        &auth.url(),
         "http://127.0.0.1:9",
         "http://127.0.0.1:9",
         gateway_redis.prefix(),
     )?;
     settings.authn.client_secret = tenx_auth::testing::client_secret("gateway").into();
-    settings.authn.revocation_prefix = auth_settings.redis.key_prefix.clone();
+    settings.authn.revocation_prefix = auth.redis.prefix().to_owned();
     // Every signup and login here comes from one address, which the HTTP
     // door's per-client limits would refuse after a few (429s that a real
     // run counts as errors, by kind); the limits stay on, higher.
@@ -54,7 +38,7 @@ async fn compare_runs_a_scenario_against_auth_and_through_the_gateway_and_prints
         settings.routes.insert(route.into(), raised);
     }
     let gateway =
-        tenx_gateway::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+        tenx_gateway::App::build(settings, Metrics::default()).await?.spawn(auth.shutdown.child()).await?;
 
     let plan = Plan {
         mode: Mode::Closed { in_flight: 8 },
@@ -71,7 +55,7 @@ async fn compare_runs_a_scenario_against_auth_and_through_the_gateway_and_prints
         plots: None,
         allow_hosts: Vec::new(),
     };
-    let direct = tenx_load::run(&options(Target::Auth, auth.grpc_addr)).await?;
+    let direct = tenx_load::run(&options(Target::Auth, auth.running.grpc_addr)).await?;
     let edge = tenx_load::run(&options(Target::Gateway, gateway.grpc_addr)).await?;
     let mut http = Vec::new();
     for scenario in ["me", "login"] {
@@ -83,7 +67,6 @@ async fn compare_runs_a_scenario_against_auth_and_through_the_gateway_and_prints
             .await?,
         );
     }
-    shutdown.trigger();
     for report in [&direct, &edge].into_iter().chain(&http) {
         assert_eq!(report.errors, 0, "{}: {:?}", report.target, report.error_kinds);
         assert!(report.requests > 0, "{} answered nothing", report.target);

@@ -6,44 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tenx_auth::AuthSettings;
-use tenx_common::metrics::Metrics;
-use tenx_common::shutdown::Shutdown;
 use tenx_load::engine::{Mode, Plan};
 use tenx_load::scenario::{NAMES, Target};
 use tenx_load::{Options, cli};
-use tenx_test_support::{TestAmqp, TestDb, TestRedis};
-
-struct Auth {
-    _db: TestDb,
-    _redis: TestRedis,
-    _amqp: TestAmqp,
-    shutdown: Shutdown,
-    addr: SocketAddr,
-}
-
-impl Auth {
-    async fn start() -> anyhow::Result<Self> {
-        let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-            tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-            Ok(())
-        })
-        .await?;
-        let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
-        let settings =
-            AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
-        let shutdown = Shutdown::new();
-        let running =
-            tenx_auth::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
-        Ok(Self { _db: db, _redis: redis, _amqp: amqp, shutdown, addr: running.grpc_addr })
-    }
-}
-
-impl Drop for Auth {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
-}
 
 fn options(scenario: &str, addr: SocketAddr, mode: Mode, dir: &Path) -> Options {
     Options {
@@ -61,14 +26,15 @@ fn options(scenario: &str, addr: SocketAddr, mode: Mode, dir: &Path) -> Options 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_auth_without_errors_and_writes_its_json_and_plots() -> anyhow::Result<()>
 {
-    let auth = Auth::start().await?;
+    let auth = tenx_auth::testing::TestAuth::start().await?;
+    let addr = auth.running.grpc_addr;
     let dir = std::env::temp_dir().join(format!("tenx-load-{}", uuid::Uuid::new_v4().simple()));
     for (scenario, mode) in NAMES.iter().zip([
         Mode::Open { rate: 400.0, max_in_flight: 1_000 },
         Mode::Closed { in_flight: 8 },
         Mode::Closed { in_flight: 4 },
     ]) {
-        let report = tenx_load::run(&options(scenario, auth.addr, mode, &dir)).await?;
+        let report = tenx_load::run(&options(scenario, addr, mode, &dir)).await?;
         assert_eq!(report.errors, 0, "{scenario}: {:?}", report.error_kinds);
         assert!(report.requests > 0, "{scenario} made no request");
         let per_second: u64 = report.timeline.iter().map(|t| t.ok + t.errors).sum();
