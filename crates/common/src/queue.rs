@@ -62,7 +62,9 @@ fn default_exchange() -> String {
 fn default_prefetch() -> u16 {
     32
 }
-fn default_retry_delays_ms() -> Vec<u64> {
+/// The retry tiers a service waits through unless `amqp.retry_delays_ms`
+/// says otherwise (a test that runs a service's binary declares these).
+pub fn default_retry_delays_ms() -> Vec<u64> {
     vec![1_000, 10_000, 60_000, 300_000]
 }
 fn default_max_attempts() -> u32 {

@@ -21,10 +21,14 @@ async fn the_binary_migrates_serves_health_reflection_and_metrics_and_stops_on_s
         redis.prefix(),
         amqp.prefix(),
     )?;
-    for topology in
-        [tenx_notification::app::topology(&settings), tenx_notification::app::webhook_topology(&settings)]
-    {
-        amqp.track(topology.queue_names(), topology.exchange_names());
+    // The binary reads its own settings, so it declares the default retry
+    // tiers, not isolated()'s short ones: both sets are cleaned up.
+    let mut served = settings.clone();
+    served.amqp.retry_delays_ms = tenx_common::queue::default_retry_delays_ms();
+    for s in [&settings, &served] {
+        for topology in [tenx_notification::app::topology(s), tenx_notification::app::webhook_topology(s)] {
+            amqp.track(topology.queue_names(), topology.exchange_names());
+        }
     }
     // Every call is verified with auth's keys: a real auth beside it.
     let auth = tenx_auth::testing::TestAuth::start().await?;
