@@ -20,8 +20,14 @@ async fn the_binary_migrates_rotates_keys_serves_and_stops_on_sigterm() -> anyho
         redis.prefix(),
         amqp.prefix(),
     )?;
-    let topology = tenx_common::queue::Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
-    amqp.track(topology.queue_names(), topology.exchange_names());
+    // The binary reads its own settings, so it declares the default retry
+    // tiers, not isolated()'s short ones: both sets are cleaned up.
+    let mut served = settings.amqp.clone();
+    served.retry_delays_ms = tenx_common::queue::default_retry_delays_ms();
+    for amqp_settings in [&settings.amqp, &served] {
+        let topology = tenx_common::queue::Topology::for_group(amqp_settings, tenx_auth::avatar::GROUP, &[]);
+        amqp.track(topology.queue_names(), topology.exchange_names());
+    }
 
     AUTH.migrates_serves_and_stops(&db, &redis, &amqp).await?;
     let (grpc, admin) = (free_port()?, free_port()?);
