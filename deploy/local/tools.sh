@@ -93,6 +93,21 @@ install_deploy_python() {
   echo "$want" >"$stamp"
 }
 
+# apt-get installs `packages` for `purpose`, as root or through
+# passwordless sudo; `missing` says what they are for in the messages.
+apt_get_install() {
+  local purpose=$1 missing=$2; shift 2
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo -n true 2>/dev/null || die "$purpose: $missing missing; install them (apt-get install $*) or run as root"
+    sudo=(sudo -n)
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "$purpose: $missing missing and no apt-get to install them"
+  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "$@"; } >>"$LOG" 2>&1 \
+    || die "$purpose: apt-get install $* failed; see $LOG"
+}
+
 # Installs what is missing of "<tool>=<debian package>" pairs from the
 # distribution, for `purpose`.
 install_apt() {
@@ -102,15 +117,7 @@ install_apt() {
     command -v "${pair%%=*}" >/dev/null 2>&1 || { missing+=("${pair%%=*}"); packages+=("${pair#*=}"); }
   done
   ((${#missing[@]} == 0)) && return 0
-  local sudo=()
-  if [[ $(id -u) -ne 0 ]]; then
-    sudo -n true 2>/dev/null || die "$purpose: ${missing[*]} missing; install them (apt-get install ${packages[*]}) or run as root"
-    sudo=(sudo -n)
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "$purpose: ${missing[*]} missing and no apt-get to install them"
-  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >>"$LOG" 2>&1 \
-    || die "$purpose: apt-get install ${packages[*]} failed; see $LOG"
+  apt_get_install "$purpose" "${missing[*]}" "${packages[@]}"
   local tool
   for tool in "${missing[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || die "$purpose: $tool not on PATH after apt-get install; see $LOG"
@@ -136,15 +143,7 @@ install_fonts() {
       /usr/share/fonts/dejavu/DejaVuSans.ttf "${TENX_LOAD_FONT:-}"; do
     [[ -n $path && -f $path ]] && return 0
   done
-  local sudo=()
-  if [[ $(id -u) -ne 0 ]]; then
-    sudo -n true 2>/dev/null || die "fonts: DejaVu Sans missing; apt-get install fonts-dejavu-core, or set TENX_LOAD_FONT to a .ttf"
-    sudo=(sudo -n)
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "fonts: DejaVu Sans missing and no apt-get; set TENX_LOAD_FONT to a .ttf"
-  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends fonts-dejavu-core; } >>"$LOG" 2>&1 \
-    || die "fonts: apt-get install fonts-dejavu-core failed; see $LOG"
+  apt_get_install fonts "DejaVu Sans (or set TENX_LOAD_FONT to a .ttf)" fonts-dejavu-core
 }
 
 mkdir -p "$TOOLS"

@@ -105,6 +105,15 @@ macro_rules! begin_ctes {
     };
 }
 
+/// When the invoice `inv` can be paid with the card `pm`: the one test the
+/// attempt's insert and (in [`BEGIN_CLAIMING`]) the key's recovery point
+/// both use, so the two cannot disagree.
+macro_rules! payable {
+    () => {
+        "inv.status IN ('open', 'uncollectible') AND inv.remaining > 0"
+    };
+}
+
 /// The pending attempt (`$4`, started by `$5`, provider `$6`, at `$7`) and
 /// its reconcile job (`$8`, key `$9`, due `$10`), when the invoice is payable
 /// and `$cond` holds; `attempt` returns its id.
@@ -114,7 +123,9 @@ macro_rules! attempt_ctes {
             "attempt AS (INSERT INTO payment_attempts (id, invoice_id, customer_id, payment_method_id, amount_minor, \
                 currency, status, initiated_by, provider, created_at) \
               SELECT $4, inv.id, inv.customer_id, pm.id, inv.remaining, inv.currency, 'pending', $5, $6, $7 \
-              FROM inv CROSS JOIN pm WHERE inv.status IN ('open', 'uncollectible') AND inv.remaining > 0 AND ",
+              FROM inv CROSS JOIN pm WHERE ",
+            payable!(),
+            " AND ",
             $cond,
             " RETURNING id), \
             job AS (INSERT INTO billing_jobs (id, kind, dedupe_key, invoice_id, payment_attempt_id, run_at, created_at) \
@@ -152,8 +163,9 @@ const BEGIN: &str = concat!(
 /// `claimed`.
 const BEGIN_CLAIMING: &str = concat!(
     begin_ctes!(),
-    "payable AS (SELECT EXISTS (SELECT 1 FROM inv CROSS JOIN pm \
-       WHERE inv.status IN ('open', 'uncollectible') AND inv.remaining > 0) AS yes), \
+    "payable AS (SELECT EXISTS (SELECT 1 FROM inv CROSS JOIN pm WHERE ",
+    payable!(),
+    ") AS yes), \
      claimed AS (INSERT INTO idempotency_keys (caller, key, method, request_hash, status, recovery_point, \
          resource_id, locked_until, created_at, expires_at) \
        SELECT $11, $12, $13, $14, 'in_progress', CASE WHEN payable.yes THEN 'charge_pending' ELSE 'started' END, \

@@ -115,10 +115,11 @@ where
     let recorded = Arc::new(Mutex::new(Recorded::new()));
     let started = Instant::now();
     let deadline = started + plan.duration;
-    let next = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(label, plan.duration, recorded.clone(), started);
     match plan.mode {
         Mode::Closed { in_flight } => {
+            // The next request's number, shared by the workers.
+            let next = Arc::new(AtomicU64::new(0));
             let workers: Vec<_> = (0..in_flight.max(1))
                 .map(|_| {
                     let (call, recorded, next) = (call.clone(), recorded.clone(), next.clone());

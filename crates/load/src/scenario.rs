@@ -99,15 +99,12 @@ impl Door {
                     ..Default::default()
                 };
                 let reply = Self::grpc(&clients, n).sign_up(request).await.map_err(status)?.into_inner();
-                Ok((
-                    reply.user.map(|u| u.id).unwrap_or_default(),
-                    reply.tokens.map(|t| t.access_token).unwrap_or_default(),
-                ))
+                Ok(id_and_token(reply.user, reply.tokens))
             }
             Door::Http(http) => {
                 let body = json!({ "email": email, "password": PASSWORD, "display_name": "Load" });
                 let reply = http.send("POST", "/v1/auth/signup", None, Some(body), 201).await?;
-                Ok((text(&reply["user"]["id"]), text(&reply["tokens"]["access_token"])))
+                Ok(json_id_and_token(&reply))
             }
         }
     }
@@ -119,15 +116,12 @@ impl Door {
                 let request =
                     pb::LoginRequest { email, password: PASSWORD.into(), device_name: "tenx-load".into() };
                 let reply = Self::grpc(&clients, n).login(request).await.map_err(status)?.into_inner();
-                Ok((
-                    reply.user.map(|u| u.id).unwrap_or_default(),
-                    reply.tokens.map(|t| t.access_token).unwrap_or_default(),
-                ))
+                Ok(id_and_token(reply.user, reply.tokens))
             }
             Door::Http(http) => {
                 let body = json!({ "email": email, "password": PASSWORD, "device_name": "tenx-load" });
                 let reply = http.send("POST", "/v1/auth/login", None, Some(body), 200).await?;
-                Ok((text(&reply["user"]["id"]), text(&reply["tokens"]["access_token"])))
+                Ok(json_id_and_token(&reply))
             }
         }
     }
@@ -152,6 +146,17 @@ impl Door {
 
 fn text(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_owned()
+}
+
+/// What a signup or a login answers over gRPC: the user's id and the
+/// access token (empty when missing).
+fn id_and_token(user: Option<pb::User>, tokens: Option<pb::Tokens>) -> (String, String) {
+    (user.map(|u| u.id).unwrap_or_default(), tokens.map(|t| t.access_token).unwrap_or_default())
+}
+
+/// The same, from the HTTP API's JSON.
+fn json_id_and_token(reply: &Value) -> (String, String) {
+    (text(&reply["user"]["id"]), text(&reply["tokens"]["access_token"]))
 }
 
 fn status(e: tonic::Status) -> String {
