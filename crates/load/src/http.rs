@@ -29,20 +29,25 @@ impl Http {
         Self { client, base: format!("http://{addr}") }
     }
 
-    /// Sends one request and reads the JSON answer, which must come with
-    /// status `expected`; otherwise the error says the status and the
-    /// error code the body carries.
+    /// Sends one request (with the caller's token and a mutation's
+    /// `Idempotency-Key` when given) and reads the JSON answer, which must
+    /// come with status `expected`; otherwise the error says the status and
+    /// the error code the body carries.
     pub async fn send(
         &self,
         method: &str,
         path: &str,
         bearer: Option<&str>,
+        idempotency_key: Option<&str>,
         body: Option<Value>,
         expected: u16,
     ) -> Result<Value, String> {
         let mut request = http::Request::builder().method(method).uri(format!("{}{path}", self.base));
         if let Some(token) = bearer {
             request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
         }
         let bytes = match body {
             Some(body) => {

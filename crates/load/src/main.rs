@@ -40,6 +40,17 @@ fn main() -> ExitCode {
                 println!("{}", Report::ratios(&first, &second));
                 anyhow::Ok(first.errors + second.errors)
             }
+            Command::Seed(options) => {
+                let seeded = tenx_load::seed::seed(&options).await?;
+                println!(
+                    "seeded {} users and {} customers in {:.1} s; {} of each now",
+                    seeded.users_added,
+                    seeded.customers_added,
+                    seeded.took.as_secs_f64(),
+                    options.users
+                );
+                anyhow::Ok(0)
+            }
         }
     });
     match outcome {

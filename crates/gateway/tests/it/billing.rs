@@ -317,7 +317,8 @@ async fn stripes_webhook_reaches_billing_untouched_and_only_a_true_signature_is_
             "metadata": {"tenx_attempt_id": uuid::Uuid::now_v7().to_string()}}}})
         .to_string();
     let now = std::time::SystemTime::now();
-    let signed = tenx_billing::webhook::sign(event.as_bytes(), crate::support::STRIPE_WEBHOOK_SECRET, now);
+    let signed =
+        tenx_billing::webhook::sign(event.as_bytes(), tenx_test_platform::STRIPE_WEBHOOK_SECRET, now);
 
     // No signature, another secret's, or the body changed under it: 401.
     let forged = tenx_billing::webhook::sign(event.as_bytes(), "whsec_attacker", now);

@@ -1,0 +1,203 @@
+//! A test's own whole platform: auth, notification and billing on their
+//! own databases, Redis prefixes and one broker prefix (so billing and
+//! notification consume auth's events), every service verifying calls
+//! with auth's keys, and gateways in front of it on demand. For the tests
+//! that cross services (the gateway's, `tenx-load`'s); each service's own
+//! tests start just that service.
+
+use tenx_auth::AuthSettings;
+use tenx_billing::BillingSettings;
+use tenx_common::metrics::Metrics;
+use tenx_common::queue::{Amqp, Topology};
+use tenx_common::shutdown::Shutdown;
+use tenx_gateway::GatewaySettings;
+use tenx_notification::NotificationSettings;
+use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+
+/// Billing's Stripe webhook signing secret in the test platform.
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_gateway_tests";
+
+pub struct Platform {
+    _auth_db: TestDb,
+    _notify_db: TestDb,
+    _billing_db: TestDb,
+    _redis: Vec<TestRedis>,
+    _amqp: TestAmqp,
+    pub auth_settings: AuthSettings,
+    pub auth: tenx_auth::Running,
+    pub notification: tenx_notification::Running,
+    pub billing: tenx_billing::Running,
+    /// Billing's metrics: its gRPC server counts every call it receives.
+    pub billing_metrics: Metrics,
+    pub shutdown: Shutdown,
+    /// The gateways' shared Redis key prefix (rate limits).
+    pub gateway_prefix: String,
+}
+
+impl Platform {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with auth's settings changed by `tune` first.
+    pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
+        let auth_db =
+            TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
+                tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
+                Ok(())
+            })
+            .await?;
+        let notify_db = TestDb::from_template(
+            "notification",
+            &tenx_notification::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?)
+                    .await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let billing_db = TestDb::from_template(
+            "billing",
+            &tenx_billing::app::migrations_fingerprint(),
+            |url| async move {
+                tenx_billing::migrate(&BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let redis = vec![TestRedis::new(), TestRedis::new(), TestRedis::new(), TestRedis::new()];
+        let amqp = TestAmqp::new();
+        let mut auth_settings = AuthSettings::isolated(
+            &auth_db.primary_url(),
+            &auth_db.replica_url(),
+            redis[0].prefix(),
+            amqp.prefix(),
+        )?;
+        for service in tenx_auth::testing::SERVICES {
+            auth_settings
+                .service_clients
+                .insert(service.to_owned(), tenx_auth::testing::client_secret(service).into());
+        }
+        tune(&mut auth_settings);
+        let mut notify_settings = NotificationSettings::isolated(
+            &notify_db.primary_url(),
+            &notify_db.replica_url(),
+            redis[1].prefix(),
+            amqp.prefix(),
+        )?;
+        let mut billing_settings = BillingSettings::isolated(
+            &billing_db.primary_url(),
+            &billing_db.replica_url(),
+            redis[3].prefix(),
+            amqp.prefix(),
+        )?;
+        let topologies = [
+            Topology::for_group(&auth_settings.amqp, tenx_auth::avatar::GROUP, &[]),
+            tenx_notification::app::topology(&notify_settings),
+            tenx_notification::app::webhook_topology(&notify_settings),
+            tenx_billing::app::customers_topology(&billing_settings),
+        ];
+        let broker = Amqp::new(&notify_settings.amqp, "test-declare");
+        let channel = broker.channel().await?;
+        for topology in &topologies {
+            amqp.track(topology.queue_names(), topology.exchange_names());
+            topology.declare(&channel).await?;
+        }
+        let shutdown = Shutdown::new();
+        let auth = tenx_auth::App::build(auth_settings.clone(), Metrics::default())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        // Every service verifies each call with auth's keys and follows
+        // its revocations (in auth's Redis prefix).
+        let auth_url = format!("http://{}", auth.grpc_addr);
+        for (service, upstream, authn) in [
+            ("notification", &mut notify_settings.upstreams.auth, &mut notify_settings.authn),
+            ("billing", &mut billing_settings.upstreams.auth, &mut billing_settings.authn),
+        ] {
+            upstream.url = auth_url.clone();
+            authn.client_secret = tenx_auth::testing::client_secret(service).into();
+            authn.revocation_prefix = auth_settings.redis.key_prefix.clone();
+        }
+        let notification = tenx_notification::App::build(notify_settings, Metrics::default())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        // Stripe's webhook is verified with this secret (tests sign events with it).
+        billing_settings.provider.stripe_webhook_secret = STRIPE_WEBHOOK_SECRET.to_owned().into();
+        let billing_metrics = Metrics::default();
+        let billing = tenx_billing::App::build(billing_settings, billing_metrics.clone())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        let gateway_prefix = redis[2].prefix().to_owned();
+        Ok(Self {
+            _auth_db: auth_db,
+            _notify_db: notify_db,
+            _billing_db: billing_db,
+            _redis: redis,
+            _amqp: amqp,
+            auth_settings,
+            auth,
+            notification,
+            billing,
+            billing_metrics,
+            shutdown,
+            gateway_prefix,
+        })
+    }
+
+    /// notification's database (to show a refused call wrote nothing).
+    pub fn notify_db_url(&self) -> String {
+        self._notify_db.primary_url()
+    }
+
+    /// auth's database.
+    pub fn auth_db_url(&self) -> String {
+        self._auth_db.primary_url()
+    }
+
+    /// billing's database (to check what a call claims it did).
+    pub fn billing_db_url(&self) -> String {
+        self._billing_db.primary_url()
+    }
+
+    /// Gateway settings pointing at this platform.
+    pub fn gateway_settings(&self) -> anyhow::Result<GatewaySettings> {
+        let mut settings = GatewaySettings::isolated(
+            &format!("http://{}", self.auth.grpc_addr),
+            &format!("http://{}", self.notification.grpc_addr),
+            &format!("http://{}", self.billing.grpc_addr),
+            &self.gateway_prefix,
+        )?;
+        settings.authn.client_secret = tenx_auth::testing::client_secret("gateway").into();
+        settings.authn.revocation_prefix = self.auth_settings.redis.key_prefix.clone();
+        Ok(settings)
+    }
+
+    pub async fn gateway(&self) -> anyhow::Result<tenx_gateway::Running> {
+        self.gateway_with(self.gateway_settings()?).await
+    }
+
+    pub async fn gateway_with(&self, settings: GatewaySettings) -> anyhow::Result<tenx_gateway::Running> {
+        let app = tenx_gateway::App::build(settings, Metrics::default()).await?;
+        Ok(app.spawn(self.shutdown.child()).await?)
+    }
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("auth", &self.auth.grpc_addr)
+            .field("notification", &self.notification.grpc_addr)
+            .field("billing", &self.billing.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
