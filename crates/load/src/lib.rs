@@ -2,7 +2,7 @@
 //! open loop, with HDR histograms, a live progress line, a summary table,
 //! JSON results and PNG plots. `compare` runs one scenario against two
 //! targets in one invocation and prints what the second costs over the
-//! first (e.g. gateway ÷ auth: the edge's price).
+//! first (e.g. gateway ÷ direct: the edge's price).
 //!
 //! Bounded by construction: every run stops at its duration or request
 //! cap, and only loopback addresses (or hosts named with `--allow-host`)

@@ -60,13 +60,19 @@ pub async fn sign_up_users(door: &Door, run: &str, n: u64) -> anyhow::Result<Vec
     Ok(users)
 }
 
-/// Logs in `k` of the `seeded` users `tenx-load seed` made, picked at
-/// random, four at a time (auth hashes four passwords at once).
+/// Logs in `k` different ones of the `seeded` users `tenx-load seed`
+/// made, picked at random (so a first read of each is a cold one), four
+/// at a time (auth hashes four passwords at once).
 pub async fn log_in_seeded(door: &Door, seeded: u64, k: u64) -> anyhow::Result<Vec<User>> {
     use futures_util::{StreamExt, TryStreamExt};
-    futures_util::stream::iter(0..k)
-        .map(|n| {
-            let (door, i) = (door.clone(), fastrand::u64(..seeded));
+    anyhow::ensure!(k <= seeded, "--users {k} is more than the {seeded} seeded users");
+    let mut picked = std::collections::HashSet::new();
+    while (picked.len() as u64) < k {
+        picked.insert(fastrand::u64(..seeded));
+    }
+    futures_util::stream::iter(picked.into_iter().enumerate())
+        .map(|(n, i)| {
+            let (door, n) = (door.clone(), n as u64);
             async move {
                 let email = crate::seed::email(i);
                 let (id, token) = door.login(n, email.clone()).await.map_err(anyhow::Error::msg)?;

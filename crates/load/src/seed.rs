@@ -82,9 +82,9 @@ fn id(tag: u8, i: u64) -> Uuid {
 const USER: u8 = 1;
 const CUSTOMER: u8 = 2;
 
-/// `ZZ` and `i` in six Crockford base-32 digits (unique up to 2^30 users;
-/// billing's own prefixes are random, so one may meet a seeded one with a
-/// chance of about one in 10^9 per customer).
+/// `ZZ` and `i` in six Crockford base-32 digits: unique up to 2^30 users.
+/// (Billing draws its own customers' prefixes at random and draws again
+/// when one is taken, seeded or not.)
 fn invoice_prefix(i: u64) -> String {
     const DIGITS: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut prefix = *b"ZZ000000";
