@@ -27,9 +27,12 @@ CRD_SCHEMAS = Path(__file__).parent / "crd-schemas"
 CHART_OVERRIDES = {
     # 127.0.0.1:2525 is the local sink; in a cluster the relay is a Service.
     # "" (upstreams.<name>.url) = this release's <name> Service, filled in by the chart.
-    "notification": {"smtp.relays", "upstreams.auth.url"},
-    "gateway": {"upstreams.auth.url", "upstreams.notification.url", "upstreams.billing.url"},
-    "billing": {"upstreams.auth.url"},
+    # server.shutdown_delay_ms: 0 locally (nothing balances in front; Ctrl-C
+    # stops at once), 5 s in a cluster (the pod leaves its endpoints first).
+    "notification": {"smtp.relays", "upstreams.auth.url", "server.shutdown_delay_ms"},
+    "gateway": {"upstreams.auth.url", "upstreams.notification.url", "upstreams.billing.url", "server.shutdown_delay_ms"},
+    "billing": {"upstreams.auth.url", "server.shutdown_delay_ms"},
+    "auth": {"server.shutdown_delay_ms"},
 }
 
 
@@ -971,6 +974,20 @@ class ConfigKeys(unittest.TestCase):
                 for key, value in td.flatten(td.defaults(svc)).items():
                     if key in chart and key not in CHART_OVERRIDES.get(svc, set()):
                         self.assertEqual(chart[key], value, f"{svc}: {key} differs from defaults.toml")
+
+    def test_a_rolling_update_drains_before_it_is_killed(self):
+        # Every listener keeps accepting for shutdown_delay_ms after SIGTERM
+        # (while the pod leaves its Services' endpoints), then calls in
+        # flight get shutdown_grace_ms; SIGKILL must come after both.
+        docs = r.manifests(r.rendered("defaults"))
+        for svc in td.chart_services():
+            with self.subTest(service=svc):
+                server = config_toml(docs, svc)["server"]
+                self.assertGreaterEqual(server["shutdown_delay_ms"], 5000, f"{svc}: endpoints need seconds to drop a pod")
+                pod = next(d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"].endswith(f"-{svc}"))
+                grace_s = pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                self.assertGreater(grace_s * 1000, server["shutdown_delay_ms"] + server["shutdown_grace_ms"],
+                                   f"{svc}: SIGKILL before the drain ends")
 
     def test_otlp_endpoint_reaches_every_service(self):
         docs = r.manifests(r.rendered("features-on"))

@@ -220,8 +220,9 @@ impl App {
         });
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
+        let delay = self.settings.server.shutdown_delay();
         tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
                 tracing::error!(%error, "admin server failed");
             }
         });

@@ -94,21 +94,27 @@ impl Readiness {
 struct AdminState {
     metrics: Metrics,
     readiness: Readiness,
+    shutdown: Shutdown,
 }
 
-/// Serves the admin port until `shutdown`.
+/// Serves the admin port until `delay` after `shutdown` (the service's
+/// `server.shutdown_delay_ms`): meanwhile `/readyz` answers 503 "shutting
+/// down", so Kubernetes takes the pod out of its Services while its
+/// listeners still accept, and `/metrics` is still scraped.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     readiness: Readiness,
     shutdown: Shutdown,
+    delay: std::time::Duration,
 ) -> std::io::Result<()> {
+    let stop = shutdown.clone();
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AdminState { metrics, readiness });
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
+        .with_state(AdminState { metrics, readiness, shutdown });
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.after(delay).await }).await
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -119,6 +125,9 @@ async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.shutdown.is_triggered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+    }
     let (ok, report) = state.readiness.run().await;
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, report)
 }

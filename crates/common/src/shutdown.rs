@@ -31,6 +31,15 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
+    /// Completes `delay` after the signal fired: when a listener stops
+    /// accepting. Until then it serves as usual while its readiness says
+    /// it is going (gRPC health NOT_SERVING, `/readyz` 503), so load
+    /// balancers stop sending before connections are refused.
+    pub async fn after(&self, delay: std::time::Duration) {
+        self.wait().await;
+        tokio::time::sleep(delay).await;
+    }
+
     /// A child signal: fires with this one, and can also be fired alone
     /// (to stop one component without stopping the process).
     pub fn child(&self) -> Self {

@@ -217,21 +217,35 @@ impl App {
         tasks.spawn(async move { gw.authn.jwks().refresh_until(stop).await });
 
         let (metrics, stop) = (self.gateway.metrics.clone(), shutdown.child());
+        let delay = self.gateway.settings.server.shutdown_delay();
         let readiness = readiness(self.gateway.clone());
         tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop).await {
+            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
                 tracing::error!(%error, "admin server failed");
             }
         });
 
+        // The HTTP API drains like the gRPC door: it keeps accepting for
+        // `server.shutdown_delay_ms` after the signal (while /readyz says
+        // 503 and balancers take the pod out), then stops accepting, and
+        // requests in flight get `server.shutdown_grace_ms` to finish.
         let router = crate::http::router(self.gateway.clone());
         let stop = shutdown.child();
+        let server = &self.gateway.settings.server;
+        let (delay, grace) = (server.shutdown_delay(), server.shutdown_grace());
         tasks.spawn(async move {
             let app = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(error) =
-                axum::serve(http, app).with_graceful_shutdown(async move { stop.wait().await }).await
-            {
-                tracing::error!(%error, "HTTP server failed");
+            let accepting = stop.clone();
+            let served = axum::serve(http, app).with_graceful_shutdown(async move { accepting.after(delay).await });
+            tokio::select! {
+                result = served => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "HTTP server failed");
+                    }
+                }
+                () = stop.after(delay + grace) => {
+                    tracing::warn!(grace_ms = grace.as_millis() as u64, "HTTP drain deadline passed; dropping requests still in flight");
+                }
             }
         });
 

@@ -38,6 +38,17 @@ fn default_shutdown_grace_ms() -> u64 {
 }
 
 impl ServerSettings {
+    /// `shutdown_delay_ms`: how long every listener (gRPC, HTTP, admin)
+    /// keeps accepting after shutdown fires.
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    /// `shutdown_grace_ms`: then how long calls in flight may take.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
     /// Binds the gRPC and admin addresses (port 0 picks free ports), so
     /// both are known, and connectable, before anything serves on them.
     pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
@@ -178,8 +189,7 @@ impl GrpcServer {
             self.health.set_service_status(name, ServingStatus::Serving).await;
         }
         let health = self.health.clone();
-        let delay = Duration::from_millis(settings.shutdown_delay_ms);
-        let grace = Duration::from_millis(settings.shutdown_grace_ms);
+        let (delay, grace) = (settings.shutdown_delay(), settings.shutdown_grace());
         let signal = {
             let shutdown = shutdown.clone();
             async move {
@@ -187,7 +197,7 @@ impl GrpcServer {
                 for name in &names {
                     health.set_service_status(name, ServingStatus::NotServing).await;
                 }
-                tokio::time::sleep(delay).await;
+                shutdown.after(delay).await;
                 tracing::info!("gRPC server draining in-flight calls");
             }
         };
@@ -200,7 +210,7 @@ impl GrpcServer {
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result,
-            _ = async { shutdown.wait().await; tokio::time::sleep(delay + grace).await } => {
+            () = shutdown.after(delay + grace) => {
                 tracing::warn!(grace_ms = settings.shutdown_grace_ms, "drain deadline passed; dropping calls still in flight");
                 Ok(())
             }

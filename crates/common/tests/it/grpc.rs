@@ -92,7 +92,8 @@ async fn the_admin_port_serves_metrics_and_a_readiness_that_fails_with_a_depende
         .check("postgres", || async { Ok(()) })
         .check("rabbitmq", || async { Err("connection refused".to_owned()) });
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(admin::serve(listener, metrics.clone(), readiness, shutdown.clone()));
+    let task =
+        tokio::spawn(admin::serve(listener, metrics.clone(), readiness, shutdown.clone(), Duration::ZERO));
 
     let (status, body) = http_get(addr, "/readyz").await?;
     assert_eq!(status, 503);

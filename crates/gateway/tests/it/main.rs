@@ -5,6 +5,7 @@
 mod attacks;
 mod auth_offload;
 mod billing;
+mod drain;
 mod e2e;
 mod edge;
 mod grpc_door;
