@@ -64,7 +64,7 @@ LISTEN = {"type": "string", "pattern": "^.+:[0-9]{1,5}$"}
 # upstreams.<name>. An empty url is the chart's "this release's <name>".
 CLIENT_KEY_TYPES = {
     "url": {"type": "string", "pattern": "^(|https?://.+)$"},
-    "connect_timeout_ms": POS, "request_timeout_ms": POS,
+    "connect_timeout_ms": POS, "request_timeout_ms": POS, "resolve_interval_ms": POS,
 }
 COMMON_KEY_TYPES = {
     "server": {"listen": LISTEN, "admin_listen": LISTEN, "shutdown_delay_ms": INT, "shutdown_grace_ms": INT},

@@ -544,15 +544,22 @@ class Workloads(unittest.TestCase):
             for up in td.upstreams(svc):
                 with self.subTest(service=svc, upstream=up):
                     url = config_toml(docs, svc)["upstreams"][up]["url"]
-                    self.assertEqual(url, f"http://{r.RELEASE}-{up}:{td.grpc_port(up)}")
-                    # It names a Service of the release, on its gRPC port.
+                    self.assertEqual(url, f"http://{r.RELEASE}-{up}-pods:{td.grpc_port(up)}")
+                    # It names the release's headless Service of the
+                    # upstream (DNS answers with every ready pod, which the
+                    # client balances over), on its gRPC port, selecting
+                    # the same pods as the upstream's own Service.
                     host, port = url.removeprefix("http://").split(":")
-                    grpc = [p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"]
+                    headless = services[host]["spec"]
+                    self.assertEqual(headless["clusterIP"], "None")
+                    self.assertNotIn("publishNotReadyAddresses", headless, "only ready pods get calls")
+                    self.assertEqual(headless["selector"], services[f"{r.RELEASE}-{up}"]["spec"]["selector"])
+                    grpc = [p["port"] for p in headless["ports"] if p["name"] == "grpc"]
                     self.assertEqual(grpc, [int(port)])
         self.assertEqual(td.upstreams("gateway"), ["auth", "billing", "notification"])
         # The release's names follow fullnameOverride; the ports follow the target's listen.
         docs = r.manifests(r.render({"fullnameOverride": "edge", "services": {"auth": {"config": {"server": {"listen": "0.0.0.0:6000"}}}}}))
-        self.assertEqual(config_toml(docs, "gateway", "edge-gateway")["upstreams"]["auth"]["url"], "http://edge-auth:6000")
+        self.assertEqual(config_toml(docs, "gateway", "edge-gateway")["upstreams"]["auth"]["url"], "http://edge-auth-pods:6000")
         # An operator's URL wins.
         docs = r.manifests(r.rendered("only-gateway"))
         self.assertEqual(config_toml(docs, "gateway")["upstreams"]["auth"]["url"], "http://auth.tenx-core.svc:50051")

@@ -1,14 +1,16 @@
 //! gRPC plumbing every service shares: the server (health, reflection,
 //! the RPC span/metrics layer, graceful shutdown), one error type that
-//! maps to `tonic::Status`, and the client channel (timeouts, trace
-//! propagation).
+//! maps to `tonic::Status`, and the client channel (balanced over an
+//! upstream's instances, timeouts, trace propagation).
 
+mod balance;
 mod client;
 mod error;
 mod rpc_layer;
 mod server;
 
-pub use client::{ClientSettings, TraceInterceptor, TracedChannel, connect};
+pub use balance::{Balanced, MakeChannel, Resolve, system_resolver};
+pub use client::{ClientSettings, TraceInterceptor, TracedChannel, connect, connect_with};
 pub use error::ApiError;
 pub use rpc_layer::RpcLayer;
 pub use server::{GrpcServer, ServerSettings};

@@ -172,13 +172,16 @@ impl Validate for GatewaySettings {
         if self.http.body_limit_bytes == 0 || self.http.max_in_flight == 0 {
             return Err(Invalid::new("http", "body_limit_bytes and max_in_flight must be positive"));
         }
-        for (key, url) in [
-            ("upstreams.auth.url", &self.upstreams.auth.url),
-            ("upstreams.notification.url", &self.upstreams.notification.url),
-            ("upstreams.billing.url", &self.upstreams.billing.url),
+        for (key, upstream) in [
+            ("upstreams.auth.url", &self.upstreams.auth),
+            ("upstreams.notification.url", &self.upstreams.notification),
+            ("upstreams.billing.url", &self.upstreams.billing),
         ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Invalid::new(key, "must be an http:// or https:// URL"));
+            let mut urls = upstream.urls().peekable();
+            if urls.peek().is_none()
+                || !urls.all(|url| url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(Invalid::new(key, "must be http:// or https:// URLs, comma-separated"));
             }
         }
         let l = &self.limits;

@@ -22,6 +22,16 @@
 {{- printf "%s-%s" (include "tenx.fullname" .root) .svc | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The headless Service of a component: its DNS name answers with the
+addresses of its ready pods, which the other services' clients balance
+over (tenx_common::grpc::balance) and look up again every
+upstreams.<name>.resolve_interval_ms. dict root svc
+*/}}
+{{- define "tenx.podsName" -}}
+{{- printf "%s-%s" (include "tenx.fullname" .root | trunc 58 | trimSuffix "-") (printf "%s-pods" .svc) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "tenx.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: {{ include "tenx.name" . }}
@@ -90,7 +100,8 @@ tenx.dev/role: server
 {{/*
 The config as rendered for the service: values' config plus the OTLP
 endpoint, and each empty `upstreams.<name>.url` filled in with this
-release's <name> Service (`http://<fullname>-<name>:<its gRPC port>`);
+release's <name> pods (`http://<fullname>-<name>-pods:<its gRPC port>`,
+the headless Service whose name resolves to every ready pod);
 refused when that service is not enabled here. A service that verifies
 auth's tokens (`authn`: the gateway, billing, notification) must name
 auth's issuer and audience, else it would reject every token, and follow
@@ -112,7 +123,7 @@ dict root svc cfg
 {{- if not $target.enabled -}}
 {{- fail (printf "services.%s.config.upstreams.%s.url is empty, which means this release's %s, but services.%s is not enabled: set the URL of the %s to call" $svc $up $up $up $up) -}}
 {{- end -}}
-{{- $url := printf "http://%s:%s" (include "tenx.svcName" (dict "root" $root "svc" $up)) (include "tenx.port" $target.config.server.listen) -}}
+{{- $url := printf "http://%s:%s" (include "tenx.podsName" (dict "root" $root "svc" $up)) (include "tenx.port" $target.config.server.listen) -}}
 {{- $_ := set $client "url" $url -}}
 {{- end -}}
 {{- end -}}

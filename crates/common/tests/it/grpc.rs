@@ -169,3 +169,95 @@ async fn several_components_on_one_registry_render_each_metric_family_once() -> 
     assert!(rendered.contains("tenx_cache_loads_total{cache=\"billing\"} 1"));
     Ok(())
 }
+
+/// One health server on its own port and metrics: its address, how many
+/// Check calls it answered (so far), and its shutdown.
+async fn instance() -> anyhow::Result<(std::net::SocketAddr, Metrics, Shutdown, tokio::task::JoinHandle<()>)>
+{
+    let metrics = Metrics::default();
+    let server = GrpcServer::new(Duration::from_secs(1), &metrics, tenx_common::authn::AuthnLayer::no_api());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut settings = settings(addr);
+    settings.shutdown_delay_ms = 0;
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let _ = server.serve(server.router(), listener, &[], &settings, stop).await;
+    });
+    Ok((addr, metrics, shutdown, task))
+}
+
+fn checks(metrics: &Metrics) -> f64 {
+    crate::support::metric(metrics, "tenx_grpc_server_requests_total{method=\"/grpc.health.v1.Health/Check\"")
+}
+
+#[tokio::test]
+async fn a_client_balances_over_every_instance_and_leaves_out_one_that_is_gone() -> anyhow::Result<()> {
+    let (a, a_metrics, _a_stop, _a) = instance().await?;
+    let (b, b_metrics, b_stop, b_task) = instance().await?;
+    let channel = connect(&ClientSettings::new(&format!("http://{a}, http://{b}")))?;
+    let mut health = HealthClient::new(channel);
+    let check = || HealthCheckRequest { service: String::new() };
+    for _ in 0..100 {
+        health.check(check()).await?;
+    }
+    let (on_a, on_b) = (checks(&a_metrics), checks(&b_metrics));
+    assert_eq!(on_a + on_b, 100.0);
+    assert!((40.0..=60.0).contains(&on_a), "split {on_a}/{on_b}, not within 60/40");
+
+    // B goes away: at most the one call that found it gone fails; then
+    // every call goes to A.
+    b_stop.trigger();
+    b_task.await?;
+    let before = checks(&a_metrics);
+    let mut failed = 0;
+    for _ in 0..100 {
+        if let Err(status) = health.check(check()).await {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            failed += 1;
+        }
+    }
+    assert!(failed <= 1, "{failed} calls failed after B left");
+    assert_eq!(checks(&a_metrics) - before, f64::from(100 - failed), "A answered the rest");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_named_upstream_follows_what_its_name_resolves_to() -> anyhow::Result<()> {
+    // A resolver the test controls, as a headless Service's DNS answers
+    // with the pods that are ready now.
+    let (a, a_metrics, _a_stop, _a) = instance().await?;
+    let (b, b_metrics, _b_stop, _b) = instance().await?;
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(vec![a]));
+    let resolve: tenx_common::grpc::Resolve = {
+        let answer = answer.clone();
+        std::sync::Arc::new(move |_name| {
+            let addrs = answer.lock().map(|a| a.clone()).unwrap_or_default();
+            Box::pin(async move { Ok(addrs) })
+        })
+    };
+    let mut settings = ClientSettings::new("http://auth.tenx.internal:50051");
+    settings.resolve_interval_ms = 50;
+    let mut health = HealthClient::new(tenx_common::grpc::connect_with(&settings, resolve)?);
+    let check = || HealthCheckRequest { service: String::new() };
+    let mut calls = async |n: usize| -> anyhow::Result<(f64, f64)> {
+        let (a0, b0) = (checks(&a_metrics), checks(&b_metrics));
+        for _ in 0..n {
+            health.check(check()).await?;
+        }
+        Ok((checks(&a_metrics) - a0, checks(&b_metrics) - b0))
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls(20).await?, (20.0, 0.0), "one instance: all to it");
+
+    *answer.lock().map_err(|e| anyhow::anyhow!("{e}"))? = vec![a, b];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (on_a, on_b) = calls(100).await?;
+    assert!(on_a >= 40.0 && on_b >= 40.0, "a new instance joins: {on_a}/{on_b}");
+
+    *answer.lock().map_err(|e| anyhow::anyhow!("{e}"))? = vec![b];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(calls(20).await?, (0.0, 20.0), "a vanished instance leaves");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod auth_offload;
+mod balance;
 mod billing;
 mod drain;
 mod e2e;
