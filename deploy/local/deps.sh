@@ -11,6 +11,8 @@
 #   SMTP sink with STARTTLS   127.0.0.1:2587  (same Maildir; certificate for
 #                                            localhost from a throw-away CA in
 #                                            /tmp/tenx-smtp-sink/tls/ca.pem)
+#   pgbouncer binary          not started: tests run their own in front of
+#                             their databases (transaction mode)
 #
 # Uses what already runs, starts installed-but-stopped servers, installs
 # missing ones from Debian/Ubuntu packages (root + apt-get), or, when no
@@ -644,6 +646,19 @@ ensure_localstripe() {
   wait_until 30 localstripe_ok || fail "localstripe on 127.0.0.1:$STRIPE_PORT did not start; see $stripelog"
 }
 
+# --- PgBouncer -------------------------------------------------------------------
+
+# Not a server the platform needs: the binary, for the tests that start a
+# PgBouncer of their own in front of their databases (transaction mode).
+pgbouncer_bin() { have pgbouncer || [[ -x /usr/sbin/pgbouncer ]]; }
+
+ensure_pgbouncer() {
+  pgbouncer_bin && return 0
+  can_apt || fail "pgbouncer: not installed and cannot apt-get install it (not root or no apt-get)"
+  apt_install pgbouncer pgbouncer
+  pgbouncer_bin || fail "pgbouncer: installed, but no pgbouncer binary on the PATH or in /usr/sbin"
+}
+
 # --------------------------------------------------------------------------------
 
 ensure_postgres
@@ -652,5 +667,6 @@ ensure_rabbitmq
 ensure_smtp
 ensure_smtp_tls
 ensure_localstripe
+ensure_pgbouncer
 
 [[ -n ${TENX_DEPS_QUIET:-} ]] || echo "deps: ok"

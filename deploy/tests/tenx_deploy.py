@@ -19,7 +19,7 @@ KUBE_VERSION = "1.30.0"
 # Config keys whose values are secrets: wired from a Secret as
 # TENX_<SVC>__<SECTION>__<KEY>, never written to a ConfigMap. The common
 # ones (crates/common: `Secret<…>` fields) plus each service's own.
-COMMON_SECRET_KEYS = ["database.primary_url", "database.replica_url", "redis.url", "amqp.url"]
+COMMON_SECRET_KEYS = ["database.primary_url", "database.replica_url", "database.migrate_url", "redis.url", "amqp.url"]
 # The services that call others as themselves: each presents its own
 # authn.client_secret to auth, which knows it as service_clients.<svc>.
 SERVICE_CLIENTS = ["gateway", "billing", "notification"]
@@ -34,8 +34,9 @@ SERVICE_SECRET_KEYS = {
 # Secret keys a service runs without (its variable is optional): the
 # replica, and Stripe's keys, which only provider.kind stripe needs (billing
 # refuses to start without them then) and which have no default.
-OPTIONAL_SECRET_KEYS = ["database.replica_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret"]
-EMPTY_BY_DEFAULT_SECRET_KEYS = ["provider.stripe_secret_key", "provider.stripe_webhook_secret"]
+OPTIONAL_SECRET_KEYS = ["database.replica_url", "database.migrate_url", "provider.stripe_secret_key",
+                        "provider.stripe_webhook_secret"]
+EMPTY_BY_DEFAULT_SECRET_KEYS = ["database.migrate_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret"]
 # Secret keys a service reads from another service's Secret rather than
 # its own, so that one value lives in one place: service → key → (the
 # service whose Secret holds it, its key there). Both directions: auth's
@@ -69,7 +70,8 @@ CLIENT_KEY_TYPES = {
 COMMON_KEY_TYPES = {
     "server": {"listen": LISTEN, "admin_listen": LISTEN, "shutdown_delay_ms": INT, "shutdown_grace_ms": INT},
     "database": {
-        "primary_url": STR, "replica_url": STR,
+        "primary_url": STR, "replica_url": STR, "migrate_url": STR,
+        "pooling": {"enum": ["session", "transaction"]},
         "schema": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
         "max_connections": POS, "connect_timeout_ms": POS, "acquire_timeout_ms": POS, "replica_retry_ms": INT,
     },

@@ -339,6 +339,8 @@ class Workloads(unittest.TestCase):
             docs = r.manifests(r.rendered(scenario))
             for dep in r.find(docs, "Deployment"):
                 svc = dep["metadata"]["labels"]["app.kubernetes.io/component"]
+                if svc == "pgbouncer":
+                    continue  # not a tenx service: its own test
                 with self.subTest(scenario=scenario, service=svc):
                     pod = dep["spec"]["template"]["spec"]
                     self.assertIs(pod["securityContext"]["runAsNonRoot"], True)
@@ -419,6 +421,7 @@ class Workloads(unittest.TestCase):
         server_peer = {"app.kubernetes.io/name": "tenx", "app.kubernetes.io/instance": r.RELEASE, "tenx.dev/role": "server"}
         test_peer = {"app.kubernetes.io/name": "tenx", "app.kubernetes.io/instance": r.RELEASE, "app.kubernetes.io/component": "test"}
         nps = {np["metadata"]["labels"]["app.kubernetes.io/component"]: np for np in r.find(docs, "NetworkPolicy")}
+        self.assertEqual(nps.pop("pgbouncer")["spec"]["ingress"][0]["ports"], [{"port": 6432, "protocol": "TCP"}])
         self.assertEqual(sorted(nps), td.chart_services())
         for svc, np in nps.items():
             with self.subTest(service=svc):
@@ -458,8 +461,8 @@ class Workloads(unittest.TestCase):
                 self.assertEqual(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], svc)
         self.assertEqual(td.secret_keys("gateway"), ["authn.client_secret", "redis.url"])
         self.assertEqual(td.secret_keys("billing"),
-                         ["amqp.url", "authn.client_secret", "database.primary_url", "database.replica_url",
-                          "provider.stripe_secret_key", "provider.stripe_webhook_secret", "redis.url"])
+                         ["amqp.url", "authn.client_secret", "database.migrate_url", "database.primary_url",
+                          "database.replica_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret", "redis.url"])
 
     def test_network_policy_is_on_by_default_and_admits_each_service_only_from_its_callers(self):
         self.assertIs(td.chart_values()["networkPolicy"]["enabled"], True)
@@ -666,6 +669,47 @@ class Workloads(unittest.TestCase):
             (service,) = r.find(docs, "Service", f"{r.RELEASE}-{svc}")
             self.assertLessEqual(sm["spec"]["selector"]["matchLabels"].items(), service["metadata"]["labels"].items())
 
+    def test_pgbouncer_pools_transactions_keeps_prepared_statements_and_drains(self):
+        docs = r.manifests(r.rendered("features-on"))
+        name = f"{r.RELEASE}-pgbouncer"
+        ini = r.find(docs, "ConfigMap", name)[0]["data"]["pgbouncer.ini"]
+        settings = dict(line.split(" = ", 1) for line in ini.splitlines() if " = " in line)
+        self.assertEqual(settings["pool_mode"], "transaction")
+        # The services run with database.pooling "session" through it: their
+        # named statements and the search_path set at connect must survive.
+        self.assertGreater(int(settings["max_prepared_statements"]), 0)
+        self.assertEqual(settings["track_extra_parameters"], "search_path")
+        values = td.chart_values()["pgbouncer"]
+        version = tuple(int(p) for p in re.findall(r"\d+", values["image"]["tag"])[:2])
+        self.assertGreaterEqual(version, (1, 21), "max_prepared_statements needs PgBouncer 1.21")
+        deployment = r.find(docs, "Deployment", name)[0]
+        self.assertEqual(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0)
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        self.assertIs(pod["securityContext"]["runAsNonRoot"], True)
+        self.assertIs(pod["automountServiceAccountToken"], False)
+        self.assertIs(container["securityContext"]["readOnlyRootFilesystem"], True)
+        self.assertEqual(container["securityContext"]["capabilities"]["drop"], ["ALL"])
+        self.assertIn("readinessProbe", container)
+        self.assertIn("livenessProbe", container)
+        # A rolling update: the pod keeps serving while it leaves the
+        # Service, then SIGINT (safe shutdown: transactions in flight end).
+        pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+        self.assertIn(f"sleep {values['preStopSeconds']}", pre_stop)
+        self.assertIn("kill -INT 1", pre_stop)
+        self.assertGreater(pod["terminationGracePeriodSeconds"], values["preStopSeconds"])
+        self.assertEqual([p["port"] for p in r.find(docs, "Service", name)[0]["spec"]["ports"]], [6432])
+        self.assertEqual(len(r.find(docs, "PodDisruptionBudget", name)), 1)
+        policy = r.find(docs, "NetworkPolicy", name)[0]
+        callers = sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                         for p in policy["spec"]["ingress"][0]["from"])
+        self.assertEqual(callers, ["auth", "billing", "notification"], "only the services that keep a database")
+        # Off by default; on, it needs the userlist.
+        self.assertEqual(r.find(r.manifests(r.rendered("defaults")), "Deployment", name), [])
+        with self.assertRaises(helm_python.HelmError) as caught:
+            r.render({"pgbouncer": {"enabled": True}})
+        self.assertIn("pgbouncer.authSecret", str(caught.exception))
+
 
 class Secrets(unittest.TestCase):
     def test_generated_secret_holds_every_secret_key_and_a_fresh_kek(self):
@@ -690,8 +734,9 @@ class Secrets(unittest.TestCase):
                     self.assertRegex(client_secret, r"^[A-Za-z0-9]+$")
                     client_secrets.add(client_secret)
         self.assertEqual(len(client_secrets), len(td.SERVICE_CLIENTS), "one fresh secret per service")
-        self.assertEqual(td.own_secret_keys("auth"), ["amqp.url", "codes.seal_key", "database.primary_url",
-                                                      "database.replica_url", "redis.url", "tokens.key_encryption_key"])
+        self.assertEqual(td.own_secret_keys("auth"), ["amqp.url", "codes.seal_key", "database.migrate_url",
+                                                      "database.primary_url", "database.replica_url", "redis.url",
+                                                      "tokens.key_encryption_key"])
         # notification keeps no copy of auth's seal key.
         self.assertNotIn("codes.seal_key", td.own_secret_keys("notification"))
         self.assertIn("codes.seal_key", td.secret_keys("notification"))

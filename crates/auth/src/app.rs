@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tenx_common::db::Prepared;
 
 use tenx_common::admin::{self, Readiness};
 use tenx_common::authn::{AuthnLayer, Revocations};
@@ -37,7 +38,7 @@ const KEY_RELOAD: Duration = Duration::from_secs(30);
 /// Applies `common`'s and auth's migrations to the auth schema.
 pub async fn migrate(settings: &AuthSettings) -> Result<(), AuthError> {
     db::migrate(
-        settings.database.primary_url.expose(),
+        settings.database.migrate_url()?,
         &settings.database.schema,
         Some(migrations::migrations::runner()),
     )
@@ -77,7 +78,12 @@ pub async fn set_role(
     } else {
         "UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE email = $1 RETURNING roles"
     };
-    let row = db.write().await?.query_opt(sql, &[&email, &role]).await?.ok_or(AuthError::NotFound("user"))?;
+    let row = db
+        .write()
+        .await?
+        .query_opt_cached(sql, &[&email, &role])
+        .await?
+        .ok_or(AuthError::NotFound("user"))?;
     Ok(row.get(0))
 }
 
@@ -90,7 +96,7 @@ async fn sweep_login_attempts(db: &Db) -> Result<u64, AuthError> {
     Ok(db
         .write()
         .await?
-        .execute(
+        .execute_cached(
             "DELETE FROM login_attempts WHERE updated_at < now() - interval '1 day' \
              AND (locked_until IS NULL OR locked_until < now())",
             &[],

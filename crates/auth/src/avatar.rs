@@ -5,6 +5,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
+use tenx_common::db::Prepared;
 
 use image::imageops::FilterType;
 use image::{ImageFormat, ImageReader, Limits};
@@ -49,7 +50,7 @@ impl Handler for AvatarWorker {
             .write()
             .await
             .map_err(retry)?
-            .query_opt("SELECT original, status FROM avatars WHERE id = $1", &[&avatar])
+            .query_opt_cached("SELECT original, status FROM avatars WHERE id = $1", &[&avatar])
             .await
             .map_err(retry)?;
         let Some(row) = row else { return Ok(()) }; // deleted with its user
@@ -65,7 +66,7 @@ impl Handler for AvatarWorker {
                     .write()
                     .await
                     .map_err(retry)?
-                    .execute(
+                    .execute_cached(
                         "UPDATE avatars SET status = 'failed', error = $2 WHERE id = $1",
                         &[&avatar, &reason],
                     )
@@ -83,7 +84,7 @@ impl Handler for AvatarWorker {
         let mut ids = Vec::new();
         for (size, png) in SIZES.iter().zip(thumbs) {
             let id = Uuid::now_v7();
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO avatar_thumbnails (id, avatar_id, size, png) VALUES ($1, $2, $3, $4)",
                 &[&id, &avatar, &i32::try_from(*size).unwrap_or(0), &png],
             )
@@ -91,8 +92,10 @@ impl Handler for AvatarWorker {
             .map_err(retry)?;
             ids.push(id);
         }
-        tx.execute("UPDATE avatars SET status = 'ready' WHERE id = $1", &[&avatar]).await.map_err(retry)?;
-        tx.execute(
+        tx.execute_cached("UPDATE avatars SET status = 'ready' WHERE id = $1", &[&avatar])
+            .await
+            .map_err(retry)?;
+        tx.execute_cached(
             "UPDATE users SET avatar_64_id = $2, avatar_256_id = $3, updated_at = now() WHERE id = $1",
             &[&user, &ids[0], &ids[1]],
         )

@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tenx_common::db::Prepared;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -116,7 +117,7 @@ impl Keys {
                 + RETIRED_MARGIN;
         let conn = self.db.write().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT kid, public_key, private_key_enc, retired_at IS NULL AS current FROM signing_keys \
                  WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1) \
                  ORDER BY created_at DESC",
@@ -230,8 +231,9 @@ fn encoding_key(seed: &[u8]) -> Result<EncodingKey, AuthError> {
 async fn ensure_current_key(db: &Db, kek: &Kek) -> Result<(), AuthError> {
     let mut conn = db.write().await?;
     let tx = conn.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
-    let current = tx.query_opt("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1", &[]).await?;
+    tx.execute_cached("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
+    let current =
+        tx.query_opt_cached("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1", &[]).await?;
     if current.is_none() {
         insert_key(&tx, kek).await?;
     }
@@ -244,7 +246,7 @@ async fn insert_key(tx: &deadpool_postgres::Transaction<'_>, kek: &Kek) -> Resul
     let kid = uuid::Uuid::now_v7().simple().to_string();
     let public = signing.verifying_key().to_bytes().to_vec();
     let sealed = kek.encrypt(&signing.to_bytes())?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO signing_keys (kid, public_key, private_key_enc) VALUES ($1, $2, $3)",
         &[&kid, &public, &sealed],
     )
@@ -258,10 +260,13 @@ pub async fn rotate(db: &Db, settings: &TokenSettings) -> Result<String, AuthErr
     let kek = Kek::parse(settings.key_encryption_key.expose()).map_err(AuthError::Internal)?;
     let mut conn = db.write().await?;
     let tx = conn.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
+    tx.execute_cached("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
     let kid = insert_key(&tx, &kek).await?;
-    tx.execute("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL AND kid <> $1", &[&kid])
-        .await?;
+    tx.execute_cached(
+        "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL AND kid <> $1",
+        &[&kid],
+    )
+    .await?;
     tx.commit().await?;
     Ok(kid)
 }

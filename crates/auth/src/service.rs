@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tenx_common::db::Prepared;
 
 use tenx_common::authn::{self, Principal, Revoked};
 use tenx_common::cache::Cache;
@@ -147,7 +148,7 @@ impl Core {
             .db
             .write()
             .await?
-            .query_opt("SELECT roles FROM users WHERE id = $1", &[&user])
+            .query_opt_cached("SELECT roles FROM users WHERE id = $1", &[&user])
             .await?
             .map(|r| r.get(0))
             .unwrap_or_default();
@@ -206,7 +207,7 @@ impl Core {
              ON CONFLICT (email) DO NOTHING RETURNING {}",
             store::USER_COLUMNS
         );
-        let row = tx.query_opt(&sql, &[&id, &email, &hash, &display_name]).await?;
+        let row = tx.query_opt_cached(&sql, &[&id, &email, &hash, &display_name]).await?;
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
@@ -257,9 +258,10 @@ impl Core {
                 retry_after: self.lock_delay(self.settings.login.max_failures),
             });
         }
-        tx.execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&email, &client]).await?;
+        tx.execute_cached("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&email, &client])
+            .await?;
         if let Some(hash) = rehash {
-            tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
+            tx.execute_cached("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
         }
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         tx.commit().await?;
@@ -272,14 +274,9 @@ impl Core {
     /// number in the current window; LOCKED_OUT while a lock holds, or
     /// when the attempt is past the limit (concurrent guesses past it are
     /// not even checked, and lock the client out).
-    async fn claim_attempt(
-        &self,
-        conn: &impl deadpool_postgres::GenericClient,
-        email: &str,
-        client: &str,
-    ) -> Result<i32, AuthError> {
+    async fn claim_attempt(&self, conn: &impl Prepared, email: &str, client: &str) -> Result<i32, AuthError> {
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "INSERT INTO login_attempts AS a (email, client, failures) VALUES ($1, $2, 1) \
                  ON CONFLICT (email, client) DO UPDATE SET failures = a.failures + 1, \
                    was_locked = a.locked_until IS NOT NULL, locked_until = NULL, updated_at = now() \
@@ -299,7 +296,7 @@ impl Core {
             return Ok(attempt);
         }
         let until: Option<SystemTime> = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT locked_until FROM login_attempts WHERE email = $1 AND client = $2",
                 &[&email, &client],
             )
@@ -317,7 +314,7 @@ impl Core {
         client: &str,
     ) -> Result<bool, AuthError> {
         Ok(tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT 1 FROM login_attempts WHERE email = $1 AND client = $2 AND locked_until > now() FOR UPDATE",
                 &[&email, &client],
             )
@@ -336,13 +333,13 @@ impl Core {
 
     async fn lock(
         &self,
-        conn: &impl deadpool_postgres::GenericClient,
+        conn: &impl Prepared,
         email: &str,
         client: &str,
         failures: i32,
     ) -> Result<(), AuthError> {
         let delay = self.lock_delay(failures);
-        conn.execute(
+        conn.execute_cached(
             "UPDATE login_attempts SET locked_until = now() + make_interval(secs => $3), updated_at = now() \
                  WHERE email = $1 AND client = $2 AND (locked_until IS NULL OR locked_until <= now())",
             &[&email, &client, &delay.as_secs_f64()],
@@ -366,7 +363,7 @@ impl Core {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT rt.session_id, s.user_id, s.revoked_at IS NOT NULL AS revoked, \
                         rt.issued_at < now() - make_interval(days => $2) AS expired, \
                         rt.rotated_at IS NOT NULL AS rotated, \
@@ -394,12 +391,12 @@ impl Core {
             tracing::warn!(session_id = %session, user_id = %user, "refresh token reuse; session revoked");
             return Err(bad);
         }
-        tx.execute(
+        tx.execute_cached(
             "UPDATE refresh_tokens SET rotated_at = COALESCE(rotated_at, now()) WHERE token_hash = $1",
             &[&secrets::hash(token)],
         )
         .await?;
-        tx.execute("UPDATE sessions SET last_used_at = now() WHERE id = $1", &[&session]).await?;
+        tx.execute_cached("UPDATE sessions SET last_used_at = now() WHERE id = $1", &[&session]).await?;
         let refresh = store::insert_refresh_token(&tx, session).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
@@ -410,7 +407,7 @@ impl Core {
         let token = validate::token("refresh_token", &request.refresh_token, 256)?;
         let conn = self.db.write().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT session_id FROM refresh_tokens WHERE token_hash = $1",
                 &[&secrets::hash(token)],
             )
@@ -430,7 +427,7 @@ impl Core {
         let session = validate::id("session_id", &request.session_id)?;
         let conn = self.db.write().await?;
         let n = conn
-            .execute(
+            .execute_cached(
                 "UPDATE sessions SET revoked_at = now(), revoke_reason = 'revoked' \
                  WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
                 &[&session, &caller.user],
@@ -447,7 +444,7 @@ impl Core {
     async fn list_sessions(&self, caller: Caller) -> Result<pb::ListSessionsResponse, AuthError> {
         let conn = self.db.write().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT id, device_name, created_at, last_used_at FROM sessions \
                  WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
                 &[&caller.user],
@@ -507,8 +504,10 @@ impl Core {
             "UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1 RETURNING {}",
             store::USER_COLUMNS
         );
-        let row =
-            tx.query_opt(&sql, &[&caller.user, &display_name]).await?.ok_or(AuthError::NotFound("user"))?;
+        let row = tx
+            .query_opt_cached(&sql, &[&caller.user, &display_name])
+            .await?
+            .ok_or(AuthError::NotFound("user"))?;
         let user = UserRecord::from_row(&row);
         let event = pb::UserUpdated { user_id: user.id.to_string(), email: user.email.clone(), display_name };
         outbox::enqueue(&tx, &NewEvent::new("auth.user.updated", &user.id.to_string(), &event)).await?;
@@ -578,7 +577,7 @@ impl Core {
             "UPDATE users SET email_verified = true, updated_at = now() WHERE id = $1 RETURNING {}",
             store::USER_COLUMNS
         );
-        let user = UserRecord::from_row(&tx.query_one(&sql, &[&caller.user]).await?);
+        let user = UserRecord::from_row(&tx.query_one_cached(&sql, &[&caller.user]).await?);
         let event = pb::UserUpdated {
             user_id: user.id.to_string(),
             email: user.email.clone(),
@@ -653,15 +652,18 @@ impl Core {
             tx.commit().await?;
             return Err(wrong());
         }
-        tx.execute("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", &[&id, &hash])
-            .await?;
+        tx.execute_cached(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+            &[&id, &hash],
+        )
+        .await?;
         // The owner proved the address: every client's lock on it ends.
-        tx.execute("DELETE FROM login_attempts WHERE email = $1", &[&email]).await?;
+        tx.execute_cached("DELETE FROM login_attempts WHERE email = $1", &[&email]).await?;
         let revoked = store::revoke_user_sessions(&tx, id, None, "password_reset").await?;
         // Whoever held the account before the reset (someone who signed up
         // with the victim's address first) keeps no API key either.
         let keys: Vec<Vec<u8>> = tx
-            .query(
+            .query_cached(
                 "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL \
                  RETURNING secret_hash",
                 &[&id],
@@ -709,7 +711,10 @@ impl Core {
         self.db
             .write()
             .await?
-            .execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&user.email, &client])
+            .execute_cached(
+                "DELETE FROM login_attempts WHERE email = $1 AND client = $2",
+                &[&user.email, &client],
+            )
             .await?;
         Ok(user)
     }
@@ -726,13 +731,16 @@ impl Core {
         let hash = self.passwords.hash(&request.new_password).await?;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
             &[&caller.user, &hash],
         )
         .await?;
-        tx.execute("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&user.email, &client])
-            .await?;
+        tx.execute_cached(
+            "DELETE FROM login_attempts WHERE email = $1 AND client = $2",
+            &[&user.email, &client],
+        )
+        .await?;
         let revoked =
             store::revoke_user_sessions(&tx, caller.user, Some(caller.session), "password_changed").await?;
         let event = pb::PasswordChanged { user_id: caller.user.to_string(), email: user.email };
@@ -765,9 +773,9 @@ impl Core {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         // The user's row locked: concurrent creations count one by one.
-        tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
+        tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
         let live: i64 = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL \
                  AND (expires_at IS NULL OR expires_at > now())",
                 &[&caller.user],
@@ -779,7 +787,7 @@ impl Core {
             return Err(AuthError::TooManyKeys(max));
         }
         let row = tx
-            .query_one(
+            .query_one_cached(
                 "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 > 0 THEN now() + make_interval(days => $7) END) \
                  RETURNING id, name, prefix, scopes, created_at, expires_at, last_used_at",
@@ -796,7 +804,7 @@ impl Core {
     async fn list_api_keys(&self, caller: Caller) -> Result<pb::ListApiKeysResponse, AuthError> {
         let conn = self.db.write().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT id, name, prefix, scopes, created_at, expires_at, last_used_at FROM api_keys \
                  WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
                 &[&caller.user],
@@ -813,7 +821,7 @@ impl Core {
         let id = validate::id("api_key_id", &request.api_key_id)?;
         let conn = self.db.write().await?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
                  RETURNING secret_hash",
                 &[&id, &caller.user],
@@ -882,7 +890,7 @@ impl Core {
             let result = async {
                 db.write()
                     .await?
-                    .execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", &[&id])
+                    .execute_cached("UPDATE api_keys SET last_used_at = now() WHERE id = $1", &[&id])
                     .await?;
                 Ok::<_, AuthError>(())
             }
@@ -941,13 +949,13 @@ impl Core {
         }
         let conn = self.db.write().await?;
         let active: Vec<Uuid> = conn
-            .query("SELECT id FROM sessions WHERE id = ANY($1) AND revoked_at IS NULL", &[&sessions])
+            .query_cached("SELECT id FROM sessions WHERE id = ANY($1) AND revoked_at IS NULL", &[&sessions])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
         let live: Vec<Vec<u8>> = conn
-            .query(
+            .query_cached(
                 "SELECT secret_hash FROM api_keys WHERE secret_hash = ANY($1) AND revoked_at IS NULL",
                 &[&hashes],
             )
@@ -999,7 +1007,7 @@ impl Core {
         let id = Uuid::now_v7();
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO avatars (id, user_id, content_type, original) VALUES ($1, $2, $3, $4)",
             &[&id, &caller.user, &request.content_type, &request.data],
         )

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
+use tenx_common::db::Prepared;
 use tenx_proto::auth::v1 as pb;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -67,9 +67,9 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     t.into()
 }
 
-pub async fn user_by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<UserRecord>, AuthError> {
+pub async fn user_by_id<C: Prepared>(db: &C, id: Uuid) -> Result<Option<UserRecord>, AuthError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    Ok(db.query_opt(&sql, &[&id]).await?.as_ref().map(UserRecord::from_row))
+    Ok(db.query_opt_cached(&sql, &[&id]).await?.as_ref().map(UserRecord::from_row))
 }
 
 /// Credentials row for login.
@@ -84,22 +84,22 @@ impl std::fmt::Debug for LoginRow {
     }
 }
 
-pub async fn login_row<C: GenericClient>(db: &C, email: &str) -> Result<Option<LoginRow>, AuthError> {
+pub async fn login_row<C: Prepared>(db: &C, email: &str) -> Result<Option<LoginRow>, AuthError> {
     let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1");
     Ok(db
-        .query_opt(&sql, &[&email])
+        .query_opt_cached(&sql, &[&email])
         .await?
         .map(|row| LoginRow { user: UserRecord::from_row(&row), password_hash: row.get("password_hash") }))
 }
 
 /// Starts a session with its first refresh token; returns the token.
-pub async fn create_session<C: GenericClient>(
+pub async fn create_session<C: Prepared>(
     tx: &C,
     user: Uuid,
     device: &str,
 ) -> Result<(Uuid, String), AuthError> {
     let session = Uuid::now_v7();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO sessions (id, user_id, device_name) VALUES ($1, $2, $3)",
         &[&session, &user, &device],
     )
@@ -108,9 +108,9 @@ pub async fn create_session<C: GenericClient>(
     Ok((session, token))
 }
 
-pub async fn insert_refresh_token<C: GenericClient>(tx: &C, session: Uuid) -> Result<String, AuthError> {
+pub async fn insert_refresh_token<C: Prepared>(tx: &C, session: Uuid) -> Result<String, AuthError> {
     let token = crate::secrets::refresh_token();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)",
         &[&crate::secrets::hash(&token), &session],
     )
@@ -119,14 +119,14 @@ pub async fn insert_refresh_token<C: GenericClient>(tx: &C, session: Uuid) -> Re
 }
 
 /// Revokes sessions of `user` (all, or all but `keep`); returns their ids.
-pub async fn revoke_user_sessions<C: GenericClient>(
+pub async fn revoke_user_sessions<C: Prepared>(
     tx: &C,
     user: Uuid,
     keep: Option<Uuid>,
     reason: &str,
 ) -> Result<Vec<Uuid>, AuthError> {
     let rows = tx
-        .query(
+        .query_cached(
             "UPDATE sessions SET revoked_at = now(), revoke_reason = $3 \
              WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2) RETURNING id",
             &[&user, &keep, &reason],
@@ -135,13 +135,9 @@ pub async fn revoke_user_sessions<C: GenericClient>(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-pub async fn revoke_session<C: GenericClient>(
-    tx: &C,
-    session: Uuid,
-    reason: &str,
-) -> Result<bool, AuthError> {
+pub async fn revoke_session<C: Prepared>(tx: &C, session: Uuid, reason: &str) -> Result<bool, AuthError> {
     let n = tx
-        .execute(
+        .execute_cached(
             "UPDATE sessions SET revoked_at = now(), revoke_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
             &[&session, &reason],
         )
@@ -151,8 +147,9 @@ pub async fn revoke_session<C: GenericClient>(
 
 /// Whether a session may still be used (the cached answer behind every
 /// access-token check).
-pub async fn session_active<C: GenericClient>(db: &C, session: Uuid) -> Result<bool, AuthError> {
-    let row = db.query_opt("SELECT revoked_at IS NULL FROM sessions WHERE id = $1", &[&session]).await?;
+pub async fn session_active<C: Prepared>(db: &C, session: Uuid) -> Result<bool, AuthError> {
+    let row =
+        db.query_opt_cached("SELECT revoked_at IS NULL FROM sessions WHERE id = $1", &[&session]).await?;
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
@@ -176,15 +173,15 @@ impl CodePurpose {
 /// Whether the user was sent a code of this purpose within `cooldown`.
 /// Locks the user's row first, so concurrent requests see each other's
 /// codes: one email per cooldown, however many ask at once.
-pub async fn code_sent_within<C: GenericClient>(
+pub async fn code_sent_within<C: Prepared>(
     tx: &C,
     user: Uuid,
     purpose: CodePurpose,
     cooldown: Duration,
 ) -> Result<bool, AuthError> {
-    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user]).await?;
+    tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user]).await?;
     Ok(tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM one_time_codes WHERE user_id = $1 AND purpose = $2 \
              AND created_at > now() - make_interval(secs => $3) LIMIT 1",
             &[&user, &purpose.as_str(), &cooldown.as_secs_f64()],
@@ -193,19 +190,19 @@ pub async fn code_sent_within<C: GenericClient>(
         .is_some())
 }
 
-pub async fn new_code<C: GenericClient>(
+pub async fn new_code<C: Prepared>(
     tx: &C,
     user: Uuid,
     purpose: CodePurpose,
     ttl: Duration,
 ) -> Result<String, AuthError> {
-    tx.execute(
+    tx.execute_cached(
         "UPDATE one_time_codes SET used_at = now() WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
         &[&user, &purpose.as_str()],
     )
     .await?;
     let code = crate::secrets::code();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO one_time_codes (id, user_id, purpose, code_hash, expires_at) \
          VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
         &[&Uuid::now_v7(), &user, &purpose.as_str(), &crate::secrets::hash(&code), &ttl.as_secs_f64()],
@@ -217,7 +214,7 @@ pub async fn new_code<C: GenericClient>(
 /// Spends `code` if it is the user's live code of this purpose. A wrong
 /// guess counts against the code, which is burnt after `max_attempts`.
 /// Either way the caller must commit (the attempt count must stick).
-pub async fn spend_code<C: GenericClient>(
+pub async fn spend_code<C: Prepared>(
     tx: &C,
     user: Uuid,
     purpose: CodePurpose,
@@ -225,7 +222,7 @@ pub async fn spend_code<C: GenericClient>(
     max_attempts: i32,
 ) -> Result<bool, AuthError> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, code_hash FROM one_time_codes \
              WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > now() \
              ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
@@ -236,10 +233,10 @@ pub async fn spend_code<C: GenericClient>(
     let id: Uuid = row.get(0);
     let stored: Vec<u8> = row.get(1);
     if stored == crate::secrets::hash(&crate::secrets::normalize_code(code)) {
-        tx.execute("UPDATE one_time_codes SET used_at = now() WHERE id = $1", &[&id]).await?;
+        tx.execute_cached("UPDATE one_time_codes SET used_at = now() WHERE id = $1", &[&id]).await?;
         return Ok(true);
     }
-    tx.execute(
+    tx.execute_cached(
         "UPDATE one_time_codes SET attempts = attempts + 1, \
          used_at = CASE WHEN attempts + 1 >= $2 THEN now() END WHERE id = $1",
         &[&id, &max_attempts],
@@ -257,9 +254,9 @@ pub struct ApiKeyAuth {
     pub expires_at_ms: Option<i64>,
 }
 
-pub async fn api_key_by_hash<C: GenericClient>(db: &C, hash: &[u8]) -> Result<Option<ApiKeyAuth>, AuthError> {
+pub async fn api_key_by_hash<C: Prepared>(db: &C, hash: &[u8]) -> Result<Option<ApiKeyAuth>, AuthError> {
     let row = db
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, user_id, scopes, expires_at FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
             &[&hash],
         )

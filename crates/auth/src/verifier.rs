@@ -4,6 +4,7 @@
 //! auth for the same over gRPC; auth asks itself without the network.
 
 use std::sync::Arc;
+use tenx_common::db::Prepared;
 
 use futures_util::future::BoxFuture;
 use tenx_common::authn::{
@@ -80,7 +81,7 @@ impl RevocationLookup for PrimaryRevocations {
                 },
                 Revoked::ApiKey => {
                     let Some(hash) = secrets::unhex(id) else { return Ok(true) };
-                    conn.query_opt(
+                    conn.query_opt_cached(
                         "SELECT 1 FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
                         &[&hash],
                     )

@@ -37,7 +37,7 @@ pub const SERVICE_NAME: &str = "tenx.billing.v1.BillingService";
 
 pub async fn migrate(settings: &BillingSettings) -> Result<(), BillingError> {
     db::migrate(
-        settings.database.primary_url.expose(),
+        settings.database.migrate_url()?,
         &settings.database.schema,
         Some(migrations::migrations::runner()),
     )

@@ -5,7 +5,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
 
@@ -61,7 +60,7 @@ pub struct Locked {
 }
 
 /// Locks the caller's subscription (NOT_FOUND when it is not theirs).
-pub async fn lock<C: GenericClient>(tx: &C, sub: Uuid, user: Uuid) -> Result<Locked, BillingError> {
+pub async fn lock<C: Prepared>(tx: &C, sub: Uuid, user: Uuid) -> Result<Locked, BillingError> {
     let row = tx
         .query_opt_cached(
             "SELECT s.customer_id, s.status, s.price_id, s.pending_price_id, s.current_period_start, \
@@ -92,7 +91,7 @@ pub struct Change {
 }
 
 /// ChangePlan's transaction (the charge of its invoice follows).
-pub async fn change_plan<C: GenericClient>(
+pub async fn change_plan<C: Prepared>(
     tx: &C,
     now: SystemTime,
     rules: &Rules,
@@ -277,7 +276,7 @@ pub async fn change_plan<C: GenericClient>(
 /// BUSY while a plan change of `sub` waits for its payment: nothing else
 /// may move the subscription (another change, a cancellation, a renewal)
 /// until that payment is settled and the change applied or abandoned.
-pub async fn change_waiting<C: GenericClient>(tx: &C, sub: Uuid) -> Result<(), BillingError> {
+pub async fn change_waiting<C: Prepared>(tx: &C, sub: Uuid) -> Result<(), BillingError> {
     let waiting = tx
         .query_one_cached(
             "SELECT EXISTS (SELECT 1 FROM plan_changes WHERE subscription_id = $1 AND status = 'pending')",
@@ -297,7 +296,7 @@ pub async fn change_waiting<C: GenericClient>(tx: &C, sub: Uuid) -> Result<(), B
 
 /// Bills the usage recorded so far at the current price, on an invoice of
 /// its own charged later, before the price changes.
-async fn bill_usage_so_far<C: GenericClient>(
+async fn bill_usage_so_far<C: Prepared>(
     tx: &C,
     now: SystemTime,
     sub: &Locked,
@@ -323,11 +322,7 @@ async fn bill_usage_so_far<C: GenericClient>(
 /// the new price (and, for another interval or the end of a trial, a new
 /// period from the change), announced. A subscription that ended
 /// meanwhile keeps what it had; the change is abandoned.
-pub async fn apply_paid<C: GenericClient>(
-    tx: &C,
-    invoice: Uuid,
-    now: SystemTime,
-) -> Result<(), BillingError> {
+pub async fn apply_paid<C: Prepared>(tx: &C, invoice: Uuid, now: SystemTime) -> Result<(), BillingError> {
     let Some(change) = tx
         .query_opt_cached(
             "SELECT pc.subscription_id, pc.to_price_id, pc.restart_at, pc.period_end, pc.ends_trial, c.user_id \
@@ -382,7 +377,7 @@ pub async fn apply_paid<C: GenericClient>(
 /// Abandons the plan change `invoice` was for, if one waits on it, after
 /// its charge failed: the invoice is voided (its ledger entries reversed)
 /// and the subscription keeps its price. Returns whether one was.
-pub async fn abandon_unpaid<C: GenericClient>(
+pub async fn abandon_unpaid<C: Prepared>(
     tx: &C,
     invoice: Uuid,
     now: SystemTime,
@@ -407,7 +402,7 @@ fn prorates(rules: &Rules, proration: pb::ProrationBehavior) -> bool {
     }
 }
 
-async fn announce<C: GenericClient>(tx: &C, sub: &Locked, party: &Party) -> Result<(), BillingError> {
+async fn announce<C: Prepared>(tx: &C, sub: &Locked, party: &Party) -> Result<(), BillingError> {
     let subscription = model::load_subscription(tx, sub.id).await?;
     let event = party.subscription_updated(subscription, &sub.status, sub.price.id.to_string());
     enqueue(tx, "billing.subscription.updated", sub.id, &event).await
@@ -415,7 +410,7 @@ async fn announce<C: GenericClient>(tx: &C, sub: &Locked, party: &Party) -> Resu
 
 /// CancelSubscription's transaction: scheduled at period end, or now
 /// (optionally crediting the unused time). Returns the final invoice.
-pub async fn cancel<C: GenericClient>(
+pub async fn cancel<C: Prepared>(
     tx: &C,
     now: SystemTime,
     sub: &Locked,

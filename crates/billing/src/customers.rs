@@ -6,7 +6,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use prost::Message as _;
 use rand::Rng;
 use tenx_common::outbox::{self, NewEvent};
@@ -36,7 +35,7 @@ fn invoice_prefix() -> String {
 
 /// The customer of `user`, created (with its event) if there is none yet.
 /// Returns its id and whether this call created it.
-pub async fn ensure<C: GenericClient>(
+pub async fn ensure<C: Prepared>(
     tx: &C,
     clock: &dyn Clock,
     user: Uuid,
@@ -81,25 +80,19 @@ pub async fn ensure<C: GenericClient>(
 }
 
 /// The customer row of `user`, if any.
-pub async fn of_user<C: GenericClient>(
-    db: &C,
-    user: Uuid,
-) -> Result<Option<tokio_postgres::Row>, BillingError> {
+pub async fn of_user<C: Prepared>(db: &C, user: Uuid) -> Result<Option<tokio_postgres::Row>, BillingError> {
     Ok(db
         .query_opt_cached(&format!("SELECT {COLUMNS} FROM customers c WHERE c.user_id = $1"), &[&user])
         .await?)
 }
 
-pub async fn by_id<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<tokio_postgres::Row>, BillingError> {
+pub async fn by_id<C: Prepared>(db: &C, id: Uuid) -> Result<Option<tokio_postgres::Row>, BillingError> {
     Ok(db.query_opt_cached(&format!("SELECT {COLUMNS} FROM customers c WHERE c.id = $1"), &[&id]).await?)
 }
 
 /// A customer row as the API shows it, with its credit balance (credit is
 /// the liability side of `customer_credit`, so its balance is negated).
-pub async fn to_proto<C: GenericClient>(
-    db: &C,
-    row: &tokio_postgres::Row,
-) -> Result<pb::Customer, BillingError> {
+pub async fn to_proto<C: Prepared>(db: &C, row: &tokio_postgres::Row) -> Result<pb::Customer, BillingError> {
     let id: Uuid = row.get("id");
     let credit: i64 = db
         .query_one_cached(

@@ -210,7 +210,7 @@ impl Keys {
     /// Records how far a multi-step request got (e.g. `charge_pending`
     /// with the attempt id), in the transaction of that step, so a retry
     /// after a crash resumes there.
-    pub async fn progress<C: deadpool_postgres::GenericClient>(
+    pub async fn progress<C: Prepared>(
         &self,
         tx: &C,
         claim: &Claim,
@@ -227,7 +227,7 @@ impl Keys {
 
     /// Stores the successful response, inside the transaction of the
     /// request's effects.
-    pub async fn complete<C: deadpool_postgres::GenericClient, M: Message>(
+    pub async fn complete<C: Prepared, M: Message>(
         &self,
         tx: &C,
         clock: &dyn Clock,

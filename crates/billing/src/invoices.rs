@@ -6,7 +6,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
@@ -60,11 +59,7 @@ impl Party {
         }
     }
 
-    pub async fn load<C: GenericClient>(
-        db: &C,
-        customer: Uuid,
-        plan_name: &str,
-    ) -> Result<Self, BillingError> {
+    pub async fn load<C: Prepared>(db: &C, customer: Uuid, plan_name: &str) -> Result<Self, BillingError> {
         let row =
             db.query_one_cached("SELECT user_id, email FROM customers WHERE id = $1", &[&customer]).await?;
         Ok(Self {
@@ -102,11 +97,7 @@ pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 /// Builds, numbers and finalizes an invoice; posts its ledger transaction
 /// and writes `billing.invoice.finalized` (and `.paid` when nothing is
 /// due). Returns its id.
-pub async fn issue<C: GenericClient>(
-    tx: &C,
-    now: SystemTime,
-    new: NewInvoice<'_>,
-) -> Result<Uuid, BillingError> {
+pub async fn issue<C: Prepared>(tx: &C, now: SystemTime, new: NewInvoice<'_>) -> Result<Uuid, BillingError> {
     let customer = new.party.customer_id;
     let total = new
         .lines
@@ -223,13 +214,13 @@ pub async fn issue<C: GenericClient>(
 
 /// Writes events to the outbox, in the caller's transaction, in one
 /// statement, in their order.
-pub async fn enqueue_all<C: GenericClient>(tx: &C, events: &[NewEvent]) -> Result<(), BillingError> {
+pub async fn enqueue_all<C: Prepared>(tx: &C, events: &[NewEvent]) -> Result<(), BillingError> {
     outbox::enqueue_all(tx, events).await.map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
     Ok(())
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
-pub async fn enqueue<C: GenericClient, M: prost::Name>(
+pub async fn enqueue<C: Prepared, M: prost::Name>(
     tx: &C,
     event_type: &str,
     aggregate: Uuid,

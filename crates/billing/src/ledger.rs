@@ -7,7 +7,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::error::BillingError;
@@ -50,7 +49,7 @@ pub struct About {
 }
 
 /// Posts one balanced transaction; returns its id.
-pub async fn post<C: GenericClient>(
+pub async fn post<C: Prepared>(
     tx: &C,
     kind: &str,
     about: About,

@@ -3,7 +3,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use prost_types::Timestamp;
 use tenx_proto::billing::v1 as pb;
 use tokio_postgres::Row;
@@ -105,10 +104,7 @@ pub fn subscription(row: &Row) -> pb::Subscription {
     }
 }
 
-pub async fn load_subscription<C: GenericClient>(
-    db: &C,
-    sub: Uuid,
-) -> Result<pb::Subscription, BillingError> {
+pub async fn load_subscription<C: Prepared>(db: &C, sub: Uuid) -> Result<pb::Subscription, BillingError> {
     let row = db
         .query_opt_cached(
             &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions s JOIN prices p ON p.id = s.price_id WHERE s.id = $1"),
@@ -222,7 +218,7 @@ pub const ATTEMPT_COLUMNS: &str = "id, invoice_id, payment_method_id, amount_min
     failure_message, initiated_by, provider_charge_id, created_at, completed_at";
 
 /// An invoice with its lines and payment attempts.
-pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<pb::Invoice, BillingError> {
+pub async fn load_invoice<C: Prepared>(db: &C, invoice_id: Uuid) -> Result<pb::Invoice, BillingError> {
     let head = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1");
     let lines = "SELECT id, kind, description, price_id, quantity, unit_amount_minor, amount_minor, period_start, \
                  period_end FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no";
@@ -244,14 +240,14 @@ pub async fn load_invoice<C: GenericClient>(db: &C, invoice_id: Uuid) -> Result<
 
 /// `amount` formatted for people with the currency's exponent and `,`
 /// grouping, e.g. `USD 19.83`, `USD 1,234.56`, `JPY 1,490`.
-pub async fn display<C: GenericClient>(db: &C, currency: &str, amount: i64) -> Result<String, BillingError> {
+pub async fn display<C: Prepared>(db: &C, currency: &str, amount: i64) -> Result<String, BillingError> {
     Ok(format_amount(currency, amount, exponent(db, currency).await?))
 }
 
 /// The currency's exponent (digits after the decimal point), read once per
 /// process: ISO 4217 exponents are seeded by the migrations and never
 /// change, so every event of a payment need not ask the database again.
-async fn exponent<C: GenericClient>(db: &C, currency: &str) -> Result<u32, BillingError> {
+async fn exponent<C: Prepared>(db: &C, currency: &str) -> Result<u32, BillingError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static KNOWN: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();

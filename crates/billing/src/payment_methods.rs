@@ -4,7 +4,6 @@
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
 
@@ -38,7 +37,7 @@ fn to_proto(row: &tokio_postgres::Row) -> pb::PaymentMethod {
 }
 
 /// A customer's payment methods, newest first.
-pub async fn of_customer<C: GenericClient>(
+pub async fn of_customer<C: Prepared>(
     db: &C,
     customer: Uuid,
 ) -> Result<Vec<pb::PaymentMethod>, BillingError> {
@@ -56,7 +55,7 @@ pub async fn of_customer<C: GenericClient>(
 
 /// Stores an attached card; it becomes the default when asked, or when it
 /// is the customer's first.
-pub async fn insert<C: GenericClient>(
+pub async fn insert<C: Prepared>(
     tx: &C,
     now: SystemTime,
     customer: Uuid,

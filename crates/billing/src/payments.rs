@@ -12,7 +12,6 @@
 use std::time::{Duration, SystemTime};
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -183,7 +182,7 @@ const BEGIN_CLAIMING: &str = concat!(
 /// key's recovery point — in one statement, so it is atomic on its own
 /// (a customer's payment needs no transaction around it) and costs one
 /// round trip. Inside the caller's transaction when there is one.
-pub async fn begin<C: GenericClient>(
+pub async fn begin<C: Prepared>(
     tx: &C,
     now: SystemTime,
     what: Begin<'_>,
@@ -258,7 +257,7 @@ pub struct Claiming {
 /// one round trip and one commit less. `what.claim` is not used. `None`:
 /// the key was there already (an earlier request's) and nothing was done;
 /// claim it the usual way.
-pub async fn begin_claiming<C: GenericClient>(
+pub async fn begin_claiming<C: Prepared>(
     conn: &C,
     now: SystemTime,
     what: Begin<'_>,
@@ -336,7 +335,7 @@ fn attempt_of(
 }
 
 /// A pending attempt (to resume after a timeout or a crash).
-pub async fn pending<C: GenericClient>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
+pub async fn pending<C: Prepared>(db: &C, attempt: Uuid) -> Result<Option<Attempt>, BillingError> {
     let row = db
         .query_opt_cached(
             "SELECT a.id, a.invoice_id, a.amount_minor, a.currency, m.provider_ref, a.initiated_by, a.provider_intent_id \
@@ -475,7 +474,7 @@ pub enum Settled {
 
 /// Records the provider's answer, in the caller's transaction: the
 /// attempt, the invoice, the ledger, the subscription and the events.
-pub async fn settle<C: GenericClient>(
+pub async fn settle<C: Prepared>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
@@ -500,7 +499,7 @@ pub struct Settlement {
 }
 
 /// [`settle`], leaving the settlement's events to the caller.
-pub async fn settle_reading<C: GenericClient>(
+pub async fn settle_reading<C: Prepared>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,
@@ -612,7 +611,7 @@ pub async fn settle_reading<C: GenericClient>(
 
 /// What the events of an attempt's settlement say: the invoice, whose it
 /// is, what started the attempt, and the card (last 4, brand).
-async fn context<C: GenericClient>(
+async fn context<C: Prepared>(
     tx: &C,
     attempt: &Attempt,
 ) -> Result<(pb::Invoice, Party, i32, String, String), BillingError> {
@@ -708,7 +707,7 @@ const AFTER_PAID: &str = "\
 /// and the plan change the invoice paid for. Returns the invoice as paid
 /// and the events still to enqueue (none when a plan change was applied:
 /// its own events must follow them, so they were enqueued first).
-async fn succeed<C: GenericClient>(
+async fn succeed<C: Prepared>(
     tx: &C,
     now: SystemTime,
     attempt: &Attempt,

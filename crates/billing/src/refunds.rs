@@ -7,7 +7,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::GenericClient;
 use tenx_common::db::Prepared;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
@@ -86,7 +85,7 @@ const SETTLE: &str = concat!(
 /// refund of `amount` (0: all that is left), in the caller's transaction,
 /// with its reconcile job due at `reconcile_at`: a refund whose answer is
 /// lost is settled by the scheduler even if nobody retries the request.
-pub async fn begin<C: GenericClient>(
+pub async fn begin<C: Prepared>(
     tx: &C,
     now: SystemTime,
     reconcile_at: SystemTime,
@@ -181,7 +180,7 @@ pub async fn ask_provider(
 }
 
 /// A refund still pending (to resume after a lost answer or a crash).
-pub async fn pending<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<Pending>, BillingError> {
+pub async fn pending<C: Prepared>(db: &C, id: Uuid) -> Result<Option<Pending>, BillingError> {
     Ok(db.query_opt_cached(PENDING, &[&id]).await?.as_ref().map(pending_of))
 }
 
@@ -189,7 +188,7 @@ pub async fn pending<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<Pendin
 /// and when it succeeded the ledger (a credit note of the amount, then
 /// the refund of that credit) and `billing.payment.refunded`. A refund
 /// settled already is left as it is.
-pub async fn settle<C: GenericClient>(
+pub async fn settle<C: Prepared>(
     tx: &C,
     now: SystemTime,
     refund: &Pending,
@@ -260,7 +259,7 @@ pub async fn settle<C: GenericClient>(
 }
 
 /// A refund as the API shows it.
-pub async fn load<C: GenericClient>(db: &C, id: Uuid) -> Result<pb::Refund, BillingError> {
+pub async fn load<C: Prepared>(db: &C, id: Uuid) -> Result<pb::Refund, BillingError> {
     let row = db
         .query_opt_cached(
             "SELECT id, payment_attempt_id, invoice_id, customer_id, amount_minor, currency::text, status, reason, \

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
@@ -51,7 +50,7 @@ pub(crate) use delete_reconcile_job;
 
 /// Adds a job unless one with the same `dedupe_key` exists.
 #[allow(clippy::too_many_arguments)]
-pub async fn schedule<C: GenericClient>(
+pub async fn schedule<C: Prepared>(
     tx: &C,
     kind: &str,
     dedupe_key: &str,
@@ -71,7 +70,7 @@ pub async fn schedule<C: GenericClient>(
 }
 
 /// The job that ends a subscription's current period.
-pub async fn schedule_period_end<C: GenericClient>(
+pub async fn schedule_period_end<C: Prepared>(
     tx: &C,
     subscription: Uuid,
     end: SystemTime,
@@ -271,7 +270,7 @@ impl Scheduler {
     }
 
     /// Marks the job done in `tx`, if this instance still holds it.
-    async fn finish<C: GenericClient>(&self, tx: &C, job: &Job) -> Result<(), BillingError> {
+    async fn finish<C: Prepared>(&self, tx: &C, job: &Job) -> Result<(), BillingError> {
         let done = tx
             .execute_cached(
                 "UPDATE billing_jobs SET status = 'done', finished_at = $3, locked_until = NULL \
@@ -516,7 +515,7 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn record_no_method<C: GenericClient>(
+    async fn record_no_method<C: Prepared>(
         &self,
         tx: &C,
         invoice: Uuid,
@@ -654,7 +653,7 @@ impl Scheduler {
 }
 
 /// Queues the automatic charge of an issued invoice, when it owes anything.
-pub async fn charge_later<C: GenericClient>(
+pub async fn charge_later<C: Prepared>(
     tx: &C,
     sub: Uuid,
     invoice: Uuid,
@@ -680,7 +679,7 @@ pub async fn charge_later<C: GenericClient>(
 
 /// Ends a live subscription now: CANCELED with `reason`, deferred revenue
 /// recognized, its pending jobs canceled, `billing.subscription.canceled`.
-pub async fn end_now<C: GenericClient>(
+pub async fn end_now<C: Prepared>(
     tx: &C,
     sub: Uuid,
     reason: &str,
@@ -694,7 +693,7 @@ pub async fn end_now<C: GenericClient>(
 }
 
 /// Moves a subscription from one of `from` to `to`, with its event.
-async fn set_status<C: GenericClient>(
+async fn set_status<C: Prepared>(
     tx: &C,
     sub: Uuid,
     from: &[&str],
@@ -735,7 +734,7 @@ async fn set_status<C: GenericClient>(
 
 /// Fills in `next_retry_at` / `final` of the `billing.payment.failed`
 /// event the failed attempt just wrote (same transaction).
-async fn announce_next_retry<C: GenericClient>(
+async fn announce_next_retry<C: Prepared>(
     tx: &C,
     invoice: Uuid,
     next: Option<SystemTime>,
@@ -762,7 +761,7 @@ async fn announce_next_retry<C: GenericClient>(
 }
 
 /// Moves a subscription's deferred revenue to earned revenue.
-async fn recognize_revenue<C: GenericClient>(tx: &C, sub: Uuid, now: SystemTime) -> Result<(), BillingError> {
+async fn recognize_revenue<C: Prepared>(tx: &C, sub: Uuid, now: SystemTime) -> Result<(), BillingError> {
     let rows = tx
         .query_cached(
             "SELECT currency::text, COALESCE(sum(amount_minor), 0)::bigint FROM ledger_entries \
@@ -784,7 +783,7 @@ async fn recognize_revenue<C: GenericClient>(tx: &C, sub: Uuid, now: SystemTime)
 
 /// Writes off what is left of an invoice: UNCOLLECTIBLE, Dr bad debt / Cr
 /// receivable.
-async fn write_off<C: GenericClient>(
+async fn write_off<C: Prepared>(
     tx: &C,
     invoice: Uuid,
     customer: Uuid,
@@ -811,11 +810,7 @@ async fn write_off<C: GenericClient>(
 }
 
 /// Voids an open invoice: the exact reversal of its finalization entries.
-pub(crate) async fn void<C: GenericClient>(
-    tx: &C,
-    invoice: Uuid,
-    now: SystemTime,
-) -> Result<(), BillingError> {
+pub(crate) async fn void<C: Prepared>(tx: &C, invoice: Uuid, now: SystemTime) -> Result<(), BillingError> {
     tx.execute_cached(
         "UPDATE invoices SET status = 'void', voided_at = $2, updated_at = $2 WHERE id = $1",
         &[&invoice, &now],
@@ -848,7 +843,7 @@ pub(crate) async fn void<C: GenericClient>(
 }
 
 /// Cancels a subscription's pending jobs (it ended).
-async fn cancel_jobs<C: GenericClient>(
+async fn cancel_jobs<C: Prepared>(
     tx: &C,
     sub: Uuid,
     now: SystemTime,
@@ -867,7 +862,7 @@ async fn cancel_jobs<C: GenericClient>(
 /// A customer-side failure of automatic collection: the first starts
 /// dunning (ACTIVE → PAST_DUE); each schedules the next retry of the
 /// ladder; the last ends it with `dunning.final_action`.
-pub async fn customer_failed<C: GenericClient>(
+pub async fn customer_failed<C: Prepared>(
     dunning: &DunningSettings,
     tx: &C,
     invoice: Uuid,

@@ -5,7 +5,6 @@
 use std::time::{Duration, SystemTime};
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
 
@@ -30,7 +29,7 @@ pub struct PriceRow {
     pub interval: String,
 }
 
-pub async fn price<C: GenericClient>(db: &C, id: Uuid) -> Result<PriceRow, BillingError> {
+pub async fn price<C: Prepared>(db: &C, id: Uuid) -> Result<PriceRow, BillingError> {
     let row = db
         .query_opt_cached(
             "SELECT p.id, p.currency, p.unit_amount_minor, p.billing_interval, p.interval_count, p.trial_days, \
@@ -74,7 +73,7 @@ pub enum Trial {
 
 /// The first transaction of CreateSubscription.
 #[allow(clippy::too_many_arguments)]
-pub async fn create<C: GenericClient>(
+pub async fn create<C: Prepared>(
     tx: &C,
     now: SystemTime,
     customer: Uuid,

@@ -5,7 +5,6 @@
 use std::time::{Duration, SystemTime};
 use tenx_common::db::Prepared;
 
-use deadpool_postgres::GenericClient;
 use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
 
@@ -60,7 +59,7 @@ pub fn validate(
 }
 
 /// Records a batch in one transaction; the outcome of each, in order.
-pub async fn record<C: GenericClient>(
+pub async fn record<C: Prepared>(
     tx: &C,
     now: SystemTime,
     records: &[Record],
@@ -187,7 +186,7 @@ pub async fn record<C: GenericClient>(
 /// Late records (from an already invoiced period) are included: they go on
 /// the next invoice, never lost. The caller holds the subscription's row
 /// lock, which keeps new records out until it commits.
-pub async fn unbilled<C: GenericClient>(
+pub async fn unbilled<C: Prepared>(
     tx: &C,
     sub: Uuid,
     cut: SystemTime,
@@ -205,7 +204,7 @@ pub async fn unbilled<C: GenericClient>(
 
 /// Marks those records billed by `invoice`; the claimed total must be
 /// what was invoiced.
-pub async fn claim<C: GenericClient>(
+pub async fn claim<C: Prepared>(
     tx: &C,
     sub: Uuid,
     invoice: Uuid,
@@ -232,7 +231,7 @@ pub async fn claim<C: GenericClient>(
 
 /// The usage line of `price` (a metered one) for what is unbilled before
 /// `cut`, if anything.
-pub async fn pending_line<C: GenericClient>(
+pub async fn pending_line<C: Prepared>(
     tx: &C,
     sub: Uuid,
     price: Uuid,
@@ -244,7 +243,7 @@ pub async fn pending_line<C: GenericClient>(
 /// The final usage line of a subscription that ends at `end`: every
 /// unbilled record, even one timestamped a little after `end` (clock skew
 /// allowed by `usage.max_future_seconds`), since no later invoice will come.
-pub async fn final_line<C: GenericClient>(
+pub async fn final_line<C: Prepared>(
     tx: &C,
     sub: Uuid,
     price: Uuid,
@@ -253,7 +252,7 @@ pub async fn final_line<C: GenericClient>(
     line_before(tx, sub, price, end, end + std::time::Duration::from_secs(366 * 86_400)).await
 }
 
-async fn line_before<C: GenericClient>(
+async fn line_before<C: Prepared>(
     tx: &C,
     sub: Uuid,
     price: Uuid,

@@ -15,7 +15,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio_postgres::NoTls;
 
 pub use migrate::{common_fingerprint, fingerprint, migrate, schema_ident};
-pub use prepared::Prepared;
+pub use prepared::{Prepared, sends_unnamed};
 pub use wal::WalPosition;
 
 use crate::config::{Invalid, Secret, Validate};
@@ -52,6 +52,33 @@ pub struct DbSettings {
     /// again, so a dead replica costs one failed connect, not one per read.
     #[serde(default = "default_replica_retry_ms")]
     pub replica_retry_ms: u64,
+    /// What the URLs above reach: see [`Pooling`].
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Where `migrate` connects; the primary URL when unset. Migrations
+    /// hold a session (an advisory lock, `search_path`), so behind a
+    /// transaction pooler this must reach Postgres directly.
+    #[serde(default)]
+    pub migrate_url: Option<Secret<String>>,
+}
+
+/// What kind of server `database.primary_url` and `replica_url` reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Postgres itself, or a pooler that keeps a session's state for it
+    /// (PgBouncer in session mode, or in transaction mode from 1.21 with
+    /// `max_prepared_statements` and `track_extra_parameters =
+    /// search_path`): statements are prepared once per connection, and
+    /// `search_path` is set when a connection starts.
+    #[default]
+    Session,
+    /// A transaction pooler that keeps nothing between transactions
+    /// (PgBouncer before 1.21): statements are sent unnamed, and the
+    /// pooler must put each server connection in the service's schema
+    /// (PgBouncer's `connect_query`, or the role's own `search_path`),
+    /// which every new connection checks.
+    Transaction,
 }
 
 fn default_max_connections() -> usize {
@@ -78,6 +105,22 @@ impl DbSettings {
             connect_timeout_ms: default_connect_timeout_ms(),
             acquire_timeout_ms: default_acquire_timeout_ms(),
             replica_retry_ms: default_replica_retry_ms(),
+            pooling: Pooling::Session,
+            migrate_url: None,
+        }
+    }
+
+    /// Where migrations connect: `migrate_url`, else the primary (which
+    /// must then not be a transaction pooler).
+    pub fn migrate_url(&self) -> Result<&str, DbError> {
+        match (&self.migrate_url, self.pooling) {
+            (Some(url), _) => Ok(url.expose()),
+            (None, Pooling::Session) => Ok(self.primary_url.expose()),
+            (None, Pooling::Transaction) => Err(DbError::Settings(
+                "database.migrate_url is required when database.pooling = \"transaction\": migrations \
+                 need a session of their own, straight to Postgres"
+                    .into(),
+            )),
         }
     }
 }
@@ -87,6 +130,9 @@ impl Validate for DbSettings {
         parse_url(self.primary_url.expose()).map_err(|r| Invalid::new("database.primary_url", r))?;
         if let Some(url) = &self.replica_url {
             parse_url(url.expose()).map_err(|r| Invalid::new("database.replica_url", r))?;
+        }
+        if let Some(url) = &self.migrate_url {
+            parse_url(url.expose()).map_err(|r| Invalid::new("database.migrate_url", r))?;
         }
         schema_ident(&self.schema).map_err(|r| Invalid::new("database.schema", r))?;
         if self.max_connections == 0 {
@@ -205,6 +251,9 @@ impl Db {
     /// Builds both pools. No connection is opened until first use, so a
     /// service starts even while the replica is down.
     pub fn connect(settings: &DbSettings, app_name: &str, metrics: &Metrics) -> Result<Self, DbError> {
+        if settings.pooling == Pooling::Transaction {
+            prepared::send_unnamed();
+        }
         let primary = build_pool(settings, settings.primary_url.expose(), app_name, RecyclingMethod::Fast)?;
         // A replica connection is checked with a round trip before each
         // use (`replica_conn`: the replay position it asks for anyway): a
@@ -384,7 +433,13 @@ fn build_pool(
     schema_ident(&settings.schema).map_err(DbError::Settings)?;
     // Every connection starts in the service's schema, so queries name
     // tables without a schema and a service cannot stray into another's.
-    pg.options(format!("-c search_path={},public", settings.schema));
+    // A transaction pooler refuses (or drops) startup options: it sets the
+    // schema itself, and each new connection checks that it did.
+    let schema = settings.schema.clone();
+    let check_schema = settings.pooling == Pooling::Transaction;
+    if !check_schema {
+        pg.options(format!("-c search_path={schema},public"));
+    }
     pg.application_name(app_name);
     pg.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
     // Notice a server that vanished without closing the connection.
@@ -397,8 +452,36 @@ fn build_pool(
         .wait_timeout(Some(Duration::from_millis(settings.acquire_timeout_ms)))
         .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .recycle_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .post_create(Hook::async_fn(move |client, _| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                if check_schema {
+                    in_schema(client, &schema).await.map_err(HookError::message)?;
+                }
+                Ok(())
+            })
+        }))
         .build()
         .map_err(|e| DbError::Settings(e.to_string()))
+}
+
+/// Behind a transaction pooler: that the pooler put this connection in
+/// `schema`, or why it did not (no table of the service is reachable
+/// otherwise, or worse, another schema's is).
+async fn in_schema(client: &deadpool_postgres::ClientWrapper, schema: &str) -> Result<(), String> {
+    let rows = client.simple_query("SELECT current_schema()").await.map_err(|e| e.to_string())?;
+    let current = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_owned()),
+        _ => None,
+    });
+    match current {
+        Some(current) if current == schema => Ok(()),
+        current => Err(format!(
+            "database.pooling = \"transaction\": the pooler must put each connection in schema `{schema}` \
+             (PgBouncer: connect_query = 'SET search_path TO {schema}, public'), but it is in `{}`",
+            current.unwrap_or_default()
+        )),
+    }
 }
 
 /// A pooled connection that knows which server it talks to.

@@ -23,7 +23,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::GenericClient;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tenx_proto::events::v1::{Envelope, TraceContext};
@@ -67,7 +66,7 @@ impl NewEvent {
 /// Records `event` in the caller's transaction (connection with
 /// `search_path` at the service schema), with the current trace context.
 /// Returns the event id.
-pub async fn enqueue<C: GenericClient>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
+pub async fn enqueue<C: Prepared>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::now_v7();
     let trace = TraceHeaders::current();
     // The transaction gets its id before the row its seq: the relay's
@@ -95,7 +94,7 @@ pub async fn enqueue<C: GenericClient>(tx: &C, event: &NewEvent) -> Result<Uuid,
 
 /// Records `events`, in this order, in the caller's transaction, in one
 /// statement (as [`enqueue`] each). Returns their ids.
-pub async fn enqueue_all<C: GenericClient>(
+pub async fn enqueue_all<C: Prepared>(
     tx: &C,
     events: &[NewEvent],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
@@ -453,7 +452,7 @@ impl Relay {
             Err(error) => {
                 self.metrics.failures.inc();
                 let reason = error.to_string();
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE tenx_outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = ANY($1)",
                     &[&seqs, &reason],
                 )
@@ -468,7 +467,7 @@ impl Relay {
         let Ok(client) = self.pool.get().await else { return };
         let hours = f64::from(self.settings.retention_hours);
         let deleted = client
-            .execute(
+            .execute_cached(
                 "DELETE FROM tenx_outbox WHERE published_at < now() - make_interval(hours => $1::float8::int)",
                 &[&hours],
             )
@@ -481,9 +480,9 @@ impl Relay {
 
 /// Whether `tenx_outbox`'s sequence hands out one value at a time (the
 /// default), which [`Floors`] need.
-async fn sequence_is_uncached<C: GenericClient>(tx: &C) -> Result<bool, tokio_postgres::Error> {
+async fn sequence_is_uncached<C: Prepared>(tx: &C) -> Result<bool, tokio_postgres::Error> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "SELECT cache_size FROM pg_sequences WHERE schemaname = current_schema() \
              AND sequencename = 'tenx_outbox_seq_seq'",
             &[],

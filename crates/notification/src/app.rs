@@ -35,7 +35,7 @@ pub const SERVICE_NAME: &str = "tenx.notification.v1.NotificationService";
 
 pub async fn migrate(settings: &NotificationSettings) -> Result<(), NotifyError> {
     db::migrate(
-        settings.database.primary_url.expose(),
+        settings.database.migrate_url()?,
         &settings.database.schema,
         Some(migrations::migrations::runner()),
     )

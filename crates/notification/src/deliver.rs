@@ -3,6 +3,7 @@
 //! a redelivered event or a retried send never doubles anything.
 
 use std::sync::Arc;
+use tenx_common::db::Prepared;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -180,7 +181,7 @@ impl Deliverer {
                 .db
                 .write()
                 .await?
-                .execute(
+                .execute_cached(
                     "INSERT INTO notifications (id, user_id, category, title, body, dedupe_key) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
                     &[
@@ -210,14 +211,14 @@ impl Deliverer {
         let key = format!("{}:email", job.dedupe);
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO email_deliveries (id, dedupe_key, user_id, to_address, template) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (dedupe_key) DO NOTHING",
             &[&Uuid::now_v7(), &key, &job.user_id, &job.email, &job.template],
         )
         .await?;
         let status: String = tx
-            .query_one("SELECT status FROM email_deliveries WHERE dedupe_key = $1 FOR UPDATE", &[&key])
+            .query_one_cached("SELECT status FROM email_deliveries WHERE dedupe_key = $1 FOR UPDATE", &[&key])
             .await?
             .get(0);
         if status != "pending" {
@@ -235,7 +236,7 @@ impl Deliverer {
         };
         match self.mailer.send(&email).await {
             Ok(relay) => {
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE email_deliveries SET status = 'sent', relay = $2, sent_at = now(), attempts = attempts + 1 \
                      WHERE dedupe_key = $1",
                     &[&key, &relay],
@@ -246,7 +247,7 @@ impl Deliverer {
                 Ok(())
             }
             Err(reason) => {
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE email_deliveries SET attempts = attempts + 1, last_error = $2 WHERE dedupe_key = $1",
                     &[&key, &reason],
                 )

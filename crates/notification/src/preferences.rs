@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tenx_common::cache::Cache;
 use tenx_common::db::Db;
+use tenx_common::db::Prepared;
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 
@@ -27,7 +28,10 @@ pub async fn load(cache: &Cache<Preferences>, db: &Db, user: Uuid) -> Result<Pre
         .get_or_load_fresh(&user.to_string(), None, |after| async move {
             let conn = db.read(after).await?;
             let rows = conn
-                .query("SELECT category, channel, enabled FROM preferences WHERE user_id = $1", &[&user])
+                .query_cached(
+                    "SELECT category, channel, enabled FROM preferences WHERE user_id = $1",
+                    &[&user],
+                )
                 .await
                 .map_err(tenx_common::db::DbError::from)?;
             Ok::<_, tenx_common::db::DbError>(Preferences {

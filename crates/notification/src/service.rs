@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -103,7 +104,7 @@ impl NotificationApi {
         let tx = conn.transaction().await?;
         let id = Uuid::now_v7();
         let inserted = tx
-            .execute(
+            .execute_cached(
                 "INSERT INTO sends (idempotency_key, request_hash, notification_id, channels) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (idempotency_key) DO NOTHING",
                 &[&key, &hash, &id, &labels],
@@ -124,7 +125,7 @@ impl NotificationApi {
             id
         } else {
             let row = tx
-                .query_one(
+                .query_one_cached(
                     "SELECT request_hash, notification_id FROM sends WHERE idempotency_key = $1",
                     &[&key],
                 )
@@ -164,7 +165,7 @@ impl NotificationApi {
         };
         let conn = self.deliverer.db.write().await?;
         let rows = conn
-            .query(
+            .query_cached(
                 "SELECT id, category, title, body, created_at, read_at, \
                         (extract(epoch FROM created_at) * 1000000)::bigint AS micros \
                  FROM notifications WHERE user_id = $1 AND ($2::boolean = false OR read_at IS NULL) \
@@ -180,7 +181,10 @@ impl NotificationApi {
             _ => String::new(),
         };
         let unread: i64 = conn
-            .query_one("SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL", &[&user])
+            .query_one_cached(
+                "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL",
+                &[&user],
+            )
             .await?
             .get(0);
         let notifications = page
@@ -218,7 +222,7 @@ impl NotificationApi {
             .db
             .write()
             .await?
-            .execute(
+            .execute_cached(
                 "UPDATE notifications SET read_at = now() WHERE user_id = $1 AND id = ANY($2) AND read_at IS NULL",
                 &[&user, &ids],
             )
@@ -269,7 +273,7 @@ impl NotificationApi {
         let mut conn = self.deliverer.db.write().await?;
         let tx = conn.transaction().await?;
         for (category, channel, enabled) in &changes {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO preferences (user_id, category, channel, enabled) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (user_id, category, channel) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = now()",
                 &[&user, category, channel, enabled],

@@ -1,6 +1,7 @@
 //! The webhook RPCs of NotificationService: endpoints, attempts, dead letters.
 
 use std::time::SystemTime;
+use tenx_common::db::Prepared;
 
 use tenx_common::db::Db;
 use tenx_common::outbox::{self, NewEvent};
@@ -79,7 +80,7 @@ pub async fn create(
     let row = db
         .write()
         .await?
-        .query_one(
+        .query_one_cached(
             &format!(
                 "INSERT INTO webhook_endpoints (id, url, description, event_types, secret) VALUES ($1, $2, $3, $4, $5) \
                  RETURNING {ENDPOINT_COLUMNS}"
@@ -94,7 +95,7 @@ pub async fn list(db: &Db) -> Result<pb::ListWebhookEndpointsResponse, NotifyErr
     let rows = db
         .write()
         .await?
-        .query(
+        .query_cached(
             &format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted_at IS NULL ORDER BY created_at LIMIT 1000"),
             &[],
         )
@@ -107,7 +108,7 @@ pub async fn delete(db: &Db, request: pb::DeleteWebhookEndpointRequest) -> Resul
     let n = db
         .write()
         .await?
-        .execute(
+        .execute_cached(
             "UPDATE webhook_endpoints SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL",
             &[&endpoint],
         )
@@ -127,7 +128,7 @@ pub async fn rotate(
     let n = db
         .write()
         .await?
-        .execute(
+        .execute_cached(
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_expires_at = now() + interval '24 hours', \
              secret = $2 WHERE id = $1 AND deleted_at IS NULL",
             &[&endpoint, &secret],
@@ -147,7 +148,7 @@ pub async fn deliveries(
     let rows = db
         .write()
         .await?
-        .query(
+        .query_cached(
             "SELECT a.message_id, m.event_type, a.attempted_at, a.status_code, a.latency_ms, a.succeeded, a.error \
              FROM webhook_attempts a JOIN webhook_messages m ON m.id = a.message_id \
              WHERE a.endpoint_id = $1 ORDER BY a.id DESC LIMIT $2",
@@ -178,7 +179,7 @@ pub async fn dead_letters(
     let rows = db
         .write()
         .await?
-        .query(
+        .query_cached(
             "SELECT id, endpoint_id, event_type, attempts, last_error, created_at FROM webhook_messages \
              WHERE status = 'dead' AND ($1::uuid IS NULL OR endpoint_id = $1) ORDER BY created_at DESC LIMIT $2",
             &[&endpoint, &limit(request.limit)?],
@@ -203,7 +204,7 @@ pub async fn redrive(db: &Db, request: pb::RedriveDeadLetterRequest) -> Result<(
     let mut conn = db.write().await?;
     let tx = conn.transaction().await?;
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             "UPDATE webhook_messages SET status = 'pending', attempts = 0 WHERE id = $1 AND status = 'dead' \
              RETURNING endpoint_id",
             &[&message],
@@ -211,7 +212,7 @@ pub async fn redrive(db: &Db, request: pb::RedriveDeadLetterRequest) -> Result<(
         .await?
         .ok_or_else(|| NotifyError::NotFound("dead letter".into()))?;
     let endpoint: Uuid = row.get(0);
-    tx.execute(
+    tx.execute_cached(
         "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL \
          WHERE id = $1 AND deleted_at IS NULL",
         &[&endpoint],

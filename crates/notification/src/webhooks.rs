@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tenx_common::db::Prepared;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -248,7 +249,7 @@ impl Webhooks {
         let mut conn = self.db.write().await.map_err(retry)?;
         let tx = conn.transaction().await.map_err(retry)?;
         let endpoints = tx
-            .query(
+            .query_cached(
                 "SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL AND disabled_at IS NULL \
                  AND ($1 = ANY(event_types) OR '*' = ANY(event_types))",
                 &[&message.event_type()],
@@ -262,7 +263,7 @@ impl Webhooks {
         for row in endpoints {
             let endpoint: Uuid = row.get(0);
             let inserted = tx
-                .query_opt(
+                .query_opt_cached(
                     "INSERT INTO webhook_messages (id, endpoint_id, event_id, event_type, body) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING id",
                     &[&Uuid::now_v7(), &endpoint, &message.id(), &message.event_type(), &body],
@@ -284,7 +285,7 @@ impl Webhooks {
     async fn deliver(&self, message_id: Uuid, attempt: u32) -> Result<(), HandlerError> {
         let mut conn = self.db.write().await.map_err(retry)?;
         let row = conn
-            .query_opt(
+            .query_opt_cached(
                 "SELECT m.status, m.body, m.endpoint_id, e.url, e.secret, \
                         CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END AS previous, \
                         e.deleted_at IS NOT NULL OR e.disabled_at IS NOT NULL AS stopped \
@@ -299,7 +300,7 @@ impl Webhooks {
         }
         let endpoint: Uuid = row.get("endpoint_id");
         if row.get::<_, bool>("stopped") {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE webhook_messages SET status = 'dead', last_error = 'endpoint disabled or deleted' WHERE id = $1",
                 &[&message_id],
             )
@@ -326,7 +327,7 @@ impl Webhooks {
             Err(e) => (0, e.clone()),
         };
         let succeeded = error.is_empty();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO webhook_attempts (message_id, endpoint_id, status_code, latency_ms, succeeded, error) \
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[&message_id, &endpoint, &i32::from(code), &latency, &succeeded, &error],
@@ -337,22 +338,25 @@ impl Webhooks {
             // A real transaction: it rolls back if dropped half-way, so the
             // pooled connection never goes back mid-transaction.
             let tx = conn.transaction().await.map_err(retry)?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE webhook_messages SET status = 'delivered', delivered_at = now(), attempts = attempts + 1 WHERE id = $1",
                 &[&message_id],
             )
             .await
             .map_err(retry)?;
-            tx.execute("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1", &[&endpoint])
-                .await
-                .map_err(retry)?;
+            tx.execute_cached(
+                "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1",
+                &[&endpoint],
+            )
+            .await
+            .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
             self.metrics.sent("webhook");
             return Ok(());
         }
         let last = attempt >= self.max_attempts;
         self.metrics.failed("webhook", last);
-        conn.execute(
+        conn.execute_cached(
             "UPDATE webhook_messages SET attempts = attempts + 1, last_error = $2, \
              status = CASE WHEN $3 THEN 'dead' ELSE status END WHERE id = $1",
             &[&message_id, &error, &last],
@@ -361,7 +365,7 @@ impl Webhooks {
         .map_err(retry)?;
         let disable_after = self.settings.disable_after_seconds as f64;
         let disabled = conn
-            .execute(
+            .execute_cached(
                 "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now()), \
                    disabled_at = CASE WHEN COALESCE(failing_since, now()) < now() - make_interval(secs => $2) THEN now() END, \
                    disabled_reason = CASE WHEN COALESCE(failing_since, now()) < now() - make_interval(secs => $2) \

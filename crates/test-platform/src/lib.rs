@@ -7,17 +7,21 @@
 
 use tenx_auth::AuthSettings;
 use tenx_billing::BillingSettings;
+use tenx_common::db::{DbSettings, Pooling};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Topology};
 use tenx_common::shutdown::Shutdown;
 use tenx_gateway::GatewaySettings;
 use tenx_notification::NotificationSettings;
-use tenx_test_support::{TestAmqp, TestDb, TestRedis};
+use tenx_test_support::{Bounced, TestAmqp, TestDb, TestPgBouncer, TestRedis};
 
 /// Billing's Stripe webhook signing secret in the test platform.
 pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_gateway_tests";
 
 pub struct Platform {
+    /// The PgBouncer every service reaches its databases through, if any
+    /// (first: it lets go of the databases before they are dropped).
+    pub pgbouncer: Option<TestPgBouncer>,
     _auth_db: TestDb,
     _notify_db: TestDb,
     _billing_db: TestDb,
@@ -41,6 +45,17 @@ impl Platform {
 
     /// Starts with auth's settings changed by `tune` first.
     pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
+        Self::start_configured(tune, false).await
+    }
+
+    /// Starts with every service reaching its primary and replica through
+    /// a PgBouncer of the test's own in transaction mode, with
+    /// `database.pooling = "transaction"` (see [`TestPgBouncer`]).
+    pub async fn start_behind_pgbouncer() -> anyhow::Result<Self> {
+        Self::start_configured(|_| {}, true).await
+    }
+
+    async fn start_configured(tune: impl FnOnce(&mut AuthSettings), pgbouncer: bool) -> anyhow::Result<Self> {
         let auth_db =
             TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
                 tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
@@ -66,6 +81,33 @@ impl Platform {
             },
         )
         .await?;
+        let pgbouncer = if pgbouncer {
+            let mut bounced = Vec::new();
+            for (db, schema) in [(&auth_db, "auth"), (&notify_db, "notification"), (&billing_db, "billing")] {
+                for replica in [false, true] {
+                    bounced.push(Bounced {
+                        alias: alias(db, replica),
+                        database: db.name().to_owned(),
+                        replica,
+                        schema: Some(schema.to_owned()),
+                    });
+                }
+            }
+            Some(TestPgBouncer::start(&bounced).await?)
+        } else {
+            None
+        };
+        // A service's database settings: straight to Postgres, or through
+        // the PgBouncer (migrations are never run through it: the
+        // templates are migrated directly).
+        let through = |db: &TestDb, settings: &mut DbSettings| {
+            if let Some(bouncer) = &pgbouncer {
+                settings.primary_url = bouncer.url(&alias(db, false)).into();
+                settings.replica_url = Some(bouncer.url(&alias(db, true)).into());
+                settings.migrate_url = Some(db.primary_url().into());
+                settings.pooling = Pooling::Transaction;
+            }
+        };
         let redis = vec![TestRedis::new(), TestRedis::new(), TestRedis::new(), TestRedis::new()];
         let amqp = TestAmqp::new();
         let mut auth_settings = AuthSettings::isolated(
@@ -79,6 +121,7 @@ impl Platform {
                 .service_clients
                 .insert(service.to_owned(), tenx_auth::testing::client_secret(service).into());
         }
+        through(&auth_db, &mut auth_settings.database);
         tune(&mut auth_settings);
         let mut notify_settings = NotificationSettings::isolated(
             &notify_db.primary_url(),
@@ -92,6 +135,8 @@ impl Platform {
             redis[3].prefix(),
             amqp.prefix(),
         )?;
+        through(&notify_db, &mut notify_settings.database);
+        through(&billing_db, &mut billing_settings.database);
         let topologies = [
             Topology::for_group(&auth_settings.amqp, tenx_auth::avatar::GROUP, &[]),
             tenx_notification::app::topology(&notify_settings),
@@ -138,6 +183,7 @@ impl Platform {
             _billing_db: billing_db,
             _redis: redis,
             _amqp: amqp,
+            pgbouncer,
             auth_settings,
             auth,
             notification,
@@ -184,6 +230,11 @@ impl Platform {
         let app = tenx_gateway::App::build(settings, Metrics::default()).await?;
         Ok(app.spawn(self.shutdown.child()).await?)
     }
+}
+
+/// The PgBouncer name of `db` on the primary or the replica.
+fn alias(db: &TestDb, replica: bool) -> String {
+    format!("{}{}", db.name(), if replica { "_replica" } else { "" })
 }
 
 impl std::fmt::Debug for Platform {

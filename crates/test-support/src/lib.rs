@@ -8,6 +8,8 @@
 //!   is told about are deleted at the end.
 //! - [`ChaosProxy`]: a TCP proxy a test can cut, to fail a server for
 //!   itself without stopping the one other tests share.
+//! - [`TestPgBouncer`]: a PgBouncer of the test's own, in transaction
+//!   mode, in front of its databases.
 //! - [`bench`]: benchmark figures printed beside a committed baseline.
 //! - [`binary`]: checks every service binary must pass (migrate, serve with
 //!   health, reflection and metrics, SIGTERM, a bad setting).
@@ -21,12 +23,14 @@ pub mod bench;
 pub mod binary;
 mod chaos;
 mod pg;
+mod pgbouncer;
 mod redis_prefix;
 mod wait;
 
 pub use amqp::TestAmqp;
 pub use chaos::ChaosProxy;
 pub use pg::{TestDb, pg_url};
+pub use pgbouncer::{Bounced, TestPgBouncer};
 pub use redis_prefix::TestRedis;
 pub use wait::{eventually, http_get};
 

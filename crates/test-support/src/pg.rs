@@ -11,12 +11,16 @@ const STALE_AFTER: Duration = Duration::from_secs(3 * 3600);
 
 /// A URL for database `db` on the primary (`replica = false`) or replica.
 pub fn pg_url(replica: bool, db: &str) -> String {
-    let host = env_or("TENX_TEST_PG_HOST", "127.0.0.1");
+    let host = pg_host();
     let port = pg_port(replica);
     format!("postgres://postgres@{host}:{port}/{db}")
 }
 
-fn pg_port(replica: bool) -> u16 {
+pub(crate) fn pg_host() -> String {
+    env_or("TENX_TEST_PG_HOST", "127.0.0.1")
+}
+
+pub(crate) fn pg_port(replica: bool) -> u16 {
     let (var, default) =
         if replica { ("TENX_TEST_PG_REPLICA_PORT", "5433") } else { ("TENX_TEST_PG_PORT", "5432") };
     env_or(var, default).parse().unwrap_or(if replica { 5433 } else { 5432 })

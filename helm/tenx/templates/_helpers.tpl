@@ -246,7 +246,7 @@ Secret keys (dotted) of a service's own Secret, sorted: its values
 
 {{/* Keys a service can run without: their variable is optional. */}}
 {{- define "tenx.optionalSecretKeys" -}}
-["database.replica_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret"]
+["database.replica_url", "database.migrate_url", "provider.stripe_secret_key", "provider.stripe_webhook_secret"]
 {{- end -}}
 
 {{/*
