@@ -301,7 +301,7 @@ impl crate::upstream::Upstream {
                 admission.record(late);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }
-            Ok(Err(error)) if timed_out(&error) => {
+            Ok(Err(error)) if timed_out(&*error) => {
                 admission.record(late);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }

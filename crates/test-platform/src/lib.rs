@@ -5,6 +5,8 @@
 //! that cross services (the gateway's, `tenx-load`'s); each service's own
 //! tests start just that service.
 
+use std::net::SocketAddr;
+
 use tenx_auth::AuthSettings;
 use tenx_billing::BillingSettings;
 use tenx_common::db::{DbSettings, Pooling};
@@ -28,14 +30,44 @@ pub struct Platform {
     _redis: Vec<TestRedis>,
     _amqp: TestAmqp,
     pub auth_settings: AuthSettings,
-    pub auth: tenx_auth::Running,
-    pub notification: tenx_notification::Running,
-    pub billing: tenx_billing::Running,
-    /// Billing's metrics: its gRPC server counts every call it receives.
+    notify_settings: NotificationSettings,
+    billing_settings: BillingSettings,
+    /// The first instance of each service.
+    pub auth: Addrs,
+    pub notification: Addrs,
+    pub billing: Addrs,
+    /// Every instance of every service, by service and then index.
+    instances: Vec<Instance>,
+    /// Billing's first instance's metrics: its gRPC server counts every
+    /// call it receives.
     pub billing_metrics: Metrics,
     pub shutdown: Shutdown,
     /// The gateways' shared Redis key prefix (rate limits).
     pub gateway_prefix: String,
+}
+
+/// Where one instance of a service listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+/// The services behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Auth,
+    Notification,
+    Billing,
+}
+
+/// One running instance: where it listens, its own shutdown (a child of
+/// the platform's) and the task that ends when it has drained.
+struct Instance {
+    service: Service,
+    addrs: Addrs,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Platform {
@@ -43,19 +75,30 @@ impl Platform {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts `n` instances of every service on the same databases, Redis
+    /// prefixes and queues (competing consumers), each calling every
+    /// instance of auth, and gateways balancing over all of them.
+    pub async fn start_instances(n: usize) -> anyhow::Result<Self> {
+        Self::start_configured(|_| {}, false, n).await
+    }
+
     /// Starts with auth's settings changed by `tune` first.
     pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
-        Self::start_configured(tune, false).await
+        Self::start_configured(tune, false, 1).await
     }
 
     /// Starts with every service reaching its primary and replica through
     /// a PgBouncer of the test's own in transaction mode, with
     /// `database.pooling = "transaction"` (see [`TestPgBouncer`]).
     pub async fn start_behind_pgbouncer() -> anyhow::Result<Self> {
-        Self::start_configured(|_| {}, true).await
+        Self::start_configured(|_| {}, true, 1).await
     }
 
-    async fn start_configured(tune: impl FnOnce(&mut AuthSettings), pgbouncer: bool) -> anyhow::Result<Self> {
+    async fn start_configured(
+        tune: impl FnOnce(&mut AuthSettings),
+        pgbouncer: bool,
+        instances: usize,
+    ) -> anyhow::Result<Self> {
         let auth_db =
             TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
                 tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
@@ -150,13 +193,13 @@ impl Platform {
             topology.declare(&channel).await?;
         }
         let shutdown = Shutdown::new();
-        let auth = tenx_auth::App::build(auth_settings.clone(), Metrics::default())
-            .await?
-            .spawn(shutdown.child())
-            .await?;
+        let mut started = Vec::new();
+        for _ in 0..instances.max(1) {
+            started.push(start_auth(&auth_settings, None, &shutdown).await?);
+        }
         // Every service verifies each call with auth's keys and follows
         // its revocations (in auth's Redis prefix).
-        let auth_url = format!("http://{}", auth.grpc_addr);
+        let auth_url = urls(&started);
         for (service, upstream, authn) in [
             ("notification", &mut notify_settings.upstreams.auth, &mut notify_settings.authn),
             ("billing", &mut billing_settings.upstreams.auth, &mut billing_settings.authn),
@@ -165,17 +208,18 @@ impl Platform {
             authn.client_secret = tenx_auth::testing::client_secret(service).into();
             authn.revocation_prefix = auth_settings.redis.key_prefix.clone();
         }
-        let notification = tenx_notification::App::build(notify_settings, Metrics::default())
-            .await?
-            .spawn(shutdown.child())
-            .await?;
         // Stripe's webhook is verified with this secret (tests sign events with it).
         billing_settings.provider.stripe_webhook_secret = STRIPE_WEBHOOK_SECRET.to_owned().into();
         let billing_metrics = Metrics::default();
-        let billing = tenx_billing::App::build(billing_settings, billing_metrics.clone())
-            .await?
-            .spawn(shutdown.child())
-            .await?;
+        for i in 0..instances.max(1) {
+            started.push(start_notification(&notify_settings, None, &shutdown).await?);
+            let metrics = if i == 0 { billing_metrics.clone() } else { Metrics::default() };
+            started.push(start_billing(&billing_settings, None, metrics, &shutdown).await?);
+        }
+        let first =
+            |service| started.iter().find(|i| i.service == service).map(|i| i.addrs).expect("started");
+        let (auth, notification, billing) =
+            (first(Service::Auth), first(Service::Notification), first(Service::Billing));
         let gateway_prefix = redis[2].prefix().to_owned();
         Ok(Self {
             _auth_db: auth_db,
@@ -185,13 +229,43 @@ impl Platform {
             _amqp: amqp,
             pgbouncer,
             auth_settings,
+            notify_settings,
+            billing_settings,
             auth,
             notification,
             billing,
+            instances: started,
             billing_metrics,
             shutdown,
             gateway_prefix,
         })
+    }
+
+    /// Stops instance `index` of `service` as SIGTERM does (its shutdown
+    /// fires: it drains and ends), then starts a new one on the same ports.
+    /// Returns once the new one serves.
+    pub async fn restart(&mut self, service: Service, index: usize) -> anyhow::Result<()> {
+        let position = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.service == service)
+            .nth(index)
+            .map(|(p, _)| p)
+            .ok_or_else(|| anyhow::anyhow!("no instance {index} of {service:?}"))?;
+        let old = &mut self.instances[position];
+        old.shutdown.trigger();
+        (&mut old.task).await??;
+        let addrs = Some(old.addrs);
+        let new = match service {
+            Service::Auth => start_auth(&self.auth_settings, addrs, &self.shutdown).await?,
+            Service::Notification => start_notification(&self.notify_settings, addrs, &self.shutdown).await?,
+            Service::Billing => {
+                start_billing(&self.billing_settings, addrs, Metrics::default(), &self.shutdown).await?
+            }
+        };
+        self.instances[position] = new;
+        Ok(())
     }
 
     /// notification's database (to show a refused call wrote nothing).
@@ -209,12 +283,16 @@ impl Platform {
         self._billing_db.primary_url()
     }
 
-    /// Gateway settings pointing at this platform.
+    /// Gateway settings pointing at this platform (every instance).
     pub fn gateway_settings(&self) -> anyhow::Result<GatewaySettings> {
+        let of = |service| {
+            let instances: Vec<&Instance> = self.instances.iter().filter(|i| i.service == service).collect();
+            urls(&instances)
+        };
         let mut settings = GatewaySettings::isolated(
-            &format!("http://{}", self.auth.grpc_addr),
-            &format!("http://{}", self.notification.grpc_addr),
-            &format!("http://{}", self.billing.grpc_addr),
+            &of(Service::Auth),
+            &of(Service::Notification),
+            &of(Service::Billing),
             &self.gateway_prefix,
         )?;
         settings.authn.client_secret = tenx_auth::testing::client_secret("gateway").into();
@@ -230,6 +308,72 @@ impl Platform {
         let app = tenx_gateway::App::build(settings, Metrics::default()).await?;
         Ok(app.spawn(self.shutdown.child()).await?)
     }
+}
+
+/// `http://a,http://b`: every instance in `instances`.
+fn urls<I: std::borrow::Borrow<Instance>>(instances: &[I]) -> String {
+    instances.iter().map(|i| format!("http://{}", i.borrow().addrs.grpc_addr)).collect::<Vec<_>>().join(",")
+}
+
+/// Listens on `addrs` (a restart), else on any free ports.
+fn listen_on(server: &mut tenx_common::grpc::ServerSettings, addrs: Option<Addrs>) {
+    if let Some(addrs) = addrs {
+        server.listen = addrs.grpc_addr;
+        server.admin_listen = addrs.admin_addr;
+    }
+}
+
+async fn start_auth(
+    settings: &AuthSettings,
+    addrs: Option<Addrs>,
+    parent: &Shutdown,
+) -> anyhow::Result<Instance> {
+    let mut settings = settings.clone();
+    listen_on(&mut settings.server, addrs);
+    let shutdown = parent.child();
+    let running = tenx_auth::App::build(settings, Metrics::default()).await?.spawn(shutdown.clone()).await?;
+    Ok(Instance {
+        service: Service::Auth,
+        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
+        shutdown,
+        task: tokio::spawn(async move { Ok(running.task.await??) }),
+    })
+}
+
+async fn start_notification(
+    settings: &NotificationSettings,
+    addrs: Option<Addrs>,
+    parent: &Shutdown,
+) -> anyhow::Result<Instance> {
+    let mut settings = settings.clone();
+    listen_on(&mut settings.server, addrs);
+    let shutdown = parent.child();
+    let running =
+        tenx_notification::App::build(settings, Metrics::default()).await?.spawn(shutdown.clone()).await?;
+    Ok(Instance {
+        service: Service::Notification,
+        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
+        shutdown,
+        task: tokio::spawn(async move { Ok(running.task.await??) }),
+    })
+}
+
+async fn start_billing(
+    settings: &BillingSettings,
+    addrs: Option<Addrs>,
+    metrics: Metrics,
+    parent: &Shutdown,
+) -> anyhow::Result<Instance> {
+    let mut settings = settings.clone();
+    listen_on(&mut settings.server, addrs);
+    let shutdown = parent.child();
+    let running = tenx_billing::App::build(settings, metrics).await?.spawn(shutdown.clone()).await?;
+    Ok(Instance {
+        service: Service::Billing,
+        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
+        shutdown,
+        task: tokio::spawn(async move { Ok(running.task.await??) }),
+    })
 }
 
 /// The PgBouncer name of `db` on the primary or the replica.

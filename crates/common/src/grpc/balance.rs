@@ -21,9 +21,14 @@
 //! refuses connections (its lazy reconnect reports ready), which is why
 //! this exists (grpc-rust issues 643 and 2839).
 //!
-//! The call that meets a dead endpoint fails (its request body is gone):
-//! callers that may repeat it (idempotent calls) retry once on
-//! UNAVAILABLE and land on another endpoint.
+//! A call whose connection was refused never reached the instance; nor
+//! did one still queued for a connection that then closed, nor one the
+//! instance turned away with its GOAWAY (a draining server's HTTP/2 says
+//! which streams it will still run): such a call is sent again, at once,
+//! to the next endpoint; whatever the call, it cannot run twice. (With two or more endpoints the request body is
+//! buffered for that: every tenx RPC is unary.) A call that fails after it
+//! was sent (reset, timed out) fails: callers that may repeat it
+//! (idempotent calls) retry once on UNAVAILABLE.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +37,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
@@ -247,7 +253,7 @@ async fn keep_resolving(
 
 impl Service<http::Request<Body>> for Balanced {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
+    type Error = tower::BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     /// Always ready: each endpoint's own readiness is awaited in `call`.
@@ -257,14 +263,83 @@ impl Service<http::Request<Body>> for Balanced {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let pool = self.pool.clone();
-        let endpoint = pool.pick();
         Box::pin(async move {
-            let outcome = endpoint.channel.clone().oneshot(request).await;
-            match &outcome {
-                Ok(_) => pool.succeeded(&endpoint),
-                Err(_) => pool.failed(&endpoint),
+            let tries = pool.current().len();
+            if tries < 2 {
+                return pool.send(pool.pick(), request).await.map_err(Into::into);
             }
-            outcome
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let mut tried = Vec::with_capacity(tries);
+            loop {
+                let endpoint = pool.pick_other_than(&tried);
+                let request = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
+                match pool.send(endpoint.clone(), request).await {
+                    Err(error) if never_sent(&error) && tried.len() + 1 < tries => {
+                        tracing::debug!(upstream = %endpoint.url, "connection refused; sending to the next endpoint");
+                        tried.push(endpoint);
+                    }
+                    outcome => return outcome.map_err(Into::into),
+                }
+            }
         })
     }
+}
+
+impl Pool {
+    async fn send(
+        &self,
+        endpoint: Arc<Endpoint>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, tonic::transport::Error> {
+        let outcome = endpoint.channel.clone().oneshot(request).await;
+        match &outcome {
+            Ok(_) => self.succeeded(&endpoint),
+            Err(_) => self.failed(&endpoint),
+        }
+        outcome
+    }
+
+    /// The next endpoint in rotation that is not ejected and not in
+    /// `tried`, else the next not in `tried`.
+    fn pick_other_than(&self, tried: &[Arc<Endpoint>]) -> Arc<Endpoint> {
+        for _ in 0..self.current().len() {
+            let endpoint = self.pick();
+            if !tried.iter().any(|t| Arc::ptr_eq(t, &endpoint)) {
+                return endpoint;
+            }
+        }
+        let endpoints = self.current();
+        endpoints.iter().find(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e))).unwrap_or(&endpoints[0]).clone()
+    }
+}
+
+/// Whether the instance never ran the call: the connection was refused or
+/// could not be routed; the connection closed while the call waited for it
+/// (hyper's "canceled": never written); or the instance's GOAWAY left this
+/// stream out of those it still runs (h2 fails exactly those with a remote
+/// GOAWAY).
+fn never_sent(error: &tonic::transport::Error) -> bool {
+    use std::io::ErrorKind::{AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>()
+            && (h2.is_go_away() && h2.is_remote() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
