@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
+# How many of every service `make up` runs (tenx-dev --instances).
+INSTANCES ?= 1
 BUF   ?= $(CURDIR)/.tools/npm/node_modules/.bin/buf
 
 .PHONY: help deps tools build test lint breaking fmt up bench migrate check-deploy deploy-tests
@@ -68,8 +70,8 @@ breaking: tools ## buf breaking-change check of proto/ against branch main
 fmt: ## format all Rust code
 	$(CARGO) fmt --all
 
-up: deps ## run the whole system locally (tenx-dev)
-	$(CARGO) run -p tenx-dev --release
+up: deps ## run the whole system locally (tenx-dev); INSTANCES=2 runs two of every service
+	$(CARGO) run -p tenx-dev --release -- run --instances $(INSTANCES)
 
 bench: deps ## benchmarks, each compared with its committed baseline
 	@deploy/local/tools.sh bench

@@ -4,8 +4,15 @@
 //! applies every service's migrations and runs every service (auth,
 //! notification, billing, and the gateway in front of them on http://127.0.0.1:8080
 //! and gRPC 127.0.0.1:50050) with its default settings (overridable with `TENX_<SERVICE>__…` variables) until
-//! Ctrl-C. `tenx-dev migrate` only applies the migrations. Services join
-//! here as they land.
+//! Ctrl-C. `tenx-dev migrate` only applies the migrations.
+//!
+//! `tenx-dev run --instances N` (`make up INSTANCES=N`) runs N of every
+//! service, the gateways included, instance i on every default port plus
+//! 100 × i (auth 50051, 50151, …; the gateway's HTTP 8080, 8180, …), all on
+//! the same databases, Redis and queues: consumers compete for messages,
+//! caches are invalidated across instances, rate limits are shared, and
+//! every gateway (and billing and notification towards auth) balances
+//! over every instance.
 
 use std::process::ExitCode;
 
@@ -15,9 +22,15 @@ use tenx_common::shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    let result = match command.as_deref() {
-        None | Some("run") => run().await,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("run") => match instances(&args) {
+            Ok(n) => run(n).await,
+            Err(usage) => {
+                eprintln!("tenx-dev: {usage}");
+                return ExitCode::from(tenx_common::cli::EXIT_USAGE);
+            }
+        },
         Some("migrate") => migrate().await.map(|_| ()),
         Some(other) => {
             eprintln!("tenx-dev: unknown command `{other}` (use `run` or `migrate`)");
@@ -56,7 +69,32 @@ async fn migrate() -> anyhow::Result<(
     Ok((auth, notification, billing))
 }
 
-async fn run() -> anyhow::Result<()> {
+/// `run [--instances N]`: how many of each service (1 to 9).
+fn instances(args: &[String]) -> Result<u16, String> {
+    match args.get(1..).unwrap_or_default() {
+        [] => Ok(1),
+        [flag, n] if flag == "--instances" => match n.parse() {
+            Ok(n @ 1..=9) => Ok(n),
+            _ => Err(format!("--instances takes 1 to 9, not `{n}`")),
+        },
+        other => Err(format!("unknown arguments {other:?} (use `run [--instances N]` or `migrate`)")),
+    }
+}
+
+/// `addr` moved up by `by` ports.
+fn shifted(addr: std::net::SocketAddr, by: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip(), addr.port() + by)
+}
+
+/// `http://127.0.0.1:<port>` of the same port shifted for each instance.
+fn every_instance(listen: std::net::SocketAddr, instances: u16) -> String {
+    (0..instances)
+        .map(|i| format!("http://127.0.0.1:{}", listen.port() + 100 * i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn run(instances: u16) -> anyhow::Result<()> {
     let (mut auth, mut notification, mut billing) = migrate().await?;
     let mut gateway = tenx_gateway::GatewaySettings::load(None)?;
     // Each service calls others as itself with a service token from auth,
@@ -73,44 +111,92 @@ async fn run() -> anyhow::Result<()> {
         }
         auth.service_clients.insert(name.to_owned(), secret.clone());
     }
+    if instances > 1 {
+        // Every caller balances over every instance of what it calls.
+        let auth_urls = every_instance(auth.server.listen, instances);
+        notification.upstreams.auth.url = auth_urls.clone();
+        billing.upstreams.auth.url = auth_urls.clone();
+        gateway.upstreams.auth.url = auth_urls;
+        gateway.upstreams.notification.url = every_instance(notification.server.listen, instances);
+        gateway.upstreams.billing.url = every_instance(billing.server.listen, instances);
+    }
     let telemetry = tenx_common::telemetry::init("tenx-dev", &auth.telemetry)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
-    // One registry per service: each serves its own /metrics.
-    let auth = tenx_auth::App::build(auth, Metrics::default()).await?.spawn(shutdown.child()).await?;
-    println!("tenx-dev: auth gRPC on {} (metrics and health on http://{})", auth.grpc_addr, auth.admin_addr);
-    let notification = tenx_notification::App::build(notification, Metrics::default())
-        .await?
-        .spawn(shutdown.child())
-        .await?;
-    println!(
-        "tenx-dev: notification gRPC on {} (metrics and health on http://{})",
-        notification.grpc_addr, notification.admin_addr
-    );
-    let billing =
-        tenx_billing::App::build(billing, Metrics::default()).await?.spawn(shutdown.child()).await?;
-    println!(
-        "tenx-dev: billing gRPC on {} (metrics and health on http://{})",
-        billing.grpc_addr, billing.admin_addr
-    );
-    let gateway =
-        tenx_gateway::App::build(gateway, Metrics::default()).await?.spawn(shutdown.child()).await?;
-    println!(
-        "tenx-dev: gateway HTTP on http://{} (OpenAPI at /openapi.json), gRPC on {} (metrics and health on http://{})",
-        gateway.http_addr, gateway.grpc_addr, gateway.admin_addr
-    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..instances {
+        let by = 100 * i;
+        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
+        // One registry per instance: each serves its own /metrics.
+        let mut settings = auth.clone();
+        settings.server.listen = shifted(settings.server.listen, by);
+        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
+        let running =
+            tenx_auth::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+        println!(
+            "tenx-dev: auth{tag} gRPC on {} (metrics and health on http://{})",
+            running.grpc_addr, running.admin_addr
+        );
+        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+    }
+    for i in 0..instances {
+        let by = 100 * i;
+        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
+        let mut settings = notification.clone();
+        settings.server.listen = shifted(settings.server.listen, by);
+        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
+        let running = tenx_notification::App::build(settings, Metrics::default())
+            .await?
+            .spawn(shutdown.child())
+            .await?;
+        println!(
+            "tenx-dev: notification{tag} gRPC on {} (metrics and health on http://{})",
+            running.grpc_addr, running.admin_addr
+        );
+        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+        let mut settings = billing.clone();
+        settings.server.listen = shifted(settings.server.listen, by);
+        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
+        let running =
+            tenx_billing::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+        println!(
+            "tenx-dev: billing{tag} gRPC on {} (metrics and health on http://{})",
+            running.grpc_addr, running.admin_addr
+        );
+        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+    }
+    for i in 0..instances {
+        let by = 100 * i;
+        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
+        let mut settings = gateway.clone();
+        settings.server.listen = shifted(settings.server.listen, by);
+        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
+        let http: std::net::SocketAddr = settings.http.listen.parse()?;
+        settings.http.listen = shifted(http, by).to_string();
+        let running =
+            tenx_gateway::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+        println!(
+            "tenx-dev: gateway{tag} HTTP on http://{} (OpenAPI at /openapi.json), gRPC on {} (metrics and health on http://{})",
+            running.http_addr, running.grpc_addr, running.admin_addr
+        );
+        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+    }
     println!(
         "tenx-dev: emails land in the SMTP sink on 127.0.0.1:2525 (/tmp/tenx-smtp-sink/maildir); Ctrl-C stops"
     );
-    let (auth, notification, billing, gateway) =
-        tokio::join!(auth.task, notification.task, billing.task, gateway.task);
+    // Every instance runs until the signal; the first to fail stops them all.
+    let mut result = Ok(());
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(error) = ended.map_err(anyhow::Error::from).and_then(|r| r) {
+            shutdown.trigger();
+            if result.is_ok() {
+                result = Err(error);
+            }
+        }
+    }
     shutdown.trigger();
     telemetry.shutdown().await;
-    auth??;
-    notification??;
-    billing??;
-    gateway??;
-    Ok(())
+    result
 }
 
 /// Creates the database named in `url` when it does not exist yet (a
@@ -132,4 +218,33 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     tracing::info!(database = %name, "created the development database");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn instances_default_to_one_and_take_one_to_nine() {
+        assert_eq!(instances(&args("run")), Ok(1));
+        assert_eq!(instances(&args("run --instances 2")), Ok(2));
+        for bad in ["run --instances 0", "run --instances 10", "run --instances two", "run --replicas 2"] {
+            assert!(instances(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_caller_is_given_every_instance_on_its_shifted_port() {
+        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], 50051));
+        assert_eq!(every_instance(listen, 1), "http://127.0.0.1:50051");
+        assert_eq!(
+            every_instance(listen, 3),
+            "http://127.0.0.1:50051,http://127.0.0.1:50151,http://127.0.0.1:50251"
+        );
+        assert_eq!(shifted(listen, 100).port(), 50151);
+    }
 }
