@@ -7,7 +7,7 @@ CARGO ?= cargo
 INSTANCES ?= 1
 BUF   ?= $(CURDIR)/.tools/npm/node_modules/.bin/buf
 
-.PHONY: help deps tools build test lint breaking fmt up bench migrate check-deploy deploy-tests
+.PHONY: help deps tools build test lint breaking fmt up bench migrate check-deploy deploy-tests chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 12
@@ -72,6 +72,11 @@ fmt: ## format all Rust code
 
 up: deps ## run the whole system locally (tenx-dev); INSTANCES=2 runs two of every service
 	$(CARGO) run -p tenx-dev --release -- run --instances $(INSTANCES)
+
+chaos: deps ## the fault suite with tenx-load traffic, each scenario printing its row of docs/RELIABILITY.md
+	$(CARGO) nextest run -p tenx-load --features chaos --test chaos --test faults --no-capture --test-threads 1 2>&1 \
+	  | tee .tools/chaos.log | grep -E '^\| |PASS|FAIL|Summary'; exit $${PIPESTATUS[0]}
+	$(CARGO) nextest run -p tenx-notification --test it chaos:: --no-capture 2>&1 | grep -E '^\| |PASS|FAIL|Summary'; exit $${PIPESTATUS[0]}
 
 bench: deps ## benchmarks, each compared with its committed baseline
 	@deploy/local/tools.sh bench

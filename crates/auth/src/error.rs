@@ -61,7 +61,7 @@ impl From<AuthError> for ApiError {
             AuthError::Db(e) => e.into(),
             AuthError::Pool(e) => DbError::Pool(e).into(),
             AuthError::Queue(e) => e.into(),
-            AuthError::Postgres(e) => ApiError::internal(e),
+            AuthError::Postgres(e) => e.into(),
             AuthError::Authn(e) => e.into(),
             AuthError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
         }

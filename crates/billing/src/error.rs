@@ -79,7 +79,7 @@ impl From<BillingError> for tonic::Status {
                 return tonic::Status::with_error_details(tonic::Code::Unavailable, message, details);
             }
             BillingError::Db(e) => e.into(),
-            BillingError::Postgres(e) => ApiError::internal(e),
+            BillingError::Postgres(e) => e.into(),
             BillingError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
             BillingError::Replayed(status) => return status,
         };

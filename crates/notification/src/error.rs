@@ -38,7 +38,7 @@ impl From<NotifyError> for tonic::Status {
             NotifyError::PermissionDenied => ApiError::PermissionDenied(error.to_string()),
             NotifyError::KeyReused => ApiError::FailedPrecondition(error.to_string()),
             NotifyError::Db(e) => e.into(),
-            NotifyError::Postgres(e) => ApiError::internal(e),
+            NotifyError::Postgres(e) => e.into(),
             NotifyError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
         };
         api.into()

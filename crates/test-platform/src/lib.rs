@@ -38,12 +38,34 @@ pub struct Platform {
     pub billing: Addrs,
     /// Every instance of every service, by service and then index.
     instances: Vec<Instance>,
+    /// The Redis of [`Setup::redis_url`], if not the shared one.
+    redis_url: Option<String>,
     /// Billing's first instance's metrics: its gRPC server counts every
     /// call it receives.
     pub billing_metrics: Metrics,
     pub shutdown: Shutdown,
     /// The gateways' shared Redis key prefix (rate limits).
     pub gateway_prefix: String,
+}
+
+/// How a platform is started ([`Platform::start_setup`]).
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Instances of each service (0 counts as 1).
+    pub instances: usize,
+    /// Every service reaches its databases through a PgBouncer of the
+    /// test's own, with `database.pooling = "transaction"`.
+    pub pgbouncer: bool,
+    /// The Redis every service and gateway uses (e.g. a
+    /// `TestRedisServer` to kill), instead of the shared one.
+    pub redis_url: Option<String>,
+    /// The broker every service uses (e.g. through a `ChaosProxy` to cut),
+    /// instead of the shared one's own address; the queues are declared
+    /// straight on the shared one.
+    pub amqp_url: Option<String>,
+    /// Every service reads its replica through this loopback port (e.g. a
+    /// `ChaosProxy` in front of the replica, to stop it).
+    pub replica_port: Option<u16>,
 }
 
 /// Where one instance of a service listens.
@@ -79,26 +101,28 @@ impl Platform {
     /// prefixes and queues (competing consumers), each calling every
     /// instance of auth, and gateways balancing over all of them.
     pub async fn start_instances(n: usize) -> anyhow::Result<Self> {
-        Self::start_configured(|_| {}, false, n).await
+        Self::start_setup(Setup { instances: n, ..Setup::default() }).await
+    }
+
+    /// Starts as `setup` says.
+    pub async fn start_setup(setup: Setup) -> anyhow::Result<Self> {
+        Self::start_configured(|_| {}, setup).await
     }
 
     /// Starts with auth's settings changed by `tune` first.
     pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
-        Self::start_configured(tune, false, 1).await
+        Self::start_configured(tune, Setup::default()).await
     }
 
     /// Starts with every service reaching its primary and replica through
     /// a PgBouncer of the test's own in transaction mode, with
     /// `database.pooling = "transaction"` (see [`TestPgBouncer`]).
     pub async fn start_behind_pgbouncer() -> anyhow::Result<Self> {
-        Self::start_configured(|_| {}, true, 1).await
+        Self::start_setup(Setup { pgbouncer: true, ..Setup::default() }).await
     }
 
-    async fn start_configured(
-        tune: impl FnOnce(&mut AuthSettings),
-        pgbouncer: bool,
-        instances: usize,
-    ) -> anyhow::Result<Self> {
+    async fn start_configured(tune: impl FnOnce(&mut AuthSettings), setup: Setup) -> anyhow::Result<Self> {
+        let Setup { instances, pgbouncer, redis_url, amqp_url, replica_port } = setup;
         let auth_db =
             TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
                 tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
@@ -144,6 +168,9 @@ impl Platform {
         // the PgBouncer (migrations are never run through it: the
         // templates are migrated directly).
         let through = |db: &TestDb, settings: &mut DbSettings| {
+            if let Some(port) = replica_port {
+                settings.replica_url = Some(db.url_via(port).into());
+            }
             if let Some(bouncer) = &pgbouncer {
                 settings.primary_url = bouncer.url(&alias(db, false)).into();
                 settings.replica_url = Some(bouncer.url(&alias(db, true)).into());
@@ -165,6 +192,9 @@ impl Platform {
                 .insert(service.to_owned(), tenx_auth::testing::client_secret(service).into());
         }
         through(&auth_db, &mut auth_settings.database);
+        if let Some(url) = &redis_url {
+            auth_settings.redis.url = url.clone().into();
+        }
         tune(&mut auth_settings);
         let mut notify_settings = NotificationSettings::isolated(
             &notify_db.primary_url(),
@@ -180,6 +210,10 @@ impl Platform {
         )?;
         through(&notify_db, &mut notify_settings.database);
         through(&billing_db, &mut billing_settings.database);
+        if let Some(url) = &redis_url {
+            notify_settings.redis.url = url.clone().into();
+            billing_settings.redis.url = url.clone().into();
+        }
         let topologies = [
             Topology::for_group(&auth_settings.amqp, tenx_auth::avatar::GROUP, &[]),
             tenx_notification::app::topology(&notify_settings),
@@ -191,6 +225,11 @@ impl Platform {
         for topology in &topologies {
             amqp.track(topology.queue_names(), topology.exchange_names());
             topology.declare(&channel).await?;
+        }
+        if let Some(url) = &amqp_url {
+            auth_settings.amqp.url = url.clone().into();
+            notify_settings.amqp.url = url.clone().into();
+            billing_settings.amqp.url = url.clone().into();
         }
         let shutdown = Shutdown::new();
         let mut started = Vec::new();
@@ -235,6 +274,7 @@ impl Platform {
             notification,
             billing,
             instances: started,
+            redis_url,
             billing_metrics,
             shutdown,
             gateway_prefix,
@@ -296,6 +336,9 @@ impl Platform {
             &self.gateway_prefix,
         )?;
         settings.authn.client_secret = tenx_auth::testing::client_secret("gateway").into();
+        if let Some(url) = &self.redis_url {
+            settings.redis.url = url.clone().into();
+        }
         settings.authn.revocation_prefix = self.auth_settings.redis.key_prefix.clone();
         Ok(settings)
     }
@@ -305,7 +348,16 @@ impl Platform {
     }
 
     pub async fn gateway_with(&self, settings: GatewaySettings) -> anyhow::Result<tenx_gateway::Running> {
-        let app = tenx_gateway::App::build(settings, Metrics::default()).await?;
+        self.gateway_with_metrics(settings, Metrics::default()).await
+    }
+
+    /// A gateway whose metrics the test reads.
+    pub async fn gateway_with_metrics(
+        &self,
+        settings: GatewaySettings,
+        metrics: Metrics,
+    ) -> anyhow::Result<tenx_gateway::Running> {
+        let app = tenx_gateway::App::build(settings, metrics).await?;
         Ok(app.spawn(self.shutdown.child()).await?)
     }
 }

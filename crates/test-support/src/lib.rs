@@ -8,6 +8,7 @@
 //!   is told about are deleted at the end.
 //! - [`ChaosProxy`]: a TCP proxy a test can cut, to fail a server for
 //!   itself without stopping the one other tests share.
+//! - [`TestRedisServer`]: a Redis of the test's own, to kill and restart.
 //! - [`TestPgBouncer`]: a PgBouncer of the test's own, in transaction
 //!   mode, in front of its databases.
 //! - [`bench`]: benchmark figures printed beside a committed baseline.
@@ -25,6 +26,7 @@ mod chaos;
 mod pg;
 mod pgbouncer;
 mod redis_prefix;
+mod redis_server;
 mod wait;
 
 pub use amqp::TestAmqp;
@@ -32,6 +34,7 @@ pub use chaos::ChaosProxy;
 pub use pg::{TestDb, pg_url};
 pub use pgbouncer::{Bounced, TestPgBouncer};
 pub use redis_prefix::TestRedis;
+pub use redis_server::TestRedisServer;
 pub use wait::{eventually, http_get};
 
 /// A short unique name part for this test: `t<pid hex><random hex>`.

@@ -31,6 +31,7 @@ pub struct TestPgBouncer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    binary: PathBuf,
 }
 
 impl TestPgBouncer {
@@ -48,19 +49,11 @@ impl TestPgBouncer {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             std::fs::write(dir.join("pgbouncer.ini"), ini(databases, port, &dir))?;
-            let mut command = Command::new(&binary);
-            if running_as_root() {
-                // PgBouncer refuses to run as root; it drops to this user.
-                command.args(["--user", "nobody"]);
-            }
-            let child = command
-                .arg(dir.join("pgbouncer.ini"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
+            let child = command(&binary, &dir)
                 .stderr(std::fs::File::create(dir.join("pgbouncer.log"))?)
                 .spawn()
                 .with_context(|| format!("starting {}", binary.display()))?;
-            let mut bouncer = Self { child, port, dir: dir.clone() };
+            let mut bouncer = Self { child, port, dir: dir.clone(), binary: binary.clone() };
             match bouncer.ready().await {
                 Ok(()) => return Ok(bouncer),
                 Err(error) => {
@@ -72,6 +65,29 @@ impl TestPgBouncer {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("pgbouncer did not start")))
+    }
+
+    /// SIGKILL, then the same PgBouncer again on the same port: every
+    /// client connection and transaction through it is cut.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = command(&self.binary, &self.dir)
+                .stderr(std::fs::File::create(self.dir.join("pgbouncer.log"))?)
+                .spawn()?;
+            match self.ready().await {
+                Ok(()) => return Ok(()),
+                // Its port may linger a moment after the kill.
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The URL of database `alias` through this PgBouncer.
@@ -121,6 +137,17 @@ impl Drop for TestPgBouncer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `pgbouncer <dir>/pgbouncer.ini`, as `nobody` when run as root.
+fn command(binary: &std::path::Path, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(binary);
+    if running_as_root() {
+        // PgBouncer refuses to run as root; it drops to this user.
+        command.args(["--user", "nobody"]);
+    }
+    command.arg(dir.join("pgbouncer.ini")).stdin(Stdio::null()).stdout(Stdio::null());
+    command
 }
 
 fn running_as_root() -> bool {

@@ -99,13 +99,40 @@ impl From<ApiError> for Status {
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         // No connection within the acquire timeout (or a read shared with
-        // this caller got none): overloaded or down.
-        if matches!(error, DbError::Pool(_) | DbError::Shared(_)) {
+        // this caller got none): overloaded or down. Or the connection was
+        // lost under the call (the server, or a pooler, went away; its
+        // transaction is rolled back): try again.
+        let lost = match &error {
+            DbError::Pool(_) | DbError::Shared(_) => true,
+            DbError::Postgres(e) => connection_lost(e),
+            _ => false,
+        };
+        if lost {
             tracing::warn!(%error, "database unavailable");
             return ApiError::Unavailable("database unavailable".into());
         }
         ApiError::internal(error)
     }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        DbError::Postgres(error).into()
+    }
+}
+
+/// The connection closed or broke, or the server says it is going away
+/// or cannot be reached (SQLSTATE class 08, 57P01–57P03): nothing about
+/// the call itself.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(code) = error.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 impl From<QueueError> for ApiError {

@@ -178,3 +178,35 @@ impl Drop for PausedReplay {
         }
     }
 }
+
+#[tokio::test]
+async fn a_connection_lost_under_a_call_is_unavailable_and_a_bad_statement_internal() -> anyhow::Result<()> {
+    use tenx_common::db::{DbError, Prepared};
+    use tenx_common::grpc::ApiError;
+    let tdb = test_db().await?;
+    let proxy = ChaosProxy::start(addr_of(&pg_url(false, "postgres"))?).await?;
+    let metrics = Metrics::default();
+    let mut settings =
+        tenx_common::db::DbSettings::new(&tdb.url_via(proxy.port()), None, crate::support::SCHEMA);
+    settings.max_connections = 1;
+    let db = tenx_common::db::Db::connect(&settings, "tenx-common-tests", &metrics)?;
+    let conn = db.write().await?;
+    // The connection dies under a call (a pooler or the server went away):
+    // the caller may try again.
+    let call = conn.query_one_cached("SELECT pg_sleep(5)::text", &[]);
+    let cut = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        proxy.kill_connections();
+    };
+    let (lost, ()) = tokio::join!(call, cut);
+    let lost = ApiError::from(DbError::Postgres(lost.expect_err("the connection was cut")));
+    assert!(matches!(lost, ApiError::Unavailable(_)), "{lost:?}");
+    // A statement that is wrong is our bug, not an outage.
+    drop(conn);
+    let conn = db.write().await?;
+    let wrong =
+        conn.query_one_cached("SELECT no_such_column FROM tenx_outbox", &[]).await.expect_err("no column");
+    let wrong = ApiError::from(DbError::Postgres(wrong));
+    assert!(!matches!(wrong, ApiError::Unavailable(_)), "{wrong:?}");
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod billing;
 mod binary;
+mod chaos;
 mod delivery;
 mod rpc;
 mod support;

@@ -40,8 +40,8 @@ impl Interceptor for Bearer {
 pub struct TestNotify {
     pub auth: TestAuth,
     pub db: TestDb,
-    _redis: TestRedis,
-    _amqp: TestAmqp,
+    pub redis: TestRedis,
+    pub amqp: TestAmqp,
     pub settings: NotificationSettings,
     pub shutdown: Shutdown,
     pub running: Option<Running>,
@@ -74,7 +74,7 @@ impl TestNotify {
         {
             amqp.track(topology.queue_names(), topology.exchange_names());
         }
-        Ok(Self { auth, db, _redis: redis, _amqp: amqp, settings, shutdown: Shutdown::new(), running: None })
+        Ok(Self { auth, db, redis, amqp, settings, shutdown: Shutdown::new(), running: None })
     }
 
     /// Declares the queues, then starts the service.

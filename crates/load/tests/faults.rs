@@ -1,0 +1,84 @@
+//! The quick fault scenarios (`make test`; `make chaos` runs them too):
+//! tenx-load traffic through a gateway while a real part fails, and what
+//! the users saw at the end. Each prints its row of docs/RELIABILITY.md.
+//! The slow ones are in `chaos.rs`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tenx_test_platform::{Platform, Service, Setup};
+use tenx_test_support::TestRedisServer;
+
+use support::{gateway, metric, reports, row, traffic};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_fails_no_request_and_limits_fall_back_to_local() -> anyhow::Result<()> {
+    let mut redis = TestRedisServer::start().await?;
+    let platform = Platform::start_setup(Setup { redis_url: Some(redis.url()), ..Setup::default() }).await?;
+    let (gateway, metrics) = gateway(&platform).await?;
+    let loads = traffic(&platform, &gateway, &["me", "login", "signup"], Duration::from_secs(9));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let local = "tenx_gateway_ratelimit_decisions_total{store=\"local\"";
+    let shared = "tenx_gateway_ratelimit_decisions_total{store=\"redis\"";
+    assert_eq!(metric(&metrics, local), 0.0, "Redis up: the limits are cluster-wide");
+    redis.kill()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(metric(&metrics, local) > 0.0, "Redis down: the limits fall back to each gateway's own");
+    redis.restart().await?;
+    // Back: the limits are shared again.
+    let restarted = Instant::now();
+    let before = metric(&metrics, shared);
+    while metric(&metrics, shared) <= before {
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "the gateway never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovery = restarted.elapsed();
+    let reports = reports(loads).await?;
+    row("Redis killed (SIGKILL) 3 s, restarted empty", &reports, "0", "0", recovery);
+    for report in &reports {
+        assert!(report.requests > 0, "{}: no request", report.scenario);
+        assert_eq!(report.errors, 0, "{} with Redis down: {:?}", report.scenario, report.error_kinds);
+    }
+    Ok(())
+}
+
+/// Two instances of every service behind a gateway that balances over
+/// them, and every instance restarted in turn the way SIGTERM does it (its
+/// shutdown fires: health NOT_SERVING, still serving for
+/// `shutdown_delay_ms`, then the listener closes and calls in flight
+/// finish; a new one starts on its ports). Not one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_service_fails_no_request() -> anyhow::Result<()> {
+    let mut platform = Platform::start_instances(2).await?;
+    let (gateway, _) = gateway(&platform).await?;
+    // Reads, logins, signups (whose welcome events the consumers take)
+    // and purchases (a card, a subscription, its payment), side by side.
+    let loads =
+        traffic(&platform, &gateway, &["me", "login", "signup", "subscribe"], Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarts = Instant::now();
+    for service in [Service::Auth, Service::Notification, Service::Billing] {
+        for index in 0..2 {
+            platform.restart(service, index).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let took = restarts.elapsed();
+    let reports = reports(loads).await?;
+    row(
+        "Rolling restart (the SIGTERM path) of each of 2 instances of auth, notification, billing",
+        &reports,
+        "0",
+        "0",
+        took,
+    );
+    for report in &reports {
+        assert!(report.requests > 0, "{}: no request", report.scenario);
+        assert_eq!(report.errors, 0, "{} during the restarts: {:?}", report.scenario, report.error_kinds);
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! A notification worker killed with SIGKILL in the middle of a batch (the
+//! real binary, its prefetched messages unacknowledged, an email possibly
+//! half sent): another instance takes what it held. No email is lost;
+//! every in-app item exists once; an email whose SMTP send the kill cut
+//! may arrive twice, and then only with the same Message-ID (the
+//! receiving side can drop the second).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tenx_proto::auth::v1 as auth;
+use tenx_test_support::binary::{ServiceBinary, free_port};
+use uuid::Uuid;
+
+use crate::support::TestNotify;
+
+const NOTIFICATION: ServiceBinary = ServiceBinary {
+    path: env!("CARGO_BIN_EXE_tenx-notification"),
+    env_prefix: "TENX_NOTIFICATION",
+    service: "tenx.notification.v1.NotificationService",
+};
+
+/// Recipient → the Message-IDs of every email the SMTP sink kept for an
+/// address ending in `domain`.
+fn mails_for(domain: &str) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let maildir =
+        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into());
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(std::path::Path::new(&maildir).join(sub)) else { continue };
+        for entry in entries {
+            let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+            let header = |name: &str| {
+                text.lines()
+                    .take_while(|l| !l.is_empty())
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_ascii_lowercase()))
+            };
+            if let (Some(to), Some(id)) = (header("To:"), header("Message-ID:"))
+                && to.contains(domain)
+            {
+                let to = to.trim_matches(['<', '>']).to_owned();
+                found.entry(to).or_default().push(id);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_no_email_and_shows_each_in_app_item_once() -> anyhow::Result<()> {
+    let mut notify = TestNotify::new().await?;
+    // The binary declares its default retry tiers: so does the instance
+    // that takes over, so both consume the very same queue.
+    notify.settings.amqp.retry_delays_ms = tenx_common::queue::default_retry_delays_ms();
+    for topology in [
+        tenx_notification::app::topology(&notify.settings),
+        tenx_notification::app::webhook_topology(&notify.settings),
+    ] {
+        notify.amqp.track(topology.queue_names(), topology.exchange_names());
+    }
+    let (grpc, admin) = (free_port()?, free_port()?);
+    let mut worker = NOTIFICATION
+        .command(&notify.db, &notify.redis, &notify.amqp, grpc, admin)
+        .env("TENX_NOTIFICATION__UPSTREAMS__AUTH__URL", notify.settings.upstreams.auth.url.clone())
+        .env("TENX_NOTIFICATION__AUTHN__CLIENT_SECRET", notify.settings.authn.client_secret.expose())
+        .env("TENX_NOTIFICATION__AUTHN__REVOCATION_PREFIX", notify.settings.authn.revocation_prefix.clone())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let admin_addr = format!("127.0.0.1:{admin}").parse()?;
+    tenx_test_support::eventually(Duration::from_secs(20), "the worker is ready", || async move {
+        Ok(tenx_test_support::http_get(admin_addr, "/readyz").await.is_ok_and(|(status, _)| status == 200))
+    })
+    .await?;
+
+    // A batch of signups: each wants a welcome email and an in-app item.
+    const USERS: usize = 150;
+    let domain = format!("kill-{}.example.com", Uuid::new_v4().simple());
+    let publisher =
+        tenx_common::queue::Publisher::new(tenx_common::queue::Amqp::new(&notify.settings.amqp, "test"));
+    let mut batch = Vec::new();
+    for i in 0..USERS {
+        let event = auth::UserSignedUp {
+            user_id: Uuid::now_v7().to_string(),
+            email: format!("user{i}@{domain}"),
+            display_name: format!("User {i}"),
+        };
+        let envelope = tenx_proto::events::v1::Envelope {
+            id: Uuid::now_v7().to_string(),
+            r#type: "auth.user.signed_up".into(),
+            payload: prost::Message::encode_to_vec(&event),
+            ..Default::default()
+        };
+        batch.push(tenx_common::queue::Outgoing::event(&notify.settings.amqp.exchange_name(), &envelope));
+    }
+    publisher.publish(&batch).await?;
+
+    // Mid-batch: some emails out, most not; then SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mails_for(&domain)?.len() < 10 {
+        anyhow::ensure!(Instant::now() < deadline, "the worker sent nothing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.kill()?;
+    worker.wait()?;
+    let at_kill = mails_for(&domain)?.len();
+    anyhow::ensure!(at_kill < USERS, "the worker finished the batch before the kill: make it bigger");
+
+    // Another instance takes over what the dead one held.
+    let killed = Instant::now();
+    let notify = notify.start().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mails_for(&domain)?.len() < USERS {
+        anyhow::ensure!(Instant::now() < deadline, "{} of {USERS} welcome emails", mails_for(&domain)?.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mails = mails_for(&domain)?;
+    assert_eq!(mails.len(), USERS, "every user got the welcome email");
+    let twice: Vec<_> = mails.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    for (to, ids) in &twice {
+        assert!(ids.iter().all(|id| *id == ids[0]), "{to} got two different emails: {ids:?}");
+    }
+    let sql = notify.sql().await?;
+    let (items, users): (i64, i64) = {
+        let row = sql.query_one("SELECT count(*), count(DISTINCT user_id) FROM notifications", &[]).await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((items, users), (USERS as i64, USERS as i64), "one in-app item per user");
+    println!(
+        "| Notification worker SIGKILL mid-batch ({at_kill} of {USERS} emails out) | {USERS} signup events | 0 | 0 | \
+         {} emails twice, same Message-ID; in-app once | {:.1} s |",
+        twice.len(),
+        recovered.as_secs_f64()
+    );
+    Ok(())
+}
