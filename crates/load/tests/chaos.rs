@@ -18,7 +18,8 @@ async fn rabbitmq_away_30_s_during_signups_fails_none_and_every_welcome_email_ar
     let shared = tenx_test_support::TestAmqp::new();
     let broker = tenx_test_support::ChaosProxy::start(tenx_test_support::addr_of(shared.url())?).await?;
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port());
-    let platform = Platform::start_setup(Setup { amqp_url: Some(url), ..Setup::default() }).await?;
+    let platform =
+        Platform::start_setup(Setup { instances: 2, amqp_url: Some(url), ..Setup::default() }).await?;
     let (gateway, _) = gateway(&platform).await?;
     let loads = traffic(&platform, &gateway, &["signup", "me"], Duration::from_secs(40));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -67,7 +68,8 @@ async fn rabbitmq_away_30_s_during_signups_fails_none_and_every_welcome_email_ar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_restarted_under_load_fails_clearly_and_writes_nothing_by_half() -> anyhow::Result<()> {
-    let mut platform = Platform::start_setup(Setup { pgbouncer: true, ..Setup::default() }).await?;
+    let mut platform =
+        Platform::start_setup(Setup { instances: 2, pgbouncer: true, ..Setup::default() }).await?;
     let (gateway, _) = gateway(&platform).await?;
     let loads =
         traffic(&platform, &gateway, &["me", "login", "signup", "subscribe"], Duration::from_secs(12));
@@ -158,7 +160,8 @@ async fn replica_paused_then_stopped_fails_no_read_and_every_read_sees_its_write
     )?)
     .await?;
     let platform =
-        Platform::start_setup(Setup { replica_port: Some(replica.port()), ..Setup::default() }).await?;
+        Platform::start_setup(Setup { instances: 2, replica_port: Some(replica.port()), ..Setup::default() })
+            .await?;
     let (gateway, _) = gateway(&platform).await?;
     let loads = traffic(&platform, &gateway, &["me", "login"], Duration::from_secs(18));
     let (stop, stopped) = tokio::sync::watch::channel(false);

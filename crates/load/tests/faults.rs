@@ -15,7 +15,9 @@ use support::{gateway, metric, reports, row, traffic};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_fails_no_request_and_limits_fall_back_to_local() -> anyhow::Result<()> {
     let mut redis = TestRedisServer::start().await?;
-    let platform = Platform::start_setup(Setup { redis_url: Some(redis.url()), ..Setup::default() }).await?;
+    let platform =
+        Platform::start_setup(Setup { instances: 2, redis_url: Some(redis.url()), ..Setup::default() })
+            .await?;
     let (gateway, metrics) = gateway(&platform).await?;
     let loads = traffic(&platform, &gateway, &["me", "login", "signup"], Duration::from_secs(9));
     tokio::time::sleep(Duration::from_secs(2)).await;

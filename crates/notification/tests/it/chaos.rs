@@ -136,3 +136,40 @@ async fn a_worker_killed_mid_batch_loses_no_email_and_shows_each_in_app_item_onc
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_worker_stopped_mid_message_finishes_it_before_it_exits() -> anyhow::Result<()> {
+    use tenx_notification::settings::SmtpTls;
+    use tenx_test_support::ChaosProxy;
+
+    use crate::support::{mails_to, relay, unique_email};
+    // A slow relay keeps the handler busy when the shutdown (SIGTERM's
+    // signal) comes: the consumer takes nothing more, finishes the email
+    // in hand, acknowledges it, and only then does the service end.
+    let mut notify = TestNotify::new().await?;
+    let slow_smtp = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
+    slow_smtp.set_delay(Duration::from_millis(1_500));
+    notify.settings.smtp.relays = vec![relay("127.0.0.1", slow_smtp.port(), 10_000, SmtpTls::None)];
+    let mut notify = notify.start().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let event = auth::PasswordChanged { user_id: user.to_string(), email: email.clone() };
+    notify.publish(&Uuid::now_v7().to_string(), "auth.password_changed", &event).await?;
+    let sql = notify.sql().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The in-app item is written first, then the email goes to the relay
+    // (its delivery row commits once the relay took it).
+    while sql.query_opt("SELECT 1 FROM notifications WHERE user_id = $1", &[&user]).await?.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the handler never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = "SELECT status FROM email_deliveries WHERE to_address = $1";
+    assert!(sql.query_opt(status, &[&email]).await?.is_none(), "mid-message: the email is not out yet");
+    notify.shutdown.trigger();
+    let running = notify.running.take().expect("started");
+    tokio::time::timeout(Duration::from_secs(15), running.task).await???;
+    // Ended: the email went out once and is recorded as sent.
+    assert_eq!(mails_to(&email)?.len(), 1, "the email in hand was sent before the exit");
+    let after: String = sql.query_one(status, &[&email]).await?.get(0);
+    assert_eq!(after, "sent");
+    Ok(())
+}
