@@ -4,12 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tenx_common::db::Prepared;
 
 use tenx_common::admin::{self, Readiness};
 use tenx_common::authn::{AuthnLayer, Revocations};
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
-use tenx_common::db::{self, Db};
+use tenx_common::db::{self, Db, Prepared};
 use tenx_common::grpc::GrpcServer;
 use tenx_common::metrics::Metrics;
 use tenx_common::outbox::Relay;

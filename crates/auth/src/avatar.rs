@@ -5,13 +5,12 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
-use tenx_common::db::Prepared;
 
 use image::imageops::FilterType;
 use image::{ImageFormat, ImageReader, Limits};
 use prost::Message as _;
 use tenx_common::cache::Cache;
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::queue::{Handler, HandlerError, Message, inbox};
 use tenx_proto::auth::v1::AvatarUploaded;
 use uuid::Uuid;

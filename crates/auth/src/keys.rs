@@ -11,14 +11,13 @@
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tenx_common::db::Prepared;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::sealed::SealKey;
 use tenx_proto::auth::v1::Jwk;
 

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tenx_common::db::Prepared;
 
 use tenx_common::authn::{self, Principal, Revoked};
 use tenx_common::cache::Cache;
-use tenx_common::db::{Db, WalPosition};
+use tenx_common::db::{Db, Prepared, WalPosition};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::auth::v1 as pb;
 use tenx_proto::auth::v1::auth_service_server::AuthService;
@@ -238,6 +237,11 @@ impl Core {
             let attempt = self.claim_attempt(&*conn, &email, client).await?;
             (attempt, store::login_row(&*conn, &email).await?)
         };
+        // Until the caller is told how the password fared, the claim is
+        // given back if this ends (the caller went away, the hashers were
+        // busy, the database failed): an answer never given reveals
+        // nothing, and must not count against the account's owner.
+        let mut claim = Claim::new(self.db.clone(), &email, client);
         // An unknown email is as slow as a known one, and fails the same.
         let verified = self
             .passwords
@@ -245,6 +249,7 @@ impl Core {
             .await?;
         let Some(account) = account.filter(|_| verified.ok) else {
             self.fail_attempt(&email, client, attempt).await?;
+            claim.settle();
             return Err(wrong);
         };
         let (id, user) = (account.user.id, account.user);
@@ -254,6 +259,7 @@ impl Core {
         let tx = conn.transaction().await?;
         // A lock set meanwhile by a concurrent failed guess wins.
         if self.locked(&tx, &email, client).await? {
+            claim.settle();
             return Err(AuthError::LockedOut {
                 retry_after: self.lock_delay(self.settings.login.max_failures),
             });
@@ -265,6 +271,8 @@ impl Core {
         }
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         tx.commit().await?;
+        // The attempts are gone with the commit: nothing to give back.
+        claim.settle();
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;
         Ok((pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
@@ -1201,5 +1209,57 @@ impl AuthService for AuthApi {
         let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.upload_avatar(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
+    }
+}
+
+/// One claimed password attempt (a number in `login_attempts`) whose
+/// outcome the caller has not been told yet. Dropped unsettled, it gives
+/// the number back (not below zero, and never while a lock holds), so a
+/// login abandoned half-way (its caller gone, the hashers busy, a database
+/// error) does not bring a legitimate user closer to a lockout. An
+/// attacker gains no guess by it: an abandoned attempt answers nothing.
+struct Claim {
+    db: Arc<Db>,
+    email: String,
+    client: String,
+    settled: bool,
+}
+
+impl Claim {
+    fn new(db: Arc<Db>, email: &str, client: &str) -> Self {
+        Self { db, email: email.to_owned(), client: client.to_owned(), settled: false }
+    }
+
+    /// The caller is told (or the count was reset): the claim stands.
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (db, email, client) =
+            (self.db.clone(), std::mem::take(&mut self.email), std::mem::take(&mut self.client));
+        runtime.spawn(async move {
+            let released = async {
+                db.write()
+                    .await?
+                    .execute_cached(
+                        "UPDATE login_attempts SET failures = failures - 1, updated_at = now() \
+                         WHERE email = $1 AND client = $2 AND failures > 0 \
+                           AND (locked_until IS NULL OR locked_until <= now())",
+                        &[&email, &client],
+                    )
+                    .await?;
+                Ok::<_, AuthError>(())
+            };
+            if let Err(error) = released.await {
+                tracing::warn!(%error, "an abandoned login attempt was not given back");
+            }
+        });
     }
 }

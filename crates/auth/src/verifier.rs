@@ -4,14 +4,13 @@
 //! auth for the same over gRPC; auth asks itself without the network.
 
 use std::sync::Arc;
-use tenx_common::db::Prepared;
 
 use futures_util::future::BoxFuture;
 use tenx_common::authn::{
     ApiKeyInfo, ApiKeyResolver, ApiKeys, Authenticator, AuthnError, AuthnSettings, Jwks, KeySource,
     RevocationLookup, Revocations, Revoked,
 };
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_proto::auth::v1 as pb;
 use uuid::Uuid;
 

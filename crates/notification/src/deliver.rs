@@ -3,7 +3,6 @@
 //! a redelivered event or a retried send never doubles anything.
 
 use std::sync::Arc;
-use tenx_common::db::Prepared;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tenx_common::cache::Cache;
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::metrics::{MetricSet, Metrics};
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;

@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use tenx_common::cache::Cache;
-use tenx_common::db::Db;
-use tenx_common::db::Prepared;
+use tenx_common::db::{Db, Prepared};
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 use std::time::SystemTime;
-use tenx_common::db::Prepared;
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tenx_common::authn::{self, Principal};
+use tenx_common::db::Prepared;
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::notification::v1 as pb;
 use tenx_proto::notification::v1::notification_service_server::NotificationService;

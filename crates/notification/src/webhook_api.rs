@@ -1,9 +1,8 @@
 //! The webhook RPCs of NotificationService: endpoints, attempts, dead letters.
 
 use std::time::SystemTime;
-use tenx_common::db::Prepared;
 
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::notification::v1 as pb;
 use tokio_postgres::Row;

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tenx_common::db::Prepared;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -16,7 +15,7 @@ use prost::Message as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_common::queue::{Handler, HandlerError, Message};
 use tenx_proto::auth::v1 as auth;

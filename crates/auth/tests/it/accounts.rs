@@ -33,6 +33,48 @@ async fn sign_up_normalises_the_email_and_a_duplicate_is_already_exists() -> any
 }
 
 #[tokio::test]
+async fn logins_abandoned_while_the_password_is_checked_do_not_lock_its_owner_out() -> anyhow::Result<()> {
+    // An overloaded edge gives up on logins whose hash is still running
+    // (the caller's deadline): each had claimed an attempt. Those never
+    // answered, so they must not count: after more of them than the limit
+    // allows, the owner still logs in.
+    let mut auth = TestAuth::start().await?;
+    let mut slow = auth.settings.clone();
+    slow.password.iterations = 60;
+    let i = auth.start_instance_with(slow).await?;
+    let mut client = auth.client(i).await?;
+    let email = unique_email();
+    sign_up(&mut client, &email).await?;
+    let login =
+        || pb::LoginRequest { email: email.clone(), password: PASSWORD.into(), device_name: String::new() };
+    let started = Instant::now();
+    client.login(login()).await?;
+    let check = started.elapsed();
+    anyhow::ensure!(check >= Duration::from_millis(200), "the hash is too fast to give up on ({check:?})");
+    for _ in 0..8 {
+        let gave_up = tokio::time::timeout(check / 4, client.login(login())).await;
+        assert!(gave_up.is_err(), "the caller gave up before the answer");
+        // The server sees the caller go; the hash it started runs out.
+        tokio::time::sleep(check).await;
+    }
+    let sql = auth.sql().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let claimed: i32 = sql
+            .query_opt("SELECT failures FROM login_attempts WHERE email = $1", &[&email])
+            .await?
+            .map_or(0, |row| row.get(0));
+        if claimed == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{claimed} abandoned attempts still count");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.login(login()).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn wrong_passwords_lock_the_account_with_retry_info_and_a_right_one_does_not_unlock_it()
 -> anyhow::Result<()> {
     let auth = TestAuth::start().await?;
