@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tenx_test_platform::{Platform, Service, Setup};
 use tenx_test_support::TestRedisServer;
 
-use support::{gateway, metric, reports, row, traffic};
+use support::{gateway, metric, raised_limits, reports, row, traffic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_fails_no_request_and_limits_fall_back_to_local() -> anyhow::Result<()> {
@@ -82,5 +82,85 @@ async fn a_rolling_restart_of_every_service_fails_no_request() -> anyhow::Result
         assert!(report.requests > 0, "{}: no request", report.scenario);
         assert_eq!(report.errors, 0, "{} during the restarts: {:?}", report.scenario, report.error_kinds);
     }
+    Ok(())
+}
+
+/// Two gateways, a client balancing over both (as a load balancer in
+/// front of the gateway's pods would), reads and profile updates through
+/// them, and each gateway restarted in turn the SIGTERM way: not one call
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_gateways_fails_no_call() -> anyhow::Result<()> {
+    use tenx_proto::auth::v1 as pb;
+    use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
+
+    let platform = Platform::start_instances(2).await?;
+    let mut gateways = vec![
+        platform.gateway_instance(raised_limits(&platform)?).await?,
+        platform.gateway_instance(raised_limits(&platform)?).await?,
+    ];
+    let urls: Vec<String> = gateways.iter().map(|g| format!("http://{}", g.running.grpc_addr)).collect();
+    let channel = tenx_common::grpc::connect(&tenx_common::grpc::ClientSettings::new(&urls.join(",")))?;
+    let mut client = AuthServiceClient::new(channel);
+    let email = format!("rolling-{}@example.com", uuid::Uuid::new_v4().simple());
+    let signed_up = client
+        .sign_up(pb::SignUpRequest { email, password: "correct horse battery".into(), ..Default::default() })
+        .await?
+        .into_inner();
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", signed_up.tokens.map(|t| t.access_token).unwrap_or_default()).parse()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut callers = Vec::new();
+    for caller in 0..4 {
+        let (mut client, bearer, stopped) = (client.clone(), bearer.clone(), stopped.clone());
+        callers.push(tokio::spawn(async move {
+            let (mut calls, mut failed) = (0u64, Vec::new());
+            while !*stopped.borrow() {
+                let outcome = if calls % 5 == 0 {
+                    let name = format!("caller {caller} call {calls}");
+                    let mut update = tonic::Request::new(pb::UpdateProfileRequest { display_name: name });
+                    update.metadata_mut().insert("authorization", bearer.clone());
+                    client.update_profile(update).await.map(|_| ())
+                } else {
+                    let mut read = tonic::Request::new(pb::GetUserRequest::default());
+                    read.metadata_mut().insert("authorization", bearer.clone());
+                    client.get_user(read).await.map(|_| ())
+                };
+                if let Err(status) = outcome {
+                    failed.push(format!("{:?}: {}", status.code(), status.message()));
+                }
+                calls += 1;
+            }
+            (calls, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarts = Instant::now();
+    for index in 0..gateways.len() {
+        let gateway = gateways.remove(index);
+        gateways.insert(index, platform.restart_gateway(gateway).await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = restarts.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true)?;
+    let (mut calls, mut failed) = (0, Vec::new());
+    for caller in callers {
+        let (n, errors) = caller.await?;
+        calls += n;
+        failed.extend(errors);
+    }
+    println!(
+        "| Rolling restart (the SIGTERM path) of each of 2 gateways, callers balancing over both | {calls} reads and profile updates | {} | 0 | 0 | {:.1} s for both |",
+        failed.len(),
+        took.as_secs_f64()
+    );
+    assert!(calls > 100, "only {calls} calls");
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     Ok(())
 }

@@ -48,6 +48,19 @@ pub struct Platform {
     pub gateway_prefix: String,
 }
 
+/// A gateway of the platform that a test restarts.
+pub struct Gateway {
+    pub running: tenx_gateway::Running,
+    settings: GatewaySettings,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("grpc", &self.running.grpc_addr).finish_non_exhaustive()
+    }
+}
+
 /// How a platform is started ([`Platform::start_setup`]).
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
@@ -351,6 +364,28 @@ impl Platform {
         self.gateway_with_metrics(settings, Metrics::default()).await
     }
 
+    /// A gateway that can be restarted on its own ([`Platform::restart_gateway`]).
+    pub async fn gateway_instance(&self, settings: GatewaySettings) -> anyhow::Result<Gateway> {
+        let shutdown = self.shutdown.child();
+        let running = tenx_gateway::App::build(settings.clone(), Metrics::default())
+            .await?
+            .spawn(shutdown.clone())
+            .await?;
+        Ok(Gateway { running, settings, shutdown })
+    }
+
+    /// Stops `gateway` as SIGTERM does (it drains and ends), then starts a
+    /// new one on the same ports; returns once the new one serves.
+    pub async fn restart_gateway(&self, gateway: Gateway) -> anyhow::Result<Gateway> {
+        let Gateway { running, mut settings, shutdown } = gateway;
+        shutdown.trigger();
+        running.task.await??;
+        settings.server.listen = running.grpc_addr;
+        settings.server.admin_listen = running.admin_addr;
+        settings.http.listen = running.http_addr.to_string();
+        self.gateway_instance(settings).await
+    }
+
     /// A gateway whose metrics the test reads.
     pub async fn gateway_with_metrics(
         &self,
@@ -375,21 +410,29 @@ fn listen_on(server: &mut tenx_common::grpc::ServerSettings, addrs: Option<Addrs
     }
 }
 
+/// Starts one instance of a service crate's `App` on `$settings`, on
+/// `$addrs` (a restart) or free ports, under a child of `$parent`.
+macro_rules! start_instance {
+    ($krate:ident, $service:expr, $settings:expr, $addrs:expr, $metrics:expr, $parent:expr) => {{
+        let mut settings = $settings.clone();
+        listen_on(&mut settings.server, $addrs);
+        let shutdown = $parent.child();
+        let running = $krate::App::build(settings, $metrics).await?.spawn(shutdown.clone()).await?;
+        Ok(Instance {
+            service: $service,
+            addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
+            shutdown,
+            task: tokio::spawn(async move { Ok(running.task.await??) }),
+        })
+    }};
+}
+
 async fn start_auth(
     settings: &AuthSettings,
     addrs: Option<Addrs>,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    let mut settings = settings.clone();
-    listen_on(&mut settings.server, addrs);
-    let shutdown = parent.child();
-    let running = tenx_auth::App::build(settings, Metrics::default()).await?.spawn(shutdown.clone()).await?;
-    Ok(Instance {
-        service: Service::Auth,
-        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
-        shutdown,
-        task: tokio::spawn(async move { Ok(running.task.await??) }),
-    })
+    start_instance!(tenx_auth, Service::Auth, settings, addrs, Metrics::default(), parent)
 }
 
 async fn start_notification(
@@ -397,17 +440,7 @@ async fn start_notification(
     addrs: Option<Addrs>,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    let mut settings = settings.clone();
-    listen_on(&mut settings.server, addrs);
-    let shutdown = parent.child();
-    let running =
-        tenx_notification::App::build(settings, Metrics::default()).await?.spawn(shutdown.clone()).await?;
-    Ok(Instance {
-        service: Service::Notification,
-        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
-        shutdown,
-        task: tokio::spawn(async move { Ok(running.task.await??) }),
-    })
+    start_instance!(tenx_notification, Service::Notification, settings, addrs, Metrics::default(), parent)
 }
 
 async fn start_billing(
@@ -416,16 +449,7 @@ async fn start_billing(
     metrics: Metrics,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    let mut settings = settings.clone();
-    listen_on(&mut settings.server, addrs);
-    let shutdown = parent.child();
-    let running = tenx_billing::App::build(settings, metrics).await?.spawn(shutdown.clone()).await?;
-    Ok(Instance {
-        service: Service::Billing,
-        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
-        shutdown,
-        task: tokio::spawn(async move { Ok(running.task.await??) }),
-    })
+    start_instance!(tenx_billing, Service::Billing, settings, addrs, metrics, parent)
 }
 
 /// The PgBouncer name of `db` on the primary or the replica.

@@ -177,11 +177,6 @@ impl Balanced {
         }
         Ok(Self { pool })
     }
-
-    /// The endpoints' URLs now (what DNS said last).
-    pub fn endpoints(&self) -> Vec<String> {
-        self.pool.current().iter().map(|e| e.url.clone()).collect()
-    }
 }
 
 /// The endpoints `targets` name now, keeping those already in `current`

@@ -13,17 +13,22 @@ use tenx_load::engine::{Mode, Plan};
 use tenx_load::report::Report;
 use tenx_test_platform::Platform;
 
-/// A gateway in front of `platform` with its limits raised (one address
-/// and a few users make every call), and its metrics.
-pub async fn gateway(platform: &Platform) -> anyhow::Result<(tenx_gateway::Running, Metrics)> {
+/// Gateway settings for `platform` with the limits raised (one address
+/// and a few users make every call; the limits stay on, higher).
+pub fn raised_limits(platform: &Platform) -> anyhow::Result<tenx_gateway::GatewaySettings> {
     let mut settings = platform.gateway_settings()?;
     settings.limits.user_requests = 1_000_000;
     for route in ["auth_signup", "auth_login"] {
         let raised = RouteOverride { requests: Some(100_000), period_seconds: Some(60), timeout_ms: None };
         settings.routes.insert(route.into(), raised);
     }
+    Ok(settings)
+}
+
+/// A gateway in front of `platform` with its limits raised, and its metrics.
+pub async fn gateway(platform: &Platform) -> anyhow::Result<(tenx_gateway::Running, Metrics)> {
     let metrics = Metrics::default();
-    Ok((platform.gateway_with_metrics(settings, metrics.clone()).await?, metrics))
+    Ok((platform.gateway_with_metrics(raised_limits(platform)?, metrics.clone()).await?, metrics))
 }
 
 /// `scenarios` through the gateway's gRPC door for `duration`, side by side.
