@@ -81,6 +81,11 @@ fn instances(args: &[String]) -> Result<u16, String> {
     }
 }
 
+/// ` #n` naming instance `i` when there are several, else nothing.
+fn tag(i: u16, instances: u16) -> String {
+    if instances > 1 { format!(" #{}", i + 1) } else { String::new() }
+}
+
 /// `addr` moved up by `by` ports.
 fn shifted(addr: std::net::SocketAddr, by: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::new(addr.ip(), addr.port() + by)
@@ -124,60 +129,44 @@ async fn run(instances: u16) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
     let mut tasks = tokio::task::JoinSet::new();
+    // Instance `i` of a service crate's `App`, on its ports + 100 × i, with
+    // its own registry (each serves its own /metrics); returns what runs.
+    macro_rules! serve {
+        ($krate:ident, $name:literal, $settings:expr, $i:expr) => {{
+            let mut settings = $settings.clone();
+            settings.server.listen = shifted(settings.server.listen, 100 * $i);
+            settings.server.admin_listen = shifted(settings.server.admin_listen, 100 * $i);
+            let running =
+                $krate::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+            println!(
+                "tenx-dev: {}{} gRPC on {} (metrics and health on http://{})",
+                $name,
+                tag($i, instances),
+                running.grpc_addr,
+                running.admin_addr
+            );
+            running
+        }};
+    }
     for i in 0..instances {
-        let by = 100 * i;
-        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
-        // One registry per instance: each serves its own /metrics.
-        let mut settings = auth.clone();
-        settings.server.listen = shifted(settings.server.listen, by);
-        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
-        let running =
-            tenx_auth::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
-        println!(
-            "tenx-dev: auth{tag} gRPC on {} (metrics and health on http://{})",
-            running.grpc_addr, running.admin_addr
-        );
+        let running = serve!(tenx_auth, "auth", auth, i);
         tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
     }
     for i in 0..instances {
-        let by = 100 * i;
-        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
-        let mut settings = notification.clone();
-        settings.server.listen = shifted(settings.server.listen, by);
-        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
-        let running = tenx_notification::App::build(settings, Metrics::default())
-            .await?
-            .spawn(shutdown.child())
-            .await?;
-        println!(
-            "tenx-dev: notification{tag} gRPC on {} (metrics and health on http://{})",
-            running.grpc_addr, running.admin_addr
-        );
+        let running = serve!(tenx_notification, "notification", notification, i);
         tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
-        let mut settings = billing.clone();
-        settings.server.listen = shifted(settings.server.listen, by);
-        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
-        let running =
-            tenx_billing::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
-        println!(
-            "tenx-dev: billing{tag} gRPC on {} (metrics and health on http://{})",
-            running.grpc_addr, running.admin_addr
-        );
+        let running = serve!(tenx_billing, "billing", billing, i);
         tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
     }
     for i in 0..instances {
-        let by = 100 * i;
-        let tag = if instances > 1 { format!(" #{}", i + 1) } else { String::new() };
         let mut settings = gateway.clone();
-        settings.server.listen = shifted(settings.server.listen, by);
-        settings.server.admin_listen = shifted(settings.server.admin_listen, by);
         let http: std::net::SocketAddr = settings.http.listen.parse()?;
-        settings.http.listen = shifted(http, by).to_string();
-        let running =
-            tenx_gateway::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+        settings.http.listen = shifted(http, 100 * i).to_string();
+        let running = serve!(tenx_gateway, "gateway", settings, i);
         println!(
-            "tenx-dev: gateway{tag} HTTP on http://{} (OpenAPI at /openapi.json), gRPC on {} (metrics and health on http://{})",
-            running.http_addr, running.grpc_addr, running.admin_addr
+            "tenx-dev: gateway{} HTTP on http://{} (OpenAPI at /openapi.json)",
+            tag(i, instances),
+            running.http_addr
         );
         tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
     }

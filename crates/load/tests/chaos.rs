@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tenx_test_platform::{Platform, Setup};
 
-use support::{column, gateway, mails_to, reports, row, traffic};
+use support::{assert_none_failed, column, gateway, mails_to, reports, row, signed_up, traffic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_away_30_s_during_signups_fails_none_and_every_welcome_email_arrives_once()
@@ -57,10 +57,7 @@ async fn rabbitmq_away_30_s_during_signups_fails_none_and_every_welcome_email_ar
         &twice.to_string(),
         recovery,
     );
-    for report in &reports {
-        assert!(report.requests > 0, "{}: no request", report.scenario);
-        assert_eq!(report.errors, 0, "{} with the broker away: {:?}", report.scenario, report.error_kinds);
-    }
+    assert_none_failed(&reports, "with the broker away");
     assert_eq!(twice, 0, "a welcome email arrived twice");
     assert!(in_app.is_empty(), "an in-app item twice: {in_app:?}");
     Ok(())
@@ -107,16 +104,10 @@ async fn read_your_writes(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(u64, u64, u64)> {
     use tenx_proto::auth::v1 as pb;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{auth}"))?.connect().await?;
+    let channel =
+        tenx_common::grpc::connect(&tenx_common::grpc::ClientSettings::new(&format!("http://{auth}")))?;
     let mut client = pb::auth_service_client::AuthServiceClient::new(channel);
-    let email = format!("ryw-{}@example.com", uuid::Uuid::new_v4().simple());
-    let signed_up = client
-        .sign_up(pb::SignUpRequest { email, password: "correct horse battery".into(), ..Default::default() })
-        .await?
-        .into_inner();
-    let id = signed_up.user.map(|u| u.id).unwrap_or_default();
-    let bearer: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", signed_up.tokens.map(|t| t.access_token).unwrap_or_default()).parse()?;
+    let (id, bearer) = signed_up(&mut client, "ryw").await?;
     let (mut checks, mut wrong, mut failed) = (0, 0, 0);
     while !*stop.borrow() {
         let name = format!("name {checks}");
@@ -186,14 +177,7 @@ async fn replica_paused_then_stopped_fails_no_read_and_every_read_sees_its_write
     let reports = reports(loads).await?;
     row("Replica replay paused 6 s, then the replica gone 6 s", &reports, "0", "0", back.elapsed());
     println!("read-your-writes: {checks} write-then-read pairs, {wrong} stale, {failed} failed");
-    for report in &reports {
-        assert!(report.requests > 0, "{}: no request", report.scenario);
-        assert_eq!(
-            report.errors, 0,
-            "{} with the replica behind or gone: {:?}",
-            report.scenario, report.error_kinds
-        );
-    }
+    assert_none_failed(&reports, "with the replica behind or gone");
     assert!(checks > 10, "only {checks} write-then-read pairs");
     assert_eq!((wrong, failed), (0, 0), "a read missed its own write, or failed");
     Ok(())

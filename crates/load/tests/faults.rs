@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tenx_test_platform::{Platform, Service, Setup};
 use tenx_test_support::TestRedisServer;
 
-use support::{gateway, metric, raised_limits, reports, row, traffic};
+use support::{assert_none_failed, gateway, metric, raised_limits, reports, row, signed_up, traffic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_fails_no_request_and_limits_fall_back_to_local() -> anyhow::Result<()> {
@@ -41,10 +41,7 @@ async fn redis_killed_and_restarted_fails_no_request_and_limits_fall_back_to_loc
     let recovery = restarted.elapsed();
     let reports = reports(loads).await?;
     row("Redis killed (SIGKILL) 3 s, restarted empty", &reports, "0", "0", recovery);
-    for report in &reports {
-        assert!(report.requests > 0, "{}: no request", report.scenario);
-        assert_eq!(report.errors, 0, "{} with Redis down: {:?}", report.scenario, report.error_kinds);
-    }
+    assert_none_failed(&reports, "with Redis down");
     Ok(())
 }
 
@@ -78,10 +75,7 @@ async fn a_rolling_restart_of_every_service_fails_no_request() -> anyhow::Result
         "0",
         took,
     );
-    for report in &reports {
-        assert!(report.requests > 0, "{}: no request", report.scenario);
-        assert_eq!(report.errors, 0, "{} during the restarts: {:?}", report.scenario, report.error_kinds);
-    }
+    assert_none_failed(&reports, "during the restarts");
     Ok(())
 }
 
@@ -102,13 +96,7 @@ async fn a_rolling_restart_of_the_gateways_fails_no_call() -> anyhow::Result<()>
     let urls: Vec<String> = gateways.iter().map(|g| format!("http://{}", g.running.grpc_addr)).collect();
     let channel = tenx_common::grpc::connect(&tenx_common::grpc::ClientSettings::new(&urls.join(",")))?;
     let mut client = AuthServiceClient::new(channel);
-    let email = format!("rolling-{}@example.com", uuid::Uuid::new_v4().simple());
-    let signed_up = client
-        .sign_up(pb::SignUpRequest { email, password: "correct horse battery".into(), ..Default::default() })
-        .await?
-        .into_inner();
-    let bearer: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", signed_up.tokens.map(|t| t.access_token).unwrap_or_default()).parse()?;
+    let (_, bearer) = signed_up(&mut client, "rolling").await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut callers = Vec::new();
     for caller in 0..4 {

@@ -11,6 +11,7 @@
 //! - [`TestRedisServer`]: a Redis of the test's own, to kill and restart.
 //! - [`TestPgBouncer`]: a PgBouncer of the test's own, in transaction
 //!   mode, in front of its databases.
+//! - [`mails`]: what the local SMTP sink kept.
 //! - [`bench`]: benchmark figures printed beside a committed baseline.
 //! - [`binary`]: checks every service binary must pass (migrate, serve with
 //!   health, reflection and metrics, SIGTERM, a bad setting).
@@ -27,6 +28,7 @@ mod pg;
 mod pgbouncer;
 mod redis_prefix;
 mod redis_server;
+mod smtp_sink;
 mod wait;
 
 pub use amqp::TestAmqp;
@@ -35,6 +37,7 @@ pub use pg::{TestDb, pg_url};
 pub use pgbouncer::{Bounced, TestPgBouncer};
 pub use redis_prefix::TestRedis;
 pub use redis_server::TestRedisServer;
+pub use smtp_sink::{Mail, mails};
 pub use wait::{eventually, http_get};
 
 /// A short unique name part for this test: `t<pid hex><random hex>`.

@@ -102,6 +102,36 @@ pub fn row(fault: &str, reports: &[Report], lost: &str, duplicates: &str, recove
     );
 }
 
+/// Every scenario in `reports` made requests and none failed, `during`
+/// the fault.
+pub fn assert_none_failed(reports: &[Report], during: &str) {
+    for report in reports {
+        assert!(report.requests > 0, "{}: no request", report.scenario);
+        assert_eq!(report.errors, 0, "{} {during}: {:?}", report.scenario, report.error_kinds);
+    }
+}
+
+/// Signs a fresh user up through `client`: its id and `Bearer <access
+/// token>`, to call as it.
+pub async fn signed_up(
+    client: &mut tenx_proto::auth::v1::auth_service_client::AuthServiceClient<
+        tenx_common::grpc::TracedChannel,
+    >,
+    label: &str,
+) -> anyhow::Result<(String, tonic::metadata::MetadataValue<tonic::metadata::Ascii>)> {
+    let email = format!("{label}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let request = tenx_proto::auth::v1::SignUpRequest {
+        email,
+        password: "correct horse battery".into(),
+        ..Default::default()
+    };
+    let signed_up = client.sign_up(request).await?.into_inner();
+    let id = signed_up.user.map(|u| u.id).unwrap_or_default();
+    let bearer =
+        format!("Bearer {}", signed_up.tokens.map(|t| t.access_token).unwrap_or_default()).parse()?;
+    Ok((id, bearer))
+}
+
 /// `sql` on `url`: its first column of every row, as text.
 pub async fn column(url: &str, sql: &str) -> anyhow::Result<Vec<String>> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -113,22 +143,9 @@ pub async fn column(url: &str, sql: &str) -> anyhow::Result<Vec<String>> {
 pub fn mails_to(
     recipients: &std::collections::BTreeSet<String>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
-    let maildir =
-        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into());
     let mut found = std::collections::BTreeMap::new();
-    for sub in ["new", "cur"] {
-        let Ok(entries) = std::fs::read_dir(std::path::Path::new(&maildir).join(sub)) else { continue };
-        for entry in entries {
-            let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
-            let to = text.lines().take_while(|l| !l.is_empty()).find_map(|l| {
-                l.strip_prefix("To:").map(|v| v.trim().trim_matches(['<', '>']).to_ascii_lowercase())
-            });
-            if let Some(to) = to
-                && recipients.contains(&to)
-            {
-                *found.entry(to).or_insert(0) += 1;
-            }
-        }
+    for mail in tenx_test_support::mails()?.into_iter().filter(|m| recipients.contains(&m.to)) {
+        *found.entry(mail.to).or_insert(0) += 1;
     }
     Ok(found)
 }

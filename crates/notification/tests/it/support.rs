@@ -182,23 +182,7 @@ pub fn unique_email() -> String {
 
 /// Every message the SMTP sink kept for `to`, raw.
 pub fn mails_to(to: &str) -> anyhow::Result<Vec<String>> {
-    let maildir =
-        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into());
-    let mut found = Vec::new();
-    for sub in ["new", "cur"] {
-        let Ok(entries) = std::fs::read_dir(std::path::Path::new(&maildir).join(sub)) else { continue };
-        for entry in entries {
-            let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
-            let addressed = text.lines().take_while(|l| !l.is_empty()).any(|l| {
-                let lower = l.to_ascii_lowercase();
-                lower.starts_with("to:") && lower.contains(to)
-            });
-            if addressed {
-                found.push(text);
-            }
-        }
-    }
-    Ok(found)
+    Ok(tenx_test_support::mails()?.into_iter().filter(|m| m.to.contains(to)).map(|m| m.raw).collect())
 }
 
 /// Waits until `count` messages for `to` arrived, then a little longer to
