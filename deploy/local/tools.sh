@@ -7,7 +7,8 @@
 #   deploy/local/tools.sh buf      # only buf
 #   deploy/local/tools.sh deploy   # the deployment checkers (deploy/tests):
 #                                  # Python packages in the venv, plus buildah,
-#                                  # skopeo and umoci from apt
+#                                  # skopeo and umoci from apt, promtool
+#                                  # unpacked from Debian's prometheus
 #   deploy/local/tools.sh bench    # nginx (the gateway benchmark's anchor)
 set -euo pipefail
 
@@ -130,6 +131,27 @@ install_deploy_apt() {
   install_apt deploy buildah=buildah skopeo=skopeo umoci=umoci
 }
 
+# promtool (Prometheus's rule checker and rule unit tester) from the
+# distribution's prometheus package, unpacked into .tools/ rather than
+# installed: only the checker is needed, not a Prometheus server started
+# by the package's scripts.
+install_promtool() {
+  local dir="$TOOLS/prometheus" promtool="$TOOLS/prometheus/usr/bin/promtool"
+  [[ -x $promtool ]] && "$promtool" --version >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "promtool: no apt-get to fetch Debian's prometheus package"
+  rm -rf "$dir" && mkdir -p "$dir"
+  if ! (cd "$dir" && apt-get download prometheus) >>"$LOG" 2>&1; then
+    # A machine whose package lists were never fetched.
+    local sudo=()
+    [[ $(id -u) -ne 0 ]] && sudo=(sudo -n)
+    { "${sudo[@]}" apt-get update -qq && (cd "$dir" && apt-get download prometheus); } >>"$LOG" 2>&1 \
+      || die "promtool: apt-get download prometheus failed; see $LOG"
+  fi
+  dpkg-deb -x "$dir"/prometheus_*.deb "$dir" >>"$LOG" 2>&1 || die "promtool: could not unpack the package; see $LOG"
+  rm -f "$dir"/prometheus_*.deb
+  "$promtool" --version >/dev/null 2>&1 || die "promtool: unpacked but $promtool does not run; see $LOG"
+}
+
 # nginx: the proxy the gateway's benchmark compares itself with.
 install_bench() {
   install_apt bench nginx=nginx-light
@@ -151,7 +173,7 @@ case "${1:-all}" in
   all)    install_buf; install_venv ;;
   buf)    install_buf ;;
   venv)   install_venv ;;
-  deploy) install_deploy_python; install_deploy_apt ;;
+  deploy) install_deploy_python; install_deploy_apt; install_promtool ;;
   bench)  install_bench ;;
   fonts)  install_fonts ;;
   *)      die "usage: $0 [all|buf|venv|deploy|bench|fonts]" ;;

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 import chart_readme
+import dashboards
 import render as r
 import tenx_deploy as td
 
@@ -207,7 +208,8 @@ class Lint(unittest.TestCase):
     def test_every_scenario_renders_what_it_asks_for(self):
         kinds = lambda n: {d["kind"] for d in r.manifests(r.rendered(n))}  # noqa: E731
         self.assertLessEqual(
-            {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "Ingress", "HTTPRoute"},
+            {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PrometheusRule",
+             "Ingress", "HTTPRoute"},
             kinds("features-on"),
         )
         self.assertNotIn("Secret", kinds("existing-secret"))
@@ -709,6 +711,134 @@ class Workloads(unittest.TestCase):
         with self.assertRaises(helm_python.HelmError) as caught:
             r.render({"pgbouncer": {"enabled": True}})
         self.assertIn("pgbouncer.authSecret", str(caught.exception))
+
+
+ALERTS = td.CHART / "files" / "alerts.yaml"
+ALERT_TESTS = Path(__file__).parent / "promtool" / "alerts_test.yaml"
+PROMTOOL = td.ROOT / ".tools" / "prometheus" / "usr" / "bin" / "promtool"
+OBSERVABILITY = td.ROOT / "docs" / "OBSERVABILITY.md"
+
+
+def documented_metrics() -> set[str]:
+    """The metric names in docs/OBSERVABILITY.md's tables."""
+    return set(re.findall(r"^\| `(tenx_[a-z0-9_]+)`", OBSERVABILITY.read_text(), re.M))
+
+
+def queried_metrics(expr: str) -> set[str]:
+    """The tenx metric families a PromQL expression reads (a histogram's
+    _bucket/_sum/_count by its base name; recording rules' names, which
+    hold a colon, are not metrics)."""
+    names = set(re.findall(r"(?<![:\w])(tenx_[a-z0-9_]+)(?![:\w])", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count")) else n for n in names}
+
+
+def promtool(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PROMTOOL), *map(str, args)], capture_output=True, text=True)
+
+
+class Observability(unittest.TestCase):
+    def test_alert_rules_pass_promtool_check_and_their_unit_tests(self):
+        check = promtool("check", "rules", ALERTS)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        tests = promtool("test", "rules", ALERT_TESTS)
+        self.assertEqual(tests.returncode, 0, tests.stdout + tests.stderr)
+
+    def test_promtool_catches_a_broken_rule_and_a_failing_alert_test(self):
+        rules = yaml.safe_load(ALERTS.read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            broken = copy_rules(rules)
+            broken["groups"][1]["rules"][0]["expr"] = "max by (queue) (tenx_queue_depth{kind=)"
+            path = Path(tmp) / "broken.yaml"
+            path.write_text(yaml.safe_dump(broken))
+            self.assertNotEqual(promtool("check", "rules", path).returncode, 0)
+            # An alert that no longer fires fails its unit test.
+            quiet = copy_rules(rules)
+            quiet["groups"][1]["rules"][0]["expr"] = 'max by (queue) (tenx_queue_depth{kind="dead_letter"}) > 100'
+            rules_path = Path(tmp) / "rules.yaml"
+            rules_path.write_text(yaml.safe_dump(quiet))
+            tests = yaml.safe_load(ALERT_TESTS.read_text())
+            tests["rule_files"] = [str(rules_path)]
+            tests_path = Path(tmp) / "tests.yaml"
+            tests_path.write_text(yaml.safe_dump(tests))
+            run = promtool("test", "rules", tests_path)
+            self.assertNotEqual(run.returncode, 0)
+            self.assertIn("TenxDeadLetters", run.stdout + run.stderr)
+
+    def test_the_prometheus_rule_ships_the_rules_file_as_it_is(self):
+        docs = r.manifests(r.rendered("features-on"))
+        (rule,) = r.find(docs, "PrometheusRule")
+        self.assertEqual(rule["spec"], yaml.safe_load(ALERTS.read_text()), "Helm must not template {{ $labels }}")
+        self.assertEqual(rule["metadata"]["labels"]["release"], "kube-prometheus")
+        self.assertEqual(r.find(r.manifests(r.rendered("defaults")), "PrometheusRule"), [], "off by default")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(rule["spec"], f)
+            f.flush()
+            check = promtool("check", "rules", f.name)
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_alerts_query_only_documented_metrics(self):
+        documented = documented_metrics()
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule["record"]
+                queried = queried_metrics(rule["expr"])
+                self.assertTrue(queried or ":" in rule["expr"], f"{name} reads no metric")
+                self.assertLessEqual(queried, documented, f"{name} reads metrics docs/OBSERVABILITY.md does not list")
+
+    def test_every_documented_metric_is_registered_by_a_service(self):
+        registered = set()
+        for path in td.ROOT.glob("crates/*/src/**/*.rs"):
+            registered |= set(re.findall(r'register\(\s*"([a-z0-9_]+)"', path.read_text()))
+        self.assertGreater(len(registered), 30)
+        for name in documented_metrics():
+            family = re.sub(r"_total$", "", name.removeprefix("tenx_"))
+            self.assertIn(family, registered, f"{name} is documented but no code registers {family!r}")
+
+    def test_dashboards_are_generated_from_dashboards_py(self):
+        files = {p.name: p.read_text() for p in (td.CHART / "dashboards").glob("*.json")}
+        wanted = {name: dashboards.text(board) for name, board in dashboards.boards().items()}
+        self.assertEqual(files, wanted, "stale: run .tools/venv/bin/python deploy/tests/gen.py")
+
+    def test_every_dashboard_query_parses_and_reads_only_documented_metrics(self):
+        documented = documented_metrics()
+        rules, uids = [], set()
+        for name, board in dashboards.boards().items():
+            self.assertNotIn(board["uid"], uids)
+            uids.add(board["uid"])
+            panels = [p for p in board["panels"] if p["type"] != "row"]
+            self.assertGreater(len(panels), 5, name)
+            for panel in panels:
+                self.assertEqual(panel["datasource"]["uid"], "${datasource}", f"{name}: {panel['title']}")
+                for target in panel["targets"]:
+                    queried = queried_metrics(target["expr"])
+                    self.assertTrue(queried, f"{name}: {panel['title']} reads no metric")
+                    self.assertLessEqual(queried, documented, f"{name}: {panel['title']}")
+                    # Grafana's variables as a value PromQL takes, then
+                    # parsed by promtool as a recording rule.
+                    expr = target["expr"].replace("$__rate_interval", "5m").replace("$job", "tenx-x")
+                    rules.append({"record": f"dashboard:q{len(rules)}", "expr": expr})
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}, f)
+            f.flush()
+            check = promtool("check", "rules", f.name)
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.assertGreater(len(rules), 60)
+
+    def test_dashboards_ship_as_configmaps_for_grafanas_sidecar(self):
+        docs = r.manifests(r.rendered("features-on"))
+        maps = [d for d in r.find(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+        shipped = {k: v for d in maps for k, v in d["data"].items()}
+        files = {p.name: p.read_text() for p in (td.CHART / "dashboards").glob("*.json")}
+        self.assertEqual(set(shipped), set(files))
+        for name, text in shipped.items():
+            self.assertEqual(json.loads(text), json.loads(files[name]), f"{name} must ship as it is")
+        self.assertTrue(all(d["metadata"]["annotations"]["grafana_folder"] == "tenx" for d in maps))
+        defaults = r.manifests(r.rendered("defaults"))
+        self.assertFalse([d for d in r.find(defaults, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]])
+
+
+def copy_rules(rules: dict) -> dict:
+    return json.loads(json.dumps(rules))
 
 
 class Secrets(unittest.TestCase):

@@ -120,7 +120,7 @@ pub async fn serve(
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
+        state.metrics.scrape().await,
     )
 }
 

@@ -19,6 +19,7 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Deserialize;
 use tokio_postgres::NoTls;
 
@@ -202,10 +203,23 @@ struct FallbackLabels {
     reason: FallbackReason,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct DbMetrics {
     reads: Family<ServedLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    /// Time to get a connection from a pool (a new one, or an idle one).
+    wait: Family<crate::probes::PoolLabels, Histogram>,
+}
+
+impl Default for DbMetrics {
+    fn default() -> Self {
+        Self {
+            reads: Family::default(),
+            fallbacks: Family::default(),
+            // 0.1 ms to 6.5 s.
+            wait: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 4.0, 9))),
+        }
+    }
 }
 
 impl MetricSet for DbMetrics {
@@ -216,6 +230,11 @@ impl MetricSet for DbMetrics {
             "db_replica_fallbacks",
             "Reads sent to the primary because the replica was unavailable or lagging",
             set.fallbacks.clone(),
+        );
+        metrics.register(
+            "db_pool_wait_seconds",
+            "Time callers waited for a connection of a Postgres pool",
+            set.wait.clone(),
         );
         set
     }
@@ -236,6 +255,13 @@ pub struct Db {
     /// The last position read by [`Db::position_after_commit`] and when
     /// its query was sent.
     last_position: tokio::sync::Mutex<Option<(Instant, Result<WalPosition, String>)>>,
+    probe: Probes,
+}
+
+/// One-connection pools of the metric probes ([`crate::probes`]).
+struct Probes {
+    primary: Pool,
+    replica: Option<Pool>,
 }
 
 impl std::fmt::Debug for Db {
@@ -265,9 +291,27 @@ impl Db {
             .as_ref()
             .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Fast))
             .transpose()?;
+        // The metric probes' own connection to each server: a scrape
+        // neither waits behind the service's callers for a pooled one nor
+        // shows up among the waiters it reports. Opened at the first scrape.
+        let mut one = settings.clone();
+        one.max_connections = 1;
+        let probe = Probes {
+            primary: build_pool(&one, settings.primary_url.expose(), app_name, RecyclingMethod::Fast)?,
+            replica: (settings.replica_url.as_ref())
+                .map(|url| build_pool(&one, url.expose(), app_name, RecyclingMethod::Fast))
+                .transpose()?,
+        };
+        crate::probes::watch_pools(
+            metrics,
+            app_name,
+            [&primary, &probe.primary],
+            replica.as_ref().zip(probe.replica.as_ref()),
+        );
         Ok(Self {
             primary,
             replica,
+            probe,
             replica_skip_until: Mutex::new(None),
             replica_retry: Duration::from_millis(settings.replica_retry_ms),
             replica_budget: Duration::from_millis(settings.connect_timeout_ms),
@@ -331,6 +375,18 @@ impl Db {
         Ok(())
     }
 
+    /// The application name the pools were built for (the `pool` label of
+    /// their metrics).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metric probes' one-connection pool on the primary (in the
+    /// service's schema).
+    pub(crate) fn probe_pool(&self) -> &Pool {
+        &self.probe.primary
+    }
+
     /// The primary pool, for components (outbox relay, migrations) that
     /// hold a connection for a long time.
     pub fn primary_pool(&self) -> &Pool {
@@ -338,7 +394,16 @@ impl Db {
     }
 
     async fn primary_conn(&self) -> Result<Conn, DbError> {
-        Ok(Conn { client: self.primary.get().await?, role: Role::Primary })
+        let asked = Instant::now();
+        let client = self.primary.get().await;
+        self.waited(Role::Primary, asked);
+        Ok(Conn { client: client?, role: Role::Primary })
+    }
+
+    /// Records how long a caller waited for a connection (given or not).
+    fn waited(&self, role: Role, asked: Instant) {
+        let labels = crate::probes::PoolLabels { pool: self.name.clone(), role };
+        self.metrics.wait.get_or_create(&labels).observe(asked.elapsed().as_secs_f64());
     }
 
     /// The replica connection if it may serve this read, else `None`.
@@ -350,7 +415,10 @@ impl Db {
         }
         // Bounded: a new connection to a black-holed replica must not
         // stall the read.
-        let client = match tokio::time::timeout(self.replica_budget, pool.get()).await {
+        let asked = Instant::now();
+        let got = tokio::time::timeout(self.replica_budget, pool.get()).await;
+        self.waited(Role::Replica, asked);
+        let client = match got {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "replica unavailable; reading from the primary");

@@ -29,6 +29,7 @@ pub mod db;
 pub mod grpc;
 pub mod metrics;
 pub mod outbox;
+pub mod probes;
 pub mod queue;
 pub mod sealed;
 pub mod shutdown;

@@ -7,7 +7,9 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::{Metric, Registry};
 
@@ -19,7 +21,18 @@ pub struct Metrics {
     /// kind (four services' pools in `tenx-dev`) share one family each
     /// instead of registering duplicates.
     sets: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+    /// Samplers of state that lives elsewhere (a queue's depth, a table's
+    /// backlog), run at each scrape: see [`Metrics::probe`].
+    probes: Arc<Mutex<Vec<Probe>>>,
 }
+
+/// A sampler: a future that refreshes its gauges, or `None` once what it
+/// samples is gone (it is then dropped).
+type Probe = Arc<dyn Fn() -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+
+/// Longest a probe may take at a scrape; one that takes longer leaves its
+/// gauges as they were (each probe removes what it could not read).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A group of metric families a component kind registers once per
 /// registry; instances tell themselves apart by labels.
@@ -52,6 +65,37 @@ impl Metrics {
         let created = T::register(self);
         sets.insert(TypeId::of::<T>(), Box::new(created.clone()));
         created
+    }
+
+    /// Adds a sampler run at every [`Metrics::scrape`]: state read from
+    /// elsewhere (RabbitMQ, a table) is fresh when Prometheus asks, costs
+    /// nothing when nobody does, and needs no interval of its own. The
+    /// closure returns `None` once what it samples is gone (hold that by a
+    /// `Weak`), and the probe is dropped.
+    pub fn probe<F>(&self, probe: F)
+    where
+        F: Fn() -> Option<BoxFuture<'static, ()>> + Send + Sync + 'static,
+    {
+        self.probes.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::new(probe));
+    }
+
+    /// Runs every probe (concurrently, each bounded by [`PROBE_TIMEOUT`]),
+    /// then renders: what `/metrics` serves.
+    pub async fn scrape(&self) -> String {
+        let running: Vec<_> = {
+            let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut running = Vec::with_capacity(probes.len());
+            probes.retain(|probe| match probe() {
+                Some(future) => {
+                    running.push(tokio::time::timeout(PROBE_TIMEOUT, future));
+                    true
+                }
+                None => false,
+            });
+            running
+        };
+        futures_util::future::join_all(running).await;
+        self.render()
     }
 
     /// Renders every registered family in the OpenMetrics text format.

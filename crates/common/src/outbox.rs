@@ -339,6 +339,7 @@ impl Floors {
 impl Relay {
     pub fn new(db: &Db, amqp: Amqp, settings: RelaySettings, metrics: &Metrics) -> Self {
         amqp.register(Topology::exchange_only(amqp.settings()));
+        crate::probes::watch_outbox(metrics, db.name(), db.probe_pool());
         Self {
             pool: db.primary_pool().clone(),
             exchange: amqp.settings().exchange_name(),

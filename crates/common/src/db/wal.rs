@@ -11,6 +11,11 @@ pub struct WalPosition(u64);
 impl WalPosition {
     /// Greater than any real position.
     pub const MAX: WalPosition = WalPosition(u64::MAX);
+
+    /// Bytes of WAL from `earlier` to here (0 if `earlier` is not earlier).
+    pub fn bytes_after(self, earlier: WalPosition) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,17 @@ impl std::fmt::Debug for Amqp {
     }
 }
 
+/// See [`Amqp::downgrade`].
+#[derive(Debug, Clone)]
+pub struct WeakAmqp(std::sync::Weak<Inner>);
+
+impl WeakAmqp {
+    /// The connection handle, while a strong one exists.
+    pub fn upgrade(&self) -> Option<Amqp> {
+        self.0.upgrade().map(|inner| Amqp { inner })
+    }
+}
+
 impl Amqp {
     /// No connection is made until the first [`Amqp::channel`]; a service
     /// starts (and its outbox fills) while the broker is down.
@@ -42,6 +53,12 @@ impl Amqp {
                 topologies: std::sync::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// A handle that does not keep the connection alive (for a metric
+    /// probe that must not outlive the service's own handles).
+    pub fn downgrade(&self) -> WeakAmqp {
+        WeakAmqp(Arc::downgrade(&self.inner))
     }
 
     pub fn settings(&self) -> &AmqpSettings {

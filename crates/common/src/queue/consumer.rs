@@ -84,6 +84,7 @@ impl<H> std::fmt::Debug for Consumer<H> {
 impl<H: Handler> Consumer<H> {
     pub fn new(amqp: Amqp, topology: Topology, handler: H, metrics: &Metrics) -> Self {
         amqp.register(topology.clone());
+        crate::probes::watch_queues(metrics, &amqp, &topology);
         Self {
             mover: Publisher::new(amqp.clone()),
             amqp,

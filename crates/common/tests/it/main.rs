@@ -6,6 +6,7 @@ mod config;
 mod db;
 mod grpc;
 mod outbox;
+mod probes;
 mod queue;
 mod support;
 mod telemetry;
