@@ -189,6 +189,7 @@ impl App {
         tasks.spawn(async move { relay.run(stop).await });
         let topology = Topology::for_group(&self.settings.amqp, avatar::GROUP, &["auth.avatar.uploaded"]);
         let worker = AvatarWorker { db: self.db.clone(), users: self.core.users.clone() };
+        let dead_letters = tenx_common::ops::dead_letter_service(self.amqp.clone(), vec![topology.clone()]);
         let consumer = Consumer::new(self.amqp.clone(), topology, worker, &self.metrics);
         let stop = shutdown.child();
         tasks.spawn(async move { consumer.run(stop).await });
@@ -236,7 +237,7 @@ impl App {
         let max_message = self.settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
-        let router = self.grpc.router().add_service(api);
+        let router = self.grpc.router().add_service(api).add_service(dead_letters);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -206,8 +206,15 @@ impl App {
                 tracing::error!(%error, "admin server failed");
             }
         });
-        let router =
-            self.grpc.router().add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())));
+        let dead_letters = tenx_common::ops::dead_letter_service(
+            self.amqp.clone(),
+            vec![customers_topology(&self.settings)],
+        );
+        let router = self
+            .grpc
+            .router()
+            .add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())))
+            .add_service(dead_letters);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -28,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod metrics;
+pub mod ops;
 pub mod outbox;
 pub mod probes;
 pub mod queue;

@@ -14,6 +14,7 @@
 
 mod connection;
 mod consumer;
+pub mod dead_letters;
 pub mod inbox;
 mod message;
 mod publisher;

@@ -6,8 +6,10 @@
 //! pending spans when dropped, so the last requests before a shutdown are
 //! not lost from the trace backend.
 
+mod log_ids;
 pub mod propagation;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -15,7 +17,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::Deserialize;
+use tracing::Dispatch;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -27,8 +31,8 @@ use crate::config::{Invalid, Validate};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One JSON object per line, with the current span's fields (trace id
-    /// included): what log pipelines ingest.
+    /// One JSON object per line, with the current span's fields and, inside
+    /// a span, its `trace_id` and `span_id`: what log pipelines ingest.
     Json,
     /// Human-readable, for a terminal.
     Pretty,
@@ -150,43 +154,59 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the process-wide subscriber for `service` (the OTel
-/// `service.name`). Call once, first thing in `main`, inside a Tokio runtime.
+/// `service.name`), logging to stdout. Call once, first thing in `main`,
+/// inside a Tokio runtime.
 pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    let (dispatch, guard) = subscriber(service, settings, std::io::stdout)?;
+    dispatch.try_init().map_err(|e| TelemetryError::Init(e.to_string()))?;
+    Ok(guard)
+}
+
+/// The subscriber [`init`] installs, logging to `writer`, not installed
+/// (a test runs code under it with `tracing::dispatcher::with_default`).
+///
+/// Spans always get OpenTelemetry ids (the W3C trace context of a request
+/// is continued even when nothing is exported), so log lines can carry
+/// them; they are exported only with `otlp_endpoint`.
+pub fn subscriber<W>(
+    service: &str,
+    settings: &TelemetrySettings,
+    writer: W,
+) -> Result<(Dispatch, TelemetryGuard), TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&settings.log_filter).map_err(|e| TelemetryError::Init(e.to_string()))?;
-    let provider = match &settings.otlp_endpoint {
-        None => None,
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| TelemetryError::Init(format!("OTLP exporter: {e}")))?;
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                        settings.sample_ratio,
-                    ))))
-                    .with_resource(Resource::builder().with_service_name(service.to_owned()).build())
-                    .build(),
-            )
-        }
-    };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tenx")));
+    let mut provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio))))
+        .with_resource(Resource::builder().with_service_name(service.to_owned()).build());
+    let exporting = settings.otlp_endpoint.is_some();
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| TelemetryError::Init(format!("OTLP exporter: {e}")))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("tenx"));
+    let dispatch_of_json = Arc::new(OnceLock::new());
     let (json, pretty) = match settings.log_format {
-        LogFormat::Json => (
-            Some(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false)),
-            None,
-        ),
-        LogFormat::Pretty => (None, Some(tracing_subscriber::fmt::layer())),
+        LogFormat::Json => {
+            let format =
+                tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .event_format(log_ids::WithTraceIds::new(format, dispatch_of_json.clone()))
+                .with_writer(writer);
+            (Some(layer), None)
+        }
+        LogFormat::Pretty => (None, Some(tracing_subscriber::fmt::layer().with_writer(writer))),
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(otel)
-        .with(json)
-        .with(pretty)
-        .try_init()
-        .map_err(|e| TelemetryError::Init(e.to_string()))?;
-    Ok(TelemetryGuard { provider })
+    let dispatch =
+        Dispatch::new(tracing_subscriber::registry().with(filter).with(otel).with(json).with(pretty));
+    let _ = dispatch_of_json.set(dispatch.downgrade());
+    Ok((dispatch, TelemetryGuard { provider: exporting.then_some(provider) }))
 }

@@ -168,10 +168,18 @@ impl App {
                 tracing::error!(%error, "admin server failed");
             }
         });
-        let router = self.grpc.router().add_service(NotificationServiceServer::new(NotificationApi::new(
-            self.deliverer.clone(),
-            self.webhooks.clone(),
-        )));
+        let dead_letters = tenx_common::ops::dead_letter_service(
+            self.amqp.clone(),
+            vec![topology(&self.settings), webhook_topology(&self.settings)],
+        );
+        let router = self
+            .grpc
+            .router()
+            .add_service(NotificationServiceServer::new(NotificationApi::new(
+                self.deliverer.clone(),
+                self.webhooks.clone(),
+            )))
+            .add_service(dead_letters);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

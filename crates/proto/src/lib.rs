@@ -41,6 +41,14 @@ pub mod billing {
     }
 }
 
+/// What operators steer in every service: dead letters (`tenx.ops.v1`).
+pub mod ops {
+    #[allow(clippy::all, clippy::pedantic)] // generated code
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenx.ops.v1.rs"));
+    }
+}
+
 /// Custom options of tenx's contracts (`tenx.options.v1`).
 pub mod options {
     #[allow(clippy::all, clippy::pedantic)] // generated code

@@ -4,6 +4,7 @@
 mod cache;
 mod config;
 mod db;
+mod dead_letters;
 mod grpc;
 mod outbox;
 mod probes;

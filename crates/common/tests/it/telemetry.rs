@@ -167,3 +167,80 @@ async fn one_trace_spans_grpc_metadata_and_amqp_headers_and_reaches_an_otlp_rece
     guard.shutdown().await;
     Ok(())
 }
+
+/// Log lines written into a buffer instead of stdout.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8(bytes)?.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+}
+
+#[test]
+fn a_json_log_line_inside_a_span_carries_its_trace_and_span_ids_even_with_no_exporter() -> anyhow::Result<()>
+{
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let captured = Captured::default();
+    let settings = TelemetrySettings {
+        log_format: LogFormat::Json,
+        log_filter: "info".into(),
+        otlp_endpoint: None,
+        ..Default::default()
+    };
+    let (dispatch, _guard) = telemetry::subscriber("tenx-log-test", &settings, captured.clone())?;
+    // A request that arrived with a W3C traceparent from its caller.
+    let caller = SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")?,
+        SpanId::from_hex("00f067aa0ba902b7")?,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let (request_id, query_id) = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info!("before any request");
+        let request = tracing::info_span!("request");
+        let _ = request.set_parent(opentelemetry::Context::new().with_remote_span_context(caller.clone()));
+        let _in_request = request.enter();
+        tracing::info!("inside the request");
+        let query = tracing::info_span!("query");
+        let _in_query = query.enter();
+        tracing::warn!("inside a span under it");
+        let id = |span: &tracing::Span| span.context().span().span_context().span_id();
+        (id(&request), id(&query))
+    });
+    let lines = captured.lines()?;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["fields"]["message"], "before any request");
+    assert!(lines[0].get("trace_id").is_none() && lines[0].get("span_id").is_none(), "{}", lines[0]);
+    for line in &lines[1..] {
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace: {line}");
+    }
+    assert_eq!(lines[1]["span_id"], request_id.to_string(), "the request's own span, not its caller's");
+    assert_ne!(request_id, SpanId::from_hex("00f067aa0ba902b7")?);
+    assert_eq!(lines[2]["span_id"], query_id.to_string(), "the innermost span the line was written in");
+    assert_eq!(lines[2]["level"], "WARN");
+    assert_eq!(lines[2]["span"]["name"], "query", "the usual JSON fields are still there");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 mod billing;
 mod binary;
 mod chaos;
+mod dead_letters;
 mod delivery;
 mod rpc;
 mod support;

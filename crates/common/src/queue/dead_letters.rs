@@ -1,0 +1,216 @@
+//! The dead letters of a service's consumer groups: look at them, send
+//! them back to their work queue, or drop them.
+//!
+//! RabbitMQ has no "browse": a listing takes the first messages with
+//! `basic.get` and never acknowledges them, so closing its channel returns
+//! them, unchanged, to the queue. A redrive takes each selected message,
+//! publishes a copy to the work queue (same message id, so the consumer's
+//! inbox still applies it once; attempt 1 again) and acknowledges the dead
+//! letter only once the broker confirmed the copy: a failure in between
+//! leaves it in both queues, never in neither. It looks at most at the
+//! messages that were there when it started, so a message that fails
+//! again meanwhile is not redriven twice in one call.
+
+use std::collections::HashSet;
+
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+use super::message::header_str;
+use super::{Amqp, HEADER_ATTEMPT, HEADER_LAST_ERROR, Outgoing, Publisher, QueueError, Topology};
+
+/// One dead letter, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub event_type: String,
+    /// Attempts made before it was dead-lettered.
+    pub attempts: u32,
+    pub last_error: String,
+    pub size_bytes: usize,
+}
+
+/// A dead-letter queue and its first messages.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub queue: String,
+    pub work_queue: String,
+    /// Every message in it.
+    pub depth: u32,
+    /// The first ones, oldest first.
+    pub messages: Vec<DeadLetter>,
+}
+
+/// Which dead letters a redrive or a purge takes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Ids(HashSet<String>),
+    EventType(String),
+    All,
+}
+
+impl Selection {
+    fn takes(&self, delivery: &Delivery) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Ids(ids) => ids.contains(&message_id(delivery)),
+            Selection::EventType(kind) => &event_type(delivery) == kind,
+        }
+    }
+}
+
+/// What a redrive or a purge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Messages redriven (or purged).
+    pub taken: u32,
+    /// Messages left in the dead-letter queue.
+    pub remaining: u32,
+}
+
+/// The dead-letter queues of one service's consumer groups.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    amqp: Amqp,
+    groups: Vec<Topology>,
+}
+
+impl DeadLetters {
+    /// Over `groups` (the topologies its consumers use); those without a
+    /// work queue (publishers only) have no dead letters and are left out.
+    pub fn new(amqp: Amqp, groups: Vec<Topology>) -> Self {
+        Self { amqp, groups: groups.into_iter().filter(|t| !t.queue.is_empty()).collect() }
+    }
+
+    /// The consumer group whose dead-letter queue is `queue`.
+    pub fn group(&self, queue: &str) -> Option<&Topology> {
+        self.groups.iter().find(|t| t.dead_letter == queue)
+    }
+
+    pub fn groups(&self) -> &[Topology] {
+        &self.groups
+    }
+
+    /// The first `limit` messages of `group`'s dead-letter queue, left in it.
+    pub async fn list(&self, group: &Topology, limit: usize) -> Result<Listing, QueueError> {
+        let channel = self.amqp.channel().await?;
+        let depth = depth(&channel, &group.dead_letter).await;
+        let mut messages = Vec::new();
+        let listed = async {
+            while messages.len() < limit {
+                let Some(got) = get(&channel, &group.dead_letter).await? else { break };
+                messages.push(describe(&got));
+            }
+            Ok::<_, QueueError>(())
+        }
+        .await;
+        // Unacknowledged: closing the channel puts them all back.
+        let _ = channel.close(200, "listed".into()).await;
+        listed?;
+        let depth = depth?;
+        self.returned(&group.dead_letter, depth).await?;
+        Ok(Listing { queue: group.dead_letter.clone(), work_queue: group.queue.clone(), depth, messages })
+    }
+
+    /// Sends the `selection` of `group`'s dead letters back to its work
+    /// queue as first attempts.
+    pub async fn redrive(&self, group: &Topology, selection: &Selection) -> Result<Moved, QueueError> {
+        let publisher = &Publisher::new(self.amqp.clone());
+        self.take(group, selection, |delivery| {
+            let copy = Outgoing::copy_of(delivery, &group.queue, &[(HEADER_ATTEMPT, "1".to_owned())]);
+            async move { publisher.publish(std::slice::from_ref(&copy)).await }
+        })
+        .await
+    }
+
+    /// Drops the `selection` of `group`'s dead letters.
+    pub async fn purge(&self, group: &Topology, selection: &Selection) -> Result<Moved, QueueError> {
+        self.take(group, selection, |_| async { Ok(()) }).await
+    }
+
+    /// Runs `then` on each selected dead letter among those there now, and
+    /// acknowledges it (takes it off the queue) once `then` succeeded.
+    async fn take<F, Fut>(
+        &self,
+        group: &Topology,
+        selection: &Selection,
+        then: F,
+    ) -> Result<Moved, QueueError>
+    where
+        F: Fn(&Delivery) -> Fut,
+        Fut: std::future::Future<Output = Result<(), QueueError>>,
+    {
+        let channel = self.amqp.channel().await?;
+        let there = depth(&channel, &group.dead_letter).await?;
+        let mut taken = 0;
+        let outcome = async {
+            for _ in 0..there {
+                let Some(delivery) = get(&channel, &group.dead_letter).await? else { break };
+                if selection.takes(&delivery) {
+                    then(&delivery).await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    taken += 1;
+                }
+            }
+            Ok::<_, QueueError>(())
+        }
+        .await;
+        // The ones not selected go back.
+        let _ = channel.close(200, "taken".into()).await;
+        outcome?;
+        let remaining = self.returned(&group.dead_letter, there.saturating_sub(taken)).await?;
+        Ok(Moved { taken, remaining })
+    }
+
+    /// Waits until the messages a closed channel held are back in `queue`
+    /// (the broker returns them after the close, not with it), so the next
+    /// call sees them and a count is right: until it holds at least
+    /// `expected` (nothing else takes dead letters), at most 2 s. Its depth.
+    async fn returned(&self, queue: &str, expected: u32) -> Result<u32, QueueError> {
+        let channel = self.amqp.channel().await?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let counted = loop {
+            let now = depth(&channel, queue).await;
+            match now {
+                Ok(n) if n < expected && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => break other,
+            }
+        };
+        let _ = channel.close(200, "counted".into()).await;
+        counted
+    }
+}
+
+async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, QueueError> {
+    let got = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await?;
+    Ok(got.map(|g| g.delivery))
+}
+
+/// Messages ready in `queue`.
+async fn depth(channel: &Channel, queue: &str) -> Result<u32, QueueError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    Ok(channel.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count())
+}
+
+fn message_id(delivery: &Delivery) -> String {
+    delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()
+}
+
+fn event_type(delivery: &Delivery) -> String {
+    delivery.properties.kind().as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()
+}
+
+fn describe(delivery: &Delivery) -> DeadLetter {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    DeadLetter {
+        message_id: message_id(delivery),
+        event_type: event_type(delivery),
+        attempts: header_str(&headers, HEADER_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1),
+        last_error: header_str(&headers, HEADER_LAST_ERROR).unwrap_or_default(),
+        size_bytes: delivery.data.len(),
+    }
+}
