@@ -1,0 +1,184 @@
+//! Parsing the command line.
+
+pub const USAGE: &str = "\
+usage: tenx-admin dead-letters list [--service S] [--queue Q] [--limit N]
+       tenx-admin dead-letters redrive --service S --queue Q (--id ID ... | --type T | --all)
+       tenx-admin dead-letters purge --service S --queue Q (--id ID ... | --type T | --all) --yes
+
+The dead letters of the queues a service consumes (S: auth, billing or notification;
+list: all three unless --service): list shows each dead-letter queue's depth and first
+messages (--limit, default 20) without taking them; redrive sends the chosen ones back
+to their work queue as first attempts, with the same message id; purge drops them.
+
+Credential (from the environment, never the command line): TENX_ADMIN_SECRET, the secret
+of auth's service_clients.operator, exchanged at auth for a service token; or
+TENX_ADMIN_TOKEN, the access token of a user with the admin role.
+
+Addresses (each service's own gRPC port; the public edge serves no operator RPC):
+  --auth-addr, --billing-addr, --notification-addr HOST:PORT or URL
+                          default: make up's 127.0.0.1:50051, :50052, :50053";
+
+/// A mistake on the command line (exit code 2).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n\n{USAGE}", self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Where each service's gRPC listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Services {
+    pub auth: String,
+    pub billing: String,
+    pub notification: String,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            auth: "127.0.0.1:50051".into(),
+            billing: "127.0.0.1:50052".into(),
+            notification: "127.0.0.1:50053".into(),
+        }
+    }
+}
+
+impl Services {
+    /// The address of `service`.
+    pub fn of(&self, service: Service) -> &str {
+        match service {
+            Service::Auth => &self.auth,
+            Service::Billing => &self.billing,
+            Service::Notification => &self.notification,
+        }
+    }
+}
+
+/// The services that consume events, and so have dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Auth,
+    Billing,
+    Notification,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Auth, Service::Billing, Service::Notification];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Auth => "auth",
+            Service::Billing => "billing",
+            Service::Notification => "notification",
+        }
+    }
+}
+
+/// Which dead letters a redrive or a purge takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    Ids(Vec<String>),
+    Type(String),
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterAction {
+    List { services: Vec<Service>, queue: Option<String>, limit: i32 },
+    Redrive { service: Service, queue: String, pick: Pick },
+    Purge { service: Service, queue: String, pick: Pick },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    DeadLetters(DeadLetterAction),
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+/// `args` without the program name.
+pub fn parse(args: &[String]) -> anyhow::Result<(Command, Services)> {
+    let mut services = Services::default();
+    let mut words = Vec::new();
+    let (mut service, mut queue, mut limit, mut ids, mut kind, mut all, mut yes) =
+        (None, None, None, Vec::new(), None, false, false);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value =
+            |flag: &str| rest.next().cloned().ok_or_else(|| usage(format!("{flag} needs a value")));
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok((Command::Help, services)),
+            "--service" => service = Some(value(arg)?),
+            "--queue" => queue = Some(value(arg)?),
+            "--limit" => limit = Some(value(arg)?),
+            "--id" => ids.push(value(arg)?),
+            "--type" => kind = Some(value(arg)?),
+            "--all" => all = true,
+            "--yes" => yes = true,
+            "--auth-addr" => services.auth = value(arg)?,
+            "--billing-addr" => services.billing = value(arg)?,
+            "--notification-addr" => services.notification = value(arg)?,
+            flag if flag.starts_with('-') => return Err(usage(format!("unknown option {flag}"))),
+            word => words.push(word),
+        }
+    }
+    let service = service
+        .map(|name| {
+            Service::ALL
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| usage(format!("--service {name}: one of auth, billing, notification")))
+        })
+        .transpose()?;
+    let pick = || -> anyhow::Result<Pick> {
+        match (ids.is_empty(), &kind, all) {
+            (false, None, false) => Ok(Pick::Ids(ids.clone())),
+            (true, Some(kind), false) => Ok(Pick::Type(kind.clone())),
+            (true, None, true) => Ok(Pick::All),
+            _ => Err(usage("choose the dead letters with exactly one of --id (repeatable), --type or --all")),
+        }
+    };
+    let one = |verb: &str| -> anyhow::Result<(Service, String)> {
+        let service = service.ok_or_else(|| usage(format!("{verb} needs --service")))?;
+        let queue =
+            queue.clone().ok_or_else(|| usage(format!("{verb} needs --queue (see `dead-letters list`)")))?;
+        Ok((service, queue))
+    };
+    let action = match words.as_slice() {
+        [] => return Ok((Command::Help, services)),
+        ["dead-letters", "list"] => {
+            let limit = match limit {
+                None => 20,
+                Some(n) => n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| usage("--limit: 1 to 500"))?,
+            };
+            let services = service.map_or_else(|| Service::ALL.to_vec(), |s| vec![s]);
+            DeadLetterAction::List { services, queue: queue.clone(), limit }
+        }
+        ["dead-letters", "redrive"] => {
+            let (service, queue) = one("redrive")?;
+            DeadLetterAction::Redrive { service, queue, pick: pick()? }
+        }
+        ["dead-letters", "purge"] => {
+            let (service, queue) = one("purge")?;
+            let pick = pick()?;
+            if !yes {
+                return Err(usage("purge drops dead letters for good: add --yes"));
+            }
+            DeadLetterAction::Purge { service, queue, pick }
+        }
+        other => return Err(usage(format!("unknown command: {}", other.join(" ")))),
+    };
+    Ok((Command::DeadLetters(action), services))
+}

@@ -1,0 +1,162 @@
+//! `tenx-admin` against a running platform: a poison message in billing's
+//! queue found, redriven (and dead-lettered again by the consumer, so it
+//! did reach it) and purged, with the operator's secret; refused without
+//! an operator's credential.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tenx_admin::{Credential, run};
+use tenx_proto::auth::v1::SignUpRequest;
+use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tenx_test_platform::Platform;
+use tenx_test_support::TestAmqp;
+
+fn args(line: &str, platform: &Platform) -> Vec<String> {
+    let mut args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    for (flag, addr) in [
+        ("--auth-addr", platform.auth.grpc_addr),
+        ("--billing-addr", platform.billing.grpc_addr),
+        ("--notification-addr", platform.notification.grpc_addr),
+    ] {
+        args.extend([flag.to_owned(), addr.to_string()]);
+    }
+    args
+}
+
+async fn admin(line: &str, platform: &Platform, credential: Credential) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    run(&args(line, platform), credential, &mut out).await?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// A new user's access token (no role).
+async fn signed_up(platform: &Platform) -> anyhow::Result<String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", platform.auth.grpc_addr))?
+        .connect()
+        .await?;
+    let request = SignUpRequest {
+        email: format!("{}@admin-cli.tenx.test", uuid::Uuid::now_v7().simple()),
+        password: "a password long enough".into(),
+        ..Default::default()
+    };
+    let tokens = AuthServiceClient::new(channel).sign_up(request).await?.into_inner().tokens;
+    Ok(tokens.ok_or_else(|| anyhow::anyhow!("no tokens"))?.access_token)
+}
+
+fn operator() -> Credential {
+    Credential::Secret(tenx_auth::testing::client_secret("operator"))
+}
+
+/// billing's dead-letter queue and the depth `list` shows for it.
+fn billing_dlq(listing: &str) -> anyhow::Result<(String, String, u32)> {
+    let line =
+        listing.lines().find(|l| l.starts_with("billing  ")).ok_or_else(|| anyhow::anyhow!("{listing}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // billing <dlq> depth <n> (redrives to <work>)
+    let work = words[6].trim_end_matches(')').to_owned();
+    Ok((words[1].to_owned(), work, words[3].parse()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_redrives_and_purges_a_dead_letter_and_a_user_cannot() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let listing = admin("dead-letters list --service billing", &platform, operator()).await?;
+    let (dlq, work, depth) = billing_dlq(&listing)?;
+    assert_eq!(depth, 0, "{listing}");
+
+    // Bytes that are no event: billing's consumer dead-letters them.
+    let broker = Connection::connect(TestAmqp::new().url(), ConnectionProperties::default()).await?;
+    let channel = broker.create_channel().await?;
+    channel
+        .basic_publish(
+            "".into(),
+            work.as_str().into(),
+            BasicPublishOptions::default(),
+            b"poison",
+            BasicProperties::default()
+                .with_message_id("poison-cli".into())
+                .with_type("auth.user.signed_up".into()),
+        )
+        .await?
+        .await?;
+    let dead_lettered = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listing =
+                admin("dead-letters list --service billing --limit 5", &platform, operator()).await?;
+            if billing_dlq(&listing)?.2 == 1 {
+                return anyhow::Ok(listing);
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "never dead-lettered: {listing}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let listing = dead_lettered().await?;
+    let message =
+        listing.lines().find(|l| l.contains("poison-cli")).ok_or_else(|| anyhow::anyhow!("{listing}"))?;
+    assert!(message.contains("auth.user.signed_up") && message.contains("undecodable"), "{message}");
+
+    // Redriven: it leaves the dead-letter queue, reaches the consumer,
+    // which dead-letters it again (it is still poison).
+    let redriven = admin(
+        &format!("dead-letters redrive --service billing --queue {dlq} --id poison-cli"),
+        &platform,
+        operator(),
+    )
+    .await?;
+    // (remaining: 0, or 1 if the consumer has already sent it back.)
+    assert!(redriven.starts_with(&format!("{dlq}: redriven 1, remaining ")), "{redriven}");
+    dead_lettered().await?;
+
+    // A purge must be confirmed; then it is gone.
+    let unconfirmed =
+        admin(&format!("dead-letters purge --service billing --queue {dlq} --all"), &platform, operator())
+            .await;
+    let error = unconfirmed.expect_err("purge without --yes");
+    assert!(error.is::<tenx_admin::Usage>() && error.to_string().contains("--yes"), "{error}");
+    let purged = admin(
+        &format!("dead-letters purge --service billing --queue {dlq} --all --yes"),
+        &platform,
+        operator(),
+    )
+    .await?;
+    assert_eq!(purged.trim(), format!("{dlq}: purged 1, remaining 0"));
+
+    // A user without the admin role, a wrong secret, no credential at all.
+    let user = Credential::Token(signed_up(&platform).await?);
+    let error = admin("dead-letters list --service billing", &platform, user).await.expect_err("a user");
+    assert!(error.to_string().contains("PermissionDenied"), "{error}");
+    let wrong = Credential::Secret("not-the-operators-secret-at-all".into());
+    let error = admin("dead-letters list", &platform, wrong).await.expect_err("a wrong secret");
+    assert!(error.to_string().contains("operator's secret"), "{error}");
+    let error = admin("dead-letters list", &platform, Credential::None).await.expect_err("no credential");
+    assert!(error.to_string().contains("TENX_ADMIN_SECRET"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() -> anyhow::Result<()> {
+    for (line, says) in [
+        ("dead-letters redrive --service billing --queue q", "exactly one of"),
+        ("dead-letters redrive --service billing --queue q --all --type t", "exactly one of"),
+        ("dead-letters redrive --queue q --all", "needs --service"),
+        ("dead-letters purge --service billing --all --yes", "needs --queue"),
+        ("dead-letters list --service gateway", "one of auth, billing, notification"),
+        ("dead-letters list --limit 0", "--limit"),
+        ("dead-letters list --limit", "needs a value"),
+        ("dead-letters peek", "unknown command"),
+        ("dead-letters list --force", "unknown option"),
+    ] {
+        let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        // A credential that would fail if anything were contacted.
+        let error = run(&args, Credential::None, &mut Vec::new()).await.expect_err(line);
+        assert!(error.is::<tenx_admin::Usage>(), "{line}: {error}");
+        assert!(error.to_string().contains(says), "{line}: {error}");
+    }
+    let mut out = Vec::new();
+    run(&["--help".to_owned()], Credential::None, &mut out).await?;
+    assert!(String::from_utf8(out)?.starts_with("usage: tenx-admin dead-letters list"));
+    Ok(())
+}
