@@ -129,6 +129,8 @@ def postgres(b: Board) -> None:
               f"(rate(tenx_db_pool_wait_seconds_bucket{b.sel()}[{RATE}])))", "p99 wait {{pool}} {{role}}")])
     b.panel("Read replica lag", "How far the replica is behind the primary.",
             [(f"max by (pool) (tenx_db_replica_lag_seconds{b.sel()})", "{{pool}}")], "s")
+    b.panel("Rows pruned", "Rows deleted past their time to live (retention), by table.",
+            [(f"sum by (table) (increase(tenx_retention_pruned_total{b.sel()}[1h]))", "{{table}}")])
     b.panel("Reads by server", "Reads served by the replica and the primary, and reads the replica could not "
             "serve (unavailable, lagging).",
             [(f"sum by (pool, role) (rate(tenx_db_reads_total{b.sel()}[{RATE}]))", "{{pool}} {{role}}"),

@@ -9,6 +9,7 @@ use tenx_common::db::DbSettings;
 use tenx_common::grpc::ServerSettings;
 use tenx_common::outbox::RelaySettings;
 use tenx_common::queue::AmqpSettings;
+use tenx_common::retention::RetentionSettings;
 use tenx_common::telemetry::TelemetrySettings;
 
 /// Embedded, commented defaults (`src/defaults.toml`).
@@ -24,6 +25,8 @@ pub struct AuthSettings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub outbox: RelaySettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     pub password: PasswordSettings,
     pub tokens: TokenSettings,
     pub login: LoginSettings,
@@ -136,6 +139,7 @@ impl Validate for AuthSettings {
         self.redis.validate()?;
         self.amqp.validate()?;
         self.telemetry.validate()?;
+        self.retention.validate()?;
         if self.password.min_length < 8 {
             return Err(Invalid::new("password.min_length", "must be at least 8"));
         }

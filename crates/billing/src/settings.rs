@@ -12,6 +12,7 @@ use tenx_common::db::DbSettings;
 use tenx_common::grpc::ServerSettings;
 use tenx_common::outbox::RelaySettings;
 use tenx_common::queue::AmqpSettings;
+use tenx_common::retention::RetentionSettings;
 use tenx_common::telemetry::TelemetrySettings;
 
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -28,6 +29,8 @@ pub struct BillingSettings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub outbox: RelaySettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     pub billing: BillingRules,
     pub idempotency: IdempotencySettings,
     pub deployment: DeploymentSettings,
@@ -158,6 +161,7 @@ impl Validate for BillingSettings {
         self.redis.validate()?;
         self.amqp.validate()?;
         self.telemetry.validate()?;
+        self.retention.validate()?;
         let c = &self.billing.currency_default;
         if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Invalid::new("billing.currency_default", "must be an ISO 4217 code like USD"));

@@ -32,6 +32,7 @@ pub mod ops;
 pub mod outbox;
 pub mod probes;
 pub mod queue;
+pub mod retention;
 pub mod sealed;
 pub mod shutdown;
 pub mod telemetry;

@@ -355,7 +355,6 @@ impl Relay {
     pub async fn run(self, shutdown: Shutdown) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
         let mut backoff = Backoff::new();
-        let mut last_prune = tokio::time::Instant::now();
         while !shutdown.is_triggered() {
             let pause = match self.relay_batch().await {
                 Ok(n) if n >= self.settings.batch_size as usize => {
@@ -364,10 +363,6 @@ impl Relay {
                 }
                 Ok(_) => {
                     backoff.reset();
-                    if last_prune.elapsed() > Duration::from_secs(60) {
-                        last_prune = tokio::time::Instant::now();
-                        self.prune().await;
-                    }
                     idle
                 }
                 Err(error) => {
@@ -461,20 +456,6 @@ impl Relay {
                 tx.commit().await?;
                 Err(error.into())
             }
-        }
-    }
-
-    async fn prune(&self) {
-        let Ok(client) = self.pool.get().await else { return };
-        let hours = f64::from(self.settings.retention_hours);
-        let deleted = client
-            .execute_cached(
-                "DELETE FROM tenx_outbox WHERE published_at < now() - make_interval(hours => $1::float8::int)",
-                &[&hours],
-            )
-            .await;
-        if let Err(error) = deleted {
-            tracing::warn!(%error, "outbox prune failed");
         }
     }
 }

@@ -131,6 +131,15 @@ impl App {
 
     async fn run(self, grpc: TcpListener, admin: TcpListener, shutdown: Shutdown) -> Result<(), NotifyError> {
         let mut tasks = JoinSet::new();
+        let retention = tenx_common::retention::Retention::new(
+            &self.db,
+            &self.settings.retention,
+            self.settings.outbox.retention_hours,
+            Vec::new(),
+            &self.metrics,
+        );
+        let stop = shutdown.child();
+        tasks.spawn(async move { retention.run(stop).await });
         let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
         let stop = shutdown.child();
         tasks.spawn(async move { relay.run(stop).await });

@@ -10,6 +10,7 @@ use tenx_common::db::DbSettings;
 use tenx_common::grpc::ServerSettings;
 use tenx_common::outbox::RelaySettings;
 use tenx_common::queue::AmqpSettings;
+use tenx_common::retention::RetentionSettings;
 use tenx_common::telemetry::TelemetrySettings;
 
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -26,6 +27,8 @@ pub struct NotificationSettings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub outbox: RelaySettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     pub smtp: SmtpSettings,
     #[serde(default)]
     pub templates: TemplateSettings,
@@ -142,6 +145,7 @@ impl Validate for NotificationSettings {
         self.redis.validate()?;
         self.amqp.validate()?;
         self.telemetry.validate()?;
+        self.retention.validate()?;
         self.smtp
             .from
             .parse::<lettre::message::Mailbox>()

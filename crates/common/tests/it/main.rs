@@ -9,5 +9,6 @@ mod grpc;
 mod outbox;
 mod probes;
 mod queue;
+mod retention;
 mod support;
 mod telemetry;
