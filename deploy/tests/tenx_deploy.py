@@ -82,7 +82,8 @@ COMMON_KEY_TYPES = {
         "max_attempts": POS, "connect_timeout_ms": POS,
     },
     "outbox": {"batch_size": POS, "partitions_per_batch": POS, "poll_interval_ms": POS, "retention_hours": POS},
-    "retention": {"interval_seconds": POS, "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000}, "inbox_days": POS},
+    "retention": {"interval_seconds": POS, "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000}, "inbox_days": POS,
+                  "sessions_days": POS, "codes_days": POS, "notifications_days": POS, "deliveries_days": POS},
     # Token verification (tenx_common::authn::AuthnSettings): the gateway, billing, notification.
     "authn": {
         "issuer": {"type": "string", "minLength": 1}, "audience": {"type": "string", "minLength": 1},

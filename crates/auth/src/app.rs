@@ -89,6 +89,21 @@ pub async fn set_role(
 /// How often old failed-login counters are deleted.
 const ATTEMPTS_SWEEP: Duration = Duration::from_secs(600);
 
+/// What auth prunes of its own (besides the inbox and the outbox): sessions
+/// revoked `retention.sessions_days` ago, sessions idle that long past the
+/// refresh token's lifetime (nothing can use them any more; their refresh
+/// tokens go with them), and one-time codes `retention.codes_days` past
+/// their expiry.
+pub fn retention_rules(settings: &AuthSettings) -> Vec<tenx_common::retention::Rule> {
+    use tenx_common::retention::{Rule, days};
+    let kept = &settings.retention;
+    vec![
+        Rule::older("sessions", "revoked_at", days(kept.sessions_days)),
+        Rule::older("sessions", "last_used_at", days(settings.tokens.refresh_ttl_days + kept.sessions_days)),
+        Rule::older("one_time_codes", "expires_at", days(kept.codes_days)),
+    ]
+}
+
 /// Forgets failed-login counters untouched for a day and not locked: the
 /// table stays the size of a day of failures, whatever is sprayed at it.
 async fn sweep_login_attempts(db: &Db) -> Result<u64, AuthError> {
@@ -188,7 +203,7 @@ impl App {
             &self.db,
             &self.settings.retention,
             self.settings.outbox.retention_hours,
-            Vec::new(),
+            retention_rules(&self.settings),
             &self.metrics,
         );
         let stop = shutdown.child();

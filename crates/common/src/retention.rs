@@ -36,6 +36,23 @@ pub struct RetentionSettings {
     /// longer than any redelivery, redrive or replay of the same message.
     #[serde(default = "default_inbox_days")]
     pub inbox_days: u32,
+    /// Auth: revoked sessions, and sessions idle past the refresh token's
+    /// lifetime, are kept this long after (their refresh tokens go with
+    /// them).
+    #[serde(default = "default_sessions_days")]
+    pub sessions_days: u32,
+    /// Auth: one-time codes (email verification, password reset) are kept
+    /// this long after they expire.
+    #[serde(default = "default_codes_days")]
+    pub codes_days: u32,
+    /// Notification: in-app notifications are kept this long.
+    #[serde(default = "default_notifications_days")]
+    pub notifications_days: u32,
+    /// Notification: email deliveries and webhook messages in a final
+    /// state, and webhook attempts, are kept this long (`ListDeliveries`
+    /// shows them until then).
+    #[serde(default = "default_deliveries_days")]
+    pub deliveries_days: u32,
 }
 
 fn default_interval_seconds() -> u64 {
@@ -47,6 +64,18 @@ fn default_batch_size() -> u32 {
 fn default_inbox_days() -> u32 {
     14
 }
+fn default_sessions_days() -> u32 {
+    30
+}
+fn default_codes_days() -> u32 {
+    7
+}
+fn default_notifications_days() -> u32 {
+    180
+}
+fn default_deliveries_days() -> u32 {
+    30
+}
 
 impl Default for RetentionSettings {
     fn default() -> Self {
@@ -54,6 +83,10 @@ impl Default for RetentionSettings {
             interval_seconds: default_interval_seconds(),
             batch_size: default_batch_size(),
             inbox_days: default_inbox_days(),
+            sessions_days: default_sessions_days(),
+            codes_days: default_codes_days(),
+            notifications_days: default_notifications_days(),
+            deliveries_days: default_deliveries_days(),
         }
     }
 }
@@ -72,28 +105,55 @@ impl Validate for RetentionSettings {
                 "must be at least 1 (message ids must outlive redeliveries)",
             ));
         }
+        for (key, days) in [
+            ("retention.sessions_days", self.sessions_days),
+            ("retention.codes_days", self.codes_days),
+            ("retention.notifications_days", self.notifications_days),
+            ("retention.deliveries_days", self.deliveries_days),
+        ] {
+            if days == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
         Ok(())
     }
 }
 
 /// Rows of `table` whose `column` is older than `ttl` (rows where it is
-/// NULL are kept: an outbox row not yet published, say).
+/// NULL are kept: an outbox row not yet published, say), and for which
+/// `only` holds, if set (SQL over the table's columns).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub table: &'static str,
     pub column: &'static str,
     pub ttl: Duration,
+    pub only: Option<&'static str>,
 }
 
 impl Rule {
+    pub fn older(table: &'static str, column: &'static str, ttl: Duration) -> Self {
+        Self { table, column, ttl, only: None }
+    }
+
+    /// Only the rows for which `predicate` holds as well.
+    pub fn only(self, predicate: &'static str) -> Self {
+        Self { only: Some(predicate), ..self }
+    }
+
     /// One batch: `$1` seconds of age, at most `$2` rows.
     fn statement(&self) -> String {
-        let Rule { table, column, .. } = self;
+        let Rule { table, column, only, .. } = self;
+        let only = only.map(|p| format!(" AND ({p})")).unwrap_or_default();
         format!(
             "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} \
-             WHERE {column} < now() - make_interval(secs => $1::float8) LIMIT $2 FOR UPDATE SKIP LOCKED))"
+             WHERE {column} < now() - make_interval(secs => $1::float8){only} LIMIT $2 FOR UPDATE SKIP LOCKED))"
         )
     }
+}
+
+/// `days` days.
+pub fn days(days: u32) -> Duration {
+    Duration::from_secs(u64::from(days) * 86_400)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -146,12 +206,8 @@ impl Retention {
         metrics: &Metrics,
     ) -> Self {
         let mut all = vec![
-            Rule { table: "tenx_inbox", column: "processed_at", ttl: days(settings.inbox_days) },
-            Rule {
-                table: "tenx_outbox",
-                column: "published_at",
-                ttl: Duration::from_secs(u64::from(outbox_hours) * 3600),
-            },
+            Rule::older("tenx_inbox", "processed_at", days(settings.inbox_days)),
+            Rule::older("tenx_outbox", "published_at", Duration::from_secs(u64::from(outbox_hours) * 3600)),
         ];
         all.extend(rules);
         Self {
@@ -207,8 +263,4 @@ impl Retention {
         }
         Ok(pruned)
     }
-}
-
-fn days(days: u32) -> Duration {
-    Duration::from_secs(u64::from(days) * 86_400)
 }

@@ -47,6 +47,24 @@ pub fn migrations_fingerprint() -> String {
     db::fingerprint(&migrations::migrations::runner())
 }
 
+/// What notification prunes of its own (besides the inbox and the outbox):
+/// in-app notifications `retention.notifications_days` old; email
+/// deliveries sent or skipped, delivered webhook messages and webhook
+/// attempts `retention.deliveries_days` old. Pending deliveries and dead
+/// webhook messages (the operator's to redrive) stay.
+pub fn retention_rules(settings: &NotificationSettings) -> Vec<tenx_common::retention::Rule> {
+    use tenx_common::retention::{Rule, days};
+    let kept = &settings.retention;
+    vec![
+        Rule::older("notifications", "created_at", days(kept.notifications_days)),
+        Rule::older("email_deliveries", "created_at", days(kept.deliveries_days)).only("status <> 'pending'"),
+        Rule::older("webhook_attempts", "attempted_at", days(kept.deliveries_days)),
+        Rule::older("webhook_messages", "created_at", days(kept.deliveries_days)).only(
+            "status = 'delivered' AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.message_id = webhook_messages.id)",
+        ),
+    ]
+}
+
 /// The topology of the delivery worker's consumer group.
 pub fn topology(settings: &NotificationSettings) -> Topology {
     Topology::for_group(&settings.amqp, worker::GROUP, &worker::BINDINGS)
@@ -135,7 +153,7 @@ impl App {
             &self.db,
             &self.settings.retention,
             self.settings.outbox.retention_hours,
-            Vec::new(),
+            retention_rules(&self.settings),
             &self.metrics,
         );
         let stop = shutdown.child();

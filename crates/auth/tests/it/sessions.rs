@@ -105,3 +105,78 @@ async fn a_user_cannot_read_or_revoke_another_users_things() -> anyhow::Result<(
     client.get_user(authed(&access(&bob), pb::GetUserRequest::default())).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn retention_prunes_long_dead_sessions_and_old_codes_and_a_live_session_still_refreshes()
+-> anyhow::Result<()> {
+    use tenx_common::db::Db;
+    use tenx_common::metrics::Metrics;
+    use tenx_common::retention::Retention;
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let mut user = async || -> anyhow::Result<(String, String)> {
+        let created = sign_up(&mut client, &unique_email()).await?;
+        Ok((created.user.map(|u| u.id).unwrap_or_default(), refresh(&created.tokens)))
+    };
+    let (live, live_refresh) = user().await?;
+    let (revoked_long_ago, _) = user().await?;
+    let (revoked_lately, _) = user().await?;
+    let (idle, _) = user().await?;
+    // Age them as time would (defaults: 30 days kept, refresh tokens live
+    // 30 days, codes kept 7 days past expiry).
+    let sql = auth.sql().await?;
+    for (age, user) in [
+        (
+            "UPDATE sessions SET revoked_at = now() - interval '31 days' WHERE user_id = $1::text::uuid",
+            &revoked_long_ago,
+        ),
+        (
+            "UPDATE sessions SET revoked_at = now() - interval '29 days' WHERE user_id = $1::text::uuid",
+            &revoked_lately,
+        ),
+        (
+            "UPDATE sessions SET last_used_at = now() - interval '61 days' WHERE user_id = $1::text::uuid",
+            &idle,
+        ),
+    ] {
+        assert_eq!(sql.execute(age, &[user]).await?, 1);
+    }
+    sql.execute(
+        "INSERT INTO one_time_codes (id, user_id, purpose, code_hash, expires_at) VALUES \
+           (gen_random_uuid(), $1::text::uuid, 'reset_password', '\\x01', now() - interval '8 days'), \
+           (gen_random_uuid(), $1::text::uuid, 'reset_password', '\\x02', now() - interval '6 days')",
+        &[&live],
+    )
+    .await?;
+    let codes_before = auth.count("one_time_codes").await?;
+
+    let metrics = Metrics::default();
+    let db = Db::connect(&auth.settings.database, "tenx-auth-test", &metrics)?;
+    let rules = tenx_auth::app::retention_rules(&auth.settings);
+    Retention::new(&db, &auth.settings.retention, auth.settings.outbox.retention_hours, rules, &metrics)
+        .prune()
+        .await?;
+
+    let sessions_of = async |user: &String| -> anyhow::Result<i64> {
+        Ok(sql
+            .query_one("SELECT count(*) FROM sessions WHERE user_id = $1::text::uuid", &[user])
+            .await?
+            .get(0))
+    };
+    assert_eq!(sessions_of(&revoked_long_ago).await?, 0, "revoked 31 days ago: gone");
+    assert_eq!(sessions_of(&idle).await?, 0, "idle past the refresh token's life plus 30 days: gone");
+    assert_eq!(sessions_of(&revoked_lately).await?, 1, "revoked 29 days ago: kept");
+    assert_eq!(sessions_of(&live).await?, 1);
+    let orphans: i64 = sql
+        .query_one("SELECT count(*) FROM refresh_tokens t WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id)", &[])
+        .await?
+        .get(0);
+    assert_eq!(orphans, 0);
+    assert_eq!(
+        auth.count("one_time_codes").await?,
+        codes_before - 1,
+        "only the code 8 days past expiry goes"
+    );
+    client.refresh(pb::RefreshRequest { refresh_token: live_refresh }).await?;
+    Ok(())
+}

@@ -39,7 +39,7 @@ async fn rows_past_their_ttl_are_deleted_the_rest_stays_and_two_instances_at_onc
     // older than 5 h) rides along.
     let settings = RetentionSettings { batch_size: 4, inbox_days: 14, ..RetentionSettings::default() };
     let notes =
-        || vec![Rule { table: "notes", column: "written_at", ttl: Duration::from_secs(5 * 3600 + 1800) }];
+        || vec![Rule::older("notes", "written_at", Duration::from_secs(5 * 3600 + 1800)).only("id <> 9")];
     let (a, b) = (
         Retention::new(&db, &settings, 72, notes(), &metrics),
         Retention::new(&db, &settings, 72, notes(), &metrics),
@@ -48,7 +48,8 @@ async fn rows_past_their_ttl_are_deleted_the_rest_stays_and_two_instances_at_onc
     let total = |table: &str| -> u64 {
         pruned_a.iter().chain(&pruned_b).filter(|(t, _)| *t == table).map(|(_, n)| n).sum()
     };
-    assert_eq!((total("tenx_inbox"), total("tenx_outbox"), total("notes")), (25, 7, 5));
+    // notes 6 to 10 hours old are past 5.5 h, but 9 is spared by `only`.
+    assert_eq!((total("tenx_inbox"), total("tenx_outbox"), total("notes")), (25, 7, 4));
 
     let conn = db.write().await?;
     let count = |sql: &'static str| {
@@ -64,14 +65,15 @@ async fn rows_past_their_ttl_are_deleted_the_rest_stays_and_two_instances_at_onc
         "unpublished stays"
     );
     assert_eq!(count("SELECT count(*) FROM tenx_outbox").await?, 6);
-    assert_eq!(count("SELECT count(*) FROM notes").await?, 5);
+    assert_eq!(count("SELECT count(*) FROM notes").await?, 6);
+    assert_eq!(count("SELECT count(*) FROM notes WHERE id = 9").await?, 1);
     let pruned = |table: &str| {
         metric(
             &metrics,
             &format!("tenx_retention_pruned_total{{service=\"tenx-common-tests\",table=\"{table}\"}}"),
         )
     };
-    assert_eq!((pruned("tenx_inbox"), pruned("tenx_outbox"), pruned("notes")), (25.0, 7.0, 5.0));
+    assert_eq!((pruned("tenx_inbox"), pruned("tenx_outbox"), pruned("notes")), (25.0, 7.0, 4.0));
 
     // Nothing left to prune: a second pass deletes nothing.
     let again = a.prune().await?;

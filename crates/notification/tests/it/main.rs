@@ -6,6 +6,7 @@ mod binary;
 mod chaos;
 mod dead_letters;
 mod delivery;
+mod retention;
 mod rpc;
 mod support;
 mod webhooks;
