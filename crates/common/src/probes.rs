@@ -5,8 +5,8 @@
 //!
 //! A sample that fails (the broker is down, a query timed out) removes its
 //! series rather than leaving the last value, which would say all is well,
-//! and counts `tenx_probe_failures_total{probe}`; the alerts in the chart
-//! treat a missing series as a problem of its own.
+//! and counts `tenx_probe_failures_total{probe}`, on which the chart's
+//! `TenxProbeFailing` alert fires (the alerts on the missing gauges cannot).
 
 use std::time::Duration;
 
