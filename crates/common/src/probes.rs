@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::FutureExt;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::db::{Prepared, Role, WalPosition};
 use crate::metrics::{MetricSet, Metrics};
-use crate::queue::{Amqp, Topology};
+use crate::queue::{Amqp, Topology, inspect};
 
 /// Longest one sample may take; past it the sample counts as failed. Below
 /// [`crate::metrics::PROBE_TIMEOUT`], so the failure is seen and recorded.
@@ -343,16 +341,9 @@ pub(crate) fn watch_queues(metrics: &Metrics, amqp: &Amqp, topology: &Topology) 
                 };
                 let sample = async {
                     let channel = amqp.channel().await.map_err(|e| e.to_string())?;
-                    // Passive: only asks; a queue that is missing closes
-                    // the channel (and fails the sample) instead of being
-                    // created with the wrong arguments.
-                    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
                     let mut outcome = Ok(());
                     for label in &labels {
-                        match channel
-                            .queue_declare(label.queue.as_str().into(), passive, FieldTable::default())
-                            .await
-                        {
+                        match inspect(&channel, &label.queue).await {
                             Ok(queue) => {
                                 set.queue_depth.get_or_create(label).set(i64::from(queue.message_count()));
                                 set.queue_consumers

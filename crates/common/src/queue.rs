@@ -26,7 +26,7 @@ pub use connection::{Amqp, Backoff, WeakAmqp};
 pub use consumer::{Consumer, Handler, HandlerError};
 pub use message::{HEADER_ATTEMPT, HEADER_LAST_ERROR, Message, Outgoing};
 pub use publisher::Publisher;
-pub use topology::Topology;
+pub use topology::{Topology, inspect};
 
 use crate::config::{Invalid, Secret, Validate};
 

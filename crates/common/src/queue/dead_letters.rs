@@ -15,8 +15,7 @@ use std::collections::HashSet;
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 
 use super::message::header_str;
 use super::{Amqp, HEADER_ATTEMPT, HEADER_LAST_ERROR, Outgoing, Publisher, QueueError, Topology};
@@ -192,8 +191,7 @@ async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, QueueEr
 
 /// Messages ready in `queue`.
 async fn depth(channel: &Channel, queue: &str) -> Result<u32, QueueError> {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    Ok(channel.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count())
+    Ok(super::inspect(channel, queue).await?.message_count())
 }
 
 fn message_id(delivery: &Delivery) -> String {

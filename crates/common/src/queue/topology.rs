@@ -171,6 +171,14 @@ fn dead_letter_to(args: &mut FieldTable, queue: &str) {
     args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
 }
 
+/// What the broker says of `queue` now (messages ready, consumers),
+/// without declaring it: a missing queue is an error (and closes
+/// `channel`), never created with the wrong arguments.
+pub async fn inspect(channel: &Channel, queue: &str) -> Result<lapin::Queue, QueueError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    Ok(channel.queue_declare(ShortString::from(queue), passive, FieldTable::default()).await?)
+}
+
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), QueueError> {
     let options = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(ShortString::from(name), options, args).await?;

@@ -1,7 +1,7 @@
 //! Shared setup for the integration tests.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use prost::Message as _;
 use tenx_common::db::{self, Db, DbSettings};
@@ -85,15 +85,7 @@ pub async fn observe(amqp: &Amqp, queue: &str) -> anyhow::Result<mpsc::Unbounded
 
 /// Messages waiting in `queue` right now.
 pub async fn queue_depth(amqp: &Amqp, queue: &str) -> anyhow::Result<u32> {
-    let channel = amqp.channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
+    Ok(tenx_common::queue::inspect(&amqp.channel().await?, queue).await?.message_count())
 }
 
 pub use tenx_test_support::eventually;

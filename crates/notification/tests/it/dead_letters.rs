@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use tenx_common::queue::Amqp;
 use tenx_proto::ops::v1 as ops;
 use tenx_proto::ops::v1::dead_letter_service_client::DeadLetterServiceClient;
@@ -35,9 +34,7 @@ async fn client(notify: &TestNotify, token: Option<String>) -> anyhow::Result<Cl
 }
 
 async fn depth(amqp: &Amqp, queue: &str) -> anyhow::Result<u32> {
-    let channel = amqp.channel().await?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    Ok(channel.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count())
+    Ok(tenx_common::queue::inspect(&amqp.channel().await?, queue).await?.message_count())
 }
 
 #[tokio::test]
