@@ -24,6 +24,7 @@ build: ## build everything
 test: deps ## run all tests (nextest when installed), then check-deploy
 	@deploy/local/tools.sh venv
 	@deploy/local/tools.sh fonts
+	@deploy/local/tools.sh browser
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \

@@ -10,6 +10,8 @@
 #                                  # skopeo and umoci from apt, promtool
 #                                  # unpacked from Debian's prometheus
 #   deploy/local/tools.sh bench    # nginx (the gateway benchmark's anchor)
+#   deploy/local/tools.sh browser  # Chromium and chromedriver (the console's
+#                                  # page test), from apt
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -157,6 +159,15 @@ install_bench() {
   install_apt bench nginx=nginx-light
 }
 
+# Chromium and its WebDriver, for the operator console's page test
+# (crates/gateway/tests/it/console.rs), from the distribution; a machine
+# with a browser of its own (a CI runner's Chrome) names it in
+# TENX_CHROMIUM and TENX_CHROMEDRIVER instead.
+install_browser() {
+  [[ -n ${TENX_CHROMIUM:-} && -n ${TENX_CHROMEDRIVER:-} ]] && return 0
+  install_apt browser chromium=chromium chromedriver=chromium-driver
+}
+
 # A TrueType font for tenx-load's plots (its smoke test draws them):
 # DejaVu Sans, from the distribution when no copy is where it looks.
 install_fonts() {
@@ -176,5 +187,6 @@ case "${1:-all}" in
   deploy) install_deploy_python; install_deploy_apt; install_promtool ;;
   bench)  install_bench ;;
   fonts)  install_fonts ;;
-  *)      die "usage: $0 [all|buf|venv|deploy|bench|fonts]" ;;
+  browser) install_browser ;;
+  *)      die "usage: $0 [all|buf|venv|deploy|bench|fonts|browser]" ;;
 esac

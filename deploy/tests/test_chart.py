@@ -884,6 +884,20 @@ class Secrets(unittest.TestCase):
         self.assertEqual(base64.b64decode(secret["data"]["provider.stripe_secret_key"]).decode(), "sk_live_ci_placeholder")
         self.assertNotIn("billing refuses to start", r.rendered("features-on")["tenx/templates/NOTES.txt"])
 
+    def test_the_notes_say_how_to_reach_the_operator_console_and_only_by_port_forward(self):
+        notes = r.rendered("defaults")["tenx/templates/NOTES.txt"]
+        docs = r.manifests(r.rendered("defaults"))
+        (service,) = r.find(docs, "Service", f"{r.RELEASE}-gateway")
+        admin = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "admin")
+        self.assertIn(f"port-forward svc/{r.RELEASE}-gateway {admin}\n", notes)
+        self.assertIn(f"http://127.0.0.1:{admin}/console", notes)
+        exposed = [d for d in r.manifests(r.rendered("features-on")) if d["kind"] in ("Ingress", "HTTPRoute", "GRPCRoute")]
+        self.assertTrue(exposed, "features-on exposes the gateway")
+        for doc in exposed:
+            text = json.dumps(doc)
+            self.assertNotIn(f'"number": {admin}', text, "the admin port (and its console) is never exposed")
+            self.assertNotIn(f'"port": {admin}', text, "the admin port (and its console) is never exposed")
+
     def test_the_schema_refuses_the_simulated_provider_in_production(self):
         simulated = {"services": {"billing": {"config": {"provider": {"kind": "simulated"}}}}}
         with self.assertRaises(Exception) as caught:

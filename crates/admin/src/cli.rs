@@ -1,9 +1,16 @@
 //! Parsing the command line.
 
 pub const USAGE: &str = "\
-usage: tenx-admin dead-letters list [--service S] [--queue Q] [--limit N]
+usage: tenx-admin status [--service S]
+       tenx-admin token
+       tenx-admin dead-letters list [--service S] [--queue Q] [--limit N]
        tenx-admin dead-letters redrive --service S --queue Q (--id ID ... | --type T | --all)
        tenx-admin dead-letters purge --service S --queue Q (--id ID ... | --type T | --all) --yes
+
+status: each service's readiness checks, outbox backlog and the age of its oldest
+pending event, queue depths (dead letters flagged), Postgres pools and recent slow calls
+(all three unless --service). token: prints an operator's access token, for the console
+on the gateway's admin port (http://HOST:9090/console).
 
 The dead letters of the queues a service consumes (S: auth, billing or notification;
 list: all three unless --service): list shows each dead-letter queue's depth and first
@@ -97,6 +104,8 @@ pub enum DeadLetterAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
+    Status { services: Vec<Service> },
+    Token,
     DeadLetters(DeadLetterAction),
 }
 
@@ -154,6 +163,11 @@ pub fn parse(args: &[String]) -> anyhow::Result<(Command, Services)> {
     };
     let action = match words.as_slice() {
         [] => return Ok((Command::Help, services)),
+        ["status"] => {
+            let which = service.map_or_else(|| Service::ALL.to_vec(), |s| vec![s]);
+            return Ok((Command::Status { services: which }, services));
+        }
+        ["token"] => return Ok((Command::Token, services)),
         ["dead-letters", "list"] => {
             let limit = match limit {
                 None => 20,

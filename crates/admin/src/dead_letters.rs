@@ -7,12 +7,7 @@ use tenx_proto::ops::v1::dead_letter_service_client::DeadLetterServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::cli::{DeadLetterAction, Pick, Services};
-
-fn request<T>(message: T, bearer: &MetadataValue<Ascii>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", bearer.clone());
-    request
-}
+use crate::{refused, request};
 
 fn selection(pick: Pick) -> pb::Selection {
     match pick {
@@ -20,11 +15,6 @@ fn selection(pick: Pick) -> pb::Selection {
         Pick::Type(event_type) => pb::Selection { event_type, ..Default::default() },
         Pick::All => pb::Selection { all: true, ..Default::default() },
     }
-}
-
-/// A refusal as the operator needs to read it.
-fn refused(service: &str, status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{service}: {:?}: {}", status.code(), status.message())
 }
 
 pub async fn run(

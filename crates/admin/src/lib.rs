@@ -5,6 +5,7 @@
 
 mod cli;
 mod dead_letters;
+mod status;
 
 use std::io::Write;
 
@@ -73,6 +74,18 @@ impl Credential {
     }
 }
 
+/// `message` with the operator's credential.
+fn request<T>(message: T, bearer: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", bearer.clone());
+    request
+}
+
+/// A refusal as the operator needs to read it.
+fn refused(service: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{service}: {:?}: {}", status.code(), status.message())
+}
+
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
     let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     Endpoint::from_shared(url.clone())?
@@ -92,6 +105,12 @@ pub async fn run(args: &[String], credential: Credential, out: &mut impl Write) 
     let bearer = credential.bearer(&services).await?;
     match command {
         Command::Help => Ok(()),
+        Command::Token => {
+            let token = bearer.to_str()?.trim_start_matches("Bearer ");
+            writeln!(out, "{token}")?;
+            Ok(())
+        }
+        Command::Status { services: which } => status::run(&which, &services, bearer, out).await,
         Command::DeadLetters(action) => dead_letters::run(action, &services, bearer, out).await,
     }
 }

@@ -148,6 +148,7 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
         ("dead-letters list --limit", "needs a value"),
         ("dead-letters peek", "unknown command"),
         ("dead-letters list --force", "unknown option"),
+        ("status --service gateway", "one of auth, billing, notification"),
     ] {
         let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         // A credential that would fail if anything were contacted.
@@ -157,6 +158,42 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
     }
     let mut out = Vec::new();
     run(&["--help".to_owned()], Credential::None, &mut out).await?;
-    assert!(String::from_utf8(out)?.starts_with("usage: tenx-admin dead-letters list"));
+    assert!(String::from_utf8(out)?.starts_with("usage: tenx-admin status"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_each_service_ready_with_its_queues_pools_and_slow_calls_to_an_operator_only()
+-> anyhow::Result<()> {
+    // Every call to auth counts as slow, so its status lists some.
+    let platform = Platform::start_with(|auth| auth.telemetry.slow_request_ms = 0).await?;
+
+    // `token` prints the operator's token; it is what status accepts.
+    let token = admin("token", &platform, operator()).await?;
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let status = admin("status", &platform, Credential::Token(token.to_owned())).await?;
+    for service in ["auth", "billing", "notification"] {
+        let head = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{service}  ")))
+            .ok_or_else(|| anyhow::anyhow!("no {service}: {status}"))?;
+        assert!(head.ends_with("  ready"), "{head}");
+    }
+    assert_eq!(status.matches("  outbox  pending 0  oldest 0.0 s").count(), 3, "{status}");
+    assert!(
+        status.lines().any(|l| l.contains(".billing.customers.dlq  dead_letter  ready 0  consumers 0")),
+        "{status}"
+    );
+    assert!(status.lines().any(|l| l.starts_with("  pool  ") && l.contains(" primary ")), "{status}");
+    // The token's own issuing was a slow call to auth.
+    assert!(
+        status.lines().any(|l| l.starts_with("  slow  /tenx.auth.v1.AuthService/IssueServiceToken  code 0")),
+        "{status}"
+    );
+
+    let user = Credential::Token(signed_up(&platform).await?);
+    let error = admin("status --service auth", &platform, user).await.expect_err("a user");
+    assert!(error.to_string().contains("PermissionDenied"), "{error}");
     Ok(())
 }

@@ -249,6 +249,7 @@ impl App {
             }
         });
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
+        let status = tenx_common::ops::status_service("auth", self.metrics.clone(), readiness.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         let delay = self.settings.server.shutdown_delay();
         tasks.spawn(async move {
@@ -261,7 +262,7 @@ impl App {
         let max_message = self.settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
-        let router = self.grpc.router().add_service(api).add_service(dead_letters);
+        let router = self.grpc.router().add_service(api).add_service(dead_letters).add_service(status);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -69,15 +69,24 @@ impl Readiness {
             })
     }
 
-    /// Runs every check; `(all ok, one line per check)`.
-    pub async fn run(&self) -> (bool, String) {
-        let mut ok = true;
-        let mut report = String::new();
+    /// Runs every check, in order: each one's name and outcome.
+    pub async fn results(&self) -> Vec<(String, Result<(), String>)> {
+        let mut results = Vec::with_capacity(self.checks.len());
         for (name, check) in &self.checks {
             let outcome = match tokio::time::timeout(Duration::from_secs(2), check()).await {
                 Ok(result) => result,
                 Err(_) => Err("timed out".into()),
             };
+            results.push((name.clone(), outcome));
+        }
+        results
+    }
+
+    /// Runs every check; `(all ok, one line per check)`.
+    pub async fn run(&self) -> (bool, String) {
+        let mut ok = true;
+        let mut report = String::new();
+        for (name, outcome) in self.results().await {
             match outcome {
                 Ok(()) => report.push_str(&format!("{name}: ok\n")),
                 Err(reason) => {
@@ -108,12 +117,26 @@ pub async fn serve(
     shutdown: Shutdown,
     delay: std::time::Duration,
 ) -> std::io::Result<()> {
+    serve_with(listener, metrics, readiness, shutdown, delay, Router::new()).await
+}
+
+/// [`serve`], with `extra` routes beside the standard three (the gateway's
+/// operator console).
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+    delay: std::time::Duration,
+    extra: Router,
+) -> std::io::Result<()> {
     let stop = shutdown.clone();
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AdminState { metrics, readiness, shutdown });
+        .with_state(AdminState { metrics, readiness, shutdown })
+        .merge(extra);
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.after(delay).await }).await
 }
 

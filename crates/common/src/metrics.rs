@@ -13,6 +13,8 @@ use futures_util::future::BoxFuture;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::{Metric, Registry};
 
+pub mod exposition;
+
 /// A cloneable handle on the process's metric registry.
 #[derive(Clone, Default)]
 pub struct Metrics {

@@ -1,7 +1,12 @@
-//! The operator RPCs every service that consumes events serves
-//! (`tenx.ops.v1.DeadLetterService`), over its own consumer groups' queues.
+//! The operator RPCs every service serves: `tenx.ops.v1.DeadLetterService`
+//! over its own consumer groups' queues, and `tenx.ops.v1.StatusService`
+//! ([`status`]).
 //! Who may call them is the contract's (`CALLER_OPERATOR`), enforced by the
 //! shared authentication layer before a handler runs.
+
+mod status;
+
+pub use status::{StatusApi, status_service};
 
 use std::collections::HashSet;
 

@@ -219,8 +219,9 @@ impl App {
         let (metrics, stop) = (self.gateway.metrics.clone(), shutdown.child());
         let delay = self.gateway.settings.server.shutdown_delay();
         let readiness = readiness(self.gateway.clone());
+        let console = crate::console::router(self.gateway.clone());
         tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
+            if let Err(error) = admin::serve_with(admin, metrics, readiness, stop, delay, console).await {
                 tracing::error!(%error, "admin server failed");
             }
         });

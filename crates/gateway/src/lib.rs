@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod billing;
+pub mod console;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -216,6 +216,12 @@ impl Upstream {
         }
     }
 
+    /// Whether the circuit is open now (calls fail fast), for the console.
+    pub fn circuit_open(&self) -> bool {
+        let state = self.breaker.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.open_until.is_some()
+    }
+
     /// Fails fast while the circuit is open.
     pub(crate) fn admit_call(&self) -> Result<Admission<'_>, EdgeError> {
         match self.breaker.admit() {

@@ -188,6 +188,8 @@ impl App {
         let authenticator = self.authenticator.clone();
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
             .check("authn", move || std::future::ready(authenticator.ready()));
+        let status =
+            tenx_common::ops::status_service("notification", self.metrics.clone(), readiness.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         let delay = self.settings.server.shutdown_delay();
         tasks.spawn(async move {
@@ -206,7 +208,8 @@ impl App {
                 self.deliverer.clone(),
                 self.webhooks.clone(),
             )))
-            .add_service(dead_letters);
+            .add_service(dead_letters)
+            .add_service(status);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -12,6 +12,7 @@
 //! - [`TestPgBouncer`]: a PgBouncer of the test's own, in transaction
 //!   mode, in front of its databases.
 //! - [`mails`]: what the local SMTP sink kept.
+//! - [`browser`]: a headless Chromium over WebDriver, for page tests.
 //! - [`bench`]: benchmark figures printed beside a committed baseline.
 //! - [`binary`]: checks every service binary must pass (migrate, serve with
 //!   health, reflection and metrics, SIGTERM, a bad setting).
@@ -23,6 +24,7 @@
 mod amqp;
 pub mod bench;
 pub mod binary;
+pub mod browser;
 mod chaos;
 mod pg;
 mod pgbouncer;

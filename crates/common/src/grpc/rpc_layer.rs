@@ -2,10 +2,12 @@
 //! caller's trace (W3C `traceparent` in the metadata), with the method,
 //! status code, duration and a `slow_request` flag; and RED metrics.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
@@ -36,6 +38,29 @@ struct RpcMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<MethodLabels, Histogram>,
     slow: Family<MethodLabels, Counter>,
+    recent_slow: Arc<Mutex<VecDeque<SlowRequest>>>,
+}
+
+/// Slow calls kept for the operator's status (`tenx.ops.v1.StatusService`):
+/// enough to see a pattern, bounded so a slow day costs no memory.
+pub const RECENT_SLOW_REQUESTS: usize = 20;
+
+/// A call over the slow-request threshold, as the operator's status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowRequest {
+    pub method: String,
+    pub code: i32,
+    pub duration: Duration,
+    pub finished_at: SystemTime,
+    /// Empty when the call was not traced.
+    pub trace_id: String,
+}
+
+/// The server's most recent slow calls, newest first.
+pub fn recent_slow_requests(metrics: &Metrics) -> Vec<SlowRequest> {
+    let set: RpcMetrics = metrics.set();
+    let recent = set.recent_slow.lock().unwrap_or_else(PoisonError::into_inner);
+    recent.iter().rev().cloned().collect()
 }
 
 impl MetricSet for RpcMetrics {
@@ -44,6 +69,7 @@ impl MetricSet for RpcMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
             slow: Family::default(),
+            recent_slow: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_SLOW_REQUESTS))),
         };
         metrics.register(
             "grpc_server_requests",
@@ -144,9 +170,12 @@ where
         );
         set_remote_parent(&span, extract(&HeaderReader(request.headers())));
         let trace_id = span.context().span().span_context().trace_id();
-        if trace_id != opentelemetry::trace::TraceId::INVALID {
+        let trace_id = if trace_id == opentelemetry::trace::TraceId::INVALID {
+            String::new()
+        } else {
             span.record("trace_id", tracing::field::display(trace_id));
-        }
+            trace_id.to_string()
+        };
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -183,6 +212,17 @@ where
                 span.record("slow_request", true);
                 layer.metrics.slow.get_or_create(&labels).inc();
                 tracing::warn!(parent: &span, elapsed_ms = elapsed.as_millis() as u64, "slow request");
+                let mut recent = layer.metrics.recent_slow.lock().unwrap_or_else(PoisonError::into_inner);
+                if recent.len() == RECENT_SLOW_REQUESTS {
+                    recent.pop_front();
+                }
+                recent.push_back(SlowRequest {
+                    method: labels.method,
+                    code,
+                    duration: elapsed,
+                    finished_at: SystemTime::now(),
+                    trace_id,
+                });
             }
             result
         })
