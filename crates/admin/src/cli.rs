@@ -3,6 +3,7 @@
 pub const USAGE: &str = "\
 usage: tenx-admin status [--service S]
        tenx-admin token
+       tenx-admin keys
        tenx-admin dead-letters list [--service S] [--queue Q] [--limit N]
        tenx-admin dead-letters redrive --service S --queue Q (--id ID ... | --type T | --all)
        tenx-admin dead-letters purge --service S --queue Q (--id ID ... | --type T | --all) --yes
@@ -10,7 +11,9 @@ usage: tenx-admin status [--service S]
 status: each service's readiness checks, outbox backlog and the age of its oldest
 pending event, queue depths (dead letters flagged), Postgres pools and recent slow calls
 (all three unless --service). token: prints an operator's access token, for the console
-on the gateway's admin port (http://HOST:9090/console).
+on the gateway's admin port (http://HOST:9090/console). keys: auth's signing keys (which
+signs, which is next and from when, which retired ones are still published) and when
+the scheduled rotation makes the next one.
 
 The dead letters of the queues a service consumes (S: auth, billing or notification;
 list: all three unless --service): list shows each dead-letter queue's depth and first
@@ -106,6 +109,7 @@ pub enum Command {
     Help,
     Status { services: Vec<Service> },
     Token,
+    Keys,
     DeadLetters(DeadLetterAction),
 }
 
@@ -168,6 +172,7 @@ pub fn parse(args: &[String]) -> anyhow::Result<(Command, Services)> {
             return Ok((Command::Status { services: which }, services));
         }
         ["token"] => return Ok((Command::Token, services)),
+        ["keys"] => return Ok((Command::Keys, services)),
         ["dead-letters", "list"] => {
             let limit = match limit {
                 None => 20,

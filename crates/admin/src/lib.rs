@@ -5,6 +5,7 @@
 
 mod cli;
 mod dead_letters;
+mod keys;
 mod status;
 
 use std::io::Write;
@@ -110,6 +111,7 @@ pub async fn run(args: &[String], credential: Credential, out: &mut impl Write) 
             writeln!(out, "{token}")?;
             Ok(())
         }
+        Command::Keys => keys::run(&services, bearer, out).await,
         Command::Status { services: which } => status::run(&which, &services, bearer, out).await,
         Command::DeadLetters(action) => dead_letters::run(action, &services, bearer, out).await,
     }

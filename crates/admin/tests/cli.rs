@@ -163,8 +163,7 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_shows_each_service_ready_with_its_queues_pools_and_slow_calls_to_an_operator_only()
--> anyhow::Result<()> {
+async fn status_and_keys_show_what_an_operator_checks_first_and_only_to_an_operator() -> anyhow::Result<()> {
     // Every call to auth counts as slow, so its status lists some.
     let platform = Platform::start_with(|auth| auth.telemetry.slow_request_ms = 0).await?;
 
@@ -192,7 +191,16 @@ async fn status_shows_each_service_ready_with_its_queues_pools_and_slow_calls_to
         "{status}"
     );
 
+    // auth's signing key, and when the schedule makes the next one.
+    let keys = admin("keys", &platform, operator()).await?;
+    let lines: Vec<&str> = keys.lines().collect();
+    assert!(lines[0].starts_with("rotation: every 2592000 s; next key due 20"), "{keys}");
+    assert!(lines[1].starts_with("current  ") && lines[1].contains("  signing since 20"), "{keys}");
+    assert_eq!(lines.len(), 2, "one key: {keys}");
+
     let user = Credential::Token(signed_up(&platform).await?);
+    let error = admin("keys", &platform, user.clone()).await.expect_err("a user");
+    assert!(error.to_string().contains("PermissionDenied"), "{error}");
     let error = admin("status --service auth", &platform, user).await.expect_err("a user");
     assert!(error.to_string().contains("PermissionDenied"), "{error}");
     Ok(())

@@ -217,12 +217,29 @@ impl App {
         let consumer = Consumer::new(self.amqp.clone(), topology, worker, &self.metrics);
         let stop = shutdown.child();
         tasks.spawn(async move { consumer.run(stop).await });
-        let (keys, stop) = (self.core.keys.clone(), shutdown.child());
+        let (keys, db, tokens, stop) =
+            (self.core.keys.clone(), self.db.clone(), self.settings.tokens.clone(), shutdown.child());
         tasks.spawn(async move {
+            // Often enough that every instance has loaded the next key
+            // well before it signs.
+            let every = KEY_RELOAD
+                .min(Duration::from_secs(tokens.rotation_lead_seconds) / 4)
+                .max(Duration::from_millis(100));
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(KEY_RELOAD) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = stop.wait() => return,
+                }
+                match keys::rotate_if_due(&db, &tokens).await {
+                    Ok(done) => {
+                        if let Some(kid) = &done.created {
+                            tracing::info!(%kid, "next signing key published; it signs once the current one has served its period");
+                        }
+                        if done.retired > 0 {
+                            tracing::info!(retired = done.retired, "signing key replaced by its successor");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "scheduled signing key rotation failed"),
                 }
                 if let Err(error) = keys.reload().await {
                     tracing::warn!(%error, "signing key reload failed");

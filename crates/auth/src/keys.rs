@@ -1,12 +1,21 @@
 //! Access-token signing keys and JWTs.
 //!
 //! Keys are Ed25519 (`alg: EdDSA`), kept in Postgres with the private half
-//! encrypted (AES-256-GCM) under the configured key-encryption key. The
-//! newest unretired key signs; retired keys stay in the JWKS until every
-//! token they signed has expired, so rotation (`tenx-auth rotate-keys`)
-//! never invalidates a live token. Instances reload keys periodically and
-//! on every `GetJwks` (which verifiers call when they meet an unknown
-//! `kid`). Verification itself is `tenx_common::authn`'s, as in every
+//! encrypted (AES-256-GCM) under the configured key-encryption key.
+//!
+//! A key's life: **next** (published in the JWKS, not signing yet: every
+//! verifier fetches it before its first token exists), **current** (the
+//! newest unretired key whose `activates_at` has passed: it signs),
+//! **retired** (replaced; still published until every token it signed has
+//! expired, so no rotation invalidates a live token). [`rotate_if_due`],
+//! run by every instance, creates the next key `tokens.rotation_lead_seconds`
+//! before the current one is `tokens.rotation_period_seconds` old and
+//! retires the replaced one once its successor signs; `tenx-auth
+//! rotate-keys` ([`rotate`]) replaces the key at once (a key that leaked).
+//! Instances reload keys periodically and on every `GetJwks` (which
+//! verifiers call when they meet an unknown `kid`); each picks its signer
+//! by activation time when it signs, so they all switch at the same
+//! moment. Verification itself is `tenx_common::authn`'s, as in every
 //! service.
 
 use std::sync::{Arc, RwLock};
@@ -73,8 +82,22 @@ pub struct Claims {
 }
 
 struct KeySet {
-    signer: Option<(String, EncodingKey)>,
+    /// Unretired keys, the latest activation first: the first whose
+    /// activation has passed signs.
+    signers: Vec<Signer>,
     jwks: Vec<Jwk>,
+}
+
+struct Signer {
+    kid: String,
+    activates_at: SystemTime,
+    key: EncodingKey,
+}
+
+impl KeySet {
+    fn signer(&self, now: SystemTime) -> Option<&Signer> {
+        self.signers.iter().find(|s| s.activates_at <= now)
+    }
 }
 
 /// The live key set of one instance.
@@ -102,7 +125,7 @@ impl Keys {
             db,
             kek,
             settings: settings.clone(),
-            set: RwLock::new(KeySet { signer: None, jwks: Vec::new() }),
+            set: RwLock::new(KeySet { signers: Vec::new(), jwks: Vec::new() }),
             loaded_at: std::sync::Mutex::new(Instant::now()),
         };
         keys.reload().await?;
@@ -117,19 +140,21 @@ impl Keys {
         let conn = self.db.write().await?;
         let rows = conn
             .query_cached(
-                "SELECT kid, public_key, private_key_enc, retired_at IS NULL AS current FROM signing_keys \
+                "SELECT kid, public_key, private_key_enc, retired_at IS NULL AS unretired, activates_at \
+                 FROM signing_keys \
                  WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1) \
-                 ORDER BY created_at DESC",
+                 ORDER BY activates_at DESC, created_at DESC",
                 &[&keep.as_secs_f64()],
             )
             .await?;
-        let mut set = KeySet { signer: None, jwks: Vec::new() };
+        let mut set = KeySet { signers: Vec::new(), jwks: Vec::new() };
         for row in rows {
             let kid: String = row.get("kid");
             let public: Vec<u8> = row.get("public_key");
-            if set.signer.is_none() && row.get::<_, bool>("current") {
+            if row.get::<_, bool>("unretired") {
                 let seed = self.kek.decrypt(row.get("private_key_enc"))?;
-                set.signer = Some((kid.clone(), encoding_key(&seed)?));
+                let activates_at: SystemTime = row.get("activates_at");
+                set.signers.push(Signer { kid: kid.clone(), activates_at, key: encoding_key(&seed)? });
             }
             set.jwks.push(Jwk {
                 kid,
@@ -140,7 +165,7 @@ impl Keys {
                 r#use: "sig".into(),
             });
         }
-        if set.signer.is_none() {
+        if set.signers.is_empty() {
             return Err(AuthError::Internal("no current signing key".into()));
         }
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
@@ -206,11 +231,16 @@ impl Keys {
             svc,
         };
         let set = self.set.read().unwrap_or_else(|p| p.into_inner());
-        let (kid, key) = set.signer.as_ref().ok_or_else(|| AuthError::Internal("no signing key".into()))?;
+        // Before any key's activation (a clock behind the database's):
+        // the oldest unretired key, which is the one that was signing.
+        let signer = set
+            .signer(now)
+            .or_else(|| set.signers.last())
+            .ok_or_else(|| AuthError::Internal("no signing key".into()))?;
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid.clone());
-        let token =
-            jsonwebtoken::encode(&header, &claims, key).map_err(|e| AuthError::Internal(e.to_string()))?;
+        header.kid = Some(signer.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
     }
 
@@ -253,8 +283,11 @@ async fn insert_key(tx: &deadpool_postgres::Transaction<'_>, kek: &Kek) -> Resul
     Ok(kid)
 }
 
-/// Creates a new signing key and retires the current one (which stays in
-/// the JWKS until its tokens have expired). Returns the new `kid`.
+/// Creates a new signing key that signs at once, and retires every other
+/// (the current one stays in the JWKS until its tokens have expired; a
+/// next key scheduled but not yet signing is dropped with it). For a key
+/// that leaked: verifiers meet the new `kid` before its JWKS refresh and
+/// refetch. Returns the new `kid`.
 pub async fn rotate(db: &Db, settings: &TokenSettings) -> Result<String, AuthError> {
     let kek = Kek::parse(settings.key_encryption_key.expose()).map_err(AuthError::Internal)?;
     let mut conn = db.write().await?;
@@ -268,4 +301,101 @@ pub async fn rotate(db: &Db, settings: &TokenSettings) -> Result<String, AuthErr
     .await?;
     tx.commit().await?;
     Ok(kid)
+}
+
+/// What [`rotate_if_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The next key it created, if it was time.
+    pub created: Option<String>,
+    /// Keys it retired because a successor now signs.
+    pub retired: u64,
+}
+
+/// The scheduled rotation's step, run by every instance (one at a time,
+/// under the key set's advisory lock, so several instances create one
+/// key): retires the keys a newer active key replaced, as of that key's
+/// activation; and, when the current key is within `rotation_lead_seconds`
+/// of `rotation_period_seconds` old and no next key exists, creates the
+/// next one, activating when the current one has served its period (and
+/// never sooner than the lead from now).
+pub async fn rotate_if_due(db: &Db, settings: &TokenSettings) -> Result<Scheduled, AuthError> {
+    let kek = Kek::parse(settings.key_encryption_key.expose()).map_err(AuthError::Internal)?;
+    let mut conn = db.write().await?;
+    let tx = conn.transaction().await?;
+    tx.execute_cached("SELECT pg_advisory_xact_lock(hashtext('tenx.auth.signing_keys'))", &[]).await?;
+    let retired = tx
+        .execute_cached(
+            "UPDATE signing_keys s SET retired_at = c.activates_at \
+             FROM (SELECT activates_at FROM signing_keys WHERE retired_at IS NULL AND activates_at <= now() \
+                   ORDER BY activates_at DESC LIMIT 1) c \
+             WHERE s.retired_at IS NULL AND s.activates_at < c.activates_at",
+            &[],
+        )
+        .await?;
+    let mut created = None;
+    if settings.rotation_period_seconds > 0 {
+        let (period, lead) = (settings.rotation_period_seconds as f64, settings.rotation_lead_seconds as f64);
+        let due = tx
+            .query_one_cached(
+                "SELECT coalesce(bool_and(activates_at <= now()) \
+                                 AND max(activates_at) + make_interval(secs => $1::float8 - $2::float8) <= now(), false), \
+                        max(activates_at) + make_interval(secs => $1::float8) \
+                 FROM signing_keys WHERE retired_at IS NULL",
+                &[&period, &lead],
+            )
+            .await?;
+        if due.get::<_, bool>(0) {
+            let at: SystemTime = due.get(1);
+            let kid = insert_key(&tx, &kek).await?;
+            tx.execute_cached(
+                "UPDATE signing_keys SET activates_at = greatest($2::timestamptz, now() + make_interval(secs => $3::float8)) \
+                 WHERE kid = $1",
+                &[&kid, &at, &lead],
+            )
+            .await?;
+            created = Some(kid);
+        }
+    }
+    tx.commit().await?;
+    Ok(Scheduled { created, retired })
+}
+
+/// A key as operators see it (`ListSigningKeys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub created_at: SystemTime,
+    pub activates_at: SystemTime,
+    pub retired_at: Option<SystemTime>,
+    /// When it leaves the JWKS (retired keys only).
+    pub published_until: Option<SystemTime>,
+}
+
+/// Every key still published, the latest activation first.
+pub async fn list(db: &Db, settings: &TokenSettings) -> Result<Vec<KeyInfo>, AuthError> {
+    let keep =
+        Duration::from_secs(settings.access_ttl_seconds.max(settings.service_ttl_seconds)) + RETIRED_MARGIN;
+    let conn = db.write().await?;
+    let rows = conn
+        .query_cached(
+            "SELECT kid, created_at, activates_at, retired_at FROM signing_keys \
+             WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1) \
+             ORDER BY activates_at DESC, created_at DESC",
+            &[&keep.as_secs_f64()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let retired_at: Option<SystemTime> = row.get("retired_at");
+            KeyInfo {
+                kid: row.get("kid"),
+                created_at: row.get("created_at"),
+                activates_at: row.get("activates_at"),
+                retired_at,
+                published_until: retired_at.map(|at| at + keep),
+            }
+        })
+        .collect())
 }

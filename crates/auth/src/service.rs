@@ -985,6 +985,48 @@ impl Core {
         })
     }
 
+    /// The published keys and the schedule (`ListSigningKeys`).
+    async fn list_signing_keys(&self) -> Result<pb::ListSigningKeysResponse, AuthError> {
+        use pb::signing_key::State;
+        let tokens = &self.settings.tokens;
+        let keys = crate::keys::list(&self.db, tokens).await?;
+        let now = SystemTime::now();
+        // The first unretired key whose activation has passed signs.
+        let current =
+            keys.iter().find(|k| k.retired_at.is_none() && k.activates_at <= now).map(|k| k.kid.clone());
+        let has_next = keys.iter().any(|k| k.retired_at.is_none() && k.activates_at > now);
+        let period = Duration::from_secs(tokens.rotation_period_seconds);
+        let lead = Duration::from_secs(tokens.rotation_lead_seconds);
+        let next_key_due_at = match (&current, has_next, tokens.rotation_period_seconds) {
+            (Some(kid), false, 1..) => keys.iter().find(|k| &k.kid == kid).map(|k| {
+                crate::store::timestamp((k.activates_at + period).checked_sub(lead).unwrap_or(k.activates_at))
+            }),
+            _ => None,
+        };
+        Ok(pb::ListSigningKeysResponse {
+            keys: keys
+                .iter()
+                .map(|k| pb::SigningKey {
+                    kid: k.kid.clone(),
+                    state: match () {
+                        () if k.retired_at.is_some() => State::Retired,
+                        () if current.as_deref() == Some(k.kid.as_str()) => State::Current,
+                        () if k.activates_at > now => State::Next,
+                        // Active but older than the current one, not yet
+                        // retired by the schedule's next step.
+                        () => State::Retired,
+                    } as i32,
+                    created_at: Some(crate::store::timestamp(k.created_at)),
+                    activates_at: Some(crate::store::timestamp(k.activates_at)),
+                    retired_at: k.retired_at.map(crate::store::timestamp),
+                    published_until: k.published_until.map(crate::store::timestamp),
+                })
+                .collect(),
+            rotation_period_seconds: tokens.rotation_period_seconds,
+            next_key_due_at,
+        })
+    }
+
     fn jwks(&self) -> pb::GetJwksResponse {
         let keys = self.keys.jwks();
         let json = serde_json::json!({
@@ -1200,6 +1242,13 @@ impl AuthService for AuthApi {
         request: Request<pb::CheckRevokedRequest>,
     ) -> Result<Response<pb::CheckRevokedResponse>, Status> {
         Ok(Response::new(self.core.check_revoked(request.into_inner()).await?))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        _request: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        Ok(Response::new(self.core.list_signing_keys().await?))
     }
 
     async fn upload_avatar(

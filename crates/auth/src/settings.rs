@@ -58,6 +58,13 @@ pub struct TokenSettings {
     pub key_encryption_key: Secret<String>,
     /// Lifetime of a service token (IssueServiceToken).
     pub service_ttl_seconds: u64,
+    /// How often the signing key is replaced on schedule (0: only by
+    /// `tenx-auth rotate-keys`).
+    pub rotation_period_seconds: u64,
+    /// How long the next key is published in the JWKS before it signs:
+    /// longer than any verifier's `authn.refresh_seconds`, so none meets
+    /// a token whose key it has not fetched yet.
+    pub rotation_lead_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +170,13 @@ impl Validate for AuthSettings {
         }
         if self.tokens.service_ttl_seconds < 60 || self.tokens.service_ttl_seconds > 3600 {
             return Err(Invalid::new("tokens.service_ttl_seconds", "must be between 60 and 3600"));
+        }
+        let (period, lead) = (self.tokens.rotation_period_seconds, self.tokens.rotation_lead_seconds);
+        if period > 0 && (lead == 0 || lead >= period) {
+            return Err(Invalid::new(
+                "tokens.rotation_lead_seconds",
+                "must be at least 1 and less than tokens.rotation_period_seconds",
+            ));
         }
         for (name, secret) in &self.service_clients {
             if !crate::validate::is_service_name(name) {

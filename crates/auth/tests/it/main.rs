@@ -9,6 +9,7 @@ mod bad_input;
 mod binary;
 mod codes;
 mod events;
+mod key_schedule;
 mod roles;
 mod sessions;
 mod support;

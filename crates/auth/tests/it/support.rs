@@ -27,6 +27,12 @@ pub struct TestAuth {
 impl TestAuth {
     /// One running instance.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// One running instance, with `tune` applied to the settings first
+    /// (the instances started later share them).
+    pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
         let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
             tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
             Ok(())
@@ -36,6 +42,7 @@ impl TestAuth {
         let mut settings =
             AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;
         settings.service_clients.insert("billing".into(), SERVICE_SECRET.to_owned().into());
+        tune(&mut settings);
         let topology = Topology::for_group(&settings.amqp, tenx_auth::avatar::GROUP, &[]);
         amqp.track(topology.queue_names(), topology.exchange_names());
         let mut auth =
