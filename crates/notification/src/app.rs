@@ -57,7 +57,7 @@ pub fn retention_rules(settings: &NotificationSettings) -> Vec<tenx_common::rete
     let kept = &settings.retention;
     vec![
         Rule::older("notifications", "created_at", days(kept.notifications_days)),
-        Rule::older("email_deliveries", "created_at", days(kept.deliveries_days)).only("status <> 'pending'"),
+        Rule::older("email_deliveries", "created_at", days(kept.deliveries_days)).only("status = 'sent'"),
         Rule::older("webhook_attempts", "attempted_at", days(kept.deliveries_days)),
         Rule::older("webhook_messages", "created_at", days(kept.deliveries_days)).only(
             "status = 'delivered' AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.message_id = webhook_messages.id)",
@@ -207,6 +207,8 @@ impl App {
             .add_service(NotificationServiceServer::new(NotificationApi::new(
                 self.deliverer.clone(),
                 self.webhooks.clone(),
+                self.amqp.clone(),
+                topology(&self.settings),
             )))
             .add_service(dead_letters)
             .add_service(status);

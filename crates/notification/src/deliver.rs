@@ -220,7 +220,8 @@ impl Deliverer {
             .query_one_cached("SELECT status FROM email_deliveries WHERE dedupe_key = $1 FOR UPDATE", &[&key])
             .await?
             .get(0);
-        if status != "pending" {
+        // Pending, or failed and redriven: send. Sent: never again.
+        if status == "sent" {
             return Ok(());
         }
         let digest = Sha256::digest(key.as_bytes());
@@ -246,9 +247,12 @@ impl Deliverer {
                 Ok(())
             }
             Err(reason) => {
+                // The last attempt's failure makes it `failed`: the event
+                // is dead-lettered, and RedriveEmail finds it by this.
                 tx.execute_cached(
-                    "UPDATE email_deliveries SET attempts = attempts + 1, last_error = $2 WHERE dedupe_key = $1",
-                    &[&key, &reason],
+                    "UPDATE email_deliveries SET attempts = attempts + 1, last_error = $2, \
+                     status = CASE WHEN $3 THEN 'failed' ELSE 'pending' END WHERE dedupe_key = $1",
+                    &[&key, &reason, &job.last_attempt],
                 )
                 .await?;
                 tx.commit().await?;

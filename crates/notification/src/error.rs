@@ -15,6 +15,8 @@ pub enum NotifyError {
     PermissionDenied,
     #[error("idempotency key reused with a different request")]
     KeyReused,
+    #[error("{0}")]
+    Precondition(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -37,6 +39,7 @@ impl From<NotifyError> for tonic::Status {
             NotifyError::NotFound(_) => ApiError::NotFound(error.to_string()),
             NotifyError::PermissionDenied => ApiError::PermissionDenied(error.to_string()),
             NotifyError::KeyReused => ApiError::FailedPrecondition(error.to_string()),
+            NotifyError::Precondition(m) => ApiError::FailedPrecondition(m),
             NotifyError::Db(e) => e.into(),
             NotifyError::Postgres(e) => e.into(),
             NotifyError::Internal(m) => ApiError::internal(std::io::Error::other(m)),

@@ -12,6 +12,7 @@ pub mod app;
 pub mod billing;
 pub mod deliver;
 pub mod egress;
+pub mod email_log;
 pub mod error;
 pub mod mailer;
 pub mod preferences;

@@ -13,7 +13,11 @@ use tenx_proto::notification::v1::notification_service_server::NotificationServi
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use tenx_common::queue::dead_letters::DeadLetters;
+use tenx_common::queue::{Amqp, Topology};
+
 use crate::deliver::{DeliverError, Deliverer, channel_label};
+use crate::email_log;
 use crate::error::NotifyError;
 use crate::preferences;
 use crate::structs::{json_len, to_json};
@@ -27,11 +31,15 @@ const MAX_DATA_BYTES: usize = 16 * 1024;
 pub struct NotificationApi {
     deliverer: Arc<Deliverer>,
     webhooks: Arc<Webhooks>,
+    /// The notification queue's dead letters, where failed emails' events
+    /// wait for RedriveEmail.
+    letters: DeadLetters,
+    work: Topology,
 }
 
 impl NotificationApi {
-    pub fn new(deliverer: Arc<Deliverer>, webhooks: Arc<Webhooks>) -> Self {
-        Self { deliverer, webhooks }
+    pub fn new(deliverer: Arc<Deliverer>, webhooks: Arc<Webhooks>, amqp: Amqp, work: Topology) -> Self {
+        Self { deliverer, webhooks, letters: DeadLetters::new(amqp, vec![work.clone()]), work }
     }
 }
 
@@ -384,5 +392,22 @@ impl NotificationService for NotificationApi {
         operator(request.extensions())?;
         webhook_api::redrive(&self.webhooks.db, request.into_inner()).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {}))
+    }
+
+    async fn list_email_deliveries(
+        &self,
+        request: Request<pb::ListEmailDeliveriesRequest>,
+    ) -> Result<Response<pb::ListEmailDeliveriesResponse>, Status> {
+        operator(request.extensions())?;
+        Ok(Response::new(email_log::list(&self.webhooks.db, request.into_inner()).await?))
+    }
+
+    async fn redrive_email(
+        &self,
+        request: Request<pb::RedriveEmailRequest>,
+    ) -> Result<Response<pb::RedriveEmailResponse>, Status> {
+        operator(request.extensions())?;
+        email_log::redrive(&self.webhooks.db, &self.letters, &self.work, request.into_inner()).await?;
+        Ok(Response::new(pb::RedriveEmailResponse {}))
     }
 }

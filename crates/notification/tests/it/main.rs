@@ -6,6 +6,7 @@ mod binary;
 mod chaos;
 mod dead_letters;
 mod delivery;
+mod email_log;
 mod retention;
 mod rpc;
 mod support;

@@ -19,7 +19,8 @@ async fn old_notifications_and_finished_deliveries_go_pending_ones_and_dead_lett
            FROM unnest(ARRAY[181, 200, 179]) AS d; \
          INSERT INTO email_deliveries (id, dedupe_key, user_id, to_address, template, status, created_at) VALUES \
            (gen_random_uuid(), 'sent-old', gen_random_uuid(), 'a@x.test', 'welcome', 'sent', now() - interval '31 days'), \
-           (gen_random_uuid(), 'skipped-old', gen_random_uuid(), 'a@x.test', 'welcome', 'skipped', now() - interval '40 days'), \
+           (gen_random_uuid(), 'sent-older', gen_random_uuid(), 'a@x.test', 'welcome', 'sent', now() - interval '40 days'), \
+           (gen_random_uuid(), 'failed-old', gen_random_uuid(), 'a@x.test', 'welcome', 'failed', now() - interval '40 days'), \
            (gen_random_uuid(), 'pending-old', gen_random_uuid(), 'a@x.test', 'welcome', 'pending', now() - interval '40 days'), \
            (gen_random_uuid(), 'sent-new', gen_random_uuid(), 'a@x.test', 'welcome', 'sent', now() - interval '29 days'); \
          INSERT INTO webhook_endpoints (id, url, event_types, secret) \
@@ -54,8 +55,8 @@ async fn old_notifications_and_finished_deliveries_go_pending_ones_and_dead_lett
     assert_eq!(left("SELECT dedupe_key FROM notifications").await?, ["n-179"], "180 days kept");
     assert_eq!(
         left("SELECT dedupe_key FROM email_deliveries ORDER BY dedupe_key").await?,
-        ["pending-old", "sent-new"],
-        "a pending delivery stays whatever its age"
+        ["failed-old", "pending-old", "sent-new"],
+        "a pending or failed delivery stays whatever its age, for the operator"
     );
     // e1: delivered, its attempt as old, both go; e2: a dead letter, stays
     // for the operator; e3: delivered, but an attempt of 2 days ago keeps it.
