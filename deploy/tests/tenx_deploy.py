@@ -93,6 +93,7 @@ COMMON_KEY_TYPES = {
         "log_format": {"enum": ["json", "pretty"]}, "log_filter": STR,
         "otlp_endpoint": {"type": "string", "pattern": "^https?://.+$"},
         "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1}, "slow_request_ms": INT,
+        "metrics_export_seconds": INT,
     },
 }
 

@@ -266,6 +266,14 @@ impl App {
             }
         });
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
+        if let Some(export) = tenx_common::metrics::otlp::exporter(
+            &self.metrics,
+            "auth",
+            &self.settings.telemetry,
+            shutdown.child(),
+        ) {
+            tasks.spawn(export);
+        }
         let status = tenx_common::ops::status_service("auth", self.metrics.clone(), readiness.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         let delay = self.settings.server.shutdown_delay();

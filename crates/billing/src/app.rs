@@ -208,6 +208,14 @@ impl App {
         let authenticator = self.authenticator.clone();
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
             .check("authn", move || std::future::ready(authenticator.ready()));
+        if let Some(export) = tenx_common::metrics::otlp::exporter(
+            &self.metrics,
+            "billing",
+            &self.settings.telemetry,
+            shutdown.child(),
+        ) {
+            tasks.spawn(export);
+        }
         let status = tenx_common::ops::status_service("billing", self.metrics.clone(), readiness.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());
         let delay = self.settings.server.shutdown_delay();

@@ -14,6 +14,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::{Metric, Registry};
 
 pub mod exposition;
+pub mod otlp;
 
 /// A cloneable handle on the process's metric registry.
 #[derive(Clone, Default)]

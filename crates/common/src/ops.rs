@@ -6,7 +6,7 @@
 
 mod status;
 
-pub use status::{StatusApi, status_service};
+pub use status::{StatusApi, instance_name, status_service};
 
 use std::collections::HashSet;
 

@@ -57,6 +57,11 @@ pub struct TelemetrySettings {
     /// Requests slower than this are flagged `slow_request` and logged.
     #[serde(default = "default_slow_request_ms")]
     pub slow_request_ms: u64,
+    /// With `otlp_endpoint`, the metrics are pushed there too, this often
+    /// (`tenx_common::metrics::otlp`); 0: traces only. Prometheus's scrape
+    /// of `/metrics` works either way.
+    #[serde(default = "default_metrics_export_seconds")]
+    pub metrics_export_seconds: u64,
 }
 
 fn default_log_format() -> LogFormat {
@@ -71,6 +76,9 @@ fn default_sample_ratio() -> f64 {
 fn default_slow_request_ms() -> u64 {
     1_000
 }
+fn default_metrics_export_seconds() -> u64 {
+    60
+}
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
@@ -80,6 +88,7 @@ impl Default for TelemetrySettings {
             otlp_endpoint: None,
             sample_ratio: default_sample_ratio(),
             slow_request_ms: default_slow_request_ms(),
+            metrics_export_seconds: default_metrics_export_seconds(),
         }
     }
 }

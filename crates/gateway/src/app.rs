@@ -219,6 +219,14 @@ impl App {
         let (metrics, stop) = (self.gateway.metrics.clone(), shutdown.child());
         let delay = self.gateway.settings.server.shutdown_delay();
         let readiness = readiness(self.gateway.clone());
+        if let Some(export) = tenx_common::metrics::otlp::exporter(
+            &self.gateway.metrics,
+            "gateway",
+            &self.gateway.settings.telemetry,
+            shutdown.child(),
+        ) {
+            tasks.spawn(export);
+        }
         let console = crate::console::router(self.gateway.clone());
         tasks.spawn(async move {
             if let Err(error) = admin::serve_with(admin, metrics, readiness, stop, delay, console).await {

@@ -188,6 +188,14 @@ impl App {
         let authenticator = self.authenticator.clone();
         let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
             .check("authn", move || std::future::ready(authenticator.ready()));
+        if let Some(export) = tenx_common::metrics::otlp::exporter(
+            &self.metrics,
+            "notification",
+            &self.settings.telemetry,
+            shutdown.child(),
+        ) {
+            tasks.spawn(export);
+        }
         let status =
             tenx_common::ops::status_service("notification", self.metrics.clone(), readiness.clone());
         let (metrics, stop) = (self.metrics.clone(), shutdown.child());

@@ -28,6 +28,73 @@ pub fn parse(text: &str) -> Vec<Sample> {
     text.lines().filter(|line| !line.starts_with('#')).filter_map(sample).collect()
 }
 
+/// What a family's `# TYPE` line says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// Any other type, or samples without a `# TYPE`.
+    Other,
+}
+
+/// A metric family: its name (without `_total`, `_bucket`, … suffixes),
+/// type, help and samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: String,
+    pub kind: Kind,
+    pub help: String,
+    pub samples: Vec<Sample>,
+}
+
+/// The families of `text`, in order: each `# TYPE` (and its `# HELP`)
+/// opens one, and the samples after it whose names start with its name
+/// are its own.
+pub fn families(text: &str) -> Vec<Family> {
+    let mut families: Vec<Family> = Vec::new();
+    let open = |families: &mut Vec<Family>, name: &str| {
+        if families.last().is_none_or(|f| f.name != name) {
+            families.push(Family {
+                name: name.to_owned(),
+                kind: Kind::Other,
+                help: String::new(),
+                samples: Vec::new(),
+            });
+        }
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            open(&mut families, name);
+            if let Some(family) = families.last_mut() {
+                family.help = help.to_owned();
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            open(&mut families, name);
+            if let Some(family) = families.last_mut() {
+                family.kind = match kind {
+                    "counter" => Kind::Counter,
+                    "gauge" => Kind::Gauge,
+                    "histogram" => Kind::Histogram,
+                    _ => Kind::Other,
+                };
+            }
+        } else if !line.starts_with('#')
+            && let Some(sample) = sample(line)
+        {
+            if families.last().is_none_or(|f| !sample.name.starts_with(f.name.as_str())) {
+                open(&mut families, &sample.name);
+            }
+            if let Some(family) = families.last_mut() {
+                family.samples.push(sample);
+            }
+        }
+    }
+    families
+}
+
 /// The samples of `text` named `name`.
 pub fn named<'a>(samples: &'a [Sample], name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
     samples.iter().filter(move |s| s.name == name)
@@ -101,6 +168,21 @@ mod tests {
         assert_eq!(samples[3].label("reason"), Some("said \"no\", then\\left"));
         assert!(samples[3].value.is_nan());
         assert_eq!(named(&samples, "tenx_y").count(), 1);
+    }
+
+    #[test]
+    fn families_group_samples_under_their_type() {
+        let text = "# HELP tenx_a Things done.\n# TYPE tenx_a counter\ntenx_a_total{k=\"1\"} 2\ntenx_a_total{k=\"2\"} 3\n\
+            # TYPE tenx_b histogram\ntenx_b_bucket{le=\"0.5\"} 1\ntenx_b_bucket{le=\"+Inf\"} 2\ntenx_b_sum 1.5\ntenx_b_count 2\n\
+            # HELP tenx_c Level.\n# TYPE tenx_c gauge\ntenx_c 7\n# EOF\n";
+        let families = families(text);
+        let shape: Vec<(&str, Kind, usize)> =
+            families.iter().map(|f| (f.name.as_str(), f.kind, f.samples.len())).collect();
+        assert_eq!(
+            shape,
+            [("tenx_a", Kind::Counter, 2), ("tenx_b", Kind::Histogram, 4), ("tenx_c", Kind::Gauge, 1)]
+        );
+        assert_eq!((families[0].help.as_str(), families[2].help.as_str()), ("Things done.", "Level."));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct StatusApi {
 }
 
 /// The host's name: the pod's in Kubernetes.
-fn instance_name() -> String {
+pub fn instance_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
