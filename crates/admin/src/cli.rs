@@ -4,6 +4,7 @@ pub const USAGE: &str = "\
 usage: tenx-admin status [--service S]
        tenx-admin token
        tenx-admin keys
+       tenx-admin user EMAIL|ID
        tenx-admin dead-letters list [--service S] [--queue Q] [--limit N]
        tenx-admin dead-letters redrive --service S --queue Q (--id ID ... | --type T | --all)
        tenx-admin dead-letters purge --service S --queue Q (--id ID ... | --type T | --all) --yes
@@ -13,7 +14,8 @@ pending event, queue depths (dead letters flagged), Postgres pools and recent sl
 (all three unless --service). token: prints an operator's access token, for the console
 on the gateway's admin port (http://HOST:9090/console). keys: auth's signing keys (which
 signs, which is next and from when, which retired ones are still published) and when
-the scheduled rotation makes the next one.
+the scheduled rotation makes the next one. user: one account (roles, verified, live
+sessions and API keys, last login, login locks).
 
 The dead letters of the queues a service consumes (S: auth, billing or notification;
 list: all three unless --service): list shows each dead-letter queue's depth and first
@@ -110,6 +112,7 @@ pub enum Command {
     Status { services: Vec<Service> },
     Token,
     Keys,
+    User(String),
     DeadLetters(DeadLetterAction),
 }
 
@@ -173,6 +176,8 @@ pub fn parse(args: &[String]) -> anyhow::Result<(Command, Services)> {
         }
         ["token"] => return Ok((Command::Token, services)),
         ["keys"] => return Ok((Command::Keys, services)),
+        ["user", who] => return Ok((Command::User((*who).to_owned()), services)),
+        ["user"] => return Err(usage("user needs an email or a user id")),
         ["dead-letters", "list"] => {
             let limit = match limit {
                 None => 20,

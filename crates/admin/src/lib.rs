@@ -7,6 +7,7 @@ mod cli;
 mod dead_letters;
 mod keys;
 mod status;
+mod user;
 
 use std::io::Write;
 
@@ -112,6 +113,7 @@ pub async fn run(args: &[String], credential: Credential, out: &mut impl Write) 
             Ok(())
         }
         Command::Keys => keys::run(&services, bearer, out).await,
+        Command::User(who) => user::run(&who, &services, bearer, out).await,
         Command::Status { services: which } => status::run(&which, &services, bearer, out).await,
         Command::DeadLetters(action) => dead_letters::run(action, &services, bearer, out).await,
     }

@@ -33,6 +33,11 @@ async fn admin(line: &str, platform: &Platform, credential: Credential) -> anyho
 
 /// A new user's access token (no role).
 async fn signed_up(platform: &Platform) -> anyhow::Result<String> {
+    Ok(signed_up_as(platform).await?.0)
+}
+
+/// A new user's access token (no role) and email.
+async fn signed_up_as(platform: &Platform) -> anyhow::Result<(String, String)> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", platform.auth.grpc_addr))?
         .connect()
         .await?;
@@ -41,8 +46,9 @@ async fn signed_up(platform: &Platform) -> anyhow::Result<String> {
         password: "a password long enough".into(),
         ..Default::default()
     };
+    let email = request.email.clone();
     let tokens = AuthServiceClient::new(channel).sign_up(request).await?.into_inner().tokens;
-    Ok(tokens.ok_or_else(|| anyhow::anyhow!("no tokens"))?.access_token)
+    Ok((tokens.ok_or_else(|| anyhow::anyhow!("no tokens"))?.access_token, email))
 }
 
 fn operator() -> Credential {
@@ -149,6 +155,7 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
         ("dead-letters peek", "unknown command"),
         ("dead-letters list --force", "unknown option"),
         ("status --service gateway", "one of auth, billing, notification"),
+        ("user", "needs an email or a user id"),
     ] {
         let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         // A credential that would fail if anything were contacted.
@@ -163,7 +170,7 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_keys_show_what_an_operator_checks_first_and_only_to_an_operator() -> anyhow::Result<()> {
+async fn status_keys_and_user_show_what_an_operator_checks_first_and_only_to_an_operator() -> anyhow::Result<()> {
     // Every call to auth counts as slow, so its status lists some.
     let platform = Platform::start_with(|auth| auth.telemetry.slow_request_ms = 0).await?;
 
@@ -198,7 +205,22 @@ async fn status_and_keys_show_what_an_operator_checks_first_and_only_to_an_opera
     assert!(lines[1].starts_with("current  ") && lines[1].contains("  signing since 20"), "{keys}");
     assert_eq!(lines.len(), 2, "one key: {keys}");
 
-    let user = Credential::Token(signed_up(&platform).await?);
+    // One account: looked up by the email it signed up with.
+    let (token, email) = signed_up_as(&platform).await?;
+    let shown = admin(&format!("user {email}"), &platform, operator()).await?;
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].ends_with(&format!("  {email}  unverified  roles -")), "{shown}");
+    assert!(
+        lines[2].starts_with("  sessions 1  last login 20") && lines[2].ends_with("  api keys 0"),
+        "{shown}"
+    );
+    assert_eq!(lines[3], "  logins not locked", "{shown}");
+    let missing = admin("user nobody@admin-cli.tenx.test", &platform, operator()).await.expect_err("none");
+    assert!(missing.to_string().contains("NotFound"), "{missing}");
+
+    let user = Credential::Token(token);
+    let error = admin(&format!("user {email}"), &platform, user.clone()).await.expect_err("a user");
+    assert!(error.to_string().contains("PermissionDenied"), "{error}");
     let error = admin("keys", &platform, user.clone()).await.expect_err("a user");
     assert!(error.to_string().contains("PermissionDenied"), "{error}");
     let error = admin("status --service auth", &platform, user).await.expect_err("a user");

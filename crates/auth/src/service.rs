@@ -985,6 +985,47 @@ impl Core {
         })
     }
 
+    /// One account for operators (`LookupUser`), from the primary.
+    async fn lookup_user(&self, request: pb::LookupUserRequest) -> Result<pb::LookupUserResponse, AuthError> {
+        let conn = self.db.write().await?;
+        let row = match (request.email.is_empty(), request.user_id.is_empty()) {
+            (false, true) => {
+                let email = validate::email("email", &request.email)?;
+                let sql = format!("SELECT {}, roles FROM users WHERE email = $1", store::USER_COLUMNS);
+                conn.query_opt_cached(&sql, &[&email]).await?
+            }
+            (true, false) => {
+                let id = validate::id("user_id", &request.user_id)?;
+                let sql = format!("SELECT {}, roles FROM users WHERE id = $1", store::USER_COLUMNS);
+                conn.query_opt_cached(&sql, &[&id]).await?
+            }
+            _ => return Err(AuthError::invalid("email", "set exactly one of email or user_id")),
+        };
+        let row = row.ok_or(AuthError::NotFound("user"))?;
+        let user = store::UserRecord::from_row(&row);
+        let counts = conn
+            .query_one_cached(
+                "SELECT (SELECT count(*) FROM login_attempts WHERE email = $2 AND locked_until > now()), \
+                        (SELECT max(locked_until) FROM login_attempts WHERE email = $2 AND locked_until > now()), \
+                        (SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL), \
+                        (SELECT max(created_at) FROM sessions WHERE user_id = $1), \
+                        (SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL \
+                           AND (expires_at IS NULL OR expires_at > now()))",
+                &[&user.id, &user.email],
+            )
+            .await?;
+        let count = |i: usize| u32::try_from(counts.get::<_, i64>(i)).unwrap_or(u32::MAX);
+        Ok(pb::LookupUserResponse {
+            roles: row.get("roles"),
+            locked_clients: count(0),
+            locked_until: counts.get::<_, Option<SystemTime>>(1).map(store::timestamp),
+            active_sessions: count(2),
+            last_login_at: counts.get::<_, Option<SystemTime>>(3).map(store::timestamp),
+            active_api_keys: count(4),
+            user: Some(user.to_proto()),
+        })
+    }
+
     /// The published keys and the schedule (`ListSigningKeys`).
     async fn list_signing_keys(&self) -> Result<pb::ListSigningKeysResponse, AuthError> {
         use pb::signing_key::State;
@@ -1242,6 +1283,13 @@ impl AuthService for AuthApi {
         request: Request<pb::CheckRevokedRequest>,
     ) -> Result<Response<pb::CheckRevokedResponse>, Status> {
         Ok(Response::new(self.core.check_revoked(request.into_inner()).await?))
+    }
+
+    async fn lookup_user(
+        &self,
+        request: Request<pb::LookupUserRequest>,
+    ) -> Result<Response<pb::LookupUserResponse>, Status> {
+        Ok(Response::new(self.core.lookup_user(request.into_inner()).await?))
     }
 
     async fn list_signing_keys(
