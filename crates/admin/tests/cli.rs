@@ -169,8 +169,9 @@ async fn mistakes_on_the_command_line_are_usage_errors_that_contact_nothing() ->
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_keys_and_user_show_what_an_operator_checks_first_and_only_to_an_operator() -> anyhow::Result<()> {
+#[tokio::test]
+async fn status_keys_and_user_show_what_an_operator_checks_first_and_only_to_an_operator()
+-> anyhow::Result<()> {
     // Every call to auth counts as slow, so its status lists some.
     let platform = Platform::start_with(|auth| auth.telemetry.slow_request_ms = 0).await?;
 

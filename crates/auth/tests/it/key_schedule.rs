@@ -59,7 +59,7 @@ async fn until<T>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_next_key_is_published_before_it_signs_and_takes_over_on_every_instance() -> anyhow::Result<()> {
     // A 6 s period with a 3 s lead: the next key appears 3 s in and signs 6 s in.
     let mut auth = TestAuth::start_with(|s| {
@@ -136,7 +136,7 @@ async fn the_next_key_is_published_before_it_signs_and_takes_over_on_every_insta
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn eight_racing_instances_create_one_next_key_and_rotate_keys_replaces_it_at_once() -> anyhow::Result<()>
 {
     let auth = TestAuth::start().await?;

@@ -116,6 +116,10 @@ impl<H: Handler> Consumer<H> {
 
     async fn consume(&self, shutdown: &Shutdown, backoff: &mut Backoff) -> Result<(), QueueError> {
         let channel = self.amqp.channel().await?;
+        // Told to stop while connecting: declare nothing more.
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
         self.topology.declare(&channel).await?;
         let prefetch = self.amqp.settings().prefetch;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;

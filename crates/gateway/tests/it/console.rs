@@ -92,7 +92,7 @@ async fn customers_of(platform: &Platform, user: uuid::Uuid) -> anyhow::Result<i
     Ok(client.query_one("SELECT count(*) FROM billing.customers WHERE user_id = $1", &[&user]).await?.get(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_operator_redrives_a_dead_letter_from_the_console_in_chromium_and_billing_processes_it()
 -> anyhow::Result<()> {
     let platform = Platform::start().await?;
@@ -156,7 +156,7 @@ async fn an_operator_redrives_a_dead_letter_from_the_console_in_chromium_and_bil
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_console_api_refuses_anyone_but_an_operator_and_bad_input_moves_nothing() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let gateway = platform.gateway().await?;

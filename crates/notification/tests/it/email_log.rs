@@ -34,7 +34,7 @@ async fn deliveries(
     Ok(admin.list_email_deliveries(request).await?.into_inner())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_email_that_failed_every_attempt_is_logged_failed_and_an_operator_redrives_it_once()
 -> anyhow::Result<()> {
     // The only relay is the SMTP sink behind a proxy the test cuts.
