@@ -36,7 +36,8 @@ test: deps ## run all tests (nextest when installed), then check-deploy
 
 # The services: every crate with a src/defaults.toml.
 SERVICES := $(sort $(patsubst crates/%/src/defaults.toml,%,$(wildcard crates/*/src/defaults.toml)))
-TENX_BIN_DIR ?= $(CURDIR)/target/release
+# Where cargo put them: CARGO_TARGET_DIR when set (a shared target dir).
+TENX_BIN_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release
 
 check-deploy: ## release-build the services, then the deployment checks (chart, images, compose, workflows)
 	$(CARGO) build --release --locked --bins $(addprefix -p tenx-,$(SERVICES))
