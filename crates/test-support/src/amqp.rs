@@ -62,22 +62,10 @@ impl Drop for TestAmqp {
         cleanup_blocking("amqp names", move || async move {
             let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
             let channel = conn.create_channel().await?;
-            for q in &queues {
+            for q in queues {
                 channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
             }
-            for e in &exchanges {
-                channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await?;
-            }
-            // A service the test just told to stop may still finish the
-            // topology declaration it had started (on another runtime
-            // thread) after the deletes above: a second pass, once that
-            // has had time to land, leaves nothing behind. Deleting what
-            // is gone is no error to RabbitMQ.
-            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-            for q in &queues {
-                channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
-            }
-            for e in &exchanges {
+            for e in exchanges {
                 channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await?;
             }
             let _ = conn.close(200, "test done".into()).await;
