@@ -6,6 +6,7 @@
 mod cli;
 mod dead_letters;
 mod keys;
+mod replay;
 mod status;
 mod user;
 
@@ -114,6 +115,10 @@ pub async fn run(args: &[String], credential: Credential, out: &mut impl Write) 
         }
         Command::Keys => keys::run(&services, bearer, out).await,
         Command::User(who) => user::run(&who, &services, bearer, out).await,
+        Command::Role { who, role, grant } => {
+            user::set_role(&who, &role, grant, &services, bearer, out).await
+        }
+        Command::Replay(replay) => replay::run(replay, &services, bearer, out).await,
         Command::Status { services: which } => status::run(&which, &services, bearer, out).await,
         Command::DeadLetters(action) => dead_letters::run(action, &services, bearer, out).await,
     }

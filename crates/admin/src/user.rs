@@ -46,3 +46,38 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// `grant-role` / `revoke-role`: auth's `GrantRole` / `RevokeRole`.
+pub async fn set_role(
+    who: &str,
+    role: &str,
+    grant: bool,
+    services: &Services,
+    bearer: MetadataValue<Ascii>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (email, user_id) =
+        if who.contains('@') { (who.to_owned(), String::new()) } else { (String::new(), who.to_owned()) };
+    let mut client = AuthServiceClient::new(crate::channel(&services.auth).await?);
+    let roles = |roles: &[String]| if roles.is_empty() { "-".to_owned() } else { roles.join(",") };
+    if grant {
+        let request = pb::GrantRoleRequest { email, user_id, role: role.to_owned() };
+        let done =
+            client.grant_role(crate::request(request, &bearer)).await.map_err(|s| refused("auth", s))?;
+        let done = done.into_inner();
+        let what = if done.changed { "granted; in the account's next token" } else { "already held" };
+        writeln!(out, "{who}  roles {}  ({role} {what})", roles(&done.roles))?;
+    } else {
+        let request = pb::RevokeRoleRequest { email, user_id, role: role.to_owned() };
+        let done =
+            client.revoke_role(crate::request(request, &bearer)).await.map_err(|s| refused("auth", s))?;
+        let done = done.into_inner();
+        let what = if done.changed {
+            format!("revoked; {} session(s) ended", done.sessions_revoked)
+        } else {
+            "not held".to_owned()
+        };
+        writeln!(out, "{who}  roles {}  ({role} {what})", roles(&done.roles))?;
+    }
+    Ok(())
+}

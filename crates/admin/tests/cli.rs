@@ -11,7 +11,7 @@ use tenx_admin::{Credential, run};
 use tenx_proto::auth::v1::SignUpRequest;
 use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_test_platform::Platform;
-use tenx_test_support::TestAmqp;
+use tenx_test_support::{TestAmqp, eventually};
 
 fn args(line: &str, platform: &Platform) -> Vec<String> {
     let mut args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
@@ -226,5 +226,88 @@ async fn status_keys_and_user_show_what_an_operator_checks_first_and_only_to_an_
     assert!(error.to_string().contains("PermissionDenied"), "{error}");
     let error = admin("status --service auth", &platform, user).await.expect_err("a user");
     assert!(error.to_string().contains("PermissionDenied"), "{error}");
+    Ok(())
+}
+
+/// One number from a platform database.
+async fn count(url: &str, sql: &str, email: &str) -> anyhow::Result<i64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client.query_one(sql, &[&email]).await?.get(0))
+}
+
+const CUSTOMERS: &str = "SELECT count(*) FROM billing.customers WHERE email = $1";
+const WELCOMES: &str =
+    "SELECT count(*) FROM notification.email_deliveries WHERE to_address = $1 AND template = 'welcome'";
+
+/// billing loses a customer (as if its database came back from a backup
+/// taken before the sign-up); replaying auth's events gives it back, and
+/// notification, which already had the event, does not send the welcome
+/// email twice.
+#[tokio::test]
+async fn a_replayed_window_restores_what_a_consumer_lost_and_changes_nothing_for_one_that_has_it()
+-> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let (token, email) = signed_up_as(&platform).await?;
+    let (billing, notify) = (platform.billing_db_url(), platform.notify_db_url());
+    eventually(Duration::from_secs(20), "billing's customer and the welcome email", || async {
+        Ok(count(&billing, CUSTOMERS, &email).await? == 1 && count(&notify, WELCOMES, &email).await? == 1)
+    })
+    .await?;
+
+    let (client, connection) = tokio_postgres::connect(&billing, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DELETE FROM billing.invoice_number_counters WHERE customer_id IN \
+               (SELECT id FROM billing.customers WHERE email = '{email}'); \
+             DELETE FROM billing.customers WHERE email = '{email}'; \
+             DELETE FROM billing.tenx_inbox WHERE consumer = 'billing.customers'"
+        ))
+        .await?;
+    assert_eq!(count(&billing, CUSTOMERS, &email).await?, 0);
+
+    // Only an operator may replay.
+    let refused = admin("replay --service auth --from 1h", &platform, Credential::Token(token)).await;
+    assert!(refused.expect_err("a user").to_string().contains("PermissionDenied"));
+    // A window with no event in it sends nothing.
+    let empty = "replay --service auth --from 2099-01-01T00:00:00Z --to 2099-01-02T00:00:00Z";
+    assert!(admin(empty, &platform, operator()).await?.starts_with("auth  replayed 0 events\n"));
+    let replayed =
+        admin("replay --service auth --from 1h --type auth.user.signed_up", &platform, operator()).await?;
+    let lines: Vec<&str> = replayed.lines().collect();
+    // This platform's auth published one sign-up (this test's), the oldest
+    // event it keeps, so the hour before it is reported as not kept.
+    assert_eq!(lines[0], "auth  replayed 1 auth.user.signed_up events", "{replayed}");
+    assert!(lines[1].starts_with("  the outbox keeps events from 20"), "{replayed}");
+    eventually(Duration::from_secs(20), "billing's customer back", || async {
+        Ok(count(&billing, CUSTOMERS, &email).await? == 1)
+    })
+    .await?;
+    // notification got the same message id: still one welcome email.
+    assert_eq!(count(&notify, WELCOMES, &email).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_grants_and_revokes_admin_from_the_command_line() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let (token, email) = signed_up_as(&platform).await?;
+    let user = Credential::Token(token.clone());
+    let refused = admin(&format!("grant-role {email} admin"), &platform, user.clone()).await;
+    assert!(refused.expect_err("a user").to_string().contains("PermissionDenied"));
+
+    let granted = admin(&format!("grant-role {email} admin"), &platform, operator()).await?;
+    assert_eq!(granted.trim(), format!("{email}  roles admin  (admin granted; in the account's next token)"));
+    let again = admin(&format!("grant-role {email} admin"), &platform, operator()).await?;
+    assert_eq!(again.trim(), format!("{email}  roles admin  (admin already held)"));
+    let revoked = admin(&format!("revoke-role {email} admin"), &platform, operator()).await?;
+    assert_eq!(revoked.trim(), format!("{email}  roles -  (admin revoked; 1 session(s) ended)"));
+    // The sign-up's session ended with the role: its token is refused.
+    let error = admin("keys", &platform, user).await.expect_err("session ended");
+    assert!(error.to_string().contains("Unauthenticated"), "{error}");
+    let error =
+        admin(&format!("grant-role {email} root"), &platform, operator()).await.expect_err("no such role");
+    assert!(error.to_string().contains("InvalidArgument") && error.to_string().contains("role"), "{error}");
     Ok(())
 }

@@ -56,31 +56,29 @@ pub async fn rotate_keys(settings: &AuthSettings, metrics: &Metrics) -> Result<S
     keys::rotate(&db, &settings.tokens).await
 }
 
-/// Grants (or removes) a role of the user with `email`: today `admin`,
-/// which admits them to the operator RPCs of every service. Tokens carry
-/// roles, so the change shows in the user's next access token (at most
-/// `tokens.access_ttl_seconds` later; revoke their sessions to make it
-/// immediate). Returns the user's roles after the change.
-pub async fn set_role(
-    settings: &AuthSettings,
-    email: &str,
-    role: &str,
-    grant: bool,
-) -> Result<Vec<String>, AuthError> {
+/// Grants a role to the user with `email`: today `admin`, which admits
+/// them to the operator RPCs of every service. This is how the first
+/// operator account is made, from auth's own configuration (database
+/// access), before any operator credential exists; afterwards
+/// `GrantRole` / `RevokeRole` (`tenx-admin grant-role`, `revoke-role`)
+/// do it over gRPC, and only those can take a role away, since taking it
+/// must also revoke the sessions whose tokens carry it, everywhere.
+/// Tokens carry roles, so the grant shows in the user's next access
+/// token. Returns the user's roles after the change.
+pub async fn grant_role(settings: &AuthSettings, email: &str, role: &str) -> Result<Vec<String>, AuthError> {
     if role != tenx_common::authn::ADMIN_ROLE {
         return Err(AuthError::invalid("role", "the one role is `admin`"));
     }
     let email = crate::validate::email("email", email)?;
     let db = Db::connect(&settings.database, "tenx-auth", &Metrics::default())?;
-    let sql = if grant {
-        "UPDATE users SET roles = array_append(array_remove(roles, $2), $2), updated_at = now() WHERE email = $1 RETURNING roles"
-    } else {
-        "UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE email = $1 RETURNING roles"
-    };
     let row = db
         .write()
         .await?
-        .query_opt_cached(sql, &[&email, &role])
+        .query_opt_cached(
+            "UPDATE users SET roles = array_append(array_remove(roles, $2), $2), updated_at = now() \
+             WHERE email = $1 RETURNING roles",
+            &[&email, &role],
+        )
         .await?
         .ok_or(AuthError::NotFound("user"))?;
     Ok(row.get(0))
@@ -287,7 +285,14 @@ impl App {
         let max_message = self.settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
-        let router = self.grpc.router().add_service(api).add_service(dead_letters).add_service(status);
+        let replay = tenx_common::ops::event_replay_service(&self.db, self.amqp.clone());
+        let router = self
+            .grpc
+            .router()
+            .add_service(api)
+            .add_service(dead_letters)
+            .add_service(status)
+            .add_service(replay);
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

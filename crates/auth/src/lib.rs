@@ -27,5 +27,5 @@ pub mod testing;
 pub mod validate;
 pub mod verifier;
 
-pub use app::{App, Running, migrate, rotate_keys, set_role};
+pub use app::{App, Running, grant_role, migrate, rotate_keys};
 pub use settings::AuthSettings;

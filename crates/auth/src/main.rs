@@ -1,4 +1,4 @@
-//! `tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE|revoke-role EMAIL ROLE>`
+//! `tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE>`
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use tenx_auth::{App, AuthSettings};
 use tenx_common::cli;
 use tenx_common::metrics::Metrics;
 
-const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE|revoke-role EMAIL ROLE>";
+const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE>";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -26,15 +26,22 @@ async fn main() -> ExitCode {
                 .await
                 .map(|kid| println!("new signing key: {kid}"))
                 .map_err(|e| e.to_string()),
-            Some(command) if command.starts_with("grant-role ") || command.starts_with("revoke-role ") => {
+            Some(command) if command.starts_with("grant-role ") => {
                 let words: Vec<&str> = command.split(' ').collect();
-                let [verb, email, role] = words[..] else {
-                    return Err(format!("`{}` takes EMAIL ROLE\n{USAGE}", words[0]));
+                let [_, email, role] = words[..] else {
+                    return Err(format!("`grant-role` takes EMAIL ROLE\n{USAGE}"));
                 };
-                tenx_auth::set_role(&settings, email, role, verb == "grant-role")
+                tenx_auth::grant_role(&settings, email, role)
                     .await
                     .map(|roles| println!("{email}: roles {roles:?} (in tokens issued from now on)"))
                     .map_err(|e| e.to_string())
+            }
+            // Taking a role away must also revoke the sessions carrying it,
+            // at every service: that is the running auth's job.
+            Some(command) if command.starts_with("revoke-role ") => {
+                Err("revoke-role is an RPC now: `tenx-admin revoke-role EMAIL admin` (it also ends the \
+                     account's sessions, so no token carrying the role is honoured)"
+                    .to_owned())
             }
             Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
         }

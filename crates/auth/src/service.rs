@@ -104,6 +104,51 @@ fn position_from(metadata: &MetadataMap) -> Result<Option<WalPosition>, AuthErro
     }
 }
 
+/// The account an operator names: by email or by id, exactly one.
+enum Account {
+    Email(String),
+    Id(Uuid),
+}
+
+impl Account {
+    fn named(email: &str, user_id: &str) -> Result<Self, AuthError> {
+        match (email.is_empty(), user_id.is_empty()) {
+            (false, true) => Ok(Account::Email(validate::email("email", email)?)),
+            (true, false) => Ok(Account::Id(validate::id("user_id", user_id)?)),
+            _ => Err(AuthError::invalid("email", "set exactly one of email or user_id")),
+        }
+    }
+
+    /// `SELECT columns FROM users WHERE` it is this account, then `tail`.
+    async fn find<C: Prepared>(
+        &self,
+        conn: &C,
+        columns: &str,
+        tail: &str,
+    ) -> Result<Option<tokio_postgres::Row>, AuthError> {
+        Ok(match self {
+            Account::Email(email) => {
+                let sql = format!("SELECT {columns} FROM users WHERE email = $1{tail}");
+                conn.query_opt_cached(&sql, &[email]).await?
+            }
+            Account::Id(id) => {
+                let sql = format!("SELECT {columns} FROM users WHERE id = $1{tail}");
+                conn.query_opt_cached(&sql, &[id]).await?
+            }
+        })
+    }
+}
+
+/// Who made an operator call, for the audit line.
+fn operator_name(extensions: &tonic::Extensions) -> String {
+    match authn::principal(extensions) {
+        Some(Principal::User { user_id, .. }) => format!("user {user_id}"),
+        Some(Principal::Service { name }) => format!("service {name}"),
+        Some(Principal::ApiKey { key_id, .. }) => format!("api key {key_id}"),
+        None => "nobody".to_owned(),
+    }
+}
+
 impl Core {
     /// The user a call acts for, from the principal the shared
     /// authentication layer verified (signature, revocation, the RPC's
@@ -987,21 +1032,10 @@ impl Core {
 
     /// One account for operators (`LookupUser`), from the primary.
     async fn lookup_user(&self, request: pb::LookupUserRequest) -> Result<pb::LookupUserResponse, AuthError> {
+        let account = Account::named(&request.email, &request.user_id)?;
         let conn = self.db.write().await?;
-        let row = match (request.email.is_empty(), request.user_id.is_empty()) {
-            (false, true) => {
-                let email = validate::email("email", &request.email)?;
-                let sql = format!("SELECT {}, roles FROM users WHERE email = $1", store::USER_COLUMNS);
-                conn.query_opt_cached(&sql, &[&email]).await?
-            }
-            (true, false) => {
-                let id = validate::id("user_id", &request.user_id)?;
-                let sql = format!("SELECT {}, roles FROM users WHERE id = $1", store::USER_COLUMNS);
-                conn.query_opt_cached(&sql, &[&id]).await?
-            }
-            _ => return Err(AuthError::invalid("email", "set exactly one of email or user_id")),
-        };
-        let row = row.ok_or(AuthError::NotFound("user"))?;
+        let columns = format!("{}, roles", store::USER_COLUMNS);
+        let row = account.find(&*conn, &columns, "").await?.ok_or(AuthError::NotFound("user"))?;
         let user = store::UserRecord::from_row(&row);
         let counts = conn
             .query_one_cached(
@@ -1024,6 +1058,48 @@ impl Core {
             active_api_keys: count(4),
             user: Some(user.to_proto()),
         })
+    }
+
+    /// Gives `account` the role or takes it away (`GrantRole`,
+    /// `RevokeRole`), on the primary, the account's row locked. Taking it
+    /// away revokes every live session of the account in the same
+    /// transaction, then everywhere (the revocation feed), so no access
+    /// token still carrying the role is honoured. Returns the roles now,
+    /// whether anything changed, and the sessions revoked.
+    async fn set_role(
+        &self,
+        operator: &str,
+        account: Account,
+        role: &str,
+        grant: bool,
+    ) -> Result<(Vec<String>, bool, Vec<Uuid>), AuthError> {
+        if role != authn::ADMIN_ROLE {
+            return Err(AuthError::invalid("role", "the one role is `admin`"));
+        }
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let row = account.find(&tx, "id, roles", " FOR UPDATE").await?.ok_or(AuthError::NotFound("user"))?;
+        let (user, mut roles): (Uuid, Vec<String>) = (row.get(0), row.get(1));
+        let changed = grant != roles.iter().any(|r| r == role);
+        let mut revoked = Vec::new();
+        if changed {
+            let sql = if grant {
+                "UPDATE users SET roles = array_append(roles, $2), updated_at = now() WHERE id = $1 RETURNING roles"
+            } else {
+                "UPDATE users SET roles = array_remove(roles, $2), updated_at = now() WHERE id = $1 RETURNING roles"
+            };
+            roles = tx.query_one_cached(sql, &[&user, &role]).await?.get(0);
+            if !grant {
+                revoked = store::revoke_user_sessions(&tx, user, None, "role_revoked").await?;
+            }
+        }
+        tx.commit().await?;
+        if changed {
+            let written = self.commit_user_change(&conn, user).await?;
+            self.forget_sessions(&revoked, written).await;
+            tracing::info!(%user, role, granted = grant, sessions_revoked = revoked.len(), by = operator, "role changed");
+        }
+        Ok((roles, changed, revoked))
     }
 
     /// The published keys and the schedule (`ListSigningKeys`).
@@ -1290,6 +1366,29 @@ impl AuthService for AuthApi {
         request: Request<pb::LookupUserRequest>,
     ) -> Result<Response<pb::LookupUserResponse>, Status> {
         Ok(Response::new(self.core.lookup_user(request.into_inner()).await?))
+    }
+
+    async fn grant_role(
+        &self,
+        request: Request<pb::GrantRoleRequest>,
+    ) -> Result<Response<pb::GrantRoleResponse>, Status> {
+        let operator = operator_name(request.extensions());
+        let request = request.into_inner();
+        let account = Account::named(&request.email, &request.user_id)?;
+        let (roles, changed, _) = self.core.set_role(&operator, account, &request.role, true).await?;
+        Ok(Response::new(pb::GrantRoleResponse { roles, changed }))
+    }
+
+    async fn revoke_role(
+        &self,
+        request: Request<pb::RevokeRoleRequest>,
+    ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
+        let operator = operator_name(request.extensions());
+        let request = request.into_inner();
+        let account = Account::named(&request.email, &request.user_id)?;
+        let (roles, changed, revoked) = self.core.set_role(&operator, account, &request.role, false).await?;
+        let sessions_revoked = u32::try_from(revoked.len()).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::RevokeRoleResponse { roles, changed, sessions_revoked }))
     }
 
     async fn list_signing_keys(

@@ -1,11 +1,13 @@
 //! The operator RPCs every service serves: `tenx.ops.v1.DeadLetterService`
-//! over its own consumer groups' queues, and `tenx.ops.v1.StatusService`
-//! ([`status`]).
+//! over its own consumer groups' queues, `tenx.ops.v1.StatusService`
+//! ([`status`]) and `tenx.ops.v1.EventReplayService` ([`replay`]).
 //! Who may call them is the contract's (`CALLER_OPERATOR`), enforced by the
 //! shared authentication layer before a handler runs.
 
+mod replay;
 mod status;
 
+pub use replay::{EventReplayApi, event_replay_service};
 pub use status::{StatusApi, instance_name, status_service};
 
 use std::collections::HashSet;

@@ -460,6 +460,105 @@ impl Relay {
     }
 }
 
+/// Which published events [`Replayer::replay`] sends again.
+#[derive(Debug, Clone)]
+pub struct ReplayWindow {
+    /// Events that occurred at or after this…
+    pub from: SystemTime,
+    /// …and before this.
+    pub to: SystemTime,
+    /// Only this type; `None`: every type.
+    pub event_type: Option<String>,
+    /// Continue after this seq (0: from the start of the window).
+    pub after_seq: i64,
+    /// At most this many events.
+    pub limit: i64,
+}
+
+/// What one page of a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events published again, confirmed by the broker.
+    pub count: usize,
+    /// The seq to continue after, when the page was full (more may follow).
+    pub next_after: Option<i64>,
+    /// When the oldest published event still kept occurred.
+    pub oldest_retained: Option<SystemTime>,
+}
+
+/// Publishes events the relay already published again, as the same
+/// messages (same id, so every consumer's inbox applies each at most once).
+pub struct Replayer {
+    pool: deadpool_postgres::Pool,
+    publisher: Publisher,
+    exchange: String,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer").field("exchange", &self.exchange).finish_non_exhaustive()
+    }
+}
+
+/// One page of published rows of the window, in seq order (so each
+/// aggregate's events go out in the order they were written), walking
+/// the primary key from the cursor.
+const REPLAY_PAGE: &str = "\
+SELECT seq, id, event_type, aggregate_id, payload, payload_type, traceparent, tracestate, occurred_at
+FROM tenx_outbox
+WHERE seq > $1 AND published_at IS NOT NULL AND occurred_at >= $2 AND occurred_at < $3
+  AND ($4::text = '' OR event_type = $4)
+ORDER BY seq
+LIMIT $5";
+
+impl Replayer {
+    pub fn new(db: &Db, amqp: Amqp) -> Self {
+        amqp.register(Topology::exchange_only(amqp.settings()));
+        Self {
+            pool: db.primary_pool().clone(),
+            exchange: amqp.settings().exchange_name(),
+            publisher: Publisher::new(amqp),
+        }
+    }
+
+    /// Publishes one page of `window` and waits for the broker's confirms.
+    pub async fn replay(&self, window: &ReplayWindow) -> Result<Replayed, OutboxError> {
+        // From the primary: a replay up to "now" must see the rows the
+        // relay marked published a moment ago, which a replica may not yet.
+        let conn = self.pool.get().await?;
+        let oldest = conn
+            .query_opt_cached(
+                "SELECT occurred_at FROM tenx_outbox WHERE published_at IS NOT NULL ORDER BY seq LIMIT 1",
+                &[],
+            )
+            .await?
+            .map(|row| row.get::<_, SystemTime>(0));
+        let event_type = window.event_type.as_deref().unwrap_or("");
+        let rows = conn
+            .query_cached(
+                REPLAY_PAGE,
+                &[&window.after_seq, &window.from, &window.to, &event_type, &window.limit],
+            )
+            .await?;
+        drop(conn);
+        let messages: Vec<Outgoing> =
+            rows.iter().map(|row| Outgoing::event(&self.exchange, &envelope_of(row))).collect();
+        if !messages.is_empty() {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&messages)).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(
+                        QueueError::Unavailable(format!("no confirms within {PUBLISH_TIMEOUT:?}")).into()
+                    );
+                }
+            }
+        }
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= window.limit;
+        let next_after = rows.last().filter(|_| full).map(|row| row.get::<_, i64>("seq"));
+        Ok(Replayed { count: rows.len(), next_after, oldest_retained: oldest })
+    }
+}
+
 /// Whether `tenx_outbox`'s sequence hands out one value at a time (the
 /// default), which [`Floors`] need.
 async fn sequence_is_uncached<C: Prepared>(tx: &C) -> Result<bool, tokio_postgres::Error> {

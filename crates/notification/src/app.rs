@@ -219,7 +219,8 @@ impl App {
                 topology(&self.settings),
             )))
             .add_service(dead_letters)
-            .add_service(status);
+            .add_service(status)
+            .add_service(tenx_common::ops::event_replay_service(&self.db, self.amqp.clone()));
         let served =
             self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
         shutdown.trigger();

@@ -41,7 +41,8 @@ pub mod billing {
     }
 }
 
-/// What operators steer in every service: dead letters (`tenx.ops.v1`).
+/// What operators steer in every service (`tenx.ops.v1`): dead letters,
+/// status, event replay.
 pub mod ops {
     #[allow(clippy::all, clippy::pedantic)] // generated code
     pub mod v1 {

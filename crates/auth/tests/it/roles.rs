@@ -1,5 +1,6 @@
-//! Roles: stored in auth, granted by the operator command, carried in the
-//! next access token, never taken from anywhere else.
+//! Roles: stored in auth, granted by auth's own command (the first
+//! operator) or an operator's RPC, carried in the next access token, never
+//! taken from anywhere else; taking one away ends the sessions carrying it.
 
 use base64::Engine;
 use tenx_proto::auth::v1 as pb;
@@ -17,29 +18,105 @@ fn roles_in(token: &str) -> anyhow::Result<Vec<String>> {
 }
 
 #[tokio::test]
-async fn an_operator_grants_admin_and_the_next_token_carries_it_until_revoked() -> anyhow::Result<()> {
+async fn the_first_admin_is_made_from_auth_configuration_and_carried_in_the_next_token() -> anyhow::Result<()>
+{
     let auth = TestAuth::start().await?;
     let mut client = auth.client(0).await?;
     let email = unique_email();
     let created = sign_up(&mut client, &email).await?;
     assert!(roles_in(&access(&created))?.is_empty(), "nobody is born an admin");
 
-    let roles = tenx_auth::set_role(&auth.settings, &email.to_uppercase(), "admin", true).await?;
+    let roles = tenx_auth::grant_role(&auth.settings, &email.to_uppercase(), "admin").await?;
     assert_eq!(roles, vec!["admin".to_owned()]);
-    tenx_auth::set_role(&auth.settings, &email, "admin", true).await?;
+    tenx_auth::grant_role(&auth.settings, &email, "admin").await?;
     let login =
-        || pb::LoginRequest { email: email.clone(), password: PASSWORD.into(), device_name: String::new() };
-    let tokens = client.login(login()).await?.into_inner().tokens.unwrap_or_default();
+        pb::LoginRequest { email: email.clone(), password: PASSWORD.into(), device_name: String::new() };
+    let tokens = client.login(login).await?.into_inner().tokens.unwrap_or_default();
     assert_eq!(roles_in(&tokens.access_token)?, vec!["admin".to_owned()], "once, however often granted");
 
-    assert!(tenx_auth::set_role(&auth.settings, &email, "superuser", true).await.is_err(), "no such role");
-    assert!(
-        tenx_auth::set_role(&auth.settings, &unique_email(), "admin", true).await.is_err(),
-        "no such user"
-    );
-    tenx_auth::set_role(&auth.settings, &email, "admin", false).await?;
+    assert!(tenx_auth::grant_role(&auth.settings, &email, "superuser").await.is_err(), "no such role");
+    assert!(tenx_auth::grant_role(&auth.settings, &unique_email(), "admin").await.is_err(), "no such user");
+    Ok(())
+}
+
+/// An operator grants admin over gRPC; taking it away ends every session
+/// of the account at once, so the admin token it already holds is refused
+/// and its refresh token too; a user can neither grant nor take roles.
+#[tokio::test]
+async fn an_operator_grants_and_revokes_admin_and_a_revoked_admin_token_stops_working_at_once()
+-> anyhow::Result<()> {
+    use crate::support::{authed, refresh};
+    use tonic::Code;
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let operator = admin_token(&auth, &mut client).await?;
+    let email = unique_email();
+    let created = sign_up(&mut client, &email).await?;
+    let user_id = created.user.clone().unwrap_or_default().id;
+
+    // A user may not make themselves an admin, with any credential.
+    let own = pb::GrantRoleRequest { user_id: user_id.clone(), role: "admin".into(), ..Default::default() };
+    let refused = client.grant_role(authed(&access(&created), own.clone())).await.expect_err("a user");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(client.grant_role(own.clone()).await.expect_err("nobody").code(), Code::Unauthenticated);
+
+    let granted = client.grant_role(authed(&operator, own.clone())).await?.into_inner();
+    assert_eq!((granted.roles.clone(), granted.changed), (vec!["admin".to_owned()], true));
+    let again = client.grant_role(authed(&operator, own.clone())).await?.into_inner();
+    assert_eq!((again.roles, again.changed), (vec!["admin".to_owned()], false), "granted once");
+
+    // The next token carries it and opens operator RPCs.
+    let login =
+        || pb::LoginRequest { email: email.clone(), password: PASSWORD.into(), device_name: String::new() };
+    let tokens = client.login(login()).await?.into_inner().tokens;
+    let admin = tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
+    assert_eq!(roles_in(&admin)?, vec!["admin".to_owned()]);
+    let lookup = pb::LookupUserRequest { user_id: user_id.clone(), ..Default::default() };
+    client.lookup_user(authed(&admin, lookup.clone())).await?;
+
+    let revoke =
+        pb::RevokeRoleRequest { email: email.to_uppercase(), role: "admin".into(), ..Default::default() };
+    let revoked = client.revoke_role(authed(&operator, revoke.clone())).await?.into_inner();
+    assert!(revoked.roles.is_empty() && revoked.changed, "{revoked:?}");
+    assert_eq!(revoked.sessions_revoked, 2, "the sign-up's session and the login's");
+    // The admin token still unexpired is refused now, not at its expiry,
+    // and its session cannot be refreshed into a new one.
+    let refused = client.lookup_user(authed(&admin, lookup)).await.expect_err("revoked");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refreshed = client.refresh(pb::RefreshRequest { refresh_token: refresh(&tokens) }).await;
+    assert_eq!(refreshed.expect_err("session revoked").code(), Code::Unauthenticated);
     let tokens = client.login(login()).await?.into_inner().tokens.unwrap_or_default();
     assert!(roles_in(&tokens.access_token)?.is_empty());
+    let lookup = pb::LookupUserRequest { email: email.clone(), ..Default::default() };
+    let fresh = client.lookup_user(authed(&operator, lookup)).await?.into_inner();
+    assert_eq!((fresh.roles.len(), fresh.active_sessions), (0, 1), "only the new login's session");
+    // Taking away a role the account lacks changes nothing, revokes nothing.
+    let again = client.revoke_role(authed(&operator, revoke)).await?.into_inner();
+    assert_eq!((again.changed, again.sessions_revoked), (false, 0));
+    let fresh = client
+        .lookup_user(authed(&operator, pb::LookupUserRequest { email: email.clone(), ..Default::default() }))
+        .await?
+        .into_inner();
+    assert_eq!(fresh.active_sessions, 1);
+
+    // Mistakes name the field and change nothing.
+    for (request, field, code) in [
+        (pb::GrantRoleRequest { role: "superuser".into(), ..own.clone() }, "role", Code::InvalidArgument),
+        (pb::GrantRoleRequest { role: String::new(), ..own.clone() }, "role", Code::InvalidArgument),
+        (pb::GrantRoleRequest { email: email.clone(), ..own.clone() }, "email", Code::InvalidArgument),
+        (pb::GrantRoleRequest { user_id: "x".into(), ..own.clone() }, "user_id", Code::InvalidArgument),
+        (
+            pb::GrantRoleRequest { user_id: uuid::Uuid::now_v7().to_string(), ..own.clone() },
+            "user",
+            Code::NotFound,
+        ),
+    ] {
+        let refused = client.grant_role(authed(&operator, request.clone())).await.expect_err("refused");
+        assert_eq!(refused.code(), code, "{request:?}: {refused:?}");
+        assert!(refused.message().contains(field), "{request:?}: {refused:?}");
+    }
+    let lookup = pb::LookupUserRequest { user_id, ..Default::default() };
+    assert!(client.lookup_user(authed(&operator, lookup)).await?.into_inner().roles.is_empty());
     Ok(())
 }
 
@@ -47,7 +124,7 @@ async fn an_operator_grants_admin_and_the_next_token_carries_it_until_revoked() 
 async fn admin_token(auth: &TestAuth, client: &mut crate::support::Client) -> anyhow::Result<String> {
     let email = unique_email();
     sign_up(client, &email).await?;
-    tenx_auth::set_role(&auth.settings, &email, "admin", true).await?;
+    tenx_auth::grant_role(&auth.settings, &email, "admin").await?;
     let login = pb::LoginRequest { email, password: PASSWORD.into(), device_name: String::new() };
     Ok(client.login(login).await?.into_inner().tokens.unwrap_or_default().access_token)
 }

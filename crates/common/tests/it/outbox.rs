@@ -241,3 +241,55 @@ async fn an_event_committed_after_later_ones_were_published_is_still_published()
     assert_eq!(pending(&db).await?, 0);
     Ok(())
 }
+
+/// A replay sends published events again as the same messages, in write
+/// order, page by page; a pending event is left to the relay.
+#[tokio::test]
+async fn a_replay_resends_published_events_with_their_ids_page_by_page_and_skips_pending_ones()
+-> anyhow::Result<()> {
+    use std::time::SystemTime;
+    use tenx_common::outbox::{ReplayWindow, Replayer};
+    let Outbox { test_amqp: _amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
+    let from = SystemTime::now() - Duration::from_secs(60);
+    let shutdown = Shutdown::new();
+    let relay = start_relay(&db, Amqp::new(&settings, "relay"), &shutdown);
+    let conn = db.write().await?;
+    for n in 0..5 {
+        outbox::enqueue(&*conn, &event(&format!("agg-{n}"), &n.to_string())).await?;
+    }
+    let first: Vec<String> =
+        collect(&mut rx, 5, Duration::from_secs(30)).await?.into_iter().map(|e| e.id).collect();
+    shutdown.trigger();
+    relay.await?;
+    outbox::enqueue(&*conn, &event("agg-pending", "pending")).await?;
+
+    let replayer = Replayer::new(&db, Amqp::new(&settings, "replayer"));
+    let window = |after_seq| ReplayWindow {
+        from,
+        to: SystemTime::now() + Duration::from_secs(60),
+        event_type: None,
+        after_seq,
+        limit: 2,
+    };
+    let (mut pages, mut after) = (Vec::new(), 0);
+    loop {
+        let page = replayer.replay(&window(after)).await?;
+        pages.push(page.count);
+        assert!(page.oldest_retained.is_some_and(|t| t >= from));
+        match page.next_after {
+            Some(seq) => after = seq,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [2, 2, 1], "pages of two until a short one");
+    let again: Vec<String> =
+        collect(&mut rx, 5, Duration::from_secs(30)).await?.into_iter().map(|e| e.id).collect();
+    assert_eq!(again, first, "the same messages, in the same order, the pending one not among them");
+
+    let other = ReplayWindow { event_type: Some("test.other".into()), ..window(0) };
+    assert_eq!(replayer.replay(&other).await?.count, 0, "only the type asked for");
+    let before = ReplayWindow { to: from, from: from - Duration::from_secs(60), ..window(0) };
+    assert_eq!(replayer.replay(&before).await?.count, 0, "only the window asked for");
+    assert_eq!(pending(&db).await?, 1);
+    Ok(())
+}
