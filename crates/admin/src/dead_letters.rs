@@ -25,6 +25,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match action {
         DeadLetterAction::List { services: which, queue, limit } => {
+            // Every service also serves the unrouted queue they share: once.
+            let mut shown = std::collections::HashSet::new();
             for service in which {
                 let mut client = DeadLetterServiceClient::new(crate::channel(services.of(service)).await?);
                 let message = pb::ListDeadLettersRequest { queue: queue.clone().unwrap_or_default(), limit };
@@ -34,6 +36,9 @@ pub async fn run(
                     .map_err(|s| refused(service.name(), s))?
                     .into_inner();
                 for dlq in listed.queues {
+                    if !shown.insert(dlq.queue.clone()) {
+                        continue;
+                    }
                     writeln!(
                         out,
                         "{}  {}  depth {}  (redrives to {})",

@@ -71,6 +71,11 @@ async fn an_operator_finds_redrives_and_purges_a_dead_letter_and_a_user_cannot()
     let listing = admin("dead-letters list --service billing", &platform, operator()).await?;
     let (dlq, work, depth) = billing_dlq(&listing)?;
     assert_eq!(depth, 0, "{listing}");
+    // Every service serves the unrouted queue they share; shown once.
+    let everything = admin("dead-letters list", &platform, operator()).await?;
+    let unrouted: Vec<&str> = everything.lines().filter(|l| l.contains(".unrouted  depth ")).collect();
+    assert_eq!(unrouted.len(), 1, "{everything}");
+    assert!(unrouted[0].starts_with("auth  ") && unrouted[0].ends_with(".events)"), "{everything}");
 
     // Bytes that are no event: billing's consumer dead-letters them.
     let broker = Connection::connect(TestAmqp::new().url(), ConnectionProperties::default()).await?;

@@ -17,7 +17,7 @@ use tenx_proto::ops::v1::dead_letter_service_server::{DeadLetterService, DeadLet
 use tonic::{Request, Response, Status};
 
 use crate::grpc::ApiError;
-use crate::queue::dead_letters::{DeadLetters, Listing, Selection};
+use crate::queue::dead_letters::{DeadLetters, Listing, Parked, Selection};
 use crate::queue::{Amqp, Topology};
 
 /// Most messages a listing shows per queue.
@@ -35,11 +35,11 @@ pub struct DeadLetterApi {
 }
 
 impl DeadLetterApi {
-    /// The group whose dead-letter queue is `queue`; anything else is the
-    /// caller's mistake, named with the queues there are.
-    fn group(&self, queue: &str) -> Result<&Topology, ApiError> {
-        self.letters.group(queue).ok_or_else(|| {
-            let known: Vec<&str> = self.letters.groups().iter().map(|t| t.dead_letter.as_str()).collect();
+    /// The parked queue named `queue`; anything else is the caller's
+    /// mistake, named with the queues there are.
+    fn parked(&self, queue: &str) -> Result<&Parked, ApiError> {
+        self.letters.find(queue).ok_or_else(|| {
+            let known: Vec<&str> = self.letters.queues().iter().map(|p| p.queue.as_str()).collect();
             ApiError::invalid(
                 "queue",
                 format!("not a dead-letter queue of this service (it has: {})", known.join(", ")),
@@ -95,14 +95,14 @@ impl DeadLetterService for DeadLetterApi {
             n @ 1..=MAX_LIST => usize::try_from(n).unwrap_or(50),
             _ => return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_LIST} (0: 50)")).into()),
         };
-        let groups: Vec<&Topology> = if request.queue.is_empty() {
-            self.letters.groups().iter().collect()
+        let parked: Vec<&Parked> = if request.queue.is_empty() {
+            self.letters.queues().iter().collect()
         } else {
-            vec![self.group(&request.queue)?]
+            vec![self.parked(&request.queue)?]
         };
-        let mut queues = Vec::with_capacity(groups.len());
-        for group in groups {
-            queues.push(listing(self.letters.list(group, limit).await.map_err(ApiError::from)?));
+        let mut queues = Vec::with_capacity(parked.len());
+        for one in parked {
+            queues.push(listing(self.letters.list(one, limit).await.map_err(ApiError::from)?));
         }
         Ok(Response::new(pb::ListDeadLettersResponse { queues }))
     }
@@ -112,10 +112,10 @@ impl DeadLetterService for DeadLetterApi {
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
         let request = request.into_inner();
-        let group = self.group(&request.queue)?;
+        let parked = self.parked(&request.queue)?;
         let selection = selection(request.selection)?;
-        let moved = self.letters.redrive(group, &selection).await.map_err(ApiError::from)?;
-        tracing::info!(queue = %group.dead_letter, redriven = moved.taken, remaining = moved.remaining, "dead letters redriven");
+        let moved = self.letters.redrive(parked, &selection).await.map_err(ApiError::from)?;
+        tracing::info!(queue = %parked.queue, redriven = moved.taken, remaining = moved.remaining, "dead letters redriven");
         Ok(Response::new(pb::RedriveDeadLettersResponse {
             redriven: moved.taken,
             remaining: moved.remaining,
@@ -127,10 +127,10 @@ impl DeadLetterService for DeadLetterApi {
         request: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
         let request = request.into_inner();
-        let group = self.group(&request.queue)?;
+        let parked = self.parked(&request.queue)?;
         let selection = selection(request.selection)?;
-        let moved = self.letters.purge(group, &selection).await.map_err(ApiError::from)?;
-        tracing::info!(queue = %group.dead_letter, purged = moved.taken, remaining = moved.remaining, "dead letters purged");
+        let moved = self.letters.purge(parked, &selection).await.map_err(ApiError::from)?;
+        tracing::info!(queue = %parked.queue, purged = moved.taken, remaining = moved.remaining, "dead letters purged");
         Ok(Response::new(pb::PurgeDeadLettersResponse { purged: moved.taken, remaining: moved.remaining }))
     }
 }

@@ -119,8 +119,11 @@ pub async fn redrive(
         return Err(NotifyError::Precondition(format!("the email is {status}, not failed")));
     }
     let message_id = key.strip_suffix(EMAIL_SUFFIX).unwrap_or(&key).to_owned();
+    let dead_letters = letters
+        .find(&work.dead_letter)
+        .ok_or_else(|| NotifyError::Internal(format!("{} is not served", work.dead_letter)))?;
     let moved = letters
-        .redrive(work, &Selection::Ids(HashSet::from([message_id.clone()])))
+        .redrive(dead_letters, &Selection::Ids(HashSet::from([message_id.clone()])))
         .await
         .map_err(|e| NotifyError::Internal(format!("redriving {message_id}: {e}")))?;
     if moved.taken == 0 {

@@ -1,5 +1,6 @@
-//! The dead letters of a service's consumer groups: look at them, send
-//! them back to their work queue, or drop them.
+//! The dead letters of a service's consumer groups, and the events no
+//! queue was bound for (the exchange's unrouted queue): look at them, send
+//! them back, or drop them.
 //!
 //! RabbitMQ has no "browse": a listing takes the first messages with
 //! `basic.get` and never acknowledges them, so closing its channel returns
@@ -7,7 +8,10 @@
 //! publishes a copy to the work queue (same message id, so the consumer's
 //! inbox still applies it once; attempt 1 again) and acknowledges the dead
 //! letter only once the broker confirmed the copy: a failure in between
-//! leaves it in both queues, never in neither. It looks at most at the
+//! leaves it in both queues, never in neither. An unrouted event is
+//! published to the exchange again with its routing key instead, for a
+//! consumer group deployed after its publisher (one still unbound lands in
+//! the unrouted queue again). It looks at most at the
 //! messages that were there when it started, so a message that fails
 //! again meanwhile is not redriven twice in one call.
 
@@ -31,10 +35,52 @@ pub struct DeadLetter {
     pub size_bytes: usize,
 }
 
-/// A dead-letter queue and its first messages.
+/// Where a parked queue's messages go when redriven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A consumer group's work queue (its dead letters), as first attempts.
+    WorkQueue(String),
+    /// The events exchange, with each message's own routing key (the
+    /// unrouted queue).
+    Exchange(String),
+}
+
+/// A queue of messages that wait for an operator: a group's dead-letter
+/// queue, or the exchange's unrouted queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub queue: String,
+    pub target: Target,
+}
+
+impl Parked {
+    /// The queue or exchange a redrive sends to.
+    pub fn target_name(&self) -> &str {
+        match &self.target {
+            Target::WorkQueue(name) | Target::Exchange(name) => name,
+        }
+    }
+
+    /// The message a redrive publishes for `delivery`.
+    fn copy(&self, delivery: &Delivery) -> Outgoing {
+        match &self.target {
+            Target::WorkQueue(queue) => {
+                Outgoing::copy_of(delivery, queue, &[(HEADER_ATTEMPT, "1".to_owned())])
+            }
+            Target::Exchange(exchange) => {
+                let mut copy = Outgoing::copy_of(delivery, delivery.routing_key.as_str(), &[]);
+                copy.exchange.clone_from(exchange);
+                copy
+            }
+        }
+    }
+}
+
+/// A parked queue and its first messages.
 #[derive(Debug, Clone)]
 pub struct Listing {
     pub queue: String,
+    /// Where a redrive sends them ([`Parked::target_name`]).
     pub work_queue: String,
     /// Every message in it.
     pub depth: u32,
@@ -69,37 +115,51 @@ pub struct Moved {
     pub remaining: u32,
 }
 
-/// The dead-letter queues of one service's consumer groups.
+/// The parked queues of one service: its consumer groups' dead-letter
+/// queues, then the unrouted queue of the exchange they share.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     amqp: Amqp,
-    groups: Vec<Topology>,
+    parked: Vec<Parked>,
 }
 
 impl DeadLetters {
     /// Over `groups` (the topologies its consumers use); those without a
-    /// work queue (publishers only) have no dead letters and are left out.
+    /// work queue (publishers only) have no dead letters of their own.
     pub fn new(amqp: Amqp, groups: Vec<Topology>) -> Self {
-        Self { amqp, groups: groups.into_iter().filter(|t| !t.queue.is_empty()).collect() }
+        let mut parked: Vec<Parked> = groups
+            .iter()
+            .filter(|t| !t.queue.is_empty())
+            .map(|t| Parked { queue: t.dead_letter.clone(), target: Target::WorkQueue(t.queue.clone()) })
+            .collect();
+        for topology in &groups {
+            if !parked.iter().any(|p| p.queue == topology.unrouted) {
+                parked.push(Parked {
+                    queue: topology.unrouted.clone(),
+                    target: Target::Exchange(topology.exchange.clone()),
+                });
+            }
+        }
+        Self { amqp, parked }
     }
 
-    /// The consumer group whose dead-letter queue is `queue`.
-    pub fn group(&self, queue: &str) -> Option<&Topology> {
-        self.groups.iter().find(|t| t.dead_letter == queue)
+    /// The parked queue named `queue`.
+    pub fn find(&self, queue: &str) -> Option<&Parked> {
+        self.parked.iter().find(|p| p.queue == queue)
     }
 
-    pub fn groups(&self) -> &[Topology] {
-        &self.groups
+    pub fn queues(&self) -> &[Parked] {
+        &self.parked
     }
 
-    /// The first `limit` messages of `group`'s dead-letter queue, left in it.
-    pub async fn list(&self, group: &Topology, limit: usize) -> Result<Listing, QueueError> {
+    /// The first `limit` messages of `parked`, left in it.
+    pub async fn list(&self, parked: &Parked, limit: usize) -> Result<Listing, QueueError> {
         let channel = self.amqp.channel().await?;
-        let depth = depth(&channel, &group.dead_letter).await;
+        let depth = depth(&channel, &parked.queue).await;
         let mut messages = Vec::new();
         let listed = async {
             while messages.len() < limit {
-                let Some(got) = get(&channel, &group.dead_letter).await? else { break };
+                let Some(got) = get(&channel, &parked.queue).await? else { break };
                 messages.push(describe(&got));
             }
             Ok::<_, QueueError>(())
@@ -109,44 +169,40 @@ impl DeadLetters {
         let _ = channel.close(200, "listed".into()).await;
         listed?;
         let depth = depth?;
-        self.returned(&group.dead_letter, depth).await?;
-        Ok(Listing { queue: group.dead_letter.clone(), work_queue: group.queue.clone(), depth, messages })
+        self.returned(&parked.queue, depth).await?;
+        let work_queue = parked.target_name().to_owned();
+        Ok(Listing { queue: parked.queue.clone(), work_queue, depth, messages })
     }
 
-    /// Sends the `selection` of `group`'s dead letters back to its work
-    /// queue as first attempts.
-    pub async fn redrive(&self, group: &Topology, selection: &Selection) -> Result<Moved, QueueError> {
+    /// Sends the `selection` of `parked` back: dead letters to their work
+    /// queue as first attempts, unrouted events to the exchange.
+    pub async fn redrive(&self, parked: &Parked, selection: &Selection) -> Result<Moved, QueueError> {
         let publisher = &Publisher::new(self.amqp.clone());
-        self.take(group, selection, |delivery| {
-            let copy = Outgoing::copy_of(delivery, &group.queue, &[(HEADER_ATTEMPT, "1".to_owned())]);
+        self.take(parked, selection, |delivery| {
+            let copy = parked.copy(delivery);
             async move { publisher.publish(std::slice::from_ref(&copy)).await }
         })
         .await
     }
 
-    /// Drops the `selection` of `group`'s dead letters.
-    pub async fn purge(&self, group: &Topology, selection: &Selection) -> Result<Moved, QueueError> {
-        self.take(group, selection, |_| async { Ok(()) }).await
+    /// Drops the `selection` of `parked`.
+    pub async fn purge(&self, parked: &Parked, selection: &Selection) -> Result<Moved, QueueError> {
+        self.take(parked, selection, |_| async { Ok(()) }).await
     }
 
     /// Runs `then` on each selected dead letter among those there now, and
     /// acknowledges it (takes it off the queue) once `then` succeeded.
-    async fn take<F, Fut>(
-        &self,
-        group: &Topology,
-        selection: &Selection,
-        then: F,
-    ) -> Result<Moved, QueueError>
+    async fn take<F, Fut>(&self, parked: &Parked, selection: &Selection, then: F) -> Result<Moved, QueueError>
     where
         F: Fn(&Delivery) -> Fut,
         Fut: std::future::Future<Output = Result<(), QueueError>>,
     {
         let channel = self.amqp.channel().await?;
-        let there = depth(&channel, &group.dead_letter).await?;
+        let there = depth(&channel, &parked.queue).await?;
         let mut taken = 0;
         let outcome = async {
             for _ in 0..there {
-                let Some(delivery) = get(&channel, &group.dead_letter).await? else { break };
+                let Some(delivery) = get(&channel, &parked.queue).await? else { break };
                 if selection.takes(&delivery) {
                     then(&delivery).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -159,7 +215,7 @@ impl DeadLetters {
         // The ones not selected go back.
         let _ = channel.close(200, "taken".into()).await;
         outcome?;
-        let remaining = self.returned(&group.dead_letter, there.saturating_sub(taken)).await?;
+        let remaining = self.returned(&parked.queue, there.saturating_sub(taken)).await?;
         Ok(Moved { taken, remaining })
     }
 

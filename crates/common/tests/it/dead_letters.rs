@@ -1,6 +1,8 @@
 //! Dead letters on the real broker: listed without being taken, redriven
 //! (by id, by type, all) to a consumer that now succeeds and applies each
-//! once, purged; what is not selected stays where it was.
+//! once, purged; what is not selected stays where it was. Events no queue
+//! was bound for wait in the unrouted queue until a late consumer group
+//! exists, then are redriven to it through the exchange.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use tenx_common::queue::{Amqp, Consumer, Handler, HandlerError, Message, Outgoin
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::events::v1::Envelope;
 use tenx_test_support::TestAmqp;
+
+use crate::support::observe;
 
 use crate::support::{amqp_settings, declare, eventually, queue_depth};
 
@@ -73,8 +77,13 @@ async fn dead_letters_are_listed_in_place_redriven_once_to_a_recovered_consumer_
     .await?;
 
     let letters = DeadLetters::new(amqp.clone(), vec![topology.clone(), Topology::exchange_only(&settings)]);
-    assert_eq!(letters.groups().len(), 1, "a publisher-only topology has no dead letters");
-    let group = letters.group(&topology.dead_letter).ok_or_else(|| anyhow::anyhow!("no group"))?.clone();
+    let queues: Vec<&str> = letters.queues().iter().map(|p| p.queue.as_str()).collect();
+    assert_eq!(
+        queues,
+        [topology.dead_letter.as_str(), topology.unrouted.as_str()],
+        "a publisher-only topology has no dead letters; the shared unrouted queue is listed once"
+    );
+    let group = letters.find(&topology.dead_letter).ok_or_else(|| anyhow::anyhow!("no group"))?.clone();
 
     // Listed: the first three, with why and after how many attempts; all
     // five still there afterwards, in their order.
@@ -123,5 +132,56 @@ async fn dead_letters_are_listed_in_place_redriven_once_to_a_recovered_consumer_
     assert_eq!(queue_depth(&amqp, &topology.queue).await?, 0);
     shutdown.trigger();
     task.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_nobody_was_bound_for_wait_unrouted_until_redriven_to_a_group_deployed_later()
+-> anyhow::Result<()> {
+    let test_amqp = TestAmqp::new();
+    let settings = amqp_settings(&test_amqp);
+    let amqp = Amqp::new(&settings, "test");
+    let early = Topology::for_group(&settings, "early", &["test.early.#"]);
+    declare(&test_amqp, &amqp, &early).await?;
+
+    // Two events no queue is bound for yet: kept in the unrouted queue.
+    let outgoing = [
+        Outgoing::event(&early.exchange, &event("late-1", "test.late.created")),
+        Outgoing::event(&early.exchange, &event("never-1", "test.nobody.created")),
+    ];
+    Publisher::new(amqp.clone()).publish(&outgoing).await?;
+    eventually(Duration::from_secs(10), "two unrouted events", || async {
+        Ok(queue_depth(&amqp, &early.unrouted).await? == 2)
+    })
+    .await?;
+    let letters = DeadLetters::new(amqp.clone(), vec![early.clone()]);
+    let unrouted = letters.find(&early.unrouted).ok_or_else(|| anyhow::anyhow!("not served"))?.clone();
+    let listing = letters.list(&unrouted, 10).await?;
+    assert_eq!(listing.work_queue, early.exchange, "redriven through the exchange");
+    let listed: Vec<_> =
+        listing.messages.iter().map(|m| (m.message_id.as_str(), m.event_type.as_str())).collect();
+    assert_eq!(listed, [("late-1", "test.late.created"), ("never-1", "test.nobody.created")]);
+
+    // The group that wanted it is deployed; a redrive of the type reaches
+    // it with its id, and the early group gets nothing.
+    let late = Topology::for_group(&settings, "late", &["test.late.#"]);
+    declare(&test_amqp, &amqp, &late).await?;
+    let mut received = observe(&amqp, &late.queue).await?;
+    let moved = letters.redrive(&unrouted, &Selection::EventType("test.late.created".into())).await?;
+    assert_eq!(moved, Moved { taken: 1, remaining: 1 });
+    let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("observer stopped"))?;
+    assert_eq!((got.id.as_str(), got.r#type.as_str()), ("late-1", "test.late.created"));
+    assert_eq!(queue_depth(&amqp, &early.queue).await?, 0);
+
+    // One still nobody's: redriven, it is unrouted again, not lost.
+    let again = letters.redrive(&unrouted, &Selection::All).await?;
+    assert_eq!(again.taken, 1);
+    eventually(Duration::from_secs(10), "the unbound event back in the unrouted queue", || async {
+        Ok(queue_depth(&amqp, &early.unrouted).await? == 1)
+    })
+    .await?;
+    assert_eq!(letters.purge(&unrouted, &Selection::All).await?, Moved { taken: 1, remaining: 0 });
     Ok(())
 }

@@ -120,9 +120,13 @@ function slowRow(where, r) {
 async function renderDeadLetters(services) {
   const box = document.getElementById("dead-letters");
   const parts = [];
+  // Every service also serves the unrouted queue they share: shown once.
+  const shown = new Set();
   for (const service of services) {
     const listing = await api("/console/api/dead-letters?service=" + encodeURIComponent(service));
     for (const q of listing.queues) {
+      if (shown.has(q.queue)) continue;
+      shown.add(q.queue);
       const all = el("button", { type: "button", class: "redrive-all", disabled: q.depth === 0 }, "Redrive all");
       all.addEventListener("click", () => redrive(service, q.queue, { all: true }));
       parts.push(el("h3", { "data-dead-letter-queue": q.queue }, service + " · " + q.queue + " → " + q.work_queue + " (" + q.depth + ") "), all);

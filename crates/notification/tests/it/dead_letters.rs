@@ -64,13 +64,16 @@ async fn an_operator_lists_and_purges_a_poison_message_and_nobody_else_may_touch
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // An operator (a user with the admin role) sees both groups' queues,
-    // and why the message is there.
+    // An operator (a user with the admin role) sees both groups' queues
+    // and the unrouted queue of the exchange, and why the message is there.
     let admin = tenx_auth::testing::user_token(uuid::Uuid::now_v7(), &["admin"]);
     let mut operator = client(&notify, Some(admin)).await?;
     let listed = operator.list_dead_letters(ops::ListDeadLettersRequest::default()).await?.into_inner();
     let queues: Vec<&str> = listed.queues.iter().map(|q| q.queue.as_str()).collect();
-    assert_eq!(queues, [topology.dead_letter.as_str(), hooks.dead_letter.as_str()]);
+    assert_eq!(
+        queues,
+        [topology.dead_letter.as_str(), hooks.dead_letter.as_str(), topology.unrouted.as_str()]
+    );
     let mine = &listed.queues[0];
     assert_eq!((mine.depth, mine.work_queue.as_str()), (1, topology.queue.as_str()));
     let poison = &mine.messages[0];
