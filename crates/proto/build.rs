@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 #[path = "build/access.rs"]
 mod access;
+#[path = "build/events.rs"]
+mod events;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Cargo's runtime value, not `env!`: a build script binary can be reused
@@ -29,7 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::slice::from_ref(&root),
     )?;
 
-    access::write_table(&descriptor, &PathBuf::from(std::env::var("OUT_DIR")?).join("access_table.rs"))?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    access::write_table(&descriptor, &out.join("access_table.rs"))?;
+    events::write_events(&descriptor, &out.join("event_types.rs"))?;
 
     println!("cargo:rerun-if-changed={}", root.display());
     for file in &files {

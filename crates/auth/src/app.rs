@@ -209,7 +209,11 @@ impl App {
         let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
         let stop = shutdown.child();
         tasks.spawn(async move { relay.run(stop).await });
-        let topology = Topology::for_group(&self.settings.amqp, avatar::GROUP, &["auth.avatar.uploaded"]);
+        let topology = Topology::for_group(
+            &self.settings.amqp,
+            avatar::GROUP,
+            &[tenx_proto::auth::v1::AvatarUploaded::EVENT_TYPE],
+        );
         let worker = AvatarWorker { db: self.db.clone(), users: self.core.users.clone() };
         let dead_letters = tenx_common::ops::dead_letter_service(self.amqp.clone(), vec![topology.clone()]);
         let consumer = Consumer::new(self.amqp.clone(), topology, worker, &self.metrics);

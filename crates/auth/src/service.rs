@@ -255,7 +255,7 @@ impl Core {
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
         let (session, refresh) = store::create_session(&tx, id, &device).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
-        outbox::enqueue(&tx, &NewEvent::new("auth.user.signed_up", &id.to_string(), &event)).await?;
+        outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;
@@ -563,7 +563,7 @@ impl Core {
             .ok_or(AuthError::NotFound("user"))?;
         let user = UserRecord::from_row(&row);
         let event = pb::UserUpdated { user_id: user.id.to_string(), email: user.email.clone(), display_name };
-        outbox::enqueue(&tx, &NewEvent::new("auth.user.updated", &user.id.to_string(), &event)).await?;
+        outbox::enqueue(&tx, &NewEvent::of(&user.id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = self.commit_user_change(&conn, caller.user).await?;
         Ok((pb::UpdateProfileResponse { user: Some(user.to_proto()) }, written))
@@ -596,11 +596,7 @@ impl Core {
                     .seal(code.as_bytes(), format!("verify_email:{}:{}", user.id, user.email).as_bytes()),
                 ..Default::default()
             };
-            outbox::enqueue(
-                &tx,
-                &NewEvent::new("auth.email_verification_requested", &user.id.to_string(), &event),
-            )
-            .await?;
+            outbox::enqueue(&tx, &NewEvent::of(&user.id.to_string(), &event)).await?;
         }
         tx.commit().await?;
         Ok(conn.commit_position().await?)
@@ -636,7 +632,7 @@ impl Core {
             email: user.email.clone(),
             display_name: user.display_name.clone(),
         };
-        outbox::enqueue(&tx, &NewEvent::new("auth.user.updated", &user.id.to_string(), &event)).await?;
+        outbox::enqueue(&tx, &NewEvent::of(&user.id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = self.commit_user_change(&conn, caller.user).await?;
         Ok((pb::VerifyEmailResponse { user: Some(user.to_proto()) }, written))
@@ -680,8 +676,7 @@ impl Core {
                 expires_in_minutes: ttl,
                 ..Default::default()
             };
-            outbox::enqueue(&tx, &NewEvent::new("auth.password_reset_requested", &id.to_string(), &event))
-                .await?;
+            outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -726,7 +721,7 @@ impl Core {
             .map(|r| r.get(0))
             .collect();
         let event = pb::PasswordChanged { user_id: id.to_string(), email };
-        outbox::enqueue(&tx, &NewEvent::new("auth.password_changed", &id.to_string(), &event)).await?;
+        outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = self.commit_user_change(&conn, id).await?;
         self.forget_sessions(&revoked, written).await;
@@ -797,8 +792,7 @@ impl Core {
         let revoked =
             store::revoke_user_sessions(&tx, caller.user, Some(caller.session), "password_changed").await?;
         let event = pb::PasswordChanged { user_id: caller.user.to_string(), email: user.email };
-        outbox::enqueue(&tx, &NewEvent::new("auth.password_changed", &caller.user.to_string(), &event))
-            .await?;
+        outbox::enqueue(&tx, &NewEvent::of(&caller.user.to_string(), &event)).await?;
         tx.commit().await?;
         let written = self.commit_user_change(&conn, caller.user).await?;
         self.forget_sessions(&revoked, written).await;
@@ -1180,8 +1174,7 @@ impl Core {
         )
         .await?;
         let event = pb::AvatarUploaded { user_id: caller.user.to_string(), avatar_id: id.to_string() };
-        outbox::enqueue(&tx, &NewEvent::new("auth.avatar.uploaded", &caller.user.to_string(), &event))
-            .await?;
+        outbox::enqueue(&tx, &NewEvent::of(&caller.user.to_string(), &event)).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
         Ok((pb::UploadAvatarResponse { avatar_id: id.to_string() }, written))

@@ -405,7 +405,7 @@ fn prorates(rules: &Rules, proration: pb::ProrationBehavior) -> bool {
 async fn announce<C: Prepared>(tx: &C, sub: &Locked, party: &Party) -> Result<(), BillingError> {
     let subscription = model::load_subscription(tx, sub.id).await?;
     let event = party.subscription_updated(subscription, &sub.status, sub.price.id.to_string());
-    enqueue(tx, "billing.subscription.updated", sub.id, &event).await
+    enqueue(tx, sub.id, &event).await
 }
 
 /// CancelSubscription's transaction: scheduled at period end, or now

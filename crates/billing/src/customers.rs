@@ -20,7 +20,7 @@ use crate::error::BillingError;
 
 /// Consumer group of auth's user events.
 pub const GROUP: &str = "billing.customers";
-pub const BINDINGS: [&str; 2] = ["auth.user.signed_up", "auth.user.updated"];
+pub const BINDINGS: [&str; 2] = [auth::UserSignedUp::EVENT_TYPE, auth::UserUpdated::EVENT_TYPE];
 
 const COLUMNS: &str =
     "c.id, c.user_id, c.email, c.currency, c.invoice_prefix, c.default_payment_method_id, c.created_at";
@@ -61,7 +61,7 @@ pub async fn ensure<C: Prepared>(
                     invoice_prefix: prefix,
                     created_at: Some(now.into()),
                 };
-                outbox::enqueue(tx, &NewEvent::new("billing.customer.created", &id.to_string(), &event))
+                outbox::enqueue(tx, &NewEvent::of(&id.to_string(), &event))
                     .await
                     .map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
                 return Ok((id, true));
@@ -134,12 +134,12 @@ impl Handler for CustomerWorker {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
         let payload = message.envelope.payload.as_slice();
         let (user, email) = match message.event_type() {
-            "auth.user.signed_up" => {
+            auth::UserSignedUp::EVENT_TYPE => {
                 let e =
                     auth::UserSignedUp::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
                 (e.user_id, e.email)
             }
-            "auth.user.updated" => {
+            auth::UserUpdated::EVENT_TYPE => {
                 let e =
                     auth::UserUpdated::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
                 (e.user_id, e.email)
@@ -153,7 +153,7 @@ impl Handler for CustomerWorker {
         if !inbox::claim(&tx, GROUP, message.id()).await.map_err(retry)? {
             return Ok(());
         }
-        if message.event_type() == "auth.user.signed_up" {
+        if message.event_type() == auth::UserSignedUp::EVENT_TYPE {
             let (_, created) = ensure(&tx, self.clock.as_ref(), user, &email).await.map_err(retry)?;
             if created {
                 tx.commit().await.map_err(retry)?;

@@ -197,7 +197,7 @@ pub async fn issue<C: Prepared>(tx: &C, now: SystemTime, new: NewInvoice<'_>) ->
         email: new.party.email.clone(),
         amount_due_display: model::display(tx, new.currency, due).await?,
     };
-    enqueue(tx, "billing.invoice.finalized", id, &event).await?;
+    enqueue(tx, id, &event).await?;
     if paid {
         let event = pb::InvoicePaid {
             invoice: Some(invoice),
@@ -207,7 +207,7 @@ pub async fn issue<C: Prepared>(tx: &C, now: SystemTime, new: NewInvoice<'_>) ->
             plan_name: new.party.plan_name.clone(),
             ..Default::default()
         };
-        enqueue(tx, "billing.invoice.paid", id, &event).await?;
+        enqueue(tx, id, &event).await?;
     }
     Ok(id)
 }
@@ -220,13 +220,12 @@ pub async fn enqueue_all<C: Prepared>(tx: &C, events: &[NewEvent]) -> Result<(),
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
-pub async fn enqueue<C: Prepared, M: prost::Name>(
+pub async fn enqueue<C: Prepared, M: tenx_proto::Event>(
     tx: &C,
-    event_type: &str,
     aggregate: Uuid,
     payload: &M,
 ) -> Result<(), BillingError> {
-    outbox::enqueue(tx, &NewEvent::new(event_type, &aggregate.to_string(), payload))
+    outbox::enqueue(tx, &NewEvent::of(&aggregate.to_string(), payload))
         .await
         .map_err(|e| BillingError::Internal(format!("outbox: {e}")))?;
     Ok(())

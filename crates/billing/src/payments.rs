@@ -601,7 +601,7 @@ pub async fn settle_reading<C: Prepared>(
             plan_name: party.plan_name,
             card_last4: last4,
         };
-        enqueue(tx, "billing.payment.failed", attempt.invoice_id, &event).await?;
+        enqueue(tx, attempt.invoice_id, &event).await?;
     }
     // A plan change is never kept unpaid: the one this invoice was for (if
     // any) is abandoned and its invoice voided.
@@ -773,9 +773,9 @@ async fn succeed<C: Prepared>(
     };
     let mut events = Vec::with_capacity(2);
     if let Some((sub, event)) = &reactivation {
-        events.push(NewEvent::new("billing.subscription.updated", &sub.to_string(), event));
+        events.push(NewEvent::of(&sub.to_string(), event));
     }
-    events.push(NewEvent::new("billing.invoice.paid", &attempt.invoice_id.to_string(), &paid));
+    events.push(NewEvent::of(&attempt.invoice_id.to_string(), &paid));
     // The plan change this invoice paid for, if any, is in force now (only
     // a plan change's own invoice can have one); its events follow these.
     if for_a_change {

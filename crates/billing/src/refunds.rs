@@ -254,7 +254,7 @@ pub async fn settle<C: Prepared>(
         amount_display: model::display(tx, &refund.currency, x).await?,
         card_last4: row.get::<_, Option<String>>(1).unwrap_or_default(),
     };
-    enqueue(tx, "billing.payment.refunded", refund.invoice_id, &event).await?;
+    enqueue(tx, refund.invoice_id, &event).await?;
     Ok(())
 }
 

@@ -361,7 +361,7 @@ impl Scheduler {
                 email: party.email.clone(),
                 plan_name: party.plan_name.clone(),
             };
-            enqueue(&tx, "billing.subscription.canceled", sub, &event).await?;
+            enqueue(&tx, sub, &event).await?;
             cancel_jobs(&tx, sub, now, job.id).await?;
             self.finish(&tx, job).await?;
             tx.commit().await?;
@@ -419,7 +419,7 @@ impl Scheduler {
         schedule_period_end(&tx, sub, period.1, now).await?;
         let subscription = model::load_subscription(&tx, sub).await?;
         let event = party.subscription_updated(subscription, &status, row.get::<_, Uuid>(2).to_string());
-        enqueue(&tx, "billing.subscription.updated", sub, &event).await?;
+        enqueue(&tx, sub, &event).await?;
         self.finish(&tx, job).await?;
         tx.commit().await?;
         Ok(())
@@ -724,11 +724,11 @@ async fn set_status<C: Prepared>(
             email: party.email.clone(),
             plan_name: party.plan_name.clone(),
         };
-        enqueue(tx, "billing.subscription.canceled", sub, &event).await
+        enqueue(tx, sub, &event).await
     } else {
         let price = subscription.price_id.clone();
         let event = party.subscription_updated(subscription, &previous, price);
-        enqueue(tx, "billing.subscription.updated", sub, &event).await
+        enqueue(tx, sub, &event).await
     }
 }
 

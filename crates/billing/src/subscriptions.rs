@@ -231,7 +231,7 @@ pub async fn create<C: Prepared>(
         email: party.email.clone(),
         plan_name: party.plan_name.clone(),
     };
-    enqueue(tx, "billing.subscription.created", id, &event).await?;
+    enqueue(tx, id, &event).await?;
     Ok(match charge {
         Some(attempt) => Created::Charge(id, attempt),
         None => Created::Done(id),

@@ -53,9 +53,12 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new<M: prost::Name>(event_type: &str, aggregate_id: &str, payload: &M) -> Self {
+    /// `payload` about `aggregate_id`, under the type its message declares
+    /// in the contract (`tenx_proto::Event`), so a payload cannot go out
+    /// under another event's name.
+    pub fn of<M: tenx_proto::Event>(aggregate_id: &str, payload: &M) -> Self {
         Self {
-            event_type: event_type.to_owned(),
+            event_type: M::TYPE.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
             payload: payload.encode_to_vec(),
             payload_type: M::full_name(),

@@ -127,8 +127,7 @@ impl NotificationApi {
                 channels: channels.iter().map(|c| *c as i32).collect(),
                 data: Some(data),
             };
-            outbox::enqueue(&tx, &NewEvent::new("notification.send_requested", &user.to_string(), &event))
-                .await?;
+            outbox::enqueue(&tx, &NewEvent::of(&user.to_string(), &event)).await?;
             tx.commit().await?;
             id
         } else {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::egress::{internal_literal, resolves_internal};
 use crate::error::NotifyError;
-use crate::webhooks::{DUE, new_secret};
+use crate::webhooks::new_secret;
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, created_at, disabled_at, disabled_reason";
 
@@ -218,7 +218,7 @@ pub async fn redrive(db: &Db, request: pb::RedriveDeadLetterRequest) -> Result<(
     )
     .await?;
     let due = pb::WebhookDue { message_id: message.to_string() };
-    outbox::enqueue(&tx, &NewEvent::new(DUE, &endpoint.to_string(), &due)).await?;
+    outbox::enqueue(&tx, &NewEvent::of(&endpoint.to_string(), &due)).await?;
     tx.commit().await?;
     Ok(())
 }

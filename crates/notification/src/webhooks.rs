@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 /// Consumer group of webhook deliveries.
 pub const GROUP: &str = "notification.webhooks";
-pub const DUE: &str = "notification.webhook_due";
+pub const DUE: &str = WebhookDue::EVENT_TYPE;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookSettings {
@@ -74,24 +74,24 @@ pub fn sign(secret: &str, id: &str, timestamp: u64, body: &str) -> Option<String
 pub fn body_for(message: &Message) -> String {
     let payload = message.envelope.payload.as_slice();
     let data = match message.event_type() {
-        "auth.user.signed_up" => auth::UserSignedUp::decode(payload)
+        auth::UserSignedUp::EVENT_TYPE => auth::UserSignedUp::decode(payload)
             .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
-        "auth.user.updated" => auth::UserUpdated::decode(payload)
+        auth::UserUpdated::EVENT_TYPE => auth::UserUpdated::decode(payload)
             .map(|e| json!({ "user_id": e.user_id, "email": e.email, "display_name": e.display_name })),
-        "auth.email_verification_requested" => auth::EmailVerificationRequested::decode(payload)
+        auth::EmailVerificationRequested::EVENT_TYPE => auth::EmailVerificationRequested::decode(payload)
             .map(|e| json!({ "user_id": e.user_id, "email": e.email })),
-        "auth.password_reset_requested" => auth::PasswordResetRequested::decode(payload)
+        auth::PasswordResetRequested::EVENT_TYPE => auth::PasswordResetRequested::decode(payload)
             .map(|e| json!({ "user_id": e.user_id, "email": e.email })),
-        "auth.password_changed" => {
+        auth::PasswordChanged::EVENT_TYPE => {
             auth::PasswordChanged::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }
-        "billing.customer.created" => billing::CustomerCreated::decode(payload).map(|e| {
+        billing::CustomerCreated::EVENT_TYPE => billing::CustomerCreated::decode(payload).map(|e| {
             json!({ "customer_id": e.customer_id, "user_id": e.user_id, "email": e.email, "created_at": seconds(e.created_at.as_ref()) })
         }),
-        "billing.subscription.created" => billing::SubscriptionCreated::decode(payload).map(|e| {
+        billing::SubscriptionCreated::EVENT_TYPE => billing::SubscriptionCreated::decode(payload).map(|e| {
             json!({ "subscription": subscription(e.subscription.as_ref()), "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name })
         }),
-        "billing.subscription.updated" => billing::SubscriptionUpdated::decode(payload).map(|e| {
+        billing::SubscriptionUpdated::EVENT_TYPE => billing::SubscriptionUpdated::decode(payload).map(|e| {
             json!({
                 "subscription": subscription(e.subscription.as_ref()),
                 "previous_status": status(e.previous_status),
@@ -99,17 +99,17 @@ pub fn body_for(message: &Message) -> String {
                 "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name,
             })
         }),
-        "billing.subscription.canceled" => billing::SubscriptionCanceled::decode(payload).map(|e| {
+        billing::SubscriptionCanceled::EVENT_TYPE => billing::SubscriptionCanceled::decode(payload).map(|e| {
             json!({
                 "subscription": subscription(e.subscription.as_ref()),
                 "previous_status": status(e.previous_status),
                 "user_id": e.user_id, "email": e.email, "plan_name": e.plan_name,
             })
         }),
-        "billing.invoice.finalized" => billing::InvoiceFinalized::decode(payload).map(|e| {
+        billing::InvoiceFinalized::EVENT_TYPE => billing::InvoiceFinalized::decode(payload).map(|e| {
             json!({ "invoice": invoice(e.invoice.as_ref()), "user_id": e.user_id, "email": e.email, "amount_due_display": e.amount_due_display })
         }),
-        "billing.invoice.paid" => billing::InvoicePaid::decode(payload).map(|e| {
+        billing::InvoicePaid::EVENT_TYPE => billing::InvoicePaid::decode(payload).map(|e| {
             json!({
                 "invoice": invoice(e.invoice.as_ref()),
                 "user_id": e.user_id, "email": e.email,
@@ -122,7 +122,7 @@ pub fn body_for(message: &Message) -> String {
         }),
         // The provider's own failure message is left out: the code says
         // why, and the provider's wording is not ours to forward.
-        "billing.payment.failed" => billing::PaymentFailed::decode(payload).map(|e| {
+        billing::PaymentFailed::EVENT_TYPE => billing::PaymentFailed::decode(payload).map(|e| {
             json!({
                 "invoice_id": e.invoice_id, "invoice_number": e.invoice_number,
                 "subscription_id": e.subscription_id, "customer_id": e.customer_id,
@@ -271,9 +271,7 @@ impl Webhooks {
                 .map_err(retry)?;
             if let Some(row) = inserted {
                 let due = WebhookDue { message_id: row.get::<_, Uuid>(0).to_string() };
-                outbox::enqueue(&tx, &NewEvent::new(DUE, &endpoint.to_string(), &due))
-                    .await
-                    .map_err(retry)?;
+                outbox::enqueue(&tx, &NewEvent::of(&endpoint.to_string(), &due)).await.map_err(retry)?;
             }
         }
         tx.commit().await.map_err(retry)?;

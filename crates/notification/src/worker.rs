@@ -20,7 +20,7 @@ use crate::structs::to_json;
 pub const GROUP: &str = "notification";
 /// The events this service acts on: every domain event may have webhook
 /// subscribers; some also mean an email or in-app item.
-pub const BINDINGS: [&str; 3] = ["auth.#", "billing.#", "notification.send_requested"];
+pub const BINDINGS: [&str; 3] = ["auth.#", "billing.#", SendRequested::EVENT_TYPE];
 
 #[derive(Debug)]
 pub struct Worker {
@@ -79,7 +79,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
     let payload = message.envelope.payload.as_slice();
     let dedupe = message.id().to_owned();
     let job = match message.event_type() {
-        "auth.user.signed_up" => {
+        auth::UserSignedUp::EVENT_TYPE => {
             let e = auth::UserSignedUp::decode(payload).map_err(reject)?;
             Job {
                 dedupe,
@@ -91,7 +91,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "auth.email_verification_requested" => {
+        auth::EmailVerificationRequested::EVENT_TYPE => {
             let e = auth::EmailVerificationRequested::decode(payload).map_err(reject)?;
             let code = code_of(seal, &e.sealed_code, &e.code, "verify_email", (&e.user_id, &e.email))?;
             Job {
@@ -104,7 +104,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "auth.password_reset_requested" => {
+        auth::PasswordResetRequested::EVENT_TYPE => {
             let e = auth::PasswordResetRequested::decode(payload).map_err(reject)?;
             let code = code_of(seal, &e.sealed_code, &e.code, "password_reset", (&e.user_id, &e.email))?;
             Job {
@@ -117,7 +117,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "auth.password_changed" => {
+        auth::PasswordChanged::EVENT_TYPE => {
             let e = auth::PasswordChanged::decode(payload).map_err(reject)?;
             Job {
                 dedupe,
@@ -129,7 +129,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "billing.invoice.paid" => {
+        billing::InvoicePaid::EVENT_TYPE => {
             let e = billing::InvoicePaid::decode(payload).map_err(reject)?;
             let amount = e.invoice.as_ref().map_or(0, |i| i.amount_paid_minor);
             if amount == 0 {
@@ -138,7 +138,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 tracing::info!(event = %dedupe, user_id = %e.user_id, "invoice paid without a charge: no receipt");
                 return Ok(None);
             }
-            if no_email("billing.invoice.paid", &dedupe, &e.user_id, &e.email) {
+            if no_email(billing::InvoicePaid::EVENT_TYPE, &dedupe, &e.user_id, &e.email) {
                 return Ok(None);
             }
             Job {
@@ -151,9 +151,9 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "billing.payment.failed" => {
+        billing::PaymentFailed::EVENT_TYPE => {
             let e = billing::PaymentFailed::decode(payload).map_err(reject)?;
-            if no_email("billing.payment.failed", &dedupe, &e.user_id, &e.email) {
+            if no_email(billing::PaymentFailed::EVENT_TYPE, &dedupe, &e.user_id, &e.email) {
                 return Ok(None);
             }
             Job {
@@ -166,9 +166,9 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "billing.payment.refunded" => {
+        billing::PaymentRefunded::EVENT_TYPE => {
             let e = billing::PaymentRefunded::decode(payload).map_err(reject)?;
-            if no_email("billing.payment.refunded", &dedupe, &e.user_id, &e.email) {
+            if no_email(billing::PaymentRefunded::EVENT_TYPE, &dedupe, &e.user_id, &e.email) {
                 return Ok(None);
             }
             Job {
@@ -181,7 +181,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
                 last_attempt,
             }
         }
-        "notification.send_requested" => {
+        SendRequested::EVENT_TYPE => {
             let e = SendRequested::decode(payload).map_err(reject)?;
             Job {
                 dedupe: e.notification_id.clone(),
@@ -200,7 +200,7 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
 
 impl Handler for Worker {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
-        if message.event_type() != "notification.send_requested" {
+        if message.event_type() != SendRequested::EVENT_TYPE {
             self.webhooks.fan_out(message).await?;
         }
         let Some(job) = job_for(message, message.attempt >= self.max_attempts, &self.seal)? else {

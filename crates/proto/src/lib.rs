@@ -9,6 +9,18 @@
 /// Serialized `FileDescriptorSet` of every tenx proto, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tenx_descriptor.bin"));
 
+/// The payload of a domain event: its type is declared in the contract
+/// (`(tenx.options.v1.event_type)` on the message) and generated here, so
+/// the outbox publishes a payload under its own type only
+/// (`tenx_common::outbox::NewEvent::of`) and consumers match generated
+/// constants (`UserSignedUp::EVENT_TYPE`): a misspelt type does not compile.
+pub trait Event: prost::Name {
+    /// The envelope's `type` and routing key (`auth.user.signed_up`).
+    const TYPE: &'static str;
+}
+
+include!(concat!(env!("OUT_DIR"), "/event_types.rs"));
+
 /// Domain event envelope shared by every service (`tenx.events.v1`).
 pub mod events {
     #[allow(clippy::all, clippy::pedantic)] // generated code
@@ -125,5 +137,33 @@ pub mod access {
             assert_eq!(rule("/tenx.auth.v1.AuthService/NoSuchRpc"), None);
             assert!(scopes().contains(&"notifications:read"));
         }
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    fn type_of<M: Event>(_: &M) -> (&'static str, String) {
+        (M::TYPE, M::full_name())
+    }
+
+    #[test]
+    fn every_event_type_names_its_payload_message_once_within_its_service() {
+        assert!(EVENT_TYPES.windows(2).all(|w| w[0].0 < w[1].0), "sorted, no duplicates");
+        for (event_type, message) in EVENT_TYPES {
+            let area = event_type.split('.').next().unwrap_or_default();
+            assert!(message.starts_with(&format!("tenx.{area}.v1.")), "{event_type} is {message}'s");
+        }
+        // The constant, the trait and the table agree, per message.
+        for (constant, (trait_type, message)) in [
+            (auth::v1::UserSignedUp::EVENT_TYPE, type_of(&auth::v1::UserSignedUp::default())),
+            (billing::v1::InvoicePaid::EVENT_TYPE, type_of(&billing::v1::InvoicePaid::default())),
+            (notification::v1::WebhookDue::EVENT_TYPE, type_of(&notification::v1::WebhookDue::default())),
+        ] {
+            assert_eq!(constant, trait_type);
+            assert!(EVENT_TYPES.contains(&(constant, message.as_str())), "{constant} {message}");
+        }
+        assert!(EVENT_TYPES.len() >= 16, "every event of auth, billing and notification");
     }
 }
