@@ -5,11 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use tenx_common::authn::{self, Principal, Revoked};
 use tenx_common::cache::Cache;
-use tenx_common::db::{Db, Prepared, WalPosition};
+use tenx_common::db::{Db, Prepared, WalPosition, wal};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::auth::v1 as pb;
 use tenx_proto::auth::v1::auth_service_server::AuthService;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -20,10 +20,6 @@ use crate::secrets;
 use crate::settings::AuthSettings;
 use crate::store::{self, ApiKeyAuth, CodePurpose, UserRecord};
 use crate::validate;
-
-/// Response (and request) metadata carrying the WAL position of a write,
-/// for read-your-writes.
-pub const WAL_POSITION: &str = "x-tenx-wal-position";
 
 /// Everything the handlers share.
 pub struct Core {
@@ -72,10 +68,8 @@ struct Caller {
 
 fn respond<T>(message: T, written: Option<WalPosition>) -> Response<T> {
     let mut response = Response::new(message);
-    if let Some(position) = written
-        && let Ok(value) = MetadataValue::try_from(position.to_string())
-    {
-        response.metadata_mut().insert(WAL_POSITION, value);
+    if let Some(position) = written {
+        wal::stamp(response.metadata_mut(), position);
     }
     response
 }
@@ -95,13 +89,7 @@ fn unshare(error: Arc<AuthError>) -> AuthError {
 }
 
 fn position_from(metadata: &MetadataMap) -> Result<Option<WalPosition>, AuthError> {
-    match metadata.get(WAL_POSITION).map(|v| v.to_str()) {
-        None => Ok(None),
-        Some(Ok(text)) => text.parse().map(Some).map_err(|_| {
-            AuthError::invalid("x-tenx-wal-position", "must be a WAL position like 16/B374D848")
-        }),
-        Some(Err(_)) => Err(AuthError::invalid("x-tenx-wal-position", "must be ASCII")),
-    }
+    wal::requested(metadata).map_err(|reason| AuthError::invalid(wal::METADATA, reason))
 }
 
 /// The account an operator names: by email or by id, exactly one.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tenx_common::db::Prepared;
 
 use tenx_common::authn::{self, Principal};
-use tenx_common::db::{Db, WalPosition};
+use tenx_common::db::{Db, WalPosition, wal};
 use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_server::BillingService;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -77,20 +77,9 @@ impl Call {
     /// an earlier mutation's response): the replica serves the read only
     /// once it has replayed that far, the primary otherwise.
     fn after(&self) -> Result<Option<WalPosition>, BillingError> {
-        match self.metadata.get(WAL_POSITION).map(|v| v.to_str()) {
-            None => Ok(None),
-            Some(Ok(text)) => text
-                .parse()
-                .map(Some)
-                .map_err(|_| BillingError::invalid(WAL_POSITION, "must be a WAL position like 16/B374D848")),
-            Some(Err(_)) => Err(BillingError::invalid(WAL_POSITION, "must be ASCII")),
-        }
+        wal::requested(&self.metadata).map_err(|reason| BillingError::invalid(wal::METADATA, reason))
     }
 }
-
-/// Metadata of a mutation's response (and of a read's request): the
-/// primary's WAL position past the write, for read-your-writes.
-pub const WAL_POSITION: &str = "x-tenx-wal-position";
 
 impl std::ops::Deref for Call {
     type Target = MetadataMap;
@@ -1224,9 +1213,8 @@ impl BillingApi {
     /// (the primary did not answer) the caller only loses read-your-writes.
     async fn written<T>(&self, message: T, replayed: bool) -> Response<T> {
         let mut response = respond(message, replayed);
-        let position = self.core.db.position_after_commit().await.ok();
-        if let Some(value) = position.and_then(|p| MetadataValue::try_from(p.to_string()).ok()) {
-            response.metadata_mut().insert(WAL_POSITION, value);
+        if let Ok(position) = self.core.db.position_after_commit().await {
+            wal::stamp(response.metadata_mut(), position);
         }
         response
     }

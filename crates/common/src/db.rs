@@ -9,7 +9,7 @@
 
 mod migrate;
 mod prepared;
-mod wal;
+pub mod wal;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;

@@ -20,8 +20,8 @@ use crate::ratelimit::Decision;
 use crate::routes::Route;
 
 pub const REQUEST_ID: &str = "x-request-id";
-/// Auth's write position, for read-your-writes across calls.
-pub const WAL_POSITION: &str = "x-tenx-wal-position";
+/// A service's write position, for read-your-writes across calls.
+pub const WAL_POSITION: &str = tenx_common::db::wal::METADATA;
 
 /// What a handler knows about the call it serves.
 #[derive(Debug, Clone)]

@@ -63,3 +63,45 @@ mod tests {
         assert!("x/1".parse::<WalPosition>().is_err());
     }
 }
+
+/// The gRPC metadata key (and, at the gateway, the HTTP header) carrying a
+/// WAL position: on a mutation's response, the primary's position past its
+/// write; on a later read's request, the position the caller must see, so
+/// the read goes to the replica only once it has replayed that far
+/// (read-your-writes across calls and instances).
+pub const METADATA: &str = "x-tenx-wal-position";
+
+/// The position a caller sent in [`METADATA`], if any. `Err` is the
+/// reason to give back, against the field [`METADATA`].
+pub fn requested(metadata: &tonic::metadata::MetadataMap) -> Result<Option<WalPosition>, &'static str> {
+    match metadata.get(METADATA).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(text)) => text.parse().map(Some).map_err(|_| "must be a WAL position like 16/B374D848"),
+        Some(Err(_)) => Err("must be ASCII"),
+    }
+}
+
+/// Puts `position` on a response's metadata as [`METADATA`].
+pub fn stamp(metadata: &mut tonic::metadata::MetadataMap, position: WalPosition) {
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(position.to_string()) {
+        metadata.insert(METADATA, value);
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    use super::*;
+
+    #[test]
+    fn a_position_travels_in_metadata_and_a_bad_one_is_refused() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(requested(&metadata), Ok(None));
+        let position: WalPosition = "16/B374D848".parse().expect("valid");
+        stamp(&mut metadata, position);
+        assert_eq!(requested(&metadata), Ok(Some(position)));
+        metadata.insert(METADATA, MetadataValue::from_static("16/B374D848; drop"));
+        assert_eq!(requested(&metadata), Err("must be a WAL position like 16/B374D848"));
+    }
+}
