@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 #[path = "build/access.rs"]
 mod access;
+#[path = "build/descriptor.rs"]
+mod descriptor;
 #[path = "build/events.rs"]
 mod events;
 

@@ -1,64 +1,18 @@
 //! Reads every RPC's `(tenx.options.v1.access)` option out of the compiled
-//! descriptor set and writes the table `tenx_proto::access` serves. prost
-//! drops unknown fields (custom options included), so the descriptor is
-//! decoded here with just the fields this needs, the option among them.
+//! descriptor set ([`crate::descriptor`]) and writes the table
+//! `tenx_proto::access` serves.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use prost::Message;
-
-#[derive(Clone, PartialEq, Message)]
-struct FileSet {
-    #[prost(message, repeated, tag = "1")]
-    file: Vec<File>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct File {
-    #[prost(string, tag = "2")]
-    package: String,
-    #[prost(message, repeated, tag = "6")]
-    service: Vec<Service>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Service {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(message, repeated, tag = "2")]
-    method: Vec<Method>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Method {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(message, optional, tag = "4")]
-    options: Option<MethodOptions>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MethodOptions {
-    /// `tenx.options.v1.access` (proto/tenx/options/v1/access.proto).
-    #[prost(message, optional, tag = "50110")]
-    access: Option<Access>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Access {
-    #[prost(int32, tag = "1")]
-    caller: i32,
-    #[prost(string, tag = "2")]
-    scope: String,
-}
+use crate::descriptor::FileSet;
 
 const CALLERS: [&str; 6] = ["", "Anyone", "User", "Session", "Operator", "Service"];
 
 /// Writes `METHODS`, sorted by path; fails the build for a tenx RPC
 /// without a rule, or with a rule that makes no sense.
 pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let set = FileSet::decode(std::fs::read(descriptor)?.as_slice())?;
+    let set = FileSet::read(descriptor)?;
     let mut rows = Vec::new();
     let mut problems = Vec::new();
     for file in set.file.iter().filter(|f| f.package.starts_with("tenx.")) {
