@@ -251,7 +251,7 @@ impl Core {
     }
 
     async fn login(
-        &self,
+        self: &Arc<Self>,
         request: pb::LoginRequest,
         client: &str,
     ) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
@@ -265,16 +265,25 @@ impl Core {
         // `max` of a window are ever checked. Counted per email and client,
         // whether or not the email has an account. No connection is held
         // while argon2 runs (a slow hash must not starve the pool).
-        let (attempt, account) = {
-            let conn = self.db.write().await?;
-            let attempt = self.claim_attempt(&*conn, &email, client).await?;
-            (attempt, store::login_row(&*conn, &email).await?)
-        };
+        //
         // Until the caller is told how the password fared, the claim is
         // given back if this ends (the caller went away, the hashers were
         // busy, the database failed): an answer never given reveals
-        // nothing, and must not count against the account's owner.
-        let mut claim = Claim::new(self.db.clone(), &email, client);
+        // nothing, and must not count against the account's owner. The
+        // claim runs as a task of its own, so a caller going away while
+        // its INSERT is in flight cannot leave a count without the guard
+        // that gives it back (nor give back a count that never landed).
+        let (attempt, mut claim, account) = {
+            let (core, email, client) = (self.clone(), email.clone(), client.to_owned());
+            tokio::spawn(async move {
+                let conn = core.db.write().await?;
+                let attempt = core.claim_attempt(&*conn, &email, &client).await?;
+                let claim = Claim::new(core.db.clone(), &email, &client);
+                Ok::<_, AuthError>((attempt, claim, store::login_row(&*conn, &email).await?))
+            })
+            .await
+            .map_err(|e| AuthError::Internal(format!("claiming a login attempt: {e}")))??
+        };
         // An unknown email is as slow as a known one, and fails the same.
         let verified = self
             .passwords

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::db::{Prepared, Role, WalPosition};
 use crate::metrics::{MetricSet, Metrics};
-use crate::queue::{Amqp, Topology, inspect};
+use crate::queue::{Amqp, Topology, close_quietly, inspect};
 
 /// Longest one sample may take; past it the sample counts as failed. Below
 /// [`crate::metrics::PROBE_TIMEOUT`], so the failure is seen and recorded.
@@ -356,7 +356,7 @@ pub(crate) fn watch_queues(metrics: &Metrics, amqp: &Amqp, topology: &Topology) 
                             }
                         }
                     }
-                    let _ = channel.close(200, "probe".into()).await;
+                    close_quietly(&channel, "probe").await;
                     outcome
                 };
                 sampled(&set, "queues", sample, forget).await;

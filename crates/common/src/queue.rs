@@ -22,7 +22,7 @@ mod topology;
 
 use serde::Deserialize;
 
-pub use connection::{Amqp, Backoff, WeakAmqp};
+pub use connection::{Amqp, Backoff, WeakAmqp, close_quietly};
 pub use consumer::{Consumer, Handler, HandlerError};
 pub use message::{HEADER_ATTEMPT, HEADER_LAST_ERROR, Message, Outgoing};
 pub use publisher::Publisher;

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,12 +14,14 @@ use tokio::task::JoinHandle;
 /// closed, new ones refused), [`ChaosProxy::kill_connections`] drops live
 /// connections only (a network blip), [`ChaosProxy::restore`] heals it.
 /// The real server, shared with other tests, never notices.
-/// [`ChaosProxy::set_delay`] makes it slow instead.
+/// [`ChaosProxy::set_delay`] makes it slow instead;
+/// [`ChaosProxy::accepted`] tells when the code under test has connected.
 #[derive(Debug)]
 pub struct ChaosProxy {
     addr: SocketAddr,
     refusing: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
+    accepted: Arc<AtomicUsize>,
     epoch: watch::Sender<u64>,
     accept: JoinHandle<()>,
 }
@@ -30,10 +32,15 @@ impl ChaosProxy {
         let addr = listener.local_addr()?;
         let refusing = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let (epoch, _) = watch::channel(0u64);
-        let accept =
-            tokio::spawn(accept_loop(listener, target, refusing.clone(), delay_ms.clone(), epoch.clone()));
-        Ok(Self { addr, refusing, delay_ms, epoch, accept })
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            Gates { refusing: refusing.clone(), delay_ms: delay_ms.clone(), accepted: accepted.clone() },
+            epoch.clone(),
+        ));
+        Ok(Self { addr, refusing, delay_ms, accepted, epoch, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -61,6 +68,12 @@ impl ChaosProxy {
         self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
+    /// How many connections were let through so far (a slow server's
+    /// counts as soon as it is accepted, before the delay).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Lets connections through again.
     pub fn restore(&self) {
         self.refusing.store(false, Ordering::SeqCst);
@@ -74,20 +87,22 @@ impl Drop for ChaosProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
+/// What the test changes while the proxy runs.
+struct Gates {
     refusing: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
-    epoch: watch::Sender<u64>,
-) {
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn accept_loop(listener: TcpListener, target: SocketAddr, gates: Gates, epoch: watch::Sender<u64>) {
     while let Ok((client, _)) = listener.accept().await {
-        if refusing.load(Ordering::SeqCst) {
+        if gates.refusing.load(Ordering::SeqCst) {
             drop(client);
             continue;
         }
+        gates.accepted.fetch_add(1, Ordering::SeqCst);
         let mut killed = epoch.subscribe();
-        let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+        let delay = Duration::from_millis(gates.delay_ms.load(Ordering::SeqCst));
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let Ok(server) = TcpStream::connect(target).await else {

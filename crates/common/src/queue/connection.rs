@@ -81,19 +81,34 @@ impl Amqp {
         let Some((conn, declared)) = guard.as_mut() else {
             return Err(QueueError::Unavailable("no connection".into()));
         };
-        let channel = conn.create_channel().await?;
-        let topologies = self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for topology in topologies.iter().skip(*declared) {
-            topology.declare(&channel).await?;
+        // Bounded: a connection that died without lapin noticing yet (no
+        // RST, a half-open socket) would otherwise hold this lock, and so
+        // every publisher and consumer of the process, until the heartbeat
+        // gives up. Then the connection is dropped and the next call makes
+        // a new one.
+        let timeout = Duration::from_millis(self.inner.settings.connect_timeout_ms);
+        let opened = tokio::time::timeout(timeout, async {
+            let channel = conn.create_channel().await?;
+            let topologies = self.inner.topologies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for topology in topologies.iter().skip(*declared) {
+                topology.declare(&channel).await?;
+            }
+            *declared = topologies.len();
+            Ok::<_, QueueError>(channel)
+        })
+        .await;
+        match opened {
+            Ok(opened) => opened,
+            Err(_) => {
+                *guard = None;
+                Err(QueueError::Unavailable(format!("opening a channel timed out after {timeout:?}")))
+            }
         }
-        *declared = topologies.len();
-        Ok(channel)
     }
 
     /// Readiness: the broker accepts a channel.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let channel = self.channel().await?;
-        let _ = channel.close(200, "ping".into()).await;
+        close_quietly(&self.channel().await?, "ping").await;
         Ok(())
     }
 
@@ -119,6 +134,13 @@ impl Amqp {
             Err(_) => Err(QueueError::Unavailable(format!("connect timed out after {timeout:?}"))),
         }
     }
+}
+
+/// Closes a channel that is no longer needed, waiting at most a second for
+/// the broker's answer: on a dead connection there is none, and whoever
+/// closes it (a consumer about to reconnect) must not wait for it.
+pub async fn close_quietly(channel: &Channel, reason: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, reason.into())).await;
 }
 
 /// Exponential backoff with jitter, for reconnect and retry loops.

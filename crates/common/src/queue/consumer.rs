@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tracing::Instrument;
 
-use super::connection::Backoff;
+use super::connection::{Backoff, close_quietly};
 use super::message::decode;
 use super::{Amqp, HEADER_ATTEMPT, HEADER_LAST_ERROR, Message, Outgoing, Publisher, QueueError, Topology};
 use crate::metrics::{MetricSet, Metrics};
@@ -150,7 +150,7 @@ impl<H: Handler> Consumer<H> {
                 }
             })
             .await;
-        let _ = channel.close(200, "consumer stopping".into()).await;
+        close_quietly(&channel, "consumer stopping").await;
         match broken.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(error) => Err(QueueError::Unavailable(error)),
             None if shutdown.is_triggered() => Ok(()),

@@ -21,6 +21,7 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 
+use super::connection::close_quietly;
 use super::message::header_str;
 use super::{Amqp, HEADER_ATTEMPT, HEADER_LAST_ERROR, Outgoing, Publisher, QueueError, Topology};
 
@@ -166,7 +167,7 @@ impl DeadLetters {
         }
         .await;
         // Unacknowledged: closing the channel puts them all back.
-        let _ = channel.close(200, "listed".into()).await;
+        close_quietly(&channel, "listed").await;
         listed?;
         let depth = depth?;
         self.returned(&parked.queue, depth).await?;
@@ -213,7 +214,7 @@ impl DeadLetters {
         }
         .await;
         // The ones not selected go back.
-        let _ = channel.close(200, "taken".into()).await;
+        close_quietly(&channel, "taken").await;
         outcome?;
         let remaining = self.returned(&parked.queue, there.saturating_sub(taken)).await?;
         Ok(Moved { taken, remaining })
@@ -235,7 +236,7 @@ impl DeadLetters {
                 other => break other,
             }
         };
-        let _ = channel.close(200, "counted".into()).await;
+        close_quietly(&channel, "counted").await;
         counted
     }
 }

@@ -238,17 +238,19 @@ async fn a_consumer_whose_channel_dies_mid_message_gets_it_again_and_sends_once(
     let publisher = tenx_common::queue::Publisher::new(tenx_common::queue::Amqp::new(&direct, "test-direct"));
     publisher.publish(&[tenx_common::queue::Outgoing::event(&direct.exchange_name(), &envelope)]).await?;
 
-    // Mid-message: the delivery row exists, the relay has not answered yet.
-    let sql = notify.sql().await?;
+    // Mid-message: the handler has reached the relay, which has not
+    // answered yet (it holds each connection 1.5 s). The email is sent
+    // after the broker connection died, so its ack cannot go through.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sql.query_opt("SELECT 1 FROM email_deliveries WHERE to_address = $1", &[&email]).await?.is_none() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the handler never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while slow_smtp.accepted() == 0 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the handler never reached the relay");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     broker.kill_connections();
-
+    let sql = notify.sql().await?;
     assert_eq!(wait_for_mails(&email, 1).await?.len(), 1);
     // The redelivery (after the reconnect) finds the email sent and acks.
+    let seen = std::sync::Mutex::new((u32::MAX, 0u32));
     let depth_zero = async {
         let amqp = tenx_common::queue::Amqp::new(&direct, "test-depth");
         let queue = tenx_notification::app::topology(&notify.settings).queue;
@@ -261,13 +263,18 @@ async fn a_consumer_whose_channel_dies_mid_message_gets_it_again_and_sends_once(
                     Default::default(),
                 )
                 .await?;
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = (q.message_count(), q.consumer_count());
             if q.message_count() == 0 && q.consumer_count() > 0 {
                 return anyhow::Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), depth_zero).await??;
+    let Ok(drained) = tokio::time::timeout(Duration::from_secs(20), depth_zero).await else {
+        let (ready, consumers) = *seen.lock().unwrap_or_else(|p| p.into_inner());
+        anyhow::bail!("after 20 s the queue holds {ready} ready message(s) and {consumers} consumer(s)");
+    };
+    drained?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(mails_to(&email)?.len(), 1, "sent once");
     let (status, attempts): (String, i32) = {
