@@ -191,11 +191,13 @@ pub async fn issue<C: Prepared>(tx: &C, now: SystemTime, new: NewInvoice<'_>) ->
     }
 
     let invoice = model::load_invoice(tx, id).await?;
+    let (amount_due_display, exponent) = model::display(tx, new.currency, due).await?;
     let event = pb::InvoiceFinalized {
         invoice: Some(invoice.clone()),
         user_id: new.party.user_id.to_string(),
         email: new.party.email.clone(),
-        amount_due_display: model::display(tx, new.currency, due).await?,
+        amount_due_display,
+        currency_exponent: Some(exponent),
     };
     enqueue(tx, id, &event).await?;
     if paid {
@@ -203,8 +205,9 @@ pub async fn issue<C: Prepared>(tx: &C, now: SystemTime, new: NewInvoice<'_>) ->
             invoice: Some(invoice),
             user_id: new.party.user_id.to_string(),
             email: new.party.email.clone(),
-            amount_paid_display: model::display(tx, new.currency, 0).await?,
+            amount_paid_display: model::display(tx, new.currency, 0).await?.0,
             plan_name: new.party.plan_name.clone(),
+            currency_exponent: Some(exponent),
             ..Default::default()
         };
         enqueue(tx, id, &event).await?;

@@ -238,10 +238,15 @@ pub async fn load_invoice<C: Prepared>(db: &C, invoice_id: Uuid) -> Result<pb::I
     Ok(invoice)
 }
 
-/// `amount` formatted for people with the currency's exponent and `,`
-/// grouping, e.g. `USD 19.83`, `USD 1,234.56`, `JPY 1,490`.
-pub async fn display<C: Prepared>(db: &C, currency: &str, amount: i64) -> Result<String, BillingError> {
-    Ok(format_amount(currency, amount, exponent(db, currency).await?))
+/// `amount` formatted for people (`USD 19.83`, `JPY 1,490`), with the
+/// currency's exponent, which events carry beside it.
+pub async fn display<C: Prepared>(
+    db: &C,
+    currency: &str,
+    amount: i64,
+) -> Result<(String, u32), BillingError> {
+    let exponent = exponent(db, currency).await?;
+    Ok((tenx_common::money::format(currency, amount, exponent), exponent))
 }
 
 /// The currency's exponent (digits after the decimal point), read once per
@@ -265,38 +270,4 @@ async fn exponent<C: Prepared>(db: &C, currency: &str) -> Result<u32, BillingErr
     let exponent = u32::try_from(row.get::<_, i16>(0)).unwrap_or(2);
     known.lock().unwrap_or_else(|p| p.into_inner()).insert(currency.to_owned(), exponent);
     Ok(exponent)
-}
-
-pub fn format_amount(currency: &str, amount: i64, exponent: u32) -> String {
-    let scale = 10_u64.pow(exponent);
-    let abs = amount.unsigned_abs();
-    let digits = (abs / scale).to_string();
-    let mut grouped = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    let sign = if amount < 0 { "-" } else { "" };
-    if exponent == 0 {
-        format!("{currency} {sign}{grouped}")
-    } else {
-        format!("{currency} {sign}{grouped}.{:0width$}", abs % scale, width = exponent as usize)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_amount;
-
-    #[test]
-    fn amounts_are_shown_in_major_units_with_grouping() {
-        assert_eq!(format_amount("USD", 1983, 2), "USD 19.83");
-        assert_eq!(format_amount("USD", 123_456, 2), "USD 1,234.56");
-        assert_eq!(format_amount("USD", 5, 2), "USD 0.05");
-        assert_eq!(format_amount("JPY", 1490, 0), "JPY 1,490");
-        assert_eq!(format_amount("CLP", 1_234_567, 0), "CLP 1,234,567");
-        assert_eq!(format_amount("USD", -903, 2), "USD -9.03");
-    }
 }

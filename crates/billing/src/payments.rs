@@ -577,6 +577,8 @@ pub async fn settle_reading<C: Prepared>(
     // without bothering them.
     if matches!(failure, "card_declined" | "insufficient_funds") {
         let (invoice, party, initiated_by, last4, _) = context(tx, attempt).await?;
+        let (amount_due_display, exponent) =
+            model::display(tx, &invoice.currency, invoice.amount_remaining_minor).await?;
         let event = pb::PaymentFailed {
             invoice_id: invoice.id.clone(),
             invoice_number: invoice.number.clone(),
@@ -587,7 +589,8 @@ pub async fn settle_reading<C: Prepared>(
             payment_attempt_id: attempt.id.to_string(),
             amount_due_minor: invoice.amount_remaining_minor,
             currency: invoice.currency.clone(),
-            amount_due_display: model::display(tx, &invoice.currency, invoice.amount_remaining_minor).await?,
+            amount_due_display,
+            currency_exponent: Some(exponent),
             failure_code: if failure == "card_declined" {
                 pb::PaymentFailureCode::CardDeclined as i32
             } else {
@@ -761,8 +764,11 @@ async fn succeed<C: Prepared>(
         _ => None,
     };
     let card_brand = crate::payment_methods::brand(&brand);
+    let (amount_paid_display, exponent) =
+        model::display(tx, &invoice.currency, invoice.amount_paid_minor).await?;
     let paid = pb::InvoicePaid {
-        amount_paid_display: model::display(tx, &invoice.currency, invoice.amount_paid_minor).await?,
+        amount_paid_display,
+        currency_exponent: Some(exponent),
         invoice: Some(invoice.clone()),
         user_id: party.user_id.to_string(),
         email: party.email,

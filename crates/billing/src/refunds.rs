@@ -246,13 +246,15 @@ pub async fn settle<C: Prepared>(
         )
         .await?;
     let party = Party::load(tx, refund.customer_id, row.get(2)).await?;
+    let (amount_display, exponent) = model::display(tx, &refund.currency, x).await?;
     let event = pb::PaymentRefunded {
         refund: Some(load(tx, refund.id).await?),
         invoice_number: row.get::<_, Option<String>>(0).unwrap_or_default(),
         user_id: party.user_id.to_string(),
         email: party.email,
-        amount_display: model::display(tx, &refund.currency, x).await?,
+        amount_display,
         card_last4: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        currency_exponent: Some(exponent),
     };
     enqueue(tx, refund.invoice_id, &event).await?;
     Ok(())

@@ -14,6 +14,7 @@
 //! - [`authn`]: who is calling, verified on every call of every service
 //!   (tokens, API keys, service tokens, revocation, per-RPC access rules).
 //! - [`sealed`]: a small secret sealed for one other service (codes).
+//! - [`money`]: amounts in minor units formatted with their exponent.
 //! - [`grpc`]: server (health, reflection, tracing, graceful shutdown),
 //!   error mapping, client channels; [`admin`]: `/metrics`, `/readyz`.
 //!
@@ -28,6 +29,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod metrics;
+pub mod money;
 pub mod ops;
 pub mod outbox;
 pub mod probes;

@@ -6,6 +6,7 @@
 
 use prost_types::Timestamp;
 use serde_json::{Value, json};
+use tenx_common::money;
 use tenx_proto::billing::v1::{CardBrand, InvoicePaid, PaymentFailed, PaymentFailureCode, PaymentRefunded};
 
 /// `YYYY-MM-DD` (UTC) of a timestamp.
@@ -32,9 +33,9 @@ fn date_or_null(t: Option<&Timestamp>) -> Value {
     t.map_or(Value::Null, |t| Value::String(iso_date(t)))
 }
 
-/// The currency's exponent as billing used it in a `*_display` string
-/// (`USD 20.00` → 2, `JPY 1,490` → 0): events carry one display string,
-/// not one per invoice line, and this service keeps no currency table.
+/// The exponent of an event from a billing that did not send
+/// `currency_exponent` yet, read back from its display string
+/// (`USD 20.00` → 2, `JPY 1,490` → 0).
 fn exponent_of(display: &str) -> Option<u32> {
     let amount = display.split_once(' ')?.1;
     match amount.split_once('.') {
@@ -46,45 +47,29 @@ fn exponent_of(display: &str) -> Option<u32> {
     }
 }
 
-/// `amount` in minor units formatted as events.proto documents `*_display`:
-/// `<code> <amount>` with the currency's exponent and `,` grouping.
-pub fn money(currency: &str, amount: i64, exponent: u32) -> String {
-    let scale = 10_u64.pow(exponent);
-    let abs = amount.unsigned_abs();
-    let whole = (abs / scale).to_string();
-    let mut grouped = String::new();
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(digit);
-    }
-    let sign = if amount < 0 { "-" } else { "" };
-    if exponent == 0 {
-        format!("{currency} {sign}{grouped}")
-    } else {
-        format!("{currency} {sign}{grouped}.{:0width$}", abs % scale, width = exponent as usize)
-    }
-}
-
-/// Formats every amount of one event alike: with the exponent found in
-/// its display string, or the display string itself when that cannot be
-/// read (then lines fall back to two decimals).
+/// Formats every amount of one event alike, from the numbers it carries
+/// and its `currency_exponent`.
 struct Money<'a> {
     currency: &'a str,
     exponent: Option<u32>,
 }
 
-impl Money<'_> {
+impl<'a> Money<'a> {
+    fn new(currency: &'a str, exponent: Option<u32>, display: &str) -> Self {
+        Self { currency, exponent: exponent.or_else(|| exponent_of(display)) }
+    }
+
+    /// The amount; the event's own display string when the exponent is
+    /// unknown (an old event whose display string is unreadable).
     fn of(&self, amount: i64, display: &str) -> String {
         match self.exponent {
-            Some(exponent) => money(self.currency, amount, exponent),
+            Some(exponent) => money::format(self.currency, amount, exponent),
             None => display.to_owned(),
         }
     }
 
     fn line(&self, amount: i64) -> String {
-        money(self.currency, amount, self.exponent.unwrap_or(2))
+        money::format(self.currency, amount, self.exponent.unwrap_or(2))
     }
 }
 
@@ -100,7 +85,7 @@ fn brand(brand: i32) -> &'static str {
 /// Data of the `billing_receipt` template.
 pub fn receipt(e: &InvoicePaid) -> Value {
     let invoice = e.invoice.clone().unwrap_or_default();
-    let money = Money { currency: &invoice.currency, exponent: exponent_of(&e.amount_paid_display) };
+    let money = Money::new(&invoice.currency, e.currency_exponent, &e.amount_paid_display);
     let lines: Vec<Value> = invoice
         .lines
         .iter()
@@ -134,7 +119,7 @@ fn reason(e: &PaymentFailed) -> String {
 
 /// Data of the `billing_payment_failed` template.
 pub fn payment_failed(e: &PaymentFailed) -> Value {
-    let money = Money { currency: &e.currency, exponent: exponent_of(&e.amount_due_display) };
+    let money = Money::new(&e.currency, e.currency_exponent, &e.amount_due_display);
     json!({
         "email": e.email,
         "invoice_number": e.invoice_number,
@@ -151,7 +136,7 @@ pub fn payment_failed(e: &PaymentFailed) -> Value {
 /// Data of the `billing_refund` template.
 pub fn refund(e: &PaymentRefunded) -> Value {
     let refund = e.refund.clone().unwrap_or_default();
-    let money = Money { currency: &refund.currency, exponent: exponent_of(&e.amount_display) };
+    let money = Money::new(&refund.currency, e.currency_exponent, &e.amount_display);
     json!({
         "email": e.email,
         "invoice_number": e.invoice_number,
@@ -175,17 +160,18 @@ mod tests {
     }
 
     #[test]
-    fn amounts_follow_the_display_strings_exponent() {
-        assert_eq!(exponent_of("USD 19.83"), Some(2));
-        assert_eq!(exponent_of("JPY 1,490"), Some(0));
-        assert_eq!(exponent_of("JPY 873"), Some(0));
+    fn amounts_use_the_events_exponent_and_old_events_their_display_string() {
+        let usd = Money::new("USD", Some(2), "USD 20.00");
+        assert_eq!(usd.of(2000, "USD 20.00"), "USD 20.00");
+        assert_eq!(usd.line(123_456_789), "USD 1,234,567.89");
+        // The carried exponent wins over anything a display string says.
+        assert_eq!(Money::new("BHD", Some(3), "BHD 1.5").of(1500, "BHD 1.5"), "BHD 1.500");
+        // An event from before `currency_exponent`: read from the display.
+        assert_eq!(Money::new("JPY", None, "JPY 1,490").line(990), "JPY 990");
+        assert_eq!(Money::new("USD", None, "USD 19.83").line(505), "USD 5.05");
+        // Neither: the display string as it came.
+        assert_eq!(Money::new("XXX", None, "garbled").of(1, "garbled"), "garbled");
         assert_eq!(exponent_of("BHD 1.500"), Some(3));
         assert_eq!(exponent_of(""), None);
-        assert_eq!(money("USD", 2000, 2), "USD 20.00");
-        assert_eq!(money("USD", -505, 2), "USD -5.05");
-        assert_eq!(money("USD", 123_456_789, 2), "USD 1,234,567.89");
-        assert_eq!(money("JPY", 1490, 0), "JPY 1,490");
-        assert_eq!(money("CLP", 9990, 0), "CLP 9,990");
-        assert_eq!(money("CLP", 990, 0), "CLP 990");
     }
 }

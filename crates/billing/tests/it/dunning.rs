@@ -137,6 +137,10 @@ async fn a_failing_renewal_walks_the_dunning_ladder_to_cancellation() -> anyhow:
         .get(0);
     let last = <pb::PaymentFailed as prost::Message>::decode(last.as_slice())?;
     assert!(last.r#final && last.next_retry_at.is_none(), "the last notice says it was the last");
+    // The amount travels as a number with its currency's exponent (USD: 2),
+    // formatted the one way tenx_common::money does.
+    assert_eq!(last.currency_exponent, Some(2));
+    assert_eq!(last.amount_due_display, tenx_common::money::format(&last.currency, last.amount_due_minor, 2));
     // Nothing more happens to an ended subscription.
     assert_eq!(billing.advance(40 * DAY).await?, 0);
     let bad_debt: i64 = billing

@@ -49,10 +49,13 @@ fn invoice_paid(user: Uuid, email: &str, number: &str, paid_minor: i64) -> billi
         card_brand: billing::CardBrand::Visa as i32,
         card_last4: "4242".into(),
         plan_name: "Pro".into(),
+        currency_exponent: Some(2),
     }
 }
 
-/// A declined dunning retry of a JPY invoice.
+/// A declined dunning retry of a JPY invoice: its amount is formatted
+/// from the number and the exponent the event carries, not its display
+/// string.
 fn payment_failed(user: Uuid, email: &str, number: &str) -> billing::PaymentFailed {
     billing::PaymentFailed {
         invoice_id: Uuid::now_v7().to_string(),
@@ -62,7 +65,8 @@ fn payment_failed(user: Uuid, email: &str, number: &str) -> billing::PaymentFail
         payment_attempt_id: Uuid::now_v7().to_string(),
         amount_due_minor: 1490,
         currency: "JPY".into(),
-        amount_due_display: "JPY 1,490".into(),
+        amount_due_display: String::new(),
+        currency_exponent: Some(0),
         failure_code: billing::PaymentFailureCode::CardDeclined as i32,
         failure_message: "the card was declined".into(),
         initiated_by: billing::PaymentTrigger::Dunning as i32,
@@ -227,8 +231,11 @@ async fn a_refund_tells_the_customer_how_much_came_back_to_which_card() -> anyho
         invoice_number: "7QX2KM4B-0005".into(),
         user_id: user.to_string(),
         email: email.clone(),
+        // An event from a billing older than `currency_exponent`: the
+        // exponent is read from its display string.
         amount_display: "USD 15.00".into(),
         card_last4: "4242".into(),
+        currency_exponent: None,
     };
     // Delivered twice (the relay's at-least-once): one email.
     let id = Uuid::now_v7().to_string();
