@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 mod access;
 #[path = "build/descriptor.rs"]
 mod descriptor;
+#[path = "build/edge.rs"]
+mod edge;
 #[path = "build/events.rs"]
 mod events;
 
@@ -36,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     access::write_table(&descriptor, &out.join("access_table.rs"))?;
     events::write_events(&descriptor, &out.join("event_types.rs"))?;
+    edge::write_table(&descriptor, &out.join("edge_table.rs"))?;
 
     println!("cargo:rerun-if-changed={}", root.display());
     for file in &files {

@@ -192,12 +192,15 @@ def _struct_fields(text: str, name: str) -> dict[str, str]:
 
 
 def operation_ids(svc: str) -> list[str]:
-    """The gateway's operation ids: its HTTP routes (routes.rs) and public
-    RPCs (grpc.rs), the names `routes.<op>` may use (validate() refuses
-    others)."""
-    src = ROOT / "crates" / svc / "src"
-    ops = set(re.findall(r'\bop: "(\w+)"', (src / "routes.rs").read_text()))
-    ops |= set(re.findall(r'\brpc\(\s*"[^"]+",\s*"\w+",\s*"(\w+)"', (src / "grpc.rs").read_text()))
+    """The gateway's operation ids, the names `routes.<op>` may use
+    (validate() refuses others): each public RPC declares its own in its
+    proto, `option (tenx.options.v1.route) = {operation_id: "…"}`."""
+    assert svc == "gateway", svc
+    ops: set[str] = set()
+    for proto in (ROOT / "proto" / "tenx").rglob("*.proto"):
+        for line in proto.read_text().splitlines():
+            if line.strip().startswith("option (tenx.options.v1.route)"):
+                ops |= set(re.findall(r'\boperation_id: "(\w+)"', line))
     return sorted(ops)
 
 

@@ -48,7 +48,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The upstream named in [`crate::grpc::PUBLIC_RPCS`].
+    /// The upstream named by a public RPC (`tenx_proto::edge::PublicRpc::service`).
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         match name {
             "auth" => Some(&self.auth),

@@ -18,139 +18,6 @@ use tower::ServiceExt;
 use crate::app::Gateway;
 use crate::error::EdgeError;
 use crate::policy::{self, REQUEST_ID};
-use crate::routes::Route;
-
-/// A public RPC: its full path, upstream, and the route policy it shares
-/// with its HTTP twin (same operation id, same limits).
-#[derive(Debug, Clone, Copy)]
-pub struct PublicRpc {
-    pub path: &'static str,
-    pub upstream: &'static str,
-    pub route: Route,
-}
-
-const fn rpc(
-    path: &'static str,
-    upstream: &'static str,
-    op: &'static str,
-    anonymous: bool,
-    idempotent: bool,
-) -> PublicRpc {
-    PublicRpc { path, upstream, route: Route { method: "POST", path, op, anonymous, idempotent } }
-}
-
-/// The access rule (`tenx.options.v1.access`) of the RPC behind an
-/// operation id, shared by its HTTP and gRPC doors.
-pub fn rule_of(op: &str) -> Option<tenx_proto::access::Rule> {
-    PUBLIC_RPCS.iter().find(|r| r.route.op == op).and_then(|r| tenx_proto::access::rule(r.path))
-}
-
-pub const PUBLIC_RPCS: &[PublicRpc] = &[
-    rpc("/tenx.auth.v1.AuthService/SignUp", "auth", "auth_signup", true, false),
-    rpc("/tenx.auth.v1.AuthService/Login", "auth", "auth_login", true, false),
-    rpc("/tenx.auth.v1.AuthService/Refresh", "auth", "auth_refresh", true, false),
-    rpc("/tenx.auth.v1.AuthService/Logout", "auth", "auth_logout", true, true),
-    rpc("/tenx.auth.v1.AuthService/GetUser", "auth", "me_get", false, true),
-    rpc("/tenx.auth.v1.AuthService/UpdateProfile", "auth", "me_update", false, true),
-    rpc("/tenx.auth.v1.AuthService/ListSessions", "auth", "sessions_list", false, true),
-    rpc("/tenx.auth.v1.AuthService/RevokeSession", "auth", "sessions_revoke", false, true),
-    rpc("/tenx.auth.v1.AuthService/ChangePassword", "auth", "password_change", false, false),
-    rpc("/tenx.auth.v1.AuthService/RequestPasswordReset", "auth", "password_reset_request", true, false),
-    rpc("/tenx.auth.v1.AuthService/ResetPassword", "auth", "password_reset", true, false),
-    rpc(
-        "/tenx.auth.v1.AuthService/RequestEmailVerification",
-        "auth",
-        "email_verification_request",
-        false,
-        false,
-    ),
-    rpc("/tenx.auth.v1.AuthService/VerifyEmail", "auth", "email_verify", false, false),
-    rpc("/tenx.auth.v1.AuthService/CreateApiKey", "auth", "api_keys_create", false, false),
-    rpc("/tenx.auth.v1.AuthService/ListApiKeys", "auth", "api_keys_list", false, true),
-    rpc("/tenx.auth.v1.AuthService/RevokeApiKey", "auth", "api_keys_revoke", false, true),
-    rpc("/tenx.auth.v1.AuthService/GetJwks", "auth", "jwks_get", true, true),
-    rpc(
-        "/tenx.notification.v1.NotificationService/ListNotifications",
-        "notification",
-        "notifications_list",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.notification.v1.NotificationService/MarkRead",
-        "notification",
-        "notifications_mark_read",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.notification.v1.NotificationService/GetPreferences",
-        "notification",
-        "preferences_get",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.notification.v1.NotificationService/UpdatePreferences",
-        "notification",
-        "preferences_update",
-        false,
-        true,
-    ),
-    // Billing: the operation ids of the HTTP twins. RecordUsage and
-    // ListLedgerEntries (operator, service-to-service) are not public.
-    // The mutations need their `idempotency-key` metadata (billing refuses
-    // them without one); clients never set `x-tenx-*` (roles included).
-    rpc("/tenx.billing.v1.BillingService/ListPlans", "billing", "billing_plans_list", true, true),
-    rpc("/tenx.billing.v1.BillingService/GetPlan", "billing", "billing_plans_get", true, true),
-    rpc("/tenx.billing.v1.BillingService/GetCustomer", "billing", "billing_customer_get", false, true),
-    rpc(
-        "/tenx.billing.v1.BillingService/AddPaymentMethod",
-        "billing",
-        "billing_payment_methods_add",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.billing.v1.BillingService/CreateSubscription",
-        "billing",
-        "billing_subscriptions_create",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.billing.v1.BillingService/GetSubscription",
-        "billing",
-        "billing_subscriptions_get",
-        false,
-        true,
-    ),
-    rpc(
-        "/tenx.billing.v1.BillingService/ListSubscriptions",
-        "billing",
-        "billing_subscriptions_list",
-        false,
-        true,
-    ),
-    rpc("/tenx.billing.v1.BillingService/ChangePlan", "billing", "billing_subscriptions_change", false, true),
-    rpc(
-        "/tenx.billing.v1.BillingService/CancelSubscription",
-        "billing",
-        "billing_subscriptions_cancel",
-        false,
-        true,
-    ),
-    rpc("/tenx.billing.v1.BillingService/ListInvoices", "billing", "billing_invoices_list", false, true),
-    rpc("/tenx.billing.v1.BillingService/GetInvoice", "billing", "billing_invoices_get", false, true),
-    rpc("/tenx.billing.v1.BillingService/PayInvoice", "billing", "billing_invoices_pay", false, true),
-    rpc(
-        "/tenx.billing.v1.BillingService/ReceiveProviderEvent",
-        "billing",
-        "billing_stripe_webhook",
-        true,
-        false,
-    ),
-];
 
 /// The gRPC proxy service (the fallback of the gateway's gRPC router).
 #[derive(Clone)]
@@ -190,7 +57,9 @@ impl tower::Service<Request<Body>> for Proxy {
 }
 
 async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
-    let Some(rpc) = PUBLIC_RPCS.iter().find(|r| r.path == req.uri().path()) else {
+    // Public: an RPC declared with `(tenx.options.v1.route)`; anything
+    // else (operator and service RPCs, reflection) is not served here.
+    let Some(rpc) = tenx_proto::edge::by_path(req.uri().path()) else {
         return status_response(EdgeError::new(tonic::Code::Unimplemented, "no such public method"));
     };
     let peer = req
@@ -202,11 +71,10 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     let request_id = policy::request_id(req.headers());
     let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let position = policy::position(req.headers());
-    let (ctx, _) =
-        match gw.admit(&rpc.route, authorization.as_deref(), client, request_id.clone(), position).await {
-            Ok(admitted) => admitted,
-            Err((error, _)) => return status_response(error),
-        };
+    let (ctx, _) = match gw.admit(rpc, authorization.as_deref(), client, request_id.clone(), position).await {
+        Ok(admitted) => admitted,
+        Err((error, _)) => return status_response(error),
+    };
     let headers = req.headers_mut();
     let client_set: Vec<_> = headers
         .keys()
@@ -226,14 +94,14 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
-    let Some(upstream) = gw.upstream(rpc.upstream) else {
+    let Some(upstream) = gw.upstream(rpc.service) else {
         return status_response(EdgeError::new(tonic::Code::Internal, "internal error"));
     };
     // The client's `authorization` travels on unchanged: the upstream
     // verifies it again with the same shared layer. Not on an anonymous
     // route, where nothing checked it here: a bogus key sprayed at Login
     // would cost auth a lookup each, outside the failed-auth budget.
-    if rpc.route.anonymous {
+    if rpc.anonymous {
         headers.remove("authorization");
     }
     // The route's deadline, or the client's if shorter.
@@ -322,32 +190,6 @@ impl crate::upstream::Upstream {
                 admission.record(outcome);
                 Ok(response.map(Body::new))
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod access_tests {
-    use tenx_proto::access::Caller;
-
-    use super::*;
-    use crate::routes::ROUTES;
-
-    #[test]
-    fn every_public_route_is_anonymous_exactly_when_its_rpc_admits_anyone() {
-        for rpc in PUBLIC_RPCS {
-            let rule = tenx_proto::access::rule(rpc.path)
-                .unwrap_or_else(|| panic!("{} has no access rule", rpc.path));
-            assert_eq!(rpc.route.anonymous, rule.caller == Caller::Anyone, "{}", rpc.path);
-            assert!(
-                !matches!(rule.caller, Caller::Service | Caller::Operator),
-                "{} is for operators or services and must not be public",
-                rpc.path
-            );
-        }
-        for route in ROUTES {
-            let rule = rule_of(route.op).unwrap_or_else(|| panic!("route {} has no gRPC twin", route.op));
-            assert_eq!(route.anonymous, rule.caller == Caller::Anyone, "{}", route.op);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP/JSON front door: the routes of [`crate::routes::ROUTES`], the
+//! The HTTP/JSON front door: the public RPCs' HTTP bindings
+//! ([`tenx_proto::edge`], declared in the protos), the
 //! OpenAPI document and the JWKS, behind one edge middleware (request id,
 //! trace context, load shedding, the policy, metrics) and CORS.
 
@@ -26,7 +27,7 @@ use crate::app::Gateway;
 use crate::billing;
 use crate::error::EdgeError;
 use crate::policy::{self, REQUEST_ID};
-use crate::routes::{self, ROUTES, Route};
+use crate::routes::{self, Route};
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -79,7 +80,7 @@ impl MetricSet for HttpMetrics {
 /// The route a method and matched path belong to.
 fn route_of(method: &Method, matched: Option<&str>) -> Option<&'static Route> {
     let matched = matched?;
-    ROUTES.iter().find(|r| r.path == matched && r.method == method.as_str())
+    tenx_proto::edge::http().find(|(_, h)| h.path == matched && h.method == method.as_str()).map(|(r, _)| r)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -94,40 +95,38 @@ fn method_filter(method: &str) -> MethodFilter {
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut router: Router<Arc<Gateway>> = Router::new();
-    for route in ROUTES {
-        let filter = method_filter(route.method);
-        router = match route.op {
-            "auth_signup" => router.route(route.path, on(filter, routes::signup)),
-            "auth_login" => router.route(route.path, on(filter, routes::login)),
-            "auth_refresh" => router.route(route.path, on(filter, routes::refresh)),
-            "auth_logout" => router.route(route.path, on(filter, routes::logout)),
-            "me_get" => router.route(route.path, on(filter, routes::me_get)),
-            "me_update" => router.route(route.path, on(filter, routes::me_update)),
-            "notifications_list" => router.route(route.path, on(filter, routes::notifications_list)),
-            "notifications_mark_read" => {
-                router.route(route.path, on(filter, routes::notifications_mark_read))
-            }
-            "billing_plans_list" => router.route(route.path, on(filter, billing::plans_list)),
-            "billing_plans_get" => router.route(route.path, on(filter, billing::plans_get)),
-            "billing_customer_get" => router.route(route.path, on(filter, billing::customer_get)),
+    for (route, http) in tenx_proto::edge::http() {
+        let filter = method_filter(http.method);
+        router = match route.operation_id {
+            "auth_signup" => router.route(http.path, on(filter, routes::signup)),
+            "auth_login" => router.route(http.path, on(filter, routes::login)),
+            "auth_refresh" => router.route(http.path, on(filter, routes::refresh)),
+            "auth_logout" => router.route(http.path, on(filter, routes::logout)),
+            "me_get" => router.route(http.path, on(filter, routes::me_get)),
+            "me_update" => router.route(http.path, on(filter, routes::me_update)),
+            "notifications_list" => router.route(http.path, on(filter, routes::notifications_list)),
+            "notifications_mark_read" => router.route(http.path, on(filter, routes::notifications_mark_read)),
+            "billing_plans_list" => router.route(http.path, on(filter, billing::plans_list)),
+            "billing_plans_get" => router.route(http.path, on(filter, billing::plans_get)),
+            "billing_customer_get" => router.route(http.path, on(filter, billing::customer_get)),
             "billing_payment_methods_add" => {
-                router.route(route.path, on(filter, billing::payment_methods_add))
+                router.route(http.path, on(filter, billing::payment_methods_add))
             }
-            "billing_subscriptions_list" => router.route(route.path, on(filter, billing::subscriptions_list)),
+            "billing_subscriptions_list" => router.route(http.path, on(filter, billing::subscriptions_list)),
             "billing_subscriptions_create" => {
-                router.route(route.path, on(filter, billing::subscriptions_create))
+                router.route(http.path, on(filter, billing::subscriptions_create))
             }
-            "billing_subscriptions_get" => router.route(route.path, on(filter, billing::subscriptions_get)),
+            "billing_subscriptions_get" => router.route(http.path, on(filter, billing::subscriptions_get)),
             "billing_subscriptions_change" => {
-                router.route(route.path, on(filter, billing::subscriptions_change))
+                router.route(http.path, on(filter, billing::subscriptions_change))
             }
             "billing_subscriptions_cancel" => {
-                router.route(route.path, on(filter, billing::subscriptions_cancel))
+                router.route(http.path, on(filter, billing::subscriptions_cancel))
             }
-            "billing_invoices_list" => router.route(route.path, on(filter, billing::invoices_list)),
-            "billing_invoices_get" => router.route(route.path, on(filter, billing::invoices_get)),
-            "billing_invoices_pay" => router.route(route.path, on(filter, billing::invoices_pay)),
-            "billing_stripe_webhook" => router.route(route.path, on(filter, billing::stripe_webhook)),
+            "billing_invoices_list" => router.route(http.path, on(filter, billing::invoices_list)),
+            "billing_invoices_get" => router.route(http.path, on(filter, billing::invoices_get)),
+            "billing_invoices_pay" => router.route(http.path, on(filter, billing::invoices_pay)),
+            "billing_stripe_webhook" => router.route(http.path, on(filter, billing::stripe_webhook)),
             other => unreachable!("route {other} has no handler"),
         };
     }
@@ -213,10 +212,10 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
     let started = Instant::now();
     let request_id = policy::request_id(req.headers());
     let route = route_of(req.method(), req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
-    let op = route.map_or("other", |r| r.op);
+    let op = route.map_or("other", |r| r.operation_id);
     let span = tracing::info_span!(
         "http",
-        otel.name = %format!("{} {}", req.method(), route.map_or("other", |r| r.path)),
+        otel.name = %format!("{} {}", req.method(), route.and_then(|r| r.http).map_or("other", |h| h.path)),
         otel.kind = "server",
         http.request.method = %req.method(),
         http.route = op,
@@ -254,7 +253,7 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         let authorization =
             req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let position = policy::position(req.headers());
-        let period = gw.settings.policy(route.op, route.anonymous).period;
+        let period = gw.settings.policy(route).period;
         match gw.admit(route, authorization.as_deref(), client, request_id.clone(), position).await {
             Ok((ctx, decision)) => {
                 req.extensions_mut().insert(ctx);

@@ -39,16 +39,6 @@ pub struct Ctx {
     pub vouch: Option<(String, MetadataValue<tonic::metadata::Ascii>)>,
 }
 
-/// Operations whose upstream counts failures per account *and client*
-/// (auth's lockout): the gateway vouches for the client's address.
-const VOUCHED_OPS: &[&str] = &[
-    "auth_login",
-    "password_change",
-    "password_reset_request",
-    "password_reset",
-    "email_verification_request",
-];
-
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = EdgeError;
 
@@ -243,22 +233,24 @@ impl Gateway {
             // The RPC's own rule (scopes, credential kinds), as the
             // service behind will apply it: refused here, before any
             // upstream call or rate-limit token.
-            if let Some(rule) = crate::grpc::rule_of(route.op) {
+            if let Some(rule) = tenx_proto::access::rule(route.path) {
                 authn::authorize(rule, Some(&principal)).map_err(|e| (e.into(), None))?;
             }
             let bearer = authorization.and_then(bearer_of).unwrap_or_default().to_owned();
             Some(Identity { principal, bearer })
         };
         let subject = identity.as_ref().map_or_else(|| format!("ip:{client_key}"), Identity::subject);
-        let policy = self.settings.policy(route.op, route.anonymous);
-        let decision = self.limiter.check(route.op, &subject, policy).await;
+        let policy = self.settings.policy(route);
+        let decision = self.limiter.check(route.operation_id, &subject, policy).await;
         if !decision.allowed {
             let mut error = EdgeError::new(Code::ResourceExhausted, "rate limit exceeded; slow down");
             error.retry_after = Some(decision.retry_after.max(Duration::from_secs(1)));
             return Err((error, Some(decision)));
         }
         let vouch = match self.authn.service_token() {
-            Some(token) if VOUCHED_OPS.contains(&route.op) => match token.bearer().await {
+            // The upstream counts failures per account *and client*
+            // (auth's lockout): the gateway vouches for the address.
+            Some(token) if route.vouches_for_client => match token.bearer().await {
                 Ok(bearer) => Some((client_key, bearer)),
                 // Sent unvouched, the call would count against everyone
                 // who reaches auth directly: one stranger's guesses would
@@ -274,7 +266,7 @@ impl Gateway {
             _ => None,
         };
         let ctx = Ctx {
-            op: route.op,
+            op: route.operation_id,
             identity,
             request_id,
             deadline: policy.timeout,

@@ -1,5 +1,5 @@
-//! The public HTTP/JSON API: the route table (also the source of the
-//! OpenAPI document's operation ids) and one handler per route, each a
+//! The public HTTP/JSON API: one handler per HTTP binding of a public
+//! RPC (the table is `tenx_proto::edge`, declared in the protos), each a
 //! thin translation to one upstream gRPC call (billing's are in
 //! [`crate::billing`]).
 
@@ -21,144 +21,9 @@ use crate::app::Gateway;
 use crate::error::EdgeError;
 use crate::policy::Ctx;
 
-/// One HTTP route.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    pub method: &'static str,
-    pub path: &'static str,
-    /// Operation id: names the route in config (`routes.<op>`), metrics
-    /// and the OpenAPI document.
-    pub op: &'static str,
-    /// Open to anyone (limited per client IP); otherwise a bearer token
-    /// or API key is required (limited per user or key).
-    pub anonymous: bool,
-    /// Safe to retry once when the upstream is unavailable.
-    pub idempotent: bool,
-}
-
-pub const ROUTES: &[Route] = &[
-    Route { method: "POST", path: "/v1/auth/signup", op: "auth_signup", anonymous: true, idempotent: false },
-    Route { method: "POST", path: "/v1/auth/login", op: "auth_login", anonymous: true, idempotent: false },
-    Route {
-        method: "POST",
-        path: "/v1/auth/refresh",
-        op: "auth_refresh",
-        anonymous: true,
-        idempotent: false,
-    },
-    Route { method: "POST", path: "/v1/auth/logout", op: "auth_logout", anonymous: true, idempotent: true },
-    Route { method: "GET", path: "/v1/me", op: "me_get", anonymous: false, idempotent: true },
-    Route { method: "PATCH", path: "/v1/me", op: "me_update", anonymous: false, idempotent: true },
-    Route {
-        method: "GET",
-        path: "/v1/notifications",
-        op: "notifications_list",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/notifications/read",
-        op: "notifications_mark_read",
-        anonymous: false,
-        idempotent: true,
-    },
-    // Billing. The POSTs are mutations that carry their `Idempotency-Key`
-    // (refused here without one), which is what makes one retry on
-    // UNAVAILABLE safe (see `Upstream::call`).
-    Route {
-        method: "GET",
-        path: "/v1/billing/plans",
-        op: "billing_plans_list",
-        anonymous: true,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/plans/{plan_id}",
-        op: "billing_plans_get",
-        anonymous: true,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/customer",
-        op: "billing_customer_get",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/billing/payment-methods",
-        op: "billing_payment_methods_add",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/subscriptions",
-        op: "billing_subscriptions_list",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/billing/subscriptions",
-        op: "billing_subscriptions_create",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/subscriptions/{subscription_id}",
-        op: "billing_subscriptions_get",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/billing/subscriptions/{subscription_id}/change",
-        op: "billing_subscriptions_change",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/billing/subscriptions/{subscription_id}/cancel",
-        op: "billing_subscriptions_cancel",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/invoices",
-        op: "billing_invoices_list",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/billing/invoices/{invoice_id}",
-        op: "billing_invoices_get",
-        anonymous: false,
-        idempotent: true,
-    },
-    Route {
-        method: "POST",
-        path: "/v1/billing/invoices/{invoice_id}/pay",
-        op: "billing_invoices_pay",
-        anonymous: false,
-        idempotent: true,
-    },
-    // Stripe's webhook: anonymous here, its signature is checked by billing.
-    Route {
-        method: "POST",
-        path: "/v1/billing/webhooks/stripe",
-        op: "billing_stripe_webhook",
-        anonymous: true,
-        idempotent: false,
-    },
-];
+/// A public RPC, with its HTTP binding and edge policy as declared in the
+/// protos (`tenx_proto::edge::PUBLIC`).
+pub type Route = tenx_proto::edge::PublicRpc;
 
 /// A JSON request body; anything unparsable is a 400 naming the problem
 /// (or 413 when too large), in the one error shape.

@@ -10,7 +10,7 @@ use tenx_common::config::{ConfigError, Invalid, Loader, Validate};
 use tenx_common::grpc::{ClientSettings, ServerSettings};
 use tenx_common::telemetry::TelemetrySettings;
 
-use crate::routes::ROUTES;
+use crate::routes::Route;
 
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -53,7 +53,7 @@ pub struct LimitSettings {
     pub user_period_seconds: u32,
     pub timeout_ms: u64,
     /// Deadline of the billing calls that reach the payment provider
-    /// ([`PAYMENT_OPS`]); set above billing's `provider.timeout_ms`, so a
+    /// (routes declared `waits_on_provider` in the protos); set above billing's `provider.timeout_ms`, so a
     /// slow provider's answer still reaches the caller.
     pub payment_timeout_ms: u64,
     /// Failed authentications (a bad token or API key) per client address
@@ -69,13 +69,6 @@ pub struct BreakerSettings {
 }
 
 /// The routes whose billing call may wait on the payment provider.
-pub const PAYMENT_OPS: [&str; 4] = [
-    "billing_payment_methods_add",
-    "billing_subscriptions_create",
-    "billing_subscriptions_change",
-    "billing_invoices_pay",
-];
-
 /// Overrides for one route; unset fields keep the defaults of `limits`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,12 +128,13 @@ impl GatewaySettings {
         }
     }
 
-    /// The limit and deadline of the route with operation id `op`.
-    pub fn policy(&self, op: &str, anonymous: bool) -> RoutePolicy {
-        let o = self.routes.get(op).cloned().unwrap_or_default();
+    /// The limit and deadline of a route: its `routes.<operation_id>`
+    /// overrides over the defaults its declaration picks.
+    pub fn policy(&self, route: &Route) -> RoutePolicy {
+        let o = self.routes.get(route.operation_id).cloned().unwrap_or_default();
         let timeout =
-            if PAYMENT_OPS.contains(&op) { self.limits.payment_timeout_ms } else { self.limits.timeout_ms };
-        let (requests, period) = if anonymous {
+            if route.waits_on_provider { self.limits.payment_timeout_ms } else { self.limits.timeout_ms };
+        let (requests, period) = if route.anonymous {
             (self.limits.anonymous_requests, self.limits.anonymous_period_seconds)
         } else {
             (self.limits.user_requests, self.limits.user_period_seconds)
@@ -209,9 +203,7 @@ impl Validate for GatewaySettings {
             return Err(Invalid::new("breaker.failure_threshold", "must be positive"));
         }
         for (op, o) in &self.routes {
-            if !ROUTES.iter().any(|r| r.op == op)
-                && !crate::grpc::PUBLIC_RPCS.iter().any(|r| r.route.op == op)
-            {
+            if tenx_proto::edge::by_operation(op).is_none() {
                 return Err(Invalid::new("routes", format!("no route has the operation id `{op}`")));
             }
             if o.requests == Some(0) || o.period_seconds == Some(0) || o.timeout_ms == Some(0) {
@@ -233,12 +225,24 @@ mod tests {
     #[test]
     fn calls_that_wait_on_the_payment_provider_get_the_longer_payment_deadline() -> anyhow::Result<()> {
         let settings = load(&[])?;
-        for op in PAYMENT_OPS {
-            assert_eq!(settings.policy(op, false).timeout, Duration::from_millis(15_000), "{op}");
+        let route = |op| tenx_proto::edge::by_operation(op).unwrap_or_else(|| panic!("{op} is public"));
+        let waiting: Vec<_> =
+            tenx_proto::edge::PUBLIC.iter().filter(|r| r.waits_on_provider).map(|r| r.operation_id).collect();
+        assert_eq!(
+            waiting,
+            [
+                "billing_payment_methods_add",
+                "billing_subscriptions_change",
+                "billing_subscriptions_create",
+                "billing_invoices_pay"
+            ]
+        );
+        for op in waiting {
+            assert_eq!(settings.policy(route(op)).timeout, Duration::from_millis(15_000), "{op}");
         }
-        assert_eq!(settings.policy("billing_invoices_list", false).timeout, Duration::from_millis(5_000));
+        assert_eq!(settings.policy(route("billing_invoices_list")).timeout, Duration::from_millis(5_000));
         let tuned = load(&[("TENX_GATEWAY__ROUTES__BILLING_INVOICES_PAY__TIMEOUT_MS", "20000")])?;
-        assert_eq!(tuned.policy("billing_invoices_pay", false).timeout, Duration::from_millis(20_000));
+        assert_eq!(tuned.policy(route("billing_invoices_pay")).timeout, Duration::from_millis(20_000));
         let short = load(&[("TENX_GATEWAY__LIMITS__PAYMENT_TIMEOUT_MS", "1000")])
             .map(|_| ())
             .expect_err("shorter than limits.timeout_ms");

@@ -32,8 +32,22 @@ impl FileSet {
 pub struct Descriptor {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(message, repeated, tag = "2")]
+    pub field: Vec<Field>,
     #[prost(message, optional, tag = "7")]
     pub options: Option<MessageOptions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Field {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `FieldDescriptorProto.Label`: 3 = repeated.
+    #[prost(int32, tag = "4")]
+    pub label: i32,
+    /// `FieldDescriptorProto.Type`: 9 = string, 12 = bytes, 11 = message.
+    #[prost(int32, tag = "5")]
+    pub r#type: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -55,6 +69,9 @@ pub struct Service {
 pub struct Method {
     #[prost(string, tag = "1")]
     pub name: String,
+    /// `.tenx.auth.v1.LoginRequest`.
+    #[prost(string, tag = "2")]
+    pub input_type: String,
     #[prost(message, optional, tag = "4")]
     pub options: Option<MethodOptions>,
 }
@@ -64,6 +81,58 @@ pub struct MethodOptions {
     /// `tenx.options.v1.access` (proto/tenx/options/v1/access.proto).
     #[prost(message, optional, tag = "50110")]
     pub access: Option<Access>,
+    /// `tenx.options.v1.route` (proto/tenx/options/v1/route.proto).
+    #[prost(message, optional, tag = "50112")]
+    pub route: Option<Route>,
+    /// `google.api.http` (proto/google/api/annotations.proto).
+    #[prost(message, optional, tag = "72295728")]
+    pub http: Option<HttpRule>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Route {
+    #[prost(string, tag = "1")]
+    pub operation_id: String,
+    #[prost(bool, tag = "2")]
+    pub idempotent: bool,
+    #[prost(bool, tag = "3")]
+    pub waits_on_provider: bool,
+    #[prost(bool, tag = "4")]
+    pub vouches_for_client: bool,
+    #[prost(bool, tag = "5")]
+    pub idempotency_key: bool,
+}
+
+/// `google.api.HttpRule`: the pattern fields are a oneof, read here as
+/// plain optional strings (at most one is set).
+#[derive(Clone, PartialEq, Message)]
+pub struct HttpRule {
+    #[prost(string, optional, tag = "2")]
+    pub get: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub put: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    pub post: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    pub delete: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    pub patch: Option<String>,
+    #[prost(message, optional, tag = "8")]
+    pub custom: Option<CustomHttpPattern>,
+    #[prost(string, tag = "7")]
+    pub body: String,
+    #[prost(string, tag = "12")]
+    pub response_body: String,
+    #[prost(message, repeated, tag = "11")]
+    pub additional_bindings: Vec<HttpRule>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CustomHttpPattern {
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    #[prost(string, tag = "2")]
+    pub path: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -140,6 +140,97 @@ pub mod access {
     }
 }
 
+/// The RPCs the edge gateway serves, from the `(tenx.options.v1.route)`
+/// and `(google.api.http)` options beside each RPC in `proto/` (the build
+/// checks them): one table for the gateway's gRPC allow-list, its HTTP
+/// router, its per-route policy and its OpenAPI document.
+pub mod edge {
+    /// One public RPC.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PublicRpc {
+        /// The gRPC path, `/tenx.billing.v1.BillingService/GetPlan`.
+        pub path: &'static str,
+        /// The service that serves it (`auth`, `billing`, …).
+        pub service: &'static str,
+        /// The operation id: metrics, config (`routes.<id>`), OpenAPI.
+        pub operation_id: &'static str,
+        /// No credential needed (its access rule is CALLER_ANYONE): rate
+        /// limited per client address instead of per user.
+        pub anonymous: bool,
+        /// Safe to send again when the upstream was unavailable.
+        pub idempotent: bool,
+        /// Its deadline is the payment one (`limits.payment_timeout_ms`).
+        pub waits_on_provider: bool,
+        /// The gateway vouches for the client's address.
+        pub vouches_for_client: bool,
+        /// Refused without an `Idempotency-Key`.
+        pub idempotency_key: bool,
+        /// Its HTTP binding; `None`: gRPC only.
+        pub http: Option<Http>,
+    }
+
+    /// An HTTP binding (`google.api.http`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Http {
+        /// `GET`, `POST`, `PATCH`, `PUT` or `DELETE`.
+        pub method: &'static str,
+        /// The path in axum's syntax: `/v1/billing/plans/{plan_id}`.
+        pub path: &'static str,
+        /// Which request field the body fills: `*` (every field the path
+        /// does not), one field (a bytes field takes the raw body), or
+        /// empty (no body; fields come from the path and query).
+        pub body: &'static str,
+        /// Fields the path fixes: a `{provider=stripe}` template segment
+        /// is `stripe` in `path` and sets `provider`.
+        pub fixed: &'static [(&'static str, &'static str)],
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/edge_table.rs"));
+
+    /// The public RPC at a gRPC path.
+    pub fn by_path(path: &str) -> Option<&'static PublicRpc> {
+        PUBLIC.binary_search_by(|r| r.path.cmp(path)).ok().map(|i| &PUBLIC[i])
+    }
+
+    /// The public RPC of an operation id.
+    pub fn by_operation(operation_id: &str) -> Option<&'static PublicRpc> {
+        PUBLIC.iter().find(|r| r.operation_id == operation_id)
+    }
+
+    /// The public RPCs with an HTTP binding, with it.
+    pub fn http() -> impl Iterator<Item = (&'static PublicRpc, &'static Http)> {
+        PUBLIC.iter().filter_map(|r| r.http.as_ref().map(|h| (r, h)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn public_rpcs_carry_their_binding_and_policy_from_the_protos() {
+            assert!(PUBLIC.windows(2).all(|w| w[0].path < w[1].path), "sorted, no duplicates");
+            let plan = by_path("/tenx.billing.v1.BillingService/GetPlan").expect("public");
+            assert_eq!(
+                (plan.service, plan.operation_id, plan.anonymous),
+                ("billing", "billing_plans_get", true)
+            );
+            assert_eq!(
+                plan.http,
+                Some(Http { method: "GET", path: "/v1/billing/plans/{plan_id}", body: "", fixed: &[] })
+            );
+            let pay = by_operation("billing_invoices_pay").expect("public");
+            assert!(pay.waits_on_provider && pay.idempotency_key && !pay.anonymous);
+            let webhook = by_operation("billing_stripe_webhook").and_then(|r| r.http).expect("bound");
+            assert_eq!((webhook.path, webhook.body), ("/v1/billing/webhooks/stripe", "payload"));
+            assert_eq!(webhook.fixed, &[("provider", "stripe")]);
+            assert!(by_operation("auth_login").is_some_and(|r| r.vouches_for_client && r.anonymous));
+            // Operator and service RPCs are never public.
+            assert_eq!(by_path("/tenx.notification.v1.NotificationService/Send"), None);
+            assert_eq!(by_path("/tenx.auth.v1.AuthService/AuthenticateApiKey"), None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod event_tests {
     use super::*;

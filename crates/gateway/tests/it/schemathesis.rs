@@ -27,7 +27,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_that_breaks_the_open
     let platform = Platform::start().await?;
     let mut settings = platform.gateway_settings()?;
     // Generated traffic, not a flood to limit: every route gets room.
-    for op in tenx_gateway::routes::ROUTES.iter().map(|r| r.op) {
+    for op in tenx_proto::edge::http().map(|(r, _)| r.operation_id) {
         settings.routes.insert(
             op.into(),
             RouteOverride { requests: Some(100_000), period_seconds: Some(1), timeout_ms: None },
@@ -60,7 +60,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_that_breaks_the_open
         "schemathesis found problems:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let operations = tenx_gateway::routes::ROUTES.len();
+    let operations = tenx_proto::edge::http().count();
     assert!(
         stdout.contains(&format!("Selected: {operations}/{operations}")),
         "every operation was tested:\n{stdout}"
