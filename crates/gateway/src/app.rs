@@ -88,6 +88,16 @@ pub enum WriteScope {
 }
 
 impl WriteScope {
+    /// The scope of a service's writes, for the services that return
+    /// write positions (auth, billing).
+    pub fn of(service: &str) -> Option<Self> {
+        match service {
+            "auth" => Some(WriteScope::Auth),
+            "billing" => Some(WriteScope::Billing),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             WriteScope::Auth => "auth",

@@ -1,5 +1,6 @@
 //! The HTTP/JSON front door: the public RPCs' HTTP bindings
-//! ([`tenx_proto::edge`], declared in the protos), the
+//! ([`tenx_proto::edge`], declared in the protos, served by
+//! [`crate::transcode`]), the
 //! OpenAPI document and the JWKS, behind one edge middleware (request id,
 //! trace context, load shedding, the policy, metrics) and CORS.
 
@@ -24,12 +25,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::app::Gateway;
-use crate::billing;
 use crate::error::EdgeError;
+use crate::policy::Ctx;
 use crate::policy::{self, REQUEST_ID};
-use crate::routes::{self, Route};
-
-pub const OPENAPI: &str = include_str!("../openapi.json");
+use crate::routes::Route;
+use crate::transcode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabel {
@@ -95,45 +95,20 @@ fn method_filter(method: &str) -> MethodFilter {
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut router: Router<Arc<Gateway>> = Router::new();
+    // Every HTTP binding of a public RPC, served by the one transcoder.
     for (route, http) in tenx_proto::edge::http() {
-        let filter = method_filter(http.method);
-        router = match route.operation_id {
-            "auth_signup" => router.route(http.path, on(filter, routes::signup)),
-            "auth_login" => router.route(http.path, on(filter, routes::login)),
-            "auth_refresh" => router.route(http.path, on(filter, routes::refresh)),
-            "auth_logout" => router.route(http.path, on(filter, routes::logout)),
-            "me_get" => router.route(http.path, on(filter, routes::me_get)),
-            "me_update" => router.route(http.path, on(filter, routes::me_update)),
-            "notifications_list" => router.route(http.path, on(filter, routes::notifications_list)),
-            "notifications_mark_read" => router.route(http.path, on(filter, routes::notifications_mark_read)),
-            "billing_plans_list" => router.route(http.path, on(filter, billing::plans_list)),
-            "billing_plans_get" => router.route(http.path, on(filter, billing::plans_get)),
-            "billing_customer_get" => router.route(http.path, on(filter, billing::customer_get)),
-            "billing_payment_methods_add" => {
-                router.route(http.path, on(filter, billing::payment_methods_add))
-            }
-            "billing_subscriptions_list" => router.route(http.path, on(filter, billing::subscriptions_list)),
-            "billing_subscriptions_create" => {
-                router.route(http.path, on(filter, billing::subscriptions_create))
-            }
-            "billing_subscriptions_get" => router.route(http.path, on(filter, billing::subscriptions_get)),
-            "billing_subscriptions_change" => {
-                router.route(http.path, on(filter, billing::subscriptions_change))
-            }
-            "billing_subscriptions_cancel" => {
-                router.route(http.path, on(filter, billing::subscriptions_cancel))
-            }
-            "billing_invoices_list" => router.route(http.path, on(filter, billing::invoices_list)),
-            "billing_invoices_get" => router.route(http.path, on(filter, billing::invoices_get)),
-            "billing_invoices_pay" => router.route(http.path, on(filter, billing::invoices_pay)),
-            "billing_stripe_webhook" => router.route(http.path, on(filter, billing::stripe_webhook)),
-            other => unreachable!("route {other} has no handler"),
+        let handler = move |State(gw): State<Arc<Gateway>>, ctx: Ctx, req: Request| {
+            crate::transcode::handle(gw, ctx, route, req)
         };
+        router = router.route(http.path, on(method_filter(http.method), handler));
     }
     let limit = gw.settings.http.body_limit_bytes;
     let cors = cors(&gw);
     let router = router
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document()) }),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .fallback(|| async { EdgeError::http(StatusCode::NOT_FOUND, Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -168,7 +143,7 @@ pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(REQUEST_ID),
                 header::HeaderName::from_static("traceparent"),
-                header::HeaderName::from_static(billing::IDEMPOTENCY_KEY),
+                header::HeaderName::from_static(transcode::IDEMPOTENCY_KEY),
                 header::HeaderName::from_static(policy::WAL_POSITION),
             ])
             .expose_headers([
@@ -178,7 +153,7 @@ pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::HeaderName::from_static("ratelimit-remaining"),
                 header::HeaderName::from_static("ratelimit-reset"),
                 header::HeaderName::from_static(policy::WAL_POSITION),
-                header::HeaderName::from_static(billing::IDEMPOTENT_REPLAYED),
+                header::HeaderName::from_static(transcode::IDEMPOTENT_REPLAYED),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )

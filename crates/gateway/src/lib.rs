@@ -4,16 +4,18 @@
 //! re-exposes the services' public RPCs.
 
 pub mod app;
-pub mod billing;
 pub mod console;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod json;
+pub mod openapi;
 pub mod policy;
 pub mod ratelimit;
 pub mod routes;
 pub mod settings;
+pub mod transcode;
 pub mod upstream;
 
 pub use app::{App, Running};

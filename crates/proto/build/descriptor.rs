@@ -101,6 +101,18 @@ pub struct Route {
     pub vouches_for_client: bool,
     #[prost(bool, tag = "5")]
     pub idempotency_key: bool,
+    #[prost(bool, tag = "6")]
+    pub creates: bool,
+    #[prost(message, repeated, tag = "7")]
+    pub headers: Vec<HeaderField>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HeaderField {
+    #[prost(string, tag = "1")]
+    pub header: String,
+    #[prost(string, tag = "2")]
+    pub field: String,
 }
 
 /// `google.api.HttpRule`: the pattern fields are a oneof, read here as

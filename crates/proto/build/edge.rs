@@ -23,6 +23,7 @@ struct Binding {
     path: String,
     body: String,
     fixed: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
 }
 
 fn lower_snake(s: &str) -> bool {
@@ -34,8 +35,9 @@ fn literal(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
-/// Checks one `google.api.http` rule against the request message.
-fn binding(rule: &HttpRule, input: &Descriptor) -> Result<Binding, String> {
+/// Checks one `google.api.http` rule, and the headers the route reads,
+/// against the request message.
+fn binding(rule: &HttpRule, route: &Route, input: &Descriptor) -> Result<Binding, String> {
     let patterns = [
         ("GET", &rule.get),
         ("PUT", &rule.put),
@@ -98,7 +100,25 @@ fn binding(rule: &HttpRule, input: &Descriptor) -> Result<Binding, String> {
             _ => return Err(format!("body {name:?} is not a field of {} outside the path", input.name)),
         },
     }
-    Ok(Binding { method, path, body: rule.body.clone(), fixed })
+    let mut headers = Vec::new();
+    for h in &route.headers {
+        let lower = h.header.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        match field(&h.field) {
+            Some(f) if lower && !h.header.is_empty() && f.r#type == STRING && f.label != REPEATED => {
+                headers.push((h.header.clone(), h.field.clone()));
+            }
+            _ => {
+                return Err(format!(
+                    "header {:?} → {:?}: a lower-case header and a string field",
+                    h.header, h.field
+                ));
+            }
+        }
+    }
+    if route.creates && method != "POST" {
+        return Err("only a POST creates".into());
+    }
+    Ok(Binding { method, path, body: rule.body.clone(), fixed, headers })
 }
 
 /// Writes `PUBLIC`, sorted by gRPC path; fails the build for a route that
@@ -143,12 +163,16 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
                     problems.push(format!("{path}: a call with an idempotency key is idempotent"));
                 }
                 let http = match (&options.http, messages.get(&method.input_type)) {
+                    (None, _) if route.creates || !route.headers.is_empty() => {
+                        problems.push(format!("{path}: creates and headers need an HTTP binding"));
+                        None
+                    }
                     (None, _) => None,
                     (Some(_), None) => {
                         problems.push(format!("{path}: request type {} not found", method.input_type));
                         None
                     }
-                    (Some(rule), Some(input)) => match binding(rule, input) {
+                    (Some(rule), Some(input)) => match binding(rule, &route, input) {
                         Ok(b) if !bound.insert((b.method, b.path.clone())) => {
                             problems.push(format!("{path}: {} {} is bound twice", b.method, b.path));
                             None
@@ -174,8 +198,8 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
         let http = match http {
             None => "None".to_owned(),
             Some(b) => format!(
-                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, fixed: &{:?} }})",
-                b.method, b.path, b.body, b.fixed
+                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, fixed: &{:?}, headers: &{:?}, creates: {} }})",
+                b.method, b.path, b.body, b.fixed, b.headers, r.creates
             ),
         };
         writeln!(

@@ -183,6 +183,10 @@ pub mod edge {
         /// Fields the path fixes: a `{provider=stripe}` template segment
         /// is `stripe` in `path` and sets `provider`.
         pub fixed: &'static [(&'static str, &'static str)],
+        /// Request headers read into fields: (header, field).
+        pub headers: &'static [(&'static str, &'static str)],
+        /// A success is `201 Created`.
+        pub creates: bool,
     }
 
     include!(concat!(env!("OUT_DIR"), "/edge_table.rs"));
@@ -216,13 +220,22 @@ pub mod edge {
             );
             assert_eq!(
                 plan.http,
-                Some(Http { method: "GET", path: "/v1/billing/plans/{plan_id}", body: "", fixed: &[] })
+                Some(Http {
+                    method: "GET",
+                    path: "/v1/billing/plans/{plan_id}",
+                    body: "",
+                    fixed: &[],
+                    headers: &[],
+                    creates: false
+                })
             );
             let pay = by_operation("billing_invoices_pay").expect("public");
             assert!(pay.waits_on_provider && pay.idempotency_key && !pay.anonymous);
             let webhook = by_operation("billing_stripe_webhook").and_then(|r| r.http).expect("bound");
             assert_eq!((webhook.path, webhook.body), ("/v1/billing/webhooks/stripe", "payload"));
             assert_eq!(webhook.fixed, &[("provider", "stripe")]);
+            assert_eq!(webhook.headers, &[("stripe-signature", "signature")]);
+            assert!(by_operation("auth_signup").and_then(|r| r.http).is_some_and(|h| h.creates));
             assert!(by_operation("auth_login").is_some_and(|r| r.vouches_for_client && r.anonymous));
             // Operator and service RPCs are never public.
             assert_eq!(by_path("/tenx.notification.v1.NotificationService/Send"), None);

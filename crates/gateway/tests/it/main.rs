@@ -13,5 +13,6 @@ mod edge;
 mod grpc_door;
 mod limits;
 mod openapi;
+mod routes;
 mod schemathesis;
 mod support;

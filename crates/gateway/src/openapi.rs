@@ -1,0 +1,481 @@
+//! The OpenAPI document of the HTTP API, generated from the contracts:
+//! each public RPC's `(google.api.http)` binding makes an operation, its
+//! `(tenx.options.v1.route)` the operation id and headers, its request
+//! and response messages the schemas (in the JSON of [`crate::json`]),
+//! and the proto comments the descriptions. Nothing in it is written per
+//! route, so the document and the router cannot disagree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+use tenx_proto::edge::{Http, PublicRpc};
+
+use crate::json::{enum_name, name_of, textual};
+use crate::transcode::{messages, pool};
+
+/// The document, built once.
+pub fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| build().to_string())
+}
+
+/// The leading comment of the element at `path` in `message`'s file.
+fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let text = info.location.iter().find(|l| l.path == path)?.leading_comments.as_deref()?;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let joined = lines.join("\n").trim().to_owned();
+    (!joined.is_empty()).then_some(joined)
+}
+
+fn field_comment(field: &FieldDescriptor) -> Option<String> {
+    comment(&field.parent_file(), field.path())
+}
+
+/// Component schemas, by name; a message read in requests gets its own
+/// `…Input` variant (nothing required), since responses always carry
+/// every field and requests may leave any out.
+struct Schemas {
+    out: BTreeMap<String, Value>,
+    pending: Vec<(MessageDescriptor, bool)>,
+    seen: BTreeSet<(String, bool)>,
+}
+
+impl Schemas {
+    fn name(desc: &MessageDescriptor, input: bool) -> String {
+        // `tenx.billing.v1.Invoice` → `Invoice`; the package keeps names
+        // unique across services only when needed.
+        let short = desc.name().to_owned();
+        let clash = pool().all_messages().any(|m| m.name() == short && m.full_name() != desc.full_name());
+        let base = if clash { desc.full_name().replace('.', "_") } else { short };
+        if input { format!("{base}Input") } else { base }
+    }
+
+    fn reference(&mut self, desc: &MessageDescriptor, input: bool) -> Value {
+        let name = Self::name(desc, input);
+        if self.seen.insert((desc.full_name().to_owned(), input)) {
+            self.pending.push((desc.clone(), input));
+        }
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+
+    fn drain(&mut self) {
+        while let Some((desc, input)) = self.pending.pop() {
+            let schema = self.object(&desc, input, &[]);
+            self.out.insert(Self::name(&desc, input), schema);
+        }
+    }
+
+    /// The object schema of a message, leaving out `skip` (fields the
+    /// path fills).
+    fn object(&mut self, desc: &MessageDescriptor, input: bool, skip: &[&str]) -> Value {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for field in desc.fields().filter(|f| !skip.contains(&f.name())) {
+            let name = name_of(&field).to_owned();
+            properties.insert(name.clone(), self.field(&field, input));
+            required.push(Value::String(name));
+        }
+        let mut schema = json!({ "type": "object", "additionalProperties": false, "properties": properties });
+        if !input && !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
+        if let Some(text) = comment(&desc.parent_file(), desc.path()) {
+            schema["description"] = Value::String(text);
+        }
+        schema
+    }
+
+    fn field(&mut self, field: &FieldDescriptor, input: bool) -> Value {
+        let kind = field.kind();
+        let mut schema = if field.is_map() {
+            let value = match &kind {
+                Kind::Message(entry) => self.kind(&entry.map_entry_value_field().kind(), input),
+                _ => json!({}),
+            };
+            json!({ "type": "object", "additionalProperties": value })
+        } else if field.is_list() {
+            json!({ "type": "array", "items": self.kind(&kind, input) })
+        } else {
+            let mut schema = self.kind(&kind, input);
+            // Null: an unset message or optional scalar, an unspecified enum.
+            let nullable = matches!(kind, Kind::Message(_) | Kind::Enum(_)) || field.supports_presence();
+            if nullable {
+                schema = match schema.get("$ref") {
+                    Some(_) => json!({ "allOf": [schema], "nullable": true }),
+                    None => {
+                        schema["nullable"] = Value::Bool(true);
+                        // OpenAPI 3.0: an enum admits null only if listed.
+                        if let Some(names) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+                            names.push(Value::Null);
+                        }
+                        schema
+                    }
+                };
+            }
+            schema
+        };
+        if let Some(text) = field_comment(field) {
+            schema["description"] = Value::String(text);
+        }
+        schema
+    }
+
+    fn kind(&mut self, kind: &Kind, input: bool) -> Value {
+        match kind {
+            Kind::Bool => json!({ "type": "boolean" }),
+            Kind::String => json!({ "type": "string" }),
+            Kind::Bytes => json!({ "type": "string", "format": "byte" }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({ "type": "integer", "format": "int64" }),
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX })
+            }
+            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "integer", "minimum": 0 }),
+            Kind::Float | Kind::Double => json!({ "type": "number" }),
+            Kind::Enum(desc) => {
+                let names: Vec<Value> =
+                    desc.values().filter_map(|v| enum_name(desc, v.number())).map(Value::String).collect();
+                json!({ "type": "string", "enum": names })
+            }
+            Kind::Message(desc) if desc.full_name() == "google.protobuf.Timestamp" => {
+                json!({ "type": "string", "format": "date-time" })
+            }
+            Kind::Message(desc) => self.reference(desc, input),
+        }
+    }
+}
+
+fn header_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/headers/{name}") })
+}
+
+fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
+    let (input, output) = messages(route.path).unwrap_or_else(|| panic!("{} has descriptors", route.path));
+    let method = pool()
+        .get_service_by_name(route.path.trim_start_matches('/').split('/').next().unwrap_or_default())
+        .and_then(|s| s.methods().find(|m| route.path.ends_with(&format!("/{}", m.name()))));
+    let description = method.as_ref().and_then(|m| comment(&m.parent_file(), m.path())).unwrap_or_default();
+    let summary = description.split(['.', '\n']).next().unwrap_or_default().trim().to_owned();
+
+    let in_path: Vec<&str> = path_fields(http.path);
+    let mut parameters: Vec<Value> = in_path
+        .iter()
+        .map(|name| {
+            let mut p =
+                json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } });
+            if let Some(text) = input.get_field_by_name(name).as_ref().and_then(field_comment) {
+                p["description"] = Value::String(text);
+            }
+            p
+        })
+        .collect();
+    if http.body.is_empty() {
+        for field in input.fields().filter(|f| textual(f) && !in_path.contains(&f.name())) {
+            let mut p = json!({
+                "name": name_of(&field),
+                "in": "query",
+                "required": false,
+                "schema": schemas.field(&field, true),
+            });
+            if field.is_list() {
+                p["style"] = json!("form");
+                p["explode"] = json!(false);
+            }
+            parameters.push(p);
+        }
+    }
+    if route.idempotency_key {
+        parameters.push(json!({ "$ref": "#/components/parameters/IdempotencyKey" }));
+    }
+    if WriteScopeDoc::reads(route, http) {
+        parameters.push(json!({ "$ref": "#/components/parameters/WalPosition" }));
+    }
+    for (header, field) in http.headers {
+        let mut p =
+            json!({ "name": header, "in": "header", "required": false, "schema": { "type": "string" } });
+        if let Some(text) = input.get_field_by_name(field).as_ref().and_then(field_comment) {
+            p["description"] = Value::String(text);
+        }
+        parameters.push(p);
+    }
+
+    let mut op = json!({
+        "operationId": route.operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": [route.service],
+        "parameters": parameters,
+    });
+    if route.anonymous {
+        op["security"] = json!([]);
+    }
+    match http.body {
+        "" => {}
+        "*" => {
+            let schema = schemas.object(&input, true, &in_path);
+            op["requestBody"] =
+                json!({ "required": false, "content": { "application/json": { "schema": schema } } });
+        }
+        name => {
+            let field = input.get_field_by_name(name).unwrap_or_else(|| panic!("{name} is a field"));
+            op["requestBody"] = match field.kind() {
+                Kind::Bytes => json!({
+                    "required": true,
+                    "content": { "application/json": { "schema": { "type": "object" } } },
+                }),
+                _ => json!({
+                    "required": false,
+                    "content": { "application/json": { "schema": schemas.field(&field, true) } },
+                }),
+            };
+        }
+    }
+
+    let mut headers = Map::new();
+    for (name, component) in [
+        ("x-request-id", "RequestId"),
+        ("RateLimit-Limit", "RateLimitLimit"),
+        ("RateLimit-Remaining", "RateLimitRemaining"),
+    ] {
+        headers.insert(name.to_owned(), header_ref(component));
+    }
+    if route.idempotency_key {
+        headers.insert("Idempotent-Replayed".into(), header_ref("IdempotentReplayed"));
+    }
+    let (status, success) = if output.fields().len() == 0 {
+        ("204", json!({ "description": "Done (no content)", "headers": headers }))
+    } else {
+        let schema = schemas.reference(&output, false);
+        let status = if http.creates { "201" } else { "200" };
+        let description = if http.creates { "Created" } else { "OK" };
+        (
+            status,
+            json!({ "description": description, "headers": headers, "content": { "application/json": { "schema": schema } } }),
+        )
+    };
+    op["responses"] = json!({ status: success, "default": { "$ref": "#/components/responses/Error" } });
+    op
+}
+
+/// What the document says about write positions.
+struct WriteScopeDoc;
+
+impl WriteScopeDoc {
+    /// Reads of a service that tracks write positions take one.
+    fn reads(route: &PublicRpc, http: &Http) -> bool {
+        http.method == "GET" && crate::app::WriteScope::of(route.service).is_some()
+    }
+}
+
+fn path_fields(path: &str) -> Vec<&str> {
+    path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
+}
+
+fn build() -> Value {
+    let mut schemas = Schemas { out: BTreeMap::new(), pending: Vec::new(), seen: BTreeSet::new() };
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (route, http) in tenx_proto::edge::http() {
+        let op = operation(&mut schemas, route, http);
+        paths.entry(http.path.to_owned()).or_default().insert(http.method.to_ascii_lowercase(), op);
+    }
+    schemas.drain();
+    let mut components = fixed_components();
+    for (name, schema) in schemas.out {
+        components["schemas"][name] = schema;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "tenx public API",
+            "version": "1.0.0",
+            "description": INTRO,
+        },
+        "servers": [{ "url": "/" }],
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+        "components": components,
+    })
+}
+
+const INTRO: &str = "The HTTP/JSON API of the tenx gateway, generated from the gRPC contracts \
+(each operation is the public RPC of the same name; `proto/` has every comment). Every error has \
+the shape `{\"error\": {\"code\", \"message\", \"details\"}}`; `code` is the gRPC code's name \
+(`invalid_argument` → 400, `unauthenticated` → 401, `permission_denied` → 403, `not_found` → 404, \
+`already_exists`/`failed_precondition`/`aborted` → 409, `payload_too_large` → 413, \
+`resource_exhausted` → 429 with `Retry-After`, `unavailable` → 503, `deadline_exceeded` → 504). \
+Anonymous routes are rate-limited per client IP, the others per user or API key; responses carry \
+`RateLimit-Limit` and `RateLimit-Remaining`. Send `x-request-id` to correlate (one is generated \
+otherwise) and W3C `traceparent` to join a trace. Mutations that declare it need an \
+`Idempotency-Key` header. JSON uses the proto field names; every field is written (unset messages, \
+optional scalars and unspecified enums as null); enums are lower case without their prefix \
+(`past_due`); money is integers in minor units with an ISO 4217 `currency`; times are RFC 3339. \
+The signing keys are at `/.well-known/jwks.json`. Writes answer with `x-tenx-wal-position` \
+(billing's tagged `billing:`); send the latest one of a service back on reads of that service to \
+read your writes from any gateway instance.";
+
+/// The parts of the document that are the gateway's own (the error
+/// shape, its headers, the bearer scheme), the same for every operation.
+fn fixed_components() -> Value {
+    let codes = [
+        "cancelled",
+        "unknown",
+        "invalid_argument",
+        "deadline_exceeded",
+        "not_found",
+        "already_exists",
+        "permission_denied",
+        "resource_exhausted",
+        "failed_precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "data_loss",
+        "unauthenticated",
+        "payload_too_large",
+    ];
+    json!({
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An access token (JWT from signup/login/refresh) or an API key (`tenx_sk_…`).",
+            }
+        },
+        "parameters": {
+            "WalPosition": {
+                "name": "x-tenx-wal-position",
+                "in": "header",
+                "required": false,
+                "description": "A write position returned by an earlier write, e.g. `16/B374D848`; invalid values are ignored.",
+                "schema": { "type": "string", "maxLength": 17 },
+            },
+            "IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": true,
+                "description": "Any unique string (1–255 printable ASCII), e.g. a UUID. The service stores the first answer for 24 h: the same key with the same request returns it again (`Idempotent-Replayed: true`), with another request 409 `failed_precondition` (reason `IDEMPOTENCY_KEY_REUSED`), while the first is still running 409 `aborted` with `Retry-After`. Missing: 400 without calling the service.",
+                "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$" },
+            },
+        },
+        "headers": {
+            "RequestId": {
+                "description": "The request id (the client's `x-request-id`, or a new one).",
+                "schema": { "type": "string" },
+            },
+            "RateLimitLimit": { "description": "Requests allowed per window.", "schema": { "type": "integer" } },
+            "RateLimitRemaining": { "description": "Requests left in the window.", "schema": { "type": "integer" } },
+            "IdempotentReplayed": {
+                "description": "`true` when this is the stored answer of an earlier request with the same `Idempotency-Key`.",
+                "schema": { "type": "string", "enum": ["true"] },
+            },
+        },
+        "responses": {
+            "Error": {
+                "description": "An error, in the one shape of this API.",
+                "headers": {
+                    "x-request-id": { "$ref": "#/components/headers/RequestId" },
+                    "Retry-After": {
+                        "description": "Seconds to wait (429, 503, and 409 `aborted`: a concurrent request holds the same idempotency key).",
+                        "schema": { "type": "integer" },
+                    },
+                },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            }
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "additionalProperties": false,
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message", "details"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "code": { "type": "string", "enum": codes },
+                            "message": { "type": "string" },
+                            "details": {
+                                "type": "array",
+                                "description": "Field violations (`field`, `description`) and machine-readable reasons (`reason`, `domain`; e.g. billing's `CURRENCY_MISMATCH`, `IDEMPOTENCY_KEY_REUSED`).",
+                                "items": {
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["field", "description"],
+                                            "additionalProperties": false,
+                                            "properties": {
+                                                "field": { "type": "string", "description": "The request field, query parameter or header (e.g. `Idempotency-Key`)." },
+                                                "description": { "type": "string" },
+                                            },
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["reason", "domain"],
+                                            "additionalProperties": false,
+                                            "properties": {
+                                                "reason": { "type": "string", "description": "Upper snake case, e.g. `CURRENCY_MISMATCH`." },
+                                                "domain": { "type": "string", "description": "Who defines the reason, e.g. `billing.tenx`." },
+                                            },
+                                        },
+                                    ]
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_binding_is_an_operation_with_its_schemas_and_the_protos_comments() {
+        let doc: Value = serde_json::from_str(document()).expect("JSON");
+        let operations: usize = doc["paths"]
+            .as_object()
+            .map_or(0, |p| p.values().map(|m| m.as_object().map_or(0, Map::len)).sum());
+        assert_eq!(operations, tenx_proto::edge::http().count());
+        let create = &doc["paths"]["/v1/billing/subscriptions"]["post"];
+        assert_eq!(create["operationId"], "billing_subscriptions_create");
+        assert!(create["responses"]["201"].is_object(), "a creation answers 201");
+        assert!(
+            create["requestBody"]["content"]["application/json"]["schema"]["properties"]["price_id"]
+                .is_object()
+        );
+        let list = &doc["paths"]["/v1/billing/invoices"]["get"]["parameters"];
+        assert!(
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == "status" && p["schema"]["type"] == "array"),
+            "statuses is the query parameter `status`: {list}"
+        );
+        let get = &doc["paths"]["/v1/billing/plans/{plan_id}"]["get"];
+        assert_eq!(get["parameters"][0]["in"], "path");
+        assert_eq!(get["security"], json!([]), "anonymous");
+        // Every reference resolves.
+        let text = document();
+        for reference in text.split("\"$ref\":\"").skip(1) {
+            let target = reference.split('"').next().unwrap_or_default();
+            let pointer = target.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "{target} resolves");
+        }
+        let subscription = &doc["components"]["schemas"]["Subscription"];
+        assert!(
+            subscription["properties"]["status"]["enum"]
+                .as_array()
+                .is_some_and(|e| e.contains(&json!("past_due")))
+        );
+        assert!(subscription["description"].is_string(), "the proto comment");
+    }
+}

@@ -1,0 +1,171 @@
+//! The public RPCs that reach HTTP by their `(google.api.http)` binding
+//! alone (no handler of their own): sessions, API keys, the password,
+//! email verification and notification preferences, as a user does them.
+
+use std::time::Duration;
+
+use tenx_test_support::eventually;
+
+use crate::support::{PASSWORD, Platform, Reply, bearer, send, sign_up, unique_email};
+
+/// The first email to `to` whose text contains `marker`, once it arrives.
+async fn mail_with(to: &str, marker: &str) -> anyhow::Result<String> {
+    let maildir = std::path::PathBuf::from(
+        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into()),
+    );
+    let found = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    eventually(Duration::from_secs(15), "the email", || {
+        let (maildir, found) = (maildir.clone(), found.clone());
+        let (to, marker) = (format!("To: {to}"), marker.to_owned());
+        async move {
+            for entry in std::fs::read_dir(maildir.join("new"))?.filter_map(Result::ok) {
+                let mail = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if mail.contains(&to) && mail.contains(&marker) {
+                    *found.lock().unwrap_or_else(|p| p.into_inner()) = mail;
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    })
+    .await?;
+    let mail = found.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(mail)
+}
+
+fn ok(reply: &Reply, status: u16, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text);
+}
+
+#[tokio::test]
+async fn sessions_and_api_keys_are_managed_over_http_and_a_revoked_key_stops_working() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
+    let auth = bearer(&token);
+    let me = [("authorization", auth.as_str())];
+
+    let sessions = send(gw.http_addr, "GET", "/v1/me/sessions", &me, None).await?;
+    ok(&sessions, 200, "list sessions");
+    assert_eq!(sessions.json["sessions"].as_array().map(Vec::len), Some(1), "{}", sessions.text);
+    assert_eq!(sessions.json["sessions"][0]["current"], true);
+
+    // A key that may read the profile: its secret is shown once.
+    let body = serde_json::json!({ "name": "ci", "scopes": ["profile:read"], "current_password": PASSWORD });
+    let created = send(gw.http_addr, "POST", "/v1/me/api-keys", &me, Some(&body.to_string())).await?;
+    ok(&created, 201, "create a key");
+    let secret = created.json["secret"].as_str().unwrap_or_default().to_owned();
+    let key_id = created.json["api_key"]["id"].as_str().unwrap_or_default().to_owned();
+    assert!(secret.starts_with("tenx_sk_"), "{}", created.text);
+    let listed = send(gw.http_addr, "GET", "/v1/me/api-keys", &me, None).await?;
+    ok(&listed, 200, "list keys");
+    assert_eq!(listed.json["api_keys"][0]["id"], key_id.as_str());
+    assert!(!listed.text.contains(&secret), "the secret is never listed");
+
+    let with_key = bearer(&secret);
+    let key = [("authorization", with_key.as_str())];
+    ok(&send(gw.http_addr, "GET", "/v1/me", &key, None).await?, 200, "the key reads the profile");
+    let write = send(gw.http_addr, "PATCH", "/v1/me", &key, Some(r#"{"display_name":"Eve"}"#)).await?;
+    ok(&write, 403, "the key has no profile:write");
+    // A key cannot mint keys (a session only), nor list sessions.
+    ok(&send(gw.http_addr, "GET", "/v1/me/sessions", &key, None).await?, 403, "sessions with a key");
+
+    // Bad input is refused by name, before the service.
+    let typo = send(gw.http_addr, "POST", "/v1/me/api-keys", &me, Some(r#"{"nmae":"x"}"#)).await?;
+    ok(&typo, 400, "an unknown field");
+    assert_eq!(typo.json["error"]["details"][0]["field"], "nmae", "{}", typo.text);
+    let days =
+        send(gw.http_addr, "POST", "/v1/me/api-keys", &me, Some(r#"{"name":"x","expires_in_days":-3}"#))
+            .await?;
+    ok(&days, 400, "a negative number of days");
+    assert_eq!(days.json["error"]["details"][0]["field"], "expires_in_days", "{}", days.text);
+
+    let path = format!("/v1/me/api-keys/{key_id}");
+    ok(&send(gw.http_addr, "DELETE", &path, &me, None).await?, 204, "revoke the key (no content)");
+    eventually(Duration::from_secs(5), "the revoked key refused", || async {
+        Ok(send(gw.http_addr, "GET", "/v1/me", &key, None).await?.status == 401)
+    })
+    .await?;
+
+    // Revoking the session itself: its token stops working.
+    let session = sessions.json["sessions"][0]["id"].as_str().unwrap_or_default().to_owned();
+    ok(&send(gw.http_addr, "DELETE", &format!("/v1/me/sessions/{session}"), &me, None).await?, 204, "revoke");
+    eventually(Duration::from_secs(5), "the revoked session refused", || async {
+        Ok(send(gw.http_addr, "GET", "/v1/me", &me, None).await?.status == 401)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_with_the_emailed_code_and_preferences_are_kept_over_http()
+-> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let email = unique_email();
+    let (token, _, _) = sign_up(gw.http_addr, &email).await?;
+    let auth = bearer(&token);
+    let me = [("authorization", auth.as_str())];
+
+    // Preferences: account email muted, read back; a channel that does
+    // not exist is refused by name.
+    let mute = serde_json::json!({ "preferences": [{ "category": "account", "channel": "email", "enabled": false }] });
+    let muted =
+        send(gw.http_addr, "PATCH", "/v1/me/notification-preferences", &me, Some(&mute.to_string())).await?;
+    ok(&muted, 200, "mute");
+    let prefs = send(gw.http_addr, "GET", "/v1/me/notification-preferences", &me, None).await?;
+    ok(&prefs, 200, "read preferences");
+    let account_email = prefs.json["preferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["category"] == "account" && p["channel"] == "email")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(account_email["enabled"], false, "{}", prefs.text);
+    let fax =
+        serde_json::json!({ "preferences": [{ "category": "account", "channel": "fax", "enabled": false }] });
+    let refused =
+        send(gw.http_addr, "PATCH", "/v1/me/notification-preferences", &me, Some(&fax.to_string())).await?;
+    ok(&refused, 400, "an unknown channel");
+    assert_eq!(refused.json["error"]["details"][0]["field"], "preferences[0].channel", "{}", refused.text);
+
+    // The same answer for an address with no account: nothing to learn.
+    let ask = |address: &str| serde_json::json!({ "email": address }).to_string();
+    let stranger =
+        send(gw.http_addr, "POST", "/v1/auth/password-reset", &[], Some(&ask(&unique_email()))).await?;
+    let owner = send(gw.http_addr, "POST", "/v1/auth/password-reset", &[], Some(&ask(&email))).await?;
+    ok(&owner, 204, "request a reset");
+    assert_eq!((stranger.status, &stranger.text), (owner.status, &owner.text));
+
+    let mail = mail_with(&email, "Your reset code is").await?;
+    let code: String = mail
+        .split("Your reset code is ")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let new_password = "a brand new passphrase";
+    let wrong = serde_json::json!({ "email": email, "code": "WRONG234", "new_password": new_password });
+    let denied =
+        send(gw.http_addr, "POST", "/v1/auth/password-reset/confirm", &[], Some(&wrong.to_string())).await?;
+    assert!(denied.status >= 400, "a wrong code: {}", denied.text);
+    let right = serde_json::json!({ "email": email, "code": code, "new_password": new_password });
+    let reset =
+        send(gw.http_addr, "POST", "/v1/auth/password-reset/confirm", &[], Some(&right.to_string())).await?;
+    ok(&reset, 204, "reset with the emailed code");
+
+    let login = |password: &str| serde_json::json!({ "email": email, "password": password }).to_string();
+    ok(
+        &send(gw.http_addr, "POST", "/v1/auth/login", &[], Some(&login(new_password))).await?,
+        200,
+        "new password",
+    );
+    ok(
+        &send(gw.http_addr, "POST", "/v1/auth/login", &[], Some(&login(PASSWORD))).await?,
+        401,
+        "old password",
+    );
+    Ok(())
+}
