@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use tenx_auth::{App, AuthSettings};
-use tenx_common::cli;
 use tenx_common::metrics::Metrics;
+use tenx_common::{cli, host};
 
 const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys|grant-role EMAIL ROLE>";
 
@@ -12,20 +12,12 @@ const USAGE: &str = "usage: tenx-auth [--config FILE] <serve|migrate|rotate-keys
 async fn main() -> ExitCode {
     cli::run("tenx-auth", USAGE, AuthSettings::load, |command, settings| async move {
         match command.as_deref() {
-            Some("serve") | None => {
-                let telemetry = settings.telemetry.clone();
-                cli::serve("tenx-auth", &telemetry, |shutdown| async move {
-                    let app = App::build(settings, Metrics::default()).await.map_err(|e| e.to_string())?;
-                    let running = app.spawn(shutdown).await.map_err(|e| e.to_string())?;
-                    running.task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
-                })
-                .await
-            }
-            Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| e.to_string()),
+            Some("serve") | None => host::serve::<App>(settings).await,
+            Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| host::report(&e)),
             Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())
                 .await
                 .map(|kid| println!("new signing key: {kid}"))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| host::report(&e)),
             Some(command) if command.starts_with("grant-role ") => {
                 let words: Vec<&str> = command.split(' ').collect();
                 let [_, email, role] = words[..] else {
@@ -34,7 +26,7 @@ async fn main() -> ExitCode {
                 tenx_auth::grant_role(&settings, email, role)
                     .await
                     .map(|roles| println!("{email}: roles {roles:?} (in tokens issued from now on)"))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| host::report(&e))
             }
             // Taking a role away must also revoke the sessions carrying it,
             // at every service: that is the running auth's job.

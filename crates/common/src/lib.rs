@@ -17,6 +17,8 @@
 //! - [`money`]: amounts in minor units formatted with their exponent.
 //! - [`grpc`]: server (health, reflection, tracing, graceful shutdown),
 //!   error mapping, client channels; [`admin`]: `/metrics`, `/readyz`.
+//! - [`host`]: how every service binary serves (telemetry, signals,
+//!   build, run, every cause of a failure reported).
 //!
 //! Each module's doc says why it is shaped the way it is; `docs/ARCHITECTURE.md`
 //! shows how they fit together.
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod host;
 pub mod metrics;
 pub mod money;
 pub mod ops;

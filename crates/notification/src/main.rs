@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use tenx_common::cli;
-use tenx_common::metrics::Metrics;
+use tenx_common::{cli, host};
 use tenx_notification::{App, NotificationSettings};
 
 const USAGE: &str = "usage: tenx-notification [--config FILE] <serve|migrate>";
@@ -12,16 +11,8 @@ const USAGE: &str = "usage: tenx-notification [--config FILE] <serve|migrate>";
 async fn main() -> ExitCode {
     cli::run("tenx-notification", USAGE, NotificationSettings::load, |command, settings| async move {
         match command.as_deref() {
-            Some("serve") | None => {
-                let telemetry = settings.telemetry.clone();
-                cli::serve("tenx-notification", &telemetry, |shutdown| async move {
-                    let app = App::build(settings, Metrics::default()).await.map_err(|e| e.to_string())?;
-                    let running = app.spawn(shutdown).await.map_err(|e| e.to_string())?;
-                    running.task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
-                })
-                .await
-            }
-            Some("migrate") => tenx_notification::migrate(&settings).await.map_err(|e| e.to_string()),
+            Some("serve") | None => host::serve::<App>(settings).await,
+            Some("migrate") => tenx_notification::migrate(&settings).await.map_err(|e| host::report(&e)),
             Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
         }
     })
