@@ -310,22 +310,5 @@ fn io(error: std::io::Error) -> AuthError {
     AuthError::Internal(format!("bind: {error}"))
 }
 
-/// How the host (`tenx_common::host`) runs this service: `main`'s `serve`.
-impl tenx_common::host::Service for App {
-    const NAME: &'static str = "tenx-auth";
-    type Settings = AuthSettings;
-    type Error = AuthError;
-
-    fn telemetry(settings: &AuthSettings) -> &tenx_common::telemetry::TelemetrySettings {
-        &settings.telemetry
-    }
-
-    async fn build(settings: AuthSettings, metrics: Metrics) -> Result<Self, AuthError> {
-        App::build(settings, metrics).await
-    }
-
-    async fn run(self, shutdown: Shutdown) -> Result<(), AuthError> {
-        let running = self.spawn(shutdown).await?;
-        running.task.await.map_err(|e| AuthError::Internal(format!("the service task: {e}")))?
-    }
-}
+// How the host runs this service (`main`'s `serve`).
+tenx_common::hosted!(App, "tenx-auth", AuthSettings, AuthError);

@@ -244,22 +244,5 @@ impl App {
     }
 }
 
-/// How the host (`tenx_common::host`) runs this service: `main`'s `serve`.
-impl tenx_common::host::Service for App {
-    const NAME: &'static str = "tenx-billing";
-    type Settings = BillingSettings;
-    type Error = BillingError;
-
-    fn telemetry(settings: &BillingSettings) -> &tenx_common::telemetry::TelemetrySettings {
-        &settings.telemetry
-    }
-
-    async fn build(settings: BillingSettings, metrics: Metrics) -> Result<Self, BillingError> {
-        App::build(settings, metrics).await
-    }
-
-    async fn run(self, shutdown: Shutdown) -> Result<(), BillingError> {
-        let running = self.spawn(shutdown).await?;
-        running.task.await.map_err(|e| BillingError::Internal(format!("the service task: {e}")))?
-    }
-}
+// How the host runs this service (`main`'s `serve`).
+tenx_common::hosted!(App, "tenx-billing", BillingSettings, BillingError);

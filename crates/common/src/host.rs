@@ -3,9 +3,9 @@
 //! service until it has drained, flush the pending spans, and report a
 //! failure with every cause, not just the outermost one.
 //!
-//! A service is its crate's `App` implementing [`Service`]; its `main`
-//! is then `host::serve::<App>(settings)` beside its own commands
-//! (`migrate`, …).
+//! A service is its crate's `App` implementing [`Service`] (one line:
+//! [`hosted!`]); its `main` is then `host::serve::<App>(settings)` beside
+//! its own commands (`migrate`, …).
 
 use std::error::Error;
 use std::future::Future;
@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::telemetry::TelemetrySettings;
 
-/// A tenx service, as the host runs it.
+/// A tenx service, as the host runs it. Implemented with [`hosted!`]
+/// for an `App` with the usual `build`, `spawn` and `Running { task }`.
 pub trait Service: Sized + Send + 'static {
     /// The binary's name (`tenx-auth`): logs, traces, error lines.
     const NAME: &'static str;
@@ -31,8 +32,42 @@ pub trait Service: Sized + Send + 'static {
         metrics: Metrics,
     ) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
-    /// Binds its ports and serves until `shutdown` has drained it.
-    fn run(self, shutdown: Shutdown) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Binds its ports and starts serving; the task ends once `shutdown`
+    /// has drained it.
+    fn spawn(self, shutdown: Shutdown)
+    -> impl Future<Output = Result<Task<Self::Error>, Self::Error>> + Send;
+}
+
+/// A running service: its task, which answers how it ended.
+pub type Task<E> = tokio::task::JoinHandle<Result<(), E>>;
+
+/// Implements [`Service`] for a service's `App`: `hosted!(App, "tenx-auth",
+/// AuthSettings, AuthError)`, given `App::build(settings, metrics)`,
+/// `App::spawn(shutdown) -> Running { task, .. }` and `settings.telemetry`.
+#[macro_export]
+macro_rules! hosted {
+    ($app:ty, $name:literal, $settings:ty, $error:ty) => {
+        impl $crate::host::Service for $app {
+            const NAME: &'static str = $name;
+            type Settings = $settings;
+            type Error = $error;
+
+            fn telemetry(settings: &$settings) -> &$crate::telemetry::TelemetrySettings {
+                &settings.telemetry
+            }
+
+            async fn build(settings: $settings, metrics: $crate::metrics::Metrics) -> Result<Self, $error> {
+                <$app>::build(settings, metrics).await
+            }
+
+            async fn spawn(
+                self,
+                shutdown: $crate::shutdown::Shutdown,
+            ) -> Result<$crate::host::Task<$error>, $error> {
+                Ok(<$app>::spawn(self, shutdown).await?.task)
+            }
+        }
+    };
 }
 
 /// The `serve` command of service `S`.
@@ -40,7 +75,11 @@ pub async fn serve<S: Service>(settings: S::Settings) -> Result<(), String> {
     let telemetry = S::telemetry(&settings).clone();
     crate::cli::serve(S::NAME, &telemetry, |shutdown| async move {
         let service = S::build(settings, Metrics::default()).await.map_err(|e| report(&e))?;
-        service.run(shutdown).await.map_err(|e| report(&e))
+        let task = service.spawn(shutdown).await.map_err(|e| report(&e))?;
+        match task.await {
+            Ok(ended) => ended.map_err(|e| report(&e)),
+            Err(e) => Err(format!("the service task: {e}")),
+        }
     })
     .await
 }

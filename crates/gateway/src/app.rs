@@ -332,25 +332,5 @@ fn readiness(gw: Arc<Gateway>) -> Readiness {
     readiness
 }
 
-/// How the host (`tenx_common::host`) runs this service: `main`'s `serve`.
-impl tenx_common::host::Service for App {
-    const NAME: &'static str = "tenx-gateway";
-    type Settings = GatewaySettings;
-    type Error = EdgeError;
-
-    fn telemetry(settings: &GatewaySettings) -> &tenx_common::telemetry::TelemetrySettings {
-        &settings.telemetry
-    }
-
-    async fn build(settings: GatewaySettings, metrics: Metrics) -> Result<Self, EdgeError> {
-        App::build(settings, metrics).await
-    }
-
-    async fn run(self, shutdown: Shutdown) -> Result<(), EdgeError> {
-        let running = self.spawn(shutdown).await?;
-        running
-            .task
-            .await
-            .map_err(|e| EdgeError::new(tonic::Code::Internal, format!("the service task: {e}")))?
-    }
-}
+// How the host runs this service (`main`'s `serve`).
+tenx_common::hosted!(App, "tenx-gateway", GatewaySettings, EdgeError);

@@ -230,22 +230,5 @@ impl App {
     }
 }
 
-/// How the host (`tenx_common::host`) runs this service: `main`'s `serve`.
-impl tenx_common::host::Service for App {
-    const NAME: &'static str = "tenx-notification";
-    type Settings = NotificationSettings;
-    type Error = NotifyError;
-
-    fn telemetry(settings: &NotificationSettings) -> &tenx_common::telemetry::TelemetrySettings {
-        &settings.telemetry
-    }
-
-    async fn build(settings: NotificationSettings, metrics: Metrics) -> Result<Self, NotifyError> {
-        App::build(settings, metrics).await
-    }
-
-    async fn run(self, shutdown: Shutdown) -> Result<(), NotifyError> {
-        let running = self.spawn(shutdown).await?;
-        running.task.await.map_err(|e| NotifyError::Internal(format!("the service task: {e}")))?
-    }
-}
+// How the host runs this service (`main`'s `serve`).
+tenx_common::hosted!(App, "tenx-notification", NotificationSettings, NotifyError);
