@@ -198,9 +198,7 @@ def operation_ids(svc: str) -> list[str]:
     assert svc == "gateway", svc
     ops: set[str] = set()
     for proto in (ROOT / "proto" / "tenx").rglob("*.proto"):
-        for line in proto.read_text().splitlines():
-            if line.strip().startswith("option (tenx.options.v1.route)"):
-                ops |= set(re.findall(r'\boperation_id: "(\w+)"', line))
+        ops |= set(re.findall(r'option \(tenx\.options\.v1\.route\) = \{\s*operation_id: "(\w+)"', proto.read_text()))
     return sorted(ops)
 
 

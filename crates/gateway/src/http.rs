@@ -213,7 +213,7 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         };
         let Some(route) = route else { return next.run(req).await };
         if req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            > Some(gw.settings.http.body_limit_bytes)
+            > Some(transcode::body_limit(&gw, route))
         {
             return EdgeError::http(
                 StatusCode::PAYLOAD_TOO_LARGE,

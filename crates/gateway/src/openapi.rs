@@ -193,7 +193,8 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     if WriteScopeDoc::reads(route, http) {
         parameters.push(json!({ "$ref": "#/components/parameters/WalPosition" }));
     }
-    for (header, field) in http.headers {
+    // Content-Type is the body's media type, never a parameter (OpenAPI).
+    for (header, field) in http.headers.iter().filter(|(h, _)| *h != "content-type") {
         let mut p =
             json!({ "name": header, "in": "header", "required": false, "schema": { "type": "string" } });
         if let Some(text) = input.get_field_by_name(field).as_ref().and_then(field_comment) {
@@ -222,9 +223,11 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
         name => {
             let field = input.get_field_by_name(name).unwrap_or_else(|| panic!("{name} is a field"));
             op["requestBody"] = match field.kind() {
+                // The raw body, as sent (an image, a signed webhook).
                 Kind::Bytes => json!({
                     "required": true,
-                    "content": { "application/json": { "schema": { "type": "object" } } },
+                    "description": field_comment(&field).unwrap_or_default(),
+                    "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } },
                 }),
                 _ => json!({
                     "required": false,

@@ -69,8 +69,7 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
     let key = if route.idempotency_key { Some(idempotency_key(&parts.headers)?) } else { None };
-    let limit = gw.settings.http.body_limit_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let body = axum::body::to_bytes(body, body_limit(&gw, route)).await.map_err(|_| {
         EdgeError::http(StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::InvalidArgument, "request body too large")
     })?;
 
@@ -131,6 +130,15 @@ pub async fn handle(
         }
     }
     Ok(response)
+}
+
+/// The largest body `route` takes: its own `max_body_bytes` (an image
+/// upload), else the gateway's `http.body_limit_bytes`.
+pub fn body_limit(gw: &Gateway, route: &PublicRpc) -> usize {
+    match route.http.map_or(0, |h| h.max_body_bytes) {
+        0 => gw.settings.http.body_limit_bytes,
+        own => usize::try_from(own).unwrap_or(usize::MAX),
+    }
 }
 
 /// A route the build checked cannot miss its descriptors; if it ever

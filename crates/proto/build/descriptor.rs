@@ -105,6 +105,8 @@ pub struct Route {
     pub creates: bool,
     #[prost(message, repeated, tag = "7")]
     pub headers: Vec<HeaderField>,
+    #[prost(uint32, tag = "8")]
+    pub max_body_bytes: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]

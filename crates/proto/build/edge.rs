@@ -118,6 +118,9 @@ fn binding(rule: &HttpRule, route: &Route, input: &Descriptor) -> Result<Binding
     if route.creates && method != "POST" {
         return Err("only a POST creates".into());
     }
+    if route.max_body_bytes > 0 && rule.body.is_empty() {
+        return Err("max_body_bytes on a binding without a body".into());
+    }
     Ok(Binding { method, path, body: rule.body.clone(), fixed, headers })
 }
 
@@ -163,8 +166,10 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
                     problems.push(format!("{path}: a call with an idempotency key is idempotent"));
                 }
                 let http = match (&options.http, messages.get(&method.input_type)) {
-                    (None, _) if route.creates || !route.headers.is_empty() => {
-                        problems.push(format!("{path}: creates and headers need an HTTP binding"));
+                    (None, _) if route.creates || !route.headers.is_empty() || route.max_body_bytes > 0 => {
+                        problems.push(format!(
+                            "{path}: creates, headers and max_body_bytes need an HTTP binding"
+                        ));
                         None
                     }
                     (None, _) => None,
@@ -198,8 +203,9 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
         let http = match http {
             None => "None".to_owned(),
             Some(b) => format!(
-                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, fixed: &{:?}, headers: &{:?}, creates: {} }})",
-                b.method, b.path, b.body, b.fixed, b.headers, r.creates
+                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, fixed: &{:?}, headers: &{:?}, creates: {}, \
+                 max_body_bytes: {} }})",
+                b.method, b.path, b.body, b.fixed, b.headers, r.creates, r.max_body_bytes
             ),
         };
         writeln!(

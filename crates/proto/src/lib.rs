@@ -187,6 +187,8 @@ pub mod edge {
         pub headers: &'static [(&'static str, &'static str)],
         /// A success is `201 Created`.
         pub creates: bool,
+        /// The largest body the route takes; 0: the gateway's own limit.
+        pub max_body_bytes: u32,
     }
 
     include!(concat!(env!("OUT_DIR"), "/edge_table.rs"));
@@ -226,7 +228,8 @@ pub mod edge {
                     body: "",
                     fixed: &[],
                     headers: &[],
-                    creates: false
+                    creates: false,
+                    max_body_bytes: 0,
                 })
             );
             let pay = by_operation("billing_invoices_pay").expect("public");
@@ -236,6 +239,8 @@ pub mod edge {
             assert_eq!(webhook.fixed, &[("provider", "stripe")]);
             assert_eq!(webhook.headers, &[("stripe-signature", "signature")]);
             assert!(by_operation("auth_signup").and_then(|r| r.http).is_some_and(|h| h.creates));
+            let avatar = by_operation("avatar_upload").and_then(|r| r.http).expect("bound");
+            assert_eq!((avatar.body, avatar.max_body_bytes), ("data", 5_308_416));
             assert!(by_operation("auth_login").is_some_and(|r| r.vouches_for_client && r.anonymous));
             // Operator and service RPCs are never public.
             assert_eq!(by_path("/tenx.notification.v1.NotificationService/Send"), None);

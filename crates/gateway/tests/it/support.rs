@@ -46,16 +46,28 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> anyhow::Result<Reply> {
+    let mut all = headers.to_vec();
+    if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        all.insert(0, ("content-type", "application/json"));
+    }
+    send_bytes(addr, method, path, &all, body.unwrap_or_default().as_bytes().to_vec()).await
+}
+
+/// Sends one request with a body of any bytes, with exactly `headers`.
+pub async fn send_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<Reply> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut builder = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    if body.is_some() {
-        builder = builder.header("content-type", "application/json");
-    }
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
+    let request = builder.body(Full::new(Bytes::from(body)))?;
     let response = client.request(request).await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
