@@ -14,22 +14,29 @@ fn when(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp.map_or_else(|| "never".to_owned(), ToString::to_string)
 }
 
+/// `EMAIL|ID` as auth's requests take it: `(email, user_id)`, one empty.
+fn email_or_id(who: &str) -> (String, String) {
+    if who.contains('@') { (who.to_owned(), String::new()) } else { (String::new(), who.to_owned()) }
+}
+
+/// Roles as one word: `admin,billing` or `-`.
+fn roles(roles: &[String]) -> String {
+    if roles.is_empty() { "-".to_owned() } else { roles.join(",") }
+}
+
 pub async fn run(
     who: &str,
     services: &Services,
     bearer: MetadataValue<Ascii>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let lookup = if who.contains('@') {
-        pb::LookupUserRequest { email: who.to_owned(), ..Default::default() }
-    } else {
-        pb::LookupUserRequest { user_id: who.to_owned(), ..Default::default() }
-    };
+    let (email, user_id) = email_or_id(who);
+    let lookup = pb::LookupUserRequest { email, user_id };
     let mut client = AuthServiceClient::new(crate::channel(&services.auth).await?);
     let found =
         client.lookup_user(request(lookup, &bearer)).await.map_err(|s| refused("auth", s))?.into_inner();
     let user = found.user.unwrap_or_default();
-    let roles = if found.roles.is_empty() { "-".to_owned() } else { found.roles.join(",") };
+    let roles = roles(&found.roles);
     let verified = if user.email_verified { "verified" } else { "unverified" };
     writeln!(out, "{}  {}  {verified}  roles {roles}", user.id, user.email)?;
     writeln!(out, "  name {:?}  created {}", user.display_name, when(user.created_at.as_ref()))?;
@@ -56,10 +63,8 @@ pub async fn set_role(
     bearer: MetadataValue<Ascii>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let (email, user_id) =
-        if who.contains('@') { (who.to_owned(), String::new()) } else { (String::new(), who.to_owned()) };
+    let (email, user_id) = email_or_id(who);
     let mut client = AuthServiceClient::new(crate::channel(&services.auth).await?);
-    let roles = |roles: &[String]| if roles.is_empty() { "-".to_owned() } else { roles.join(",") };
     if grant {
         let request = pb::GrantRoleRequest { email, user_id, role: role.to_owned() };
         let done =
