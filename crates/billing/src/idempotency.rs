@@ -20,9 +20,7 @@ use crate::clock::Clock;
 use crate::error::BillingError;
 use crate::settings::IdempotencySettings;
 
-pub const HEADER: &str = "idempotency-key";
-/// Response metadata on a replayed answer.
-pub const REPLAYED: &str = "idempotent-replayed";
+pub use tenx_common::idempotency::{METADATA as HEADER, REPLAYED};
 
 /// The key of a request, checked: 1–255 printable ASCII characters.
 pub fn key_of(metadata: &MetadataMap, required: bool) -> Result<Option<String>, BillingError> {
@@ -34,8 +32,8 @@ pub fn key_of(metadata: &MetadataMap, required: bool) -> Result<Option<String>, 
         };
     };
     let key = value.to_str().map_err(|_| BillingError::invalid(HEADER, "must be printable ASCII"))?;
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(BillingError::invalid(HEADER, "must be 1–255 printable ASCII characters"));
+    if !tenx_common::idempotency::well_formed(key) {
+        return Err(BillingError::invalid(HEADER, tenx_common::idempotency::RULE));
     }
     Ok(Some(key.to_owned()))
 }

@@ -15,6 +15,7 @@
 //!   (tokens, API keys, service tokens, revocation, per-RPC access rules).
 //! - [`sealed`]: a small secret sealed for one other service (codes).
 //! - [`money`]: amounts in minor units formatted with their exponent.
+//! - [`idempotency`]: the idempotency key's metadata name and rule.
 //! - [`grpc`]: server (health, reflection, tracing, graceful shutdown),
 //!   error mapping, client channels; [`admin`]: `/metrics`, `/readyz`.
 //! - [`host`]: how every service binary serves (telemetry, signals,
@@ -31,6 +32,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod host;
+pub mod idempotency;
 pub mod metrics;
 pub mod money;
 pub mod ops;

@@ -71,6 +71,14 @@ impl EdgeError {
         }
     }
 
+    /// Every name `code_name` gives, in gRPC code order: the `code`
+    /// values the OpenAPI document lists.
+    pub fn code_names() -> Vec<&'static str> {
+        let mut names: Vec<_> = (1..=16).map(|c| Self::new(Code::from_i32(c), "").code_name()).collect();
+        names.push(Self::http(StatusCode::PAYLOAD_TOO_LARGE, Code::InvalidArgument, "").code_name());
+        names
+    }
+
     /// The code's name in the JSON shape: `invalid_argument`, ….
     pub fn code_name(&self) -> &'static str {
         if self.http_override == Some(StatusCode::PAYLOAD_TOO_LARGE) {

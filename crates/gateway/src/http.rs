@@ -143,7 +143,7 @@ pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(REQUEST_ID),
                 header::HeaderName::from_static("traceparent"),
-                header::HeaderName::from_static(transcode::IDEMPOTENCY_KEY),
+                header::HeaderName::from_static(tenx_common::idempotency::METADATA),
                 header::HeaderName::from_static(policy::WAL_POSITION),
             ])
             .expose_headers([
@@ -153,7 +153,7 @@ pub(crate) fn cors(gw: &Gateway) -> Option<CorsLayer> {
                 header::HeaderName::from_static("ratelimit-remaining"),
                 header::HeaderName::from_static("ratelimit-reset"),
                 header::HeaderName::from_static(policy::WAL_POSITION),
-                header::HeaderName::from_static(transcode::IDEMPOTENT_REPLAYED),
+                header::HeaderName::from_static(tenx_common::idempotency::REPLAYED),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )

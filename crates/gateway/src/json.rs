@@ -45,25 +45,19 @@ impl Misfit {
 
 /// The name a field has in JSON: its `json_name` when the proto sets one
 /// (protoc fills in lowerCamelCase otherwise, which tenx does not use).
+/// Asked for every field of every answer, so it compares, not allocates.
 pub fn name_of(field: &FieldDescriptor) -> &str {
-    let explicit = field.json_name();
-    if explicit == lower_camel(field.name()) { field.name() } else { explicit }
-}
-
-fn lower_camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
+    let (name, json) = (field.name(), field.json_name());
     let mut upper = false;
-    for c in name.chars() {
+    let protocs = name.chars().filter_map(|c| {
         if c == '_' {
             upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
+            None
         } else {
-            out.push(c);
+            Some(if std::mem::take(&mut upper) { c.to_ascii_uppercase() } else { c })
         }
-    }
-    out
+    });
+    if protocs.eq(json.chars()) { name } else { json }
 }
 
 /// Whether a field can be given as text (a query parameter): a scalar,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tenx_proto::edge::{Http, PublicRpc};
 
 use crate::json::{enum_name, name_of, textual};
-use crate::transcode::{messages, pool};
+use crate::transcode::{method, pool, read_scope};
 
 /// The document, built once.
 pub fn document() -> &'static str {
@@ -153,11 +153,9 @@ fn header_ref(name: &str) -> Value {
 }
 
 fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
-    let (input, output) = messages(route.path).unwrap_or_else(|| panic!("{} has descriptors", route.path));
-    let method = pool()
-        .get_service_by_name(route.path.trim_start_matches('/').split('/').next().unwrap_or_default())
-        .and_then(|s| s.methods().find(|m| route.path.ends_with(&format!("/{}", m.name()))));
-    let description = method.as_ref().and_then(|m| comment(&m.parent_file(), m.path())).unwrap_or_default();
+    let method = method(route.path).unwrap_or_else(|| panic!("{} has descriptors", route.path));
+    let (input, output) = (method.input(), method.output());
+    let description = comment(&method.parent_file(), method.path()).unwrap_or_default();
     let summary = description.split(['.', '\n']).next().unwrap_or_default().trim().to_owned();
 
     let in_path: Vec<&str> = path_fields(http.path);
@@ -190,7 +188,7 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     if route.idempotency_key {
         parameters.push(json!({ "$ref": "#/components/parameters/IdempotencyKey" }));
     }
-    if WriteScopeDoc::reads(route, http) {
+    if read_scope(route, http).is_some() {
         parameters.push(json!({ "$ref": "#/components/parameters/WalPosition" }));
     }
     // Content-Type is the body's media type, never a parameter (OpenAPI).
@@ -263,16 +261,6 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     op
 }
 
-/// What the document says about write positions.
-struct WriteScopeDoc;
-
-impl WriteScopeDoc {
-    /// Reads of a service that tracks write positions take one.
-    fn reads(route: &PublicRpc, http: &Http) -> bool {
-        http.method == "GET" && crate::app::WriteScope::of(route.service).is_some()
-    }
-}
-
 fn path_fields(path: &str) -> Vec<&str> {
     path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
 }
@@ -322,25 +310,7 @@ read your writes from any gateway instance.";
 /// The parts of the document that are the gateway's own (the error
 /// shape, its headers, the bearer scheme), the same for every operation.
 fn fixed_components() -> Value {
-    let codes = [
-        "cancelled",
-        "unknown",
-        "invalid_argument",
-        "deadline_exceeded",
-        "not_found",
-        "already_exists",
-        "permission_denied",
-        "resource_exhausted",
-        "failed_precondition",
-        "aborted",
-        "out_of_range",
-        "unimplemented",
-        "internal",
-        "unavailable",
-        "data_loss",
-        "unauthenticated",
-        "payload_too_large",
-    ];
+    let codes = crate::error::EdgeError::code_names();
     json!({
         "securitySchemes": {
             "bearer": {
@@ -480,5 +450,29 @@ mod tests {
                 .is_some_and(|e| e.contains(&json!("past_due")))
         );
         assert!(subscription["description"].is_string(), "the proto comment");
+        let codes =
+            &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+        assert_eq!(
+            codes,
+            &json!([
+                "cancelled",
+                "unknown",
+                "invalid_argument",
+                "deadline_exceeded",
+                "not_found",
+                "already_exists",
+                "permission_denied",
+                "resource_exhausted",
+                "failed_precondition",
+                "aborted",
+                "out_of_range",
+                "unimplemented",
+                "internal",
+                "unavailable",
+                "data_loss",
+                "unauthenticated",
+                "payload_too_large",
+            ])
+        );
     }
 }

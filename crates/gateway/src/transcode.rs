@@ -19,7 +19,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Buf;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value as Pb};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage, Value as Pb,
+};
 use serde_json::Value;
 use tenx_proto::edge::{Http, PublicRpc};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -30,10 +32,7 @@ use crate::error::EdgeError;
 use crate::json::{self, Misfit};
 use crate::policy::{Ctx, WAL_POSITION};
 
-/// The request header of a mutation's idempotency key (and its metadata).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Set on a response the service replayed from an earlier call with the key.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+use tenx_common::idempotency::{METADATA as IDEMPOTENCY_KEY, REPLAYED as IDEMPOTENT_REPLAYED};
 
 /// Every tenx message's descriptor, decoded once.
 pub fn pool() -> &'static DescriptorPool {
@@ -44,11 +43,21 @@ pub fn pool() -> &'static DescriptorPool {
     })
 }
 
+/// The RPC at a gRPC path (`/tenx.auth.v1.AuthService/GetUser`).
+pub fn method(path: &str) -> Option<MethodDescriptor> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    pool().get_service_by_name(service)?.methods().find(|m| m.name() == method)
+}
+
 /// The request and response descriptors of the RPC at a gRPC path.
 pub fn messages(path: &str) -> Option<(MessageDescriptor, MessageDescriptor)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let method = pool().get_service_by_name(service)?.methods().find(|m| m.name() == method)?;
-    Some((method.input(), method.output()))
+    method(path).map(|m| (m.input(), m.output()))
+}
+
+/// Read-your-writes: the service whose write position a call carries,
+/// for a read (GET) of a service that tracks write positions.
+pub fn read_scope(route: &PublicRpc, http: &Http) -> Option<WriteScope> {
+    WriteScope::of(route.service).filter(|_| http.method == "GET")
 }
 
 impl From<Misfit> for EdgeError {
@@ -85,14 +94,10 @@ pub async fn handle(
     }
 
     let upstream = gw.upstream(route.service).ok_or_else(internal)?;
-    let scope = WriteScope::of(route.service);
     // Read-your-writes: a read carries the caller's last write position.
-    let position = match (scope, http.method) {
-        (Some(scope), "GET") => {
-            gw.read_position(&ctx, scope).and_then(|p| MetadataValue::<Ascii>::try_from(p).ok())
-        }
-        _ => None,
-    };
+    let position = read_scope(route, http)
+        .and_then(|scope| gw.read_position(&ctx, scope))
+        .and_then(|p| MetadataValue::<Ascii>::try_from(p).ok());
     let answer = upstream
         .call(ctx.idempotent, ctx.deadline, || {
             let mut request = ctx.to_upstream(message.clone());
@@ -123,7 +128,7 @@ pub async fn handle(
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    if let (Some(scope), Some(position)) = (scope, written) {
+    if let (Some(scope), Some(position)) = (WriteScope::of(route.service), written) {
         let tagged = gw.remember_write(&ctx, scope, &position).await;
         if let Ok(value) = HeaderValue::from_str(&tagged) {
             response.headers_mut().insert(WAL_POSITION, value);
@@ -147,8 +152,9 @@ fn internal() -> EdgeError {
     EdgeError::new(tonic::Code::Internal, "internal error")
 }
 
-/// The caller's key, checked as the services check it (1–255 printable
-/// ASCII); refused here, before any upstream call, when missing.
+/// The caller's key, checked as the services check it
+/// (`tenx_common::idempotency`); refused here, before any upstream call,
+/// when missing.
 fn idempotency_key(headers: &HeaderMap) -> Result<MetadataValue<Ascii>, EdgeError> {
     const FIELD: &str = "Idempotency-Key";
     let value = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
@@ -157,10 +163,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<MetadataValue<Ascii>, EdgeErro
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..0x7f).contains(&b)))
-        .ok_or_else(|| EdgeError::invalid(FIELD, "must be 1–255 printable ASCII characters"))?;
-    MetadataValue::try_from(key)
-        .map_err(|_| EdgeError::invalid(FIELD, "must be 1–255 printable ASCII characters"))
+        .filter(|k| tenx_common::idempotency::well_formed(k))
+        .ok_or_else(|| EdgeError::invalid(FIELD, tenx_common::idempotency::RULE))?;
+    MetadataValue::try_from(key).map_err(|_| EdgeError::invalid(FIELD, tenx_common::idempotency::RULE))
 }
 
 /// The body as the binding says: every field (`*`), one message field, or
