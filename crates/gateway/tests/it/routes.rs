@@ -234,3 +234,34 @@ async fn an_avatar_uploaded_as_the_raw_body_gets_its_thumbnails_and_the_body_lim
     ok(&refused, 413, "a 2 MiB profile update");
     Ok(())
 }
+
+#[tokio::test]
+async fn every_route_that_needs_a_credential_refuses_a_caller_without_one() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let mut checked = 0;
+    for (route, http) in tenx_proto::edge::http() {
+        // A path parameter's placeholder is never reached: the policy
+        // runs before the request is read.
+        let path = http.path.replace(['{', '}'], "");
+        let reply = send(gw.http_addr, http.method, &path, &[], Some("{}")).await?;
+        let missing = reply.json["error"]["message"] == "missing bearer token";
+        if route.anonymous {
+            // Its service may still refuse (Stripe's webhook checks its
+            // signature), never the edge for want of a credential.
+            assert!(!missing, "{} {} is anonymous: {}", http.method, http.path, reply.text);
+        } else {
+            assert_eq!(
+                (reply.status, reply.error_code().as_str(), missing),
+                (401, "unauthenticated", true),
+                "{} {}: {}",
+                http.method,
+                http.path,
+                reply.text
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} routes need a credential");
+    Ok(())
+}
