@@ -12,6 +12,8 @@ mod descriptor;
 mod edge;
 #[path = "build/events.rs"]
 mod events;
+#[path = "build/rules.rs"]
+mod rules;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Cargo's runtime value, not `env!`: a build script binary can be reused
@@ -20,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files = Vec::new();
     collect_protos(&root, &mut files)?;
     files.sort();
+    // `buf/validate` declares the rule options; imported, never generated.
+    let compiled: Vec<PathBuf> = files.iter().filter(|f| !f.starts_with(root.join("buf"))).cloned().collect();
 
     let mut config = tonic_prost_build::Config::new();
     // `prost::Name` on every message: the outbox records payload types by it.
@@ -29,13 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("tenx_descriptor.bin");
-    tonic_prost_build::configure().file_descriptor_set_path(&descriptor).compile_with_config(
-        config,
-        &files,
-        std::slice::from_ref(&root),
-    )?;
+    // Every server decodes requests through `rules::CheckedCodec`, which
+    // refuses one that breaks its contract's `buf.validate` rules.
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor)
+        .codec_path("crate::rules::CheckedCodec")
+        .compile_with_config(config, &compiled, std::slice::from_ref(&root))?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    rules::write(&descriptor, &out.join("rules_impl.rs"))?;
     access::write_table(&descriptor, &out.join("access_table.rs"))?;
     events::write_events(&descriptor, &out.join("event_types.rs"))?;
     edge::write_table(&descriptor, &out.join("edge_table.rs"))?;

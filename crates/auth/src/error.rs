@@ -15,6 +15,10 @@ pub enum AuthError {
     /// Wrong email/password, bad or expired token: never says which.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A well-formed code or current password that proves nothing (wrong,
+    /// used or expired): PERMISSION_DENIED, not a malformed request.
+    #[error("{0}")]
+    Wrong(&'static str),
     #[error("too many failed logins")]
     LockedOut { retry_after: Duration },
     #[error("{0} not found")]
@@ -52,6 +56,7 @@ impl From<AuthError> for ApiError {
             AuthError::LockedOut { retry_after } => {
                 ApiError::ResourceExhausted { message: error.to_string(), retry_after }
             }
+            AuthError::Wrong(m) => ApiError::PermissionDenied(m.to_owned()),
             AuthError::NotFound(_) => ApiError::NotFound(error.to_string()),
             AuthError::TooManyKeys(_) => ApiError::FailedPrecondition(error.to_string()),
             AuthError::Busy => ApiError::ResourceExhausted {

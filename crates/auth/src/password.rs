@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::AuthError;
 use crate::settings::PasswordSettings;
 
-/// Longest password accepted, in bytes: hashing cost must not be
-/// attacker-controlled.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest password accepted, in characters (the contract's
+/// `string.max_len`): hashing cost must not be attacker-controlled.
+pub const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// The outcome of checking a password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,11 @@ impl Passwords {
                 format!("must be at least {} characters", self.min_length),
             ));
         }
-        if password.len() > MAX_PASSWORD_BYTES {
-            return Err(AuthError::invalid(field, format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+        if password.chars().count() > MAX_PASSWORD_CHARS {
+            return Err(AuthError::invalid(
+                field,
+                format!("must be at most {MAX_PASSWORD_CHARS} characters"),
+            ));
         }
         Ok(())
     }
@@ -79,7 +82,7 @@ impl Passwords {
     /// Checks `password` against `stored`, or against a dummy hash when
     /// there is no account (then `ok` is always false).
     pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verified, AuthError> {
-        if password.len() > MAX_PASSWORD_BYTES {
+        if password.chars().count() > MAX_PASSWORD_CHARS {
             return Ok(Verified { ok: false, needs_rehash: false });
         }
         let exists = stored.is_some();

@@ -227,8 +227,7 @@ impl Core {
     ) -> Result<(pb::SignUpResponse, WalPosition), AuthError> {
         let email = validate::email("email", &request.email)?;
         self.passwords.check_new("password", &request.password)?;
-        let display_name = validate::label("display_name", &request.display_name, false)?;
-        let device = validate::label("device_name", &request.device_name, false)?;
+        let (display_name, device) = (request.display_name.clone(), request.device_name.clone());
         let hash = self.passwords.hash(&request.password).await?;
 
         let mut conn = self.db.write().await?;
@@ -256,8 +255,7 @@ impl Core {
         client: &str,
     ) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
         let email = validate::email("email", &request.email)?;
-        validate::token("password", &request.password, crate::password::MAX_PASSWORD_BYTES)?;
-        let device = validate::label("device_name", &request.device_name, false)?;
+        let device = request.device_name.clone();
         let wrong = AuthError::Unauthenticated("wrong email or password");
 
         // Claim the attempt before checking the password, in one atomic
@@ -408,7 +406,7 @@ impl Core {
         &self,
         request: pb::RefreshRequest,
     ) -> Result<(pb::RefreshResponse, WalPosition), AuthError> {
-        let token = validate::token("refresh_token", &request.refresh_token, 256)?;
+        let token = request.refresh_token.as_str();
         let bad = AuthError::Unauthenticated("invalid refresh token");
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
@@ -454,7 +452,7 @@ impl Core {
     }
 
     async fn logout(&self, request: pb::LogoutRequest) -> Result<WalPosition, AuthError> {
-        let token = validate::token("refresh_token", &request.refresh_token, 256)?;
+        let token = request.refresh_token.as_str();
         let conn = self.db.write().await?;
         let row = conn
             .query_opt_cached(
@@ -547,7 +545,7 @@ impl Core {
         caller: Caller,
         request: pb::UpdateProfileRequest,
     ) -> Result<(pb::UpdateProfileResponse, WalPosition), AuthError> {
-        let display_name = validate::label("display_name", &request.display_name, false)?;
+        let display_name = request.display_name.clone();
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let sql = format!(
@@ -604,7 +602,7 @@ impl Core {
         caller: Caller,
         request: pb::VerifyEmailRequest,
     ) -> Result<(pb::VerifyEmailResponse, WalPosition), AuthError> {
-        let code = validate::token("code", &request.code, 64)?;
+        let code = request.code.as_str();
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let spent = store::spend_code(
@@ -617,7 +615,7 @@ impl Core {
         .await?;
         if !spent {
             tx.commit().await?; // the failed attempt counts
-            return Err(AuthError::invalid("code", "wrong, used or expired code"));
+            return Err(AuthError::Wrong("code: wrong, used or expired"));
         }
         let sql = format!(
             "UPDATE users SET email_verified = true, updated_at = now() WHERE id = $1 RETURNING {}",
@@ -681,9 +679,9 @@ impl Core {
 
     async fn reset_password(&self, request: pb::ResetPasswordRequest) -> Result<WalPosition, AuthError> {
         let email = validate::email("email", &request.email)?;
-        let code = validate::token("code", &request.code, 64)?;
+        let code = request.code.as_str();
         self.passwords.check_new("new_password", &request.new_password)?;
-        let wrong = || AuthError::invalid("code", "wrong, used or expired code");
+        let wrong = || AuthError::Wrong("code: wrong, used or expired");
         // Hashed first, whether or not the account exists: the answer takes
         // as long either way, and no connection waits on argon2.
         let hash = self.passwords.hash(&request.new_password).await?;
@@ -750,7 +748,7 @@ impl Core {
         let verified = self.passwords.verify(password, Some(&account.password_hash)).await?;
         if !verified.ok {
             self.fail_attempt(&user.email, client, attempt).await?;
-            return Err(AuthError::invalid("current_password", "is wrong"));
+            return Err(AuthError::Wrong("current_password: wrong"));
         }
         // Proved: this client's count starts again, as after a login.
         self.db
@@ -770,7 +768,6 @@ impl Core {
         request: pb::ChangePasswordRequest,
         client: &str,
     ) -> Result<WalPosition, AuthError> {
-        validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
         self.passwords.check_new("new_password", &request.new_password)?;
         let user = self.check_current_password(caller, &request.current_password, client).await?;
         let hash = self.passwords.hash(&request.new_password).await?;
@@ -802,12 +799,8 @@ impl Core {
         request: pb::CreateApiKeyRequest,
         client: &str,
     ) -> Result<(pb::CreateApiKeyResponse, WalPosition), AuthError> {
-        let name = validate::label("name", &request.name, true)?;
-        let scopes = validate::scopes("scopes", &request.scopes)?;
-        if request.expires_in_days > 3650 {
-            return Err(AuthError::invalid("expires_in_days", "must be at most 3650 (0 = never)"));
-        }
-        validate::token("current_password", &request.current_password, crate::password::MAX_PASSWORD_BYTES)?;
+        let name = request.name.clone();
+        let scopes = validate::scopes(&request.scopes);
         // A key can outlive the session that made it: a stolen access
         // token must not be turned into a lasting credential.
         self.check_current_password(caller, &request.current_password, client).await?;
@@ -883,7 +876,7 @@ impl Core {
         &self,
         request: pb::AuthenticateApiKeyRequest,
     ) -> Result<pb::AuthenticateApiKeyResponse, AuthError> {
-        let secret = validate::token("secret", &request.secret, 128)?;
+        let secret = request.secret.as_str();
         let bad = AuthError::Unauthenticated("invalid API key");
         if !secret.starts_with(secrets::API_KEY_PREFIX) {
             return Err(bad);

@@ -147,8 +147,10 @@ impl Validate for AuthSettings {
         self.amqp.validate()?;
         self.telemetry.validate()?;
         self.retention.validate()?;
-        if self.password.min_length < 8 {
-            return Err(Invalid::new("password.min_length", "must be at least 8"));
+        // The contract's floor (`string.min_len` of every new password in
+        // auth.proto): configuration may raise it, never lower it.
+        if self.password.min_length < 10 {
+            return Err(Invalid::new("password.min_length", "must be at least 10 (the contract's minimum)"));
         }
         if self.password.max_concurrent_hashes == 0 {
             return Err(Invalid::new("password.max_concurrent_hashes", "must be at least 1"));

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tenx_common::db::Prepared;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tenx_common::db::Db;
 use tenx_proto::billing::v1 as pb;
 use tokio::sync::Mutex;
@@ -121,17 +119,9 @@ impl Catalog {
             1..=100 => page_size as usize,
             _ => return Err(BillingError::invalid("page_size", "must be at most 100")),
         };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            let raw = URL_SAFE_NO_PAD
-                .decode(page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|code| code.len() <= 63)
-                .ok_or_else(|| BillingError::invalid("page_token", "is not a token this service issued"))?;
-            Some(raw)
-        };
+        // The token is the last plan code of the previous page (its form is
+        // the contract's); a code that no longer lists ends the listing.
+        let after = (!page_token.is_empty()).then(|| page_token.to_owned());
         let plans = self.plans().await?;
         let visible: Vec<pb::Plan> = plans
             .iter()
@@ -153,7 +143,7 @@ impl Catalog {
         };
         let page: Vec<pb::Plan> = visible.iter().skip(start).take(limit).cloned().collect();
         let next_page_token = if start + page.len() < visible.len() {
-            page.last().map(|p| URL_SAFE_NO_PAD.encode(&p.code)).unwrap_or_default()
+            page.last().map(|p| p.code.clone()).unwrap_or_default()
         } else {
             String::new()
         };

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 use tenx_proto::edge::{Http, PublicRpc};
+use tenx_proto::rules::{FieldRules, Path, Violations};
 
 use crate::json::{enum_name, name_of, textual};
 use crate::transcode::{method, pool, read_scope};
@@ -75,11 +76,19 @@ impl Schemas {
         let mut required = Vec::new();
         for field in desc.fields().filter(|f| !skip.contains(&f.name())) {
             let name = name_of(&field).to_owned();
-            properties.insert(name.clone(), self.field(&field, input));
-            required.push(Value::String(name));
+            let mut schema = self.field(&field, input);
+            // An answer carries every field; a request the ones its rules
+            // require, and may send null for any other (proto3 JSON: the
+            // field's default).
+            if !input || must_be_sent(&field) {
+                required.push(Value::String(name.clone()));
+            } else {
+                schema = nullable(schema);
+            }
+            properties.insert(name, schema);
         }
         let mut schema = json!({ "type": "object", "additionalProperties": false, "properties": properties });
-        if !input && !required.is_empty() {
+        if !required.is_empty() {
             schema["required"] = Value::Array(required);
         }
         if let Some(text) = comment(&desc.parent_file(), desc.path()) {
@@ -97,25 +106,27 @@ impl Schemas {
             };
             json!({ "type": "object", "additionalProperties": value })
         } else if field.is_list() {
-            json!({ "type": "array", "items": self.kind(&kind, input) })
-        } else {
-            let mut schema = self.kind(&kind, input);
-            // Null: an unset message or optional scalar, an unspecified enum.
-            let nullable = matches!(kind, Kind::Message(_) | Kind::Enum(_)) || field.supports_presence();
-            if nullable {
-                schema = match schema.get("$ref") {
-                    Some(_) => json!({ "allOf": [schema], "nullable": true }),
-                    None => {
-                        schema["nullable"] = Value::Bool(true);
-                        // OpenAPI 3.0: an enum admits null only if listed.
-                        if let Some(names) = schema.get_mut("enum").and_then(Value::as_array_mut) {
-                            names.push(Value::Null);
-                        }
-                        schema
-                    }
-                };
+            let mut items = self.kind(&kind, input);
+            let rules = if input { rules_of(field) } else { None };
+            if let Some(each) = rules.and_then(|r| r.items) {
+                constrain(&mut items, each);
+            }
+            let mut schema = json!({ "type": "array", "items": items });
+            if let Some(rules) = rules {
+                constrain(&mut schema, rules);
             }
             schema
+        } else {
+            let mut schema = self.kind(&kind, input);
+            let rules = if input { rules_of(field) } else { None };
+            if let Some(rules) = rules {
+                constrain(&mut schema, rules);
+            }
+            // Null: an unset message or optional scalar, an unspecified
+            // enum — unless the contract requires a value.
+            let nullable = (matches!(kind, Kind::Message(_) | Kind::Enum(_)) || field.supports_presence())
+                && !(rules.is_some() && must_be_sent(field));
+            if nullable { self::nullable(schema) } else { schema }
         };
         if let Some(text) = field_comment(field) {
             schema["description"] = Value::String(text);
@@ -148,6 +159,104 @@ impl Schemas {
     }
 }
 
+/// `schema`, admitting null too.
+fn nullable(mut schema: Value) -> Value {
+    if schema.get("nullable").is_some() {
+        return schema;
+    }
+    if schema.get("$ref").is_some() {
+        return json!({ "allOf": [schema], "nullable": true });
+    }
+    schema["nullable"] = Value::Bool(true);
+    // OpenAPI 3.0: an enum admits null only if listed.
+    if let Some(names) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        names.push(Value::Null);
+    }
+    schema
+}
+
+/// The contract's `buf.validate` rules of a field (`tenx_proto::rules`).
+fn rules_of(field: &FieldDescriptor) -> Option<&'static FieldRules> {
+    tenx_proto::rules::field_rules(field.parent_message().full_name(), field.name())
+}
+
+/// Whether a request must carry the field: its zero value (what leaving
+/// it out or sending null means) breaks one of its rules.
+fn must_be_sent(field: &FieldDescriptor) -> bool {
+    let Some(rules) = rules_of(field) else { return false };
+    let (mut broken, at) = (Violations::default(), Path::ROOT);
+    if field.is_list() {
+        rules.list(&mut broken, &at, 0);
+    } else {
+        match field.kind() {
+            Kind::String => rules.text(&mut broken, &at, ""),
+            Kind::Bytes => rules.bytes(&mut broken, &at, &[]),
+            Kind::Enum(e) => {
+                let defined: Vec<i32> = e.values().map(|v| v.number()).collect();
+                rules.enumeration(&mut broken, &at, 0, &defined);
+            }
+            Kind::Message(_) => rules.present(&mut broken, &at, false),
+            _ if field.supports_presence() => rules.number(&mut broken, &at, None),
+            _ => rules.number(&mut broken, &at, Some(0)),
+        }
+    }
+    !broken.0.is_empty()
+}
+
+/// A UUID as `string.uuid` checks it (8-4-4-4-12 hex digits).
+const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// Writes a field's rules into its schema as the JSON Schema keywords that
+/// mean the same (lengths in characters, ECMA-262 patterns, ranges, item
+/// counts), so what the document admits is what the services admit.
+fn constrain(schema: &mut Value, rules: &FieldRules) {
+    let pattern = match (rules.uuid, &rules.pattern) {
+        (true, Some(_)) => panic!("a field declares both string.uuid and string.pattern"),
+        (true, None) => Some(UUID_PATTERN),
+        (false, p) => p.as_ref().map(|p| p.source),
+    };
+    if rules.ignore_empty {
+        // Empty means unset: only the pattern can say "empty, or …".
+        assert!(
+            rules.min_len.is_none() && rules.one_of.is_empty(),
+            "IGNORE_IF_ZERO_VALUE is only written for patterns and maxima"
+        );
+        if let Some(p) = pattern {
+            schema["pattern"] = json!(format!("^$|{p}"));
+        }
+    } else if let Some(p) = pattern {
+        schema["pattern"] = json!(p);
+    }
+    let min_len = if rules.required { Some(rules.min_len.unwrap_or(1).max(1)) } else { rules.min_len };
+    if schema["type"] == "string" {
+        if let Some(n) = min_len.filter(|n| *n > 0) {
+            schema["minLength"] = json!(n);
+        }
+        if let Some(n) = rules.max_len {
+            schema["maxLength"] = json!(n);
+        }
+        if !rules.one_of.is_empty() {
+            schema["enum"] = json!(rules.one_of);
+        }
+    }
+    if schema["type"] == "integer" {
+        if let Some(n) = rules.min.or(rules.required.then_some(1)) {
+            schema["minimum"] = json!(n);
+        }
+        if let Some(n) = rules.max {
+            schema["maximum"] = json!(n);
+        }
+    }
+    if schema["type"] == "array" {
+        if let Some(n) = rules.min_items {
+            schema["minItems"] = json!(n);
+        }
+        if let Some(n) = rules.max_items {
+            schema["maxItems"] = json!(n);
+        }
+    }
+}
+
 fn header_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/headers/{name}") })
 }
@@ -162,9 +271,13 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     let mut parameters: Vec<Value> = in_path
         .iter()
         .map(|name| {
-            let mut p =
-                json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } });
-            if let Some(text) = input.get_field_by_name(name).as_ref().and_then(field_comment) {
+            let field = input.get_field_by_name(name);
+            let mut schema = json!({ "type": "string" });
+            if let Some(rules) = field.as_ref().and_then(rules_of) {
+                constrain(&mut schema, rules);
+            }
+            let mut p = json!({ "name": name, "in": "path", "required": true, "schema": schema });
+            if let Some(text) = field.as_ref().and_then(field_comment) {
                 p["description"] = Value::String(text);
             }
             p
@@ -175,7 +288,7 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
             let mut p = json!({
                 "name": name_of(&field),
                 "in": "query",
-                "required": false,
+                "required": must_be_sent(&field),
                 "schema": schemas.field(&field, true),
             });
             if field.is_list() {
@@ -215,18 +328,40 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
         "" => {}
         "*" => {
             let schema = schemas.object(&input, true, &in_path);
+            // A body with a field the contract requires cannot be left out.
+            let required = schema.get("required").is_some();
             op["requestBody"] =
-                json!({ "required": false, "content": { "application/json": { "schema": schema } } });
+                json!({ "required": required, "content": { "application/json": { "schema": schema } } });
         }
         name => {
             let field = input.get_field_by_name(name).unwrap_or_else(|| panic!("{name} is a field"));
             op["requestBody"] = match field.kind() {
-                // The raw body, as sent (an image, a signed webhook).
-                Kind::Bytes => json!({
-                    "required": true,
-                    "description": field_comment(&field).unwrap_or_default(),
-                    "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } },
-                }),
+                // The raw body, as sent (an image, a signed webhook), of
+                // the media types the field its Content-Type fills admits.
+                Kind::Bytes => {
+                    let mut schema = json!({ "type": "string", "format": "binary" });
+                    if rules_of(&field).is_some_and(|r| r.required) {
+                        schema["minLength"] = json!(1);
+                    }
+                    let types: Vec<&str> = http
+                        .headers
+                        .iter()
+                        .find(|(h, _)| *h == "content-type")
+                        .and_then(|(_, f)| input.get_field_by_name(f))
+                        .and_then(|f| rules_of(&f))
+                        .map(|r| r.one_of.to_vec())
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| vec!["application/octet-stream"]);
+                    let content: Map<String, Value> = types
+                        .into_iter()
+                        .map(|t| (t.to_owned(), json!({ "schema": schema.clone() })))
+                        .collect();
+                    json!({
+                        "required": true,
+                        "description": field_comment(&field).unwrap_or_default(),
+                        "content": content,
+                    })
+                }
                 _ => json!({
                     "required": false,
                     "content": { "application/json": { "schema": schemas.field(&field, true) } },
@@ -324,8 +459,8 @@ fn fixed_components() -> Value {
                 "name": "x-tenx-wal-position",
                 "in": "header",
                 "required": false,
-                "description": "A write position returned by an earlier write, e.g. `16/B374D848`; invalid values are ignored.",
-                "schema": { "type": "string", "maxLength": 17 },
+                "description": "A write position returned by an earlier write, e.g. `16/B374D848` (billing's `billing:16/B374D848`); a value this gateway did not write is ignored.",
+                "schema": { "type": "string" },
             },
             "IdempotencyKey": {
                 "name": "Idempotency-Key",
@@ -474,5 +609,49 @@ mod tests {
                 "payload_too_large",
             ])
         );
+    }
+
+    #[test]
+    fn the_contracts_field_rules_are_the_documents_constraints() {
+        let doc: Value = serde_json::from_str(document()).expect("JSON");
+        let rule = |m: &str, f: &str| tenx_proto::rules::field_rules(m, f).expect("annotated");
+        let signup = &doc["paths"]["/v1/auth/signup"]["post"]["requestBody"];
+        assert_eq!(signup["required"], true, "it has required fields");
+        let schema = &signup["content"]["application/json"]["schema"];
+        assert_eq!(schema["required"], json!(["email", "password"]));
+        let email = &schema["properties"]["email"];
+        let email_rule = rule("tenx.auth.v1.SignUpRequest", "email");
+        assert_eq!(email["pattern"], email_rule.pattern.as_ref().map(|p| p.source).unwrap_or_default());
+        assert_eq!((email["minLength"].clone(), email["maxLength"].clone()), (json!(1), json!(254)));
+        assert!(email.get("nullable").is_none(), "a required field cannot be null");
+        assert_eq!(schema["properties"]["password"]["minLength"], 10);
+        assert_eq!(schema["properties"]["display_name"]["nullable"], true, "optional: null is its default");
+
+        // Path, query, lists and their items, enums that must be set.
+        let get = &doc["paths"]["/v1/billing/subscriptions/{subscription_id}"]["get"]["parameters"][0];
+        assert_eq!(get["schema"]["pattern"], UUID_PATTERN);
+        let plans = &doc["paths"]["/v1/billing/plans"]["get"]["parameters"];
+        let param = |name: &str| {
+            plans.as_array().into_iter().flatten().find(|p| p["name"] == name).cloned().unwrap_or_default()
+        };
+        assert_eq!(param("page_size")["schema"]["maximum"], 100);
+        assert_eq!(param("currency")["schema"]["pattern"], "^$|^[A-Z]{3}$", "empty means unset");
+        let read =
+            &doc["paths"]["/v1/notifications/read"]["post"]["requestBody"]["content"]["application/json"];
+        let ids = &read["schema"]["properties"]["notification_ids"];
+        assert_eq!((ids["minItems"].clone(), ids["maxItems"].clone()), (json!(1), json!(100)));
+        assert_eq!(ids["items"]["pattern"], UUID_PATTERN);
+        let preference = &doc["components"]["schemas"]["PreferenceInput"];
+        assert_eq!(preference["required"], json!(["category", "channel"]));
+        assert_eq!(preference["properties"]["category"]["enum"], json!(["account", "security", "billing"]));
+        assert!(preference["properties"]["channel"].get("nullable").is_none());
+        // An answer's schema carries no request rule.
+        assert!(doc["components"]["schemas"]["Preference"]["properties"]["category"].get("enum").is_none());
+
+        // A raw body takes the media types its Content-Type field admits.
+        let avatar = &doc["paths"]["/v1/me/avatar"]["post"]["requestBody"]["content"];
+        let types: Vec<&String> = avatar.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        assert_eq!(types, ["image/jpeg", "image/png"]);
+        assert_eq!(avatar["image/png"]["schema"]["minLength"], 1);
     }
 }

@@ -205,8 +205,8 @@ fn fill_body(
     }
 }
 
-/// The body as JSON: empty is `{}` (a POST with nothing to say); anything
-/// but JSON is refused.
+/// The body as a JSON object: empty is `{}` (a POST with nothing to say);
+/// anything else, `null` and arrays included, is refused.
 fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, EdgeError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
@@ -226,7 +226,11 @@ fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, EdgeError> {
             "expected a request with `Content-Type: application/json`",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| EdgeError::invalid("body", format!("not valid JSON: {e}")))
+    match serde_json::from_slice(body) {
+        Ok(object @ Value::Object(_)) => Ok(object),
+        Ok(_) => Err(EdgeError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(EdgeError::invalid("body", format!("not valid JSON: {e}"))),
+    }
 }
 
 /// Query parameters: `name=value` for a scalar field, repeated or

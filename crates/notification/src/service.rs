@@ -260,9 +260,8 @@ impl NotificationApi {
         user: Uuid,
         request: pb::UpdatePreferencesRequest,
     ) -> Result<pb::UpdatePreferencesResponse, NotifyError> {
-        if request.preferences.is_empty() || request.preferences.len() > 50 {
-            return Err(NotifyError::invalid("preferences", "1 to 50 preferences"));
-        }
+        // Counts, categories and channels are the contract's rules; muting
+        // a critical category is well formed but refused.
         let mut changes = Vec::new();
         for p in &request.preferences {
             let kind = CATEGORIES.iter().find(|k| k.category == p.category).ok_or_else(|| {
@@ -270,10 +269,10 @@ impl NotificationApi {
             })?;
             let channel = channel_of("preferences", p.channel)?;
             if kind.critical && !p.enabled {
-                return Err(NotifyError::invalid(
-                    "preferences",
-                    format!("{} notifications cannot be turned off", kind.category),
-                ));
+                return Err(NotifyError::Precondition(format!(
+                    "{} notifications cannot be turned off",
+                    kind.category
+                )));
             }
             changes.push((kind.category, channel_label(channel), p.enabled));
         }

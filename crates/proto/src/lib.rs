@@ -21,6 +21,8 @@ pub trait Event: prost::Name {
 
 include!(concat!(env!("OUT_DIR"), "/event_types.rs"));
 
+pub mod rules;
+
 /// Domain event envelope shared by every service (`tenx.events.v1`).
 pub mod events {
     #[allow(clippy::all, clippy::pedantic)] // generated code

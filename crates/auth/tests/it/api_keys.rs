@@ -27,7 +27,7 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
     };
     assert_eq!(
         client.create_api_key(authed(&token, wrong)).await.expect_err("wrong").code(),
-        Code::InvalidArgument
+        Code::PermissionDenied
     );
     let request = pb::CreateApiKeyRequest {
         name: "ci".into(),

@@ -161,7 +161,7 @@ async fn bad_input_to_every_rpc_is_refused_with_the_field_named_and_changes_noth
     invalid(
         "CreateApiKey scopes",
         c.create_api_key(authed(&token, key("ci", vec![sql.into()], 0))).await,
-        "scopes",
+        "scopes[0]",
     );
     invalid(
         "CreateApiKey many scopes",

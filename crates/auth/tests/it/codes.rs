@@ -16,14 +16,14 @@ async fn email_verification_takes_the_emailed_code_once() -> anyhow::Result<()> 
     assert_eq!(code.len(), 8);
 
     let wrong = client.verify_email(authed(&token, pb::VerifyEmailRequest { code: "AAAAAAAA".into() })).await;
-    assert_eq!(wrong.expect_err("wrong code").code(), Code::InvalidArgument);
+    assert_eq!(wrong.expect_err("wrong code").code(), Code::PermissionDenied);
     // Typed with spaces and in lower case, the right code works.
     let typed = format!("{} {}", &code[..4].to_lowercase(), &code[4..]);
     let verified =
         client.verify_email(authed(&token, pb::VerifyEmailRequest { code: typed })).await?.into_inner();
     assert_eq!(verified.user.map(|u| u.email_verified), Some(true));
     let reused = client.verify_email(authed(&token, pb::VerifyEmailRequest { code })).await;
-    assert_eq!(reused.expect_err("used").code(), Code::InvalidArgument);
+    assert_eq!(reused.expect_err("used").code(), Code::PermissionDenied);
     Ok(())
 }
 
@@ -56,7 +56,7 @@ async fn a_reset_code_works_once_revokes_every_session_and_expired_codes_are_ref
     };
     client.reset_password(reset(&first, "a brand new password")).await?;
     let again = client.reset_password(reset(&first, "yet another password")).await.expect_err("single use");
-    assert_eq!(again.code(), Code::InvalidArgument);
+    assert_eq!(again.code(), Code::PermissionDenied);
     let old_session = client.get_user(authed(&access(&created), pb::GetUserRequest::default())).await;
     assert_eq!(old_session.expect_err("sessions revoked").code(), Code::Unauthenticated);
     let old_key = client.get_user(authed(&key, pb::GetUserRequest::default())).await;
@@ -97,7 +97,7 @@ async fn a_reset_code_works_once_revokes_every_session_and_expired_codes_are_ref
         )
         .await?;
     let expired = client.reset_password(reset(&expiring, "third password here")).await.expect_err("expired");
-    assert_eq!(expired.code(), Code::InvalidArgument);
+    assert_eq!(expired.code(), Code::PermissionDenied);
     Ok(())
 }
 
@@ -122,7 +122,7 @@ async fn change_password_needs_the_current_one_and_ends_the_other_sessions() -> 
     };
     let status =
         client.change_password(authed(&token, change("not my password"))).await.expect_err("wrong current");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("current_password"));
     client.change_password(authed(&token, change(PASSWORD))).await?;
     client.get_user(authed(&token, pb::GetUserRequest::default())).await?;
@@ -153,7 +153,7 @@ async fn a_stolen_session_is_no_password_oracle_change_password_guesses_lock_lik
     };
     for i in 0..5 {
         let wrong = client.change_password(change(&format!("guess number {i}"))).await.expect_err("wrong");
-        assert_eq!(wrong.code(), Code::InvalidArgument);
+        assert_eq!(wrong.code(), Code::PermissionDenied);
     }
     // Even the right password is refused now, and so is a login from here.
     let locked = client.change_password(change(PASSWORD)).await.expect_err("locked");

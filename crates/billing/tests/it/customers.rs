@@ -154,7 +154,9 @@ async fn bad_input_to_add_payment_method_is_refused_and_writes_nothing() -> anyh
         (keyed(user, "", request("tok_success")), Code::InvalidArgument, "idempotency-key"),
         (keyed(user, &"k".repeat(256), request("tok_success")), Code::InvalidArgument, "idempotency-key"),
         (keyed(user, "k", request("")), Code::InvalidArgument, "token"),
-        (keyed(user, "k", request("tok_stolen")), Code::InvalidArgument, "token"),
+        (keyed(user, "k", request("tok stolen")), Code::InvalidArgument, "token"),
+        // Well formed, but not the provider's: nothing to attach.
+        (keyed(user, "k", request("tok_stolen")), Code::NotFound, ""),
         (tonic::Request::new(request("tok_success")), Code::Unauthenticated, ""),
     ];
     for (call, code, field) in cases {

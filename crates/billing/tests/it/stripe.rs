@@ -111,12 +111,15 @@ async fn stripes_declines_are_the_customers_and_unknown_or_refused_cards_are_inv
     let billing = with_stripe("whsec_unused").await?;
     let mut client = billing.client().await?;
     let user = Uuid::now_v7();
-    // Refused when attached (Stripe's 4000 0000 0000 0002), or unknown.
-    for token in [card("4000000000000002").await?, "pm_NoSuchMethod".to_owned(), "tok_visa".to_owned()] {
+    // Refused when attached (Stripe's 4000 0000 0000 0002), or unknown to Stripe.
+    for token in [card("4000000000000002").await?, "pm_NoSuchMethod".to_owned()] {
         let refused = add_method(&mut client, user, &token).await.expect_err("refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{token}: {refused:?}");
         assert!(refused.message().contains("token"), "{refused:?}");
     }
+    // Not a PaymentMethod id at all: no such method at the provider.
+    let unknown = add_method(&mut client, user, "tok_visa").await.expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     // Attaches, then declines when charged (4000 0000 0000 0341).
     add_method(&mut client, user, &card("4000000000000341").await?).await?;
     let created = subscribe(&mut client, user).await?;

@@ -55,7 +55,7 @@ async fn bad_input_to_every_rpc_is_refused_with_the_field_named_and_nothing_writ
             .map(drop),
         ),
         (
-            "statuses",
+            "statuses[0]",
             c.list_subscriptions(as_user(
                 user,
                 pb::ListSubscriptionsRequest { statuses: vec![99], ..Default::default() },

@@ -150,7 +150,7 @@ async fn a_forgotten_password_is_reset_with_the_emailed_code_and_preferences_are
     let wrong = serde_json::json!({ "email": email, "code": "WRONG234", "new_password": new_password });
     let denied =
         send(gw.http_addr, "POST", "/v1/auth/password-reset/confirm", &[], Some(&wrong.to_string())).await?;
-    assert!(denied.status >= 400, "a wrong code: {}", denied.text);
+    assert_eq!(denied.status, 403, "a wrong code: {}", denied.text);
     let right = serde_json::json!({ "email": email, "code": code, "new_password": new_password });
     let reset =
         send(gw.http_addr, "POST", "/v1/auth/password-reset/confirm", &[], Some(&right.to_string())).await?;
@@ -263,5 +263,41 @@ async fn every_route_that_needs_a_credential_refuses_a_caller_without_one() -> a
         }
     }
     assert!(checked > 20, "{checked} routes need a credential");
+    Ok(())
+}
+
+/// One rule, declared once in auth.proto, refuses the same input at both
+/// doors with the same field named, and nothing is created.
+#[tokio::test]
+async fn a_contract_rule_refuses_the_same_request_at_the_http_and_grpc_doors() -> anyhow::Result<()> {
+    use tenx_proto::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
+    use tonic_types::StatusExt;
+
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let email = unique_email();
+    let body = serde_json::json!({ "email": email, "password": PASSWORD, "display_name": " Ada" });
+    let http = send(gw.http_addr, "POST", "/v1/auth/signup", &[], Some(&body.to_string())).await?;
+    assert_eq!(http.status, 400, "{}", http.text);
+    assert_eq!(http.json["error"]["details"][0]["field"], "display_name", "{}", http.text);
+
+    let mut door = AuthServiceClient::connect(format!("http://{}", gw.grpc_addr)).await?;
+    let request = SignUpRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        display_name: " Ada".into(),
+        ..Default::default()
+    };
+    let status = door.sign_up(request).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["display_name"]);
+
+    // Neither created the account: signing up properly still works.
+    let (token, _, _) = sign_up(gw.http_addr, &email).await?;
+    assert!(!token.is_empty());
     Ok(())
 }

@@ -149,7 +149,7 @@ async fn a_muted_category_is_not_emailed_but_a_critical_one_is() -> anyhow::Resu
     let refused = client
         .update_preferences(as_user(&user, pb::UpdatePreferencesRequest { preferences: vec![critical] }))
         .await;
-    assert_eq!(refused.expect_err("critical").code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.expect_err("critical").code(), tonic::Code::FailedPrecondition);
 
     let welcome =
         auth::UserSignedUp { user_id: user.to_string(), email: email.clone(), display_name: "Ada".into() };

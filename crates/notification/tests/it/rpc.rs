@@ -168,7 +168,7 @@ async fn bad_input_to_every_rpc_is_refused_and_changes_nothing() -> anyhow::Resu
     invalid(
         "MarkRead bad id",
         c.mark_read(as_user(&user, pb::MarkReadRequest { notification_ids: vec![sql_text.into()] })).await,
-        "notification_ids",
+        "notification_ids[0]",
     );
     let pref = |category: &str, channel: i32| pb::Preference {
         category: category.into(),
@@ -188,7 +188,7 @@ async fn bad_input_to_every_rpc_is_refused_and_changes_nothing() -> anyhow::Resu
             pb::UpdatePreferencesRequest { preferences: vec![pref(sql_text, 1)] },
         ))
         .await,
-        "preferences",
+        "preferences[0].category",
     );
     invalid(
         "UpdatePreferences channel",
@@ -197,7 +197,7 @@ async fn bad_input_to_every_rpc_is_refused_and_changes_nothing() -> anyhow::Resu
             pb::UpdatePreferencesRequest { preferences: vec![pref("account", 7)] },
         ))
         .await,
-        "preferences",
+        "preferences[0].channel",
     );
     let mut anonymous = notify.anonymous_client().await?;
     for call in [
