@@ -1169,6 +1169,20 @@ impl Core {
         let written = conn.commit_position().await?;
         Ok((pb::UploadAvatarResponse { avatar_id: id.to_string() }, written))
     }
+
+    /// A thumbnail's PNG. It never changes under its id, so any copy is
+    /// right: the replica's, or the primary's while the replica has not
+    /// replayed a thumbnail just made.
+    async fn get_avatar(&self, request: pb::GetAvatarRequest) -> Result<pb::GetAvatarResponse, AuthError> {
+        const SQL: &str = "SELECT png FROM avatar_thumbnails WHERE id = $1";
+        let id = validate::id("avatar_id", &request.avatar_id)?;
+        let mut row = self.db.read(None).await?.query_opt_cached(SQL, &[&id]).await?;
+        if row.is_none() {
+            row = self.db.write().await?.query_opt_cached(SQL, &[&id]).await?;
+        }
+        let data: Vec<u8> = row.ok_or(AuthError::NotFound("avatar"))?.get(0);
+        Ok(pb::GetAvatarResponse { content_type: "image/png".into(), data })
+    }
 }
 
 #[tonic::async_trait]
@@ -1388,6 +1402,13 @@ impl AuthService for AuthApi {
         let caller = self.core.caller(request.extensions()).await?;
         let (reply, written) = self.core.upload_avatar(caller, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
+    }
+
+    async fn get_avatar(
+        &self,
+        request: Request<pb::GetAvatarRequest>,
+    ) -> Result<Response<pb::GetAvatarResponse>, Status> {
+        Ok(Response::new(self.core.get_avatar(request.into_inner()).await?))
     }
 }
 

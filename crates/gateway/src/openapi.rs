@@ -301,6 +301,15 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     if route.idempotency_key {
         parameters.push(json!({ "$ref": "#/components/parameters/IdempotencyKey" }));
     }
+    if !http.response_body.is_empty() {
+        parameters.push(json!({
+            "name": "If-None-Match",
+            "in": "header",
+            "required": false,
+            "description": "The `ETag` of a copy the client holds: `304 Not Modified` without the bytes if it is current.",
+            "schema": { "type": "string" },
+        }));
+    }
     if read_scope(route, http).is_some() {
         parameters.push(json!({ "$ref": "#/components/parameters/WalPosition" }));
     }
@@ -381,7 +390,23 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
     if route.idempotency_key {
         headers.insert("Idempotent-Replayed".into(), header_ref("IdempotentReplayed"));
     }
-    let (status, success) = if output.fields().len() == 0 {
+    if !http.cache_control.is_empty() {
+        headers.insert("Cache-Control".into(), header_ref("CacheControl"));
+    }
+    let mut revalidated = None;
+    let (status, success) = if !http.response_body.is_empty() {
+        headers.insert("ETag".into(), header_ref("ETag"));
+        let mut content = Map::new();
+        content.insert(
+            http.media_type.to_owned(),
+            json!({ "schema": { "type": "string", "format": "binary" } }),
+        );
+        revalidated = Some(json!({
+            "description": "Not modified: `If-None-Match` named the current `ETag`; no body.",
+            "headers": headers.clone(),
+        }));
+        ("200", json!({ "description": "The bytes themselves", "headers": headers, "content": content }))
+    } else if output.fields().len() == 0 {
         ("204", json!({ "description": "Done (no content)", "headers": headers }))
     } else {
         let schema = schemas.reference(&output, false);
@@ -393,6 +418,9 @@ fn operation(schemas: &mut Schemas, route: &PublicRpc, http: &Http) -> Value {
         )
     };
     op["responses"] = json!({ status: success, "default": { "$ref": "#/components/responses/Error" } });
+    if let Some(not_modified) = revalidated {
+        op["responses"]["304"] = not_modified;
+    }
     op
 }
 
@@ -476,6 +504,14 @@ fn fixed_components() -> Value {
                 "schema": { "type": "string" },
             },
             "RateLimitLimit": { "description": "Requests allowed per window.", "schema": { "type": "integer" } },
+            "ETag": {
+                "description": "A strong validator of the bytes (a hash of them): send it back as `If-None-Match`.",
+                "schema": { "type": "string" },
+            },
+            "CacheControl": {
+                "description": "How long any cache may keep the answer (the route's own, from its contract).",
+                "schema": { "type": "string" },
+            },
             "RateLimitRemaining": { "description": "Requests left in the window.", "schema": { "type": "integer" } },
             "IdempotentReplayed": {
                 "description": "`true` when this is the stored answer of an earlier request with the same `Idempotency-Key`.",

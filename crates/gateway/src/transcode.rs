@@ -119,7 +119,9 @@ pub async fn handle(
     let replayed = answer.metadata().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true");
     let written = answer.metadata().get(WAL_POSITION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let reply = answer.into_inner();
-    let mut response = if output.fields().len() == 0 {
+    let mut response = if !http.response_body.is_empty() {
+        raw_answer(&reply, http, &parts.headers)
+    } else if output.fields().len() == 0 {
         StatusCode::NO_CONTENT.into_response()
     } else {
         let status = if http.creates { StatusCode::CREATED } else { StatusCode::OK };
@@ -128,6 +130,11 @@ pub async fn handle(
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
+    if let Ok(value) = HeaderValue::from_str(http.cache_control)
+        && !http.cache_control.is_empty()
+    {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
     if let (Some(scope), Some(position)) = (WriteScope::of(route.service), written) {
         let tagged = gw.remember_write(&ctx, scope, &position).await;
         if let Ok(value) = HeaderValue::from_str(&tagged) {
@@ -135,6 +142,35 @@ pub async fn handle(
         }
     }
     Ok(response)
+}
+
+/// An answer whose binding names a bytes field of it (`response_body`):
+/// those bytes are the body, as the route's media type, with a strong
+/// `ETag` (a hash of the bytes, so equal bytes always get equal tags);
+/// the caller's `If-None-Match` naming it gets `304` without them.
+fn raw_answer(reply: &DynamicMessage, http: &Http, request: &HeaderMap) -> Response {
+    use sha2::Digest as _;
+    let bytes = match reply.get_field_by_name(http.response_body).as_deref() {
+        Some(Pb::Bytes(b)) => b.clone(),
+        _ => bytes::Bytes::new(),
+    };
+    let digest = sha2::Sha256::digest(&bytes);
+    let tag: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let etag = format!("\"{tag}\"");
+    // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`; `*` matches any.
+    let known =
+        request.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|list| {
+            list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        });
+    let mut response = if known {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, http.media_type)], bytes).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 /// The largest body `route` takes: its own `max_body_bytes` (an image

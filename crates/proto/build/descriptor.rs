@@ -72,6 +72,9 @@ pub struct Method {
     /// `.tenx.auth.v1.LoginRequest`.
     #[prost(string, tag = "2")]
     pub input_type: String,
+    /// `.tenx.auth.v1.LoginResponse`.
+    #[prost(string, tag = "3")]
+    pub output_type: String,
     #[prost(message, optional, tag = "4")]
     pub options: Option<MethodOptions>,
 }
@@ -107,6 +110,10 @@ pub struct Route {
     pub headers: Vec<HeaderField>,
     #[prost(uint32, tag = "8")]
     pub max_body_bytes: u32,
+    #[prost(string, tag = "9")]
+    pub media_type: String,
+    #[prost(string, tag = "10")]
+    pub cache_control: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -22,6 +22,8 @@ struct Binding {
     /// template is the literal here, and fills `field` with it.
     path: String,
     body: String,
+    /// The answer's bytes field that is the HTTP body, if any.
+    response_body: String,
     fixed: Vec<(String, String)>,
     headers: Vec<(String, String)>,
 }
@@ -37,7 +39,12 @@ fn literal(s: &str) -> bool {
 
 /// Checks one `google.api.http` rule, and the headers the route reads,
 /// against the request message.
-fn binding(rule: &HttpRule, route: &Route, input: &Descriptor) -> Result<Binding, String> {
+fn binding(
+    rule: &HttpRule,
+    route: &Route,
+    input: &Descriptor,
+    output: Option<&Descriptor>,
+) -> Result<Binding, String> {
     let patterns = [
         ("GET", &rule.get),
         ("PUT", &rule.put),
@@ -50,8 +57,17 @@ fn binding(rule: &HttpRule, route: &Route, input: &Descriptor) -> Result<Binding
         (Some(one), None, None) => one,
         _ => return Err("needs exactly one of get, put, post, delete, patch".into()),
     };
-    if !rule.additional_bindings.is_empty() || !rule.response_body.is_empty() {
-        return Err("additional_bindings and response_body are not supported".into());
+    if !rule.additional_bindings.is_empty() {
+        return Err("additional_bindings are not supported".into());
+    }
+    match (rule.response_body.as_str(), route.media_type.is_empty()) {
+        ("", true) => {}
+        ("", false) => return Err("media_type is for a response_body".into()),
+        (_, true) => return Err("a response_body needs the route's media_type".into()),
+        (name, false) => match output.and_then(|o| o.field.iter().find(|f| f.name == name)) {
+            Some(f) if f.r#type == BYTES && f.label != REPEATED && method == "GET" => {}
+            _ => return Err(format!("response_body {name:?} must be a bytes field of the answer of a GET")),
+        },
     }
     let field = |name: &str| input.field.iter().find(|f| f.name == name);
     let Some(rest) = template.strip_prefix("/v1/") else {
@@ -121,7 +137,14 @@ fn binding(rule: &HttpRule, route: &Route, input: &Descriptor) -> Result<Binding
     if route.max_body_bytes > 0 && rule.body.is_empty() {
         return Err("max_body_bytes on a binding without a body".into());
     }
-    Ok(Binding { method, path, body: rule.body.clone(), fixed, headers })
+    Ok(Binding {
+        method,
+        path,
+        body: rule.body.clone(),
+        response_body: rule.response_body.clone(),
+        fixed,
+        headers,
+    })
 }
 
 /// Writes `PUBLIC`, sorted by gRPC path; fails the build for a route that
@@ -166,9 +189,15 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
                     problems.push(format!("{path}: a call with an idempotency key is idempotent"));
                 }
                 let http = match (&options.http, messages.get(&method.input_type)) {
-                    (None, _) if route.creates || !route.headers.is_empty() || route.max_body_bytes > 0 => {
+                    (None, _)
+                        if route.creates
+                            || !route.headers.is_empty()
+                            || route.max_body_bytes > 0
+                            || !route.media_type.is_empty()
+                            || !route.cache_control.is_empty() =>
+                    {
                         problems.push(format!(
-                            "{path}: creates, headers and max_body_bytes need an HTTP binding"
+                            "{path}: creates, headers, max_body_bytes, media_type and cache_control need an HTTP binding"
                         ));
                         None
                     }
@@ -177,17 +206,19 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
                         problems.push(format!("{path}: request type {} not found", method.input_type));
                         None
                     }
-                    (Some(rule), Some(input)) => match binding(rule, &route, input) {
-                        Ok(b) if !bound.insert((b.method, b.path.clone())) => {
-                            problems.push(format!("{path}: {} {} is bound twice", b.method, b.path));
-                            None
+                    (Some(rule), Some(input)) => {
+                        match binding(rule, &route, input, messages.get(&method.output_type).copied()) {
+                            Ok(b) if !bound.insert((b.method, b.path.clone())) => {
+                                problems.push(format!("{path}: {} {} is bound twice", b.method, b.path));
+                                None
+                            }
+                            Ok(b) => Some(b),
+                            Err(e) => {
+                                problems.push(format!("{path}: (google.api.http): {e}"));
+                                None
+                            }
                         }
-                        Ok(b) => Some(b),
-                        Err(e) => {
-                            problems.push(format!("{path}: (google.api.http): {e}"));
-                            None
-                        }
-                    },
+                    }
                 };
                 rows.push((path, area.to_owned(), route, caller == 1, http));
             }
@@ -203,9 +234,18 @@ pub fn write_table(descriptor: &Path, out: &Path) -> Result<(), Box<dyn std::err
         let http = match http {
             None => "None".to_owned(),
             Some(b) => format!(
-                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, fixed: &{:?}, headers: &{:?}, creates: {}, \
-                 max_body_bytes: {} }})",
-                b.method, b.path, b.body, b.fixed, b.headers, r.creates, r.max_body_bytes
+                "Some(Http {{ method: {:?}, path: {:?}, body: {:?}, response_body: {:?}, fixed: &{:?}, \
+                 headers: &{:?}, creates: {}, max_body_bytes: {}, media_type: {:?}, cache_control: {:?} }})",
+                b.method,
+                b.path,
+                b.body,
+                b.response_body,
+                b.fixed,
+                b.headers,
+                r.creates,
+                r.max_body_bytes,
+                r.media_type,
+                r.cache_control
             ),
         };
         writeln!(

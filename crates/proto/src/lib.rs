@@ -191,6 +191,13 @@ pub mod edge {
         pub creates: bool,
         /// The largest body the route takes; 0: the gateway's own limit.
         pub max_body_bytes: u32,
+        /// A bytes field of the answer that is the whole HTTP body (an
+        /// image), sent as `media_type` with an `ETag`; empty: JSON.
+        pub response_body: &'static str,
+        /// The `Content-Type` of a `response_body`.
+        pub media_type: &'static str,
+        /// The answer's `Cache-Control`; empty: none.
+        pub cache_control: &'static str,
     }
 
     include!(concat!(env!("OUT_DIR"), "/edge_table.rs"));
@@ -232,6 +239,9 @@ pub mod edge {
                     headers: &[],
                     creates: false,
                     max_body_bytes: 0,
+                    response_body: "",
+                    media_type: "",
+                    cache_control: "",
                 })
             );
             let pay = by_operation("billing_invoices_pay").expect("public");
@@ -243,6 +253,13 @@ pub mod edge {
             assert!(by_operation("auth_signup").and_then(|r| r.http).is_some_and(|h| h.creates));
             let avatar = by_operation("avatar_upload").and_then(|r| r.http).expect("bound");
             assert_eq!((avatar.body, avatar.max_body_bytes), ("data", 5_308_416));
+            let thumbnail =
+                by_operation("avatars_get").filter(|r| r.anonymous).and_then(|r| r.http).expect("bound");
+            assert_eq!(
+                (thumbnail.path, thumbnail.response_body, thumbnail.media_type),
+                ("/v1/avatars/{avatar_id}", "data", "image/png")
+            );
+            assert!(thumbnail.cache_control.contains("immutable"));
             assert!(by_operation("auth_login").is_some_and(|r| r.vouches_for_client && r.anonymous));
             // Operator and service RPCs are never public.
             assert_eq!(by_path("/tenx.notification.v1.NotificationService/Send"), None);

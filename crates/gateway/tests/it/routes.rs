@@ -186,7 +186,7 @@ fn png(width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
 }
 
 #[tokio::test]
-async fn an_avatar_uploaded_as_the_raw_body_gets_its_thumbnails_and_the_body_limit_is_the_routes_own()
+async fn an_avatar_uploaded_as_the_raw_body_is_served_as_cacheable_thumbnails_and_the_body_limit_is_the_routes_own()
 -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let gw = platform.gateway().await?;
@@ -220,6 +220,40 @@ async fn an_avatar_uploaded_as_the_raw_body_gets_its_thumbnails_and_the_body_lim
             && user.json["user"]["avatar_256_id"].as_str().is_some_and(|id| !id.is_empty()))
     })
     .await?;
+
+    // The thumbnails, to anyone (an `<img>` sends no credential): PNGs of
+    // their size that never change under their ids, so cacheable for good
+    // and revalidated by their ETag without sending them again.
+    use tenx_proto::auth::v1::{GetAvatarRequest, auth_service_client::AuthServiceClient};
+    let mut door = AuthServiceClient::connect(format!("http://{}", gw.grpc_addr)).await?;
+    let user = send(gw.http_addr, "GET", "/v1/me", &me, None).await?;
+    for (field, size) in [("avatar_64_id", 64), ("avatar_256_id", 256)] {
+        let path = format!("/v1/avatars/{}", user.json["user"][field].as_str().unwrap_or_default());
+        let got = send(gw.http_addr, "GET", &path, &[], None).await?;
+        assert_eq!(got.status, 200, "{path}: {}", got.text);
+        assert_eq!(got.header("content-type"), Some("image/png"));
+        assert_eq!(got.header("cache-control"), Some("public, max-age=31536000, immutable"));
+        let thumbnail = image::load_from_memory(&got.body)?;
+        assert_eq!((thumbnail.width(), thumbnail.height()), (size, size), "{field}");
+        let etag = got.header("etag").unwrap_or_default().to_owned();
+        assert!(etag.starts_with('"') && etag.len() > 8, "a strong ETag: {etag:?}");
+        let again = send(gw.http_addr, "GET", &path, &[("if-none-match", &etag)], None).await?;
+        assert_eq!(again.status, 304, "{}", again.text);
+        assert!(again.body.is_empty(), "a 304 carries no image");
+        assert_eq!(again.header("etag"), Some(etag.as_str()));
+        let stale = send(gw.http_addr, "GET", &path, &[("if-none-match", "\"another\"")], None).await?;
+        assert_eq!((stale.status, stale.body.len()), (200, got.body.len()));
+        // The same bytes to a gRPC client, through the gateway's gRPC door.
+        let id = user.json["user"][field].as_str().unwrap_or_default().to_owned();
+        let over_grpc = door.get_avatar(GetAvatarRequest { avatar_id: id }).await?.into_inner();
+        assert_eq!((over_grpc.content_type.as_str(), &over_grpc.data[..]), ("image/png", &got.body[..]));
+    }
+    let unknown =
+        send(gw.http_addr, "GET", &format!("/v1/avatars/{}", uuid::Uuid::now_v7()), &[], None).await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    let malformed = send(gw.http_addr, "GET", "/v1/avatars/not-an-id", &[], None).await?;
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    assert_eq!(malformed.json["error"]["details"][0]["field"], "avatar_id", "{}", malformed.text);
 
     // Not an image type: refused by auth, naming the field.
     let text = upload("text/plain", b"hello".to_vec()).await?;

@@ -17,6 +17,8 @@ pub struct Reply {
     pub headers: http::HeaderMap,
     pub text: String,
     pub json: Value,
+    /// The body as received (an image).
+    pub body: Bytes,
 }
 
 impl Reply {
@@ -74,7 +76,7 @@ pub async fn send_bytes(
     let bytes = response.into_body().collect().await?.to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Reply { status, headers, text, json })
+    Ok(Reply { status, headers, text, json, body: bytes })
 }
 
 pub fn unique_email() -> String {
