@@ -162,7 +162,8 @@ impl Validate for AuthSettings {
             None,
         )
         .map_err(|e| Invalid::new("password.memory_kib", format!("invalid argon2 parameters: {e}")))?;
-        crate::keys::Kek::parse(self.tokens.key_encryption_key.expose())
+        // The form `keys::Kek` reads (settings are below keys: no import back).
+        tenx_common::sealed::SealKey::parse(self.tokens.key_encryption_key.expose())
             .map_err(|reason| Invalid::new("tokens.key_encryption_key", reason))?;
         if self.tokens.access_ttl_seconds == 0 || self.tokens.access_ttl_seconds > 86_400 {
             return Err(Invalid::new("tokens.access_ttl_seconds", "must be between 1 and 86400"));

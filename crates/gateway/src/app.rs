@@ -1,5 +1,6 @@
-//! Wiring: upstream channels, the JWKS, the rate limiter, the HTTP API,
-//! the gRPC front door and the admin port.
+//! Wiring, the one module that knows them all: builds the shared state
+//! (`state::Gateway`: upstream channels, the JWKS, the rate limiter), then
+//! serves the HTTP API, the gRPC front door and the admin port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,123 +19,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::EdgeError;
-use crate::policy::Ctx;
 use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
+use crate::state::Gateway;
 use crate::upstream::Upstream;
-
-/// Everything a request needs, shared by both front doors.
-pub struct Gateway {
-    pub settings: GatewaySettings,
-    pub metrics: Metrics,
-    pub authn: Arc<Authenticator>,
-    pub limiter: RateLimiter,
-    pub auth: Upstream,
-    pub notification: Upstream,
-    pub billing: Upstream,
-    /// Clients over their failed-authentication budget, until when.
-    pub auth_blocked: Cache<String, std::time::Instant>,
-    /// Requests in progress; when none is free, new ones are shed.
-    pub in_flight: Arc<Semaphore>,
-    /// Each user's last write position through this instance, so their
-    /// next read sees it even when the client does not send it back.
-    writes: Cache<String, String>,
-}
-
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").finish_non_exhaustive()
-    }
-}
-
-impl Gateway {
-    /// The upstream named by a public RPC (`tenx_proto::edge::PublicRpc::service`).
-    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        match name {
-            "auth" => Some(&self.auth),
-            "notification" => Some(&self.notification),
-            "billing" => Some(&self.billing),
-            _ => None,
-        }
-    }
-
-    /// The position a read of `service` must see: the one the client sent
-    /// back for that service, else the caller's last write to it through
-    /// this gateway. Positions are per service: each may have a database
-    /// cluster of its own, whose positions mean nothing to another's.
-    pub fn read_position(&self, ctx: &Ctx, service: WriteScope) -> Option<String> {
-        if let Some(sent) = ctx.position.as_deref().and_then(|p| service.own_position(p)) {
-            return Some(sent.to_owned());
-        }
-        let user = ctx.identity.as_ref()?.user_id()?;
-        self.writes.get(&format!("{}:{user}", service.name())).now_or_never_value()
-    }
-
-    /// Remembers the caller's write to `service` (for 10 s) and returns the
-    /// header value the client should send back to read it.
-    pub async fn remember_write(&self, ctx: &Ctx, service: WriteScope, position: &str) -> String {
-        if let Some(user) = ctx.identity.as_ref().and_then(|i| i.user_id()) {
-            self.writes.insert(format!("{}:{user}", service.name()), position.to_owned()).await;
-        }
-        service.tag(position)
-    }
-}
-
-/// A service whose writes the gateway tracks for read-your-writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteScope {
-    Auth,
-    Billing,
-}
-
-impl WriteScope {
-    /// The scope of a service's writes, for the services that return
-    /// write positions (auth, billing).
-    pub fn of(service: &str) -> Option<Self> {
-        match service {
-            "auth" => Some(WriteScope::Auth),
-            "billing" => Some(WriteScope::Billing),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            WriteScope::Auth => "auth",
-            WriteScope::Billing => "billing",
-        }
-    }
-
-    /// The `x-tenx-wal-position` value of a position of this service:
-    /// auth's as is (as it always was), billing's as `billing:<position>`.
-    pub fn tag(self, position: &str) -> String {
-        match self {
-            WriteScope::Auth => position.to_owned(),
-            WriteScope::Billing => format!("billing:{position}"),
-        }
-    }
-
-    /// This service's position in a header value, or `None` if the value
-    /// is another service's.
-    pub fn own_position(self, value: &str) -> Option<&str> {
-        match (self, value.strip_prefix("billing:")) {
-            (WriteScope::Auth, None) => Some(value),
-            (WriteScope::Billing, Some(position)) => Some(position),
-            _ => None,
-        }
-    }
-}
-
-/// `moka`'s future cache `get` is async only in name for a present key.
-trait NowOrNever<T> {
-    fn now_or_never_value(self) -> Option<T>;
-}
-
-impl<F: std::future::Future<Output = Option<T>>, T> NowOrNever<T> for F {
-    fn now_or_never_value(self) -> Option<T> {
-        futures_util::FutureExt::now_or_never(self).flatten()
-    }
-}
+use crate::writes::Writes;
 
 pub struct App {
     gateway: Arc<Gateway>,
@@ -189,7 +78,7 @@ impl App {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
-            writes: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(10)).build(),
+            writes: Writes::default(),
             settings,
             metrics: metrics.clone(),
         };

@@ -28,8 +28,8 @@ use tenx_proto::ops::v1::dead_letter_service_client::DeadLetterServiceClient;
 use tenx_proto::ops::v1::status_service_client::StatusServiceClient;
 use tonic::Code;
 
-use crate::app::Gateway;
 use crate::error::EdgeError;
+use crate::state::Gateway;
 use crate::upstream::Upstream;
 
 const PAGE: &str = include_str!("console/index.html");

@@ -15,9 +15,9 @@ use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt;
 
-use crate::app::Gateway;
 use crate::error::EdgeError;
 use crate::policy::{self, REQUEST_ID};
+use crate::state::Gateway;
 
 /// The gRPC proxy service (the fallback of the gateway's gRPC router).
 #[derive(Clone)]

@@ -24,11 +24,11 @@ use tonic::Code;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
-use crate::app::Gateway;
 use crate::error::EdgeError;
 use crate::policy::Ctx;
 use crate::policy::{self, REQUEST_ID};
 use crate::routes::Route;
+use crate::state::Gateway;
 use crate::transcode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -15,8 +15,10 @@ pub mod policy;
 pub mod ratelimit;
 pub mod routes;
 pub mod settings;
+pub mod state;
 pub mod transcode;
 pub mod upstream;
+pub mod writes;
 
 pub use app::{App, Running};
 pub use settings::GatewaySettings;

@@ -13,11 +13,11 @@ use tenx_common::authn;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use crate::app::Gateway;
 use crate::error::EdgeError;
 use crate::identity::Identity;
 use crate::ratelimit::Decision;
 use crate::routes::Route;
+use crate::state::Gateway;
 
 pub const REQUEST_ID: &str = "x-request-id";
 /// A service's write position, for read-your-writes across calls.
@@ -48,6 +48,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 }
 
 impl Ctx {
+    /// The calling user's id, if a user (or their API key) is calling.
+    pub fn user_id(&self) -> Option<String> {
+        self.identity.as_ref()?.user_id()
+    }
+
     fn base<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);

@@ -27,10 +27,11 @@ use tenx_proto::edge::{Http, PublicRpc};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::app::{Gateway, WriteScope};
 use crate::error::EdgeError;
 use crate::json::{self, Misfit};
 use crate::policy::{Ctx, WAL_POSITION};
+use crate::state::Gateway;
+use crate::writes::WriteScope;
 
 use tenx_common::idempotency::{METADATA as IDEMPOTENCY_KEY, REPLAYED as IDEMPOTENT_REPLAYED};
 
@@ -96,7 +97,7 @@ pub async fn handle(
     let upstream = gw.upstream(route.service).ok_or_else(internal)?;
     // Read-your-writes: a read carries the caller's last write position.
     let position = read_scope(route, http)
-        .and_then(|scope| gw.read_position(&ctx, scope))
+        .and_then(|scope| gw.writes.read_position(ctx.position.as_deref(), ctx.user_id().as_deref(), scope))
         .and_then(|p| MetadataValue::<Ascii>::try_from(p).ok());
     let answer = upstream
         .call(ctx.idempotent, ctx.deadline, || {
@@ -136,7 +137,7 @@ pub async fn handle(
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }
     if let (Some(scope), Some(position)) = (WriteScope::of(route.service), written) {
-        let tagged = gw.remember_write(&ctx, scope, &position).await;
+        let tagged = gw.writes.remember(ctx.user_id().as_deref(), scope, &position).await;
         if let Ok(value) = HeaderValue::from_str(&tagged) {
             response.headers_mut().insert(WAL_POSITION, value);
         }
