@@ -12,24 +12,8 @@ use uuid::Uuid;
 
 use crate::error::BillingError;
 use crate::ledger::{self, About, Entry};
+pub use crate::lines::{MAX_AMOUNT_MINOR, NewLine};
 use crate::model;
-
-/// One line to bill.
-#[derive(Debug, Clone)]
-pub struct NewLine {
-    /// `subscription`, `proration` or `usage`.
-    pub kind: &'static str,
-    pub description: String,
-    pub price_id: Uuid,
-    pub quantity: i64,
-    pub unit_amount_minor: i64,
-    pub amount_minor: i64,
-    pub period: (SystemTime, SystemTime),
-    /// Usage lines: the records they bill are those unbilled from before
-    /// this instant (later than `period.1` for a final invoice, which bills
-    /// everything accepted).
-    pub claim_before: Option<SystemTime>,
-}
 
 /// Who an invoice is for, for its events.
 #[derive(Debug, Clone)]
@@ -89,10 +73,6 @@ impl NewInvoice<'_> {
         self.lines.iter().any(|l| l.amount_minor != 0 || l.kind == "usage")
     }
 }
-
-/// The largest amount one invoice, or one of its lines, may bill (10^15
-/// minor units: sums of thousands of lines stay far inside `i64`).
-pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
 /// Builds, numbers and finalizes an invoice; posts its ledger transaction
 /// and writes `billing.invoice.finalized` (and `.paid` when nothing is

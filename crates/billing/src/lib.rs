@@ -11,6 +11,7 @@ pub mod error;
 pub mod idempotency;
 pub mod invoices;
 pub mod ledger;
+pub mod lines;
 pub mod metrics;
 pub mod model;
 pub mod payment_methods;

@@ -9,7 +9,7 @@ use tenx_proto::billing::v1 as pb;
 use uuid::Uuid;
 
 use crate::error::BillingError;
-use crate::invoices::NewLine;
+use crate::lines::{MAX_AMOUNT_MINOR, NewLine};
 
 /// Checked input of one record.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ pub async fn record<C: Prepared>(
              HAVING sum(u.quantity) > $2::bigint \
                  OR ceil(sum(u.quantity)::numeric / GREATEST(COALESCE(p.usage_package_size, 1), 1)) \
                     * COALESCE(p.usage_unit_amount_minor, 0) > $3::bigint LIMIT 1",
-            &[&dear, &MAX_UNBILLED_QUANTITY, &crate::invoices::MAX_AMOUNT_MINOR],
+            &[&dear, &MAX_UNBILLED_QUANTITY, &MAX_AMOUNT_MINOR],
         )
         .await?
     };
@@ -285,7 +285,7 @@ pub const MAX_UNBILLED_QUANTITY: i64 = 1_000_000_000_000_000;
 
 /// The usage line for `quantity` units of a metered price: whole packages
 /// rounded up, in checked arithmetic (an amount past
-/// [`crate::invoices::MAX_AMOUNT_MINOR`] is refused, never wrapped).
+/// [`MAX_AMOUNT_MINOR`] is refused, never wrapped).
 pub fn line(
     price_id: Uuid,
     meter_name: &str,
@@ -299,10 +299,7 @@ pub fn line(
     let package = package.max(1);
     let quantity_billed = quantity.max(0);
     let packages = quantity_billed / package + i64::from(quantity_billed % package != 0);
-    let amount = packages
-        .checked_mul(unit)
-        .filter(|a| *a <= crate::invoices::MAX_AMOUNT_MINOR)
-        .ok_or_else(too_large)?;
+    let amount = packages.checked_mul(unit).filter(|a| *a <= MAX_AMOUNT_MINOR).ok_or_else(too_large)?;
     Ok(NewLine {
         kind: "usage",
         description: format!("{quantity} {meter_name}"),

@@ -16,7 +16,7 @@ use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 
 use crate::mailer::{Email, Mailer};
-use crate::preferences::{self, Preferences};
+use crate::preferences::{self, Preferences, channel_label};
 use crate::templates::{TemplateError, Templates};
 
 /// One notification to deliver.
@@ -125,14 +125,6 @@ pub struct Deliverer {
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deliverer").finish_non_exhaustive()
-    }
-}
-
-pub fn channel_label(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Email => "email",
-        Channel::InApp => "in_app",
-        Channel::Unspecified => "unspecified",
     }
 }
 

@@ -6,7 +6,14 @@ use tenx_common::db::{Db, Prepared};
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 
-use crate::deliver::channel_label;
+/// A channel as preferences (and metrics) name it.
+pub fn channel_label(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "email",
+        Channel::InApp => "in_app",
+        Channel::Unspecified => "unspecified",
+    }
+}
 
 /// The switches a user turned off (everything else is on).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -16,10 +16,11 @@ use uuid::Uuid;
 use tenx_common::queue::dead_letters::DeadLetters;
 use tenx_common::queue::{Amqp, Topology};
 
-use crate::deliver::{DeliverError, Deliverer, channel_label};
+use crate::deliver::{DeliverError, Deliverer};
 use crate::email_log;
 use crate::error::NotifyError;
 use crate::preferences;
+use crate::preferences::channel_label;
 use crate::structs::{json_len, to_json};
 use crate::templates::{CATEGORIES, TemplateError};
 use crate::webhook_api;

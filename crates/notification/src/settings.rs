@@ -33,7 +33,7 @@ pub struct NotificationSettings {
     #[serde(default)]
     pub templates: TemplateSettings,
     #[serde(default)]
-    pub webhooks: crate::webhooks::WebhookSettings,
+    pub webhooks: WebhookSettings,
     pub codes: CodeSettings,
 }
 
@@ -183,5 +183,31 @@ impl Validate for NotificationSettings {
             return Err(Invalid::new("templates.dir", format!("{} is not a folder", dir.display())));
         }
         Ok(())
+    }
+}
+
+/// Signed webhook delivery (`webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    pub timeout_ms: u64,
+    pub disable_after_seconds: u64,
+    /// Endpoints on loopback, private or link-local addresses are refused
+    /// unless this is set (tests, or receivers inside the cluster).
+    #[serde(default)]
+    pub allow_private_networks: bool,
+    /// PEM file of extra CAs to trust for `https://` endpoints (receivers
+    /// behind a private CA); Mozilla's roots are always trusted.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            disable_after_seconds: 5 * 24 * 3600,
+            allow_private_networks: false,
+            ca_file: None,
+        }
     }
 }

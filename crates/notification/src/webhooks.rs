@@ -12,7 +12,6 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use prost::Message as _;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tenx_common::db::{Db, Prepared};
@@ -23,34 +22,11 @@ use tenx_proto::billing::v1 as billing;
 use tenx_proto::notification::v1::WebhookDue;
 use uuid::Uuid;
 
+use crate::settings::WebhookSettings;
+
 /// Consumer group of webhook deliveries.
 pub const GROUP: &str = "notification.webhooks";
 pub const DUE: &str = WebhookDue::EVENT_TYPE;
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct WebhookSettings {
-    pub timeout_ms: u64,
-    pub disable_after_seconds: u64,
-    /// Endpoints on loopback, private or link-local addresses are refused
-    /// unless this is set (tests, or receivers inside the cluster).
-    #[serde(default)]
-    pub allow_private_networks: bool,
-    /// PEM file of extra CAs to trust for `https://` endpoints (receivers
-    /// behind a private CA); Mozilla's roots are always trusted.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 10_000,
-            disable_after_seconds: 5 * 24 * 3600,
-            allow_private_networks: false,
-            ca_file: None,
-        }
-    }
-}
 
 /// `whsec_` + base64 of 24 random bytes.
 pub fn new_secret() -> String {
