@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use crate::error::BillingError;
 use crate::invoices::{self, NewInvoice, NewLine, Party, enqueue};
+use crate::jobs::{self, schedule_period_end};
 use crate::model;
 use crate::periods;
-use crate::scheduler::{self, schedule_period_end};
-use crate::subscriptions::{self, PriceRow};
+use crate::prices::{self, PriceRow};
 
 /// `n / d` rounded half to even (banker's rounding), for `n ≥ 0, d > 0`.
 pub fn round_half_even(n: i128, d: i128) -> i128 {
@@ -74,7 +74,7 @@ pub async fn lock<C: Prepared>(tx: &C, sub: Uuid, user: Uuid) -> Result<Locked, 
         id: sub,
         customer: row.get(0),
         status: row.get(1),
-        price: subscriptions::price(tx, row.get(2)).await?,
+        price: prices::price(tx, row.get(2)).await?,
         pending: row.get(3),
         period: (row.get(4), row.get(5)),
         cancel_at_period_end: row.get(6),
@@ -313,7 +313,7 @@ async fn bill_usage_so_far<C: Prepared>(
             lines: vec![line],
         };
         let id = invoices::issue(tx, now, usage_invoice).await?;
-        scheduler::charge_later(tx, sub.id, id, now).await?;
+        jobs::charge_later(tx, sub.id, id, now).await?;
     }
     Ok(())
 }
@@ -369,7 +369,7 @@ pub async fn apply_paid<C: Prepared>(tx: &C, invoice: Uuid, now: SystemTime) -> 
             .await?;
         }
     }
-    let new = subscriptions::price(tx, to).await?;
+    let new = prices::price(tx, to).await?;
     let party = Party::load(tx, sub.customer, &new.plan_name).await?;
     announce(tx, &sub, &party).await
 }
@@ -389,7 +389,7 @@ pub async fn abandon_unpaid<C: Prepared>(
         )
         .await?;
     if abandoned == 1 {
-        scheduler::void(tx, invoice, now).await?;
+        jobs::void(tx, invoice, now).await?;
     }
     Ok(abandoned == 1)
 }
@@ -470,10 +470,10 @@ pub async fn cancel<C: Prepared>(
         let id = invoices::issue(tx, now, final_invoice).await?;
         tx.execute_cached("UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1", &[&sub.id, &id])
             .await?;
-        scheduler::charge_later(tx, sub.id, id, now).await?;
+        jobs::charge_later(tx, sub.id, id, now).await?;
         invoice = Some(id);
     }
-    scheduler::end_now(tx, sub.id, "requested", now, &party).await?;
+    jobs::end_now(tx, sub.id, "requested", now, &party).await?;
     Ok(invoice)
 }
 

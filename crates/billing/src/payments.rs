@@ -665,7 +665,7 @@ macro_rules! settle_ctes {
         concat!(
             "WITH settled AS (UPDATE payment_attempts SET status = $2, provider_charge_id = $3, failure_code = $4, \
                failure_message = $5, completed_at = $6 WHERE id = $1 AND status = 'pending' RETURNING id), ",
-            crate::scheduler::delete_reconcile_job!("$6", "$7")
+            crate::jobs::delete_reconcile_job!("$6", "$7")
         )
     };
 }

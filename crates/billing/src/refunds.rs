@@ -77,7 +77,7 @@ pub fn reconciled_by(key: &str) -> Option<Uuid> {
 const SETTLE: &str = concat!(
     "WITH settled AS (UPDATE refunds SET status = $2, provider_refund_id = $3, failure_message = $4, \
        completed_at = $5 WHERE id = $1 AND status = 'pending' RETURNING id), ",
-    crate::scheduler::delete_reconcile_job!("$5", "$6"),
+    crate::jobs::delete_reconcile_job!("$5", "$6"),
     " SELECT EXISTS (SELECT 1 FROM settled)"
 );
 
@@ -134,17 +134,8 @@ pub async fn begin<C: Prepared>(
         &[&id, &attempt, &invoice, &customer, &amount, &currency, &reason, &provider, &requested_by, &now],
     )
     .await?;
-    crate::scheduler::schedule(
-        tx,
-        "refund_reconcile",
-        &reconcile_key(id),
-        None,
-        None,
-        None,
-        reconcile_at,
-        now,
-    )
-    .await?;
+    crate::jobs::schedule(tx, "refund_reconcile", &reconcile_key(id), None, None, None, reconcile_at, now)
+        .await?;
     let row = tx.query_one_cached(PENDING, &[&id]).await?;
     Ok(pending_of(&row))
 }

@@ -538,7 +538,7 @@ impl Core {
                     let mut conn = self.db.write().await?;
                     let tx = conn.transaction().await?;
                     let (customer, _) = customers::ensure(&tx, self.clock.as_ref(), user, "").await?;
-                    let price = subscriptions::price(&tx, price_id).await?;
+                    let price = crate::prices::price(&tx, price_id).await?;
                     let trial = match request.trial_days {
                         Some(days) if operator => subscriptions::Trial::Custom(days),
                         Some(_) => subscriptions::Trial::Price(0),
@@ -846,7 +846,7 @@ impl Core {
                     let mut conn = self.db.write().await?;
                     let tx = conn.transaction().await?;
                     let locked = crate::changes::lock(&tx, sub_id, user).await?;
-                    let new = subscriptions::price(&tx, price_id).await?;
+                    let new = crate::prices::price(&tx, price_id).await?;
                     let change =
                         crate::changes::change_plan(&tx, now, &self.rules, &locked, &new, timing, proration)
                             .await?;

@@ -13,44 +13,7 @@ use crate::invoices::{self, NewInvoice, NewLine, Party, enqueue};
 use crate::model;
 use crate::payments::{self, Attempt};
 use crate::periods;
-
-/// A price as subscriptions need it.
-#[derive(Debug, Clone)]
-pub struct PriceRow {
-    pub id: Uuid,
-    /// The product: one trial per customer per plan.
-    pub plan_id: Uuid,
-    pub currency: String,
-    pub amount_minor: i64,
-    pub months: i64,
-    pub trial_days: Option<u32>,
-    pub active: bool,
-    pub plan_name: String,
-    pub interval: String,
-}
-
-pub async fn price<C: Prepared>(db: &C, id: Uuid) -> Result<PriceRow, BillingError> {
-    let row = db
-        .query_opt_cached(
-            "SELECT p.id, p.currency, p.unit_amount_minor, p.billing_interval, p.interval_count, p.trial_days, \
-                    p.active AND pl.active AS active, pl.name, p.plan_id FROM prices p JOIN plans pl ON pl.id = p.plan_id WHERE p.id = $1",
-            &[&id],
-        )
-        .await?
-        .ok_or(BillingError::NotFound("price"))?;
-    let interval: String = row.get(3);
-    Ok(PriceRow {
-        id: row.get(0),
-        currency: row.get::<_, String>(1).trim().to_owned(),
-        amount_minor: row.get(2),
-        months: periods::months_per_period(&interval, row.get(4)),
-        trial_days: row.get::<_, Option<i32>>(5).and_then(|d| u32::try_from(d).ok()),
-        active: row.get(6),
-        plan_name: row.get(7),
-        plan_id: row.get(8),
-        interval,
-    })
-}
+use crate::prices::PriceRow;
 
 /// What CreateSubscription decided in its first transaction.
 #[derive(Debug)]
@@ -210,10 +173,10 @@ pub async fn create<C: Prepared>(
         let what = payments::Begin { invoice, owner: None, method, initiated_by: "customer", claim: None };
         charge = Some(payments::begin(tx, now, what, policy).await?);
     }
-    crate::scheduler::schedule_period_end(tx, id, period.1, now).await?;
+    crate::jobs::schedule_period_end(tx, id, period.1, now).await?;
     if paid_now {
         let expiry = now + incomplete_expiry;
-        crate::scheduler::schedule(
+        crate::jobs::schedule(
             tx,
             "incomplete_expiry",
             &format!("incomplete_expiry:{id}"),
