@@ -101,7 +101,7 @@ enum Account {
 impl Account {
     fn named(email: &str, user_id: &str) -> Result<Self, AuthError> {
         match (email.is_empty(), user_id.is_empty()) {
-            (false, true) => Ok(Account::Email(validate::email("email", email)?)),
+            (false, true) => Ok(Account::Email(validate::canonical_email(email))),
             (true, false) => Ok(Account::Id(validate::id("user_id", user_id)?)),
             _ => Err(AuthError::invalid("email", "set exactly one of email or user_id")),
         }
@@ -225,7 +225,7 @@ impl Core {
         &self,
         request: pb::SignUpRequest,
     ) -> Result<(pb::SignUpResponse, WalPosition), AuthError> {
-        let email = validate::email("email", &request.email)?;
+        let email = validate::canonical_email(&request.email);
         self.passwords.check_new("password", &request.password)?;
         let (display_name, device) = (request.display_name.clone(), request.device_name.clone());
         let hash = self.passwords.hash(&request.password).await?;
@@ -254,7 +254,7 @@ impl Core {
         request: pb::LoginRequest,
         client: &str,
     ) -> Result<(pb::LoginResponse, WalPosition), AuthError> {
-        let email = validate::email("email", &request.email)?;
+        let email = validate::canonical_email(&request.email);
         let device = request.device_name.clone();
         let wrong = AuthError::Unauthenticated("wrong email or password");
 
@@ -637,7 +637,7 @@ impl Core {
         &self,
         request: pb::RequestPasswordResetRequest,
     ) -> Result<(), AuthError> {
-        let email = validate::email("email", &request.email)?;
+        let email = validate::canonical_email(&request.email);
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let cooldown = Duration::from_secs(self.settings.codes.resend_cooldown_seconds);
@@ -678,7 +678,7 @@ impl Core {
     }
 
     async fn reset_password(&self, request: pb::ResetPasswordRequest) -> Result<WalPosition, AuthError> {
-        let email = validate::email("email", &request.email)?;
+        let email = validate::canonical_email(&request.email);
         let code = request.code.as_str();
         self.passwords.check_new("new_password", &request.new_password)?;
         let wrong = || AuthError::Wrong("code: wrong, used or expired");

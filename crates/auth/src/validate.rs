@@ -4,21 +4,27 @@
 //! (`tenx_proto::rules`); what is left here normalises, parses, or checks
 //! input that arrives some other way (configuration, the CLI).
 
-use tenx_proto::rules::{Checked, Path, Violations};
+use tenx_proto::rules::{Path, Violations, field_rules};
 use uuid::Uuid;
 
 use crate::error::AuthError;
 
-/// An email address in the one form accounts are stored under (lower
-/// case), checked by the contract's rule for `SignUpRequest.email` when it
-/// did not come through an RPC that checked it already.
+/// The one form accounts are stored under (lower case), for an address
+/// its RPC's contract rule has already checked.
+pub fn canonical_email(raw: &str) -> String {
+    raw.to_lowercase()
+}
+
+/// An email that arrives other than through an RPC (the CLI): checked by
+/// the contract's rule for `SignUpRequest.email`, then canonical.
 pub fn email(field: &'static str, raw: &str) -> Result<String, AuthError> {
-    let probe = tenx_proto::auth::v1::SignUpRequest { email: raw.to_owned(), ..Default::default() };
+    let rules = field_rules("tenx.auth.v1.SignUpRequest", "email")
+        .ok_or_else(|| AuthError::Internal("SignUpRequest.email declares no rule".into()))?;
     let mut violations = Violations::default();
-    probe.check_into(&mut violations, &Path::ROOT);
-    match violations.0.into_iter().find(|(f, _)| f == "email") {
+    rules.text(&mut violations, &Path::ROOT.field(field), raw);
+    match violations.0.into_iter().next() {
         Some((_, reason)) => Err(AuthError::invalid(field, reason)),
-        None => Ok(raw.to_lowercase()),
+        None => Ok(canonical_email(raw)),
     }
 }
 

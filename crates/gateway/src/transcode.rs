@@ -131,8 +131,8 @@ pub async fn handle(
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    if let Ok(value) = HeaderValue::from_str(http.cache_control)
-        && !http.cache_control.is_empty()
+    if !http.cache_control.is_empty()
+        && let Ok(value) = HeaderValue::from_str(http.cache_control)
     {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }

@@ -74,19 +74,23 @@ impl Writes {
         if let Some(sent) = sent.and_then(|p| scope.own_position(p)) {
             return Some(sent.to_owned());
         }
-        let key = format!("{}:{}", scope.name(), user?);
         // moka's future cache `get` is async only in name for a present key.
-        futures_util::FutureExt::now_or_never(self.last.get(&key)).flatten()
+        futures_util::FutureExt::now_or_never(self.last.get(&key(scope, user?))).flatten()
     }
 
     /// Remembers `user`'s write to `scope` and returns the header value the
     /// client should send back to read it.
     pub async fn remember(&self, user: Option<&str>, scope: WriteScope, position: &str) -> String {
         if let Some(user) = user {
-            self.last.insert(format!("{}:{user}", scope.name()), position.to_owned()).await;
+            self.last.insert(key(scope, user), position.to_owned()).await;
         }
         scope.tag(position)
     }
+}
+
+/// One user's last write to one service.
+fn key(scope: WriteScope, user: &str) -> String {
+    format!("{}:{user}", scope.name())
 }
 
 #[cfg(test)]

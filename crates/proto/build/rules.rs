@@ -142,11 +142,11 @@ pub fn write(descriptor: &Path, out: &Path) -> BuildResult<()> {
     Ok(())
 }
 
+/// The generated type's path; tenx's message names are already prost's
+/// UpperCamelCase (as `events.rs` relies on too).
 fn rust_path(message: &MessageDescriptor) -> String {
     let module = message.package_name().trim_start_matches("tenx.").replace('.', "::");
-    let mut chars = message.name().chars();
-    let name = chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default();
-    format!("crate::{module}::{name}")
+    format!("crate::{module}::{}", message.name())
 }
 
 /// prost's field name (`type` → `r#type`).
@@ -165,11 +165,10 @@ fn check_call(id: &str, field: &FieldDescriptor, member: &str, r: &Rules) -> Bui
         let mut call = format!("{id}.list(v, &at.field({name:?}), self.{member}.len());");
         if r.items.is_some() {
             let each = match field.kind() {
-                Kind::String => "text(v, &at.item({name:?}, i), item)".to_owned(),
+                Kind::String => format!("text(v, &at.item({name:?}, i), item)"),
                 Kind::Enum(e) => format!("enumeration(v, &at.item({name:?}, i), *item, &{:?})", numbers(&e)),
                 other => return Err(format!("{}: item rules on {other:?} lists", field.full_name()).into()),
             };
-            let each = each.replace("{name:?}", &format!("{name:?}"));
             write!(
                 call,
                 " if let Some(items) = {id}.items {{ for (i, item) in self.{member}.iter().enumerate() {{ items.{each}; }} }}"
