@@ -1,22 +1,19 @@
-//! Wiring: pools, cache, broker, keys, the gRPC API, the outbox relay, the
-//! avatar worker and the admin port, started and stopped together.
+//! Wiring: pools, cache, broker and signing keys; what the host serves of
+//! them ([`App::parts`]), and the operator commands that work on auth's
+//! database directly.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenx_common::admin::{self, Readiness};
 use tenx_common::authn::{AuthnLayer, Revocations};
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
 use tenx_common::db::{self, Db, Prepared};
 use tenx_common::grpc::GrpcServer;
+use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::outbox::Relay;
-use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::queue::{Amqp, Topology};
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_server::AuthServiceServer;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::avatar::{self, AvatarWorker};
 use crate::error::AuthError;
@@ -135,14 +132,6 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Where a running instance listens, and its task.
-#[derive(Debug)]
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<Result<(), AuthError>>,
-}
-
 impl App {
     /// Connects everything (lazily where a dependency may be down) and
     /// loads the signing keys. Migrations must have run.
@@ -185,129 +174,95 @@ impl App {
         Ok(Self { settings, metrics, db, amqp, cache, core, grpc, redis, authenticator })
     }
 
-    /// Binds the gRPC and admin addresses from the settings (port 0 picks
-    /// free ports) and runs until `shutdown`.
-    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, AuthError> {
-        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
-        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
-        tracing::info!(%grpc_addr, %admin_addr, "tenx-auth listening");
-        let task = tokio::spawn(self.run(grpc, admin, shutdown));
-        Ok(Running { grpc_addr, admin_addr, task })
+    /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, HostError> {
+        host::spawn(self.parts(), shutdown).await
     }
 
-    async fn run(self, grpc: TcpListener, admin: TcpListener, shutdown: Shutdown) -> Result<(), AuthError> {
-        let mut tasks = JoinSet::new();
-        let retention = tenx_common::retention::Retention::new(
-            &self.db,
-            &self.settings.retention,
-            self.settings.outbox.retention_hours,
-            retention_rules(&self.settings),
-            &self.metrics,
-        );
-        let stop = shutdown.child();
-        tasks.spawn(async move { retention.run(stop).await });
-        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
-        let stop = shutdown.child();
-        tasks.spawn(async move { relay.run(stop).await });
-        let topology = Topology::for_group(
-            &self.settings.amqp,
+    /// What the host serves: the auth API, the avatar worker, the key
+    /// schedule, the revocation heartbeat, the login-attempt sweep and
+    /// everything a backend brings.
+    pub fn parts(self) -> Parts {
+        let settings = &self.settings;
+        let avatars = Topology::for_group(
+            &settings.amqp,
             avatar::GROUP,
             &[tenx_proto::auth::v1::AvatarUploaded::EVENT_TYPE],
         );
         let worker = AvatarWorker { db: self.db.clone(), users: self.core.users.clone() };
-        let dead_letters = tenx_common::ops::dead_letter_service(self.amqp.clone(), vec![topology.clone()]);
-        let consumer = Consumer::new(self.amqp.clone(), topology, worker, &self.metrics);
-        let stop = shutdown.child();
-        tasks.spawn(async move { consumer.run(stop).await });
-        let (keys, db, tokens, stop) =
-            (self.core.keys.clone(), self.db.clone(), self.settings.tokens.clone(), shutdown.child());
-        tasks.spawn(async move {
-            // Often enough that every instance has loaded the next key
-            // well before it signs.
-            let every = KEY_RELOAD
-                .min(Duration::from_secs(tokens.rotation_lead_seconds) / 4)
-                .max(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait() => return,
-                }
-                match keys::rotate_if_due(&db, &tokens).await {
-                    Ok(done) => {
-                        if let Some(kid) = &done.created {
-                            tracing::info!(%kid, "next signing key published; it signs once the current one has served its period");
-                        }
-                        if done.retired > 0 {
-                            tracing::info!(retired = done.retired, "signing key replaced by its successor");
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "scheduled signing key rotation failed"),
-                }
-                if let Err(error) = keys.reload().await {
-                    tracing::warn!(%error, "signing key reload failed");
-                }
-            }
-        });
-        // Every follower of the revocation feed hears auth each second, or
-        // stops trusting its set (a silent connection, a wrong prefix).
-        let (redis, stop) = (self.redis.clone(), shutdown.child());
-        tasks.spawn(async move { tenx_common::authn::heartbeat_until(redis, stop).await });
-        // Auth's own verifier follows its key set like every other's.
-        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
-        tasks.spawn(async move { authenticator.keep_current(stop).await });
-        let (db, stop) = (self.db.clone(), shutdown.child());
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(ATTEMPTS_SWEEP) => {}
-                    _ = stop.wait() => return,
-                }
-                if let Err(error) = sweep_login_attempts(&db).await {
-                    tracing::warn!(%error, "sweeping old login attempts failed");
-                }
-            }
-        });
-        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone());
-        if let Some(export) = tenx_common::metrics::otlp::exporter(
+        let backend = Backend::new(
+            self.db.clone(),
+            self.cache.clone(),
+            self.amqp.clone(),
             &self.metrics,
-            "auth",
-            &self.settings.telemetry,
-            shutdown.child(),
-        ) {
-            tasks.spawn(export);
-        }
-        let status = tenx_common::ops::status_service("auth", self.metrics.clone(), readiness.clone());
-        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
-        let delay = self.settings.server.shutdown_delay();
-        tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
-                tracing::error!(%error, "admin server failed");
-            }
-        });
-
+            &settings.outbox,
+            &settings.retention,
+        )
+        .prune(retention_rules(settings))
+        .consumer(avatars, worker);
         // Room for the largest avatar; everything else is far smaller.
-        let max_message = self.settings.avatars.max_bytes + 64 * 1024;
+        let max_message = settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
-        let replay = tenx_common::ops::event_replay_service(&self.db, self.amqp.clone());
-        let router = self
-            .grpc
-            .router()
-            .add_service(api)
-            .add_service(dead_letters)
-            .add_service(status)
-            .add_service(replay);
-        let served =
-            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
-        shutdown.trigger();
-        while tasks.join_next().await.is_some() {}
-        self.amqp.close().await;
-        served.map_err(|e| AuthError::Internal(format!("gRPC server: {e}")))
+        let router = self.grpc.router().add_service(api);
+        let (keys, db, tokens) = (self.core.keys.clone(), self.db.clone(), settings.tokens.clone());
+        let (redis, sweep_db) = (self.redis.clone(), self.db.clone());
+        Parts::new("auth", &settings.server, &settings.telemetry, &self.metrics, self.grpc.clone(), router)
+            .serving(&[SERVICE_NAME])
+            .backend(backend)
+            // Auth's own verifier follows its key set like every other's.
+            .verifier(self.authenticator.clone())
+            .task(move |stop| follow_key_schedule(keys, db, tokens, stop))
+            // Every follower of the revocation feed hears auth each second,
+            // or stops trusting its set (a silent connection, a wrong prefix).
+            .task(move |stop| tenx_common::authn::heartbeat_until(redis, stop))
+            .task(move |stop| sweep_login_attempts_until(sweep_db, stop))
     }
 }
 
-fn io(error: std::io::Error) -> AuthError {
-    AuthError::Internal(format!("bind: {error}"))
+/// Publishes the next signing key and retires the old one when due, and
+/// reloads the key set, often enough that every instance has loaded the
+/// next key well before it signs.
+async fn follow_key_schedule(
+    keys: Arc<Keys>,
+    db: Arc<Db>,
+    tokens: crate::settings::TokenSettings,
+    stop: Shutdown,
+) {
+    let every =
+        KEY_RELOAD.min(Duration::from_secs(tokens.rotation_lead_seconds) / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait() => return,
+        }
+        match keys::rotate_if_due(&db, &tokens).await {
+            Ok(done) => {
+                if let Some(kid) = &done.created {
+                    tracing::info!(%kid, "next signing key published; it signs once the current one has served its period");
+                }
+                if done.retired > 0 {
+                    tracing::info!(retired = done.retired, "signing key replaced by its successor");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "scheduled signing key rotation failed"),
+        }
+        if let Err(error) = keys.reload().await {
+            tracing::warn!(%error, "signing key reload failed");
+        }
+    }
+}
+
+async fn sweep_login_attempts_until(db: Arc<Db>, stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ATTEMPTS_SWEEP) => {}
+            _ = stop.wait() => return,
+        }
+        if let Err(error) = sweep_login_attempts(&db).await {
+            tracing::warn!(%error, "sweeping old login attempts failed");
+        }
+    }
 }
 
 // How the host runs this service (`main`'s `serve`).

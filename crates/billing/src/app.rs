@@ -1,22 +1,18 @@
-//! Wiring: pools, broker, the gRPC API, the outbox relay, the customers
-//! consumer and the admin port.
+//! Wiring: pools, broker, the payment provider and the scheduler; what
+//! the host serves of them ([`App::parts`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tenx_common::admin::{self, Readiness};
 use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::{CacheLayer, Redis};
 use tenx_common::db::{self, Db};
 use tenx_common::grpc::{self, GrpcServer};
+use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::outbox::Relay;
-use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::queue::{Amqp, Topology};
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::billing::v1::billing_service_server::BillingServiceServer;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
@@ -85,13 +81,6 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").finish_non_exhaustive()
     }
-}
-
-#[derive(Debug)]
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<Result<(), BillingError>>,
 }
 
 impl App {
@@ -163,84 +152,43 @@ impl App {
         self.authenticator.clone()
     }
 
-    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, BillingError> {
-        let io = |e: std::io::Error| BillingError::Internal(format!("bind: {e}"));
-        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
-        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
-        tracing::info!(%grpc_addr, %admin_addr, "tenx-billing listening");
-        let task = tokio::spawn(self.run(grpc, admin, shutdown));
-        Ok(Running { grpc_addr, admin_addr, task })
+    /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, HostError> {
+        host::spawn(self.parts(), shutdown).await
     }
 
-    async fn run(
-        self,
-        grpc: TcpListener,
-        admin: TcpListener,
-        shutdown: Shutdown,
-    ) -> Result<(), BillingError> {
-        let mut tasks = JoinSet::new();
-        let retention = tenx_common::retention::Retention::new(
-            &self.db,
-            &self.settings.retention,
-            self.settings.outbox.retention_hours,
-            Vec::new(),
-            &self.metrics,
-        );
-        let stop = shutdown.child();
-        tasks.spawn(async move { retention.run(stop).await });
-        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
-        let stop = shutdown.child();
-        tasks.spawn(async move { relay.run(stop).await });
-        let consumer = Consumer::new(
+    /// What the host serves: the billing API, the customers consumer, the
+    /// scheduler (unless disabled) and everything a backend brings.
+    pub fn parts(self) -> Parts {
+        let settings = &self.settings;
+        let customers = CustomerWorker { db: self.db.clone(), clock: self.core.clock.clone() };
+        let backend = Backend::new(
+            self.db.clone(),
+            self.cache.clone(),
             self.amqp.clone(),
-            customers_topology(&self.settings),
-            CustomerWorker { db: self.db.clone(), clock: self.core.clock.clone() },
             &self.metrics,
-        );
-        let stop = shutdown.child();
-        tasks.spawn(async move { consumer.run(stop).await });
-        if self.settings.scheduler.enabled {
-            let (scheduler, stop) = (self.scheduler.clone(), shutdown.child());
-            tasks.spawn(async move { scheduler.run(stop).await });
-        }
-        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
-        tasks.spawn(async move { authenticator.keep_current(stop).await });
-        let authenticator = self.authenticator.clone();
-        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
-            .check("authn", move || std::future::ready(authenticator.ready()));
-        if let Some(export) = tenx_common::metrics::otlp::exporter(
-            &self.metrics,
+            &settings.outbox,
+            &settings.retention,
+        )
+        .consumer(customers_topology(settings), customers);
+        let router =
+            self.grpc.router().add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())));
+        let mut parts = Parts::new(
             "billing",
-            &self.settings.telemetry,
-            shutdown.child(),
-        ) {
-            tasks.spawn(export);
+            &settings.server,
+            &settings.telemetry,
+            &self.metrics,
+            self.grpc.clone(),
+            router,
+        )
+        .serving(&[SERVICE_NAME])
+        .backend(backend)
+        .verifier(self.authenticator.clone());
+        if settings.scheduler.enabled {
+            let scheduler = self.scheduler.clone();
+            parts = parts.task(move |stop| async move { scheduler.run(stop).await });
         }
-        let status = tenx_common::ops::status_service("billing", self.metrics.clone(), readiness.clone());
-        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
-        let delay = self.settings.server.shutdown_delay();
-        tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
-                tracing::error!(%error, "admin server failed");
-            }
-        });
-        let dead_letters = tenx_common::ops::dead_letter_service(
-            self.amqp.clone(),
-            vec![customers_topology(&self.settings)],
-        );
-        let router = self
-            .grpc
-            .router()
-            .add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())))
-            .add_service(dead_letters)
-            .add_service(status)
-            .add_service(tenx_common::ops::event_replay_service(&self.db, self.amqp.clone()));
-        let served =
-            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
-        shutdown.trigger();
-        while tasks.join_next().await.is_some() {}
-        self.amqp.close().await;
-        served.map_err(|e| BillingError::Internal(format!("gRPC server: {e}")))
+        parts
     }
 }
 

@@ -29,5 +29,6 @@ pub mod subscriptions;
 pub mod usage;
 pub mod webhook;
 
-pub use app::{App, Running, migrate};
+pub use app::{App, migrate};
 pub use settings::BillingSettings;
+pub use tenx_common::host::Running;

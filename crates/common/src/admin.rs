@@ -37,6 +37,12 @@ impl Readiness {
         Self::default()
     }
 
+    /// `other`'s checks after these.
+    pub fn merge(mut self, other: Readiness) -> Self {
+        self.checks.extend(other.checks);
+        self
+    }
+
     /// Adds a check; `Err` carries a short reason shown by `/readyz`.
     pub fn check<F, Fut>(mut self, name: &str, check: F) -> Self
     where

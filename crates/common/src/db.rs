@@ -203,12 +203,19 @@ struct FallbackLabels {
     reason: FallbackReason,
 }
 
+/// A pool of a service: `pool` is its application name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct PoolLabels {
+    pub pool: String,
+    pub role: Role,
+}
+
 #[derive(Clone)]
 struct DbMetrics {
     reads: Family<ServedLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     /// Time to get a connection from a pool (a new one, or an idle one).
-    wait: Family<crate::probes::PoolLabels, Histogram>,
+    wait: Family<PoolLabels, Histogram>,
 }
 
 impl Default for DbMetrics {
@@ -291,9 +298,8 @@ impl Db {
             .as_ref()
             .map(|url| build_pool(settings, url.expose(), app_name, RecyclingMethod::Fast))
             .transpose()?;
-        // The metric probes' own connection to each server: a scrape
-        // neither waits behind the service's callers for a pooled one nor
-        // shows up among the waiters it reports. Opened at the first scrape.
+        // The metric probes' own connection to each server
+        // (`probes::watch_pools`). Opened at the first scrape.
         let mut one = settings.clone();
         one.max_connections = 1;
         let probe = Probes {
@@ -302,12 +308,6 @@ impl Db {
                 .map(|url| build_pool(&one, url.expose(), app_name, RecyclingMethod::Fast))
                 .transpose()?,
         };
-        crate::probes::watch_pools(
-            metrics,
-            app_name,
-            [&primary, &probe.primary],
-            replica.as_ref().zip(probe.replica.as_ref()),
-        );
         Ok(Self {
             primary,
             replica,
@@ -381,6 +381,13 @@ impl Db {
         &self.name
     }
 
+    /// Each server's pools as `[the service's pool, the probes'
+    /// one-connection pool]`: the first is reported, the second queried.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn pools_to_watch(&self) -> ([&Pool; 2], Option<(&Pool, &Pool)>) {
+        ([&self.primary, &self.probe.primary], self.replica.as_ref().zip(self.probe.replica.as_ref()))
+    }
+
     /// The metric probes' one-connection pool on the primary (in the
     /// service's schema).
     pub(crate) fn probe_pool(&self) -> &Pool {
@@ -402,7 +409,7 @@ impl Db {
 
     /// Records how long a caller waited for a connection (given or not).
     fn waited(&self, role: Role, asked: Instant) {
-        let labels = crate::probes::PoolLabels { pool: self.name.clone(), role };
+        let labels = PoolLabels { pool: self.name.clone(), role };
         self.metrics.wait.get_or_create(&labels).observe(asked.elapsed().as_secs_f64());
     }
 

@@ -13,4 +13,4 @@ pub use balance::{Balanced, MakeChannel, Resolve, system_resolver};
 pub use client::{ClientSettings, TraceInterceptor, TracedChannel, connect, connect_with};
 pub use error::ApiError;
 pub use rpc_layer::{RECENT_SLOW_REQUESTS, RpcLayer, SlowRequest, recent_slow_requests};
-pub use server::{GrpcServer, ServerSettings};
+pub use server::{GrpcServer, ServerSettings, ServiceRouter};

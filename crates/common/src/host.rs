@@ -1,29 +1,42 @@
-//! What every service binary does the same way when it serves: telemetry
-//! for its name, a shutdown on SIGTERM or SIGINT, build, bind and run the
-//! service until it has drained, flush the pending spans, and report a
-//! failure with every cause, not just the outermost one.
+//! What every service does the same way: the binary's `serve` (telemetry
+//! for its name, a shutdown on SIGTERM or SIGINT, build, serve until
+//! drained, flush the pending spans, report a failure with every cause),
+//! and the serving itself: binding, the background tasks, the outbox
+//! relay, retention, consumers, the operator RPCs, the admin port, the
+//! drain and the join ([`spawn`]).
 //!
-//! A service is its crate's `App` implementing [`Service`] (one line:
-//! [`hosted!`]); its `main` is then `host::serve::<App>(settings)` beside
-//! its own commands (`migrate`, …).
+//! A service is its crate's `App`: `App::build` connects what it needs,
+//! `App::parts` says what it serves ([`Parts`]), and [`hosted!`]
+//! implements [`Service`] from them in one line. Its `main` is then
+//! `host::serve::<App>(settings)` beside its own commands (`migrate`, …);
+//! tests and `tenx-dev` start it with [`start`].
+
+mod parts;
+mod run;
+
+pub use parts::{Backend, Parts};
+pub use run::{HostError, Running, spawn};
 
 use std::error::Error;
 use std::future::Future;
 
+use crate::grpc::ServerSettings;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::telemetry::TelemetrySettings;
 
-/// A tenx service, as the host runs it. Implemented with [`hosted!`]
-/// for an `App` with the usual `build`, `spawn` and `Running { task }`.
+/// A tenx service, as the host runs it. Implemented with [`hosted!`].
 pub trait Service: Sized + Send + 'static {
     /// The binary's name (`tenx-auth`): logs, traces, error lines.
     const NAME: &'static str;
-    type Settings: Send + 'static;
+    type Settings: Clone + Send + 'static;
     type Error: Error + Send + Sync + 'static;
 
     /// Where its traces and logs go.
     fn telemetry(settings: &Self::Settings) -> &TelemetrySettings;
+
+    /// Its gRPC and admin ports (moved by tests and `tenx-dev`).
+    fn server(settings: &mut Self::Settings) -> &mut ServerSettings;
 
     /// Connects what it needs (pools, Redis, the broker lazily), serving
     /// nothing yet.
@@ -32,18 +45,14 @@ pub trait Service: Sized + Send + 'static {
         metrics: Metrics,
     ) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
-    /// Binds its ports and starts serving; the task ends once `shutdown`
-    /// has drained it.
-    fn spawn(self, shutdown: Shutdown)
-    -> impl Future<Output = Result<Task<Self::Error>, Self::Error>> + Send;
+    /// What it serves.
+    fn parts(self) -> Parts;
 }
 
-/// A running service: its task, which answers how it ended.
-pub type Task<E> = tokio::task::JoinHandle<Result<(), E>>;
-
-/// Implements [`Service`] for a service's `App`: `hosted!(App, "tenx-auth",
-/// AuthSettings, AuthError)`, given `App::build(settings, metrics)`,
-/// `App::spawn(shutdown) -> Running { task, .. }` and `settings.telemetry`.
+/// Implements [`Service`] for a service's `App`: `hosted!(App,
+/// "tenx-auth", AuthSettings, AuthError)`, given `App::build(settings,
+/// metrics)`, `App::parts(self) -> Parts` and the settings' `telemetry`
+/// and `server`.
 #[macro_export]
 macro_rules! hosted {
     ($app:ty, $name:literal, $settings:ty, $error:ty) => {
@@ -56,27 +65,37 @@ macro_rules! hosted {
                 &settings.telemetry
             }
 
+            fn server(settings: &mut $settings) -> &mut $crate::grpc::ServerSettings {
+                &mut settings.server
+            }
+
             async fn build(settings: $settings, metrics: $crate::metrics::Metrics) -> Result<Self, $error> {
                 <$app>::build(settings, metrics).await
             }
 
-            async fn spawn(
-                self,
-                shutdown: $crate::shutdown::Shutdown,
-            ) -> Result<$crate::host::Task<$error>, $error> {
-                Ok(<$app>::spawn(self, shutdown).await?.task)
+            fn parts(self) -> $crate::host::Parts {
+                <$app>::parts(self)
             }
         }
     };
+}
+
+/// Builds service `S` and serves it until `shutdown` (tests, `tenx-dev`).
+pub async fn start<S: Service>(
+    settings: S::Settings,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> Result<Running, HostError> {
+    let service = S::build(settings, metrics).await.map_err(HostError::service)?;
+    spawn(service.parts(), shutdown).await
 }
 
 /// The `serve` command of service `S`.
 pub async fn serve<S: Service>(settings: S::Settings) -> Result<(), String> {
     let telemetry = S::telemetry(&settings).clone();
     crate::cli::serve(S::NAME, &telemetry, |shutdown| async move {
-        let service = S::build(settings, Metrics::default()).await.map_err(|e| report(&e))?;
-        let task = service.spawn(shutdown).await.map_err(|e| report(&e))?;
-        match task.await {
+        let running = start::<S>(settings, Metrics::default(), shutdown).await.map_err(|e| report(&e))?;
+        match running.task.await {
             Ok(ended) => ended.map_err(|e| report(&e)),
             Err(e) => Err(format!("the service task: {e}")),
         }

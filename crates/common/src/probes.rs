@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::AtomicU64;
 
-use crate::db::{Prepared, Role, WalPosition};
+use crate::db::{Db, PoolLabels, Prepared, Role, WalPosition};
 use crate::metrics::{MetricSet, Metrics};
 use crate::queue::{Amqp, Topology, close_quietly, inspect};
 
@@ -38,12 +38,6 @@ pub const INBOX_EXACT_BELOW: i64 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ProbeLabel {
     probe: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub(crate) struct PoolLabels {
-    pub pool: String,
-    pub role: Role,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,16 +180,14 @@ where
 }
 
 /// The pools' connections and waiters, and how far the replica is behind
-/// the primary. Each server comes as `[the service's pool, the probes'
-/// one-connection pool]`: the first is reported, the second queried.
-pub(crate) fn watch_pools(
-    metrics: &Metrics,
-    name: &str,
-    primary: [&Pool; 2],
-    replica: Option<(&Pool, &Pool)>,
-) {
+/// the primary, sampled at each scrape from the probes' own one-connection
+/// pools (a scrape neither waits behind the service's callers nor shows
+/// up among the waiters it reports). The host starts them for every
+/// service's database.
+pub fn watch_pools(metrics: &Metrics, db: &Db) {
+    let (primary, replica) = db.pools_to_watch();
+    let name = db.name().to_owned();
     let set: ProbeMetrics = metrics.set();
-    let name = name.to_owned();
     let primary = primary.map(Pool::weak);
     let replica = replica.map(|(pool, probe)| [pool.weak(), probe.weak()]);
     metrics.probe(move || {

@@ -17,6 +17,7 @@
 use std::process::ExitCode;
 
 use tenx_common::config::Secret;
+use tenx_common::host;
 use tenx_common::metrics::Metrics;
 use tenx_common::shutdown::Shutdown;
 
@@ -129,46 +130,20 @@ async fn run(instances: u16) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals()?;
     let mut tasks = tokio::task::JoinSet::new();
-    // Instance `i` of a service crate's `App`, on its ports + 100 × i, with
-    // its own registry (each serves its own /metrics); returns what runs.
-    macro_rules! serve {
-        ($krate:ident, $name:literal, $settings:expr, $i:expr) => {{
-            let mut settings = $settings.clone();
-            settings.server.listen = shifted(settings.server.listen, 100 * $i);
-            settings.server.admin_listen = shifted(settings.server.admin_listen, 100 * $i);
-            let running =
-                $krate::App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
-            println!(
-                "tenx-dev: {}{} gRPC on {} (metrics and health on http://{})",
-                $name,
-                tag($i, instances),
-                running.grpc_addr,
-                running.admin_addr
-            );
-            running
-        }};
+    for i in 0..instances {
+        tasks.spawn(serve::<tenx_auth::App>("auth", &auth, i, instances, &shutdown).await?);
     }
     for i in 0..instances {
-        let running = serve!(tenx_auth, "auth", auth, i);
-        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
-    }
-    for i in 0..instances {
-        let running = serve!(tenx_notification, "notification", notification, i);
-        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
-        let running = serve!(tenx_billing, "billing", billing, i);
-        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+        tasks.spawn(
+            serve::<tenx_notification::App>("notification", &notification, i, instances, &shutdown).await?,
+        );
+        tasks.spawn(serve::<tenx_billing::App>("billing", &billing, i, instances, &shutdown).await?);
     }
     for i in 0..instances {
         let mut settings = gateway.clone();
         let http: std::net::SocketAddr = settings.http.listen.parse()?;
         settings.http.listen = shifted(http, 100 * i).to_string();
-        let running = serve!(tenx_gateway, "gateway", settings, i);
-        println!(
-            "tenx-dev: gateway{} HTTP on http://{} (OpenAPI at /openapi.json)",
-            tag(i, instances),
-            running.http_addr
-        );
-        tasks.spawn(async move { running.task.await?.map_err(anyhow::Error::from) });
+        tasks.spawn(serve::<tenx_gateway::App>("gateway", &settings, i, instances, &shutdown).await?);
     }
     println!(
         "tenx-dev: emails land in the SMTP sink on 127.0.0.1:2525 (/tmp/tenx-smtp-sink/maildir); Ctrl-C stops"
@@ -186,6 +161,32 @@ async fn run(instances: u16) -> anyhow::Result<()> {
     shutdown.trigger();
     telemetry.shutdown().await;
     result
+}
+
+/// Starts instance `i` of service `S` on its ports + 100 × i, with its own
+/// registry (each serves its own /metrics), through the host as its
+/// binary would; returns what waits for it to end.
+async fn serve<S: host::Service>(
+    name: &str,
+    settings: &S::Settings,
+    i: u16,
+    instances: u16,
+    shutdown: &Shutdown,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + use<S>> {
+    let mut settings = settings.clone();
+    let server = S::server(&mut settings);
+    server.listen = shifted(server.listen, 100 * i);
+    server.admin_listen = shifted(server.admin_listen, 100 * i);
+    let running = host::start::<S>(settings, Metrics::default(), shutdown.child()).await?;
+    let tag = tag(i, instances);
+    println!(
+        "tenx-dev: {name}{tag} gRPC on {} (metrics and health on http://{})",
+        running.grpc_addr, running.admin_addr
+    );
+    if let Some(http) = running.http_addr {
+        println!("tenx-dev: {name}{tag} HTTP on http://{http} (OpenAPI at /openapi.json)");
+    }
+    Ok(async move { Ok(running.task.await??) })
 }
 
 /// Creates the database named in `url` when it does not exist yet (a

@@ -1,22 +1,19 @@
-//! Wiring: pools, cache, broker, templates, mailer, the gRPC API, the
-//! outbox relay, the delivery worker and the admin port.
+//! Wiring: pools, cache, broker, templates, mailer and webhooks; what the
+//! host serves of them ([`App::parts`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tenx_common::admin::{self, Readiness};
 use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
 use tenx_common::db::{self, Db};
 use tenx_common::grpc::{self, GrpcServer};
+use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::outbox::Relay;
-use tenx_common::queue::{Amqp, Consumer, Topology};
+use tenx_common::queue::{Amqp, Topology};
+use tenx_common::sealed::SealKey;
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::notification::v1::notification_service_server::NotificationServiceServer;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::deliver::Deliverer;
 use crate::error::NotifyError;
@@ -85,19 +82,13 @@ pub struct App {
     webhooks: Arc<Webhooks>,
     grpc: GrpcServer,
     authenticator: Arc<Authenticator>,
+    seal: SealKey,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").finish_non_exhaustive()
     }
-}
-
-#[derive(Debug)]
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<Result<(), NotifyError>>,
 }
 
 impl App {
@@ -129,7 +120,9 @@ impl App {
             &metrics,
             AuthnLayer::verify(authenticator.clone()),
         );
-        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc, authenticator })
+        let seal = SealKey::parse(settings.codes.seal_key.expose())
+            .map_err(|e| NotifyError::Internal(format!("codes.seal_key: {e}")))?;
+        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc, authenticator, seal })
     }
 
     /// The authentication layer's verifier (tests wait for its
@@ -138,95 +131,50 @@ impl App {
         self.authenticator.clone()
     }
 
-    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, NotifyError> {
-        let io = |e: std::io::Error| NotifyError::Internal(format!("bind: {e}"));
-        let (grpc, admin) = self.settings.server.bind().await.map_err(io)?;
-        let (grpc_addr, admin_addr) = (grpc.local_addr().map_err(io)?, admin.local_addr().map_err(io)?);
-        tracing::info!(%grpc_addr, %admin_addr, "tenx-notification listening");
-        let task = tokio::spawn(self.run(grpc, admin, shutdown));
-        Ok(Running { grpc_addr, admin_addr, task })
+    /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, HostError> {
+        host::spawn(self.parts(), shutdown).await
     }
 
-    async fn run(self, grpc: TcpListener, admin: TcpListener, shutdown: Shutdown) -> Result<(), NotifyError> {
-        let mut tasks = JoinSet::new();
-        let retention = tenx_common::retention::Retention::new(
-            &self.db,
-            &self.settings.retention,
-            self.settings.outbox.retention_hours,
-            retention_rules(&self.settings),
-            &self.metrics,
-        );
-        let stop = shutdown.child();
-        tasks.spawn(async move { retention.run(stop).await });
-        let relay = Relay::new(&self.db, self.amqp.clone(), self.settings.outbox.clone(), &self.metrics);
-        let stop = shutdown.child();
-        tasks.spawn(async move { relay.run(stop).await });
-        let consumer = Consumer::new(
+    /// What the host serves: the notification API, the delivery and
+    /// webhook consumers and everything a backend brings.
+    pub fn parts(self) -> Parts {
+        let settings = &self.settings;
+        let worker = Worker {
+            deliverer: self.deliverer.clone(),
+            webhooks: self.webhooks.clone(),
+            max_attempts: settings.amqp.max_attempts,
+            seal: self.seal.clone(),
+        };
+        let backend = Backend::new(
+            self.db.clone(),
+            self.cache.clone(),
             self.amqp.clone(),
-            topology(&self.settings),
-            Worker {
-                deliverer: self.deliverer.clone(),
-                webhooks: self.webhooks.clone(),
-                max_attempts: self.settings.amqp.max_attempts,
-                seal: tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose())
-                    .map_err(|e| NotifyError::Internal(format!("codes.seal_key: {e}")))?,
-            },
             &self.metrics,
-        );
-        let stop = shutdown.child();
-        tasks.spawn(async move { consumer.run(stop).await });
-        let hooks = Consumer::new(
+            &settings.outbox,
+            &settings.retention,
+        )
+        .prune(retention_rules(settings))
+        .consumer(topology(settings), worker)
+        .consumer(webhook_topology(settings), WebhookWorker { hooks: self.webhooks.clone() });
+        let api = NotificationApi::new(
+            self.deliverer.clone(),
+            self.webhooks.clone(),
             self.amqp.clone(),
-            webhook_topology(&self.settings),
-            WebhookWorker { hooks: self.webhooks.clone() },
-            &self.metrics,
+            topology(settings),
         );
-        let stop = shutdown.child();
-        tasks.spawn(async move { hooks.run(stop).await });
-        let (authenticator, stop) = (self.authenticator.clone(), shutdown.child());
-        tasks.spawn(async move { authenticator.keep_current(stop).await });
-        let authenticator = self.authenticator.clone();
-        let readiness = Readiness::standard(self.db.clone(), self.cache.clone(), self.amqp.clone())
-            .check("authn", move || std::future::ready(authenticator.ready()));
-        if let Some(export) = tenx_common::metrics::otlp::exporter(
-            &self.metrics,
+        let router = self.grpc.router().add_service(NotificationServiceServer::new(api));
+        Parts::new(
             "notification",
-            &self.settings.telemetry,
-            shutdown.child(),
-        ) {
-            tasks.spawn(export);
-        }
-        let status =
-            tenx_common::ops::status_service("notification", self.metrics.clone(), readiness.clone());
-        let (metrics, stop) = (self.metrics.clone(), shutdown.child());
-        let delay = self.settings.server.shutdown_delay();
-        tasks.spawn(async move {
-            if let Err(error) = admin::serve(admin, metrics, readiness, stop, delay).await {
-                tracing::error!(%error, "admin server failed");
-            }
-        });
-        let dead_letters = tenx_common::ops::dead_letter_service(
-            self.amqp.clone(),
-            vec![topology(&self.settings), webhook_topology(&self.settings)],
-        );
-        let router = self
-            .grpc
-            .router()
-            .add_service(NotificationServiceServer::new(NotificationApi::new(
-                self.deliverer.clone(),
-                self.webhooks.clone(),
-                self.amqp.clone(),
-                topology(&self.settings),
-            )))
-            .add_service(dead_letters)
-            .add_service(status)
-            .add_service(tenx_common::ops::event_replay_service(&self.db, self.amqp.clone()));
-        let served =
-            self.grpc.serve(router, grpc, &[SERVICE_NAME], &self.settings.server, shutdown.clone()).await;
-        shutdown.trigger();
-        while tasks.join_next().await.is_some() {}
-        self.amqp.close().await;
-        served.map_err(|e| NotifyError::Internal(format!("gRPC server: {e}")))
+            &settings.server,
+            &settings.telemetry,
+            &self.metrics,
+            self.grpc.clone(),
+            router,
+        )
+        .serving(&[SERVICE_NAME])
+        .backend(backend)
+        .verifier(self.authenticator.clone())
     }
 }
 

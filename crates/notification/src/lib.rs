@@ -24,5 +24,6 @@ pub mod webhook_api;
 pub mod webhooks;
 pub mod worker;
 
-pub use app::{App, Running, migrate};
+pub use app::{App, migrate};
 pub use settings::NotificationSettings;
+pub use tenx_common::host::Running;

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use tenx_auth::AuthSettings;
 use tenx_billing::BillingSettings;
 use tenx_common::db::{DbSettings, Pooling};
+use tenx_common::host;
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Topology};
 use tenx_common::shutdown::Shutdown;
@@ -402,29 +403,29 @@ fn urls<I: std::borrow::Borrow<Instance>>(instances: &[I]) -> String {
     instances.iter().map(|i| format!("http://{}", i.borrow().addrs.grpc_addr)).collect::<Vec<_>>().join(",")
 }
 
-/// Listens on `addrs` (a restart), else on any free ports.
-fn listen_on(server: &mut tenx_common::grpc::ServerSettings, addrs: Option<Addrs>) {
+/// Starts one instance of service `S` on `settings`, on `addrs` (a
+/// restart) or free ports, under a child of `parent`.
+async fn start<S: host::Service>(
+    service: Service,
+    settings: &S::Settings,
+    addrs: Option<Addrs>,
+    metrics: Metrics,
+    parent: &Shutdown,
+) -> anyhow::Result<Instance> {
+    let mut settings = settings.clone();
     if let Some(addrs) = addrs {
+        let server = S::server(&mut settings);
         server.listen = addrs.grpc_addr;
         server.admin_listen = addrs.admin_addr;
     }
-}
-
-/// Starts one instance of a service crate's `App` on `$settings`, on
-/// `$addrs` (a restart) or free ports, under a child of `$parent`.
-macro_rules! start_instance {
-    ($krate:ident, $service:expr, $settings:expr, $addrs:expr, $metrics:expr, $parent:expr) => {{
-        let mut settings = $settings.clone();
-        listen_on(&mut settings.server, $addrs);
-        let shutdown = $parent.child();
-        let running = $krate::App::build(settings, $metrics).await?.spawn(shutdown.clone()).await?;
-        Ok(Instance {
-            service: $service,
-            addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
-            shutdown,
-            task: tokio::spawn(async move { Ok(running.task.await??) }),
-        })
-    }};
+    let shutdown = parent.child();
+    let running = host::start::<S>(settings, metrics, shutdown.clone()).await?;
+    Ok(Instance {
+        service,
+        addrs: Addrs { grpc_addr: running.grpc_addr, admin_addr: running.admin_addr },
+        shutdown,
+        task: tokio::spawn(async move { Ok(running.task.await??) }),
+    })
 }
 
 async fn start_auth(
@@ -432,7 +433,7 @@ async fn start_auth(
     addrs: Option<Addrs>,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    start_instance!(tenx_auth, Service::Auth, settings, addrs, Metrics::default(), parent)
+    start::<tenx_auth::App>(Service::Auth, settings, addrs, Metrics::default(), parent).await
 }
 
 async fn start_notification(
@@ -440,7 +441,7 @@ async fn start_notification(
     addrs: Option<Addrs>,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    start_instance!(tenx_notification, Service::Notification, settings, addrs, Metrics::default(), parent)
+    start::<tenx_notification::App>(Service::Notification, settings, addrs, Metrics::default(), parent).await
 }
 
 async fn start_billing(
@@ -449,7 +450,7 @@ async fn start_billing(
     metrics: Metrics,
     parent: &Shutdown,
 ) -> anyhow::Result<Instance> {
-    start_instance!(tenx_billing, Service::Billing, settings, addrs, metrics, parent)
+    start::<tenx_billing::App>(Service::Billing, settings, addrs, metrics, parent).await
 }
 
 /// The PgBouncer name of `db` on the primary or the replica.

@@ -48,12 +48,6 @@ impl ServerSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
-
-    /// Binds the gRPC and admin addresses (port 0 picks free ports), so
-    /// both are known, and connectable, before anything serves on them.
-    pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
-        Ok((TcpListener::bind(self.listen).await?, TcpListener::bind(self.admin_listen).await?))
-    }
 }
 
 /// The router every service adds its own API to: the RPC span and metrics
@@ -147,27 +141,6 @@ impl GrpcServer {
             .layer(self.layer.clone())
             .layer(self.authn.clone())
             .add_routes(routes)
-    }
-
-    /// Binds `addr` (port 0 picks a free port), then serves in the
-    /// background: the address is known, and connectable, before this
-    /// returns. How tests and `tenx-dev` start a service.
-    pub async fn spawn(
-        &self,
-        router: ServiceRouter,
-        addr: SocketAddr,
-        services: Vec<String>,
-        settings: ServerSettings,
-        shutdown: Shutdown,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
-        let listener = TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let server = self.clone();
-        let task = tokio::spawn(async move {
-            let names: Vec<&str> = services.iter().map(String::as_str).collect();
-            server.serve(router, listener, &names, &settings, shutdown).await
-        });
-        Ok((bound, task))
     }
 
     /// Serves `router` on `listener` until `shutdown`; `services` are the

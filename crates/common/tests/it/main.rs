@@ -6,6 +6,7 @@ mod config;
 mod db;
 mod dead_letters;
 mod grpc;
+mod host;
 mod otlp_metrics;
 mod outbox;
 mod probes;

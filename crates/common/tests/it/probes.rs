@@ -48,6 +48,8 @@ async fn a_scrape_shows_the_outbox_backlog_and_its_age_the_inbox_and_the_pool_s_
     let mut settings = tenx_common::db::DbSettings::new(&tdb.primary_url(), None, crate::support::SCHEMA);
     settings.max_connections = 2;
     let db = Arc::new(tenx_common::db::Db::connect(&settings, "tenx-common-tests", &metrics)?);
+    // What the host does for every service's database.
+    tenx_common::probes::watch_pools(&metrics, &db);
     let test_amqp = TestAmqp::new();
     // Built, not run: its events stay pending.
     let _relay =
@@ -118,7 +120,8 @@ async fn a_scrape_shows_the_replica_s_lag_and_no_lag_at_all_when_the_replica_doe
     tdb.wait_for_replica().await?;
     let proxy = ChaosProxy::start(addr_of(&tdb.replica_url())?).await?;
     let metrics = Metrics::default();
-    let _db = connect(&tdb, Some(&tdb.url_via(proxy.port())), &metrics)?;
+    let db = connect(&tdb, Some(&tdb.url_via(proxy.port())), &metrics)?;
+    tenx_common::probes::watch_pools(&metrics, &db);
     let bytes = format!("tenx_db_replica_lag_bytes{{{POOL}}}");
     let seconds = format!("tenx_db_replica_lag_seconds{{{POOL}}}");
     // Other tests write meanwhile, so the real replica is a little behind

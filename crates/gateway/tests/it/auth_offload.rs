@@ -162,7 +162,7 @@ async fn when_auth_keys_cannot_be_fetched_tokens_get_503_not_401() -> anyhow::Re
     let cold = platform.gateway_with(settings).await?;
     let (status, body) = http_get(cold.admin_addr, "/readyz").await?;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("jwks:") && !body.contains("jwks: ok"), "{body}");
+    assert!(body.contains("authn:") && !body.contains("authn: ok"), "{body}");
     let reply =
         send(cold.http_addr, "GET", "/v1/notifications", &[("authorization", &bearer(&token))], None).await?;
     assert_eq!(reply.status, 503, "{}", reply.text);
