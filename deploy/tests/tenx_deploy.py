@@ -261,8 +261,15 @@ def values_secret_keys(svc: str) -> list[str]:
 
 
 def has_migrate(svc: str) -> bool:
-    """Whether tenx-<svc> has a `migrate` command (its main.rs dispatches it)."""
-    return bool(re.search(r'Some\("migrate"\) =>', (ROOT / "crates" / svc / "src" / "main.rs").read_text()))
+    """Whether tenx-<svc> has a `migrate` command: its main.rs dispatches
+    it, or its main is the host's (`host::main`), which has one for a
+    service declared with migrations (`hosted!(…, migrations = "…")`)."""
+    src = ROOT / "crates" / svc / "src"
+    main = (src / "main.rs").read_text()
+    if re.search(r'Some\("migrate"\) =>', main):
+        return True
+    hosted = re.search(r'hosted!\([^;]*migrations = "', (src / "app.rs").read_text())
+    return "host::main::<" in main and bool(hosted)
 
 
 def port_of(listen: str) -> int:

@@ -26,11 +26,7 @@ const CONCURRENCY: usize = 16;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-        tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-        Ok(())
-    })
-    .await?;
+    let db = TestDb::of_service::<tenx_auth::App>("auth").await?;
     let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
     let settings =
         AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;

@@ -27,11 +27,7 @@ const PASSWORD: &str = "correct horse battery";
 async fn main() -> anyhow::Result<()> {
     let logins: usize =
         std::env::var("TENX_BENCH_LOGINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-        tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-        Ok(())
-    })
-    .await?;
+    let db = TestDb::of_service::<tenx_auth::App>("auth").await?;
     let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
     let defaults = AuthSettings::load_from(Default::default())?;
     let (grpc, admin) = (free_port()?, free_port()?);

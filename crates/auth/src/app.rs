@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenx_common::authn::{AuthnLayer, Revocations};
-use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
-use tenx_common::db::{self, Db, Prepared};
+use tenx_common::cache::CacheOptions;
+use tenx_common::db::{Db, Prepared};
 use tenx_common::grpc::GrpcServer;
 use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::queue::{Amqp, Topology};
+use tenx_common::queue::Topology;
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_server::AuthServiceServer;
 
@@ -22,30 +22,10 @@ use crate::password::Passwords;
 use crate::service::{AuthApi, Core};
 use crate::settings::AuthSettings;
 
-mod migrations {
-    refinery::embed_migrations!("migrations");
-}
-
 /// The fully-qualified gRPC service name, for health.
 pub const SERVICE_NAME: &str = "tenx.auth.v1.AuthService";
 /// How often instances re-read signing keys (to pick up a rotation).
 const KEY_RELOAD: Duration = Duration::from_secs(30);
-
-/// Applies `common`'s and auth's migrations to the auth schema.
-pub async fn migrate(settings: &AuthSettings) -> Result<(), AuthError> {
-    db::migrate(
-        settings.database.migrate_url()?,
-        &settings.database.schema,
-        Some(migrations::migrations::runner()),
-    )
-    .await?;
-    Ok(())
-}
-
-/// A checksum of every migration the auth schema gets (test templates).
-pub fn migrations_fingerprint() -> String {
-    db::fingerprint(&migrations::migrations::runner())
-}
 
 /// Creates a new signing key and retires the current one.
 pub async fn rotate_keys(settings: &AuthSettings, metrics: &Metrics) -> Result<String, AuthError> {
@@ -117,12 +97,9 @@ async fn sweep_login_attempts(db: &Db) -> Result<u64, AuthError> {
 pub struct App {
     settings: AuthSettings,
     metrics: Metrics,
-    db: Arc<Db>,
-    amqp: Amqp,
-    cache: CacheLayer,
+    backend: Backend,
     core: Arc<Core>,
     grpc: GrpcServer,
-    redis: Redis,
     authenticator: Arc<tenx_common::authn::Authenticator>,
 }
 
@@ -136,11 +113,9 @@ impl App {
     /// Connects everything (lazily where a dependency may be down) and
     /// loads the signing keys. Migrations must have run.
     pub async fn build(settings: AuthSettings, metrics: Metrics) -> Result<Self, AuthError> {
-        let db = Arc::new(Db::connect(&settings.database, "tenx-auth", &metrics)?);
-        let redis = Redis::connect(&settings.redis)
-            .map_err(|e| AuthError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
-        let amqp = Amqp::new(&settings.amqp, "tenx-auth");
+        let backend = Backend::connect::<Self>(&settings, &metrics)
+            .map_err(|e| AuthError::Internal(host::report(&e)))?;
+        let (db, redis, cache) = (backend.db().clone(), backend.redis().clone(), backend.cache());
         let keys = Arc::new(Keys::load(db.clone(), &settings.tokens).await?);
         let short = CacheOptions { l1_ttl: Duration::from_secs(10), ..CacheOptions::default() };
         // Revocations this instance makes, and every other's, from Redis;
@@ -171,7 +146,7 @@ impl App {
             &metrics,
             AuthnLayer::verify(authenticator.clone()),
         );
-        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, redis, authenticator })
+        Ok(Self { settings, metrics, backend, core, grpc, authenticator })
     }
 
     /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
@@ -189,25 +164,17 @@ impl App {
             avatar::GROUP,
             &[tenx_proto::auth::v1::AvatarUploaded::EVENT_TYPE],
         );
-        let worker = AvatarWorker { db: self.db.clone(), users: self.core.users.clone() };
-        let backend = Backend::new(
-            self.db.clone(),
-            self.cache.clone(),
-            self.amqp.clone(),
-            &self.metrics,
-            &settings.outbox,
-            &settings.retention,
-        )
-        .prune(retention_rules(settings))
-        .consumer(avatars, worker);
+        let db = self.backend.db().clone();
+        let worker = AvatarWorker { db: db.clone(), users: self.core.users.clone() };
+        let (redis, sweep_db) = (self.backend.redis().clone(), db.clone());
+        let backend = self.backend.prune(retention_rules(settings)).consumer(avatars, worker);
         // Room for the largest avatar; everything else is far smaller.
         let max_message = settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
         let router = self.grpc.router().add_service(api);
-        let (keys, db, tokens) = (self.core.keys.clone(), self.db.clone(), settings.tokens.clone());
-        let (redis, sweep_db) = (self.redis.clone(), self.db.clone());
-        Parts::new("auth", &settings.server, &settings.telemetry, &self.metrics, self.grpc.clone(), router)
+        let (keys, tokens) = (self.core.keys.clone(), settings.tokens.clone());
+        Parts::of::<Self>(settings, &self.metrics, self.grpc.clone(), router)
             .serving(&[SERVICE_NAME])
             .backend(backend)
             // Auth's own verifier follows its key set like every other's.
@@ -266,4 +233,4 @@ async fn sweep_login_attempts_until(db: Arc<Db>, stop: Shutdown) {
 }
 
 // How the host runs this service (`main`'s `serve`).
-tenx_common::hosted!(App, "tenx-auth", AuthSettings, AuthError);
+tenx_common::hosted!(App, "tenx-auth", AuthSettings, AuthError, migrations = "migrations");

@@ -27,6 +27,6 @@ pub mod testing;
 pub mod validate;
 pub mod verifier;
 
-pub use app::{App, grant_role, migrate, rotate_keys};
+pub use app::{App, grant_role, rotate_keys};
 pub use settings::AuthSettings;
 pub use tenx_common::host::Running;

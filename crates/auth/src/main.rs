@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     cli::run("tenx-auth", USAGE, AuthSettings::load, |command, settings| async move {
         match command.as_deref() {
             Some("serve") | None => host::serve::<App>(settings).await,
-            Some("migrate") => tenx_auth::migrate(&settings).await.map_err(|e| host::report(&e)),
+            Some("migrate") => host::migrate::<App>(&settings).await.map_err(|e| host::report(&e)),
             Some("rotate-keys") => tenx_auth::rotate_keys(&settings, &Metrics::default())
                 .await
                 .map(|kid| println!("new signing key: {kid}"))

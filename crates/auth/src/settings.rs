@@ -99,11 +99,7 @@ pub struct AvatarSettings {
 impl AuthSettings {
     /// Defaults → optional file → `TENX_AUTH__…` environment, validated.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut loader = Loader::new("auth", DEFAULTS);
-        if let Some(path) = file {
-            loader = loader.file(path);
-        }
-        loader.load()
+        Loader::new("auth", DEFAULTS).file_if(file).load()
     }
 }
 
@@ -123,18 +119,9 @@ impl AuthSettings {
         redis_prefix: &str,
         amqp_prefix: &str,
     ) -> Result<Self, ConfigError> {
-        let vars = [
-            ("TENX_AUTH__DATABASE__PRIMARY_URL", primary),
-            ("TENX_AUTH__DATABASE__REPLICA_URL", replica),
-            ("TENX_AUTH__REDIS__KEY_PREFIX", redis_prefix),
-            ("TENX_AUTH__AMQP__PREFIX", amqp_prefix),
-            ("TENX_AUTH__AMQP__MAX_ATTEMPTS", "2"),
-            ("TENX_AUTH__SERVER__LISTEN", "127.0.0.1:0"),
-            ("TENX_AUTH__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-            ("TENX_AUTH__TELEMETRY__LOG_FORMAT", "pretty"),
-        ];
-        let mut settings =
-            Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())?;
+        let mut settings: Self = Loader::new("auth", DEFAULTS)
+            .isolated_backend([primary, replica, redis_prefix, amqp_prefix], &[("amqp.max_attempts", "2")])
+            .load()?;
         settings.amqp.retry_delays_ms = vec![100, 200];
         Ok(settings)
     }

@@ -33,12 +33,16 @@ pub fn client_secret(service: &str) -> String {
 /// The template every test's auth database is cloned from: migrated,
 /// with one signing key.
 pub async fn database() -> anyhow::Result<TestDb> {
-    TestDb::from_template("auth_signing", &crate::app::migrations_fingerprint(), |url| async move {
-        let settings = AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?;
-        crate::migrate(&settings).await?;
-        crate::rotate_keys(&settings, &Metrics::default()).await?;
-        Ok(())
-    })
+    TestDb::from_template(
+        "auth_signing",
+        &tenx_common::host::migrations_fingerprint::<crate::App>(),
+        |url| async move {
+            let settings = AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?;
+            tenx_common::host::migrate::<crate::App>(&settings).await?;
+            crate::rotate_keys(&settings, &Metrics::default()).await?;
+            Ok(())
+        },
+    )
     .await
 }
 

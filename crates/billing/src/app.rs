@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
-use tenx_common::authn::{Authenticator, AuthnLayer};
-use tenx_common::cache::{CacheLayer, Redis};
-use tenx_common::db::{self, Db};
-use tenx_common::grpc::{self, GrpcServer};
+use tenx_common::authn::Authenticator;
+use tenx_common::grpc::GrpcServer;
 use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::queue::{Amqp, Topology};
+use tenx_common::queue::Topology;
 use tenx_common::shutdown::Shutdown;
-use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::billing::v1::billing_service_server::BillingServiceServer;
 
 use crate::catalog::Catalog;
@@ -25,25 +22,7 @@ use crate::service::{BillingApi, Core};
 use crate::settings::BillingSettings;
 use crate::stripe::StripeProvider;
 
-mod migrations {
-    refinery::embed_migrations!("migrations");
-}
-
 pub const SERVICE_NAME: &str = "tenx.billing.v1.BillingService";
-
-pub async fn migrate(settings: &BillingSettings) -> Result<(), BillingError> {
-    db::migrate(
-        settings.database.migrate_url()?,
-        &settings.database.schema,
-        Some(migrations::migrations::runner()),
-    )
-    .await?;
-    Ok(())
-}
-
-pub fn migrations_fingerprint() -> String {
-    db::fingerprint(&migrations::migrations::runner())
-}
 
 /// The topology of the customers consumer (auth's user events).
 pub fn customers_topology(settings: &BillingSettings) -> Topology {
@@ -68,9 +47,7 @@ fn provider(settings: &BillingSettings) -> Result<Arc<dyn PaymentProvider>, Bill
 pub struct App {
     settings: BillingSettings,
     metrics: Metrics,
-    db: Arc<Db>,
-    amqp: Amqp,
-    cache: CacheLayer,
+    backend: Backend,
     core: Arc<Core>,
     grpc: GrpcServer,
     scheduler: Arc<Scheduler>,
@@ -94,11 +71,9 @@ impl App {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, BillingError> {
-        let db = Arc::new(Db::connect(&settings.database, "tenx-billing", &metrics)?);
-        let redis = Redis::connect(&settings.redis)
-            .map_err(|e| BillingError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
-        let amqp = Amqp::new(&settings.amqp, "tenx-billing");
+        let started = |e: HostError| BillingError::Internal(host::report(&e));
+        let backend = Backend::connect::<Self>(&settings, &metrics).map_err(started)?;
+        let db = backend.db().clone();
         let core = Arc::new(Core {
             db: db.clone(),
             clock,
@@ -123,22 +98,12 @@ impl App {
             webhook_secret: settings.provider.stripe_webhook_secret.clone(),
             webhook_tolerance: std::time::Duration::from_secs(settings.provider.webhook_tolerance_seconds),
         });
-        let auth = grpc::connect(&settings.upstreams.auth)
-            .map_err(|e| BillingError::Internal(format!("upstreams.auth.url: {e}")))?;
-        let authenticator = Arc::new(Authenticator::remote(
-            "billing",
-            &settings.authn,
-            AuthServiceClient::new(auth),
-            Some(redis.clone()),
-        ));
-        let grpc = GrpcServer::new(
-            settings.telemetry.slow_request(),
-            &metrics,
-            AuthnLayer::verify(authenticator.clone()),
-        );
+        let (grpc, authenticator) = backend
+            .verified_server("billing", &settings.authn, &settings.upstreams, &settings.telemetry)
+            .map_err(started)?;
         let scheduler =
             Arc::new(Scheduler::new(core.clone(), settings.scheduler.clone(), settings.dunning.clone()));
-        Ok(Self { settings, metrics, db, amqp, cache, core, grpc, scheduler, authenticator })
+        Ok(Self { settings, metrics, backend, core, grpc, scheduler, authenticator })
     }
 
     /// The scheduler, to run due jobs by hand (tests with a moved clock).
@@ -161,29 +126,14 @@ impl App {
     /// scheduler (unless disabled) and everything a backend brings.
     pub fn parts(self) -> Parts {
         let settings = &self.settings;
-        let customers = CustomerWorker { db: self.db.clone(), clock: self.core.clock.clone() };
-        let backend = Backend::new(
-            self.db.clone(),
-            self.cache.clone(),
-            self.amqp.clone(),
-            &self.metrics,
-            &settings.outbox,
-            &settings.retention,
-        )
-        .consumer(customers_topology(settings), customers);
+        let customers = CustomerWorker { db: self.backend.db().clone(), clock: self.core.clock.clone() };
+        let backend = self.backend.consumer(customers_topology(settings), customers);
         let router =
             self.grpc.router().add_service(BillingServiceServer::new(BillingApi::new(self.core.clone())));
-        let mut parts = Parts::new(
-            "billing",
-            &settings.server,
-            &settings.telemetry,
-            &self.metrics,
-            self.grpc.clone(),
-            router,
-        )
-        .serving(&[SERVICE_NAME])
-        .backend(backend)
-        .verifier(self.authenticator.clone());
+        let mut parts = Parts::of::<Self>(settings, &self.metrics, self.grpc.clone(), router)
+            .serving(&[SERVICE_NAME])
+            .backend(backend)
+            .verifier(self.authenticator.clone());
         if settings.scheduler.enabled {
             let scheduler = self.scheduler.clone();
             parts = parts.task(move |stop| async move { scheduler.run(stop).await });
@@ -193,4 +143,4 @@ impl App {
 }
 
 // How the host runs this service (`main`'s `serve`).
-tenx_common::hosted!(App, "tenx-billing", BillingSettings, BillingError);
+tenx_common::hosted!(App, "tenx-billing", BillingSettings, BillingError, migrations = "migrations");

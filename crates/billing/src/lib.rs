@@ -29,6 +29,6 @@ pub mod subscriptions;
 pub mod usage;
 pub mod webhook;
 
-pub use app::{App, migrate};
+pub use app::App;
 pub use settings::BillingSettings;
 pub use tenx_common::host::Running;

@@ -110,11 +110,7 @@ pub struct ProviderSettings {
 
 impl BillingSettings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut loader = Loader::new("billing", DEFAULTS);
-        if let Some(path) = file {
-            loader = loader.file(path);
-        }
-        loader.load()
+        Loader::new("billing", DEFAULTS).file_if(file).load()
     }
 
     pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -138,19 +134,11 @@ impl BillingSettings {
         redis_prefix: &str,
         amqp_prefix: &str,
     ) -> Result<Self, ConfigError> {
-        let vars = [
-            ("TENX_BILLING__DATABASE__PRIMARY_URL", primary),
-            ("TENX_BILLING__DATABASE__REPLICA_URL", replica),
-            ("TENX_BILLING__REDIS__KEY_PREFIX", redis_prefix),
-            ("TENX_BILLING__AMQP__PREFIX", amqp_prefix),
-            ("TENX_BILLING__AMQP__MAX_ATTEMPTS", "3"),
-            ("TENX_BILLING__SERVER__LISTEN", "127.0.0.1:0"),
-            ("TENX_BILLING__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-            ("TENX_BILLING__TELEMETRY__LOG_FORMAT", "pretty"),
-            ("TENX_BILLING__DEPLOYMENT__ENVIRONMENT", "test"),
-            ("TENX_BILLING__PROVIDER__KIND", "simulated"),
-        ];
-        Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        let more =
+            [("amqp.max_attempts", "3"), ("deployment.environment", "test"), ("provider.kind", "simulated")];
+        Loader::new("billing", DEFAULTS)
+            .isolated_backend([primary, replica, redis_prefix, amqp_prefix], &more)
+            .load()
     }
 }
 

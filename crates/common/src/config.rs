@@ -109,6 +109,43 @@ impl Loader {
         self
     }
 
+    /// A TOML file over the defaults when one is named (`--config FILE`).
+    pub fn file_if(mut self, path: Option<&Path>) -> Self {
+        self.file = path.map(Path::to_owned);
+        self
+    }
+
+    /// An isolated instance on loopback, as tests and benchmarks run one:
+    /// free ports and readable logs, then `keys` (`database.primary_url`,
+    /// …) over the defaults; the process environment is not read.
+    pub fn isolated(mut self, keys: &[(&str, &str)]) -> Self {
+        let loopback = [
+            ("server.listen", "127.0.0.1:0"),
+            ("server.admin_listen", "127.0.0.1:0"),
+            ("telemetry.log_format", "pretty"),
+        ];
+        let vars = loopback.iter().chain(keys).map(|(key, value)| (self.env_name(key), (*value).to_owned()));
+        self.env = Some(vars.collect());
+        self
+    }
+
+    /// [`Loader::isolated`] for a service with a database, Redis and the
+    /// broker: its own databases, Redis key prefix and AMQP name prefix.
+    pub fn isolated_backend(
+        self,
+        [primary, replica, redis_prefix, amqp_prefix]: [&str; 4],
+        more: &[(&str, &str)],
+    ) -> Self {
+        let own = [
+            ("database.primary_url", primary),
+            ("database.replica_url", replica),
+            ("redis.key_prefix", redis_prefix),
+            ("amqp.prefix", amqp_prefix),
+        ];
+        let keys: Vec<(&str, &str)> = own.iter().chain(more).copied().collect();
+        self.isolated(&keys)
+    }
+
     /// Reads variables from this map instead of the process environment,
     /// so tests never have to change the environment.
     pub fn env_from(mut self, vars: HashMap<String, String>) -> Self {

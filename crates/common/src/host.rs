@@ -8,18 +8,22 @@
 //! A service is its crate's `App`: `App::build` connects what it needs,
 //! `App::parts` says what it serves ([`Parts`]), and [`hosted!`]
 //! implements [`Service`] from them in one line. Its `main` is then
-//! `host::serve::<App>(settings)` beside its own commands (`migrate`, …);
-//! tests and `tenx-dev` start it with [`start`].
+//! [`main`] (`serve` and `migrate`), or [`serve`] and [`migrate`] beside
+//! commands of its own; tests and `tenx-dev` start it with [`start`] and
+//! migrate with [`migrate`].
 
 mod parts;
 mod run;
 
-pub use parts::{Backend, Parts};
+pub use parts::{Backend, BackendSettings, Parts};
 pub use run::{HostError, Running, spawn};
 
 use std::error::Error;
 use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
 
+use crate::config::ConfigError;
 use crate::grpc::ServerSettings;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -32,11 +36,26 @@ pub trait Service: Sized + Send + 'static {
     type Settings: Clone + Send + 'static;
     type Error: Error + Send + Sync + 'static;
 
+    /// Its settings: embedded defaults → `file` → `TENX_<SERVICE>__…`
+    /// environment, validated.
+    fn load(file: Option<&Path>) -> Result<Self::Settings, ConfigError>;
+
     /// Where its traces and logs go.
     fn telemetry(settings: &Self::Settings) -> &TelemetrySettings;
 
-    /// Its gRPC and admin ports (moved by tests and `tenx-dev`).
-    fn server(settings: &mut Self::Settings) -> &mut ServerSettings;
+    /// Its gRPC and admin ports and how it drains.
+    fn server(settings: &Self::Settings) -> &ServerSettings;
+
+    /// The same, to move the ports (tests and `tenx-dev`).
+    fn server_mut(settings: &mut Self::Settings) -> &mut ServerSettings;
+
+    /// Its database, cache, broker, outbox and retention settings, for a
+    /// service that keeps a database ([`Backend`]).
+    fn backend(settings: &Self::Settings) -> Option<BackendSettings<'_>>;
+
+    /// What its schema gets besides `common`'s tables, for a service that
+    /// keeps a database.
+    fn migrations() -> Option<Runner>;
 
     /// Connects what it needs (pools, Redis, the broker lazily), serving
     /// nothing yet.
@@ -49,25 +68,42 @@ pub trait Service: Sized + Send + 'static {
     fn parts(self) -> Parts;
 }
 
-/// Implements [`Service`] for a service's `App`: `hosted!(App,
-/// "tenx-auth", AuthSettings, AuthError)`, given `App::build(settings,
-/// metrics)`, `App::parts(self) -> Parts` and the settings' `telemetry`
-/// and `server`.
+/// A service's embedded migrations (`refinery::embed_migrations!`).
+pub type Runner = refinery::Runner;
+
+/// Implements [`Service`] for a service's `App`, given `App::build(settings,
+/// metrics)`, `App::parts(self) -> Parts`, `Settings::load(file)` and the
+/// settings' `telemetry` and `server`: `hosted!(App, "tenx-gateway",
+/// GatewaySettings, EdgeError)`, or for a service with a database and
+/// migrations (and settings with `database`, `redis`, `amqp`, `outbox` and
+/// `retention`), `hosted!(App, "tenx-auth", AuthSettings, AuthError,
+/// migrations = "migrations")` (the folder, from the crate's root).
 #[macro_export]
 macro_rules! hosted {
-    ($app:ty, $name:literal, $settings:ty, $error:ty) => {
+    // Inner arms first: an outer one would try to read `@impl` as a type.
+    (@impl $app:ty, $name:literal, $settings:ty, $error:ty $(, $runner:path)?) => {
         impl $crate::host::Service for $app {
             const NAME: &'static str = $name;
             type Settings = $settings;
             type Error = $error;
 
+            fn load(file: Option<&std::path::Path>) -> Result<$settings, $crate::config::ConfigError> {
+                <$settings>::load(file)
+            }
+
             fn telemetry(settings: &$settings) -> &$crate::telemetry::TelemetrySettings {
                 &settings.telemetry
             }
 
-            fn server(settings: &mut $settings) -> &mut $crate::grpc::ServerSettings {
+            fn server(settings: &$settings) -> &$crate::grpc::ServerSettings {
+                &settings.server
+            }
+
+            fn server_mut(settings: &mut $settings) -> &mut $crate::grpc::ServerSettings {
                 &mut settings.server
             }
+
+            $crate::hosted!(@schema $settings $(, $runner)?);
 
             async fn build(settings: $settings, metrics: $crate::metrics::Metrics) -> Result<Self, $error> {
                 <$app>::build(settings, metrics).await
@@ -78,6 +114,75 @@ macro_rules! hosted {
             }
         }
     };
+    (@schema $settings:ty) => {
+        fn backend(_: &$settings) -> Option<$crate::host::BackendSettings<'_>> {
+            None
+        }
+
+        fn migrations() -> Option<$crate::host::Runner> {
+            None
+        }
+    };
+    (@schema $settings:ty, $runner:path) => {
+        fn backend(settings: &$settings) -> Option<$crate::host::BackendSettings<'_>> {
+            Some($crate::host::BackendSettings {
+                database: &settings.database,
+                redis: &settings.redis,
+                amqp: &settings.amqp,
+                outbox: &settings.outbox,
+                retention: &settings.retention,
+            })
+        }
+
+        fn migrations() -> Option<$crate::host::Runner> {
+            Some($runner())
+        }
+    };
+    ($app:ty, $name:literal, $settings:ty, $error:ty) => {
+        $crate::hosted!(@impl $app, $name, $settings, $error);
+    };
+    ($app:ty, $name:literal, $settings:ty, $error:ty, migrations = $dir:literal) => {
+        /// The migrations in the crate's `migrations/` (embedded at build).
+        mod hosted_migrations {
+            refinery::embed_migrations!($dir);
+        }
+        $crate::hosted!(@impl $app, $name, $settings, $error, hosted_migrations::migrations::runner);
+    };
+
+}
+
+/// Applies `common`'s and `S`'s migrations to `S`'s schema (on
+/// `database.migrate_url`); nothing for a service without a database.
+pub async fn migrate<S: Service>(settings: &S::Settings) -> Result<(), HostError> {
+    let Some(BackendSettings { database, .. }) = S::backend(settings) else { return Ok(()) };
+    let url = database.migrate_url().map_err(HostError::service)?;
+    crate::db::migrate(url, &database.schema, S::migrations()).await.map_err(HostError::service)
+}
+
+/// A checksum of every migration `S`'s schema gets (test templates).
+pub fn migrations_fingerprint<S: Service>() -> String {
+    match S::migrations() {
+        Some(runner) => crate::db::fingerprint(&runner),
+        None => crate::db::common_fingerprint(),
+    }
+}
+
+/// A service binary's whole `main`: `serve` (the default) and, for a
+/// service with a database, `migrate`.
+pub async fn main<S: Service>() -> ExitCode {
+    let commands = if S::migrations().is_some() { "<serve|migrate>" } else { "serve" };
+    let usage = format!("usage: {} [--config FILE] {commands}", S::NAME);
+    let shown = usage.clone();
+    crate::cli::run(S::NAME, &shown, S::load, |command, settings| async move {
+        match command.as_deref() {
+            Some("serve") | None => serve::<S>(settings).await,
+            Some("migrate") if S::migrations().is_some() => {
+                migrate::<S>(&settings).await.map_err(|e| report(&e))
+            }
+            Some(other) => Err(format!("unknown command `{other}`\n{usage}")),
+        }
+    })
+    .await
 }
 
 /// Builds service `S` and serves it until `shutdown` (tests, `tenx-dev`).

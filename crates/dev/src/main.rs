@@ -63,9 +63,9 @@ async fn migrate() -> anyhow::Result<(
     {
         ensure_database(url.expose()).await?;
     }
-    tenx_auth::migrate(&auth).await?;
-    tenx_notification::migrate(&notification).await?;
-    tenx_billing::migrate(&billing).await?;
+    host::migrate::<tenx_auth::App>(&auth).await?;
+    host::migrate::<tenx_notification::App>(&notification).await?;
+    host::migrate::<tenx_billing::App>(&billing).await?;
     println!("tenx-dev: migrations applied (auth, notification, billing)");
     Ok((auth, notification, billing))
 }
@@ -174,7 +174,7 @@ async fn serve<S: host::Service>(
     shutdown: &Shutdown,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + use<S>> {
     let mut settings = settings.clone();
-    let server = S::server(&mut settings);
+    let server = S::server_mut(&mut settings);
     server.listen = shifted(server.listen, 100 * i);
     server.admin_listen = shifted(server.admin_listen, 100 * i);
     let running = host::start::<S>(settings, Metrics::default(), shutdown.child()).await?;

@@ -119,14 +119,13 @@ impl App {
         let router = self.grpc.router_with_fallback(tower::Layer::layer(&cors, proxy));
         let health = self.grpc.health().clone();
         let verified = gateway.clone();
-        let mut parts =
-            Parts::new("gateway", &settings.server, &settings.telemetry, &gateway.metrics, self.grpc, router)
-                .verifier(gateway.authn.clone())
-                // gRPC health (what Kubernetes probes) says SERVING only while
-                // tokens can be verified, like /readyz's authn check.
-                .task(move |stop| report_health(health, verified, stop))
-                .console(crate::console::router(gateway.clone()))
-                .http(&settings.http.listen, crate::http::router(gateway.clone()));
+        let mut parts = Parts::of::<Self>(settings, &gateway.metrics, self.grpc, router)
+            .verifier(gateway.authn.clone())
+            // gRPC health (what Kubernetes probes) says SERVING only while
+            // tokens can be verified, like /readyz's authn check.
+            .task(move |stop| report_health(health, verified, stop))
+            .console(crate::console::router(gateway.clone()))
+            .http(&settings.http.listen, crate::http::router(gateway.clone()));
         // Ready when the upstreams answer their health checks too.
         for (name, channel) in [
             ("auth", gateway.auth.channel.clone()),

@@ -88,11 +88,7 @@ pub struct RoutePolicy {
 
 impl GatewaySettings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut loader = Loader::new("gateway", DEFAULTS);
-        if let Some(path) = file {
-            loader = loader.file(path);
-        }
-        loader.load()
+        Loader::new("gateway", DEFAULTS).file_if(file).load()
     }
 
     pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -106,17 +102,15 @@ impl GatewaySettings {
         billing_url: &str,
         redis_prefix: &str,
     ) -> Result<Self, ConfigError> {
-        let vars = [
-            ("TENX_GATEWAY__UPSTREAMS__AUTH__URL", auth_url),
-            ("TENX_GATEWAY__UPSTREAMS__NOTIFICATION__URL", notification_url),
-            ("TENX_GATEWAY__UPSTREAMS__BILLING__URL", billing_url),
-            ("TENX_GATEWAY__REDIS__KEY_PREFIX", redis_prefix),
-            ("TENX_GATEWAY__SERVER__LISTEN", "127.0.0.1:0"),
-            ("TENX_GATEWAY__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-            ("TENX_GATEWAY__HTTP__LISTEN", "127.0.0.1:0"),
-            ("TENX_GATEWAY__TELEMETRY__LOG_FORMAT", "pretty"),
-        ];
-        Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Loader::new("gateway", DEFAULTS)
+            .isolated(&[
+                ("upstreams.auth.url", auth_url),
+                ("upstreams.notification.url", notification_url),
+                ("upstreams.billing.url", billing_url),
+                ("redis.key_prefix", redis_prefix),
+                ("http.listen", "127.0.0.1:0"),
+            ])
+            .load()
     }
 
     /// The failed-authentication budget of one client.

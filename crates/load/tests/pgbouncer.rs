@@ -100,12 +100,7 @@ async fn every_flow_works_through_a_transaction_pooler() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_pooler_that_leaves_connections_outside_the_schema_is_refused() -> anyhow::Result<()> {
-    let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-        let settings = tenx_auth::AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?;
-        tenx_auth::migrate(&settings).await?;
-        Ok(())
-    })
-    .await?;
+    let db = TestDb::of_service::<tenx_auth::App>("auth").await?;
     let bouncer = TestPgBouncer::start(&[Bounced {
         alias: "plain".into(),
         database: db.name().to_owned(),

@@ -41,15 +41,7 @@ fn event(email: &str, key: &SealKey) -> Envelope {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let db = TestDb::from_template(
-        "notification",
-        &tenx_notification::app::migrations_fingerprint(),
-        |url| async move {
-            tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-            Ok(())
-        },
-    )
-    .await?;
+    let db = TestDb::of_service::<tenx_notification::App>("notification").await?;
     let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
     let settings =
         NotificationSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;

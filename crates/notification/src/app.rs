@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use tenx_common::authn::{Authenticator, AuthnLayer};
-use tenx_common::cache::{CacheLayer, CacheOptions, Redis};
-use tenx_common::db::{self, Db};
-use tenx_common::grpc::{self, GrpcServer};
+use tenx_common::authn::Authenticator;
+use tenx_common::cache::CacheOptions;
+use tenx_common::grpc::GrpcServer;
 use tenx_common::host::{self, Backend, HostError, Parts, Running};
 use tenx_common::metrics::Metrics;
-use tenx_common::queue::{Amqp, Topology};
+use tenx_common::queue::Topology;
 use tenx_common::sealed::SealKey;
 use tenx_common::shutdown::Shutdown;
-use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_proto::notification::v1::notification_service_server::NotificationServiceServer;
 
 use crate::deliver::Deliverer;
@@ -24,25 +22,7 @@ use crate::templates::Templates;
 use crate::webhooks::{self, WebhookWorker, Webhooks};
 use crate::worker::{self, Worker};
 
-mod migrations {
-    refinery::embed_migrations!("migrations");
-}
-
 pub const SERVICE_NAME: &str = "tenx.notification.v1.NotificationService";
-
-pub async fn migrate(settings: &NotificationSettings) -> Result<(), NotifyError> {
-    db::migrate(
-        settings.database.migrate_url()?,
-        &settings.database.schema,
-        Some(migrations::migrations::runner()),
-    )
-    .await?;
-    Ok(())
-}
-
-pub fn migrations_fingerprint() -> String {
-    db::fingerprint(&migrations::migrations::runner())
-}
 
 /// What notification prunes of its own (besides the inbox and the outbox):
 /// in-app notifications `retention.notifications_days` old; email
@@ -75,9 +55,7 @@ pub fn webhook_topology(settings: &NotificationSettings) -> Topology {
 pub struct App {
     settings: NotificationSettings,
     metrics: Metrics,
-    db: Arc<Db>,
-    amqp: Amqp,
-    cache: CacheLayer,
+    backend: Backend,
     deliverer: Arc<Deliverer>,
     webhooks: Arc<Webhooks>,
     grpc: GrpcServer,
@@ -93,11 +71,9 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(settings: NotificationSettings, metrics: Metrics) -> Result<Self, NotifyError> {
-        let db = Arc::new(Db::connect(&settings.database, "tenx-notification", &metrics)?);
-        let redis = Redis::connect(&settings.redis)
-            .map_err(|e| NotifyError::Internal(format!("redis settings: {:?}", e.kind())))?;
-        let cache = CacheLayer::new(Some(redis.clone()), &metrics);
-        let amqp = Amqp::new(&settings.amqp, "tenx-notification");
+        let started = |e: HostError| NotifyError::Internal(host::report(&e));
+        let backend = Backend::connect::<Self>(&settings, &metrics).map_err(started)?;
+        let (db, cache) = (backend.db().clone(), backend.cache());
         let templates =
             Arc::new(Templates::load(settings.templates.dir.as_deref()).map_err(NotifyError::Internal)?);
         let mailer = Mailer::new(&settings.smtp).map_err(NotifyError::Internal)?;
@@ -107,22 +83,12 @@ impl App {
             Webhooks::new(db.clone(), settings.webhooks.clone(), settings.amqp.max_attempts, &metrics)
                 .map_err(NotifyError::Internal)?,
         );
-        let auth = grpc::connect(&settings.upstreams.auth)
-            .map_err(|e| NotifyError::Internal(format!("upstreams.auth.url: {e}")))?;
-        let authenticator = Arc::new(Authenticator::remote(
-            "notification",
-            &settings.authn,
-            AuthServiceClient::new(auth),
-            Some(redis),
-        ));
-        let grpc = GrpcServer::new(
-            settings.telemetry.slow_request(),
-            &metrics,
-            AuthnLayer::verify(authenticator.clone()),
-        );
+        let (grpc, authenticator) = backend
+            .verified_server("notification", &settings.authn, &settings.upstreams, &settings.telemetry)
+            .map_err(started)?;
         let seal = SealKey::parse(settings.codes.seal_key.expose())
             .map_err(|e| NotifyError::Internal(format!("codes.seal_key: {e}")))?;
-        Ok(Self { settings, metrics, db, amqp, cache, deliverer, webhooks, grpc, authenticator, seal })
+        Ok(Self { settings, metrics, backend, deliverer, webhooks, grpc, authenticator, seal })
     }
 
     /// The authentication layer's verifier (tests wait for its
@@ -146,37 +112,21 @@ impl App {
             max_attempts: settings.amqp.max_attempts,
             seal: self.seal.clone(),
         };
-        let backend = Backend::new(
-            self.db.clone(),
-            self.cache.clone(),
-            self.amqp.clone(),
-            &self.metrics,
-            &settings.outbox,
-            &settings.retention,
-        )
-        .prune(retention_rules(settings))
-        .consumer(topology(settings), worker)
-        .consumer(webhook_topology(settings), WebhookWorker { hooks: self.webhooks.clone() });
-        let api = NotificationApi::new(
-            self.deliverer.clone(),
-            self.webhooks.clone(),
-            self.amqp.clone(),
-            topology(settings),
-        );
+        let amqp = self.backend.amqp().clone();
+        let backend = self
+            .backend
+            .prune(retention_rules(settings))
+            .consumer(topology(settings), worker)
+            .consumer(webhook_topology(settings), WebhookWorker { hooks: self.webhooks.clone() });
+        let api =
+            NotificationApi::new(self.deliverer.clone(), self.webhooks.clone(), amqp, topology(settings));
         let router = self.grpc.router().add_service(NotificationServiceServer::new(api));
-        Parts::new(
-            "notification",
-            &settings.server,
-            &settings.telemetry,
-            &self.metrics,
-            self.grpc.clone(),
-            router,
-        )
-        .serving(&[SERVICE_NAME])
-        .backend(backend)
-        .verifier(self.authenticator.clone())
+        Parts::of::<Self>(settings, &self.metrics, self.grpc.clone(), router)
+            .serving(&[SERVICE_NAME])
+            .backend(backend)
+            .verifier(self.authenticator.clone())
     }
 }
 
 // How the host runs this service (`main`'s `serve`).
-tenx_common::hosted!(App, "tenx-notification", NotificationSettings, NotifyError);
+tenx_common::hosted!(App, "tenx-notification", NotificationSettings, NotifyError, migrations = "migrations");

@@ -24,6 +24,6 @@ pub mod webhook_api;
 pub mod webhooks;
 pub mod worker;
 
-pub use app::{App, migrate};
+pub use app::App;
 pub use settings::NotificationSettings;
 pub use tenx_common::host::Running;

@@ -97,11 +97,7 @@ pub struct TemplateSettings {
 
 impl NotificationSettings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut loader = Loader::new("notification", DEFAULTS);
-        if let Some(path) = file {
-            loader = loader.file(path);
-        }
-        loader.load()
+        Loader::new("notification", DEFAULTS).file_if(file).load()
     }
 
     pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -115,18 +111,9 @@ impl NotificationSettings {
         redis_prefix: &str,
         amqp_prefix: &str,
     ) -> Result<Self, ConfigError> {
-        let vars = [
-            ("TENX_NOTIFICATION__DATABASE__PRIMARY_URL", primary),
-            ("TENX_NOTIFICATION__DATABASE__REPLICA_URL", replica),
-            ("TENX_NOTIFICATION__REDIS__KEY_PREFIX", redis_prefix),
-            ("TENX_NOTIFICATION__AMQP__PREFIX", amqp_prefix),
-            ("TENX_NOTIFICATION__AMQP__MAX_ATTEMPTS", "3"),
-            ("TENX_NOTIFICATION__SERVER__LISTEN", "127.0.0.1:0"),
-            ("TENX_NOTIFICATION__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
-            ("TENX_NOTIFICATION__TELEMETRY__LOG_FORMAT", "pretty"),
-        ];
-        let mut settings =
-            Self::load_from(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())?;
+        let mut settings: Self = Loader::new("notification", DEFAULTS)
+            .isolated_backend([primary, replica, redis_prefix, amqp_prefix], &[("amqp.max_attempts", "3")])
+            .load()?;
         // Tiers far enough apart that, with jitter, each wait is longer
         // than the one before (50-100 ms, then 150-300 ms).
         settings.amqp.retry_delays_ms = vec![100, 300];

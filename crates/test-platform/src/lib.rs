@@ -137,31 +137,9 @@ impl Platform {
 
     async fn start_configured(tune: impl FnOnce(&mut AuthSettings), setup: Setup) -> anyhow::Result<Self> {
         let Setup { instances, pgbouncer, redis_url, amqp_url, replica_port } = setup;
-        let auth_db =
-            TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-                tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-                Ok(())
-            })
-            .await?;
-        let notify_db = TestDb::from_template(
-            "notification",
-            &tenx_notification::app::migrations_fingerprint(),
-            |url| async move {
-                tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?)
-                    .await?;
-                Ok(())
-            },
-        )
-        .await?;
-        let billing_db = TestDb::from_template(
-            "billing",
-            &tenx_billing::app::migrations_fingerprint(),
-            |url| async move {
-                tenx_billing::migrate(&BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-                Ok(())
-            },
-        )
-        .await?;
+        let auth_db = TestDb::of_service::<tenx_auth::App>("auth").await?;
+        let notify_db = TestDb::of_service::<tenx_notification::App>("notification").await?;
+        let billing_db = TestDb::of_service::<tenx_billing::App>("billing").await?;
         let pgbouncer = if pgbouncer {
             let mut bounced = Vec::new();
             for (db, schema) in [(&auth_db, "auth"), (&notify_db, "notification"), (&billing_db, "billing")] {
@@ -414,7 +392,7 @@ async fn start<S: host::Service>(
 ) -> anyhow::Result<Instance> {
     let mut settings = settings.clone();
     if let Some(addrs) = addrs {
-        let server = S::server(&mut settings);
+        let server = S::server_mut(&mut settings);
         server.listen = addrs.grpc_addr;
         server.admin_listen = addrs.admin_addr;
     }

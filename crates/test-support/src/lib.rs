@@ -30,6 +30,7 @@ mod pg;
 mod pgbouncer;
 mod redis_prefix;
 mod redis_server;
+mod service;
 mod smtp_sink;
 mod wait;
 

@@ -33,11 +33,7 @@ impl TestAuth {
     /// One running instance, with `tune` applied to the settings first
     /// (the instances started later share them).
     pub async fn start_with(tune: impl FnOnce(&mut AuthSettings)) -> anyhow::Result<Self> {
-        let db = TestDb::from_template("auth", &tenx_auth::app::migrations_fingerprint(), |url| async move {
-            tenx_auth::migrate(&AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-            Ok(())
-        })
-        .await?;
+        let db = TestDb::of_service::<tenx_auth::App>("auth").await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
         let mut settings =
             AuthSettings::isolated(&db.primary_url(), &db.replica_url(), redis.prefix(), amqp.prefix())?;

@@ -67,15 +67,7 @@ impl TestBilling {
         if let Ok(guard) = tenx_common::telemetry::init("tenx-billing-test", &logs) {
             std::mem::forget(guard);
         }
-        let db = TestDb::from_template(
-            "billing",
-            &tenx_billing::app::migrations_fingerprint(),
-            |url| async move {
-                tenx_billing::migrate(&BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?).await?;
-                Ok(())
-            },
-        )
-        .await?;
+        let db = TestDb::of_service::<tenx_billing::App>("billing").await?;
         let auth = TestAuth::start().await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
         let replica_url = if replica { db.replica_url() } else { db.primary_url() };

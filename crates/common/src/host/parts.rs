@@ -9,15 +9,28 @@ use std::sync::Arc;
 
 use crate::admin::Readiness;
 use crate::authn::Authenticator;
-use crate::cache::CacheLayer;
-use crate::db::Db;
+use crate::authn::{AuthUpstream, AuthnLayer, AuthnSettings};
+use crate::cache::{CacheLayer, Redis, RedisSettings};
+use crate::db::{Db, DbSettings};
 use crate::grpc::{GrpcServer, ServerSettings, ServiceRouter};
 use crate::metrics::Metrics;
 use crate::outbox::RelaySettings;
-use crate::queue::{Amqp, Consumer, Handler, Topology};
+use crate::queue::{Amqp, AmqpSettings, Consumer, Handler, Topology};
 use crate::retention::{RetentionSettings, Rule};
 use crate::shutdown::Shutdown;
 use crate::telemetry::TelemetrySettings;
+
+use super::{HostError, Service};
+
+/// What a [`Backend`] is built from: a service's sections of the same names.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendSettings<'a> {
+    pub database: &'a DbSettings,
+    pub redis: &'a RedisSettings,
+    pub amqp: &'a AmqpSettings,
+    pub outbox: &'a RelaySettings,
+    pub retention: &'a RetentionSettings,
+}
 
 /// A background task: given its stop signal, runs until it fires.
 pub(super) type Task = Box<dyn FnOnce(Shutdown) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -69,6 +82,18 @@ impl Parts {
             console: axum::Router::new(),
             http: None,
         }
+    }
+
+    /// [`Parts::new`] for service `S` (`tenx-billing` serves as `billing`)
+    /// on its settings' ports and telemetry.
+    pub fn of<S: Service>(
+        settings: &S::Settings,
+        metrics: &Metrics,
+        grpc: GrpcServer,
+        router: ServiceRouter,
+    ) -> Self {
+        let name = S::NAME.strip_prefix("tenx-").unwrap_or(S::NAME);
+        Self::new(name, S::server(settings), S::telemetry(settings), metrics, grpc, router)
     }
 
     /// The fully-qualified gRPC services whose health is reported
@@ -138,6 +163,7 @@ impl Parts {
 pub struct Backend {
     pub(super) db: Arc<Db>,
     pub(super) cache: CacheLayer,
+    pub(super) redis: Redis,
     pub(super) amqp: Amqp,
     pub(super) metrics: Metrics,
     pub(super) outbox: RelaySettings,
@@ -154,25 +180,78 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub fn new(
-        db: Arc<Db>,
-        cache: CacheLayer,
-        amqp: Amqp,
+    /// Connects service `S`'s pools, its cache (in process, then Redis)
+    /// and its broker. Nothing is opened before first use, so a service
+    /// starts while a dependency is down and is simply not ready until it
+    /// is back.
+    pub fn connect<S: Service>(settings: &S::Settings, metrics: &Metrics) -> Result<Self, HostError> {
+        let sections = S::backend(settings).ok_or(HostError::Settings {
+            what: "database",
+            message: format!("{} keeps no database", S::NAME),
+        })?;
+        Self::connect_as(S::NAME, sections, metrics)
+    }
+
+    /// [`Backend::connect`] for a service named `name`.
+    pub fn connect_as(
+        name: &str,
+        settings: BackendSettings<'_>,
         metrics: &Metrics,
-        outbox: &RelaySettings,
-        retention: &RetentionSettings,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, HostError> {
+        let db = Arc::new(Db::connect(settings.database, name, metrics).map_err(HostError::service)?);
+        let redis = Redis::connect(settings.redis)
+            .map_err(|e| HostError::Settings { what: "redis", message: format!("{:?}", e.kind()) })?;
+        Ok(Self {
             db,
-            cache,
-            amqp,
+            cache: CacheLayer::new(Some(redis.clone()), metrics),
+            redis,
+            amqp: Amqp::new(settings.amqp, name),
             metrics: metrics.clone(),
-            outbox: outbox.clone(),
-            retention: retention.clone(),
+            outbox: settings.outbox.clone(),
+            retention: settings.retention.clone(),
             rules: Vec::new(),
             groups: Vec::new(),
             consumers: Vec::new(),
-        }
+        })
+    }
+
+    /// The gRPC server of a service behind auth, and the verifier it
+    /// uses: every call's credential checked with auth's keys (asked of
+    /// `upstream` as `service`, with its client secret), revocations
+    /// followed in this backend's Redis.
+    pub fn verified_server(
+        &self,
+        service: &str,
+        authn: &AuthnSettings,
+        upstream: &AuthUpstream,
+        telemetry: &TelemetrySettings,
+    ) -> Result<(GrpcServer, Arc<Authenticator>), HostError> {
+        let auth = crate::grpc::connect(&upstream.auth)
+            .map_err(|e| HostError::Settings { what: "upstreams.auth.url", message: e.to_string() })?;
+        let client = tenx_proto::auth::v1::auth_service_client::AuthServiceClient::new(auth);
+        let authenticator = Arc::new(Authenticator::remote(service, authn, client, Some(self.redis.clone())));
+        let layer = AuthnLayer::verify(authenticator.clone());
+        Ok((GrpcServer::new(telemetry.slow_request(), &self.metrics, layer), authenticator))
+    }
+
+    /// Both pools of its database.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// Its cache, in process then Redis.
+    pub fn cache(&self) -> &CacheLayer {
+        &self.cache
+    }
+
+    /// Its Redis, unprefixed by the cache.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Its broker connection.
+    pub fn amqp(&self) -> &Amqp {
+        &self.amqp
     }
 
     /// What retention prunes of the service's own tables.

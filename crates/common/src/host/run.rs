@@ -25,6 +25,8 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what}: {message}")]
+    Settings { what: &'static str, message: String },
     #[error("gRPC server")]
     Grpc(#[source] tonic::transport::Error),
     #[error("the service task ended abnormally")]

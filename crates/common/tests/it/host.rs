@@ -2,13 +2,13 @@
 //! only its parts gets its outbox relayed, its consumer fed, its
 //! readiness and health reported, and a drain on shutdown.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tenx_common::authn::AuthnLayer;
-use tenx_common::cache::{CacheLayer, Redis, RedisSettings};
+use tenx_common::cache::RedisSettings;
+use tenx_common::db::DbSettings;
 use tenx_common::grpc::{ClientSettings, GrpcServer, ServerSettings, connect};
-use tenx_common::host::{self, Backend, HostError, Parts};
+use tenx_common::host::{self, Backend, BackendSettings, HostError, Parts};
 use tenx_common::metrics::Metrics;
 use tenx_common::outbox::{self, NewEvent, RelaySettings};
 use tenx_common::queue::{Handler, HandlerError, Message, Topology};
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{amqp_settings, connect as connect_db, declare, test_db};
+use crate::support::{SCHEMA, amqp_settings, declare, test_db};
 
 /// The consumer of the hosted service: hands each event type on.
 struct Seen(mpsc::UnboundedSender<String>);
@@ -41,26 +41,25 @@ async fn a_hosted_service_relays_its_events_feeds_its_consumer_reports_ready_and
 {
     let (tdb, redis, test_amqp) = (test_db().await?, TestRedis::new(), TestAmqp::new());
     let metrics = Metrics::default();
-    let db = Arc::new(connect_db(&tdb, None, &metrics)?);
-    let cache =
-        CacheLayer::new(Some(Redis::connect(&RedisSettings::new(redis.url(), redis.prefix()))?), &metrics);
     let settings = amqp_settings(&test_amqp);
-    let amqp = tenx_common::queue::Amqp::new(&settings, "host-test");
+    let mut database = DbSettings::new(&tdb.primary_url(), Some(&tdb.replica_url()), SCHEMA);
+    database.connect_timeout_ms = 1_000;
+    let sections = BackendSettings {
+        database: &database,
+        redis: &RedisSettings::new(redis.url(), redis.prefix()),
+        amqp: &settings,
+        outbox: &RelaySettings::default(),
+        retention: &RetentionSettings::default(),
+    };
+    let backend = Backend::connect_as("host-test", sections, &metrics)?;
+    let db = backend.db().clone();
     let topology = Topology::for_group(&settings, "widgets", &["test.widget_made"]);
-    declare(&test_amqp, &amqp, &topology).await?;
+    declare(&test_amqp, backend.amqp(), &topology).await?;
     let (seen, mut events) = mpsc::unbounded_channel();
 
     let grpc = GrpcServer::new(Duration::from_secs(1), &metrics, AuthnLayer::no_api());
     let router = grpc.router();
-    let backend = Backend::new(
-        db.clone(),
-        cache,
-        amqp,
-        &metrics,
-        &RelaySettings::default(),
-        &RetentionSettings::default(),
-    )
-    .consumer(topology, Seen(seen));
+    let backend = backend.consumer(topology, Seen(seen));
     let server = free_ports();
     let parts = Parts::new("widgets", &server, &Default::default(), &metrics, grpc, router)
         .serving(&["tenx.test.v1.Widgets"])

@@ -50,16 +50,7 @@ pub struct TestNotify {
 impl TestNotify {
     /// Settings with the test's own names; not started yet.
     pub async fn new() -> anyhow::Result<Self> {
-        let db = TestDb::from_template(
-            "notification",
-            &tenx_notification::app::migrations_fingerprint(),
-            |url| async move {
-                tenx_notification::migrate(&NotificationSettings::isolated(&url, &url, "tpl:", "tpl.")?)
-                    .await?;
-                Ok(())
-            },
-        )
-        .await?;
+        let db = TestDb::of_service::<tenx_notification::App>("notification").await?;
         let auth = TestAuth::start().await?;
         let (redis, amqp) = (TestRedis::new(), TestAmqp::new());
         let mut settings = NotificationSettings::isolated(
