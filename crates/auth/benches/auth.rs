@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn start(settings: AuthSettings, shutdown: &Shutdown) -> anyhow::Result<Client> {
-    let running = App::build(settings, Metrics::default()).await?.spawn(shutdown.child()).await?;
+    let running = tenx_common::host::start::<App>(settings, Metrics::default(), shutdown.child()).await?;
     let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))?.connect().await?;
     Ok(AuthServiceClient::new(channel))
 }

@@ -9,7 +9,7 @@ use tenx_common::authn::{AuthnLayer, Revocations};
 use tenx_common::cache::CacheOptions;
 use tenx_common::db::{Db, Prepared};
 use tenx_common::grpc::GrpcServer;
-use tenx_common::host::{self, Backend, HostError, Parts, Running};
+use tenx_common::host::{self, Backend, Parts};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
 use tenx_common::shutdown::Shutdown;
@@ -147,11 +147,6 @@ impl App {
             AuthnLayer::verify(authenticator.clone()),
         );
         Ok(Self { settings, metrics, backend, core, grpc, authenticator })
-    }
-
-    /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
-    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, HostError> {
-        host::spawn(self.parts(), shutdown).await
     }
 
     /// What the host serves: the auth API, the avatar worker, the key

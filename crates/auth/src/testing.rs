@@ -81,7 +81,8 @@ impl TestAuth {
             let _ = SIGNER.set(Keys::load(pool, &settings.tokens).await?);
         }
         let shutdown = Shutdown::new();
-        let running = App::build(settings.clone(), Metrics::default()).await?.spawn(shutdown.child()).await?;
+        let running =
+            tenx_common::host::start::<App>(settings.clone(), Metrics::default(), shutdown.child()).await?;
         Ok(Self { db, redis, amqp, settings, running, shutdown })
     }
 

@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         topology.declare(&channel).await?;
     }
     let shutdown = Shutdown::new();
-    App::build(settings.clone(), Metrics::default()).await?.spawn(shutdown.child()).await?;
+    tenx_common::host::start::<App>(settings.clone(), Metrics::default(), shutdown.child()).await?;
     let (sql, conn) = tokio_postgres::connect(&db.primary_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     sql.batch_execute("SET search_path TO notification").await?;

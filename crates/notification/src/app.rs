@@ -6,11 +6,10 @@ use std::sync::Arc;
 use tenx_common::authn::Authenticator;
 use tenx_common::cache::CacheOptions;
 use tenx_common::grpc::GrpcServer;
-use tenx_common::host::{self, Backend, HostError, Parts, Running};
+use tenx_common::host::{self, Backend, HostError, Parts};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
 use tenx_common::sealed::SealKey;
-use tenx_common::shutdown::Shutdown;
 use tenx_proto::notification::v1::notification_service_server::NotificationServiceServer;
 
 use crate::deliver::Deliverer;
@@ -95,11 +94,6 @@ impl App {
     /// revocation feed before calling).
     pub fn authenticator(&self) -> Arc<Authenticator> {
         self.authenticator.clone()
-    }
-
-    /// Binds its ports (port 0 picks free ones) and serves until `shutdown`.
-    pub async fn spawn(self, shutdown: Shutdown) -> Result<Running, HostError> {
-        host::spawn(self.parts(), shutdown).await
     }
 
     /// What the host serves: the notification API, the delivery and

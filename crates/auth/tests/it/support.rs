@@ -54,7 +54,7 @@ impl TestAuth {
 
     pub async fn start_instance_with(&mut self, settings: AuthSettings) -> anyhow::Result<usize> {
         let app = App::build(settings, Metrics::default()).await?;
-        self.instances.push(app.spawn(self.shutdown.child()).await?);
+        self.instances.push(tenx_common::host::spawn(app.parts(), self.shutdown.child()).await?);
         Ok(self.instances.len() - 1)
     }
 

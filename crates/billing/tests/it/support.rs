@@ -88,7 +88,7 @@ impl TestBilling {
         let app = App::build_with_clock(settings.clone(), metrics.clone(), Arc::new(clock.clone())).await?;
         let scheduler = app.scheduler();
         let authenticator = app.authenticator();
-        let running = app.spawn(shutdown.child()).await?;
+        let running = tenx_common::host::spawn(app.parts(), shutdown.child()).await?;
         // Calls made before billing follows auth's revocations would ask
         // auth about sessions that exist only in these tests' tokens.
         authenticator.revocations().synced().await;

@@ -111,11 +111,12 @@ async fn tokens_signed_after_a_key_rotation_at_auth_pass_without_a_gateway_resta
     let new_kid =
         tenx_auth::rotate_keys(&platform.auth_settings, &tenx_common::metrics::Metrics::default()).await?;
     // A fresh auth instance signs with the new key.
-    let fresh =
-        tenx_auth::App::build(platform.auth_settings.clone(), tenx_common::metrics::Metrics::default())
-            .await?
-            .spawn(platform.shutdown.child())
-            .await?;
+    let fresh = tenx_common::host::start::<tenx_auth::App>(
+        platform.auth_settings.clone(),
+        tenx_common::metrics::Metrics::default(),
+        platform.shutdown.child(),
+    )
+    .await?;
     let mut client = AuthServiceClient::connect(format!("http://{}", fresh.grpc_addr)).await?;
     let login = pb::LoginRequest { email, password: PASSWORD.into(), device_name: String::new() };
     let new_token =

@@ -27,10 +27,12 @@ async fn reads_are_spread_over_two_auth_instances_and_none_fails_when_one_goes_a
     let mut instances = Vec::new();
     for _ in 0..2 {
         let (metrics, stop) = (Metrics::default(), Shutdown::new());
-        let running = tenx_auth::App::build(platform.auth_settings.clone(), metrics.clone())
-            .await?
-            .spawn(stop.clone())
-            .await?;
+        let running = tenx_common::host::start::<tenx_auth::App>(
+            platform.auth_settings.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await?;
         instances.push((running, metrics, stop));
     }
     let mut settings = platform.gateway_settings()?;

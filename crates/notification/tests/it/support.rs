@@ -76,7 +76,7 @@ impl TestNotify {
         tenx_notification::app::webhook_topology(&self.settings).declare(&channel).await?;
         let app = App::build(self.settings.clone(), Metrics::default()).await?;
         let authenticator = app.authenticator();
-        self.running = Some(app.spawn(self.shutdown.child()).await?);
+        self.running = Some(tenx_common::host::spawn(app.parts(), self.shutdown.child()).await?);
         // Tokens minted for tests name sessions only they know: call once
         // notification follows auth's revocations (else it would ask auth).
         authenticator.revocations().synced().await;
