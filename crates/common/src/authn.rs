@@ -234,7 +234,11 @@ impl Authenticator {
     /// Fetches the key set (a failure is logged: readiness reports it and
     /// the refresh retries), then refreshes it until `shutdown`.
     pub async fn keep_current(self: Arc<Self>, shutdown: Shutdown) {
-        if let Err(error) = self.jwks.fetch().await {
+        // Loaded already when the service fetched it before serving (the
+        // gateway does): no second fetch at start.
+        if !self.jwks.loaded()
+            && let Err(error) = self.jwks.fetch().await
+        {
             tracing::warn!(%error, "auth's key set not loaded yet; not ready until it is");
         }
         self.jwks.refresh_until(shutdown).await;

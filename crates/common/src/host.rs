@@ -80,7 +80,7 @@ pub type Runner = refinery::Runner;
 /// migrations = "migrations")` (the folder, from the crate's root).
 #[macro_export]
 macro_rules! hosted {
-    // Inner arms first: an outer one would try to read `@impl` as a type.
+    // Inner arms (`@impl`, `@schema`) first, then the two public forms.
     (@impl $app:ty, $name:literal, $settings:ty, $error:ty $(, $runner:path)?) => {
         impl $crate::host::Service for $app {
             const NAME: &'static str = $name;
@@ -202,7 +202,7 @@ pub async fn serve<S: Service>(settings: S::Settings) -> Result<(), String> {
         let running = start::<S>(settings, Metrics::default(), shutdown).await.map_err(|e| report(&e))?;
         match running.task.await {
             Ok(ended) => ended.map_err(|e| report(&e)),
-            Err(e) => Err(format!("the service task: {e}")),
+            Err(e) => Err(report(&HostError::Panicked(e))),
         }
     })
     .await

@@ -1,6 +1,5 @@
 //! `tenx-notification` settings: the shared sections plus SMTP and templates.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -98,10 +97,6 @@ pub struct TemplateSettings {
 impl NotificationSettings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Loader::new("notification", DEFAULTS).file_if(file).load()
-    }
-
-    pub fn load_from(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
-        Loader::new("notification", DEFAULTS).env_from(vars).load()
     }
 
     /// Settings for an isolated instance on loopback (tests, benchmarks).
