@@ -67,7 +67,26 @@ pub struct NewInvoice<'a> {
     pub lines: Vec<NewLine>,
 }
 
-impl NewInvoice<'_> {
+impl<'a> NewInvoice<'a> {
+    /// The last invoice of `subscription`, which ends at `end`: the usage
+    /// `line` still unbilled, from the start of its period.
+    pub fn final_usage(
+        party: &'a Party,
+        subscription: Uuid,
+        currency: &'a str,
+        line: NewLine,
+        end: SystemTime,
+    ) -> Self {
+        Self {
+            party,
+            subscription: Some(subscription),
+            reason: "subscription_cancel",
+            currency,
+            period: (line.period.0, end),
+            lines: vec![line],
+        }
+    }
+
     /// Whether there is anything to bill (free renewals are not issued).
     pub fn bills_something(&self) -> bool {
         self.lines.iter().any(|l| l.amount_minor != 0 || l.kind == "usage")

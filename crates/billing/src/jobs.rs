@@ -359,14 +359,7 @@ pub async fn customer_failed<C: Prepared>(
                     let current = model::load_subscription(tx, s).await?;
                     let price: Uuid = current.price_id.parse().unwrap_or_default();
                     if let Some(line) = crate::usage::final_line(tx, s, price, now).await? {
-                        let final_invoice = NewInvoice {
-                            party: &party,
-                            subscription: Some(s),
-                            reason: "subscription_cancel",
-                            currency: &current.currency,
-                            period: (line.period.0, now),
-                            lines: vec![line],
-                        };
+                        let final_invoice = NewInvoice::final_usage(&party, s, &current.currency, line, now);
                         invoices::issue(tx, now, final_invoice).await?;
                     }
                     set_status(

@@ -280,14 +280,7 @@ impl Scheduler {
         if ending {
             // The final invoice bills what usage is left.
             if let Some(line) = usage {
-                let final_invoice = NewInvoice {
-                    party: &party,
-                    subscription: Some(sub),
-                    reason: "subscription_cancel",
-                    currency: &price.currency,
-                    period: (line.period.0, boundary),
-                    lines: vec![line],
-                };
+                let final_invoice = NewInvoice::final_usage(&party, sub, &price.currency, line, boundary);
                 let invoice = invoices::issue(&tx, now, final_invoice).await?;
                 tx.execute_cached(
                     "UPDATE subscriptions SET latest_invoice_id = $2 WHERE id = $1",

@@ -31,7 +31,7 @@ pub enum HostError {
     Grpc(#[source] tonic::transport::Error),
     #[error("the service task ended abnormally")]
     Panicked(#[source] tokio::task::JoinError),
-    /// The service's own error, while it was being built.
+    /// The service's own error: building it, or migrating its schema.
     #[error("{0}")]
     Service(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -58,9 +58,8 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, HostError> 
     bound.map_err(|source| HostError::Bind { what, addr: addr.to_owned(), source })
 }
 
-fn local(listener: &TcpListener) -> SocketAddr {
-    // A bound TCP listener always has its address.
-    listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+fn local(what: &'static str, listener: &TcpListener) -> Result<SocketAddr, HostError> {
+    listener.local_addr().map_err(|source| HostError::Bind { what, addr: String::new(), source })
 }
 
 /// Binds `parts`' ports (port 0 picks a free one) and serves them in the
@@ -73,7 +72,8 @@ pub async fn spawn(parts: Parts, shutdown: Shutdown) -> Result<Running, HostErro
         Some((listen, _)) => Some(bind("http.listen", listen).await?),
         None => None,
     };
-    let (grpc_addr, admin_addr, http_addr) = (local(&grpc), local(&admin), http.as_ref().map(local));
+    let (grpc_addr, admin_addr) = (local("server.listen", &grpc)?, local("server.admin_listen", &admin)?);
+    let http_addr = http.as_ref().map(|http| local("http.listen", http)).transpose()?;
     match http_addr {
         Some(http_addr) => {
             tracing::info!(%grpc_addr, %admin_addr, %http_addr, service = parts.name, "listening")
