@@ -76,6 +76,7 @@ pub fn retention_rules(settings: &AuthSettings) -> Vec<tenx_common::retention::R
         Rule::older("sessions", "revoked_at", days(kept.sessions_days)),
         Rule::older("sessions", "last_used_at", days(settings.tokens.refresh_ttl_days + kept.sessions_days)),
         Rule::older("one_time_codes", "expires_at", days(kept.codes_days)),
+        Rule::older("mfa_challenges", "expires_at", days(1)),
     ]
 }
 

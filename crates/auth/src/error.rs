@@ -6,6 +6,9 @@ use tenx_common::db::DbError;
 use tenx_common::grpc::ApiError;
 use tenx_common::queue::QueueError;
 
+/// The domain of auth's ErrorInfo reasons.
+pub const DOMAIN: &str = "auth.tenx";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("invalid {field}: {reason}")]
@@ -27,6 +30,10 @@ pub enum AuthError {
     TooManyKeys(u32),
     #[error("too many password checks at once; try again shortly")]
     Busy,
+    /// Well formed, but the account's state does not allow it; `reason`
+    /// is machine readable (ErrorInfo of [`DOMAIN`]).
+    #[error("{message}")]
+    Refused { reason: &'static str, message: &'static str },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -63,6 +70,9 @@ impl From<AuthError> for ApiError {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(1),
             },
+            AuthError::Refused { reason, message } => {
+                ApiError::Refused { domain: DOMAIN, reason, message: message.to_owned() }
+            }
             AuthError::Db(e) => e.into(),
             AuthError::Pool(e) => DbError::Pool(e).into(),
             AuthError::Queue(e) => e.into(),
@@ -75,6 +85,10 @@ impl From<AuthError> for ApiError {
 
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
-        ApiError::from(error).into()
+        match error {
+            // With its details (a step-up's reason).
+            AuthError::Authn(e) => e.into(),
+            other => ApiError::from(other).into(),
+        }
     }
 }

@@ -47,6 +47,19 @@ impl Kek {
         SealKey::parse(base64_key).map(Kek)
     }
 
+    /// Seals another secret at rest (a TOTP secret), bound to `context`
+    /// (its owner's id): moved to another row, it does not open.
+    pub fn seal(&self, plain: &[u8], context: &[u8]) -> Vec<u8> {
+        self.0.seal(plain, context)
+    }
+
+    /// Opens what [`Kek::seal`] sealed with the same `context`.
+    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, AuthError> {
+        self.0.open(sealed, context).ok_or_else(|| {
+            AuthError::Internal("cannot decrypt a sealed secret: wrong tokens.key_encryption_key?".into())
+        })
+    }
+
     fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>, AuthError> {
         Ok(self.0.seal(plain, b""))
     }
@@ -62,7 +75,7 @@ impl Kek {
 }
 
 /// Access-token claims.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// User id.
     pub sub: String,
@@ -79,6 +92,37 @@ pub struct Claims {
     /// `service:<svc>` and `sid` is empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub svc: String,
+    /// When the session last authenticated (OIDC `auth_time`, unix
+    /// seconds); user tokens only. Step-up rules read it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub auth_time: u64,
+    /// How it authenticated (RFC 8176): `pwd`, and `otp` with a second
+    /// factor; user tokens only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How and when a session last authenticated, as its tokens say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub at: SystemTime,
+    /// With a second factor.
+    pub mfa: bool,
+}
+
+impl Authenticated {
+    fn claims(self) -> (u64, Vec<String>) {
+        let at = self.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut amr = vec!["pwd".to_owned()];
+        if self.mfa {
+            amr.push("otp".to_owned());
+        }
+        (at, amr)
+    }
 }
 
 struct KeySet {
@@ -130,6 +174,11 @@ impl Keys {
         };
         keys.reload().await?;
         Ok(keys)
+    }
+
+    /// The key-encryption key, for other secrets kept at rest.
+    pub fn kek(&self) -> &Kek {
+        &self.kek
     }
 
     /// Re-reads the keys from Postgres.
@@ -194,41 +243,41 @@ impl Keys {
         user: &str,
         session: &str,
         roles: &[String],
+        authenticated: Authenticated,
     ) -> Result<(String, SystemTime), AuthError> {
+        let (auth_time, amr) = authenticated.claims();
         self.sign(
-            user.to_owned(),
-            session.to_owned(),
-            roles.to_vec(),
-            String::new(),
+            Claims {
+                sub: user.to_owned(),
+                sid: session.to_owned(),
+                roles: roles.to_vec(),
+                auth_time,
+                amr,
+                ..Claims::default()
+            },
             self.settings.access_ttl_seconds,
         )
     }
 
     /// Signs a service token for `service`, valid `ttl_seconds`.
     pub fn issue_service(&self, service: &str, ttl_seconds: u64) -> Result<(String, SystemTime), AuthError> {
-        self.sign(format!("service:{service}"), String::new(), Vec::new(), service.to_owned(), ttl_seconds)
+        let claims =
+            Claims { sub: format!("service:{service}"), svc: service.to_owned(), ..Claims::default() };
+        self.sign(claims, ttl_seconds)
     }
 
-    fn sign(
-        &self,
-        sub: String,
-        sid: String,
-        roles: Vec<String>,
-        svc: String,
-        ttl_seconds: u64,
-    ) -> Result<(String, SystemTime), AuthError> {
+    /// Signs `claims` (subject, session, roles, …) stamped with now, the
+    /// expiry, the issuer and the audience.
+    fn sign(&self, claims: Claims, ttl_seconds: u64) -> Result<(String, SystemTime), AuthError> {
         let now = SystemTime::now();
         let iat = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let exp = iat + ttl_seconds;
         let claims = Claims {
-            sub,
-            sid,
             iat,
             exp,
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
-            roles,
-            svc,
+            ..claims
         };
         let set = self.set.read().unwrap_or_else(|p| p.into_inner());
         // Before any key's activation (a clock behind the database's):

@@ -4,7 +4,8 @@
 //!
 //! - [`service`]: the RPC handlers.
 //! - [`store`]: the SQL; [`keys`]: signing keys and JWTs;
-//!   [`password`]: argon2id; [`secrets`]: tokens, codes, API keys.
+//!   [`password`]: argon2id; [`secrets`]: tokens, codes, API keys;
+//!   [`totp`]: RFC 6238 codes, `otpauth://` URIs and their QR codes.
 //! - [`avatar`]: the thumbnail worker.
 //! - [`verifier`]: auth's own sources for the shared authentication layer
 //!   (`tenx_common::authn`); [`denylist`]: revoking for every service.
@@ -24,6 +25,7 @@ pub mod settings;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod totp;
 pub mod validate;
 pub mod verifier;
 

@@ -33,6 +33,16 @@ pub fn code() -> String {
     (0..CODE_LEN).map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())])).collect()
 }
 
+/// A recovery code, `XXXXX-XXXXX` (10 characters of the code alphabet,
+/// ≈ 50 bits): typed once, when the phone is lost.
+pub fn recovery_code() -> String {
+    let mut rng = rand::rngs::OsRng;
+    let mut code: String =
+        (0..10).map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())])).collect();
+    code.insert(5, '-');
+    code
+}
+
 /// Codes are compared case-insensitively, ignoring spaces and dashes.
 pub fn normalize_code(raw: &str) -> String {
     raw.chars().filter(|c| !c.is_whitespace() && *c != '-').flat_map(char::to_uppercase).collect()

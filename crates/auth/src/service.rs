@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::error::AuthError;
-use crate::keys::Keys;
+use crate::keys::{Authenticated, Keys};
 use crate::password::Passwords;
 use crate::secrets;
 use crate::settings::AuthSettings;
@@ -58,6 +58,8 @@ impl AuthApi {
         Self { core }
     }
 }
+
+mod mfa;
 
 /// Who is calling, from a verified access token.
 #[derive(Debug, Clone, Copy)]
@@ -175,16 +177,23 @@ impl Core {
         session: Uuid,
         refresh_token: String,
     ) -> Result<pb::Tokens, AuthError> {
-        // Roles from the primary: a grant or removal shows in the next token.
-        let roles: Vec<String> = self
+        // Roles from the primary: a grant or removal shows in the next
+        // token; so does the session's last (re)authentication.
+        let row = self
             .db
             .write()
             .await?
-            .query_opt_cached("SELECT roles FROM users WHERE id = $1", &[&user])
+            .query_opt_cached(
+                "SELECT u.roles, s.authenticated_at, s.mfa FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.id = $1 AND s.user_id = $2",
+                &[&session, &user],
+            )
             .await?
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        let (access, expires) = self.keys.issue(&user.to_string(), &session.to_string(), &roles)?;
+            .ok_or(AuthError::Unauthenticated("session revoked"))?;
+        let (roles, authenticated) =
+            (row.get::<_, Vec<String>>(0), Authenticated { at: row.get(1), mfa: row.get(2) });
+        let (access, expires) =
+            self.keys.issue(&user.to_string(), &session.to_string(), &roles, authenticated)?;
         Ok(pb::Tokens {
             access_token: access,
             access_token_expires_at: Some(store::timestamp(expires)),
@@ -240,7 +249,7 @@ impl Core {
         );
         let row = tx.query_opt_cached(&sql, &[&id, &email, &hash, &display_name]).await?;
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
-        let (session, refresh) = store::create_session(&tx, id, &device).await?;
+        let (session, refresh) = store::create_session(&tx, id, &device, false).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
         outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         tx.commit().await?;
@@ -292,7 +301,7 @@ impl Core {
             claim.settle();
             return Err(wrong);
         };
-        let (id, user) = (account.user.id, account.user);
+        let (id, user, mfa) = (account.user.id, account.user, account.mfa);
         let rehash =
             if verified.needs_rehash { Some(self.passwords.hash(&request.password).await?) } else { None };
         let mut conn = self.db.write().await?;
@@ -304,18 +313,36 @@ impl Core {
                 retry_after: self.lock_delay(self.settings.login.max_failures),
             });
         }
-        tx.execute_cached("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&email, &client])
-            .await?;
         if let Some(hash) = rehash {
             tx.execute_cached("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
         }
-        let (session, refresh) = store::create_session(&tx, id, &device).await?;
+        if mfa {
+            // Half proved: the password's attempt is given back but the
+            // count is not reset, so wrong codes add up toward the same
+            // lockout as wrong passwords until a right code clears it.
+            store::give_back_attempt(&tx, &email, client).await?;
+            let challenge = self.challenge(&tx, id, &device).await?;
+            tx.commit().await?;
+            claim.settle();
+            let written = conn.commit_position().await?;
+            let response = pb::LoginResponse {
+                user: Some(user.to_proto()),
+                tokens: None,
+                mfa_challenge: Some(challenge),
+            };
+            return Ok((response, written));
+        }
+        store::forget_attempts(&tx, &email, client).await?;
+        let (session, refresh) = store::create_session(&tx, id, &device, false).await?;
         tx.commit().await?;
         // The attempts are gone with the commit: nothing to give back.
         claim.settle();
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;
-        Ok((pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens) }, written))
+        Ok((
+            pb::LoginResponse { user: Some(user.to_proto()), tokens: Some(tokens), mfa_challenge: None },
+            written,
+        ))
     }
 
     /// Counts one password attempt of (`email`, `client`) and returns its
@@ -737,6 +764,23 @@ impl Core {
         password: &str,
         client: &str,
     ) -> Result<UserRecord, AuthError> {
+        let (user, _) = self.prove_password(caller, password, client, "current_password: wrong").await?;
+        // Proved: this client's count starts again, as after a login.
+        store::forget_attempts(&*self.db.write().await?, &user.email, client).await?;
+        Ok(user)
+    }
+
+    /// The caller's password checked again, counted as a login attempt
+    /// of (their email, `client`) and left counted: the account and the
+    /// attempt's number. Wrong: `wrong`, and the
+    /// attempt may lock the client out.
+    async fn prove_password(
+        &self,
+        caller: Caller,
+        password: &str,
+        client: &str,
+        wrong: &'static str,
+    ) -> Result<(UserRecord, i32), AuthError> {
         let (user, account) = {
             let conn = self.db.write().await?;
             let user = store::user_by_id(&*conn, caller.user).await?.ok_or(AuthError::NotFound("user"))?;
@@ -748,18 +792,9 @@ impl Core {
         let verified = self.passwords.verify(password, Some(&account.password_hash)).await?;
         if !verified.ok {
             self.fail_attempt(&user.email, client, attempt).await?;
-            return Err(AuthError::Wrong("current_password: wrong"));
+            return Err(AuthError::Wrong(wrong));
         }
-        // Proved: this client's count starts again, as after a login.
-        self.db
-            .write()
-            .await?
-            .execute_cached(
-                "DELETE FROM login_attempts WHERE email = $1 AND client = $2",
-                &[&user.email, &client],
-            )
-            .await?;
-        Ok(user)
+        Ok((user, attempt))
     }
 
     async fn change_password(
@@ -778,11 +813,7 @@ impl Core {
             &[&caller.user, &hash],
         )
         .await?;
-        tx.execute_cached(
-            "DELETE FROM login_attempts WHERE email = $1 AND client = $2",
-            &[&user.email, &client],
-        )
-        .await?;
+        store::forget_attempts(&tx, &user.email, client).await?;
         let revoked =
             store::revoke_user_sessions(&tx, caller.user, Some(caller.session), "password_changed").await?;
         let event = pb::PasswordChanged { user_id: caller.user.to_string(), email: user.email };
@@ -1291,6 +1322,7 @@ impl AuthService for AuthApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "ChangePassword").await?;
         let client = client_of(request.extensions());
         let written = self.core.change_password(caller, request.into_inner(), &client).await?;
         Ok(respond(pb::ChangePasswordResponse {}, Some(written)))
@@ -1301,6 +1333,7 @@ impl AuthService for AuthApi {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "CreateApiKey").await?;
         let client = client_of(request.extensions());
         let (reply, written) = self.core.create_api_key(caller, request.into_inner(), &client).await?;
         Ok(respond(reply, Some(written)))
@@ -1410,6 +1443,71 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::GetAvatarResponse>, Status> {
         Ok(Response::new(self.core.get_avatar(request.into_inner()).await?))
     }
+
+    async fn complete_mfa_login(
+        &self,
+        request: Request<pb::CompleteMfaLoginRequest>,
+    ) -> Result<Response<pb::CompleteMfaLoginResponse>, Status> {
+        let client = client_of(request.extensions());
+        let (reply, written) = self.core.complete_mfa_login(request.into_inner(), &client).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn reauthenticate(
+        &self,
+        request: Request<pb::ReauthenticateRequest>,
+    ) -> Result<Response<pb::ReauthenticateResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let client = client_of(request.extensions());
+        let (reply, written) = self.core.reauthenticate(caller, request.into_inner(), &client).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn get_mfa_status(
+        &self,
+        request: Request<pb::GetMfaStatusRequest>,
+    ) -> Result<Response<pb::GetMfaStatusResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        Ok(Response::new(self.core.get_mfa_status(caller).await?))
+    }
+
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let (reply, written) = self.core.enroll_totp(caller).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let (reply, written) = self.core.confirm_totp(caller, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn disable_totp(
+        &self,
+        request: Request<pb::DisableTotpRequest>,
+    ) -> Result<Response<pb::DisableTotpResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "DisableTotp").await?;
+        let written = self.core.disable_totp(caller).await?;
+        Ok(respond(pb::DisableTotpResponse {}, Some(written)))
+    }
+
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<pb::RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "RegenerateRecoveryCodes").await?;
+        let (reply, written) = self.core.regenerate_recovery_codes(caller).await?;
+        Ok(respond(reply, Some(written)))
+    }
 }
 
 /// One claimed password attempt (a number in `login_attempts`) whose
@@ -1445,18 +1543,7 @@ impl Drop for Claim {
         let (db, email, client) =
             (self.db.clone(), std::mem::take(&mut self.email), std::mem::take(&mut self.client));
         runtime.spawn(async move {
-            let released = async {
-                db.write()
-                    .await?
-                    .execute_cached(
-                        "UPDATE login_attempts SET failures = failures - 1, updated_at = now() \
-                         WHERE email = $1 AND client = $2 AND failures > 0 \
-                           AND (locked_until IS NULL OR locked_until <= now())",
-                        &[&email, &client],
-                    )
-                    .await?;
-                Ok::<_, AuthError>(())
-            };
+            let released = async { store::give_back_attempt(&*db.write().await?, &email, &client).await };
             if let Err(error) = released.await {
                 tracing::warn!(%error, "an abandoned login attempt was not given back");
             }

@@ -33,6 +33,7 @@ pub struct AuthSettings {
     pub codes: CodeSettings,
     pub avatars: AvatarSettings,
     pub api_keys: ApiKeySettings,
+    pub mfa: MfaSettings,
     /// Service name → the client secret it presents to IssueServiceToken.
     #[serde(default)]
     pub service_clients: std::collections::BTreeMap<String, Secret<String>>,
@@ -89,6 +90,19 @@ pub struct CodeSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiKeySettings {
     pub max_per_user: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MfaSettings {
+    /// The account's label in authenticator apps (`otpauth://` issuer).
+    pub issuer: String,
+    /// How long a login may wait for its second factor.
+    pub challenge_ttl_seconds: u64,
+    /// Wrong codes before a login's challenge is burnt.
+    pub challenge_max_attempts: i32,
+    /// Codes of this many 30-second steps before and after now are
+    /// accepted too (clock drift between the phone and the server).
+    pub totp_skew_steps: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +203,18 @@ impl Validate for AuthSettings {
             .map_err(|reason| Invalid::new("codes.seal_key", reason))?;
         if self.codes.max_attempts < 1 {
             return Err(Invalid::new("codes.max_attempts", "must be at least 1"));
+        }
+        if self.mfa.issuer.is_empty() || self.mfa.issuer.contains(':') || self.mfa.issuer.len() > 64 {
+            return Err(Invalid::new("mfa.issuer", "1–64 characters, no colon"));
+        }
+        if !(30..=3600).contains(&self.mfa.challenge_ttl_seconds) {
+            return Err(Invalid::new("mfa.challenge_ttl_seconds", "must be between 30 and 3600"));
+        }
+        if self.mfa.challenge_max_attempts < 1 {
+            return Err(Invalid::new("mfa.challenge_max_attempts", "must be at least 1"));
+        }
+        if self.mfa.totp_skew_steps > 10 {
+            return Err(Invalid::new("mfa.totp_skew_steps", "must be at most 10 (5 minutes each way)"));
         }
         Ok(())
     }

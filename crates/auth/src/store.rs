@@ -76,6 +76,8 @@ pub async fn user_by_id<C: Prepared>(db: &C, id: Uuid) -> Result<Option<UserReco
 pub struct LoginRow {
     pub user: UserRecord,
     pub password_hash: String,
+    /// TOTP is on: a right password gets a challenge, not a session.
+    pub mfa: bool,
 }
 
 impl std::fmt::Debug for LoginRow {
@@ -85,23 +87,50 @@ impl std::fmt::Debug for LoginRow {
 }
 
 pub async fn login_row<C: Prepared>(db: &C, email: &str) -> Result<Option<LoginRow>, AuthError> {
-    let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1");
-    Ok(db
-        .query_opt_cached(&sql, &[&email])
-        .await?
-        .map(|row| LoginRow { user: UserRecord::from_row(&row), password_hash: row.get("password_hash") }))
+    let sql = format!(
+        "SELECT {USER_COLUMNS}, password_hash, \
+           EXISTS (SELECT 1 FROM mfa_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS mfa \
+         FROM users WHERE email = $1"
+    );
+    Ok(db.query_opt_cached(&sql, &[&email]).await?.map(|row| LoginRow {
+        user: UserRecord::from_row(&row),
+        password_hash: row.get("password_hash"),
+        mfa: row.get("mfa"),
+    }))
 }
 
-/// Starts a session with its first refresh token; returns the token.
+/// (`email`, `client`) proved itself: its failed attempts are forgotten.
+pub async fn forget_attempts<C: Prepared>(conn: &C, email: &str, client: &str) -> Result<(), AuthError> {
+    conn.execute_cached("DELETE FROM login_attempts WHERE email = $1 AND client = $2", &[&email, &client])
+        .await?;
+    Ok(())
+}
+
+/// One counted attempt of (`email`, `client`) given back (not below
+/// zero, and never while a lock holds).
+pub async fn give_back_attempt<C: Prepared>(conn: &C, email: &str, client: &str) -> Result<(), AuthError> {
+    conn.execute_cached(
+        "UPDATE login_attempts SET failures = failures - 1, updated_at = now() \
+         WHERE email = $1 AND client = $2 AND failures > 0 \
+           AND (locked_until IS NULL OR locked_until <= now())",
+        &[&email, &client],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts a session, authenticated now (`mfa`: with a second factor),
+/// with its first refresh token; returns the token.
 pub async fn create_session<C: Prepared>(
     tx: &C,
     user: Uuid,
     device: &str,
+    mfa: bool,
 ) -> Result<(Uuid, String), AuthError> {
     let session = Uuid::now_v7();
     tx.execute_cached(
-        "INSERT INTO sessions (id, user_id, device_name) VALUES ($1, $2, $3)",
-        &[&session, &user, &device],
+        "INSERT INTO sessions (id, user_id, device_name, mfa) VALUES ($1, $2, $3, $4)",
+        &[&session, &user, &device, &mfa],
     )
     .await?;
     let token = insert_refresh_token(tx, session).await?;

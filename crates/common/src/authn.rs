@@ -156,6 +156,10 @@ pub enum AuthnError {
     /// revocation set unreachable): the caller's credential may be fine.
     #[error("{0}")]
     Unavailable(String),
+    /// A session that authenticated too long ago for this RPC (step-up):
+    /// it must reauthenticate first.
+    #[error("this call needs an authentication at most {max_age_seconds} s old; reauthenticate and retry")]
+    Reauthenticate { max_age_seconds: u32 },
 }
 
 impl From<AuthnError> for ApiError {
@@ -164,9 +168,13 @@ impl From<AuthnError> for ApiError {
             AuthnError::Unauthenticated(message) => ApiError::Unauthenticated(message.to_owned()),
             AuthnError::PermissionDenied(message) => ApiError::PermissionDenied(message),
             AuthnError::Unavailable(message) => ApiError::Unavailable(message),
+            stale @ AuthnError::Reauthenticate { .. } => ApiError::PermissionDenied(stale.to_string()),
         }
     }
 }
+
+/// The ErrorInfo reason of a step-up refusal ([`AuthnError::Reauthenticate`]).
+pub const REAUTHENTICATE_REASON: &str = "REAUTHENTICATION_REQUIRED";
 
 /// The ErrorInfo reason of a call refused because credentials could not
 /// be checked: the service itself is fine (so a gateway neither retries
@@ -187,6 +195,19 @@ impl From<AuthnError> for tonic::Status {
                     std::collections::HashMap::<String, String>::new(),
                 );
                 tonic::Status::with_error_details(tonic::Code::Unavailable, message, details)
+            }
+            AuthnError::Reauthenticate { max_age_seconds } => {
+                use tonic_types::StatusExt;
+                let message = error.to_string();
+                let details = tonic_types::ErrorDetails::with_error_info(
+                    REAUTHENTICATE_REASON,
+                    "authn.tenx",
+                    std::collections::HashMap::from([(
+                        "max_age_seconds".to_owned(),
+                        max_age_seconds.to_string(),
+                    )]),
+                );
+                tonic::Status::with_error_details(tonic::Code::PermissionDenied, message, details)
             }
             other => ApiError::from(other).into(),
         }
@@ -337,6 +358,19 @@ pub fn authorize(rule: Rule, principal: Option<&Principal>) -> Result<(), AuthnE
         };
     };
     let denied = |why: &str| Err(AuthnError::PermissionDenied(why.to_owned()));
+    if let Principal::User { auth_time, .. } = principal
+        && rule.max_auth_age_seconds > 0
+        && rule.caller != Caller::Anyone
+    {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // A clock a little behind auth's still counts the login as recent.
+        if auth_time.saturating_add(u64::from(rule.max_auth_age_seconds)) < now {
+            // Whether this caller may call at all is said first.
+            authorize(Rule { max_auth_age_seconds: 0, ..rule }, Some(principal))?;
+            return Err(AuthnError::Reauthenticate { max_age_seconds: rule.max_auth_age_seconds });
+        }
+    }
     match (rule.caller, principal) {
         (Caller::Anyone, _) => Ok(()),
         (Caller::User, Principal::User { .. }) => Ok(()),
@@ -364,12 +398,22 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn user(roles: &[&str]) -> Principal {
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    fn user_authenticated_at(roles: &[&str], auth_time: u64) -> Principal {
         Principal::User {
             user_id: Uuid::now_v7(),
             session_id: Uuid::now_v7(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            auth_time,
+            mfa: false,
         }
+    }
+
+    fn user(roles: &[&str]) -> Principal {
+        user_authenticated_at(roles, now())
     }
 
     fn key(scopes: &[&str]) -> Principal {
@@ -381,7 +425,35 @@ mod tests {
     }
 
     fn rule(caller: Caller, scope: &'static str) -> Rule {
-        Rule { caller, scope }
+        Rule { caller, scope, max_auth_age_seconds: 0 }
+    }
+
+    #[test]
+    fn a_step_up_rule_admits_a_recent_authentication_only_and_never_widens_who_may_call() {
+        let sensitive = Rule { max_auth_age_seconds: 600, ..rule(Caller::Session, "") };
+        assert!(authorize(sensitive, Some(&user_authenticated_at(&[], now() - 599))).is_ok());
+        assert!(matches!(
+            authorize(sensitive, Some(&user_authenticated_at(&[], now() - 601))),
+            Err(AuthnError::Reauthenticate { max_age_seconds: 600 })
+        ));
+        assert!(
+            matches!(
+                authorize(sensitive, Some(&user_authenticated_at(&[], 0))),
+                Err(AuthnError::Reauthenticate { .. })
+            ),
+            "a token without auth_time is never recent"
+        );
+        assert!(matches!(authorize(sensitive, Some(&key(&[]))), Err(AuthnError::PermissionDenied(_))));
+
+        let operator = Rule { max_auth_age_seconds: 600, ..rule(Caller::Operator, "") };
+        let stale_admin = user_authenticated_at(&["admin"], now() - 3600);
+        assert!(matches!(authorize(operator, Some(&stale_admin)), Err(AuthnError::Reauthenticate { .. })));
+        let stale_user = user_authenticated_at(&[], now() - 3600);
+        assert!(
+            matches!(authorize(operator, Some(&stale_user)), Err(AuthnError::PermissionDenied(_))),
+            "a non-operator is told no, not asked to reauthenticate"
+        );
+        assert!(authorize(operator, Some(&Principal::Service { name: "operator".into() })).is_ok());
     }
 
     #[test]

@@ -179,6 +179,8 @@ impl From<tenx_common::authn::AuthnError> for EdgeError {
             AuthnError::Unauthenticated(message) => Self::unauthenticated(message),
             AuthnError::PermissionDenied(message) => Self::new(Code::PermissionDenied, message),
             AuthnError::Unavailable(message) => Self::unavailable(message, Some(Duration::from_secs(1))),
+            // Its reason (`REAUTHENTICATION_REQUIRED`) goes with it.
+            stale @ AuthnError::Reauthenticate { .. } => Self::from(tonic::Status::from(stale)),
         }
     }
 }

@@ -48,12 +48,15 @@ const ACCOUNT: Kind = CATEGORIES[0];
 const SECURITY: Kind = CATEGORIES[1];
 const BILLING: Kind = CATEGORIES[2];
 
-fn builtins() -> [Builtin; 7] {
+fn builtins() -> [Builtin; 10] {
     [
         builtin!("welcome", ACCOUNT, in_app),
         builtin!("verify_email", SECURITY),
         builtin!("password_reset", SECURITY),
         builtin!("password_changed", SECURITY, in_app),
+        builtin!("mfa_enabled", SECURITY, in_app),
+        builtin!("mfa_disabled", SECURITY, in_app),
+        builtin!("mfa_recovery_code_used", SECURITY, in_app),
         builtin!("billing_receipt", BILLING, in_app),
         builtin!("billing_payment_failed", BILLING, in_app),
         builtin!("billing_refund", BILLING, in_app),
@@ -180,7 +183,9 @@ mod tests {
             "amount_due": "USD 20.00", "reason": "your card was declined", "card_last4": "0002",
             "attempt_count": 1, "next_retry": "2026-03-04", "final": false,
             // billing_refund
-            "amount_refunded": "USD 15.00"
+            "amount_refunded": "USD 15.00",
+            // mfa_recovery_code_used
+            "recovery_codes_remaining": 9
         });
         for (name, ..) in builtins() {
             let rendered = templates.render(name, &data).expect("renders");

@@ -61,6 +61,15 @@ pub fn body_for(message: &Message) -> String {
         auth::PasswordChanged::EVENT_TYPE => {
             auth::PasswordChanged::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }
+        auth::MfaEnabled::EVENT_TYPE => {
+            auth::MfaEnabled::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
+        auth::MfaDisabled::EVENT_TYPE => {
+            auth::MfaDisabled::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
+        auth::MfaRecoveryCodeUsed::EVENT_TYPE => auth::MfaRecoveryCodeUsed::decode(payload).map(|e| {
+            json!({ "user_id": e.user_id, "email": e.email, "recovery_codes_remaining": e.recovery_codes_remaining })
+        }),
         billing::CustomerCreated::EVENT_TYPE => billing::CustomerCreated::decode(payload).map(|e| {
             json!({ "customer_id": e.customer_id, "user_id": e.user_id, "email": e.email, "created_at": seconds(e.created_at.as_ref()) })
         }),

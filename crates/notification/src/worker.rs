@@ -74,6 +74,28 @@ fn code_of(
 }
 
 /// The job an event asks for, if any.
+/// A change to how an account signs in, told to its owner by email and
+/// in the app; the template's data gains the address.
+fn security_notice(
+    dedupe: String,
+    user_id: Uuid,
+    email: String,
+    template: &str,
+    mut data: serde_json::Value,
+    last_attempt: bool,
+) -> Job {
+    data["email"] = json!(email);
+    Job {
+        dedupe,
+        user_id,
+        data,
+        email,
+        template: template.into(),
+        channels: vec![Channel::Email, Channel::InApp],
+        last_attempt,
+    }
+}
+
 #[allow(deprecated)] // reads the plain `code` of events sealed before
 fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Option<Job>, HandlerError> {
     let payload = message.envelope.payload.as_slice();
@@ -119,15 +141,20 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
         }
         auth::PasswordChanged::EVENT_TYPE => {
             let e = auth::PasswordChanged::decode(payload).map_err(reject)?;
-            Job {
-                dedupe,
-                user_id: user(&e.user_id)?,
-                data: json!({ "email": e.email }),
-                email: e.email,
-                template: "password_changed".into(),
-                channels: vec![Channel::Email, Channel::InApp],
-                last_attempt,
-            }
+            security_notice(dedupe, user(&e.user_id)?, e.email, "password_changed", json!({}), last_attempt)
+        }
+        auth::MfaEnabled::EVENT_TYPE => {
+            let e = auth::MfaEnabled::decode(payload).map_err(reject)?;
+            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_enabled", json!({}), last_attempt)
+        }
+        auth::MfaDisabled::EVENT_TYPE => {
+            let e = auth::MfaDisabled::decode(payload).map_err(reject)?;
+            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_disabled", json!({}), last_attempt)
+        }
+        auth::MfaRecoveryCodeUsed::EVENT_TYPE => {
+            let e = auth::MfaRecoveryCodeUsed::decode(payload).map_err(reject)?;
+            let data = json!({ "recovery_codes_remaining": e.recovery_codes_remaining });
+            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_recovery_code_used", data, last_attempt)
         }
         billing::InvoicePaid::EVENT_TYPE => {
             let e = billing::InvoicePaid::decode(payload).map_err(reject)?;

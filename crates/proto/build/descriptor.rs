@@ -162,4 +162,6 @@ pub struct Access {
     pub caller: i32,
     #[prost(string, tag = "2")]
     pub scope: String,
+    #[prost(uint32, tag = "3")]
+    pub max_auth_age_seconds: u32,
 }

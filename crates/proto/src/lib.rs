@@ -97,6 +97,9 @@ pub mod access {
         pub caller: Caller,
         /// The scope an API key needs (`CALLER_USER` only; else empty).
         pub scope: &'static str,
+        /// Step-up: a session must have authenticated at most this long
+        /// ago (its token's `auth_time`); 0: no limit.
+        pub max_auth_age_seconds: u32,
     }
 
     include!(concat!(env!("OUT_DIR"), "/access_table.rs"));
@@ -125,7 +128,7 @@ pub mod access {
             assert_eq!(rule("/tenx.auth.v1.AuthService/Login").map(|r| r.caller), Some(Caller::Anyone));
             assert_eq!(
                 rule("/tenx.billing.v1.BillingService/PayInvoice"),
-                Some(Rule { caller: Caller::User, scope: "billing:write" })
+                Some(Rule { caller: Caller::User, scope: "billing:write", max_auth_age_seconds: 0 })
             );
             assert_eq!(
                 rule("/tenx.notification.v1.NotificationService/Send").map(|r| r.caller),

@@ -10,6 +10,7 @@ mod binary;
 mod codes;
 mod events;
 mod key_schedule;
+mod mfa;
 mod roles;
 mod sessions;
 mod support;

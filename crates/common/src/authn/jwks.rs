@@ -55,6 +55,11 @@ struct Claims {
     roles: Vec<String>,
     #[serde(default)]
     svc: String,
+    #[serde(default)]
+    auth_time: u64,
+    /// Authentication methods (RFC 8176): `pwd`, `otp`.
+    #[serde(default)]
+    amr: Vec<String>,
 }
 
 struct KeySet {
@@ -236,6 +241,8 @@ fn principal_of(claims: Claims) -> Option<Principal> {
         user_id: Uuid::parse_str(&claims.sub).ok()?,
         session_id: Uuid::parse_str(&claims.sid).ok()?,
         roles: claims.roles,
+        auth_time: claims.auth_time,
+        mfa: claims.amr.iter().any(|m| m == "otp"),
     })
 }
 

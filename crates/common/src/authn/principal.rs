@@ -12,6 +12,13 @@ pub enum Principal {
         session_id: Uuid,
         /// Roles auth stored for the user (`admin`), carried in the token.
         roles: Vec<String>,
+        /// When the session last authenticated (unix seconds; the token's
+        /// `auth_time`): its login or its last reauthentication. 0 when
+        /// the token does not say (never recent).
+        auth_time: u64,
+        /// That authentication included a second factor (the token's
+        /// `amr` holds `otp`).
+        mfa: bool,
     },
     /// One of a user's API keys, limited to its scopes.
     ApiKey { user_id: Uuid, key_id: Uuid, scopes: Vec<String> },

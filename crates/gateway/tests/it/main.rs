@@ -12,6 +12,7 @@ mod e2e;
 mod edge;
 mod grpc_door;
 mod limits;
+mod mfa;
 mod openapi;
 mod routes;
 mod schemathesis;
