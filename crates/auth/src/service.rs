@@ -317,19 +317,18 @@ impl Core {
             tx.execute_cached("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
         }
         if mfa {
-            // Half proved: the password's attempt is given back but the
-            // count is not reset, so wrong codes add up toward the same
-            // lockout as wrong passwords until a right code clears it.
-            store::give_back_attempt(&tx, &email, client).await?;
+            // Half proved: this attempt stays counted, and the challenge's
+            // first code is checked on it (see `complete_mfa_login`), so
+            // wrong codes add up toward the same lockout as wrong
+            // passwords until a right code clears the count. Settled
+            // before the commit: a commit whose answer is lost keeps the
+            // count (the safe side), and nothing is ever given back twice.
             let challenge = self.challenge(&tx, id, &device).await?;
-            tx.commit().await?;
             claim.settle();
+            tx.commit().await?;
             let written = conn.commit_position().await?;
-            let response = pb::LoginResponse {
-                user: Some(user.to_proto()),
-                tokens: None,
-                mfa_challenge: Some(challenge),
-            };
+            // Nothing about the account until the second factor.
+            let response = pb::LoginResponse { user: None, tokens: None, mfa_challenge: Some(challenge) };
             return Ok((response, written));
         }
         store::forget_attempts(&tx, &email, client).await?;
@@ -1402,6 +1401,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::GrantRoleRequest>,
     ) -> Result<Response<pb::GrantRoleResponse>, Status> {
+        self.core.operator_second_factor(request.extensions(), "GrantRole").await?;
         let operator = operator_name(request.extensions());
         let request = request.into_inner();
         let account = Account::named(&request.email, &request.user_id)?;
@@ -1413,6 +1413,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeRoleRequest>,
     ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
+        self.core.operator_second_factor(request.extensions(), "RevokeRole").await?;
         let operator = operator_name(request.extensions());
         let request = request.into_inner();
         let account = Account::named(&request.email, &request.user_id)?;
@@ -1485,7 +1486,8 @@ impl AuthService for AuthApi {
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        let (reply, written) = self.core.confirm_totp(caller, request.into_inner()).await?;
+        let client = client_of(request.extensions());
+        let (reply, written) = self.core.confirm_totp(caller, request.into_inner(), &client).await?;
         Ok(respond(reply, Some(written)))
     }
 

@@ -133,7 +133,11 @@ impl From<tonic::Status> for EdgeError {
         if let Some(info) = status.get_details_error_info()
             && !matches!(code, Code::Internal | Code::Unknown | Code::DataLoss)
         {
-            error.details.push(json!({ "reason": info.reason, "domain": info.domain }));
+            let mut detail = json!({ "reason": info.reason, "domain": info.domain });
+            if !info.metadata.is_empty() {
+                detail["metadata"] = json!(info.metadata);
+            }
+            error.details.push(detail);
         }
         error.retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
         error
@@ -145,7 +149,13 @@ impl From<EdgeError> for tonic::Status {
         let mut details = tonic_types::ErrorDetails::new();
         for d in &error.details {
             if let (Some(reason), Some(domain)) = (d["reason"].as_str(), d["domain"].as_str()) {
-                details.set_error_info(reason, domain, std::collections::HashMap::<String, String>::new());
+                let metadata: std::collections::HashMap<String, String> = d["metadata"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect()
+                    })
+                    .unwrap_or_default();
+                details.set_error_info(reason, domain, metadata);
             }
             let (Some(field), Some(description)) = (d["field"].as_str(), d["description"].as_str()) else {
                 continue;

@@ -565,6 +565,11 @@ fn fixed_components() -> Value {
                                             "properties": {
                                                 "reason": { "type": "string", "description": "Upper snake case, e.g. `CURRENCY_MISMATCH`." },
                                                 "domain": { "type": "string", "description": "Who defines the reason, e.g. `billing.tenx`." },
+                                                "metadata": {
+                                                    "type": "object",
+                                                    "additionalProperties": { "type": "string" },
+                                                    "description": "What the reason needs said, e.g. `max_age_seconds` of `REAUTHENTICATION_REQUIRED`.",
+                                                },
                                             },
                                         },
                                     ]

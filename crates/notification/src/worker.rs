@@ -73,7 +73,6 @@ fn code_of(
         })
 }
 
-/// The job an event asks for, if any.
 /// A change to how an account signs in, told to its owner by email and
 /// in the app; the template's data gains the address.
 fn security_notice(
@@ -96,6 +95,7 @@ fn security_notice(
     }
 }
 
+/// The job an event asks for, if any.
 #[allow(deprecated)] // reads the plain `code` of events sealed before
 fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Option<Job>, HandlerError> {
     let payload = message.envelope.payload.as_slice();

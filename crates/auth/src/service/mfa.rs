@@ -60,6 +60,12 @@ fn seal_context(user: Uuid) -> Vec<u8> {
     format!("totp:{user}").into_bytes()
 }
 
+/// A recovery code's stored form: SHA-256 of the owner and the code, so
+/// one table of guesses does not fit every user at once.
+fn recovery_hash(user: Uuid, normalized: &str) -> Vec<u8> {
+    secrets::hash(&format!("{user}:{normalized}"))
+}
+
 /// The step-up age of `method` of AuthService, from its access rule.
 fn step_up_seconds(method: &str) -> u32 {
     tenx_proto::access::rule(&format!("/tenx.auth.v1.AuthService/{method}"))
@@ -97,6 +103,21 @@ impl Core {
             return Ok(());
         }
         Err(AuthnError::Reauthenticate { max_age_seconds: step_up_seconds(method) }.into())
+    }
+
+    /// [`Core::require_second_factor`] for an admin's session calling an
+    /// operator RPC (an operator service client has no second factor).
+    pub(super) async fn operator_second_factor(
+        &self,
+        extensions: &tonic::Extensions,
+        method: &str,
+    ) -> Result<(), AuthError> {
+        match tenx_common::authn::principal(extensions) {
+            Some(tenx_common::authn::Principal::User { user_id, session_id, .. }) => {
+                self.require_second_factor(Caller { user: *user_id, session: *session_id }, method).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A login waiting for its second factor, written in `tx`.
@@ -141,7 +162,8 @@ impl Core {
                 let step = i64::try_from(step).map_err(|e| AuthError::Internal(e.to_string()))?;
                 let fresh = tx
                     .execute_cached(
-                        "UPDATE mfa_totp SET last_step = $2 WHERE user_id = $1 AND last_step < $2",
+                        "UPDATE mfa_totp SET last_step = $2 \
+                         WHERE user_id = $1 AND last_step < $2 AND confirmed_at IS NOT NULL",
                         &[&user, &step],
                     )
                     .await?;
@@ -154,7 +176,7 @@ impl Core {
                            WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL RETURNING code_hash) \
                          SELECT count(*) FILTER (WHERE c.used_at IS NULL AND c.code_hash NOT IN (SELECT code_hash FROM spent)) \
                          FROM mfa_recovery_codes c WHERE c.user_id = $1 HAVING EXISTS (SELECT 1 FROM spent)",
-                        &[&user, &secrets::hash(&normalized)],
+                        &[&user, &recovery_hash(user, &normalized)],
                     )
                     .await?;
                 Ok(row.map(|r| Spent::Recovery { remaining: u32::try_from(r.get::<_, i64>(0)).unwrap_or(0) }))
@@ -183,7 +205,8 @@ impl Core {
     async fn new_recovery_codes(&self, tx: &impl Prepared, user: Uuid) -> Result<Vec<String>, AuthError> {
         tx.execute_cached("DELETE FROM mfa_recovery_codes WHERE user_id = $1", &[&user]).await?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| secrets::recovery_code()).collect();
-        let hashes: Vec<Vec<u8>> = codes.iter().map(|c| secrets::hash(&secrets::normalize_code(c))).collect();
+        let hashes: Vec<Vec<u8>> =
+            codes.iter().map(|c| recovery_hash(user, &secrets::normalize_code(c))).collect();
         tx.execute_cached(
             "INSERT INTO mfa_recovery_codes (user_id, code_hash) SELECT $1, h FROM unnest($2::bytea[]) AS h",
             &[&user, &hashes],
@@ -199,21 +222,39 @@ impl Core {
     ) -> Result<(pb::CompleteMfaLoginResponse, WalPosition), AuthError> {
         let expired = AuthError::Unauthenticated("invalid or expired challenge");
         let hash = secrets::hash(&request.challenge);
+        // Each guess first takes a number on its challenge, in one
+        // statement: however many arrive at once, a challenge takes at
+        // most `challenge_max_attempts`.
         let row = self
             .db
             .write()
             .await?
             .query_opt_cached(
-                "SELECT u.id, u.email FROM mfa_challenges c JOIN users u ON u.id = c.user_id \
-                 WHERE c.token_hash = $1 AND c.used_at IS NULL AND c.expires_at > now() AND c.attempts < $2",
+                "UPDATE mfa_challenges c SET attempts = c.attempts + 1 FROM users u \
+                 WHERE c.token_hash = $1 AND u.id = c.user_id AND c.used_at IS NULL \
+                   AND c.expires_at > now() AND c.attempts < $2 \
+                 RETURNING u.id, u.email, c.attempts",
                 &[&hash, &self.settings.mfa.challenge_max_attempts],
             )
             .await?;
         let Some(row) = row else { return Err(expired) };
-        let (user, email): (Uuid, String) = (row.get(0), row.get(1));
-        // Counted like a password guess, for the same email and client.
-        let attempt = self.claim_attempt(&*self.db.write().await?, &email, client).await?;
-        let mut claim = Claim::new(self.db.clone(), &email, client);
+        let (user, email, guess): (Uuid, String, i32) = (row.get(0), row.get(1), row.get(2));
+        // The first code is checked on the attempt its login counted (so
+        // the one guess allowed after a lock expires covers both steps);
+        // every later code counts like a password guess.
+        let counted = if guess == 1 { self.counted_attempt(&email, client).await? } else { None };
+        let (attempt, mut claim) = match counted {
+            Some(attempt) => (attempt, None),
+            None => {
+                let attempt = self.claim_attempt(&*self.db.write().await?, &email, client).await?;
+                (attempt, Some(Claim::new(self.db.clone(), &email, client)))
+            }
+        };
+        let settle = |claim: &mut Option<Claim>| {
+            if let Some(claim) = claim {
+                claim.settle();
+            }
+        };
 
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
@@ -231,14 +272,9 @@ impl Core {
         };
         let Some(spent) = self.spend(&tx, user, &request.code).await? else {
             drop(tx);
-            conn.execute_cached(
-                "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE token_hash = $1",
-                &[&hash],
-            )
-            .await?;
             drop(conn);
             self.fail_attempt(&email, client, attempt).await?;
-            claim.settle();
+            settle(&mut claim);
             return Err(AuthError::Wrong("code: wrong or already used"));
         };
         store::forget_attempts(&tx, &email, client).await?;
@@ -251,8 +287,9 @@ impl Core {
             Spent::Totp => self.recovery_codes_left(&tx, user).await?,
         };
         tx.commit().await?;
-        claim.settle();
+        settle(&mut claim);
         let written = conn.commit_position().await?;
+        drop(conn);
         let tokens = self.tokens(user, session, refresh).await?;
         let profile = self.user(user, Some(written)).await?;
         let response = pb::CompleteMfaLoginResponse {
@@ -261,6 +298,33 @@ impl Core {
             recovery_codes_remaining: remaining,
         };
         Ok((response, written))
+    }
+
+    /// The number the login's password attempt took for (`email`,
+    /// `client`), still counted; `None` when nothing is counted any more
+    /// (the code must take a number of its own). LOCKED_OUT while a lock
+    /// holds.
+    async fn counted_attempt(&self, email: &str, client: &str) -> Result<Option<i32>, AuthError> {
+        let row = self
+            .db
+            .write()
+            .await?
+            .query_opt_cached(
+                "SELECT failures, locked_until > now(), locked_until FROM login_attempts \
+                 WHERE email = $1 AND client = $2",
+                &[&email, &client],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.get::<_, Option<bool>>(1) == Some(true) {
+            let until: Option<SystemTime> = row.get(2);
+            let retry_after = until
+                .and_then(|u| u.duration_since(SystemTime::now()).ok())
+                .unwrap_or(std::time::Duration::from_secs(1));
+            return Err(AuthError::LockedOut { retry_after });
+        }
+        let failures: i32 = row.get(0);
+        Ok((failures > 0).then_some(failures))
     }
 
     async fn recovery_codes_left(&self, conn: &impl Prepared, user: Uuid) -> Result<u32, AuthError> {
@@ -315,6 +379,7 @@ impl Core {
         store::forget_attempts(&tx, &user.email, client).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
+        drop(conn);
         let tokens = self.tokens(caller.user, caller.session, String::new()).await?;
         let response = pb::ReauthenticateResponse {
             access_token: tokens.access_token,
@@ -370,8 +435,11 @@ impl Core {
         &self,
         caller: Caller,
         request: pb::ConfirmTotpRequest,
+        client: &str,
     ) -> Result<(pb::ConfirmTotpResponse, WalPosition), AuthError> {
-        let email = self.user(caller.user, None).await?.email;
+        // A stolen session alone must not put its thief's phone between
+        // the owner and their account.
+        let email = self.check_current_password(caller, &request.current_password, client).await?.email;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         let row = tx
@@ -413,6 +481,9 @@ impl Core {
         let email = self.user(caller.user, None).await?.email;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
+        // Waiting logins cannot complete without it. Locked in the order
+        // a login completing locks them (challenge, secret, codes).
+        tx.execute_cached("DELETE FROM mfa_challenges WHERE user_id = $1", &[&caller.user]).await?;
         let was_on: Option<bool> = tx
             .query_opt_cached(
                 "DELETE FROM mfa_totp WHERE user_id = $1 RETURNING confirmed_at IS NOT NULL",
@@ -421,8 +492,6 @@ impl Core {
             .await?
             .map(|r| r.get(0));
         tx.execute_cached("DELETE FROM mfa_recovery_codes WHERE user_id = $1", &[&caller.user]).await?;
-        // Waiting logins cannot complete without it.
-        tx.execute_cached("DELETE FROM mfa_challenges WHERE user_id = $1", &[&caller.user]).await?;
         if was_on == Some(true) {
             let event = pb::MfaDisabled { user_id: caller.user.to_string(), email };
             outbox::enqueue(&tx, &NewEvent::of(&caller.user.to_string(), &event)).await?;

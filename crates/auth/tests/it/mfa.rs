@@ -43,7 +43,7 @@ fn claims(token: &str) -> anyhow::Result<serde_json::Value> {
 async fn enable_totp(client: &mut Client, token: &str) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
     let enrolled = client.enroll_totp(authed(token, pb::EnrollTotpRequest {})).await?.into_inner();
     let secret = secret_of(&enrolled)?;
-    let confirm = pb::ConfirmTotpRequest { code: code(&secret, 0) };
+    let confirm = pb::ConfirmTotpRequest { code: code(&secret, 0), current_password: PASSWORD.into() };
     let codes = client.confirm_totp(authed(token, confirm)).await?.into_inner().recovery_codes;
     Ok((secret, codes))
 }
@@ -58,6 +58,7 @@ async fn login(client: &mut Client, email: &str) -> Result<pb::LoginResponse, to
 async fn challenge(client: &mut Client, email: &str) -> anyhow::Result<String> {
     let answer = login(client, email).await?;
     anyhow::ensure!(answer.tokens.is_none(), "a session before the second factor");
+    anyhow::ensure!(answer.user.is_none(), "the account told before the second factor");
     Ok(answer.mfa_challenge.ok_or_else(|| anyhow::anyhow!("no challenge"))?.challenge)
 }
 
@@ -99,14 +100,19 @@ async fn totp_turns_on_with_a_first_code_then_every_login_needs_a_code_that_work
     // Enrolled, not confirmed: logins still need the password only.
     assert!(login(&mut client, &email).await?.tokens.is_some());
 
-    let wrong = pb::ConfirmTotpRequest { code: wrong_code(&secret) };
+    let wrong = pb::ConfirmTotpRequest { code: wrong_code(&secret), current_password: PASSWORD.into() };
     let refused = client.confirm_totp(authed(&token, wrong)).await.expect_err("a wrong code");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // A stolen session without the password cannot turn it on either.
+    let thief =
+        pb::ConfirmTotpRequest { code: code(&secret, 0), current_password: "not the password".into() };
+    let refused = client.confirm_totp(authed(&token, thief)).await.expect_err("a wrong password");
     assert_eq!(refused.code(), Code::PermissionDenied);
     let status = client.get_mfa_status(authed(&token, pb::GetMfaStatusRequest {})).await?.into_inner();
     assert!(!status.totp_enabled, "a wrong first code turns nothing on");
 
     let first = code(&secret, 0);
-    let confirm = pb::ConfirmTotpRequest { code: first.clone() };
+    let confirm = pb::ConfirmTotpRequest { code: first.clone(), current_password: PASSWORD.into() };
     let recovery = client.confirm_totp(authed(&token, confirm)).await?.into_inner().recovery_codes;
     assert_eq!(recovery.len(), 10);
     assert_eq!(recovery.iter().collect::<std::collections::HashSet<_>>().len(), 10, "all different");
@@ -292,7 +298,8 @@ async fn a_stale_session_must_reauthenticate_before_a_sensitive_call_and_nothing
     let wrong = client.reauthenticate(authed(&stale, again("not the password"))).await.expect_err("wrong");
     assert_eq!(wrong.code(), Code::PermissionDenied);
     let fresh = client.reauthenticate(authed(&stale, again(PASSWORD))).await?.into_inner().access_token;
-    assert!(claims(&fresh)?["auth_time"].as_u64() > claims(&stale)?["auth_time"].as_u64());
+    let (fresh_at, stale_at) = (claims(&fresh)?["auth_time"].as_u64(), claims(&stale)?["auth_time"].as_u64());
+    assert!(fresh_at.zip(stale_at).is_some_and(|(f, s)| f >= s + 3500), "{fresh_at:?} {stale_at:?}");
     client.create_api_key(authed(&fresh, key(PASSWORD))).await?;
     assert_eq!(auth.count("api_keys").await?, 1);
     Ok(())
@@ -316,6 +323,14 @@ async fn a_session_from_before_totp_proves_the_code_before_turning_it_off() -> a
         (refused.code(), reason(&refused).as_str()),
         (Code::PermissionDenied, "REAUTHENTICATION_REQUIRED")
     );
+    let key = pb::CreateApiKeyRequest {
+        name: "ci".into(),
+        scopes: vec![],
+        expires_in_days: 0,
+        current_password: PASSWORD.into(),
+    };
+    let refused = client.create_api_key(authed(&tablet.access_token, key)).await.expect_err("no code yet");
+    assert_eq!(reason(&refused), "REAUTHENTICATION_REQUIRED");
     let without_code = pb::ReauthenticateRequest { password: PASSWORD.into(), code: String::new() };
     let missing =
         client.reauthenticate(authed(&tablet.access_token, without_code)).await.expect_err("no code");
@@ -332,5 +347,63 @@ async fn a_session_from_before_totp_proves_the_code_before_turning_it_off() -> a
     assert!(!status.totp_enabled);
     assert_eq!(auth.count("mfa_recovery_codes").await?, 0);
     assert!(login(&mut client, &email).await?.tokens.is_some(), "the password alone again");
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_a_lock_expires_one_right_password_and_code_sign_in() -> anyhow::Result<()> {
+    let auth = TestAuth::start_with(|s| {
+        s.mfa.totp_skew_steps = 4;
+        s.login.max_failures = 2;
+    })
+    .await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    let token = access(&sign_up(&mut client, &email).await?);
+    let (secret, _) = enable_totp(&mut client, &token).await?;
+    let wrong = wrong_code(&secret);
+    let pending = challenge(&mut client, &email).await?;
+    complete(&mut client, &pending, &wrong).await.expect_err("a wrong code");
+    let locked = complete(&mut client, &pending, &wrong).await.expect_err("locks");
+    assert_eq!(locked.code(), Code::PermissionDenied);
+    let locked = login(&mut client, &email).await.expect_err("locked out");
+    assert_eq!(locked.code(), Code::ResourceExhausted);
+    // The lock runs out: the owner's next right password and right code
+    // get in (the one guess after a lock covers both steps).
+    auth.sql()
+        .await?
+        .execute("UPDATE login_attempts SET locked_until = now() - interval '1 second'", &[])
+        .await?;
+    let pending = challenge(&mut client, &email).await?;
+    complete(&mut client, &pending, &code(&secret, 1)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_guesses_on_one_challenge_gets_only_its_allowance_checked() -> anyhow::Result<()> {
+    let auth = TestAuth::start_with(|s| {
+        s.mfa.totp_skew_steps = 4;
+        s.login.max_failures = 100;
+        s.mfa.challenge_max_attempts = 3;
+    })
+    .await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    let token = access(&sign_up(&mut client, &email).await?);
+    let (secret, _) = enable_totp(&mut client, &token).await?;
+    let pending = challenge(&mut client, &email).await?;
+    let wrong = wrong_code(&secret);
+    let guesses = (0..12).map(|_| {
+        let (mut client, pending, wrong) = (client.clone(), pending.clone(), wrong.clone());
+        async move { complete(&mut client, &pending, &wrong).await }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let checked =
+        answers.iter().filter(|a| a.as_ref().is_err_and(|e| e.code() == Code::PermissionDenied)).count();
+    let refused =
+        answers.iter().filter(|a| a.as_ref().is_err_and(|e| e.code() == Code::Unauthenticated)).count();
+    assert_eq!((checked, refused), (3, 9), "{answers:?}");
+    let burnt = complete(&mut client, &pending, &code(&secret, 1)).await.expect_err("burnt");
+    assert_eq!(burnt.code(), Code::Unauthenticated);
     Ok(())
 }

@@ -36,7 +36,7 @@ async fn a_person_turns_on_totp_signs_in_with_a_code_steps_up_and_is_told_when_i
     let png = base64::engine::general_purpose::STANDARD.decode(text(&enrolled.json["qr_png"]))?;
     assert!(png.starts_with(b"\x89PNG"), "the QR code is a PNG");
 
-    let body = json!({ "code": code(&secret, 0) }).to_string();
+    let body = json!({ "code": code(&secret, 0), "current_password": PASSWORD }).to_string();
     let confirmed =
         send(gw, "POST", "/v1/me/mfa/totp/confirm", &[("authorization", &me)], Some(&body)).await?;
     assert_eq!(confirmed.status, 200, "{}", confirmed.text);
@@ -71,6 +71,7 @@ async fn a_person_turns_on_totp_signs_in_with_a_code_steps_up_and_is_told_when_i
         "{}",
         refused.text
     );
+    assert_eq!(refused.json["error"]["details"][0]["metadata"]["max_age_seconds"], "900", "{}", refused.text);
     let body = json!({ "password": PASSWORD, "code": code(&secret, 2) }).to_string();
     let proved = send(gw, "POST", "/v1/me/reauthenticate", &[("authorization", &stale)], Some(&body)).await?;
     assert_eq!(proved.status, 200, "{}", proved.text);
@@ -81,6 +82,7 @@ async fn a_person_turns_on_totp_signs_in_with_a_code_steps_up_and_is_told_when_i
     let off = send(gw, "DELETE", "/v1/me/mfa/totp", &[("authorization", &fresh)], None).await?;
     assert_eq!(off.status, 204, "{}", off.text);
     let status = send(gw, "GET", "/v1/me/mfa", &[("authorization", &fresh)], None).await?;
+    assert_eq!(status.status, 200, "{}", status.text);
     assert!(status.json.get("totp_enabled").is_none_or(|v| v == &json!(false)), "{}", status.text);
     let maildir = std::path::PathBuf::from(
         std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into()),
