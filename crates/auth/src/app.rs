@@ -14,12 +14,13 @@ use tenx_common::metrics::Metrics;
 use tenx_common::queue::Topology;
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tenx_proto::auth::v1::organization_service_server::OrganizationServiceServer;
 
 use crate::avatar::{self, AvatarWorker};
 use crate::error::AuthError;
 use crate::keys::{self, Keys};
 use crate::password::Passwords;
-use crate::service::{AuthApi, Core};
+use crate::service::{AuthApi, Core, OrgApi};
 use crate::settings::AuthSettings;
 
 /// The fully-qualified gRPC service name, for health.
@@ -77,6 +78,8 @@ pub fn retention_rules(settings: &AuthSettings) -> Vec<tenx_common::retention::R
         Rule::older("sessions", "last_used_at", days(settings.tokens.refresh_ttl_days + kept.sessions_days)),
         Rule::older("one_time_codes", "expires_at", days(kept.codes_days)),
         Rule::older("mfa_challenges", "expires_at", days(1)),
+        // Invitations a month past their expiry, whatever became of them.
+        Rule::older("org_invitations", "expires_at", days(30)),
     ]
 }
 
@@ -168,10 +171,11 @@ impl App {
         let max_message = settings.avatars.max_bytes + 64 * 1024;
         let api =
             AuthServiceServer::new(AuthApi::new(self.core.clone())).max_decoding_message_size(max_message);
-        let router = self.grpc.router().add_service(api);
+        let orgs = OrganizationServiceServer::new(OrgApi::new(self.core.clone()));
+        let router = self.grpc.router().add_service(api).add_service(orgs);
         let (keys, tokens) = (self.core.keys.clone(), settings.tokens.clone());
         Parts::of::<Self>(settings, &self.metrics, self.grpc.clone(), router)
-            .serving(&[SERVICE_NAME])
+            .serving(&[SERVICE_NAME, "tenx.auth.v1.OrganizationService"])
             .backend(backend)
             // Auth's own verifier follows its key set like every other's.
             .verifier(self.authenticator.clone())

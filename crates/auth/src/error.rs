@@ -15,6 +15,8 @@ pub enum AuthError {
     Invalid { field: &'static str, reason: String },
     #[error("an account with this email already exists")]
     EmailTaken,
+    #[error("this address is already a member of the organization")]
+    AlreadyMember,
     /// Wrong email/password, bad or expired token: never says which.
     #[error("{0}")]
     Unauthenticated(&'static str),
@@ -58,7 +60,7 @@ impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {
             AuthError::Invalid { field, reason } => ApiError::invalid(field, reason),
-            AuthError::EmailTaken => ApiError::AlreadyExists(error.to_string()),
+            AuthError::EmailTaken | AuthError::AlreadyMember => ApiError::AlreadyExists(error.to_string()),
             AuthError::Unauthenticated(m) => ApiError::Unauthenticated(m.to_owned()),
             AuthError::LockedOut { retry_after } => {
                 ApiError::ResourceExhausted { message: error.to_string(), retry_after }

@@ -100,6 +100,25 @@ pub struct Claims {
     /// factor; user tokens only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
+    /// The session's active organization, and the user's role in it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub org: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub org_role: String,
+    /// The session's grant: revoked when `org` or `org_role` stop being
+    /// true (the session itself lives on).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grt: String,
+}
+
+/// What a session's access token says besides who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// The user's platform roles (`admin`).
+    pub roles: Vec<String>,
+    pub authenticated: Authenticated,
+    pub org: Option<tenx_common::authn::OrgMembership>,
+    pub grant: Option<uuid::Uuid>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -236,23 +255,27 @@ impl Keys {
         self.reload().await
     }
 
-    /// Signs an access token for `user` in `session` with the user's
-    /// `roles`; returns it and its expiry.
+    /// Signs an access token for `user` in `session`, saying what
+    /// `state` holds; returns it and its expiry.
     pub fn issue(
         &self,
         user: &str,
         session: &str,
-        roles: &[String],
-        authenticated: Authenticated,
+        state: &SessionState,
     ) -> Result<(String, SystemTime), AuthError> {
-        let (auth_time, amr) = authenticated.claims();
+        let (auth_time, amr) = state.authenticated.claims();
+        let org = state.org.map(|m| (m.org_id.to_string(), m.role.as_str().to_owned()));
+        let (org, org_role) = org.unwrap_or_default();
         self.sign(
             Claims {
                 sub: user.to_owned(),
                 sid: session.to_owned(),
-                roles: roles.to_vec(),
+                roles: state.roles.clone(),
                 auth_time,
                 amr,
+                org,
+                org_role,
+                grt: state.grant.map(|g| g.to_string()).unwrap_or_default(),
                 ..Claims::default()
             },
             self.settings.access_ttl_seconds,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tenx_common::authn::{self, Principal, Revoked};
+use tenx_common::authn::{self, OrgMembership, OrgRole, Principal, Revoked};
 use tenx_common::cache::Cache;
 use tenx_common::db::{Db, Prepared, WalPosition, wal};
 use tenx_common::outbox::{self, NewEvent};
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::error::AuthError;
-use crate::keys::{Authenticated, Keys};
+use crate::keys::{Authenticated, Keys, SessionState};
 use crate::password::Passwords;
 use crate::secrets;
 use crate::settings::AuthSettings;
@@ -60,6 +60,9 @@ impl AuthApi {
 }
 
 mod mfa;
+mod orgs;
+
+pub use orgs::OrgApi;
 
 /// Who is calling, from a verified access token.
 #[derive(Debug, Clone, Copy)]
@@ -177,23 +180,37 @@ impl Core {
         session: Uuid,
         refresh_token: String,
     ) -> Result<pb::Tokens, AuthError> {
-        // Roles from the primary: a grant or removal shows in the next
-        // token; so does the session's last (re)authentication.
+        // From the primary: a role granted or removed shows in the next
+        // token; so do the session's last (re)authentication and its
+        // active organization (gone with the membership).
         let row = self
             .db
             .write()
             .await?
             .query_opt_cached(
-                "SELECT u.roles, s.authenticated_at, s.mfa FROM sessions s JOIN users u ON u.id = s.user_id \
+                "SELECT u.roles, s.authenticated_at, s.mfa, m.org_id, m.role, s.grant_id \
+                 FROM sessions s JOIN users u ON u.id = s.user_id \
+                 LEFT JOIN org_members m ON m.org_id = s.active_org_id AND m.user_id = s.user_id \
                  WHERE s.id = $1 AND s.user_id = $2",
                 &[&session, &user],
             )
             .await?
             .ok_or(AuthError::Unauthenticated("session revoked"))?;
-        let (roles, authenticated) =
-            (row.get::<_, Vec<String>>(0), Authenticated { at: row.get(1), mfa: row.get(2) });
-        let (access, expires) =
-            self.keys.issue(&user.to_string(), &session.to_string(), &roles, authenticated)?;
+        let org = match (row.get::<_, Option<Uuid>>(3), row.get::<_, Option<String>>(4)) {
+            (Some(org_id), Some(role)) => {
+                let role = OrgRole::parse(&role)
+                    .ok_or_else(|| AuthError::Internal(format!("stored role {role:?}")))?;
+                Some(OrgMembership { org_id, role })
+            }
+            _ => None,
+        };
+        let state = SessionState {
+            roles: row.get(0),
+            authenticated: Authenticated { at: row.get(1), mfa: row.get(2) },
+            org,
+            grant: Some(row.get(5)),
+        };
+        let (access, expires) = self.keys.issue(&user.to_string(), &session.to_string(), &state)?;
         Ok(pb::Tokens {
             access_token: access,
             access_token_expires_at: Some(store::timestamp(expires)),
@@ -1000,8 +1017,12 @@ impl Core {
         &self,
         request: pb::CheckRevokedRequest,
     ) -> Result<pb::CheckRevokedResponse, AuthError> {
-        if request.session_ids.len() + request.api_key_hashes.len() > 100 {
+        if request.session_ids.len() + request.api_key_hashes.len() + request.grant_ids.len() > 100 {
             return Err(AuthError::invalid("session_ids", "at most 100 ids in all"));
+        }
+        let mut grants = Vec::new();
+        for raw in &request.grant_ids {
+            grants.push(validate::id("grant_ids", raw)?);
         }
         let mut sessions = Vec::new();
         for raw in &request.session_ids {
@@ -1030,7 +1051,18 @@ impl Core {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        // A grant is live while a live session holds it.
+        let held: Vec<Uuid> = conn
+            .query_cached(
+                "SELECT grant_id FROM sessions WHERE grant_id = ANY($1) AND revoked_at IS NULL",
+                &[&grants],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         Ok(pb::CheckRevokedResponse {
+            revoked_grant_ids: grants.iter().filter(|g| !held.contains(g)).map(Uuid::to_string).collect(),
             revoked_session_ids: sessions
                 .iter()
                 .filter(|s| !active.contains(s))
@@ -1321,7 +1353,7 @@ impl AuthService for AuthApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        self.core.require_second_factor(caller, "ChangePassword").await?;
+        self.core.require_second_factor(caller, "AuthService/ChangePassword").await?;
         let client = client_of(request.extensions());
         let written = self.core.change_password(caller, request.into_inner(), &client).await?;
         Ok(respond(pb::ChangePasswordResponse {}, Some(written)))
@@ -1332,7 +1364,7 @@ impl AuthService for AuthApi {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        self.core.require_second_factor(caller, "CreateApiKey").await?;
+        self.core.require_second_factor(caller, "AuthService/CreateApiKey").await?;
         let client = client_of(request.extensions());
         let (reply, written) = self.core.create_api_key(caller, request.into_inner(), &client).await?;
         Ok(respond(reply, Some(written)))
@@ -1401,7 +1433,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::GrantRoleRequest>,
     ) -> Result<Response<pb::GrantRoleResponse>, Status> {
-        self.core.operator_second_factor(request.extensions(), "GrantRole").await?;
+        self.core.operator_second_factor(request.extensions(), "AuthService/GrantRole").await?;
         let operator = operator_name(request.extensions());
         let request = request.into_inner();
         let account = Account::named(&request.email, &request.user_id)?;
@@ -1413,7 +1445,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeRoleRequest>,
     ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
-        self.core.operator_second_factor(request.extensions(), "RevokeRole").await?;
+        self.core.operator_second_factor(request.extensions(), "AuthService/RevokeRole").await?;
         let operator = operator_name(request.extensions());
         let request = request.into_inner();
         let account = Account::named(&request.email, &request.user_id)?;
@@ -1496,7 +1528,7 @@ impl AuthService for AuthApi {
         request: Request<pb::DisableTotpRequest>,
     ) -> Result<Response<pb::DisableTotpResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        self.core.require_second_factor(caller, "DisableTotp").await?;
+        self.core.require_second_factor(caller, "AuthService/DisableTotp").await?;
         let written = self.core.disable_totp(caller).await?;
         Ok(respond(pb::DisableTotpResponse {}, Some(written)))
     }
@@ -1506,7 +1538,7 @@ impl AuthService for AuthApi {
         request: Request<pb::RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
-        self.core.require_second_factor(caller, "RegenerateRecoveryCodes").await?;
+        self.core.require_second_factor(caller, "AuthService/RegenerateRecoveryCodes").await?;
         let (reply, written) = self.core.regenerate_recovery_codes(caller).await?;
         Ok(respond(reply, Some(written)))
     }

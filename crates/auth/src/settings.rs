@@ -34,6 +34,7 @@ pub struct AuthSettings {
     pub avatars: AvatarSettings,
     pub api_keys: ApiKeySettings,
     pub mfa: MfaSettings,
+    pub orgs: OrgSettings,
     /// Service name → the client secret it presents to IssueServiceToken.
     #[serde(default)]
     pub service_clients: std::collections::BTreeMap<String, Secret<String>>,
@@ -103,6 +104,15 @@ pub struct MfaSettings {
     /// Codes of this many 30-second steps before and after now are
     /// accepted too (clock drift between the phone and the server).
     pub totp_skew_steps: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrgSettings {
+    /// How long an invitation's link works.
+    pub invitation_ttl_hours: u32,
+    /// The page the invitation email links to; the token goes in its
+    /// `token` query parameter.
+    pub invitation_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +222,15 @@ impl Validate for AuthSettings {
         }
         if self.mfa.challenge_max_attempts < 1 {
             return Err(Invalid::new("mfa.challenge_max_attempts", "must be at least 1"));
+        }
+        if !(1..=720).contains(&self.orgs.invitation_ttl_hours) {
+            return Err(Invalid::new("orgs.invitation_ttl_hours", "must be between 1 and 720 (30 days)"));
+        }
+        if !(self.orgs.invitation_url.starts_with("https://")
+            || self.orgs.invitation_url.starts_with("http://"))
+            || self.orgs.invitation_url.contains('?')
+        {
+            return Err(Invalid::new("orgs.invitation_url", "an http(s) URL without a query"));
         }
         if self.mfa.totp_skew_steps > 10 {
             return Err(Invalid::new("mfa.totp_skew_steps", "must be at most 10 (5 minutes each way)"));

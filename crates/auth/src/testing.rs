@@ -132,8 +132,12 @@ pub fn user_token(user: Uuid, roles: &[&str]) -> String {
     let keys = SIGNER.get().expect("start a TestAuth before minting tokens");
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
     // As if the session had just logged in (step-up rules admit it).
-    let now = crate::keys::Authenticated { at: std::time::SystemTime::now(), mfa: false };
-    let (token, _) =
-        keys.issue(&user.to_string(), &Uuid::now_v7().to_string(), &roles, now).expect("signing");
+    let state = crate::keys::SessionState {
+        roles,
+        authenticated: crate::keys::Authenticated { at: std::time::SystemTime::now(), mfa: false },
+        org: None,
+        grant: None,
+    };
+    let (token, _) = keys.issue(&user.to_string(), &Uuid::now_v7().to_string(), &state).expect("signing");
     token
 }

@@ -78,6 +78,17 @@ impl RevocationLookup for PrimaryRevocations {
                     Ok(session) => store::session_active(&*conn, session).await.map_err(unavailable)?,
                     Err(_) => false,
                 },
+                Revoked::Grant => match Uuid::parse_str(id) {
+                    Ok(grant) => conn
+                        .query_opt_cached(
+                            "SELECT 1 FROM sessions WHERE grant_id = $1 AND revoked_at IS NULL",
+                            &[&grant],
+                        )
+                        .await
+                        .map_err(|e| unavailable(e.into()))?
+                        .is_some(),
+                    Err(_) => false,
+                },
                 Revoked::ApiKey => {
                     let Some(hash) = secrets::unhex(id) else { return Ok(true) };
                     conn.query_opt_cached(

@@ -22,6 +22,7 @@
 mod api_keys;
 mod jwks;
 mod layer;
+mod orgs;
 mod principal;
 mod revocations;
 mod service_token;
@@ -34,6 +35,7 @@ use tenx_proto::access::{Caller, Rule};
 pub use api_keys::{ApiKeyInfo, ApiKeyResolver, ApiKeys, RemoteApiKeys};
 pub use jwks::{Jwks, KeySource, RemoteKeys};
 pub use layer::{AuthnLayer, AuthnService};
+pub use orgs::{OrgMembership, OrgRole, PERMISSIONS};
 pub use principal::{ADMIN_ROLE, Principal, principal};
 pub use revocations::{
     RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat_until, publish as publish_revocation,
@@ -321,10 +323,16 @@ impl Authenticator {
             Principal::ApiKey { user_id: key.user_id, key_id: key.key_id, scopes: key.scopes }
         } else {
             let principal = self.jwks.verify(token).await?;
-            if let Principal::User { session_id, .. } = &principal
-                && self.revocations.is_revoked(Revoked::Session, &session_id.to_string()).await?
-            {
-                return Err(AuthnError::Unauthenticated("session revoked"));
+            if let Principal::User { session_id, grant, .. } = &principal {
+                if self.revocations.is_revoked(Revoked::Session, &session_id.to_string()).await? {
+                    return Err(AuthnError::Unauthenticated("session revoked"));
+                }
+                // The organization or role it carries changed: Refresh.
+                if let Some(grant) = grant
+                    && self.revocations.is_revoked(Revoked::Grant, &grant.to_string()).await?
+                {
+                    return Err(AuthnError::Unauthenticated("membership changed; refresh the token"));
+                }
             }
             principal
         };
@@ -371,6 +379,20 @@ pub fn authorize(rule: Rule, principal: Option<&Principal>) -> Result<(), AuthnE
             return Err(AuthnError::Reauthenticate { max_age_seconds: rule.max_auth_age_seconds });
         }
     }
+    if !rule.permission.is_empty() {
+        authorize(Rule { permission: "", ..rule }, Some(principal))?;
+        return match principal {
+            Principal::User { org: Some(membership), .. } if membership.role.permits(rule.permission) => {
+                Ok(())
+            }
+            Principal::User { org: Some(membership), .. } => Err(AuthnError::PermissionDenied(format!(
+                "your role in this organization ({}) lacks {}",
+                membership.role.as_str(),
+                rule.permission
+            ))),
+            _ => denied("no active organization; call SwitchOrganization first"),
+        };
+    }
     match (rule.caller, principal) {
         (Caller::Anyone, _) => Ok(()),
         (Caller::User, Principal::User { .. }) => Ok(()),
@@ -409,6 +431,8 @@ mod tests {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             auth_time,
             mfa: false,
+            org: None,
+            grant: None,
         }
     }
 
@@ -425,7 +449,32 @@ mod tests {
     }
 
     fn rule(caller: Caller, scope: &'static str) -> Rule {
-        Rule { caller, scope, max_auth_age_seconds: 0 }
+        Rule { caller, scope, max_auth_age_seconds: 0, permission: "" }
+    }
+
+    #[test]
+    fn an_organization_permission_needs_an_active_organization_and_a_role_that_holds_it() {
+        let manage = Rule { permission: "org.members.manage", ..rule(Caller::Session, "") };
+        let in_org = |role| Principal::User {
+            user_id: Uuid::now_v7(),
+            session_id: Uuid::now_v7(),
+            roles: vec![],
+            auth_time: now(),
+            mfa: false,
+            org: Some(OrgMembership { org_id: Uuid::now_v7(), role }),
+            grant: Some(Uuid::now_v7()),
+        };
+        assert!(authorize(manage, Some(&in_org(OrgRole::Owner))).is_ok());
+        assert!(authorize(manage, Some(&in_org(OrgRole::Admin))).is_ok());
+        for role in [OrgRole::Billing, OrgRole::Member] {
+            assert!(matches!(authorize(manage, Some(&in_org(role))), Err(AuthnError::PermissionDenied(_))));
+        }
+        assert!(
+            matches!(authorize(manage, Some(&user(&["admin"]))), Err(AuthnError::PermissionDenied(_))),
+            "a platform admin without the organization is no member"
+        );
+        assert!(matches!(authorize(manage, Some(&key(&[]))), Err(AuthnError::PermissionDenied(_))));
+        assert!(matches!(authorize(manage, None), Err(AuthnError::Unauthenticated(_))));
     }
 
     #[test]

@@ -48,7 +48,7 @@ const ACCOUNT: Kind = CATEGORIES[0];
 const SECURITY: Kind = CATEGORIES[1];
 const BILLING: Kind = CATEGORIES[2];
 
-fn builtins() -> [Builtin; 10] {
+fn builtins() -> [Builtin; 12] {
     [
         builtin!("welcome", ACCOUNT, in_app),
         builtin!("verify_email", SECURITY),
@@ -57,6 +57,8 @@ fn builtins() -> [Builtin; 10] {
         builtin!("mfa_enabled", SECURITY, in_app),
         builtin!("mfa_disabled", SECURITY, in_app),
         builtin!("mfa_recovery_code_used", SECURITY, in_app),
+        builtin!("org_invitation", ACCOUNT),
+        builtin!("org_role_changed", ACCOUNT, in_app),
         builtin!("billing_receipt", BILLING, in_app),
         builtin!("billing_payment_failed", BILLING, in_app),
         builtin!("billing_refund", BILLING, in_app),
@@ -185,7 +187,11 @@ mod tests {
             // billing_refund
             "amount_refunded": "USD 15.00",
             // mfa_recovery_code_used
-            "recovery_codes_remaining": 9
+            "recovery_codes_remaining": 9,
+            // org_invitation, org_role_changed
+            "organization_name": "Acme", "inviter_email": "grace@example.com", "role": "billing",
+            "previous_role": "member", "expires_in_hours": 168,
+            "accept_link": "https://app.example.com/invitations/accept?token=inv_x"
         });
         for (name, ..) in builtins() {
             let rendered = templates.render(name, &data).expect("renders");

@@ -70,6 +70,16 @@ pub fn body_for(message: &Message) -> String {
         auth::MfaRecoveryCodeUsed::EVENT_TYPE => auth::MfaRecoveryCodeUsed::decode(payload).map(|e| {
             json!({ "user_id": e.user_id, "email": e.email, "recovery_codes_remaining": e.recovery_codes_remaining })
         }),
+        auth::OrgCreated::EVENT_TYPE => auth::OrgCreated::decode(payload).map(|e| {
+            json!({ "organization_id": e.organization_id, "name": e.name, "owner_user_id": e.owner_user_id })
+        }),
+        auth::OrgMemberJoined::EVENT_TYPE => auth::OrgMemberJoined::decode(payload)
+            .map(|e| json!({ "organization_id": e.organization_id, "user_id": e.user_id, "role": e.role })),
+        auth::OrgMemberRoleChanged::EVENT_TYPE => auth::OrgMemberRoleChanged::decode(payload).map(|e| {
+            json!({ "organization_id": e.organization_id, "user_id": e.user_id, "previous_role": e.previous_role, "role": e.role })
+        }),
+        auth::OrgMemberRemoved::EVENT_TYPE => auth::OrgMemberRemoved::decode(payload)
+            .map(|e| json!({ "organization_id": e.organization_id, "user_id": e.user_id })),
         billing::CustomerCreated::EVENT_TYPE => billing::CustomerCreated::decode(payload).map(|e| {
             json!({ "customer_id": e.customer_id, "user_id": e.user_id, "email": e.email, "created_at": seconds(e.created_at.as_ref()) })
         }),

@@ -156,6 +156,45 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
             let data = json!({ "recovery_codes_remaining": e.recovery_codes_remaining });
             security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_recovery_code_used", data, last_attempt)
         }
+        auth::OrgMemberInvited::EVENT_TYPE => {
+            let e = auth::OrgMemberInvited::decode(payload).map_err(reject)?;
+            if e.sealed_token.is_empty() {
+                return Err(reject("an invitation event without its sealed token"));
+            }
+            let token = code_of(seal, &e.sealed_token, "", "org_invitation", (&e.invitation_id, &e.email))?;
+            let data = json!({
+                "email": e.email, "organization_name": e.organization_name, "inviter_email": e.inviter_email,
+                "role": e.role, "expires_in_hours": e.expires_in_hours,
+                "accept_link": format!("{}?token={token}", e.accept_url),
+            });
+            // The invitee may have no account: the invitation stands in
+            // for it (its email log), and nothing goes to an inbox.
+            Job {
+                dedupe,
+                user_id: user(&e.invitation_id)?,
+                data,
+                email: e.email,
+                template: "org_invitation".into(),
+                channels: vec![Channel::Email],
+                last_attempt,
+            }
+        }
+        auth::OrgMemberRoleChanged::EVENT_TYPE => {
+            let e = auth::OrgMemberRoleChanged::decode(payload).map_err(reject)?;
+            let data = json!({
+                "email": e.email, "organization_name": e.organization_name,
+                "previous_role": e.previous_role, "role": e.role,
+            });
+            Job {
+                dedupe,
+                user_id: user(&e.user_id)?,
+                data,
+                email: e.email,
+                template: "org_role_changed".into(),
+                channels: vec![Channel::Email, Channel::InApp],
+                last_attempt,
+            }
+        }
         billing::InvoicePaid::EVENT_TYPE => {
             let e = billing::InvoicePaid::decode(payload).map_err(reject)?;
             let amount = e.invoice.as_ref().map_or(0, |i| i.amount_paid_minor);

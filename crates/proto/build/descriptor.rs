@@ -164,4 +164,6 @@ pub struct Access {
     pub scope: String,
     #[prost(uint32, tag = "3")]
     pub max_auth_age_seconds: u32,
+    #[prost(string, tag = "4")]
+    pub permission: String,
 }

@@ -100,6 +100,9 @@ pub mod access {
         /// Step-up: a session must have authenticated at most this long
         /// ago (its token's `auth_time`); 0: no limit.
         pub max_auth_age_seconds: u32,
+        /// The organization permission the caller's active role must
+        /// hold (`CALLER_SESSION` only); empty: none.
+        pub permission: &'static str,
     }
 
     include!(concat!(env!("OUT_DIR"), "/access_table.rs"));
@@ -128,7 +131,12 @@ pub mod access {
             assert_eq!(rule("/tenx.auth.v1.AuthService/Login").map(|r| r.caller), Some(Caller::Anyone));
             assert_eq!(
                 rule("/tenx.billing.v1.BillingService/PayInvoice"),
-                Some(Rule { caller: Caller::User, scope: "billing:write", max_auth_age_seconds: 0 })
+                Some(Rule {
+                    caller: Caller::User,
+                    scope: "billing:write",
+                    max_auth_age_seconds: 0,
+                    permission: ""
+                })
             );
             assert_eq!(
                 rule("/tenx.notification.v1.NotificationService/Send").map(|r| r.caller),

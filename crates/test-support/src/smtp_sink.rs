@@ -10,6 +10,13 @@ pub struct Mail {
     pub raw: String,
 }
 
+impl Mail {
+    /// The decoded text/plain part ([`text_part`]).
+    pub fn text(&self) -> String {
+        text_part(&self.raw)
+    }
+}
+
 /// Every message the SMTP sink kept so far.
 pub fn mails() -> anyhow::Result<Vec<Mail>> {
     let maildir = crate::env_or("TENX_TEST_SMTP_MAILDIR", "/tmp/tenx-smtp-sink/maildir");
@@ -32,4 +39,68 @@ pub fn mails() -> anyhow::Result<Vec<Mail>> {
         }
     }
     Ok(found)
+}
+
+/// The decoded text/plain part of a raw message (lettre picks 7bit,
+/// quoted-printable or base64 by content, so the raw text cannot be
+/// searched for a phrase).
+pub fn text_part(raw: &str) -> String {
+    use base64::Engine as _;
+    let lines: Vec<&str> = raw.lines().collect();
+    let parts = lines.split(|l| l.starts_with("--"));
+    for part in parts {
+        let mut rest = part.iter();
+        let (mut plain, mut encoding) = (false, String::new());
+        for header in rest.by_ref() {
+            if header.is_empty() {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            plain |= lower.starts_with("content-type: text/plain");
+            if let Some(value) = lower.strip_prefix("content-transfer-encoding:") {
+                encoding = value.trim().to_owned();
+            }
+        }
+        if !plain {
+            continue;
+        }
+        let body: Vec<&str> = rest.copied().collect();
+        return match encoding.as_str() {
+            "base64" => {
+                let bytes =
+                    base64::engine::general_purpose::STANDARD.decode(body.concat()).unwrap_or_default();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            "quoted-printable" => {
+                let mut joined = String::new();
+                for line in body {
+                    match line.strip_suffix('=') {
+                        Some(soft) => joined.push_str(soft),
+                        None => {
+                            joined.push_str(line);
+                            joined.push('\n');
+                        }
+                    }
+                }
+                let (mut bytes, raw) = (Vec::new(), joined.as_bytes());
+                let mut i = 0;
+                while i < raw.len() {
+                    let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                    match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                        (b'=', Some(byte)) => {
+                            bytes.push(byte);
+                            i += 3;
+                        }
+                        (byte, _) => {
+                            bytes.push(byte);
+                            i += 1;
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            _ => body.join("\n"),
+        };
+    }
+    String::new()
 }

@@ -66,10 +66,10 @@ fn recovery_hash(user: Uuid, normalized: &str) -> Vec<u8> {
     secrets::hash(&format!("{user}:{normalized}"))
 }
 
-/// The step-up age of `method` of AuthService, from its access rule.
+/// The step-up age of `method` (`AuthService/DisableTotp`), from its
+/// access rule.
 fn step_up_seconds(method: &str) -> u32 {
-    tenx_proto::access::rule(&format!("/tenx.auth.v1.AuthService/{method}"))
-        .map_or(0, |rule| rule.max_auth_age_seconds)
+    tenx_proto::access::rule(&format!("/tenx.auth.v1.{method}")).map_or(0, |rule| rule.max_auth_age_seconds)
 }
 
 impl Core {

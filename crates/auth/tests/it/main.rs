@@ -11,6 +11,7 @@ mod codes;
 mod events;
 mod key_schedule;
 mod mfa;
+mod orgs;
 mod roles;
 mod sessions;
 mod support;

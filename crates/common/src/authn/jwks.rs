@@ -60,6 +60,14 @@ struct Claims {
     /// Authentication methods (RFC 8176): `pwd`, `otp`.
     #[serde(default)]
     amr: Vec<String>,
+    /// The active organization and the caller's role in it.
+    #[serde(default)]
+    org: String,
+    #[serde(default)]
+    org_role: String,
+    /// The grant, revocable on its own (a membership change).
+    #[serde(default)]
+    grt: String,
 }
 
 struct KeySet {
@@ -243,6 +251,14 @@ fn principal_of(claims: Claims) -> Option<Principal> {
         roles: claims.roles,
         auth_time: claims.auth_time,
         mfa: claims.amr.iter().any(|m| m == "otp"),
+        org: match (claims.org.as_str(), claims.org_role.as_str()) {
+            ("", _) => None,
+            (org, role) => Some(super::OrgMembership {
+                org_id: Uuid::parse_str(org).ok()?,
+                role: super::OrgRole::parse(role)?,
+            }),
+        },
+        grant: if claims.grt.is_empty() { None } else { Some(Uuid::parse_str(&claims.grt).ok()?) },
     })
 }
 

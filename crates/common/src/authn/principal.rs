@@ -19,6 +19,13 @@ pub enum Principal {
         /// That authentication included a second factor (the token's
         /// `amr` holds `otp`).
         mfa: bool,
+        /// The session's active organization and the caller's role in
+        /// it (`org`, `org_role`); `None` when none is active.
+        org: Option<super::OrgMembership>,
+        /// The token's grant (`grt`): revoked when the organization or
+        /// role it carries stops being true, so the token stops working
+        /// everywhere while its session lives on (Refresh gets the truth).
+        grant: Option<Uuid>,
     },
     /// One of a user's API keys, limited to its scopes.
     ApiKey { user_id: Uuid, key_id: Uuid, scopes: Vec<String> },

@@ -39,6 +39,9 @@ pub enum Revoked {
     Session,
     /// An API key, by the hex SHA-256 of its secret.
     ApiKey,
+    /// A grant (an access token's `grt`): the organization and role its
+    /// tokens carry are no longer true.
+    Grant,
 }
 
 impl Revoked {
@@ -46,6 +49,7 @@ impl Revoked {
         match self {
             Self::Session => "session",
             Self::ApiKey => "api_key",
+            Self::Grant => "grant",
         }
     }
 }
@@ -98,6 +102,7 @@ impl RevocationLookup for RemoteRevocations {
             match kind {
                 Revoked::Session => message.session_ids.push(id.to_owned()),
                 Revoked::ApiKey => message.api_key_hashes.push(id.to_owned()),
+                Revoked::Grant => message.grant_ids.push(id.to_owned()),
             }
             let mut request = tonic::Request::new(message);
             request.set_timeout(Duration::from_secs(2));
@@ -106,7 +111,12 @@ impl RevocationLookup for RemoteRevocations {
                 AuthnError::Unavailable(format!("cannot check revocation right now: {}", s.message()))
             })?;
             let answer = answer.into_inner();
-            Ok(answer.revoked_session_ids.iter().chain(&answer.revoked_api_key_hashes).any(|r| r == id))
+            Ok(answer
+                .revoked_session_ids
+                .iter()
+                .chain(&answer.revoked_api_key_hashes)
+                .chain(&answer.revoked_grant_ids)
+                .any(|r| r == id))
         })
     }
 }

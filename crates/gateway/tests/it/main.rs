@@ -14,6 +14,7 @@ mod grpc_door;
 mod limits;
 mod mfa;
 mod openapi;
+mod orgs;
 mod routes;
 mod schemathesis;
 mod support;

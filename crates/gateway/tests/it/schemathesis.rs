@@ -9,7 +9,7 @@ use std::time::Duration;
 use tenx_gateway::settings::RouteOverride;
 
 use crate::support::unique_email;
-use crate::support::{Platform, bearer, sign_up};
+use crate::support::{Platform, bearer, send, sign_up};
 
 fn schemathesis() -> anyhow::Result<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/schemathesis");
@@ -23,8 +23,23 @@ fn schemathesis() -> anyhow::Result<PathBuf> {
 
 /// Operations that end the credential the run calls with: fuzzed with a
 /// credential of their own, after everything else, so the rest of the run
-/// is not left with a revoked session answering 401 to every call.
-const ENDS_THE_SESSION: &[&str] = &["sessions_revoke"];
+/// is not left with a revoked session answering 401 to every call
+/// (switching organization ends the token that acted in the old one).
+const ENDS_THE_SESSION: &[&str] = &["sessions_revoke", "orgs_switch"];
+
+/// A token of a new account acting in an organization it owns, so the
+/// organization's operations open to it too.
+async fn owner_token(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let (token, _, _) = sign_up(addr, &unique_email()).await?;
+    let auth = [("authorization", bearer(&token))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let created = send(addr, "POST", "/v1/orgs", &auth, Some(r#"{"name":"Fuzz"}"#)).await?;
+    let org = created.json["organization"]["organization_id"].as_str().unwrap_or_default().to_owned();
+    let body = serde_json::json!({ "organization_id": org }).to_string();
+    let switched = send(addr, "POST", "/v1/orgs/switch", &auth, Some(&body)).await?;
+    anyhow::ensure!(switched.status == 200, "switch: {}", switched.text);
+    Ok(switched.json["access_token"].as_str().unwrap_or_default().to_owned())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_with_every_check_finds_the_api_and_its_document_in_agreement() -> anyhow::Result<()> {
@@ -44,10 +59,12 @@ async fn schemathesis_with_every_check_finds_the_api_and_its_document_in_agreeme
     let gw = platform.gateway_with(settings).await?;
 
     let mut tested = 0;
-    for (filter, ops) in
-        [("--exclude-operation-id", ENDS_THE_SESSION), ("--include-operation-id", ENDS_THE_SESSION)]
-    {
-        let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
+    // Everything else first, then each operation that ends its credential
+    // with a credential of its own.
+    let mut runs = vec![("--exclude-operation-id", ENDS_THE_SESSION)];
+    runs.extend(ENDS_THE_SESSION.iter().map(|op| ("--include-operation-id", std::slice::from_ref(op))));
+    for (filter, ops) in runs {
+        let token = owner_token(gw.http_addr).await?;
         let selection: Vec<String> =
             ops.iter().flat_map(|op| [filter.to_owned(), (*op).to_owned()]).collect();
         tested += run(&binary, gw.http_addr, &token, &selection).await?;

@@ -1,0 +1,72 @@
+//! Organizations through the HTTP API alone: create one, invite a
+//! colleague, who accepts by the emailed link and acts in it with the
+//! role the invitation gave.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tenx_test_support::{eventually, mails};
+
+use crate::support::{Platform, bearer, send, sign_up, unique_email};
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_link() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?.http_addr;
+    let (founder, _, _) = sign_up(gw, &unique_email()).await?;
+    let created =
+        send(gw, "POST", "/v1/orgs", &[("authorization", &bearer(&founder))], Some(r#"{"name":"Acme"}"#))
+            .await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let org = text(&created.json["organization"]["organization_id"]);
+    let body = json!({ "organization_id": org }).to_string();
+    let switched =
+        send(gw, "POST", "/v1/orgs/switch", &[("authorization", &bearer(&founder))], Some(&body)).await?;
+    assert_eq!(switched.status, 200, "{}", switched.text);
+    let owner = bearer(&text(&switched.json["access_token"]));
+
+    let colleague = unique_email();
+    let body = json!({ "email": colleague, "role": "billing" }).to_string();
+    let invited = send(gw, "POST", "/v1/org/invitations", &[("authorization", &owner)], Some(&body)).await?;
+    assert_eq!(invited.status, 201, "{}", invited.text);
+
+    // The colleague's mailbox: the link to the app's page, with the token.
+    let invitation = || -> anyhow::Result<Option<String>> {
+        let mail = mails()?.into_iter().find(|m| m.to == colleague && m.raw.contains("invited"));
+        Ok(mail.map(|m| m.text()))
+    };
+    eventually(Duration::from_secs(15), "the invitation email", || async { Ok(invitation()?.is_some()) })
+        .await?;
+    let text_part = invitation()?.unwrap_or_default();
+    let start = text_part.find("http://localhost:3000/invitations/accept?token=").unwrap_or_default();
+    let link = text_part[start..].split_whitespace().next().unwrap_or_default().to_owned();
+    let token = link.split("token=").nth(1).unwrap_or_default().to_owned();
+    assert!(token.starts_with("inv_"), "{link}");
+
+    let (joined, _, _) = sign_up(gw, &colleague).await?;
+    let body = json!({ "token": token }).to_string();
+    let accepted =
+        send(gw, "POST", "/v1/invitations/accept", &[("authorization", &bearer(&joined))], Some(&body))
+            .await?;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    assert_eq!(accepted.json["membership"]["role"], "billing");
+    let body = json!({ "organization_id": org }).to_string();
+    let switched =
+        send(gw, "POST", "/v1/orgs/switch", &[("authorization", &bearer(&joined))], Some(&body)).await?;
+    let billing = bearer(&text(&switched.json["access_token"]));
+    let members = send(gw, "GET", "/v1/org/members", &[("authorization", &billing)], None).await?;
+    assert_eq!(members.status, 200, "{}", members.text);
+    assert_eq!(members.json["members"].as_array().map(Vec::len), Some(2));
+    // A billing member does not manage members (refused at the edge).
+    let body = json!({ "email": unique_email(), "role": "member" }).to_string();
+    let refused =
+        send(gw, "POST", "/v1/org/invitations", &[("authorization", &billing)], Some(&body)).await?;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let log = send(gw, "GET", "/v1/org/audit-log", &[("authorization", &owner)], None).await?;
+    assert_eq!(log.json["entries"][0]["action"], "member.joined", "{}", log.text);
+    Ok(())
+}
