@@ -20,7 +20,8 @@ use crate::error::BillingError;
 
 /// Consumer group of auth's user events.
 pub const GROUP: &str = "billing.customers";
-pub const BINDINGS: [&str; 2] = [auth::UserSignedUp::EVENT_TYPE, auth::UserUpdated::EVENT_TYPE];
+pub const BINDINGS: [&str; 3] =
+    [auth::UserSignedUp::EVENT_TYPE, auth::UserUpdated::EVENT_TYPE, auth::OrgCreated::EVENT_TYPE];
 
 const COLUMNS: &str =
     "c.id, c.user_id, c.email, c.currency, c.invoice_prefix, c.default_payment_method_id, c.created_at";
@@ -117,9 +118,10 @@ pub async fn to_proto<C: Prepared>(db: &C, row: &tokio_postgres::Row) -> Result<
     })
 }
 
-/// Consumes `auth.user.signed_up` (creates the customer, or fills in the
-/// email of one a billing call created first) and `auth.user.updated`
-/// (keeps the email current, since receipts go to it).
+/// Consumes `auth.user.signed_up` and `auth.org.created` (creates the
+/// customer of the user or organization, or fills in the email of one a
+/// billing call created first) and `auth.user.updated` (keeps the email
+/// current, since receipts go to it).
 #[derive(Debug)]
 pub struct CustomerWorker {
     pub db: std::sync::Arc<tenx_common::db::Db>,
@@ -144,6 +146,12 @@ impl Handler for CustomerWorker {
                     auth::UserUpdated::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
                 (e.user_id, e.email)
             }
+            // An organization pays as a customer of its own, keyed by its
+            // id; receipts go to its first owner until someone changes it.
+            auth::OrgCreated::EVENT_TYPE => {
+                let e = auth::OrgCreated::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                (e.organization_id, e.owner_email)
+            }
             _ => return Ok(()),
         };
         let user =
@@ -153,7 +161,7 @@ impl Handler for CustomerWorker {
         if !inbox::claim(&tx, GROUP, message.id()).await.map_err(retry)? {
             return Ok(());
         }
-        if message.event_type() == auth::UserSignedUp::EVENT_TYPE {
+        if matches!(message.event_type(), auth::UserSignedUp::EVENT_TYPE | auth::OrgCreated::EVENT_TYPE) {
             let (_, created) = ensure(&tx, self.clock.as_ref(), user, &email).await.map_err(retry)?;
             if created {
                 tx.commit().await.map_err(retry)?;

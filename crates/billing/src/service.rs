@@ -96,6 +96,25 @@ fn caller(call: &Call) -> Result<Uuid, BillingError> {
         .ok_or(BillingError::Unauthenticated("this call acts for a customer; a service has none"))
 }
 
+/// Whose billing a call acts on: the caller's active organization when
+/// the token carries one (its customer is keyed by the organization's
+/// id; the role must hold `org.billing.read` to read it and
+/// `org.billing.manage` to change it), else the caller's own account.
+fn payer(call: &Call, change: bool) -> Result<Uuid, BillingError> {
+    if let Some(Principal::User { org: Some(membership), .. }) = &call.principal {
+        let permission = if change { "org.billing.manage" } else { "org.billing.read" };
+        if !membership.role.permits(permission) {
+            return Err(BillingError::PermissionDenied(if change {
+                "your role in this organization cannot change its billing (org.billing.manage)"
+            } else {
+                "your role in this organization cannot see its billing (org.billing.read)"
+            }));
+        }
+        return Ok(membership.org_id);
+    }
+    caller(call)
+}
+
 /// An admin user (from their verified token) or a service.
 fn is_admin(call: &Call) -> bool {
     call.principal.as_ref().is_some_and(Principal::is_operator)
@@ -227,7 +246,7 @@ impl Core {
         metadata: &Call,
         request: pb::GetCustomerRequest,
     ) -> Result<pb::GetCustomerResponse, BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, false)?;
         let conn = self.db.read(metadata.after()?).await?;
         let row = if request.customer_id.is_empty() {
             customers::of_user(&*conn, user).await?
@@ -261,7 +280,7 @@ impl Core {
         F: FnOnce(Claim) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, BillingError>>,
     {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         let key = idempotency::key_of(metadata, true)?.unwrap_or_default();
         let method = format!("{METHOD_PREFIX}{name}");
         let hash = idempotency::request_hash(&method, request);
@@ -301,7 +320,7 @@ impl Core {
         metadata: &Call,
         request: pb::AddPaymentMethodRequest,
     ) -> Result<(pb::AddPaymentMethodResponse, bool), BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         idempotency::key_of(metadata, true)?;
         // Its form is the contract's; whether the provider issued it is not.
         let token = request.token.clone();
@@ -503,7 +522,7 @@ impl Core {
         metadata: &Call,
         request: pb::CreateSubscriptionRequest,
     ) -> Result<(pb::CreateSubscriptionResponse, bool), BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         idempotency::key_of(metadata, true)?;
         let price_id = uuid("price_id", &request.price_id)?;
         let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
@@ -598,7 +617,7 @@ impl Core {
         metadata: &Call,
         request: pb::PayInvoiceRequest,
     ) -> Result<(pb::PayInvoiceResponse, bool), BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         let key = idempotency::key_of(metadata, true)?.unwrap_or_default();
         let invoice_id = uuid("invoice_id", &request.invoice_id)?;
         let method = optional_uuid("payment_method_id", &request.payment_method_id)?;
@@ -809,7 +828,7 @@ impl Core {
         metadata: &Call,
         request: pb::ChangePlanRequest,
     ) -> Result<(pb::ChangePlanResponse, bool), BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         idempotency::key_of(metadata, true)?;
         let sub_id = uuid("subscription_id", &request.subscription_id)?;
         let price_id = uuid("price_id", &request.price_id)?;
@@ -902,7 +921,7 @@ impl Core {
         metadata: &Call,
         request: pb::CancelSubscriptionRequest,
     ) -> Result<(pb::CancelSubscriptionResponse, bool), BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, true)?;
         idempotency::key_of(metadata, true)?;
         let sub_id = uuid("subscription_id", &request.subscription_id)?;
         let timing = pb::ChangeTiming::try_from(request.timing)
@@ -1052,7 +1071,7 @@ impl Core {
     /// The caller's customer id (or, for an admin, the requested one), or
     /// NOT_FOUND.
     async fn own_customer(&self, metadata: &Call, requested: &str) -> Result<Uuid, BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, false)?;
         let conn = self.db.read(metadata.after()?).await?;
         let row = if requested.is_empty() {
             customers::of_user(&*conn, user).await?
@@ -1070,7 +1089,7 @@ impl Core {
         metadata: &Call,
         request: pb::GetSubscriptionRequest,
     ) -> Result<pb::GetSubscriptionResponse, BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, false)?;
         let id = uuid("subscription_id", &request.subscription_id)?;
         let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
@@ -1160,7 +1179,7 @@ impl Core {
         metadata: &Call,
         request: pb::GetInvoiceRequest,
     ) -> Result<pb::GetInvoiceResponse, BillingError> {
-        let user = caller(metadata)?;
+        let user = payer(metadata, false)?;
         let id = uuid("invoice_id", &request.invoice_id)?;
         let conn = self.db.read(metadata.after()?).await?;
         let visible = conn
@@ -1192,7 +1211,7 @@ impl Core {
         } else {
             // The caller's own currency if they bill in one already.
             let mut own = None;
-            if let Ok(user) = caller(metadata) {
+            if let Ok(user) = payer(metadata, false) {
                 let conn = self.db.read(metadata.after()?).await?;
                 own = customers::of_user(&*conn, user)
                     .await?

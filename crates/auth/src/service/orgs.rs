@@ -218,6 +218,7 @@ impl Core {
         caller: Caller,
         request: pb::CreateOrganizationRequest,
     ) -> Result<(pb::CreateOrganizationResponse, WalPosition), AuthError> {
+        let owner_email = self.user(caller.user, None).await?.email;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         // The user's row locked: concurrent creations count one by one.
@@ -249,6 +250,7 @@ impl Core {
             organization_id: id.to_string(),
             name: request.name,
             owner_user_id: caller.user.to_string(),
+            owner_email,
         };
         outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         tx.commit().await?;

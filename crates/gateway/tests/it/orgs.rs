@@ -68,5 +68,66 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     assert_eq!(refused.status, 403, "{}", refused.text);
     let log = send(gw, "GET", "/v1/org/audit-log", &[("authorization", &owner)], None).await?;
     assert_eq!(log.json["entries"][0]["action"], "member.joined", "{}", log.text);
+
+    // The billing member pays for the organization, not for themselves.
+    let card = [("authorization", billing.as_str()), ("idempotency-key", "org-card")];
+    let added =
+        send(gw, "POST", "/v1/billing/payment-methods", &card, Some(r#"{"token":"tok_success"}"#)).await?;
+    assert_eq!(added.status, 201, "{}", added.text);
+    let subscribe = json!({ "price_id": BUSINESS_MONTHLY_USD }).to_string();
+    let headers = [("authorization", billing.as_str()), ("idempotency-key", "org-sub")];
+    let created = send(gw, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.json["invoice"]["status"], "paid", "{}", created.text);
+    let theirs = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &owner)], None).await?;
+    assert_eq!(theirs.json["subscriptions"].as_array().map(Vec::len), Some(1), "{}", theirs.text);
+    // Their own account (a new session, acting in no organization) pays for nothing.
+    let login = json!({ "email": colleague, "password": crate::support::PASSWORD }).to_string();
+    let own = send(gw, "POST", "/v1/auth/login", &[], Some(&login)).await?;
+    let own = bearer(&text(&own.json["tokens"]["access_token"]));
+    let personal = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &own)], None).await?;
+    assert_eq!(personal.status, 200, "{}", personal.text);
+    assert!(personal.json["subscriptions"].as_array().is_none_or(Vec::is_empty), "{}", personal.text);
+
+    // A plain member neither sees nor changes the organization's billing.
+    let (_, member) = join(gw, &owner, "member").await?;
+    let hidden = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &member)], None).await?;
+    assert_eq!(hidden.status, 403, "{}", hidden.text);
+    let headers = [("authorization", member.as_str()), ("idempotency-key", "member-sub")];
+    let refused = send(gw, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
+    assert_eq!(refused.status, 403, "{}", refused.text);
     Ok(())
+}
+
+const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
+
+/// Invites a new account with `role` as `owner` (acting in the
+/// organization), which signs up, takes the token from the email and
+/// accepts; its sign-up token and its token acting in the organization.
+async fn join(gw: std::net::SocketAddr, owner: &str, role: &str) -> anyhow::Result<(String, String)> {
+    let email = unique_email();
+    let body = json!({ "email": email, "role": role }).to_string();
+    let invited = send(gw, "POST", "/v1/org/invitations", &[("authorization", owner)], Some(&body)).await?;
+    anyhow::ensure!(invited.status == 201, "invite: {}", invited.text);
+    let token = || -> anyhow::Result<Option<String>> {
+        let mail = mails()?.into_iter().find(|m| m.to == email && m.raw.contains("invited"));
+        Ok(mail.and_then(|m| {
+            let text = m.text();
+            let at = text.find("?token=")? + "?token=".len();
+            text[at..].split_whitespace().next().map(str::to_owned)
+        }))
+    };
+    eventually(Duration::from_secs(15), "the invitation email", || async { Ok(token()?.is_some()) }).await?;
+    let token = token()?.unwrap_or_default();
+    let (joined, _, _) = sign_up(gw, &email).await?;
+    let body = json!({ "token": token }).to_string();
+    let accepted =
+        send(gw, "POST", "/v1/invitations/accept", &[("authorization", &bearer(&joined))], Some(&body))
+            .await?;
+    anyhow::ensure!(accepted.status == 200, "accept: {}", accepted.text);
+    let org = text(&accepted.json["membership"]["organization"]["organization_id"]);
+    let body = json!({ "organization_id": org }).to_string();
+    let switched =
+        send(gw, "POST", "/v1/orgs/switch", &[("authorization", &bearer(&joined))], Some(&body)).await?;
+    Ok((joined, bearer(&text(&switched.json["access_token"]))))
 }
