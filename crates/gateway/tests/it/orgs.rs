@@ -89,6 +89,15 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     assert_eq!(personal.status, 200, "{}", personal.text);
     assert!(personal.json["subscriptions"].as_array().is_none_or(Vec::is_empty), "{}", personal.text);
 
+    // An admin sees the organization's billing but does not change it.
+    let (_, admin) = join(gw, &owner, "admin").await?;
+    let seen = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &admin)], None).await?;
+    assert_eq!(seen.status, 200, "{}", seen.text);
+    let headers = [("authorization", admin.as_str()), ("idempotency-key", "admin-card")];
+    let refused =
+        send(gw, "POST", "/v1/billing/payment-methods", &headers, Some(r#"{"token":"tok_success"}"#)).await?;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+
     // A plain member neither sees nor changes the organization's billing.
     let (_, member) = join(gw, &owner, "member").await?;
     let hidden = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &member)], None).await?;
