@@ -4,6 +4,8 @@
 CREATE TABLE organizations (
     id          uuid        PRIMARY KEY,
     name        text        NOT NULL,
+    -- Members must sign in with a second factor to act in it.
+    require_mfa boolean     NOT NULL DEFAULT false,
     created_by  uuid        REFERENCES users (id) ON DELETE SET NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()

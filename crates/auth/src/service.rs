@@ -182,7 +182,8 @@ impl Core {
     ) -> Result<pb::Tokens, AuthError> {
         // From the primary: a role granted or removed shows in the next
         // token; so do the session's last (re)authentication and its
-        // active organization (gone with the membership).
+        // active organization (gone with the membership, or while the
+        // organization requires a second factor the session has not shown).
         let row = self
             .db
             .write()
@@ -190,7 +191,8 @@ impl Core {
             .query_opt_cached(
                 "SELECT u.roles, s.authenticated_at, s.mfa, m.org_id, m.role, s.grant_id \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
-                 LEFT JOIN org_members m ON m.org_id = s.active_org_id AND m.user_id = s.user_id \
+                 LEFT JOIN organizations o ON o.id = s.active_org_id AND (s.mfa OR NOT o.require_mfa) \
+                 LEFT JOIN org_members m ON m.org_id = o.id AND m.user_id = s.user_id \
                  WHERE s.id = $1 AND s.user_id = $2",
                 &[&session, &user],
             )

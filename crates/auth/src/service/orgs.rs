@@ -71,6 +71,7 @@ fn organization(row: &tokio_postgres::Row) -> pb::Organization {
         organization_id: row.get::<_, Uuid>("id").to_string(),
         name: row.get("name"),
         created_at: Some(store::timestamp(row.get("created_at"))),
+        require_mfa: row.get("require_mfa"),
     }
 }
 
@@ -126,6 +127,13 @@ fn requested_role(raw: i32) -> Result<OrgRole, AuthError> {
         Ok(pb::OrgRole::Billing) => Ok(OrgRole::Billing),
         Ok(pb::OrgRole::Member) => Ok(OrgRole::Member),
         _ => Err(AuthError::invalid("role", "owner, admin, billing or member")),
+    }
+}
+
+fn mfa_required() -> AuthError {
+    AuthError::Refused {
+        reason: "MFA_REQUIRED",
+        message: "this organization requires a second factor: turn TOTP on, or reauthenticate with a code",
     }
 }
 
@@ -236,7 +244,7 @@ impl Core {
         let id = Uuid::now_v7();
         let row = tx
             .query_one_cached(
-                "INSERT INTO organizations (id, name, created_by) VALUES ($1, $2, $3) RETURNING id, name, created_at",
+                "INSERT INTO organizations (id, name, created_by) VALUES ($1, $2, $3) RETURNING id, name, created_at, require_mfa",
                 &[&id, &request.name, &caller.user],
             )
             .await?;
@@ -267,7 +275,7 @@ impl Core {
             .write()
             .await?
             .query_cached(
-                "SELECT o.id, o.name, o.created_at, m.role, \
+                "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role, \
                    coalesce(o.id = (SELECT active_org_id FROM sessions WHERE id = $2), false) AS active \
                  FROM org_members m JOIN organizations o ON o.id = m.org_id \
                  WHERE m.user_id = $1 ORDER BY m.joined_at",
@@ -302,12 +310,17 @@ impl Core {
             Some(org) => {
                 let row = tx
                     .query_opt_cached(
-                        "SELECT o.id, o.name, o.created_at, m.role FROM org_members m \
-                         JOIN organizations o ON o.id = m.org_id WHERE m.org_id = $1 AND m.user_id = $2 FOR SHARE OF m",
-                        &[&org, &caller.user],
+                        "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role, \
+                           coalesce((SELECT mfa FROM sessions WHERE id = $3), false) AS session_mfa \
+                         FROM org_members m JOIN organizations o ON o.id = m.org_id \
+                         WHERE m.org_id = $1 AND m.user_id = $2 FOR SHARE OF m",
+                        &[&org, &caller.user, &caller.session],
                     )
                     .await?
                     .ok_or(AuthError::NotFound("organization"))?;
+                if row.get::<_, bool>("require_mfa") && !row.get::<_, bool>("session_mfa") {
+                    return Err(mfa_required());
+                }
                 Some(pb::Membership {
                     organization: Some(organization(&row)),
                     role: role_proto(stored_role(row.get("role"))?).into(),
@@ -347,7 +360,10 @@ impl Core {
         let conn = self.db.write().await?;
         let role = self.role_in(&*conn, org.org_id, caller.user).await?;
         let row = conn
-            .query_opt_cached("SELECT id, name, created_at FROM organizations WHERE id = $1", &[&org.org_id])
+            .query_opt_cached(
+                "SELECT id, name, created_at, require_mfa FROM organizations WHERE id = $1",
+                &[&org.org_id],
+            )
             .await?
             .ok_or(AuthError::NotFound("organization"))?;
         Ok(pb::GetOrganizationResponse {
@@ -368,7 +384,7 @@ impl Core {
         self.require(&tx, org.org_id, caller.user, "org.manage").await?;
         let row = tx
             .query_one_cached(
-                "UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1 RETURNING id, name, created_at",
+                "UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1 RETURNING id, name, created_at, require_mfa",
                 &[&org.org_id, &request.name],
             )
             .await?;
@@ -385,6 +401,63 @@ impl Core {
         tx.commit().await?;
         let written = conn.commit_position().await?;
         Ok((pb::RenameOrganizationResponse { organization: Some(organization(&row)) }, written))
+    }
+
+    async fn set_mfa_requirement(
+        &self,
+        caller: Caller,
+        org: OrgMembership,
+        request: pb::SetMfaRequirementRequest,
+    ) -> Result<(pb::SetMfaRequirementResponse, WalPosition), AuthError> {
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        self.lock_org(&tx, org.org_id).await?;
+        self.require(&tx, org.org_id, caller.user, "org.manage").await?;
+        if request.require_mfa {
+            let proved: bool = tx
+                .query_one_cached(
+                    "SELECT coalesce((SELECT mfa FROM sessions WHERE id = $1), false)",
+                    &[&caller.session],
+                )
+                .await?
+                .get(0);
+            if !proved {
+                return Err(mfa_required());
+            }
+        }
+        let row = tx
+            .query_one_cached(
+                "WITH before AS (SELECT require_mfa FROM organizations WHERE id = $1) \
+                 UPDATE organizations o SET require_mfa = $2, updated_at = now() FROM before WHERE o.id = $1 \
+                 RETURNING o.id, o.name, o.created_at, o.require_mfa, before.require_mfa AS was",
+                &[&org.org_id, &request.require_mfa],
+            )
+            .await?;
+        let mut grants = Vec::new();
+        if row.get::<_, bool>("was") != request.require_mfa {
+            if request.require_mfa {
+                // Tokens acting in it without a second factor stop working;
+                // their refresh comes without the organization.
+                grants = tx
+                    .query_cached(
+                        "WITH old AS (SELECT id, grant_id FROM sessions \
+                           WHERE active_org_id = $1 AND NOT mfa AND revoked_at IS NULL FOR UPDATE) \
+                         UPDATE sessions s SET grant_id = gen_random_uuid() FROM old WHERE s.id = old.id \
+                         RETURNING old.grant_id",
+                        &[&org.org_id],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+            }
+            let action = if request.require_mfa { "org.mfa_required" } else { "org.mfa_not_required" };
+            audit(&tx, org.org_id, Some(&caller.into()), action, "", "").await?;
+        }
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        self.revoke_grants(&grants).await;
+        Ok((pb::SetMfaRequirementResponse { organization: Some(organization(&row)) }, written))
     }
 
     async fn list_members(
@@ -649,7 +722,8 @@ impl Core {
         }
         let row = tx
             .query_one_cached(
-                "SELECT o.id, o.name, o.created_at, m.role FROM org_members m JOIN organizations o ON o.id = m.org_id \
+                "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role FROM org_members m \
+                 JOIN organizations o ON o.id = m.org_id \
                  WHERE m.org_id = $1 AND m.user_id = $2",
                 &[&org, &caller.user],
             )
@@ -870,6 +944,16 @@ impl OrganizationService for OrgApi {
         let caller = self.core.caller(request.extensions()).await?;
         let org = active_org(request.extensions())?;
         let (reply, written) = self.core.rename_organization(caller, org, request.into_inner()).await?;
+        Ok(respond(reply, Some(written)))
+    }
+
+    async fn set_mfa_requirement(
+        &self,
+        request: Request<pb::SetMfaRequirementRequest>,
+    ) -> Result<Response<pb::SetMfaRequirementResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let org = active_org(request.extensions())?;
+        let (reply, written) = self.core.set_mfa_requirement(caller, org, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
     }
 

@@ -19,7 +19,7 @@ fn secret_of(enrolled: &pb::EnrollTotpResponse) -> anyhow::Result<Vec<u8>> {
 
 /// The app's code `ahead` steps from now (the tests accept a skew of a
 /// few steps, so several codes are fresh within one 30-second step).
-fn code(secret: &[u8], ahead: i64) -> String {
+pub(crate) fn code(secret: &[u8], ahead: i64) -> String {
     let now = totp::step_at(SystemTime::now());
     totp::code(secret, now.saturating_add_signed(ahead))
 }
@@ -40,7 +40,7 @@ fn claims(token: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Turns TOTP on for the holder of `token`: its secret and recovery codes.
-async fn enable_totp(client: &mut Client, token: &str) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
+pub(crate) async fn enable_totp(client: &mut Client, token: &str) -> anyhow::Result<(Vec<u8>, Vec<String>)> {
     let enrolled = client.enroll_totp(authed(token, pb::EnrollTotpRequest {})).await?.into_inner();
     let secret = secret_of(&enrolled)?;
     let confirm = pb::ConfirmTotpRequest { code: code(&secret, 0), current_password: PASSWORD.into() };

@@ -119,6 +119,11 @@ async fn every_role_may_call_exactly_the_organization_rpcs_its_permissions_allow
                     o.get_organization(authed(&t, pb::GetOrganizationRequest {})).await.map(drop)
                 })
             }),
+            ("SetMfaRequirement", {
+                let (mut o, t) = (o.clone(), t.clone());
+                let request = pb::SetMfaRequirementRequest { require_mfa: false };
+                Box::pin(async move { o.set_mfa_requirement(authed(&t, request)).await.map(drop) })
+            }),
             ("ListMembers", {
                 let (mut o, t) = (o.clone(), t.clone());
                 Box::pin(async move { o.list_members(authed(&t, pb::ListMembersRequest {})).await.map(drop) })

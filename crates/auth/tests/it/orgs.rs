@@ -331,3 +331,41 @@ async fn a_new_role_reaches_the_members_tokens_within_a_second_and_owners_are_ke
     assert_eq!(members.len(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_organization_that_requires_a_second_factor_is_entered_only_with_one() -> anyhow::Result<()> {
+    let auth = TestAuth::start_with(|s| s.mfa.totp_skew_steps = 4).await?;
+    let (mut client, mut orgs) = (auth.client(0).await?, orgs(&auth).await?);
+    let founder = access(&sign_up(&mut client, &unique_email()).await?);
+    let org = create(&mut orgs, &founder, "Acme").await?;
+    let owner = switch(&mut orgs, &founder, &org).await?;
+    let (joined, member) = join(&auth, &mut orgs, &owner, pb::OrgRole::Member).await?;
+
+    // The owner cannot require what they have not shown themselves.
+    let require = || pb::SetMfaRequirementRequest { require_mfa: true };
+    let refused =
+        orgs.set_mfa_requirement(authed(&owner, require())).await.expect_err("no second factor yet");
+    assert_eq!(refused.get_details_error_info().map(|i| i.reason).as_deref(), Some("MFA_REQUIRED"));
+    crate::mfa::enable_totp(&mut client, &owner).await?;
+    let set = orgs.set_mfa_requirement(authed(&owner, require())).await?.into_inner();
+    assert!(set.organization.is_some_and(|o| o.require_mfa));
+
+    // The member, signed in with a password only: their token acting in
+    // it stops working, a refresh comes without it, and switching back is
+    // refused until they show a second factor.
+    eventually(Duration::from_secs(1), "the member's token refused", || {
+        let (mut client, member) = (client.clone(), member.clone());
+        async move { Ok(client.get_user(authed(&member, pb::GetUserRequest::default())).await.is_err()) }
+    })
+    .await?;
+    let again =
+        client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
+    let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
+    assert!(claims(&token)?.get("org").is_none(), "no organization without a second factor");
+    let refused = switch(&mut orgs, &token, &org).await.expect_err("no second factor");
+    assert_eq!(refused.get_details_error_info().map(|i| i.reason).as_deref(), Some("MFA_REQUIRED"));
+    crate::mfa::enable_totp(&mut client, &token).await?;
+    let acting = switch(&mut orgs, &token, &org).await?;
+    orgs.list_members(authed(&acting, pb::ListMembersRequest {})).await?;
+    Ok(())
+}
