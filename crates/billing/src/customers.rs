@@ -12,6 +12,7 @@ use tenx_common::outbox::{self, NewEvent};
 use tenx_common::queue::{Handler, HandlerError, Message, inbox};
 use tenx_proto::auth::v1 as auth;
 use tenx_proto::billing::v1 as pb;
+use tenx_proto::billing::v1::{ChangeTiming, ProrationBehavior};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -20,8 +21,12 @@ use crate::error::BillingError;
 
 /// Consumer group of auth's user events.
 pub const GROUP: &str = "billing.customers";
-pub const BINDINGS: [&str; 3] =
-    [auth::UserSignedUp::EVENT_TYPE, auth::UserUpdated::EVENT_TYPE, auth::OrgCreated::EVENT_TYPE];
+pub const BINDINGS: [&str; 4] = [
+    auth::UserSignedUp::EVENT_TYPE,
+    auth::UserUpdated::EVENT_TYPE,
+    auth::OrgCreated::EVENT_TYPE,
+    auth::OrgDeleted::EVENT_TYPE,
+];
 
 const COLUMNS: &str =
     "c.id, c.user_id, c.email, c.currency, c.invoice_prefix, c.default_payment_method_id, c.created_at";
@@ -132,9 +137,60 @@ fn retry(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(e.to_string())
 }
 
+impl CustomerWorker {
+    /// A deleted organization's subscriptions end now, without proration
+    /// (nobody is left to credit); one that has ended already is left as
+    /// it is. All in one transaction with the inbox claim: a redelivery
+    /// does nothing, a failure (a plan change waiting on a payment) is
+    /// retried whole.
+    async fn end_organization(&self, message: &Message, org: Uuid) -> Result<(), HandlerError> {
+        let mut conn = self.db.write().await.map_err(retry)?;
+        let tx = conn.transaction().await.map_err(retry)?;
+        if !inbox::claim(&tx, GROUP, message.id()).await.map_err(retry)? {
+            return Ok(());
+        }
+        let live: Vec<Uuid> = tx
+            .query_cached(
+                "SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id \
+                 WHERE c.user_id = $1 AND s.status <> 'canceled' ORDER BY s.id",
+                &[&org],
+            )
+            .await
+            .map_err(retry)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for sub in live {
+            let locked = crate::changes::lock(&tx, sub, org).await.map_err(retry)?;
+            let now = self.clock.now();
+            match crate::changes::cancel(
+                &tx,
+                now,
+                &locked,
+                ChangeTiming::Immediately,
+                ProrationBehavior::None,
+            )
+            .await
+            {
+                Ok(_) | Err(BillingError::Refused { .. }) => {}
+                Err(error) => return Err(retry(error)),
+            }
+        }
+        tx.commit().await.map_err(retry)?;
+        tracing::info!(organization_id = %org, "a deleted organization's subscriptions ended");
+        Ok(())
+    }
+}
+
 impl Handler for CustomerWorker {
     async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
         let payload = message.envelope.payload.as_slice();
+        if message.event_type() == auth::OrgDeleted::EVENT_TYPE {
+            let e = auth::OrgDeleted::decode(payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
+            let org = Uuid::parse_str(&e.organization_id)
+                .map_err(|_| HandlerError::Reject(format!("bad organization id {:?}", e.organization_id)))?;
+            return self.end_organization(message, org).await;
+        }
         let (user, email) = match message.event_type() {
             auth::UserSignedUp::EVENT_TYPE => {
                 let e =

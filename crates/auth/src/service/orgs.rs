@@ -403,6 +403,40 @@ impl Core {
         Ok((pb::RenameOrganizationResponse { organization: Some(organization(&row)) }, written))
     }
 
+    async fn delete_organization(
+        &self,
+        caller: Caller,
+        org: OrgMembership,
+    ) -> Result<WalPosition, AuthError> {
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let name = self.lock_org(&tx, org.org_id).await?;
+        self.require(&tx, org.org_id, caller.user, "org.delete").await?;
+        // Every session acting in it acts in none, with a new grant.
+        let grants: Vec<Uuid> = tx
+            .query_cached(
+                "WITH old AS (SELECT id, grant_id FROM sessions WHERE active_org_id = $1 FOR UPDATE) \
+                 UPDATE sessions s SET grant_id = gen_random_uuid(), active_org_id = NULL FROM old \
+                 WHERE s.id = old.id RETURNING old.grant_id",
+                &[&org.org_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute_cached("DELETE FROM organizations WHERE id = $1", &[&org.org_id]).await?;
+        let event = pb::OrgDeleted {
+            organization_id: org.org_id.to_string(),
+            name,
+            actor_user_id: caller.user.to_string(),
+        };
+        outbox::enqueue(&tx, &NewEvent::of(&org.org_id.to_string(), &event)).await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        self.revoke_grants(&grants).await;
+        Ok(written)
+    }
+
     async fn set_mfa_requirement(
         &self,
         caller: Caller,
@@ -945,6 +979,17 @@ impl OrganizationService for OrgApi {
         let org = active_org(request.extensions())?;
         let (reply, written) = self.core.rename_organization(caller, org, request.into_inner()).await?;
         Ok(respond(reply, Some(written)))
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<pb::DeleteOrganizationRequest>,
+    ) -> Result<Response<pb::DeleteOrganizationResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "OrganizationService/DeleteOrganization").await?;
+        let org = active_org(request.extensions())?;
+        let written = self.core.delete_organization(caller, org).await?;
+        Ok(respond(pb::DeleteOrganizationResponse {}, Some(written)))
     }
 
     async fn set_mfa_requirement(

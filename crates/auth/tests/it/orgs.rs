@@ -369,3 +369,35 @@ async fn an_organization_that_requires_a_second_factor_is_entered_only_with_one(
     orgs.list_members(authed(&acting, pb::ListMembersRequest {})).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn only_an_owner_deletes_an_organization_and_its_members_tokens_stop_working() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let (mut client, mut orgs) = (auth.client(0).await?, orgs(&auth).await?);
+    let founder = access(&sign_up(&mut client, &unique_email()).await?);
+    let org = create(&mut orgs, &founder, "Acme").await?;
+    let owner = switch(&mut orgs, &founder, &org).await?;
+    let (joined, admin) = join(&auth, &mut orgs, &owner, pb::OrgRole::Admin).await?;
+
+    let refused = orgs
+        .delete_organization(authed(&admin, pb::DeleteOrganizationRequest {}))
+        .await
+        .expect_err("an admin");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    orgs.delete_organization(authed(&owner, pb::DeleteOrganizationRequest {})).await?;
+    let deleted: pb::OrgDeleted = auth.last_event("auth.org.deleted").await?;
+    assert_eq!(deleted.organization_id, org);
+    eventually(Duration::from_secs(1), "the admin's token refused", || {
+        let (mut client, admin) = (client.clone(), admin.clone());
+        async move { Ok(client.get_user(authed(&admin, pb::GetUserRequest::default())).await.is_err()) }
+    })
+    .await?;
+    let again =
+        client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
+    let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
+    let mine =
+        orgs.list_my_organizations(authed(&token, pb::ListMyOrganizationsRequest {})).await?.into_inner();
+    assert!(mine.memberships.is_empty());
+    assert_eq!(auth.count("org_members").await?, 0);
+    Ok(())
+}

@@ -105,6 +105,28 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     let headers = [("authorization", member.as_str()), ("idempotency-key", "member-sub")];
     let refused = send(gw, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
     assert_eq!(refused.status, 403, "{}", refused.text);
+
+    // Deleting the organization ends its subscription (billing consumes
+    // `auth.org.deleted`).
+    let deleted = send(gw, "DELETE", "/v1/org", &[("authorization", &owner)], None).await?;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let (db, conn) = tokio_postgres::connect(&platform.billing_db_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let org_id = uuid::Uuid::parse_str(&org)?;
+    eventually(Duration::from_secs(15), "the organization's subscription canceled", || {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE s.status = 'canceled'), count(*) FROM billing.subscriptions s \
+                     JOIN billing.customers c ON c.id = s.customer_id WHERE c.user_id = $1",
+                    &[&org_id],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(1) == 1 && row.get::<_, i64>(0) == 1)
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -24,8 +24,8 @@ fn schemathesis() -> anyhow::Result<PathBuf> {
 /// Operations that end the credential the run calls with: fuzzed with a
 /// credential of their own, after everything else, so the rest of the run
 /// is not left with a revoked session answering 401 to every call
-/// (switching organization ends the token that acted in the old one).
-const ENDS_THE_SESSION: &[&str] = &["sessions_revoke", "orgs_switch"];
+/// (switching organization, or deleting it, ends the token that acted in it).
+const ENDS_THE_SESSION: &[&str] = &["sessions_revoke", "orgs_switch", "org_delete"];
 
 /// A token of a new account acting in an organization it owns, so the
 /// organization's operations open to it too.
