@@ -1,5 +1,11 @@
 -- Organizations, their members and roles, and their audit log; the
--- session's active organization and the grant its tokens carry.
+-- session's active organization and the grant its tokens carry; and an
+-- account-wide count of wrong second-factor codes.
+
+-- Wrong codes since the last right one, from any client: at
+-- mfa.max_failed_codes TOTP codes are refused until a password reset
+-- (whoever guesses them has the password).
+ALTER TABLE mfa_totp ADD COLUMN failed_codes integer NOT NULL DEFAULT 0;
 
 CREATE TABLE organizations (
     id          uuid        PRIMARY KEY,

@@ -745,8 +745,10 @@ impl Core {
             &[&id, &hash],
         )
         .await?;
-        // The owner proved the address: every client's lock on it ends.
+        // The owner proved the address: every client's lock on it ends,
+        // and so does the lock on its second factor's codes.
         tx.execute_cached("DELETE FROM login_attempts WHERE email = $1", &[&email]).await?;
+        tx.execute_cached("UPDATE mfa_totp SET failed_codes = 0 WHERE user_id = $1", &[&id]).await?;
         let revoked = store::revoke_user_sessions(&tx, id, None, "password_reset").await?;
         // Whoever held the account before the reset (someone who signed up
         // with the victim's address first) keeps no API key either.

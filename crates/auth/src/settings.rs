@@ -104,6 +104,9 @@ pub struct MfaSettings {
     /// Codes of this many 30-second steps before and after now are
     /// accepted too (clock drift between the phone and the server).
     pub totp_skew_steps: u64,
+    /// Wrong codes, from any client, after which TOTP codes are refused
+    /// until a password reset (recovery codes still work).
+    pub max_failed_codes: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +234,9 @@ impl Validate for AuthSettings {
             || self.orgs.invitation_url.contains('?')
         {
             return Err(Invalid::new("orgs.invitation_url", "an http(s) URL without a query"));
+        }
+        if self.mfa.max_failed_codes < 1 {
+            return Err(Invalid::new("mfa.max_failed_codes", "must be at least 1"));
         }
         if self.mfa.totp_skew_steps > 10 {
             return Err(Invalid::new("mfa.totp_skew_steps", "must be at most 10 (5 minutes each way)"));

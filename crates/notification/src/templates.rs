@@ -48,7 +48,7 @@ const ACCOUNT: Kind = CATEGORIES[0];
 const SECURITY: Kind = CATEGORIES[1];
 const BILLING: Kind = CATEGORIES[2];
 
-fn builtins() -> [Builtin; 12] {
+fn builtins() -> [Builtin; 13] {
     [
         builtin!("welcome", ACCOUNT, in_app),
         builtin!("verify_email", SECURITY),
@@ -57,6 +57,7 @@ fn builtins() -> [Builtin; 12] {
         builtin!("mfa_enabled", SECURITY, in_app),
         builtin!("mfa_disabled", SECURITY, in_app),
         builtin!("mfa_recovery_code_used", SECURITY, in_app),
+        builtin!("mfa_codes_locked", SECURITY, in_app),
         builtin!("org_invitation", ACCOUNT),
         builtin!("org_role_changed", ACCOUNT, in_app),
         builtin!("billing_receipt", BILLING, in_app),

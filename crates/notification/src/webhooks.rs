@@ -64,6 +64,9 @@ pub fn body_for(message: &Message) -> String {
         auth::MfaEnabled::EVENT_TYPE => {
             auth::MfaEnabled::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }
+        auth::MfaCodesLocked::EVENT_TYPE => {
+            auth::MfaCodesLocked::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
+        }
         auth::MfaDisabled::EVENT_TYPE => {
             auth::MfaDisabled::decode(payload).map(|e| json!({ "user_id": e.user_id, "email": e.email }))
         }

@@ -151,6 +151,10 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
             let e = auth::MfaDisabled::decode(payload).map_err(reject)?;
             security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_disabled", json!({}), last_attempt)
         }
+        auth::MfaCodesLocked::EVENT_TYPE => {
+            let e = auth::MfaCodesLocked::decode(payload).map_err(reject)?;
+            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_codes_locked", json!({}), last_attempt)
+        }
         auth::MfaRecoveryCodeUsed::EVENT_TYPE => {
             let e = auth::MfaRecoveryCodeUsed::decode(payload).map_err(reject)?;
             let data = json!({ "recovery_codes_remaining": e.recovery_codes_remaining });

@@ -145,13 +145,19 @@ impl Core {
             Code::Totp(digits) => {
                 let Some(row) = tx
                     .query_opt_cached(
-                        "SELECT secret_enc FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL",
+                        "SELECT secret_enc, failed_codes FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL",
                         &[&user],
                     )
                     .await?
                 else {
                     return Ok(None);
                 };
+                if row.get::<_, i32>(1) >= self.settings.mfa.max_failed_codes {
+                    return Err(AuthError::Refused {
+                        reason: "TOTP_LOCKED",
+                        message: "too many wrong codes on this account: use a recovery code, or reset the password",
+                    });
+                }
                 let secret = self.keys.kek().open(row.get(0), &seal_context(user))?;
                 let now = totp::step_at(SystemTime::now());
                 let Some(step) =
@@ -162,7 +168,7 @@ impl Core {
                 let step = i64::try_from(step).map_err(|e| AuthError::Internal(e.to_string()))?;
                 let fresh = tx
                     .execute_cached(
-                        "UPDATE mfa_totp SET last_step = $2 \
+                        "UPDATE mfa_totp SET last_step = $2, failed_codes = 0 \
                          WHERE user_id = $1 AND last_step < $2 AND confirmed_at IS NOT NULL",
                         &[&user, &step],
                     )
@@ -182,6 +188,27 @@ impl Core {
                 Ok(row.map(|r| Spent::Recovery { remaining: u32::try_from(r.get::<_, i64>(0)).unwrap_or(0) }))
             }
         }
+    }
+
+    /// Counts a wrong code against the account, whatever the client; the
+    /// one that reaches `mfa.max_failed_codes` tells the owner.
+    async fn code_failed(&self, user: Uuid, email: &str) -> Result<(), AuthError> {
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let failed: Option<i32> = tx
+            .query_opt_cached(
+                "UPDATE mfa_totp SET failed_codes = failed_codes + 1 WHERE user_id = $1 RETURNING failed_codes",
+                &[&user],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if failed == Some(self.settings.mfa.max_failed_codes) {
+            let event = pb::MfaCodesLocked { user_id: user.to_string(), email: email.to_owned() };
+            outbox::enqueue(&tx, &NewEvent::of(&user.to_string(), &event)).await?;
+            tracing::warn!(user_id = %user, "TOTP codes locked after too many wrong ones");
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Tells the owner a recovery code was used (a security email).
@@ -273,6 +300,7 @@ impl Core {
         let Some(spent) = self.spend(&tx, user, &request.code).await? else {
             drop(tx);
             drop(conn);
+            self.code_failed(user, &email).await?;
             self.fail_attempt(&email, client, attempt).await?;
             settle(&mut claim);
             return Err(AuthError::Wrong("code: wrong or already used"));
@@ -358,6 +386,7 @@ impl Core {
                 None => {
                     drop(tx);
                     drop(conn);
+                    self.code_failed(caller.user, &user.email).await?;
                     self.fail_attempt(&user.email, client, attempt).await?;
                     return Err(AuthError::Wrong("code: wrong or already used"));
                 }

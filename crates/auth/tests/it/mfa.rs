@@ -407,3 +407,43 @@ async fn a_flood_of_guesses_on_one_challenge_gets_only_its_allowance_checked() -
     assert_eq!(burnt.code(), Code::Unauthenticated);
     Ok(())
 }
+
+#[tokio::test]
+async fn wrong_codes_from_everywhere_lock_totp_until_a_password_reset_and_the_owner_is_told()
+-> anyhow::Result<()> {
+    let auth = TestAuth::start_with(|s| {
+        s.mfa.totp_skew_steps = 4;
+        s.login.max_failures = 100;
+        s.mfa.max_failed_codes = 3;
+    })
+    .await?;
+    let mut client = auth.client(0).await?;
+    let email = unique_email();
+    let token = access(&sign_up(&mut client, &email).await?);
+    let (secret, recovery) = enable_totp(&mut client, &token).await?;
+    let wrong = wrong_code(&secret);
+    // Three wrong codes, each on a challenge of its own (as a botnet
+    // holding the password would spread them).
+    for _ in 0..3 {
+        let pending = challenge(&mut client, &email).await?;
+        complete(&mut client, &pending, &wrong).await.expect_err("a wrong code");
+    }
+    let told: pb::MfaCodesLocked = auth.last_event("auth.mfa.codes_locked").await?;
+    assert_eq!(told.email, email);
+    let pending = challenge(&mut client, &email).await?;
+    let locked = complete(&mut client, &pending, &code(&secret, 1)).await.expect_err("locked");
+    assert_eq!((locked.code(), reason(&locked).as_str()), (Code::FailedPrecondition, "TOTP_LOCKED"));
+    // The owner still gets in with a recovery code, and a reset unlocks.
+    let pending = challenge(&mut client, &email).await?;
+    complete(&mut client, &pending, &recovery[0]).await?;
+    client.request_password_reset(pb::RequestPasswordResetRequest { email: email.clone() }).await?;
+    let reset = pb::ResetPasswordRequest {
+        email: email.clone(),
+        code: auth.last_code("auth.password_reset_requested").await?,
+        new_password: PASSWORD.into(),
+    };
+    client.reset_password(reset).await?;
+    let pending = challenge(&mut client, &email).await?;
+    complete(&mut client, &pending, &code(&secret, 2)).await?;
+    Ok(())
+}
