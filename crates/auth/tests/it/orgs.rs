@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::support::{TestAuth, access, authed, eventually, refresh, sign_up, unique_email};
+use crate::support::{Client, TestAuth, access, authed, eventually, refresh, sign_up, unique_email};
 
 type Orgs = OrganizationServiceClient<Channel>;
 
@@ -77,6 +77,19 @@ async fn join(
     let org = accepted.organization.map(|o| o.organization_id).unwrap_or_default();
     let acting = switch(orgs, &access(&joined), &org).await?;
     Ok((joined, acting))
+}
+
+/// `token` is refused (UNAUTHENTICATED) by auth within a second: the
+/// revocation of its grant reached the service.
+async fn refused_within_a_second(client: &Client, token: &str, what: &str) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(1), what, || {
+        let (mut client, token) = (client.clone(), token.to_owned());
+        async move {
+            let answer = client.get_user(authed(&token, pb::GetUserRequest::default())).await;
+            Ok(answer.is_err_and(|status| status.code() == Code::Unauthenticated))
+        }
+    })
+    .await
 }
 
 fn user_id(signed_up: &pb::SignUpResponse) -> String {
@@ -163,11 +176,7 @@ async fn a_member_reads_but_does_not_manage_and_leaving_ends_its_organization_to
     assert_eq!(removed.user_id, user_id(&joined));
     // Its token for the organization stops working (every service follows
     // the same revocation feed); its session does not.
-    eventually(Duration::from_secs(1), "the member's organization token refused", || {
-        let (mut client, member) = (client.clone(), member.clone());
-        async move { Ok(client.get_user(authed(&member, pb::GetUserRequest::default())).await.is_err()) }
-    })
-    .await?;
+    refused_within_a_second(&client, &member, "the member's organization token refused").await?;
     let again =
         client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
     let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
@@ -297,11 +306,7 @@ async fn a_new_role_reaches_the_members_tokens_within_a_second_and_owners_are_ke
     assert_eq!(changed.member.map(|m| m.role()), Some(pb::OrgRole::Billing));
     let told: pb::OrgMemberRoleChanged = auth.last_event("auth.org.member_role_changed").await?;
     assert_eq!((told.previous_role.as_str(), told.role.as_str()), ("member", "billing"));
-    eventually(Duration::from_secs(1), "the old role's token refused", || {
-        let (mut client, member) = (client.clone(), member.clone());
-        async move { Ok(client.get_user(authed(&member, pb::GetUserRequest::default())).await.is_err()) }
-    })
-    .await?;
+    refused_within_a_second(&client, &member, "the old role's token refused").await?;
     let again =
         client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
     let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
@@ -322,11 +327,7 @@ async fn a_new_role_reaches_the_members_tokens_within_a_second_and_owners_are_ke
 
     let remove = pb::RemoveMemberRequest { user_id: user_id(&joined) };
     orgs.remove_member(authed(&admin, remove)).await?;
-    eventually(Duration::from_secs(1), "the removed member's token refused", || {
-        let (mut client, token) = (client.clone(), token.clone());
-        async move { Ok(client.get_user(authed(&token, pb::GetUserRequest::default())).await.is_err()) }
-    })
-    .await?;
+    refused_within_a_second(&client, &token, "the removed member's token refused").await?;
     let members = orgs.list_members(authed(&owner, pb::ListMembersRequest {})).await?.into_inner().members;
     assert_eq!(members.len(), 2);
     Ok(())
@@ -353,11 +354,7 @@ async fn an_organization_that_requires_a_second_factor_is_entered_only_with_one(
     // The member, signed in with a password only: their token acting in
     // it stops working, a refresh comes without it, and switching back is
     // refused until they show a second factor.
-    eventually(Duration::from_secs(1), "the member's token refused", || {
-        let (mut client, member) = (client.clone(), member.clone());
-        async move { Ok(client.get_user(authed(&member, pb::GetUserRequest::default())).await.is_err()) }
-    })
-    .await?;
+    refused_within_a_second(&client, &member, "the member's token refused").await?;
     let again =
         client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
     let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
@@ -387,11 +384,7 @@ async fn only_an_owner_deletes_an_organization_and_its_members_tokens_stop_worki
     orgs.delete_organization(authed(&owner, pb::DeleteOrganizationRequest {})).await?;
     let deleted: pb::OrgDeleted = auth.last_event("auth.org.deleted").await?;
     assert_eq!(deleted.organization_id, org);
-    eventually(Duration::from_secs(1), "the admin's token refused", || {
-        let (mut client, admin) = (client.clone(), admin.clone());
-        async move { Ok(client.get_user(authed(&admin, pb::GetUserRequest::default())).await.is_err()) }
-    })
-    .await?;
+    refused_within_a_second(&client, &admin, "the admin's token refused").await?;
     let again =
         client.refresh(pb::RefreshRequest { refresh_token: refresh(&joined.tokens) }).await?.into_inner();
     let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
