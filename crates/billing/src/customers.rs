@@ -73,8 +73,23 @@ pub async fn ensure<C: Prepared>(
                 return Ok((id, true));
             }
             Ok(None) => {
-                let row =
-                    tx.query_one_cached("SELECT id FROM customers WHERE user_id = $1", &[&user]).await?;
+                // Locked until the caller's transaction ends (as its
+                // purchase would lock it anyway; keys stay shared for the
+                // rows that reference it): closing it (a deleted
+                // organization) waits for what is bought here, then ends it
+                // too.
+                let row = tx
+                    .query_one_cached(
+                        "SELECT id, closed_at IS NOT NULL FROM customers WHERE user_id = $1 FOR NO KEY UPDATE",
+                        &[&user],
+                    )
+                    .await?;
+                if row.get::<_, bool>(1) {
+                    return Err(BillingError::refused(
+                        "CUSTOMER_CLOSED",
+                        "this account is closed (its organization was deleted)",
+                    ));
+                }
                 return Ok((row.get(0), false));
             }
             // Another customer has this prefix (1 in 10^12): draw again.
@@ -149,6 +164,22 @@ impl CustomerWorker {
         if !inbox::claim(&tx, GROUP, message.id()).await.map_err(retry)? {
             return Ok(());
         }
+        // Closed first, under its lock: a purchase in flight commits
+        // before this reads the subscriptions, and none comes after. A
+        // customer the organization never got is made closed.
+        let known = tx
+            .query_opt_cached("SELECT 1 FROM customers WHERE user_id = $1 FOR NO KEY UPDATE", &[&org])
+            .await
+            .map_err(retry)?;
+        if known.is_none() {
+            ensure(&tx, self.clock.as_ref(), org, "").await.map_err(retry)?;
+        }
+        tx.execute_cached(
+            "UPDATE customers SET closed_at = coalesce(closed_at, $2), updated_at = $2 WHERE user_id = $1",
+            &[&org, &self.clock.now()],
+        )
+        .await
+        .map_err(retry)?;
         let live: Vec<Uuid> = tx
             .query_cached(
                 "SELECT s.id FROM subscriptions s JOIN customers c ON c.id = s.customer_id \

@@ -521,12 +521,33 @@ impl Core {
             .await?
             .map(|r| r.get(0));
         tx.execute_cached("DELETE FROM mfa_recovery_codes WHERE user_id = $1", &[&caller.user]).await?;
+        // No session has a second factor any more; those acting in an
+        // organization that requires one lose it (their tokens' grant).
+        let grants: Vec<Uuid> = tx
+            .query_cached(
+                "WITH old AS (SELECT s.id, s.grant_id, coalesce(o.require_mfa, false) AS regrant FROM sessions s \
+                   LEFT JOIN organizations o ON o.id = s.active_org_id \
+                   WHERE s.user_id = $1 AND s.revoked_at IS NULL FOR UPDATE OF s) \
+                 UPDATE sessions s SET mfa = false, \
+                   grant_id = CASE WHEN old.regrant THEN gen_random_uuid() ELSE s.grant_id END \
+                 FROM old WHERE s.id = old.id AND (s.mfa OR old.regrant) RETURNING old.grant_id, old.regrant",
+                &[&caller.user],
+            )
+            .await?
+            .iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect();
         if was_on == Some(true) {
             let event = pb::MfaDisabled { user_id: caller.user.to_string(), email };
             outbox::enqueue(&tx, &NewEvent::of(&caller.user.to_string(), &event)).await?;
         }
         tx.commit().await?;
-        Ok(conn.commit_position().await?)
+        let written = conn.commit_position().await?;
+        for grant in grants {
+            self.denied.deny(tenx_common::authn::Revoked::Grant, &grant.to_string()).await;
+        }
+        Ok(written)
     }
 
     pub(super) async fn regenerate_recovery_codes(

@@ -215,10 +215,16 @@ impl Core {
     }
 
     /// After commit: the old grants' tokens are refused everywhere.
+    /// In a task of its own: a caller that goes away (a deadline, a
+    /// disconnect) cannot drop the revocation of what it committed.
     async fn revoke_grants(&self, grants: &[Uuid]) {
-        for grant in grants {
-            self.denied.deny(Revoked::Grant, &grant.to_string()).await;
-        }
+        let (denied, grants) = (self.denied.clone(), grants.to_vec());
+        let published = tokio::spawn(async move {
+            for grant in grants {
+                denied.deny(Revoked::Grant, &grant.to_string()).await;
+            }
+        });
+        let _ = published.await;
     }
 
     async fn create_organization(
@@ -308,6 +314,8 @@ impl Core {
         let membership = match target {
             None => None,
             Some(org) => {
+                // The organization first, shared: the order every change takes.
+                tx.query_opt_cached("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[&org]).await?;
                 let row = tx
                     .query_opt_cached(
                         "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role, \
@@ -342,6 +350,7 @@ impl Core {
         let Some(old) = old else { return Err(AuthError::Unauthenticated("session revoked")) };
         tx.commit().await?;
         let written = conn.commit_position().await?;
+        drop(conn);
         self.revoke_grants(&[old]).await;
         let tokens = self.tokens(caller.user, caller.session, String::new()).await?;
         let response = pb::SwitchOrganizationResponse {
@@ -540,6 +549,7 @@ impl Core {
         }
         tx.execute_cached("DELETE FROM org_members WHERE org_id = $1 AND user_id = $2", &[&org, &user])
             .await?;
+        self.close_invitations_by(tx, org, user).await?;
         let grants = self.regrant(tx, org, user, true).await?;
         audit(tx, org, Some(actor), action, &user.to_string(), role.as_str()).await?;
         let event = pb::OrgMemberRemoved {
@@ -586,6 +596,22 @@ impl Core {
             .await?;
         if member.is_some() {
             return Err(AuthError::AlreadyMember);
+        }
+        // One invitation email per address and organization per cooldown:
+        // re-inviting is no way to flood a mailbox.
+        let cooldown = self.settings.codes.resend_cooldown_seconds as f64;
+        let recent = tx
+            .query_opt_cached(
+                "SELECT 1 FROM org_invitations WHERE org_id = $1 AND email = $2 \
+                 AND created_at > now() - make_interval(secs => $3)",
+                &[&org.org_id, &email, &cooldown],
+            )
+            .await?;
+        if recent.is_some() {
+            return Err(AuthError::Refused {
+                reason: "INVITATION_RECENTLY_SENT",
+                message: "this address was invited moments ago; try again in a minute",
+            });
         }
         tx.execute_cached(
             "UPDATE org_invitations SET closed_at = now(), outcome = 'replaced' \
@@ -776,17 +802,27 @@ impl Core {
         &self,
         request: pb::DeclineInvitationRequest,
     ) -> Result<WalPosition, AuthError> {
-        let conn = self.db.write().await?;
-        let row = conn
+        let hash = secrets::hash(&request.token);
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let org: Uuid = tx
+            .query_opt_cached("SELECT org_id FROM org_invitations WHERE token_hash = $1", &[&hash])
+            .await?
+            .ok_or(AuthError::NotFound("invitation"))?
+            .get(0);
+        // The organization first: the order every change takes.
+        self.lock_org(&tx, org).await?;
+        let row = tx
             .query_opt_cached(
                 "WITH declined AS (UPDATE org_invitations SET closed_at = now(), outcome = 'declined' \
                    WHERE token_hash = $1 AND closed_at IS NULL AND expires_at > now() RETURNING org_id, email) \
                  INSERT INTO org_audit (org_id, action, target) \
                  SELECT org_id, 'invitation.declined', email FROM declined RETURNING 1",
-                &[&secrets::hash(&request.token)],
+                &[&hash],
             )
             .await?;
         row.ok_or(AuthError::NotFound("invitation"))?;
+        tx.commit().await?;
         Ok(conn.commit_position().await?)
     }
 
@@ -817,6 +853,8 @@ impl Core {
             )
             .await?;
             grants = self.regrant(&tx, org.org_id, target, false).await?;
+            // What they invited with their old role is not theirs to give now.
+            self.close_invitations_by(&tx, org.org_id, target).await?;
             let detail = format!("{} → {}", before.as_str(), role.as_str());
             audit(&tx, org.org_id, Some(&caller.into()), "member.role_changed", &target.to_string(), &detail)
                 .await?;
@@ -844,6 +882,18 @@ impl Core {
         let written = conn.commit_position().await?;
         self.revoke_grants(&grants).await;
         Ok((pb::ChangeMemberRoleResponse { member: Some(member(&row)?) }, written))
+    }
+
+    /// Closes the pending invitations `user` sent for `org` (they lost the
+    /// role that sent them).
+    async fn close_invitations_by(&self, tx: &impl Prepared, org: Uuid, user: Uuid) -> Result<(), AuthError> {
+        tx.execute_cached(
+            "UPDATE org_invitations SET closed_at = now(), outcome = 'revoked' \
+             WHERE org_id = $1 AND invited_by = $2 AND closed_at IS NULL",
+            &[&org, &user],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Refuses (`LAST_OWNER`) when `org` has one owner left.

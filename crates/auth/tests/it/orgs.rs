@@ -217,6 +217,8 @@ async fn auth_checks_the_role_itself_and_two_owners_leaving_at_once_leave_one() 
         b.leave_organization(authed(&second, pb::LeaveOrganizationRequest {})),
     );
     assert_eq!(u8::from(ra.is_ok()) + u8::from(rb.is_ok()), 1, "{ra:?} {rb:?}");
+    let loser = ra.err().or(rb.err()).ok_or_else(|| anyhow::anyhow!("both left"))?;
+    assert_eq!(loser.get_details_error_info().map(|i| i.reason).as_deref(), Some("LAST_OWNER"), "{loser:?}");
     let owners: i64 = auth
         .sql()
         .await?
@@ -364,6 +366,10 @@ async fn an_organization_that_requires_a_second_factor_is_entered_only_with_one(
     crate::mfa::enable_totp(&mut client, &token).await?;
     let acting = switch(&mut orgs, &token, &org).await?;
     orgs.list_members(authed(&acting, pb::ListMembersRequest {})).await?;
+
+    // Turning the second factor off again is no way around it.
+    client.disable_totp(authed(&acting, pb::DisableTotpRequest {})).await?;
+    refused_within_a_second(&client, &acting, "the token acting without a second factor refused").await?;
     Ok(())
 }
 

@@ -79,7 +79,12 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     let created = send(gw, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.json["invoice"]["status"], "paid", "{}", created.text);
-    let theirs = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &owner)], None).await?;
+    // Another person reads it: with the write's position, or a lagging
+    // replica may not have it yet.
+    let position = created.header("x-tenx-wal-position").unwrap_or_default().to_owned();
+    assert!(position.starts_with("billing:"), "{position:?}");
+    let read = [("authorization", owner.as_str()), ("x-tenx-wal-position", position.as_str())];
+    let theirs = send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?;
     assert_eq!(theirs.json["subscriptions"].as_array().map(Vec::len), Some(1), "{}", theirs.text);
     // Their own account (a new session, acting in no organization) pays for nothing.
     let login = json!({ "email": colleague, "password": crate::support::PASSWORD }).to_string();
