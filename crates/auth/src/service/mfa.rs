@@ -544,9 +544,7 @@ impl Core {
         }
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        for grant in grants {
-            self.denied.deny(tenx_common::authn::Revoked::Grant, &grant.to_string()).await;
-        }
+        self.revoke_grants(&grants).await;
         Ok(written)
     }
 

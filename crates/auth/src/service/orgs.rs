@@ -217,7 +217,7 @@ impl Core {
     /// After commit: the old grants' tokens are refused everywhere.
     /// In a task of its own: a caller that goes away (a deadline, a
     /// disconnect) cannot drop the revocation of what it committed.
-    async fn revoke_grants(&self, grants: &[Uuid]) {
+    pub(super) async fn revoke_grants(&self, grants: &[Uuid]) {
         let (denied, grants) = (self.denied.clone(), grants.to_vec());
         let published = tokio::spawn(async move {
             for grant in grants {
