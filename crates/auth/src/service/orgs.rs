@@ -1133,6 +1133,7 @@ impl OrganizationService for OrgApi {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let caller = self.core.caller(request.extensions()).await?;
+        self.core.require_second_factor(caller, "OrganizationService/RemoveMember").await?;
         let org = active_org(request.extensions())?;
         let written = self.core.remove_member_by(caller, org, request.into_inner()).await?;
         Ok(respond(pb::RemoveMemberResponse {}, Some(written)))
