@@ -86,6 +86,12 @@ fn client_of(extensions: &tonic::Extensions) -> String {
     authn::edge_client(extensions).unwrap_or("direct").to_owned()
 }
 
+/// How long until a lock ending at `until` ends; a second when it is
+/// unknown or just past (the caller is told to wait, not to hammer).
+fn until_unlocked(until: Option<SystemTime>) -> Duration {
+    until.and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(1))
+}
+
 fn unshare(error: Arc<AuthError>) -> AuthError {
     Arc::try_unwrap(error).unwrap_or_else(|shared| match &*shared {
         AuthError::Pool(_) | AuthError::Db(_) => AuthError::Internal(format!("database: {shared}")),
@@ -395,9 +401,7 @@ impl Core {
             )
             .await?
             .and_then(|r| r.get(0));
-        let remaining =
-            until.and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(1));
-        Err(AuthError::LockedOut { retry_after: remaining })
+        Err(AuthError::LockedOut { retry_after: until_unlocked(until) })
     }
 
     async fn locked(

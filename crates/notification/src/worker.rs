@@ -73,9 +73,10 @@ fn code_of(
         })
 }
 
-/// A change to how an account signs in, told to its owner by email and
-/// in the app; the template's data gains the address.
-fn security_notice(
+/// A change to an account (how it signs in, its role somewhere), told to
+/// its owner by email and in the app; the template's data gains the
+/// address.
+fn owner_notice(
     dedupe: String,
     user_id: Uuid,
     email: String,
@@ -141,24 +142,24 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
         }
         auth::PasswordChanged::EVENT_TYPE => {
             let e = auth::PasswordChanged::decode(payload).map_err(reject)?;
-            security_notice(dedupe, user(&e.user_id)?, e.email, "password_changed", json!({}), last_attempt)
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "password_changed", json!({}), last_attempt)
         }
         auth::MfaEnabled::EVENT_TYPE => {
             let e = auth::MfaEnabled::decode(payload).map_err(reject)?;
-            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_enabled", json!({}), last_attempt)
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "mfa_enabled", json!({}), last_attempt)
         }
         auth::MfaDisabled::EVENT_TYPE => {
             let e = auth::MfaDisabled::decode(payload).map_err(reject)?;
-            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_disabled", json!({}), last_attempt)
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "mfa_disabled", json!({}), last_attempt)
         }
         auth::MfaCodesLocked::EVENT_TYPE => {
             let e = auth::MfaCodesLocked::decode(payload).map_err(reject)?;
-            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_codes_locked", json!({}), last_attempt)
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "mfa_codes_locked", json!({}), last_attempt)
         }
         auth::MfaRecoveryCodeUsed::EVENT_TYPE => {
             let e = auth::MfaRecoveryCodeUsed::decode(payload).map_err(reject)?;
             let data = json!({ "recovery_codes_remaining": e.recovery_codes_remaining });
-            security_notice(dedupe, user(&e.user_id)?, e.email, "mfa_recovery_code_used", data, last_attempt)
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "mfa_recovery_code_used", data, last_attempt)
         }
         auth::OrgMemberInvited::EVENT_TYPE => {
             let e = auth::OrgMemberInvited::decode(payload).map_err(reject)?;
@@ -186,18 +187,9 @@ fn job_for(message: &Message, last_attempt: bool, seal: &SealKey) -> Result<Opti
         auth::OrgMemberRoleChanged::EVENT_TYPE => {
             let e = auth::OrgMemberRoleChanged::decode(payload).map_err(reject)?;
             let data = json!({
-                "email": e.email, "organization_name": e.organization_name,
-                "previous_role": e.previous_role, "role": e.role,
+                "organization_name": e.organization_name, "previous_role": e.previous_role, "role": e.role,
             });
-            Job {
-                dedupe,
-                user_id: user(&e.user_id)?,
-                data,
-                email: e.email,
-                template: "org_role_changed".into(),
-                channels: vec![Channel::Email, Channel::InApp],
-                last_attempt,
-            }
+            owner_notice(dedupe, user(&e.user_id)?, e.email, "org_role_changed", data, last_attempt)
         }
         billing::InvoicePaid::EVENT_TYPE => {
             let e = billing::InvoicePaid::decode(payload).map_err(reject)?;

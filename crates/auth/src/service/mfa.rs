@@ -66,6 +66,10 @@ fn recovery_hash(user: Uuid, normalized: &str) -> Vec<u8> {
     secrets::hash(&format!("{user}:{normalized}"))
 }
 
+fn already_on() -> AuthError {
+    AuthError::Refused { reason: "MFA_ALREADY_ENABLED", message: "TOTP is already on" }
+}
+
 /// The step-up age of `method` (`AuthService/DisableTotp`), from its
 /// access rule.
 fn step_up_seconds(method: &str) -> u32 {
@@ -345,11 +349,7 @@ impl Core {
             .await?;
         let Some(row) = row else { return Ok(None) };
         if row.get::<_, Option<bool>>(1) == Some(true) {
-            let until: Option<SystemTime> = row.get(2);
-            let retry_after = until
-                .and_then(|u| u.duration_since(SystemTime::now()).ok())
-                .unwrap_or(std::time::Duration::from_secs(1));
-            return Err(AuthError::LockedOut { retry_after });
+            return Err(AuthError::LockedOut { retry_after: super::until_unlocked(row.get(2)) });
         }
         let failures: i32 = row.get(0);
         Ok((failures > 0).then_some(failures))
@@ -452,7 +452,7 @@ impl Core {
             )
             .await?;
         if replaced == 0 {
-            return Err(AuthError::Refused { reason: "MFA_ALREADY_ENABLED", message: "TOTP is already on" });
+            return Err(already_on());
         }
         let written = conn.commit_position().await?;
         let uri = totp::otpauth_uri(&self.settings.mfa.issuer, &email, &secret);
@@ -484,7 +484,7 @@ impl Core {
             });
         };
         if row.get::<_, bool>(1) {
-            return Err(AuthError::Refused { reason: "MFA_ALREADY_ENABLED", message: "TOTP is already on" });
+            return Err(already_on());
         }
         let secret = self.keys.kek().open(row.get(0), &seal_context(caller.user))?;
         let now = totp::step_at(SystemTime::now());

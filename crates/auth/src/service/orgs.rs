@@ -191,6 +191,24 @@ impl Core {
         Ok(role)
     }
 
+    /// Refuses (`TOO_MANY_ORGANIZATIONS`) a user who belongs to
+    /// [`MAX_MEMBERSHIPS`] organizations already; their row stays locked
+    /// until `tx` ends, so concurrent creations and accepts count one by one.
+    async fn room_for_one_more(&self, tx: &impl Prepared, user: Uuid) -> Result<(), AuthError> {
+        tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user]).await?;
+        let held: i64 = tx
+            .query_one_cached("SELECT count(*) FROM org_members WHERE user_id = $1", &[&user])
+            .await?
+            .get(0);
+        if held >= MAX_MEMBERSHIPS {
+            return Err(AuthError::Refused {
+                reason: "TOO_MANY_ORGANIZATIONS",
+                message: "at most 100 organizations per user; leave one first",
+            });
+        }
+        Ok(())
+    }
+
     /// Replaces the grant of `user`'s live sessions acting in `org` (and,
     /// with `leave`, makes them act in none); the old grants, to revoke
     /// once committed.
@@ -235,18 +253,7 @@ impl Core {
         let owner_email = self.user(caller.user, None).await?.email;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        // The user's row locked: concurrent creations count one by one.
-        tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
-        let held: i64 = tx
-            .query_one_cached("SELECT count(*) FROM org_members WHERE user_id = $1", &[&caller.user])
-            .await?
-            .get(0);
-        if held >= MAX_MEMBERSHIPS {
-            return Err(AuthError::Refused {
-                reason: "TOO_MANY_ORGANIZATIONS",
-                message: "at most 100 organizations per user; leave one first",
-            });
-        }
+        self.room_for_one_more(&tx, caller.user).await?;
         let id = Uuid::now_v7();
         let row = tx
             .query_one_cached(
@@ -750,16 +757,7 @@ impl Core {
         if invited != email {
             return Err(AuthError::Wrong("token: this invitation is for another address"));
         }
-        let held: i64 = tx
-            .query_one_cached("SELECT count(*) FROM org_members WHERE user_id = $1", &[&caller.user])
-            .await?
-            .get(0);
-        if held >= MAX_MEMBERSHIPS {
-            return Err(AuthError::Refused {
-                reason: "TOO_MANY_ORGANIZATIONS",
-                message: "at most 100 organizations per user; leave one first",
-            });
-        }
+        self.room_for_one_more(&tx, caller.user).await?;
         let joined = tx
             .execute_cached(
                 "INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
