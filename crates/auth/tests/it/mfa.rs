@@ -4,13 +4,12 @@
 
 use std::time::SystemTime;
 
-use base64::Engine;
 use tenx_auth::totp;
 use tenx_proto::auth::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{Client, PASSWORD, TestAuth, access, authed, sign_up, unique_email};
+use crate::support::{Client, PASSWORD, TestAuth, access, authed, claims, sign_up, unique_email};
 
 /// The secret an enrollment handed out, as the phone stores it.
 fn secret_of(enrolled: &pb::EnrollTotpResponse) -> anyhow::Result<Vec<u8>> {
@@ -31,12 +30,6 @@ fn wrong_code(secret: &[u8]) -> String {
         .map(|d| d.to_string().repeat(6))
         .find(|c| totp::matching_step(secret, c, now, 6).is_none())
         .unwrap_or_else(|| unreachable!("ten codes cannot all be near now"))
-}
-
-/// The claims of an access token, unverified (the test reads what auth wrote).
-fn claims(token: &str) -> anyhow::Result<serde_json::Value> {
-    let payload = token.split('.').nth(1).ok_or_else(|| anyhow::anyhow!("not a JWT"))?;
-    Ok(serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?)
 }
 
 /// Turns TOTP on for the holder of `token`: its secret and recovery codes.

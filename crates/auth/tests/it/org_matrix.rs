@@ -62,17 +62,9 @@ async fn join(
     let email = unique_email();
     let invite = pb::InviteMemberRequest { email: email.clone(), role: proto_role(role).into() };
     orgs.invite_member(authed(owner, invite)).await?;
-    let event: pb::OrgMemberInvited = auth.last_event("auth.org.member_invited").await?;
-    let key = tenx_common::sealed::SealKey::parse(auth.settings.codes.seal_key.expose())
-        .map_err(anyhow::Error::msg)?;
-    let token = key
-        .open(
-            &event.sealed_token,
-            format!("org_invitation:{}:{}", event.invitation_id, event.email).as_bytes(),
-        )
-        .ok_or_else(|| anyhow::anyhow!("the sealed token does not open"))?;
+    let token = auth.invitation_token().await?;
     let joined = sign_up(&mut auth.client(0).await?, &email).await?;
-    let request = pb::AcceptInvitationRequest { token: String::from_utf8(token)? };
+    let request = pb::AcceptInvitationRequest { token };
     orgs.accept_invitation(authed(&access(&joined), request)).await?;
     let acting = switch(orgs, &access(&joined), org).await?;
     Ok((joined.user.map(|u| u.id).unwrap_or_default(), acting))

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use tenx_proto::auth::v1 as pb;
 use tenx_proto::auth::v1::organization_service_client::OrganizationServiceClient;
 use tonic::Code;
@@ -11,18 +10,13 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::support::{Client, TestAuth, access, authed, eventually, refresh, sign_up, unique_email};
+use crate::support::{Client, TestAuth, access, authed, claims, eventually, refresh, sign_up, unique_email};
 
 type Orgs = OrganizationServiceClient<Channel>;
 
 async fn orgs(auth: &TestAuth) -> anyhow::Result<Orgs> {
     let url = format!("http://{}", auth.instances[0].grpc_addr);
     Ok(OrganizationServiceClient::new(Channel::from_shared(url)?.connect().await?))
-}
-
-fn claims(token: &str) -> anyhow::Result<serde_json::Value> {
-    let payload = token.split('.').nth(1).ok_or_else(|| anyhow::anyhow!("not a JWT"))?;
-    Ok(serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?)
 }
 
 async fn create(orgs: &mut Orgs, token: &str, name: &str) -> anyhow::Result<String> {
@@ -34,23 +28,6 @@ async fn create(orgs: &mut Orgs, token: &str, name: &str) -> anyhow::Result<Stri
 async fn switch(orgs: &mut Orgs, token: &str, org: &str) -> Result<String, tonic::Status> {
     let request = pb::SwitchOrganizationRequest { organization_id: org.into() };
     Ok(orgs.switch_organization(authed(token, request)).await?.into_inner().access_token)
-}
-
-/// The token in the newest invitation event, opened as notification
-/// opens it; and that it is nowhere in the stored event in plaintext.
-async fn invitation_token(auth: &TestAuth) -> anyhow::Result<String> {
-    let payload = auth.last_payload("auth.org.member_invited").await?;
-    let e = <pb::OrgMemberInvited as prost::Message>::decode(payload.as_slice())?;
-    let key = tenx_common::sealed::SealKey::parse(auth.settings.codes.seal_key.expose())
-        .map_err(anyhow::Error::msg)?;
-    let token = key
-        .open(&e.sealed_token, format!("org_invitation:{}:{}", e.invitation_id, e.email).as_bytes())
-        .ok_or_else(|| anyhow::anyhow!("the sealed token does not open"))?;
-    anyhow::ensure!(
-        !payload.windows(token.len()).any(|w| w == token.as_slice()),
-        "the token is in plaintext"
-    );
-    Ok(String::from_utf8(token)?)
 }
 
 /// `inviter` (acting in an organization) invites a new account with
@@ -66,7 +43,7 @@ async fn join(
     let email = unique_email();
     let invite = pb::InviteMemberRequest { email: email.clone(), role: role.into() };
     orgs.invite_member(authed(inviter, invite)).await?;
-    let token = invitation_token(auth).await?;
+    let token = auth.invitation_token().await?;
     let joined = sign_up(&mut client, &email).await?;
     let accepted = orgs
         .accept_invitation(authed(&access(&joined), pb::AcceptInvitationRequest { token }))
@@ -247,7 +224,7 @@ async fn an_invitation_is_for_its_address_once_and_only_an_owner_invites_an_owne
     let invited = unique_email();
     let invite = pb::InviteMemberRequest { email: invited.clone(), role: pb::OrgRole::Billing.into() };
     orgs.invite_member(authed(&admin, invite)).await?;
-    let token = invitation_token(&auth).await?;
+    let token = auth.invitation_token().await?;
     let stranger = access(&sign_up(&mut client, &unique_email()).await?);
     let refused = orgs
         .accept_invitation(authed(&stranger, pb::AcceptInvitationRequest { token: token.clone() }))
@@ -271,7 +248,7 @@ async fn an_invitation_is_for_its_address_once_and_only_an_owner_invites_an_owne
     // Declined from the email, no account needed; revoked by an admin.
     let invite = pb::InviteMemberRequest { email: unique_email(), role: pb::OrgRole::Member.into() };
     orgs.invite_member(authed(&owner, invite)).await?;
-    let declined = invitation_token(&auth).await?;
+    let declined = auth.invitation_token().await?;
     orgs.decline_invitation(pb::DeclineInvitationRequest { token: declined.clone() }).await?;
     let late =
         orgs.accept_invitation(authed(&stranger, pb::AcceptInvitationRequest { token: declined })).await;
@@ -279,7 +256,7 @@ async fn an_invitation_is_for_its_address_once_and_only_an_owner_invites_an_owne
     let invite = pb::InviteMemberRequest { email: unique_email(), role: pb::OrgRole::Member.into() };
     let id =
         orgs.invite_member(authed(&owner, invite)).await?.into_inner().invitation.map(|i| i.invitation_id);
-    let revoked = invitation_token(&auth).await?;
+    let revoked = auth.invitation_token().await?;
     let request = pb::RevokeInvitationRequest { invitation_id: id.unwrap_or_default() };
     orgs.revoke_invitation(authed(&admin, request)).await?;
     let late =

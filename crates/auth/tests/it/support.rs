@@ -124,6 +124,23 @@ impl TestAuth {
         Ok(String::from_utf8(code)?)
     }
 
+    /// The token in the newest invitation event, opened as notification
+    /// opens it; and that it is nowhere in the stored event in plaintext.
+    pub async fn invitation_token(&self) -> anyhow::Result<String> {
+        let payload = self.last_payload("auth.org.member_invited").await?;
+        let e = <pb::OrgMemberInvited as prost::Message>::decode(payload.as_slice())?;
+        let key = tenx_common::sealed::SealKey::parse(self.settings.codes.seal_key.expose())
+            .map_err(anyhow::Error::msg)?;
+        let token = key
+            .open(&e.sealed_token, format!("org_invitation:{}:{}", e.invitation_id, e.email).as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the sealed token does not open"))?;
+        anyhow::ensure!(
+            !payload.windows(token.len()).any(|w| w == token.as_slice()),
+            "the token is in plaintext"
+        );
+        Ok(String::from_utf8(token)?)
+    }
+
     /// Rows in `table` (to show a bad request changed nothing).
     pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
         Ok(self.sql().await?.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
@@ -167,6 +184,13 @@ pub fn access(signed_up: &pb::SignUpResponse) -> String {
 
 pub fn refresh(tokens: &Option<pb::Tokens>) -> String {
     tokens.as_ref().map(|t| t.refresh_token.clone()).unwrap_or_default()
+}
+
+/// The claims of an access token, unverified (the test reads what auth wrote).
+pub fn claims(token: &str) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or_else(|| anyhow::anyhow!("not a JWT"))?;
+    Ok(serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?)
 }
 
 pub fn unique_email() -> String {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use serde_json::{Value, json};
 use tenx_auth::totp;
-use tenx_test_support::eventually;
+use tenx_test_support::{eventually, mails};
 
 use crate::support::{PASSWORD, Platform, bearer, send, sign_up, unique_email};
 
@@ -84,19 +84,12 @@ async fn a_person_turns_on_totp_signs_in_with_a_code_steps_up_and_is_told_when_i
     let status = send(gw, "GET", "/v1/me/mfa", &[("authorization", &fresh)], None).await?;
     assert_eq!(status.status, 200, "{}", status.text);
     assert!(status.json.get("totp_enabled").is_none_or(|v| v == &json!(false)), "{}", status.text);
-    let maildir = std::path::PathBuf::from(
-        std::env::var("TENX_TEST_SMTP_MAILDIR").unwrap_or_else(|_| "/tmp/tenx-smtp-sink/maildir".into()),
-    );
     eventually(Duration::from_secs(15), "the security email", || {
-        let (maildir, email) = (maildir.clone(), email.clone());
+        let email = email.clone();
         async move {
-            let found = std::fs::read_dir(maildir.join("new"))?.filter_map(Result::ok).any(|entry| {
-                std::fs::read_to_string(entry.path()).is_ok_and(|mail| {
-                    mail.contains(&format!("To: {email}"))
-                        && mail.contains("Two-factor authentication was turned off")
-                })
-            });
-            Ok(found)
+            Ok(mails()?
+                .iter()
+                .any(|m| m.to == email && m.raw.contains("Two-factor authentication was turned off")))
         }
     })
     .await?;
