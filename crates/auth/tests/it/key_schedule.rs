@@ -107,9 +107,12 @@ async fn the_next_key_is_published_before_it_signs_and_takes_over_on_every_insta
 
     // The first key is retired as of that moment and still published:
     // its tokens verify on both instances.
+    // Listed as retired once a newer key signs, and recorded as retired
+    // (`retired_at`) when the schedule's step runs: wait for both.
     let listed = until("the first key retired", async || {
         let listed = schedule(&mut one, &operator).await?;
-        Ok((state(&listed, &first) == Some(State::Retired)).then_some(listed))
+        let recorded = listed.keys.iter().any(|k| k.kid == first && k.retired_at.is_some());
+        Ok((state(&listed, &first) == Some(State::Retired) && recorded).then_some(listed))
     })
     .await?;
     let retired = listed.keys.iter().find(|k| k.kid == first).cloned().unwrap_or_default();
