@@ -249,6 +249,16 @@ impl Core {
         }
     }
 
+    /// After commit: API keys revoked (by the SHA-256 of their secret) are
+    /// refused everywhere, and no cached answer outlives them.
+    async fn forget_api_keys(&self, hashes: &[Vec<u8>], written: WalPosition) {
+        for hash in hashes {
+            let hash = secrets::hex(hash);
+            self.denied.deny(Revoked::ApiKey, &hash).await;
+            self.api_keys.invalidate_after(&hash, Some(written)).await;
+        }
+    }
+
     fn lock_delay(&self, failures: i32) -> Duration {
         let over = u32::try_from(failures - self.settings.login.max_failures).unwrap_or(0).min(20);
         let seconds = self.settings.login.base_lock_seconds.saturating_mul(1u64 << over);
@@ -771,11 +781,7 @@ impl Core {
         tx.commit().await?;
         let written = self.commit_user_change(&conn, id).await?;
         self.forget_sessions(&revoked, written).await;
-        for hash in keys {
-            let hash = secrets::hex(&hash);
-            self.denied.deny(Revoked::ApiKey, &hash).await;
-            self.api_keys.invalidate_after(&hash, Some(written)).await;
-        }
+        self.forget_api_keys(&keys, written).await;
         Ok(written)
     }
 
@@ -856,6 +862,10 @@ impl Core {
     ) -> Result<(pb::CreateApiKeyResponse, WalPosition), AuthError> {
         let name = request.name.clone();
         let scopes = validate::scopes(&request.scopes);
+        let org = match request.organization_id.as_str() {
+            "" => None,
+            raw => Some(validate::id("organization_id", raw)?),
+        };
         // A key can outlive the session that made it: a stolen access
         // token must not be turned into a lasting credential.
         self.check_current_password(caller, &request.current_password, client).await?;
@@ -864,6 +874,9 @@ impl Core {
         let days = i32::try_from(request.expires_in_days).unwrap_or(0);
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
+        if let Some(org) = org {
+            self.may_give_org_key(&tx, org, caller, &scopes).await?;
+        }
         // The user's row locked: concurrent creations count one by one.
         tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
         let live: i64 = tx
@@ -878,14 +891,30 @@ impl Core {
         if live >= i64::from(max) {
             return Err(AuthError::TooManyKeys(max));
         }
+        let id = Uuid::now_v7();
+        let sql = format!(
+            "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, org_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 > 0 THEN now() + make_interval(days => $8) END) \
+             RETURNING {}",
+            store::API_KEY_COLUMNS
+        );
         let row = tx
             .query_one_cached(
-                "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 > 0 THEN now() + make_interval(days => $7) END) \
-                 RETURNING id, name, prefix, scopes, created_at, expires_at, last_used_at",
-                &[&Uuid::now_v7(), &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &days],
+                &sql,
+                &[&id, &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &org, &days],
             )
             .await?;
+        if let Some(org) = org {
+            self.audit_org_key(
+                &tx,
+                org,
+                caller,
+                "api_key.created",
+                id,
+                &format!("{name} ({})", scopes.join(" ")),
+            )
+            .await?;
+        }
         tx.commit().await?;
         let written = conn.commit_position().await?;
         // A key probed before it existed may be cached as unknown.
@@ -895,13 +924,11 @@ impl Core {
 
     async fn list_api_keys(&self, caller: Caller) -> Result<pb::ListApiKeysResponse, AuthError> {
         let conn = self.db.write().await?;
-        let rows = conn
-            .query_cached(
-                "SELECT id, name, prefix, scopes, created_at, expires_at, last_used_at FROM api_keys \
-                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
-                &[&caller.user],
-            )
-            .await?;
+        let sql = format!(
+            "SELECT {} FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 500",
+            store::API_KEY_COLUMNS
+        );
+        let rows = conn.query_cached(&sql, &[&caller.user]).await?;
         Ok(pb::ListApiKeysResponse { api_keys: rows.iter().map(store::api_key_proto).collect() })
     }
 
@@ -911,19 +938,22 @@ impl Core {
         request: pb::RevokeApiKeyRequest,
     ) -> Result<WalPosition, AuthError> {
         let id = validate::id("api_key_id", &request.api_key_id)?;
-        let conn = self.db.write().await?;
-        let row = conn
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
             .query_opt_cached(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-                 RETURNING secret_hash",
+                 RETURNING secret_hash, org_id",
                 &[&id, &caller.user],
             )
             .await?
             .ok_or(AuthError::NotFound("api key"))?;
+        if let Some(org) = row.get::<_, Option<Uuid>>(1) {
+            self.audit_org_key(&tx, org, caller, "api_key.revoked", id, "by its creator").await?;
+        }
+        tx.commit().await?;
         let written = conn.commit_position().await?;
-        let hash = secrets::hex(&row.get::<_, Vec<u8>>(0));
-        self.denied.deny(Revoked::ApiKey, &hash).await;
-        self.api_keys.invalidate_after(&hash, Some(written)).await;
+        self.forget_api_keys(&[row.get(0)], written).await;
         Ok(written)
     }
 
@@ -963,10 +993,14 @@ impl Core {
             return Err(AuthError::Unauthenticated("invalid API key"));
         }
         self.touch_api_key(key.key_id).await;
+        let (organization_id, organization_role) =
+            key.org.map(|(org, role)| (org.to_string(), role)).unwrap_or_default();
         Ok(pb::AuthenticateApiKeyResponse {
             user_id: key.user_id.to_string(),
             api_key_id: key.key_id.to_string(),
             scopes: key.scopes,
+            organization_id,
+            organization_role,
         })
     }
 

@@ -281,22 +281,42 @@ pub struct ApiKeyAuth {
     pub user_id: Uuid,
     pub scopes: Vec<String>,
     pub expires_at_ms: Option<i64>,
+    /// An organization's key: the organization and its creator's role
+    /// there (answers cached before organizations had none).
+    #[serde(default)]
+    pub org: Option<(Uuid, String)>,
 }
 
+/// A live key by the hash of its secret. An organization's key whose
+/// creator is no longer a member is none (its revocation, made when they
+/// left, may not have been seen yet).
 pub async fn api_key_by_hash<C: Prepared>(db: &C, hash: &[u8]) -> Result<Option<ApiKeyAuth>, AuthError> {
     let row = db
         .query_opt_cached(
-            "SELECT id, user_id, scopes, expires_at FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            "SELECT k.id, k.user_id, k.scopes, k.expires_at, k.org_id, m.role FROM api_keys k \
+             LEFT JOIN org_members m ON m.org_id = k.org_id AND m.user_id = k.user_id \
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
             &[&hash],
         )
         .await?;
-    Ok(row.map(|r| ApiKeyAuth {
+    let Some(r) = row else { return Ok(None) };
+    let org = match (r.get::<_, Option<Uuid>>(4), r.get::<_, Option<String>>(5)) {
+        (None, _) => None,
+        (Some(org), Some(role)) => Some((org, role)),
+        (Some(_), None) => return Ok(None),
+    };
+    Ok(Some(ApiKeyAuth {
         key_id: r.get(0),
         user_id: r.get(1),
         scopes: r.get(2),
         expires_at_ms: r.get::<_, Option<SystemTime>>(3).map(millis),
+        org,
     }))
 }
+
+/// The columns [`api_key_proto`] reads.
+pub const API_KEY_COLUMNS: &str =
+    "id, name, prefix, scopes, created_at, expires_at, last_used_at, org_id, user_id";
 
 pub fn api_key_proto(row: &Row) -> pb::ApiKey {
     pb::ApiKey {
@@ -307,5 +327,7 @@ pub fn api_key_proto(row: &Row) -> pb::ApiKey {
         created_at: Some(timestamp(row.get("created_at"))),
         expires_at: row.get::<_, Option<SystemTime>>("expires_at").map(timestamp),
         last_used_at: row.get::<_, Option<SystemTime>>("last_used_at").map(timestamp),
+        organization_id: row.get::<_, Option<Uuid>>("org_id").map(|o| o.to_string()).unwrap_or_default(),
+        user_id: row.get::<_, Uuid>("user_id").to_string(),
     }
 }

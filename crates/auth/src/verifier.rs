@@ -50,13 +50,7 @@ impl ApiKeyResolver for LocalApiKeys {
         Box::pin(async move {
             let request = pb::AuthenticateApiKeyRequest { secret: secret.to_owned() };
             match self.0.authenticate_api_key(request).await {
-                Ok(key) => Ok(Some(ApiKeyInfo {
-                    user_id: Uuid::parse_str(&key.user_id)
-                        .map_err(|_| AuthnError::Unavailable("bad user id".into()))?,
-                    key_id: Uuid::parse_str(&key.api_key_id)
-                        .map_err(|_| AuthnError::Unavailable("bad key id".into()))?,
-                    scopes: key.scopes,
-                })),
+                Ok(key) => ApiKeyInfo::from_proto(key).map(Some),
                 Err(AuthError::Unauthenticated(_) | AuthError::Invalid { .. }) => Ok(None),
                 Err(AuthError::Authn(error)) => Err(error),
                 Err(error) => Err(unavailable(error)),

@@ -97,11 +97,12 @@ fn caller(call: &Call) -> Result<Uuid, BillingError> {
 }
 
 /// Whose billing a call acts on: the caller's active organization when
-/// the token carries one (its customer is keyed by the organization's
+/// the token carries one, or the organization an organization's API key
+/// belongs to (its customer is keyed by the organization's
 /// id; the role must hold `org.billing.read` to read it and
 /// `org.billing.manage` to change it), else the caller's own account.
 fn payer(call: &Call, change: bool) -> Result<Uuid, BillingError> {
-    if let Some(Principal::User { org: Some(membership), .. }) = &call.principal {
+    if let Some(membership) = call.principal.as_ref().and_then(Principal::org) {
         let permission = if change { "org.billing.manage" } else { "org.billing.read" };
         if !membership.role.permits(permission) {
             return Err(BillingError::PermissionDenied(if change {

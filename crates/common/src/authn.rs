@@ -35,7 +35,7 @@ use tenx_proto::access::{Caller, Rule};
 pub use api_keys::{ApiKeyInfo, ApiKeyResolver, ApiKeys, RemoteApiKeys};
 pub use jwks::{Jwks, KeySource, RemoteKeys};
 pub use layer::{AuthnLayer, AuthnService};
-pub use orgs::{OrgMembership, OrgRole, PERMISSIONS};
+pub use orgs::{ORG_KEY_SCOPES, OrgMembership, OrgRole, PERMISSIONS, org_key_scope_refusal};
 pub use principal::{ADMIN_ROLE, Principal, principal};
 pub use revocations::{
     RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat_until, publish as publish_revocation,
@@ -320,7 +320,7 @@ impl Authenticator {
                 return Err(AuthnError::Unauthenticated("invalid API key"));
             }
             let key = self.api_keys.resolve(token, &hash).await?;
-            Principal::ApiKey { user_id: key.user_id, key_id: key.key_id, scopes: key.scopes }
+            Principal::ApiKey { user_id: key.user_id, key_id: key.key_id, scopes: key.scopes, org: key.org }
         } else {
             let principal = self.jwks.verify(token).await?;
             if let Principal::User { session_id, grant, .. } = &principal {
@@ -396,11 +396,21 @@ pub fn authorize(rule: Rule, principal: Option<&Principal>) -> Result<(), AuthnE
     match (rule.caller, principal) {
         (Caller::Anyone, _) => Ok(()),
         (Caller::User, Principal::User { .. }) => Ok(()),
-        (Caller::User, Principal::ApiKey { scopes, .. }) => {
-            if scopes.iter().any(|s| s == rule.scope) {
-                Ok(())
-            } else {
-                Err(AuthnError::PermissionDenied(format!("this API key lacks the scope {}", rule.scope)))
+        (Caller::User, Principal::ApiKey { scopes, org, .. }) => {
+            if !scopes.iter().any(|s| s == rule.scope) {
+                return Err(AuthnError::PermissionDenied(format!(
+                    "this API key lacks the scope {}",
+                    rule.scope
+                )));
+            }
+            // An organization's key is checked against its creator's role
+            // on every call too: auth refused such a scope at creation,
+            // and this holds even if a role shrank a moment ago.
+            match org.map(|m| orgs::org_key_scope_refusal(m.role, rule.scope)) {
+                Some(Some(why)) => {
+                    Err(AuthnError::PermissionDenied(format!("this organization's API key: {why}")))
+                }
+                _ => Ok(()),
             }
         }
         (Caller::Session, Principal::User { .. }) => Ok(()),
@@ -445,7 +455,40 @@ mod tests {
             user_id: Uuid::now_v7(),
             key_id: Uuid::now_v7(),
             scopes: scopes.iter().map(|r| (*r).to_owned()).collect(),
+            org: None,
         }
+    }
+
+    fn org_key(role: OrgRole, scopes: &[&str]) -> Principal {
+        let Principal::ApiKey { user_id, key_id, scopes, .. } = key(scopes) else { unreachable!() };
+        Principal::ApiKey {
+            user_id,
+            key_id,
+            scopes,
+            org: Some(OrgMembership { org_id: Uuid::now_v7(), role }),
+        }
+    }
+
+    #[test]
+    fn an_organizations_key_holds_its_scope_only_while_its_creators_role_does() {
+        let write = rule(Caller::User, "billing:write");
+        assert!(authorize(write, Some(&org_key(OrgRole::Billing, &["billing:write"]))).is_ok());
+        assert!(matches!(
+            authorize(write, Some(&org_key(OrgRole::Admin, &["billing:write"]))),
+            Err(AuthnError::PermissionDenied(m)) if m.contains("org.billing.manage")
+        ));
+        assert!(matches!(
+            authorize(write, Some(&org_key(OrgRole::Owner, &["billing:read"]))),
+            Err(AuthnError::PermissionDenied(_))
+        ));
+        let inbox = rule(Caller::User, "notifications:read");
+        assert!(
+            authorize(inbox, Some(&org_key(OrgRole::Owner, &["notifications:read"]))).is_err(),
+            "an organization's key reads nobody's inbox"
+        );
+        assert!(authorize(inbox, Some(&key(&["notifications:read"]))).is_ok());
+        let members = Rule { permission: "org.read", ..rule(Caller::Session, "") };
+        assert!(authorize(members, Some(&org_key(OrgRole::Owner, &["billing:read"]))).is_err());
     }
 
     fn rule(caller: Caller, scope: &'static str) -> Rule {

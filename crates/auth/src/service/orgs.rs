@@ -25,6 +25,10 @@ use super::{Caller, Core, respond};
 use crate::error::AuthError;
 use crate::{secrets, store, validate};
 
+mod keys;
+
+use keys::{KeysLeft, Withdrawn};
+
 /// Organizations one user may belong to at once.
 const MAX_MEMBERSHIPS: i64 = 100;
 /// Members listed at most.
@@ -440,6 +444,8 @@ impl Core {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        // Its keys revoked before the rows go, so the revocation is published.
+        let keys = self.revoke_member_keys(&tx, org.org_id, None, KeysLeft::None, None, "").await?;
         tx.execute_cached("DELETE FROM organizations WHERE id = $1", &[&org.org_id]).await?;
         let event = pb::OrgDeleted {
             organization_id: org.org_id.to_string(),
@@ -449,7 +455,7 @@ impl Core {
         outbox::enqueue(&tx, &NewEvent::of(&org.org_id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.revoke_grants(&grants).await;
+        self.withdraw(&Withdrawn { grants, keys }, written).await;
         Ok(written)
     }
 
@@ -540,8 +546,8 @@ impl Core {
     }
 
     /// Takes `user` out of `org` in `tx` (locked by [`Core::lock_org`]),
-    /// unless that leaves it without an owner; the grants to revoke once
-    /// committed.
+    /// unless that leaves it without an owner: their sessions' grants and
+    /// their keys for it, to withdraw once committed.
     async fn remove_member(
         &self,
         tx: &impl Prepared,
@@ -549,7 +555,7 @@ impl Core {
         user: Uuid,
         actor: &Actor,
         action: &str,
-    ) -> Result<Vec<Uuid>, AuthError> {
+    ) -> Result<Withdrawn, AuthError> {
         let role = self.role_in(tx, org, user).await?;
         if role == OrgRole::Owner {
             self.keep_an_owner(tx, org).await?;
@@ -559,23 +565,34 @@ impl Core {
         self.close_invitations_by(tx, org, user).await?;
         let grants = self.regrant(tx, org, user, true).await?;
         audit(tx, org, Some(actor), action, &user.to_string(), role.as_str()).await?;
+        let keys = self
+            .revoke_member_keys(
+                tx,
+                org,
+                Some(user),
+                KeysLeft::None,
+                Some(actor),
+                "its creator is no longer a member",
+            )
+            .await?;
         let event = pb::OrgMemberRemoved {
             organization_id: org.to_string(),
             user_id: user.to_string(),
             actor_user_id: actor.user.to_string(),
         };
         outbox::enqueue(tx, &NewEvent::of(&org.to_string(), &event)).await?;
-        Ok(grants)
+        Ok(Withdrawn { grants, keys })
     }
 
     async fn leave_organization(&self, caller: Caller, org: OrgMembership) -> Result<WalPosition, AuthError> {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         self.lock_org(&tx, org.org_id).await?;
-        let grants = self.remove_member(&tx, org.org_id, caller.user, &caller.into(), "member.left").await?;
+        let withdrawn =
+            self.remove_member(&tx, org.org_id, caller.user, &caller.into(), "member.left").await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.revoke_grants(&grants).await;
+        self.withdraw(&withdrawn, written).await;
         Ok(written)
     }
 
@@ -840,7 +857,7 @@ impl Core {
         if (before == OrgRole::Owner || role == OrgRole::Owner) && actor_role != OrgRole::Owner {
             return Err(only_owners("make or unmake an owner"));
         }
-        let mut grants = Vec::new();
+        let mut withdrawn = Withdrawn::default();
         if before != role {
             if before == OrgRole::Owner {
                 self.keep_an_owner(&tx, org.org_id).await?;
@@ -850,11 +867,22 @@ impl Core {
                 &[&org.org_id, &target, &role.as_str()],
             )
             .await?;
-            grants = self.regrant(&tx, org.org_id, target, false).await?;
+            withdrawn.grants = self.regrant(&tx, org.org_id, target, false).await?;
             // What they invited with their old role is not theirs to give now.
             self.close_invitations_by(&tx, org.org_id, target).await?;
             let detail = format!("{} → {}", before.as_str(), role.as_str());
             audit(&tx, org.org_id, Some(&caller.into()), "member.role_changed", &target.to_string(), &detail)
+                .await?;
+            let why = format!("its creator's new role ({}) lacks one of its scopes", role.as_str());
+            withdrawn.keys = self
+                .revoke_member_keys(
+                    &tx,
+                    org.org_id,
+                    Some(target),
+                    KeysLeft::Within(role),
+                    Some(&caller.into()),
+                    &why,
+                )
                 .await?;
             let email: String =
                 tx.query_one_cached("SELECT email FROM users WHERE id = $1", &[&target]).await?.get(0);
@@ -878,7 +906,7 @@ impl Core {
             .await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.revoke_grants(&grants).await;
+        self.withdraw(&withdrawn, written).await;
         Ok((pb::ChangeMemberRoleResponse { member: Some(member(&row)?) }, written))
     }
 
@@ -926,10 +954,10 @@ impl Core {
         if self.role_in(&tx, org.org_id, target).await? == OrgRole::Owner && actor_role != OrgRole::Owner {
             return Err(only_owners("remove an owner"));
         }
-        let grants = self.remove_member(&tx, org.org_id, target, &caller.into(), "member.removed").await?;
+        let withdrawn = self.remove_member(&tx, org.org_id, target, &caller.into(), "member.removed").await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.revoke_grants(&grants).await;
+        self.withdraw(&withdrawn, written).await;
         Ok(written)
     }
 
@@ -1135,6 +1163,25 @@ impl OrganizationService for OrgApi {
         let org = active_org(request.extensions())?;
         let written = self.core.remove_member_by(caller, org, request.into_inner()).await?;
         Ok(respond(pb::RemoveMemberResponse {}, Some(written)))
+    }
+
+    async fn list_organization_api_keys(
+        &self,
+        request: Request<pb::ListOrganizationApiKeysRequest>,
+    ) -> Result<Response<pb::ListOrganizationApiKeysResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let org = active_org(request.extensions())?;
+        Ok(Response::new(self.core.list_org_api_keys(caller, org).await?))
+    }
+
+    async fn revoke_organization_api_key(
+        &self,
+        request: Request<pb::RevokeOrganizationApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeOrganizationApiKeyResponse>, Status> {
+        let caller = self.core.caller(request.extensions()).await?;
+        let org = active_org(request.extensions())?;
+        let written = self.core.revoke_org_api_key(caller, org, request.into_inner()).await?;
+        Ok(respond(pb::RevokeOrganizationApiKeyResponse {}, Some(written)))
     }
 
     async fn list_audit_log(

@@ -34,6 +34,7 @@ async fn an_api_key_authenticates_until_revoked_and_its_secret_is_never_stored()
         scopes: vec!["billing:read".into(), "billing:read".into()],
         expires_in_days: 30,
         current_password: PASSWORD.into(),
+        organization_id: String::new(),
     };
     let made = client.create_api_key(authed(&token, request)).await?.into_inner();
     assert!(made.secret.starts_with("tenx_sk_"));
@@ -95,6 +96,7 @@ async fn a_user_holds_at_most_max_per_user_live_keys_even_when_creating_them_at_
         scopes: vec![],
         expires_in_days: 0,
         current_password: PASSWORD.into(),
+        organization_id: String::new(),
     };
     // Five at once: as many password checks as the lockout lets one
     // client run concurrently.

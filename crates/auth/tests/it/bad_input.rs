@@ -156,6 +156,7 @@ async fn bad_input_to_every_rpc_is_refused_with_the_field_named_and_changes_noth
         scopes,
         expires_in_days: days,
         current_password: crate::support::PASSWORD.into(),
+        organization_id: String::new(),
     };
     invalid("CreateApiKey name", c.create_api_key(authed(&token, key("", vec![], 0))).await, "name");
     invalid(

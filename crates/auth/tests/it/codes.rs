@@ -39,6 +39,7 @@ async fn a_reset_code_works_once_revokes_every_session_and_expired_codes_are_ref
         scopes: vec!["profile:read".into()],
         expires_in_days: 0,
         current_password: PASSWORD.into(),
+        organization_id: String::new(),
     };
     let key = client.create_api_key(authed(&access(&created), key)).await?.into_inner().secret;
     client.get_user(authed(&key, pb::GetUserRequest::default())).await?;

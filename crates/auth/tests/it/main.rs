@@ -11,6 +11,7 @@ mod codes;
 mod events;
 mod key_schedule;
 mod mfa;
+mod org_keys;
 mod org_matrix;
 mod orgs;
 mod roles;

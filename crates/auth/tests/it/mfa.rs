@@ -271,6 +271,7 @@ async fn a_stale_session_must_reauthenticate_before_a_sensitive_call_and_nothing
         scopes: vec!["profile:read".into()],
         expires_in_days: 0,
         current_password: password.into(),
+        organization_id: String::new(),
     };
     let refused = client.create_api_key(authed(&stale, key(PASSWORD))).await.expect_err("stale");
     assert_eq!(
@@ -321,6 +322,7 @@ async fn a_session_from_before_totp_proves_the_code_before_turning_it_off() -> a
         scopes: vec![],
         expires_in_days: 0,
         current_password: PASSWORD.into(),
+        organization_id: String::new(),
     };
     let refused = client.create_api_key(authed(&tablet.access_token, key)).await.expect_err("no code yet");
     assert_eq!(reason(&refused), "REAUTHENTICATION_REQUIRED");

@@ -13,7 +13,7 @@ use tenx_proto::auth::v1::organization_service_client::OrganizationServiceClient
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::{TestAuth, access, authed, sign_up, unique_email};
+use crate::support::{PASSWORD, TestAuth, access, authed, sign_up, unique_email};
 
 type Orgs = OrganizationServiceClient<Channel>;
 type Answer = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
@@ -101,6 +101,15 @@ async fn every_role_may_call_exactly_the_organization_rpcs_its_permissions_allow
         let invite = pb::InviteMemberRequest { email: unique_email(), role: pb::OrgRole::Member.into() };
         let invitation = orgs.invite_member(authed(&owner, invite)).await?.into_inner().invitation;
         let invitation_id = invitation.map(|i| i.invitation_id).unwrap_or_default();
+        let key = pb::CreateApiKeyRequest {
+            name: "books".into(),
+            scopes: vec!["billing:read".into()],
+            current_password: PASSWORD.into(),
+            organization_id: org.id.clone(),
+            ..Default::default()
+        };
+        let made = auth.client(0).await?.create_api_key(authed(&owner, key)).await?.into_inner();
+        let api_key_id = made.api_key.map(|k| k.id).unwrap_or_default();
 
         let o = orgs.clone();
         let t = token.clone();
@@ -153,6 +162,19 @@ async fn every_role_may_call_exactly_the_organization_rpcs_its_permissions_allow
                 let request =
                     pb::ChangeMemberRoleRequest { user_id: target, role: pb::OrgRole::Billing.into() };
                 Box::pin(async move { o.change_member_role(authed(&t, request)).await.map(drop) })
+            }),
+            ("ListOrganizationApiKeys", {
+                let (mut o, t) = (o.clone(), t.clone());
+                Box::pin(async move {
+                    o.list_organization_api_keys(authed(&t, pb::ListOrganizationApiKeysRequest {}))
+                        .await
+                        .map(drop)
+                })
+            }),
+            ("RevokeOrganizationApiKey", {
+                let (mut o, t) = (o.clone(), t.clone());
+                let request = pb::RevokeOrganizationApiKeyRequest { api_key_id };
+                Box::pin(async move { o.revoke_organization_api_key(authed(&t, request)).await.map(drop) })
             }),
             ("RemoveMember", {
                 let (mut o, t) = (o.clone(), t.clone());
@@ -240,6 +262,27 @@ async fn no_role_reaches_into_another_organization() -> anyhow::Result<()> {
             .code(),
         Code::NotFound
     );
+    let key = pb::CreateApiKeyRequest {
+        name: "theirs".into(),
+        current_password: PASSWORD.into(),
+        organization_id: theirs.id.clone(),
+        ..Default::default()
+    };
+    let their_key =
+        auth.client(0).await?.create_api_key(authed(&theirs.token(OrgRole::Owner), key.clone())).await?;
+    let their_key = their_key.into_inner().api_key.map(|k| k.id).unwrap_or_default();
+    let revoke = pb::RevokeOrganizationApiKeyRequest { api_key_id: their_key };
+    assert_eq!(
+        orgs.revoke_organization_api_key(authed(&owner, revoke))
+            .await
+            .map(drop)
+            .expect_err("another organization's")
+            .code(),
+        Code::NotFound
+    );
+    // Nor can our owner make a key for their organization.
+    let mint = auth.client(0).await?.create_api_key(authed(&owner, key)).await;
+    assert_eq!(mint.map(drop).expect_err("not a member").code(), Code::NotFound);
     let revoke = pb::RevokeInvitationRequest { invitation_id: their_invitation };
     assert_eq!(
         orgs.revoke_invitation(authed(&owner, revoke))

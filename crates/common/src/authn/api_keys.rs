@@ -15,7 +15,7 @@ use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tonic::Code;
 use uuid::Uuid;
 
-use super::{AuthnError, ServiceToken};
+use super::{AuthnError, OrgMembership, OrgRole, ServiceToken};
 use crate::grpc::TracedChannel;
 
 /// What auth says an API key is.
@@ -24,6 +24,26 @@ pub struct ApiKeyInfo {
     pub user_id: Uuid,
     pub key_id: Uuid,
     pub scopes: Vec<String>,
+    /// An organization's key: the organization and its creator's role.
+    pub org: Option<OrgMembership>,
+}
+
+impl ApiKeyInfo {
+    /// From auth's `AuthenticateApiKey` answer.
+    pub fn from_proto(key: auth::AuthenticateApiKeyResponse) -> Result<Self, AuthnError> {
+        let bad = |what: &str| AuthnError::Unavailable(format!("auth answered a bad {what}"));
+        let user_id = Uuid::parse_str(&key.user_id).map_err(|_| bad("user id"))?;
+        let key_id = Uuid::parse_str(&key.api_key_id).map_err(|_| bad("key id"))?;
+        let org = if key.organization_id.is_empty() {
+            None
+        } else {
+            Some(OrgMembership {
+                org_id: Uuid::parse_str(&key.organization_id).map_err(|_| bad("organization id"))?,
+                role: OrgRole::parse(&key.organization_role).ok_or_else(|| bad("organization role"))?,
+            })
+        };
+        Ok(Self { user_id, key_id, scopes: key.scopes, org })
+    }
 }
 
 /// Resolves a key's secret: `Ok(None)` for a key that does not exist,
@@ -87,11 +107,7 @@ impl ApiKeyResolver for RemoteApiKeys {
                     )));
                 }
             };
-            let user_id = Uuid::parse_str(&key.user_id)
-                .map_err(|_| AuthnError::Unavailable("auth answered a bad user id".into()))?;
-            let key_id = Uuid::parse_str(&key.api_key_id)
-                .map_err(|_| AuthnError::Unavailable("auth answered a bad key id".into()))?;
-            Ok(Some(ApiKeyInfo { user_id, key_id, scopes: key.scopes }))
+            ApiKeyInfo::from_proto(key).map(Some)
         })
     }
 }

@@ -50,7 +50,29 @@ pub const PERMISSIONS: &[(&str, &[OrgRole], &str)] = &[
     ("org.audit.read", &[Owner, Admin], "read the audit log"),
     ("org.billing.read", &[Owner, Admin, Billing], "see subscriptions, invoices and payment methods"),
     ("org.billing.manage", &[Owner, Billing], "subscribe, pay, change plans, manage payment methods"),
+    ("org.api_keys.manage", &[Owner, Admin], "see and revoke the organization's API keys"),
 ];
+
+/// The scopes an organization's API key may hold, and the permission its
+/// creator's role needs for each: a key never does more than the role of
+/// the member who made it. Other scopes act for a person (their inbox,
+/// their profile) and are not an organization's to hold.
+pub const ORG_KEY_SCOPES: &[(&str, &str)] =
+    &[("billing:read", "org.billing.read"), ("billing:write", "org.billing.manage")];
+
+/// Why `role` may not give an organization's key `scope`; `None` when it may.
+pub fn org_key_scope_refusal(role: OrgRole, scope: &str) -> Option<String> {
+    match ORG_KEY_SCOPES.iter().find(|(s, _)| *s == scope) {
+        None => Some(format!(
+            "{scope} acts for a person; an organization's key may hold only {}",
+            ORG_KEY_SCOPES.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+        )),
+        Some((_, permission)) if !role.permits(permission) => {
+            Some(format!("{scope} needs {permission}, which your role ({}) lacks", role.as_str()))
+        }
+        Some(_) => None,
+    }
+}
 
 /// The organization a session acts in, and the caller's role there, as
 /// the access token says.
@@ -79,6 +101,16 @@ mod tests {
         assert!(!Member.permits("org.members.manage") && !Billing.permits("org.manage"));
         assert!(Billing.permits("org.billing.manage") && !Admin.permits("org.billing.manage"));
         assert!(!Owner.permits("no.such.permission"));
+        for (scope, permission) in ORG_KEY_SCOPES {
+            assert!(PERMISSIONS.iter().any(|(p, ..)| p == permission), "{scope}: {permission}");
+            assert_eq!(org_key_scope_refusal(Owner, scope), None);
+        }
+        assert!(org_key_scope_refusal(Billing, "billing:write").is_none());
+        assert!(
+            org_key_scope_refusal(Admin, "billing:write").is_some_and(|m| m.contains("org.billing.manage"))
+        );
+        assert!(org_key_scope_refusal(Member, "billing:read").is_some());
+        assert!(org_key_scope_refusal(Owner, "notifications:read").is_some_and(|m| m.contains("person")));
         for role in OrgRole::ALL {
             assert_eq!(OrgRole::parse(role.as_str()), Some(role));
         }

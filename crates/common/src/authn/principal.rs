@@ -28,7 +28,16 @@ pub enum Principal {
         grant: Option<Uuid>,
     },
     /// One of a user's API keys, limited to its scopes.
-    ApiKey { user_id: Uuid, key_id: Uuid, scopes: Vec<String> },
+    ApiKey {
+        /// Who created it.
+        user_id: Uuid,
+        key_id: Uuid,
+        scopes: Vec<String>,
+        /// An organization's key: the organization it acts for and its
+        /// creator's role there (which bounds its scopes). `None` for a
+        /// personal key.
+        org: Option<super::OrgMembership>,
+    },
     /// A tenx service or operator tool, with a service token from auth.
     Service { name: String },
 }
@@ -47,6 +56,15 @@ impl Principal {
     pub fn user_id(&self) -> Option<Uuid> {
         match self {
             Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => Some(*user_id),
+            Self::Service { .. } => None,
+        }
+    }
+
+    /// The organization the call acts for: a session's active one, or an
+    /// organization's API key's.
+    pub fn org(&self) -> Option<super::OrgMembership> {
+        match self {
+            Self::User { org, .. } | Self::ApiKey { org, .. } => *org,
             Self::Service { .. } => None,
         }
     }

@@ -225,6 +225,7 @@ async fn api_keys_are_held_to_their_scopes_and_never_reach_credential_rpcs() -> 
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         expires_in_days: 0,
         current_password: crate::support::PASSWORD.into(),
+        organization_id: String::new(),
     };
     let key = d.auth.create_api_key(call(Some(&token), &[], create(&["billing:read"]))).await?.into_inner();
     let secret = key.secret.clone();
@@ -279,6 +280,7 @@ async fn key_with_every_scope(d: &mut Direct, token: &str) -> anyhow::Result<Str
         scopes,
         expires_in_days: 0,
         current_password: crate::support::PASSWORD.into(),
+        organization_id: String::new(),
     };
     Ok(d.auth.create_api_key(call(Some(token), &[], request)).await?.into_inner().secret)
 }

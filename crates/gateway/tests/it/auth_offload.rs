@@ -192,6 +192,7 @@ async fn an_api_key_works_like_a_token_and_client_identity_headers_are_ignored()
         scopes: vec!["profile:read".into(), "notifications:read".into()],
         expires_in_days: 0,
         current_password: PASSWORD.into(),
+        organization_id: String::new(),
     });
     create.metadata_mut().insert("authorization", bearer(&token_a).parse()?);
     let secret = auth.create_api_key(create).await?.into_inner().secret;

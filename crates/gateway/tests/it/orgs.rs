@@ -94,6 +94,41 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     assert_eq!(personal.status, 200, "{}", personal.text);
     assert!(personal.json["subscriptions"].as_array().is_none_or(Vec::is_empty), "{}", personal.text);
 
+    // An organization's API key, made by the billing member, reads the
+    // organization's billing (not its maker's own) until an owner revokes it.
+    let key = json!({
+        "name": "books",
+        "scopes": ["billing:read"],
+        "current_password": crate::support::PASSWORD,
+        "organization_id": org,
+    })
+    .to_string();
+    let made = send(gw, "POST", "/v1/me/api-keys", &[("authorization", &billing)], Some(&key)).await?;
+    assert_eq!(made.status, 201, "{}", made.text);
+    assert_eq!(made.json["api_key"]["organization_id"], org.as_str(), "{}", made.text);
+    let secret = bearer(&text(&made.json["secret"]));
+    let read = [("authorization", secret.as_str()), ("x-tenx-wal-position", position.as_str())];
+    let by_key = send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?;
+    assert_eq!(by_key.json["subscriptions"].as_array().map(Vec::len), Some(1), "{}", by_key.text);
+    let wider = json!({
+        "name": "inbox",
+        "scopes": ["notifications:read"],
+        "current_password": crate::support::PASSWORD,
+        "organization_id": org,
+    })
+    .to_string();
+    let refused = send(gw, "POST", "/v1/me/api-keys", &[("authorization", &billing)], Some(&wider)).await?;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    let keys = send(gw, "GET", "/v1/org/api-keys", &[("authorization", &owner)], None).await?;
+    assert_eq!(keys.json["api_keys"].as_array().map(Vec::len), Some(1), "{}", keys.text);
+    let path = format!("/v1/org/api-keys/{}", text(&made.json["api_key"]["id"]));
+    let revoked = send(gw, "DELETE", &path, &[("authorization", &owner)], None).await?;
+    assert_eq!(revoked.status, 204, "{}", revoked.text);
+    eventually(Duration::from_secs(1), "the revoked key refused", || async {
+        Ok(send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?.status == 401)
+    })
+    .await?;
+
     // An admin sees the organization's billing but does not change it.
     let (_, admin) = join(gw, &owner, "admin").await?;
     let seen = send(gw, "GET", "/v1/billing/subscriptions", &[("authorization", &admin)], None).await?;

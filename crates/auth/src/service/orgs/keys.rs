@@ -1,0 +1,188 @@
+//! API keys that belong to an organization: created by a member with
+//! AuthService.CreateApiKey (`organization_id`), bounded by that member's
+//! role ([`authn::ORG_KEY_SCOPES`]), seen and revoked by owners and admins,
+//! and revoked by themselves when their creator's membership stops
+//! holding what they do.
+
+use tenx_common::authn::{self, ORG_KEY_SCOPES, OrgMembership, OrgRole};
+use tenx_common::db::{Prepared, WalPosition};
+use tenx_proto::auth::v1 as pb;
+use uuid::Uuid;
+
+use super::{Actor, audit, mfa_required};
+use crate::error::AuthError;
+use crate::service::{Caller, Core};
+use crate::store;
+
+/// Organization keys most listed.
+const MAX_LISTED: i64 = 500;
+
+/// What a membership change takes back: the old grants of the member's
+/// sessions and the secrets' hashes of their keys; published by
+/// [`Core::withdraw`] once committed.
+#[derive(Debug, Default)]
+pub(super) struct Withdrawn {
+    pub grants: Vec<Uuid>,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Which of a member's keys a change revokes.
+pub(super) enum KeysLeft {
+    /// None stay: they left, were removed, or the organization is gone.
+    None,
+    /// Those whose scopes all fit this role stay.
+    Within(OrgRole),
+}
+
+impl Core {
+    /// Refuses unless `caller` may give a key for `org` these `scopes`:
+    /// a member now (their membership read and held in `tx`), in a session
+    /// with a second factor when the organization requires one, whose role
+    /// holds what each scope needs. Locks the organization first, shared:
+    /// the order every change to it takes.
+    pub(in crate::service) async fn may_give_org_key(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        caller: Caller,
+        scopes: &[String],
+    ) -> Result<(), AuthError> {
+        let require_mfa: bool = tx
+            .query_opt_cached("SELECT require_mfa FROM organizations WHERE id = $1 FOR SHARE", &[&org])
+            .await?
+            .ok_or(AuthError::NotFound("organization"))?
+            .get(0);
+        let role = self.role_in(tx, org, caller.user).await?;
+        if require_mfa {
+            let proved: bool = tx
+                .query_one_cached(
+                    "SELECT coalesce((SELECT mfa FROM sessions WHERE id = $1), false)",
+                    &[&caller.session],
+                )
+                .await?
+                .get(0);
+            if !proved {
+                return Err(mfa_required());
+            }
+        }
+        for scope in scopes {
+            if !ORG_KEY_SCOPES.iter().any(|(s, _)| s == scope) {
+                let allowed: Vec<&str> = ORG_KEY_SCOPES.iter().map(|(s, _)| *s).collect();
+                return Err(AuthError::invalid(
+                    "scopes",
+                    format!(
+                        "{scope} acts for a person; an organization's key may hold {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if let Some(why) = authn::org_key_scope_refusal(role, scope) {
+                return Err(AuthError::from(authn::AuthnError::PermissionDenied(why)));
+            }
+        }
+        Ok(())
+    }
+
+    /// One line of `org`'s audit log about one of its keys.
+    pub(in crate::service) async fn audit_org_key(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        caller: Caller,
+        action: &str,
+        key: Uuid,
+        detail: &str,
+    ) -> Result<(), AuthError> {
+        audit(tx, org, Some(&caller.into()), action, &key.to_string(), detail).await
+    }
+
+    /// Revokes in `tx` `user`'s keys for `org` that `left` does not keep,
+    /// each recorded in the audit log (unless `actor` is `None`: the
+    /// organization is going); their hashes, to publish once committed.
+    pub(super) async fn revoke_member_keys(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        user: Option<Uuid>,
+        left: KeysLeft,
+        actor: Option<&Actor>,
+        why: &str,
+    ) -> Result<Vec<Vec<u8>>, AuthError> {
+        let (all, keep): (bool, Vec<String>) = match left {
+            KeysLeft::None => (true, Vec::new()),
+            KeysLeft::Within(role) => (
+                false,
+                ORG_KEY_SCOPES
+                    .iter()
+                    .filter(|(_, p)| role.permits(p))
+                    .map(|(s, _)| (*s).to_owned())
+                    .collect(),
+            ),
+        };
+        let rows = tx
+            .query_cached(
+                "UPDATE api_keys SET revoked_at = now() \
+                 WHERE org_id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL \
+                   AND ($3 OR NOT (scopes <@ $4::text[])) \
+                 RETURNING id, secret_hash",
+                &[&org, &user, &all, &keep],
+            )
+            .await?;
+        if let Some(actor) = actor {
+            for row in &rows {
+                let key: Uuid = row.get(0);
+                audit(tx, org, Some(actor), "api_key.revoked", &key.to_string(), why).await?;
+            }
+        }
+        Ok(rows.iter().map(|r| r.get(1)).collect())
+    }
+
+    /// After commit: what a membership change took back stops working
+    /// everywhere.
+    pub(super) async fn withdraw(&self, withdrawn: &Withdrawn, written: WalPosition) {
+        self.revoke_grants(&withdrawn.grants).await;
+        self.forget_api_keys(&withdrawn.keys, written).await;
+    }
+
+    pub(super) async fn list_org_api_keys(
+        &self,
+        caller: Caller,
+        org: OrgMembership,
+    ) -> Result<pb::ListOrganizationApiKeysResponse, AuthError> {
+        let conn = self.db.write().await?;
+        self.require(&*conn, org.org_id, caller.user, "org.api_keys.manage").await?;
+        let sql = format!(
+            "SELECT {} FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT $2",
+            store::API_KEY_COLUMNS
+        );
+        let rows = conn.query_cached(&sql, &[&org.org_id, &MAX_LISTED]).await?;
+        Ok(pb::ListOrganizationApiKeysResponse { api_keys: rows.iter().map(store::api_key_proto).collect() })
+    }
+
+    pub(super) async fn revoke_org_api_key(
+        &self,
+        caller: Caller,
+        org: OrgMembership,
+        request: pb::RevokeOrganizationApiKeyRequest,
+    ) -> Result<WalPosition, AuthError> {
+        let id = crate::validate::id("api_key_id", &request.api_key_id)?;
+        let mut conn = self.db.write().await?;
+        let tx = conn.transaction().await?;
+        self.lock_org(&tx, org.org_id).await?;
+        self.require(&tx, org.org_id, caller.user, "org.api_keys.manage").await?;
+        let row = tx
+            .query_opt_cached(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL \
+                 RETURNING secret_hash, name",
+                &[&id, &org.org_id],
+            )
+            .await?
+            .ok_or(AuthError::NotFound("api key"))?;
+        let name: String = row.get(1);
+        self.audit_org_key(&tx, org.org_id, caller, "api_key.revoked", id, &name).await?;
+        tx.commit().await?;
+        let written = conn.commit_position().await?;
+        self.forget_api_keys(&[row.get(0)], written).await;
+        Ok(written)
+    }
+}
