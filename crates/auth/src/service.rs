@@ -284,6 +284,7 @@ impl Core {
         );
         let row = tx.query_opt_cached(&sql, &[&id, &email, &hash, &display_name]).await?;
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
+        store::create_personal_organization(&tx, id).await?;
         let (session, refresh) = store::create_session(&tx, id, &device, false).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
         outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
@@ -905,15 +906,7 @@ impl Core {
             )
             .await?;
         if let Some(org) = org {
-            self.audit_org_key(
-                &tx,
-                org,
-                caller,
-                "api_key.created",
-                id,
-                &format!("{name} ({})", scopes.join(" ")),
-            )
-            .await?;
+            self.record_org_key_created(&tx, org, caller, id, &name, &scopes).await?;
         }
         tx.commit().await?;
         let written = conn.commit_position().await?;
@@ -949,7 +942,7 @@ impl Core {
             .await?
             .ok_or(AuthError::NotFound("api key"))?;
         if let Some(org) = row.get::<_, Option<Uuid>>(1) {
-            self.audit_org_key(&tx, org, caller, "api_key.revoked", id, "by its creator").await?;
+            self.record_revoked_by_maker(&tx, org, caller, id).await?;
         }
         tx.commit().await?;
         let written = conn.commit_position().await?;

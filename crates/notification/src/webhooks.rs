@@ -83,6 +83,12 @@ pub fn body_for(message: &Message) -> String {
         }),
         auth::OrgMemberRemoved::EVENT_TYPE => auth::OrgMemberRemoved::decode(payload)
             .map(|e| json!({ "organization_id": e.organization_id, "user_id": e.user_id })),
+        auth::OrgApiKeyCreated::EVENT_TYPE => auth::OrgApiKeyCreated::decode(payload).map(|e| {
+            json!({ "organization_id": e.organization_id, "api_key_id": e.api_key_id, "name": e.name, "scopes": e.scopes, "user_id": e.user_id })
+        }),
+        auth::OrgApiKeyRevoked::EVENT_TYPE => auth::OrgApiKeyRevoked::decode(payload).map(|e| {
+            json!({ "organization_id": e.organization_id, "api_key_id": e.api_key_id, "user_id": e.user_id, "actor_user_id": e.actor_user_id, "reason": e.reason })
+        }),
         billing::CustomerCreated::EVENT_TYPE => billing::CustomerCreated::decode(payload).map(|e| {
             json!({ "customer_id": e.customer_id, "user_id": e.user_id, "email": e.email, "created_at": seconds(e.created_at.as_ref()) })
         }),

@@ -76,6 +76,7 @@ fn organization(row: &tokio_postgres::Row) -> pb::Organization {
         name: row.get("name"),
         created_at: Some(store::timestamp(row.get("created_at"))),
         require_mfa: row.get("require_mfa"),
+        personal: row.get("personal"),
     }
 }
 
@@ -261,7 +262,7 @@ impl Core {
         let id = Uuid::now_v7();
         let row = tx
             .query_one_cached(
-                "INSERT INTO organizations (id, name, created_by) VALUES ($1, $2, $3) RETURNING id, name, created_at, require_mfa",
+                "INSERT INTO organizations (id, name, created_by) VALUES ($1, $2, $3) RETURNING id, name, created_at, require_mfa, personal",
                 &[&id, &request.name, &caller.user],
             )
             .await?;
@@ -292,10 +293,10 @@ impl Core {
             .write()
             .await?
             .query_cached(
-                "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role, \
+                "SELECT o.id, o.name, o.created_at, o.require_mfa, o.personal, m.role, \
                    coalesce(o.id = (SELECT active_org_id FROM sessions WHERE id = $2), false) AS active \
                  FROM org_members m JOIN organizations o ON o.id = m.org_id \
-                 WHERE m.user_id = $1 ORDER BY m.joined_at",
+                 WHERE m.user_id = $1 ORDER BY o.personal DESC, m.joined_at",
                 &[&caller.user, &caller.session],
             )
             .await?;
@@ -329,7 +330,7 @@ impl Core {
                 tx.query_opt_cached("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[&org]).await?;
                 let row = tx
                     .query_opt_cached(
-                        "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role, \
+                        "SELECT o.id, o.name, o.created_at, o.require_mfa, o.personal, m.role, \
                            coalesce((SELECT mfa FROM sessions WHERE id = $3), false) AS session_mfa \
                          FROM org_members m JOIN organizations o ON o.id = m.org_id \
                          WHERE m.org_id = $1 AND m.user_id = $2 FOR SHARE OF m",
@@ -381,7 +382,7 @@ impl Core {
         let role = self.role_in(&*conn, org.org_id, caller.user).await?;
         let row = conn
             .query_opt_cached(
-                "SELECT id, name, created_at, require_mfa FROM organizations WHERE id = $1",
+                "SELECT id, name, created_at, require_mfa, personal FROM organizations WHERE id = $1",
                 &[&org.org_id],
             )
             .await?
@@ -404,7 +405,7 @@ impl Core {
         self.require(&tx, org.org_id, caller.user, "org.manage").await?;
         let row = tx
             .query_one_cached(
-                "UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1 RETURNING id, name, created_at, require_mfa",
+                "UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1 RETURNING id, name, created_at, require_mfa, personal",
                 &[&org.org_id, &request.name],
             )
             .await?;
@@ -432,6 +433,7 @@ impl Core {
         let tx = conn.transaction().await?;
         let name = self.lock_org(&tx, org.org_id).await?;
         self.require(&tx, org.org_id, caller.user, "org.delete").await?;
+        self.not_personal(&tx, org.org_id, "a personal organization lasts as long as its account").await?;
         // Every session acting in it acts in none, with a new grant.
         let grants: Vec<Uuid> = tx
             .query_cached(
@@ -469,6 +471,10 @@ impl Core {
         let tx = conn.transaction().await?;
         self.lock_org(&tx, org.org_id).await?;
         self.require(&tx, org.org_id, caller.user, "org.manage").await?;
+        // Acting in no organization is acting as the person: a requirement
+        // here would guard nothing. Their own TOTP does.
+        self.not_personal(&tx, org.org_id, "a personal organization is its account: turn TOTP on instead")
+            .await?;
         if request.require_mfa {
             let proved: bool = tx
                 .query_one_cached(
@@ -485,7 +491,7 @@ impl Core {
             .query_one_cached(
                 "WITH before AS (SELECT require_mfa FROM organizations WHERE id = $1) \
                  UPDATE organizations o SET require_mfa = $2, updated_at = now() FROM before WHERE o.id = $1 \
-                 RETURNING o.id, o.name, o.created_at, o.require_mfa, before.require_mfa AS was",
+                 RETURNING o.id, o.name, o.created_at, o.require_mfa, o.personal, before.require_mfa AS was",
                 &[&org.org_id, &request.require_mfa],
             )
             .await?;
@@ -537,6 +543,25 @@ impl Core {
     /// Locks `org` for a change to it or its members, first of all (one
     /// order for every change: two owners leaving at once cannot both see
     /// the other still there, and no two changes deadlock).
+    /// Refuses (`PERSONAL_ORGANIZATION`) what an organization of one
+    /// cannot do: `org` is a user's personal organization.
+    async fn not_personal(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        message: &'static str,
+    ) -> Result<(), AuthError> {
+        let personal: bool = tx
+            .query_opt_cached("SELECT personal FROM organizations WHERE id = $1", &[&org])
+            .await?
+            .ok_or(AuthError::NotFound("organization"))?
+            .get(0);
+        if personal {
+            return Err(AuthError::Refused { reason: "PERSONAL_ORGANIZATION", message });
+        }
+        Ok(())
+    }
+
     async fn lock_org(&self, tx: &impl Prepared, org: Uuid) -> Result<String, AuthError> {
         Ok(tx
             .query_opt_cached("SELECT name FROM organizations WHERE id = $1 FOR UPDATE", &[&org])
@@ -572,7 +597,7 @@ impl Core {
                 Some(user),
                 KeysLeft::None,
                 Some(actor),
-                "its creator is no longer a member",
+                "its maker is no longer a member",
             )
             .await?;
         let event = pb::OrgMemberRemoved {
@@ -588,6 +613,8 @@ impl Core {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
         self.lock_org(&tx, org.org_id).await?;
+        self.not_personal(&tx, org.org_id, "your personal organization is yours for as long as your account")
+            .await?;
         let withdrawn =
             self.remove_member(&tx, org.org_id, caller.user, &caller.into(), "member.left").await?;
         tx.commit().await?;
@@ -609,6 +636,12 @@ impl Core {
         let tx = conn.transaction().await?;
         let name = self.lock_org(&tx, org.org_id).await?;
         let actor_role = self.require(&tx, org.org_id, caller.user, "org.members.manage").await?;
+        self.not_personal(
+            &tx,
+            org.org_id,
+            "a personal organization has one member; create an organization to invite colleagues",
+        )
+        .await?;
         if role == OrgRole::Owner && actor_role != OrgRole::Owner {
             return Err(only_owners("invite an owner"));
         }
@@ -797,7 +830,7 @@ impl Core {
         }
         let row = tx
             .query_one_cached(
-                "SELECT o.id, o.name, o.created_at, o.require_mfa, m.role FROM org_members m \
+                "SELECT o.id, o.name, o.created_at, o.require_mfa, o.personal, m.role FROM org_members m \
                  JOIN organizations o ON o.id = m.org_id \
                  WHERE m.org_id = $1 AND m.user_id = $2",
                 &[&org, &caller.user],
@@ -873,7 +906,7 @@ impl Core {
             let detail = format!("{} → {}", before.as_str(), role.as_str());
             audit(&tx, org.org_id, Some(&caller.into()), "member.role_changed", &target.to_string(), &detail)
                 .await?;
-            let why = format!("its creator's new role ({}) lacks one of its scopes", role.as_str());
+            let why = format!("its maker's new role ({}) lacks one of its scopes", role.as_str());
             withdrawn.keys = self
                 .revoke_member_keys(
                     &tx,

@@ -14,6 +14,7 @@ mod mfa;
 mod org_keys;
 mod org_matrix;
 mod orgs;
+mod personal;
 mod roles;
 mod sessions;
 mod support;

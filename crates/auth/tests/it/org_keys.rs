@@ -89,6 +89,12 @@ async fn an_organizations_key_does_no_more_than_its_creators_role_and_dies_with_
     let made = client.create_api_key(authed(&billing, org_key(&org, &["billing:write"]))).await?.into_inner();
     let key = made.api_key.clone().unwrap_or_default();
     assert_eq!((key.organization_id.as_str(), key.user_id.as_str()), (org.as_str(), payer.as_str()));
+    let announced: pb::OrgApiKeyCreated = auth.last_event("auth.org.api_key_created").await?;
+    assert_eq!(
+        (announced.api_key_id.as_str(), announced.user_id.as_str()),
+        (key.id.as_str(), payer.as_str())
+    );
+    assert_eq!(announced.scopes, ["billing:write"]);
     let said = resolve(&mut client, &service, &made.secret).await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
     assert_eq!(
         (said.organization_id.as_str(), said.organization_role.as_str(), said.user_id.as_str()),
@@ -123,6 +129,9 @@ async fn an_organizations_key_does_no_more_than_its_creators_role_and_dies_with_
     let log = orgs.list_audit_log(authed(&owner, pb::ListAuditLogRequest::default())).await?.into_inner();
     let revoked = log.entries.iter().find(|e| e.action == "api_key.revoked").map(|e| e.detail.clone());
     assert!(revoked.is_some_and(|d| d.contains("admin")), "{:?}", log.entries);
+    let announced: pb::OrgApiKeyRevoked = auth.last_event("auth.org.api_key_revoked").await?;
+    assert_eq!(announced.api_key_id, key.id);
+    assert!(announced.reason.contains("new role (admin)"), "{}", announced.reason);
 
     // Its maker removed: their other key goes too.
     orgs.remove_member(authed(&owner, pb::RemoveMemberRequest { user_id: payer })).await?;

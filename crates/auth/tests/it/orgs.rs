@@ -84,8 +84,13 @@ async fn the_creator_owns_the_organization_and_acts_in_it_after_switching() -> a
 
     let mine =
         orgs.list_my_organizations(authed(&token, pb::ListMyOrganizationsRequest {})).await?.into_inner();
-    assert_eq!(mine.memberships.len(), 1);
-    assert_eq!((mine.memberships[0].role(), mine.memberships[0].active), (pb::OrgRole::Owner, false));
+    // Their personal organization first, then the new one.
+    assert_eq!(mine.memberships.len(), 2);
+    let personal = mine.memberships[0].organization.clone().unwrap_or_default();
+    assert!(personal.personal && personal.organization_id != org);
+    let acme = &mine.memberships[1];
+    assert_eq!(acme.organization.as_ref().map(|o| o.organization_id.as_str()), Some(org.as_str()));
+    assert_eq!((acme.role(), acme.active), (pb::OrgRole::Owner, false));
     let none = orgs
         .get_organization(authed(&token, pb::GetOrganizationRequest {}))
         .await
@@ -173,20 +178,21 @@ async fn auth_checks_the_role_itself_and_two_owners_leaving_at_once_leave_one() 
     let org = create(&mut orgs, &access(&first), "Acme").await?;
     let first = switch(&mut orgs, &access(&first), &org).await?;
     let (_, second) = join(&auth, &mut orgs, &first, pb::OrgRole::Owner).await?;
+    let acme = Uuid::parse_str(&org)?;
 
     // A demotion written behind auth's back: the token still says owner,
     // auth's own check says no.
     auth.sql()
         .await?
         .execute(
-            "UPDATE org_members SET role = 'member' WHERE role = 'owner' AND user_id <> $1",
-            &[&Uuid::parse_str(claims(&first)?["sub"].as_str().unwrap_or_default())?],
+            "UPDATE org_members SET role = 'member' WHERE org_id = $2 AND role = 'owner' AND user_id <> $1",
+            &[&Uuid::parse_str(claims(&first)?["sub"].as_str().unwrap_or_default())?, &acme],
         )
         .await?;
     let rename = pb::RenameOrganizationRequest { name: "Taken".into() };
     let refused = orgs.rename_organization(authed(&second, rename)).await.expect_err("no longer an owner");
     assert_eq!(refused.code(), Code::PermissionDenied);
-    auth.sql().await?.execute("UPDATE org_members SET role = 'owner'", &[]).await?;
+    auth.sql().await?.execute("UPDATE org_members SET role = 'owner' WHERE org_id = $1", &[&acme]).await?;
 
     let (mut a, mut b) = (orgs.clone(), orgs.clone());
     let (ra, rb) = tokio::join!(
@@ -199,7 +205,7 @@ async fn auth_checks_the_role_itself_and_two_owners_leaving_at_once_leave_one() 
     let owners: i64 = auth
         .sql()
         .await?
-        .query_one("SELECT count(*) FROM org_members WHERE role = 'owner'", &[])
+        .query_one("SELECT count(*) FROM org_members WHERE org_id = $1 AND role = 'owner'", &[&acme])
         .await?
         .get(0);
     assert_eq!(owners, 1);
@@ -373,7 +379,15 @@ async fn only_an_owner_deletes_an_organization_and_its_members_tokens_stop_worki
     let token = again.tokens.map(|t| t.access_token).unwrap_or_default();
     let mine =
         orgs.list_my_organizations(authed(&token, pb::ListMyOrganizationsRequest {})).await?.into_inner();
-    assert!(mine.memberships.is_empty());
-    assert_eq!(auth.count("org_members").await?, 0);
+    let kept: Vec<bool> =
+        mine.memberships.iter().map(|m| m.organization.as_ref().is_some_and(|o| o.personal)).collect();
+    assert_eq!(kept, [true], "only their personal organization is left");
+    let members: i64 = auth
+        .sql()
+        .await?
+        .query_one("SELECT count(*) FROM org_members WHERE org_id = $1", &[&uuid::Uuid::parse_str(&org)?])
+        .await?
+        .get(0);
+    assert_eq!(members, 0);
     Ok(())
 }

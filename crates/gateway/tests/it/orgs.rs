@@ -170,6 +170,77 @@ async fn a_person_creates_an_organization_and_a_colleague_joins_by_the_emailed_l
     Ok(())
 }
 
+#[tokio::test]
+async fn a_person_pays_as_their_personal_organization_which_cannot_be_left_or_deleted() -> anyhow::Result<()>
+{
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?.http_addr;
+    let (token, _, user) = sign_up(gw, &unique_email()).await?;
+    let person = bearer(&token);
+    let card = [("authorization", person.as_str()), ("idempotency-key", "own-card")];
+    let added =
+        send(gw, "POST", "/v1/billing/payment-methods", &card, Some(r#"{"token":"tok_success"}"#)).await?;
+    assert_eq!(added.status, 201, "{}", added.text);
+    let subscribe = json!({ "price_id": BUSINESS_MONTHLY_USD }).to_string();
+    let headers = [("authorization", person.as_str()), ("idempotency-key", "own-sub")];
+    let created = send(gw, "POST", "/v1/billing/subscriptions", &headers, Some(&subscribe)).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let position = created.header("x-tenx-wal-position").unwrap_or_default().to_owned();
+
+    // Their organizations: the personal one, whose id is their own.
+    let mine = send(gw, "GET", "/v1/orgs", &[("authorization", &person)], None).await?;
+    assert_eq!(
+        mine.json["memberships"][0]["organization"]["organization_id"],
+        user.as_str(),
+        "{}",
+        mine.text
+    );
+    assert_eq!(mine.json["memberships"][0]["organization"]["personal"], true, "{}", mine.text);
+    assert_eq!(mine.json["memberships"][0]["role"], "owner", "{}", mine.text);
+    // Acting in it is paying as themselves: the same subscription.
+    let body = json!({ "organization_id": user }).to_string();
+    let switched = send(gw, "POST", "/v1/orgs/switch", &[("authorization", &person)], Some(&body)).await?;
+    assert_eq!(switched.status, 200, "{}", switched.text);
+    let acting = bearer(&text(&switched.json["access_token"]));
+    let read = [("authorization", acting.as_str()), ("x-tenx-wal-position", position.as_str())];
+    let seen = send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?;
+    assert_eq!(seen.json["subscriptions"].as_array().map(Vec::len), Some(1), "{}", seen.text);
+    assert_eq!(seen.json["subscriptions"][0]["id"], created.json["subscription"]["id"], "{}", seen.text);
+
+    // An organization of one: nobody is invited into it, and it is neither
+    // left nor deleted (its subscription is untouched).
+    let invite = json!({ "email": unique_email(), "role": "member" }).to_string();
+    let invited =
+        send(gw, "POST", "/v1/org/invitations", &[("authorization", &acting)], Some(&invite)).await?;
+    assert_eq!(
+        (invited.status, invited.json["error"]["details"][0]["reason"].as_str()),
+        (409, Some("PERSONAL_ORGANIZATION")),
+        "{}",
+        invited.text
+    );
+    let deleted = send(gw, "DELETE", "/v1/org", &[("authorization", &acting)], None).await?;
+    assert_eq!(
+        (deleted.status, deleted.json["error"]["details"][0]["reason"].as_str()),
+        (409, Some("PERSONAL_ORGANIZATION")),
+        "{}",
+        deleted.text
+    );
+    let left = send(gw, "POST", "/v1/org/leave", &[("authorization", &acting)], Some("{}")).await?;
+    assert_eq!(left.status, 409, "{}", left.text);
+    let guard = send(
+        gw,
+        "PUT",
+        "/v1/org/mfa-requirement",
+        &[("authorization", &acting)],
+        Some(r#"{"require_mfa":true}"#),
+    )
+    .await?;
+    assert_eq!(guard.status, 409, "{}", guard.text);
+    let still = send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?;
+    assert_eq!(still.json["subscriptions"][0]["status"], "active", "{}", still.text);
+    Ok(())
+}
+
 const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
 
 /// Invites a new account with `role` as `owner` (acting in the

@@ -6,6 +6,7 @@
 
 use tenx_common::authn::{self, ORG_KEY_SCOPES, OrgMembership, OrgRole};
 use tenx_common::db::{Prepared, WalPosition};
+use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::auth::v1 as pb;
 use uuid::Uuid;
 
@@ -83,17 +84,60 @@ impl Core {
         Ok(())
     }
 
-    /// One line of `org`'s audit log about one of its keys.
-    pub(in crate::service) async fn audit_org_key(
+    /// A new key of `org`, in its audit log and as `auth.org.api_key_created`.
+    pub(in crate::service) async fn record_org_key_created(
         &self,
         tx: &impl Prepared,
         org: Uuid,
-        caller: Caller,
-        action: &str,
+        maker: Caller,
         key: Uuid,
-        detail: &str,
+        name: &str,
+        scopes: &[String],
     ) -> Result<(), AuthError> {
-        audit(tx, org, Some(&caller.into()), action, &key.to_string(), detail).await
+        let detail = format!("{name} ({})", scopes.join(" "));
+        audit(tx, org, Some(&maker.into()), "api_key.created", &key.to_string(), &detail).await?;
+        let event = pb::OrgApiKeyCreated {
+            organization_id: org.to_string(),
+            api_key_id: key.to_string(),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            user_id: maker.user.to_string(),
+        };
+        outbox::enqueue(tx, &NewEvent::of(&org.to_string(), &event)).await?;
+        Ok(())
+    }
+
+    /// A key of `org` revoked, in its audit log and as `auth.org.api_key_revoked`.
+    async fn record_org_key_revoked(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        actor: &Actor,
+        key: Uuid,
+        maker: Uuid,
+        reason: &str,
+    ) -> Result<(), AuthError> {
+        audit(tx, org, Some(actor), "api_key.revoked", &key.to_string(), reason).await?;
+        let event = pb::OrgApiKeyRevoked {
+            organization_id: org.to_string(),
+            api_key_id: key.to_string(),
+            user_id: maker.to_string(),
+            actor_user_id: actor.user.to_string(),
+            reason: reason.to_owned(),
+        };
+        outbox::enqueue(tx, &NewEvent::of(&org.to_string(), &event)).await?;
+        Ok(())
+    }
+
+    /// Its maker revoked `key` of `org` (AuthService.RevokeApiKey).
+    pub(in crate::service) async fn record_revoked_by_maker(
+        &self,
+        tx: &impl Prepared,
+        org: Uuid,
+        maker: Caller,
+        key: Uuid,
+    ) -> Result<(), AuthError> {
+        self.record_org_key_revoked(tx, org, &maker.into(), key, maker.user, "revoked by its maker").await
     }
 
     /// Revokes in `tx` `user`'s keys for `org` that `left` does not keep,
@@ -124,14 +168,13 @@ impl Core {
                 "UPDATE api_keys SET revoked_at = now() \
                  WHERE org_id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL \
                    AND ($3 OR NOT (scopes <@ $4::text[])) \
-                 RETURNING id, secret_hash",
+                 RETURNING id, secret_hash, user_id",
                 &[&org, &user, &all, &keep],
             )
             .await?;
         if let Some(actor) = actor {
             for row in &rows {
-                let key: Uuid = row.get(0);
-                audit(tx, org, Some(actor), "api_key.revoked", &key.to_string(), why).await?;
+                self.record_org_key_revoked(tx, org, actor, row.get(0), row.get(2), why).await?;
             }
         }
         Ok(rows.iter().map(|r| r.get(1)).collect())
@@ -173,13 +216,13 @@ impl Core {
         let row = tx
             .query_opt_cached(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL \
-                 RETURNING secret_hash, name",
+                 RETURNING secret_hash, user_id",
                 &[&id, &org.org_id],
             )
             .await?
             .ok_or(AuthError::NotFound("api key"))?;
-        let name: String = row.get(1);
-        self.audit_org_key(&tx, org.org_id, caller, "api_key.revoked", id, &name).await?;
+        let reason = "revoked by an owner or admin";
+        self.record_org_key_revoked(&tx, org.org_id, &caller.into(), id, row.get(1), reason).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
         self.forget_api_keys(&[row.get(0)], written).await;

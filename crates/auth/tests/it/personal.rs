@@ -1,0 +1,59 @@
+//! A personal account is an organization of one: every account has one,
+//! with its own id, including the accounts that existed before
+//! organizations did (a migration gives them theirs).
+
+use anyhow::Context as _;
+use tenx_auth::{App, AuthSettings};
+use tenx_common::host::Service as _;
+use tenx_test_support::TestDb;
+use uuid::Uuid;
+
+/// The last migration before personal organizations.
+const BEFORE: i32 = 7;
+
+#[tokio::test]
+async fn accounts_from_before_organizations_get_a_personal_one_when_migrated() -> anyhow::Result<()> {
+    let fingerprint = tenx_common::host::migrations_fingerprint::<App>();
+    let db = TestDb::from_template(&format!("auth_v{BEFORE}"), &fingerprint, |url| async move {
+        let settings = AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?;
+        let runner =
+            App::migrations().context("auth has migrations")?.set_target(refinery::Target::Version(BEFORE));
+        tenx_common::db::migrate(&url, &settings.database.schema, Some(runner)).await?;
+        Ok(())
+    })
+    .await?;
+    let (sql, conn) = tokio_postgres::connect(&db.primary_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    sql.batch_execute("SET search_path TO auth").await?;
+    // Two accounts from before; one already founded an organization.
+    let (ada, bob, acme) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for (id, email) in [(ada, "ada@example.com"), (bob, "bob@example.com")] {
+        sql.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", &[&id, &email])
+            .await?;
+    }
+    sql.execute("INSERT INTO organizations (id, name, created_by) VALUES ($1, 'Acme', $2)", &[&acme, &ada])
+        .await?;
+    sql.execute("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, 'owner')", &[&acme, &ada])
+        .await?;
+
+    let settings = AuthSettings::isolated(&db.primary_url(), &db.primary_url(), "t:", "t.")?;
+    tenx_common::host::migrate::<App>(&settings).await?;
+
+    for user in [ada, bob] {
+        let row = sql
+            .query_one(
+                "SELECT o.personal, o.name, m.role FROM organizations o JOIN org_members m ON m.org_id = o.id \
+                 WHERE o.id = $1 AND m.user_id = $1",
+                &[&user],
+            )
+            .await?;
+        let (personal, name, role): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((personal, name.as_str(), role.as_str()), (true, "Personal", "owner"));
+        let members: i64 =
+            sql.query_one("SELECT count(*) FROM org_members WHERE org_id = $1", &[&user]).await?.get(0);
+        assert_eq!(members, 1, "an organization of one");
+    }
+    let acme_row = sql.query_one("SELECT personal FROM organizations WHERE id = $1", &[&acme]).await?;
+    assert!(!acme_row.get::<_, bool>(0), "an organization from before stays as it was");
+    Ok(())
+}
