@@ -154,8 +154,8 @@ impl App {
     }
 
     /// What the host serves: the auth API, the avatar worker, the key
-    /// schedule, the revocation heartbeat, the login-attempt sweep and
-    /// everything a backend brings.
+    /// schedule, the revocation heartbeat, the login-attempt sweep, the
+    /// personal organizations' backfill and everything a backend brings.
     pub fn parts(self) -> Parts {
         let settings = &self.settings;
         let avatars = Topology::for_group(
@@ -165,7 +165,7 @@ impl App {
         );
         let db = self.backend.db().clone();
         let worker = AvatarWorker { db: db.clone(), users: self.core.users.clone() };
-        let (redis, sweep_db) = (self.backend.redis().clone(), db.clone());
+        let (redis, sweep_db, personal_db) = (self.backend.redis().clone(), db.clone(), db.clone());
         let backend = self.backend.prune(retention_rules(settings)).consumer(avatars, worker);
         // Room for the largest avatar; everything else is far smaller.
         let max_message = settings.avatars.max_bytes + 64 * 1024;
@@ -184,6 +184,7 @@ impl App {
             // or stops trusting its set (a silent connection, a wrong prefix).
             .task(move |stop| tenx_common::authn::heartbeat_until(redis, stop))
             .task(move |stop| sweep_login_attempts_until(sweep_db, stop))
+            .task(move |stop| crate::personal::backfill_until_done(personal_db, stop))
     }
 }
 

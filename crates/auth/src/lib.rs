@@ -19,6 +19,7 @@ pub mod denylist;
 pub mod error;
 pub mod keys;
 pub mod password;
+pub mod personal;
 pub mod secrets;
 pub mod service;
 pub mod settings;

@@ -284,7 +284,7 @@ impl Core {
         );
         let row = tx.query_opt_cached(&sql, &[&id, &email, &hash, &display_name]).await?;
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
-        store::create_personal_organization(&tx, id).await?;
+        crate::personal::ensure(&tx, id).await?;
         let (session, refresh) = store::create_session(&tx, id, &device, false).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
         outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
@@ -767,16 +767,7 @@ impl Core {
         let revoked = store::revoke_user_sessions(&tx, id, None, "password_reset").await?;
         // Whoever held the account before the reset (someone who signed up
         // with the victim's address first) keeps no API key either.
-        let keys: Vec<Vec<u8>> = tx
-            .query_cached(
-                "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL \
-                 RETURNING secret_hash",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let keys = self.revoke_all_keys_of(&tx, id, "its maker's password was reset").await?;
         let event = pb::PasswordChanged { user_id: id.to_string(), email };
         outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
         tx.commit().await?;
@@ -875,8 +866,17 @@ impl Core {
         let days = i32::try_from(request.expires_in_days).unwrap_or(0);
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
+        // Whether the session showed a second factor: a key made without
+        // one stops working if its organization comes to require one.
+        let mfa: bool = tx
+            .query_one_cached(
+                "SELECT coalesce((SELECT mfa FROM sessions WHERE id = $1), false)",
+                &[&caller.session],
+            )
+            .await?
+            .get(0);
         if let Some(org) = org {
-            self.may_give_org_key(&tx, org, caller, &scopes).await?;
+            self.may_give_org_key(&tx, org, caller, mfa, &scopes).await?;
         }
         // The user's row locked: concurrent creations count one by one.
         tx.execute_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&caller.user]).await?;
@@ -894,15 +894,15 @@ impl Core {
         }
         let id = Uuid::now_v7();
         let sql = format!(
-            "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, org_id, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 > 0 THEN now() + make_interval(days => $8) END) \
+            "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, scopes, org_id, made_with_mfa, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, CASE WHEN $8 > 0 THEN now() + make_interval(days => $8) END) \
              RETURNING {}",
             store::API_KEY_COLUMNS
         );
         let row = tx
             .query_one_cached(
                 &sql,
-                &[&id, &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &org, &days],
+                &[&id, &caller.user, &name, &prefix, &secrets::hash(&secret), &scopes, &org, &days, &mfa],
             )
             .await?;
         if let Some(org) = org {
@@ -933,20 +933,10 @@ impl Core {
         let id = validate::id("api_key_id", &request.api_key_id)?;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-                 RETURNING secret_hash, org_id",
-                &[&id, &caller.user],
-            )
-            .await?
-            .ok_or(AuthError::NotFound("api key"))?;
-        if let Some(org) = row.get::<_, Option<Uuid>>(1) {
-            self.record_revoked_by_maker(&tx, org, caller, id).await?;
-        }
+        let hash = self.revoke_own_key(&tx, caller, id).await?.ok_or(AuthError::NotFound("api key"))?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.forget_api_keys(&[row.get(0)], written).await;
+        self.forget_api_keys(&[hash], written).await;
         Ok(written)
     }
 

@@ -274,20 +274,6 @@ pub async fn spend_code<C: Prepared>(
     Ok(false)
 }
 
-/// The personal organization of a new account: an organization of one,
-/// owned by `user`, with the user's own id (so the customer billing keys
-/// by that id is this organization's). Its name until renamed.
-pub async fn create_personal_organization<C: Prepared>(db: &C, user: Uuid) -> Result<(), AuthError> {
-    db.execute_cached(
-        "INSERT INTO organizations (id, name, personal, created_by) VALUES ($1, 'Personal', true, $1)",
-        &[&user],
-    )
-    .await?;
-    db.execute_cached("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $1, 'owner')", &[&user])
-        .await?;
-    Ok(())
-}
-
 /// What `AuthenticateApiKey` answers, cached by key hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiKeyAuth {

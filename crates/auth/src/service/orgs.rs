@@ -95,12 +95,13 @@ fn active_org(extensions: &tonic::Extensions) -> Result<OrgMembership, AuthError
 /// Who did something, for the audit log.
 struct Actor {
     user: Uuid,
-    session: Uuid,
+    /// `None` when no session acted (a password reset by emailed code).
+    session: Option<Uuid>,
 }
 
 impl From<Caller> for Actor {
     fn from(caller: Caller) -> Self {
-        Self { user: caller.user, session: caller.session }
+        Self { user: caller.user, session: Some(caller.session) }
     }
 }
 
@@ -114,7 +115,7 @@ async fn audit(
     target: &str,
     detail: &str,
 ) -> Result<(), AuthError> {
-    let (user, session) = (actor.map(|a| a.user), actor.map(|a| a.session));
+    let (user, session) = (actor.map(|a| a.user), actor.and_then(|a| a.session));
     tx.execute_cached(
         "INSERT INTO org_audit (org_id, actor_user_id, actor_session_id, action, target, detail) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -288,18 +289,17 @@ impl Core {
         &self,
         caller: Caller,
     ) -> Result<pb::ListMyOrganizationsResponse, AuthError> {
-        let rows = self
-            .db
-            .write()
-            .await?
-            .query_cached(
-                "SELECT o.id, o.name, o.created_at, o.require_mfa, o.personal, m.role, \
-                   coalesce(o.id = (SELECT active_org_id FROM sessions WHERE id = $2), false) AS active \
-                 FROM org_members m JOIN organizations o ON o.id = m.org_id \
-                 WHERE m.user_id = $1 ORDER BY o.personal DESC, m.joined_at",
-                &[&caller.user, &caller.session],
-            )
-            .await?;
+        let conn = self.db.write().await?;
+        let sql = "SELECT o.id, o.name, o.created_at, o.require_mfa, o.personal, m.role, \
+                     coalesce(o.id = (SELECT active_org_id FROM sessions WHERE id = $2), false) AS active \
+                   FROM org_members m JOIN organizations o ON o.id = m.org_id \
+                   WHERE m.user_id = $1 ORDER BY o.personal DESC, m.joined_at";
+        let mut rows = conn.query_cached(sql, &[&caller.user, &caller.session]).await?;
+        // An account from before personal organizations not backfilled yet.
+        if !rows.first().is_some_and(|r| r.get::<_, bool>("personal")) {
+            crate::personal::ensure(&*conn, caller.user).await?;
+            rows = conn.query_cached(sql, &[&caller.user, &caller.session]).await?;
+        }
         let mut memberships = Vec::with_capacity(rows.len());
         for row in &rows {
             memberships.push(pb::Membership {
@@ -326,6 +326,9 @@ impl Core {
         let membership = match target {
             None => None,
             Some(org) => {
+                if org == caller.user {
+                    crate::personal::ensure(&tx, caller.user).await?;
+                }
                 // The organization first, shared: the order every change takes.
                 tx.query_opt_cached("SELECT 1 FROM organizations WHERE id = $1 FOR SHARE", &[&org]).await?;
                 let row = tx
@@ -447,7 +450,7 @@ impl Core {
             .map(|r| r.get(0))
             .collect();
         // Its keys revoked before the rows go, so the revocation is published.
-        let keys = self.revoke_member_keys(&tx, org.org_id, None, KeysLeft::None, None, "").await?;
+        let keys = self.revoke_org_keys(&tx, org.org_id, None, KeysLeft::None, None, "").await?;
         tx.execute_cached("DELETE FROM organizations WHERE id = $1", &[&org.org_id]).await?;
         let event = pb::OrgDeleted {
             organization_id: org.org_id.to_string(),
@@ -457,7 +460,7 @@ impl Core {
         outbox::enqueue(&tx, &NewEvent::of(&org.org_id.to_string(), &event)).await?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.withdraw(&Withdrawn { grants, keys }, written).await;
+        self.withdraw(&Withdrawn { grants, keys, ..Withdrawn::default() }, written).await;
         Ok(written)
     }
 
@@ -495,12 +498,16 @@ impl Core {
                 &[&org.org_id, &request.require_mfa],
             )
             .await?;
-        let mut grants = Vec::new();
+        let mut withdrawn = Withdrawn::default();
         if row.get::<_, bool>("was") != request.require_mfa {
             if request.require_mfa {
+                let why = "made without a second factor; the organization now requires one";
+                withdrawn.keys = self
+                    .revoke_org_keys(&tx, org.org_id, None, KeysLeft::MadeWithMfa, Some(&caller.into()), why)
+                    .await?;
                 // Tokens acting in it without a second factor stop working;
                 // their refresh comes without the organization.
-                grants = tx
+                withdrawn.grants = tx
                     .query_cached(
                         "WITH old AS (SELECT id, grant_id FROM sessions \
                            WHERE active_org_id = $1 AND NOT mfa AND revoked_at IS NULL FOR UPDATE) \
@@ -518,7 +525,7 @@ impl Core {
         }
         tx.commit().await?;
         let written = conn.commit_position().await?;
-        self.revoke_grants(&grants).await;
+        self.withdraw(&withdrawn, written).await;
         Ok((pb::SetMfaRequirementResponse { organization: Some(organization(&row)) }, written))
     }
 
@@ -540,9 +547,6 @@ impl Core {
         Ok(pb::ListMembersResponse { members })
     }
 
-    /// Locks `org` for a change to it or its members, first of all (one
-    /// order for every change: two owners leaving at once cannot both see
-    /// the other still there, and no two changes deadlock).
     /// Refuses (`PERSONAL_ORGANIZATION`) what an organization of one
     /// cannot do: `org` is a user's personal organization.
     async fn not_personal(
@@ -562,6 +566,9 @@ impl Core {
         Ok(())
     }
 
+    /// Locks `org` for a change to it or its members, first of all (one
+    /// order for every change: two owners leaving at once cannot both see
+    /// the other still there, and no two changes deadlock); its name.
     async fn lock_org(&self, tx: &impl Prepared, org: Uuid) -> Result<String, AuthError> {
         Ok(tx
             .query_opt_cached("SELECT name FROM organizations WHERE id = $1 FOR UPDATE", &[&org])
@@ -591,7 +598,7 @@ impl Core {
         let grants = self.regrant(tx, org, user, true).await?;
         audit(tx, org, Some(actor), action, &user.to_string(), role.as_str()).await?;
         let keys = self
-            .revoke_member_keys(
+            .revoke_org_keys(
                 tx,
                 org,
                 Some(user),
@@ -606,7 +613,7 @@ impl Core {
             actor_user_id: actor.user.to_string(),
         };
         outbox::enqueue(tx, &NewEvent::of(&org.to_string(), &event)).await?;
-        Ok(Withdrawn { grants, keys })
+        Ok(Withdrawn { grants, keys, ..Withdrawn::default() })
     }
 
     async fn leave_organization(&self, caller: Caller, org: OrgMembership) -> Result<WalPosition, AuthError> {
@@ -908,7 +915,7 @@ impl Core {
                 .await?;
             let why = format!("its maker's new role ({}) lacks one of its scopes", role.as_str());
             withdrawn.keys = self
-                .revoke_member_keys(
+                .revoke_org_keys(
                     &tx,
                     org.org_id,
                     Some(target),
@@ -917,6 +924,7 @@ impl Core {
                     &why,
                 )
                 .await?;
+            withdrawn.stale = self.live_keys_of(&tx, org.org_id, target).await?;
             let email: String =
                 tx.query_one_cached("SELECT email FROM users WHERE id = $1", &[&target]).await?.get(0);
             let event = pb::OrgMemberRoleChanged {

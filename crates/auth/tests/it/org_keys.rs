@@ -143,3 +143,41 @@ async fn an_organizations_key_does_no_more_than_its_creators_role_and_dies_with_
     refused_within_a_second(&client, &service, &last.secret, "a deleted organization's key").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn keys_made_without_a_second_factor_stop_when_the_organization_requires_one() -> anyhow::Result<()> {
+    let auth = TestAuth::start().await?;
+    let mut client = auth.client(0).await?;
+    let url = format!("http://{}", auth.instances[0].grpc_addr);
+    let mut orgs = OrganizationServiceClient::new(Channel::from_shared(url)?.connect().await?);
+    let service = auth.service_token().await?;
+    let signed_up = sign_up(&mut client, &unique_email()).await?;
+    let founder = access(&signed_up);
+    let created =
+        orgs.create_organization(authed(&founder, pb::CreateOrganizationRequest { name: "Acme".into() }));
+    let org = created.await?.into_inner().organization.map(|o| o.organization_id).unwrap_or_default();
+    let owner = switch(&mut orgs, &founder, &org).await?;
+    let plain = client.create_api_key(authed(&owner, org_key(&org, &["billing:read"]))).await?.into_inner();
+
+    // The owner's session shows a second factor from here on (how it
+    // got one is the MFA tests' business).
+    let user = uuid::Uuid::parse_str(&signed_up.user.map(|u| u.id).unwrap_or_default())?;
+    auth.sql().await?.execute("UPDATE sessions SET mfa = true WHERE user_id = $1", &[&user]).await?;
+    let proved = client.create_api_key(authed(&owner, org_key(&org, &["billing:read"]))).await?.into_inner();
+    orgs.set_mfa_requirement(authed(&owner, pb::SetMfaRequirementRequest { require_mfa: true })).await?;
+    refused_within_a_second(&client, &service, &plain.secret, "the key made without a second factor").await?;
+    assert!(resolve(&mut client, &service, &proved.secret).await.is_ok(), "made with one: kept");
+    let announced: pb::OrgApiKeyRevoked = auth.last_event("auth.org.api_key_revoked").await?;
+    assert!(announced.reason.contains("second factor"), "{}", announced.reason);
+
+    // Its maker revokes the other one: recorded for the organization too.
+    let id = proved.api_key.map(|k| k.id).unwrap_or_default();
+    client.revoke_api_key(authed(&owner, pb::RevokeApiKeyRequest { api_key_id: id.clone() })).await?;
+    refused_within_a_second(&client, &service, &proved.secret, "the key its maker revoked").await?;
+    let announced: pb::OrgApiKeyRevoked = auth.last_event("auth.org.api_key_revoked").await?;
+    assert_eq!(
+        (announced.api_key_id.as_str(), announced.reason.as_str()),
+        (id.as_str(), "revoked by its maker")
+    );
+    Ok(())
+}

@@ -38,6 +38,14 @@ async fn accounts_from_before_organizations_get_a_personal_one_when_migrated() -
 
     let settings = AuthSettings::isolated(&db.primary_url(), &db.primary_url(), "t:", "t.")?;
     tenx_common::host::migrate::<App>(&settings).await?;
+    // The migration itself only adds the column (short locks); each
+    // instance's start gives accounts from before theirs, in batches.
+    let none: i64 = sql.query_one("SELECT count(*) FROM organizations WHERE personal", &[]).await?.get(0);
+    assert_eq!(none, 0);
+    let pool =
+        tenx_common::db::Db::connect(&settings.database, "test", &tenx_common::metrics::Metrics::default())?;
+    assert_eq!(tenx_auth::personal::backfill(&pool).await?, 2);
+    assert_eq!(tenx_auth::personal::backfill(&pool).await?, 0, "done once, then skipped");
 
     for user in [ada, bob] {
         let row = sql
@@ -55,5 +63,17 @@ async fn accounts_from_before_organizations_get_a_personal_one_when_migrated() -
     }
     let acme_row = sql.query_one("SELECT personal FROM organizations WHERE id = $1", &[&acme]).await?;
     assert!(!acme_row.get::<_, bool>(0), "an organization from before stays as it was");
+
+    // Whatever writes to the database (the previous version during a
+    // rollout knows nothing of personal organizations): one is never
+    // deleted and never gets a second member.
+    let deleted = sql.execute("DELETE FROM organizations WHERE id = $1", &[&ada]).await;
+    assert!(deleted.is_err_and(|e| {
+        e.as_db_error().is_some_and(|d| d.message().contains("lasts as long as its account"))
+    }));
+    let join = "INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, 'member')";
+    let joined = sql.execute(join, &[&ada, &bob]).await;
+    assert!(joined.is_err_and(|e| e.as_db_error().is_some_and(|d| d.message().contains("one member"))));
+    sql.execute("DELETE FROM organizations WHERE id = $1", &[&acme]).await?;
     Ok(())
 }

@@ -226,7 +226,7 @@ async fn a_person_pays_as_their_personal_organization_which_cannot_be_left_or_de
         deleted.text
     );
     let left = send(gw, "POST", "/v1/org/leave", &[("authorization", &acting)], Some("{}")).await?;
-    assert_eq!(left.status, 409, "{}", left.text);
+    assert_eq!(left.json["error"]["details"][0]["reason"], "PERSONAL_ORGANIZATION", "{}", left.text);
     let guard = send(
         gw,
         "PUT",
@@ -235,7 +235,7 @@ async fn a_person_pays_as_their_personal_organization_which_cannot_be_left_or_de
         Some(r#"{"require_mfa":true}"#),
     )
     .await?;
-    assert_eq!(guard.status, 409, "{}", guard.text);
+    assert_eq!(guard.json["error"]["details"][0]["reason"], "PERSONAL_ORGANIZATION", "{}", guard.text);
     let still = send(gw, "GET", "/v1/billing/subscriptions", &read, None).await?;
     assert_eq!(still.json["subscriptions"][0]["status"], "active", "{}", still.text);
     Ok(())
