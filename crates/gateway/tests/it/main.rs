@@ -6,6 +6,7 @@ mod attacks;
 mod auth_offload;
 mod balance;
 mod billing;
+mod billing_matrix;
 mod console;
 mod drain;
 mod e2e;

@@ -241,12 +241,16 @@ async fn a_person_pays_as_their_personal_organization_which_cannot_be_left_or_de
     Ok(())
 }
 
-const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
+pub(crate) const BUSINESS_MONTHLY_USD: &str = "20000000-0000-4000-8000-000000000004";
 
 /// Invites a new account with `role` as `owner` (acting in the
 /// organization), which signs up, takes the token from the email and
 /// accepts; its sign-up token and its token acting in the organization.
-async fn join(gw: std::net::SocketAddr, owner: &str, role: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn join(
+    gw: std::net::SocketAddr,
+    owner: &str,
+    role: &str,
+) -> anyhow::Result<(String, String)> {
     let email = unique_email();
     let body = json!({ "email": email, "role": role }).to_string();
     let invited = send(gw, "POST", "/v1/org/invitations", &[("authorization", owner)], Some(&body)).await?;
