@@ -9,7 +9,7 @@
 #                                  # Python packages in the venv, plus buildah,
 #                                  # skopeo and umoci from apt, promtool
 #                                  # unpacked from Debian's prometheus
-#   deploy/local/tools.sh bench    # nginx (the gateway benchmark's anchor)
+#   deploy/local/tools.sh bench    # nginx (the gateway benchmark's anchor), postfix's smtp-sink
 #   deploy/local/tools.sh browser  # Chromium and chromedriver (the console's
 #                                  # page test), from apt
 set -euo pipefail
@@ -154,9 +154,11 @@ install_promtool() {
   "$promtool" --version >/dev/null 2>&1 || die "promtool: unpacked but $promtool does not run; see $LOG"
 }
 
-# nginx: the proxy the gateway's benchmark compares itself with.
+# nginx: the proxy the gateway's benchmark compares itself with; Postfix's
+# smtp-sink: the relay of the notification benchmark (a sink that is not
+# the bottleneck).
 install_bench() {
-  install_apt bench nginx=nginx-light
+  install_apt bench nginx=nginx-light smtp-sink=postfix
 }
 
 # Chromium and its WebDriver, for the operator console's page test
