@@ -868,13 +868,7 @@ impl Core {
         let tx = conn.transaction().await?;
         // Whether the session showed a second factor: a key made without
         // one stops working if its organization comes to require one.
-        let mfa: bool = tx
-            .query_one_cached(
-                "SELECT coalesce((SELECT mfa FROM sessions WHERE id = $1), false)",
-                &[&caller.session],
-            )
-            .await?
-            .get(0);
+        let mfa = store::session_showed_mfa(&tx, caller.session).await?;
         if let Some(org) = org {
             self.may_give_org_key(&tx, org, caller, mfa, &scopes).await?;
         }

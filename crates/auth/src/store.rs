@@ -182,6 +182,12 @@ pub async fn session_active<C: Prepared>(db: &C, session: Uuid) -> Result<bool, 
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
+/// Whether a session's last authentication showed a second factor.
+pub async fn session_showed_mfa<C: Prepared>(db: &C, session: Uuid) -> Result<bool, AuthError> {
+    let row = db.query_opt_cached("SELECT mfa FROM sessions WHERE id = $1", &[&session]).await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
 /// Purposes of one-time codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodePurpose {

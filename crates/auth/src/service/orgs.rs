@@ -478,17 +478,8 @@ impl Core {
         // here would guard nothing. Their own TOTP does.
         self.not_personal(&tx, org.org_id, "a personal organization is its account: turn TOTP on instead")
             .await?;
-        if request.require_mfa {
-            let proved: bool = tx
-                .query_one_cached(
-                    "SELECT coalesce((SELECT mfa FROM sessions WHERE id = $1), false)",
-                    &[&caller.session],
-                )
-                .await?
-                .get(0);
-            if !proved {
-                return Err(mfa_required());
-            }
+        if request.require_mfa && !store::session_showed_mfa(&tx, caller.session).await? {
+            return Err(mfa_required());
         }
         let row = tx
             .query_one_cached(

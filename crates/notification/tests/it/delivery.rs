@@ -331,3 +331,41 @@ async fn a_code_opens_only_with_auths_key_and_an_unsealed_one_from_an_older_auth
     assert!(wait_for_mails(&email, 1).await?[0].contains("LEGACY23"));
     Ok(())
 }
+
+#[tokio::test]
+async fn emails_share_one_open_relay_connection_and_one_the_relay_dropped_is_replaced() -> anyhow::Result<()>
+{
+    let mut notify = TestNotify::new().await?;
+    let relay_proxy = ChaosProxy::start("127.0.0.1:2525".parse()?).await?;
+    notify.settings.smtp.relays = vec![relay("127.0.0.1", relay_proxy.port(), 5_000, SmtpTls::None)];
+    let notify = notify.start().await?;
+    let send = |code: &'static str| {
+        let notify = &notify;
+        async move {
+            let (user, email) = (Uuid::now_v7(), unique_email());
+            let event = notify.reset_event(user, &email, code);
+            notify.publish(&Uuid::now_v7().to_string(), "auth.password_reset_requested", &event).await?;
+            let mails = wait_for_mails(&email, 1).await?;
+            anyhow::ensure!(mails[0].contains(code), "{}", mails[0]);
+            anyhow::Ok(())
+        }
+    };
+    // One after another: the first opens a connection, the rest reuse it.
+    for code in ["REUSE001", "REUSE002", "REUSE003"] {
+        send(code).await?;
+    }
+    assert_eq!(relay_proxy.accepted(), 1, "one connection for three emails");
+
+    // The relay drops it while idle: the next email notices and opens another.
+    relay_proxy.kill_connections();
+    send("REUSE004").await?;
+    assert_eq!(relay_proxy.accepted(), 2);
+    let failed: i64 = notify
+        .sql()
+        .await?
+        .query_one("SELECT count(*) FROM email_deliveries WHERE attempts <> 1 OR status <> 'sent'", &[])
+        .await?
+        .get(0);
+    assert_eq!(failed, 0, "every email went on its first attempt");
+    Ok(())
+}
