@@ -35,7 +35,7 @@ use tenx_proto::access::{Caller, Rule};
 pub use api_keys::{ApiKeyInfo, ApiKeyResolver, ApiKeys, RemoteApiKeys};
 pub use jwks::{Jwks, KeySource, RemoteKeys};
 pub use layer::{AuthnLayer, AuthnService};
-pub use orgs::{ORG_KEY_SCOPES, OrgMembership, OrgRole, PERMISSIONS, org_key_scope_refusal};
+pub use orgs::{ORG_KEY_SCOPES, OrgMembership, OrgRole, PERMISSIONS, ScopeRefusal, org_key_scope_refusal};
 pub use principal::{ADMIN_ROLE, Principal, principal};
 pub use revocations::{
     RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat_until, publish as publish_revocation,

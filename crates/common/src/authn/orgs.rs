@@ -60,16 +60,34 @@ pub const PERMISSIONS: &[(&str, &[OrgRole], &str)] = &[
 pub const ORG_KEY_SCOPES: &[(&str, &str)] =
     &[("billing:read", "org.billing.read"), ("billing:write", "org.billing.manage")];
 
+/// Why a role may not give an organization's key a scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRefusal {
+    /// The scope acts for a person (an inbox, a profile), never an organization.
+    Personal(String),
+    /// The role lacks the permission the scope needs.
+    BeyondRole(String),
+}
+
+impl std::fmt::Display for ScopeRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Personal(why) | Self::BeyondRole(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Why `role` may not give an organization's key `scope`; `None` when it may.
-pub fn org_key_scope_refusal(role: OrgRole, scope: &str) -> Option<String> {
+pub fn org_key_scope_refusal(role: OrgRole, scope: &str) -> Option<ScopeRefusal> {
     match ORG_KEY_SCOPES.iter().find(|(s, _)| *s == scope) {
-        None => Some(format!(
+        None => Some(ScopeRefusal::Personal(format!(
             "{scope} acts for a person; an organization's key may hold only {}",
             ORG_KEY_SCOPES.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
-        )),
-        Some((_, permission)) if !role.permits(permission) => {
-            Some(format!("{scope} needs {permission}, which your role ({}) lacks", role.as_str()))
-        }
+        ))),
+        Some((_, permission)) if !role.permits(permission) => Some(ScopeRefusal::BeyondRole(format!(
+            "{scope} needs {permission}, which your role ({}) lacks",
+            role.as_str()
+        ))),
         Some(_) => None,
     }
 }
@@ -106,11 +124,17 @@ mod tests {
             assert_eq!(org_key_scope_refusal(Owner, scope), None);
         }
         assert!(org_key_scope_refusal(Billing, "billing:write").is_none());
-        assert!(
-            org_key_scope_refusal(Admin, "billing:write").is_some_and(|m| m.contains("org.billing.manage"))
-        );
+        assert!(org_key_scope_refusal(Admin, "billing:write").is_some_and(|m| matches!(
+            m,
+            ScopeRefusal::BeyondRole(_)
+        )
+            && m.to_string().contains("org.billing.manage")));
         assert!(org_key_scope_refusal(Member, "billing:read").is_some());
-        assert!(org_key_scope_refusal(Owner, "notifications:read").is_some_and(|m| m.contains("person")));
+        assert!(org_key_scope_refusal(Owner, "notifications:read").is_some_and(|m| matches!(
+            m,
+            ScopeRefusal::Personal(_)
+        )
+            && m.to_string().contains("person")));
         for role in OrgRole::ALL {
             assert_eq!(OrgRole::parse(role.as_str()), Some(role));
         }

@@ -9,7 +9,7 @@
 //! Lock order, as for every change to an organization: its row first,
 //! then members, then keys.
 
-use tenx_common::authn::{self, ORG_KEY_SCOPES, OrgMembership, OrgRole};
+use tenx_common::authn::{self, ORG_KEY_SCOPES, OrgMembership, OrgRole, ScopeRefusal};
 use tenx_common::db::{Prepared, WalPosition};
 use tenx_common::outbox::{self, NewEvent};
 use tenx_proto::auth::v1 as pb;
@@ -68,18 +68,12 @@ impl Core {
             return Err(mfa_required());
         }
         for scope in scopes {
-            if !ORG_KEY_SCOPES.iter().any(|(s, _)| s == scope) {
-                let allowed: Vec<&str> = ORG_KEY_SCOPES.iter().map(|(s, _)| *s).collect();
-                return Err(AuthError::invalid(
-                    "scopes",
-                    format!(
-                        "{scope} acts for a person; an organization's key may hold {}",
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-            if let Some(why) = authn::org_key_scope_refusal(role, scope) {
-                return Err(AuthError::from(authn::AuthnError::PermissionDenied(why)));
+            match authn::org_key_scope_refusal(role, scope) {
+                Some(ScopeRefusal::Personal(why)) => return Err(AuthError::invalid("scopes", why)),
+                Some(ScopeRefusal::BeyondRole(why)) => {
+                    return Err(AuthError::from(authn::AuthnError::PermissionDenied(why)));
+                }
+                None => {}
             }
         }
         Ok(())
