@@ -105,6 +105,23 @@ impl From<Caller> for Actor {
     }
 }
 
+/// An organization locked for a change ([`Core::lock_org`]).
+struct LockedOrg {
+    name: String,
+    personal: bool,
+}
+
+impl LockedOrg {
+    /// Refuses (`PERSONAL_ORGANIZATION`) what an organization of one
+    /// cannot do.
+    fn not_personal(&self, message: &'static str) -> Result<(), AuthError> {
+        if self.personal {
+            return Err(AuthError::Refused { reason: "PERSONAL_ORGANIZATION", message });
+        }
+        Ok(())
+    }
+}
+
 /// One line of `org`'s audit log; `actor` `None` for someone without an
 /// account (an invitation declined from its email).
 async fn audit(
@@ -404,7 +421,7 @@ impl Core {
     ) -> Result<(pb::RenameOrganizationResponse, WalPosition), AuthError> {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let before = self.lock_org(&tx, org.org_id).await?;
+        let before = self.lock_org(&tx, org.org_id).await?.name;
         self.require(&tx, org.org_id, caller.user, "org.manage").await?;
         let row = tx
             .query_one_cached(
@@ -434,9 +451,9 @@ impl Core {
     ) -> Result<WalPosition, AuthError> {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let name = self.lock_org(&tx, org.org_id).await?;
+        let locked = self.lock_org(&tx, org.org_id).await?;
         self.require(&tx, org.org_id, caller.user, "org.delete").await?;
-        self.not_personal(&tx, org.org_id, "a personal organization lasts as long as its account").await?;
+        locked.not_personal("a personal organization lasts as long as its account")?;
         // Every session acting in it acts in none, with a new grant.
         let grants: Vec<Uuid> = tx
             .query_cached(
@@ -454,7 +471,7 @@ impl Core {
         tx.execute_cached("DELETE FROM organizations WHERE id = $1", &[&org.org_id]).await?;
         let event = pb::OrgDeleted {
             organization_id: org.org_id.to_string(),
-            name,
+            name: locked.name,
             actor_user_id: caller.user.to_string(),
         };
         outbox::enqueue(&tx, &NewEvent::of(&org.org_id.to_string(), &event)).await?;
@@ -472,12 +489,11 @@ impl Core {
     ) -> Result<(pb::SetMfaRequirementResponse, WalPosition), AuthError> {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        self.lock_org(&tx, org.org_id).await?;
+        let locked = self.lock_org(&tx, org.org_id).await?;
         self.require(&tx, org.org_id, caller.user, "org.manage").await?;
         // Acting in no organization is acting as the person: a requirement
         // here would guard nothing. Their own TOTP does.
-        self.not_personal(&tx, org.org_id, "a personal organization is its account: turn TOTP on instead")
-            .await?;
+        locked.not_personal("a personal organization is its account: turn TOTP on instead")?;
         if request.require_mfa && !store::session_showed_mfa(&tx, caller.session).await? {
             return Err(mfa_required());
         }
@@ -538,34 +554,15 @@ impl Core {
         Ok(pb::ListMembersResponse { members })
     }
 
-    /// Refuses (`PERSONAL_ORGANIZATION`) what an organization of one
-    /// cannot do: `org` is a user's personal organization.
-    async fn not_personal(
-        &self,
-        tx: &impl Prepared,
-        org: Uuid,
-        message: &'static str,
-    ) -> Result<(), AuthError> {
-        let personal: bool = tx
-            .query_opt_cached("SELECT personal FROM organizations WHERE id = $1", &[&org])
-            .await?
-            .ok_or(AuthError::NotFound("organization"))?
-            .get(0);
-        if personal {
-            return Err(AuthError::Refused { reason: "PERSONAL_ORGANIZATION", message });
-        }
-        Ok(())
-    }
-
     /// Locks `org` for a change to it or its members, first of all (one
     /// order for every change: two owners leaving at once cannot both see
-    /// the other still there, and no two changes deadlock); its name.
-    async fn lock_org(&self, tx: &impl Prepared, org: Uuid) -> Result<String, AuthError> {
-        Ok(tx
-            .query_opt_cached("SELECT name FROM organizations WHERE id = $1 FOR UPDATE", &[&org])
+    /// the other still there, and no two changes deadlock).
+    async fn lock_org(&self, tx: &impl Prepared, org: Uuid) -> Result<LockedOrg, AuthError> {
+        let row = tx
+            .query_opt_cached("SELECT name, personal FROM organizations WHERE id = $1 FOR UPDATE", &[&org])
             .await?
-            .ok_or(AuthError::NotFound("organization"))?
-            .get(0))
+            .ok_or(AuthError::NotFound("organization"))?;
+        Ok(LockedOrg { name: row.get(0), personal: row.get(1) })
     }
 
     /// Takes `user` out of `org` in `tx` (locked by [`Core::lock_org`]),
@@ -610,9 +607,8 @@ impl Core {
     async fn leave_organization(&self, caller: Caller, org: OrgMembership) -> Result<WalPosition, AuthError> {
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        self.lock_org(&tx, org.org_id).await?;
-        self.not_personal(&tx, org.org_id, "your personal organization is yours for as long as your account")
-            .await?;
+        let locked = self.lock_org(&tx, org.org_id).await?;
+        locked.not_personal("your personal organization is yours for as long as your account")?;
         let withdrawn =
             self.remove_member(&tx, org.org_id, caller.user, &caller.into(), "member.left").await?;
         tx.commit().await?;
@@ -632,14 +628,12 @@ impl Core {
         let inviter = self.user(caller.user, None).await?.email;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let name = self.lock_org(&tx, org.org_id).await?;
+        let locked = self.lock_org(&tx, org.org_id).await?;
         let actor_role = self.require(&tx, org.org_id, caller.user, "org.members.manage").await?;
-        self.not_personal(
-            &tx,
-            org.org_id,
+        locked.not_personal(
             "a personal organization has one member; create an organization to invite colleagues",
-        )
-        .await?;
+        )?;
+        let name = locked.name;
         if role == OrgRole::Owner && actor_role != OrgRole::Owner {
             return Err(only_owners("invite an owner"));
         }
@@ -882,7 +876,7 @@ impl Core {
         let role = requested_role(request.role)?;
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;
-        let name = self.lock_org(&tx, org.org_id).await?;
+        let name = self.lock_org(&tx, org.org_id).await?.name;
         let actor_role = self.require(&tx, org.org_id, caller.user, "org.members.manage").await?;
         let before = self.role_in(&tx, org.org_id, target).await?;
         if (before == OrgRole::Owner || role == OrgRole::Owner) && actor_role != OrgRole::Owner {
