@@ -81,7 +81,7 @@ COMMON_KEY_TYPES = {
         "retry_delays_ms": {"type": "array", "items": INT, "minItems": 1},
         "max_attempts": POS, "connect_timeout_ms": POS,
     },
-    "outbox": {"batch_size": POS, "partitions_per_batch": POS, "poll_interval_ms": POS, "retention_hours": POS},
+    "outbox": {"batch_size": POS, "partitions_per_batch": POS, "poll_interval_ms": POS, "wake_spacing_ms": INT, "retention_hours": POS},
     "retention": {"interval_seconds": POS, "batch_size": {"type": "integer", "minimum": 1, "maximum": 100000}, "inbox_days": POS,
                   "sessions_days": POS, "codes_days": POS, "notifications_days": POS, "deliveries_days": POS},
     # Token verification (tenx_common::authn::AuthnSettings): the gateway, billing, notification.

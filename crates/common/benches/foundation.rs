@@ -1,10 +1,16 @@
 //! Figures for the foundation's hot paths, against the real servers:
 //! cache L1 hit, L2 hit and loader (L3 = a Postgres point read) latency;
-//! outbox relay throughput; publish-with-confirm throughput.
+//! outbox relay throughput; publish-with-confirm throughput; the job
+//! pipeline end to end ([`pipeline`]), with #17's targets.
 //!
 //! `make bench` (= `cargo bench -p tenx-common`) prints each figure next
 //! to the committed baseline in `benches/baseline.json`;
-//! `TENX_BENCH_SAVE=1 make bench` rewrites the baseline.
+//! `TENX_BENCH_SAVE=1 make bench` rewrites the baseline;
+//! `TENX_BENCH_ONLY=pipeline` (or cache, publish, relay) measures only
+//! that part (and saves no baseline).
+
+#[path = "foundation/pipeline.rs"]
+mod pipeline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +29,12 @@ const SCHEMA: &str = "bench";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let only = std::env::var("TENX_BENCH_ONLY").unwrap_or_default();
+    anyhow::ensure!(
+        only.is_empty() || std::env::var_os("TENX_BENCH_SAVE").is_none(),
+        "a baseline is saved from a whole run only"
+    );
+    let measures = |part: &str| part.contains(only.as_str());
     let mut figures: BTreeMap<&str, Figure> = BTreeMap::new();
     let tdb = TestDb::from_template("bench", &db::common_fingerprint(), |url| async move {
         db::migrate(&url, SCHEMA, None).await?;
@@ -32,11 +44,32 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let db = Arc::new(Db::connect(&DbSettings::new(&tdb.primary_url(), None, SCHEMA), "bench", &metrics)?);
 
-    cache_figures(&db, &metrics, &mut figures).await?;
+    if measures("cache") {
+        cache_figures(&db, &metrics, &mut figures).await?;
+    }
     let test_amqp = TestAmqp::new();
-    publish_figures(&test_amqp, &mut figures).await?;
-    relay_figures(&db, &test_amqp, &metrics, &mut figures).await?;
+    if measures("publish") {
+        publish_figures(&test_amqp, &mut figures).await?;
+    }
+    if measures("relay") {
+        relay_figures(&db, &test_amqp, &metrics, &mut figures).await?;
+    }
+    if measures("pipeline") {
+        pipeline::figures(&db, &test_amqp, &mut figures).await?;
+    }
 
+    let figure = |name: &str| figures.get(name).map(|f| f.value);
+    for (target, met) in [
+        ("pipeline / raw confirms, events/s ≥ 0.80", figure(pipeline::RATIO).map(|v| v >= 0.8)),
+        ("commit -> handler at 1000/s, p99 ≤ 20 ms", figure(pipeline::PACED_P99).map(|v| v <= 20.0)),
+    ] {
+        let verdict = match met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "not measured",
+        };
+        println!("target {target:<44} {verdict}");
+    }
     report(&figures)
 }
 
@@ -90,7 +123,7 @@ async fn cache_figures(
     Ok(())
 }
 
-fn amqp_for(test_amqp: &TestAmqp) -> AmqpSettings {
+pub(crate) fn amqp_for(test_amqp: &TestAmqp) -> AmqpSettings {
     AmqpSettings::new(test_amqp.url(), test_amqp.prefix())
 }
 

@@ -12,7 +12,7 @@ mod prepared;
 pub mod wal;
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -263,6 +263,14 @@ pub struct Db {
     /// its query was sent.
     last_position: tokio::sync::Mutex<Option<(Instant, Result<WalPosition, String>)>>,
     probe: Probes,
+    /// The outbox relay's own connection to the primary: it never queues
+    /// behind the service's requests for one, which under load held each
+    /// batch (and every event in it) back by as long as the pool's queue.
+    relay: Pool,
+    /// Woken when a connection that saw an outbox write goes back to the
+    /// pool: its transaction has ended, so what it committed is there for
+    /// this process's relay ([`crate::outbox::Relay`]) to publish now.
+    outbox_written: Arc<tokio::sync::Notify>,
 }
 
 /// One-connection pools of the metric probes ([`crate::probes`]).
@@ -308,17 +316,30 @@ impl Db {
                 .map(|url| build_pool(&one, url.expose(), app_name, RecyclingMethod::Fast))
                 .transpose()?,
         };
+        // Two: a process runs one relay, but tests run two on one `Db`, and
+        // those must overlap as relays in two processes do.
+        let mut two = settings.clone();
+        two.max_connections = 2;
+        let relay = build_pool(&two, settings.primary_url.expose(), app_name, RecyclingMethod::Fast)?;
         Ok(Self {
             primary,
             replica,
             probe,
+            relay,
             replica_skip_until: Mutex::new(None),
             replica_retry: Duration::from_millis(settings.replica_retry_ms),
             replica_budget: Duration::from_millis(settings.connect_timeout_ms),
             name: app_name.to_owned(),
             metrics: metrics.set(),
             last_position: tokio::sync::Mutex::new(None),
+            outbox_written: Arc::default(),
         })
+    }
+
+    /// What [`crate::outbox::Relay`] waits on besides its poll interval:
+    /// see `outbox_written`.
+    pub(crate) fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.outbox_written)
     }
 
     /// The primary's WAL position after the caller's commit (which must
@@ -394,7 +415,12 @@ impl Db {
         &self.probe.primary
     }
 
-    /// The primary pool, for components (outbox relay, migrations) that
+    /// The outbox relay's one-connection pool on the primary (see `relay`).
+    pub(crate) fn relay_pool(&self) -> &Pool {
+        &self.relay
+    }
+
+    /// The primary pool, for components (outbox replays, migrations) that
     /// hold a connection for a long time.
     pub fn primary_pool(&self) -> &Pool {
         &self.primary
@@ -404,7 +430,8 @@ impl Db {
         let asked = Instant::now();
         let client = self.primary.get().await;
         self.waited(Role::Primary, asked);
-        Ok(Conn { client: client?, role: Role::Primary })
+        let outbox = Some(OutboxWatch::new(&self.outbox_written));
+        Ok(Conn { client: client?, role: Role::Primary, outbox })
     }
 
     /// Records how long a caller waited for a connection (given or not).
@@ -457,7 +484,7 @@ impl Db {
             self.fallback(FallbackReason::Lagging);
             return None;
         }
-        Some(Conn { client, role: Role::Replica })
+        Some(Conn { client, role: Role::Replica, outbox: None })
     }
 
     fn count_read(&self, role: Role) {
@@ -564,6 +591,36 @@ async fn in_schema(client: &deadpool_postgres::ClientWrapper, schema: &str) -> R
 pub struct Conn {
     client: deadpool_postgres::Object,
     role: Role,
+    /// A primary connection's: whom to wake when it goes back to the pool.
+    outbox: Option<OutboxWatch>,
+}
+
+/// Wakes the relay when a connection goes back to the pool after outbox
+/// events were written in this process while it was out (by it or by
+/// another: the count is the process's, which a connection cannot tell
+/// apart). By then the connection's transaction has ended, so an event it
+/// wrote is committed; a wake for another's event still in flight only
+/// costs the relay an early look, and that connection wakes it again.
+#[derive(Debug)]
+struct OutboxWatch {
+    wake: Arc<tokio::sync::Notify>,
+    written_before: u64,
+}
+
+impl OutboxWatch {
+    fn new(wake: &Arc<tokio::sync::Notify>) -> Self {
+        Self { wake: Arc::clone(wake), written_before: crate::outbox::written() }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.outbox
+            && crate::outbox::written() != watch.written_before
+        {
+            watch.wake.notify_one();
+        }
+    }
 }
 
 impl Conn {

@@ -21,6 +21,8 @@
 //! pending and the relay retries with backoff. A crash after the confirm
 //! but before the commit publishes a batch twice; consumers dedupe by id.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -66,10 +68,21 @@ impl NewEvent {
     }
 }
 
+/// Outbox writes this process has sent: a pooled connection that sees it
+/// change while it is out wakes the relay when it goes back (see
+/// `db::OutboxWatch`), so an event is published right after its commit
+/// rather than at the relay's next poll.
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn written() -> u64 {
+    WRITTEN.load(Ordering::Relaxed)
+}
+
 /// Records `event` in the caller's transaction (connection with
 /// `search_path` at the service schema), with the current trace context.
 /// Returns the event id.
 pub async fn enqueue<C: Prepared>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
+    WRITTEN.fetch_add(1, Ordering::Relaxed);
     let id = Uuid::now_v7();
     let trace = TraceHeaders::current();
     // The transaction gets its id before the row its seq: the relay's
@@ -106,6 +119,7 @@ pub async fn enqueue_all<C: Prepared>(
         [one] => return enqueue(tx, one).await.map(|id| vec![id]),
         _ => {}
     }
+    WRITTEN.fetch_add(1, Ordering::Relaxed);
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
@@ -139,9 +153,16 @@ pub struct RelaySettings {
     /// other relays.
     #[serde(default = "default_partitions_per_batch")]
     pub partitions_per_batch: i64,
-    /// Pause between polls when nothing is pending.
+    /// Pause between polls when nothing is pending. Events this process
+    /// commits wake the relay sooner (see [`Relay::run`]); the poll finds
+    /// what other processes wrote.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Least time from one batch's start to the next when woken by a
+    /// commit: under load, events gather into batches instead of costing
+    /// a relay transaction each.
+    #[serde(default = "default_wake_spacing_ms")]
+    pub wake_spacing_ms: u64,
     /// Published rows are deleted after this long.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u32,
@@ -156,6 +177,9 @@ fn default_partitions_per_batch() -> i64 {
 fn default_poll_interval_ms() -> u64 {
     50
 }
+fn default_wake_spacing_ms() -> u64 {
+    5
+}
 fn default_retention_hours() -> u32 {
     72
 }
@@ -166,6 +190,7 @@ impl Default for RelaySettings {
             batch_size: default_batch_size(),
             partitions_per_batch: default_partitions_per_batch(),
             poll_interval_ms: default_poll_interval_ms(),
+            wake_spacing_ms: default_wake_spacing_ms(),
             retention_hours: default_retention_hours(),
         }
     }
@@ -210,6 +235,8 @@ pub struct Relay {
     settings: RelaySettings,
     metrics: RelayMetrics,
     floors: tokio::sync::Mutex<Option<Floors>>,
+    /// Notified after a commit in this process wrote events.
+    written: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -344,21 +371,26 @@ impl Relay {
         amqp.register(Topology::exchange_only(amqp.settings()));
         crate::probes::watch_outbox(metrics, db.name(), db.probe_pool());
         Self {
-            pool: db.primary_pool().clone(),
+            pool: db.relay_pool().clone(),
             exchange: amqp.settings().exchange_name(),
             publisher: Publisher::new(amqp),
             settings,
             metrics: metrics.set(),
             floors: tokio::sync::Mutex::new(None),
+            written: db.outbox_written(),
         }
     }
 
     /// Relays until `shutdown`: immediately again while batches come back
-    /// full, every `poll_interval_ms` when idle, with backoff on errors.
+    /// full; when idle, as soon as this process commits events (at most
+    /// one batch per `wake_spacing_ms`) or else every `poll_interval_ms`;
+    /// with backoff on errors.
     pub async fn run(self, shutdown: Shutdown) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
+        let spacing = Duration::from_millis(self.settings.wake_spacing_ms);
         let mut backoff = Backoff::new();
         while !shutdown.is_triggered() {
+            let started = tokio::time::Instant::now();
             let pause = match self.relay_batch().await {
                 Ok(n) if n >= self.settings.batch_size as usize => {
                     backoff.reset();
@@ -370,11 +402,18 @@ impl Relay {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay batch failed; retrying");
-                    backoff.next_delay()
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                    continue;
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.written.notified() => {
+                    tokio::time::sleep_until(started + spacing).await;
+                }
                 _ = shutdown.wait() => break,
             }
         }

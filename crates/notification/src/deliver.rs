@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::mailer::{Email, Mailer};
 use crate::preferences::{self, Preferences, channel_label};
-use crate::templates::{TemplateError, Templates};
+use crate::templates::{EmailParts, TemplateError, Templates};
 
 /// One notification to deliver.
 #[derive(Debug, Clone)]
@@ -158,8 +158,8 @@ impl Deliverer {
     }
 
     pub async fn deliver(&self, job: &Job) -> Result<(), DeliverError> {
-        let rendered = self.templates.render(&job.template, &job.data)?;
         let allowed = self.allowed(job.user_id, &job.template, &job.channels).await?;
+        let rendered = self.templates.render_for(&job.template, &job.data, &allowed)?;
         for channel in &job.channels {
             if !allowed.contains(channel) {
                 self.metrics.skipped.get_or_create(&ChannelLabel { channel: channel_label(*channel) }).inc();
@@ -189,8 +189,8 @@ impl Deliverer {
                 self.metrics.sent("in_app");
             }
         }
-        if allowed.contains(&Channel::Email) {
-            self.email(job, &rendered).await?;
+        if let Some(email) = &rendered.email {
+            self.email(job, email).await?;
         }
         Ok(())
     }
@@ -198,7 +198,7 @@ impl Deliverer {
     /// Sends the email unless this job's email was already sent. The
     /// delivery row stays locked while the relay accepts the message, so
     /// two deliveries of one job cannot both send.
-    async fn email(&self, job: &Job, rendered: &crate::templates::Rendered) -> Result<(), DeliverError> {
+    async fn email(&self, job: &Job, rendered: &EmailParts) -> Result<(), DeliverError> {
         let key = format!("{}:email", job.dedupe);
         let mut conn = self.db.write().await?;
         let tx = conn.transaction().await?;

@@ -98,8 +98,9 @@ impl NotificationApi {
             ));
         }
         // Render now: a bad template or missing variable is the caller's
-        // error, reported here, not a dead letter later.
-        match self.deliverer.templates.render(&request.template, &to_json(&data)) {
+        // error, reported here, not a dead letter later. Only the parts of
+        // the channels asked for, as delivery does.
+        match self.deliverer.templates.render_for(&request.template, &to_json(&data), &channels) {
             Ok(_) => {}
             Err(TemplateError::Unknown(_)) => {
                 return Err(NotifyError::NotFound(format!("template {:?}", request.template)));

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::Value;
+use tenx_proto::notification::v1::Channel;
 
 /// A template's category and whether it is critical (never muted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +67,22 @@ fn builtins() -> [Builtin; 13] {
     ]
 }
 
-/// A rendered message.
+/// A rendered message: the parts its channels need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     pub kind: Kind,
+    /// When email was asked for.
+    pub email: Option<EmailParts>,
+    /// Title and body of the in-app item, when in-app was asked for and
+    /// the template has one.
+    pub in_app: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailParts {
     pub subject: String,
     pub text: String,
     pub html: String,
-    /// Title and body of the in-app item, when the template has one.
-    pub in_app: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +149,20 @@ impl Templates {
         self.kinds.get(name).map(|(kind, _)| *kind)
     }
 
+    /// Every part: the email and, if the template has one, the in-app item.
     pub fn render(&self, name: &str, data: &Value) -> Result<Rendered, TemplateError> {
+        self.render_for(name, data, &[Channel::Email, Channel::InApp])
+    }
+
+    /// Only the parts `channels` need: an in-app notification neither
+    /// pays for rendering an email (most of a template's work) nor needs
+    /// the email's variables.
+    pub fn render_for(
+        &self,
+        name: &str,
+        data: &Value,
+        channels: &[Channel],
+    ) -> Result<Rendered, TemplateError> {
         let (kind, has_in_app) =
             *self.kinds.get(name).ok_or_else(|| TemplateError::Unknown(name.to_owned()))?;
         let render = |part: &str| -> Result<String, TemplateError> {
@@ -151,26 +172,31 @@ impl Templates {
                 .map(|s| s.trim().to_owned())
                 .map_err(|e| TemplateError::Render { template: name.to_owned(), reason: e.to_string() })
         };
-        let in_app = if has_in_app {
+        let in_app = if has_in_app && channels.contains(&Channel::InApp) {
             let text = render("in_app")?;
             let (title, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
             Some((title.trim().to_owned(), body.trim().to_owned()))
         } else {
             None
         };
-        Ok(Rendered {
-            kind,
-            subject: render("subject")?,
-            text: render("text")?,
-            html: render("html")?,
-            in_app,
-        })
+        let email = if channels.contains(&Channel::Email) {
+            Some(EmailParts { subject: render("subject")?, text: render("text")?, html: render("html")? })
+        } else {
+            None
+        };
+        Ok(Rendered { kind, email, in_app })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rendered {
+        fn mail(&self) -> &EmailParts {
+            self.email.as_ref().expect("the email part was rendered")
+        }
+    }
 
     #[test]
     fn every_builtin_renders_with_its_variables_and_fails_without_them() {
@@ -196,7 +222,8 @@ mod tests {
         });
         for (name, ..) in builtins() {
             let rendered = templates.render(name, &data).expect("renders");
-            assert!(!rendered.subject.is_empty() && !rendered.text.is_empty() && !rendered.html.is_empty());
+            let mail = rendered.mail();
+            assert!(!mail.subject.is_empty() && !mail.text.is_empty() && !mail.html.is_empty());
             assert!(
                 templates.render(name, &serde_json::json!({})).is_err(),
                 "{name} rendered without variables"
@@ -204,19 +231,41 @@ mod tests {
         }
         let hostile =
             serde_json::json!({ "email": "a@b.co", "display_name": "<a href=\"https://evil\">x</a>" });
-        let html = templates.render("welcome", &hostile).expect("renders").html;
+        let html = templates.render("welcome", &hostile).expect("renders").mail().html.clone();
         assert!(!html.contains("<a href") && html.contains("&lt;a href="), "{html}");
         let welcome = templates.render("welcome", &data).expect("renders");
         // Subjects carry no user-chosen text (a display name is an
         // attacker's headline) and no secret (a code would sit in every
         // mail log and lock-screen preview).
-        assert_eq!(welcome.subject, "Welcome to tenx");
+        assert_eq!(welcome.mail().subject, "Welcome to tenx");
         let phishing = serde_json::json!({ "email": "a@b.co", "display_name": "Your account is suspended" });
-        assert_eq!(templates.render("welcome", &phishing).expect("renders").subject, "Welcome to tenx");
+        assert_eq!(
+            templates.render("welcome", &phishing).expect("renders").mail().subject,
+            "Welcome to tenx"
+        );
         let code = serde_json::json!({ "email": "a@b.co", "code": "ABCD2345", "expires_in_minutes": 30 });
         let verify = templates.render("verify_email", &code).expect("renders");
-        assert!(!verify.subject.contains("ABCD2345") && verify.text.contains("ABCD2345"));
+        assert!(!verify.mail().subject.contains("ABCD2345") && verify.mail().text.contains("ABCD2345"));
         assert_eq!(welcome.in_app.map(|(t, _)| t).as_deref(), Some("Welcome to tenx"));
+    }
+
+    #[test]
+    fn a_delivery_renders_only_the_parts_of_its_channels() {
+        let templates = Templates::load(None).expect("built-ins load");
+        // The welcome email names the address; its in-app item does not.
+        let none = serde_json::json!({});
+        let in_app =
+            templates.render_for("welcome", &none, &[Channel::InApp]).expect("in-app needs no email");
+        assert_eq!(in_app.email, None);
+        assert_eq!(in_app.in_app.map(|(t, _)| t).as_deref(), Some("Welcome to tenx"));
+        assert!(
+            templates.render_for("welcome", &none, &[Channel::Email]).is_err(),
+            "the email needs `email`"
+        );
+        let data = serde_json::json!({ "email": "ada@example.com", "display_name": "Ada" });
+        let email = templates.render_for("welcome", &data, &[Channel::Email]).expect("renders");
+        assert_eq!(email.in_app, None);
+        assert!(email.mail().text.contains("ada@example.com"), "{}", email.mail().text);
     }
 
     #[test]
@@ -233,7 +282,7 @@ mod tests {
         });
         let r = templates.render("billing_receipt", &receipt).expect("renders");
         assert_eq!(r.kind, Kind { category: "billing", critical: true });
-        assert_eq!(r.subject, "Receipt for invoice 7QX2KM4B-0001");
+        assert_eq!(r.mail().subject, "Receipt for invoice 7QX2KM4B-0001");
         for expected in [
             "Amount paid: USD 19.83",
             "Plan: Pro",
@@ -242,12 +291,13 @@ mod tests {
             "Unused time on <b>Basic</b>: USD -0.17",
             "Charged to: Visa ending in 4242",
         ] {
-            assert!(r.text.contains(expected), "{expected:?} in {}", r.text);
+            assert!(r.mail().text.contains(expected), "{expected:?} in {}", r.mail().text);
         }
         assert!(
-            r.html.contains("Unused time on &lt;b&gt;Basic&lt;") && !r.html.contains("<b>Basic"),
+            r.mail().html.contains("Unused time on &lt;b&gt;Basic&lt;")
+                && !r.mail().html.contains("<b>Basic"),
             "{}",
-            r.html
+            r.mail().html
         );
         assert_eq!(r.in_app.as_ref().map(|(t, _)| t.as_str()), Some("Payment received"));
         // Without a plan, period or card the lines simply go.
@@ -255,7 +305,11 @@ mod tests {
         receipt["card"] = serde_json::Value::Null;
         receipt["period_start"] = serde_json::Value::Null;
         let r = templates.render("billing_receipt", &receipt).expect("renders");
-        assert!(!r.text.contains("Plan:") && !r.text.contains("Charged to") && !r.text.contains("Period:"));
+        assert!(
+            !r.mail().text.contains("Plan:")
+                && !r.mail().text.contains("Charged to")
+                && !r.mail().text.contains("Period:")
+        );
 
         let mut failed = serde_json::json!({
             "email": "ada@example.com", "invoice_number": "7QX2KM4B-0002", "amount_due": "JPY 1,490",
@@ -263,18 +317,24 @@ mod tests {
             "next_retry": "2026-03-04", "final": false
         });
         let r = templates.render("billing_payment_failed", &failed).expect("renders");
-        assert_eq!(r.subject, "Payment failed for invoice 7QX2KM4B-0002");
-        assert!(r.text.contains("We could not collect JPY 1,490 for invoice 7QX2KM4B-0002 (Pro plan): your card was declined (card ending in 0002)."), "{}", r.text);
-        assert!(r.text.contains("We will try again on 2026-03-04."), "{}", r.text);
-        assert!(!r.text.contains("last automatic attempt"));
+        assert_eq!(r.mail().subject, "Payment failed for invoice 7QX2KM4B-0002");
+        assert!(r.mail().text.contains("We could not collect JPY 1,490 for invoice 7QX2KM4B-0002 (Pro plan): your card was declined (card ending in 0002)."), "{}", r.mail().text);
+        assert!(r.mail().text.contains("We will try again on 2026-03-04."), "{}", r.mail().text);
+        assert!(!r.mail().text.contains("last automatic attempt"));
         failed["next_retry"] = serde_json::Value::Null;
         let r = templates.render("billing_payment_failed", &failed).expect("renders");
-        assert!(!r.text.contains("try again") && r.text.contains("pay the invoice"), "{}", r.text);
+        assert!(
+            !r.mail().text.contains("try again") && r.mail().text.contains("pay the invoice"),
+            "{}",
+            r.mail().text
+        );
         failed["final"] = true.into();
         let r = templates.render("billing_payment_failed", &failed).expect("renders");
-        assert_eq!(r.subject, "Final notice: payment for invoice 7QX2KM4B-0002 failed");
+        assert_eq!(r.mail().subject, "Final notice: payment for invoice 7QX2KM4B-0002 failed");
         assert!(
-            r.text.contains("This was our last automatic attempt, so your subscription has been stopped.")
+            r.mail()
+                .text
+                .contains("This was our last automatic attempt, so your subscription has been stopped.")
         );
         assert_eq!(r.in_app.map(|(t, _)| t).as_deref(), Some("Final notice: payment failed"));
     }

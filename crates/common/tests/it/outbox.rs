@@ -242,6 +242,46 @@ async fn an_event_committed_after_later_ones_were_published_is_still_published()
     Ok(())
 }
 
+/// An event committed in this process goes out at once, not at the
+/// relay's next poll: the connection that wrote it wakes the relay when it
+/// goes back to the pool. A wake that comes before the commit (another
+/// connection went back meanwhile) only makes the relay look early; the
+/// writer's own connection wakes it again.
+#[tokio::test]
+async fn a_commit_wakes_the_relay_long_before_its_next_poll() -> anyhow::Result<()> {
+    let Outbox { test_amqp: _amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
+    let shutdown = Shutdown::new();
+    // Polls a minute apart: within the test, only a wake delivers.
+    let relay_settings =
+        RelaySettings { poll_interval_ms: 60_000, wake_spacing_ms: 0, ..RelaySettings::default() };
+    let relay = Relay::new(&db, Amqp::new(&settings, "relay"), relay_settings, &Metrics::default());
+    let relay = tokio::spawn(relay.run(shutdown.child()));
+    // Its first look finds nothing; then it sleeps.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for n in 0..3 {
+        let mut conn = db.write().await?;
+        let bystander = db.write().await?;
+        let tx = conn.transaction().await?;
+        outbox::enqueue(&tx, &event("agg-woken", &format!("woken:{n}"))).await?;
+        if n == 1 {
+            // Back to the pool before the commit: the relay looks and finds nothing yet.
+            drop(bystander);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tx.commit().await?;
+        drop(conn);
+        // Ten seconds: well before the next poll.
+        let arrived = collect(&mut rx, 1, Duration::from_secs(10)).await?;
+        assert_eq!(arrived.len(), 1, "published once: {arrived:?}");
+        assert_eq!(arrived[0].payload, format!("woken:{n}").into_bytes());
+    }
+    shutdown.trigger();
+    relay.await?;
+    assert_eq!(pending(&db).await?, 0);
+    Ok(())
+}
+
 /// A replay sends published events again as the same messages, in write
 /// order, page by page; a pending event is left to the relay.
 #[tokio::test]
