@@ -12,6 +12,7 @@ mod prepared;
 pub mod wal;
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -415,7 +416,7 @@ impl Db {
         &self.probe.primary
     }
 
-    /// The outbox relay's one-connection pool on the primary (see `relay`).
+    /// The outbox relay's two-connection pool on the primary (see `relay`).
     pub(crate) fn relay_pool(&self) -> &Pool {
         &self.relay
     }
@@ -609,14 +610,25 @@ struct OutboxWatch {
 
 impl OutboxWatch {
     fn new(wake: &Arc<tokio::sync::Notify>) -> Self {
-        Self { wake: Arc::clone(wake), written_before: crate::outbox::written() }
+        Self { wake: Arc::clone(wake), written_before: OUTBOX_WRITES.load(Ordering::Relaxed) }
     }
+}
+
+/// Outbox writes this process has sent ([`crate::outbox::enqueue`]): a
+/// pooled connection that sees the count change while it is out wakes the
+/// relay when it goes back, so an event is published right after its
+/// commit rather than at the relay's next poll.
+static OUTBOX_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Called by every outbox write (see [`OUTBOX_WRITES`]).
+pub(crate) fn count_outbox_write() {
+    OUTBOX_WRITES.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(watch) = &self.outbox
-            && crate::outbox::written() != watch.written_before
+            && OUTBOX_WRITES.load(Ordering::Relaxed) != watch.written_before
         {
             watch.wake.notify_one();
         }

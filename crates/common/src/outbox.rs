@@ -22,7 +22,6 @@
 //! but before the commit publishes a batch twice; consumers dedupe by id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -68,21 +67,11 @@ impl NewEvent {
     }
 }
 
-/// Outbox writes this process has sent: a pooled connection that sees it
-/// change while it is out wakes the relay when it goes back (see
-/// `db::OutboxWatch`), so an event is published right after its commit
-/// rather than at the relay's next poll.
-static WRITTEN: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) fn written() -> u64 {
-    WRITTEN.load(Ordering::Relaxed)
-}
-
 /// Records `event` in the caller's transaction (connection with
 /// `search_path` at the service schema), with the current trace context.
 /// Returns the event id.
 pub async fn enqueue<C: Prepared>(tx: &C, event: &NewEvent) -> Result<Uuid, tokio_postgres::Error> {
-    WRITTEN.fetch_add(1, Ordering::Relaxed);
+    crate::db::count_outbox_write();
     let id = Uuid::now_v7();
     let trace = TraceHeaders::current();
     // The transaction gets its id before the row its seq: the relay's
@@ -119,7 +108,7 @@ pub async fn enqueue_all<C: Prepared>(
         [one] => return enqueue(tx, one).await.map(|id| vec![id]),
         _ => {}
     }
-    WRITTEN.fetch_add(1, Ordering::Relaxed);
+    crate::db::count_outbox_write();
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
@@ -384,21 +373,23 @@ impl Relay {
     /// Relays until `shutdown`: immediately again while batches come back
     /// full; when idle, as soon as this process commits events (at most
     /// one batch per `wake_spacing_ms`) or else every `poll_interval_ms`;
-    /// with backoff on errors.
+    /// again after `wake_spacing_ms` when a batch took as many partitions
+    /// as it may (others may have events waiting); with backoff on errors.
     pub async fn run(self, shutdown: Shutdown) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
-        let spacing = Duration::from_millis(self.settings.wake_spacing_ms);
+        // A wake never waits longer than the poll would have.
+        let spacing = Duration::from_millis(self.settings.wake_spacing_ms).min(idle);
         let mut backoff = Backoff::new();
         while !shutdown.is_triggered() {
             let started = tokio::time::Instant::now();
-            let pause = match self.relay_batch().await {
-                Ok(n) if n >= self.settings.batch_size as usize => {
+            let pause = match self.relay_once().await {
+                Ok(Batch { full: true, .. }) => {
                     backoff.reset();
                     continue;
                 }
-                Ok(_) => {
+                Ok(Batch { all_partitions_taken, .. }) => {
                     backoff.reset();
-                    idle
+                    if all_partitions_taken { spacing } else { idle }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay batch failed; retrying");
@@ -411,9 +402,11 @@ impl Relay {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.written.notified() => {
-                    tokio::time::sleep_until(started + spacing).await;
-                }
+                _ = self.written.notified() => {}
+                _ = shutdown.wait() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + spacing) => {}
                 _ = shutdown.wait() => break,
             }
         }
@@ -421,6 +414,10 @@ impl Relay {
 
     /// Publishes one batch; returns how many events it confirmed.
     pub async fn relay_batch(&self) -> Result<usize, OutboxError> {
+        Ok(self.relay_once().await?.published)
+    }
+
+    async fn relay_once(&self) -> Result<Batch, OutboxError> {
         // One batch at a time per relay: the floors are this relay's.
         let mut floors = self.floors.lock().await;
         let mut client = self.pool.get().await?;
@@ -453,7 +450,7 @@ impl Relay {
             )
             .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Batch::default());
         }
         floors.idle = 0;
         let mut seqs = Vec::with_capacity(rows.len());
@@ -485,7 +482,8 @@ impl Relay {
                 tx.commit().await?;
                 floors.advance(&partitions, through, safe);
                 self.metrics.published.inc_by(seqs.len() as u64);
-                Ok(seqs.len())
+                let all_partitions_taken = partitions.len() as i64 >= self.settings.partitions_per_batch;
+                Ok(Batch { published: seqs.len(), full, all_partitions_taken })
             }
             Err(error) => {
                 self.metrics.failures.inc();
@@ -500,6 +498,17 @@ impl Relay {
             }
         }
     }
+}
+
+/// What one batch did.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Events the broker confirmed.
+    published: usize,
+    /// It took `batch_size` events: more are waiting.
+    full: bool,
+    /// It took `partitions_per_batch` partitions: others may have events.
+    all_partitions_taken: bool,
 }
 
 /// Which published events [`Replayer::replay`] sends again.

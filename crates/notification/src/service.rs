@@ -101,6 +101,12 @@ impl NotificationApi {
         // error, reported here, not a dead letter later. Only the parts of
         // the channels asked for, as delivery does.
         match self.deliverer.templates.render_for(&request.template, &to_json(&data), &channels) {
+            Ok(rendered) if channels.contains(&pb::Channel::InApp) && rendered.in_app.is_none() => {
+                return Err(NotifyError::invalid(
+                    "channels",
+                    format!("template {:?} has no in-app part", request.template),
+                ));
+            }
             Ok(_) => {}
             Err(TemplateError::Unknown(_)) => {
                 return Err(NotifyError::NotFound(format!("template {:?}", request.template)));

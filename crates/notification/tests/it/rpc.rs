@@ -48,6 +48,30 @@ async fn send_is_idempotent_by_key_and_refuses_a_reused_key_with_another_request
     Ok(())
 }
 
+/// Only the parts of the channels asked for are rendered: an in-app
+/// notification needs none of its email's variables.
+#[tokio::test]
+async fn an_in_app_only_send_needs_no_email_variables() -> anyhow::Result<()> {
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let (user, email) = (Uuid::now_v7(), unique_email());
+    let mut r = send(user, &email, "in-app-only");
+    (r.channels, r.data) = (vec![pb::Channel::InApp as i32], data(&[]));
+    assert_eq!(client.send(r).await?.into_inner().channels.len(), 1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list = pb::ListNotificationsRequest::default();
+        let got = client.list_notifications(as_user(&user, list)).await?.into_inner();
+        if let Some(item) = got.notifications.first() {
+            assert_eq!(item.title, "Welcome to tenx");
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the in-app notification never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_inbox_pages_newest_first_and_marks_read() -> anyhow::Result<()> {
     let notify = TestNotify::new().await?.start().await?;
@@ -138,6 +162,11 @@ async fn bad_input_to_every_rpc_is_refused_and_changes_nothing() -> anyhow::Resu
     let mut r = send(user, &email, "k");
     r.data = data(&[("email", &email), ("display_name", "x"), ("blob", &huge)]);
     invalid("Send huge data", c.send(r).await, "data");
+    // A template without an in-app part cannot be sent in-app (it would
+    // do nothing).
+    let mut r = send(user, &email, "k");
+    (r.template, r.channels) = ("verify_email".into(), vec![pb::Channel::InApp as i32]);
+    invalid("Send in-app of an email-only template", c.send(r).await, "channels");
     let mut r = send(user, &email, "k");
     r.template = sql_text.into();
     assert_eq!(c.send(r).await.expect_err("unknown template").code(), Code::NotFound);
