@@ -165,9 +165,8 @@ impl Deliverer {
                 self.metrics.skipped.get_or_create(&ChannelLabel { channel: channel_label(*channel) }).inc();
             }
         }
-        if allowed.contains(&Channel::InApp)
-            && let Some((title, body)) = &rendered.in_app
-        {
+        // Rendered only for the channels allowed, so a part is one to send.
+        if let Some((title, body)) = &rendered.in_app {
             let inserted = self
                 .db
                 .write()
