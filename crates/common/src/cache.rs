@@ -3,16 +3,23 @@
 //!
 //! - Single-flight: concurrent misses for one key in one process run the
 //!   loader once; the others wait for its result.
-//! - Invalidation on write deletes the L2 entry and publishes the key on a
-//!   Redis channel; every instance (every [`CacheLayer`]) drops its L1
-//!   entry. An instance that lost its subscription clears its whole L1
-//!   when it is back, because it may have missed invalidations.
+//! - Invalidation on write replaces the L2 entry with a short-lived
+//!   tombstone and publishes the key on a Redis channel; every instance
+//!   (every [`CacheLayer`]) drops its L1 entry. An instance that lost its
+//!   subscription clears its whole L1 when it is back, because it may have
+//!   missed invalidations.
+//! - A load that raced an invalidation is returned to its callers but not
+//!   kept: not in L1 (the key's epoch moved while it ran) and not in L2
+//!   (it is only set where nothing is, and the tombstone is something).
+//!   Otherwise a read that began before a write could store the old value
+//!   after the write dropped it, to be served until the TTL.
 //! - Redis down means slower, never failing: L2 errors are counted and the
 //!   read goes to the loader.
 //!
 //! Metrics: `tenx_cache_hits_total{cache,layer}`,
 //! `tenx_cache_loads_total{cache}`, `tenx_cache_errors_total{cache,op}`.
 
+mod epochs;
 mod invalidation;
 mod redis_conn;
 
@@ -30,7 +37,17 @@ pub use redis_conn::{Redis, RedisSettings};
 
 use crate::db::WalPosition;
 use crate::metrics::{MetricSet, Metrics};
-use invalidation::Invalidation;
+use epochs::Epochs;
+use invalidation::{Invalidation, Local};
+
+/// What an invalidation leaves in L2 instead of the value. Not JSON, so
+/// never a value.
+const TOMBSTONE: &[u8] = b"\0invalidated";
+
+/// How long a tombstone stays. A load slower than half of it is not
+/// stored in L2, since it may have begun before a write whose tombstone
+/// is gone.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(10);
 
 /// Sizes and lifetimes of one cache.
 #[derive(Debug, Clone)]
@@ -128,8 +145,9 @@ impl CacheLayer {
             .max_capacity(options.l1_capacity)
             .time_to_live(options.l1_ttl)
             .build();
-        self.invalidation.register(name, Arc::new(l1.clone()));
-        Cache { name: name.to_owned(), l1, l2_ttl: options.l2_ttl, layer: self.clone() }
+        let epochs = Arc::new(Epochs::default());
+        self.invalidation.register(name, Arc::new(Local { l1: l1.clone(), epochs: epochs.clone() }));
+        Cache { name: name.to_owned(), l1, epochs, l2_ttl: options.l2_ttl, layer: self.clone() }
     }
 
     /// Readiness: Redis answers (always true without Redis).
@@ -152,6 +170,7 @@ impl CacheLayer {
 pub struct Cache<V> {
     name: String,
     l1: moka::future::Cache<String, V>,
+    epochs: Arc<Epochs>,
     l2_ttl: Duration,
     layer: CacheLayer,
 }
@@ -178,19 +197,41 @@ where
             self.hit(Layer::L1);
             return Ok(value);
         }
-        // Concurrent misses for this key join this one future.
-        self.l1
+        let epoch = self.epochs.of(key);
+        // Concurrent misses for this key join this one future. A value it
+        // must not keep comes back as an error, which moka does not store.
+        let read = self
+            .l1
             .try_get_with_by_ref(key, async {
                 if let Some(value) = self.l2_get(key).await {
                     self.hit(Layer::L2);
-                    return Ok(value);
+                    return self.unless_superseded(key, epoch, value);
                 }
                 self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
-                let value = load().await?;
-                self.l2_set(key, &value).await;
+                let started = tokio::time::Instant::now();
+                let value = load().await.map_err(|e| Miss::Failed(Arc::new(e)))?;
+                let value = self.unless_superseded(key, epoch, value)?;
+                if started.elapsed() < TOMBSTONE_TTL / 2 {
+                    self.l2_set(key, &value).await;
+                }
                 Ok(value)
             })
-            .await
+            .await;
+        // An invalidation between the check above and moka's insert.
+        if self.epochs.of(key) != epoch {
+            self.l1.invalidate(key).await;
+        }
+        match read {
+            Ok(value) => Ok(value),
+            Err(miss) => match &*miss {
+                Miss::Failed(error) => Err(error.clone()),
+                Miss::Superseded(value) => Ok(value.clone()),
+            },
+        }
+    }
+
+    fn unless_superseded<E>(&self, key: &str, epoch: u64, value: V) -> Result<V, Miss<V, E>> {
+        if self.epochs.of(key) == epoch { Ok(value) } else { Err(Miss::Superseded(value)) }
     }
 
     /// Like [`Cache::get_or_load`], for data read from a replica, with
@@ -214,14 +255,21 @@ where
         let written = self.layer.invalidation.written_at(&self.name, key).await;
         let Some(after) = after else { return self.get_or_load(key, || load(written)).await };
         self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        let epoch = self.epochs.of(key);
         let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
-        self.l1.insert(key.to_owned(), value.clone()).await;
-        self.l2_set(key, &value).await;
+        if self.epochs.of(key) == epoch {
+            self.l1.insert(key.to_owned(), value.clone()).await;
+            if self.epochs.of(key) != epoch {
+                self.l1.invalidate(key).await;
+            }
+            self.l2_set(key, &value).await;
+        }
         Ok(value)
     }
 
-    /// Call after changing the source of `key`: deletes it from L2 and from
-    /// the L1 of every instance. Never fails; if Redis is down the delete
+    /// Call after changing the source of `key`: deletes it from L2 (a
+    /// tombstone takes its place for a while) and from the L1 of every
+    /// instance. Never fails; if Redis is down the delete
     /// is retried in the background until the L2 entry would expire.
     pub async fn invalidate(&self, key: &str) {
         self.invalidate_after(key, None).await;
@@ -231,6 +279,7 @@ where
     /// position of the commit): every instance remembers it for a short
     /// while, so its next load of `key` does not read a lagging replica.
     pub async fn invalidate_after(&self, key: &str, written: Option<WalPosition>) {
+        self.epochs.bump(key);
         self.l1.invalidate(key).await;
         if let Some(position) = written {
             self.layer.invalidation.record_write(&self.name, key, position).await;
@@ -240,7 +289,7 @@ where
         };
         let redis_key = self.redis_key(key);
         let message = invalidation::message(&self.name, key, written);
-        if redis.invalidate(&redis_key, &message).await.is_ok() {
+        if redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok() {
             return;
         }
         self.error(Op::Invalidate);
@@ -254,7 +303,7 @@ where
             let mut delay = Duration::from_millis(100);
             while tokio::time::Instant::now() < give_up {
                 tokio::time::sleep(delay).await;
-                if redis.invalidate(&redis_key, &message).await.is_ok() {
+                if redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok() {
                     return;
                 }
                 errors.get_or_create(&labels).inc();
@@ -270,6 +319,7 @@ where
     async fn l2_get(&self, key: &str) -> Option<V> {
         let redis = self.layer.redis.as_ref()?;
         match redis.get(&self.redis_key(key)).await {
+            Ok(Some(bytes)) if bytes == TOMBSTONE => None,
             Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
                 Ok(value) => Some(value),
                 Err(error) => {
@@ -294,7 +344,7 @@ where
         let Ok(bytes) = serde_json::to_vec(value) else {
             return;
         };
-        if let Err(error) = redis.set(&self.redis_key(key), bytes, self.l2_ttl).await {
+        if let Err(error) = redis.set_if_absent(&self.redis_key(key), bytes, self.l2_ttl).await {
             tracing::debug!(cache = %self.name, %error, "L2 set failed");
             self.error(Op::Set);
         }
@@ -307,6 +357,14 @@ where
     fn error(&self, op: Op) {
         self.layer.metrics.errors.get_or_create(&ErrorLabels { cache: self.name.clone(), op }).inc();
     }
+}
+
+/// Why a load's value is not what moka should store.
+enum Miss<V, E> {
+    /// The loader failed: nothing to store, the error goes to every waiter.
+    Failed(Arc<E>),
+    /// An invalidation came while it ran: the waiters get it, L1 does not.
+    Superseded(V),
 }
 
 crate::metrics::label_values!(Layer { L1 => "l1", L2 => "l2" });

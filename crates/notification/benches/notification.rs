@@ -53,7 +53,8 @@ fn in_app(user: Uuid) -> Envelope {
         email: format!("{user}@example.com"),
         template: "welcome".into(),
         channels: vec![Channel::InApp.into()],
-        // Its email part is rendered too: the template's variables.
+        // The email's variables too, though only the in-app part is
+        // rendered, as an operator's Send of a shared template carries them.
         data: Some(prost_types::Struct {
             fields: [("email", format!("{user}@example.com")), ("display_name", "Ada".to_owned())]
                 .map(|(k, v)| {

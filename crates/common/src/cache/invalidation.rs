@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::Redis;
+use super::epochs::Epochs;
 use crate::db::WalPosition;
 
 /// Separates the parts of a message; cannot occur in a cache name.
@@ -40,12 +41,21 @@ pub(super) trait LocalEntries: Send + Sync {
     fn drop_all(&self);
 }
 
-impl<V: Clone + Send + Sync + 'static> LocalEntries for moka::future::Cache<String, V> {
+/// One cache's L1 with the epochs its loads check (see [`Epochs`]).
+pub(super) struct Local<V> {
+    pub(super) l1: moka::future::Cache<String, V>,
+    pub(super) epochs: Arc<Epochs>,
+}
+
+impl<V: Clone + Send + Sync + 'static> LocalEntries for Local<V> {
     fn drop_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(self.invalidate(key))
+        // The bump comes first, so a load that finishes after it is not kept.
+        self.epochs.bump(key);
+        Box::pin(self.l1.invalidate(key))
     }
     fn drop_all(&self) {
-        self.invalidate_all();
+        self.epochs.bump_all();
+        self.l1.invalidate_all();
     }
 }
 

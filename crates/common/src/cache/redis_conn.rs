@@ -166,19 +166,40 @@ impl Redis {
         self.bounded(conn.get(self.key(key))).await
     }
 
-    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> redis::RedisResult<()> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    /// Sets `key` unless it holds anything, a tombstone included.
+    pub(crate) async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> redis::RedisResult<()> {
         let mut conn = self.manager.clone();
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value).arg("PX").arg(ms);
-        self.bounded(cmd.query_async(&mut conn)).await
+        cmd.arg(self.key(key)).arg(value).arg("PX").arg(millis(ttl)).arg("NX");
+        let _set: Option<String> = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
     }
 
-    /// Deletes `key` and tells every instance, in one round trip.
-    pub(crate) async fn invalidate(&self, key: &str, message: &str) -> redis::RedisResult<()> {
+    /// Replaces `key` with `tombstone` for `tombstone_ttl` and tells every
+    /// instance, in one round trip.
+    pub(crate) async fn invalidate(
+        &self,
+        key: &str,
+        tombstone: &[u8],
+        tombstone_ttl: Duration,
+        message: &str,
+    ) -> redis::RedisResult<()> {
         let mut conn = self.manager.clone();
         let mut pipe = redis::pipe();
-        pipe.atomic().del(self.key(key)).ignore().publish(self.invalidation_channel(), message).ignore();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.key(key))
+            .arg(tombstone)
+            .arg("PX")
+            .arg(millis(tombstone_ttl))
+            .ignore()
+            .publish(self.invalidation_channel(), message)
+            .ignore();
         self.bounded(pipe.query_async(&mut conn)).await
     }
 
@@ -188,4 +209,8 @@ impl Redis {
             Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))),
         }
     }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }

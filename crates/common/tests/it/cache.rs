@@ -26,8 +26,12 @@ async fn load(value: &str, calls: &AtomicUsize) -> Result<String, std::convert::
 async fn each_layer_is_observed_in_the_metrics() -> anyhow::Result<()> {
     let test_redis = TestRedis::new();
     let (metrics_a, metrics_b) = (Metrics::default(), Metrics::default());
-    let (_la, a) = instance(test_redis.url(), test_redis.prefix(), &metrics_a)?;
-    let (_lb, b) = instance(test_redis.url(), test_redis.prefix(), &metrics_b)?;
+    let (la, a) = instance(test_redis.url(), test_redis.prefix(), &metrics_a)?;
+    let (lb, b) = instance(test_redis.url(), test_redis.prefix(), &metrics_b)?;
+    // Subscribing clears L1 (and drops the loads in flight), as readiness
+    // waits for it.
+    la.subscribed().await;
+    lb.subscribed().await;
     let calls = AtomicUsize::new(0);
 
     assert_eq!(a.get_or_load("u1", || load("ada", &calls)).await?, "ada");
@@ -148,5 +152,86 @@ async fn a_read_carrying_a_write_position_skips_l1_and_the_position_reaches_the_
     .await?;
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(seen, vec![None, Some(written), Some(later)]);
+    Ok(())
+}
+
+/// A loader that holds its value until released, and says when it began.
+struct HeldLoad {
+    began: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl HeldLoad {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { began: tokio::sync::Notify::new(), release: tokio::sync::Notify::new() })
+    }
+
+    /// Reads `key` on `cache` in a task whose loader returns "old" once released.
+    fn spawn(self: &Arc<Self>, cache: &Cache<String>, key: &'static str) -> tokio::task::JoinHandle<String> {
+        let (held, cache) = (self.clone(), cache.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(key, || async {
+                    held.began.notify_one();
+                    held.release.notified().await;
+                    Ok::<_, std::convert::Infallible>("old".to_owned())
+                })
+                .await
+                .unwrap_or_else(|e| match *e {})
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_read_that_began_before_an_invalidation_is_not_kept_by_either_layer() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (la, a) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let (lb, b) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    la.subscribed().await;
+    lb.subscribed().await;
+    let calls = AtomicUsize::new(0);
+
+    // A reads the old row; the write and its invalidation land meanwhile.
+    let held = HeldLoad::new();
+    let read = held.spawn(&a, "u1");
+    held.began.notified().await;
+    a.invalidate("u1").await;
+    held.release.notify_one();
+    assert_eq!(read.await?, "old", "a read that began first may see the old value");
+
+    assert_eq!(a.get_or_load("u1", || load("new", &calls)).await?, "new", "A kept the old value in L1");
+    // The tombstone keeps even the new value out of L2 for a while: B loads.
+    assert_eq!(b.get_or_load("u1", || load("new", &calls)).await?, "new", "A's old value reached L2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_read_that_raced_another_instances_invalidation_is_not_kept() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (la, a) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let (lb, b) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    let (lc, c) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    for layer in [&la, &lb, &lc] {
+        layer.subscribed().await;
+    }
+    let calls = AtomicUsize::new(0);
+    assert_eq!(a.get_or_load("probe", || load("before", &calls)).await?, "before");
+
+    let held = HeldLoad::new();
+    let read = held.spawn(&a, "u1");
+    held.began.notified().await;
+    // B writes u1, then the probe; messages arrive in order, so once A has
+    // dropped the probe it has heard of u1 too.
+    b.invalidate("u1").await;
+    b.invalidate("probe").await;
+    eventually(Duration::from_secs(5), "A to hear of B's invalidations", || async {
+        Ok(a.get_or_load("probe", || load("after", &calls)).await? == "after")
+    })
+    .await?;
+    held.release.notify_one();
+    assert_eq!(read.await?, "old");
+
+    assert_eq!(a.get_or_load("u1", || load("new", &calls)).await?, "new", "A kept the old value in L1");
+    assert_eq!(c.get_or_load("u1", || load("new", &calls)).await?, "new", "A's old value reached L2");
     Ok(())
 }
