@@ -154,7 +154,7 @@ impl App {
     }
 
     /// What the host serves: the auth API, the avatar worker, the key
-    /// schedule, the revocation heartbeat, the login-attempt sweep, the
+    /// schedule, the revocation heartbeat and outbox, the login-attempt sweep, the
     /// personal organizations' backfill and everything a backend brings.
     pub fn parts(self) -> Parts {
         let settings = &self.settings;
@@ -166,6 +166,7 @@ impl App {
         let db = self.backend.db().clone();
         let worker = AvatarWorker { db: db.clone(), users: self.core.users.clone() };
         let (redis, sweep_db, personal_db) = (self.backend.redis().clone(), db.clone(), db.clone());
+        let (denied, revocations_db) = (self.core.denied.clone(), db.clone());
         let backend = self.backend.prune(retention_rules(settings)).consumer(avatars, worker);
         // Room for the largest avatar; everything else is far smaller.
         let max_message = settings.avatars.max_bytes + 64 * 1024;
@@ -183,6 +184,8 @@ impl App {
             // Every follower of the revocation feed hears auth each second,
             // or stops trusting its set (a silent connection, a wrong prefix).
             .task(move |stop| tenx_common::authn::heartbeat_until(redis, stop))
+            // Revocations committed whose own publish was lost.
+            .task(move |stop| denied.publish_pending_until(revocations_db, stop))
             .task(move |stop| sweep_login_attempts_until(sweep_db, stop))
             .task(move |stop| crate::personal::backfill_until_done(personal_db, stop))
     }

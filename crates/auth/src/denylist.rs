@@ -3,14 +3,34 @@
 //! A revocation goes into this instance's revocation set at once, then
 //! into Redis (sorted set + pub/sub message, see
 //! `tenx_common::authn::Revocations`), from which every instance of every
-//! service learns it within a second. While Redis is down the write is
-//! retried every second; meanwhile the other services, whose feed is down
-//! too, ask auth's `CheckRevoked` (the primary), so nothing revoked passes.
+//! service learns it within a second.
+//!
+//! That publish comes after the commit, so on its own it could be lost:
+//! the instance dies in between, the caller goes away and the request's
+//! future is dropped, or Redis is down. So the revoking transaction also
+//! leaves a row in `revocation_outbox` (written by triggers on `sessions`
+//! and `api_keys`, migration V9), and every auth instance publishes and
+//! deletes those rows each second ([`DenyList::publish_pending`]). While
+//! Redis is down they wait there, and the other services, whose feed is
+//! down too, ask auth's `CheckRevoked` (the primary), so nothing revoked
+//! passes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tenx_common::authn::{Revocations, Revoked, publish_revocation};
+use tenx_common::authn::{Revocations, Revoked, publish_revocation, publish_revoked_members};
 use tenx_common::cache::Redis;
+use tenx_common::db::{Db, Prepared};
+use tenx_common::shutdown::Shutdown;
+
+use crate::error::AuthError;
+
+/// How often every instance publishes the revocations still pending: with
+/// the followers' one-second feed, a revocation whose own publish was lost
+/// is refused everywhere within about two seconds.
+const PENDING_EVERY: Duration = Duration::from_secs(1);
+/// At most this many revocations per round (one Redis round trip).
+const PENDING_BATCH: i64 = 500;
 
 /// At least this long, and always longer than an access token lives (and
 /// than any cached API-key answer): after that nothing stale can remain.
@@ -36,23 +56,55 @@ impl DenyList {
         &self.revocations
     }
 
-    /// Records a revocation; retried in the background while Redis is down.
+    /// Records a revocation now. If Redis does not take it, the row its
+    /// transaction left in `revocation_outbox` is published later.
     pub async fn deny(&self, kind: Revoked, id: &str) {
-        let keep = self.keep;
-        self.revocations.insert_local(kind, id, keep);
-        if publish_revocation(&self.redis, kind, id, keep).await.is_ok() {
-            return;
+        self.revocations.insert_local(kind, id, self.keep);
+        if let Err(error) = publish_revocation(&self.redis, kind, id, self.keep).await {
+            tracing::warn!(?kind, %error, "could not publish a revocation; the outbox sweep will");
         }
-        let (redis, id) = (self.redis.clone(), id.to_owned());
-        tokio::spawn(async move {
-            // Every second, for as long as the revocation matters.
-            for _ in 0..keep.as_secs() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if publish_revocation(&redis, kind, &id, keep).await.is_ok() {
-                    return;
-                }
+    }
+
+    /// Publishes the committed revocations left in `revocation_outbox`
+    /// (at most [`PENDING_BATCH`]) and deletes them, in one transaction:
+    /// rows that Redis did not take stay for the next round. Several
+    /// instances share the rows without waiting on each other.
+    pub async fn publish_pending(&self, db: &Db) -> Result<usize, AuthError> {
+        let mut conn = db.write().await?;
+        let tx = conn.transaction().await?;
+        let members: Vec<String> = tx
+            .query_cached(
+                "DELETE FROM revocation_outbox WHERE id IN \
+                   (SELECT id FROM revocation_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING member",
+                &[&PENDING_BATCH],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if members.is_empty() {
+            return Ok(0);
+        }
+        publish_revoked_members(&self.redis, &members, self.keep)
+            .await
+            .map_err(|e| AuthError::Internal(format!("publishing revocations: {e}")))?;
+        tx.commit().await?;
+        Ok(members.len())
+    }
+
+    /// [`DenyList::publish_pending`] every [`PENDING_EVERY`] until `stop`.
+    pub async fn publish_pending_until(self, db: Arc<Db>, stop: Shutdown) {
+        loop {
+            match self.publish_pending(&db).await {
+                Ok(0) => {}
+                Ok(published) => tracing::debug!(published, "pending revocations published"),
+                Err(error) => tracing::warn!(%error, "publishing pending revocations failed; retrying"),
             }
-            tracing::error!(?kind, "could not record a revocation in Redis");
-        });
+            tokio::select! {
+                () = tokio::time::sleep(PENDING_EVERY) => {}
+                () = stop.wait() => return,
+            }
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Refresh rotation and reuse detection, revocation, logout, listing.
 
+use std::time::Duration;
+
 use tenx_proto::auth::v1 as pb;
 use tonic::Code;
 
-use crate::support::{PASSWORD, TestAuth, access, authed, refresh, sign_up, unique_email};
+use crate::support::{PASSWORD, TestAuth, access, authed, eventually, refresh, sign_up, unique_email};
 
 #[tokio::test]
 async fn refresh_rotates_and_reusing_an_old_token_revokes_the_whole_session() -> anyhow::Result<()> {
@@ -178,5 +180,72 @@ async fn retention_prunes_long_dead_sessions_and_old_codes_and_a_live_session_st
         "only the code 8 days past expiry goes"
     );
     client.refresh(pb::RefreshRequest { refresh_token: live_refresh }).await?;
+    Ok(())
+}
+
+/// What an auth instance leaves when it dies (or its caller goes away)
+/// between committing a revocation and publishing it: the rows changed in
+/// the database, nothing told to Redis. Every instance still refuses the
+/// credentials within seconds, though each had them cached as valid.
+#[tokio::test]
+async fn a_revocation_committed_but_never_published_is_refused_by_every_instance() -> anyhow::Result<()> {
+    let mut auth = TestAuth::start().await?;
+    let other = auth.start_instance().await?;
+    let mut client = auth.client(0).await?;
+    let created = sign_up(&mut client, &unique_email()).await?;
+    let token = access(&created);
+    let session = created.tokens.as_ref().map(|t| t.session_id.clone()).unwrap_or_default();
+    let request = pb::CreateApiKeyRequest {
+        name: "ci".into(),
+        scopes: vec!["billing:read".into()],
+        expires_in_days: 30,
+        current_password: PASSWORD.into(),
+        organization_id: String::new(),
+    };
+    let key = client.create_api_key(authed(&token, request)).await?.into_inner();
+    let key_id = key.api_key.map(|k| k.id).unwrap_or_default();
+    let service = auth.service_token().await?;
+    let clients = [client, auth.client(other).await?];
+
+    // Both instances accept both, and now hold them as valid.
+    let refused_everywhere = || {
+        let (clients, token, secret, service) = (clients.clone(), &token, &key.secret, &service);
+        async move {
+            let mut refused = true;
+            for mut client in clients {
+                let user = client.get_user(authed(token, pb::GetUserRequest::default())).await;
+                let request = pb::AuthenticateApiKeyRequest { secret: secret.clone() };
+                let key = client.authenticate_api_key(authed(service, request)).await;
+                for answer in [user.err(), key.err()] {
+                    match answer {
+                        None => refused = false,
+                        Some(status) if status.code() == Code::Unauthenticated => {}
+                        Some(status) => anyhow::bail!("refused for the wrong reason: {status:?}"),
+                    }
+                }
+            }
+            Ok(refused)
+        }
+    };
+    for mut client in clients.clone() {
+        client.get_user(authed(&token, pb::GetUserRequest::default())).await?;
+        let request = pb::AuthenticateApiKeyRequest { secret: key.secret.clone() };
+        client.authenticate_api_key(authed(&service, request)).await?;
+    }
+    assert!(!refused_everywhere().await?);
+
+    let sql = auth.sql().await?;
+    sql.execute(
+        "UPDATE sessions SET revoked_at = now(), revoke_reason = 'revoked' WHERE id = $1::text::uuid",
+        &[&session],
+    )
+    .await?;
+    sql.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1::text::uuid", &[&key_id]).await?;
+    eventually(Duration::from_secs(5), "every instance to refuse the token and the key", refused_everywhere)
+        .await?;
+    eventually(Duration::from_secs(5), "the published revocations to leave the outbox", || async {
+        Ok(auth.count("revocation_outbox").await? == 0)
+    })
+    .await?;
     Ok(())
 }

@@ -248,23 +248,25 @@ pub async fn heartbeat_until(redis: Redis, shutdown: crate::shutdown::Shutdown) 
 /// Records a revocation for every instance: sorted set and message in one
 /// round trip (entries past their time are dropped on the way).
 pub async fn publish(redis: &Redis, kind: Revoked, id: &str, keep: Duration) -> redis::RedisResult<()> {
+    publish_members(redis, &[member(kind, id)], keep).await
+}
+
+/// [`publish`] for revocations already spelled as members
+/// (`session:<uuid>`, `grant:<uuid>`, `api_key:<hex>`), as auth's
+/// revocation outbox holds them: all in one round trip. Publishing a
+/// member again only moves its time forward.
+pub async fn publish_members(redis: &Redis, members: &[String], keep: Duration) -> redis::RedisResult<()> {
     let until = now_secs() + keep.as_secs();
-    let member = member(kind, id);
     let mut conn = redis.connection();
     let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("ZADD")
-        .arg(redis.key(KEY))
-        .arg(until)
-        .arg(&member)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(redis.key(KEY))
-        .arg("-inf")
-        .arg(now_secs())
-        .ignore()
-        .publish(redis.key(KEY), format!("{member} {until}"))
-        .ignore();
+    pipe.atomic();
+    for member in members {
+        pipe.cmd("ZADD").arg(redis.key(KEY)).arg(until).arg(member).ignore();
+    }
+    pipe.cmd("ZREMRANGEBYSCORE").arg(redis.key(KEY)).arg("-inf").arg(now_secs()).ignore();
+    for member in members {
+        pipe.publish(redis.key(KEY), format!("{member} {until}")).ignore();
+    }
     redis.bounded(pipe.query_async::<()>(&mut conn)).await
 }
 
