@@ -165,7 +165,7 @@ impl App {
         );
         let db = self.backend.db().clone();
         let worker = AvatarWorker { db: db.clone(), users: self.core.users.clone() };
-        let (redis, sweep_db, personal_db) = (self.backend.redis().clone(), db.clone(), db.clone());
+        let (sweep_db, personal_db) = (db.clone(), db.clone());
         let (denied, revocations_db) = (self.core.denied.clone(), db.clone());
         let backend = self.backend.prune(retention_rules(settings)).consumer(avatars, worker);
         // Room for the largest avatar; everything else is far smaller.
@@ -182,10 +182,10 @@ impl App {
             .verifier(self.authenticator.clone())
             .task(move |stop| follow_key_schedule(keys, db, tokens, stop))
             // Every follower of the revocation feed hears auth each second,
-            // or stops trusting its set (a silent connection, a wrong prefix).
-            .task(move |stop| tenx_common::authn::heartbeat_until(redis, stop))
-            // Revocations committed whose own publish was lost.
-            .task(move |stop| denied.publish_pending_until(revocations_db, stop))
+            // or stops trusting its set (a silent connection, a wrong
+            // prefix); each heartbeat comes after the revocation outbox
+            // (committed revocations whose own publish was lost) is sent.
+            .task(move |stop| denied.publish_and_beat_until(revocations_db, stop))
             .task(move |stop| sweep_login_attempts_until(sweep_db, stop))
             .task(move |stop| crate::personal::backfill_until_done(personal_db, stop))
     }

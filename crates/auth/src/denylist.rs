@@ -10,7 +10,8 @@
 //! future is dropped, or Redis is down. So the revoking transaction also
 //! leaves a row in `revocation_outbox` (written by triggers on `sessions`
 //! and `api_keys`, migration V9), and every auth instance publishes and
-//! deletes those rows each second ([`DenyList::publish_pending`]). While
+//! deletes those rows each second ([`DenyList::publish_pending`]), just
+//! before its heartbeat. While
 //! Redis is down they wait there, and the other services, whose feed is
 //! down too, ask auth's `CheckRevoked` (the primary), so nothing revoked
 //! passes.
@@ -18,17 +19,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenx_common::authn::{Revocations, Revoked, publish_revocation, publish_revoked_members};
+use tenx_common::authn::{
+    HEARTBEAT, Revocations, Revoked, heartbeat, publish_revocation, publish_revoked_members,
+};
 use tenx_common::cache::Redis;
 use tenx_common::db::{Db, Prepared};
 use tenx_common::shutdown::Shutdown;
 
 use crate::error::AuthError;
 
-/// How often every instance publishes the revocations still pending: with
-/// the followers' one-second feed, a revocation whose own publish was lost
-/// is refused everywhere within about two seconds.
-const PENDING_EVERY: Duration = Duration::from_secs(1);
+/// Longest the outbox round may hold back a heartbeat.
+const PENDING_BUDGET: Duration = Duration::from_millis(500);
 /// At most this many revocations per round (one Redis round trip).
 const PENDING_BATCH: i64 = 500;
 
@@ -93,16 +94,25 @@ impl DenyList {
         Ok(members.len())
     }
 
-    /// [`DenyList::publish_pending`] every [`PENDING_EVERY`] until `stop`.
-    pub async fn publish_pending_until(self, db: Arc<Db>, stop: Shutdown) {
+    /// Every [`HEARTBEAT`] until `stop`: [`DenyList::publish_pending`],
+    /// then auth's heartbeat on the feed. A follower that reloaded its set
+    /// (Redis back after an outage) trusts it only from the next heartbeat,
+    /// so by then what was committed during the outage is in it. The
+    /// outbox gets at most [`PENDING_BUDGET`]: with the primary down the
+    /// heartbeat still goes, and the followers keep their sets.
+    pub async fn publish_and_beat_until(self, db: Arc<Db>, stop: Shutdown) {
         loop {
-            match self.publish_pending(&db).await {
-                Ok(0) => {}
-                Ok(published) => tracing::debug!(published, "pending revocations published"),
-                Err(error) => tracing::warn!(%error, "publishing pending revocations failed; retrying"),
+            match tokio::time::timeout(PENDING_BUDGET, self.publish_pending(&db)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(published)) => tracing::debug!(published, "pending revocations published"),
+                Ok(Err(error)) => tracing::warn!(%error, "publishing pending revocations failed; retrying"),
+                Err(_) => tracing::warn!("publishing pending revocations timed out; retrying"),
+            }
+            if let Err(error) = heartbeat(&self.redis).await {
+                tracing::debug!(%error, "revocation heartbeat not sent");
             }
             tokio::select! {
-                () = tokio::time::sleep(PENDING_EVERY) => {}
+                () = tokio::time::sleep(HEARTBEAT) => {}
                 () = stop.wait() => return,
             }
         }

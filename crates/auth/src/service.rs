@@ -284,10 +284,19 @@ impl Core {
         );
         let row = tx.query_opt_cached(&sql, &[&id, &email, &hash, &display_name]).await?;
         let user = UserRecord::from_row(&row.ok_or(AuthError::EmailTaken)?);
-        crate::personal::ensure(&tx, id).await?;
-        let (session, refresh) = store::create_session(&tx, id, &device, false).await?;
         let event = pb::UserSignedUp { user_id: id.to_string(), email: email.clone(), display_name };
-        outbox::enqueue(&tx, &NewEvent::of(&id.to_string(), &event)).await?;
+        let event = NewEvent::of(&id.to_string(), &event);
+        // Sent together (pipelined on the one connection): none of the three
+        // needs another's row, only the account's, so the order Postgres
+        // runs them in does not matter; two round trips fewer.
+        let (personal, session, queued) = futures_util::join!(
+            crate::personal::ensure(&tx, id),
+            store::create_session(&tx, id, &device, false),
+            outbox::enqueue(&tx, &event),
+        );
+        let (session, refresh) = session?;
+        personal?;
+        queued?;
         tx.commit().await?;
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;

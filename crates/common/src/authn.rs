@@ -38,7 +38,7 @@ pub use layer::{AuthnLayer, AuthnService};
 pub use orgs::{ORG_KEY_SCOPES, OrgMembership, OrgRole, PERMISSIONS, ScopeRefusal, org_key_scope_refusal};
 pub use principal::{ADMIN_ROLE, Principal, principal};
 pub use revocations::{
-    RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat_until,
+    HEARTBEAT, RemoteRevocations, RevocationLookup, Revocations, Revoked, heartbeat,
     publish as publish_revocation, publish_members as publish_revoked_members,
 };
 pub use service_token::ServiceToken;

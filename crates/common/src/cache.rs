@@ -198,8 +198,22 @@ where
             return Ok(value);
         }
         let epoch = self.epochs.of(key);
-        // Concurrent misses for this key join this one future. A value it
-        // must not keep comes back as an error, which moka does not store.
+        self.read_through(key, epoch, load).await
+    }
+
+    /// L2, else the loader, for a caller that noted `key`'s `epoch` before
+    /// it decided what to read.
+    async fn read_through<F, Fut, E>(&self, key: &str, epoch: u64, load: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        // Concurrent misses for this key join one future, which runs the
+        // loader of the caller that started it; a joiner's stays here. A
+        // value that must not be kept comes back as an error, which moka
+        // does not store.
+        let mut unused = Some(load);
         let read = self
             .l1
             .try_get_with_by_ref(key, async {
@@ -209,6 +223,8 @@ where
                 }
                 self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
                 let started = tokio::time::Instant::now();
+                // Runs at most once, in the caller whose loader it is.
+                let load = unused.take().expect("a cache load runs once");
                 let value = load().await.map_err(|e| Miss::Failed(Arc::new(e)))?;
                 let value = self.unless_superseded(key, epoch, value)?;
                 if started.elapsed() < TOMBSTONE_TTL / 2 {
@@ -225,13 +241,27 @@ where
             Ok(value) => Ok(value),
             Err(miss) => match &*miss {
                 Miss::Failed(error) => Err(error.clone()),
-                Miss::Superseded(value) => Ok(value.clone()),
+                // Its reader began before the write, as this caller did.
+                Miss::Superseded(value, began) if *began == epoch => Ok(value.clone()),
+                // This caller came after the write and joined a read from
+                // before it: it reads for itself, and keeps nothing.
+                Miss::Superseded(value, _) => match unused.take() {
+                    Some(load) => {
+                        self.layer
+                            .metrics
+                            .loads
+                            .get_or_create(&CacheLabel { cache: self.name.clone() })
+                            .inc();
+                        load().await.map_err(Arc::new)
+                    }
+                    None => Ok(value.clone()), // not reached: its own read began at `epoch`
+                },
             },
         }
     }
 
     fn unless_superseded<E>(&self, key: &str, epoch: u64, value: V) -> Result<V, Miss<V, E>> {
-        if self.epochs.of(key) == epoch { Ok(value) } else { Err(Miss::Superseded(value)) }
+        if self.epochs.of(key) == epoch { Ok(value) } else { Err(Miss::Superseded(value, epoch)) }
     }
 
     /// Like [`Cache::get_or_load`], for data read from a replica, with
@@ -252,25 +282,37 @@ where
         Fut: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
-        let written = self.layer.invalidation.written_at(&self.name, key).await;
-        let Some(after) = after else { return self.get_or_load(key, || load(written)).await };
-        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        // The epoch before the write position: a write recorded after it
+        // moves the epoch too, so a load that missed the position is not
+        // kept (writers record the position before they bump).
         let epoch = self.epochs.of(key);
+        let written = self.layer.invalidation.written_at(&self.name, key).await;
+        let Some(after) = after else {
+            if let Some(value) = self.l1.get(key).await {
+                self.hit(Layer::L1);
+                return Ok(value);
+            }
+            return self.read_through(key, epoch, || load(written)).await;
+        };
+        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        let started = tokio::time::Instant::now();
         let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
         if self.epochs.of(key) == epoch {
             self.l1.insert(key.to_owned(), value.clone()).await;
             if self.epochs.of(key) != epoch {
                 self.l1.invalidate(key).await;
             }
-            self.l2_set(key, &value).await;
+            if started.elapsed() < TOMBSTONE_TTL / 2 {
+                self.l2_set(key, &value).await;
+            }
         }
         Ok(value)
     }
 
     /// Call after changing the source of `key`: deletes it from L2 (a
     /// tombstone takes its place for a while) and from the L1 of every
-    /// instance. Never fails; if Redis is down the delete
-    /// is retried in the background until the L2 entry would expire.
+    /// instance. Never fails; if Redis is down the tombstone and message
+    /// are retried in the background until the L2 entry would expire.
     pub async fn invalidate(&self, key: &str) {
         self.invalidate_after(key, None).await;
     }
@@ -279,11 +321,13 @@ where
     /// position of the commit): every instance remembers it for a short
     /// while, so its next load of `key` does not read a lagging replica.
     pub async fn invalidate_after(&self, key: &str, written: Option<WalPosition>) {
-        self.epochs.bump(key);
-        self.l1.invalidate(key).await;
+        // The position first: a load that notes the epoch before reading it
+        // then either sees the position or is not kept.
         if let Some(position) = written {
             self.layer.invalidation.record_write(&self.name, key, position).await;
         }
+        self.epochs.bump(key);
+        self.l1.invalidate(key).await;
         let Some(redis) = &self.layer.redis else {
             return;
         };
@@ -363,8 +407,9 @@ where
 enum Miss<V, E> {
     /// The loader failed: nothing to store, the error goes to every waiter.
     Failed(Arc<E>),
-    /// An invalidation came while it ran: the waiters get it, L1 does not.
-    Superseded(V),
+    /// An invalidation came while it ran (it began at the epoch given):
+    /// callers that began then get it, L1 does not.
+    Superseded(V, u64),
 }
 
 crate::metrics::label_values!(Layer { L1 => "l1", L2 => "l2" });

@@ -186,13 +186,15 @@ async fn retention_prunes_long_dead_sessions_and_old_codes_and_a_live_session_st
 /// What an auth instance leaves when it dies (or its caller goes away)
 /// between committing a revocation and publishing it: the rows changed in
 /// the database, nothing told to Redis. Every instance still refuses the
-/// credentials within seconds, though each had them cached as valid.
+/// credentials within seconds (a revoked session's token, a regranted
+/// session's token, a revoked key), though each had them cached as valid.
 #[tokio::test]
 async fn a_revocation_committed_but_never_published_is_refused_by_every_instance() -> anyhow::Result<()> {
     let mut auth = TestAuth::start().await?;
     let other = auth.start_instance().await?;
     let mut client = auth.client(0).await?;
-    let created = sign_up(&mut client, &unique_email()).await?;
+    let email = unique_email();
+    let created = sign_up(&mut client, &email).await?;
     let token = access(&created);
     let session = created.tokens.as_ref().map(|t| t.session_id.clone()).unwrap_or_default();
     let request = pb::CreateApiKeyRequest {
@@ -204,19 +206,25 @@ async fn a_revocation_committed_but_never_published_is_refused_by_every_instance
     };
     let key = client.create_api_key(authed(&token, request)).await?.into_inner();
     let key_id = key.api_key.map(|k| k.id).unwrap_or_default();
+    // A second session, whose grant (the organization and role its tokens
+    // carry) is replaced: its tokens must be refused, the session not.
+    let login = pb::LoginRequest { email, password: PASSWORD.into(), device_name: "phone".into() };
+    let phone = client.login(login).await?.into_inner().tokens.ok_or_else(|| anyhow::anyhow!("no tokens"))?;
     let service = auth.service_token().await?;
     let clients = [client, auth.client(other).await?];
 
-    // Both instances accept both, and now hold them as valid.
+    // Both instances accept all three, and now hold them as valid.
     let refused_everywhere = || {
-        let (clients, token, secret, service) = (clients.clone(), &token, &key.secret, &service);
+        let (clients, token, phone, secret, service) =
+            (clients.clone(), &token, &phone.access_token, &key.secret, &service);
         async move {
             let mut refused = true;
             for mut client in clients {
                 let user = client.get_user(authed(token, pb::GetUserRequest::default())).await;
+                let regranted = client.get_user(authed(phone, pb::GetUserRequest::default())).await;
                 let request = pb::AuthenticateApiKeyRequest { secret: secret.clone() };
                 let key = client.authenticate_api_key(authed(service, request)).await;
-                for answer in [user.err(), key.err()] {
+                for answer in [user.err(), regranted.err(), key.err()] {
                     match answer {
                         None => refused = false,
                         Some(status) if status.code() == Code::Unauthenticated => {}
@@ -229,6 +237,7 @@ async fn a_revocation_committed_but_never_published_is_refused_by_every_instance
     };
     for mut client in clients.clone() {
         client.get_user(authed(&token, pb::GetUserRequest::default())).await?;
+        client.get_user(authed(&phone.access_token, pb::GetUserRequest::default())).await?;
         let request = pb::AuthenticateApiKeyRequest { secret: key.secret.clone() };
         client.authenticate_api_key(authed(&service, request)).await?;
     }
@@ -241,7 +250,12 @@ async fn a_revocation_committed_but_never_published_is_refused_by_every_instance
     )
     .await?;
     sql.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1::text::uuid", &[&key_id]).await?;
-    eventually(Duration::from_secs(5), "every instance to refuse the token and the key", refused_everywhere)
+    sql.execute(
+        "UPDATE sessions SET grant_id = gen_random_uuid() WHERE id = $1::text::uuid",
+        &[&phone.session_id],
+    )
+    .await?;
+    eventually(Duration::from_secs(5), "every instance to refuse the tokens and the key", refused_everywhere)
         .await?;
     eventually(Duration::from_secs(5), "the published revocations to leave the outbox", || async {
         Ok(auth.count("revocation_outbox").await? == 0)

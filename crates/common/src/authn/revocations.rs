@@ -126,10 +126,10 @@ struct Inner {
     revoked: RwLock<HashMap<String, u64>>,
     /// The subscription is up and the set was loaded after it came up.
     current: AtomicBool,
-    /// When the feed last said anything (unix ms): auth's heartbeat every
-    /// second, or a revocation. A connection that died silently (no reset
-    /// from a NAT or a lost node), or a feed under the wrong prefix, goes
-    /// quiet: after [`SILENCE`] the set is no longer trusted.
+    /// When auth's heartbeat was last heard on the feed (unix ms), since
+    /// the set was last (re)loaded. A connection that died silently (no
+    /// reset from a NAT or a lost node), or a feed under the wrong prefix,
+    /// goes quiet: after [`SILENCE`] the set is no longer trusted.
     last_heard: AtomicU64,
     synced: watch::Sender<bool>,
     lookup: Arc<dyn RevocationLookup>,
@@ -204,7 +204,8 @@ impl Revocations {
                 < u64::try_from(SILENCE.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Waits until the set is current (tests, readiness).
+    /// Waits until the set is loaded and auth's heartbeat has been heard
+    /// since (tests).
     pub async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
         let _ = rx.wait_for(|s| *s).await;
@@ -230,19 +231,16 @@ fn insert(inner: &Inner, member: String, until: u64) {
     *entry = (*entry).max(until);
 }
 
-/// Auth's heartbeat: tells every follower the feed is alive (and under
-/// the prefix it follows). Run by auth until `shutdown`.
-pub async fn heartbeat_until(redis: Redis, shutdown: crate::shutdown::Shutdown) {
-    loop {
-        let mut conn = redis.connection();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(redis.key(KEY)).arg(HEARTBEAT_MESSAGE);
-        let _ = redis.bounded(cmd.query_async::<i64>(&mut conn)).await;
-        tokio::select! {
-            () = shutdown.wait() => return,
-            () = tokio::time::sleep(HEARTBEAT) => {}
-        }
-    }
+/// Auth's heartbeat, sent every [`HEARTBEAT`]: tells every follower the
+/// feed is alive (and under the prefix it follows), and that what auth
+/// had committed before it is published (auth sends it after publishing
+/// its revocation outbox). A follower trusts its set only while it hears
+/// one, and after a reload only once it has heard one since.
+pub async fn heartbeat(redis: &Redis) -> redis::RedisResult<()> {
+    let mut conn = redis.connection();
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(redis.key(KEY)).arg(HEARTBEAT_MESSAGE);
+    redis.bounded(cmd.query_async::<i64>(&mut conn)).await.map(drop)
 }
 
 /// Records a revocation for every instance: sorted set and message in one
@@ -291,14 +289,20 @@ async fn follow(redis: Redis, inner: Arc<Inner>) {
                 for (member, until) in entries {
                     insert(&inner, member, until);
                 }
-                inner.last_heard.store(now_ms(), Ordering::Release);
+                // Loaded, but not yet trusted: after an outage the set may
+                // lack what auth committed meanwhile and has yet to publish
+                // from its outbox. Auth's next heartbeat comes after that.
+                inner.last_heard.store(0, Ordering::Release);
                 delay = Duration::from_millis(50);
                 inner.current.store(true, Ordering::Release);
-                inner.synced.send_replace(true);
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(payload) = message.get_payload::<String>() else { continue };
-                    inner.last_heard.store(now_ms(), Ordering::Release);
+                    if payload == HEARTBEAT_MESSAGE {
+                        inner.last_heard.store(now_ms(), Ordering::Release);
+                        inner.synced.send_if_modified(|synced| !std::mem::replace(synced, true));
+                        continue;
+                    }
                     if let Some((member, until)) = payload.split_once(' ')
                         && let Ok(until) = until.parse()
                     {

@@ -235,3 +235,27 @@ async fn a_read_that_raced_another_instances_invalidation_is_not_kept() -> anyho
     assert_eq!(c.get_or_load("u1", || load("new", &calls)).await?, "new", "A's old value reached L2");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_read_that_joins_a_load_from_before_an_invalidation_reads_for_itself() -> anyhow::Result<()> {
+    let test_redis = TestRedis::new();
+    let (layer, a) = instance(test_redis.url(), test_redis.prefix(), &Metrics::default())?;
+    layer.subscribed().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    let held = HeldLoad::new();
+    let early = held.spawn(&a, "u1");
+    held.began.notified().await;
+    a.invalidate("u1").await;
+    // A read after the write, while the early load is still in flight: it
+    // joins that load (single-flight) unless told apart.
+    let late = {
+        let (a, calls) = (a.clone(), calls.clone());
+        tokio::spawn(async move { a.get_or_load("u1", || load("new", &calls)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.release.notify_one();
+    assert_eq!(early.await?, "old");
+    assert_eq!(late.await??, "new", "a read that began after the write got the value from before it");
+    Ok(())
+}

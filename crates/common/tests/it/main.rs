@@ -12,5 +12,6 @@ mod outbox;
 mod probes;
 mod queue;
 mod retention;
+mod revocations;
 mod support;
 mod telemetry;
