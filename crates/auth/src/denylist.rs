@@ -94,21 +94,39 @@ impl DenyList {
         Ok(members.len())
     }
 
-    /// Every [`HEARTBEAT`] until `stop`: [`DenyList::publish_pending`],
-    /// then auth's heartbeat on the feed. A follower that reloaded its set
-    /// (Redis back after an outage) trusts it only from the next heartbeat,
-    /// so by then what was committed during the outage is in it. The
-    /// outbox gets at most [`PENDING_BUDGET`]: with the primary down the
-    /// heartbeat still goes, and the followers keep their sets.
+    /// Publishes the outbox until it is empty; whether it is, counting rows
+    /// another instance holds (they are not published yet either).
+    async fn drain(&self, db: &Db) -> Result<bool, AuthError> {
+        while self.publish_pending(db).await? == PENDING_BATCH as usize {}
+        let left = db
+            .write()
+            .await?
+            .query_one_cached("SELECT EXISTS (SELECT 1 FROM revocation_outbox)", &[])
+            .await?;
+        Ok(!left.get::<_, bool>(0))
+    }
+
+    /// Every [`HEARTBEAT`] until `stop`: the outbox drained, then auth's
+    /// heartbeat on the feed, saying whether the outbox was empty. A
+    /// follower that loaded its set (Redis back after an outage) trusts it
+    /// only from the first drained heartbeat, so by then what was committed
+    /// during the outage is in it. The outbox gets at most
+    /// [`PENDING_BUDGET`]: with the primary down the heartbeat still goes
+    /// (not drained), and followers that trust their sets keep them.
     pub async fn publish_and_beat_until(self, db: Arc<Db>, stop: Shutdown) {
         loop {
-            match tokio::time::timeout(PENDING_BUDGET, self.publish_pending(&db)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(published)) => tracing::debug!(published, "pending revocations published"),
-                Ok(Err(error)) => tracing::warn!(%error, "publishing pending revocations failed; retrying"),
-                Err(_) => tracing::warn!("publishing pending revocations timed out; retrying"),
-            }
-            if let Err(error) = heartbeat(&self.redis).await {
+            let drained = match tokio::time::timeout(PENDING_BUDGET, self.drain(&db)).await {
+                Ok(Ok(drained)) => drained,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "publishing pending revocations failed; retrying");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("publishing pending revocations timed out; retrying");
+                    false
+                }
+            };
+            if let Err(error) = heartbeat(&self.redis, drained).await {
                 tracing::debug!(%error, "revocation heartbeat not sent");
             }
             tokio::select! {

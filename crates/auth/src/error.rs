@@ -56,6 +56,17 @@ impl AuthError {
     }
 }
 
+/// Of the errors of statements pipelined in one transaction, the one that
+/// failed it: the statements sent after it only say it was aborted.
+pub fn root_cause<const N: usize>(errors: [Option<AuthError>; N]) -> AuthError {
+    let aborted = |e: &AuthError| matches!(e, AuthError::Postgres(pg) if pg.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION));
+    errors
+        .into_iter()
+        .flatten()
+        .reduce(|kept, next| if aborted(&kept) && !aborted(&next) { next } else { kept })
+        .unwrap_or_else(|| AuthError::Internal("a pipelined statement failed without an error".into()))
+}
+
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {

@@ -13,7 +13,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::error::AuthError;
+use crate::error::{AuthError, root_cause};
 use crate::keys::{Authenticated, Keys, SessionState};
 use crate::password::Passwords;
 use crate::secrets;
@@ -294,9 +294,12 @@ impl Core {
             store::create_session(&tx, id, &device, false),
             outbox::enqueue(&tx, &event),
         );
-        let (session, refresh) = session?;
-        personal?;
-        queued?;
+        let (session, refresh) = match (personal, session, queued.map_err(AuthError::from)) {
+            (Ok(()), Ok(session), Ok(_)) => session,
+            (personal, session, queued) => {
+                return Err(root_cause([personal.err(), session.err(), queued.err()]));
+            }
+        };
         tx.commit().await?;
         let written = conn.commit_position().await?;
         let tokens = self.tokens(id, session, refresh).await?;

@@ -8,11 +8,13 @@
 //!   (every [`CacheLayer`]) drops its L1 entry. An instance that lost its
 //!   subscription clears its whole L1 when it is back, because it may have
 //!   missed invalidations.
-//! - A load that raced an invalidation is returned to its callers but not
-//!   kept: not in L1 (the key's epoch moved while it ran) and not in L2
-//!   (it is only set where nothing is, and the tombstone is something).
-//!   Otherwise a read that began before a write could store the old value
-//!   after the write dropped it, to be served until the TTL.
+//! - A read that began before an invalidation is returned to the callers
+//!   that began with it, and to no one after: L1 keeps each value with its
+//!   key's epoch (a count of the key's invalidations) when it was read,
+//!   and serves it only while that is still the key's epoch; L2 is only
+//!   set where nothing is, and the tombstone is something. Otherwise a
+//!   read that began before a write could store the old value after the
+//!   write dropped it, to be served until the TTL.
 //! - Redis down means slower, never failing: L2 errors are counted and the
 //!   read goes to the loader.
 //!
@@ -169,7 +171,8 @@ impl CacheLayer {
 #[derive(Clone)]
 pub struct Cache<V> {
     name: String,
-    l1: moka::future::Cache<String, V>,
+    /// Each value with the epoch of its key when it was read.
+    l1: moka::future::Cache<String, (V, u64)>,
     epochs: Arc<Epochs>,
     l2_ttl: Duration,
     layer: CacheLayer,
@@ -193,12 +196,23 @@ where
         Fut: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(value) = self.l1.get(key).await {
-            self.hit(Layer::L1);
+        let epoch = self.epochs.of(key);
+        if let Some(value) = self.l1_get(key, epoch).await {
             return Ok(value);
         }
-        let epoch = self.epochs.of(key);
         self.read_through(key, epoch, load).await
+    }
+
+    /// The L1 entry for `key` if it was read at `epoch` (the key's current
+    /// one); an entry read before a later invalidation is dropped.
+    async fn l1_get(&self, key: &str, epoch: u64) -> Option<V> {
+        let (value, read_at) = self.l1.get(key).await?;
+        if read_at == epoch {
+            self.hit(Layer::L1);
+            return Some(value);
+        }
+        self.l1.invalidate(key).await;
+        None
     }
 
     /// L2, else the loader, for a caller that noted `key`'s `epoch` before
@@ -210,58 +224,45 @@ where
         E: Send + Sync + 'static,
     {
         // Concurrent misses for this key join one future, which runs the
-        // loader of the caller that started it; a joiner's stays here. A
-        // value that must not be kept comes back as an error, which moka
-        // does not store.
+        // loader of the caller that started it (a joiner's stays here).
+        // Its value is stored in L1 with the epoch it was read at, so a
+        // read from before an invalidation is never served after it: not
+        // from L1 ([`Cache::l1_get`]) and not to a caller that came later
+        // and joined it (it reads for itself, below).
         let mut unused = Some(load);
-        let read = self
+        let (value, read_at) = self
             .l1
             .try_get_with_by_ref(key, async {
                 if let Some(value) = self.l2_get(key).await {
                     self.hit(Layer::L2);
-                    return self.unless_superseded(key, epoch, value);
+                    return Ok((value, epoch));
                 }
                 self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
                 let started = tokio::time::Instant::now();
                 // Runs at most once, in the caller whose loader it is.
                 let load = unused.take().expect("a cache load runs once");
-                let value = load().await.map_err(|e| Miss::Failed(Arc::new(e)))?;
-                let value = self.unless_superseded(key, epoch, value)?;
-                if started.elapsed() < TOMBSTONE_TTL / 2 {
+                let value = load().await?;
+                // L2 has no epochs: a read that raced a write stays out (and
+                // the write's tombstone refuses it if it comes in between).
+                if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
                     self.l2_set(key, &value).await;
                 }
-                Ok(value)
+                Ok((value, epoch))
             })
-            .await;
-        // An invalidation between the check above and moka's insert.
-        if self.epochs.of(key) != epoch {
-            self.l1.invalidate(key).await;
+            .await?;
+        // Read at this caller's epoch, or later (fresher still).
+        if read_at >= epoch {
+            return Ok(value);
         }
-        match read {
-            Ok(value) => Ok(value),
-            Err(miss) => match &*miss {
-                Miss::Failed(error) => Err(error.clone()),
-                // Its reader began before the write, as this caller did.
-                Miss::Superseded(value, began) if *began == epoch => Ok(value.clone()),
-                // This caller came after the write and joined a read from
-                // before it: it reads for itself, and keeps nothing.
-                Miss::Superseded(value, _) => match unused.take() {
-                    Some(load) => {
-                        self.layer
-                            .metrics
-                            .loads
-                            .get_or_create(&CacheLabel { cache: self.name.clone() })
-                            .inc();
-                        load().await.map_err(Arc::new)
-                    }
-                    None => Ok(value.clone()), // not reached: its own read began at `epoch`
-                },
-            },
+        // This caller came after a write and was handed a read from before
+        // it (joined, or an entry stored meanwhile): it reads for itself.
+        match unused.take() {
+            Some(load) => {
+                self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+                load().await.map_err(Arc::new)
+            }
+            None => Ok(value), // not reached: a value this caller read is of its epoch
         }
-    }
-
-    fn unless_superseded<E>(&self, key: &str, epoch: u64, value: V) -> Result<V, Miss<V, E>> {
-        if self.epochs.of(key) == epoch { Ok(value) } else { Err(Miss::Superseded(value, epoch)) }
     }
 
     /// Like [`Cache::get_or_load`], for data read from a replica, with
@@ -288,8 +289,7 @@ where
         let epoch = self.epochs.of(key);
         let written = self.layer.invalidation.written_at(&self.name, key).await;
         let Some(after) = after else {
-            if let Some(value) = self.l1.get(key).await {
-                self.hit(Layer::L1);
+            if let Some(value) = self.l1_get(key, epoch).await {
                 return Ok(value);
             }
             return self.read_through(key, epoch, || load(written)).await;
@@ -297,14 +297,9 @@ where
         self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
         let started = tokio::time::Instant::now();
         let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
-        if self.epochs.of(key) == epoch {
-            self.l1.insert(key.to_owned(), value.clone()).await;
-            if self.epochs.of(key) != epoch {
-                self.l1.invalidate(key).await;
-            }
-            if started.elapsed() < TOMBSTONE_TTL / 2 {
-                self.l2_set(key, &value).await;
-            }
+        self.l1.insert(key.to_owned(), (value.clone(), epoch)).await;
+        if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
+            self.l2_set(key, &value).await;
         }
         Ok(value)
     }
@@ -401,15 +396,6 @@ where
     fn error(&self, op: Op) {
         self.layer.metrics.errors.get_or_create(&ErrorLabels { cache: self.name.clone(), op }).inc();
     }
-}
-
-/// Why a load's value is not what moka should store.
-enum Miss<V, E> {
-    /// The loader failed: nothing to store, the error goes to every waiter.
-    Failed(Arc<E>),
-    /// An invalidation came while it ran (it began at the epoch given):
-    /// callers that began then get it, L1 does not.
-    Superseded(V, u64),
 }
 
 crate::metrics::label_values!(Layer { L1 => "l1", L2 => "l2" });

@@ -8,7 +8,9 @@
 //! subscribes, then loads the sorted set (so nothing published while it was
 //! away is missed), then applies each message as it arrives.
 //!
-//! While the subscription is down (Redis unreachable, or not loaded yet)
+//! While the subscription is down (Redis unreachable, or not loaded yet),
+//! and after a load until auth's first *drained* heartbeat (its revocation
+//! outbox was empty: nothing committed is missing from the sorted set),
 //! the in-memory set may be missing recent revocations, so a credential
 //! it does not list is checked with a [`RevocationLookup`] (auth's
 //! primary), each answer reused for at most a second: bounded extra load,
@@ -61,6 +63,9 @@ fn member(kind: Revoked, id: &str) -> String {
 const KEY: &str = "auth:revoked";
 /// What auth publishes every [`HEARTBEAT`] on the channel.
 const HEARTBEAT_MESSAGE: &str = "heartbeat";
+/// A heartbeat sent when auth's revocation outbox was empty just before:
+/// every revocation committed until then is in the sorted set.
+const DRAINED_MESSAGE: &str = "heartbeat drained";
 /// How often auth says it is there.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A feed silent this long is not trusted (fallback to the lookup).
@@ -126,8 +131,8 @@ struct Inner {
     revoked: RwLock<HashMap<String, u64>>,
     /// The subscription is up and the set was loaded after it came up.
     current: AtomicBool,
-    /// When auth's heartbeat was last heard on the feed (unix ms), since
-    /// the set was last (re)loaded. A connection that died silently (no
+    /// When auth's heartbeat was last heard on the feed (unix ms), counted
+    /// from the first drained one after the set was last (re)loaded. A connection that died silently (no
     /// reset from a NAT or a lost node), or a feed under the wrong prefix,
     /// goes quiet: after [`SILENCE`] the set is no longer trusted.
     last_heard: AtomicU64,
@@ -204,8 +209,8 @@ impl Revocations {
                 < u64::try_from(SILENCE.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Waits until the set is loaded and auth's heartbeat has been heard
-    /// since (tests).
+    /// Waits until the set is loaded and a drained heartbeat has been
+    /// heard since (tests).
     pub async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
         let _ = rx.wait_for(|s| *s).await;
@@ -232,14 +237,15 @@ fn insert(inner: &Inner, member: String, until: u64) {
 }
 
 /// Auth's heartbeat, sent every [`HEARTBEAT`]: tells every follower the
-/// feed is alive (and under the prefix it follows), and that what auth
-/// had committed before it is published (auth sends it after publishing
-/// its revocation outbox). A follower trusts its set only while it hears
-/// one, and after a reload only once it has heard one since.
-pub async fn heartbeat(redis: &Redis) -> redis::RedisResult<()> {
+/// feed is alive (and under the prefix it follows). `drained`: auth's
+/// revocation outbox was empty just before, so every revocation committed
+/// until then is in the sorted set. A follower trusts its set while it
+/// hears heartbeats, and after loading it (at start, or when Redis is
+/// back) only from the first drained one.
+pub async fn heartbeat(redis: &Redis, drained: bool) -> redis::RedisResult<()> {
     let mut conn = redis.connection();
     let mut cmd = redis::cmd("PUBLISH");
-    cmd.arg(redis.key(KEY)).arg(HEARTBEAT_MESSAGE);
+    cmd.arg(redis.key(KEY)).arg(if drained { DRAINED_MESSAGE } else { HEARTBEAT_MESSAGE });
     redis.bounded(cmd.query_async::<i64>(&mut conn)).await.map(drop)
 }
 
@@ -291,16 +297,21 @@ async fn follow(redis: Redis, inner: Arc<Inner>) {
                 }
                 // Loaded, but not yet trusted: after an outage the set may
                 // lack what auth committed meanwhile and has yet to publish
-                // from its outbox. Auth's next heartbeat comes after that.
+                // from its outbox. A drained heartbeat says it has.
                 inner.last_heard.store(0, Ordering::Release);
+                let mut drained = false;
                 delay = Duration::from_millis(50);
                 inner.current.store(true, Ordering::Release);
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(payload) = message.get_payload::<String>() else { continue };
-                    if payload == HEARTBEAT_MESSAGE {
+                    if payload == DRAINED_MESSAGE || (drained && payload == HEARTBEAT_MESSAGE) {
+                        drained = true;
                         inner.last_heard.store(now_ms(), Ordering::Release);
                         inner.synced.send_if_modified(|synced| !std::mem::replace(synced, true));
+                        continue;
+                    }
+                    if payload == HEARTBEAT_MESSAGE {
                         continue;
                     }
                     if let Some((member, until)) = payload.split_once(' ')

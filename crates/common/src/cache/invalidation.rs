@@ -43,7 +43,7 @@ pub(super) trait LocalEntries: Send + Sync {
 
 /// One cache's L1 with the epochs its loads check (see [`Epochs`]).
 pub(super) struct Local<V> {
-    pub(super) l1: moka::future::Cache<String, V>,
+    pub(super) l1: moka::future::Cache<String, (V, u64)>,
     pub(super) epochs: Arc<Epochs>,
 }
 
@@ -118,9 +118,12 @@ async fn remember(
     key: &str,
     position: WalPosition,
 ) {
-    let id = format!("{cache}{SEP}{key}");
-    let newest = writes.get(&id).await.map_or(position, |known| known.max(position));
-    writes.insert(id, newest).await;
+    // One atomic step: a remote write's older position arriving at once
+    // must not replace this instance's newer one.
+    writes
+        .entry(format!("{cache}{SEP}{key}"))
+        .and_upsert_with(|known| std::future::ready(known.map_or(position, |k| (*k.value()).max(position))))
+        .await;
 }
 
 async fn listen(
