@@ -114,15 +114,32 @@ impl DenyList {
     /// [`PENDING_BUDGET`]: with the primary down the heartbeat still goes
     /// (not drained), and followers that trust their sets keep them.
     pub async fn publish_and_beat_until(self, db: Arc<Db>, stop: Shutdown) {
+        // The round runs as a task of its own: one that outlasts the
+        // budget is waited for, not cancelled between its publish and its
+        // commit (which would publish the same rows again every second).
+        let mut round: Option<tokio::task::JoinHandle<Result<bool, AuthError>>> = None;
         loop {
-            let drained = match tokio::time::timeout(PENDING_BUDGET, self.drain(&db)).await {
-                Ok(Ok(drained)) => drained,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "publishing pending revocations failed; retrying");
-                    false
+            let running = round.get_or_insert_with(|| {
+                let (denied, db) = (self.clone(), db.clone());
+                tokio::spawn(async move { denied.drain(&db).await })
+            });
+            let drained = match tokio::time::timeout(PENDING_BUDGET, running).await {
+                Ok(finished) => {
+                    round = None;
+                    match finished {
+                        Ok(Ok(drained)) => drained,
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "publishing pending revocations failed; retrying");
+                            false
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "the revocation outbox round ended abnormally");
+                            false
+                        }
+                    }
                 }
                 Err(_) => {
-                    tracing::warn!("publishing pending revocations timed out; retrying");
+                    tracing::warn!("publishing pending revocations is slow; heartbeat sent as not drained");
                     false
                 }
             };
@@ -131,7 +148,12 @@ impl DenyList {
             }
             tokio::select! {
                 () = tokio::time::sleep(HEARTBEAT) => {}
-                () = stop.wait() => return,
+                () = stop.wait() => {
+                    if let Some(round) = round {
+                        round.abort();
+                    }
+                    return;
+                }
             }
         }
     }

@@ -59,7 +59,11 @@ impl AuthError {
 /// Of the errors of statements pipelined in one transaction, the one that
 /// failed it: the statements sent after it only say it was aborted.
 pub fn root_cause<const N: usize>(errors: [Option<AuthError>; N]) -> AuthError {
-    let aborted = |e: &AuthError| matches!(e, AuthError::Postgres(pg) if pg.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION));
+    use tokio_postgres::error::SqlState;
+    let aborted = |e: &AuthError| match e {
+        AuthError::Postgres(pg) => pg.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        _ => false,
+    };
     errors
         .into_iter()
         .flatten()

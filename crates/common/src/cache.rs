@@ -203,16 +203,33 @@ where
         self.read_through(key, epoch, load).await
     }
 
-    /// The L1 entry for `key` if it was read at `epoch` (the key's current
-    /// one); an entry read before a later invalidation is dropped.
+    /// The L1 entry for `key` if it was read at `epoch` (the key's epoch
+    /// when the caller began) or later; an entry read before that is
+    /// dropped, and nothing is served from it.
     async fn l1_get(&self, key: &str, epoch: u64) -> Option<V> {
         let (value, read_at) = self.l1.get(key).await?;
-        if read_at == epoch {
+        if read_at >= epoch {
             self.hit(Layer::L1);
             return Some(value);
         }
-        self.l1.invalidate(key).await;
+        self.drop_older(key, epoch).await;
         None
+    }
+
+    /// Drops `key`'s L1 entry if it was read before `epoch` (and only then:
+    /// a fresher one stored meanwhile stays).
+    async fn drop_older(&self, key: &str, epoch: u64) {
+        self.l1
+            .entry_by_ref(key)
+            .and_compute_with(|entry| {
+                let older = entry.is_some_and(|e| e.value().1 < epoch);
+                std::future::ready(if older {
+                    moka::ops::compute::Op::Remove
+                } else {
+                    moka::ops::compute::Op::Nop
+                })
+            })
+            .await;
     }
 
     /// L2, else the loader, for a caller that noted `key`'s `epoch` before
@@ -228,41 +245,48 @@ where
         // Its value is stored in L1 with the epoch it was read at, so a
         // read from before an invalidation is never served after it: not
         // from L1 ([`Cache::l1_get`]) and not to a caller that came later
-        // and joined it (it reads for itself, below).
+        // and joined it. Such a caller drops the older entry and tries once
+        // more, so the callers after a write share one load too.
         let mut unused = Some(load);
-        let (value, read_at) = self
-            .l1
-            .try_get_with_by_ref(key, async {
-                if let Some(value) = self.l2_get(key).await {
-                    self.hit(Layer::L2);
-                    return Ok((value, epoch));
-                }
-                self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
-                let started = tokio::time::Instant::now();
-                // Runs at most once, in the caller whose loader it is.
-                let load = unused.take().expect("a cache load runs once");
-                let value = load().await?;
-                // L2 has no epochs: a read that raced a write stays out (and
-                // the write's tombstone refuses it if it comes in between).
-                if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
-                    self.l2_set(key, &value).await;
-                }
-                Ok((value, epoch))
-            })
-            .await?;
-        // Read at this caller's epoch, or later (fresher still).
-        if read_at >= epoch {
-            return Ok(value);
-        }
-        // This caller came after a write and was handed a read from before
-        // it (joined, or an entry stored meanwhile): it reads for itself.
-        match unused.take() {
-            Some(load) => {
-                self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
-                load().await.map_err(Arc::new)
+        for _ in 0..2 {
+            let (value, read_at) =
+                self.l1.try_get_with_by_ref(key, self.fill(key, epoch, &mut unused)).await?;
+            // Read at this caller's epoch, or later (fresher still).
+            if read_at >= epoch {
+                return Ok(value);
             }
-            None => Ok(value), // not reached: a value this caller read is of its epoch
+            self.drop_older(key, epoch).await;
         }
+        // Still handed older reads (writes keep coming): read alone. The
+        // loader is unused, since a caller that ran it got its own epoch.
+        let load = unused.take().expect("a caller handed older reads did not load");
+        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        load().await.map_err(Arc::new)
+    }
+
+    /// The single-flight future of [`Cache::read_through`]: L2, else the
+    /// loader in `unused`; the value with the epoch its read began at.
+    async fn fill<F, Fut, E>(&self, key: &str, epoch: u64, unused: &mut Option<F>) -> Result<(V, u64), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        if let Some(value) = self.l2_get(key).await {
+            self.hit(Layer::L2);
+            return Ok((value, epoch));
+        }
+        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        let started = tokio::time::Instant::now();
+        // A caller's own future runs at most once, and only the first time
+        // it is handed an older read does it try again, loader unused.
+        let load = unused.take().expect("a cache load runs once per caller");
+        let value = load().await?;
+        // L2 has no epochs: a read that raced a write stays out (and the
+        // write's tombstone refuses it if it comes in between).
+        if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
+            self.l2_set(key, &value).await;
+        }
+        Ok((value, epoch))
     }
 
     /// Like [`Cache::get_or_load`], for data read from a replica, with
@@ -317,7 +341,7 @@ where
     /// while, so its next load of `key` does not read a lagging replica.
     pub async fn invalidate_after(&self, key: &str, written: Option<WalPosition>) {
         // The position first: a load that notes the epoch before reading it
-        // then either sees the position or is not kept.
+        // then either sees the position or is not served.
         if let Some(position) = written {
             self.layer.invalidation.record_write(&self.name, key, position).await;
         }
@@ -328,7 +352,12 @@ where
         };
         let redis_key = self.redis_key(key);
         let message = invalidation::message(&self.name, key, written);
-        if redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok() {
+        let tombstoned = redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok();
+        // A local read of the old L2 value between the bump above and the
+        // tombstone was tagged with the new epoch: move the epoch on again.
+        self.epochs.bump(key);
+        self.l1.invalidate(key).await;
+        if tombstoned {
             return;
         }
         self.error(Op::Invalidate);

@@ -61,7 +61,7 @@ fn member(kind: Revoked, id: &str) -> String {
 }
 
 const KEY: &str = "auth:revoked";
-/// What auth publishes every [`HEARTBEAT`] on the channel.
+/// Auth's heartbeat (every [`HEARTBEAT`]) when its outbox was not empty.
 const HEARTBEAT_MESSAGE: &str = "heartbeat";
 /// A heartbeat sent when auth's revocation outbox was empty just before:
 /// every revocation committed until then is in the sorted set.
@@ -132,9 +132,10 @@ struct Inner {
     /// The subscription is up and the set was loaded after it came up.
     current: AtomicBool,
     /// When auth's heartbeat was last heard on the feed (unix ms), counted
-    /// from the first drained one after the set was last (re)loaded. A connection that died silently (no
-    /// reset from a NAT or a lost node), or a feed under the wrong prefix,
-    /// goes quiet: after [`SILENCE`] the set is no longer trusted.
+    /// from the first drained one after the set was last (re)loaded. A
+    /// connection that died silently (no reset from a NAT or a lost node),
+    /// or a feed under the wrong prefix, goes quiet: after [`SILENCE`] the
+    /// set is no longer trusted.
     last_heard: AtomicU64,
     synced: watch::Sender<bool>,
     lookup: Arc<dyn RevocationLookup>,

@@ -3,15 +3,16 @@
 //! A load that began before an invalidation may return what was there
 //! before the write. If it were stored after the invalidation dropped the
 //! key, every later read would be served the old value until the TTL.
-//! Each invalidation bumps a counter for its key's stripe; a load notes
-//! the counter when it begins and is not kept if the counter moved.
-//! Keys share stripes, so an unrelated invalidation costs at most one
-//! uncached load, never a stale read.
+//! Each invalidation bumps a counter for its key's stripe; a value read
+//! is stored with the counter noted when its read began, and served only
+//! while the counter has not moved. Keys share stripes (16,384 per cache,
+//! more than the default L1 holds), so an unrelated invalidation may cost
+//! an entry of another key a reload from L2, never a stale read.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const STRIPES: usize = 1024;
+const STRIPES: usize = 16_384;
 
 pub(super) struct Epochs {
     stripes: Box<[AtomicU64]>,

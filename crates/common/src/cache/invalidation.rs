@@ -49,7 +49,7 @@ pub(super) struct Local<V> {
 
 impl<V: Clone + Send + Sync + 'static> LocalEntries for Local<V> {
     fn drop_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
-        // The bump comes first, so a load that finishes after it is not kept.
+        // The bump comes first, so a load that began before it is not served.
         self.epochs.bump(key);
         Box::pin(self.l1.invalidate(key))
     }

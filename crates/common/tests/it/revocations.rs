@@ -46,8 +46,9 @@ async fn a_loaded_set_is_trusted_only_once_auth_says_its_outbox_is_drained() -> 
     let revocations = Revocations::start(Some(redis.clone()), asked.clone());
 
     // Auth is there but its outbox is not empty (say Redis just came back).
+    subscribed(&redis).await?;
     let alive = beating(&redis, false);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!revocations.is_current(), "trusted before auth's outbox was drained");
     assert!(revocations.is_revoked(Revoked::Session, "s1").await?, "not asked: {asked:?}");
     assert_eq!(asked.0.load(Ordering::SeqCst), 1);
@@ -59,7 +60,28 @@ async fn a_loaded_set_is_trusted_only_once_auth_says_its_outbox_is_drained() -> 
     assert!(revocations.is_current());
     assert!(!revocations.is_revoked(Revoked::Session, "s2").await?, "a session the set does not list");
     assert_eq!(asked.0.load(Ordering::SeqCst), 1, "a trusted set asks no one");
+
+    // Once trusted, plain heartbeats keep it trusted past the 3 s silence.
+    let alive = beating(&redis, false);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(revocations.is_current(), "plain heartbeats did not keep a trusted set");
+    alive.abort();
     Ok(())
+}
+
+/// Waits until the follower has subscribed to the feed.
+async fn subscribed(redis: &Redis) -> anyhow::Result<()> {
+    let channel = redis.key("auth:revoked");
+    for _ in 0..500 {
+        let mut conn = redis.connection();
+        let counts: Vec<(String, u64)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut conn).await?;
+        if counts.iter().any(|(_, n)| *n > 0) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the follower never subscribed to {channel}")
 }
 
 impl std::fmt::Debug for Asked {
