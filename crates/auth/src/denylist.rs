@@ -30,6 +30,8 @@ use crate::error::AuthError;
 
 /// Longest the outbox round may hold back a heartbeat.
 const PENDING_BUDGET: Duration = Duration::from_millis(500);
+/// Longest an outbox round runs (cut off, it is published again later).
+const ROUND_LIMIT: Duration = Duration::from_secs(10);
 /// At most this many revocations per round (one Redis round trip).
 const PENDING_BATCH: i64 = 500;
 
@@ -119,15 +121,24 @@ impl DenyList {
         // commit (which would publish the same rows again every second).
         let mut round: Option<tokio::task::JoinHandle<Result<bool, AuthError>>> = None;
         loop {
+            // Only a round begun now may say drained: one carried over
+            // from before the last sleep checked the table a second ago.
+            let fresh = round.is_none();
             let running = round.get_or_insert_with(|| {
                 let (denied, db) = (self.clone(), db.clone());
-                tokio::spawn(async move { denied.drain(&db).await })
+                tokio::spawn(async move {
+                    // A query on a primary that vanished without a word
+                    // waits for TCP keepalive; the round gives up sooner.
+                    tokio::time::timeout(ROUND_LIMIT, denied.drain(&db))
+                        .await
+                        .unwrap_or_else(|_| Err(AuthError::Internal("the round took too long".into())))
+                })
             });
             let drained = match tokio::time::timeout(PENDING_BUDGET, running).await {
                 Ok(finished) => {
                     round = None;
                     match finished {
-                        Ok(Ok(drained)) => drained,
+                        Ok(Ok(drained)) => drained && fresh,
                         Ok(Err(error)) => {
                             tracing::warn!(%error, "publishing pending revocations failed; retrying");
                             false

@@ -10,8 +10,9 @@
 //!   missed invalidations.
 //! - A read that began before an invalidation is returned to the callers
 //!   that began with it, and to no one after: L1 keeps each value with its
-//!   key's epoch (a count of the key's invalidations) when it was read,
-//!   and serves it only while that is still the key's epoch; L2 is only
+//!   key's epoch (a count of the key's invalidations) when its read
+//!   began, and serves it only to callers that began at that epoch or
+//!   before; L2 is only
 //!   set where nothing is, and the tombstone is something. Otherwise a
 //!   read that began before a write could store the old value after the
 //!   write dropped it, to be served until the TTL.
@@ -216,8 +217,8 @@ where
         None
     }
 
-    /// Drops `key`'s L1 entry if it was read before `epoch` (and only then:
-    /// a fresher one stored meanwhile stays).
+    /// Drops `key`'s L1 entry if it was read before `epoch` (a fresher one
+    /// stored by a load finishing at that moment may go too: a reload).
     async fn drop_older(&self, key: &str, epoch: u64) {
         self.l1
             .entry_by_ref(key)
@@ -350,24 +351,26 @@ where
         let Some(redis) = &self.layer.redis else {
             return;
         };
-        let redis_key = self.redis_key(key);
-        let message = invalidation::message(&self.name, key, written);
-        let tombstoned = redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok();
-        // A local read of the old L2 value between the bump above and the
-        // tombstone was tagged with the new epoch: move the epoch on again.
-        self.epochs.bump(key);
-        self.l1.invalidate(key).await;
-        if tombstoned {
-            return;
-        }
-        self.error(Op::Invalidate);
+        let (redis_key, message) = (self.redis_key(key), invalidation::message(&self.name, key, written));
         let (redis, errors, labels) = (
             redis.clone(),
             self.layer.metrics.errors.clone(),
             ErrorLabels { cache: self.name.clone(), op: Op::Invalidate },
         );
         let give_up = tokio::time::Instant::now() + self.l2_ttl;
+        // A task of its own: a caller that goes away after its commit (a
+        // dropped request) cannot drop the tombstone and the message, which
+        // are retried while Redis is down, until the L2 entry would expire.
+        let (first, first_tried) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let tombstoned = redis.invalidate(&redis_key, TOMBSTONE, TOMBSTONE_TTL, &message).await.is_ok();
+            if !tombstoned {
+                errors.get_or_create(&labels).inc();
+            }
+            let _ = first.send(());
+            if tombstoned {
+                return;
+            }
             let mut delay = Duration::from_millis(100);
             while tokio::time::Instant::now() < give_up {
                 tokio::time::sleep(delay).await;
@@ -378,6 +381,11 @@ where
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
+        let _ = first_tried.await;
+        // A local read of the old L2 value between the bump above and the
+        // tombstone was tagged with the new epoch: move the epoch on again.
+        self.epochs.bump(key);
+        self.l1.invalidate(key).await;
     }
 
     fn redis_key(&self, key: &str) -> String {
