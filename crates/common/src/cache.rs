@@ -197,7 +197,17 @@ where
         Fut: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
-        let epoch = self.epochs.of(key);
+        self.cached(key, self.epochs.of(key), load).await
+    }
+
+    /// L1, else [`Cache::read_through`], for a caller that noted `key`'s
+    /// `epoch` before it decided what to read.
+    async fn cached<F, Fut, E>(&self, key: &str, epoch: u64, load: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
         if let Some(value) = self.l1_get(key, epoch).await {
             return Ok(value);
         }
@@ -261,7 +271,7 @@ where
         // Still handed older reads (writes keep coming): read alone. The
         // loader is unused, since a caller that ran it got its own epoch.
         let load = unused.take().expect("a caller handed older reads did not load");
-        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        self.count_load();
         load().await.map_err(Arc::new)
     }
 
@@ -276,7 +286,7 @@ where
             self.hit(Layer::L2);
             return Ok((value, epoch));
         }
-        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        self.count_load();
         let started = tokio::time::Instant::now();
         // A caller's own future runs at most once, and only the first time
         // it is handed an older read does it try again, loader unused.
@@ -313,13 +323,8 @@ where
         // kept (writers record the position before they bump).
         let epoch = self.epochs.of(key);
         let written = self.layer.invalidation.written_at(&self.name, key).await;
-        let Some(after) = after else {
-            if let Some(value) = self.l1_get(key, epoch).await {
-                return Ok(value);
-            }
-            return self.read_through(key, epoch, || load(written)).await;
-        };
-        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
+        let Some(after) = after else { return self.cached(key, epoch, || load(written)).await };
+        self.count_load();
         let started = tokio::time::Instant::now();
         let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
         self.l1.insert(key.to_owned(), (value.clone(), epoch)).await;
@@ -424,6 +429,10 @@ where
             tracing::debug!(cache = %self.name, %error, "L2 set failed");
             self.error(Op::Set);
         }
+    }
+
+    fn count_load(&self) {
+        self.layer.metrics.loads.get_or_create(&CacheLabel { cache: self.name.clone() }).inc();
     }
 
     fn hit(&self, layer: Layer) {
