@@ -12,6 +12,7 @@
 //! on failure `notification.retry.<n>` (quorum, per-tier TTL, dead-letters
 //! back to the work queue) → after the last attempt `notification.dlq`.
 
+mod acks;
 mod connection;
 mod consumer;
 pub mod dead_letters;

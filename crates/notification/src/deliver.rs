@@ -15,6 +15,7 @@ use tenx_common::metrics::{MetricSet, Metrics};
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 
+use crate::in_app::{InAppWriter, Item};
 use crate::mailer::{Email, Mailer};
 use crate::preferences::{self, Preferences, channel_label};
 use crate::templates::{EmailParts, TemplateError, Templates};
@@ -39,6 +40,10 @@ pub enum DeliverError {
     /// Will never work (unknown template, missing variable).
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// Will never be stored (the database refused the rendered content,
+    /// e.g. a NUL character): no use retrying.
+    #[error("{0}")]
+    Rejected(String),
     /// May work later (database or every SMTP relay down).
     #[error("{0}")]
     Transient(String),
@@ -119,6 +124,8 @@ pub struct Deliverer {
     pub templates: Arc<Templates>,
     pub mailer: Mailer,
     pub preferences: Cache<Preferences>,
+    /// In-app items of concurrent deliveries share one INSERT.
+    in_app: InAppWriter,
     metrics: DeliveryMetrics,
 }
 
@@ -129,6 +136,7 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
+    /// Also starts the in-app writer, so it needs a Tokio runtime.
     pub fn new(
         db: Arc<Db>,
         templates: Arc<Templates>,
@@ -136,7 +144,8 @@ impl Deliverer {
         preferences: Cache<Preferences>,
         metrics: &Metrics,
     ) -> Self {
-        Self { db, templates, mailer, preferences, metrics: metrics.set() }
+        let in_app = InAppWriter::spawn(db.clone());
+        Self { db, templates, mailer, preferences, in_app, metrics: metrics.set() }
     }
 
     /// Channels of `channels` the user has not muted for `template`.
@@ -167,24 +176,14 @@ impl Deliverer {
         }
         // Rendered only for the channels allowed, so a part is one to send.
         if let Some((title, body)) = &rendered.in_app {
-            let inserted = self
-                .db
-                .write()
-                .await?
-                .execute_cached(
-                    "INSERT INTO notifications (id, user_id, category, title, body, dedupe_key) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
-                    &[
-                        &Uuid::now_v7(),
-                        &job.user_id,
-                        &rendered.kind.category,
-                        title,
-                        body,
-                        &format!("{}:in_app", job.dedupe),
-                    ],
-                )
-                .await?;
-            if inserted == 1 {
+            let item = Item {
+                user_id: job.user_id,
+                category: rendered.kind.category.to_owned(),
+                title: title.clone(),
+                body: body.clone(),
+                dedupe_key: format!("{}:in_app", job.dedupe),
+            };
+            if self.in_app.write(item).await? {
                 self.metrics.sent("in_app");
             }
         }

@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod egress;
 pub mod email_log;
 pub mod error;
+pub mod in_app;
 pub mod mailer;
 pub mod preferences;
 pub mod service;

@@ -153,7 +153,7 @@ impl NotificationApi {
         let allowed =
             self.deliverer.allowed(user, &request.template, &channels).await.map_err(|e| match e {
                 DeliverError::Template(t) => NotifyError::NotFound(t.to_string()),
-                DeliverError::Transient(t) => NotifyError::Internal(t),
+                DeliverError::Transient(t) | DeliverError::Rejected(t) => NotifyError::Internal(t),
             })?;
         Ok(pb::SendResponse {
             notification_id: id.to_string(),

@@ -271,6 +271,7 @@ impl Handler for Worker {
         match self.deliverer.deliver(&job).await {
             Ok(()) => Ok(()),
             Err(DeliverError::Template(e)) => Err(HandlerError::Reject(e.to_string())),
+            Err(DeliverError::Rejected(e)) => Err(HandlerError::Reject(e)),
             Err(DeliverError::Transient(e)) => Err(HandlerError::Retry(e)),
         }
     }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tracing::Instrument;
 
+use super::acks::Acks;
 use super::connection::{Backoff, close_quietly};
 use super::message::decode;
 use super::{Amqp, HEADER_ATTEMPT, HEADER_LAST_ERROR, Message, Outgoing, Publisher, QueueError, Topology};
@@ -136,6 +137,7 @@ impl<H: Handler> Consumer<H> {
         // `process` settles its own errors; a broken channel ends the
         // stream, and then this returns to reconnect.
         let broken = std::sync::Mutex::new(None);
+        let acks = Acks::default();
         deliveries
             .take_until(shutdown.wait())
             .take_while(|item| {
@@ -144,9 +146,17 @@ impl<H: Handler> Consumer<H> {
                 }
                 std::future::ready(item.is_ok())
             })
-            .for_each_concurrent(usize::from(prefetch), |item| async {
-                if let Ok(delivery) = item {
-                    self.process(delivery).await;
+            .for_each_concurrent(usize::from(prefetch), |item| {
+                // Noted here, in the channel's order, before any handler
+                // runs: a group ack never reaches a delivery in hand.
+                if let Ok(delivery) = &item {
+                    acks.arrived(delivery.delivery_tag);
+                }
+                let acks = &acks;
+                async move {
+                    if let Ok(delivery) = item {
+                        self.process(delivery, acks).await;
+                    }
                 }
             })
             .await;
@@ -161,14 +171,15 @@ impl<H: Handler> Consumer<H> {
     /// Handles one delivery. If it cannot be settled (acked, or moved with
     /// a confirm) it is nacked back, or, with the channel gone, simply
     /// redelivered by the broker.
-    async fn process(&self, delivery: Delivery) {
-        if let Err(error) = self.try_process(&delivery).await {
+    async fn process(&self, delivery: Delivery, acks: &Acks) {
+        if let Err(error) = self.try_process(&delivery, acks).await {
             tracing::warn!(queue = %self.topology.queue, %error, "could not settle a message; it will be redelivered");
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
+        acks.settled(delivery.delivery_tag).await;
     }
 
-    async fn try_process(&self, delivery: &Delivery) -> Result<(), QueueError> {
+    async fn try_process(&self, delivery: &Delivery, acks: &Acks) -> Result<(), QueueError> {
         let message = match decode(delivery) {
             Ok(message) => message,
             Err(error) => {
@@ -185,10 +196,23 @@ impl<H: Handler> Consumer<H> {
         );
         set_remote_parent(&span, message.trace.to_context());
         let outcome = self.handler.handle(&message).instrument(span.clone()).await;
-        let _entered = span.enter();
+        self.settle(delivery, acks, &message, outcome).instrument(span).await
+    }
+
+    /// Acks a handled message (with others: see [`Acks`]); moves a failed
+    /// one to its retry tier or the dead-letter queue, then acks it alone.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        acks: &Acks,
+        message: &Message,
+        outcome: Result<(), HandlerError>,
+    ) -> Result<(), QueueError> {
         match outcome {
             Ok(()) => {
-                ack(delivery).await?;
+                if !acks.ack(delivery.delivery_tag, &delivery.acker).await {
+                    return Err(QueueError::Unavailable("ack not delivered: channel closed".into()));
+                }
                 self.count(Outcome::Acked);
                 Ok(())
             }

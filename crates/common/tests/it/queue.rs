@@ -221,3 +221,109 @@ async fn an_event_no_queue_is_bound_for_is_kept_in_the_unrouted_queue() -> anyho
     })
     .await
 }
+
+/// Records every message it is handed; holds the one with id "slow" until
+/// released, and sleeps up to `jitter_ms` on the others, so handlers finish
+/// out of the order they started in.
+#[derive(Clone, Default)]
+struct Recording {
+    seen: Arc<Mutex<Vec<String>>>,
+    release_slow: Arc<tokio::sync::Notify>,
+    jitter_ms: u64,
+}
+
+impl Recording {
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Handler for Recording {
+    async fn handle(&self, message: &Message) -> Result<(), HandlerError> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).push(message.id().to_owned());
+        if message.id() == "slow" {
+            self.release_slow.notified().await;
+        } else if self.jitter_ms > 0 {
+            tokio::time::sleep(Duration::from_micros(fastrand::u64(0..self.jitter_ms * 1_000))).await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_message_stuck_in_its_handler_does_not_hold_back_the_acks_of_those_after_it() -> anyhow::Result<()>
+{
+    // Acks go out in groups below the oldest message still in a handler;
+    // if the ones after a stuck message waited for it, they would fill the
+    // prefetch window and the consumer would stop.
+    let test_amqp = TestAmqp::new();
+    let mut settings = amqp_settings(&test_amqp);
+    settings.prefetch = 4;
+    let amqp = Amqp::new(&settings, "test");
+    let topology = Topology::for_group(&settings, "stuck", &["test.#"]);
+    declare(&test_amqp, &amqp, &topology).await?;
+    let (metrics, shutdown) = (Metrics::default(), Shutdown::new());
+    let handler = Recording::default();
+    let task = start_consumer(&amqp, &topology, handler.clone(), &metrics, &shutdown).await;
+
+    let mut events = vec![event("slow", "test.stuck")];
+    events.extend((0..20).map(|i| event(&format!("m{i}"), "test.stuck")));
+    let outgoing: Vec<_> = events.iter().map(|e| Outgoing::event(&topology.exchange, e)).collect();
+    Publisher::new(amqp.clone()).publish(&outgoing).await?;
+
+    // Four at a time (the prefetch): the 20 get through only if their acks
+    // do, while the stuck one is still in its handler.
+    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"acked\"}}", topology.queue);
+    eventually(Duration::from_secs(10), "all 20 after the stuck one acked", || async {
+        Ok(metric(&metrics, &acked) == 20.0)
+    })
+    .await?;
+    handler.release_slow.notify_one();
+    eventually(Duration::from_secs(10), "the stuck one acked too", || async {
+        Ok(metric(&metrics, &acked) == 21.0)
+    })
+    .await?;
+    shutdown.trigger();
+    task.await?;
+    // Nothing went back to the queue: every ack reached the broker.
+    assert_eq!(queue_depth(&amqp, &topology.queue).await?, 0);
+    assert_eq!(handler.seen().len(), 21, "nothing was handled twice");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_finishing_out_of_order_is_acked_once_each_and_nothing_comes_back() -> anyhow::Result<()> {
+    // Many handlers finishing in a shuffled order: a group ack must never
+    // reach a message still in hand (it would be lost on a crash), and no
+    // tag may be acked twice (the broker would close the channel and
+    // redeliver everything unacked).
+    let test_amqp = TestAmqp::new();
+    let mut settings = amqp_settings(&test_amqp);
+    settings.prefetch = 32;
+    let amqp = Amqp::new(&settings, "test");
+    let topology = Topology::for_group(&settings, "burst", &["test.#"]);
+    declare(&test_amqp, &amqp, &topology).await?;
+    let (metrics, shutdown) = (Metrics::default(), Shutdown::new());
+    let handler = Recording { jitter_ms: 3, ..Recording::default() };
+    let task = start_consumer(&amqp, &topology, handler.clone(), &metrics, &shutdown).await;
+
+    const BURST: usize = 2_000;
+    let events: Vec<_> = (0..BURST).map(|i| event(&format!("m{i}"), "test.burst")).collect();
+    let outgoing: Vec<_> = events.iter().map(|e| Outgoing::event(&topology.exchange, e)).collect();
+    Publisher::new(amqp.clone()).publish(&outgoing).await?;
+
+    let acked = format!("tenx_queue_messages_total{{queue=\"{}\",outcome=\"acked\"}}", topology.queue);
+    eventually(Duration::from_secs(30), "the whole burst acked", || async {
+        Ok(metric(&metrics, &acked) == BURST as f64)
+    })
+    .await?;
+    shutdown.trigger();
+    task.await?;
+    assert_eq!(queue_depth(&amqp, &topology.queue).await?, 0, "every ack reached the broker");
+    let mut seen = handler.seen();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), BURST, "each message handled once");
+    assert_eq!(handler.seen().len(), BURST, "and none twice");
+    Ok(())
+}

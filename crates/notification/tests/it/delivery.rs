@@ -369,3 +369,139 @@ async fn emails_share_one_open_relay_connection_and_one_the_relay_dropped_is_rep
     assert_eq!(failed, 0, "every email went on its first attempt");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_with_every_event_delivered_twice_at_once_writes_and_counts_each_in_app_item_once()
+-> anyhow::Result<()> {
+    // In-app items of concurrent deliveries share one INSERT: a key asked
+    // for twice in one batch, or once in each of two, must still be one
+    // row, one unread item and one "sent".
+    let notify = TestNotify::new().await?.start().await?;
+    let user = Uuid::now_v7();
+    let sends: Vec<(String, pb::SendRequested)> = (0..40)
+        .map(|i| {
+            let send = pb::SendRequested {
+                notification_id: Uuid::now_v7().to_string(),
+                user_id: user.to_string(),
+                email: unique_email(),
+                template: "welcome".into(),
+                channels: vec![pb::Channel::InApp.into()],
+                data: Some(prost_types::Struct {
+                    fields: [
+                        ("email", format!("burst-{i}@example.com")),
+                        ("display_name", format!("User {i}")),
+                    ]
+                    .map(|(k, v)| {
+                        (
+                            k.to_owned(),
+                            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v)) },
+                        )
+                    })
+                    .into(),
+                }),
+            };
+            (Uuid::now_v7().to_string(), send)
+        })
+        .collect();
+    let events: Vec<(&str, &str, &pb::SendRequested)> = sends
+        .iter()
+        .flat_map(|(id, send)| {
+            let event = (id.as_str(), pb::SendRequested::EVENT_TYPE, send);
+            [event, event]
+        })
+        .collect();
+    notify.publish_all(&events).await?;
+
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    crate::support::eventually(Duration::from_secs(20), "all 80 deliveries acked", || async {
+        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+        Ok(metrics.lines().any(|l| {
+            l.starts_with("tenx_queue_messages_total{") && l.contains("acked") && l.ends_with(" 80")
+        }))
+    })
+    .await?;
+    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 40"), "{metrics}");
+    let inbox = notify
+        .client()
+        .await?
+        .list_notifications(as_user(
+            &user,
+            pb::ListNotificationsRequest { page_size: 100, ..Default::default() },
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(inbox.notifications.len(), 40, "one item per event");
+    assert_eq!(inbox.unread_count, 40);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_item_the_database_refuses_fails_alone_and_the_rest_of_its_burst_is_written_once()
+-> anyhow::Result<()> {
+    // Items of a burst share one INSERT; a NUL character (which Postgres
+    // text refuses) in one of them must fail only that one, straight to
+    // the dead-letter queue, and not send its neighbours round the retries.
+    let notify = TestNotify::new().await?.start().await?;
+    let user = Uuid::now_v7();
+    let sends: Vec<(String, pb::SendRequested)> = (0..11)
+        .map(|i| {
+            let role = if i == 5 { "admin\u{0}".to_owned() } else { format!("role {i}") };
+            let send = pb::SendRequested {
+                notification_id: Uuid::now_v7().to_string(),
+                user_id: user.to_string(),
+                email: unique_email(),
+                template: "org_role_changed".into(),
+                channels: vec![pb::Channel::InApp.into()],
+                data: Some(prost_types::Struct {
+                    fields: [("role", role), ("organization_name", "Acme".to_owned())]
+                        .map(|(k, v)| {
+                            (
+                                k.to_owned(),
+                                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v)) },
+                            )
+                        })
+                        .into(),
+                }),
+            };
+            (Uuid::now_v7().to_string(), send)
+        })
+        .collect();
+    let events: Vec<(&str, &str, &pb::SendRequested)> =
+        sends.iter().map(|(id, send)| (id.as_str(), pb::SendRequested::EVENT_TYPE, send)).collect();
+    notify.publish_all(&events).await?;
+
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let outcome = |metrics: &str, outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tenx_queue_messages_total{") && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    crate::support::eventually(Duration::from_secs(20), "10 acked and 1 dead-lettered", || async {
+        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+        Ok(outcome(&metrics, "acked") == 10 && outcome(&metrics, "dead_lettered") == 1)
+    })
+    .await?;
+    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    assert_eq!(outcome(&metrics, "retried"), 0, "nothing was retried: {metrics}");
+    assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 10"), "{metrics}");
+    let inbox = notify
+        .client()
+        .await?
+        .list_notifications(as_user(
+            &user,
+            pb::ListNotificationsRequest { page_size: 100, ..Default::default() },
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(inbox.notifications.len(), 10);
+    assert!(inbox.notifications.iter().all(|n| !n.body.contains("admin")), "the refused one is not there");
+    Ok(())
+}

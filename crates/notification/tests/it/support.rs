@@ -130,17 +130,27 @@ impl TestNotify {
         event_type: &str,
         payload: &M,
     ) -> anyhow::Result<()> {
-        let envelope = Envelope {
-            id: id.to_owned(),
-            r#type: event_type.to_owned(),
-            aggregate_id: "test".into(),
-            payload: payload.encode_to_vec(),
-            ..Default::default()
-        };
+        self.publish_all(&[(id, event_type, payload)]).await
+    }
+
+    /// Publishes events `(id, type, payload)` in one confirmed batch, so
+    /// they reach the queue at once (a burst), in this order.
+    pub async fn publish_all<M: prost::Message>(&self, events: &[(&str, &str, &M)]) -> anyhow::Result<()> {
+        let envelopes: Vec<Envelope> = events
+            .iter()
+            .map(|(id, event_type, payload)| Envelope {
+                id: (*id).to_owned(),
+                r#type: (*event_type).to_owned(),
+                aggregate_id: "test".into(),
+                payload: payload.encode_to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        let exchange = self.settings.amqp.exchange_name();
+        let outgoing: Vec<_> =
+            envelopes.iter().map(|envelope| Outgoing::event(&exchange, envelope)).collect();
         let amqp = Amqp::new(&self.settings.amqp, "test-publisher");
-        Publisher::new(amqp)
-            .publish(&[Outgoing::event(&self.settings.amqp.exchange_name(), &envelope)])
-            .await?;
+        Publisher::new(amqp).publish(&outgoing).await?;
         Ok(())
     }
 

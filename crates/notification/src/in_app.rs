@@ -1,0 +1,160 @@
+//! Writing in-app items in groups: every delivery that reaches the write at
+//! the same moment shares one INSERT and one commit.
+//!
+//! Why: each item on its own is a round trip and a synchronous commit (a
+//! WAL flush), and at a burst of events the flushes, not the rows, are what
+//! limits the inbox. One task takes whatever is waiting (up to
+//! [`MAX_BATCH`]) and writes it in one statement; a lone item waits for no
+//! one, so a quiet inbox is as fast as before.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tenx_common::db::{Db, Prepared};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::deliver::DeliverError;
+
+/// Most items one INSERT carries; more wait for the next one.
+pub const MAX_BATCH: usize = 256;
+
+/// One in-app item to write, keyed by its job's dedupe key.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub user_id: Uuid,
+    pub category: String,
+    pub title: String,
+    pub body: String,
+    /// The same key is written once, however often it is asked for.
+    pub dedupe_key: String,
+}
+
+type Reply = oneshot::Sender<Result<bool, Failed>>;
+
+/// A handle on the writing task; cheap to clone. The task ends when the
+/// last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct InAppWriter {
+    queue: mpsc::Sender<(Item, Reply)>,
+}
+
+impl InAppWriter {
+    /// Starts the task that writes to `db` (needs a Tokio runtime).
+    pub fn spawn(db: Arc<Db>) -> Self {
+        let (queue, waiting) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run(db, waiting));
+        Self { queue }
+    }
+
+    /// Writes `item` unless its key is already there; `true` when this call
+    /// wrote it. Returns once the row is committed (or known to exist), so
+    /// the caller may acknowledge its message.
+    pub async fn write(&self, item: Item) -> Result<bool, DeliverError> {
+        let (reply, written) = oneshot::channel();
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| DeliverError::Transient("the in-app writer has stopped".into()))?;
+        match written.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(Failed { reason, row_at_fault: true })) => Err(DeliverError::Rejected(reason)),
+            Ok(Err(Failed { reason, row_at_fault: false })) => Err(DeliverError::Transient(reason)),
+            Err(_) => Err(DeliverError::Transient("the in-app writer has stopped".into())),
+        }
+    }
+}
+
+async fn run(db: Arc<Db>, mut waiting: mpsc::Receiver<(Item, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let span = tracing::info_span!("notification.in_app.write", items = batch.len());
+        write_batch(&db, std::mem::take(&mut batch)).instrument(span).await;
+        batch.reserve(MAX_BATCH);
+    }
+}
+
+/// One INSERT for the whole batch, then each caller told whether its own
+/// item was the one written. A key asked for twice in one batch is written
+/// (and reported written) once; every asker of a key that failed is told.
+async fn write_batch(db: &Db, batch: Vec<(Item, Reply)>) {
+    let mut first_of_key: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut firsts = Vec::with_capacity(batch.len());
+    for (i, (item, _)) in batch.iter().enumerate() {
+        first_of_key.entry(item.dedupe_key.as_str()).or_insert_with(|| {
+            firsts.push(i);
+            i
+        });
+    }
+    let unique: Vec<&Item> = firsts.iter().map(|&i| &batch[i].0).collect();
+    let outcomes: HashMap<usize, Result<bool, Failed>> =
+        firsts.iter().copied().zip(write(db, &unique).await).collect();
+    let answers: Vec<Result<bool, Failed>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, (item, _))| {
+            let first = first_of_key[item.dedupe_key.as_str()];
+            // Only the first asker of a key can be the one that wrote it.
+            outcomes[&first].clone().map(|written| written && first == i)
+        })
+        .collect();
+    for ((_, reply), answer) in batch.into_iter().zip(answers) {
+        // A caller that gave up no longer listens; its row stands anyway.
+        let _ = reply.send(answer);
+    }
+}
+
+/// Writes `items` (distinct keys); for each, whether it was written now.
+async fn write(db: &Db, items: &[&Item]) -> Vec<Result<bool, Failed>> {
+    match insert(db, items).await {
+        Ok(written) => {
+            let written: HashSet<String> = written.into_iter().collect();
+            items.iter().map(|item| Ok(written.contains(&item.dedupe_key))).collect()
+        }
+        // One bad row (a NUL in a title) fails the whole statement: write
+        // each alone, so only its own delivery fails and is retried.
+        Err(Failed { row_at_fault: true, .. }) if items.len() > 1 => {
+            let mut outcomes = Vec::with_capacity(items.len());
+            for item in items {
+                let alone = insert(db, std::slice::from_ref(item)).await;
+                outcomes.push(alone.map(|written| !written.is_empty()));
+            }
+            outcomes
+        }
+        Err(failed) => items.iter().map(|_| Err(failed.clone())).collect(),
+    }
+}
+
+/// Why an INSERT failed, and whether a row's content (not the database)
+/// is to blame (then it never will be written).
+#[derive(Debug, Clone)]
+struct Failed {
+    reason: String,
+    row_at_fault: bool,
+}
+
+async fn insert(db: &Db, items: &[&Item]) -> Result<Vec<String>, Failed> {
+    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
+    let users: Vec<Uuid> = items.iter().map(|i| i.user_id).collect();
+    let categories: Vec<&str> = items.iter().map(|i| i.category.as_str()).collect();
+    let titles: Vec<&str> = items.iter().map(|i| i.title.as_str()).collect();
+    let bodies: Vec<&str> = items.iter().map(|i| i.body.as_str()).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.dedupe_key.as_str()).collect();
+    let conn = db.write().await.map_err(|e| Failed { reason: e.to_string(), row_at_fault: false })?;
+    let rows = conn
+        .query_cached(
+            "INSERT INTO notifications (id, user_id, category, title, body, dedupe_key) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+             ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key",
+            &[&ids, &users, &categories, &titles, &bodies, &keys],
+        )
+        .await
+        .map_err(|e| Failed {
+            // Class 22 (data exception) and 23 (integrity): the rows, not
+            // the database, are what failed.
+            row_at_fault: e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+            reason: e.to_string(),
+        })?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
