@@ -124,6 +124,8 @@ pub struct Deliverer {
     pub templates: Arc<Templates>,
     pub mailer: Mailer,
     pub preferences: Cache<Preferences>,
+    /// Preferences of concurrent deliveries' users share one query.
+    pub(crate) reader: preferences::Reader,
     /// In-app items of concurrent deliveries share one INSERT.
     in_app: InAppWriter,
     metrics: DeliveryMetrics,
@@ -136,7 +138,8 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
-    /// Also starts the in-app writer, so it needs a Tokio runtime.
+    /// Also starts the preferences reader and the in-app writer, so it
+    /// needs a Tokio runtime.
     pub fn new(
         db: Arc<Db>,
         templates: Arc<Templates>,
@@ -144,8 +147,8 @@ impl Deliverer {
         preferences: Cache<Preferences>,
         metrics: &Metrics,
     ) -> Self {
-        let in_app = InAppWriter::spawn(db.clone());
-        Self { db, templates, mailer, preferences, in_app, metrics: metrics.set() }
+        let (reader, in_app) = (preferences::Reader::spawn(db.clone()), InAppWriter::spawn(db.clone()));
+        Self { db, templates, mailer, preferences, reader, in_app, metrics: metrics.set() }
     }
 
     /// Channels of `channels` the user has not muted for `template`.
@@ -160,7 +163,7 @@ impl Deliverer {
         if kind.critical {
             return Ok(channels.to_vec());
         }
-        let prefs = preferences::load(&self.preferences, &self.db, user)
+        let prefs = preferences::load(&self.preferences, &self.reader, user)
             .await
             .map_err(|e| DeliverError::Transient(e.to_string()))?;
         Ok(channels.iter().copied().filter(|c| prefs.enabled(kind.category, *c)).collect())

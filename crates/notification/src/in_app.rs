@@ -1,20 +1,15 @@
-//! Writing in-app items in groups: every delivery that reaches the write at
-//! the same moment shares one INSERT and one commit.
-//!
-//! Why: each item on its own is a round trip and a synchronous commit (a
-//! WAL flush), and at a burst of events the flushes, not the rows, are what
-//! limits the inbox. One task takes whatever is waiting (up to
-//! [`MAX_BATCH`]) and writes it in one statement; a lone item waits for no
-//! one, so a quiet inbox is as fast as before.
+//! Writing in-app items in groups (see [`crate::batch`]): every delivery
+//! that reaches the write at the same moment shares one INSERT and one
+//! commit, since at a burst each item's own synchronous commit (a WAL
+//! flush), not its row, is what limits the inbox.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tenx_common::db::{Db, Prepared};
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::batch::Batcher;
 use crate::deliver::DeliverError;
 
 /// Most items one INSERT carries; more wait for the next one.
@@ -31,78 +26,59 @@ pub struct Item {
     pub dedupe_key: String,
 }
 
-type Reply = oneshot::Sender<Result<bool, Failed>>;
-
-/// A handle on the writing task; cheap to clone. The task ends when the
-/// last handle is dropped.
+/// Writes in-app items; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct InAppWriter {
-    queue: mpsc::Sender<(Item, Reply)>,
+    batcher: Batcher<Item, Result<bool, Failed>>,
 }
 
 impl InAppWriter {
     /// Starts the task that writes to `db` (needs a Tokio runtime).
     pub fn spawn(db: Arc<Db>) -> Self {
-        let (queue, waiting) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(db, waiting));
-        Self { queue }
+        let batcher = Batcher::spawn("in_app.write", MAX_BATCH, move |items| {
+            let db = db.clone();
+            async move { write_batch(&db, &items).await }
+        });
+        Self { batcher }
     }
 
     /// Writes `item` unless its key is already there; `true` when this call
     /// wrote it. Returns once the row is committed (or known to exist), so
     /// the caller may acknowledge its message.
     pub async fn write(&self, item: Item) -> Result<bool, DeliverError> {
-        let (reply, written) = oneshot::channel();
-        self.queue
-            .send((item, reply))
-            .await
-            .map_err(|_| DeliverError::Transient("the in-app writer has stopped".into()))?;
-        match written.await {
-            Ok(Ok(written)) => Ok(written),
-            Ok(Err(Failed { reason, row_at_fault: true })) => Err(DeliverError::Rejected(reason)),
-            Ok(Err(Failed { reason, row_at_fault: false })) => Err(DeliverError::Transient(reason)),
-            Err(_) => Err(DeliverError::Transient("the in-app writer has stopped".into())),
+        match self.batcher.call(item).await {
+            Some(Ok(written)) => Ok(written),
+            Some(Err(Failed { reason, row_at_fault: true })) => Err(DeliverError::Rejected(reason)),
+            Some(Err(Failed { reason, row_at_fault: false })) => Err(DeliverError::Transient(reason)),
+            None => Err(DeliverError::Transient("the in-app write did not finish".into())),
         }
-    }
-}
-
-async fn run(db: Arc<Db>, mut waiting: mpsc::Receiver<(Item, Reply)>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let span = tracing::info_span!("notification.in_app.write", items = batch.len());
-        write_batch(&db, std::mem::take(&mut batch)).instrument(span).await;
-        batch.reserve(MAX_BATCH);
     }
 }
 
 /// One INSERT for the whole batch, then each caller told whether its own
 /// item was the one written. A key asked for twice in one batch is written
 /// (and reported written) once; every asker of a key that failed is told.
-async fn write_batch(db: &Db, batch: Vec<(Item, Reply)>) {
+async fn write_batch(db: &Db, batch: &[Item]) -> Vec<Result<bool, Failed>> {
     let mut first_of_key: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
     let mut firsts = Vec::with_capacity(batch.len());
-    for (i, (item, _)) in batch.iter().enumerate() {
+    for (i, item) in batch.iter().enumerate() {
         first_of_key.entry(item.dedupe_key.as_str()).or_insert_with(|| {
             firsts.push(i);
             i
         });
     }
-    let unique: Vec<&Item> = firsts.iter().map(|&i| &batch[i].0).collect();
+    let unique: Vec<&Item> = firsts.iter().map(|&i| &batch[i]).collect();
     let outcomes: HashMap<usize, Result<bool, Failed>> =
         firsts.iter().copied().zip(write(db, &unique).await).collect();
-    let answers: Vec<Result<bool, Failed>> = batch
+    batch
         .iter()
         .enumerate()
-        .map(|(i, (item, _))| {
+        .map(|(i, item)| {
             let first = first_of_key[item.dedupe_key.as_str()];
             // Only the first asker of a key can be the one that wrote it.
             outcomes[&first].clone().map(|written| written && first == i)
         })
-        .collect();
-    for ((_, reply), answer) in batch.into_iter().zip(answers) {
-        // A caller that gave up no longer listens; its row stands anyway.
-        let _ = reply.send(answer);
-    }
+        .collect()
 }
 
 /// Writes `items` (distinct keys); for each, whether it was written now.

@@ -5,10 +5,13 @@
 //! - [`worker`]: consumes events, [`deliver`]: renders, honours
 //!   preferences, writes the in-app item, sends the email — once.
 //! - [`templates`], [`mailer`], [`preferences`]; [`service`]: the API.
+//! - [`batch`]: concurrent deliveries' reads ([`preferences`]) and writes
+//!   ([`in_app`]) share one statement.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod batch;
 pub mod billing;
 pub mod deliver;
 pub mod egress;

@@ -246,7 +246,7 @@ impl NotificationApi {
     }
 
     async fn preferences(&self, user: Uuid) -> Result<pb::GetPreferencesResponse, NotifyError> {
-        let prefs = preferences::load(&self.deliverer.preferences, &self.deliverer.db, user)
+        let prefs = preferences::load(&self.deliverer.preferences, &self.deliverer.reader, user)
             .await
             .map_err(NotifyError::Internal)?;
         let mut out = Vec::new();

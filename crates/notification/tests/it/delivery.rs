@@ -14,6 +14,34 @@ use crate::support::{
     TestNotify, as_user, mails_to, relay, smtp_test_ca, subject, unique_email, wait_for_mails,
 };
 
+/// An operator's Send of `template` to `user`, in-app only.
+fn in_app_send(user: Uuid, template: &str, data: &[(&str, &str)]) -> pb::SendRequested {
+    let value =
+        |v: &str| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v.to_owned())) };
+    pb::SendRequested {
+        notification_id: Uuid::now_v7().to_string(),
+        user_id: user.to_string(),
+        email: unique_email(),
+        template: template.into(),
+        channels: vec![pb::Channel::InApp.into()],
+        data: Some(prost_types::Struct {
+            fields: data.iter().map(|(k, v)| ((*k).to_owned(), value(v))).collect(),
+        }),
+    }
+}
+
+/// The consumer's count of messages that ended with `outcome`.
+fn queue_outcome(metrics: &str, outcome: &str) -> u32 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tenx_queue_messages_total{") && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_signup_event_delivered_twice_sends_one_welcome_email_and_one_in_app_item() -> anyhow::Result<()> {
     let notify = TestNotify::new().await?.start().await?;
@@ -380,26 +408,9 @@ async fn a_burst_with_every_event_delivered_twice_at_once_writes_and_counts_each
     let user = Uuid::now_v7();
     let sends: Vec<(String, pb::SendRequested)> = (0..40)
         .map(|i| {
-            let send = pb::SendRequested {
-                notification_id: Uuid::now_v7().to_string(),
-                user_id: user.to_string(),
-                email: unique_email(),
-                template: "welcome".into(),
-                channels: vec![pb::Channel::InApp.into()],
-                data: Some(prost_types::Struct {
-                    fields: [
-                        ("email", format!("burst-{i}@example.com")),
-                        ("display_name", format!("User {i}")),
-                    ]
-                    .map(|(k, v)| {
-                        (
-                            k.to_owned(),
-                            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v)) },
-                        )
-                    })
-                    .into(),
-                }),
-            };
+            let name = format!("User {i}");
+            let send =
+                in_app_send(user, "welcome", &[("email", "burst@example.com"), ("display_name", &name)]);
             (Uuid::now_v7().to_string(), send)
         })
         .collect();
@@ -448,23 +459,8 @@ async fn an_item_the_database_refuses_fails_alone_and_the_rest_of_its_burst_is_w
     let sends: Vec<(String, pb::SendRequested)> = (0..11)
         .map(|i| {
             let role = if i == 5 { "admin\u{0}".to_owned() } else { format!("role {i}") };
-            let send = pb::SendRequested {
-                notification_id: Uuid::now_v7().to_string(),
-                user_id: user.to_string(),
-                email: unique_email(),
-                template: "org_role_changed".into(),
-                channels: vec![pb::Channel::InApp.into()],
-                data: Some(prost_types::Struct {
-                    fields: [("role", role), ("organization_name", "Acme".to_owned())]
-                        .map(|(k, v)| {
-                            (
-                                k.to_owned(),
-                                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v)) },
-                            )
-                        })
-                        .into(),
-                }),
-            };
+            let send =
+                in_app_send(user, "org_role_changed", &[("role", &role), ("organization_name", "Acme")]);
             (Uuid::now_v7().to_string(), send)
         })
         .collect();
@@ -474,23 +470,13 @@ async fn an_item_the_database_refuses_fails_alone_and_the_rest_of_its_burst_is_w
 
     let admin =
         notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
-    let outcome = |metrics: &str, outcome: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("tenx_queue_messages_total{") && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
     crate::support::eventually(Duration::from_secs(20), "10 acked and 1 dead-lettered", || async {
         let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
-        Ok(outcome(&metrics, "acked") == 10 && outcome(&metrics, "dead_lettered") == 1)
+        Ok(queue_outcome(&metrics, "acked") == 10 && queue_outcome(&metrics, "dead_lettered") == 1)
     })
     .await?;
     let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
-    assert_eq!(outcome(&metrics, "retried"), 0, "nothing was retried: {metrics}");
+    assert_eq!(queue_outcome(&metrics, "retried"), 0, "nothing was retried: {metrics}");
     assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 10"), "{metrics}");
     let inbox = notify
         .client()
@@ -503,5 +489,57 @@ async fn an_item_the_database_refuses_fails_alone_and_the_rest_of_its_burst_is_w
         .into_inner();
     assert_eq!(inbox.notifications.len(), 10);
     assert!(inbox.notifications.iter().all(|n| !n.body.contains("admin")), "the refused one is not there");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_to_many_users_honours_each_ones_own_preferences() -> anyhow::Result<()> {
+    // Preferences of users notified at the same moment are read in one
+    // query: each must still get exactly their own switches.
+    let notify = TestNotify::new().await?.start().await?;
+    let mut client = notify.client().await?;
+    let users: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    let mute = pb::Preference {
+        category: "account".into(),
+        channel: pb::Channel::InApp as i32,
+        enabled: false,
+        critical: false,
+    };
+    for user in users.iter().skip(1).step_by(2) {
+        let muted = pb::UpdatePreferencesRequest { preferences: vec![mute.clone()] };
+        client.update_preferences(as_user(user, muted)).await?;
+    }
+    let sends: Vec<(String, pb::SendRequested)> = users
+        .iter()
+        .map(|user| {
+            let send =
+                in_app_send(*user, "welcome", &[("email", "many@example.com"), ("display_name", "Ada")]);
+            (Uuid::now_v7().to_string(), send)
+        })
+        .collect();
+    let events: Vec<(&str, &str, &pb::SendRequested)> =
+        sends.iter().map(|(id, send)| (id.as_str(), pb::SendRequested::EVENT_TYPE, send)).collect();
+    notify.publish_all(&events).await?;
+
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    crate::support::eventually(Duration::from_secs(20), "all 20 acked", || async {
+        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+        Ok(queue_outcome(&metrics, "acked") == 20)
+    })
+    .await?;
+    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 10"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "tenx_notification_skipped_total{channel=\"in_app\"} 10"),
+        "{metrics}"
+    );
+    for (i, user) in users.iter().enumerate() {
+        let inbox = client
+            .list_notifications(as_user(user, pb::ListNotificationsRequest::default()))
+            .await?
+            .into_inner();
+        assert_eq!(inbox.notifications.len(), usize::from(i % 2 == 0), "user {i} (muted: {})", i % 2 == 1);
+    }
     Ok(())
 }
