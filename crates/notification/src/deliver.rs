@@ -15,7 +15,7 @@ use tenx_common::metrics::{MetricSet, Metrics};
 use tenx_proto::notification::v1::Channel;
 use uuid::Uuid;
 
-use crate::in_app::{InAppWriter, Item};
+use crate::in_app::{InAppWriter, Item, WriteError};
 use crate::mailer::{Email, Mailer};
 use crate::preferences::{self, Preferences, channel_label};
 use crate::templates::{EmailParts, TemplateError, Templates};
@@ -52,6 +52,15 @@ pub enum DeliverError {
 impl From<tokio_postgres::Error> for DeliverError {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Transient(e.to_string())
+    }
+}
+
+impl From<WriteError> for DeliverError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Refused(reason) => Self::Rejected(reason),
+            WriteError::Unavailable(reason) => Self::Transient(reason),
+        }
     }
 }
 

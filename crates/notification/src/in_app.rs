@@ -10,7 +10,6 @@ use tenx_common::db::{Db, Prepared};
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::deliver::DeliverError;
 
 /// Most items one INSERT carries; more wait for the next one.
 pub const MAX_BATCH: usize = 256;
@@ -45,14 +44,26 @@ impl InAppWriter {
     /// Writes `item` unless its key is already there; `true` when this call
     /// wrote it. Returns once the row is committed (or known to exist), so
     /// the caller may acknowledge its message.
-    pub async fn write(&self, item: Item) -> Result<bool, DeliverError> {
+    pub async fn write(&self, item: Item) -> Result<bool, WriteError> {
         match self.batcher.call(item).await {
             Some(Ok(written)) => Ok(written),
-            Some(Err(Failed { reason, row_at_fault: true })) => Err(DeliverError::Rejected(reason)),
-            Some(Err(Failed { reason, row_at_fault: false })) => Err(DeliverError::Transient(reason)),
-            None => Err(DeliverError::Transient("the in-app write did not finish".into())),
+            Some(Err(Failed { reason, row_at_fault: true })) => Err(WriteError::Refused(reason)),
+            Some(Err(Failed { reason, row_at_fault: false })) => Err(WriteError::Unavailable(reason)),
+            None => Err(WriteError::Unavailable("the in-app write did not finish".into())),
         }
     }
+}
+
+/// Why an item was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database refused the item itself (e.g. a NUL character): it
+    /// never will be written.
+    #[error("{0}")]
+    Refused(String),
+    /// The database could not be reached or failed: may work later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One INSERT for the whole batch, then each caller told whether its own

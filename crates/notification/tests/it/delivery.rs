@@ -398,6 +398,45 @@ async fn emails_share_one_open_relay_connection_and_one_the_relay_dropped_is_rep
     Ok(())
 }
 
+/// Publishes `sends` in one burst, each as `copies` messages with one
+/// event id (a redelivery arriving at once).
+async fn publish_sends(
+    notify: &TestNotify,
+    sends: &[pb::SendRequested],
+    copies: usize,
+) -> anyhow::Result<()> {
+    let ids: Vec<String> = sends.iter().map(|_| Uuid::now_v7().to_string()).collect();
+    let events: Vec<(&str, &str, &pb::SendRequested)> = ids
+        .iter()
+        .zip(sends)
+        .flat_map(|(id, send)| {
+            std::iter::repeat_n((id.as_str(), pb::SendRequested::EVENT_TYPE, send), copies)
+        })
+        .collect();
+    notify.publish_all(&events).await
+}
+
+/// Waits until the consumer has acked `acked` messages and dead-lettered
+/// `dead_lettered`; then the service's metrics.
+async fn settled(notify: &TestNotify, acked: u32, dead_lettered: u32) -> anyhow::Result<String> {
+    let admin =
+        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let metrics = || async move { anyhow::Ok(tenx_test_support::http_get(admin, "/metrics").await?.1) };
+    crate::support::eventually(Duration::from_secs(20), "the burst settled", || async {
+        let metrics = metrics().await?;
+        Ok(queue_outcome(&metrics, "acked") == acked
+            && queue_outcome(&metrics, "dead_lettered") == dead_lettered)
+    })
+    .await?;
+    metrics().await
+}
+
+/// `user`'s inbox, up to 100 items.
+async fn inbox(notify: &TestNotify, user: &Uuid) -> anyhow::Result<pb::ListNotificationsResponse> {
+    let request = pb::ListNotificationsRequest { page_size: 100, ..Default::default() };
+    Ok(notify.client().await?.list_notifications(as_user(user, request)).await?.into_inner())
+}
+
 #[tokio::test]
 async fn a_burst_with_every_event_delivered_twice_at_once_writes_and_counts_each_in_app_item_once()
 -> anyhow::Result<()> {
@@ -406,43 +445,17 @@ async fn a_burst_with_every_event_delivered_twice_at_once_writes_and_counts_each
     // row, one unread item and one "sent".
     let notify = TestNotify::new().await?.start().await?;
     let user = Uuid::now_v7();
-    let sends: Vec<(String, pb::SendRequested)> = (0..40)
+    let sends: Vec<pb::SendRequested> = (0..40)
         .map(|i| {
             let name = format!("User {i}");
-            let send =
-                in_app_send(user, "welcome", &[("email", "burst@example.com"), ("display_name", &name)]);
-            (Uuid::now_v7().to_string(), send)
+            in_app_send(user, "welcome", &[("email", "burst@example.com"), ("display_name", &name)])
         })
         .collect();
-    let events: Vec<(&str, &str, &pb::SendRequested)> = sends
-        .iter()
-        .flat_map(|(id, send)| {
-            let event = (id.as_str(), pb::SendRequested::EVENT_TYPE, send);
-            [event, event]
-        })
-        .collect();
-    notify.publish_all(&events).await?;
+    publish_sends(&notify, &sends, 2).await?;
 
-    let admin =
-        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
-    crate::support::eventually(Duration::from_secs(20), "all 80 deliveries acked", || async {
-        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
-        Ok(metrics.lines().any(|l| {
-            l.starts_with("tenx_queue_messages_total{") && l.contains("acked") && l.ends_with(" 80")
-        }))
-    })
-    .await?;
-    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    let metrics = settled(&notify, 80, 0).await?;
     assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 40"), "{metrics}");
-    let inbox = notify
-        .client()
-        .await?
-        .list_notifications(as_user(
-            &user,
-            pb::ListNotificationsRequest { page_size: 100, ..Default::default() },
-        ))
-        .await?
-        .into_inner();
+    let inbox = inbox(&notify, &user).await?;
     assert_eq!(inbox.notifications.len(), 40, "one item per event");
     assert_eq!(inbox.unread_count, 40);
     Ok(())
@@ -456,37 +469,18 @@ async fn an_item_the_database_refuses_fails_alone_and_the_rest_of_its_burst_is_w
     // the dead-letter queue, and not send its neighbours round the retries.
     let notify = TestNotify::new().await?.start().await?;
     let user = Uuid::now_v7();
-    let sends: Vec<(String, pb::SendRequested)> = (0..11)
+    let sends: Vec<pb::SendRequested> = (0..11)
         .map(|i| {
             let role = if i == 5 { "admin\u{0}".to_owned() } else { format!("role {i}") };
-            let send =
-                in_app_send(user, "org_role_changed", &[("role", &role), ("organization_name", "Acme")]);
-            (Uuid::now_v7().to_string(), send)
+            in_app_send(user, "org_role_changed", &[("role", &role), ("organization_name", "Acme")])
         })
         .collect();
-    let events: Vec<(&str, &str, &pb::SendRequested)> =
-        sends.iter().map(|(id, send)| (id.as_str(), pb::SendRequested::EVENT_TYPE, send)).collect();
-    notify.publish_all(&events).await?;
+    publish_sends(&notify, &sends, 1).await?;
 
-    let admin =
-        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
-    crate::support::eventually(Duration::from_secs(20), "10 acked and 1 dead-lettered", || async {
-        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
-        Ok(queue_outcome(&metrics, "acked") == 10 && queue_outcome(&metrics, "dead_lettered") == 1)
-    })
-    .await?;
-    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    let metrics = settled(&notify, 10, 1).await?;
     assert_eq!(queue_outcome(&metrics, "retried"), 0, "nothing was retried: {metrics}");
     assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 10"), "{metrics}");
-    let inbox = notify
-        .client()
-        .await?
-        .list_notifications(as_user(
-            &user,
-            pb::ListNotificationsRequest { page_size: 100, ..Default::default() },
-        ))
-        .await?
-        .into_inner();
+    let inbox = inbox(&notify, &user).await?;
     assert_eq!(inbox.notifications.len(), 10);
     assert!(inbox.notifications.iter().all(|n| !n.body.contains("admin")), "the refused one is not there");
     Ok(())
@@ -509,36 +503,20 @@ async fn a_burst_to_many_users_honours_each_ones_own_preferences() -> anyhow::Re
         let muted = pb::UpdatePreferencesRequest { preferences: vec![mute.clone()] };
         client.update_preferences(as_user(user, muted)).await?;
     }
-    let sends: Vec<(String, pb::SendRequested)> = users
+    let sends: Vec<pb::SendRequested> = users
         .iter()
-        .map(|user| {
-            let send =
-                in_app_send(*user, "welcome", &[("email", "many@example.com"), ("display_name", "Ada")]);
-            (Uuid::now_v7().to_string(), send)
-        })
+        .map(|user| in_app_send(*user, "welcome", &[("email", "many@example.com"), ("display_name", "Ada")]))
         .collect();
-    let events: Vec<(&str, &str, &pb::SendRequested)> =
-        sends.iter().map(|(id, send)| (id.as_str(), pb::SendRequested::EVENT_TYPE, send)).collect();
-    notify.publish_all(&events).await?;
+    publish_sends(&notify, &sends, 1).await?;
 
-    let admin =
-        notify.running.as_ref().map(|r| r.admin_addr).ok_or_else(|| anyhow::anyhow!("not running"))?;
-    crate::support::eventually(Duration::from_secs(20), "all 20 acked", || async {
-        let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
-        Ok(queue_outcome(&metrics, "acked") == 20)
-    })
-    .await?;
-    let (_, metrics) = tenx_test_support::http_get(admin, "/metrics").await?;
+    let metrics = settled(&notify, 20, 0).await?;
     assert!(metrics.lines().any(|l| l == "tenx_notification_sent_total{channel=\"in_app\"} 10"), "{metrics}");
     assert!(
         metrics.lines().any(|l| l == "tenx_notification_skipped_total{channel=\"in_app\"} 10"),
         "{metrics}"
     );
     for (i, user) in users.iter().enumerate() {
-        let inbox = client
-            .list_notifications(as_user(user, pb::ListNotificationsRequest::default()))
-            .await?
-            .into_inner();
+        let inbox = inbox(&notify, user).await?;
         assert_eq!(inbox.notifications.len(), usize::from(i % 2 == 0), "user {i} (muted: {})", i % 2 == 1);
     }
     Ok(())
