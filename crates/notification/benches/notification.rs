@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
-use tenx_common::metrics::Metrics;
+use tenx_common::metrics::{Metrics, exposition};
 use tenx_common::queue::{Amqp, Outgoing, Publisher};
 use tenx_common::sealed::SealKey;
 use tenx_common::shutdown::Shutdown;
@@ -264,12 +264,9 @@ async fn run(port: u16) -> anyhow::Result<()> {
         // table: a `count(*)` of a growing table every few milliseconds
         // was a sixth of the primary's work during the burst.
         let sent = || {
-            metrics
-                .render()
-                .lines()
-                .find_map(|l| l.strip_prefix("tenx_notification_sent_total{channel=\"in_app\"} "))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as usize
+            let samples = exposition::parse(&metrics.render());
+            let mut sent = exposition::named(&samples, "tenx_notification_sent_total");
+            sent.find(|s| s.label("channel") == Some("in_app")).map_or(0, |s| s.value as usize)
         };
         while sent() < BURST {
             anyhow::ensure!(

@@ -70,24 +70,17 @@ pub enum WriteError {
 /// item was the one written. A key asked for twice in one batch is written
 /// (and reported written) once; every asker of a key that failed is told.
 async fn write_batch(db: &Db, batch: &[Item]) -> Vec<Result<bool, Failed>> {
-    let mut first_of_key: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-    let mut firsts = Vec::with_capacity(batch.len());
-    for (i, item) in batch.iter().enumerate() {
-        first_of_key.entry(item.dedupe_key.as_str()).or_insert_with(|| {
-            firsts.push(i);
-            i
-        });
-    }
-    let unique: Vec<&Item> = firsts.iter().map(|&i| &batch[i]).collect();
-    let outcomes: HashMap<usize, Result<bool, Failed>> =
-        firsts.iter().copied().zip(write(db, &unique).await).collect();
+    let mut seen = HashSet::with_capacity(batch.len());
+    let unique: Vec<&Item> = batch.iter().filter(|item| seen.insert(item.dedupe_key.as_str())).collect();
+    let keys = unique.iter().map(|item| item.dedupe_key.as_str());
+    let outcomes: HashMap<&str, Result<bool, Failed>> = keys.zip(write(db, &unique).await).collect();
+    // Only the first asker of a key written now is told it wrote it.
+    let mut told = HashSet::with_capacity(unique.len());
     batch
         .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let first = first_of_key[item.dedupe_key.as_str()];
-            // Only the first asker of a key can be the one that wrote it.
-            outcomes[&first].clone().map(|written| written && first == i)
+        .map(|item| {
+            let key = item.dedupe_key.as_str();
+            outcomes[key].clone().map(|written| written && told.insert(key))
         })
         .collect()
 }
@@ -100,7 +93,7 @@ async fn write(db: &Db, items: &[&Item]) -> Vec<Result<bool, Failed>> {
             items.iter().map(|item| Ok(written.contains(&item.dedupe_key))).collect()
         }
         // One bad row (a NUL in a title) fails the whole statement: write
-        // each alone, so only its own delivery fails and is retried.
+        // each alone, so only its own delivery fails (and is dead-lettered).
         Err(Failed { row_at_fault: true, .. }) if items.len() > 1 => {
             let mut outcomes = Vec::with_capacity(items.len());
             for item in items {

@@ -26,7 +26,7 @@ use lapin::options::BasicAckOptions;
 use tokio::sync::oneshot;
 
 /// How long a handled delivery waits for a group before it is acked alone.
-pub(super) const LINGER: Duration = Duration::from_millis(10);
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The ack state of one channel (delivery tags are per channel).
 #[derive(Default)]

@@ -8,6 +8,7 @@ use tenx_proto::notification::v1 as pb;
 use tenx_test_support::ChaosProxy;
 use uuid::Uuid;
 
+use tenx_common::metrics::exposition;
 use tenx_notification::settings::SmtpTls;
 
 use crate::support::{
@@ -32,14 +33,9 @@ fn in_app_send(user: Uuid, template: &str, data: &[(&str, &str)]) -> pb::SendReq
 
 /// The consumer's count of messages that ended with `outcome`.
 fn queue_outcome(metrics: &str, outcome: &str) -> u32 {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("tenx_queue_messages_total{") && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let samples = exposition::parse(metrics);
+    let mut counts = exposition::named(&samples, "tenx_queue_messages_total");
+    counts.find(|s| s.label("outcome") == Some(outcome)).map_or(0, |s| s.value as u32)
 }
 
 #[tokio::test]
