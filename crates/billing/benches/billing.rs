@@ -5,7 +5,8 @@
 //! empty localstripe of the bench's own (`make deps` installs it).
 //!
 //! `cargo bench -p tenx-billing`; `TENX_BENCH_SAVE=1` rewrites the baseline;
-//! `TENX_BENCH_ONLY=simulator` runs only the sections so named.
+//! `TENX_BENCH_ONLY=simulator` runs only the sections so named;
+//! `TENX_BENCH_PERF=DIR` profiles each paying phase (`bench::Profile`).
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -173,6 +174,8 @@ async fn pay(
     names: [&'static str; 4],
     figures: &mut BTreeMap<&'static str, Figure>,
 ) -> anyhow::Result<()> {
+    let [p50, p99, rate, per_payment] = names;
+    let profile = bench::Profile::start(rate)?;
     let cpu = bench::busy_cpu_us();
     let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(invoices.len())));
     let paying = run(invoices.len(), |i| {
@@ -190,9 +193,9 @@ async fn pay(
         }
     })
     .await?;
-    let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let cpu_ms = bench::busy_cpu_us().saturating_sub(cpu) as f64 / 1e3 / invoices.len() as f64;
-    let [p50, p99, rate, per_payment] = names;
+    drop(profile);
+    let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     figures.insert(p50, Figure::ms(percentile(&mut latencies, 50.0)));
     figures.insert(p99, Figure::ms(percentile(&mut latencies, 99.0)));
     figures.insert(rate, Figure::per_second(invoices.len(), paying));

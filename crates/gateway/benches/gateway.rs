@@ -18,7 +18,8 @@
 //! targets are printed beside what was measured.
 //!
 //! `make bench` (installs nginx) or `cargo bench -p tenx-gateway`;
-//! `TENX_BENCH_SAVE=1` rewrites the baseline.
+//! `TENX_BENCH_SAVE=1` rewrites the baseline; `TENX_BENCH_PERF=DIR`
+//! profiles each target's busy run (`bench::Profile`).
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code)]
@@ -215,7 +216,9 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         let context = || format!("calling {name}");
         run(IN_FLIGHT * 20, IN_FLIGHT, call.clone()).await.with_context(context)?;
         let (mut one, _, _) = run(ONE_BY_ONE, 1, call.clone()).await.with_context(context)?;
+        let profile = bench::Profile::start(name)?;
         let (mut busy, elapsed, cpu_us) = run(BUSY, IN_FLIGHT, call.clone()).await.with_context(context)?;
+        drop(profile);
         measured.insert(
             *name,
             Measured {

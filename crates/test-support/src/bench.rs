@@ -97,3 +97,47 @@ pub fn report(figures: &BTreeMap<&str, Figure>, baseline_path: &str) -> anyhow::
     }
     Ok(())
 }
+
+/// A profile of the whole machine (`perf record -a -g`) while it lives,
+/// when `TENX_BENCH_PERF` names a directory: only the measured section,
+/// without the setup around it, which otherwise fills most of a profile.
+/// The file is `<dir>/<label>.perf.data`; read it with
+/// `perf report -i FILE --sort comm,sym`. Without the variable it does
+/// nothing.
+#[derive(Debug)]
+pub struct Profile {
+    child: Option<std::process::Child>,
+}
+
+impl Profile {
+    /// Starts `perf` (and gives it a moment to attach) if asked to.
+    pub fn start(label: &str) -> anyhow::Result<Self> {
+        let Some(dir) = std::env::var_os("TENX_BENCH_PERF") else { return Ok(Self { child: None }) };
+        let name: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let out = std::path::Path::new(&dir).join(format!("{name}.perf.data"));
+        std::fs::create_dir_all(&dir)?;
+        let child = std::process::Command::new("perf")
+            .args(["record", "-a", "-g", "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("perf: {e} (Debian package linux-perf)"))?;
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!("profiling {label} into {}", out.display());
+        Ok(Self { child: Some(child) })
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // INT, not KILL: perf writes its file on the way out.
+            let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+}
