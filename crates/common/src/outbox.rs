@@ -3,6 +3,11 @@
 //! relay publishes pending rows to RabbitMQ with publisher confirms and
 //! marks them published only after the broker confirmed them.
 //!
+//! A row is pending while its marker, a narrow `(partition, seq)` row in
+//! `tenx_outbox_pending` that a trigger inserts with it, exists; marking
+//! it published deletes the marker and leaves the event's own row as it
+//! was written (an update of that row rewrote it whole, payload and all).
+//!
 //! Several relays (one per service replica) run at once safely. Rows are
 //! spread over 16 partitions by aggregate id, and a relay publishes only
 //! partitions it holds a transaction-scoped advisory lock on: no row is
@@ -12,7 +17,7 @@
 //!
 //! Each relay remembers, per partition, a floor below which everything
 //! is published, and reads only above it: a busy outbox leaves thousands
-//! of index entries of published rows that a streaming replica's
+//! of index entries of deleted markers that a streaming replica's
 //! `hot_standby_feedback` keeps alive for seconds, and reading past them
 //! cost more than the rest of the batch. A floor only passes a seq once
 //! no transaction that could still commit it is running ([`Floors`]).
@@ -152,7 +157,7 @@ pub struct RelaySettings {
     /// a relay transaction each.
     #[serde(default = "default_wake_spacing_ms")]
     pub wake_spacing_ms: u64,
-    /// Published rows are deleted after this long.
+    /// Published rows are deleted this long after their event occurred.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u32,
 }
@@ -238,34 +243,45 @@ impl std::fmt::Debug for Relay {
 const PARTITIONS: usize = 16;
 
 /// The oldest pending rows of up to `$1` partitions this relay could lock,
-/// at most `$2` rows, in seq order. Each partition is read above its floor
-/// (`$3[partition + 1]`): below it every row is published, so the scan
-/// skips the index entries published rows leave behind, which a replica's
-/// `hot_standby_feedback` keeps from being cleaned for seconds and which
-/// otherwise cost a heap visit each, every batch. Candidates are found
-/// before any lock is tried, so only partitions with work are locked, by
-/// one index probe each: as an `EXISTS`, the planner made it a semi-join
-/// over every pending row of every partition (5 ms a batch under load).
+/// at most `$2` rows, in seq order. A row is pending while its marker in
+/// `tenx_outbox_pending` exists (common's migration V2). Each partition
+/// is read above its floor (`$3[partition + 1]`): below it every row is
+/// published, so the scan skips the index entries deleted markers leave
+/// behind, which a replica's `hot_standby_feedback` keeps from being
+/// cleaned for seconds and which otherwise cost a heap visit each, every
+/// batch. Candidates are found before any lock is tried, so only
+/// partitions with work are locked, by one index probe each: as an
+/// `EXISTS`, the planner made it a semi-join over every pending row of
+/// every partition (5 ms a batch under load). The markers are locked
+/// first and the rows read after, so the lock's recheck carries only
+/// the narrow markers, not every payload.
 const CLAIM_BATCH: &str = "\
 WITH floors AS (
     SELECT (ord - 1)::smallint AS p, f AS floor FROM unnest($3::bigint[]) WITH ORDINALITY AS t (f, ord)
 ), candidates AS MATERIALIZED (
     SELECT p, floor FROM floors CROSS JOIN LATERAL (
-        SELECT FROM tenx_outbox o WHERE o.partition = floors.p AND o.seq > floors.floor
-          AND o.published_at IS NULL
-        LIMIT 1) AS pending
+        SELECT FROM tenx_outbox_pending q WHERE q.partition = floors.p AND q.seq > floors.floor
+        LIMIT 1) AS any_pending
 ), mine AS (
     SELECT p, floor FROM candidates
     WHERE pg_try_advisory_xact_lock(hashtext('tenx.outbox.' || current_schema()), p)
     LIMIT $1
+), claimed AS MATERIALIZED (
+    SELECT q.seq FROM tenx_outbox_pending q JOIN mine ON q.partition = mine.p AND q.seq > mine.floor
+    ORDER BY q.seq
+    LIMIT $2
+    FOR UPDATE OF q
 )
 SELECT o.seq, o.partition, o.id, o.event_type, o.aggregate_id, o.payload, o.payload_type, o.traceparent,
        o.tracestate, o.occurred_at
-FROM tenx_outbox o JOIN mine ON o.partition = mine.p AND o.seq > mine.floor
-WHERE o.published_at IS NULL
-ORDER BY o.seq
-LIMIT $2
-FOR UPDATE OF o";
+FROM claimed JOIN tenx_outbox o ON o.seq = claimed.seq
+ORDER BY o.seq";
+
+/// Publishing done: the batch's markers go (`$1` partitions, `$2` seqs,
+/// pairwise).
+const MARK_PUBLISHED: &str = "\
+DELETE FROM tenx_outbox_pending q USING unnest($1::smallint[], $2::bigint[]) AS done (p, s)
+WHERE q.partition = done.p AND q.seq = done.s";
 
 /// Where each partition's scan starts: below `floor[p]`, every row of
 /// partition p is published.
@@ -454,11 +470,13 @@ impl Relay {
         }
         floors.idle = 0;
         let mut seqs = Vec::with_capacity(rows.len());
+        let mut row_partitions: Vec<i16> = Vec::with_capacity(rows.len());
         let mut partitions: Vec<i16> = Vec::new();
         let mut messages = Vec::with_capacity(rows.len());
         for row in &rows {
             seqs.push(row.get::<_, i64>("seq"));
             let partition: i16 = row.get("partition");
+            row_partitions.push(partition);
             if !partitions.contains(&partition) {
                 partitions.push(partition);
             }
@@ -474,11 +492,7 @@ impl Relay {
         };
         match published {
             Ok(()) => {
-                tx.execute_cached(
-                    "UPDATE tenx_outbox SET published_at = now() WHERE seq = ANY($1)",
-                    &[&seqs],
-                )
-                .await?;
+                tx.execute_cached(MARK_PUBLISHED, &[&row_partitions, &seqs]).await?;
                 tx.commit().await?;
                 floors.advance(&partitions, through, safe);
                 self.metrics.published.inc_by(seqs.len() as u64);
@@ -557,8 +571,9 @@ impl std::fmt::Debug for Replayer {
 const REPLAY_PAGE: &str = "\
 SELECT seq, id, event_type, aggregate_id, payload, payload_type, traceparent, tracestate, occurred_at
 FROM tenx_outbox
-WHERE seq > $1 AND published_at IS NOT NULL AND occurred_at >= $2 AND occurred_at < $3
+WHERE seq > $1 AND occurred_at >= $2 AND occurred_at < $3
   AND ($4::text = '' OR event_type = $4)
+  AND NOT EXISTS (SELECT FROM tenx_outbox_pending q WHERE q.partition = tenx_outbox.partition AND q.seq = tenx_outbox.seq)
 ORDER BY seq
 LIMIT $5";
 
@@ -579,7 +594,9 @@ impl Replayer {
         let conn = self.pool.get().await?;
         let oldest = conn
             .query_opt_cached(
-                "SELECT occurred_at FROM tenx_outbox WHERE published_at IS NOT NULL ORDER BY seq LIMIT 1",
+                "SELECT occurred_at FROM tenx_outbox o WHERE NOT EXISTS \
+                 (SELECT FROM tenx_outbox_pending q WHERE q.partition = o.partition AND q.seq = o.seq) \
+                 ORDER BY seq LIMIT 1",
                 &[],
             )
             .await?

@@ -294,16 +294,16 @@ pub(crate) fn watch_outbox(metrics: &Metrics, service: &str, pool: &Pool) {
     });
 }
 
-/// One query: pending rows (up to `$1`); the oldest pending event's age,
-/// from the first pending row of each of the 16 partitions (the relay's
-/// own index, so a backlog costs 16 probes, not a scan); the inbox's rows
-/// (exact below `$2`).
+/// One query: pending rows (their markers, up to `$1`); the oldest
+/// pending event's age, from the first marker of each of the 16
+/// partitions (the relay's own index, so a backlog costs 16 probes, not a
+/// scan); the inbox's rows (exact below `$2`).
 const OUTBOX_AND_INBOX: &str = "\
-    SELECT (SELECT count(*) FROM (SELECT 1 FROM tenx_outbox WHERE published_at IS NULL LIMIT $1::bigint) p) AS pending, \
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM tenx_outbox_pending LIMIT $1::bigint) p) AS pending, \
            COALESCE(EXTRACT(epoch FROM now() - ( \
              SELECT min(o.occurred_at) FROM generate_series(0, 15) AS g (p) CROSS JOIN LATERAL ( \
-               SELECT occurred_at FROM tenx_outbox WHERE published_at IS NULL AND partition = g.p \
-               ORDER BY seq LIMIT 1) o)), 0)::float8 AS oldest_age, \
+               SELECT seq FROM tenx_outbox_pending WHERE partition = g.p \
+               ORDER BY seq LIMIT 1) q JOIN tenx_outbox o ON o.seq = q.seq)), 0)::float8 AS oldest_age, \
            (SELECT CASE WHEN c.reltuples < $2::bigint THEN (SELECT count(*) FROM tenx_inbox) ELSE c.reltuples::bigint END \
             FROM pg_class c WHERE c.oid = 'tenx_inbox'::regclass) AS inbox";
 

@@ -120,8 +120,8 @@ impl Validate for RetentionSettings {
 }
 
 /// Rows of `table` whose `column` is older than `ttl` (rows where it is
-/// NULL are kept: an outbox row not yet published, say), and for which
-/// `only` holds, if set (SQL over the table's columns).
+/// NULL are kept), and for which `only` holds, if set (SQL over the
+/// table's columns: an outbox row only once published, say).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub table: &'static str,
@@ -207,7 +207,12 @@ impl Retention {
     ) -> Self {
         let mut all = vec![
             Rule::older("tenx_inbox", "processed_at", days(settings.inbox_days)),
-            Rule::older("tenx_outbox", "published_at", Duration::from_secs(u64::from(outbox_hours) * 3600)),
+            // Published rows: those without a pending marker.
+            Rule::older("tenx_outbox", "occurred_at", Duration::from_secs(u64::from(outbox_hours) * 3600))
+                .only(
+                    "NOT EXISTS (SELECT FROM tenx_outbox_pending q \
+                 WHERE q.partition = tenx_outbox.partition AND q.seq = tenx_outbox.seq)",
+                ),
         ];
         all.extend(rules);
         Self {

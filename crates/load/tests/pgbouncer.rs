@@ -76,11 +76,7 @@ async fn every_flow_works_through_a_transaction_pooler() -> anyhow::Result<()> {
     assert!(paid as u64 >= subscribed && subscribed > 0, "{paid} paid subscriptions for {subscribed} calls");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let unsent = count(
-            &platform.auth_db_url(),
-            "SELECT count(*) FROM auth.tenx_outbox WHERE published_at IS NULL",
-        )
-        .await?;
+        let unsent = count(&platform.auth_db_url(), "SELECT count(*) FROM auth.tenx_outbox_pending").await?;
         if unsent == 0 {
             break;
         }

@@ -42,12 +42,8 @@ async fn signup_succeeds_with_rabbitmq_down_and_the_event_arrives_when_it_is_bac
     let created = tokio::time::timeout(Duration::from_secs(5), sign_up(&mut client, &email)).await??;
     assert!(created.tokens.is_some(), "signup answered without the broker");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pending: i64 = auth
-        .sql()
-        .await?
-        .query_one("SELECT count(*) FROM tenx_outbox WHERE published_at IS NULL", &[])
-        .await?
-        .get(0);
+    let pending: i64 =
+        auth.sql().await?.query_one("SELECT count(*) FROM tenx_outbox_pending", &[]).await?.get(0);
     assert_eq!(pending, 1, "the event waits in the outbox");
 
     proxy.restore();

@@ -35,8 +35,9 @@ async fn a_payment_with_the_broker_down_commits_and_its_event_goes_out_after() -
             .sql()
             .await?
             .query_one(
-                "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM tenx_outbox \
-                 WHERE event_type = 'billing.invoice.paid'",
+                "SELECT count(q.seq), count(*) FROM tenx_outbox o \
+                 LEFT JOIN tenx_outbox_pending q ON q.partition = o.partition AND q.seq = o.seq \
+                 WHERE o.event_type = 'billing.invoice.paid'",
                 &[],
             )
             .await?;

@@ -15,7 +15,7 @@ use tenx_common::queue::{Amqp, Consumer, Handler, HandlerError, Message, Outgoin
 use tenx_common::shutdown::Shutdown;
 use tenx_proto::events::v1::Envelope;
 use tenx_test_support::TestAmqp;
-use tenx_test_support::bench::{Figure, busy_cpu_us, percentile};
+use tenx_test_support::bench::{Figure, Profile, busy_cpu_us, percentile};
 
 /// Events per throughput figure, sent in batches (raw) or transactions
 /// (outbox) of [`BATCH`].
@@ -155,6 +155,7 @@ pub async fn figures(
     consume(test_amqp, RAW_TYPE, &arrivals, &shutdown);
     bound(test_amqp, RAW_TYPE).await?;
     let publisher = Publisher::new(Amqp::new(&settings, "bench-raw-publisher"));
+    let profile = Profile::start(RAW)?;
     let (started, cpu) = (Instant::now(), busy_cpu_us());
     for batch in 0..EVENTS / BATCH {
         let messages: Vec<Outgoing> = (batch * BATCH..(batch + 1) * BATCH)
@@ -173,6 +174,7 @@ pub async fn figures(
     arrivals.wait_for_all(Duration::from_secs(300)).await?;
     out.insert(RAW, Figure::per_second(EVENTS, started.elapsed()));
     out.insert(RAW_CPU, cpu_per(busy_cpu_us() - cpu, EVENTS));
+    drop(profile);
 
     // The outbox: transactions of 100, one at a time, each relayed as soon
     // as it commits.
@@ -180,6 +182,7 @@ pub async fn figures(
     consume(test_amqp, OUTBOX_TYPE, &arrivals, &shutdown);
     bound(test_amqp, OUTBOX_TYPE).await?;
     relay(db, test_amqp, &shutdown);
+    let profile = Profile::start(OUTBOX)?;
     let (started, cpu) = (Instant::now(), busy_cpu_us());
     for batch in 0..EVENTS / BATCH {
         let events: Vec<NewEvent> =
@@ -192,6 +195,7 @@ pub async fn figures(
     arrivals.wait_for_all(Duration::from_secs(300)).await?;
     out.insert(OUTBOX, Figure::per_second(EVENTS, started.elapsed()));
     out.insert(OUTBOX_CPU, cpu_per(busy_cpu_us() - cpu, EVENTS));
+    drop(profile);
     let ratio = out[OUTBOX].value / out[RAW].value;
     out.insert(RATIO, Figure { value: ratio, unit: "x", higher_is_better: true });
 

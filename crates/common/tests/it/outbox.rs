@@ -121,12 +121,7 @@ impl Outbox {
 }
 
 async fn pending(db: &Db) -> anyhow::Result<i64> {
-    Ok(db
-        .write()
-        .await?
-        .query_one("SELECT count(*) FROM tenx_outbox WHERE published_at IS NULL", &[])
-        .await?
-        .get(0))
+    Ok(db.write().await?.query_one("SELECT count(*) FROM tenx_outbox_pending", &[]).await?.get(0))
 }
 
 #[tokio::test]
@@ -238,6 +233,38 @@ async fn an_event_committed_after_later_ones_were_published_is_still_published()
     shutdown.trigger();
     relay.await?;
     assert_eq!(arrived.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(), [b"late".as_slice()]);
+    assert_eq!(pending(&db).await?, 0);
+    Ok(())
+}
+
+/// A row written without `enqueue` (by an older build of a service during
+/// a rolling upgrade, or by a repair script under another `search_path`)
+/// still gets its pending marker, from the trigger, and is published.
+#[tokio::test]
+async fn an_outbox_row_inserted_by_hand_under_another_search_path_is_published() -> anyhow::Result<()> {
+    let Outbox { test_amqp: _amqp, _tdb, db, settings, _observer, mut rx } = Outbox::start().await?;
+    let conn = db.write().await?;
+    let schema: String = conn.query_one("SELECT current_schema()", &[]).await?.get(0);
+    conn.batch_execute(&format!(
+        "SET search_path TO public; \
+         INSERT INTO {schema}.tenx_outbox (id, event_type, aggregate_id, partition, payload) \
+           SELECT gen_random_uuid(), 'test.by_hand', 'agg-' || i, (hashtext('agg-' || i) & 15)::smallint, \
+                  convert_to('by hand ' || i, 'UTF8') FROM generate_series(1, 3) i; \
+         SET search_path TO {schema}"
+    ))
+    .await?;
+    drop(conn);
+    assert_eq!(pending(&db).await?, 3, "each row has its marker");
+
+    let shutdown = Shutdown::new();
+    let relay = start_relay(&db, Amqp::new(&settings, "relay"), &shutdown);
+    let arrived = collect(&mut rx, 3, Duration::from_secs(30)).await?;
+    shutdown.trigger();
+    relay.await?;
+    let mut payloads: Vec<String> =
+        arrived.iter().map(|e| String::from_utf8_lossy(&e.payload).into_owned()).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["by hand 1", "by hand 2", "by hand 3"], "each published once");
     assert_eq!(pending(&db).await?, 0);
     Ok(())
 }

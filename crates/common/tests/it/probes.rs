@@ -107,7 +107,7 @@ async fn a_scrape_shows_the_outbox_backlog_and_its_age_the_inbox_and_the_pool_s_
     assert!(waits.unwrap_or_default() >= 4.0, "every get is timed: {waits:?}");
 
     // Published: no backlog, no age.
-    db.write().await?.batch_execute("UPDATE tenx_outbox SET published_at = now()").await?;
+    db.write().await?.batch_execute("DELETE FROM tenx_outbox_pending").await?;
     assert_eq!(scraped(&metrics, outbox_pending).await, Some(0.0));
     assert_eq!(scraped(&metrics, outbox_age).await, Some(0.0));
     Ok(())
