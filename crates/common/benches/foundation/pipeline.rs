@@ -206,6 +206,7 @@ pub async fn figures(
     consume(test_amqp, PACED_TYPE, &arrivals, &shutdown);
     bound(test_amqp, PACED_TYPE).await?;
     let committed = Arc::new(Mutex::new(vec![None::<Instant>; PACED_EVENTS]));
+    let profile = Profile::start(PACED_P99)?;
     let (start, cpu) = (tokio::time::Instant::now(), busy_cpu_us());
     let mut writes = Vec::with_capacity(PACED_EVENTS);
     for i in 0..PACED_EVENTS {
@@ -226,6 +227,7 @@ pub async fn figures(
     }
     arrivals.wait_for_all(Duration::from_secs(60)).await?;
     out.insert(PACED_CPU, cpu_per(busy_cpu_us() - cpu, PACED_EVENTS));
+    drop(profile);
     let at = arrivals.at.lock().expect("arrivals");
     let committed = committed.lock().expect("committed");
     // A handler can run before its writer's task saw the commit return:
