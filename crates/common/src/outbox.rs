@@ -254,7 +254,9 @@ const PARTITIONS: usize = 16;
 /// `EXISTS`, the planner made it a semi-join over every pending row of
 /// every partition (5 ms a batch under load). The markers are locked
 /// first and the rows read after, so the lock's recheck carries only
-/// the narrow markers, not every payload.
+/// the narrow markers, not every payload. A marker whose row is gone (an
+/// event deleted by hand, to drop it) comes back without one, so that
+/// its marker goes with the batch's instead of being claimed forever.
 const CLAIM_BATCH: &str = "\
 WITH floors AS (
     SELECT (ord - 1)::smallint AS p, f AS floor FROM unnest($3::bigint[]) WITH ORDINALITY AS t (f, ord)
@@ -267,15 +269,15 @@ WITH floors AS (
     WHERE pg_try_advisory_xact_lock(hashtext('tenx.outbox.' || current_schema()), p)
     LIMIT $1
 ), claimed AS MATERIALIZED (
-    SELECT q.seq FROM tenx_outbox_pending q JOIN mine ON q.partition = mine.p AND q.seq > mine.floor
+    SELECT q.seq, q.partition FROM tenx_outbox_pending q JOIN mine ON q.partition = mine.p AND q.seq > mine.floor
     ORDER BY q.seq
     LIMIT $2
     FOR UPDATE OF q
 )
-SELECT o.seq, o.partition, o.id, o.event_type, o.aggregate_id, o.payload, o.payload_type, o.traceparent,
-       o.tracestate, o.occurred_at
-FROM claimed JOIN tenx_outbox o ON o.seq = claimed.seq
-ORDER BY o.seq";
+SELECT claimed.seq, claimed.partition, o.id, o.event_type, o.aggregate_id, o.payload, o.payload_type,
+       o.traceparent, o.tracestate, o.occurred_at
+FROM claimed LEFT JOIN tenx_outbox o ON o.seq = claimed.seq
+ORDER BY claimed.seq";
 
 /// Publishing done: the batch's markers go (`$1` partitions, `$2` seqs,
 /// pairwise).
@@ -480,24 +482,31 @@ impl Relay {
             if !partitions.contains(&partition) {
                 partitions.push(partition);
             }
-            messages.push(Outgoing::event(&self.exchange, &envelope_of(row)));
+            // Without a row (deleted by hand): only its marker goes.
+            if row.get::<_, Option<Uuid>>("id").is_some() {
+                messages.push(Outgoing::event(&self.exchange, &envelope_of(row)));
+            }
         }
         let full = rows.len() as i64 >= self.settings.batch_size;
         let through = if full { seqs.last().copied().unwrap_or(0) } else { i64::MAX };
         // Bounded: a blocked broker (memory alarm) or a half-open
         // connection must not hold this transaction and its locks open.
-        let published = match tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&messages)).await {
-            Ok(result) => result,
-            Err(_) => Err(QueueError::Unavailable(format!("no confirms within {PUBLISH_TIMEOUT:?}"))),
+        let published = if messages.is_empty() {
+            Ok(())
+        } else {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher.publish(&messages)).await {
+                Ok(result) => result,
+                Err(_) => Err(QueueError::Unavailable(format!("no confirms within {PUBLISH_TIMEOUT:?}"))),
+            }
         };
         match published {
             Ok(()) => {
                 tx.execute_cached(MARK_PUBLISHED, &[&row_partitions, &seqs]).await?;
                 tx.commit().await?;
                 floors.advance(&partitions, through, safe);
-                self.metrics.published.inc_by(seqs.len() as u64);
+                self.metrics.published.inc_by(messages.len() as u64);
                 let all_partitions_taken = partitions.len() as i64 >= self.settings.partitions_per_batch;
-                Ok(Batch { published: seqs.len(), full, all_partitions_taken })
+                Ok(Batch { published: messages.len(), full, all_partitions_taken })
             }
             Err(error) => {
                 self.metrics.failures.inc();
