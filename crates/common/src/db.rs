@@ -404,10 +404,15 @@ impl Db {
     }
 
     /// Each server's pools as `[the service's pool, the probes'
-    /// one-connection pool]`: the first is reported, the second queried.
+    /// one-connection pool]`: the first is reported, the second queried;
+    /// and the relay's pool on the primary, reported too.
     #[allow(clippy::type_complexity)]
-    pub(crate) fn pools_to_watch(&self) -> ([&Pool; 2], Option<(&Pool, &Pool)>) {
-        ([&self.primary, &self.probe.primary], self.replica.as_ref().zip(self.probe.replica.as_ref()))
+    pub(crate) fn pools_to_watch(&self) -> ([&Pool; 2], Option<(&Pool, &Pool)>, &Pool) {
+        (
+            [&self.primary, &self.probe.primary],
+            self.replica.as_ref().zip(self.probe.replica.as_ref()),
+            &self.relay,
+        )
     }
 
     /// The metric probes' one-connection pool on the primary (in the

@@ -182,16 +182,20 @@ where
 /// The pools' connections and waiters, and how far the replica is behind
 /// the primary, sampled at each scrape from the probes' own one-connection
 /// pools (a scrape neither waits behind the service's callers nor shows
-/// up among the waiters it reports). The host starts them for every
-/// service's database.
+/// up among the waiters it reports). The outbox relay's own connections
+/// to the primary are the pool `<service>.relay`, so every connection a
+/// process holds is counted. The host starts them for every service's
+/// database.
 pub fn watch_pools(metrics: &Metrics, db: &Db) {
-    let (primary, replica) = db.pools_to_watch();
+    let (primary, replica, relay) = db.pools_to_watch();
     let name = db.name().to_owned();
     let set: ProbeMetrics = metrics.set();
     let primary = primary.map(Pool::weak);
     let replica = replica.map(|(pool, probe)| [pool.weak(), probe.weak()]);
+    let relay = relay.weak();
     metrics.probe(move || {
         let [primary, primary_probe] = [primary[0].upgrade()?, primary[1].upgrade()?];
+        let relay = relay.upgrade()?;
         let replica = match &replica {
             Some([pool, probe]) => Some([pool.upgrade()?, probe.upgrade()?]),
             None => None,
@@ -200,6 +204,7 @@ pub fn watch_pools(metrics: &Metrics, db: &Db) {
         Some(
             async move {
                 pool_gauges(&set, &name, Role::Primary, &primary);
+                pool_gauges(&set, &format!("{name}.relay"), Role::Primary, &relay);
                 let Some([replica, replica_probe]) = replica else { return };
                 pool_gauges(&set, &name, Role::Replica, &replica);
                 let label = PoolName { pool: name };

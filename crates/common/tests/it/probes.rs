@@ -99,6 +99,9 @@ async fn a_scrape_shows_the_outbox_backlog_and_its_age_the_inbox_and_the_pool_s_
     let in_use = format!("tenx_db_pool_connections{{{POOL},role=\"primary\",state=\"in_use\"}}");
     assert_eq!(scraped(&metrics, &in_use).await, Some(2.0));
     assert_eq!(scraped(&metrics, &primary("max_connections")).await, Some(2.0));
+    // The relay's own connections are a pool of their own, beside it.
+    let relay = "tenx_db_pool_max_connections{pool=\"tenx-common-tests.relay\",role=\"primary\"}";
+    assert_eq!(scraped(&metrics, relay).await, Some(2.0));
     drop(held);
     waiter.await??;
     assert_eq!(scraped(&metrics, &primary("waiting")).await, Some(0.0));
