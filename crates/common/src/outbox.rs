@@ -285,6 +285,17 @@ const MARK_PUBLISHED: &str = "\
 DELETE FROM tenx_outbox_pending q USING unnest($1::smallint[], $2::bigint[]) AS done (p, s)
 WHERE q.partition = done.p AND q.seq = done.s";
 
+/// The condition, over a `tenx_outbox` row named `tenx_outbox`, that its
+/// event is published: it has no pending marker. One definition for the
+/// replay and retention (a macro, so it can go into `concat!`).
+macro_rules! published {
+    () => {
+        "NOT EXISTS (SELECT FROM tenx_outbox_pending q \
+         WHERE q.partition = tenx_outbox.partition AND q.seq = tenx_outbox.seq)"
+    };
+}
+pub(crate) use published;
+
 /// Where each partition's scan starts: below `floor[p]`, every row of
 /// partition p is published.
 ///
@@ -577,14 +588,18 @@ impl std::fmt::Debug for Replayer {
 /// One page of published rows of the window, in seq order (so each
 /// aggregate's events go out in the order they were written), walking
 /// the primary key from the cursor.
-const REPLAY_PAGE: &str = "\
+const REPLAY_PAGE: &str = concat!(
+    "\
 SELECT seq, id, event_type, aggregate_id, payload, payload_type, traceparent, tracestate, occurred_at
 FROM tenx_outbox
 WHERE seq > $1 AND occurred_at >= $2 AND occurred_at < $3
   AND ($4::text = '' OR event_type = $4)
-  AND NOT EXISTS (SELECT FROM tenx_outbox_pending q WHERE q.partition = tenx_outbox.partition AND q.seq = tenx_outbox.seq)
+  AND ",
+    published!(),
+    "
 ORDER BY seq
-LIMIT $5";
+LIMIT $5"
+);
 
 impl Replayer {
     pub fn new(db: &Db, amqp: Amqp) -> Self {
@@ -603,9 +618,7 @@ impl Replayer {
         let conn = self.pool.get().await?;
         let oldest = conn
             .query_opt_cached(
-                "SELECT occurred_at FROM tenx_outbox o WHERE NOT EXISTS \
-                 (SELECT FROM tenx_outbox_pending q WHERE q.partition = o.partition AND q.seq = o.seq) \
-                 ORDER BY seq LIMIT 1",
+                concat!("SELECT occurred_at FROM tenx_outbox WHERE ", published!(), " ORDER BY seq LIMIT 1"),
                 &[],
             )
             .await?

@@ -207,12 +207,8 @@ impl Retention {
     ) -> Self {
         let mut all = vec![
             Rule::older("tenx_inbox", "processed_at", days(settings.inbox_days)),
-            // Published rows: those without a pending marker.
             Rule::older("tenx_outbox", "occurred_at", Duration::from_secs(u64::from(outbox_hours) * 3600))
-                .only(
-                    "NOT EXISTS (SELECT FROM tenx_outbox_pending q \
-                 WHERE q.partition = tenx_outbox.partition AND q.seq = tenx_outbox.seq)",
-                ),
+                .only(crate::outbox::published!()),
         ];
         all.extend(rules);
         Self {
