@@ -17,6 +17,13 @@
 //! separate processes would on these two cores. At the end the issue's
 //! targets are printed beside what was measured.
 //!
+//! The targets take turns: [`ROUNDS`] rounds, each measuring every target
+//! for a share of the calls, so a burst of noise on a shared host lands on
+//! one round of each rather than on the whole of one target. A figure is
+//! the median of its rounds (p99: of every call); a ratio is the median of
+//! the rounds' ratios, each between figures measured within the same few
+//! seconds.
+//!
 //! `make bench` (installs nginx) or `cargo bench -p tenx-gateway`;
 //! `TENX_BENCH_SAVE=1` rewrites the baseline; `TENX_BENCH_PERF=DIR`
 //! profiles each target's busy run (`bench::Profile`).
@@ -42,11 +49,14 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Calls made one at a time, for the p50.
-const ONE_BY_ONE: usize = 4_000;
-/// Calls made 32 at a time, for throughput.
-const BUSY: usize = 24_000;
+/// Calls made one at a time, for the p50 (over all rounds).
+const ONE_BY_ONE: usize = 5_000;
+/// Calls made 32 at a time, for throughput (over all rounds).
+const BUSY: usize = 30_000;
 const IN_FLIGHT: usize = 32;
+/// How many turns each target takes (one when profiling: `perf` records
+/// each target's busy run in one piece).
+const ROUNDS: usize = 5;
 
 type Call = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
@@ -151,12 +161,33 @@ impl Drop for Nginx {
     }
 }
 
-/// One target measured both ways.
+/// One target measured both ways, round by round.
+#[derive(Default)]
 struct Measured {
-    p50_one: Duration,
-    rate: f64,
-    p99_busy: Duration,
-    cpu_us: f64,
+    /// Each round's p50 one call at a time.
+    p50_one: Vec<Duration>,
+    /// Each round's calls/s and machine CPU µs per call, 32 in flight.
+    rate: Vec<f64>,
+    cpu_us: Vec<f64>,
+    /// Every busy call's latency.
+    busy: Vec<Duration>,
+}
+
+impl Measured {
+    fn p50_one(&self) -> Duration {
+        median(self.p50_one.iter().map(Duration::as_secs_f64)).map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+    fn rate(&self) -> f64 {
+        median(self.rate.iter().copied()).unwrap_or(0.0)
+    }
+}
+
+/// The median of `values` (`None` when there are none).
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    (n > 0).then(|| if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
 }
 
 async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
@@ -209,25 +240,27 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
     // that in it (to profile one path); the targets table then is skipped.
     let only = std::env::var("TENX_BENCH_ONLY").unwrap_or_default();
     let targets: Vec<(&str, Call)> = targets.into_iter().filter(|(name, _)| name.contains(&only)).collect();
-    let mut measured = BTreeMap::new();
+    let mut measured: BTreeMap<&str, Measured> = BTreeMap::new();
     for (name, call) in &targets {
         // Warm: connections, auth's L1 cache, the verified-token caches,
         // the rate-limit lease.
-        let context = || format!("calling {name}");
-        run(IN_FLIGHT * 20, IN_FLIGHT, call.clone()).await.with_context(context)?;
-        let (mut one, _, _) = run(ONE_BY_ONE, 1, call.clone()).await.with_context(context)?;
-        let profile = bench::Profile::start(name)?;
-        let (mut busy, elapsed, cpu_us) = run(BUSY, IN_FLIGHT, call.clone()).await.with_context(context)?;
-        drop(profile);
-        measured.insert(
-            *name,
-            Measured {
-                p50_one: percentile(&mut one, 50.0),
-                rate: BUSY as f64 / elapsed.as_secs_f64(),
-                p99_busy: percentile(&mut busy, 99.0),
-                cpu_us,
-            },
-        );
+        run(IN_FLIGHT * 20, IN_FLIGHT, call.clone()).await.with_context(|| format!("calling {name}"))?;
+    }
+    let rounds = if bench::Profile::enabled() { 1 } else { ROUNDS };
+    for _ in 0..rounds {
+        for (name, call) in &targets {
+            let context = || format!("calling {name}");
+            let (mut one, _, _) = run(ONE_BY_ONE / rounds, 1, call.clone()).await.with_context(context)?;
+            let profile = bench::Profile::start(name)?;
+            let (busy, elapsed, cpu_us) =
+                run(BUSY / rounds, IN_FLIGHT, call.clone()).await.with_context(context)?;
+            drop(profile);
+            let m = measured.entry(*name).or_default();
+            m.p50_one.push(percentile(&mut one, 50.0));
+            m.rate.push((BUSY / rounds) as f64 / elapsed.as_secs_f64());
+            m.cpu_us.push(cpu_us);
+            m.busy.extend(busy);
+        }
     }
 
     let mut figures = BTreeMap::new();
@@ -244,11 +277,12 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         })
         .collect();
     for (name, keys) in names.iter().zip(&keys) {
-        let m = &measured[name.as_str()];
-        figures.insert(keys[0].as_str(), us(m.p50_one));
-        figures.insert(keys[1].as_str(), Figure { value: m.rate, unit: "/s", higher_is_better: true });
-        figures.insert(keys[2].as_str(), us(m.p99_busy));
-        figures.insert(keys[3].as_str(), Figure { value: m.cpu_us, unit: "µs CPU", higher_is_better: false });
+        let m = measured.get_mut(name.as_str()).context("measured every target")?;
+        let cpu_us = median(m.cpu_us.iter().copied()).unwrap_or(0.0);
+        figures.insert(keys[0].as_str(), us(m.p50_one()));
+        figures.insert(keys[1].as_str(), Figure { value: m.rate(), unit: "/s", higher_is_better: true });
+        figures.insert(keys[2].as_str(), us(percentile(&mut m.busy, 99.0)));
+        figures.insert(keys[3].as_str(), Figure { value: cpu_us, unit: "µs CPU", higher_is_better: false });
     }
     let verification = verification(setup).await?;
     for (name, figure) in &verification {
@@ -270,27 +304,31 @@ enum Goal {
     Anchor,
 }
 
-/// The targets (#17), each beside what this run measured.
+/// The targets (#17), each beside what this run measured: the
+/// median over the rounds of the round's ratio (or difference).
 fn targets_met(m: &BTreeMap<&str, Measured>) {
     let (echo, direct, nginx) = (&m["echo"], &m["auth direct"], &m["nginx grpc_pass"]);
-    let added = |t: &Measured| (t.p50_one.as_secs_f64() - direct.p50_one.as_secs_f64()) * 1e6;
+    let by_round = |f: &dyn Fn(usize) -> f64| median((0..direct.rate.len()).map(f)).unwrap_or(f64::NAN);
+    let rate_ratio = |t: &Measured, of: &Measured| by_round(&|r| t.rate[r] / of.rate[r]);
+    let added =
+        |t: &Measured| by_round(&|r| (t.p50_one[r].as_secs_f64() - direct.p50_one[r].as_secs_f64()) * 1e6);
     let mut rows = vec![
         (
             "auth direct ÷ echo, calls/s at 32 in flight".to_owned(),
-            direct.rate / echo.rate,
+            rate_ratio(direct, echo),
             Goal::AtLeast(0.8),
         ),
         (
             "auth direct ÷ echo, p50 at 1 in flight".to_owned(),
-            direct.p50_one.as_secs_f64() / echo.p50_one.as_secs_f64(),
+            by_round(&|r| direct.p50_one[r].as_secs_f64() / echo.p50_one[r].as_secs_f64()),
             Goal::AtMost(1.25),
         ),
-        ("nginx ÷ auth direct, calls/s (the anchor)".to_owned(), nginx.rate / direct.rate, Goal::Anchor),
+        ("nginx ÷ auth direct, calls/s (the anchor)".to_owned(), rate_ratio(nginx, direct), Goal::Anchor),
         ("nginx added p50, µs (the anchor)".to_owned(), added(nginx), Goal::Anchor),
     ];
     for door in ["gateway gRPC", "gateway HTTP"] {
         let t = &m[door];
-        rows.push((format!("{door} ÷ auth direct, calls/s"), t.rate / direct.rate, Goal::AtLeast(0.6)));
+        rows.push((format!("{door} ÷ auth direct, calls/s"), rate_ratio(t, direct), Goal::AtLeast(0.6)));
         rows.push((format!("{door} added p50, µs"), added(t), Goal::AtMost(120.0)));
     }
     println!("\n{:<48} {:>10} {:>10}  met", "target (#17)", "measured", "goal");

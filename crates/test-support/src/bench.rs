@@ -110,6 +110,11 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Whether this run profiles (`TENX_BENCH_PERF` is set).
+    pub fn enabled() -> bool {
+        std::env::var_os("TENX_BENCH_PERF").is_some()
+    }
+
     /// Starts `perf` (and gives it a moment to attach) if asked to.
     pub fn start(label: &str) -> anyhow::Result<Self> {
         let Some(dir) = std::env::var_os("TENX_BENCH_PERF") else { return Ok(Self { child: None }) };
