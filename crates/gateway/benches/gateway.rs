@@ -173,15 +173,6 @@ struct Measured {
     busy: Vec<Duration>,
 }
 
-impl Measured {
-    fn p50_one(&self) -> Duration {
-        median(self.p50_one.iter().map(Duration::as_secs_f64)).map_or(Duration::ZERO, Duration::from_secs_f64)
-    }
-    fn rate(&self) -> f64 {
-        median(self.rate.iter().copied()).unwrap_or(0.0)
-    }
-}
-
 /// The median of `values` (`None` when there are none).
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut values: Vec<f64> = values.collect();
@@ -278,9 +269,11 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         .collect();
     for (name, keys) in names.iter().zip(&keys) {
         let m = measured.get_mut(name.as_str()).context("measured every target")?;
+        let p50_one = median(m.p50_one.iter().map(Duration::as_secs_f64)).unwrap_or(0.0);
+        let rate = median(m.rate.iter().copied()).unwrap_or(0.0);
         let cpu_us = median(m.cpu_us.iter().copied()).unwrap_or(0.0);
-        figures.insert(keys[0].as_str(), us(m.p50_one()));
-        figures.insert(keys[1].as_str(), Figure { value: m.rate(), unit: "/s", higher_is_better: true });
+        figures.insert(keys[0].as_str(), us(Duration::from_secs_f64(p50_one)));
+        figures.insert(keys[1].as_str(), Figure { value: rate, unit: "/s", higher_is_better: true });
         figures.insert(keys[2].as_str(), us(percentile(&mut m.busy, 99.0)));
         figures.insert(keys[3].as_str(), Figure { value: cpu_us, unit: "µs CPU", higher_is_better: false });
     }
