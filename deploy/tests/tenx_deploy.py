@@ -73,7 +73,8 @@ COMMON_KEY_TYPES = {
         "primary_url": STR, "replica_url": STR, "migrate_url": STR,
         "pooling": {"enum": ["session", "transaction"]},
         "schema": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
-        "max_connections": POS, "connect_timeout_ms": POS, "acquire_timeout_ms": POS, "replica_retry_ms": INT,
+        "max_connections": POS, "connect_timeout_ms": POS, "acquire_timeout_ms": POS,
+        "statement_timeout_ms": {"type": "integer", "minimum": 0, "maximum": 2147483647}, "replica_retry_ms": INT,
     },
     "redis": {"url": STR, "key_prefix": STR, "response_timeout_ms": POS, "connect_timeout_ms": POS},
     "amqp": {

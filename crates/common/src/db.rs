@@ -50,6 +50,13 @@ pub struct DbSettings {
     /// How long a caller waits for a free pooled connection.
     #[serde(default = "default_acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
+    /// The longest one statement may run (`statement_timeout`), so a
+    /// statement stuck behind a lock or a runaway plan frees its pooled
+    /// connection and answers `UNAVAILABLE` instead of holding both for
+    /// ever; 0 lets statements run unbounded. Behind a transaction pooler
+    /// the pooler or the role sets it (startup options are refused there).
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
     /// After the replica fails, reads skip it for this long before trying
     /// again, so a dead replica costs one failed connect, not one per read.
     #[serde(default = "default_replica_retry_ms")]
@@ -92,6 +99,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_acquire_timeout_ms() -> u64 {
     5_000
 }
+fn default_statement_timeout_ms() -> u64 {
+    30_000
+}
 fn default_replica_retry_ms() -> u64 {
     1_000
 }
@@ -106,6 +116,7 @@ impl DbSettings {
             max_connections: default_max_connections(),
             connect_timeout_ms: default_connect_timeout_ms(),
             acquire_timeout_ms: default_acquire_timeout_ms(),
+            statement_timeout_ms: default_statement_timeout_ms(),
             replica_retry_ms: default_replica_retry_ms(),
             pooling: Pooling::Session,
             migrate_url: None,
@@ -139,6 +150,13 @@ impl Validate for DbSettings {
         schema_ident(&self.schema).map_err(|r| Invalid::new("database.schema", r))?;
         if self.max_connections == 0 {
             return Err(Invalid::new("database.max_connections", "must be at least 1"));
+        }
+        // Postgres takes the setting as a 32-bit count of milliseconds.
+        if self.statement_timeout_ms > i32::MAX as u64 {
+            return Err(Invalid::new(
+                "database.statement_timeout_ms",
+                "must be at most 2147483647 (about 24 days)",
+            ));
         }
         Ok(())
     }
@@ -546,7 +564,12 @@ fn build_pool(
     let schema = settings.schema.clone();
     let check_schema = settings.pooling == Pooling::Transaction;
     if !check_schema {
-        pg.options(format!("-c search_path={schema},public"));
+        // Migrations connect on their own (`migrate`), without this
+        // timeout: building an index may take as long as it takes.
+        pg.options(format!(
+            "-c search_path={schema},public -c statement_timeout={}",
+            settings.statement_timeout_ms
+        ));
     }
     pg.application_name(app_name);
     pg.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));

@@ -338,3 +338,42 @@ async fn a_user_cannot_see_or_pay_another_users_invoices() -> anyhow::Result<()>
     assert!(mine.invoices.is_empty(), "alice sees only her own (none)");
     Ok(())
 }
+
+/// A payment stuck behind a lock held elsewhere (a stuck job, an
+/// operator's open transaction) gives up at `database.statement_timeout_ms`
+/// with a retryable UNAVAILABLE instead of holding the caller and a pooled
+/// connection, records nothing, and goes through once the lock is gone.
+#[tokio::test]
+async fn a_payment_stuck_behind_a_held_invoice_answers_unavailable_and_records_nothing() -> anyhow::Result<()>
+{
+    let billing = TestBilling::start_with(|s| s.database.statement_timeout_ms = 2_000).await?;
+    let mut client = billing.client().await?;
+    let user = Uuid::now_v7();
+    add_card(&mut client, user, "tok_declined").await?;
+    let created = client
+        .create_subscription(keyed(user, "s", subscribe(prices::BUSINESS_MONTHLY_USD)))
+        .await?
+        .into_inner();
+    let invoice = created.invoice.expect("an open invoice").id;
+    add_card(&mut client, user, "tok_success").await?;
+    let attempts = billing.count("payment_attempts").await?;
+
+    let holder = billing.sql().await?;
+    holder.batch_execute(&format!("BEGIN; SELECT 1 FROM invoices WHERE id = '{invoice}' FOR UPDATE")).await?;
+    let pay =
+        || keyed(user, "pay", pb::PayInvoiceRequest { invoice_id: invoice.clone(), ..Default::default() });
+    let stuck = tokio::time::timeout(std::time::Duration::from_secs(20), client.pay_invoice(pay()))
+        .await
+        .expect("answered at the statement timeout, not left waiting for the lock")
+        .expect_err("the invoice is held");
+    assert_eq!(stuck.code(), Code::Unavailable, "{stuck:?}");
+    assert_eq!(billing.count("payment_attempts").await?, attempts, "no attempt recorded");
+
+    // Released: the same request (same key) pays, once.
+    holder.batch_execute("COMMIT").await?;
+    let paid = client.pay_invoice(pay()).await?.into_inner();
+    assert_eq!(paid.invoice.map(|i| i.status), Some(pb::InvoiceStatus::Paid as i32));
+    assert_eq!(billing.count("payment_attempts").await?, attempts + 1);
+    assert_ledger_invariants(&billing).await?;
+    Ok(())
+}

@@ -111,6 +111,15 @@ impl From<DbError> for ApiError {
             tracing::warn!(%error, "database unavailable");
             return ApiError::Unavailable("database unavailable".into());
         }
+        // `database.statement_timeout_ms` ran out (or an operator cancelled
+        // the statement): its transaction is rolled back, so trying again
+        // later is safe.
+        if let DbError::Postgres(e) = &error
+            && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        {
+            tracing::warn!(%error, "database statement cancelled");
+            return ApiError::Unavailable("the database did not answer in time; try again".into());
+        }
         ApiError::internal(error)
     }
 }

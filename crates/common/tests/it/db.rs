@@ -210,3 +210,53 @@ async fn a_connection_lost_under_a_call_is_unavailable_and_a_bad_statement_inter
     assert!(!matches!(wrong, ApiError::Unavailable(_)), "{wrong:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_statement_stuck_behind_a_lock_is_cancelled_as_unavailable_and_changes_nothing()
+-> anyhow::Result<()> {
+    use tenx_common::db::DbError;
+    use tenx_common::grpc::ApiError;
+    let tdb = test_db().await?;
+    let (holder, connection) = tokio_postgres::connect(&tdb.primary_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    holder
+        .batch_execute(
+            "CREATE TABLE svc.held (id int PRIMARY KEY, v int NOT NULL); INSERT INTO svc.held VALUES (1, 0); \
+             CREATE TABLE svc.written (id int PRIMARY KEY)",
+        )
+        .await?;
+    let mut settings = tenx_common::db::DbSettings::new(&tdb.primary_url(), None, crate::support::SCHEMA);
+    settings.statement_timeout_ms = 1_000;
+    let db = tenx_common::db::Db::connect(&settings, "tenx-common-tests", &Metrics::default())?;
+
+    // Another session holds the row (a long transaction, a stuck worker).
+    holder.batch_execute("BEGIN; SELECT * FROM svc.held WHERE id = 1 FOR UPDATE").await?;
+    let mut conn = db.write().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("INSERT INTO written VALUES (1)", &[]).await?;
+    let update = tx.execute("UPDATE held SET v = 1 WHERE id = 1", &[]);
+    let stuck = tokio::time::timeout(std::time::Duration::from_secs(10), update)
+        .await
+        .expect("given up at the statement timeout, not left waiting for the lock")
+        .expect_err("cancelled");
+    drop(tx);
+    let error = ApiError::from(DbError::Postgres(stuck));
+    assert!(
+        matches!(&error, ApiError::Unavailable(m) if m.contains("did not answer in time")),
+        "a retryable answer: {error:?}"
+    );
+    // Its transaction rolled back, and the connection serves the next call.
+    let written: i64 = conn.query_one("SELECT count(*) FROM written", &[]).await?.get(0);
+    assert_eq!(written, 0, "the cancelled transaction's insert is gone");
+    holder.batch_execute("COMMIT").await?;
+    let v: i32 = conn.query_one("SELECT v FROM held WHERE id = 1", &[]).await?.get(0);
+    assert_eq!(v, 0, "nothing changed the row");
+
+    // 0: no timeout, as Postgres' own default.
+    let mut unbounded = settings.clone();
+    unbounded.statement_timeout_ms = 0;
+    let db = tenx_common::db::Db::connect(&unbounded, "tenx-common-tests", &Metrics::default())?;
+    let slept: String = db.write().await?.query_one("SELECT pg_sleep(0.5)::text", &[]).await?.get(0);
+    assert_eq!(slept, "");
+    Ok(())
+}
