@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tenx_common::metrics::Metrics;
-use tenx_common::shutdown::Shutdown;
 
 use crate::support::{Platform, bearer, send, sign_up, unique_email};
 
@@ -23,10 +22,13 @@ fn get_users(metrics: &Metrics) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_spread_over_two_auth_instances_and_none_fails_when_one_goes_away() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
-    // Two more instances of auth on the platform's database, Redis and broker.
+    // Two more instances of auth on the platform's database, Redis and broker,
+    // each stoppable alone and stopped with the platform: one still running
+    // when the platform deletes the test's queues would see its consumer
+    // cancelled and declare them all again, leaving them on the broker.
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let (metrics, stop) = (Metrics::default(), Shutdown::new());
+        let (metrics, stop) = (Metrics::default(), platform.shutdown.child());
         let running = tenx_common::host::start::<tenx_auth::App>(
             platform.auth_settings.clone(),
             metrics.clone(),
