@@ -6,7 +6,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::support::{
-    TestBilling, add_card, as_user, assert_ledger_invariants, events, keyed, prices, reason,
+    TestBilling, add_card, as_user, assert_ledger_invariants, events, keyed, open_invoice, prices, reason,
 };
 
 fn subscribe(price: &str) -> pb::CreateSubscriptionRequest {
@@ -215,13 +215,7 @@ async fn fifty_concurrent_pay_invoice_calls_with_one_key_make_one_payment() -> a
     let billing = TestBilling::start().await?;
     let mut client = billing.client().await?;
     let user = Uuid::now_v7();
-    add_card(&mut client, user, "tok_declined").await?;
-    let invoice = client
-        .create_subscription(keyed(user, "s", subscribe(prices::BUSINESS_MONTHLY_USD)))
-        .await?
-        .into_inner()
-        .invoice
-        .expect("open invoice");
+    let invoice = open_invoice(&mut client, user).await?;
     add_card(&mut client, user, "tok_success").await?;
 
     let pay = pb::PayInvoiceRequest { invoice_id: invoice.id.clone(), ..Default::default() };
@@ -349,12 +343,7 @@ async fn a_payment_stuck_behind_a_held_invoice_answers_unavailable_and_records_n
     let billing = TestBilling::start_with(|s| s.database.statement_timeout_ms = 2_000).await?;
     let mut client = billing.client().await?;
     let user = Uuid::now_v7();
-    add_card(&mut client, user, "tok_declined").await?;
-    let created = client
-        .create_subscription(keyed(user, "s", subscribe(prices::BUSINESS_MONTHLY_USD)))
-        .await?
-        .into_inner();
-    let invoice = created.invoice.expect("an open invoice").id;
+    let invoice = open_invoice(&mut client, user).await?.id;
     add_card(&mut client, user, "tok_success").await?;
     let attempts = billing.count("payment_attempts").await?;
 

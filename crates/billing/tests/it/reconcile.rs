@@ -11,18 +11,9 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::support::{
-    Client, TestBilling, add_card, as_user, assert_ledger_invariants, events, eventually, keyed, prices,
-    reason,
+    Client, TestBilling, add_card, as_user, assert_ledger_invariants, events, eventually, keyed,
+    open_invoice, prices, reason,
 };
-
-/// A subscription whose first charge was declined: its open invoice.
-async fn open_invoice(client: &mut Client, user: Uuid) -> anyhow::Result<pb::Invoice> {
-    add_card(client, user, "tok_declined").await?;
-    let request =
-        pb::CreateSubscriptionRequest { price_id: prices::BUSINESS_MONTHLY_USD.into(), ..Default::default() };
-    let created = client.create_subscription(keyed(user, "sub", request)).await?.into_inner();
-    created.invoice.ok_or_else(|| anyhow::anyhow!("no invoice"))
-}
 
 async fn invoice(client: &mut Client, user: Uuid, id: &str) -> anyhow::Result<pb::Invoice> {
     let request = pb::GetInvoiceRequest { invoice_id: id.into() };

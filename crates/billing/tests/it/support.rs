@@ -11,6 +11,7 @@ use tenx_billing::{App, BillingSettings, Running};
 use tenx_common::metrics::Metrics;
 use tenx_common::queue::{Amqp, Outgoing, Publisher};
 use tenx_common::shutdown::Shutdown;
+use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_client::BillingServiceClient;
 use tenx_proto::events::v1::Envelope;
 use tenx_test_support::{TestAmqp, TestDb, TestRedis};
@@ -206,6 +207,15 @@ pub async fn add_card(client: &mut Client, user: Uuid, token: &str) -> anyhow::R
 }
 
 /// The ErrorInfo reason of a refused call.
+/// A subscription whose first charge was declined: its open invoice.
+pub async fn open_invoice(client: &mut Client, user: Uuid) -> anyhow::Result<pb::Invoice> {
+    add_card(client, user, "tok_declined").await?;
+    let request =
+        pb::CreateSubscriptionRequest { price_id: prices::BUSINESS_MONTHLY_USD.into(), ..Default::default() };
+    let created = client.create_subscription(keyed(user, "sub", request)).await?.into_inner();
+    created.invoice.ok_or_else(|| anyhow::anyhow!("no invoice"))
+}
+
 pub fn reason(status: &tonic::Status) -> String {
     tonic_types::StatusExt::get_details_error_info(status).map(|i| i.reason).unwrap_or_default()
 }
