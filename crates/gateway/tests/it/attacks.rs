@@ -14,7 +14,7 @@ use tenx_proto::notification::v1::notification_service_client::NotificationServi
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::{Platform, bearer, send, sign_up, unique_email};
+use crate::support::{Platform, bearer, send, sign_up, unique_email, wait_for_redis};
 
 /// `message` with `authorization: Bearer <credential>` and more metadata;
 /// a value that is no valid metadata fails the test (it must be sent).
@@ -383,6 +383,7 @@ async fn a_client_spraying_bogus_credentials_is_stopped_before_auth_pays_for_the
     let platform = Platform::start().await?;
     let mut settings = platform.gateway_settings()?;
     settings.limits.failed_auth_requests = 5;
+    wait_for_redis(&mut settings);
     let gw = platform.gateway_with(settings).await?;
     let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
     // What a bogus key costs auth: resolving it, or, while the gateway's

@@ -8,21 +8,13 @@ use std::time::{Duration, Instant};
 use tenx_gateway::settings::{GatewaySettings, RouteOverride};
 use tenx_test_support::{ChaosProxy, addr_of, http_get};
 
-use crate::support::{Platform, send, sign_up, unique_email};
+use crate::support::{Platform, send, sign_up, unique_email, wait_for_redis};
 
 /// Route `route` of `settings` allows `requests` per `period_seconds`.
 fn limit(settings: &mut GatewaySettings, route: &str, requests: u32, period_seconds: u32) {
     let limit =
         RouteOverride { requests: Some(requests), period_seconds: Some(period_seconds), timeout_ms: None };
     settings.routes.insert(route.into(), limit);
-}
-
-/// These tests are about one allowance shared through Redis. On a loaded
-/// machine a Redis answer can take longer than the default 250 ms, and a
-/// check then goes to the instance's own limiter (as it should: the
-/// fallback has its test below), which does not share; so they wait longer.
-fn wait_for_redis(settings: &mut GatewaySettings) {
-    settings.redis.response_timeout_ms = 5_000;
 }
 
 fn login_body() -> String {

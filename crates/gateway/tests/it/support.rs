@@ -10,6 +10,15 @@ use serde_json::Value;
 
 pub use tenx_test_platform::Platform;
 
+/// For a test that counts one allowance shared through Redis: on a loaded
+/// machine a Redis answer can take longer than the default 250 ms, and a
+/// check then goes to the instance's own limiter (as it should: the
+/// fallback has its own test), which counts apart; so such a test waits
+/// longer for Redis.
+pub fn wait_for_redis(settings: &mut tenx_gateway::settings::GatewaySettings) {
+    settings.redis.response_timeout_ms = 5_000;
+}
+
 /// An HTTP answer, whole.
 #[derive(Debug)]
 pub struct Reply {
