@@ -162,9 +162,10 @@ impl Core {
             Principal::Service { .. } => return Err(AuthError::Unauthenticated("this call acts for a user")),
         };
         let db = self.db.clone();
+        let mut key = Uuid::encode_buffer();
         let active = self
             .sessions
-            .get_or_load_fresh(&session.to_string(), None, |after| async move {
+            .get_or_load_fresh(session.hyphenated().encode_lower(&mut key), None, |after| async move {
                 // A replica can only be behind: "unknown" there may be a
                 // session just created, so only the primary may say no.
                 if store::session_active(&*db.read(after).await?, session).await? {
@@ -229,8 +230,9 @@ impl Core {
 
     async fn user(&self, id: Uuid, after: Option<WalPosition>) -> Result<UserRecord, AuthError> {
         let db = self.db.clone();
+        let mut key = Uuid::encode_buffer();
         self.users
-            .get_or_load_fresh(&id.to_string(), after, |after| async move {
+            .get_or_load_fresh(id.hyphenated().encode_lower(&mut key), after, |after| async move {
                 // Missing on a (lagging) replica may mean just created.
                 if let Some(user) = store::user_by_id(&*db.read(after).await?, id).await? {
                     return Ok(user);
@@ -598,7 +600,7 @@ impl Core {
             // Not yours and not found look the same: ids cannot be probed.
             return Err(AuthError::NotFound("user"));
         }
-        Ok(pb::GetUserResponse { user: Some(self.user(id, after).await?.to_proto()) })
+        Ok(pb::GetUserResponse { user: Some(self.user(id, after).await?.into_proto()) })
     }
 
     /// Commits `tx`, then refreshes the user in every instance's cache.

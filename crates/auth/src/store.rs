@@ -42,13 +42,20 @@ impl UserRecord {
     }
 
     pub fn to_proto(&self) -> pb::User {
+        self.clone().into_proto()
+    }
+
+    /// [`UserRecord::to_proto`] that moves the strings (a read's cached
+    /// copy is its own).
+    pub fn into_proto(self) -> pb::User {
+        let text = |id: Uuid| id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned();
         pb::User {
-            id: self.id.to_string(),
-            email: self.email.clone(),
+            id: text(self.id),
+            email: self.email,
             email_verified: self.email_verified,
-            display_name: self.display_name.clone(),
-            avatar_64_id: self.avatar_64_id.map(|i| i.to_string()).unwrap_or_default(),
-            avatar_256_id: self.avatar_256_id.map(|i| i.to_string()).unwrap_or_default(),
+            display_name: self.display_name,
+            avatar_64_id: self.avatar_64_id.map(text).unwrap_or_default(),
+            avatar_256_id: self.avatar_256_id.map(text).unwrap_or_default(),
             created_at: Some(timestamp_ms(self.created_at_ms)),
             updated_at: Some(timestamp_ms(self.updated_at_ms)),
         }

@@ -325,12 +325,17 @@ impl Authenticator {
         } else {
             let principal = self.jwks.verify(token).await?;
             if let Principal::User { session_id, grant, .. } = &principal {
-                if self.revocations.is_revoked(Revoked::Session, &session_id.to_string()).await? {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let session = session_id.hyphenated().encode_lower(&mut buffer);
+                if self.revocations.is_revoked(Revoked::Session, session).await? {
                     return Err(AuthnError::Unauthenticated("session revoked"));
                 }
                 // The organization or role it carries changed: Refresh.
                 if let Some(grant) = grant
-                    && self.revocations.is_revoked(Revoked::Grant, &grant.to_string()).await?
+                    && self
+                        .revocations
+                        .is_revoked(Revoked::Grant, grant.hyphenated().encode_lower(&mut buffer))
+                        .await?
                 {
                     return Err(AuthnError::Unauthenticated("membership changed; refresh the token"));
                 }

@@ -150,7 +150,10 @@ impl CacheLayer {
             .build();
         let epochs = Arc::new(Epochs::default());
         self.invalidation.register(name, Arc::new(Local { l1: l1.clone(), epochs: epochs.clone() }));
-        Cache { name: name.to_owned(), l1, epochs, l2_ttl: options.l2_ttl, layer: self.clone() }
+        let hits = [Layer::L1, Layer::L2].map(|layer| {
+            self.metrics.hits.get_or_create(&HitLabels { cache: name.to_owned(), layer }).clone()
+        });
+        Cache { name: name.to_owned(), l1, epochs, l2_ttl: options.l2_ttl, layer: self.clone(), hits }
     }
 
     /// Readiness: Redis answers (always true without Redis).
@@ -177,6 +180,9 @@ pub struct Cache<V> {
     epochs: Arc<Epochs>,
     l2_ttl: Duration,
     layer: CacheLayer,
+    /// This cache's hit counters (L1, L2), resolved once: a hit is the
+    /// hot path, and finding them by labels costs an allocation each.
+    hits: [Counter; 2],
 }
 
 impl<V> std::fmt::Debug for Cache<V> {
@@ -436,7 +442,7 @@ where
     }
 
     fn hit(&self, layer: Layer) {
-        self.layer.metrics.hits.get_or_create(&HitLabels { cache: self.name.clone(), layer }).inc();
+        self.hits[layer as usize].inc();
     }
 
     fn error(&self, op: Op) {

@@ -45,6 +45,7 @@ use tenx_gateway::settings::RouteOverride;
 use tenx_proto::auth::v1 as pb;
 use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tenx_test_support::bench::{self, Figure, percentile};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -182,7 +183,7 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
-    let token = Arc::new(setup.token.clone());
+    let token = setup.token.as_str();
     let grpc = |addr: SocketAddr| async move {
         anyhow::Ok(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
     };
@@ -206,17 +207,16 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
                 })
             })
         }),
-        ("auth direct", get_user(direct, token.clone())),
-        ("nginx grpc_pass", get_user(proxied, token.clone())),
-        ("gateway gRPC", get_user(door, token.clone())),
+        ("auth direct", get_user(direct, token)?),
+        ("nginx grpc_pass", get_user(proxied, token)?),
+        ("gateway gRPC", get_user(door, token)?),
         ("gateway HTTP", {
-            let (client, token) = (http.clone(), token.clone());
+            let (client, header) = (http.clone(), http::HeaderValue::from_str(&format!("Bearer {token}"))?);
             Arc::new(move || {
-                let (client, url, token) = (client.clone(), me.clone(), token.clone());
+                let (client, url, header) = (client.clone(), me.clone(), header.clone());
                 Box::pin(async move {
-                    let request = http::Request::get(url)
-                        .header("authorization", format!("Bearer {token}"))
-                        .body(Empty::<Bytes>::new())?;
+                    let request =
+                        http::Request::get(url).header("authorization", header).body(Empty::<Bytes>::new())?;
                     let response = client.request(request).await?;
                     let status = response.status();
                     response.into_body().collect().await?;
@@ -339,16 +339,19 @@ fn us(d: Duration) -> Figure {
     Figure { value: d.as_secs_f64() * 1e6, unit: "µs", higher_is_better: false }
 }
 
-fn get_user(client: AuthServiceClient<Channel>, token: Arc<String>) -> Call {
-    Arc::new(move || {
-        let (mut client, token) = (client.clone(), token.clone());
+/// GetUser of the caller. The client builds its `authorization` value
+/// once and sends a copy with each call, as a client holding a token does.
+fn get_user(client: AuthServiceClient<Channel>, token: &str) -> anyhow::Result<Call> {
+    let header: MetadataValue<Ascii> = format!("Bearer {token}").parse()?;
+    Ok(Arc::new(move || {
+        let (mut client, header) = (client.clone(), header.clone());
         Box::pin(async move {
             let mut request = tonic::Request::new(pb::GetUserRequest::default());
-            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+            request.metadata_mut().insert("authorization", header);
             client.get_user(request).await?;
             Ok(())
         })
-    })
+    }))
 }
 
 /// What every hop pays to verify a credential with the shared layer,

@@ -116,28 +116,35 @@ where
         // The clone that was made ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let header =
-            |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let authorization = header("authorization");
-        let (client, edge) = (header(super::CLIENT_HEADER), header(super::EDGE_AUTHORIZATION));
         Box::pin(async move {
             let (authenticator, rule) = authenticator;
-            match authenticator.admit(rule, authorization.as_deref()).await {
-                Ok(principal) => {
-                    if let Some(principal) = principal {
-                        request.extensions_mut().insert(principal);
-                    }
-                    match authenticator.edge_client(client.as_deref(), edge.as_deref()).await {
-                        Ok(Some(vouched)) => {
-                            request.extensions_mut().insert(vouched);
-                        }
-                        Ok(None) => {}
-                        Err(error) => return Ok(tonic::Status::from(error).into_http()),
-                    }
-                    inner.call(request).await
-                }
-                Err(error) => Ok(tonic::Status::from(error).into_http()),
+            // The credentials are read where they are, in the request's
+            // headers (no copy of a token on every call); the request is
+            // changed only once they are checked.
+            let headers = request.headers();
+            let principal = match authenticator.admit(rule, text(headers, "authorization")).await {
+                Ok(principal) => principal,
+                Err(error) => return Ok(tonic::Status::from(error).into_http()),
+            };
+            let vouched = match authenticator
+                .edge_client(text(headers, super::CLIENT_HEADER), text(headers, super::EDGE_AUTHORIZATION))
+                .await
+            {
+                Ok(vouched) => vouched,
+                Err(error) => return Ok(tonic::Status::from(error).into_http()),
+            };
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
             }
+            if let Some(vouched) = vouched {
+                request.extensions_mut().insert(vouched);
+            }
+            inner.call(request).await
         })
     }
+}
+
+/// A header's value as text, if it is.
+fn text<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -187,8 +187,7 @@ impl Revocations {
     /// Whether the credential is revoked. Without a current set, asks the
     /// lookup (UNAVAILABLE if it cannot answer).
     pub async fn is_revoked(&self, kind: Revoked, id: &str) -> Result<bool, AuthnError> {
-        let member = member(kind, id);
-        if self.inner.revoked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&member) {
+        if self.listed(kind, id) {
             return Ok(true);
         }
         if self.is_current() {
@@ -197,9 +196,20 @@ impl Revocations {
         let lookup = self.inner.lookup.clone();
         self.inner
             .looked_up
-            .try_get_with(member, async move { lookup.is_revoked(kind, id).await })
+            .try_get_with(member(kind, id), async move { lookup.is_revoked(kind, id).await })
             .await
             .map_err(|e: Arc<AuthnError>| (*e).clone())
+    }
+
+    /// Whether the local set lists `kind:id`. Every authenticated call
+    /// asks, so the member is spelled on the stack, not allocated.
+    fn listed(&self, kind: Revoked, id: &str) -> bool {
+        let revoked = self.inner.revoked.read().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = [0u8; 96];
+        match crate::joined::joined(&mut buffer, &[kind.label(), ":", id]) {
+            Some(member) => revoked.contains_key(member),
+            None => revoked.contains_key(&member(kind, id)),
+        }
     }
 
     /// Whether the set is following Redis right now: subscribed, loaded,

@@ -2,10 +2,10 @@
 //! caller's trace (W3C `traceparent` in the metadata), with the method,
 //! status code, duration and a `slow_request` flag; and RED metrics.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +39,58 @@ struct RpcMetrics {
     duration: Family<MethodLabels, Histogram>,
     slow: Family<MethodLabels, Counter>,
     recent_slow: Arc<Mutex<VecDeque<SlowRequest>>>,
+    /// Each served method's series, found by its path without building
+    /// labels: a call then allocates nothing for its metrics.
+    methods: Arc<RwLock<HashMap<Box<str>, Arc<MethodSeries>>>>,
+}
+
+/// One method's series in the families above, resolved once.
+struct MethodSeries {
+    method: Box<str>,
+    ok: Counter,
+    duration: Histogram,
+    slow: Counter,
+}
+
+/// The label every method the server does not serve shares.
+const UNKNOWN_METHOD: &str = "unknown";
+
+impl RpcMetrics {
+    /// The series of a method called before (no allocation).
+    fn known(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        self.methods.read().unwrap_or_else(PoisonError::into_inner).get(path).cloned()
+    }
+
+    /// `method`'s series, created at its first call. A method the server
+    /// does not serve (`UNIMPLEMENTED`) gets the shared `unknown` series:
+    /// the path is client-chosen, and each would be a series of its own.
+    fn series(&self, method: &str, code: i32) -> Arc<MethodSeries> {
+        let method = if code == 12 { UNKNOWN_METHOD } else { method };
+        if let Some(series) = self.known(method) {
+            return series;
+        }
+        let labels = MethodLabels { method: method.to_owned() };
+        let series = Arc::new(MethodSeries {
+            method: method.into(),
+            ok: self
+                .requests
+                .get_or_create(&RequestLabels { method: method.to_owned(), code: "0".to_owned() })
+                .clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            slow: self.slow.get_or_create(&labels).clone(),
+        });
+        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
+        methods.entry(method.into()).or_insert(series).clone()
+    }
+
+    fn count(&self, series: &MethodSeries, code: i32) {
+        if code == 0 {
+            series.ok.inc();
+        } else {
+            let labels = RequestLabels { method: series.method.to_string(), code: code.to_string() };
+            self.requests.get_or_create(&labels).inc();
+        }
+    }
 }
 
 /// Slow calls kept for the operator's status (`tenx.ops.v1.StatusService`):
@@ -70,6 +122,7 @@ impl MetricSet for RpcMetrics {
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
             slow: Family::default(),
             recent_slow: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_SLOW_REQUESTS))),
+            methods: Arc::default(),
         };
         metrics.register(
             "grpc_server_requests",
@@ -94,7 +147,7 @@ impl MetricSet for RpcMetrics {
 #[derive(Clone)]
 pub struct RpcLayer {
     slow_request: Duration,
-    metrics: RpcMetrics,
+    metrics: Arc<RpcMetrics>,
 }
 
 impl std::fmt::Debug for RpcLayer {
@@ -105,7 +158,7 @@ impl std::fmt::Debug for RpcLayer {
 
 impl RpcLayer {
     pub fn new(slow_request: Duration, metrics: &Metrics) -> Self {
-        Self { slow_request, metrics: metrics.set() }
+        Self { slow_request, metrics: Arc::new(metrics.set()) }
     }
 }
 
@@ -155,33 +208,35 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let path = request.uri().path();
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = %method,
+            otel.name = path,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = %method,
+            rpc.method = path,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
             slow_request = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
+        // A method seen before is found without copying its path.
+        let metrics = self.layer.metrics.clone();
+        let known = metrics.known(path);
+        let first_call = known.is_none().then(|| path.to_owned());
         set_remote_parent(&span, extract(&HeaderReader(request.headers())));
         let trace_id = span.context().span().span_context().trace_id();
-        let trace_id = if trace_id == opentelemetry::trace::TraceId::INVALID {
-            String::new()
-        } else {
+        let traced = trace_id != opentelemetry::trace::TraceId::INVALID;
+        if traced {
             span.record("trace_id", tracing::field::display(trace_id));
-            trace_id.to_string()
-        };
+        }
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let layer = self.layer.clone();
+        let slow_request = self.layer.slow_request;
         Box::pin(async move {
             let result = future.instrument(span.clone()).await;
             let elapsed = started.elapsed();
@@ -202,26 +257,26 @@ where
             if code != 0 {
                 span.record("otel.status_code", "ERROR");
             }
-            // The path is client-chosen: unknown methods share one label,
-            // or any caller could create unbounded metric series.
-            let method = if code == 12 { "unknown".to_owned() } else { method };
-            let labels = MethodLabels { method: method.clone() };
-            layer.metrics.requests.get_or_create(&RequestLabels { method, code: code.to_string() }).inc();
-            layer.metrics.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
-            if elapsed > layer.slow_request {
+            let series = match (known, first_call) {
+                (Some(series), _) if code != 12 => series,
+                (_, first_call) => metrics.series(first_call.as_deref().unwrap_or(UNKNOWN_METHOD), code),
+            };
+            metrics.count(&series, code);
+            series.duration.observe(elapsed.as_secs_f64());
+            if elapsed > slow_request {
                 span.record("slow_request", true);
-                layer.metrics.slow.get_or_create(&labels).inc();
+                series.slow.inc();
                 tracing::warn!(parent: &span, elapsed_ms = elapsed.as_millis() as u64, "slow request");
-                let mut recent = layer.metrics.recent_slow.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut recent = metrics.recent_slow.lock().unwrap_or_else(PoisonError::into_inner);
                 if recent.len() == RECENT_SLOW_REQUESTS {
                     recent.pop_front();
                 }
                 recent.push_back(SlowRequest {
-                    method: labels.method,
+                    method: series.method.to_string(),
                     code,
                     duration: elapsed,
                     finished_at: SystemTime::now(),
-                    trace_id,
+                    trace_id: if traced { trace_id.to_string() } else { String::new() },
                 });
             }
             result
