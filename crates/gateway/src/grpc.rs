@@ -69,9 +69,10 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let client = policy::client_ip(req.headers(), peer.ip(), gw.settings.http.forwarded_hops);
     let request_id = policy::request_id(req.headers());
-    let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // Read where it is (the request is changed only once it is admitted).
+    let authorization = req.headers().get("authorization");
     let position = policy::position(req.headers());
-    let (ctx, _) = match gw.admit(rpc, authorization.as_deref(), client, request_id.clone(), position).await {
+    let (ctx, _) = match gw.admit(rpc, authorization, client, request_id.clone(), position).await {
         Ok(admitted) => admitted,
         Err((error, _)) => return status_response(error),
     };

@@ -225,11 +225,10 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         let peer =
             req.extensions().get::<ConnectInfo<SocketAddr>>().map_or([127, 0, 0, 1].into(), |c| c.0.ip());
         let client = policy::client_ip(req.headers(), peer, gw.settings.http.forwarded_hops);
-        let authorization =
-            req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let authorization = req.headers().get(header::AUTHORIZATION);
         let position = policy::position(req.headers());
         let period = gw.settings.policy(route).period;
-        match gw.admit(route, authorization.as_deref(), client, request_id.clone(), position).await {
+        match gw.admit(route, authorization, client, request_id.clone(), position).await {
             Ok((ctx, decision)) => {
                 req.extensions_mut().insert(ctx);
                 let mut response = next.run(req).await;

@@ -11,9 +11,10 @@ use tenx_common::authn::Principal;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub principal: Principal,
-    /// The credential as presented, forwarded to the upstream, which
+    /// The credential as presented (the `authorization` header, shared
+    /// with the request, not copied), forwarded to the upstream, which
     /// verifies it again.
-    pub bearer: String,
+    pub bearer: http::HeaderValue,
 }
 
 impl Identity {

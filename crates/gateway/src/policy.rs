@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use tenx_common::authn;
 use tonic::Code;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 
 use crate::error::EdgeError;
 use crate::identity::Identity;
@@ -73,10 +73,12 @@ impl Ctx {
             request.metadata_mut().insert(authn::CLIENT_HEADER, client);
             request.metadata_mut().insert(authn::EDGE_AUTHORIZATION, edge.clone());
         }
-        if let Some(v) =
-            self.identity.as_ref().and_then(|i| MetadataValue::try_from(format!("Bearer {}", i.bearer)).ok())
-        {
-            request.metadata_mut().insert("authorization", v);
+        if let Some(identity) = &self.identity {
+            // tonic's metadata takes a header only by value; through the
+            // map the one the client sent travels without a copy.
+            let mut headers = std::mem::take(request.metadata_mut()).into_headers();
+            headers.insert(http::header::AUTHORIZATION, identity.bearer.clone());
+            *request.metadata_mut() = MetadataMap::from_headers(headers);
         }
         request
     }
@@ -102,11 +104,6 @@ fn too_many_failures(wait: Duration) -> EdgeError {
     let mut error = EdgeError::new(Code::ResourceExhausted, "too many failed authentications; slow down");
     error.retry_after = Some(wait.max(Duration::from_secs(1)));
     error
-}
-
-/// The credential of an `authorization` value (`Bearer <credential>`).
-fn bearer_of(header: &str) -> Option<&str> {
-    header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// The request id a client sent, if usable, else a new one.
@@ -210,7 +207,7 @@ impl Gateway {
     pub async fn admit(
         &self,
         route: &Route,
-        authorization: Option<&str>,
+        authorization: Option<&HeaderValue>,
         client: IpAddr,
         request_id: String,
         position: Option<String>,
@@ -224,7 +221,7 @@ impl Gateway {
             if let Some(wait) = self.auth_failures_blocked(&client_key) {
                 return Err((too_many_failures(wait), None));
             }
-            let principal = match self.authn.authenticate(authorization).await {
+            let principal = match self.authn.authenticate(authorization.and_then(|v| v.to_str().ok())).await {
                 Ok(Some(principal)) => principal,
                 Ok(None) => return Err((EdgeError::unauthenticated("missing bearer token"), None)),
                 Err(error @ authn::AuthnError::Unauthenticated(_)) => {
@@ -241,7 +238,8 @@ impl Gateway {
             if let Some(rule) = tenx_proto::access::rule(route.path) {
                 authn::authorize(rule, Some(&principal)).map_err(|e| (e.into(), None))?;
             }
-            let bearer = authorization.and_then(bearer_of).unwrap_or_default().to_owned();
+            // Authenticated, so present.
+            let bearer = authorization.cloned().unwrap_or_else(|| HeaderValue::from_static(""));
             Some(Identity { principal, bearer })
         };
         let subject = identity.as_ref().map_or_else(|| format!("ip:{client_key}"), Identity::subject);
