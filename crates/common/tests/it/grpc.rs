@@ -170,6 +170,43 @@ async fn several_components_on_one_registry_render_each_metric_family_once() -> 
     Ok(())
 }
 
+#[tokio::test]
+async fn a_failed_call_counts_under_its_code_and_methods_the_server_lacks_share_one_unknown_series()
+-> anyhow::Result<()> {
+    let (addr, metrics, shutdown, task) = instance().await?;
+    let channel = connect(&ClientSettings::new(&format!("http://{addr}")))?;
+    let mut health = HealthClient::new(channel.clone());
+    health.check(HealthCheckRequest::default()).await?;
+    for _ in 0..2 {
+        let missing = HealthCheckRequest { service: "tenx.nope.v1.Nope".to_owned() };
+        assert_eq!(health.check(missing).await.expect_err("no such service").code(), Code::NotFound);
+    }
+    // The path is the caller's to choose: each invented one would be a
+    // metric series of its own, without end.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in
+        ["/tenx.nope.v1.Nope/InventedA", "/tenx.nope.v1.Nope/InventedB", "/grpc.health.v1.Health/InventedC"]
+    {
+        grpc.ready().await.map_err(|e| anyhow::anyhow!(e))?;
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let refused = grpc.unary(tonic::Request::new(HealthCheckRequest::default()), path, codec).await;
+        assert_eq!(refused.expect_err("not served").code(), Code::Unimplemented);
+    }
+    let series = |labels: &str| {
+        crate::support::metric(&metrics, &format!("tenx_grpc_server_requests_total{{{labels}}}"))
+    };
+    let check = "method=\"/grpc.health.v1.Health/Check\"";
+    assert_eq!(series(&format!("{check},code=\"0\"")), 1.0);
+    assert_eq!(series(&format!("{check},code=\"5\"")), 2.0, "NOT_FOUND is 5");
+    assert_eq!(series("method=\"unknown\",code=\"12\""), 3.0, "UNIMPLEMENTED is 12");
+    let rendered = metrics.render();
+    assert!(!rendered.contains("Invented"), "{rendered}");
+    shutdown.trigger();
+    task.await?;
+    Ok(())
+}
+
 /// One health server on its own port and metrics: its address, how many
 /// Check calls it answered (so far), and its shutdown.
 async fn instance() -> anyhow::Result<(std::net::SocketAddr, Metrics, Shutdown, tokio::task::JoinHandle<()>)>
