@@ -221,9 +221,12 @@ impl Gateway {
             if let Some(wait) = self.auth_failures_blocked(&client_key) {
                 return Err((too_many_failures(wait), None));
             }
-            let principal = match self.authn.authenticate(authorization.and_then(|v| v.to_str().ok())).await {
+            let missing = || Err((EdgeError::unauthenticated("missing bearer token"), None));
+            let Some(bearer) = authorization else { return missing() };
+            let principal = match self.authn.authenticate(bearer.to_str().ok()).await {
                 Ok(Some(principal)) => principal,
-                Ok(None) => return Err((EdgeError::unauthenticated("missing bearer token"), None)),
+                // A header that is not text carries no credential either.
+                Ok(None) => return missing(),
                 Err(error @ authn::AuthnError::Unauthenticated(_)) => {
                     if let Some(wait) = self.count_auth_failure(&client_key).await {
                         return Err((too_many_failures(wait), None));
@@ -238,9 +241,7 @@ impl Gateway {
             if let Some(rule) = tenx_proto::access::rule(route.path) {
                 authn::authorize(rule, Some(&principal)).map_err(|e| (e.into(), None))?;
             }
-            // Authenticated, so present.
-            let bearer = authorization.cloned().unwrap_or_else(|| HeaderValue::from_static(""));
-            Some(Identity { principal, bearer })
+            Some(Identity { principal, bearer: bearer.clone() })
         };
         let subject = identity.as_ref().map_or_else(|| format!("ip:{client_key}"), Identity::subject);
         let policy = self.settings.policy(route);
