@@ -6,6 +6,7 @@
 
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
+use tokio_postgres::types::ToSql;
 
 use uuid::Uuid;
 
@@ -48,6 +49,95 @@ pub struct About {
     pub refund: Option<Uuid>,
 }
 
+/// The statement text that posts a ledger transaction and its entries,
+/// as two data-modifying CTEs (`posting_tx`, `posting_entries`), so a
+/// posting can share a statement (and its round trip) with other work.
+/// Its parameters are `$1`…`$14`, in the order of [`Posting::params`]: a
+/// statement that embeds it numbers its own from `$15`. The entries'
+/// foreign key and their balance are checked at the statement's end, when
+/// all of them exist.
+macro_rules! posting_ctes {
+    () => {
+        "posting_tx AS (INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, \
+           subscription_id, refund_id, description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)), \
+         posting_entries AS (INSERT INTO ledger_entries (id, transaction_id, account, customer_id, \
+           subscription_id, currency, amount_minor, posted_at) \
+         SELECT e.id, $1, e.account, e.customer_id, e.subscription_id, $9::text, e.amount_minor, $8 \
+         FROM unnest($10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::bigint[]) \
+           AS e (id, account, customer_id, subscription_id, amount_minor))"
+    };
+}
+pub(crate) use posting_ctes;
+
+/// One balanced ledger transaction, ready to post: the parameters of
+/// [`posting_ctes`].
+#[derive(Debug)]
+pub struct Posting<'a> {
+    pub id: Uuid,
+    kind: &'a str,
+    about: About,
+    currency: &'a str,
+    description: &'a str,
+    now: SystemTime,
+    ids: Vec<Uuid>,
+    accounts: Vec<&'static str>,
+    customers: Vec<Option<Uuid>>,
+    subscriptions: Vec<Option<Uuid>>,
+    amounts: Vec<i64>,
+}
+
+impl<'a> Posting<'a> {
+    /// The transaction of `entries` (zero amounts left out); refused
+    /// unless they sum to zero.
+    pub fn new(
+        kind: &'a str,
+        about: About,
+        currency: &'a str,
+        description: &'a str,
+        entries: &[Entry],
+        now: SystemTime,
+    ) -> Result<Self, BillingError> {
+        let sum: i64 = entries.iter().map(|e| e.amount_minor).sum();
+        if sum != 0 {
+            return Err(BillingError::Internal(format!("{kind}: entries sum to {sum}, not 0")));
+        }
+        let entries: Vec<&Entry> = entries.iter().filter(|e| e.amount_minor != 0).collect();
+        Ok(Self {
+            id: Uuid::now_v7(),
+            kind,
+            about,
+            currency,
+            description,
+            now,
+            ids: entries.iter().map(|_| Uuid::now_v7()).collect(),
+            accounts: entries.iter().map(|e| e.account).collect(),
+            customers: entries.iter().map(|e| e.customer_id).collect(),
+            subscriptions: entries.iter().map(|e| e.subscription_id).collect(),
+            amounts: entries.iter().map(|e| e.amount_minor).collect(),
+        })
+    }
+
+    /// `$1`…`$14` of [`posting_ctes`].
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.id,
+            &self.kind,
+            &self.about.invoice,
+            &self.about.payment_attempt,
+            &self.about.subscription,
+            &self.about.refund,
+            &self.description,
+            &self.now,
+            &self.currency,
+            &self.ids,
+            &self.accounts,
+            &self.customers,
+            &self.subscriptions,
+            &self.amounts,
+        ]
+    }
+}
+
 /// Posts one balanced transaction; returns its id.
 pub async fn post<C: Prepared>(
     tx: &C,
@@ -58,45 +148,7 @@ pub async fn post<C: Prepared>(
     entries: &[Entry],
     now: SystemTime,
 ) -> Result<Uuid, BillingError> {
-    let sum: i64 = entries.iter().map(|e| e.amount_minor).sum();
-    if sum != 0 {
-        return Err(BillingError::Internal(format!("{kind}: entries sum to {sum}, not 0")));
-    }
-    let id = Uuid::now_v7();
-    let entries: Vec<&Entry> = entries.iter().filter(|e| e.amount_minor != 0).collect();
-    let ids: Vec<Uuid> = entries.iter().map(|_| Uuid::now_v7()).collect();
-    let accounts: Vec<&str> = entries.iter().map(|e| e.account).collect();
-    let customers: Vec<Option<Uuid>> = entries.iter().map(|e| e.customer_id).collect();
-    let subscriptions: Vec<Option<Uuid>> = entries.iter().map(|e| e.subscription_id).collect();
-    let amounts: Vec<i64> = entries.iter().map(|e| e.amount_minor).collect();
-    // The transaction and its entries in one statement (one round trip);
-    // the entries' foreign key and their balance are checked at its end,
-    // when all of them exist.
-    tx.execute_cached(
-        "WITH t AS (INSERT INTO ledger_transactions (id, kind, invoice_id, payment_attempt_id, subscription_id, \
-           refund_id, description, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) \
-         INSERT INTO ledger_entries (id, transaction_id, account, customer_id, subscription_id, currency, \
-           amount_minor, posted_at) \
-         SELECT e.id, $1, e.account, e.customer_id, e.subscription_id, $9::text, e.amount_minor, $8 \
-         FROM unnest($10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::bigint[]) \
-           AS e (id, account, customer_id, subscription_id, amount_minor)",
-        &[
-            &id,
-            &kind,
-            &about.invoice,
-            &about.payment_attempt,
-            &about.subscription,
-            &about.refund,
-            &description,
-            &now,
-            &currency,
-            &ids,
-            &accounts,
-            &customers,
-            &subscriptions,
-            &amounts,
-        ],
-    )
-    .await?;
-    Ok(id)
+    let posting = Posting::new(kind, about, currency, description, entries, now)?;
+    tx.execute_cached(concat!("WITH ", posting_ctes!(), " SELECT"), &posting.params()).await?;
+    Ok(posting.id)
 }

@@ -1,5 +1,6 @@
 //! Rows as the API shows them: subscriptions, invoices, lines, attempts.
 
+use std::sync::LazyLock;
 use std::time::SystemTime;
 use tenx_common::db::Prepared;
 
@@ -219,23 +220,39 @@ pub const ATTEMPT_COLUMNS: &str = "id, invoice_id, payment_method_id, amount_min
 
 /// An invoice with its lines and payment attempts.
 pub async fn load_invoice<C: Prepared>(db: &C, invoice_id: Uuid) -> Result<pb::Invoice, BillingError> {
-    let head = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1");
+    static HEAD: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"));
+    let (invoice, _) = load_invoice_headed(db, invoice_id, &HEAD, &[&invoice_id]).await?;
+    Ok(invoice)
+}
+
+/// [`load_invoice`] whose head (a row with [`INVOICE_COLUMNS`]) is read by
+/// `head`, which may read more beside it: the invoice and that row. The
+/// head, the lines and the attempts go out pipelined: one round trip.
+pub async fn load_invoice_headed<C: Prepared>(
+    db: &C,
+    invoice_id: Uuid,
+    head: &str,
+    head_params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<(pb::Invoice, Row), BillingError> {
     let lines = "SELECT id, kind, description, price_id, quantity, unit_amount_minor, amount_minor, period_start, \
                  period_end FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no";
-    let attempts = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM payment_attempts WHERE invoice_id = $1 ORDER BY created_at, id"
-    );
-    // Pipelined: the three go out together and cost one round trip.
+    static ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM payment_attempts WHERE invoice_id = $1 ORDER BY created_at, id"
+        )
+    });
     let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&invoice_id];
     let (row, lines, attempts) = futures_util::try_join!(
-        db.query_opt_cached(&head, params),
+        db.query_opt_cached(head, head_params),
         db.query_cached(lines, params),
-        db.query_cached(&attempts, params),
+        db.query_cached(&ATTEMPTS, params),
     )?;
-    let mut invoice = invoice(&row.ok_or(BillingError::NotFound("invoice"))?);
+    let row = row.ok_or(BillingError::NotFound("invoice"))?;
+    let mut invoice = invoice(&row);
     invoice.lines = lines.iter().map(line).collect();
     invoice.payment_attempts = attempts.iter().map(attempt).collect();
-    Ok(invoice)
+    Ok((invoice, row))
 }
 
 /// `amount` formatted for people (`USD 19.83`, `JPY 1,490`), with the

@@ -9,6 +9,7 @@
 //! request or the process in between, the scheduler then asks the
 //! provider what became of the attempt and settles it.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 use tenx_common::db::Prepared;
 
@@ -618,20 +619,23 @@ async fn context<C: Prepared>(
     tx: &C,
     attempt: &Attempt,
 ) -> Result<(pb::Invoice, Party, i32, String, String), BillingError> {
-    // Pipelined with the invoice's own reads: one round trip in all.
-    let (invoice, row) = futures_util::try_join!(model::load_invoice(tx, attempt.invoice_id), async {
-        tx.query_one_cached(
-                "SELECT a.initiated_by, m.last4, m.brand, COALESCE(pl.name, '') AS plan_name, \
-                        c.id AS customer_id, c.user_id, c.email FROM payment_attempts a \
-                 JOIN payment_methods m ON m.id = a.payment_method_id JOIN invoices i ON i.id = a.invoice_id \
-                 JOIN customers c ON c.id = i.customer_id \
-                 LEFT JOIN subscriptions s ON s.id = i.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
-                 LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
-                &[&attempt.id],
-            )
-            .await
-            .map_err(BillingError::from)
-    },)?;
+    // The invoice's head and the rest in one row, pipelined with the
+    // invoice's lines and attempts: one round trip, three statements.
+    static HEAD: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT inv.*, a.initiated_by, m.last4, m.brand, COALESCE(pl.name, '') AS plan_name, \
+                    c.user_id, c.email \
+             FROM (SELECT {} FROM invoices WHERE id = $2) AS inv \
+             JOIN payment_attempts a ON a.invoice_id = inv.id JOIN payment_methods m ON m.id = a.payment_method_id \
+             JOIN customers c ON c.id = inv.customer_id \
+             LEFT JOIN subscriptions s ON s.id = inv.subscription_id LEFT JOIN prices p ON p.id = s.price_id \
+             LEFT JOIN plans pl ON pl.id = p.plan_id WHERE a.id = $1",
+            model::INVOICE_COLUMNS
+        )
+    });
+    let (invoice, row) =
+        model::load_invoice_headed(tx, attempt.invoice_id, &HEAD, &[&attempt.id, &attempt.invoice_id])
+            .await?;
     let party = Party {
         customer_id: row.get("customer_id"),
         user_id: row.get("user_id"),
@@ -689,22 +693,31 @@ const SETTLE_AND_PAY: &str = concat!(
 /// After [`SETTLE_AND_PAY`], in a statement of its own: its snapshot is
 /// taken after the invoice's lock was, so it sees what a transaction that
 /// held the lock meanwhile wrote (e.g. the dunning a failed automatic
-/// charge just started). Dunning of the invoice (`$1`) is over and its
-/// remaining retries are moot; its subscription (`$2`), if it owed money
-/// and now owes none, is active again — locked when it may change (an
-/// active one is left alone: apply_paid locks what it changes). Returns
-/// the subscription's status before, when it was reactivated.
-const AFTER_PAID: &str = "\
-    WITH recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $3 \
-       WHERE invoice_id = $1 AND status = 'active'), \
-     retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $3 WHERE invoice_id = $1 \
-       AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL), \
-     prev AS (SELECT id, status FROM subscriptions WHERE id = $2 FOR UPDATE), \
-     reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $3 FROM prev \
-       WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
-         (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible')) \
-       RETURNING prev.status) \
-    SELECT (SELECT status FROM reactivated) AS reactivated_from";
+/// charge just started). The payment's ledger transaction
+/// ([`ledger::posting_ctes`], `$1`…`$14`) is posted; dunning of the invoice
+/// (`$15`) is over and its remaining retries are moot; its subscription
+/// (`$16`), if it owed money and now owes none, is active again — locked
+/// when it may change (an active one is left alone: apply_paid locks what
+/// it changes) — at `$17`. Returns the subscription's status before and
+/// the subscription as it is now, when it was reactivated.
+static PAID_AND_POSTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, \
+         recovered AS (UPDATE dunning_states SET status = 'recovered', next_retry_at = NULL, ended_at = $17 \
+           WHERE invoice_id = $15 AND status = 'active'), \
+         retries AS (UPDATE billing_jobs SET status = 'canceled', finished_at = $17 WHERE invoice_id = $15 \
+           AND kind = 'dunning_retry' AND status = 'pending' AND locked_until IS NULL), \
+         prev AS (SELECT id, status FROM subscriptions WHERE id = $16 FOR UPDATE), \
+         reactivated AS (UPDATE subscriptions s SET status = 'active', updated_at = $17 FROM prev \
+           WHERE s.id = prev.id AND prev.status IN ('incomplete', 'past_due', 'unpaid') AND NOT EXISTS \
+             (SELECT 1 FROM invoices i WHERE i.subscription_id = s.id AND i.status IN ('open', 'uncollectible')) \
+           RETURNING prev.status AS reactivated_from, s.*) \
+        SELECT s.reactivated_from, {} FROM (SELECT) AS one LEFT JOIN reactivated s ON true \
+          LEFT JOIN prices p ON p.id = s.price_id",
+        ledger::posting_ctes!(),
+        model::SUBSCRIPTION_COLUMNS
+    )
+});
 
 /// The rest of a success, after [`SETTLE_AND_PAY`]: the ledger, the events
 /// and the plan change the invoice paid for. Returns the invoice as paid
@@ -734,30 +747,26 @@ async fn succeed<C: Prepared>(
         subscription,
         ..About::default()
     };
-    // Pipelined, one round trip, in this order: dunning and the
-    // subscription (AFTER_PAID), the ledger, then everything the events say,
-    // read once (the invoice is paid by now), with the subscription as
-    // AFTER_PAID left it (read whether or not it changed; nothing read
-    // depends on the ledger).
-    let (after, _, context, loaded) = futures_util::try_join!(
+    let posting =
+        ledger::Posting::new("payment_succeeded", about, &attempt.currency, charge_id, &entries, now)?;
+    let after_params: [&(dyn ToSql + Sync); 3] = [&attempt.invoice_id, &subscription, &now];
+    // Pipelined, one round trip, in this order: the ledger, dunning and
+    // the subscription (PAID_AND_POSTED), then everything the events say,
+    // read once (the invoice is paid by now; nothing read depends on the
+    // ledger).
+    let (after, context) = futures_util::try_join!(
         async {
-            tx.query_one_cached(AFTER_PAID, &[&attempt.invoice_id, &subscription, &now])
+            tx.query_one_cached(&PAID_AND_POSTED, &[&posting.params()[..], &after_params[..]].concat())
                 .await
                 .map_err(BillingError::from)
         },
-        ledger::post(tx, "payment_succeeded", about, &attempt.currency, charge_id, &entries, now),
         context(tx, attempt),
-        async {
-            match subscription {
-                Some(sub) => model::load_subscription(tx, sub).await.map(Some),
-                None => Ok(None),
-            }
-        }
     )?;
     let (invoice, party, _, last4, brand) = context;
     let for_a_change = invoice.billing_reason == pb::BillingReason::SubscriptionUpdate as i32;
-    let reactivation = match (subscription, loaded, after.get::<_, Option<String>>("reactivated_from")) {
-        (Some(sub), Some(loaded), Some(previous)) => {
+    let reactivation = match (subscription, after.get::<_, Option<String>>("reactivated_from")) {
+        (Some(sub), Some(previous)) => {
+            let loaded = model::subscription(&after);
             let price = loaded.price_id.clone();
             Some((sub, party.subscription_updated(loaded, &previous, price)))
         }

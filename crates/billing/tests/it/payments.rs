@@ -150,6 +150,23 @@ async fn every_simulated_card_outcome_is_recorded_and_a_declined_subscription_ca
             .subscription
             .expect("subscription");
         assert_eq!(sub.status, pb::SubscriptionStatus::Active as i32, "{token}");
+        // Its reactivation is announced with the subscription as it is
+        // now and the status it had.
+        let updated: Vec<u8> = billing
+            .sql()
+            .await?
+            .query_one(
+                "SELECT payload FROM tenx_outbox WHERE event_type = 'billing.subscription.updated' \
+                 AND aggregate_id = $1",
+                &[&sub.id],
+            )
+            .await?
+            .get(0);
+        let updated = <pb::SubscriptionUpdated as prost::Message>::decode(updated.as_slice())?;
+        assert_eq!(updated.previous_status, pb::SubscriptionStatus::Incomplete as i32, "{token}");
+        assert_eq!(updated.previous_price_id, sub.price_id);
+        assert_eq!(updated.subscription.as_ref(), Some(&sub), "{token}");
+        assert_eq!(updated.plan_name, "Business");
     }
     assert_eq!(events(&billing, "billing.payment.failed").await?, 2);
 
