@@ -242,6 +242,32 @@ impl Keys {
         Ok(())
     }
 
+    /// [`Self::complete`] and the request's events (written to the outbox)
+    /// in one statement.
+    pub async fn complete_with_events<C: Prepared, M: Message>(
+        &self,
+        tx: &C,
+        clock: &dyn Clock,
+        claim: &Claim,
+        response: &M,
+        events: &[tenx_common::outbox::NewEvent],
+    ) -> Result<(), BillingError> {
+        if events.is_empty() {
+            return self.complete(tx, clock, claim, response).await;
+        }
+        let body = response.encode_to_vec();
+        tenx_common::outbox::enqueue_all_with(
+            tx,
+            events,
+            "completed AS (UPDATE idempotency_keys SET status = 'completed', response_code = 0, \
+               response_message = '', response_body = $10, completed_at = $11, locked_until = NULL \
+             WHERE caller = $8 AND key = $9)",
+            &[&claim.caller, &claim.key, &body, &clock.now()],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Settles a claim whose request failed: a final answer (NOT_FOUND,
     /// FAILED_PRECONDITION) is stored and replayed; a transient one
     /// releases the key so a retry runs (and resumes) at once.

@@ -815,11 +815,10 @@ impl Core {
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
         }
         let response = reply(&tx, attempt, settlement.paid).await?;
-        // The settlement's events and the stored answer: one round trip.
-        futures_util::try_join!(
-            invoices::enqueue_all(&tx, &settlement.events),
-            self.keys.complete(&tx, self.clock.as_ref(), claim, &response),
-        )?;
+        // The settlement's events and the stored answer: one statement.
+        self.keys
+            .complete_with_events(&tx, self.clock.as_ref(), claim, &response, &settlement.events)
+            .await?;
         tx.commit().await?;
         Ok(response)
     }

@@ -123,17 +123,54 @@ pub async fn enqueue_all<C: Prepared>(
     // As in [`enqueue`]: the transaction's id first, then the seqs, taken
     // in the events' order (a volatile target is computed after the sort).
     tx.execute_cached(
-        "WITH xid AS MATERIALIZED (SELECT pg_current_xact_id()) \
+        concat!("WITH ", insert_events!()),
+        &[&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate],
+    )
+    .await?;
+    Ok(ids)
+}
+
+/// The statement of [`enqueue_all`] after its `WITH`: events `$1`…`$5`
+/// (arrays, in order), trace context `$6`, `$7`.
+macro_rules! insert_events {
+    () => {
+        "xid AS MATERIALIZED (SELECT pg_current_xact_id()) \
          INSERT INTO tenx_outbox \
            (seq, id, event_type, aggregate_id, partition, payload, payload_type, traceparent, tracestate) \
          SELECT nextval('tenx_outbox_seq_seq'), e.id, e.event_type, e.aggregate_id, \
                 (hashtext(e.aggregate_id) & 15)::smallint, e.payload, e.payload_type, $6, $7 \
          FROM xid CROSS JOIN unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
            WITH ORDINALITY AS e (id, event_type, aggregate_id, payload, payload_type, ord) \
-         ORDER BY e.ord",
-        &[&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate],
-    )
-    .await?;
+         ORDER BY e.ord"
+    };
+}
+use insert_events;
+
+/// [`enqueue_all`] and a write of the caller's in one statement: one
+/// executor start, and one message each way, fewer than sending the two
+/// apart. `companion` is a data-modifying CTE (`name AS (UPDATE …)`, a
+/// constant) whose parameters are numbered from `$8`; it runs whether or
+/// not there are events. Returns the events' ids.
+pub async fn enqueue_all_with<C: Prepared>(
+    tx: &C,
+    events: &[NewEvent],
+    companion: &'static str,
+    companion_params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    if !events.is_empty() {
+        crate::db::count_outbox_write();
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let payload_types: Vec<&str> = events.iter().map(|e| e.payload_type.as_str()).collect();
+    let trace = TraceHeaders::current();
+    // As [`enqueue_all`], after the companion.
+    let sql = format!(concat!("WITH {}, ", insert_events!()), companion);
+    let own: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate];
+    tx.execute_cached(&sql, &[&own[..], companion_params].concat()).await?;
     Ok(ids)
 }
 

@@ -364,3 +364,44 @@ async fn a_replay_resends_published_events_with_their_ids_page_by_page_and_skips
     assert_eq!(pending(&db).await?, 1);
     Ok(())
 }
+
+/// Events written with a companion write (`enqueue_all_with`, one
+/// statement) are there, in order and pending, exactly when the
+/// companion's write is: a companion that fails writes no event, and one
+/// without events still runs.
+#[tokio::test]
+async fn events_written_with_a_companion_write_stand_or_fall_with_it() -> anyhow::Result<()> {
+    let tdb = test_db().await?;
+    let db = connect(&tdb, None, &Metrics::default())?;
+    let mut conn = db.write().await?;
+    conn.batch_execute(
+        "CREATE TABLE companion (id int PRIMARY KEY, n int NOT NULL CHECK (n < 10)); \
+         INSERT INTO companion VALUES (1, 0)",
+    )
+    .await?;
+    const BUMP: &str = "bumped AS (UPDATE companion SET n = n + $8 WHERE id = 1)";
+    let events = [event("agg-1", "first"), event("agg-1", "second")];
+
+    let tx = conn.transaction().await?;
+    let ids = outbox::enqueue_all_with(&tx, &events, BUMP, &[&1i32]).await?;
+    tx.commit().await?;
+    let tx = conn.transaction().await?;
+    let refused = outbox::enqueue_all_with(&tx, &[event("agg-1", "third")], BUMP, &[&100i32]).await;
+    assert!(refused.is_err(), "the companion's CHECK fails the statement");
+    drop(tx);
+    let tx = conn.transaction().await?;
+    assert!(outbox::enqueue_all_with(&tx, &[], BUMP, &[&1i32]).await?.is_empty());
+    tx.commit().await?;
+
+    let written: Vec<(uuid::Uuid, Vec<u8>)> = conn
+        .query("SELECT id, payload FROM tenx_outbox ORDER BY seq", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(written, vec![(ids[0], b"first".to_vec()), (ids[1], b"second".to_vec())]);
+    assert_eq!(pending(&db).await?, 2, "both wait for the relay");
+    let n: i32 = conn.query_one("SELECT n FROM companion", &[]).await?.get(0);
+    assert_eq!(n, 2, "the companion ran with the events and without them, not when it failed");
+    Ok(())
+}
