@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tenx_proto::events::v1::{Envelope, TraceContext};
+use tokio_postgres::types::ToSql;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -109,29 +110,31 @@ pub async fn enqueue_all<C: Prepared>(
     events: &[NewEvent],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     match events {
-        [] => return Ok(Vec::new()),
-        [one] => return enqueue(tx, one).await.map(|id| vec![id]),
-        _ => {}
+        [] => Ok(Vec::new()),
+        [one] => enqueue(tx, one).await.map(|id| vec![id]),
+        _ => insert_all(tx, events, concat!("WITH ", insert_events!()), &[]).await,
     }
-    crate::db::count_outbox_write();
-    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-    let payload_types: Vec<&str> = events.iter().map(|e| e.payload_type.as_str()).collect();
-    let trace = TraceHeaders::current();
-    // As in [`enqueue`]: the transaction's id first, then the seqs, taken
-    // in the events' order (a volatile target is computed after the sort).
-    tx.execute_cached(
-        concat!("WITH ", insert_events!()),
-        &[&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate],
-    )
-    .await?;
-    Ok(ids)
 }
 
-/// The statement of [`enqueue_all`] after its `WITH`: events `$1`…`$5`
-/// (arrays, in order), trace context `$6`, `$7`.
+/// [`enqueue_all`] and a write of the caller's in one statement: one
+/// executor start, and one message each way, fewer than sending the two
+/// apart. `companion` is a data-modifying CTE (`name AS (UPDATE …)`, a
+/// constant) whose parameters are numbered from `$8`; it runs whether or
+/// not there are events. Returns the events' ids.
+pub async fn enqueue_all_with<C: Prepared>(
+    tx: &C,
+    events: &[NewEvent],
+    companion: &'static str,
+    companion_params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let sql = format!(concat!("WITH {}, ", insert_events!()), companion);
+    insert_all(tx, events, &sql, companion_params).await
+}
+
+/// What follows `WITH` in a statement that records events: events
+/// `$1`…`$5` (arrays, in order), trace context `$6`, `$7`. As in
+/// [`enqueue`]: the transaction's id first, then the seqs, taken in the
+/// events' order (a volatile target is computed after the sort).
 macro_rules! insert_events {
     () => {
         "xid AS MATERIALIZED (SELECT pg_current_xact_id()) \
@@ -146,16 +149,13 @@ macro_rules! insert_events {
 }
 use insert_events;
 
-/// [`enqueue_all`] and a write of the caller's in one statement: one
-/// executor start, and one message each way, fewer than sending the two
-/// apart. `companion` is a data-modifying CTE (`name AS (UPDATE …)`, a
-/// constant) whose parameters are numbered from `$8`; it runs whether or
-/// not there are events. Returns the events' ids.
-pub async fn enqueue_all_with<C: Prepared>(
+/// Runs `sql` (built on [`insert_events`]) with `events` as `$1`…`$7` and
+/// `more` after them.
+async fn insert_all<C: Prepared>(
     tx: &C,
     events: &[NewEvent],
-    companion: &'static str,
-    companion_params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    sql: &str,
+    more: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     if !events.is_empty() {
         crate::db::count_outbox_write();
@@ -166,11 +166,9 @@ pub async fn enqueue_all_with<C: Prepared>(
     let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
     let payload_types: Vec<&str> = events.iter().map(|e| e.payload_type.as_str()).collect();
     let trace = TraceHeaders::current();
-    // As [`enqueue_all`], after the companion.
-    let sql = format!(concat!("WITH {}, ", insert_events!()), companion);
-    let own: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+    let own: [&(dyn ToSql + Sync); 7] =
         [&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate];
-    tx.execute_cached(&sql, &[&own[..], companion_params].concat()).await?;
+    tx.execute_cached(sql, &[&own[..], more].concat()).await?;
     Ok(ids)
 }
 
