@@ -100,6 +100,27 @@ pub struct Keys {
     settings: IdempotencySettings,
 }
 
+/// The statement that stores a successful answer under a key, with its
+/// parameters' positions: the caller, the key, the encoded response and
+/// the time. [`Keys::complete`] sends it alone, and
+/// [`Keys::complete_with_events`] inside the events' statement.
+macro_rules! store_answer {
+    ($caller:literal, $key:literal, $body:literal, $at:literal) => {
+        concat!(
+            "UPDATE idempotency_keys SET status = 'completed', response_code = 0, response_message = '', \
+               response_body = ",
+            $body,
+            ", completed_at = ",
+            $at,
+            ", locked_until = NULL \
+             WHERE caller = ",
+            $caller,
+            " AND key = ",
+            $key
+        )
+    };
+}
+
 impl Keys {
     pub fn new(settings: IdempotencySettings) -> Self {
         Self { settings }
@@ -234,8 +255,7 @@ impl Keys {
     ) -> Result<(), BillingError> {
         let body = response.encode_to_vec();
         tx.execute_cached(
-            "UPDATE idempotency_keys SET status = 'completed', response_code = 0, response_message = '', \
-               response_body = $3, completed_at = $4, locked_until = NULL WHERE caller = $1 AND key = $2",
+            store_answer!("$1", "$2", "$3", "$4"),
             &[&claim.caller, &claim.key, &body, &clock.now()],
         )
         .await?;
@@ -259,9 +279,7 @@ impl Keys {
         tenx_common::outbox::enqueue_all_with(
             tx,
             events,
-            "completed AS (UPDATE idempotency_keys SET status = 'completed', response_code = 0, \
-               response_message = '', response_body = $10, completed_at = $11, locked_until = NULL \
-             WHERE caller = $8 AND key = $9)",
+            concat!("completed AS (", store_answer!("$8", "$9", "$10", "$11"), ")"),
             &[&claim.caller, &claim.key, &body, &clock.now()],
         )
         .await?;
