@@ -167,7 +167,8 @@ where
 
 /// Pays every invoice, `CONCURRENCY` at a time: figures `names` = p50,
 /// p99, payments/s and the whole machine's busy CPU per payment
-/// (Postgres, its replica, RabbitMQ and the client included).
+/// (Postgres, its replica, RabbitMQ and the client included), whose split
+/// by process is printed beside them.
 async fn pay(
     client: &support::Client,
     invoices: &[(Customer, String)],
@@ -176,6 +177,7 @@ async fn pay(
 ) -> anyhow::Result<()> {
     let [p50, p99, rate, per_payment] = names;
     let profile = bench::Profile::start(rate)?;
+    let by_process = bench::CpuByProcess::start();
     let cpu = bench::busy_cpu_us();
     let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(invoices.len())));
     let paying = run(invoices.len(), |i| {
@@ -195,6 +197,9 @@ async fn pay(
     .await?;
     let cpu_ms = bench::busy_cpu_us().saturating_sub(cpu) as f64 / 1e3 / invoices.len() as f64;
     drop(profile);
+    // Whose CPU it was: Postgres's connections and replication, the
+    // broker, this process (billing and the client) and the rest.
+    println!("{per_payment}, by process: {}", by_process.per_op_line(invoices.len()));
     let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     figures.insert(p50, Figure::ms(percentile(&mut latencies, 50.0)));
     figures.insert(p99, Figure::ms(percentile(&mut latencies, 99.0)));
