@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// µs in one tick of `/proc`'s CPU times (USER_HZ, 100 a second on Linux).
+const MICROS_PER_TICK: u64 = 10_000;
+
 /// The machine's busy CPU time so far (all processes), in µs: per call,
 /// it shows a change even when wall-clock figures are noisy.
 pub fn busy_cpu_us() -> u64 {
@@ -20,10 +23,10 @@ pub fn busy_cpu_us() -> u64 {
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal: all but idle and
-    // iowait, in USER_HZ (100 per second on Linux).
+    // iowait, in ticks.
     let busy: u64 =
         fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
-    busy * 10_000
+    busy * MICROS_PER_TICK
 }
 
 /// Where the machine's busy CPU went between [`CpuByProcess::start`] and
@@ -48,7 +51,7 @@ impl CpuByProcess {
         let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
         for (pid, (kind, ticks)) in processes() {
             let before = self.start.get(&pid).copied().unwrap_or(0);
-            *by_kind.entry(kind).or_default() += ticks.saturating_sub(before) * 10_000;
+            *by_kind.entry(kind).or_default() += ticks.saturating_sub(before) * MICROS_PER_TICK;
         }
         let mut split: Vec<_> = by_kind.into_iter().filter(|(_, us)| *us > 0).collect();
         split.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -73,7 +76,7 @@ impl CpuByProcess {
     }
 }
 
-/// Every process's kind and busy time so far (USER_HZ ticks, 100 a second).
+/// Every process's kind and busy time so far, in ticks.
 fn processes() -> std::collections::HashMap<u32, (String, u64)> {
     let me = std::process::id();
     let mut found = std::collections::HashMap::new();
