@@ -78,7 +78,12 @@ impl TestAuth {
         amqp.track(topology.queue_names(), topology.exchange_names());
         if SIGNER.get().is_none() {
             let pool = Arc::new(Db::connect(&settings.database, "tenx-auth-test", &Metrics::default())?);
-            let _ = SIGNER.set(Keys::load(pool, &settings.tokens).await?);
+            let keys = Keys::load(pool.clone(), &settings.tokens).await?;
+            // From here on the signer only signs: its connection is closed
+            // now rather than ended under it when this test's database is
+            // dropped (which the pool would log as a connection error).
+            pool.primary_pool().close();
+            let _ = SIGNER.set(keys);
         }
         let shutdown = Shutdown::new();
         let running =
@@ -113,6 +118,13 @@ impl TestAuth {
             &client_secret(service),
         );
         authn.revocation_prefix = self.redis.prefix().to_owned();
+    }
+
+    /// Stops auth and waits until it has closed its connections
+    /// ([`tenx_test_support::stopped`]); a plain drop only signals the stop.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        tenx_test_support::stopped(&mut self.running).await
     }
 }
 

@@ -77,7 +77,11 @@ async fn main() -> anyhow::Result<()> {
         ];
         pay(&stripe_client, &invoices, names, &mut figures).await?;
         support::assert_ledger_invariants(&stripe).await?;
+        drop(stripe_client);
+        stripe.stop().await?;
     }
+    drop(client);
+    billing.stop().await?;
     bench::report(&figures, concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.json"))
 }
 

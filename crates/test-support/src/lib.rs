@@ -40,6 +40,7 @@ pub use pg::{TestDb, pg_url};
 pub use pgbouncer::{Bounced, TestPgBouncer};
 pub use redis_prefix::TestRedis;
 pub use redis_server::TestRedisServer;
+pub use service::stopped;
 pub use smtp_sink::{Mail, mails, text_part};
 pub use wait::{eventually, http_get};
 

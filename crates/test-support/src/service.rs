@@ -1,7 +1,9 @@
 //! A service's own database for a test, migrated as the service's
-//! `migrate` command does it.
+//! `migrate` command does it, and waiting for a service to stop.
 
-use tenx_common::host::{self, Service};
+use std::time::Duration;
+
+use tenx_common::host::{self, Running, Service};
 
 use crate::TestDb;
 
@@ -17,4 +19,15 @@ impl TestDb {
         })
         .await
     }
+}
+
+/// Waits (up to 30 s) until a service whose shutdown was triggered has
+/// stopped and so closed its connections: its test database can then be
+/// dropped after them rather than under them (Postgres would end them and
+/// each pool would log a connection error).
+pub async fn stopped(running: &mut Running) -> anyhow::Result<()> {
+    let within = Duration::from_secs(30);
+    let outcome = tokio::time::timeout(within, &mut running.task).await;
+    outcome.map_err(|_| anyhow::anyhow!("the service did not stop within {within:?}"))???;
+    Ok(())
 }

@@ -23,6 +23,9 @@ pub use tenx_test_support::eventually;
 pub type Client = BillingServiceClient<Channel>;
 
 pub struct TestBilling {
+    /// Holds the service's pools: declared (so dropped) before `db`, whose
+    /// drop ends every connection still open to the test database.
+    pub scheduler: Arc<tenx_billing::scheduler::Scheduler>,
     /// The auth whose keys sign the callers' tokens; runs as long as billing.
     _auth: TestAuth,
     pub db: TestDb,
@@ -32,7 +35,6 @@ pub struct TestBilling {
     pub clock: ManualClock,
     pub shutdown: Shutdown,
     pub running: Running,
-    pub scheduler: Arc<tenx_billing::scheduler::Scheduler>,
     /// The service's metrics (its pools count reads by the server).
     pub metrics: Metrics,
 }
@@ -156,6 +158,16 @@ impl TestBilling {
     /// How many rows `table` has.
     pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
         Ok(self.sql().await?.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
+    }
+
+    /// Stops billing and its auth and waits until both have closed their
+    /// connections ([`tenx_test_support::stopped`]); a plain drop only
+    /// signals the stop.
+    #[allow(dead_code, reason = "the bench's teardown: a test's drop is enough")]
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        tenx_test_support::stopped(&mut self.running).await?;
+        self._auth.stop().await
     }
 }
 
