@@ -12,6 +12,7 @@ mod payments;
 mod reconcile;
 mod refunds;
 mod replica;
+mod rules;
 mod stripe;
 mod support;
 mod trials;
