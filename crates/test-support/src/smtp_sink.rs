@@ -41,13 +41,41 @@ pub fn mails() -> anyhow::Result<Vec<Mail>> {
     Ok(found)
 }
 
+/// Every multipart boundary a raw message declares (`boundary="…"` in
+/// its Content-Type headers, nested parts' included).
+fn boundaries(raw: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = raw;
+    while let Some(at) = rest.to_ascii_lowercase().find("boundary=") {
+        let value = &rest[at + "boundary=".len()..];
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next().unwrap_or_default(),
+            None => value.split(|c: char| c == ';' || c.is_whitespace()).next().unwrap_or_default(),
+        };
+        if !value.is_empty() {
+            found.push(value.to_owned());
+        }
+        rest = &rest[at + "boundary=".len()..];
+    }
+    found
+}
+
 /// The decoded text/plain part of a raw message (lettre picks 7bit,
 /// quoted-printable or base64 by content, so the raw text cannot be
 /// searched for a phrase).
 pub fn text_part(raw: &str) -> String {
     use base64::Engine as _;
     let lines: Vec<&str> = raw.lines().collect();
-    let parts = lines.split(|l| l.starts_with("--"));
+    // Parts end at their multipart boundaries (`--<boundary>`), and only
+    // there: a quoted-printable line may start with `--` too (a token with
+    // `--` in it, wrapped just before them).
+    let boundaries = boundaries(raw);
+    let parts = lines.split(|l| {
+        l.strip_prefix("--").is_some_and(|b| {
+            let b = b.trim_end();
+            boundaries.iter().any(|ours| b == ours || b.strip_suffix("--") == Some(ours))
+        })
+    });
     for part in parts {
         let mut rest = part.iter();
         let (mut plain, mut encoding) = (false, String::new());
@@ -103,4 +131,33 @@ pub fn text_part(raw: &str) -> String {
         };
     }
     String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_part;
+
+    /// A mail whose quoted-printable text wraps a token just before its
+    /// `--`: the continuation line starts with `--` but is no boundary
+    /// (seen once in a full run: an invitation link cut short).
+    #[test]
+    fn a_wrapped_line_that_starts_with_two_dashes_is_text_not_a_boundary() {
+        let raw = "To: ada@example.com\r\n\
+                   Content-Type: multipart/alternative;\r\n boundary=\"qTN3Ikvk\"\r\n\
+                   \r\n\
+                   --qTN3Ikvk\r\n\
+                   Content-Type: text/plain; charset=utf-8\r\n\
+                   Content-Transfer-Encoding: quoted-printable\r\n\
+                   \r\n\
+                   Accept: http://localhost:3000/invitations/accept?token=3Dinv_Wi-SwyigAk=\r\n\
+                   --acqk then the rest.\r\n\
+                   --qTN3Ikvk\r\n\
+                   Content-Type: text/html; charset=utf-8\r\n\
+                   \r\n\
+                   <p>html</p>\r\n\
+                   --qTN3Ikvk--\r\n";
+        let text = text_part(raw);
+        assert!(text.contains("token=inv_Wi-SwyigAk--acqk then the rest."), "{text:?}");
+        assert!(!text.contains("html"), "{text:?}");
+    }
 }
