@@ -19,6 +19,22 @@ impl TestDb {
         })
         .await
     }
+
+    /// [`TestDb::of_service`] as it was after `S`'s migration `version`
+    /// (and all of `common`'s): the database an installation of that
+    /// version has, for tests of the upgrade from it.
+    pub async fn of_service_at<S: Service>(schema: &str, version: i32) -> anyhow::Result<Self> {
+        let in_schema = schema.to_owned();
+        let kind = format!("{schema}_v{version}");
+        Self::from_template(&kind, &host::migrations_fingerprint::<S>(), |url| async move {
+            let runner = S::migrations()
+                .ok_or_else(|| anyhow::anyhow!("the service has no migrations"))?
+                .set_target(refinery::Target::Version(version));
+            tenx_common::db::migrate(&url, &in_schema, Some(runner)).await?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Waits (up to 30 s) until a service whose shutdown was triggered has

@@ -2,9 +2,7 @@
 //! with its own id, including the accounts that existed before
 //! organizations did (a migration gives them theirs).
 
-use anyhow::Context as _;
 use tenx_auth::{App, AuthSettings};
-use tenx_common::host::Service as _;
 use tenx_test_support::TestDb;
 use uuid::Uuid;
 
@@ -13,15 +11,7 @@ const BEFORE: i32 = 7;
 
 #[tokio::test]
 async fn accounts_from_before_organizations_get_a_personal_one_when_migrated() -> anyhow::Result<()> {
-    let fingerprint = tenx_common::host::migrations_fingerprint::<App>();
-    let db = TestDb::from_template(&format!("auth_v{BEFORE}"), &fingerprint, |url| async move {
-        let settings = AuthSettings::isolated(&url, &url, "tpl:", "tpl.")?;
-        let runner =
-            App::migrations().context("auth has migrations")?.set_target(refinery::Target::Version(BEFORE));
-        tenx_common::db::migrate(&url, &settings.database.schema, Some(runner)).await?;
-        Ok(())
-    })
-    .await?;
+    let db = TestDb::of_service_at::<App>("auth", BEFORE).await?;
     let (sql, conn) = tokio_postgres::connect(&db.primary_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     sql.batch_execute("SET search_path TO auth").await?;

@@ -109,24 +109,9 @@ const BEFORE: i32 = 8;
 /// and from then on the same rules hold for new rows.
 #[tokio::test]
 async fn an_installation_with_rows_is_upgraded_and_its_rows_meet_the_new_constraints() -> anyhow::Result<()> {
-    use anyhow::Context as _;
     use tenx_billing::{App, BillingSettings};
-    use tenx_common::host::Service as _;
 
-    let fingerprint = tenx_common::host::migrations_fingerprint::<App>();
-    let db = tenx_test_support::TestDb::from_template(
-        &format!("billing_v{BEFORE}"),
-        &fingerprint,
-        |url| async move {
-            let settings = BillingSettings::isolated(&url, &url, "tpl:", "tpl.")?;
-            let runner = App::migrations()
-                .context("billing has migrations")?
-                .set_target(refinery::Target::Version(BEFORE));
-            tenx_common::db::migrate(&url, &settings.database.schema, Some(runner)).await?;
-            Ok(())
-        },
-    )
-    .await?;
+    let db = tenx_test_support::TestDb::of_service_at::<App>("billing", BEFORE).await?;
     let (sql, conn) = tokio_postgres::connect(&db.primary_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     sql.batch_execute("SET search_path TO billing").await?;
@@ -157,13 +142,12 @@ async fn an_installation_with_rows_is_upgraded_and_its_rows_meet_the_new_constra
          COMMIT;",
     )
     .await?;
-    let old_checks: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND conrelid = 'invoices'::regclass",
-            &[],
-        )
-        .await?
-        .get(0);
+    let invoice_checks = async || -> anyhow::Result<i64> {
+        let checks =
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND conrelid = 'invoices'::regclass";
+        Ok(sql.query_one(checks, &[]).await?.get(0))
+    };
+    let old_checks = invoice_checks().await?;
     assert!(old_checks > 1, "V8's invoices have their CHECKs one by one ({old_checks})");
 
     let settings = BillingSettings::isolated(&db.primary_url(), &db.primary_url(), "t:", "t.")?;
@@ -182,14 +166,7 @@ async fn an_installation_with_rows_is_upgraded_and_its_rows_meet_the_new_constra
         rules.iter().all(|(table, name, valid)| *valid && name == &format!("{table}_rules")),
         "{rules:?}"
     );
-    let invoice_checks: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND conrelid = 'invoices'::regclass",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(invoice_checks, 1, "the one-by-one CHECKs are gone");
+    assert_eq!(invoice_checks().await?, 1, "the one-by-one CHECKs are gone");
     let kept: i64 = sql
         .query_one(
             "SELECT (SELECT count(*) FROM invoices) + (SELECT count(*) FROM billing_jobs) \
