@@ -12,25 +12,27 @@ impl TestDb {
     /// `S`'s migrations, cloned from a template built once per migration
     /// set.
     pub async fn of_service<S: Service>(schema: &str) -> anyhow::Result<Self> {
-        let in_schema = schema.to_owned();
-        Self::from_template(schema, &host::migrations_fingerprint::<S>(), |url| async move {
-            tenx_common::db::migrate(&url, &in_schema, S::migrations()).await?;
-            Ok(())
-        })
-        .await
+        Self::migrated::<S>(schema, schema, None).await
     }
 
     /// [`TestDb::of_service`] as it was after `S`'s migration `version`
     /// (and all of `common`'s): the database an installation of that
     /// version has, for tests of the upgrade from it.
     pub async fn of_service_at<S: Service>(schema: &str, version: i32) -> anyhow::Result<Self> {
+        Self::migrated::<S>(schema, &format!("{schema}_v{version}"), Some(version)).await
+    }
+
+    /// `schema` migrated as `migrate` does it, up to `S`'s migration
+    /// `until` if given, from the template `kind`.
+    async fn migrated<S: Service>(schema: &str, kind: &str, until: Option<i32>) -> anyhow::Result<Self> {
         let in_schema = schema.to_owned();
-        let kind = format!("{schema}_v{version}");
-        Self::from_template(&kind, &host::migrations_fingerprint::<S>(), |url| async move {
-            let runner = S::migrations()
-                .ok_or_else(|| anyhow::anyhow!("the service has no migrations"))?
-                .set_target(refinery::Target::Version(version));
-            tenx_common::db::migrate(&url, &in_schema, Some(runner)).await?;
+        Self::from_template(kind, &host::migrations_fingerprint::<S>(), |url| async move {
+            let runner = match (S::migrations(), until) {
+                (runner, None) => runner,
+                (Some(runner), Some(version)) => Some(runner.set_target(refinery::Target::Version(version))),
+                (None, Some(_)) => anyhow::bail!("the service has no migrations"),
+            };
+            tenx_common::db::migrate(&url, &in_schema, runner).await?;
             Ok(())
         })
         .await
