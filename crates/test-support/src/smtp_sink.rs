@@ -44,10 +44,13 @@ pub fn mails() -> anyhow::Result<Vec<Mail>> {
 /// Every multipart boundary a raw message declares (`boundary="…"` in
 /// its Content-Type headers, nested parts' included).
 fn boundaries(raw: &str) -> Vec<String> {
+    const KEY: &str = "boundary=";
+    // ASCII lowercasing moves no byte, so an index into the lowered copy
+    // is the same index into `raw`.
+    let lower = raw.to_ascii_lowercase();
     let mut found = Vec::new();
-    let mut rest = raw;
-    while let Some(at) = rest.to_ascii_lowercase().find("boundary=") {
-        let value = &rest[at + "boundary=".len()..];
+    for (at, _) in lower.match_indices(KEY) {
+        let value = &raw[at + KEY.len()..];
         let value = match value.strip_prefix('"') {
             Some(quoted) => quoted.split('"').next().unwrap_or_default(),
             None => value.split(|c: char| c == ';' || c.is_whitespace()).next().unwrap_or_default(),
@@ -55,7 +58,6 @@ fn boundaries(raw: &str) -> Vec<String> {
         if !value.is_empty() {
             found.push(value.to_owned());
         }
-        rest = &rest[at + "boundary=".len()..];
     }
     found
 }
