@@ -7,6 +7,9 @@
 //! - **auth direct**: GetUser on auth (token verified, L1 cache hit);
 //! - **nginx**: nginx's `grpc_pass` in front of auth (a proxy that checks
 //!   nothing), the anchor the gateway is compared with;
+//! - **hyper proxy**: a bare proxy built from the gateway's own parts
+//!   (hyper's HTTP/2 server, tonic's `Channel` to auth) that checks
+//!   nothing: what a hop on this stack costs before any policy;
 //! - **gateway gRPC** and **gateway HTTP** (`GET /v1/me`): JWT verified,
 //!   scope checked, revocation checked, the rate limit on, then auth.
 //!
@@ -85,6 +88,8 @@ struct Setup {
     platform: support::Platform,
     gateway: tenx_gateway::Running,
     echo: SocketAddr,
+    /// The bare hyper proxy in front of auth.
+    bare: SocketAddr,
     token: String,
 }
 
@@ -107,8 +112,34 @@ impl Setup {
         tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         ));
-        Ok(Self { platform, gateway, echo, token })
+        let bare = bare_proxy(platform.auth.grpc_addr).await?;
+        Ok(Self { platform, gateway, echo, bare, token })
     }
+}
+
+/// A proxy of the gateway's own parts and nothing else: hyper's HTTP/2
+/// server in, tonic's `Channel` out (the gateway's upstream), every call
+/// forwarded as it is, nothing checked. The gateway's hop less this one's
+/// is what its policy (and its layers) cost; this one's is the stack's.
+async fn bare_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
+    use tower::ServiceExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let channel = Channel::from_shared(format!("http://{upstream}"))?.tcp_nodelay(true).connect_lazy();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let channel = channel.clone();
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                channel.clone().oneshot(req.map(tonic::body::Body::new))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    Ok(addr)
 }
 
 /// nginx with `grpc_pass` to auth, in a directory of its own; stopped on
@@ -190,6 +221,7 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
     let echo = HealthClient::new(grpc(setup.echo).await?);
     let direct = AuthServiceClient::new(grpc(setup.platform.auth.grpc_addr).await?);
     let proxied = AuthServiceClient::new(grpc(nginx).await?);
+    let bare = AuthServiceClient::new(grpc(setup.bare).await?);
     let door = AuthServiceClient::new(grpc(setup.gateway.grpc_addr).await?);
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(IN_FLIGHT)
@@ -209,6 +241,7 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         }),
         ("auth direct", get_user(direct, token)?),
         ("nginx grpc_pass", get_user(proxied, token)?),
+        ("hyper proxy", get_user(bare, token)?),
         ("gateway gRPC", get_user(door, token)?),
         ("gateway HTTP", {
             let (client, header) = (http.clone(), http::HeaderValue::from_str(&format!("Bearer {token}"))?);
@@ -228,9 +261,11 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
     ];
 
     // `TENX_BENCH_ONLY=gateway` measures only the targets whose name has
-    // that in it (to profile one path); the targets table then is skipped.
+    // that in it (to profile one path), `="proxy|gRPC"` those with either;
+    // the targets table then is skipped.
     let only = std::env::var("TENX_BENCH_ONLY").unwrap_or_default();
-    let targets: Vec<(&str, Call)> = targets.into_iter().filter(|(name, _)| name.contains(&only)).collect();
+    let targets: Vec<(&str, Call)> =
+        targets.into_iter().filter(|(name, _)| only.split('|').any(|o| name.contains(o))).collect();
     let mut measured: BTreeMap<&str, Measured> = BTreeMap::new();
     for (name, call) in &targets {
         // Warm: connections, auth's L1 cache, the verified-token caches,
@@ -318,6 +353,12 @@ fn targets_met(m: &BTreeMap<&str, Measured>) {
         ),
         ("nginx ÷ auth direct, calls/s (the anchor)".to_owned(), rate_ratio(nginx, direct), Goal::Anchor),
         ("nginx added p50, µs (the anchor)".to_owned(), added(nginx), Goal::Anchor),
+        (
+            "hyper proxy ÷ auth direct, calls/s (the stack)".to_owned(),
+            rate_ratio(&m["hyper proxy"], direct),
+            Goal::Anchor,
+        ),
+        ("hyper proxy added p50, µs (the stack)".to_owned(), added(&m["hyper proxy"]), Goal::Anchor),
     ];
     for door in ["gateway gRPC", "gateway HTTP"] {
         let t = &m[door];
