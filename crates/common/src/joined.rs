@@ -3,7 +3,7 @@
 
 /// `parts` written one after the other into `buffer`; `None` when they do
 /// not fit (the caller then joins them on the heap).
-pub(crate) fn joined<'b>(buffer: &'b mut [u8], parts: &[&str]) -> Option<&'b str> {
+pub fn joined<'b>(buffer: &'b mut [u8], parts: &[&str]) -> Option<&'b str> {
     let mut len = 0;
     for part in parts {
         let end = len + part.len();

@@ -33,7 +33,7 @@ pub mod db;
 pub mod grpc;
 pub mod host;
 pub mod idempotency;
-mod joined;
+pub mod joined;
 pub mod metrics;
 pub mod money;
 pub mod ops;

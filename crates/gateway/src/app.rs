@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
 use tenx_common::authn::{Authenticator, AuthnLayer};
 use tenx_common::cache::Redis;
 use tenx_common::grpc::{self, GrpcServer, TracedChannel};
@@ -16,6 +15,7 @@ use tenx_common::shutdown::Shutdown;
 use tenx_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tokio::sync::Semaphore;
 
+use crate::blocked::BlockedClients;
 use crate::error::EdgeError;
 use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
@@ -72,10 +72,7 @@ impl App {
             ),
             billing: Upstream::new("billing", billing_channel, settings.breaker.clone(), &metrics),
             in_flight: Arc::new(Semaphore::new(settings.http.max_in_flight)),
-            auth_blocked: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+            auth_blocked: BlockedClients::default(),
             writes: Writes::default(),
             settings,
             metrics: metrics.clone(),

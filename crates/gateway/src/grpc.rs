@@ -72,7 +72,7 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     // Read where it is (the request is changed only once it is admitted).
     let authorization = req.headers().get("authorization");
     let position = policy::position(req.headers());
-    let (ctx, _) = match gw.admit(rpc, authorization, client, request_id.clone(), position).await {
+    let (ctx, _) = match gw.admit(rpc, authorization, client, request_id, position).await {
         Ok(admitted) => admitted,
         Err((error, _)) => return status_response(error),
     };
@@ -92,9 +92,7 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
         headers.insert(tenx_common::authn::CLIENT_HEADER, client);
         headers.insert(tenx_common::authn::EDGE_AUTHORIZATION, edge);
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID, v);
-    }
+    headers.insert(REQUEST_ID, ctx.request_id);
     let Some(upstream) = gw.upstream(rpc.service) else {
         return status_response(EdgeError::new(tonic::Code::Internal, "internal error"));
     };
@@ -111,9 +109,7 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
         headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
     let effective = client_deadline.map_or(deadline, |c| c.min(deadline));
     let callers_deadline = effective < deadline;
-    if let Ok(v) = HeaderValue::from_str(&format!("{}m", effective.as_millis().max(1))) {
-        headers.insert("grpc-timeout", v);
-    }
+    headers.insert("grpc-timeout", grpc_timeout(effective));
     match upstream.forward(effective, callers_deadline, req).await {
         Ok(response) => response,
         Err(error) => status_response(error),
@@ -130,6 +126,26 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+/// `deadline` as a `grpc-timeout` value, in milliseconds (at least 1).
+fn grpc_timeout(deadline: std::time::Duration) -> HeaderValue {
+    // Spelled on the stack: at most 8 digits are allowed, and u64's
+    // 20 fit.
+    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX).clamp(1, 99_999_999);
+    let mut digits = [0u8; 21];
+    let mut at = digits.len() - 1;
+    digits[at] = b'm';
+    let mut n = ms;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[at..]).unwrap_or(HeaderValue::from_static("1m"))
 }
 
 /// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
@@ -191,6 +207,30 @@ impl crate::upstream::Upstream {
                 admission.record(outcome);
                 Ok(response.map(Body::new))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{grpc_timeout, parse_grpc_timeout};
+
+    #[test]
+    fn a_deadline_is_sent_in_whole_milliseconds_within_eight_digits() {
+        for (deadline, sent) in [
+            (Duration::from_secs(5), "5000m"),
+            (Duration::from_millis(1), "1m"),
+            (Duration::from_micros(300), "1m"),
+            (Duration::ZERO, "1m"),
+            (Duration::from_millis(1234), "1234m"),
+            (Duration::from_secs(10 * 86_400), "99999999m"),
+        ] {
+            let value = grpc_timeout(deadline);
+            assert_eq!(value, sent, "{deadline:?}");
+            let back = value.to_str().ok().and_then(parse_grpc_timeout);
+            assert_eq!(back, Some(Duration::from_millis(sent.trim_end_matches('m').parse().unwrap_or(0))));
         }
     }
 }

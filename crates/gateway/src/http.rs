@@ -195,7 +195,7 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         http.request.method = %req.method(),
         http.route = op,
         http.response.status_code = tracing::field::Empty,
-        request_id = %request_id,
+        request_id = request_id.to_str().unwrap_or_default(),
     );
     tenx_common::telemetry::propagation::set_remote_parent(
         &span,
@@ -246,9 +246,7 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
     }
     .instrument(span.clone())
     .await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
+    response.headers_mut().insert(REQUEST_ID, request_id);
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     metrics.requests.get_or_create(&RequestLabel { route: op, status }).inc();

@@ -22,10 +22,4 @@ impl Identity {
     pub fn user_id(&self) -> Option<String> {
         self.principal.user_id().map(|u| u.to_string())
     }
-
-    /// The rate-limit subject of this caller: a user's sessions and API
-    /// keys share one budget.
-    pub fn subject(&self) -> String {
-        self.principal.subject()
-    }
 }

@@ -4,6 +4,7 @@
 //! re-exposes the services' public RPCs.
 
 pub mod app;
+pub mod blocked;
 pub mod console;
 pub mod error;
 pub mod grpc;

@@ -28,7 +28,7 @@ pub const WAL_POSITION: &str = tenx_common::db::wal::METADATA;
 pub struct Ctx {
     pub op: &'static str,
     pub identity: Option<Identity>,
-    pub request_id: String,
+    pub request_id: HeaderValue,
     pub deadline: Duration,
     pub idempotent: bool,
     /// A write position the client sent back (`x-tenx-wal-position`).
@@ -56,7 +56,7 @@ impl Ctx {
     fn base<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);
-        if let Ok(v) = MetadataValue::try_from(self.request_id.as_str()) {
+        if let Ok(v) = MetadataValue::try_from(self.request_id.as_bytes()) {
             request.metadata_mut().insert(REQUEST_ID, v);
         }
         request
@@ -106,17 +106,23 @@ fn too_many_failures(wait: Duration) -> EdgeError {
     error
 }
 
-/// The request id a client sent, if usable, else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
+/// The request id a client sent, if usable (the header itself, not a
+/// copy), else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
         .filter(|v| {
+            let v = v.as_bytes();
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
         })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buffer = [0; uuid::fmt::Hyphenated::LENGTH];
+            HeaderValue::from_bytes(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer).as_bytes())
+                .unwrap_or(HeaderValue::from_static("-"))
+        })
 }
 
 /// A WAL position as the gateway hands them out: auth's as the database
@@ -176,24 +182,17 @@ pub fn limit_headers(headers: &mut HeaderMap, decision: &Decision, period: Durat
 pub type Admitted = Result<(Ctx, Decision), (EdgeError, Option<Decision>)>;
 
 impl Gateway {
-    /// How long `client` must wait, if it spent its failed-authentication
-    /// budget (known to this instance).
-    fn auth_failures_blocked(&self, client: &str) -> Option<Duration> {
-        let until = futures_util::FutureExt::now_or_never(self.auth_blocked.get(client)).flatten()?;
-        until.checked_duration_since(std::time::Instant::now())
-    }
-
     /// Counts a failed authentication against the client's budget (shared
     /// by every gateway through Redis); past it, the wait before the next
     /// attempt, remembered here so no further attempt reaches auth.
     async fn count_auth_failure(&self, client: &str) -> Option<Duration> {
         let policy = self.settings.failed_auth_policy();
-        let decision = self.limiter.check("auth_failures", client, policy).await;
+        let decision = self.limiter.check("auth_failures", ["", client], policy).await;
         if decision.allowed {
             return None;
         }
         let wait = decision.retry_after.max(Duration::from_secs(1));
-        self.auth_blocked.insert(client.to_owned(), std::time::Instant::now() + wait).await;
+        self.auth_blocked.block(client.to_owned(), std::time::Instant::now() + wait).await;
         tracing::warn!(
             client,
             wait_ms = wait.as_millis() as u64,
@@ -209,16 +208,17 @@ impl Gateway {
         route: &Route,
         authorization: Option<&HeaderValue>,
         client: IpAddr,
-        request_id: String,
+        request_id: HeaderValue,
         position: Option<String>,
     ) -> Admitted {
-        let client_key = client_bucket(client);
         let identity = if route.anonymous {
             None
         } else {
             // A client that keeps failing authentication is refused here,
             // before its next bogus credential costs auth a lookup.
-            if let Some(wait) = self.auth_failures_blocked(&client_key) {
+            if self.auth_blocked.any()
+                && let Some(wait) = self.auth_blocked.wait(&client_bucket(client))
+            {
                 return Err((too_many_failures(wait), None));
             }
             let missing = || Err((EdgeError::unauthenticated("missing bearer token"), None));
@@ -228,7 +228,7 @@ impl Gateway {
                 // A header that is not text carries no credential either.
                 Ok(None) => return missing(),
                 Err(error @ authn::AuthnError::Unauthenticated(_)) => {
-                    if let Some(wait) = self.count_auth_failure(&client_key).await {
+                    if let Some(wait) = self.count_auth_failure(&client_bucket(client)).await {
                         return Err((too_many_failures(wait), None));
                     }
                     return Err((error.into(), None));
@@ -243,9 +243,18 @@ impl Gateway {
             }
             Some(Identity { principal, bearer: bearer.clone() })
         };
-        let subject = identity.as_ref().map_or_else(|| format!("ip:{client_key}"), Identity::subject);
+        // Whom the limit counts against, spelled on the stack for a user.
+        let mut uuid = [0; uuid::fmt::Hyphenated::LENGTH];
+        let bucket;
+        let subject = match &identity {
+            Some(identity) => identity.principal.subject_parts(&mut uuid),
+            None => {
+                bucket = client_bucket(client);
+                ["ip:", bucket.as_str()]
+            }
+        };
         let policy = self.settings.policy(route);
-        let decision = self.limiter.check(route.operation_id, &subject, policy).await;
+        let decision = self.limiter.check(route.operation_id, subject, policy).await;
         if !decision.allowed {
             let mut error = EdgeError::new(Code::ResourceExhausted, "rate limit exceeded; slow down");
             error.retry_after = Some(decision.retry_after.max(Duration::from_secs(1)));
@@ -255,7 +264,7 @@ impl Gateway {
             // The upstream counts failures per account *and client*
             // (auth's lockout): the gateway vouches for the address.
             Some(token) if route.vouches_for_client => match token.bearer().await {
-                Ok(bearer) => Some((client_key, bearer)),
+                Ok(bearer) => Some((client_bucket(client), bearer)),
                 // Sent unvouched, the call would count against everyone
                 // who reaches auth directly: one stranger's guesses would
                 // lock the account for every client. Refuse it instead.

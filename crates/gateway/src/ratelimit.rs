@@ -238,6 +238,10 @@ pub struct RateLimiter {
 
 struct Inner {
     redis: Redis,
+    /// The decisions counted on every call spent from a lease, resolved
+    /// once (no label lookup per call).
+    lease_allowed: Counter,
+    lease_limited: Counter,
     /// The script's SHA once Redis has it (`SCRIPT LOAD`).
     sha: Mutex<Option<String>>,
     leases: Mutex<HashMap<String, Lease>>,
@@ -265,12 +269,17 @@ impl RateLimiter {
     /// A limiter on `redis`; inside a Tokio runtime it also starts the task
     /// that gives expired leases' unspent tokens back.
     pub fn new(redis: Redis, metrics: &Metrics) -> Self {
+        let metrics: LimitMetrics = metrics.set();
+        let decided =
+            |outcome| metrics.decisions.get_or_create(&DecisionLabel { store: "lease", outcome }).clone();
         let inner = Arc::new(Inner {
             redis,
+            lease_allowed: decided("allowed"),
+            lease_limited: decided("limited"),
             sha: Mutex::new(None),
             leases: Mutex::new(HashMap::new()),
             local: Mutex::new(Local::default()),
-            metrics: metrics.set(),
+            metrics,
             warned: Mutex::new(None),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -279,36 +288,52 @@ impl RateLimiter {
         Self { inner }
     }
 
-    /// Counts one request of `subject` (e.g. `ip:10.0.0.1`) on route `op`.
-    pub async fn check(&self, op: &str, subject: &str, policy: RoutePolicy) -> Decision {
+    /// Counts one request of `subject`, given in two parts (`["ip:",
+    /// "10.0.0.1"]`, `["user:", id]`), on route `op`.
+    pub async fn check(&self, op: &str, subject: [&str; 2], policy: RoutePolicy) -> Decision {
         let inner = &self.inner;
-        let key = inner.redis.key(&format!("rl:{op}:{subject}"));
+        // The key is joined on the stack: a call spent from the lease
+        // allocates nothing for it.
+        let parts = [inner.redis.prefix(), "rl:", op, ":", subject[0], subject[1]];
+        let mut buffer = [0u8; 256];
+        let heap: String;
+        let key = match tenx_common::joined::joined(&mut buffer, &parts) {
+            Some(key) => key,
+            None => {
+                heap = parts.concat();
+                &heap
+            }
+        };
         let emission = emission_us(policy);
-        let (store, decision) = match inner.take(&key, policy, emission) {
+        let (store, decision) = match inner.take(key, policy, emission) {
             Take::Spent(decision, top_up) => {
                 if top_up {
-                    self.top_up(key, policy, emission);
+                    self.top_up(key.to_owned(), policy, emission);
                 }
-                ("lease", decision)
+                inner.spent(&decision);
+                return decision;
             }
-            Take::Refused(decision) => ("lease", decision),
+            Take::Refused(decision) => {
+                inner.spent(&decision);
+                return decision;
+            }
             Take::Ask { want, returned_us, leader } => {
                 inner.metrics.leases.get_or_create(&LeaseLabel { kind: "take" }).inc();
-                let asked = inner.gcra(&key, emission, policy.requests, want, returned_us);
+                let asked = inner.gcra(key, emission, policy.requests, want, returned_us);
                 match inner.redis.bounded(asked).await {
                     Ok(reply) if reply.len() == 4 => {
-                        ("redis", inner.granted(&key, policy, emission, &reply, leader))
+                        ("redis", inner.granted(key, policy, emission, &reply, leader))
                     }
                     other => {
                         // What was given back with the request is lost:
                         // fewer admitted, never more.
-                        if leader && let Some(lease) = lock(&inner.leases).get_mut(&key) {
+                        if leader && let Some(lease) = lock(&inner.leases).get_mut(key) {
                             lease.asking_until = None;
                         }
                         inner.warn_fallback(
                             &other.err().map(|e| format!("{:?}", e.kind())).unwrap_or_default(),
                         );
-                        ("local", lock(&inner.local).check(&key, emission, policy))
+                        ("local", lock(&inner.local).check(key, emission, policy))
                     }
                 }
             }
@@ -343,6 +368,11 @@ impl RateLimiter {
 }
 
 impl Inner {
+    /// Counts a decision taken from this instance's lease.
+    fn spent(&self, decision: &Decision) {
+        if decision.allowed { &self.lease_allowed } else { &self.lease_limited }.inc();
+    }
+
     /// Spends a token of this instance's lease for `key`, or says what to
     /// ask Redis for.
     fn take(&self, key: &str, policy: RoutePolicy, emission: i64) -> Take {

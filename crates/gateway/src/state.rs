@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use moka::future::Cache;
 use tenx_common::authn::Authenticator;
 use tenx_common::metrics::Metrics;
 use tokio::sync::Semaphore;
 
+use crate::blocked::BlockedClients;
 use crate::ratelimit::RateLimiter;
 use crate::settings::GatewaySettings;
 use crate::upstream::Upstream;
@@ -25,7 +25,7 @@ pub struct Gateway {
     pub notification: Upstream,
     pub billing: Upstream,
     /// Clients over their failed-authentication budget, until when.
-    pub auth_blocked: Cache<String, std::time::Instant>,
+    pub auth_blocked: BlockedClients,
     /// Requests in progress; when none is free, new ones are shed.
     pub in_flight: Arc<Semaphore>,
     /// Each user's last write position per service through this instance.

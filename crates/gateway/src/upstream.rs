@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,12 +59,25 @@ struct BreakerState {
 struct Breaker {
     settings: BreakerSettings,
     state: Mutex<BreakerState>,
+    /// The state is the default one (closed, no failures, no trial): the
+    /// usual case, in which a call is admitted and its success recorded
+    /// without taking the lock every call would contend for.
+    quiet: AtomicBool,
+}
+
+impl Breaker {
+    fn new(settings: BreakerSettings) -> Self {
+        Self { settings, state: Mutex::default(), quiet: AtomicBool::new(true) }
+    }
 }
 
 impl Breaker {
     /// Lets a call through, or says how long the circuit stays open;
     /// `Ok(true)` when the call is the one trial after the open period.
     fn admit(&self) -> Result<bool, Duration> {
+        if self.quiet.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match s.open_until {
             None => Ok(false),
@@ -82,6 +96,10 @@ impl Breaker {
     /// While the circuit is open only the trial decides: a call admitted
     /// before it opened that answers late neither closes nor reopens it.
     fn record(&self, outcome: Outcome, probe: bool) -> bool {
+        // Quiet, a success or a call that says nothing leaves it quiet.
+        if !probe && outcome != Outcome::Unwell && self.quiet.load(Ordering::Acquire) {
+            return false;
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let open_for = Duration::from_secs(self.settings.open_seconds);
         match (s.open_until.is_some(), probe, outcome) {
@@ -102,6 +120,7 @@ impl Breaker {
             }
             (false, _, Outcome::Unknown) => {}
         }
+        self.quiet.store(s.failures == 0 && s.open_until.is_none() && !s.probing, Ordering::Release);
         s.open_until.is_some()
     }
 }
@@ -171,6 +190,8 @@ pub struct Upstream {
     breaker: Breaker,
     budget: RetryBudget,
     metrics: UpstreamMetrics,
+    /// This upstream's `gateway_circuit_open` gauge.
+    open: Gauge,
 }
 
 /// A client-side CANCELLED is the transport's doing, not the caller's:
@@ -207,12 +228,15 @@ impl Upstream {
         breaker: BreakerSettings,
         metrics: &Metrics,
     ) -> Self {
+        let upstream_metrics: UpstreamMetrics = metrics.set();
+        let open = upstream_metrics.open.get_or_create(&UpstreamLabel { upstream: name }).clone();
         Self {
             name,
             channel,
-            breaker: Breaker { settings: breaker, state: Mutex::default() },
+            breaker: Breaker::new(breaker),
             budget: RetryBudget(Mutex::new(10.0)),
-            metrics: metrics.set(),
+            open,
+            metrics: upstream_metrics,
         }
     }
 
@@ -238,7 +262,11 @@ impl Upstream {
 
     fn record_outcome(&self, outcome: Outcome, probe: bool) -> bool {
         let open = self.breaker.record(outcome, probe);
-        self.metrics.open.get_or_create(&UpstreamLabel { upstream: self.name }).set(i64::from(open));
+        // Written only when it says something new: every call reading it
+        // shares its cache line, writing it would not.
+        if i64::from(open) != self.open.get() {
+            self.open.set(i64::from(open));
+        }
         open
     }
 
@@ -301,10 +329,7 @@ mod tests {
 
     #[test]
     fn the_breaker_opens_after_the_threshold_and_one_trial_closes_it() {
-        let breaker = Breaker {
-            settings: BreakerSettings { failure_threshold: 2, open_seconds: 0 },
-            state: Mutex::default(),
-        };
+        let breaker = Breaker::new(BreakerSettings { failure_threshold: 2, open_seconds: 0 });
         assert_eq!(breaker.admit(), Ok(false));
         assert!(!breaker.record(Outcome::Unwell, false));
         assert!(breaker.record(Outcome::Unwell, false), "open after two failures");
@@ -315,14 +340,18 @@ mod tests {
         assert!(breaker.admit().is_err(), "one trial at a time");
         assert!(!breaker.record(Outcome::Healthy, true), "a successful trial closes it");
         assert_eq!(breaker.admit(), Ok(false));
+        // Closed again, it counts failures from zero: a success between
+        // two failures starts the count again.
+        assert!(!breaker.record(Outcome::Unwell, false));
+        assert!(!breaker.record(Outcome::Healthy, false));
+        assert!(!breaker.record(Outcome::Unwell, false), "one failure since the success");
+        assert!(breaker.record(Outcome::Unwell, false), "two in a row open it");
+        assert!(breaker.admit().is_ok(), "open_seconds = 0: the trial");
     }
 
     #[test]
     fn callers_out_of_time_never_open_the_circuit_and_a_cancelled_trial_frees_its_place() {
-        let breaker = Breaker {
-            settings: BreakerSettings { failure_threshold: 2, open_seconds: 0 },
-            state: Mutex::default(),
-        };
+        let breaker = Breaker::new(BreakerSettings { failure_threshold: 2, open_seconds: 0 });
         for _ in 0..30 {
             assert_eq!(breaker.admit(), Ok(false));
             assert!(

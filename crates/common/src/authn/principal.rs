@@ -85,9 +85,18 @@ impl Principal {
     /// keys share one budget, so minting keys buys no extra requests), or
     /// a service.
     pub fn subject(&self) -> String {
+        let mut uuid = [0; uuid::fmt::Hyphenated::LENGTH];
+        self.subject_parts(&mut uuid).concat()
+    }
+
+    /// [`Principal::subject`] in two parts, the uuid spelled into `buffer`:
+    /// a key can then be joined on the stack ([`crate::joined`]).
+    pub fn subject_parts<'a>(&'a self, buffer: &'a mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> [&'a str; 2] {
         match self {
-            Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => format!("user:{user_id}"),
-            Self::Service { name } => format!("service:{name}"),
+            Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => {
+                ["user:", user_id.hyphenated().encode_lower(buffer)]
+            }
+            Self::Service { name } => ["service:", name],
         }
     }
 }

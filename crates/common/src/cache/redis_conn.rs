@@ -147,6 +147,11 @@ impl Redis {
         Self { prefix: prefix.to_owned(), ..self.clone() }
     }
 
+    /// The prefix of every key of this handle (see [`Redis::key`]).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `key` with this handle's prefix.
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

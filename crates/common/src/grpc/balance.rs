@@ -259,10 +259,18 @@ impl Service<http::Request<Body>> for Balanced {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let tries = pool.current().len();
+            let endpoints = pool.current();
+            let tries = endpoints.len();
             if tries < 2 {
-                return pool.send(pool.pick(), request).await.map_err(Into::into);
+                // One endpoint (or none yet): nothing to choose between.
+                let only = match endpoints.first() {
+                    Some(endpoint) => endpoint.clone(),
+                    None => pool.pick(),
+                };
+                drop(endpoints);
+                return pool.send(only, request).await.map_err(Into::into);
             }
+            drop(endpoints);
             let (parts, body) = request.into_parts();
             let body = body.collect().await?.to_bytes();
             let mut tried = Vec::with_capacity(tries);
