@@ -4,8 +4,9 @@
 //! OpenAPI document and the JWKS, behind one edge middleware (request id,
 //! trace context, load shedding, the policy, metrics) and CORS.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -77,10 +78,19 @@ impl MetricSet for HttpMetrics {
     }
 }
 
-/// The route a method and matched path belong to.
+/// The route a method and matched path belong to, found by the path in
+/// a map made once (not by a walk over every route per request).
 fn route_of(method: &Method, matched: Option<&str>) -> Option<&'static Route> {
-    let matched = matched?;
-    tenx_proto::edge::http().find(|(_, h)| h.path == matched && h.method == method.as_str()).map(|(r, _)| r)
+    type ByPath = HashMap<&'static str, Vec<(&'static str, &'static Route)>>;
+    static ROUTES: OnceLock<ByPath> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let mut routes = ByPath::new();
+        for (route, http) in tenx_proto::edge::http() {
+            routes.entry(http.path).or_default().push((http.method, route));
+        }
+        routes
+    });
+    routes.get(matched?)?.iter().find(|(m, _)| *m == method.as_str()).map(|(_, r)| *r)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -118,7 +128,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(middleware::from_fn_with_state(gw.clone(), edge))
+        .layer(middleware::from_fn_with_state((gw.clone(), gw.metrics.set::<HttpMetrics>()), edge))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw);
     match cors {
@@ -183,7 +193,11 @@ impl Extractor for HeaderCarrier<'_> {
 
 /// Request id, trace span (continuing a client's `traceparent`), load
 /// shedding, the policy for API routes, and metrics.
-async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+async fn edge(
+    State((gw, metrics)): State<(Arc<Gateway>, HttpMetrics)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = policy::request_id(req.headers());
     let route = route_of(req.method(), req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
@@ -201,7 +215,6 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         &span,
         tenx_common::telemetry::propagation::extract(&HeaderCarrier(req.headers())),
     );
-    let metrics: HttpMetrics = gw.metrics.set();
     let mut response = async {
         let Ok(_permit) = gw.in_flight.clone().try_acquire_owned() else {
             metrics.shed.inc();

@@ -12,6 +12,7 @@
 //! of that service for read-your-writes), `201 Created` for a POST whose
 //! answer holds what it created, and `204 No Content` for an empty answer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, RawPathParams, Request};
@@ -55,6 +56,19 @@ pub fn messages(path: &str) -> Option<(MessageDescriptor, MessageDescriptor)> {
     method(path).map(|m| (m.input(), m.output()))
 }
 
+/// [`messages`] of a public RPC, looked up once for all of them (a call
+/// then neither searches the pool nor walks its service's methods).
+fn public_messages(path: &str) -> Option<&'static (MessageDescriptor, MessageDescriptor)> {
+    static PUBLIC: OnceLock<HashMap<&'static str, (MessageDescriptor, MessageDescriptor)>> = OnceLock::new();
+    PUBLIC
+        .get_or_init(|| {
+            tenx_proto::edge::http()
+                .filter_map(|(route, _)| Some((route.path, messages(route.path)?)))
+                .collect()
+        })
+        .get(path)
+}
+
 /// Read-your-writes: the service whose write position a call carries,
 /// for a read (GET) of a service that tracks write positions.
 pub fn read_scope(route: &PublicRpc, http: &Http) -> Option<WriteScope> {
@@ -75,7 +89,7 @@ pub async fn handle(
     req: Request,
 ) -> Result<Response, EdgeError> {
     let http = route.http.as_ref().ok_or_else(internal)?;
-    let (input, output) = messages(route.path).ok_or_else(internal)?;
+    let (input, output) = public_messages(route.path).ok_or_else(internal)?;
     let (mut parts, body) = req.into_parts();
     let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
     let key = if route.idempotency_key { Some(idempotency_key(&parts.headers)?) } else { None };
@@ -97,7 +111,11 @@ pub async fn handle(
     let upstream = gw.upstream(route.service).ok_or_else(internal)?;
     // Read-your-writes: a read carries the caller's last write position.
     let position = read_scope(route, http)
-        .and_then(|scope| gw.writes.read_position(ctx.position.as_deref(), ctx.user_id().as_deref(), scope))
+        .and_then(|scope| {
+            let mut uuid = [0; uuid::fmt::Hyphenated::LENGTH];
+            let user = ctx.user_uuid().map(|u| &*u.hyphenated().encode_lower(&mut uuid));
+            gw.writes.read_position(ctx.position.as_deref(), user, scope)
+        })
         .and_then(|p| MetadataValue::<Ascii>::try_from(p).ok());
     let answer = upstream
         .call(ctx.idempotent, ctx.deadline, || {

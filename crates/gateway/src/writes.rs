@@ -75,7 +75,18 @@ impl Writes {
             return Some(sent.to_owned());
         }
         // moka's future cache `get` is async only in name for a present key.
-        futures_util::FutureExt::now_or_never(self.last.get(&key(scope, user?))).flatten()
+        // Most reads find nothing: the key is joined on the stack.
+        let (scope, user) = (scope.name(), user?);
+        let mut buffer = [0u8; 64];
+        let heap: String;
+        let key = match tenx_common::joined::joined(&mut buffer, &[scope, ":", user]) {
+            Some(key) => key,
+            None => {
+                heap = [scope, ":", user].concat();
+                &heap
+            }
+        };
+        futures_util::FutureExt::now_or_never(self.last.get(key)).flatten()
     }
 
     /// Remembers `user`'s write to `scope` and returns the header value the
@@ -107,5 +118,9 @@ mod tests {
         let sent = Some("billing:0/20");
         assert_eq!(writes.read_position(sent, Some("u1"), WriteScope::Billing).as_deref(), Some("0/20"));
         assert_eq!(writes.read_position(sent, None, WriteScope::Auth), None, "billing's, not auth's");
+        // A user id longer than the key's buffer on the stack is found too.
+        let long = "u".repeat(100);
+        writes.remember(Some(&long), WriteScope::Auth, "0/30").await;
+        assert_eq!(writes.read_position(None, Some(&long), WriteScope::Auth).as_deref(), Some("0/30"));
     }
 }
