@@ -6,10 +6,12 @@
 //! - the same at a steady 200 events/s, p99;
 //! - emails per second from a burst of 10,000 events;
 //! - in-app notifications per second from a burst of 10,000 `Send`s;
-//! - the machine's CPU per email and per in-app notification.
+//! - the machine's CPU per email and per in-app notification, and its
+//!   split by process (this one, Postgres, RabbitMQ, Redis) for the bursts.
 //!
 //! `cargo bench -p tenx-notification` (`make bench` installs smtp-sink);
-//! `TENX_BENCH_SAVE=1` rewrites the baseline.
+//! `TENX_BENCH_SAVE=1` rewrites the baseline; `TENX_BENCH_PERF=DIR`
+//! profiles each burst (`bench::Profile`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -237,6 +239,8 @@ async fn run(port: u16) -> anyhow::Result<()> {
     if phase("emails") {
         // A burst of emails.
         let events: Vec<_> = (0..BURST).map(|i| verification(&address("burst", i), &key)).collect();
+        let profile = bench::Profile::start("emails")?;
+        let by_process = bench::CpuByProcess::start();
         let (started, cpu) = (Instant::now(), busy_cpu_us());
         for chunk in events.chunks(500) {
             let batch: Vec<_> = chunk.iter().map(|e| Outgoing::event(&exchange, e)).collect();
@@ -249,12 +253,16 @@ async fn run(port: u16) -> anyhow::Result<()> {
         )
         .await?;
         let elapsed = started.elapsed();
+        drop(profile);
+        println!("CPU per email, by process: {}", by_process.per_op_line(BURST));
         record("emails/s, burst of 10000 events", Figure::per_second(BURST, elapsed));
         record("CPU per email (machine, µs)", cpu_per(busy_cpu_us() - cpu, BURST));
     }
     if phase("in-app") {
         // A burst of in-app notifications.
         let events: Vec<_> = (0..BURST).map(|_| in_app(Uuid::now_v7())).collect();
+        let profile = bench::Profile::start("in-app")?;
+        let by_process = bench::CpuByProcess::start();
         let (started, cpu) = (Instant::now(), busy_cpu_us());
         for chunk in events.chunks(500) {
             let batch: Vec<_> = chunk.iter().map(|e| Outgoing::event(&exchange, e)).collect();
@@ -277,6 +285,8 @@ async fn run(port: u16) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = started.elapsed();
+        drop(profile);
+        println!("CPU per in-app notification, by process: {}", by_process.per_op_line(BURST));
         // Counted as sent only once committed: the rows are all there.
         anyhow::ensure!(count("SELECT count(*) FROM notifications").await? == BURST, "in-app rows missing");
         record("in-app notifications/s, burst of 10000", Figure::per_second(BURST, elapsed));
