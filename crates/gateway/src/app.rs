@@ -110,10 +110,11 @@ impl App {
         let settings = &gateway.settings;
         // The public RPCs for gRPC clients and, translated, for gRPC-Web
         // (browsers), with the HTTP API's CORS policy.
-        let proxy =
-            tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), crate::grpc::Proxy::new(gateway.clone()));
+        let proxy = crate::grpc::Proxy::new(gateway.clone());
+        let web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), proxy.clone());
         let cors = crate::http::cors(&gateway).unwrap_or_default();
-        let router = self.grpc.router_with_fallback(tower::Layer::layer(&cors, proxy));
+        let door = crate::grpc::Door::new(proxy, tower::Layer::layer(&cors, web));
+        let router = self.grpc.router_with_fallback(door);
         let health = self.grpc.health().clone();
         let verified = gateway.clone();
         let mut parts = Parts::of::<Self>(settings, &gateway.metrics, self.grpc, router)

@@ -37,6 +37,61 @@ impl Proxy {
     }
 }
 
+/// The door's front: native gRPC (`application/grpc`, `application/grpc+proto`)
+/// goes straight to the [`Proxy`]; everything else — gRPC-Web from
+/// browsers and their CORS preflights — through `web` (the gRPC-Web
+/// translation and the CORS policy, in front of the same proxy). A native
+/// gRPC client is never a browser, so CORS has nothing to say to it, and
+/// the translation nothing to translate.
+#[derive(Clone)]
+pub struct Door<W> {
+    proxy: Proxy,
+    web: W,
+}
+
+impl<W> Door<W> {
+    pub fn new(proxy: Proxy, web: W) -> Self {
+        Self { proxy, web }
+    }
+}
+
+impl<W> std::fmt::Debug for Door<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door").finish_non_exhaustive()
+    }
+}
+
+/// Whether a request is native gRPC (not gRPC-Web).
+fn native_grpc(req: &Request<Body>) -> bool {
+    req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
+}
+
+impl<W> tower::Service<Request<Body>> for Door<W>
+where
+    W: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<<Proxy as tower::Service<Request<Body>>>::Future, W::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The proxy is always ready; the browsers' stack says for itself.
+        self.web.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if native_grpc(&req) {
+            futures_util::future::Either::Left(tower::Service::call(&mut self.proxy, req))
+        } else {
+            futures_util::future::Either::Right(self.web.call(req))
+        }
+    }
+}
+
 fn status_response(error: EdgeError) -> Response<Body> {
     tonic::Status::from(error).into_http()
 }
@@ -215,7 +270,29 @@ impl crate::upstream::Upstream {
 mod tests {
     use std::time::Duration;
 
-    use super::{grpc_timeout, parse_grpc_timeout};
+    use super::{Body, Request, grpc_timeout, native_grpc, parse_grpc_timeout};
+
+    #[test]
+    fn only_native_grpc_skips_the_browsers_layers() {
+        let with = |content_type: Option<&str>| {
+            let mut req = Request::new(Body::empty());
+            if let Some(v) = content_type
+                && let Ok(v) = http::HeaderValue::from_str(v)
+            {
+                req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+            native_grpc(&req)
+        };
+        assert!(with(Some("application/grpc")));
+        assert!(with(Some("application/grpc+proto")));
+        assert!(with(Some("application/grpc;charset=utf-8")));
+        assert!(!with(Some("application/grpc-web")));
+        assert!(!with(Some("application/grpc-web+proto")));
+        assert!(!with(Some("application/grpc-web-text")));
+        assert!(!with(Some("application/grpcx")));
+        assert!(!with(Some("application/json")));
+        assert!(!with(None), "a CORS preflight has no content type");
+    }
 
     #[test]
     fn a_deadline_is_sent_in_whole_milliseconds_within_eight_digits() {
