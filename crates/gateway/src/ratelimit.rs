@@ -296,14 +296,8 @@ impl RateLimiter {
         // allocates nothing for it.
         let parts = [inner.redis.prefix(), "rl:", op, ":", subject[0], subject[1]];
         let mut buffer = [0u8; 256];
-        let heap: String;
-        let key = match tenx_common::joined::joined(&mut buffer, &parts) {
-            Some(key) => key,
-            None => {
-                heap = parts.concat();
-                &heap
-            }
-        };
+        let key = tenx_common::joined::joined_or_owned(&mut buffer, &parts);
+        let key = &*key;
         let emission = emission_us(policy);
         let (store, decision) = match inner.take(key, policy, emission) {
             Take::Spent(decision, top_up) => {

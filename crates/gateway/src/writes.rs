@@ -78,15 +78,8 @@ impl Writes {
         // Most reads find nothing: the key is joined on the stack.
         let (scope, user) = (scope.name(), user?);
         let mut buffer = [0u8; 64];
-        let heap: String;
-        let key = match tenx_common::joined::joined(&mut buffer, &[scope, ":", user]) {
-            Some(key) => key,
-            None => {
-                heap = [scope, ":", user].concat();
-                &heap
-            }
-        };
-        futures_util::FutureExt::now_or_never(self.last.get(key)).flatten()
+        let key = tenx_common::joined::joined_or_owned(&mut buffer, &[scope, ":", user]);
+        futures_util::FutureExt::now_or_never(self.last.get(&*key)).flatten()
     }
 
     /// Remembers `user`'s write to `scope` and returns the header value the

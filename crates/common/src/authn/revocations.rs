@@ -206,10 +206,7 @@ impl Revocations {
     fn listed(&self, kind: Revoked, id: &str) -> bool {
         let revoked = self.inner.revoked.read().unwrap_or_else(|p| p.into_inner());
         let mut buffer = [0u8; 96];
-        match crate::joined::joined(&mut buffer, &[kind.label(), ":", id]) {
-            Some(member) => revoked.contains_key(member),
-            None => revoked.contains_key(&member(kind, id)),
-        }
+        revoked.contains_key(&*crate::joined::joined_or_owned(&mut buffer, &[kind.label(), ":", id]))
     }
 
     /// Whether the set is following Redis right now: subscribed, loaded,

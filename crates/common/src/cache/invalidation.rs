@@ -100,10 +100,8 @@ impl Invalidation {
     pub(super) async fn written_at(&self, cache: &str, key: &str) -> Option<WalPosition> {
         // Asked on every cache read: the key is joined on the stack.
         let (mut buffer, mut sep) = ([0u8; 128], [0u8; 4]);
-        match crate::joined::joined(&mut buffer, &[cache, SEP.encode_utf8(&mut sep), key]) {
-            Some(joined) => self.writes.get(joined).await,
-            None => self.writes.get(&format!("{cache}{SEP}{key}")).await,
-        }
+        let joined = crate::joined::joined_or_owned(&mut buffer, &[cache, SEP.encode_utf8(&mut sep), key]);
+        self.writes.get(&*joined).await
     }
 
     pub(super) fn register(&self, name: &str, entries: Arc<dyn LocalEntries>) {
