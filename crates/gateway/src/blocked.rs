@@ -42,12 +42,13 @@ impl BlockedClients {
         self.ms(Instant::now()) < self.latest_ms.load(Ordering::Relaxed)
     }
 
-    /// How long `client` must still wait, if it is blocked.
-    pub fn wait(&self, client: &str) -> Option<Duration> {
+    /// How long the client `named` must still wait, if it is blocked; its
+    /// name is spelled only when some client is.
+    pub fn wait(&self, named: impl FnOnce() -> String) -> Option<Duration> {
         if !self.any() {
             return None;
         }
-        let until = futures_util::FutureExt::now_or_never(self.cache.get(client)).flatten()?;
+        let until = futures_util::FutureExt::now_or_never(self.cache.get(&named())).flatten()?;
         until.checked_duration_since(Instant::now())
     }
 
@@ -68,16 +69,24 @@ mod tests {
     async fn a_blocked_client_waits_until_its_end_and_others_never() {
         let blocked = BlockedClients::default();
         assert!(!blocked.any(), "nobody blocked yet");
-        assert_eq!(blocked.wait("198.51.100.1"), None);
+        let spelled = std::cell::Cell::new(0);
+        let client = |address: &'static str| {
+            || {
+                spelled.set(spelled.get() + 1);
+                address.to_owned()
+            }
+        };
+        assert_eq!(blocked.wait(client("198.51.100.1")), None);
+        assert_eq!(spelled.get(), 0, "nobody blocked: no address spelled");
         blocked.block("198.51.100.1".into(), Instant::now() + Duration::from_secs(30)).await;
         assert!(blocked.any());
-        let wait = blocked.wait("198.51.100.1").unwrap_or_default();
+        let wait = blocked.wait(client("198.51.100.1")).unwrap_or_default();
         assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(30), "{wait:?}");
-        assert_eq!(blocked.wait("198.51.100.2"), None, "another client is not blocked");
+        assert_eq!(blocked.wait(client("198.51.100.2")), None, "another client is not blocked");
         blocked.block("198.51.100.3".into(), Instant::now() + Duration::from_millis(20)).await;
-        assert!(blocked.wait("198.51.100.3").is_some());
+        assert!(blocked.wait(client("198.51.100.3")).is_some());
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert_eq!(blocked.wait("198.51.100.3"), None, "a block ends");
+        assert_eq!(blocked.wait(client("198.51.100.3")), None, "a block ends");
         assert!(blocked.any(), "the longer block still stands");
     }
 

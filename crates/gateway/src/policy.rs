@@ -220,9 +220,7 @@ impl Gateway {
         } else {
             // A client that keeps failing authentication is refused here,
             // before its next bogus credential costs auth a lookup.
-            if self.auth_blocked.any()
-                && let Some(wait) = self.auth_blocked.wait(&client_bucket(client))
-            {
+            if let Some(wait) = self.auth_blocked.wait(|| client_bucket(client)) {
                 return Err((too_many_failures(wait), None));
             }
             let missing = || Err((EdgeError::unauthenticated("missing bearer token"), None));

@@ -83,14 +83,9 @@ impl Principal {
 
     /// Whom rate limits count against: a user (all their sessions and API
     /// keys share one budget, so minting keys buys no extra requests), or
-    /// a service.
-    pub fn subject(&self) -> String {
-        let mut uuid = [0; uuid::fmt::Hyphenated::LENGTH];
-        self.subject_parts(&mut uuid).concat()
-    }
-
-    /// [`Principal::subject`] in two parts, the uuid spelled into `buffer`:
-    /// a key can then be joined on the stack ([`crate::joined`]).
+    /// a service. In two parts, `user:` and the id (spelled into `buffer`)
+    /// or `service:` and the name, so a key can be joined on the stack
+    /// ([`crate::joined`]).
     pub fn subject_parts<'a>(&'a self, buffer: &'a mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> [&'a str; 2] {
         match self {
             Self::User { user_id, .. } | Self::ApiKey { user_id, .. } => {
