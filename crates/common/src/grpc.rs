@@ -6,11 +6,13 @@
 mod balance;
 mod client;
 mod error;
+mod link;
 mod rpc_layer;
 mod server;
 
-pub use balance::{Balanced, MakeChannel, Resolve, system_resolver};
+pub use balance::{Balanced, Resolve, system_resolver};
 pub use client::{ClientSettings, TraceInterceptor, TracedChannel, connect, connect_with};
 pub use error::ApiError;
+pub use link::{BadUrl, LinkError, LinkSettings, MAX_REQUEST};
 pub use rpc_layer::{RECENT_SLOW_REQUESTS, RpcLayer, SlowRequest, recent_slow_requests};
 pub use server::{GrpcServer, ServerSettings, ServiceRouter};

@@ -8,8 +8,8 @@
 //! - **nginx**: nginx's `grpc_pass` in front of auth (a proxy that checks
 //!   nothing), the anchor the gateway is compared with;
 //! - **hyper proxy**: a bare proxy built from the gateway's own parts
-//!   (hyper's HTTP/2 server, tonic's `Channel` to auth) that checks
-//!   nothing: what a hop on this stack costs before any policy;
+//!   (hyper's HTTP/2 server, `tenx_common::grpc`'s channel to auth) that
+//!   checks nothing: what a hop on this stack costs before any policy;
 //! - **gateway gRPC** and **gateway HTTP** (`GET /v1/me`): JWT verified,
 //!   scope checked, revocation checked, the rate limit on, then auth.
 //!
@@ -118,14 +118,15 @@ impl Setup {
 }
 
 /// A proxy of the gateway's own parts and nothing else: hyper's HTTP/2
-/// server in, tonic's `Channel` out (the gateway's upstream), every call
+/// server in, the gateway's upstream channel out, every call
 /// forwarded as it is, nothing checked. The gateway's hop less this one's
 /// is what its policy (and its layers) cost; this one's is the stack's.
 async fn bare_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
     use tower::ServiceExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let channel = Channel::from_shared(format!("http://{upstream}"))?.tcp_nodelay(true).connect_lazy();
+    let channel =
+        tenx_common::grpc::connect(&tenx_common::grpc::ClientSettings::new(&format!("http://{upstream}")))?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);

@@ -246,6 +246,15 @@ impl crate::upstream::Upstream {
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }
             Ok(Err(error)) => {
+                // The client's own request failed (its body broke off, or
+                // is larger than any service accepts): nothing about the
+                // upstream.
+                if let Some(link) = error.downcast_ref::<tenx_common::grpc::LinkError>()
+                    && !link.instance_failed()
+                {
+                    admission.record(Outcome::Unknown);
+                    return Err(link.status().into());
+                }
                 admission.record(Outcome::Unwell);
                 tracing::warn!(upstream = self.name, %error, "upstream connection failed");
                 Err(EdgeError::unavailable(format!("{} is unavailable; try again shortly", self.name), None))

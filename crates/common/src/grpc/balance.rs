@@ -4,7 +4,7 @@
 //! One HTTP/2 connection carries every call, so behind one virtual address
 //! a client sends everything to one instance whatever the autoscaler adds.
 //! Here an upstream is a set of endpoints, each with its own lazily
-//! connected channel, and calls go round-robin over those not ejected:
+//! connected [`Link`], and calls go round-robin over those not ejected:
 //!
 //! - `url` names one or more targets, comma-separated. A target whose host
 //!   is an IP address is one endpoint. An `http://` target whose host is a
@@ -21,13 +21,13 @@
 //! refuses connections (its lazy reconnect reports ready), which is why
 //! this exists (grpc-rust issues 643 and 2839).
 //!
-//! A call whose connection was refused never reached the instance; nor
-//! did one still queued for a connection that then closed, nor one the
-//! instance turned away with its GOAWAY (a draining server's HTTP/2 says
-//! which streams it will still run): such a call is sent again, at once,
-//! to the next endpoint; whatever the call, it cannot run twice. (With two or more endpoints the request body is
-//! buffered for that: every tenx RPC is unary.) A call that fails after it
-//! was sent (reset, timed out) fails: callers that may repeat it
+//! A call whose connection could not be made never reached the instance;
+//! nor did one offered to a connection that had closed, nor one the
+//! instance refused or turned away with its GOAWAY (a draining server's
+//! HTTP/2 says which streams it will still run): such a call is sent
+//! again, at once, to the next endpoint; whatever the call, it cannot run
+//! twice ([`LinkError::never_sent`]). A call that fails after it was sent
+//! (reset, timed out) fails: callers that may repeat it
 //! (idempotent calls) retry once on UNAVAILABLE.
 
 use std::net::SocketAddr;
@@ -36,18 +36,15 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::link::{BadUrl, Link, LinkError, LinkSettings, MAX_REQUEST};
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
-use tonic::transport::Channel;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// The first ejection; each further failure doubles it, up to [`MAX_EJECTION`].
 const FIRST_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(30);
-
-/// Makes the channel of one endpoint URL (timeouts, lazily connected).
-pub type MakeChannel = Arc<dyn Fn(&str) -> Result<Channel, tonic::transport::Error> + Send + Sync>;
 
 /// Looks a `host:port` up: every address it names.
 pub type Resolve = Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
@@ -63,14 +60,15 @@ pub fn system_resolver() -> Resolve {
 #[derive(Debug)]
 struct Endpoint {
     url: String,
-    channel: Channel,
+    link: Link,
     ejected_until_ms: AtomicU64,
     failures: AtomicU32,
 }
 
 impl Endpoint {
-    fn new(url: String, channel: Channel) -> Arc<Self> {
-        Arc::new(Self { url, channel, ejected_until_ms: AtomicU64::new(0), failures: AtomicU32::new(0) })
+    fn new(url: String, settings: LinkSettings) -> Result<Arc<Self>, BadUrl> {
+        let link = Link::new(&url, settings)?;
+        Ok(Arc::new(Self { url, link, ejected_until_ms: AtomicU64::new(0), failures: AtomicU32::new(0) }))
     }
 }
 
@@ -156,14 +154,14 @@ impl Balanced {
     /// one names stay as they are.
     pub fn new(
         urls: &[&str],
-        make: MakeChannel,
+        settings: LinkSettings,
         resolve: Resolve,
         every: Duration,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, BadUrl> {
         let targets: Vec<Target> = urls.iter().map(|u| target(u)).collect();
         let mut endpoints = Vec::new();
         for url in urls {
-            endpoints.push(Endpoint::new((*url).to_owned(), make(url)?));
+            endpoints.push(Endpoint::new((*url).to_owned(), settings)?);
         }
         let pool = Arc::new(Pool {
             endpoints: RwLock::new(Arc::new(endpoints)),
@@ -173,7 +171,7 @@ impl Balanced {
         if let (true, Ok(runtime)) =
             (targets.iter().any(|t| matches!(t, Target::Named { .. })), tokio::runtime::Handle::try_current())
         {
-            runtime.spawn(keep_resolving(Arc::downgrade(&pool), targets, make, resolve, every));
+            runtime.spawn(keep_resolving(Arc::downgrade(&pool), targets, settings, resolve, every));
         }
         Ok(Self { pool })
     }
@@ -184,9 +182,9 @@ impl Balanced {
 async fn resolved(
     targets: &[Target],
     current: &[Arc<Endpoint>],
-    make: &MakeChannel,
+    settings: LinkSettings,
     resolve: &Resolve,
-) -> Result<Vec<Arc<Endpoint>>, tonic::transport::Error> {
+) -> Result<Vec<Arc<Endpoint>>, BadUrl> {
     let mut urls = Vec::new();
     for t in targets {
         match t {
@@ -210,7 +208,7 @@ async fn resolved(
     for url in urls {
         match current.iter().find(|e| e.url == url) {
             Some(kept) => endpoints.push(kept.clone()),
-            None => endpoints.push(Endpoint::new(url.clone(), make(&url)?)),
+            None => endpoints.push(Endpoint::new(url.clone(), settings)?),
         }
     }
     Ok(endpoints)
@@ -219,7 +217,7 @@ async fn resolved(
 async fn keep_resolving(
     pool: Weak<Pool>,
     targets: Vec<Target>,
-    make: MakeChannel,
+    settings: LinkSettings,
     resolve: Resolve,
     every: Duration,
 ) {
@@ -230,7 +228,7 @@ async fn keep_resolving(
         }
         let Some(pool) = pool.upgrade() else { return };
         let current = pool.current();
-        match resolved(&targets, &current, &make, &resolve).await {
+        match resolved(&targets, &current, settings, &resolve).await {
             Ok(next) => {
                 let changed = next.len() != current.len()
                     || next.iter().zip(current.iter()).any(|(a, b)| a.url != b.url);
@@ -272,14 +270,22 @@ impl Service<http::Request<Body>> for Balanced {
             }
             drop(endpoints);
             let (parts, body) = request.into_parts();
-            let body = body.collect().await?.to_bytes();
+            let body = match http_body_util::Limited::new(body, MAX_REQUEST).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    return Err(LinkError::callers(tonic::Status::cancelled(format!(
+                        "the request's body failed or is larger than {MAX_REQUEST} bytes: {error}"
+                    )))
+                    .into());
+                }
+            };
             let mut tried = Vec::with_capacity(tries);
             loop {
                 let endpoint = pool.pick_other_than(&tried);
                 let request = http::Request::from_parts(parts.clone(), Body::new(Full::new(body.clone())));
                 match pool.send(endpoint.clone(), request).await {
-                    Err(error) if never_sent(&error) && tried.len() + 1 < tries => {
-                        tracing::debug!(upstream = %endpoint.url, "connection refused; sending to the next endpoint");
+                    Err(error) if error.never_sent() && tried.len() + 1 < tries => {
+                        tracing::debug!(upstream = %endpoint.url, %error, "never reached the instance; sending to the next endpoint");
                         tried.push(endpoint);
                     }
                     outcome => return outcome.map_err(Into::into),
@@ -294,11 +300,12 @@ impl Pool {
         &self,
         endpoint: Arc<Endpoint>,
         request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, tonic::transport::Error> {
-        let outcome = endpoint.channel.clone().oneshot(request).await;
+    ) -> Result<http::Response<Body>, LinkError> {
+        let outcome = endpoint.link.call(request).await;
         match &outcome {
             Ok(_) => self.succeeded(&endpoint),
-            Err(_) => self.failed(&endpoint),
+            Err(error) if error.instance_failed() => self.failed(&endpoint),
+            Err(_) => {}
         }
         outcome
     }
@@ -315,34 +322,4 @@ impl Pool {
         let endpoints = self.current();
         endpoints.iter().find(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e))).unwrap_or(&endpoints[0]).clone()
     }
-}
-
-/// Whether the instance never ran the call: the connection was refused or
-/// could not be routed; the connection closed while the call waited for it
-/// (hyper's "canceled": never written); or the instance's GOAWAY left this
-/// stream out of those it still runs (h2 fails exactly those with a remote
-/// GOAWAY).
-fn never_sent(error: &tonic::transport::Error) -> bool {
-    use std::io::ErrorKind::{AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable};
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
-            )
-        {
-            return true;
-        }
-        if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
-            return true;
-        }
-        if let Some(h2) = error.downcast_ref::<h2::Error>()
-            && (h2.is_go_away() && h2.is_remote() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-        {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }

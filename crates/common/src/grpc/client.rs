@@ -2,7 +2,6 @@
 //! names (see [`super::balance`]), connect/request timeouts, and the
 //! caller's trace context in every request's metadata.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::propagation::Injector;
@@ -10,10 +9,10 @@ use serde::Deserialize;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Endpoint;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::balance::{Balanced, MakeChannel, Resolve, system_resolver};
+use super::balance::{Balanced, Resolve, system_resolver};
+use super::link::{BadUrl, LinkSettings};
 use crate::telemetry::propagation::inject;
 
 /// How to reach one upstream service (keys under e.g. `upstreams.auth.`).
@@ -68,33 +67,23 @@ impl ClientSettings {
 /// Builds a lazily-connecting channel over every endpoint of the upstream:
 /// the caller starts even while the upstream is down, and each call
 /// connects (or fails) within the connect timeout.
-pub fn connect(settings: &ClientSettings) -> Result<TracedChannel, tonic::transport::Error> {
+pub fn connect(settings: &ClientSettings) -> Result<TracedChannel, BadUrl> {
     connect_with(settings, system_resolver())
 }
 
 /// [`connect`] with another resolver (tests).
-pub fn connect_with(
-    settings: &ClientSettings,
-    resolve: Resolve,
-) -> Result<TracedChannel, tonic::transport::Error> {
+pub fn connect_with(settings: &ClientSettings, resolve: Resolve) -> Result<TracedChannel, BadUrl> {
     let mut urls: Vec<&str> = settings.urls().collect();
     if urls.is_empty() {
         // Nothing but commas or blanks: as one URL, refused as such.
         urls.push(&settings.url);
     }
-    let (connect_timeout, timeout) = (
-        Duration::from_millis(settings.connect_timeout_ms),
-        Duration::from_millis(settings.request_timeout_ms),
-    );
-    let make: MakeChannel = Arc::new(move |url: &str| {
-        Ok(Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy())
-    });
+    let link = LinkSettings {
+        connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+        timeout: Duration::from_millis(settings.request_timeout_ms),
+    };
     let every = Duration::from_millis(settings.resolve_interval_ms);
-    Ok(InterceptedService::new(Balanced::new(&urls, make, resolve, every)?, TraceInterceptor))
+    Ok(InterceptedService::new(Balanced::new(&urls, link, resolve, every)?, TraceInterceptor))
 }
 
 /// Writes the current span's W3C trace context into request metadata.
