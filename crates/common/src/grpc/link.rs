@@ -290,6 +290,11 @@ impl Link {
             .map_err(|e| LinkError::callers(tonic::Status::internal(e.to_string())))?;
         parts.version = http::Version::HTTP_2;
         strip_connection_headers(&mut parts.headers);
+        // The instance learns the deadline too (a tonic server ends the
+        // call past it), not only this side.
+        if !parts.headers.contains_key("grpc-timeout") {
+            parts.headers.insert("grpc-timeout", grpc_timeout(deadline));
+        }
         let head = http::Request::from_parts(parts, ());
         match tokio::time::timeout(deadline, self.exchange(head, body)).await {
             Ok(outcome) => outcome,
@@ -393,6 +398,13 @@ impl hyper::body::Body for Answer {
     }
 }
 
+/// `deadline` as a `grpc-timeout` value: whole milliseconds, at least 1,
+/// at most gRPC's 8 digits.
+fn grpc_timeout(deadline: Duration) -> http::HeaderValue {
+    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX).clamp(1, 99_999_999);
+    http::HeaderValue::from_str(&format!("{ms}m")).unwrap_or(http::HeaderValue::from_static("1m"))
+}
+
 /// The call's own deadline, from its `grpc-timeout` (digits and a unit).
 fn asked_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -434,6 +446,21 @@ mod tests {
         assert_eq!(with("m"), None);
         assert_eq!(with("10x"), None);
         assert_eq!(asked_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_links_own_deadline_is_sent_in_whole_milliseconds() {
+        for (deadline, sent) in [
+            (Duration::from_secs(5), "5000m"),
+            (Duration::from_micros(300), "1m"),
+            (Duration::from_secs(10 * 86_400), "99999999m"),
+        ] {
+            let value = grpc_timeout(deadline);
+            assert_eq!(value, sent);
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value);
+            assert!(asked_timeout(&headers).is_some(), "{sent} reads back");
+        }
     }
 
     #[test]

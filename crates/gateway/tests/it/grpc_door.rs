@@ -185,3 +185,32 @@ async fn browsers_reach_the_public_rpcs_over_grpc_web_with_the_same_policy() -> 
     assert!(code.contains("16"), "UNAUTHENTICATED: {code:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_message_larger_than_any_service_takes_is_refused_without_counting_against_the_service()
+-> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let gw = platform.gateway().await?;
+    let mut auth_client = AuthServiceClient::connect(format!("http://{}", gw.grpc_addr)).await?;
+    let signed_up = auth_client
+        .sign_up(auth::SignUpRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let token = signed_up.tokens.map(|t| t.access_token).unwrap_or_default();
+    // More than the breaker's threshold (5), each over the 4 MiB a
+    // service accepts: refused at the door, before auth spends anything.
+    for i in 0..8 {
+        let big = auth::GetUserRequest { user_id: "x".repeat(5 * 1024 * 1024) };
+        let refused = auth_client.get_user(authed(&token, big)?).await.expect_err("too large");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "call {i}: {refused:?}");
+    }
+    // The client's oversized messages said nothing about auth: its circuit
+    // is closed and its instance in rotation.
+    let me = auth_client.get_user(authed(&token, auth::GetUserRequest::default())?).await?.into_inner();
+    assert!(me.user.is_some());
+    Ok(())
+}
