@@ -9,6 +9,7 @@ mod error;
 mod link;
 mod rpc_layer;
 mod server;
+pub mod timeout;
 
 pub use balance::{Balanced, Resolve, system_resolver};
 pub use client::{ClientSettings, TraceInterceptor, TracedChannel, connect, connect_with};

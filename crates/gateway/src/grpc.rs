@@ -160,11 +160,10 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     }
     // The route's deadline, or the client's if shorter.
     let deadline = ctx.deadline;
-    let client_deadline =
-        headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    let client_deadline = tenx_common::grpc::timeout::of(headers);
     let effective = client_deadline.map_or(deadline, |c| c.min(deadline));
     let callers_deadline = effective < deadline;
-    headers.insert("grpc-timeout", grpc_timeout(effective));
+    headers.insert(tenx_common::grpc::timeout::GRPC_TIMEOUT, tenx_common::grpc::timeout::header(effective));
     match upstream.forward(effective, callers_deadline, req).await {
         Ok(response) => response,
         Err(error) => status_response(error),
@@ -181,41 +180,6 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// `deadline` as a `grpc-timeout` value, in milliseconds (at least 1).
-fn grpc_timeout(deadline: std::time::Duration) -> HeaderValue {
-    // Spelled on the stack: at most 8 digits are allowed, and u64's
-    // 20 fit.
-    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX).clamp(1, 99_999_999);
-    let mut digits = [0u8; 21];
-    let mut at = digits.len() - 1;
-    digits[at] = b'm';
-    let mut n = ms;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    HeaderValue::from_bytes(&digits[at..]).unwrap_or(HeaderValue::from_static("1m"))
-}
-
-/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
-        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
-        "S" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_millis(n),
-        "u" => std::time::Duration::from_micros(n),
-        "n" => std::time::Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 impl crate::upstream::Upstream {
@@ -277,9 +241,7 @@ impl crate::upstream::Upstream {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::{Body, Request, grpc_timeout, native_grpc, parse_grpc_timeout};
+    use super::{Body, Request, native_grpc};
 
     #[test]
     fn only_native_grpc_skips_the_browsers_layers() {
@@ -301,22 +263,5 @@ mod tests {
         assert!(!with(Some("application/grpcx")));
         assert!(!with(Some("application/json")));
         assert!(!with(None), "a CORS preflight has no content type");
-    }
-
-    #[test]
-    fn a_deadline_is_sent_in_whole_milliseconds_within_eight_digits() {
-        for (deadline, sent) in [
-            (Duration::from_secs(5), "5000m"),
-            (Duration::from_millis(1), "1m"),
-            (Duration::from_micros(300), "1m"),
-            (Duration::ZERO, "1m"),
-            (Duration::from_millis(1234), "1234m"),
-            (Duration::from_secs(10 * 86_400), "99999999m"),
-        ] {
-            let value = grpc_timeout(deadline);
-            assert_eq!(value, sent, "{deadline:?}");
-            let back = value.to_str().ok().and_then(parse_grpc_timeout);
-            assert_eq!(back, Some(Duration::from_millis(sent.trim_end_matches('m').parse().unwrap_or(0))));
-        }
     }
 }

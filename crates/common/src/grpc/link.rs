@@ -265,7 +265,7 @@ impl Link {
     /// Sends one unary call and returns its answer as it comes (headers
     /// now, the message and trailers as the body).
     pub async fn call(&self, request: http::Request<Body>) -> Result<http::Response<Body>, LinkError> {
-        let deadline = asked_timeout(request.headers())
+        let deadline = super::timeout::of(request.headers())
             .map_or(self.settings.timeout, |asked| asked.min(self.settings.timeout));
         let (mut parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST).collect().await {
@@ -292,8 +292,8 @@ impl Link {
         strip_connection_headers(&mut parts.headers);
         // The instance learns the deadline too (a tonic server ends the
         // call past it), not only this side.
-        if !parts.headers.contains_key("grpc-timeout") {
-            parts.headers.insert("grpc-timeout", grpc_timeout(deadline));
+        if !parts.headers.contains_key(super::timeout::GRPC_TIMEOUT) {
+            parts.headers.insert(super::timeout::GRPC_TIMEOUT, super::timeout::header(deadline));
         }
         let head = http::Request::from_parts(parts, ());
         match tokio::time::timeout(deadline, self.exchange(head, body)).await {
@@ -398,70 +398,9 @@ impl hyper::body::Body for Answer {
     }
 }
 
-/// `deadline` as a `grpc-timeout` value: whole milliseconds, at least 1,
-/// at most gRPC's 8 digits.
-fn grpc_timeout(deadline: Duration) -> http::HeaderValue {
-    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX).clamp(1, 99_999_999);
-    http::HeaderValue::from_str(&format!("{ms}m")).unwrap_or(http::HeaderValue::from_static("1m"))
-}
-
-/// The call's own deadline, from its `grpc-timeout` (digits and a unit).
-fn asked_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_calls_own_deadline_is_read_from_grpc_timeout() {
-        let with = |v: &str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                "grpc-timeout",
-                http::HeaderValue::from_str(v).unwrap_or(http::HeaderValue::from_static("x")),
-            );
-            asked_timeout(&headers)
-        };
-        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(with("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(with("99999999u"), Some(Duration::from_micros(99_999_999)));
-        assert_eq!(with("123456789m"), None, "at most 8 digits");
-        assert_eq!(with("m"), None);
-        assert_eq!(with("10x"), None);
-        assert_eq!(asked_timeout(&http::HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn the_links_own_deadline_is_sent_in_whole_milliseconds() {
-        for (deadline, sent) in [
-            (Duration::from_secs(5), "5000m"),
-            (Duration::from_micros(300), "1m"),
-            (Duration::from_secs(10 * 86_400), "99999999m"),
-        ] {
-            let value = grpc_timeout(deadline);
-            assert_eq!(value, sent);
-            let mut headers = http::HeaderMap::new();
-            headers.insert("grpc-timeout", value);
-            assert!(asked_timeout(&headers).is_some(), "{sent} reads back");
-        }
-    }
 
     #[test]
     fn headers_http2_forbids_are_not_sent() {
