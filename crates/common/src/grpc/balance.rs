@@ -36,9 +36,9 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::link::{BadUrl, Link, LinkError, LinkSettings, MAX_REQUEST};
+use super::link::{BadUrl, Link, LinkError, LinkSettings, read_whole};
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tonic::body::Body;
 use tower::Service;
 
@@ -270,15 +270,7 @@ impl Service<http::Request<Body>> for Balanced {
             }
             drop(endpoints);
             let (parts, body) = request.into_parts();
-            let body = match http_body_util::Limited::new(body, MAX_REQUEST).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) => {
-                    return Err(LinkError::callers(tonic::Status::cancelled(format!(
-                        "the request's body failed or is larger than {MAX_REQUEST} bytes: {error}"
-                    )))
-                    .into());
-                }
-            };
+            let body = read_whole(body).await?;
             let mut tried = Vec::with_capacity(tries);
             loop {
                 let endpoint = pool.pick_other_than(&tried);

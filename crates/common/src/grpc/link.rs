@@ -71,7 +71,7 @@ impl LinkError {
     }
 
     /// A failure of the caller's own request (its body), not the instance.
-    pub(crate) fn callers(status: tonic::Status) -> Self {
+    fn callers(status: tonic::Status) -> Self {
         Self { cause: Cause::Status(status), sent: true, instance_failed: false }
     }
 
@@ -268,19 +268,7 @@ impl Link {
         let deadline = super::timeout::of(request.headers())
             .map_or(self.settings.timeout, |asked| asked.min(self.settings.timeout));
         let (mut parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_REQUEST).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err(LinkError::callers(tonic::Status::resource_exhausted(format!(
-                    "the request is larger than {MAX_REQUEST} bytes"
-                ))));
-            }
-            Err(error) => {
-                return Err(LinkError::callers(tonic::Status::cancelled(format!(
-                    "the request's body failed: {error}"
-                ))));
-            }
-        };
+        let body = read_whole(body).await?;
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
@@ -333,6 +321,20 @@ impl Link {
         }
         let response = response.await.map_err(|e| LinkError::of_h2(&self.url, e))?;
         Ok(response.map(|recv| Body::new(Answer { recv, trailers_next: false })))
+    }
+}
+
+/// A request's body, read whole: at most [`MAX_REQUEST`] bytes. A body
+/// that is larger, or breaks off, is the caller's failure.
+pub(crate) async fn read_whole(body: Body) -> Result<Bytes, LinkError> {
+    match Limited::new(body, MAX_REQUEST).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(LinkError::callers(
+            tonic::Status::resource_exhausted(format!("the request is larger than {MAX_REQUEST} bytes")),
+        )),
+        Err(error) => {
+            Err(LinkError::callers(tonic::Status::cancelled(format!("the request's body failed: {error}"))))
+        }
     }
 }
 
