@@ -170,18 +170,6 @@ async fn forward(gw: Arc<Gateway>, mut req: Request<Body>) -> Response<Body> {
     }
 }
 
-/// Whether the channel gave up on the call's `grpc-timeout`.
-fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
 impl crate::upstream::Upstream {
     /// Sends a raw gRPC request through this upstream's channel, with its
     /// breaker: transport failures and `UNAVAILABLE` answers count.
@@ -205,15 +193,20 @@ impl crate::upstream::Upstream {
                 admission.record(late);
                 Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
             }
-            Ok(Err(error)) if timed_out(&*error) => {
-                admission.record(late);
-                Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
-            }
             Ok(Err(error)) => {
+                let link = error.downcast_ref::<tenx_common::grpc::LinkError>();
+                // The channel gave up on the call's `grpc-timeout`.
+                if link.is_some_and(tenx_common::grpc::LinkError::timed_out) {
+                    admission.record(late);
+                    return Err(EdgeError::new(
+                        tonic::Code::DeadlineExceeded,
+                        "the service did not answer in time",
+                    ));
+                }
                 // The client's own request failed (its body broke off, or
                 // is larger than any service accepts): nothing about the
                 // upstream.
-                if let Some(link) = error.downcast_ref::<tenx_common::grpc::LinkError>()
+                if let Some(link) = link
                     && !link.instance_failed()
                 {
                     admission.record(Outcome::Unknown);

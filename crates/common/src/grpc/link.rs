@@ -217,18 +217,14 @@ impl Link {
         if let Some(found) = self.in_use() {
             return Ok(found);
         }
-        let connected = tokio::time::timeout(self.settings.connect_timeout, self.connect()).await;
-        let sender = match connected {
-            Ok(outcome) => outcome?,
-            Err(_) => {
-                return Err(LinkError::unsent(tonic::Status::unavailable(format!(
-                    "connecting to {}: no answer within {} ms",
-                    self.url,
-                    self.settings.connect_timeout.as_millis()
-                ))));
-            }
-        };
-        Ok(sender)
+        match tokio::time::timeout(self.settings.connect_timeout, self.connect()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LinkError::unsent(tonic::Status::unavailable(format!(
+                "connecting to {}: no answer within {} ms",
+                self.url,
+                self.settings.connect_timeout.as_millis()
+            )))),
+        }
     }
 
     async fn connect(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), LinkError> {
