@@ -180,6 +180,7 @@ impl crate::upstream::Upstream {
         req: Request<Body>,
     ) -> Result<Response<Body>, EdgeError> {
         use crate::upstream::Outcome;
+        use tenx_common::grpc::LinkError;
         // Out of time says something about the upstream only when the
         // deadline was the route's own, not a client's shorter one.
         let late = if callers_deadline { Outcome::Unknown } else { Outcome::Unwell };
@@ -188,25 +189,13 @@ impl crate::upstream::Upstream {
         let outcome =
             tokio::time::timeout(deadline + std::time::Duration::from_millis(250), channel.oneshot(req))
                 .await;
-        match outcome {
-            Err(_) => {
-                admission.record(late);
-                Err(EdgeError::new(tonic::Code::DeadlineExceeded, "the service did not answer in time"))
-            }
-            Ok(Err(error)) => {
-                let link = error.downcast_ref::<tenx_common::grpc::LinkError>();
-                // The channel gave up on the call's `grpc-timeout`.
-                if link.is_some_and(tenx_common::grpc::LinkError::timed_out) {
-                    admission.record(late);
-                    return Err(EdgeError::new(
-                        tonic::Code::DeadlineExceeded,
-                        "the service did not answer in time",
-                    ));
-                }
+        let response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) if !error.downcast_ref::<LinkError>().is_some_and(LinkError::timed_out) => {
                 // The client's own request failed (its body broke off, or
                 // is larger than any service accepts): nothing about the
                 // upstream.
-                if let Some(link) = link
+                if let Some(link) = error.downcast_ref::<LinkError>()
                     && !link.instance_failed()
                 {
                     admission.record(Outcome::Unknown);
@@ -214,21 +203,31 @@ impl crate::upstream::Upstream {
                 }
                 admission.record(Outcome::Unwell);
                 tracing::warn!(upstream = self.name, %error, "upstream connection failed");
-                Err(EdgeError::unavailable(format!("{} is unavailable; try again shortly", self.name), None))
+                return Err(EdgeError::unavailable(
+                    format!("{} is unavailable; try again shortly", self.name),
+                    None,
+                ));
             }
-            Ok(Ok(response)) => {
-                // A trailers-only answer (every error) has its status in
-                // the headers; see `unwell` for what counts.
-                let status = tonic::Status::from_header_map(response.headers());
-                let outcome = match status {
-                    Some(s) if s.code() == tonic::Code::DeadlineExceeded => late,
-                    Some(s) if crate::upstream::unwell(&s) => Outcome::Unwell,
-                    _ => Outcome::Healthy,
-                };
-                admission.record(outcome);
-                Ok(response.map(Body::new))
+            // Out of time: this side's timer, or the link's on the call's
+            // `grpc-timeout`.
+            _ => {
+                admission.record(late);
+                return Err(EdgeError::new(
+                    tonic::Code::DeadlineExceeded,
+                    "the service did not answer in time",
+                ));
             }
-        }
+        };
+        // A trailers-only answer (every error) has its status in the
+        // headers; see `unwell` for what counts.
+        let status = tonic::Status::from_header_map(response.headers());
+        let outcome = match status {
+            Some(s) if s.code() == tonic::Code::DeadlineExceeded => late,
+            Some(s) if crate::upstream::unwell(&s) => Outcome::Unwell,
+            _ => Outcome::Healthy,
+        };
+        admission.record(outcome);
+        Ok(response.map(Body::new))
     }
 }
 

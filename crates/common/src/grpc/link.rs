@@ -204,8 +204,14 @@ impl Link {
         current.as_ref().map(|c| (c.id, c.sender.clone()))
     }
 
-    fn forget(&self, id: u64) {
+    /// Connection `id` closed before taking a call: it is forgotten, and
+    /// the call, never written, may go anywhere.
+    fn closed(&self, id: u64, error: &h2::Error) -> LinkError {
         forget(&self.current, id);
+        LinkError::unsent(tonic::Status::unavailable(format!(
+            "the connection to {} closed: {error}",
+            self.url
+        )))
     }
 
     /// The connection in use, or a new one.
@@ -294,24 +300,10 @@ impl Link {
         let (id, sender) = self.connection().await?;
         // A connection that closed (or is going away) takes no new call:
         // it was never written, so it is safe anywhere.
-        let mut sender = match sender.ready().await {
-            Ok(sender) => sender,
-            Err(error) => {
-                self.forget(id);
-                return Err(LinkError::unsent(tonic::Status::unavailable(format!(
-                    "the connection to {} closed: {error}",
-                    self.url
-                ))));
-            }
-        };
+        let mut sender = sender.ready().await.map_err(|error| self.closed(id, &error))?;
         let end = body.is_empty();
-        let (response, mut stream) = sender.send_request(head, end).map_err(|error| {
-            self.forget(id);
-            LinkError::unsent(tonic::Status::unavailable(format!(
-                "the connection to {} closed: {error}",
-                self.url
-            )))
-        })?;
+        let (response, mut stream) =
+            sender.send_request(head, end).map_err(|error| self.closed(id, &error))?;
         if !end {
             stream.send_data(body, true).map_err(|e| LinkError::of_h2(&self.url, e))?;
         }
