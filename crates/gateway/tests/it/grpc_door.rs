@@ -7,7 +7,7 @@ use tenx_proto::notification::v1 as notification;
 use tenx_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use tonic::Code;
 
-use crate::support::{PASSWORD, Platform, bearer, unique_email};
+use crate::support::{PASSWORD, Platform, bearer, sign_up, unique_email};
 
 fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
@@ -191,16 +191,8 @@ async fn a_message_larger_than_any_service_takes_is_refused_without_counting_aga
 -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let gw = platform.gateway().await?;
+    let (token, _, _) = sign_up(gw.http_addr, &unique_email()).await?;
     let mut auth_client = AuthServiceClient::connect(format!("http://{}", gw.grpc_addr)).await?;
-    let signed_up = auth_client
-        .sign_up(auth::SignUpRequest {
-            email: unique_email(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let token = signed_up.tokens.map(|t| t.access_token).unwrap_or_default();
     // More than the breaker's threshold (5), each over the 4 MiB a
     // service accepts: refused at the door, before auth spends anything.
     for i in 0..8 {
