@@ -320,7 +320,9 @@ impl Authenticator {
             if self.revocations.is_revoked(Revoked::ApiKey, &hash).await? {
                 return Err(AuthnError::Unauthenticated("invalid API key"));
             }
-            let key = self.api_keys.resolve(token, &hash).await?;
+            // Boxed: resolving a key may call auth, and a JWT's call (the
+            // common case) should not carry that future's size in its own.
+            let key = Box::pin(self.api_keys.resolve(token, &hash)).await?;
             Principal::ApiKey { user_id: key.user_id, key_id: key.key_id, scopes: key.scopes, org: key.org }
         } else {
             let principal = self.jwks.verify(token).await?;

@@ -217,7 +217,10 @@ where
         if let Some(value) = self.l1_get(key, epoch).await {
             return Ok(value);
         }
-        self.read_through(key, epoch, load).await
+        // Boxed: a miss's futures (Redis, the loader's queries) are many
+        // times a hit's size, and every caller's future would carry them,
+        // copied on each move, though a hit never runs them.
+        Box::pin(self.read_through(key, epoch, load)).await
     }
 
     /// The L1 entry for `key` if it was read at `epoch` (the key's epoch
@@ -229,7 +232,8 @@ where
             self.hit(Layer::L1);
             return Some(value);
         }
-        self.drop_older(key, epoch).await;
+        // Boxed for the reason a miss is ([`Cache::cached`]).
+        Box::pin(self.drop_older(key, epoch)).await;
         None
     }
 
@@ -330,14 +334,18 @@ where
         let epoch = self.epochs.of(key);
         let written = self.layer.invalidation.written_at(&self.name, key).await;
         let Some(after) = after else { return self.cached(key, epoch, || load(written)).await };
-        self.count_load();
-        let started = tokio::time::Instant::now();
-        let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
-        self.l1.insert(key.to_owned(), (value.clone(), epoch)).await;
-        if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
-            self.l2_set(key, &value).await;
-        }
-        Ok(value)
+        // Boxed, as a miss is in [`Cache::cached`].
+        Box::pin(async move {
+            self.count_load();
+            let started = tokio::time::Instant::now();
+            let value = load(Some(written.map_or(after, |w| w.max(after)))).await.map_err(Arc::new)?;
+            self.l1.insert(key.to_owned(), (value.clone(), epoch)).await;
+            if self.epochs.of(key) == epoch && started.elapsed() < TOMBSTONE_TTL / 2 {
+                self.l2_set(key, &value).await;
+            }
+            Ok(value)
+        })
+        .await
     }
 
     /// Call after changing the source of `key`: deletes it from L2 (a

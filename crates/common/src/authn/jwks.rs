@@ -185,7 +185,9 @@ impl Jwks {
             }
             self.verified.invalidate(token).await;
         }
-        let (principal, exp) = self.verify_signature(token).await?;
+        // Boxed: the check (and its fetch of the key set) is many times the
+        // size of a cached answer, which every call's future would carry.
+        let (principal, exp) = Box::pin(self.verify_signature(token)).await?;
         self.verified.insert(token.to_owned(), (principal.clone(), exp)).await;
         Ok(principal)
     }
