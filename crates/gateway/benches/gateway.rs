@@ -29,7 +29,9 @@
 //!
 //! `make bench` (installs nginx) or `cargo bench -p tenx-gateway`;
 //! `TENX_BENCH_SAVE=1` rewrites the baseline; `TENX_BENCH_PERF=DIR`
-//! profiles each target's busy run (`bench::Profile`).
+//! profiles each target's busy run (`bench::Profile`); `TENX_BENCH_CALLS=N`
+//! makes N busy calls per target in one round ([`Counts`]), few enough to
+//! count instructions under `valgrind --tool=callgrind`.
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code)]
@@ -61,6 +63,36 @@ const IN_FLIGHT: usize = 32;
 /// How many turns each target takes (one when profiling: `perf` records
 /// each target's busy run in one piece).
 const ROUNDS: usize = 5;
+
+/// How many calls each figure takes: the constants above, or with
+/// `TENX_BENCH_CALLS=N` N busy calls per target (a twentieth of that one
+/// at a time, one round, N verifications). Instruction counts do not move
+/// with the host, so a few thousand calls under callgrind compare two
+/// builds, or two targets, where timings on a shared host cannot
+/// (docs/PERFORMANCE.md, "Instructions per call").
+#[derive(Clone, Copy)]
+struct Counts {
+    one_by_one: usize,
+    busy: usize,
+    rounds: usize,
+    verifications: usize,
+}
+
+impl Counts {
+    fn from_env() -> anyhow::Result<Self> {
+        let Ok(calls) = std::env::var("TENX_BENCH_CALLS") else {
+            let rounds = if bench::Profile::enabled() { 1 } else { ROUNDS };
+            return Ok(Self { one_by_one: ONE_BY_ONE, busy: BUSY, rounds, verifications: 20_000 });
+        };
+        let busy: usize = calls.parse().context("TENX_BENCH_CALLS: a number of calls")?;
+        anyhow::ensure!(busy >= 20, "TENX_BENCH_CALLS: at least 20 calls");
+        anyhow::ensure!(
+            std::env::var_os("TENX_BENCH_SAVE").is_none(),
+            "a baseline is saved from a full run only, not with TENX_BENCH_CALLS"
+        );
+        Ok(Self { one_by_one: busy / 20, busy, rounds: 1, verifications: busy })
+    }
+}
 
 type Call = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
@@ -215,6 +247,7 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
+    let counts = Counts::from_env()?;
     let token = setup.token.as_str();
     let grpc = |addr: SocketAddr| async move {
         anyhow::Ok(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
@@ -273,18 +306,18 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         // the rate-limit lease.
         run(IN_FLIGHT * 20, IN_FLIGHT, call.clone()).await.with_context(|| format!("calling {name}"))?;
     }
-    let rounds = if bench::Profile::enabled() { 1 } else { ROUNDS };
+    let Counts { one_by_one, busy: busy_calls, rounds, verifications } = counts;
     for _ in 0..rounds {
         for (name, call) in &targets {
             let context = || format!("calling {name}");
-            let (mut one, _, _) = run(ONE_BY_ONE / rounds, 1, call.clone()).await.with_context(context)?;
+            let (mut one, _, _) = run(one_by_one / rounds, 1, call.clone()).await.with_context(context)?;
             let profile = bench::Profile::start(name)?;
             let (busy, elapsed, cpu_us) =
-                run(BUSY / rounds, IN_FLIGHT, call.clone()).await.with_context(context)?;
+                run(busy_calls / rounds, IN_FLIGHT, call.clone()).await.with_context(context)?;
             drop(profile);
             let m = measured.entry(*name).or_default();
             m.p50_one.push(percentile(&mut one, 50.0));
-            m.rate.push((BUSY / rounds) as f64 / elapsed.as_secs_f64());
+            m.rate.push((busy_calls / rounds) as f64 / elapsed.as_secs_f64());
             m.cpu_us.push(cpu_us);
             m.busy.extend(busy);
         }
@@ -313,7 +346,7 @@ async fn measure(setup: &Setup, nginx: SocketAddr) -> anyhow::Result<()> {
         figures.insert(keys[2].as_str(), us(percentile(&mut m.busy, 99.0)));
         figures.insert(keys[3].as_str(), Figure { value: cpu_us, unit: "µs CPU", higher_is_better: false });
     }
-    let verification = verification(setup).await?;
+    let verification = verification(setup, verifications).await?;
     for (name, figure) in &verification {
         figures.insert(name, figure.clone());
     }
@@ -399,7 +432,7 @@ fn get_user(client: AuthServiceClient<Channel>, token: &str) -> anyhow::Result<C
 /// What every hop pays to verify a credential with the shared layer,
 /// measured alone: a token seen before (cache and revocation set), and one
 /// seen for the first time (Ed25519 and claims).
-async fn verification(setup: &Setup) -> anyhow::Result<Vec<(&'static str, Figure)>> {
+async fn verification(setup: &Setup, verifications: usize) -> anyhow::Result<Vec<(&'static str, Figure)>> {
     let platform = &setup.platform;
     let mut authn_settings = platform.gateway_settings()?.authn;
     authn_settings.client_secret = tenx_auth::testing::client_secret("gateway").into();
@@ -417,17 +450,16 @@ async fn verification(setup: &Setup) -> anyhow::Result<Vec<(&'static str, Figure
     verifier.jwks().fetch().await.map_err(anyhow::Error::msg)?;
     verifier.revocations().synced().await;
     let header = format!("Bearer {}", setup.token);
-    const VERIFICATIONS: usize = 20_000;
     let started = Instant::now();
-    for _ in 0..VERIFICATIONS {
+    for _ in 0..verifications {
         anyhow::ensure!(verifier.authenticate(Some(&header)).await?.is_some(), "verified");
     }
-    let per_hop = Figure::per_op_us(started.elapsed(), VERIFICATIONS);
+    let per_hop = Figure::per_op_us(started.elapsed(), verifications);
     let started = Instant::now();
-    for _ in 0..VERIFICATIONS / 10 {
+    for _ in 0..verifications / 10 {
         verifier.jwks().verify_signature(&setup.token).await?;
     }
-    let first_sight = Figure::per_op_us(started.elapsed(), VERIFICATIONS / 10);
+    let first_sight = Figure::per_op_us(started.elapsed(), verifications / 10);
     Ok(vec![
         ("verify a token at one hop, seen before (cache + revocation)", per_hop),
         ("verify a token at one hop, first sight (Ed25519 + claims)", first_sight),

@@ -80,8 +80,12 @@ pub struct Jwks {
     /// Tokens already verified → their principal and expiry (unix
     /// seconds): a client's next call with the same token costs a lookup,
     /// not an Ed25519 verification. Revocation is checked on every call
-    /// anyway, outside this cache.
-    verified: moka::future::Cache<String, (Principal, u64)>,
+    /// anyway, outside this cache. Hashed with foldhash, not the default
+    /// SipHash: a token is about 500 bytes, every call at every hop hashes
+    /// one, and SipHash made that the largest hashing cost of the hot path.
+    /// Only tokens whose signature checked are inserted, so no caller
+    /// chooses the keys (and the seed is random per process all the same).
+    verified: moka::future::Cache<String, (Principal, u64), foldhash::fast::RandomState>,
     settings: AuthnSettings,
     validation: Validation,
     set: RwLock<Option<KeySet>>,
@@ -109,7 +113,7 @@ impl Jwks {
             verified: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             settings,
             validation,
             set: RwLock::new(None),

@@ -122,12 +122,13 @@ where
             // headers (no copy of a token on every call); the request is
             // changed only once they are checked.
             let headers = request.headers();
-            let principal = match authenticator.admit(rule, text(headers, "authorization")).await {
+            let principal = match authenticator.admit(rule, text(headers, &http::header::AUTHORIZATION)).await
+            {
                 Ok(principal) => principal,
                 Err(error) => return Ok(tonic::Status::from(error).into_http()),
             };
             let vouched = match authenticator
-                .edge_client(text(headers, super::CLIENT_HEADER), text(headers, super::EDGE_AUTHORIZATION))
+                .edge_client(text(headers, &CLIENT_HEADER), text(headers, &EDGE_AUTHORIZATION))
                 .await
             {
                 Ok(vouched) => vouched,
@@ -144,7 +145,12 @@ where
     }
 }
 
+/// The two headers an edge client's vouching travels in, as names built
+/// once: looking one up by `&str` parses and lower-cases it on every call.
+static CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static(super::CLIENT_HEADER);
+static EDGE_AUTHORIZATION: http::HeaderName = http::HeaderName::from_static(super::EDGE_AUTHORIZATION);
+
 /// A header's value as text, if it is.
-fn text<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+fn text<'h>(headers: &'h http::HeaderMap, name: &http::HeaderName) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
