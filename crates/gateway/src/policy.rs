@@ -62,7 +62,9 @@ impl Ctx {
     fn base<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);
-        if let Ok(v) = MetadataValue::try_from(self.request_id.as_bytes()) {
+        if let Ok(mut v) = MetadataValue::try_from(self.request_id.as_bytes()) {
+            // Never indexed, as in [`request_id`].
+            v.set_sensitive(true);
             request.metadata_mut().insert(REQUEST_ID, v);
         }
         request
@@ -113,9 +115,13 @@ fn too_many_failures(wait: Duration) -> EdgeError {
 }
 
 /// The request id a client sent, if usable (the header itself, not a
-/// copy), else a new one.
+/// copy), else a new one. Marked never to be indexed by HTTP/2's header
+/// compression ([`HeaderValue::set_sensitive`]; it is no secret): a value
+/// that never repeats would only take a place in the upstream
+/// connection's table on every call, pushing out headers that do repeat,
+/// and cost a table search and insert at both ends.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
+    let mut id = headers
         .get(REQUEST_ID)
         .filter(|v| {
             let v = v.as_bytes();
@@ -128,7 +134,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             let mut buffer = [0; uuid::fmt::Hyphenated::LENGTH];
             HeaderValue::from_bytes(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer).as_bytes())
                 .unwrap_or(HeaderValue::from_static("-"))
-        })
+        });
+    id.set_sensitive(true);
+    id
 }
 
 /// A WAL position as the gateway hands them out: auth's as the database
@@ -327,6 +335,8 @@ mod tests {
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         headers.insert(WAL_POSITION, HeaderValue::from_static("16/B374D848"));
         assert_eq!(request_id(&headers), "abc-123");
+        // Forwarded upstream as a never-indexed literal (it never repeats).
+        assert!(request_id(&headers).is_sensitive());
         assert_eq!(position(&headers).as_deref(), Some("16/B374D848"));
         headers.insert(WAL_POSITION, HeaderValue::from_static("billing:16/B374D848"));
         assert_eq!(position(&headers).as_deref(), Some("billing:16/B374D848"));
