@@ -63,8 +63,8 @@ impl Ctx {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);
         if let Ok(mut v) = MetadataValue::try_from(self.request_id.as_bytes()) {
-            // Never indexed, as in [`request_id`].
-            v.set_sensitive(true);
+            // Keeps the mark [`request_id`] set (never indexed).
+            v.set_sensitive(self.request_id.is_sensitive());
             request.metadata_mut().insert(REQUEST_ID, v);
         }
         request
