@@ -8,11 +8,12 @@
 //! ([`Claim::complete`]), so no effect exists without its stored answer.
 
 use std::time::{Duration, SystemTime};
-use tenx_common::db::Prepared;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tenx_common::db::Db;
+use tenx_common::db::{Db, Pipelined, Prepared};
+use tenx_common::outbox::{EventsWith, NewEvent};
+use tokio_postgres::types::ToSql;
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
@@ -120,6 +121,10 @@ macro_rules! store_answer {
         )
     };
 }
+
+/// [`store_answer`] as the companion of the events' statement
+/// ([`EventsWith`]), its parameters after the events'.
+const WITH_ANSWER: &str = concat!("completed AS (", store_answer!("$8", "$9", "$10", "$11"), ")");
 
 impl Keys {
     pub fn new(settings: IdempotencySettings) -> Self {
@@ -270,19 +275,36 @@ impl Keys {
         clock: &dyn Clock,
         claim: &Claim,
         response: &M,
-        events: &[tenx_common::outbox::NewEvent],
+        events: &[NewEvent],
     ) -> Result<(), BillingError> {
         if events.is_empty() {
             return self.complete(tx, clock, claim, response).await;
         }
-        let body = response.encode_to_vec();
-        tenx_common::outbox::enqueue_all_with(
-            tx,
-            events,
-            concat!("completed AS (", store_answer!("$8", "$9", "$10", "$11"), ")"),
-            &[&claim.caller, &claim.key, &body, &clock.now()],
-        )
-        .await?;
+        let (body, now) = (response.encode_to_vec(), clock.now());
+        let answer: [&(dyn ToSql + Sync); 4] = [&claim.caller, &claim.key, &body, &now];
+        let statement = EventsWith::new(events, WITH_ANSWER, &answer);
+        tx.execute_cached(statement.sql(), &statement.params()).await?;
+        Ok(())
+    }
+
+    /// [`Self::complete_with_events`] as the last statement of `tx`, which
+    /// commits with it in the same round trip.
+    pub async fn complete_committing<M: Message>(
+        &self,
+        tx: Pipelined<'_>,
+        clock: &dyn Clock,
+        claim: &Claim,
+        response: &M,
+        events: &[NewEvent],
+    ) -> Result<(), BillingError> {
+        let (body, now) = (response.encode_to_vec(), clock.now());
+        let answer: [&(dyn ToSql + Sync); 4] = [&claim.caller, &claim.key, &body, &now];
+        if events.is_empty() {
+            tx.commit_with(store_answer!("$1", "$2", "$3", "$4"), &answer).await?;
+            return Ok(());
+        }
+        let statement = EventsWith::new(events, WITH_ANSWER, &answer);
+        tx.commit_with(statement.sql(), &statement.params()).await?;
         Ok(())
     }
 

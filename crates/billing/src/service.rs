@@ -4,10 +4,9 @@
 //! docs/services/billing.md is the design behind each RPC.
 
 use std::sync::Arc;
-use tenx_common::db::Prepared;
 
 use tenx_common::authn::{self, Principal};
-use tenx_common::db::{Db, WalPosition, wal};
+use tenx_common::db::{Db, Pipelined, Prepared, WalPosition, wal};
 use tenx_proto::billing::v1 as pb;
 use tenx_proto::billing::v1::billing_service_server::BillingService;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -148,8 +147,8 @@ struct ChangeSummary {
     invoice: Option<Uuid>,
 }
 
-async fn change_reply(
-    tx: &deadpool_postgres::Transaction<'_>,
+async fn change_reply<C: Prepared>(
+    tx: &C,
     sub: Uuid,
     change: &ChangeSummary,
 ) -> Result<pb::ChangePlanResponse, BillingError> {
@@ -212,7 +211,7 @@ enum Step {
 /// PayInvoice's answer: the invoice as this payment left it (as it paid
 /// it, when it did) and the attempt.
 fn pay_reply<'a>(
-    tx: &'a deadpool_postgres::Transaction<'a>,
+    tx: &'a deadpool_postgres::Client,
     attempt: &'a Attempt,
     paid: Option<pb::Invoice>,
 ) -> futures_util::future::BoxFuture<'a, Result<pb::PayInvoiceResponse, BillingError>> {
@@ -749,7 +748,7 @@ impl Core {
     where
         R: prost::Message + Send + 'static,
         F: for<'a> FnOnce(
-                &'a deadpool_postgres::Transaction<'a>,
+                &'a deadpool_postgres::Client,
                 &'a Attempt,
                 Option<pb::Invoice>,
             ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>
@@ -786,7 +785,7 @@ impl Core {
         attempt: &Attempt,
         charged: Option<&Charged>,
         reply: impl for<'a> FnOnce(
-            &'a deadpool_postgres::Transaction<'a>,
+            &'a deadpool_postgres::Client,
             &'a Attempt,
             Option<pb::Invoice>,
         ) -> futures_util::future::BoxFuture<'a, Result<R, BillingError>>,
@@ -798,11 +797,9 @@ impl Core {
         // shows the attempt pending; its reconcile job settles it).
         let charged = charged.filter(|c| !matches!(c, Charged::Processing));
         let Some(charged) = charged else {
-            let mut conn = self.db.write().await?;
-            let tx = conn.transaction().await?;
-            let response = reply(&tx, attempt, None).await?;
-            self.keys.complete(&tx, self.clock.as_ref(), claim, &response).await?;
-            tx.commit().await?;
+            let conn = self.db.write().await?;
+            let (tx, response) = Pipelined::begin_with(&conn, reply(&conn, attempt, None)).await?;
+            self.keys.complete_committing(tx, self.clock.as_ref(), claim, &response, &[]).await?;
             return Ok(response);
         };
         if let Charged::Timeout = charged {
@@ -813,21 +810,22 @@ impl Core {
                     .into(),
             });
         }
-        let mut conn = self.db.write().await?;
-        let tx = conn.transaction().await?;
-        let settlement = payments::settle_reading(&tx, self.clock.now(), attempt, charged).await?;
+        // BEGIN goes out with the settlement and COMMIT with the stored
+        // answer: the settlement's transaction costs the round trips of
+        // its statements only.
+        let conn = self.db.write().await?;
+        let settling = payments::settle_reading(&*conn, self.clock.now(), attempt, charged);
+        let (tx, settlement) = Pipelined::begin_with(&conn, settling).await?;
         self.metrics.attempt(charged.outcome_name(), &attempt.initiated_by);
         if let Charged::Unavailable(message) = charged {
-            invoices::enqueue_all(&tx, &settlement.events).await?;
+            invoices::enqueue_all(tx.client(), &settlement.events).await?;
             tx.commit().await?;
             return Err(BillingError::Provider { reason: "PROVIDER_ERROR", message: message.clone() });
         }
-        let response = reply(&tx, attempt, settlement.paid).await?;
-        // The settlement's events and the stored answer: one statement.
-        self.keys
-            .complete_with_events(&tx, self.clock.as_ref(), claim, &response, &settlement.events)
-            .await?;
-        tx.commit().await?;
+        let response = reply(tx.client(), attempt, settlement.paid).await?;
+        // The settlement's events and the stored answer: one statement,
+        // and the COMMIT behind it.
+        self.keys.complete_committing(tx, self.clock.as_ref(), claim, &response, &settlement.events).await?;
         Ok(response)
     }
 

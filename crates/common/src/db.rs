@@ -8,6 +8,7 @@
 //! only once `pg_last_wal_replay_lsn()` has reached it (read-your-writes).
 
 mod migrate;
+mod pipelined;
 mod prepared;
 pub mod wal;
 
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use tokio_postgres::NoTls;
 
 pub use migrate::{common_fingerprint, fingerprint, migrate, schema_ident};
+pub use pipelined::Pipelined;
 pub use prepared::{Prepared, sends_unnamed};
 pub use wal::WalPosition;
 

@@ -112,7 +112,7 @@ pub async fn enqueue_all<C: Prepared>(
     match events {
         [] => Ok(Vec::new()),
         [one] => enqueue(tx, one).await.map(|id| vec![id]),
-        _ => insert_all(tx, events, concat!("WITH ", insert_events!()), &[]).await,
+        _ => insert_all(tx, EventsWith::build(events, concat!("WITH ", insert_events!()).into(), &[])).await,
     }
 }
 
@@ -127,8 +127,80 @@ pub async fn enqueue_all_with<C: Prepared>(
     companion: &'static str,
     companion_params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let sql = format!(concat!("WITH {}, ", insert_events!()), companion);
-    insert_all(tx, events, &sql, companion_params).await
+    insert_all(tx, EventsWith::new(events, companion, companion_params)).await
+}
+
+/// The statement [`enqueue_all_with`] runs, built and not yet run: for a
+/// caller that sends it its own way, such as the last statement of a
+/// [`crate::db::Pipelined`] transaction, which commits with it. Built
+/// means about to be sent: it counts as an outbox write, so the relay is
+/// woken when the connection goes back to its pool.
+pub struct EventsWith<'a> {
+    sql: String,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    aggregates: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
+    payload_types: Vec<&'a str>,
+    trace: TraceHeaders,
+    more: &'a [&'a (dyn ToSql + Sync)],
+}
+
+impl<'a> EventsWith<'a> {
+    /// `events` and `companion`, as [`enqueue_all_with`] takes them.
+    pub fn new(
+        events: &'a [NewEvent],
+        companion: &'static str,
+        companion_params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> Self {
+        Self::build(events, format!(concat!("WITH {}, ", insert_events!()), companion), companion_params)
+    }
+
+    /// `sql` (built on [`insert_events`]) with `events` as `$1`…`$7` and
+    /// `more` after them.
+    fn build(events: &'a [NewEvent], sql: String, more: &'a [&'a (dyn ToSql + Sync)]) -> Self {
+        if !events.is_empty() {
+            crate::db::count_outbox_write();
+        }
+        Self {
+            sql,
+            ids: events.iter().map(|_| Uuid::now_v7()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            aggregates: events.iter().map(|e| e.aggregate_id.as_str()).collect(),
+            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
+            payload_types: events.iter().map(|e| e.payload_type.as_str()).collect(),
+            trace: TraceHeaders::current(),
+            more,
+        }
+    }
+
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let own: [&(dyn ToSql + Sync); 7] = [
+            &self.ids,
+            &self.types,
+            &self.aggregates,
+            &self.payloads,
+            &self.payload_types,
+            &self.trace.traceparent,
+            &self.trace.tracestate,
+        ];
+        [&own[..], self.more].concat()
+    }
+
+    /// The events' ids, in their order.
+    pub fn into_ids(self) -> Vec<Uuid> {
+        self.ids
+    }
+}
+
+impl std::fmt::Debug for EventsWith<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsWith").field("ids", &self.ids).finish_non_exhaustive()
+    }
 }
 
 /// What follows `WITH` in a statement that records events: events
@@ -149,27 +221,9 @@ macro_rules! insert_events {
 }
 use insert_events;
 
-/// Runs `sql` (built on [`insert_events`]) with `events` as `$1`…`$7` and
-/// `more` after them.
-async fn insert_all<C: Prepared>(
-    tx: &C,
-    events: &[NewEvent],
-    sql: &str,
-    more: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    if !events.is_empty() {
-        crate::db::count_outbox_write();
-    }
-    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-    let payload_types: Vec<&str> = events.iter().map(|e| e.payload_type.as_str()).collect();
-    let trace = TraceHeaders::current();
-    let own: [&(dyn ToSql + Sync); 7] =
-        [&ids, &types, &aggregates, &payloads, &payload_types, &trace.traceparent, &trace.tracestate];
-    tx.execute_cached(sql, &[&own[..], more].concat()).await?;
-    Ok(ids)
+async fn insert_all<C: Prepared>(tx: &C, batch: EventsWith<'_>) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    tx.execute_cached(batch.sql(), &batch.params()).await?;
+    Ok(batch.into_ids())
 }
 
 /// Relay settings (keys under `outbox.`).

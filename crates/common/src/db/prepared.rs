@@ -25,11 +25,14 @@
 //! (constant fragments only): both caches keep every distinct text.
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
+use std::task::Poll;
 
 use deadpool_postgres::{Client, GenericClient, Transaction};
+use futures_util::future::Either;
 use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Error, Row, SimpleQueryMessage};
 
@@ -156,6 +159,39 @@ pub trait Prepared: GenericClient {
             self.execute(&statement, params).await
         }
     }
+}
+
+/// Runs `sql` (resolved as [`Prepared::execute_cached`] resolves it) with
+/// the simple query `then` behind it in the same round trip, and returns
+/// both answers. `Err`: the statement failed before it reached the server
+/// (it could not be prepared or its parameters encoded, or the connection
+/// is gone) and `then` was not sent.
+///
+/// The statement is resolved first, so its one message is sent at its
+/// first poll; that poll is made alone, and only a statement it left
+/// waiting for its answer (so: sent) gets `then` sent behind it. Postgres
+/// runs the two in that order.
+pub(crate) async fn send_then(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    then: &str,
+) -> Result<(Result<u64, Error>, Result<(), Error>), Error> {
+    let typed;
+    let statement;
+    let execute = if sends_unnamed() {
+        typed = with_types(params, &param_types(client, sql, params.len()).await?);
+        Either::Left(client.typed_execute(sql, &typed))
+    } else {
+        statement = client.prepare_cached(sql).await?;
+        Either::Right(client.execute(&statement, params))
+    };
+    let mut execute = pin!(execute);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(execute.as_mut().poll(cx))).await {
+        let changed = done?;
+        return Ok((Ok(changed), client.batch_execute(then).await));
+    }
+    Ok(futures_util::join!(execute, client.batch_execute(then)))
 }
 
 fn with_types<'a>(

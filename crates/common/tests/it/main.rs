@@ -9,6 +9,7 @@ mod grpc;
 mod host;
 mod otlp_metrics;
 mod outbox;
+mod pipelined;
 mod probes;
 mod queue;
 mod retention;
