@@ -104,7 +104,7 @@ pub struct Keys {
 /// The statement that stores a successful answer under a key, with its
 /// parameters' positions: the caller, the key, the encoded response and
 /// the time. [`Keys::complete`] sends it alone, and
-/// [`Keys::complete_with_events`] inside the events' statement.
+/// [`Keys::complete_committing`] alone or inside the events' statement.
 macro_rules! store_answer {
     ($caller:literal, $key:literal, $body:literal, $at:literal) => {
         concat!(
@@ -267,28 +267,9 @@ impl Keys {
         Ok(())
     }
 
-    /// [`Self::complete`] and the request's events (written to the outbox)
-    /// in one statement.
-    pub async fn complete_with_events<C: Prepared, M: Message>(
-        &self,
-        tx: &C,
-        clock: &dyn Clock,
-        claim: &Claim,
-        response: &M,
-        events: &[NewEvent],
-    ) -> Result<(), BillingError> {
-        if events.is_empty() {
-            return self.complete(tx, clock, claim, response).await;
-        }
-        let (body, now) = (response.encode_to_vec(), clock.now());
-        let answer: [&(dyn ToSql + Sync); 4] = [&claim.caller, &claim.key, &body, &now];
-        let statement = EventsWith::new(events, WITH_ANSWER, &answer);
-        tx.execute_cached(statement.sql(), &statement.params()).await?;
-        Ok(())
-    }
-
-    /// [`Self::complete_with_events`] as the last statement of `tx`, which
-    /// commits with it in the same round trip.
+    /// [`Self::complete`] and the request's events (written to the
+    /// outbox) in one statement, the last of `tx`, which commits with it
+    /// in the same round trip.
     pub async fn complete_committing<M: Message>(
         &self,
         tx: Pipelined<'_>,

@@ -798,7 +798,7 @@ impl Core {
         let charged = charged.filter(|c| !matches!(c, Charged::Processing));
         let Some(charged) = charged else {
             let conn = self.db.write().await?;
-            let (tx, response) = Pipelined::begin_with(&conn, reply(&conn, attempt, None)).await?;
+            let (tx, response) = Pipelined::begin_with(&conn, |c| reply(c, attempt, None)).await?;
             self.keys.complete_committing(tx, self.clock.as_ref(), claim, &response, &[]).await?;
             return Ok(response);
         };
@@ -814,7 +814,8 @@ impl Core {
         // answer: the settlement's transaction costs the round trips of
         // its statements only.
         let conn = self.db.write().await?;
-        let settling = payments::settle_reading(&*conn, self.clock.now(), attempt, charged);
+        let now = self.clock.now();
+        let settling = |c| payments::settle_reading(c, now, attempt, charged);
         let (tx, settlement) = Pipelined::begin_with(&conn, settling).await?;
         self.metrics.attempt(charged.outcome_name(), &attempt.initiated_by);
         if let Charged::Unavailable(message) = charged {

@@ -12,8 +12,8 @@
 //! Order is the whole point, so it is not left to the caller where it could
 //! go wrong: tokio-postgres sends a request when its future is first
 //! polled, `join!` polls its futures in order, and
-//! - `BEGIN` is polled before anything of the first step, so it goes first
-//!   whatever that step does;
+//! - `BEGIN` is polled before the first step is even made, so it goes
+//!   first whatever that step does;
 //! - the last statement is given as text and parameters, and resolved
 //!   (prepared, or its parameter types learned) before anything is sent, so
 //!   its one message goes out at its first poll; `COMMIT` is sent only
@@ -43,25 +43,30 @@ pub struct Pipelined<'a> {
 }
 
 impl<'a> Pipelined<'a> {
-    /// Sends `BEGIN` and runs `first` (whose statements must run on
-    /// `client`) behind it, in the same round trip. `first`'s error rolls
-    /// the transaction back.
-    pub async fn begin_with<T, E>(
+    /// Sends `BEGIN` and the statements of `first(client)` behind it, in
+    /// the same round trip. `first` is called only once `BEGIN` is on its
+    /// way, so nothing of it can go ahead. Its error rolls the transaction
+    /// back. (`BEGIN` alone fails only with the connection, and then so
+    /// does `first`.)
+    pub async fn begin_with<T, E, F>(
         client: &'a Client,
-        first: impl Future<Output = Result<T, E>>,
+        first: impl FnOnce(&'a Client) -> F,
     ) -> Result<(Self, T), E>
     where
         E: From<Error>,
+        F: Future<Output = Result<T, E>>,
     {
         let transaction = Self { client, open: true };
-        let (begun, first) = futures_util::join!(client.batch_execute("BEGIN"), first);
+        let (begun, first) =
+            futures_util::join!(client.batch_execute("BEGIN"), async { first(client).await });
         begun?;
         Ok((transaction, first?))
     }
 
     /// The connection the transaction runs on, for the statements between
-    /// the first and the last.
-    pub fn client(&self) -> &'a Client {
+    /// the first and the last; borrowed from the transaction, so no
+    /// statement made with it can outlive the commit.
+    pub fn client(&self) -> &Client {
         self.client
     }
 
