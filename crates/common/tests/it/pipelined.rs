@@ -1,6 +1,7 @@
 //! A transaction whose BEGIN and COMMIT ride with its first and last
 //! statements: all of it or none of it is kept, whatever fails where.
 
+use deadpool_postgres::Client;
 use tenx_common::db::{Db, DbSettings, Pipelined, Pooling, Prepared};
 use tenx_common::metrics::Metrics;
 use tokio_postgres::error::SqlState;
@@ -58,6 +59,23 @@ fn in_pairs_of_one_transaction(rows: &[(i32, i64)]) {
 
 const FIRST: &str = "INSERT INTO pipelined (k) VALUES ($1)";
 
+/// Twice, the last statement new to the connection and then prepared: a
+/// first and a last statement that both insert 7, which only COMMIT
+/// refuses (the uniqueness is deferred). Had the COMMIT gone out ahead of
+/// the last statement, the first 7 would be kept and the last refused
+/// alone.
+async fn duplicates_refused_at_commit(conn: &Client) -> anyhow::Result<()> {
+    for _ in 0..2 {
+        let (tx, _) = Pipelined::begin_with(conn, |c| c.execute_cached(FIRST, &[&7i32])).await?;
+        let refused = tx
+            .commit_with("INSERT INTO pipelined VALUES ($1 + 0)", &[&7i32])
+            .await
+            .expect_err("a duplicate at commit");
+        assert_eq!(refused.code(), Some(&SqlState::UNIQUE_VIOLATION), "{refused}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_first_and_last_statements_commit_together_whether_or_not_the_last_was_prepared_before()
 -> anyhow::Result<()> {
@@ -113,14 +131,7 @@ async fn unnamed_statements_keep_the_same_order() -> anyhow::Result<()> {
         tx.commit_with("INSERT INTO pipelined VALUES ($1)", &[&(k + 1)]).await?;
     }
     in_pairs_of_one_transaction(&written(&tdb).await?);
-    for _ in 0..2 {
-        let (tx, _) = Pipelined::begin_with(&conn, |c| c.execute_cached(FIRST, &[&7i32])).await?;
-        let refused = tx
-            .commit_with("INSERT INTO pipelined VALUES ($1 + 0)", &[&7i32])
-            .await
-            .expect_err("a duplicate at commit");
-        assert_eq!(refused.code(), Some(&SqlState::UNIQUE_VIOLATION), "{refused}");
-    }
+    duplicates_refused_at_commit(&conn).await?;
     assert_eq!(kept(&tdb).await?, [0, 1, 10, 11]);
     Ok(())
 }
@@ -130,19 +141,7 @@ async fn a_commit_that_fails_keeps_neither_statement() -> anyhow::Result<()> {
     let tdb = test_db().await?;
     let db = one_connection(&tdb).await?;
     let conn = db.write().await?;
-    // Both insert 7: only COMMIT checks the deferred uniqueness. Had the
-    // COMMIT gone out ahead of the last statement, the first 7 would be
-    // kept and the last refused alone.
-    // The last statement is new to the connection the first time, then
-    // prepared already.
-    for _ in 0..2 {
-        let (tx, _) = Pipelined::begin_with(&conn, |c| c.execute_cached(FIRST, &[&7i32])).await?;
-        let refused = tx
-            .commit_with("INSERT INTO pipelined VALUES ($1 + 0)", &[&7i32])
-            .await
-            .expect_err("a duplicate at commit");
-        assert_eq!(refused.code(), Some(&SqlState::UNIQUE_VIOLATION), "{refused}");
-    }
+    duplicates_refused_at_commit(&conn).await?;
     assert!(kept(&tdb).await?.is_empty());
     // The connection is out of any transaction: this one commits alone.
     conn.execute_cached(FIRST, &[&8i32]).await?;
